@@ -1,0 +1,234 @@
+package cloacina
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// completeLoop records task results in batches: whatever has arrived while
+// the previous batch was being written goes into the next transaction.
+func (r *Runner) completeLoop(svc *services) {
+	defer close(svc.completerDone)
+	for {
+		var first *taskResult
+		select {
+		case first = <-svc.results:
+		case <-svc.stopCompleter:
+			// Tasks have all returned (or been handed back): drain and exit.
+			for {
+				select {
+				case res := <-svc.results:
+					r.flush(svc.flushCtx, r.drain(svc, res))
+				default:
+					return
+				}
+			}
+		}
+		r.flush(svc.flushCtx, r.drain(svc, first))
+	}
+}
+
+func (r *Runner) drain(svc *services, first *taskResult) []*taskResult {
+	batch := []*taskResult{first}
+	for len(batch) < completionBatch {
+		select {
+		case res := <-svc.results:
+			batch = append(batch, res)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// flush writes a batch of results in one transaction, retrying transient
+// failures until ctx ends. A batch that fails for another reason is split
+// so one bad result cannot hold back the others.
+func (r *Runner) flush(ctx context.Context, batch []*taskResult) {
+	lost, err := r.complete(ctx, batch)
+	if err != nil && len(batch) > 1 && ctx.Err() == nil {
+		mid := len(batch) / 2
+		r.flush(ctx, batch[:mid])
+		r.flush(ctx, batch[mid:])
+		return
+	}
+	if err != nil {
+		for _, res := range batch {
+			r.logger.Error("record task result", "task_id", res.task.ID, "task", res.task.Name, "run_id", res.task.PipelineID, "error", err)
+		}
+		return
+	}
+	for _, res := range lost {
+		r.logger.Warn("claim lost: task result discarded", "task_id", res.task.ID, "task", res.task.Name,
+			"run_id", res.task.PipelineID, "attempt", res.task.Attempt)
+	}
+}
+
+// complete records a batch of results and everything they cause, in one
+// transaction: fenced task transitions and their events, retries, the
+// readiness of downstream tasks, and the end of runs. It returns the
+// results whose claim had been lost (recorded nowhere).
+func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*taskResult, err error) {
+	_, err = r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		lost = nil
+		pids := make([]uuid.UUID, 0, len(batch))
+		for _, res := range batch {
+			pids = append(pids, res.task.PipelineID)
+		}
+		slices.SortFunc(pids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+		pids = slices.Compact(pids)
+		pipes, err := tx.PipelineLock(ctx, pids)
+		if err != nil {
+			return err
+		}
+		byID := make(map[uuid.UUID]*driver.Pipeline, len(pipes))
+		for _, p := range pipes {
+			byID[p.ID] = p
+		}
+		finishes := make([]driver.TaskFinish, len(batch))
+		for i, res := range batch {
+			p := byID[res.task.PipelineID]
+			if p == nil {
+				return fmt.Errorf("run %s of task %s not found", res.task.PipelineID, res.task.ID)
+			}
+			finishes[i] = r.finishFor(res, p, c.now)
+		}
+		done, err := tx.TaskFinishMany(ctx, finishes)
+		if err != nil {
+			return err
+		}
+		held := make(map[uuid.UUID]bool, len(done))
+		for _, id := range done {
+			held[id] = true
+		}
+		advance := map[uuid.UUID]bool{}
+		for i, res := range batch {
+			if !held[res.task.ID] {
+				lost = append(lost, res)
+				continue
+			}
+			f := &finishes[i]
+			p := byID[res.task.PipelineID]
+			r.recordFinish(c, res, f, p)
+			if f.Status.Terminal() && !p.Status.Terminal() {
+				advance[p.ID] = true
+			}
+		}
+		if len(advance) == 0 {
+			return nil
+		}
+		ids := make([]uuid.UUID, 0, len(advance))
+		for _, id := range pids {
+			if advance[id] {
+				ids = append(ids, id)
+			}
+		}
+		tasks, err := tx.TaskList(ctx, &driver.TaskListParams{PipelineIDs: ids, WithContexts: true})
+		if err != nil {
+			return err
+		}
+		states := map[uuid.UUID]*runState{}
+		for _, id := range ids {
+			p := byID[id]
+			wf, err := r.workflow(p.WorkflowName)
+			if err != nil {
+				return err
+			}
+			states[id] = &runState{p: p, wf: wf, tasks: map[string]*driver.Task{}}
+		}
+		for _, t := range tasks {
+			states[t.PipelineID].tasks[t.Name] = t
+		}
+		for _, id := range ids {
+			st := states[id]
+			if len(st.tasks) != len(st.wf.tasks) {
+				return fmt.Errorf("run %s has %d tasks, workflow %q as registered has %d: the workflow changed shape under the same name",
+					id, len(st.tasks), st.wf.name, len(st.wf.tasks))
+			}
+			changed, err := st.advance(c)
+			if err != nil {
+				return fmt.Errorf("run %s: %w", id, err)
+			}
+			taskUpdates(c, changed)
+			if err := st.finalize(c); err != nil {
+				return fmt.Errorf("run %s: %w", id, err)
+			}
+		}
+		return nil
+	})
+	return lost, err
+}
+
+// finishFor decides the transition a result causes: Completed, Failed, a
+// retry (Ready, next attempt, later), or a hand-back (Ready, same attempt)
+// when the runner stopped under the task.
+func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) driver.TaskFinish {
+	t := res.task
+	f := driver.TaskFinish{
+		Fence:   driver.Fence{TaskID: t.ID, RunnerID: t.RunnerID, Attempt: t.Attempt, RecoveryCount: t.RecoveryCount},
+		Attempt: t.Attempt,
+		Now:     now,
+	}
+	if res.err == nil {
+		f.Status = driver.TaskCompleted
+		f.Output = res.output
+		return f
+	}
+	f.Error = res.err.Error()
+	if p.Status == driver.PipelineCancelled {
+		f.Status = driver.TaskFailed
+		return f
+	}
+	if errors.Is(res.cause, errShutdown) {
+		f.Status = driver.TaskReady
+		f.AvailableAt = ptr(now)
+		f.Error = ""
+		return f
+	}
+	var plan *retryPlan
+	if wf, err := r.workflow(t.WorkflowName); err == nil {
+		if def := wf.byName[t.Name]; def != nil {
+			plan = def.retry
+		}
+	}
+	if plan != nil && plan.shouldRetry(res.err, t.Attempt) {
+		f.Status = driver.TaskReady
+		f.Attempt = t.Attempt + 1
+		f.AvailableAt = ptr(now.Add(plan.delay(t.Attempt)))
+		return f
+	}
+	f.Status = driver.TaskFailed
+	return f
+}
+
+// recordFinish emits the events (and outbox row) of a transition whose
+// fence held.
+func (r *Runner) recordFinish(c *changes, res *taskResult, f *driver.TaskFinish, p *driver.Pipeline) {
+	t := res.task
+	duration := ms(res.finished.Sub(res.started))
+	switch {
+	case f.Status == driver.TaskCompleted:
+		c.event(p.ID, &t.ID, EventTaskCompleted, &EventData{Attempt: t.Attempt, DurationMS: duration})
+	case f.Status == driver.TaskFailed:
+		c.event(p.ID, &t.ID, EventTaskFailed, &EventData{Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Error: f.Error, DurationMS: duration})
+	case f.Status == driver.TaskReady && f.Attempt == t.Attempt:
+		c.event(p.ID, &t.ID, EventTaskReset, &EventData{Attempt: t.Attempt, Reason: errShutdown.Error(), RecoveryCount: t.RecoveryCount})
+	default:
+		delay := f.AvailableAt.Sub(c.now)
+		c.event(p.ID, &t.ID, EventTaskRetryScheduled, &EventData{Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, NextAttempt: f.Attempt,
+			Error: f.Error, RetryAt: f.AvailableAt, DelayMS: ms(delay)})
+	}
+	if f.Status == driver.TaskReady && (p.Status == driver.PipelinePending || p.Status == driver.PipelineRunning) {
+		next := *t
+		next.Attempt = f.Attempt
+		c.enqueue(&next, *f.AvailableAt)
+	}
+}

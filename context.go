@@ -1,0 +1,256 @@
+package cloacina
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"sync"
+
+	"github.com/cloacina-go/cloacina/internal/jsonx"
+)
+
+// Context is the JSON key/value data a run carries from task to task. A
+// task receives a Context, reads what its dependencies produced and writes
+// its own results; what it holds when the task returns is the task's
+// output. Values are encoded to JSON when they are set, so a value that
+// cannot be stored is rejected at once, naming its key.
+//
+// A Context is safe for concurrent use by the goroutines of one task.
+type Context struct {
+	mu     sync.RWMutex
+	values map[string]json.RawMessage
+}
+
+// NewContext returns an empty Context.
+func NewContext() *Context {
+	return &Context{values: map[string]json.RawMessage{}}
+}
+
+// ContextFrom returns a Context holding every entry of m. It fails, naming
+// the key, when a value cannot be encoded as JSON.
+func ContextFrom(m map[string]any) (*Context, error) {
+	c := NewContext()
+	for k, v := range m {
+		if err := c.Set(k, v); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// contextFromJSON decodes a stored context; null or empty is an empty one.
+func contextFromJSON(raw json.RawMessage) (*Context, error) {
+	c := NewContext()
+	if len(raw) == 0 || string(raw) == "null" {
+		return c, nil
+	}
+	if err := json.Unmarshal(raw, &c.values); err != nil {
+		return nil, fmt.Errorf("decode context: %w", err)
+	}
+	if c.values == nil {
+		c.values = map[string]json.RawMessage{}
+	}
+	return c, nil
+}
+
+func encodeValue(key string, value any) (json.RawMessage, error) {
+	if key == "" {
+		return nil, errors.New("context key is empty: give every value a name")
+	}
+	raw, err := json.Marshal(value)
+	if err != nil {
+		return nil, fmt.Errorf("context key %q: value of type %T cannot be stored as JSON: %w", key, value, err)
+	}
+	return raw, nil
+}
+
+// Insert adds a new key. It fails with ErrKeyExists when the key is already
+// present: use Update or Set to change it.
+func (c *Context) Insert(key string, value any) error {
+	raw, err := encodeValue(key, value)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.values[key]; ok {
+		return fmt.Errorf("context key %q: %w (use Update or Set to change it)", key, ErrKeyExists)
+	}
+	c.values[key] = raw
+	return nil
+}
+
+// Update changes an existing key. It fails with ErrKeyNotFound when the key
+// is missing: use Insert or Set to add it.
+func (c *Context) Update(key string, value any) error {
+	raw, err := encodeValue(key, value)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.values[key]; !ok {
+		return fmt.Errorf("context key %q: %w (use Insert or Set to add it)", key, ErrKeyNotFound)
+	}
+	c.values[key] = raw
+	return nil
+}
+
+// Set adds or changes a key.
+func (c *Context) Set(key string, value any) error {
+	raw, err := encodeValue(key, value)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.values[key] = raw
+	return nil
+}
+
+// Get returns the value of key decoded into a generic Go value (numbers are
+// float64, objects map[string]any, arrays []any), and whether it exists.
+// Use the generic [Get] function for a typed value.
+func (c *Context) Get(key string) (any, bool) {
+	raw, ok := c.Raw(key)
+	if !ok {
+		return nil, false
+	}
+	v, err := jsonx.Decode(raw)
+	if err != nil {
+		return nil, false
+	}
+	return v, true
+}
+
+// Raw returns the JSON encoding of key's value, and whether it exists.
+func (c *Context) Raw(key string) (json.RawMessage, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	raw, ok := c.values[key]
+	return raw, ok
+}
+
+// Has reports whether key exists.
+func (c *Context) Has(key string) bool {
+	_, ok := c.Raw(key)
+	return ok
+}
+
+// Delete removes key and reports whether it existed.
+func (c *Context) Delete(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.values[key]
+	delete(c.values, key)
+	return ok
+}
+
+// Keys returns the keys in sorted order.
+func (c *Context) Keys() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	keys := make([]string, 0, len(c.values))
+	for k := range c.values {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// Len returns the number of keys.
+func (c *Context) Len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.values)
+}
+
+// Clone returns an independent copy.
+func (c *Context) Clone() *Context {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := &Context{values: make(map[string]json.RawMessage, len(c.values))}
+	for k, v := range c.values {
+		out.values[k] = v
+	}
+	return out
+}
+
+// MarshalJSON encodes the context as one JSON object with sorted keys.
+func (c *Context) MarshalJSON() ([]byte, error) {
+	if c == nil {
+		return []byte("{}"), nil
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if len(c.values) == 0 {
+		return []byte("{}"), nil
+	}
+	return json.Marshal(c.values)
+}
+
+// UnmarshalJSON replaces the context's contents with a JSON object.
+func (c *Context) UnmarshalJSON(data []byte) error {
+	fresh, err := contextFromJSON(data)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.values = fresh.values
+	return nil
+}
+
+// String returns the context as JSON.
+func (c *Context) String() string {
+	b, err := c.MarshalJSON()
+	if err != nil {
+		return fmt.Sprintf("<context: %v>", err)
+	}
+	return string(b)
+}
+
+// Get returns the value of key decoded as T. It fails with ErrKeyNotFound
+// when the key is missing and with ErrTypeMismatch, naming the key, the
+// stored JSON and T, when the value does not decode as T.
+func Get[T any](c *Context, key string) (T, error) {
+	var zero T
+	raw, ok := c.Raw(key)
+	if !ok {
+		return zero, fmt.Errorf("context key %q: %w", key, ErrKeyNotFound)
+	}
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return zero, fmt.Errorf("context key %q holds %s, which is not a %s: %w", key, abbreviate(raw), reflect.TypeFor[T](), ErrTypeMismatch)
+	}
+	return v, nil
+}
+
+func abbreviate(raw json.RawMessage) string {
+	const limit = 60
+	if len(raw) <= limit {
+		return string(raw)
+	}
+	return string(raw[:limit]) + "…"
+}
+
+// mergeContexts deep-merges JSON objects in order: later keys win, and
+// objects under the same key merge recursively.
+func mergeContexts(parts []json.RawMessage) (json.RawMessage, error) {
+	merged := map[string]json.RawMessage{}
+	for _, p := range parts {
+		if len(p) == 0 {
+			continue
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(p, &m); err != nil {
+			return nil, fmt.Errorf("decode context: %w", err)
+		}
+		if err := jsonx.Merge(merged, m); err != nil {
+			return nil, err
+		}
+	}
+	return json.Marshal(merged)
+}

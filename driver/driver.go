@@ -1,0 +1,133 @@
+// Package driver is the seam between the Cloacina engine and a database.
+//
+// A backend (driver/sqlite, driver/postgres) implements [Driver] and speaks
+// only SQL: it holds no scheduling logic, retries nothing and decides
+// nothing. The engine in package cloacina composes these calls inside
+// transactions it begins and commits. Every method takes one params value
+// and is named noun-verb (TaskClaim, EventList). The behaviour each method
+// must have is pinned by the conformance suite in driver/drivertest, which
+// every backend runs.
+package driver
+
+import (
+	"context"
+	"errors"
+
+	"github.com/google/uuid"
+)
+
+// Sentinel errors a backend maps its native errors onto, in one function
+// per backend, so the engine can branch with errors.Is.
+var (
+	// ErrNotFound is returned when a row asked for by id does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrTransient marks an error worth retrying: SQLite busy or locked,
+	// Postgres serialization failure or deadlock, a lost connection.
+	ErrTransient = errors.New("transient database error")
+	// ErrSchemaTooNew is returned when the database was migrated by a newer
+	// version of Cloacina than the running code knows.
+	ErrSchemaTooNew = errors.New("database schema is newer than this version of cloacina")
+	// ErrConflict is returned by ChangeSetApply when a conditional update
+	// found its row in another status than expected. It means a decision
+	// was made on stale state; the transaction must be rolled back.
+	ErrConflict = errors.New("state changed concurrently")
+	// ErrWrongTxType is returned by UnwrapTx for a transaction of another backend.
+	ErrWrongTxType = errors.New("transaction type does not match the database backend")
+)
+
+// Driver is a database backend.
+type Driver interface {
+	// Name is the backend's name: "sqlite" or "postgres".
+	Name() string
+	// Begin starts a write transaction. On SQLite it takes the database
+	// write lock at once (BEGIN IMMEDIATE).
+	Begin(ctx context.Context) (Tx, error)
+	// Reader runs statements outside any transaction. The engine uses it
+	// for reads only.
+	Reader() Executor
+	// UnwrapTx returns an Executor that runs inside a transaction the
+	// application owns (pgx.Tx on Postgres, *sql.Tx on SQLite). The caller
+	// commits or rolls it back; wake-ups requested in it are delivered by
+	// the database on commit where the backend can (Postgres), or found by
+	// the next poll otherwise.
+	UnwrapTx(tx any) (Executor, error)
+	// Listen subscribes to wake-ups sent by ChangeSet.Notify in committed
+	// transactions. The subscription ends with an error when its connection
+	// is lost; the caller subscribes again.
+	Listen(ctx context.Context) (Subscription, error)
+	// Migrate applies pending migrations, serialised against other
+	// processes doing the same. It fails with ErrSchemaTooNew when the
+	// database is ahead of the code.
+	Migrate(ctx context.Context) error
+	// MigrationVersion reports the database's schema version (0 when not
+	// migrated) and the newest version this backend knows.
+	MigrationVersion(ctx context.Context) (current, latest int, err error)
+	// Close releases the backend's connections, unless they belong to the
+	// application.
+	Close() error
+}
+
+// Tx is a write transaction begun by the engine.
+type Tx interface {
+	Executor
+	Commit(ctx context.Context) error
+	Rollback(ctx context.Context) error
+}
+
+// Subscription delivers wake-up payloads.
+type Subscription interface {
+	// Wait blocks until a payload arrives, ctx is done, or the
+	// subscription fails.
+	Wait(ctx context.Context) (string, error)
+	// Close ends the subscription.
+	Close() error
+}
+
+// Executor runs the engine's statements, either in a transaction or not.
+type Executor interface {
+	// PipelineInsert creates a pipeline row. It reports false, without an
+	// error, when a row with that id already exists, which makes a retried
+	// insert after an ambiguous commit harmless.
+	PipelineInsert(ctx context.Context, params *PipelineInsertParams) (bool, error)
+	// PipelineGet returns one pipeline or ErrNotFound.
+	PipelineGet(ctx context.Context, id uuid.UUID) (*Pipeline, error)
+	// PipelineList returns pipelines, newest first.
+	PipelineList(ctx context.Context, params *PipelineListParams) ([]*Pipeline, error)
+	// PipelineLock locks the given pipelines for update, in id order so
+	// that concurrent lockers cannot deadlock, and returns them.
+	PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*Pipeline, error)
+	// PipelineStart flips Pending pipelines among IDs to Running and
+	// returns the ids it flipped. It never waits on a locked pipeline.
+	PipelineStart(ctx context.Context, params *PipelineStartParams) ([]uuid.UUID, error)
+
+	// TaskInsertMany creates task rows.
+	TaskInsertMany(ctx context.Context, tasks []TaskInsert) error
+	// TaskList returns tasks ordered by pipeline id, then creation order.
+	TaskList(ctx context.Context, params *TaskListParams) ([]*Task, error)
+	// TaskClaim deletes up to Limit claimable outbox rows of the given
+	// workflows, oldest due first, skipping rows another transaction holds,
+	// and flips their tasks Ready → Running under RunnerID. It returns the
+	// claimed tasks with their input contexts.
+	TaskClaim(ctx context.Context, params *TaskClaimParams) ([]*Task, error)
+	// TaskFinishMany applies fenced transitions of Running tasks and
+	// returns the ids of the tasks whose fence held.
+	TaskFinishMany(ctx context.Context, finishes []TaskFinish) ([]uuid.UUID, error)
+
+	// OutboxPeek reports whether claimable work exists, and when the next
+	// not-yet-due row becomes claimable.
+	OutboxPeek(ctx context.Context, params *OutboxPeekParams) (*OutboxPeekResult, error)
+	// OutboxDelete removes a pipeline's outbox rows and returns how many.
+	OutboxDelete(ctx context.Context, params *OutboxDeleteParams) (int, error)
+
+	// ChangeSetApply writes a change set: task and pipeline updates
+	// (conditional on their from-status; ErrConflict when one does not
+	// apply), outbox rows, events, and wake-ups.
+	ChangeSetApply(ctx context.Context, changes *ChangeSet) error
+
+	// EventList returns events ordered by sequence number.
+	EventList(ctx context.Context, params *EventListParams) ([]*Event, error)
+	// EventCount counts events.
+	EventCount(ctx context.Context, params *EventCountParams) (int64, error)
+	// EventDelete deletes one batch of old events and returns how many.
+	EventDelete(ctx context.Context, params *EventDeleteParams) (int64, error)
+}

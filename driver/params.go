@@ -1,0 +1,194 @@
+package driver
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// PipelineInsertParams creates one pipeline row.
+type PipelineInsertParams struct {
+	ID              uuid.UUID
+	WorkflowName    string
+	WorkflowVersion string
+	Status          PipelineStatus
+	Input           json.RawMessage
+	Now             time.Time
+}
+
+// TaskInsert is one task row to create.
+type TaskInsert struct {
+	ID           uuid.UUID
+	PipelineID   uuid.UUID
+	WorkflowName string
+	Name         string
+	Position     int // declaration order within the workflow
+	Status       TaskStatus
+	Attempt      int
+	MaxAttempts  int
+	Input        json.RawMessage // for tasks created Ready
+	Error        string          // skip reason for tasks created Skipped
+	AvailableAt  *time.Time
+	Now          time.Time
+}
+
+// PipelineListParams selects pipelines. Zero fields do not filter.
+type PipelineListParams struct {
+	IDs          []uuid.UUID
+	Statuses     []PipelineStatus
+	WorkflowName string
+	// CreatedBefore and BeforeID page backwards through the list: when set,
+	// only runs created strictly before (CreatedBefore, BeforeID) are returned.
+	CreatedBefore *time.Time
+	BeforeID      uuid.UUID
+	Limit         int // 0 means no limit
+}
+
+// TaskListParams selects tasks, ordered by pipeline and creation.
+type TaskListParams struct {
+	PipelineIDs []uuid.UUID
+	IDs         []uuid.UUID
+	// WithContexts loads Input and Output; without it they are left nil,
+	// which keeps status-only reads cheap.
+	WithContexts bool
+}
+
+// TaskClaimParams claims up to Limit claimable outbox rows in one
+// transaction: the rows are deleted and their tasks flipped Ready → Running
+// under the runner's claim.
+type TaskClaimParams struct {
+	RunnerID  string
+	Workflows []string // only rows of these workflows are claimed
+	Limit     int
+	Now       time.Time
+}
+
+// OutboxPeekParams asks whether claimable work exists without taking it.
+type OutboxPeekParams struct {
+	Workflows []string
+	Now       time.Time
+}
+
+// OutboxPeekResult describes the outbox as seen by one runner.
+type OutboxPeekResult struct {
+	// Claimable is true when at least one row is available now.
+	Claimable bool
+	// NextAvailableAt is the earliest due time of a row that is not yet
+	// claimable, or nil when there is none.
+	NextAvailableAt *time.Time
+}
+
+// TaskFinish is one fenced transition of a Running task: to Completed,
+// Failed, or back to Ready for a retry.
+type TaskFinish struct {
+	Fence       Fence
+	Status      TaskStatus
+	Output      json.RawMessage // for Completed
+	Error       string          // for Failed and Ready (the error that caused the retry)
+	Attempt     int             // the task's attempt after the transition (incremented for a retry)
+	AvailableAt *time.Time      // for Ready: the retry due time
+	Now         time.Time
+}
+
+// TaskUpdate is an unfenced transition decided by the engine under the
+// pipeline lock, such as NotStarted → Ready or NotStarted → Skipped. It
+// applies only when the task is still in FromStatus.
+type TaskUpdate struct {
+	ID          uuid.UUID
+	FromStatus  TaskStatus
+	Status      TaskStatus
+	Attempt     int
+	Input       json.RawMessage // for Ready
+	Error       string          // skip reason for Skipped
+	AvailableAt *time.Time
+	Now         time.Time
+}
+
+// OutboxInsert is one outbox row: a claimable unit of work.
+type OutboxInsert struct {
+	TaskID       uuid.UUID
+	Attempt      int
+	WorkflowName string
+	AvailableAt  time.Time
+	Now          time.Time
+}
+
+// PipelineUpdate is a transition of a pipeline decided under its lock. It
+// applies only when the pipeline is still in FromStatus.
+type PipelineUpdate struct {
+	ID          uuid.UUID
+	FromStatus  PipelineStatus
+	Status      PipelineStatus
+	Output      json.RawMessage // final context, when the run completes or fails
+	Error       string
+	StartedAt   *time.Time // set when the run starts (kept if already set)
+	CompletedAt *time.Time
+	Now         time.Time
+}
+
+// EventInsert is one execution event to append.
+type EventInsert struct {
+	ID         uuid.UUID
+	PipelineID uuid.UUID
+	TaskID     *uuid.UUID
+	Type       EventType
+	Data       json.RawMessage
+	WorkerID   string
+	CreatedAt  time.Time
+}
+
+// ChangeSet is every write of one state change, applied together inside
+// the caller's transaction. Backends may send it in a single round trip.
+type ChangeSet struct {
+	Tasks     []TaskUpdate
+	Outbox    []OutboxInsert
+	Pipelines []PipelineUpdate
+	Events    []EventInsert
+	// Notify holds wake-up payloads delivered to subscribers once the
+	// transaction commits (on Postgres, NOTIFY inside the transaction).
+	// Duplicates are sent once.
+	Notify []string
+}
+
+// Empty reports whether the change set has nothing to write.
+func (c *ChangeSet) Empty() bool {
+	return len(c.Tasks) == 0 && len(c.Outbox) == 0 && len(c.Pipelines) == 0 && len(c.Events) == 0 && len(c.Notify) == 0
+}
+
+// PipelineStartParams flips Pending pipelines to Running. Pipelines locked
+// by another transaction are skipped rather than waited for.
+type PipelineStartParams struct {
+	IDs []uuid.UUID
+	Now time.Time
+}
+
+// OutboxDeleteParams removes the outbox rows of one pipeline (pause, cancel).
+type OutboxDeleteParams struct {
+	PipelineID uuid.UUID
+}
+
+// EventListParams selects execution events. Zero fields do not filter.
+type EventListParams struct {
+	PipelineID *uuid.UUID
+	TaskID     *uuid.UUID
+	Types      []EventType
+	// AfterSeq returns only events with a larger sequence number.
+	AfterSeq int64
+	// Newest orders by descending sequence number (recent first).
+	Newest bool
+	Limit  int // 0 means no limit
+}
+
+// EventCountParams counts execution events. Zero fields do not filter.
+type EventCountParams struct {
+	PipelineID *uuid.UUID
+	Before     *time.Time // only events created strictly before this time
+}
+
+// EventDeleteParams deletes up to Limit events created before Before,
+// oldest first.
+type EventDeleteParams struct {
+	Before time.Time
+	Limit  int
+}

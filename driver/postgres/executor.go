@@ -1,0 +1,615 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// dbtx is what *pgxpool.Pool and pgx.Tx have in common.
+type dbtx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+type executor struct {
+	db      dbtx
+	q       *queries
+	channel string
+}
+
+const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at`
+
+const taskColumnsFmt = `%[1]sid, %[1]spipeline_execution_id, %[1]sworkflow_name, %[1]stask_name, %[1]sposition, %[1]sstatus,
+	%[1]sattempt, %[1]smax_attempts, %[2]s, %[1]serror, %[1]srunner_id, %[1]srecovery_count, %[1]savailable_at,
+	%[1]screated_at, %[1]sstarted_at, %[1]scompleted_at, %[1]supdated_at`
+
+func taskColumns(prefix string, withContexts bool) string {
+	ctxCols := "NULL::jsonb, NULL::jsonb"
+	if withContexts {
+		ctxCols = prefix + "input, " + prefix + "output"
+	}
+	return fmt.Sprintf(taskColumnsFmt, prefix, ctxCols)
+}
+
+// queries holds the statements whose text depends on the schema, rendered
+// once per backend.
+type queries struct {
+	pipelineInsert string
+	pipelineGet    string
+	pipelineLock   string
+	pipelineStart  string
+	taskInsert     string
+	taskClaim      string
+	taskFinish     string
+	outboxPeek     string
+	outboxDelete   string
+	taskUpdate     string
+	outboxInsert   string
+	pipelineUpdate string
+	eventInsert    string
+	notify         string
+	eventDelete    string
+	pipelineTable  string
+	taskTable      string
+	eventTable     string
+}
+
+func newQueries(schema string) *queries {
+	s := pgx.Identifier{schema}.Sanitize()
+	r := strings.NewReplacer("{s}", s)
+	return &queries{
+		pipelineTable: s + ".pipeline_executions",
+		taskTable:     s + ".task_executions",
+		eventTable:    s + ".execution_events",
+		pipelineInsert: r.Replace(`INSERT INTO {s}.pipeline_executions
+			(id, workflow_name, workflow_version, status, input, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO NOTHING`),
+		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
+		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
+		pipelineStart: r.Replace(`WITH locked AS (
+				SELECT id FROM {s}.pipeline_executions WHERE id = ANY($1) AND status = 'pending'
+				ORDER BY id FOR UPDATE SKIP LOCKED)
+			UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $2, updated_at = $2
+			FROM locked WHERE p.id = locked.id RETURNING p.id`),
+		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
+				status, attempt, max_attempts, input, error, available_at, created_at, updated_at)
+			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::jsonb, error, available_at, now, now
+			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::int[],
+				$9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[])
+				AS u(id, pid, wf, name, pos, status, attempt, max_attempts, input, error, available_at, now)`),
+		taskClaim: r.Replace(`WITH locked AS (
+				SELECT id FROM {s}.task_outbox
+				WHERE available_at <= $1 AND workflow_name = ANY($2)
+				ORDER BY available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
+			claimed AS (
+				DELETE FROM {s}.task_outbox o USING locked WHERE o.id = locked.id
+				RETURNING o.task_execution_id, o.attempt)
+			UPDATE {s}.task_executions t SET status = 'running', runner_id = $4, started_at = $1, updated_at = $1
+			FROM claimed c WHERE t.id = c.task_execution_id AND t.status = 'ready'
+			RETURNING c.attempt, ` + taskColumns("t.", true)),
+		taskFinish: r.Replace(`UPDATE {s}.task_executions t
+			SET status = f.status, output = COALESCE(f.output::jsonb, t.output), error = f.error, attempt = f.attempt,
+				available_at = f.available_at,
+				completed_at = CASE WHEN f.status IN ('completed', 'failed', 'skipped') THEN f.now ELSE t.completed_at END,
+				runner_id = CASE WHEN f.status = 'ready' THEN '' ELSE t.runner_id END,
+				updated_at = f.now
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[],
+				$8::text[], $9::int[], $10::int[])
+				AS f(id, status, output, error, attempt, available_at, now, runner_id, fence_attempt, fence_recovery)
+			WHERE t.id = f.id AND t.status = 'running' AND t.runner_id = f.runner_id
+				AND t.attempt = f.fence_attempt AND t.recovery_count = f.fence_recovery
+			RETURNING t.id`),
+		outboxPeek: r.Replace(`SELECT
+			EXISTS (SELECT 1 FROM {s}.task_outbox WHERE available_at <= $1 AND workflow_name = ANY($2)),
+			(SELECT MIN(available_at) FROM {s}.task_outbox WHERE available_at > $1 AND workflow_name = ANY($2))`),
+		outboxDelete: r.Replace(`DELETE FROM {s}.task_outbox WHERE task_execution_id IN
+			(SELECT id FROM {s}.task_executions WHERE pipeline_execution_id = $1)`),
+		taskUpdate: r.Replace(`UPDATE {s}.task_executions t
+			SET status = u.status, attempt = u.attempt, input = COALESCE(u.input::jsonb, t.input), error = u.error,
+				available_at = u.available_at,
+				completed_at = CASE WHEN u.status IN ('completed', 'failed', 'skipped') THEN u.now ELSE t.completed_at END,
+				updated_at = u.now
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[])
+				AS u(id, from_status, status, attempt, input, error, available_at, now)
+			WHERE t.id = u.id AND t.status = u.from_status`),
+		outboxInsert: r.Replace(`INSERT INTO {s}.task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at)
+			SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[])`),
+		pipelineUpdate: r.Replace(`UPDATE {s}.pipeline_executions p
+			SET status = u.status, output = COALESCE(u.output::jsonb, p.output), error = u.error,
+				started_at = COALESCE(p.started_at, u.started_at), completed_at = COALESCE(u.completed_at, p.completed_at),
+				updated_at = u.now
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+				AS u(id, from_status, status, output, error, started_at, completed_at, now)
+			WHERE p.id = u.id AND p.status = u.from_status`),
+		eventInsert: r.Replace(`INSERT INTO {s}.execution_events
+				(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
+			SELECT id, pid, tid, typ, data::jsonb, worker, created
+			FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+				WITH ORDINALITY AS e(id, pid, tid, typ, data, worker, created, ord)
+			ORDER BY ord`),
+		notify: `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`,
+		eventDelete: r.Replace(`DELETE FROM {s}.execution_events WHERE sequence_num IN (
+			SELECT sequence_num FROM {s}.execution_events WHERE created_at < $1 ORDER BY created_at LIMIT $2)`),
+	}
+}
+
+func jsonText(m json.RawMessage) *string {
+	if m == nil {
+		return nil
+	}
+	s := string(m)
+	return &s
+}
+
+func utc(t time.Time) time.Time { return t.UTC() }
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+func nilIfEmpty(m json.RawMessage) json.RawMessage {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+func scanPipeline(row pgx.Row) (*driver.Pipeline, error) {
+	var p driver.Pipeline
+	var status string
+	if err := row.Scan(&p.ID, &p.WorkflowName, &p.WorkflowVersion, &status, &p.Input, &p.Output, &p.Error,
+		&p.CreatedAt, &p.StartedAt, &p.CompletedAt, &p.UpdatedAt); err != nil {
+		return nil, mapError(err)
+	}
+	p.Status = driver.PipelineStatus(status)
+	p.Output = nilIfEmpty(p.Output)
+	p.CreatedAt, p.UpdatedAt = utc(p.CreatedAt), utc(p.UpdatedAt)
+	p.StartedAt, p.CompletedAt = utcPtr(p.StartedAt), utcPtr(p.CompletedAt)
+	return &p, nil
+}
+
+func collectPipelines(rows pgx.Rows, err error) ([]*driver.Pipeline, error) {
+	if err != nil {
+		return nil, mapError(err)
+	}
+	defer rows.Close()
+	var out []*driver.Pipeline
+	for rows.Next() {
+		p, err := scanPipeline(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, mapError(rows.Err())
+}
+
+func scanTask(row pgx.Row, extra ...any) (*driver.Task, error) {
+	var t driver.Task
+	var status string
+	dest := append(extra, &t.ID, &t.PipelineID, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
+		&t.Input, &t.Output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
+		&t.CompletedAt, &t.UpdatedAt)
+	if err := row.Scan(dest...); err != nil {
+		return nil, mapError(err)
+	}
+	t.Status = driver.TaskStatus(status)
+	t.Input, t.Output = nilIfEmpty(t.Input), nilIfEmpty(t.Output)
+	t.CreatedAt, t.UpdatedAt = utc(t.CreatedAt), utc(t.UpdatedAt)
+	t.AvailableAt, t.StartedAt, t.CompletedAt = utcPtr(t.AvailableAt), utcPtr(t.StartedAt), utcPtr(t.CompletedAt)
+	return &t, nil
+}
+
+func (e *executor) PipelineInsert(ctx context.Context, p *driver.PipelineInsertParams) (bool, error) {
+	tag, err := e.db.Exec(ctx, e.q.pipelineInsert, p.ID, p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), p.Now.UTC())
+	if err != nil {
+		return false, fmt.Errorf("postgres: insert pipeline %s: %w", p.ID, mapError(err))
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
+	p, err := scanPipeline(e.db.QueryRow(ctx, e.q.pipelineGet, id))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: get pipeline %s: %w", id, err)
+	}
+	return p, nil
+}
+
+// args numbers positional parameters as they are added.
+type args []any
+
+func (a *args) add(v any) string {
+	*a = append(*a, v)
+	return fmt.Sprintf("$%d", len(*a))
+}
+
+func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParams) ([]*driver.Pipeline, error) {
+	var where []string
+	var a args
+	if len(p.IDs) > 0 {
+		where = append(where, "id = ANY("+a.add(p.IDs)+")")
+	}
+	if len(p.Statuses) > 0 {
+		ss := make([]string, len(p.Statuses))
+		for i, s := range p.Statuses {
+			ss[i] = string(s)
+		}
+		where = append(where, "status = ANY("+a.add(ss)+")")
+	}
+	if p.WorkflowName != "" {
+		where = append(where, "workflow_name = "+a.add(p.WorkflowName))
+	}
+	if p.CreatedBefore != nil {
+		where = append(where, "(created_at, id) < ("+a.add(p.CreatedBefore.UTC())+", "+a.add(p.BeforeID)+")")
+	}
+	q := `SELECT ` + pipelineColumns + ` FROM ` + e.q.pipelineTable
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY created_at DESC, id DESC"
+	if p.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", p.Limit)
+	}
+	out, err := collectPipelines(e.db.Query(ctx, q, a...))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list pipelines: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLock, ids))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: lock pipelines: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) PipelineStart(ctx context.Context, p *driver.PipelineStartParams) ([]uuid.UUID, error) {
+	if len(p.IDs) == 0 {
+		return nil, nil
+	}
+	rows, err := e.db.Query(ctx, e.q.pipelineStart, p.IDs, p.Now.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("postgres: start pipelines: %w", mapError(err))
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: start pipelines: %w", mapError(err))
+	}
+	return ids, nil
+}
+
+func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert) error {
+	if len(tasks) == 0 {
+		return nil
+	}
+	n := len(tasks)
+	var (
+		ids, pids            = make([]uuid.UUID, n), make([]uuid.UUID, n)
+		wfs, names, statuses = make([]string, n), make([]string, n), make([]string, n)
+		pos, attempts, maxes = make([]int32, n), make([]int32, n), make([]int32, n)
+		inputs               = make([]*string, n)
+		errs                 = make([]string, n)
+		available            = make([]*time.Time, n)
+		nows                 = make([]time.Time, n)
+	)
+	for i, t := range tasks {
+		ids[i], pids[i], wfs[i], names[i], statuses[i] = t.ID, t.PipelineID, t.WorkflowName, t.Name, string(t.Status)
+		pos[i], attempts[i], maxes[i] = int32(t.Position), int32(t.Attempt), int32(t.MaxAttempts)
+		inputs[i], errs[i], available[i], nows[i] = jsonText(t.Input), t.Error, utcPtr(t.AvailableAt), t.Now.UTC()
+	}
+	if _, err := e.db.Exec(ctx, e.q.taskInsert, ids, pids, wfs, names, pos, statuses, attempts, maxes, inputs, errs, available, nows); err != nil {
+		return fmt.Errorf("postgres: insert tasks: %w", mapError(err))
+	}
+	return nil
+}
+
+func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*driver.Task, error) {
+	var where []string
+	var a args
+	if len(p.PipelineIDs) > 0 {
+		where = append(where, "pipeline_execution_id = ANY("+a.add(p.PipelineIDs)+")")
+	}
+	if len(p.IDs) > 0 {
+		where = append(where, "id = ANY("+a.add(p.IDs)+")")
+	}
+	if len(where) == 0 {
+		return nil, fmt.Errorf("postgres: list tasks: give pipeline ids or task ids")
+	}
+	q := `SELECT ` + taskColumns("", p.WithContexts) + ` FROM ` + e.q.taskTable + ` WHERE ` + strings.Join(where, " AND ") +
+		` ORDER BY pipeline_execution_id, position`
+	rows, err := e.db.Query(ctx, q, a...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list tasks: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []*driver.Task
+	for rows.Next() {
+		t, err := scanTask(rows)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: list tasks: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) ([]*driver.Task, error) {
+	if len(p.Workflows) == 0 || p.Limit <= 0 {
+		return nil, nil
+	}
+	rows, err := e.db.Query(ctx, e.q.taskClaim, p.Now.UTC(), p.Workflows, p.Limit, p.RunnerID)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim tasks: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []*driver.Task
+	for rows.Next() {
+		var outboxAttempt int
+		t, err := scanTask(rows, &outboxAttempt)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: claim tasks: %w", err)
+		}
+		if outboxAttempt != t.Attempt {
+			return nil, fmt.Errorf("postgres: claim task %s: outbox attempt %d does not match task attempt %d", t.ID, outboxAttempt, t.Attempt)
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: claim tasks: %w", mapError(err))
+	}
+	return out, nil
+}
+
+func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFinish) ([]uuid.UUID, error) {
+	if len(finishes) == 0 {
+		return nil, nil
+	}
+	n := len(finishes)
+	var (
+		ids                     = make([]uuid.UUID, n)
+		statuses, errs, runners = make([]string, n), make([]string, n), make([]string, n)
+		outputs                 = make([]*string, n)
+		attempts, fa, fr        = make([]int32, n), make([]int32, n), make([]int32, n)
+		available               = make([]*time.Time, n)
+		nows                    = make([]time.Time, n)
+	)
+	for i, f := range finishes {
+		ids[i], statuses[i], outputs[i], errs[i] = f.Fence.TaskID, string(f.Status), jsonText(f.Output), f.Error
+		attempts[i], available[i], nows[i] = int32(f.Attempt), utcPtr(f.AvailableAt), f.Now.UTC()
+		runners[i], fa[i], fr[i] = f.Fence.RunnerID, int32(f.Fence.Attempt), int32(f.Fence.RecoveryCount)
+	}
+	rows, err := e.db.Query(ctx, e.q.taskFinish, ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
+	}
+	return done, nil
+}
+
+func (e *executor) OutboxPeek(ctx context.Context, p *driver.OutboxPeekParams) (*driver.OutboxPeekResult, error) {
+	if len(p.Workflows) == 0 {
+		return &driver.OutboxPeekResult{}, nil
+	}
+	var res driver.OutboxPeekResult
+	if err := e.db.QueryRow(ctx, e.q.outboxPeek, p.Now.UTC(), p.Workflows).Scan(&res.Claimable, &res.NextAvailableAt); err != nil {
+		return nil, fmt.Errorf("postgres: peek outbox: %w", mapError(err))
+	}
+	res.NextAvailableAt = utcPtr(res.NextAvailableAt)
+	return &res, nil
+}
+
+func (e *executor) OutboxDelete(ctx context.Context, p *driver.OutboxDeleteParams) (int, error) {
+	tag, err := e.db.Exec(ctx, e.q.outboxDelete, p.PipelineID)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: delete outbox rows of pipeline %s: %w", p.PipelineID, mapError(err))
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// ChangeSetApply sends every statement of the change set in one batch: one
+// round trip however many rows it writes.
+func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) error {
+	b := &pgx.Batch{}
+	if n := len(c.Tasks); n > 0 {
+		var (
+			ids                  = make([]uuid.UUID, n)
+			from, statuses, errs = make([]string, n), make([]string, n), make([]string, n)
+			attempts             = make([]int32, n)
+			inputs               = make([]*string, n)
+			available            = make([]*time.Time, n)
+			nows                 = make([]time.Time, n)
+		)
+		for i, u := range c.Tasks {
+			ids[i], from[i], statuses[i], attempts[i] = u.ID, string(u.FromStatus), string(u.Status), int32(u.Attempt)
+			inputs[i], errs[i], available[i], nows[i] = jsonText(u.Input), u.Error, utcPtr(u.AvailableAt), u.Now.UTC()
+		}
+		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows).Exec(func(tag pgconn.CommandTag) error {
+			if int(tag.RowsAffected()) != n {
+				return fmt.Errorf("postgres: update tasks: %d of %d rows in their expected status: %w", tag.RowsAffected(), n, driver.ErrConflict)
+			}
+			return nil
+		})
+	}
+	if n := len(c.Outbox); n > 0 {
+		var (
+			ids       = make([]uuid.UUID, n)
+			attempts  = make([]int32, n)
+			wfs       = make([]string, n)
+			available = make([]time.Time, n)
+			nows      = make([]time.Time, n)
+		)
+		for i, o := range c.Outbox {
+			ids[i], attempts[i], wfs[i], available[i], nows[i] = o.TaskID, int32(o.Attempt), o.WorkflowName, o.AvailableAt.UTC(), o.Now.UTC()
+		}
+		b.Queue(e.q.outboxInsert, ids, attempts, wfs, available, nows)
+	}
+	if n := len(c.Pipelines); n > 0 {
+		var (
+			ids                  = make([]uuid.UUID, n)
+			from, statuses, errs = make([]string, n), make([]string, n), make([]string, n)
+			outputs              = make([]*string, n)
+			started, completed   = make([]*time.Time, n), make([]*time.Time, n)
+			nows                 = make([]time.Time, n)
+		)
+		for i, u := range c.Pipelines {
+			ids[i], from[i], statuses[i], outputs[i], errs[i] = u.ID, string(u.FromStatus), string(u.Status), jsonText(u.Output), u.Error
+			started[i], completed[i], nows[i] = utcPtr(u.StartedAt), utcPtr(u.CompletedAt), u.Now.UTC()
+		}
+		b.Queue(e.q.pipelineUpdate, ids, from, statuses, outputs, errs, started, completed, nows).Exec(func(tag pgconn.CommandTag) error {
+			if int(tag.RowsAffected()) != n {
+				return fmt.Errorf("postgres: update pipelines: %d of %d rows in their expected status: %w", tag.RowsAffected(), n, driver.ErrConflict)
+			}
+			return nil
+		})
+	}
+	if n := len(c.Events); n > 0 {
+		var (
+			ids, pids   = make([]uuid.UUID, n), make([]uuid.UUID, n)
+			tids        = make([]*uuid.UUID, n)
+			types, data = make([]string, n), make([]string, n)
+			workers     = make([]string, n)
+			created     = make([]time.Time, n)
+		)
+		for i, ev := range c.Events {
+			ids[i], pids[i], tids[i], types[i], workers[i], created[i] = ev.ID, ev.PipelineID, ev.TaskID, string(ev.Type), ev.WorkerID, ev.CreatedAt.UTC()
+			data[i] = "{}"
+			if ev.Data != nil {
+				data[i] = string(ev.Data)
+			}
+		}
+		b.Queue(e.q.eventInsert, ids, pids, tids, types, data, workers, created)
+	}
+	if len(c.Notify) > 0 {
+		b.Queue(e.q.notify, e.channel, dedupe(c.Notify))
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := e.db.SendBatch(ctx, b).Close(); err != nil {
+		if errors.Is(err, driver.ErrConflict) {
+			return err
+		}
+		return fmt.Errorf("postgres: apply changes: %w", mapError(err))
+	}
+	return nil
+}
+
+func dedupe(ss []string) []string {
+	seen := make(map[string]bool, len(ss))
+	out := make([]string, 0, len(ss))
+	for _, s := range ss {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]*driver.Event, error) {
+	var where []string
+	var a args
+	if p.PipelineID != nil {
+		where = append(where, "e.pipeline_execution_id = "+a.add(*p.PipelineID))
+	}
+	if p.TaskID != nil {
+		where = append(where, "e.task_execution_id = "+a.add(*p.TaskID))
+	}
+	if len(p.Types) > 0 {
+		ts := make([]string, len(p.Types))
+		for i, t := range p.Types {
+			ts[i] = string(t)
+		}
+		where = append(where, "e.event_type = ANY("+a.add(ts)+")")
+	}
+	if p.AfterSeq > 0 {
+		where = append(where, "e.sequence_num > "+a.add(p.AfterSeq))
+	}
+	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, ''),
+		e.event_type, e.event_data, e.worker_id, e.created_at
+		FROM ` + e.q.eventTable + ` e LEFT JOIN ` + e.q.taskTable + ` t ON t.id = e.task_execution_id`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	if p.Newest {
+		q += " ORDER BY e.sequence_num DESC"
+	} else {
+		q += " ORDER BY e.sequence_num"
+	}
+	if p.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", p.Limit)
+	}
+	rows, err := e.db.Query(ctx, q, a...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list events: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []*driver.Event
+	for rows.Next() {
+		var ev driver.Event
+		var typ string
+		if err := rows.Scan(&ev.SequenceNum, &ev.ID, &ev.PipelineID, &ev.TaskID, &ev.TaskName, &typ, &ev.Data, &ev.WorkerID, &ev.CreatedAt); err != nil {
+			return nil, fmt.Errorf("postgres: list events: %w", mapError(err))
+		}
+		ev.Type = driver.EventType(typ)
+		ev.CreatedAt = ev.CreatedAt.UTC()
+		out = append(out, &ev)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (int64, error) {
+	var where []string
+	var a args
+	if p.PipelineID != nil {
+		where = append(where, "pipeline_execution_id = "+a.add(*p.PipelineID))
+	}
+	if p.Before != nil {
+		where = append(where, "created_at < "+a.add(p.Before.UTC()))
+	}
+	q := "SELECT count(*) FROM " + e.q.eventTable
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	var n int64
+	if err := e.db.QueryRow(ctx, q, a...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("postgres: count events: %w", mapError(err))
+	}
+	return n, nil
+}
+
+func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (int64, error) {
+	if p.Limit <= 0 {
+		return 0, fmt.Errorf("postgres: delete events: limit must be positive")
+	}
+	tag, err := e.db.Exec(ctx, e.q.eventDelete, p.Before.UTC(), p.Limit)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: delete events: %w", mapError(err))
+	}
+	return tag.RowsAffected(), nil
+}

@@ -1,0 +1,92 @@
+package postgres
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+var migrations = mustLoadMigrations()
+
+func mustLoadMigrations() []driver.Migration {
+	m, err := driver.LoadMigrations(migrationFS, "migrations")
+	if err != nil {
+		panic(err) // the embedded files are fixed at build time; tests catch this
+	}
+	return m
+}
+
+// Migrate creates the schema if it is missing and applies pending
+// migrations in one transaction, holding an advisory lock keyed on the
+// schema so concurrent migrators apply each migration once.
+func (d *Driver) Migrate(ctx context.Context) error {
+	tx, err := d.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: migrate: %w", mapError(err))
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "cloacina_migrate:"+d.schema); err != nil {
+		return fmt.Errorf("postgres: migrate: lock: %w", mapError(err))
+	}
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", d.schema).Scan(&exists); err != nil {
+		return fmt.Errorf("postgres: migrate: %w", mapError(err))
+	}
+	quoted := pgx.Identifier{d.schema}.Sanitize()
+	if !exists {
+		// Only create when missing: CREATE SCHEMA IF NOT EXISTS still needs
+		// the CREATE privilege on the database, which a tenant role lacks.
+		if _, err := tx.Exec(ctx, "CREATE SCHEMA "+quoted); err != nil {
+			return fmt.Errorf("postgres: create schema %s: %w", d.schema, mapError(err))
+		}
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+quoted+`.cloacina_migrations (
+		version    integer PRIMARY KEY,
+		name       text NOT NULL,
+		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return fmt.Errorf("postgres: migrate schema %s: %w", d.schema, mapError(err))
+	}
+	var current int
+	if err := tx.QueryRow(ctx, "SELECT COALESCE(MAX(version), 0) FROM "+quoted+".cloacina_migrations").Scan(&current); err != nil {
+		return fmt.Errorf("postgres: migrate: %w", mapError(err))
+	}
+	if latest := len(migrations); current > latest {
+		return fmt.Errorf("postgres: %w: schema %s is at version %d, this code knows up to %d: upgrade cloacina",
+			driver.ErrSchemaTooNew, d.schema, current, latest)
+	}
+	for _, m := range migrations[current:] {
+		if _, err := tx.Exec(ctx, strings.ReplaceAll(m.SQL, "{{schema}}", quoted)); err != nil {
+			return fmt.Errorf("postgres: apply migration %d (%s) to schema %s: %w", m.Version, m.Name, d.schema, mapError(err))
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO "+quoted+".cloacina_migrations (version, name) VALUES ($1, $2)", m.Version, m.Name); err != nil {
+			return fmt.Errorf("postgres: record migration %d: %w", m.Version, mapError(err))
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("postgres: migrate: commit: %w", mapError(err))
+	}
+	return nil
+}
+
+// MigrationVersion reports the applied and the newest known schema version.
+func (d *Driver) MigrationVersion(ctx context.Context) (current, latest int, err error) {
+	var table *string
+	if err := d.pool.QueryRow(ctx, "SELECT to_regclass($1)::text", pgx.Identifier{d.schema, "cloacina_migrations"}.Sanitize()).Scan(&table); err != nil {
+		return 0, 0, fmt.Errorf("postgres: read schema version: %w", mapError(err))
+	}
+	if table != nil {
+		q := "SELECT COALESCE(MAX(version), 0) FROM " + pgx.Identifier{d.schema}.Sanitize() + ".cloacina_migrations"
+		if err := d.pool.QueryRow(ctx, q).Scan(&current); err != nil {
+			return 0, 0, fmt.Errorf("postgres: read schema version: %w", mapError(err))
+		}
+	}
+	return current, len(migrations), nil
+}

@@ -1,0 +1,245 @@
+// Package postgres is the PostgreSQL backend of Cloacina, built on pgx v5
+// and pgxpool.
+//
+// Every statement names its schema explicitly (schema-qualified SQL), so the
+// backend works behind a transaction-pooling connection pooler and can never
+// fall back to another schema through search_path. Claims use
+// FOR UPDATE SKIP LOCKED; wake-ups are NOTIFY on a channel named after the
+// schema, sent inside the enqueuing transaction and received on a dedicated
+// connection outside the pool.
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// DefaultSchema is the schema used when none is given.
+const DefaultSchema = "public"
+
+// Opts configures the backend. A nil *Opts means defaults.
+type Opts struct {
+	// Schema holds every Cloacina table. Default: "public". It is created
+	// on Migrate when missing.
+	Schema string
+}
+
+// Driver is the PostgreSQL backend. It is safe for concurrent use.
+type Driver struct {
+	pool       *pgxpool.Pool
+	owned      bool
+	schema     string
+	channel    string
+	listenConf *pgx.ConnConfig
+	q          *queries
+}
+
+var schemaName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+
+// ValidateSchema checks a schema name: 1–63 letters, digits and
+// underscores, not starting with a digit, and not a system schema.
+func ValidateSchema(name string) error {
+	if !schemaName.MatchString(name) {
+		return fmt.Errorf("invalid schema name %q: use 1–63 letters, digits and underscores, not starting with a digit", name)
+	}
+	lower := strings.ToLower(name)
+	if strings.HasPrefix(lower, "pg_") || lower == "information_schema" {
+		return fmt.Errorf("invalid schema name %q: pg_* and information_schema are reserved by PostgreSQL", name)
+	}
+	return nil
+}
+
+// Open connects a new pool to the PostgreSQL database at url.
+func Open(ctx context.Context, url string, opts *Opts) (*Driver, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: parse database URL: %w", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: connect: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: connect to %s:%d/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, mapError(err))
+	}
+	d, err := New(pool, opts)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	d.owned = true
+	return d, nil
+}
+
+// New returns a backend on a pool the application already has. Close does
+// not close the pool.
+func New(pool *pgxpool.Pool, opts *Opts) (*Driver, error) {
+	schema := DefaultSchema
+	if opts != nil && opts.Schema != "" {
+		schema = opts.Schema
+	}
+	if err := ValidateSchema(schema); err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	return &Driver{
+		pool:       pool,
+		schema:     schema,
+		channel:    channelName(schema),
+		listenConf: pool.Config().ConnConfig.Copy(),
+		q:          newQueries(schema),
+	}, nil
+}
+
+// channelName is the NOTIFY channel of a schema; it fits the 63-byte limit
+// on identifiers however long the schema name is.
+func channelName(schema string) string {
+	name := "cloacina_" + schema
+	if len(name) <= 63 {
+		return name
+	}
+	sum := sha256.Sum256([]byte(schema))
+	return name[:54] + "_" + hex.EncodeToString(sum[:4])
+}
+
+// Name returns "postgres".
+func (d *Driver) Name() string { return "postgres" }
+
+// Schema returns the schema holding this backend's tables.
+func (d *Driver) Schema() string { return d.schema }
+
+// Pool returns the connection pool.
+func (d *Driver) Pool() *pgxpool.Pool { return d.pool }
+
+// Begin starts a transaction on the pool.
+func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: begin: %w", mapError(err))
+	}
+	return &pgTx{executor: executor{db: tx, q: d.q, channel: d.channel}, tx: tx}, nil
+}
+
+// Reader returns an executor on the pool, outside transactions.
+func (d *Driver) Reader() driver.Executor {
+	return &executor{db: d.pool, q: d.q, channel: d.channel}
+}
+
+// UnwrapTx returns an executor inside the application's pgx.Tx.
+func (d *Driver) UnwrapTx(tx any) (driver.Executor, error) {
+	pgxTx, ok := tx.(pgx.Tx)
+	if !ok || pgxTx == nil {
+		return nil, fmt.Errorf("%w: the PostgreSQL backend needs a pgx.Tx, got %T", driver.ErrWrongTxType, tx)
+	}
+	return &executor{db: pgxTx, q: d.q, channel: d.channel}, nil
+}
+
+// Listen opens a dedicated connection (outside the pool, so it never holds
+// a pooled connection idle) and listens on the schema's channel.
+func (d *Driver) Listen(ctx context.Context) (driver.Subscription, error) {
+	conn, err := pgx.ConnectConfig(ctx, d.listenConf)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: listen: connect: %w", mapError(err))
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.channel}.Sanitize()); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("postgres: listen on %s: %w", d.channel, mapError(err))
+	}
+	return &subscription{conn: conn}, nil
+}
+
+// Close closes the pool if Open created it.
+func (d *Driver) Close() error {
+	if d.owned {
+		d.pool.Close()
+	}
+	return nil
+}
+
+type pgTx struct {
+	executor
+	tx pgx.Tx
+}
+
+func (t *pgTx) Commit(ctx context.Context) error {
+	if err := t.tx.Commit(ctx); err != nil {
+		return fmt.Errorf("postgres: commit: %w", mapError(err))
+	}
+	return nil
+}
+
+func (t *pgTx) Rollback(ctx context.Context) error {
+	if err := t.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+		return fmt.Errorf("postgres: rollback: %w", mapError(err))
+	}
+	return nil
+}
+
+type subscription struct {
+	conn *pgx.Conn
+}
+
+func (s *subscription) Wait(ctx context.Context) (string, error) {
+	n, err := s.conn.WaitForNotification(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", fmt.Errorf("postgres: wait for notification: %w", mapError(err))
+	}
+	return n.Payload, nil
+}
+
+func (s *subscription) Close() error {
+	return s.conn.Close(context.Background())
+}
+
+// mapError maps pgx and PostgreSQL errors onto the driver's sentinels. It
+// is the one place that knows PostgreSQL's error codes.
+func mapError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%w: %w", driver.ErrNotFound, err)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "40001", // serialization_failure
+			pgErr.Code == "40P01",               // deadlock_detected
+			pgErr.Code == "55P03",               // lock_not_available
+			pgErr.Code == "53300",               // too_many_connections
+			pgErr.Code == "57P01",               // admin_shutdown
+			pgErr.Code == "57P02",               // crash_shutdown
+			pgErr.Code == "57P03",               // cannot_connect_now
+			strings.HasPrefix(pgErr.Code, "08"): // connection exceptions
+			return fmt.Errorf("%w: %w", driver.ErrTransient, err)
+		}
+		return err
+	}
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	if pgconn.SafeToRetry(err) || errors.As(err, &netErr) || errors.As(err, &connectErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		strings.Contains(err.Error(), "conn closed") {
+		return fmt.Errorf("%w: %w", driver.ErrTransient, err)
+	}
+	return err
+}

@@ -1,0 +1,673 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// timeLayout is fixed-width, so text order is time order.
+const timeLayout = "2006-01-02T15:04:05.000000Z"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
+
+func formatTimePtr(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return formatTime(*t)
+}
+
+func parseTime(s string) (time.Time, error) {
+	t, err := time.Parse(timeLayout, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("sqlite: bad timestamp %q: %w", s, err)
+	}
+	return t, nil
+}
+
+func parseTimePtr(ns sql.NullString) (*time.Time, error) {
+	if !ns.Valid {
+		return nil, nil
+	}
+	t, err := parseTime(ns.String)
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+func jsonArg(m json.RawMessage) any {
+	if m == nil {
+		return nil
+	}
+	return string(m)
+}
+
+func jsonValue(ns sql.NullString) json.RawMessage {
+	if !ns.Valid {
+		return nil
+	}
+	return json.RawMessage(ns.String)
+}
+
+// dbtx is what *sql.DB and *sql.Tx have in common.
+type dbtx interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+type executor struct {
+	db dbtx
+}
+
+func placeholders(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return strings.Repeat("?,", n-1) + "?"
+}
+
+func uuidArgs(ids []uuid.UUID) []any {
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id.String()
+	}
+	return args
+}
+
+func stringArgs[T ~string](ss []T) []any {
+	args := make([]any, len(ss))
+	for i, s := range ss {
+		args[i] = string(s)
+	}
+	return args
+}
+
+const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at`
+
+func scanPipeline(row interface{ Scan(...any) error }) (*driver.Pipeline, error) {
+	var (
+		p                                  driver.Pipeline
+		id, status, created, updated       string
+		output, started, completed, inputS sql.NullString
+	)
+	if err := row.Scan(&id, &p.WorkflowName, &p.WorkflowVersion, &status, &inputS, &output, &p.Error,
+		&created, &started, &completed, &updated); err != nil {
+		return nil, mapError(err)
+	}
+	var err error
+	if p.ID, err = uuid.Parse(id); err != nil {
+		return nil, fmt.Errorf("sqlite: bad pipeline id %q: %w", id, err)
+	}
+	p.Status = driver.PipelineStatus(status)
+	p.Input = jsonValue(inputS)
+	p.Output = jsonValue(output)
+	if p.CreatedAt, err = parseTime(created); err != nil {
+		return nil, err
+	}
+	if p.UpdatedAt, err = parseTime(updated); err != nil {
+		return nil, err
+	}
+	if p.StartedAt, err = parseTimePtr(started); err != nil {
+		return nil, err
+	}
+	if p.CompletedAt, err = parseTimePtr(completed); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
+	if err != nil {
+		return nil, mapError(err)
+	}
+	defer rows.Close()
+	var out []*driver.Pipeline
+	for rows.Next() {
+		p, err := scanPipeline(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) PipelineInsert(ctx context.Context, p *driver.PipelineInsertParams) (bool, error) {
+	now := formatTime(p.Now)
+	res, err := e.db.ExecContext(ctx, `INSERT INTO pipeline_executions
+		(id, workflow_name, workflow_version, status, input, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), now, now)
+	if err != nil {
+		return false, fmt.Errorf("sqlite: insert pipeline %s: %w", p.ID, mapError(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, mapError(err)
+	}
+	return n == 1, nil
+}
+
+func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
+	p, err := scanPipeline(e.db.QueryRowContext(ctx, `SELECT `+pipelineColumns+` FROM pipeline_executions WHERE id = ?`, id.String()))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: get pipeline %s: %w", id, err)
+	}
+	return p, nil
+}
+
+func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParams) ([]*driver.Pipeline, error) {
+	var where []string
+	var args []any
+	if len(p.IDs) > 0 {
+		where = append(where, "id IN ("+placeholders(len(p.IDs))+")")
+		args = append(args, uuidArgs(p.IDs)...)
+	}
+	if len(p.Statuses) > 0 {
+		where = append(where, "status IN ("+placeholders(len(p.Statuses))+")")
+		args = append(args, stringArgs(p.Statuses)...)
+	}
+	if p.WorkflowName != "" {
+		where = append(where, "workflow_name = ?")
+		args = append(args, p.WorkflowName)
+	}
+	if p.CreatedBefore != nil {
+		where = append(where, "(created_at, id) < (?, ?)")
+		args = append(args, formatTime(*p.CreatedBefore), p.BeforeID.String())
+	}
+	q := `SELECT ` + pipelineColumns + ` FROM pipeline_executions`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY created_at DESC, id DESC"
+	if p.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", p.Limit)
+	}
+	out, err := collectPipelines(e.db.QueryContext(ctx, q, args...))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list pipelines: %w", err)
+	}
+	return out, nil
+}
+
+// PipelineLock needs no row locks on SQLite: the IMMEDIATE transaction
+// already holds the database write lock.
+func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	out, err := collectPipelines(e.db.QueryContext(ctx, `SELECT `+pipelineColumns+` FROM pipeline_executions
+		WHERE id IN (`+placeholders(len(ids))+`) ORDER BY id`, uuidArgs(ids)...))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: lock pipelines: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) PipelineStart(ctx context.Context, p *driver.PipelineStartParams) ([]uuid.UUID, error) {
+	if len(p.IDs) == 0 {
+		return nil, nil
+	}
+	now := formatTime(p.Now)
+	args := append([]any{now, now}, uuidArgs(p.IDs)...)
+	rows, err := e.db.QueryContext(ctx, `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
+		WHERE id IN (`+placeholders(len(p.IDs))+`) AND status = 'pending' RETURNING id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: start pipelines: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []uuid.UUID
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, mapError(err)
+		}
+		id, err := uuid.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert) error {
+	const cols = 13
+	const chunk = 500
+	for start := 0; start < len(tasks); start += chunk {
+		part := tasks[start:min(start+chunk, len(tasks))]
+		var sb strings.Builder
+		sb.WriteString(`INSERT INTO task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status,
+			attempt, max_attempts, input, error, available_at, created_at, updated_at) VALUES `)
+		args := make([]any, 0, len(part)*cols)
+		for i, t := range part {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			sb.WriteString("(" + placeholders(cols) + ")")
+			now := formatTime(t.Now)
+			args = append(args, t.ID.String(), t.PipelineID.String(), t.WorkflowName, t.Name, t.Position, string(t.Status),
+				t.Attempt, t.MaxAttempts, jsonArg(t.Input), t.Error, formatTimePtr(t.AvailableAt), now, now)
+		}
+		if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
+			return fmt.Errorf("sqlite: insert tasks: %w", mapError(err))
+		}
+	}
+	return nil
+}
+
+const taskColumns = `id, pipeline_execution_id, workflow_name, task_name, position, status, attempt, max_attempts,
+	%s, error, runner_id, recovery_count, available_at, created_at, started_at, completed_at, updated_at`
+
+func taskSelect(withContexts bool) string {
+	if withContexts {
+		return fmt.Sprintf(taskColumns, "input, output")
+	}
+	return fmt.Sprintf(taskColumns, "NULL, NULL")
+}
+
+func scanTask(row interface{ Scan(...any) error }) (*driver.Task, error) {
+	var (
+		t                                 driver.Task
+		id, pid, status, created, updated string
+		input, output                     sql.NullString
+		available, started, completed     sql.NullString
+	)
+	if err := row.Scan(&id, &pid, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
+		&input, &output, &t.Error, &t.RunnerID, &t.RecoveryCount, &available, &created, &started, &completed, &updated); err != nil {
+		return nil, mapError(err)
+	}
+	var err error
+	if t.ID, err = uuid.Parse(id); err != nil {
+		return nil, fmt.Errorf("sqlite: bad task id %q: %w", id, err)
+	}
+	if t.PipelineID, err = uuid.Parse(pid); err != nil {
+		return nil, fmt.Errorf("sqlite: bad pipeline id %q: %w", pid, err)
+	}
+	t.Status = driver.TaskStatus(status)
+	t.Input = jsonValue(input)
+	t.Output = jsonValue(output)
+	if t.AvailableAt, err = parseTimePtr(available); err != nil {
+		return nil, err
+	}
+	if t.CreatedAt, err = parseTime(created); err != nil {
+		return nil, err
+	}
+	if t.UpdatedAt, err = parseTime(updated); err != nil {
+		return nil, err
+	}
+	if t.StartedAt, err = parseTimePtr(started); err != nil {
+		return nil, err
+	}
+	if t.CompletedAt, err = parseTimePtr(completed); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+func collectTasks(rows *sql.Rows, err error) ([]*driver.Task, error) {
+	if err != nil {
+		return nil, mapError(err)
+	}
+	defer rows.Close()
+	var out []*driver.Task
+	for rows.Next() {
+		t, err := scanTask(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*driver.Task, error) {
+	var where []string
+	var args []any
+	if len(p.PipelineIDs) > 0 {
+		where = append(where, "pipeline_execution_id IN ("+placeholders(len(p.PipelineIDs))+")")
+		args = append(args, uuidArgs(p.PipelineIDs)...)
+	}
+	if len(p.IDs) > 0 {
+		where = append(where, "id IN ("+placeholders(len(p.IDs))+")")
+		args = append(args, uuidArgs(p.IDs)...)
+	}
+	if len(where) == 0 {
+		return nil, errors.New("sqlite: list tasks: give pipeline ids or task ids")
+	}
+	q := `SELECT ` + taskSelect(p.WithContexts) + ` FROM task_executions WHERE ` + strings.Join(where, " AND ") +
+		` ORDER BY pipeline_execution_id, position`
+	out, err := collectTasks(e.db.QueryContext(ctx, q, args...))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list tasks: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) ([]*driver.Task, error) {
+	if len(p.Workflows) == 0 || p.Limit <= 0 {
+		return nil, nil
+	}
+	now := formatTime(p.Now)
+	args := append([]any{now}, stringArgs(p.Workflows)...)
+	args = append(args, p.Limit)
+	rows, err := e.db.QueryContext(ctx, `DELETE FROM task_outbox WHERE id IN (
+			SELECT id FROM task_outbox WHERE available_at <= ? AND workflow_name IN (`+placeholders(len(p.Workflows))+`)
+			ORDER BY available_at, id LIMIT ?)
+		RETURNING task_execution_id, attempt`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: claim outbox rows: %w", mapError(err))
+	}
+	attempts := map[string]int{}
+	var ids []any
+	for rows.Next() {
+		var id string
+		var attempt int
+		if err := rows.Scan(&id, &attempt); err != nil {
+			rows.Close()
+			return nil, mapError(err)
+		}
+		attempts[id] = attempt
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, mapError(err)
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args = append([]any{p.RunnerID, now, now}, ids...)
+	tasks, err := collectTasks(e.db.QueryContext(ctx, `UPDATE task_executions
+		SET status = 'running', runner_id = ?, started_at = ?, updated_at = ?
+		WHERE id IN (`+placeholders(len(ids))+`) AND status = 'ready'
+		RETURNING `+taskSelect(true), args...))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: claim tasks: %w", err)
+	}
+	out := tasks[:0]
+	for _, t := range tasks {
+		if attempts[t.ID.String()] != t.Attempt {
+			return nil, fmt.Errorf("sqlite: claim task %s: outbox attempt %d does not match task attempt %d", t.ID, attempts[t.ID.String()], t.Attempt)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFinish) ([]uuid.UUID, error) {
+	var done []uuid.UUID
+	for _, f := range finishes {
+		now := formatTime(f.Now)
+		var completed any
+		if f.Status.Terminal() {
+			completed = now
+		}
+		runner := f.Fence.RunnerID
+		if f.Status == driver.TaskReady {
+			runner = ""
+		}
+		res, err := e.db.ExecContext(ctx, `UPDATE task_executions
+			SET status = ?, output = COALESCE(?, output), error = ?, attempt = ?, available_at = ?,
+				completed_at = COALESCE(?, completed_at), runner_id = ?, updated_at = ?
+			WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`,
+			string(f.Status), jsonArg(f.Output), f.Error, f.Attempt, formatTimePtr(f.AvailableAt), completed, runner, now,
+			f.Fence.TaskID.String(), f.Fence.RunnerID, f.Fence.Attempt, f.Fence.RecoveryCount)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: finish task %s: %w", f.Fence.TaskID, mapError(err))
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, mapError(err)
+		} else if n == 1 {
+			done = append(done, f.Fence.TaskID)
+		}
+	}
+	return done, nil
+}
+
+func (e *executor) OutboxPeek(ctx context.Context, p *driver.OutboxPeekParams) (*driver.OutboxPeekResult, error) {
+	if len(p.Workflows) == 0 {
+		return &driver.OutboxPeekResult{}, nil
+	}
+	now := formatTime(p.Now)
+	in := placeholders(len(p.Workflows))
+	args := append([]any{now}, stringArgs(p.Workflows)...)
+	args = append(args, now)
+	args = append(args, stringArgs(p.Workflows)...)
+	var claimable bool
+	var next sql.NullString
+	err := e.db.QueryRowContext(ctx, `SELECT
+		EXISTS (SELECT 1 FROM task_outbox WHERE available_at <= ? AND workflow_name IN (`+in+`)),
+		(SELECT MIN(available_at) FROM task_outbox WHERE available_at > ? AND workflow_name IN (`+in+`))`, args...).Scan(&claimable, &next)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: peek outbox: %w", mapError(err))
+	}
+	nextAt, err := parseTimePtr(next)
+	if err != nil {
+		return nil, err
+	}
+	return &driver.OutboxPeekResult{Claimable: claimable, NextAvailableAt: nextAt}, nil
+}
+
+func (e *executor) OutboxDelete(ctx context.Context, p *driver.OutboxDeleteParams) (int, error) {
+	res, err := e.db.ExecContext(ctx, `DELETE FROM task_outbox WHERE task_execution_id IN
+		(SELECT id FROM task_executions WHERE pipeline_execution_id = ?)`, p.PipelineID.String())
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete outbox rows of pipeline %s: %w", p.PipelineID, mapError(err))
+	}
+	n, err := res.RowsAffected()
+	return int(n), mapError(err)
+}
+
+func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) error {
+	for _, u := range c.Tasks {
+		now := formatTime(u.Now)
+		var completed any
+		if u.Status.Terminal() {
+			completed = now
+		}
+		res, err := e.db.ExecContext(ctx, `UPDATE task_executions
+			SET status = ?, attempt = ?, input = COALESCE(?, input), error = ?, available_at = ?,
+				completed_at = COALESCE(?, completed_at), updated_at = ?
+			WHERE id = ? AND status = ?`,
+			string(u.Status), u.Attempt, jsonArg(u.Input), u.Error, formatTimePtr(u.AvailableAt), completed, now,
+			u.ID.String(), string(u.FromStatus))
+		if err != nil {
+			return fmt.Errorf("sqlite: update task %s: %w", u.ID, mapError(err))
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return mapError(err)
+		} else if n != 1 {
+			return fmt.Errorf("sqlite: update task %s from %s to %s: %w", u.ID, u.FromStatus, u.Status, driver.ErrConflict)
+		}
+	}
+	if len(c.Outbox) > 0 {
+		const cols = 5
+		for start := 0; start < len(c.Outbox); start += 1000 {
+			part := c.Outbox[start:min(start+1000, len(c.Outbox))]
+			var sb strings.Builder
+			sb.WriteString(`INSERT INTO task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at) VALUES `)
+			args := make([]any, 0, len(part)*cols)
+			for i, o := range part {
+				if i > 0 {
+					sb.WriteByte(',')
+				}
+				sb.WriteString("(?,?,?,?,?)")
+				args = append(args, o.TaskID.String(), o.Attempt, o.WorkflowName, formatTime(o.AvailableAt), formatTime(o.Now))
+			}
+			if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
+				return fmt.Errorf("sqlite: insert outbox rows: %w", mapError(err))
+			}
+		}
+	}
+	for _, u := range c.Pipelines {
+		now := formatTime(u.Now)
+		res, err := e.db.ExecContext(ctx, `UPDATE pipeline_executions
+			SET status = ?, output = COALESCE(?, output), error = ?, started_at = COALESCE(started_at, ?),
+				completed_at = COALESCE(?, completed_at), updated_at = ?
+			WHERE id = ? AND status = ?`,
+			string(u.Status), jsonArg(u.Output), u.Error, formatTimePtr(u.StartedAt), formatTimePtr(u.CompletedAt), now,
+			u.ID.String(), string(u.FromStatus))
+		if err != nil {
+			return fmt.Errorf("sqlite: update pipeline %s: %w", u.ID, mapError(err))
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return mapError(err)
+		} else if n != 1 {
+			return fmt.Errorf("sqlite: update pipeline %s from %s to %s: %w", u.ID, u.FromStatus, u.Status, driver.ErrConflict)
+		}
+	}
+	if err := e.eventInsertMany(ctx, c.Events); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (e *executor) eventInsertMany(ctx context.Context, events []driver.EventInsert) error {
+	const cols = 7
+	const chunk = 1000
+	for start := 0; start < len(events); start += chunk {
+		part := events[start:min(start+chunk, len(events))]
+		var sb strings.Builder
+		sb.WriteString(`INSERT INTO execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at) VALUES `)
+		args := make([]any, 0, len(part)*cols)
+		for i, ev := range part {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			sb.WriteString("(?,?,?,?,?,?,?)")
+			var task any
+			if ev.TaskID != nil {
+				task = ev.TaskID.String()
+			}
+			data := ev.Data
+			if data == nil {
+				data = json.RawMessage("{}")
+			}
+			args = append(args, ev.ID.String(), ev.PipelineID.String(), task, string(ev.Type), string(data), ev.WorkerID, formatTime(ev.CreatedAt))
+		}
+		if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
+			return fmt.Errorf("sqlite: insert events: %w", mapError(err))
+		}
+	}
+	return nil
+}
+
+func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]*driver.Event, error) {
+	var where []string
+	var args []any
+	if p.PipelineID != nil {
+		where = append(where, "e.pipeline_execution_id = ?")
+		args = append(args, p.PipelineID.String())
+	}
+	if p.TaskID != nil {
+		where = append(where, "e.task_execution_id = ?")
+		args = append(args, p.TaskID.String())
+	}
+	if len(p.Types) > 0 {
+		where = append(where, "e.event_type IN ("+placeholders(len(p.Types))+")")
+		args = append(args, stringArgs(p.Types)...)
+	}
+	if p.AfterSeq > 0 {
+		where = append(where, "e.sequence_num > ?")
+		args = append(args, p.AfterSeq)
+	}
+	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, ''),
+		e.event_type, e.event_data, e.worker_id, e.created_at
+		FROM execution_events e LEFT JOIN task_executions t ON t.id = e.task_execution_id`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	if p.Newest {
+		q += " ORDER BY e.sequence_num DESC"
+	} else {
+		q += " ORDER BY e.sequence_num"
+	}
+	if p.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", p.Limit)
+	}
+	rows, err := e.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list events: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []*driver.Event
+	for rows.Next() {
+		var (
+			ev                    driver.Event
+			id, pid, typ, created string
+			data                  string
+			task                  sql.NullString
+		)
+		if err := rows.Scan(&ev.SequenceNum, &id, &pid, &task, &ev.TaskName, &typ, &data, &ev.WorkerID, &created); err != nil {
+			return nil, mapError(err)
+		}
+		if ev.ID, err = uuid.Parse(id); err != nil {
+			return nil, err
+		}
+		if ev.PipelineID, err = uuid.Parse(pid); err != nil {
+			return nil, err
+		}
+		if task.Valid {
+			tid, err := uuid.Parse(task.String)
+			if err != nil {
+				return nil, err
+			}
+			ev.TaskID = &tid
+		}
+		ev.Type = driver.EventType(typ)
+		ev.Data = json.RawMessage(data)
+		if ev.CreatedAt, err = parseTime(created); err != nil {
+			return nil, err
+		}
+		out = append(out, &ev)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (int64, error) {
+	var where []string
+	var args []any
+	if p.PipelineID != nil {
+		where = append(where, "pipeline_execution_id = ?")
+		args = append(args, p.PipelineID.String())
+	}
+	if p.Before != nil {
+		where = append(where, "created_at < ?")
+		args = append(args, formatTime(*p.Before))
+	}
+	q := "SELECT count(*) FROM execution_events"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	var n int64
+	if err := e.db.QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqlite: count events: %w", mapError(err))
+	}
+	return n, nil
+}
+
+func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (int64, error) {
+	if p.Limit <= 0 {
+		return 0, errors.New("sqlite: delete events: limit must be positive")
+	}
+	res, err := e.db.ExecContext(ctx, `DELETE FROM execution_events WHERE sequence_num IN (
+		SELECT sequence_num FROM execution_events WHERE created_at < ? ORDER BY created_at LIMIT ?)`,
+		formatTime(p.Before), p.Limit)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete events: %w", mapError(err))
+	}
+	n, err := res.RowsAffected()
+	return n, mapError(err)
+}

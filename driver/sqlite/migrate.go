@@ -1,0 +1,77 @@
+package sqlite
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"time"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+var migrations = mustLoadMigrations()
+
+func mustLoadMigrations() []driver.Migration {
+	m, err := driver.LoadMigrations(migrationFS, "migrations")
+	if err != nil {
+		panic(err) // the embedded files are fixed at build time; tests catch this
+	}
+	return m
+}
+
+const createMigrationsTable = `CREATE TABLE IF NOT EXISTS cloacina_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)`
+
+// Migrate applies pending migrations in one IMMEDIATE transaction, so two
+// processes migrating at once apply each migration once.
+func (d *Driver) Migrate(ctx context.Context) error {
+	tx, err := d.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", mapError(err))
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, createMigrationsTable); err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", mapError(err))
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM cloacina_migrations").Scan(&current); err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", mapError(err))
+	}
+	if latest := len(migrations); current > latest {
+		return fmt.Errorf("sqlite: %w: database is at version %d, this code knows up to %d: upgrade cloacina", driver.ErrSchemaTooNew, current, latest)
+	}
+	for _, m := range migrations[current:] {
+		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+			return fmt.Errorf("sqlite: apply migration %d (%s): %w", m.Version, m.Name, mapError(err))
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO cloacina_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+			m.Version, m.Name, formatTime(time.Now())); err != nil {
+			return fmt.Errorf("sqlite: record migration %d: %w", m.Version, mapError(err))
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: migrate: commit: %w", mapError(err))
+	}
+	return nil
+}
+
+// MigrationVersion reports the applied and the newest known schema version.
+func (d *Driver) MigrationVersion(ctx context.Context) (current, latest int, err error) {
+	var n int
+	err = d.reader.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cloacina_migrations'").Scan(&n)
+	if err != nil {
+		return 0, 0, fmt.Errorf("sqlite: read schema version: %w", mapError(err))
+	}
+	if n > 0 {
+		if err := d.reader.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM cloacina_migrations").Scan(&current); err != nil {
+			return 0, 0, fmt.Errorf("sqlite: read schema version: %w", mapError(err))
+		}
+	}
+	return current, len(migrations), nil
+}

@@ -1,0 +1,327 @@
+// Package sqlite is the embedded SQLite backend of Cloacina, built on the
+// pure-Go driver modernc.org/sqlite.
+//
+// Every connection runs with WAL journaling, a busy timeout and foreign keys
+// on (the pragmas are part of the DSN, so each new connection gets them).
+// Writes go through a single writer connection whose transactions begin
+// IMMEDIATE, which takes the database write lock up front: transactions of
+// one process queue on that connection, and those of other processes wait
+// on the busy timeout instead of failing halfway. Reads use a separate pool.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cloacina-go/cloacina/driver"
+
+	msqlite "modernc.org/sqlite" // also registers the "sqlite" database/sql driver
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// BusyTimeout is how long a connection waits for another process's write
+// lock before SQLite reports busy.
+const BusyTimeout = 10 * time.Second
+
+// DSN returns the data source name Cloacina opens path with: WAL, busy
+// timeout, foreign keys, synchronous=NORMAL and IMMEDIATE transactions. Use
+// it when you open the *sql.DB you hand to [New] yourself.
+func DSN(path string) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", BusyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	return "file:" + path + "?" + q.Encode()
+}
+
+// Driver is the SQLite backend. It is safe for concurrent use.
+type Driver struct {
+	writer *sql.DB
+	reader *sql.DB
+	owned  bool   // Close closes the pools
+	hub    *hub   // in-process wake-ups for every Driver on the same file
+	path   string // absolute path, or "" for a database handed to New
+}
+
+// Open opens (creating if missing) the SQLite database file at path with
+// the pragmas of [DSN]: one writer connection and a small reader pool.
+func Open(path string) (*Driver, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path: give a file path such as sqlite://cloacina.db")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: resolve path %q: %w", path, err)
+	}
+	if dir := filepath.Dir(abs); dir != "" {
+		if _, err := os.Stat(dir); err != nil {
+			return nil, fmt.Errorf("sqlite: directory of database file %q: %w (create the directory first)", abs, err)
+		}
+	}
+	writer, err := sql.Open("sqlite", DSN(abs))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+	}
+	writer.SetMaxOpenConns(1)
+	writer.SetMaxIdleConns(1)
+	writer.SetConnMaxIdleTime(0)
+	writer.SetConnMaxLifetime(0)
+	reader, err := sql.Open("sqlite", DSN(abs)+"&_pragma=query_only(1)")
+	if err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+	}
+	reader.SetMaxOpenConns(4)
+	reader.SetMaxIdleConns(4)
+	// Fail now, with the path in the message, rather than at first use.
+	if err := writer.Ping(); err != nil {
+		writer.Close()
+		reader.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", abs, mapError(err))
+	}
+	return &Driver{writer: writer, reader: reader, owned: true, hub: hubFor(abs), path: abs}, nil
+}
+
+// New returns a backend on a database the application already has open. It
+// should have been opened with [DSN] (WAL, busy timeout, foreign keys,
+// IMMEDIATE transactions); New checks what it can and fails with an error
+// naming the missing setting. Close does not close db.
+func New(db *sql.DB) (*Driver, error) {
+	ctx := context.Background()
+	var fk int
+	if err := db.QueryRowContext(ctx, "PRAGMA foreign_keys").Scan(&fk); err != nil {
+		return nil, fmt.Errorf("sqlite: check database: %w", mapError(err))
+	}
+	if fk != 1 {
+		return nil, errors.New("sqlite: foreign keys are off on this database: open it with sqlite.DSN(path)")
+	}
+	var busy int
+	if err := db.QueryRowContext(ctx, "PRAGMA busy_timeout").Scan(&busy); err != nil {
+		return nil, fmt.Errorf("sqlite: check database: %w", mapError(err))
+	}
+	if busy == 0 {
+		return nil, errors.New("sqlite: busy_timeout is 0 on this database, so concurrent writers fail at once: open it with sqlite.DSN(path)")
+	}
+	var file string
+	rows, err := db.QueryContext(ctx, "PRAGMA database_list")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: check database: %w", mapError(err))
+	}
+	for rows.Next() {
+		var seq int
+		var name, f string
+		if err := rows.Scan(&seq, &name, &f); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("sqlite: check database: %w", err)
+		}
+		if name == "main" {
+			file = f
+		}
+	}
+	rows.Close()
+	var h *hub
+	if file != "" {
+		h = hubFor(file)
+	} else {
+		h = newHub()
+	}
+	return &Driver{writer: db, reader: db, hub: h, path: file}, nil
+}
+
+// Name returns "sqlite".
+func (d *Driver) Name() string { return "sqlite" }
+
+// Path returns the absolute path of the database file, or "" when unknown.
+func (d *Driver) Path() string { return d.path }
+
+// DB returns the writer pool, for applications that want to run their own
+// statements (and transactions for ExecuteTx) on the same database.
+func (d *Driver) DB() *sql.DB { return d.writer }
+
+// Begin starts an IMMEDIATE write transaction on the writer connection.
+func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: begin: %w", mapError(err))
+	}
+	return &sqliteTx{executor: executor{db: tx}, tx: tx, hub: d.hub}, nil
+}
+
+// Reader returns an executor on the read pool.
+func (d *Driver) Reader() driver.Executor { return &executor{db: d.reader} }
+
+// UnwrapTx returns an executor inside the application's *sql.Tx.
+func (d *Driver) UnwrapTx(tx any) (driver.Executor, error) {
+	sqlTx, ok := tx.(*sql.Tx)
+	if !ok || sqlTx == nil {
+		return nil, fmt.Errorf("%w: the SQLite backend needs a *sql.Tx, got %T", driver.ErrWrongTxType, tx)
+	}
+	return &executor{db: sqlTx}, nil
+}
+
+// Listen subscribes to wake-ups committed by any Driver of this process on
+// the same database file. Other processes are found by polling.
+func (d *Driver) Listen(ctx context.Context) (driver.Subscription, error) {
+	return d.hub.subscribe(), nil
+}
+
+// Close closes the connections Open made; a database handed to New is left open.
+func (d *Driver) Close() error {
+	if !d.owned {
+		return nil
+	}
+	return errors.Join(d.reader.Close(), d.writer.Close())
+}
+
+type sqliteTx struct {
+	executor
+	tx      *sql.Tx
+	hub     *hub
+	notify  []string
+	settled bool
+}
+
+func (t *sqliteTx) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) error {
+	if err := t.executor.ChangeSetApply(ctx, c); err != nil {
+		return err
+	}
+	t.notify = append(t.notify, c.Notify...)
+	return nil
+}
+
+func (t *sqliteTx) Commit(ctx context.Context) error {
+	if t.settled {
+		return errors.New("sqlite: transaction already committed or rolled back")
+	}
+	t.settled = true
+	if err := t.tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: commit: %w", mapError(err))
+	}
+	t.hub.publish(t.notify)
+	return nil
+}
+
+func (t *sqliteTx) Rollback(ctx context.Context) error {
+	if t.settled {
+		return nil
+	}
+	t.settled = true
+	if err := t.tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("sqlite: rollback: %w", mapError(err))
+	}
+	return nil
+}
+
+// mapError maps SQLite errors onto the driver's sentinels. It is the one
+// place that knows SQLite's error codes.
+func mapError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w: %w", driver.ErrNotFound, err)
+	}
+	var se *msqlite.Error
+	if errors.As(err, &se) {
+		// Extended result codes keep the primary code in the low byte.
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return fmt.Errorf("%w: %w", driver.ErrTransient, err)
+		}
+	}
+	return err
+}
+
+// hub fans committed wake-ups out to subscribers in this process. There is
+// one per database file, so runners opened separately on one file still
+// wake each other without polling.
+type hub struct {
+	mu   sync.Mutex
+	subs map[*subscription]struct{}
+}
+
+var (
+	hubsMu sync.Mutex
+	hubs   = map[string]*hub{}
+)
+
+func hubFor(path string) *hub {
+	hubsMu.Lock()
+	defer hubsMu.Unlock()
+	h, ok := hubs[path]
+	if !ok {
+		h = newHub()
+		hubs[path] = h
+	}
+	return h
+}
+
+func newHub() *hub { return &hub{subs: map[*subscription]struct{}{}} }
+
+func (h *hub) subscribe() *subscription {
+	s := &subscription{hub: h, ch: make(chan string, 64), done: make(chan struct{})}
+	h.mu.Lock()
+	h.subs[s] = struct{}{}
+	h.mu.Unlock()
+	return s
+}
+
+func (h *hub) publish(payloads []string) {
+	if len(payloads) == 0 {
+		return
+	}
+	seen := make(map[string]bool, len(payloads))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, p := range payloads {
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		for s := range h.subs {
+			select {
+			case s.ch <- p:
+			default:
+				// A full buffer already holds wake-ups the subscriber has
+				// not read; dropping one loses nothing a poll won't find.
+			}
+		}
+	}
+}
+
+type subscription struct {
+	hub  *hub
+	ch   chan string
+	done chan struct{}
+	once sync.Once
+}
+
+func (s *subscription) Wait(ctx context.Context) (string, error) {
+	select {
+	case p := <-s.ch:
+		return p, nil
+	case <-s.done:
+		return "", errors.New("sqlite: subscription closed")
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (s *subscription) Close() error {
+	s.once.Do(func() {
+		s.hub.mu.Lock()
+		delete(s.hub.subs, s)
+		s.hub.mu.Unlock()
+		close(s.done)
+	})
+	return nil
+}

@@ -1,0 +1,214 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// apiTxAttempts bounds the retries of a transaction a caller waits on.
+const apiTxAttempts = 8
+
+// Execution is a handle on a run started by ExecuteAsync or ExecuteTx.
+type Execution struct {
+	r  *Runner
+	id uuid.UUID
+}
+
+// ID returns the run's id.
+func (e *Execution) ID() uuid.UUID { return e.id }
+
+// Wait blocks until the run reaches a terminal status (Completed, Failed
+// or Cancelled) and returns its result, or until ctx ends. It works
+// whichever runner, in whichever process, executes the tasks. For an
+// ExecuteTx run whose transaction rolled back it returns ErrRunNotFound.
+func (e *Execution) Wait(ctx context.Context) (*ExecutionResult, error) {
+	return e.r.wait(ctx, e.id)
+}
+
+// Status returns the run's current status.
+func (e *Execution) Status(ctx context.Context) (PipelineStatus, error) {
+	p, err := e.r.drv.Reader().PipelineGet(ctx, e.id)
+	if err != nil {
+		return "", e.r.notFound(e.id, err)
+	}
+	return p.Status, nil
+}
+
+// Cancel cancels the run (see Runner.Cancel).
+func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e.id) }
+
+// Execute starts a run of the named workflow with input (nil means an
+// empty context) and blocks until it reaches a terminal status, Cancelled
+// included. A run that Failed or was Cancelled is not an error of Execute:
+// check the result's Status, or its Err method. Some runner, in this
+// process or another, must be started for the run to progress.
+func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (*ExecutionResult, error) {
+	e, err := r.ExecuteAsync(ctx, workflow, input)
+	if err != nil {
+		return nil, err
+	}
+	return e.Wait(ctx)
+}
+
+// ExecuteAsync starts a run and returns at once with a handle to it.
+func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Context) (*Execution, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	wf, err := r.workflow(workflow)
+	if err != nil {
+		return nil, err
+	}
+	id := newID()
+	_, err = r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		return r.createRun(ctx, tx, c, id, wf, input)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
+	}
+	return &Execution{r: r, id: id}, nil
+}
+
+// ExecuteTx starts a run inside a transaction the application owns — a
+// pgx.Tx on PostgreSQL, a *sql.Tx on SQLite (on the same database file) —
+// so the run exists only if that transaction commits. Wait on the handle
+// after committing. On SQLite the run is picked up by the next poll.
+func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	wf, err := r.workflow(workflow)
+	if err != nil {
+		return nil, err
+	}
+	exec, err := r.drv.UnwrapTx(tx)
+	if err != nil {
+		return nil, fmt.Errorf("cloacina: ExecuteTx: %w", err)
+	}
+	id := newID()
+	c := newChanges(r)
+	if err := r.createRun(ctx, exec, c, id, wf, input); err != nil {
+		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
+	}
+	if err := exec.ChangeSetApply(ctx, &c.cs); err != nil {
+		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
+	}
+	return &Execution{r: r, id: id}, nil
+}
+
+// createRun writes a new run: the pipeline, every task (roots Ready, or
+// Skipped by their trigger rule), task_created and task_marked_ready
+// events, and outbox rows, leaving the remaining writes in c.
+func (r *Runner) createRun(ctx context.Context, exec driver.Executor, c *changes, id uuid.UUID, wf *Workflow, input *Context) error {
+	if input == nil {
+		input = NewContext()
+	}
+	raw, err := input.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("encode input: %w", err)
+	}
+	inserted, err := exec.PipelineInsert(ctx, &driver.PipelineInsertParams{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version,
+		Status: driver.PipelinePending, Input: raw, Now: c.now})
+	if err != nil {
+		return err
+	}
+	if !inserted {
+		// A retry after a commit whose outcome was unknown: the run exists.
+		return nil
+	}
+	st := &runState{
+		p:     &driver.Pipeline{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version, Status: driver.PipelinePending, Input: raw, CreatedAt: c.now},
+		wf:    wf,
+		tasks: make(map[string]*driver.Task, len(wf.tasks)),
+	}
+	tasks := make([]*driver.Task, len(wf.tasks))
+	for i, def := range wf.tasks {
+		t := &driver.Task{ID: newID(), PipelineID: id, WorkflowName: wf.name, Name: def.Name, Position: i,
+			Status: driver.TaskNotStarted, MaxAttempts: def.retry.maxAttempts}
+		tasks[i] = t
+		st.tasks[def.Name] = t
+		c.event(id, &t.ID, EventTaskCreated, &EventData{MaxAttempts: t.MaxAttempts})
+	}
+	if _, err := st.advance(c); err != nil {
+		return err
+	}
+	if err := st.finalize(c); err != nil {
+		return err
+	}
+	inserts := make([]driver.TaskInsert, len(tasks))
+	for i, t := range tasks {
+		inserts[i] = driver.TaskInsert{ID: t.ID, PipelineID: id, WorkflowName: wf.name, Name: t.Name, Position: i, Status: t.Status,
+			Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, Now: c.now}
+	}
+	return exec.TaskInsertMany(ctx, inserts)
+}
+
+// wait blocks until run id is terminal: woken at once when this runner
+// ends it, and polling (quickly at first, then every PollInterval) for
+// runs ended elsewhere.
+func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, error) {
+	ch := r.subscribeRun(id)
+	defer r.unsubscribeRun(id, ch)
+	interval := 20 * time.Millisecond
+	for {
+		p, err := r.drv.Reader().PipelineGet(ctx, id)
+		if err != nil {
+			return nil, r.notFound(id, err)
+		}
+		if p.Status.Terminal() {
+			return r.Get(ctx, id)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-ch:
+		case <-time.After(interval):
+			interval = min(interval*2, r.cfg.PollInterval)
+		}
+	}
+}
+
+func (r *Runner) notFound(id uuid.UUID, err error) error {
+	if errors.Is(err, driver.ErrNotFound) {
+		return fmt.Errorf("%w: %s", ErrRunNotFound, id)
+	}
+	return err
+}
+
+func (r *Runner) subscribeRun(id uuid.UUID) chan struct{} {
+	ch := make(chan struct{}, 1)
+	r.waitMu.Lock()
+	defer r.waitMu.Unlock()
+	if r.waiters[id] == nil {
+		r.waiters[id] = map[chan struct{}]struct{}{}
+	}
+	r.waiters[id][ch] = struct{}{}
+	return ch
+}
+
+func (r *Runner) unsubscribeRun(id uuid.UUID, ch chan struct{}) {
+	r.waitMu.Lock()
+	defer r.waitMu.Unlock()
+	delete(r.waiters[id], ch)
+	if len(r.waiters[id]) == 0 {
+		delete(r.waiters, id)
+	}
+}
+
+// signalRun wakes the waiters of a run that changed status.
+func (r *Runner) signalRun(id uuid.UUID) {
+	r.waitMu.Lock()
+	defer r.waitMu.Unlock()
+	for ch := range r.waiters[id] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}

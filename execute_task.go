@@ -1,0 +1,112 @@
+package cloacina
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// taskResult is the outcome of one attempt, handed to the completer.
+type taskResult struct {
+	task     *driver.Task
+	output   json.RawMessage // on success
+	err      error
+	cause    error // why the task's context was cancelled, if it was
+	started  time.Time
+	finished time.Time
+}
+
+// execute runs one claimed task and returns its result, plus a channel
+// closed when the task function has returned: with a timeout the result
+// can be known (and recorded) before a function that ignores its context
+// gives up.
+func (r *Runner) execute(ctx context.Context, t *driver.Task) (*taskResult, <-chan struct{}) {
+	res := &taskResult{task: t, started: r.now()}
+	finish := func(err error) (*taskResult, <-chan struct{}) {
+		res.err = err
+		res.finished = r.now()
+		res.cause = context.Cause(ctx)
+		done := make(chan struct{})
+		close(done)
+		return res, done
+	}
+	wf, err := r.workflow(t.WorkflowName)
+	if err != nil {
+		return finish(Permanent(err))
+	}
+	def := wf.byName[t.Name]
+	if def == nil {
+		return finish(Permanent(fmt.Errorf("task %q is not part of workflow %q as registered in this runner (version %.12s): the workflow changed shape under the same name",
+			t.Name, t.WorkflowName, wf.version)))
+	}
+	tc, err := contextFromJSON(t.Input)
+	if err != nil {
+		return finish(Permanent(fmt.Errorf("task %q: %w", t.Name, err)))
+	}
+	timeout := def.Timeout
+	if timeout == 0 {
+		timeout = r.cfg.TaskTimeout
+	}
+	if timeout <= 0 {
+		err := callTask(ctx, def.Run, tc)
+		if err == nil {
+			res.output, err = tc.MarshalJSON()
+		}
+		return finish(err)
+	}
+
+	tctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimeout)
+	done := make(chan struct{})
+	var fnErr error
+	go func() {
+		defer close(done)
+		defer cancel()
+		fnErr = callTask(tctx, def.Run, tc)
+	}()
+	timedOut := func() error {
+		return fmt.Errorf("task %q: %w after %s", t.Name, ErrTaskTimeout, timeout)
+	}
+	select {
+	case <-done:
+	case <-tctx.Done():
+		if !errors.Is(context.Cause(tctx), errTimeout) {
+			<-done // cancelled for another reason: the function's own error tells
+			break
+		}
+		select {
+		case <-done:
+		case <-time.After(timeoutGrace):
+			// The function ignores its context: record the timeout now and
+			// keep the slot until it returns.
+			res.err = timedOut()
+			res.finished = r.now()
+			return res, done
+		}
+	}
+	err = fnErr
+	if err != nil && errors.Is(context.Cause(tctx), errTimeout) {
+		err = fmt.Errorf("%w: %w", timedOut(), err)
+	}
+	if err == nil {
+		res.output, err = tc.MarshalJSON()
+	}
+	res.err = err
+	res.finished = r.now()
+	res.cause = context.Cause(ctx)
+	return res, done
+}
+
+// callTask runs a task function, turning a panic into an error.
+func callTask(ctx context.Context, fn TaskFunc, tc *Context) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("task panicked: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return fn(ctx, tc)
+}

@@ -1,0 +1,155 @@
+// Package dag holds the graph algorithms behind workflow validation:
+// cycle detection with the cycle's path, topological order, ancestry, and
+// the closest-name suggestion for a misspelt dependency.
+package dag
+
+// Graph is a directed graph of named nodes; an edge from a node to each of
+// its dependencies. Nodes are addressed by index in the order given.
+type Graph struct {
+	deps [][]int
+}
+
+// New returns a graph of n nodes where deps[i] lists the nodes i depends on.
+func New(deps [][]int) *Graph { return &Graph{deps: deps} }
+
+// FindCycle returns the node indexes of one dependency cycle, starting and
+// ending with the same node, or nil when the graph is acyclic.
+func (g *Graph) FindCycle() []int {
+	const (
+		unvisited = iota
+		onStack
+		done
+	)
+	state := make([]int, len(g.deps))
+	var stack []int
+	var cycle []int
+	var visit func(n int) bool
+	visit = func(n int) bool {
+		state[n] = onStack
+		stack = append(stack, n)
+		for _, d := range g.deps[n] {
+			switch state[d] {
+			case onStack:
+				// The cycle is the stack from d's position to the top; it is
+				// reported in dependency direction: n depends on d.
+				for i := len(stack) - 1; i >= 0; i-- {
+					if stack[i] == d {
+						cycle = append(cycle, stack[i:]...)
+						cycle = append(cycle, d)
+						return true
+					}
+				}
+			case unvisited:
+				if visit(d) {
+					return true
+				}
+			}
+		}
+		stack = stack[:len(stack)-1]
+		state[n] = done
+		return false
+	}
+	for n := range g.deps {
+		if state[n] == unvisited && visit(n) {
+			return cycle
+		}
+	}
+	return nil
+}
+
+// TopoOrder returns the nodes so that every node comes after all of its
+// dependencies; among nodes free at the same time the lower index comes
+// first, so the order is deterministic. It must only be called on an
+// acyclic graph.
+func (g *Graph) TopoOrder() []int {
+	n := len(g.deps)
+	indegree := make([]int, n)
+	dependents := make([][]int, n)
+	for i, ds := range g.deps {
+		indegree[i] = len(ds)
+		for _, d := range ds {
+			dependents[d] = append(dependents[d], i)
+		}
+	}
+	var order []int
+	ready := make([]bool, n)
+	for i := range indegree {
+		ready[i] = indegree[i] == 0
+	}
+	for len(order) < n {
+		next := -1
+		for i := range ready {
+			if ready[i] {
+				next = i
+				break
+			}
+		}
+		if next < 0 {
+			panic("dag: TopoOrder on a graph with a cycle")
+		}
+		ready[next] = false
+		order = append(order, next)
+		for _, m := range dependents[next] {
+			indegree[m]--
+			if indegree[m] == 0 {
+				ready[m] = true
+			}
+		}
+	}
+	return order
+}
+
+// Ancestors returns every node n depends on, directly or transitively.
+func (g *Graph) Ancestors(n int) map[int]bool {
+	seen := map[int]bool{}
+	var walk func(int)
+	walk = func(i int) {
+		for _, d := range g.deps[i] {
+			if !seen[d] {
+				seen[d] = true
+				walk(d)
+			}
+		}
+	}
+	walk(n)
+	return seen
+}
+
+// Closest returns the candidate nearest to name by edit distance, or ""
+// when none is close enough to be a plausible typo.
+func Closest(name string, candidates []string) string {
+	best, bestDist := "", -1
+	for _, c := range candidates {
+		d := distance(name, c)
+		if bestDist < 0 || d < bestDist {
+			best, bestDist = c, d
+		}
+	}
+	limit := max(len([]rune(name))/2, 2)
+	if bestDist < 0 || bestDist > limit {
+		return ""
+	}
+	return best
+}
+
+// distance is the Levenshtein edit distance between a and b.
+func distance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(rb)]
+}

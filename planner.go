@@ -1,0 +1,204 @@
+package cloacina
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// changes accumulates the writes of one transaction: the engine decides,
+// then hands the whole set to the backend at once.
+type changes struct {
+	cs         driver.ChangeSet
+	now        time.Time
+	worker     string
+	runnerName string
+	// finished lists runs that reached a terminal status in this change.
+	finished []uuid.UUID
+	// cancelled lists runs cancelled in this change.
+	cancelled []uuid.UUID
+	// work holds the workflows that got outbox rows.
+	work map[string]bool
+	// nextDue is the earliest due time of a retry scheduled for later.
+	nextDue *time.Time
+}
+
+func newChanges(r *Runner) *changes {
+	return &changes{now: r.now(), worker: r.id, runnerName: r.name}
+}
+
+func (c *changes) event(pid uuid.UUID, tid *uuid.UUID, typ EventType, data *EventData) {
+	var raw json.RawMessage
+	if data != nil {
+		b, err := json.Marshal(data)
+		if err != nil {
+			panic(fmt.Sprintf("cloacina: encode event data: %v", err)) // EventData holds only plain values
+		}
+		raw = b
+	}
+	c.cs.Events = append(c.cs.Events, driver.EventInsert{ID: newID(), PipelineID: pid, TaskID: tid, Type: typ,
+		Data: raw, WorkerID: c.worker, CreatedAt: c.now})
+}
+
+func (c *changes) enqueue(t *driver.Task, at time.Time) {
+	if at.After(c.now) && (c.nextDue == nil || at.Before(*c.nextDue)) {
+		c.nextDue = ptr(at)
+	}
+	c.cs.Outbox = append(c.cs.Outbox, driver.OutboxInsert{TaskID: t.ID, Attempt: t.Attempt, WorkflowName: t.WorkflowName,
+		AvailableAt: at, Now: c.now})
+	if c.work == nil {
+		c.work = map[string]bool{}
+	}
+	if !c.work[t.WorkflowName] {
+		c.work[t.WorkflowName] = true
+		c.cs.Notify = append(c.cs.Notify, workPayload(t.WorkflowName))
+	}
+}
+
+func newID() uuid.UUID { return uuid.Must(uuid.NewV7()) }
+
+func ptr[T any](v T) *T { return &v }
+
+// runState is one run and all of its tasks, read under the run's lock.
+type runState struct {
+	p     *driver.Pipeline
+	wf    *Workflow
+	tasks map[string]*driver.Task
+}
+
+func (s *runState) status(name string) driver.TaskStatus {
+	if t := s.tasks[name]; t != nil {
+		return t.Status
+	}
+	return ""
+}
+
+// effectiveOutput is what a task passes downstream: its output when it
+// Completed, else the context it received, so data flows through failed
+// and skipped tasks unchanged.
+func effectiveOutput(t *driver.Task) json.RawMessage {
+	if t.Status == driver.TaskCompleted && t.Output != nil {
+		return t.Output
+	}
+	return t.Input
+}
+
+// inputFor merges the effective outputs of def's dependencies in declared
+// order; a root task receives the run's input.
+func (s *runState) inputFor(def *taskDef) (json.RawMessage, error) {
+	if len(def.deps) == 0 {
+		return s.p.Input, nil
+	}
+	parts := make([]json.RawMessage, 0, len(def.deps))
+	for _, d := range def.deps {
+		parts = append(parts, effectiveOutput(s.tasks[d.Name]))
+	}
+	return mergeContexts(parts)
+}
+
+// advance decides every NotStarted task whose dependencies have all ended:
+// Ready (with an outbox row unless the run is paused) or Skipped, in
+// topological order so skips cascade in one pass. It mutates the tasks in
+// s and returns those it changed.
+func (s *runState) advance(c *changes) ([]*driver.Task, error) {
+	var changed []*driver.Task
+	for _, def := range s.wf.topo {
+		t := s.tasks[def.Name]
+		if t == nil || t.Status != driver.TaskNotStarted {
+			continue
+		}
+		ended := true
+		for _, d := range def.deps {
+			if !s.tasks[d.Name].Status.Terminal() {
+				ended = false
+				break
+			}
+		}
+		if !ended {
+			continue
+		}
+		input, err := s.inputFor(def)
+		if err != nil {
+			return nil, fmt.Errorf("task %q: %w", def.Name, err)
+		}
+		var view map[string]json.RawMessage
+		if err := json.Unmarshal(input, &view); err != nil {
+			return nil, fmt.Errorf("task %q: decode input: %w", def.Name, err)
+		}
+		t.Input = input
+		run, reason := def.Trigger.evaluate(def.DependsOn, s.status, view)
+		if run {
+			t.Status = driver.TaskReady
+			t.Attempt = 1
+			t.AvailableAt = ptr(c.now)
+			c.event(s.p.ID, &t.ID, EventTaskMarkedReady, &EventData{Attempt: 1, MaxAttempts: t.MaxAttempts})
+			if s.p.Status != driver.PipelinePaused {
+				c.enqueue(t, c.now)
+			}
+		} else {
+			t.Status = driver.TaskSkipped
+			t.Error = reason
+			c.event(s.p.ID, &t.ID, EventTaskSkipped, &EventData{Reason: reason})
+		}
+		changed = append(changed, t)
+	}
+	return changed, nil
+}
+
+// finalize ends the run when every task has ended: Completed when none
+// Failed, else Failed; the final context is the merge of the leaves'
+// effective outputs in declaration order.
+func (s *runState) finalize(c *changes) error {
+	if s.p.Status.Terminal() {
+		return nil
+	}
+	var failed []string
+	for _, def := range s.wf.tasks {
+		t := s.tasks[def.Name]
+		if !t.Status.Terminal() {
+			return nil
+		}
+		if t.Status == driver.TaskFailed {
+			failed = append(failed, fmt.Sprintf("task %q failed: %s", t.Name, t.Error))
+		}
+	}
+	parts := make([]json.RawMessage, 0, len(s.wf.leaves))
+	for _, leaf := range s.wf.leaves {
+		parts = append(parts, effectiveOutput(s.tasks[leaf.Name]))
+	}
+	output, err := mergeContexts(parts)
+	if err != nil {
+		return fmt.Errorf("final context: %w", err)
+	}
+	if s.p.StartedAt == nil {
+		// A run can end without any task being claimed (every task skipped
+		// by trigger rules); it still starts before it ends.
+		c.event(s.p.ID, nil, EventPipelineStarted, &EventData{Workflow: s.p.WorkflowName, WorkflowVersion: s.p.WorkflowVersion})
+		s.p.StartedAt = ptr(c.now)
+	}
+	status, typ := driver.PipelineCompleted, EventPipelineCompleted
+	errText := ""
+	if len(failed) > 0 {
+		status, typ = driver.PipelineFailed, EventPipelineFailed
+		errText = strings.Join(failed, "; ")
+	}
+	c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: s.p.ID, FromStatus: s.p.Status, Status: status,
+		Output: output, Error: errText, StartedAt: s.p.StartedAt, CompletedAt: ptr(c.now), Now: c.now})
+	c.event(s.p.ID, nil, typ, &EventData{Error: errText, DurationMS: ms(c.now.Sub(s.p.CreatedAt))})
+	s.p.Status = status
+	c.finished = append(c.finished, s.p.ID)
+	return nil
+}
+
+// taskUpdates turns tasks changed by advance into conditional updates.
+func taskUpdates(c *changes, changed []*driver.Task) {
+	for _, t := range changed {
+		c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: driver.TaskNotStarted, Status: t.Status,
+			Attempt: t.Attempt, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, Now: c.now})
+	}
+}

@@ -1,0 +1,194 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// Get returns the current state of a run, from any process.
+func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error) {
+	reader := r.drv.Reader()
+	p, err := reader.PipelineGet(ctx, id)
+	if err != nil {
+		return nil, r.notFound(id, err)
+	}
+	tasks, err := reader.TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{id}})
+	if err != nil {
+		return nil, err
+	}
+	res := &ExecutionResult{ID: p.ID, Workflow: p.WorkflowName, WorkflowVersion: p.WorkflowVersion, Status: p.Status,
+		CreatedAt: p.CreatedAt, StartedAt: p.StartedAt, CompletedAt: p.CompletedAt, Error: p.Error}
+	if p.CompletedAt != nil {
+		res.Duration = p.CompletedAt.Sub(p.CreatedAt)
+	}
+	if p.Output != nil {
+		if res.Context, err = contextFromJSON(p.Output); err != nil {
+			return nil, fmt.Errorf("run %s: final %w", id, err)
+		}
+	}
+	res.Tasks = make([]TaskResult, len(tasks))
+	for i, t := range tasks {
+		tr := TaskResult{ID: t.ID, Name: t.Name, Status: t.Status, Attempts: t.Attempt, StartedAt: t.StartedAt,
+			CompletedAt: t.CompletedAt, Error: t.Error, Recoveries: t.RecoveryCount}
+		if t.StartedAt != nil && t.CompletedAt != nil && t.Status != driver.TaskSkipped {
+			tr.Duration = t.CompletedAt.Sub(*t.StartedAt)
+		}
+		res.Tasks[i] = tr
+	}
+	return res, nil
+}
+
+// ListOpts filters and pages a run listing. A nil *ListOpts lists the 100
+// newest runs.
+type ListOpts struct {
+	// Statuses keeps runs in any of these statuses. Default: all.
+	Statuses []PipelineStatus
+	// Workflow keeps runs of this workflow. Default: all.
+	Workflow string
+	// Limit bounds the runs returned. Default: 100.
+	Limit int
+	// After continues a listing after this run (the last of the previous
+	// page). Default: start from the newest.
+	After *RunSummary
+}
+
+// List returns runs, newest first.
+func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error) {
+	if opts == nil {
+		opts = &ListOpts{}
+	}
+	params := &driver.PipelineListParams{Statuses: opts.Statuses, WorkflowName: opts.Workflow, Limit: opts.Limit}
+	if params.Limit <= 0 {
+		params.Limit = 100
+	}
+	if opts.After != nil {
+		params.CreatedBefore = &opts.After.CreatedAt
+		params.BeforeID = opts.After.ID
+	}
+	ps, err := r.drv.Reader().PipelineList(ctx, params)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*RunSummary, len(ps))
+	for i, p := range ps {
+		out[i] = &RunSummary{ID: p.ID, Workflow: p.WorkflowName, WorkflowVersion: p.WorkflowVersion, Status: p.Status,
+			CreatedAt: p.CreatedAt, StartedAt: p.StartedAt, CompletedAt: p.CompletedAt, Error: p.Error}
+	}
+	return out, nil
+}
+
+// EventQuery selects execution events. Zero fields do not filter.
+type EventQuery struct {
+	// RunID keeps the events of one run.
+	RunID *uuid.UUID
+	// TaskID keeps the events of one task execution.
+	TaskID *uuid.UUID
+	// Types keeps events of these types.
+	Types []EventType
+	// AfterSeq keeps events with a larger sequence number, for following
+	// the log.
+	AfterSeq int64
+	// Newest returns the most recent events first.
+	Newest bool
+	// Limit bounds the events returned; 0 means all.
+	Limit int
+}
+
+// Events returns execution events in sequence order (newest first with
+// Newest).
+func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
+	if q == nil {
+		q = &EventQuery{}
+	}
+	evs, err := r.drv.Reader().EventList(ctx, &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
+		AfterSeq: q.AfterSeq, Newest: q.Newest, Limit: q.Limit})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Event, len(evs))
+	for i, e := range evs {
+		out[i] = eventFromDriver(e)
+	}
+	return out, nil
+}
+
+// RunEvents returns every event of one run, in sequence order.
+func (r *Runner) RunEvents(ctx context.Context, runID uuid.UUID) ([]*Event, error) {
+	return r.Events(ctx, &EventQuery{RunID: &runID})
+}
+
+// TaskEvents returns every event of one task execution, in sequence order.
+func (r *Runner) TaskEvents(ctx context.Context, taskID uuid.UUID) ([]*Event, error) {
+	return r.Events(ctx, &EventQuery{TaskID: &taskID})
+}
+
+// RecentEvents returns the n most recent events, newest first.
+func (r *Runner) RecentEvents(ctx context.Context, n int) ([]*Event, error) {
+	if n <= 0 {
+		return nil, errors.New("cloacina: RecentEvents needs n > 0")
+	}
+	return r.Events(ctx, &EventQuery{Newest: true, Limit: n})
+}
+
+// CountRunEvents counts the events of one run.
+func (r *Runner) CountRunEvents(ctx context.Context, runID uuid.UUID) (int64, error) {
+	return r.drv.Reader().EventCount(ctx, &driver.EventCountParams{PipelineID: &runID})
+}
+
+// CountEventsBefore counts the events created before cutoff.
+func (r *Runner) CountEventsBefore(ctx context.Context, cutoff time.Time) (int64, error) {
+	return r.drv.Reader().EventCount(ctx, &driver.EventCountParams{Before: &cutoff})
+}
+
+// DeleteEventsOpts tunes DeleteEventsBefore. A nil *DeleteEventsOpts means
+// defaults.
+type DeleteEventsOpts struct {
+	// BatchSize is how many events one transaction deletes, so retention
+	// never holds locks for long. Default: 1000.
+	BatchSize int
+	// Progress, if set, is called after each batch with the total deleted
+	// so far.
+	Progress func(deleted int64)
+}
+
+// DeleteEventsBefore deletes the events created before cutoff, oldest
+// first, one batch per transaction, and returns how many it deleted. If
+// ctx ends midway, the batches already deleted stay deleted.
+func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
+	batch := 1000
+	var progress func(int64)
+	if opts != nil {
+		if opts.BatchSize < 0 {
+			return 0, errors.New("cloacina: DeleteEventsOpts.BatchSize must be positive")
+		}
+		if opts.BatchSize > 0 {
+			batch = opts.BatchSize
+		}
+		progress = opts.Progress
+	}
+	var total int64
+	for {
+		var n int64
+		_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+			var err error
+			n, err = tx.EventDelete(ctx, &driver.EventDeleteParams{Before: cutoff, Limit: batch})
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("delete events: %w", err)
+		}
+		total += n
+		if progress != nil && n > 0 {
+			progress(total)
+		}
+		if n < int64(batch) {
+			return total, nil
+		}
+	}
+}

@@ -1,0 +1,380 @@
+package cloacina
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
+	"github.com/cloacina-go/cloacina/internal/dag"
+)
+
+// Config configures a Runner. The zero value is usable: every field
+// documents its default.
+type Config struct {
+	// Workflows are registered at open; more can be added with Register.
+	// A runner only claims tasks of workflows it has registered.
+	Workflows []*Workflow
+	// MaxConcurrentTasks bounds the tasks this runner executes at once.
+	// Default: 10.
+	MaxConcurrentTasks int
+	// ClaimBatchSize bounds the tasks claimed in one transaction.
+	// Default: MaxConcurrentTasks, at most 100.
+	ClaimBatchSize int
+	// PollInterval is how often an idle runner looks for work it was not
+	// woken for (work from other SQLite processes, ExecuteTx on SQLite,
+	// missed notifications) and for runs cancelled elsewhere. Default: 1s.
+	PollInterval time.Duration
+	// TaskTimeout bounds one attempt of a task without its own Timeout.
+	// Default: 0, no timeout.
+	TaskTimeout time.Duration
+	// RunnerID identifies this runner in claims and events; it must be
+	// unique among live runners. Default: a new UUIDv7 per runner.
+	RunnerID string
+	// RunnerName is a human label recorded in claim events.
+	// Default: "<hostname>-<pid>".
+	RunnerName string
+	// Logger receives the runner's background errors and lifecycle.
+	// Default: slog.Default().
+	Logger *slog.Logger
+	// Schema is the PostgreSQL schema holding the tables when the runner
+	// is opened from a URL (it overrides the URL's schema parameter).
+	// Default: "public". It is an error with SQLite.
+	Schema string
+	// SkipMigrations opens without applying migrations; the database must
+	// then already be at this code's version. Default: false (migrate on open).
+	SkipMigrations bool
+}
+
+const (
+	defaultMaxConcurrent = 10
+	maxClaimBatch        = 100
+	defaultPollInterval  = time.Second
+	// completionBatch bounds the task results written in one transaction.
+	completionBatch = 256
+	// timeoutGrace is how long a timed-out task may take to return after
+	// its context is cancelled before its failure is recorded anyway.
+	timeoutGrace = time.Second
+	// stopGrace is how long Stop waits, once its deadline passed and task
+	// contexts were cancelled, for tasks to return before handing their
+	// claims back.
+	stopGrace = 2 * time.Second
+)
+
+// Runner executes workflows against one database. Open one per process
+// (or several, on different databases or schemas); any number of runners
+// in any number of processes can share a database. Every method is safe
+// for concurrent use.
+type Runner struct {
+	drv    driver.Driver
+	owned  bool
+	cfg    Config
+	id     string
+	name   string
+	logger *slog.Logger
+	now    func() time.Time
+
+	mu        sync.Mutex
+	workflows map[string]*Workflow
+	started   bool
+	closed    bool
+	svc       *services
+
+	runningMu sync.Mutex
+	running   map[uuid.UUID]*runningTask
+
+	waitMu  sync.Mutex
+	waiters map[uuid.UUID]map[chan struct{}]struct{}
+}
+
+// Open opens a runner on the database at url (see ParseDatabaseURL),
+// creating a SQLite file if missing, and applies migrations.
+func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	drv, err := openDriver(ctx, url, c.Schema)
+	if err != nil {
+		return nil, err
+	}
+	r, err := NewRunner(ctx, drv, &c)
+	if err != nil {
+		drv.Close()
+		return nil, err
+	}
+	r.owned = true
+	return r, nil
+}
+
+// OpenPool opens a runner on a pgx pool the application already has;
+// Config.Schema selects the schema. Closing the runner leaves the pool open.
+func OpenPool(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Runner, error) {
+	var schema string
+	if cfg != nil {
+		schema = cfg.Schema
+	}
+	drv, err := postgres.New(pool, &postgres.Opts{Schema: schema})
+	if err != nil {
+		return nil, err
+	}
+	return NewRunner(ctx, drv, cfg)
+}
+
+// OpenDB opens a runner on a SQLite *sql.DB the application already has,
+// opened with sqlite.DSN. Closing the runner leaves db open.
+func OpenDB(ctx context.Context, db *sql.DB, cfg *Config) (*Runner, error) {
+	if cfg != nil && cfg.Schema != "" {
+		return nil, fmt.Errorf("%w: Config.Schema is set, but SQLite has no schemas: use one database file per tenant", ErrInvalidURL)
+	}
+	drv, err := sqlite.New(db)
+	if err != nil {
+		return nil, err
+	}
+	return NewRunner(ctx, drv, cfg)
+}
+
+// NewRunner returns a runner on a backend (see driver/sqlite and
+// driver/postgres). It applies migrations unless Config.SkipMigrations.
+// Closing the runner does not close drv.
+func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, error) {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.MaxConcurrentTasks < 0 || c.ClaimBatchSize < 0 || c.PollInterval < 0 || c.TaskTimeout < 0 {
+		return nil, errors.New("cloacina: Config has a negative MaxConcurrentTasks, ClaimBatchSize, PollInterval or TaskTimeout: use 0 for the default or a positive value")
+	}
+	if c.MaxConcurrentTasks == 0 {
+		c.MaxConcurrentTasks = defaultMaxConcurrent
+	}
+	if c.ClaimBatchSize == 0 {
+		c.ClaimBatchSize = min(c.MaxConcurrentTasks, maxClaimBatch)
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = defaultPollInterval
+	}
+	if c.RunnerID == "" {
+		c.RunnerID = newID().String()
+	}
+	if c.RunnerName == "" {
+		host, _ := os.Hostname()
+		c.RunnerName = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	r := &Runner{
+		drv:       drv,
+		cfg:       c,
+		id:        c.RunnerID,
+		name:      c.RunnerName,
+		logger:    c.Logger.With("runner_id", c.RunnerID),
+		now:       func() time.Time { return time.Now().UTC() },
+		workflows: map[string]*Workflow{},
+		running:   map[uuid.UUID]*runningTask{},
+		waiters:   map[uuid.UUID]map[chan struct{}]struct{}{},
+	}
+	for _, wf := range c.Workflows {
+		if err := r.Register(wf); err != nil {
+			return nil, err
+		}
+	}
+	if c.SkipMigrations {
+		current, latest, err := drv.MigrationVersion(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("cloacina: %w", err)
+		}
+		switch {
+		case current > latest:
+			return nil, fmt.Errorf("cloacina: %w: database at version %d, code knows %d: upgrade cloacina", ErrSchemaTooNew, current, latest)
+		case current < latest:
+			return nil, fmt.Errorf("cloacina: %w: database at version %d, code needs %d: run `cloacina migrate` or open without SkipMigrations", ErrSchemaOutdated, current, latest)
+		}
+	} else if err := drv.Migrate(ctx); err != nil {
+		return nil, fmt.Errorf("cloacina: %w", err)
+	}
+	return r, nil
+}
+
+// Migrate applies pending migrations to the database at url and returns
+// the schema version it is at afterwards.
+func Migrate(ctx context.Context, url string, schema string) (int, error) {
+	drv, err := openDriver(ctx, url, schema)
+	if err != nil {
+		return 0, err
+	}
+	defer drv.Close()
+	if err := drv.Migrate(ctx); err != nil {
+		return 0, err
+	}
+	current, _, err := drv.MigrationVersion(ctx)
+	return current, err
+}
+
+// ID returns the runner's id, recorded as worker_id on its events.
+func (r *Runner) ID() string { return r.id }
+
+// Driver returns the runner's backend.
+func (r *Runner) Driver() driver.Driver { return r.drv }
+
+// Register adds a workflow. Registering the same workflow again is a
+// no-op; another workflow under a registered name is an error.
+func (r *Runner) Register(wf *Workflow) error {
+	if wf == nil {
+		return errors.New("cloacina: Register(nil): build the workflow with NewWorkflow")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if have, ok := r.workflows[wf.name]; ok {
+		if have.version == wf.version {
+			return nil
+		}
+		return fmt.Errorf("cloacina: a different workflow named %q is already registered (version %.12s, new %.12s): give it another name", wf.name, have.version, wf.version)
+	}
+	r.workflows[wf.name] = wf
+	return nil
+}
+
+func (r *Runner) workflow(name string) (*Workflow, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if wf, ok := r.workflows[name]; ok {
+		return wf, nil
+	}
+	names := make([]string, 0, len(r.workflows))
+	for n := range r.workflows {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	hint := "register it with Config.Workflows or Runner.Register"
+	if s := dag.Closest(name, names); s != "" {
+		hint = fmt.Sprintf("did you mean %q?", s)
+	} else if len(names) > 0 {
+		hint += " (registered: " + strings.Join(names, ", ") + ")"
+	}
+	return nil, fmt.Errorf("%w %q: %s", ErrUnknownWorkflow, name, hint)
+}
+
+func (r *Runner) workflowNames() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	names := make([]string, 0, len(r.workflows))
+	for n := range r.workflows {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Close stops the runner if it is running (waiting up to 30 s for running
+// tasks) and closes the database if the runner opened it.
+func (r *Runner) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	started := r.started
+	r.mu.Unlock()
+	var stopErr error
+	if started {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		stopErr = r.stop(ctx)
+		cancel()
+	}
+	if r.owned {
+		return errors.Join(stopErr, r.drv.Close())
+	}
+	return stopErr
+}
+
+func (r *Runner) checkOpen() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrRunnerClosed
+	}
+	return nil
+}
+
+// txFunc is the body of a transaction: it reads and writes through tx and
+// records further writes in c, which withTx applies before committing.
+type txFunc func(ctx context.Context, tx driver.Tx, c *changes) error
+
+// withTx runs fn in a transaction and commits it, retrying the whole
+// transaction on transient errors and conflicts up to attempts times (0
+// means until ctx is done). It returns the committed changes.
+func (r *Runner) withTx(ctx context.Context, attempts int, fn txFunc) (*changes, error) {
+	backoff := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		c := newChanges(r)
+		err := r.tryTx(ctx, fn, c)
+		if err == nil {
+			r.afterCommit(c)
+			return c, nil
+		}
+		retryable := errors.Is(err, driver.ErrTransient) || errors.Is(err, driver.ErrConflict)
+		if !retryable || ctx.Err() != nil || (attempts > 0 && attempt >= attempts) {
+			return nil, err
+		}
+		r.logger.Debug("retrying transaction", "attempt", attempt, "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+func (r *Runner) tryTx(ctx context.Context, fn txFunc, c *changes) error {
+	tx, err := r.drv.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := fn(ctx, tx, c); err != nil {
+		return err
+	}
+	if !c.cs.Empty() {
+		if err := tx.ChangeSetApply(ctx, &c.cs); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// afterCommit delivers in-process effects of committed changes: waiters
+// of finished runs are woken, local tasks of cancelled runs are cancelled,
+// and the claimer is woken for new work.
+func (r *Runner) afterCommit(c *changes) {
+	for _, id := range c.cancelled {
+		r.cancelLocal(id, errRunCancelled)
+	}
+	for _, id := range c.finished {
+		r.signalRun(id)
+	}
+	if len(c.work) > 0 {
+		r.wakeClaimer()
+	}
+	if c.nextDue != nil {
+		r.scheduleWake(*c.nextDue)
+	}
+}
+
+func workPayload(workflow string) string { return "work:" + workflow }
+func cancelPayload(id uuid.UUID) string  { return "cancel:" + id.String() }

@@ -1,0 +1,438 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// Causes of a task context's cancellation.
+var (
+	errRunCancelled = errors.New("run cancelled")
+	errShutdown     = errors.New("runner stopped before the task returned")
+	errTimeout      = errors.New("task timeout")
+)
+
+// services are the background loops of a started runner: the claimer, the
+// completer, the wake-up listener and the cancellation watcher. They live
+// from Start to Stop.
+type services struct {
+	ctx    context.Context // cancelled by Stop: claimer, listener, watcher
+	cancel context.CancelFunc
+	// workCtx is the parent of every task context; it is cancelled when
+	// Stop's deadline passes.
+	workCtx    context.Context
+	workCancel context.CancelCauseFunc
+	// flushCtx bounds the completer's retries while stopping.
+	flushCtx    context.Context
+	flushCancel context.CancelFunc
+
+	wake      chan struct{}
+	due       chan time.Time
+	slots     chan struct{}
+	slotFreed chan struct{}
+	results   chan *taskResult
+
+	loops         sync.WaitGroup
+	tasks         sync.WaitGroup
+	stopCompleter chan struct{}
+	completerDone chan struct{}
+}
+
+type runningTask struct {
+	task     *driver.Task
+	cancel   context.CancelCauseFunc
+	reported atomic.Bool // the task's result has been handed to the completer
+}
+
+// Start starts executing tasks of the registered workflows in the
+// background: claiming ready tasks, running them and recording their
+// results. ctx's values (not its cancellation) are inherited by task
+// contexts; call Stop to stop.
+func (r *Runner) Start(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrRunnerClosed
+	}
+	if r.started {
+		return ErrRunnerStarted
+	}
+	base := context.WithoutCancel(ctx)
+	svc := &services{
+		wake:          make(chan struct{}, 1),
+		due:           make(chan time.Time, 16),
+		slots:         make(chan struct{}, r.cfg.MaxConcurrentTasks),
+		slotFreed:     make(chan struct{}, 1),
+		results:       make(chan *taskResult, r.cfg.MaxConcurrentTasks),
+		stopCompleter: make(chan struct{}),
+		completerDone: make(chan struct{}),
+	}
+	svc.ctx, svc.cancel = context.WithCancel(base)
+	svc.workCtx, svc.workCancel = context.WithCancelCause(base)
+	svc.flushCtx, svc.flushCancel = context.WithCancel(base)
+	r.svc = svc
+	r.started = true
+
+	svc.loops.Add(3)
+	go r.claimLoop(svc)
+	go r.listenLoop(svc)
+	go r.watchLoop(svc)
+	go r.completeLoop(svc)
+	r.logger.Info("runner started", "runner_name", r.name, "backend", r.drv.Name(), "workflows", len(r.workflows),
+		"max_concurrent_tasks", r.cfg.MaxConcurrentTasks)
+	return nil
+}
+
+// Stop stops claiming, waits for running tasks to finish and their results
+// to be recorded, and stops the background loops. When ctx ends first, the
+// remaining tasks' contexts are cancelled; tasks that still have not
+// returned a moment later are handed back (reset to Ready, task_reset) for
+// another runner, and Stop returns ctx's error. The runner can be started
+// again afterwards.
+func (r *Runner) Stop(ctx context.Context) error {
+	return r.stop(ctx)
+}
+
+func (r *Runner) stop(ctx context.Context) error {
+	r.mu.Lock()
+	svc := r.svc
+	if !r.started || svc == nil {
+		r.mu.Unlock()
+		return nil
+	}
+	r.mu.Unlock()
+
+	svc.cancel()
+	svc.loops.Wait()
+
+	tasksDone := make(chan struct{})
+	go func() { svc.tasks.Wait(); close(tasksDone) }()
+	var stopErr error
+	select {
+	case <-tasksDone:
+	case <-ctx.Done():
+		stopErr = ctx.Err()
+		svc.workCancel(errShutdown)
+		select {
+		case <-tasksDone:
+		case <-time.After(stopGrace):
+			// Tasks that ignore their context: hand their claims back now;
+			// whatever they return later is dropped (and would be fenced out).
+			for _, rt := range r.runningTasks() {
+				if rt.reported.CompareAndSwap(false, true) {
+					svc.results <- &taskResult{task: rt.task, err: errShutdown, cause: errShutdown, finished: r.now()}
+				}
+			}
+		}
+	}
+	close(svc.stopCompleter)
+	select {
+	case <-svc.completerDone:
+	case <-time.After(10 * time.Second):
+		// The database is unreachable; give up recording the last results.
+		// Their claims are recovered by the dead-runner sweep.
+		svc.flushCancel()
+		<-svc.completerDone
+	}
+	svc.workCancel(errShutdown)
+	svc.flushCancel()
+
+	r.mu.Lock()
+	r.started = false
+	r.svc = nil
+	r.mu.Unlock()
+	r.logger.Info("runner stopped")
+	return stopErr
+}
+
+func (r *Runner) services() *services {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.svc
+}
+
+func (r *Runner) wakeClaimer() {
+	if svc := r.services(); svc != nil {
+		select {
+		case svc.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *Runner) scheduleWake(at time.Time) {
+	if svc := r.services(); svc != nil {
+		select {
+		case svc.due <- at:
+		default: // the poll finds it
+		}
+	}
+}
+
+// claimLoop claims ready tasks whenever a slot is free and work may
+// exist: after a wake-up, after a full batch, and after a poll that found
+// claimable rows.
+func (r *Runner) claimLoop(svc *services) {
+	defer svc.loops.Done()
+	ctx := svc.ctx
+	timer := time.NewTimer(r.cfg.PollInterval)
+	defer timer.Stop()
+	nextPoll := r.now().Add(r.cfg.PollInterval)
+	pending := true
+	failures := 0
+	for {
+		if free := cap(svc.slots) - len(svc.slots); pending && free > 0 {
+			n := min(free, r.cfg.ClaimBatchSize)
+			tasks, err := r.claim(ctx, n)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failures++
+				r.logger.Error("claim tasks", "error", err, "consecutive_failures", failures)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(min(time.Duration(failures)*100*time.Millisecond, r.cfg.PollInterval)):
+				}
+				continue
+			}
+			failures = 0
+			for _, t := range tasks {
+				svc.slots <- struct{}{}
+				svc.tasks.Add(1)
+				go r.runTask(svc, t)
+			}
+			pending = len(tasks) == n
+			if pending {
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-svc.wake:
+			pending = true
+		case <-svc.slotFreed:
+		case at := <-svc.due:
+			if at.Before(nextPoll) {
+				nextPoll = at
+				timer.Reset(max(at.Sub(r.now()), 0))
+			}
+		case <-timer.C:
+			next := r.now().Add(r.cfg.PollInterval)
+			if !pending {
+				res, err := r.drv.Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: r.workflowNames(), Now: r.now()})
+				switch {
+				case err != nil && ctx.Err() == nil:
+					r.logger.Warn("poll for work", "error", err)
+					pending = true
+				case err == nil:
+					pending = res.Claimable
+					if res.NextAvailableAt != nil && res.NextAvailableAt.Before(next) {
+						next = *res.NextAvailableAt
+					}
+				}
+			}
+			nextPoll = next
+			timer.Reset(max(next.Sub(r.now()), 0))
+		}
+	}
+}
+
+// claim takes up to n ready tasks in one transaction: the outbox rows are
+// deleted, the tasks flipped to Running under this runner, their runs
+// started, and task_claimed/task_started recorded.
+func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
+	workflows := r.workflowNames()
+	if len(workflows) == 0 {
+		return nil, nil
+	}
+	var claimed []*driver.Task
+	_, err := r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		claimed = nil
+		tasks, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, Limit: n, Now: c.now})
+		if err != nil || len(tasks) == 0 {
+			return err
+		}
+		var pids []uuid.UUID
+		seen := map[uuid.UUID]string{}
+		for _, t := range tasks {
+			if _, ok := seen[t.PipelineID]; !ok {
+				seen[t.PipelineID] = t.WorkflowName
+				pids = append(pids, t.PipelineID)
+			}
+		}
+		started, err := tx.PipelineStart(ctx, &driver.PipelineStartParams{IDs: pids, Now: c.now})
+		if err != nil {
+			return err
+		}
+		for _, pid := range started {
+			data := &EventData{Workflow: seen[pid]}
+			if wf, err := r.workflow(seen[pid]); err == nil {
+				data.WorkflowVersion = wf.version
+			}
+			c.event(pid, nil, EventPipelineStarted, data)
+		}
+		for _, t := range tasks {
+			c.event(t.PipelineID, &t.ID, EventTaskClaimed, &EventData{Attempt: t.Attempt, RunnerName: r.name})
+			c.event(t.PipelineID, &t.ID, EventTaskStarted, &EventData{Attempt: t.Attempt})
+		}
+		claimed = tasks
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return claimed, nil
+}
+
+func (r *Runner) runTask(svc *services, t *driver.Task) {
+	defer svc.tasks.Done()
+	defer func() {
+		<-svc.slots
+		select {
+		case svc.slotFreed <- struct{}{}:
+		default:
+		}
+	}()
+	ctx, cancel := context.WithCancelCause(svc.workCtx)
+	defer cancel(nil)
+	rt := &runningTask{task: t, cancel: cancel}
+	r.runningMu.Lock()
+	r.running[t.ID] = rt
+	r.runningMu.Unlock()
+	defer func() {
+		r.runningMu.Lock()
+		delete(r.running, t.ID)
+		r.runningMu.Unlock()
+	}()
+
+	res, fnDone := r.execute(ctx, t)
+	if rt.reported.CompareAndSwap(false, true) {
+		select {
+		case svc.results <- res:
+		case <-svc.completerDone:
+		}
+	}
+	// The slot stays taken until the function has really returned, even
+	// when its timeout was recorded earlier.
+	<-fnDone
+}
+
+func (r *Runner) runningTasks() []*runningTask {
+	r.runningMu.Lock()
+	defer r.runningMu.Unlock()
+	out := make([]*runningTask, 0, len(r.running))
+	for _, rt := range r.running {
+		out = append(out, rt)
+	}
+	return out
+}
+
+// cancelLocal cancels the contexts of this runner's tasks of one run.
+func (r *Runner) cancelLocal(pipelineID uuid.UUID, cause error) {
+	for _, rt := range r.runningTasks() {
+		if rt.task.PipelineID == pipelineID {
+			rt.cancel(cause)
+		}
+	}
+}
+
+// listenLoop receives wake-ups (work for a workflow, a cancelled run),
+// resubscribing with backoff when the subscription fails.
+func (r *Runner) listenLoop(svc *services) {
+	defer svc.loops.Done()
+	ctx := svc.ctx
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		sub, err := r.drv.Listen(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.logger.Warn("subscribe to wake-ups; polling meanwhile", "error", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 10*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		// Wake-ups sent while unsubscribed were missed: look now.
+		r.wakeClaimer()
+		for {
+			payload, err := sub.Wait(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.logger.Warn("wake-up subscription lost; resubscribing", "error", err)
+				}
+				break
+			}
+			r.handleWake(payload)
+		}
+		sub.Close()
+	}
+}
+
+func (r *Runner) handleWake(payload string) {
+	kind, arg, _ := strings.Cut(payload, ":")
+	switch kind {
+	case "work":
+		if _, err := r.workflow(arg); err == nil {
+			r.wakeClaimer()
+		}
+	case "cancel":
+		if id, err := uuid.Parse(arg); err == nil {
+			r.cancelLocal(id, errRunCancelled)
+		}
+	}
+}
+
+// watchLoop finds runs cancelled by other processes whose tasks run here,
+// for wake-ups that were missed or that the backend cannot deliver.
+func (r *Runner) watchLoop(svc *services) {
+	defer svc.loops.Done()
+	ticker := time.NewTicker(r.cfg.PollInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-svc.ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		running := r.runningTasks()
+		if len(running) == 0 {
+			continue
+		}
+		seen := map[uuid.UUID]bool{}
+		var ids []uuid.UUID
+		for _, rt := range running {
+			if !seen[rt.task.PipelineID] {
+				seen[rt.task.PipelineID] = true
+				ids = append(ids, rt.task.PipelineID)
+			}
+		}
+		cancelled, err := r.drv.Reader().PipelineList(svc.ctx, &driver.PipelineListParams{IDs: ids,
+			Statuses: []driver.PipelineStatus{driver.PipelineCancelled}})
+		if err != nil {
+			if svc.ctx.Err() == nil {
+				r.logger.Warn("check for cancelled runs", "error", err)
+			}
+			continue
+		}
+		for _, p := range cancelled {
+			r.cancelLocal(p.ID, errRunCancelled)
+		}
+	}
+}

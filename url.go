@@ -1,0 +1,120 @@
+package cloacina
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
+)
+
+// DatabaseURL is a parsed database URL.
+type DatabaseURL struct {
+	// Backend is "sqlite" or "postgres".
+	Backend string
+	// Path is the SQLite file path.
+	Path string
+	// DSN is the PostgreSQL connection string, without Cloacina's own
+	// query parameters.
+	DSN string
+	// Schema is the PostgreSQL schema from the URL's schema parameter.
+	Schema string
+}
+
+const urlHelp = "use sqlite:///absolute/path.db, sqlite://relative.db or postgres://user:password@host:5432/database"
+
+// ParseDatabaseURL parses a database URL:
+//
+//	sqlite:///absolute/path/to/file.db   (file created if missing)
+//	sqlite://relative/path.db
+//	postgres://user:pass@host:5432/db?sslmode=disable&schema=tenant_a
+//	postgresql://…                       (the same)
+//
+// The schema parameter selects the PostgreSQL schema; every other
+// parameter goes to pgx.
+func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
+	if strings.TrimSpace(raw) == "" {
+		return nil, fmt.Errorf("%w: empty: %s", ErrInvalidURL, urlHelp)
+	}
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return nil, fmt.Errorf("%w: %q has no scheme: %s", ErrInvalidURL, redact(raw), urlHelp)
+	}
+	switch strings.ToLower(scheme) {
+	case "sqlite", "sqlite3":
+		path := rest
+		if i := strings.IndexByte(path, '?'); i >= 0 {
+			return nil, fmt.Errorf("%w: %q: SQLite URLs take no parameters (Cloacina sets the pragmas): %s", ErrInvalidURL, raw, urlHelp)
+		}
+		if path == "" {
+			return nil, fmt.Errorf("%w: %q names no file: %s", ErrInvalidURL, raw, urlHelp)
+		}
+		if path == ":memory:" || strings.HasPrefix(path, "file::memory:") {
+			return nil, fmt.Errorf("%w: in-memory SQLite cannot be shared by the runner's connections: use a file, e.g. sqlite:///tmp/cloacina.db", ErrInvalidURL)
+		}
+		return &DatabaseURL{Backend: "sqlite", Path: path}, nil
+	case "postgres", "postgresql":
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %s", ErrInvalidURL, redactErr(err), urlHelp)
+		}
+		if u.Host == "" && u.Query().Get("host") == "" {
+			return nil, fmt.Errorf("%w: %q has no host: %s", ErrInvalidURL, redact(raw), urlHelp)
+		}
+		q := u.Query()
+		schema := q.Get("schema")
+		q.Del("schema")
+		u.RawQuery = q.Encode()
+		if schema != "" {
+			if err := postgres.ValidateSchema(schema); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrInvalidURL, err)
+			}
+		}
+		return &DatabaseURL{Backend: "postgres", DSN: u.String(), Schema: schema}, nil
+	}
+	return nil, fmt.Errorf("%w: unsupported scheme %q: %s", ErrInvalidURL, scheme, urlHelp)
+}
+
+// redact hides a password in a URL for messages.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+func redactErr(err error) string {
+	var ue *url.Error
+	if e, ok := err.(*url.Error); ok {
+		ue = e
+		return ue.Err.Error()
+	}
+	return err.Error()
+}
+
+// openDriver opens the backend a URL names. schema overrides the URL's.
+func openDriver(ctx context.Context, raw, schema string) (driver.Driver, error) {
+	u, err := ParseDatabaseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	switch u.Backend {
+	case "sqlite":
+		if schema != "" {
+			return nil, fmt.Errorf("%w: a schema (%q) was asked for, but SQLite has no schemas: use one database file per tenant", ErrInvalidURL, schema)
+		}
+		return sqlite.Open(u.Path)
+	default:
+		if schema == "" {
+			schema = u.Schema
+		}
+		return postgres.Open(ctx, u.DSN, &postgres.Opts{Schema: schema})
+	}
+}
