@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -97,6 +98,10 @@ type Runner struct {
 
 	waitMu  sync.Mutex
 	waiters map[uuid.UUID]map[chan struct{}]struct{}
+
+	// commitHook, when set, sees every committed change set; tests use it
+	// to wait for a transition instead of polling.
+	commitHook atomic.Pointer[func(*changes)]
 }
 
 // Open opens a runner on the database at url (see ParseDatabaseURL),
@@ -362,6 +367,9 @@ func (r *Runner) tryTx(ctx context.Context, fn txFunc, c *changes) error {
 // of finished runs are woken, local tasks of cancelled runs are cancelled,
 // and the claimer is woken for new work.
 func (r *Runner) afterCommit(c *changes) {
+	if hook := r.commitHook.Load(); hook != nil {
+		(*hook)(c)
+	}
 	for _, id := range c.cancelled {
 		r.cancelLocal(id, errRunCancelled)
 	}

@@ -1,0 +1,144 @@
+package cloacina
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+func TestParseDatabaseURL(t *testing.T) {
+	t.Parallel()
+	good := map[string]DatabaseURL{
+		"sqlite:///tmp/x.db":     {Backend: "sqlite", Path: "/tmp/x.db"},
+		"sqlite://rel/x.db":      {Backend: "sqlite", Path: "rel/x.db"},
+		"postgres://u@h:5432/db": {Backend: "postgres", DSN: "postgres://u@h:5432/db"},
+		"postgresql://u@h/db?sslmode=disable&schema=tenant_a": {Backend: "postgres", DSN: "postgresql://u@h/db?sslmode=disable", Schema: "tenant_a"},
+	}
+	for raw, want := range good {
+		got, err := ParseDatabaseURL(raw)
+		require.NoError(t, err, raw)
+		require.Equal(t, want, *got, raw)
+	}
+	bad := map[string]string{
+		"":                                    "empty",
+		"cloacina.db":                         "has no scheme",
+		"mysql://u@h/db":                      `unsupported scheme "mysql"`,
+		"sqlite://":                           "names no file",
+		"sqlite://:memory:":                   "in-memory SQLite",
+		"sqlite://x.db?_pragma=foo":           "take no parameters",
+		"postgres:///db":                      "has no host",
+		"postgres://u:secret@h/db?schema=a-b": `invalid schema name "a-b"`,
+		"postgres://u@h/db?schema=pg_x":       "reserved",
+		"postgres://u:p@h:notaport/db":        "invalid port",
+	}
+	for raw, want := range bad {
+		_, err := ParseDatabaseURL(raw)
+		require.ErrorIs(t, err, ErrInvalidURL, raw)
+		require.Contains(t, err.Error(), want, raw)
+		require.NotContains(t, err.Error(), "secret", "passwords never appear in errors")
+	}
+}
+
+func TestOpenBadInputWritesNothing(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	dir := t.TempDir()
+	_, err := Open(ctx, "sqlite://"+filepath.Join(dir, "missing-dir", "x.db"), nil)
+	require.ErrorContains(t, err, "create the directory first")
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Empty(t, entries, "nothing created")
+
+	_, err = Open(ctx, "sqlite://"+filepath.Join(dir, "x.db"), &Config{Schema: "tenant"})
+	require.ErrorContains(t, err, "SQLite has no schemas")
+	_, err = Open(ctx, "postgres://postgres@127.0.0.1:1/test?connect_timeout=2", nil)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "127.0.0.1")
+
+	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{MaxConcurrentTasks: -1})
+	require.ErrorContains(t, err, "negative")
+	_, err = NewRunner(ctx, nil, &Config{Workflows: []*Workflow{nil}})
+	require.ErrorContains(t, err, "Register(nil)")
+}
+
+func TestUnknownWorkflowWritesNothing(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("nightly-report", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		_, err := r.Execute(ctx, "nightly-reprot", nil)
+		require.ErrorIs(t, err, ErrUnknownWorkflow)
+		require.Contains(t, err.Error(), `did you mean "nightly-report"?`)
+		_, err = r.ExecuteAsync(ctx, "completely-other", nil)
+		require.ErrorContains(t, err, "register it with Config.Workflows or Runner.Register (registered: nightly-report)")
+		runs, err := r.List(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, runs)
+		evs, err := r.Events(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, evs)
+	})
+}
+
+func TestRegister(t *testing.T) {
+	t.Parallel()
+	r := openRunner(t, testdb.SQLiteURL(t), nil)
+	a := MustWorkflow("w", Task{Name: "a", Run: ok})
+	require.NoError(t, r.Register(a))
+	require.NoError(t, r.Register(a), "registering the same workflow again is a no-op")
+	other := MustWorkflow("w", Task{Name: "b", Run: ok})
+	err := r.Register(other)
+	require.ErrorContains(t, err, `a different workflow named "w" is already registered`)
+}
+
+func TestSchemaVersionChecks(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	url := testdb.SQLiteURL(t)
+	// Skipping migrations on a fresh database is refused with the fix.
+	_, err := Open(ctx, url, &Config{SkipMigrations: true, Logger: quietLogger()})
+	require.ErrorIs(t, err, ErrSchemaOutdated)
+	require.Contains(t, err.Error(), "cloacina migrate")
+
+	version, err := Migrate(ctx, url, "")
+	require.NoError(t, err)
+	require.Positive(t, version)
+	r, err := Open(ctx, url, &Config{SkipMigrations: true, Logger: quietLogger()})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+
+	// A database from the future is refused.
+	path := strings.TrimPrefix(url, "sqlite://")
+	db := openRawSQLite(t, path)
+	_, err = db.ExecContext(ctx, "INSERT INTO cloacina_migrations (version, name, applied_at) VALUES (999, 'future', 'x')")
+	require.NoError(t, err)
+	_, err = Open(ctx, url, nil)
+	require.ErrorIs(t, err, ErrSchemaTooNew)
+	require.Contains(t, err.Error(), "upgrade cloacina")
+	_, err = Open(ctx, url, &Config{SkipMigrations: true})
+	require.ErrorIs(t, err, ErrSchemaTooNew)
+}
+
+func TestRunnerLifecycleErrors(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	r, err := Open(ctx, testdb.SQLiteURL(t), &Config{Logger: quietLogger()})
+	require.NoError(t, err)
+	require.NoError(t, r.Start(ctx))
+	require.ErrorIs(t, r.Start(ctx), ErrRunnerStarted)
+	require.NoError(t, r.Stop(ctx))
+	require.NoError(t, r.Stop(ctx), "stopping a stopped runner is a no-op")
+	require.NoError(t, r.Start(context.Background()), "a stopped runner can start again")
+	require.NoError(t, r.Close())
+	require.NoError(t, r.Close())
+	require.ErrorIs(t, r.Start(ctx), ErrRunnerClosed)
+	_, err = r.ExecuteAsync(ctx, "w", nil)
+	require.ErrorIs(t, err, ErrRunnerClosed)
+}

@@ -1,0 +1,233 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+)
+
+// Seed case 1: every transition emits its event exactly once, in order,
+// with its data, and the events alone replay to the final statuses.
+func TestEventEmission(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var flakyCalls atomic.Int32
+		retry := &RetryPolicy{MaxAttempts: 3, Backoff: BackoffFixed, InitialDelay: 20 * time.Millisecond}
+		wf := MustWorkflow("audit",
+			Task{Name: "setup", Run: setKey("ready", true)},
+			Task{Name: "flaky", DependsOn: []string{"setup"}, Retry: retry, Run: func(ctx context.Context, tc *Context) error {
+				if flakyCalls.Add(1) == 1 {
+					return errors.New("flaky: first attempt fails")
+				}
+				return tc.Set("flaky", "done")
+			}},
+			Task{Name: "broken", DependsOn: []string{"setup"}, Retry: &RetryPolicy{MaxAttempts: 2, Backoff: BackoffFixed, InitialDelay: 20 * time.Millisecond},
+				Run: func(context.Context, *Context) error { return errors.New("broken: always fails") }},
+			Task{Name: "after_flaky", DependsOn: []string{"flaky"}, Run: ok},
+			Task{Name: "after_broken", DependsOn: []string{"broken"}, Run: ok},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		before := time.Now().UTC()
+		res, err := r.Execute(ctx, "audit", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Contains(t, res.Error, `task "broken" failed: broken: always fails`)
+		require.ErrorContains(t, res.Err(), "failed")
+
+		events, err := r.RunEvents(ctx, res.ID)
+		require.NoError(t, err)
+
+		// sequence_num strictly increases; every event names its runner.
+		for i, e := range events {
+			require.Equal(t, r.ID(), e.WorkerID)
+			require.Equal(t, res.ID, e.PipelineID)
+			if i > 0 {
+				require.Greater(t, e.SequenceNum, events[i-1].SequenceNum)
+			}
+		}
+
+		byTask := map[string][]*Event{}
+		var pipelineTypes []EventType
+		for _, e := range events {
+			if e.TaskID == nil {
+				pipelineTypes = append(pipelineTypes, e.Type)
+				continue
+			}
+			byTask[e.TaskName] = append(byTask[e.TaskName], e)
+		}
+		require.Equal(t, []EventType{EventPipelineStarted, EventPipelineFailed}, pipelineTypes)
+
+		types := func(evs []*Event) []EventType {
+			out := make([]EventType, len(evs))
+			for i, e := range evs {
+				out[i] = e.Type
+			}
+			return out
+		}
+		run := []EventType{EventTaskClaimed, EventTaskStarted}
+		seq := func(parts ...[]EventType) []EventType {
+			var out []EventType
+			for _, p := range parts {
+				out = append(out, p...)
+			}
+			return out
+		}
+		created := []EventType{EventTaskCreated, EventTaskMarkedReady}
+		require.Equal(t, seq(created, run, []EventType{EventTaskCompleted}), types(byTask["setup"]))
+		require.Equal(t, seq(created, run, []EventType{EventTaskRetryScheduled}, run, []EventType{EventTaskCompleted}), types(byTask["flaky"]))
+		require.Equal(t, seq(created, run, []EventType{EventTaskRetryScheduled}, run, []EventType{EventTaskFailed}), types(byTask["broken"]))
+		require.Equal(t, seq(created, run, []EventType{EventTaskCompleted}), types(byTask["after_flaky"]))
+		require.Equal(t, []EventType{EventTaskCreated, EventTaskSkipped}, types(byTask["after_broken"]))
+
+		// Event data carries the error, attempt, retry due time and skip reason.
+		retryEv := byTask["flaky"][4]
+		data, err := retryEv.Payload()
+		require.NoError(t, err)
+		require.Equal(t, "flaky: first attempt fails", data.Error)
+		require.Equal(t, 1, data.Attempt)
+		require.Equal(t, 2, data.NextAttempt)
+		require.NotNil(t, data.RetryAt)
+		require.False(t, data.RetryAt.Before(retryEv.CreatedAt.Add(20*time.Millisecond)), "retry due after the fixed delay")
+		require.Equal(t, int64(20), *data.DelayMS)
+
+		claimData, err := byTask["flaky"][5].Payload()
+		require.NoError(t, err)
+		require.Equal(t, 2, claimData.Attempt, "the retry runs attempt 2")
+
+		failData, err := byTask["broken"][7].Payload()
+		require.NoError(t, err)
+		require.Equal(t, "broken: always fails", failData.Error)
+		require.Equal(t, 2, failData.Attempt)
+		require.NotNil(t, failData.DurationMS)
+
+		skipData, err := byTask["after_broken"][1].Payload()
+		require.NoError(t, err)
+		require.Equal(t, `upstream task "broken" failed`, skipData.Reason)
+
+		for _, e := range events {
+			require.False(t, e.CreatedAt.Before(before.Add(-time.Second)), "timestamps are current and UTC")
+			require.Equal(t, time.UTC, e.CreatedAt.Location())
+		}
+
+		// Replaying the events alone reproduces every final status.
+		replayed := Replay(events)
+		require.Equal(t, PipelineFailed, replayed.Runs[res.ID])
+		require.Len(t, replayed.Tasks, len(res.Tasks))
+		for _, tr := range res.Tasks {
+			require.Equal(t, tr.Status, replayed.Tasks[tr.ID], tr.Name)
+		}
+		require.Equal(t, TaskStatusSkipped, res.Task("after_broken").Status)
+		require.Equal(t, 2, res.Task("flaky").Attempts)
+		require.Equal(t, 2, res.Task("broken").Attempts)
+	})
+}
+
+// Seed case 3: event queries.
+func TestEventQueries(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("q",
+			Task{Name: "a", Run: ok},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
+		)
+		// The first runner lives 40 days in the past, so its run's events
+		// are old enough for retention.
+		old := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
+		require.NoError(t, old.Start(ctx))
+		oldRun, err := old.Execute(ctx, "q", nil)
+		require.NoError(t, err)
+		require.NoError(t, old.Stop(ctx))
+
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		run1, err := r.Execute(ctx, "q", nil)
+		require.NoError(t, err)
+		run2, err := r.Execute(ctx, "q", nil)
+		require.NoError(t, err)
+
+		all, err := r.Events(ctx, nil)
+		require.NoError(t, err)
+		perRun := map[uuid.UUID]int{}
+		for _, e := range all {
+			perRun[e.PipelineID]++
+		}
+		require.Len(t, perRun, 3)
+		// Two pipeline events and five per task.
+		require.Equal(t, 12, perRun[run1.ID])
+
+		// By run: all of it, nothing of the others.
+		byRun, err := r.RunEvents(ctx, run1.ID)
+		require.NoError(t, err)
+		require.Len(t, byRun, perRun[run1.ID])
+		for _, e := range byRun {
+			require.Equal(t, run1.ID, e.PipelineID)
+		}
+		n, err := r.CountRunEvents(ctx, run1.ID)
+		require.NoError(t, err)
+		require.Equal(t, int64(len(byRun)), n)
+
+		// By task: only that task, in order.
+		taskB := run2.Task("b").ID
+		byTask, err := r.TaskEvents(ctx, taskB)
+		require.NoError(t, err)
+		require.Len(t, byTask, 5)
+		for i, e := range byTask {
+			require.Equal(t, taskB, *e.TaskID)
+			require.Equal(t, "b", e.TaskName)
+			if i > 0 {
+				require.Greater(t, e.SequenceNum, byTask[i-1].SequenceNum)
+			}
+		}
+
+		// By type.
+		completed, err := r.Events(ctx, &EventQuery{Types: []EventType{EventPipelineCompleted}})
+		require.NoError(t, err)
+		require.Len(t, completed, 3)
+		mixed, err := r.Events(ctx, &EventQuery{Types: []EventType{EventTaskClaimed, EventTaskStarted}, RunID: &run2.ID})
+		require.NoError(t, err)
+		require.Len(t, mixed, 4)
+
+		// Recent N: newest first, the tail of the log reversed.
+		recent, err := r.RecentEvents(ctx, 4)
+		require.NoError(t, err)
+		require.Len(t, recent, 4)
+		for i := range recent {
+			require.Equal(t, all[len(all)-1-i].SequenceNum, recent[i].SequenceNum)
+		}
+		_, err = r.RecentEvents(ctx, 0)
+		require.Error(t, err)
+
+		// Following the log from a sequence number.
+		tail, err := r.Events(ctx, &EventQuery{AfterSeq: all[len(all)-3].SequenceNum})
+		require.NoError(t, err)
+		require.Len(t, tail, 2)
+
+		// Count and delete older than a cutoff, in batches.
+		cutoff := time.Now().UTC().Add(-30 * 24 * time.Hour)
+		oldCount, err := r.CountEventsBefore(ctx, cutoff)
+		require.NoError(t, err)
+		require.Equal(t, int64(perRun[oldRun.ID]), oldCount)
+		var progress []int64
+		deleted, err := r.DeleteEventsBefore(ctx, cutoff, &DeleteEventsOpts{BatchSize: 5, Progress: func(n int64) { progress = append(progress, n) }})
+		require.NoError(t, err)
+		require.Equal(t, oldCount, deleted)
+		require.Greater(t, len(progress), 1, "deleted in several batches")
+		require.Equal(t, deleted, progress[len(progress)-1])
+		left, err := r.Events(ctx, nil)
+		require.NoError(t, err)
+		require.Len(t, left, len(all)-int(deleted))
+		for _, e := range left {
+			require.NotEqual(t, oldRun.ID, e.PipelineID)
+		}
+		again, err := r.DeleteEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Zero(t, again)
+	})
+}

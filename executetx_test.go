@@ -1,0 +1,102 @@
+package cloacina
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
+)
+
+// appTx begins a transaction of the application's own, on the same
+// database as the runner, with one row of application data in it.
+func appTx(t *testing.T, r *Runner) (tx any, commit, rollback func() error, appRows func() int) {
+	t.Helper()
+	ctx := testContext(t)
+	switch d := r.Driver().(type) {
+	case *postgres.Driver:
+		table := pgx.Identifier{d.Schema(), "orders"}.Sanitize()
+		_, err := d.Pool().Exec(ctx, "CREATE TABLE IF NOT EXISTS "+table+" (id serial PRIMARY KEY)")
+		require.NoError(t, err)
+		ptx, err := d.Pool().Begin(ctx)
+		require.NoError(t, err)
+		_, err = ptx.Exec(ctx, "INSERT INTO "+table+" DEFAULT VALUES")
+		require.NoError(t, err)
+		return ptx, func() error { return ptx.Commit(ctx) }, func() error { return ptx.Rollback(ctx) }, func() int {
+			var n int
+			require.NoError(t, d.Pool().QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n))
+			return n
+		}
+	case *sqlite.Driver:
+		_, err := d.DB().ExecContext(ctx, "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
+		require.NoError(t, err)
+		stx, err := d.DB().BeginTx(ctx, nil)
+		require.NoError(t, err)
+		_, err = stx.ExecContext(ctx, "INSERT INTO orders DEFAULT VALUES")
+		require.NoError(t, err)
+		return stx, stx.Commit, stx.Rollback, func() int {
+			var n int
+			require.NoError(t, d.DB().QueryRowContext(ctx, "SELECT count(*) FROM orders").Scan(&n))
+			return n
+		}
+	}
+	t.Fatalf("unknown driver %T", r.Driver())
+	return nil, nil, nil, nil
+}
+
+func TestExecuteTxCommit(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("ship", Task{Name: "a", Run: setKey("shipped", true)})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		tx, commit, _, appRows := appTx(t, r)
+		exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
+		require.NoError(t, err)
+		require.NoError(t, commit())
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 1, appRows())
+	})
+}
+
+func TestExecuteTxRollback(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		tx, _, rollback, appRows := appTx(t, r)
+		exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
+		require.NoError(t, err)
+		require.NoError(t, rollback())
+		_, err = exec.Wait(ctx)
+		require.ErrorIs(t, err, ErrRunNotFound, "the run exists only if the transaction commits")
+		runs, err := r.List(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, runs)
+		evs, err := r.Events(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, evs)
+		require.Zero(t, appRows())
+	})
+}
+
+func TestExecuteTxWrongTransactionType(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		var wrong any = &sql.Tx{}
+		if _, isSQLite := r.Driver().(*sqlite.Driver); isSQLite {
+			wrong = context.Background()
+		}
+		_, err := r.ExecuteTx(testContext(t), wrong, "ship", nil)
+		require.ErrorContains(t, err, "transaction type does not match the database backend")
+	})
+}

@@ -1,0 +1,129 @@
+package cloacina
+
+import (
+	"context"
+	"database/sql"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testTimeout bounds every wait in a test; a hang fails instead of blocking.
+const testTimeout = 60 * time.Second
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// forEachBackend runs fn as a parallel subtest on SQLite and on PostgreSQL,
+// each with its own fresh database.
+func forEachBackend(t *testing.T, fn func(t *testing.T, url string)) {
+	t.Helper()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, b.URL(t))
+		})
+	}
+}
+
+// openRunner opens a runner on url with fast polling and a quiet logger,
+// closed when the test ends.
+func openRunner(t *testing.T, url string, cfg *Config) *Runner {
+	t.Helper()
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = 50 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = quietLogger()
+	}
+	r, err := Open(testContext(t), url, &c)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, r.Close()) })
+	return r
+}
+
+// startRunner opens and starts a runner.
+func startRunner(t *testing.T, url string, cfg *Config) *Runner {
+	t.Helper()
+	r := openRunner(t, url, cfg)
+	require.NoError(t, r.Start(testContext(t)))
+	return r
+}
+
+// ok is a task body that does nothing.
+func ok(context.Context, *Context) error { return nil }
+
+// setKey returns a task body that sets key to value.
+func setKey(key string, value any) TaskFunc {
+	return func(_ context.Context, tc *Context) error { return tc.Set(key, value) }
+}
+
+// onEvent returns a channel that receives every event this runner commits
+// from now on that matches pred: a signal to wait on instead of polling.
+func onEvent(r *Runner, pred func(e driver.EventInsert) bool) <-chan driver.EventInsert {
+	ch := make(chan driver.EventInsert, 1024)
+	prev := r.commitHook.Load()
+	hook := func(c *changes) {
+		if prev != nil {
+			(*prev)(c)
+		}
+		for _, e := range c.cs.Events {
+			if pred(e) {
+				select {
+				case ch <- e:
+				default:
+				}
+			}
+		}
+	}
+	r.commitHook.Store(&hook)
+	return ch
+}
+
+// eventOf matches events of one type.
+func eventOf(typ EventType) func(driver.EventInsert) bool {
+	return func(e driver.EventInsert) bool { return e.Type == typ }
+}
+
+// waitFor receives from ch or fails the test at the deadline.
+func waitFor[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(testTimeout):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// openRawSQLite opens a SQLite file directly, for tests that tamper with it.
+func openRawSQLite(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", sqlite.DSN(path))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	return db
+}

@@ -1,0 +1,73 @@
+package cloacina
+
+import "github.com/google/uuid"
+
+// Replayed is the state rebuilt from an event stream alone.
+type Replayed struct {
+	// Runs holds each run's status.
+	Runs map[uuid.UUID]PipelineStatus
+	// Tasks holds each task execution's status.
+	Tasks map[uuid.UUID]TaskStatus
+}
+
+// Replay rebuilds run and task statuses from events in sequence order
+// (as Events returns them). It is the audit log's contract: the statuses
+// it returns equal those stored by the engine.
+func Replay(events []*Event) *Replayed {
+	out := &Replayed{Runs: map[uuid.UUID]PipelineStatus{}, Tasks: map[uuid.UUID]TaskStatus{}}
+	for _, e := range events {
+		if e.TaskID == nil {
+			switch e.Type {
+			case EventPipelineStarted:
+				out.Runs[e.PipelineID] = PipelineRunning
+			case EventPipelineCompleted:
+				out.Runs[e.PipelineID] = PipelineCompleted
+			case EventPipelineFailed:
+				out.Runs[e.PipelineID] = PipelineFailed
+			case EventPipelineCancelled:
+				out.Runs[e.PipelineID] = PipelineCancelled
+			case EventPipelinePaused:
+				out.Runs[e.PipelineID] = PipelinePaused
+			case EventPipelineResumed:
+				// A run resumed before any task was claimed is Pending again.
+				if out.Runs[e.PipelineID] == PipelinePaused {
+					out.Runs[e.PipelineID] = resumedStatus(events, e)
+				}
+			}
+			continue
+		}
+		if _, ok := out.Runs[e.PipelineID]; !ok {
+			out.Runs[e.PipelineID] = PipelinePending
+		}
+		id := *e.TaskID
+		switch e.Type {
+		case EventTaskCreated:
+			out.Tasks[id] = TaskStatusNotStarted
+		case EventTaskMarkedReady, EventTaskRetryScheduled, EventTaskReset:
+			out.Tasks[id] = TaskStatusReady
+		case EventTaskClaimed, EventTaskStarted, EventTaskDeferred, EventTaskResumed:
+			out.Tasks[id] = TaskStatusRunning
+		case EventTaskCompleted:
+			out.Tasks[id] = TaskStatusCompleted
+		case EventTaskFailed, EventTaskAbandoned:
+			out.Tasks[id] = TaskStatusFailed
+		case EventTaskSkipped:
+			out.Tasks[id] = TaskStatusSkipped
+		}
+	}
+	return out
+}
+
+// resumedStatus is Running when the run had started before resume, else
+// Pending.
+func resumedStatus(events []*Event, resumed *Event) PipelineStatus {
+	for _, e := range events {
+		if e.SequenceNum >= resumed.SequenceNum {
+			break
+		}
+		if e.PipelineID == resumed.PipelineID && e.TaskID == nil && e.Type == EventPipelineStarted {
+			return PipelineRunning
+		}
+	}
+	return PipelinePending
+}

@@ -1,0 +1,417 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+func fail(msg string) TaskFunc {
+	return func(context.Context, *Context) error { return errors.New(msg) }
+}
+
+func TestDefaultRuleSkipsOnUpstreamFailureAndCascades(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("w",
+			Task{Name: "a", Run: fail("nope")},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
+			Task{Name: "c", DependsOn: []string{"b"}, Run: ok},
+			Task{Name: "side", Run: ok},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "w", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Equal(t, TaskStatusFailed, res.Task("a").Status)
+		require.Equal(t, "nope", res.Task("a").Error)
+		require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
+		require.Equal(t, `upstream task "a" failed`, res.Task("b").Error)
+		require.Equal(t, TaskStatusSkipped, res.Task("c").Status)
+		require.Equal(t, `upstream task "b" was skipped`, res.Task("c").Error)
+		require.Equal(t, TaskStatusCompleted, res.Task("side").Status)
+	})
+}
+
+func TestTriggerRulesEndToEnd(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("rules",
+			Task{Name: "good", Run: setKey("n", 5)},
+			Task{Name: "bad", Run: fail("bad failed")},
+			Task{Name: "always", DependsOn: []string{"bad"}, Trigger: Always(), Run: ok},
+			Task{Name: "on_failure", DependsOn: []string{"bad"}, Trigger: All(TaskFailed("bad")), Run: ok},
+			Task{Name: "on_success_of_bad", DependsOn: []string{"bad"}, Trigger: All(TaskSuccess("bad")), Run: ok},
+			Task{Name: "any", DependsOn: []string{"good", "bad"}, Trigger: Any(TaskSuccess("bad"), TaskSuccess("good")), Run: ok},
+			Task{Name: "none", DependsOn: []string{"good", "bad"}, Trigger: None(TaskSkipped("good"), TaskSkipped("bad")), Run: ok},
+			Task{Name: "n_gt_3", DependsOn: []string{"good"}, Trigger: All(ContextValue("n", OpGreaterThan, 3)), Run: ok},
+			Task{Name: "n_lt_3", DependsOn: []string{"good"}, Trigger: All(ContextValue("n", OpLessThan, 3)), Run: ok},
+			Task{Name: "n_eq_5", DependsOn: []string{"good"}, Trigger: All(ContextValue("n", OpEquals, 5)), Run: ok},
+			Task{Name: "n_ne_5", DependsOn: []string{"good"}, Trigger: All(ContextValue("n", OpNotEquals, 5)), Run: ok},
+			Task{Name: "has_n", DependsOn: []string{"good"}, Trigger: All(ContextValue("n", OpExists, nil)), Run: ok},
+			Task{Name: "no_m", DependsOn: []string{"good"}, Trigger: All(ContextValue("m", OpNotExists, nil)), Run: ok},
+			Task{Name: "tag_contains", Trigger: All(ContextValue("tags", OpContains, "x")), Run: ok},
+			Task{Name: "tag_not_contains", Trigger: All(ContextValue("tags", OpNotContains, "x")), Run: ok},
+			// The rule sees exactly what the task receives: skipped
+			// upstreams pass their input through.
+			Task{Name: "after_skip", DependsOn: []string{"on_success_of_bad"}, Trigger: All(TaskSkipped("on_success_of_bad"), ContextValue("tags", OpExists, nil)), Run: ok},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		input, err := ContextFrom(map[string]any{"tags": []string{"x", "y"}})
+		require.NoError(t, err)
+		res, err := r.Execute(testContext(t), "rules", input)
+		require.NoError(t, err)
+		want := map[string]TaskStatus{
+			"good": TaskStatusCompleted, "bad": TaskStatusFailed, "always": TaskStatusCompleted, "on_failure": TaskStatusCompleted,
+			"on_success_of_bad": TaskStatusSkipped, "any": TaskStatusCompleted, "none": TaskStatusCompleted,
+			"n_gt_3": TaskStatusCompleted, "n_lt_3": TaskStatusSkipped, "n_eq_5": TaskStatusCompleted, "n_ne_5": TaskStatusSkipped,
+			"has_n": TaskStatusCompleted, "no_m": TaskStatusCompleted, "tag_contains": TaskStatusCompleted,
+			"tag_not_contains": TaskStatusSkipped, "after_skip": TaskStatusCompleted,
+		}
+		for name, status := range want {
+			require.Equal(t, status, res.Task(name).Status, name)
+		}
+		require.Equal(t, `trigger rule all(context_value("n" less_than 3)) not satisfied`, res.Task("n_lt_3").Error)
+		require.Equal(t, PipelineFailed, res.Status, "a handled failure still fails the run")
+	})
+}
+
+func TestRunOfSkippedRootsCompletesWithoutClaims(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("gated",
+			Task{Name: "a", Trigger: All(ContextValue("go", OpEquals, true)), Run: ok},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
+		)
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		// Not started: the run must end by itself at creation.
+		res, err := r.Execute(testContext(t), "gated", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, TaskStatusSkipped, res.Task("a").Status)
+		require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
+		evs, err := r.Events(testContext(t), &EventQuery{RunID: &res.ID, Types: []EventType{EventPipelineStarted, EventPipelineCompleted}})
+		require.NoError(t, err)
+		require.Len(t, evs, 2)
+		require.Equal(t, EventPipelineStarted, evs[0].Type)
+	})
+}
+
+func TestRetryCountingAndBackoff(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		var calls, permCalls, transientCalls atomic.Int32
+		delay := 30 * time.Millisecond
+		wf := MustWorkflow("retry",
+			Task{Name: "always_fails", Retry: &RetryPolicy{MaxAttempts: 3, Backoff: BackoffLinear, InitialDelay: delay},
+				Run: func(context.Context, *Context) error { calls.Add(1); return errors.New("down") }},
+			Task{Name: "permanent", Retry: &RetryPolicy{MaxAttempts: 5, InitialDelay: time.Millisecond},
+				Run: func(context.Context, *Context) error { permCalls.Add(1); return Permanent(errors.New("invalid input")) }},
+			Task{Name: "transient_only", Retry: &RetryPolicy{MaxAttempts: 5, InitialDelay: time.Millisecond, RetryOn: []RetryCondition{RetryTransient()}},
+				Run: func(context.Context, *Context) error { transientCalls.Add(1); return errors.New("not transient") }},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "retry", nil)
+		require.NoError(t, err)
+		require.EqualValues(t, 3, calls.Load(), "MaxAttempts counts total attempts")
+		require.Equal(t, 3, res.Task("always_fails").Attempts)
+		require.EqualValues(t, 1, permCalls.Load(), "a permanent error skips remaining retries")
+		require.EqualValues(t, 1, transientCalls.Load(), "RetryTransient does not retry other errors")
+
+		evs, err := r.TaskEvents(testContext(t), res.Task("always_fails").ID)
+		require.NoError(t, err)
+		var retries []*Event
+		var claims []*Event
+		for _, e := range evs {
+			switch e.Type {
+			case EventTaskRetryScheduled:
+				retries = append(retries, e)
+			case EventTaskClaimed:
+				claims = append(claims, e)
+			}
+		}
+		require.Len(t, retries, 2)
+		require.Len(t, claims, 3)
+		for i, e := range retries {
+			d, err := e.Payload()
+			require.NoError(t, err)
+			want := delay * time.Duration(i+1) // linear: 30ms, 60ms
+			require.Equal(t, want.Milliseconds(), *d.DelayMS)
+			require.Equal(t, e.CreatedAt.Add(want), d.RetryAt.Truncate(time.Microsecond))
+			// The next claim never happens before the due time.
+			require.False(t, claims[i+1].CreatedAt.Before(d.RetryAt.Truncate(time.Microsecond)), "attempt %d claimed early", i+2)
+		}
+	})
+}
+
+func TestMergeFollowsDeclaredDependencyOrder(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		received := make(chan map[string]any, 2)
+		capture := func(_ context.Context, tc *Context) error {
+			x, _ := tc.Get("x")
+			obj, _ := tc.Get("obj")
+			input, _ := tc.Get("input")
+			received <- map[string]any{"x": x, "obj": obj, "input": input}
+			return nil
+		}
+		wf := MustWorkflow("merge",
+			Task{Name: "a", Run: func(_ context.Context, tc *Context) error {
+				return errors.Join(tc.Set("x", "from a"), tc.Set("obj", map[string]any{"a": 1, "shared": "a"}))
+			}},
+			Task{Name: "b", Run: func(_ context.Context, tc *Context) error {
+				return errors.Join(tc.Set("x", "from b"), tc.Set("obj", map[string]any{"b": 2, "shared": "b"}))
+			}},
+			Task{Name: "ab", DependsOn: []string{"a", "b"}, Run: capture},
+			Task{Name: "ba", DependsOn: []string{"b", "a"}, Run: capture},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		input, err := ContextFrom(map[string]any{"input": "kept"})
+		require.NoError(t, err)
+		res, err := r.Execute(testContext(t), "merge", input)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		got := []map[string]any{<-received, <-received}
+		var ab, ba map[string]any
+		for _, g := range got {
+			if g["x"] == "from b" {
+				ab = g
+			} else {
+				ba = g
+			}
+		}
+		require.NotNil(t, ab)
+		require.NotNil(t, ba)
+		require.Equal(t, map[string]any{"a": 1.0, "b": 2.0, "shared": "b"}, ab["obj"], "objects merge deeply; later dependency wins")
+		require.Equal(t, map[string]any{"a": 1.0, "b": 2.0, "shared": "a"}, ba["obj"])
+		require.Equal(t, "kept", ab["input"])
+
+		// The final context merges the leaves (ab, ba) in declaration order.
+		x, err := Get[string](res.Context, "x")
+		require.NoError(t, err)
+		require.Equal(t, "from a", x)
+	})
+}
+
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		var cooperative atomic.Int32
+		release := make(chan struct{})
+		wf := MustWorkflow("timeouts",
+			Task{Name: "cooperative", Timeout: 50 * time.Millisecond,
+				Retry: &RetryPolicy{MaxAttempts: 2, InitialDelay: time.Millisecond, RetryOn: []RetryCondition{RetryTransient()}},
+				Run: func(ctx context.Context, _ *Context) error {
+					cooperative.Add(1)
+					<-ctx.Done()
+					return ctx.Err()
+				}},
+			Task{Name: "stubborn", Run: func(context.Context, *Context) error {
+				<-release // ignores its context
+				return nil
+			}},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, TaskTimeout: 50 * time.Millisecond})
+		t.Cleanup(func() { close(release) }) // runs before the runner's Close
+		res, err := r.Execute(testContext(t), "timeouts", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.EqualValues(t, 2, cooperative.Load(), "a timeout is a retryable (transient) failure")
+		require.Contains(t, res.Task("cooperative").Error, `task "cooperative": task timed out after 50ms`)
+		require.Equal(t, TaskStatusFailed, res.Task("stubborn").Status, "recorded even though the function never returned")
+		require.Contains(t, res.Task("stubborn").Error, "timed out after 50ms")
+	})
+}
+
+func TestPanickingTaskFails(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("panics", Task{Name: "p", Run: func(context.Context, *Context) error { panic("kaboom") }})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "panics", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Contains(t, res.Task("p").Error, "task panicked: kaboom")
+	})
+}
+
+func TestPauseResume(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{})
+		release := make(chan struct{})
+		var bRan atomic.Bool
+		wf := MustWorkflow("pausable",
+			Task{Name: "a", Run: func(context.Context, *Context) error { close(started); <-release; return nil }},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: func(context.Context, *Context) error { bRan.Store(true); return nil }},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		aDone := onEvent(r, eventOf(EventTaskCompleted))
+		exec, err := r.ExecuteAsync(ctx, "pausable", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "task a to start")
+
+		require.NoError(t, r.Pause(ctx, exec.ID()))
+		require.NoError(t, r.Pause(ctx, exec.ID()), "pausing twice is a no-op")
+		status, err := exec.Status(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelinePaused, status)
+
+		close(release) // the running task finishes while paused
+		waitFor(t, aDone, "task a's completion to be recorded")
+
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelinePaused, res.Status)
+		require.Equal(t, TaskStatusCompleted, res.Task("a").Status)
+		require.Equal(t, TaskStatusReady, res.Task("b").Status, "b became ready but is held back")
+		peek, err := r.Driver().Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: []string{"pausable"}, Now: time.Now().Add(time.Hour)})
+		require.NoError(t, err)
+		require.False(t, peek.Claimable, "a paused run has nothing in the outbox")
+		require.False(t, bRan.Load())
+
+		require.NoError(t, r.Resume(ctx, exec.ID()))
+		final, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, final.Status)
+		require.True(t, bRan.Load())
+		require.ErrorIs(t, r.Resume(ctx, exec.ID()), ErrRunFinished)
+
+		evs, err := r.Events(ctx, &EventQuery{RunID: &final.ID, Types: []EventType{EventPipelinePaused, EventPipelineResumed}})
+		require.NoError(t, err)
+		require.Len(t, evs, 2)
+		replayed := Replay(mustEvents(t, r, final))
+		require.Equal(t, PipelineCompleted, replayed.Runs[final.ID])
+	})
+}
+
+func mustEvents(t *testing.T, r *Runner, res *ExecutionResult) []*Event {
+	t.Helper()
+	evs, err := r.RunEvents(testContext(t), res.ID)
+	require.NoError(t, err)
+	return evs
+}
+
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{})
+		sawCancel := make(chan error, 1)
+		wf := MustWorkflow("cancellable",
+			Task{Name: "long", Run: func(ctx context.Context, _ *Context) error {
+				close(started)
+				<-ctx.Done()
+				sawCancel <- context.Cause(ctx)
+				return ctx.Err()
+			}},
+			Task{Name: "next", DependsOn: []string{"long"}, Run: ok},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		exec, err := r.ExecuteAsync(ctx, "cancellable", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the long task to start")
+		longFailed := onEvent(r, eventOf(EventTaskFailed))
+
+		resCh := make(chan *ExecutionResult, 1)
+		go func() {
+			res, err := exec.Wait(ctx)
+			if err == nil {
+				resCh <- res
+			}
+			close(resCh)
+		}()
+		require.NoError(t, exec.Cancel(ctx))
+		require.NoError(t, exec.Cancel(ctx), "cancelling twice is a no-op")
+		res := waitFor(t, resCh, "Wait to return")
+		require.NotNil(t, res)
+		require.Equal(t, PipelineCancelled, res.Status, "Execute/Wait returns for Cancelled")
+		require.ErrorContains(t, res.Err(), "cancelled")
+		require.ErrorIs(t, waitFor(t, sawCancel, "the running task's context to be cancelled"), errRunCancelled)
+		require.Equal(t, TaskStatusSkipped, res.Task("next").Status)
+		require.Equal(t, "run cancelled", res.Task("next").Error)
+
+		waitFor(t, longFailed, "the cancelled task's outcome to be recorded")
+		after, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, TaskStatusFailed, after.Task("long").Status)
+		require.Equal(t, PipelineCancelled, after.Status)
+
+		err = r.Pause(ctx, exec.ID())
+		require.ErrorIs(t, err, ErrRunFinished)
+		replayed := Replay(mustEvents(t, r, after))
+		require.Equal(t, PipelineCancelled, replayed.Runs[after.ID])
+		for _, tr := range after.Tasks {
+			require.Equal(t, tr.Status, replayed.Tasks[tr.ID])
+		}
+	})
+}
+
+func TestCancelFinishedRunIsAnError(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "w", nil)
+		require.NoError(t, err)
+		require.ErrorIs(t, r.Cancel(testContext(t), res.ID), ErrRunFinished)
+		require.ErrorIs(t, r.Resume(testContext(t), res.ID), ErrRunFinished)
+		require.ErrorIs(t, r.Cancel(testContext(t), newID()), ErrRunNotFound)
+		_, err = r.Get(testContext(t), newID())
+		require.ErrorIs(t, err, ErrRunNotFound)
+	})
+}
+
+func TestGetAndList(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("listed", Task{Name: "a", Run: ok})
+		bad := MustWorkflow("bad", Task{Name: "a", Run: fail("x")})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf, bad}})
+		var ids []string
+		for range 3 {
+			res, err := r.Execute(ctx, "listed", nil)
+			require.NoError(t, err)
+			ids = append(ids, res.ID.String())
+		}
+		failed, err := r.Execute(ctx, "bad", nil)
+		require.NoError(t, err)
+
+		all, err := r.List(ctx, nil)
+		require.NoError(t, err)
+		require.Len(t, all, 4)
+		require.Equal(t, failed.ID, all[0].ID, "newest first")
+
+		onlyFailed, err := r.List(ctx, &ListOpts{Statuses: []PipelineStatus{PipelineFailed}})
+		require.NoError(t, err)
+		require.Len(t, onlyFailed, 1)
+		require.Equal(t, "bad", onlyFailed[0].Workflow)
+
+		page1, err := r.List(ctx, &ListOpts{Workflow: "listed", Limit: 2})
+		require.NoError(t, err)
+		page2, err := r.List(ctx, &ListOpts{Workflow: "listed", Limit: 2, After: page1[1]})
+		require.NoError(t, err)
+		require.Len(t, page1, 2)
+		require.Len(t, page2, 1)
+		got := []string{page2[0].ID.String(), page1[1].ID.String(), page1[0].ID.String()}
+		require.Equal(t, ids, got)
+
+		res, err := r.Get(ctx, failed.ID)
+		require.NoError(t, err)
+		require.Equal(t, bad.Version(), res.WorkflowVersion)
+		require.NotNil(t, res.StartedAt)
+		require.NotNil(t, res.CompletedAt)
+		require.Positive(t, res.Duration)
+		require.Equal(t, 1, res.Task("a").Attempts)
+		require.True(t, strings.HasPrefix(res.Error, `task "a" failed`))
+	})
+}

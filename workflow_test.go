@@ -1,0 +1,138 @@
+package cloacina
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func problems(t *testing.T, err error) []string {
+	t.Helper()
+	require.ErrorIs(t, err, ErrInvalidWorkflow)
+	var verr *ValidationError
+	require.True(t, errors.As(err, &verr))
+	return verr.Problems
+}
+
+func TestNewWorkflowValidation(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		wf    string
+		tasks []Task
+		want  string
+	}{
+		{"empty workflow", "w", nil, "the workflow has no tasks: add at least one Task"},
+		{"empty name", "", []Task{{Name: "a", Run: ok}}, "the workflow name is empty"},
+		{"task without name", "w", []Task{{Run: ok}}, "task #1 has no name: set Task.Name"},
+		{"task without function", "w", []Task{{Name: "a"}}, `task "a" has no function: set Task.Run`},
+		{"duplicate name", "w", []Task{{Name: "a", Run: ok}, {Name: "a", Run: ok}},
+			`task name "a" is used twice (tasks #1 and #2): give each task a unique name`},
+		{"missing dependency with suggestion", "w", []Task{{Name: "extract", Run: ok}, {Name: "load", Run: ok, DependsOn: []string{"extrct"}}},
+			`task "load" depends on "extrct", which is not a task of this workflow: did you mean "extract"?`},
+		{"missing dependency without suggestion", "w", []Task{{Name: "a", Run: ok, DependsOn: []string{"zzzzzzzz"}}},
+			`declare it or fix the name (tasks: a)`},
+		{"self dependency", "w", []Task{{Name: "a", Run: ok, DependsOn: []string{"a"}}}, `task "a" depends on itself`},
+		{"duplicate dependency", "w", []Task{{Name: "a", Run: ok}, {Name: "b", Run: ok, DependsOn: []string{"a", "a"}}},
+			`task "b" lists dependency "a" twice`},
+		{"cycle", "w", []Task{
+			{Name: "a", Run: ok, DependsOn: []string{"c"}},
+			{Name: "b", Run: ok, DependsOn: []string{"a"}},
+			{Name: "c", Run: ok, DependsOn: []string{"b"}},
+		}, "dependency cycle a → b → c → a: remove one of these dependencies"},
+		{"trigger names a non-upstream task", "w", []Task{
+			{Name: "a", Run: ok}, {Name: "b", Run: ok}, {Name: "c", Run: ok, DependsOn: []string{"a"}, Trigger: Any(TaskFailed("b"))},
+		}, `task "c" has a trigger condition task_failed("b") naming a task that is not upstream of "c": add "b" to its dependencies`},
+		{"empty condition list", "w", []Task{{Name: "a", Run: ok}, {Name: "b", Run: ok, DependsOn: []string{"a"}, Trigger: All()}},
+			"with no conditions: add conditions, or use Always()"},
+		{"unknown operator", "w", []Task{{Name: "a", Run: ok, Trigger: All(ContextValue("k", "eq", 1))}},
+			`unknown operator "eq": use one of equals, not_equals, greater_than, less_than, contains, not_contains, exists, not_exists`},
+		{"non-JSON condition value", "w", []Task{{Name: "a", Run: ok, Trigger: All(ContextValue("k", OpEquals, func() {}))}},
+			"cannot be encoded as JSON"},
+		{"zero condition", "w", []Task{{Name: "a", Run: ok, Trigger: All(Condition{})}}, "zero Condition"},
+		{"negative timeout", "w", []Task{{Name: "a", Run: ok, Timeout: -time.Second}}, "negative Timeout"},
+		{"negative attempts", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{MaxAttempts: -1}}}, "MaxAttempts -1: use 1 or more"},
+		{"max delay below initial", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{InitialDelay: time.Minute, MaxDelay: time.Second}}},
+			"MaxDelay 1s below InitialDelay 1m0s"},
+		{"jitter out of range", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{Jitter: 1.5}}}, "Jitter 1.5: use a fraction between 0 and 1"},
+		{"multiplier below one", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{Multiplier: 0.5}}}, "Multiplier 0.5"},
+		{"bad pattern", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{RetryOn: []RetryCondition{RetryOnPattern("(")}}}},
+			`retry pattern "(" that is not a valid regular expression`},
+		{"pattern list empty", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{RetryOn: []RetryCondition{RetryOnPattern()}}}},
+			"RetryOnPattern() without patterns"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := NewWorkflow(tc.wf, tc.tasks...)
+			require.Error(t, err)
+			ps := problems(t, err)
+			found := false
+			for _, p := range ps {
+				if strings.Contains(p, tc.want) {
+					found = true
+				}
+			}
+			require.True(t, found, "problems %q do not mention %q", ps, tc.want)
+		})
+	}
+}
+
+func TestNewWorkflowReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	_, err := NewWorkflow("w", Task{Name: "a"}, Task{Name: "b", Run: ok, DependsOn: []string{"nope"}})
+	ps := problems(t, err)
+	require.Len(t, ps, 2)
+	require.Contains(t, err.Error(), "2 problems")
+}
+
+func TestTriggerMayNameATransitiveAncestor(t *testing.T) {
+	t.Parallel()
+	_, err := NewWorkflow("w",
+		Task{Name: "a", Run: ok},
+		Task{Name: "b", Run: ok, DependsOn: []string{"a"}},
+		Task{Name: "c", Run: ok, DependsOn: []string{"b"}, Trigger: Any(TaskFailed("a"), TaskSuccess("b"))},
+	)
+	require.NoError(t, err)
+}
+
+func TestFingerprint(t *testing.T) {
+	t.Parallel()
+	build := func(tasks ...Task) string {
+		wf, err := NewWorkflow("w", tasks...)
+		require.NoError(t, err)
+		return wf.Version()
+	}
+	base := build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}})
+	require.Len(t, base, 64)
+	// Functions are not part of the shape.
+	require.Equal(t, base, build(Task{Name: "a", Run: setKey("x", 1)}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}}))
+	// Names, edges, rules, retry policies and timeouts are.
+	for name, other := range map[string]string{
+		"name":    build(Task{Name: "a", Run: ok}, Task{Name: "c", Run: ok, DependsOn: []string{"a"}}),
+		"edge":    build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok}),
+		"rule":    build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}, Trigger: Always()}),
+		"retry":   build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}, Retry: &RetryPolicy{MaxAttempts: 2}}),
+		"timeout": build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}, Timeout: time.Second}),
+		"value": build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"},
+			Trigger: All(ContextValue("k", OpEquals, 1))}),
+	} {
+		require.NotEqual(t, base, other, name)
+	}
+	require.NotEqual(t,
+		build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, Trigger: All(ContextValue("k", OpEquals, 1))}),
+		build(Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, Trigger: All(ContextValue("k", OpEquals, 2))}))
+}
+
+func TestWorkflowAccessors(t *testing.T) {
+	t.Parallel()
+	wf := MustWorkflow("w", Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}})
+	require.Equal(t, "w", wf.Name())
+	require.Equal(t, []string{"a", "b"}, wf.TaskNames())
+	require.Equal(t, []string{"a"}, wf.Dependencies("b"))
+	require.Nil(t, wf.Dependencies("zz"))
+	require.Panics(t, func() { MustWorkflow("w") })
+}
