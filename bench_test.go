@@ -1,0 +1,180 @@
+package cloacina
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// submitRuns creates n runs of workflow from 16 goroutines.
+func submitRuns(b *testing.B, r *Runner, workflow string, n int) {
+	b.Helper()
+	ctx := context.Background()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if _, err := r.ExecuteAsync(ctx, workflow, nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+}
+
+func benchRunner(b *testing.B, url string, wf *Workflow) *Runner {
+	b.Helper()
+	r, err := Open(context.Background(), url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 100, Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Close() })
+	return r
+}
+
+// BenchmarkSingleTaskRuns burns down 10,000 runs of one task each: the runs
+// are created first, then the timer covers the runner working them off
+// (claim, execute, complete with every event). Reports tasks/s.
+func BenchmarkSingleTaskRuns(b *testing.B) {
+	const runs = 10_000
+	for _, backend := range testdb.Backends() {
+		b.Run(backend.Name, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				var executed atomic.Int64
+				wf := MustWorkflow("single", Task{Name: "only", Run: func(context.Context, *Context) error {
+					executed.Add(1)
+					return nil
+				}})
+				r := benchRunner(b, backend.URL(b), wf)
+				submitRuns(b, r, "single", runs)
+				finished := runsFinished(r, runs)
+				b.StartTimer()
+				start := time.Now()
+				if err := r.Start(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				<-finished
+				elapsed := time.Since(start)
+				if executed.Load() != runs {
+					b.Fatalf("executed %d tasks, want %d", executed.Load(), runs)
+				}
+				b.StopTimer()
+				if err := r.Close(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(runs)/elapsed.Seconds(), "tasks/s")
+			}
+		})
+	}
+}
+
+// BenchmarkChainRuns burns down 1,000 runs of a 10-task chain. Reports
+// steps/s and the median hand-off: from one task's function returning to
+// the next task's function starting (the completion transaction, the
+// wake-up, the claim transaction).
+func BenchmarkChainRuns(b *testing.B) {
+	const runs, steps = 1_000, 10
+	for _, backend := range testdb.Backends() {
+		b.Run(backend.Name, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				type key struct {
+					run  string
+					step int
+				}
+				var mu sync.Mutex
+				starts := map[key]time.Time{}
+				ends := map[key]time.Time{}
+				var tasks []Task
+				for i := range steps {
+					t := Task{Name: fmt.Sprintf("step%02d", i), Run: func(ctx context.Context, tc *Context) error {
+						started := time.Now()
+						if i == 0 {
+							// The first step names the run for the steps after it.
+							if err := tc.Set("run", uuid.NewString()); err != nil {
+								return err
+							}
+						}
+						run, err := Get[string](tc, "run")
+						if err != nil {
+							return err
+						}
+						mu.Lock()
+						defer mu.Unlock()
+						starts[key{run, i}] = started
+						ends[key{run, i}] = time.Now()
+						return nil
+					}}
+					if i > 0 {
+						t.DependsOn = []string{fmt.Sprintf("step%02d", i-1)}
+					}
+					tasks = append(tasks, t)
+				}
+				r := benchRunner(b, backend.URL(b), MustWorkflow("chain", tasks...))
+				submitRuns(b, r, "chain", runs)
+				finished := runsFinished(r, runs)
+				b.StartTimer()
+				start := time.Now()
+				if err := r.Start(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				<-finished
+				elapsed := time.Since(start)
+				b.StopTimer()
+				if err := r.Close(); err != nil {
+					b.Fatal(err)
+				}
+				if len(starts) != runs*steps {
+					b.Fatalf("executed %d steps, want %d", len(starts), runs*steps)
+				}
+				var handoffs []time.Duration
+				for k, end := range ends {
+					if next, ok := starts[key{k.run, k.step + 1}]; ok {
+						handoffs = append(handoffs, next.Sub(end))
+					}
+				}
+				if len(handoffs) != runs*(steps-1) {
+					b.Fatalf("measured %d hand-offs, want %d", len(handoffs), runs*(steps-1))
+				}
+				slices.Sort(handoffs)
+				b.ReportMetric(float64(runs*steps)/elapsed.Seconds(), "steps/s")
+				b.ReportMetric(float64(handoffs[len(handoffs)/2].Microseconds())/1000, "handoff-p50-ms")
+				b.ReportMetric(float64(handoffs[len(handoffs)*99/100].Microseconds())/1000, "handoff-p99-ms")
+			}
+		})
+	}
+}
+
+// runsFinished returns a channel closed once this runner has committed
+// the end of n runs: the task functions returning is not the end of the
+// work, their recorded completions are.
+func runsFinished(r *Runner, n int) <-chan struct{} {
+	ch := make(chan struct{})
+	var count atomic.Int64
+	hook := func(c *changes) {
+		if count.Add(int64(len(c.finished))) == int64(n) && len(c.finished) > 0 {
+			close(ch)
+		}
+	}
+	r.commitHook.Store(&hook)
+	return ch
+}

@@ -1,0 +1,64 @@
+package cloacina_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cloacina-go/cloacina"
+)
+
+// Every state transition is an execution event, written in the same
+// transaction as the transition: the log of a run tells its whole story,
+// and replaying it rebuilds every status.
+func ExampleRunner_RunEvents() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "cloacina-example")
+	defer os.RemoveAll(dir)
+
+	noop := func(context.Context, *cloacina.Context) error { return nil }
+	wf := cloacina.MustWorkflow("chain",
+		cloacina.Task{Name: "extract", Run: noop},
+		cloacina.Task{Name: "load", DependsOn: []string{"extract"}, Run: noop},
+	)
+	runner, err := cloacina.Open(ctx, "sqlite://"+filepath.Join(dir, "cloacina.db"), &cloacina.Config{
+		Workflows: []*cloacina.Workflow{wf}, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer runner.Close()
+	_ = runner.Start(ctx)
+
+	result, err := runner.Execute(ctx, "chain", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	events, err := runner.RunEvents(ctx, result.ID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, e := range events {
+		fmt.Println(strings.TrimSpace(fmt.Sprintf("%-20s %s", e.Type, e.TaskName)))
+	}
+	replayed := cloacina.Replay(events)
+	fmt.Println("replayed:", replayed.Runs[result.ID])
+	// Output:
+	// task_created         extract
+	// task_created         load
+	// task_marked_ready    extract
+	// pipeline_started
+	// task_claimed         extract
+	// task_started         extract
+	// task_completed       extract
+	// task_marked_ready    load
+	// task_claimed         load
+	// task_started         load
+	// task_completed       load
+	// pipeline_completed
+	// replayed: completed
+}
