@@ -1,0 +1,124 @@
+// Package cloacina is an embedded, database-backed workflow engine: DAGs of
+// Go functions that survive a crash, on one SQLite file with no setup or on
+// PostgreSQL across many processes and machines, with a queryable audit
+// log of every state transition.
+//
+// # Workflows and tasks
+//
+// A workflow is a named DAG of tasks; a task is a Go function that
+// receives a context.Context and the run's [Context]:
+//
+//	wf, err := cloacina.NewWorkflow("etl",
+//		cloacina.Task{Name: "extract", Run: extract},
+//		cloacina.Task{Name: "transform", Run: transform, DependsOn: []string{"extract"}},
+//		cloacina.Task{Name: "load", Run: load, DependsOn: []string{"transform"},
+//			Retry: &cloacina.RetryPolicy{MaxAttempts: 5}, Timeout: time.Minute},
+//	)
+//
+// [NewWorkflow] validates the definition and reports every problem at once
+// with its fix: no tasks, a task without name or function, a duplicate
+// name, a dependency on a missing task (with the closest existing name), a
+// cycle (with its path), a trigger rule naming a task that is not
+// upstream. The workflow's [Workflow.Version] is a SHA-256 fingerprint of
+// its shape (names, edges, rules, policies, timeouts), recorded on every run.
+//
+// # Context flow
+//
+// A run starts with an input [Context] (JSON key/value). A root task
+// receives the input; any other task receives the merge of its
+// dependencies' outputs in declared dependency order: later dependencies
+// win on conflicting keys, and objects merge deeply. A task's output is
+// what its Context holds when it returns nil. A dependency that Failed or
+// was Skipped passes on the context it received, so data flows through it
+// unchanged. The run's final context is the merge of its leaf tasks'
+// outputs in declaration order. Values are encoded when they are set, so a
+// value that cannot be stored as JSON fails at once, naming its key; read
+// them back with the generic [Get]:
+//
+//	rows, err := cloacina.Get[[]Row](tc, "rows")
+//
+// # Trigger rules
+//
+// When all of a task's dependencies have ended, its [TriggerRule] decides
+// whether it runs. The default runs it only if every dependency Completed
+// and otherwise skips it with the reason ("upstream task "x" failed"),
+// which cascades. [Always] runs it regardless (clean-up); [All], [Any] and
+// [None] combine conditions on upstream outcomes ([TaskSuccess],
+// [TaskFailed], [TaskSkipped]) and on the context the task would receive
+// ([ContextValue] with equals, not_equals, greater_than, less_than,
+// contains, not_contains, exists, not_exists). Conditions may name any
+// upstream task, direct or transitive.
+//
+// # Retries and timeouts
+//
+// [RetryPolicy.MaxAttempts] counts every attempt (3 = one try and two
+// retries). Delays are fixed, linear or exponential, capped by MaxDelay,
+// with optional jitter that never exceeds MaxDelay. Retry conditions
+// ([RetryAll], [RetryNever], [RetryTransient], [RetryOnPattern]) combine
+// with OR; a task returns [Permanent](err) to skip the remaining retries
+// and [Transient](err) to mark a passing failure. A retry puts the task
+// back to Ready with a due time; it is claimed no earlier. A timeout
+// cancels the attempt's context and fails it with [ErrTaskTimeout], which
+// counts as transient. A panic fails the attempt with its stack.
+//
+// # Runners and databases
+//
+// A [Runner] executes the workflows it registered against one database:
+//
+//	runner, err := cloacina.Open(ctx, "sqlite:///var/lib/app/cloacina.db", &cloacina.Config{
+//		Workflows: []*cloacina.Workflow{wf},
+//	})
+//	// or "postgres://user:pass@host:5432/db?schema=tenant_a"
+//	err = runner.Start(ctx)
+//	defer runner.Close()
+//
+// Open applies the embedded migrations (see also [Migrate]) and refuses a
+// database migrated by a newer Cloacina. [OpenPool] and [OpenDB] open on a
+// *pgxpool.Pool or *sql.DB the application already has. Any number of
+// runners in any number of processes may share a PostgreSQL database, or a
+// SQLite file: PostgreSQL is the coordination engine, there is no broker.
+//
+// Ready tasks go through a task outbox. A runner claims outbox rows in one
+// transaction (FOR UPDATE SKIP LOCKED on PostgreSQL; a write transaction
+// begun IMMEDIATE on SQLite), which flips the tasks to Running under its
+// id and attempt; it only claims tasks of workflows it registered. Every
+// later write for a claimed task is fenced on that claim: a runner that
+// lost it changes nothing and emits nothing. Results are recorded in
+// batches; the readiness of downstream tasks and the end of the run are
+// decided inside the same transaction, under the run's row lock. Idle
+// runners are woken by NOTIFY (PostgreSQL, sent in the enqueuing
+// transaction) or in-process (SQLite), and poll every Config.PollInterval
+// for anything else.
+//
+// # Executing
+//
+// [Runner.Execute] starts a run and blocks until it is Completed, Failed or
+// Cancelled; a failed run is a result ([ExecutionResult.Err]), not an error
+// of Execute. [Runner.ExecuteAsync] returns an [Execution] handle with
+// Wait, Status and Cancel. [Runner.ExecuteTx] starts a run inside the
+// application's own transaction (pgx.Tx or *sql.Tx): the run exists only
+// if it commits. [Runner.Get] and [Runner.List] read runs from any process.
+//
+// A run is Pending until its first task is claimed, then Running.
+// [Runner.Cancel] removes its queued tasks (marked Skipped), makes it
+// Cancelled at once and cancels the contexts of its running tasks wherever
+// they run; their outcome is still recorded when they return.
+// [Runner.Pause] takes its queued tasks out of the outbox (they stay Ready;
+// running tasks finish) and [Runner.Resume] puts them back.
+//
+// # Execution events
+//
+// Every transition appends an [Event] in the same transaction: run
+// started/completed/failed/cancelled/paused/resumed, and per task created,
+// marked ready, claimed, started, completed, failed, retry scheduled,
+// skipped, reset, abandoned. A retried failure is one transition (Running →
+// Ready) and emits task_retry_scheduled with the error, the attempt and the
+// due time; a final failure emits task_failed. Each event records the
+// runner that caused it and a sequence number that strictly increases
+// across the database. Query them with [Runner.Events] (by run, task,
+// types, after a sequence number, newest first), [Runner.RunEvents],
+// [Runner.TaskEvents], [Runner.RecentEvents], and count or delete old ones
+// in batches with [Runner.CountEventsBefore] and
+// [Runner.DeleteEventsBefore]. [Replay] rebuilds every status from the
+// events alone.
+package cloacina
