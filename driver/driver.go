@@ -130,4 +130,29 @@ type Executor interface {
 	EventCount(ctx context.Context, params *EventCountParams) (int64, error)
 	// EventDelete deletes one batch of old events and returns how many.
 	EventDelete(ctx context.Context, params *EventDeleteParams) (int64, error)
+
+	// RunnerUpsert registers a runner or refreshes its row.
+	RunnerUpsert(ctx context.Context, params *RunnerUpsertParams) error
+	// RunnerHeartbeat records a heartbeat; false means the row is gone (the
+	// runner was declared dead) and must be registered again.
+	RunnerHeartbeat(ctx context.Context, params *RunnerHeartbeatParams) (bool, error)
+	// RunnerDelete removes a runner's row.
+	RunnerDelete(ctx context.Context, params *RunnerDeleteParams) error
+	// RunnerDeleteExpired removes expired runner rows and returns their ids.
+	RunnerDeleteExpired(ctx context.Context, params *RunnerDeleteExpiredParams) ([]string, error)
+	// RunnerList returns the registered runners, oldest first.
+	RunnerList(ctx context.Context) ([]*RunnerRow, error)
+	// LeaseAcquire takes or renews a lease and reports whether Holder holds it.
+	LeaseAcquire(ctx context.Context, params *LeaseAcquireParams) (bool, error)
+	// LeaseRelease gives up a lease held by Holder.
+	LeaseRelease(ctx context.Context, params *LeaseReleaseParams) error
+
+	// TaskListOrphaned returns Running tasks whose runner is gone, with
+	// their claims (runner, attempt, recovery count) as stored.
+	TaskListOrphaned(ctx context.Context, params *TaskListOrphanedParams) ([]*Task, error)
+	// TaskSubStatusSet sets a Running task's sub-status under its claim and
+	// reports whether the claim held.
+	TaskSubStatusSet(ctx context.Context, params *TaskSubStatusParams) (bool, error)
+	// TaskFenceCheck reports which claims no longer hold.
+	TaskFenceCheck(ctx context.Context, params *TaskFenceCheckParams) (*TaskFenceCheckResult, error)
 }

@@ -46,6 +46,7 @@ func taskColumns(prefix string, withContexts bool) string {
 // queries holds the statements whose text depends on the schema, rendered
 // once per backend.
 type queries struct {
+	schema         string // quoted
 	pipelineInsert string
 	pipelineGet    string
 	pipelineLock   string
@@ -70,6 +71,7 @@ func newQueries(schema string) *queries {
 	s := pgx.Identifier{schema}.Sanitize()
 	r := strings.NewReplacer("{s}", s)
 	return &queries{
+		schema:        s,
 		pipelineTable: s + ".pipeline_executions",
 		taskTable:     s + ".task_executions",
 		eventTable:    s + ".execution_events",

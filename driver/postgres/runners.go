@@ -1,0 +1,162 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) error {
+	workflows, err := json.Marshal(p.Workflows)
+	if err != nil {
+		return err
+	}
+	_, err = e.db.Exec(ctx, `INSERT INTO `+e.q.schema+`.cloacina_runners (id, name, host, pid, workflows, started_at, heartbeat_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $6)
+		ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, pid = excluded.pid,
+			workflows = excluded.workflows, heartbeat_at = excluded.heartbeat_at`,
+		p.ID, p.Name, p.Host, p.PID, string(workflows), p.Now.UTC())
+	if err != nil {
+		return fmt.Errorf("postgres: register runner %s: %w", p.ID, mapError(err))
+	}
+	return nil
+}
+
+func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (bool, error) {
+	tag, err := e.db.Exec(ctx, `UPDATE `+e.q.schema+`.cloacina_runners SET heartbeat_at = $1 WHERE id = $2`, p.Now.UTC(), p.ID)
+	if err != nil {
+		return false, fmt.Errorf("postgres: heartbeat runner %s: %w", p.ID, mapError(err))
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (e *executor) RunnerDelete(ctx context.Context, p *driver.RunnerDeleteParams) error {
+	if _, err := e.db.Exec(ctx, `DELETE FROM `+e.q.schema+`.cloacina_runners WHERE id = $1`, p.ID); err != nil {
+		return fmt.Errorf("postgres: delete runner %s: %w", p.ID, mapError(err))
+	}
+	return nil
+}
+
+func (e *executor) RunnerDeleteExpired(ctx context.Context, p *driver.RunnerDeleteExpiredParams) ([]string, error) {
+	rows, err := e.db.Query(ctx, `DELETE FROM `+e.q.schema+`.cloacina_runners WHERE heartbeat_at < $1 RETURNING id`, p.HeartbeatBefore.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("postgres: delete expired runners: %w", mapError(err))
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: delete expired runners: %w", mapError(err))
+	}
+	return ids, nil
+}
+
+func (e *executor) RunnerList(ctx context.Context) ([]*driver.RunnerRow, error) {
+	rows, err := e.db.Query(ctx, `SELECT id, name, host, pid, workflows, started_at, heartbeat_at
+		FROM `+e.q.schema+`.cloacina_runners ORDER BY started_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list runners: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []*driver.RunnerRow
+	for rows.Next() {
+		var r driver.RunnerRow
+		var workflows []byte
+		if err := rows.Scan(&r.ID, &r.Name, &r.Host, &r.PID, &workflows, &r.StartedAt, &r.HeartbeatAt); err != nil {
+			return nil, fmt.Errorf("postgres: list runners: %w", mapError(err))
+		}
+		if err := json.Unmarshal(workflows, &r.Workflows); err != nil {
+			return nil, fmt.Errorf("postgres: runner %s workflows: %w", r.ID, err)
+		}
+		r.StartedAt, r.HeartbeatAt = r.StartedAt.UTC(), r.HeartbeatAt.UTC()
+		out = append(out, &r)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) LeaseAcquire(ctx context.Context, p *driver.LeaseAcquireParams) (bool, error) {
+	var holder string
+	err := e.db.QueryRow(ctx, `INSERT INTO `+e.q.schema+`.cloacina_leases AS l (name, holder, expires_at) VALUES ($1, $2, $3)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+			WHERE l.expires_at < $4 OR l.holder = excluded.holder
+		RETURNING holder`, p.Name, p.Holder, p.ExpiresAt.UTC(), p.Now.UTC()).Scan(&holder)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil // held by someone else: the upsert changed nothing
+	}
+	if err != nil {
+		return false, fmt.Errorf("postgres: acquire lease %s: %w", p.Name, mapError(err))
+	}
+	return holder == p.Holder, nil
+}
+
+func (e *executor) LeaseRelease(ctx context.Context, p *driver.LeaseReleaseParams) error {
+	if _, err := e.db.Exec(ctx, `DELETE FROM `+e.q.schema+`.cloacina_leases WHERE name = $1 AND holder = $2`, p.Name, p.Holder); err != nil {
+		return fmt.Errorf("postgres: release lease %s: %w", p.Name, mapError(err))
+	}
+	return nil
+}
+
+func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrphanedParams) ([]*driver.Task, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	rows, err := e.db.Query(ctx, `SELECT `+taskColumns("t.", false)+` FROM `+e.q.taskTable+` t
+		LEFT JOIN `+e.q.schema+`.cloacina_runners r ON r.id = t.runner_id
+		WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < $1)
+		ORDER BY t.updated_at LIMIT $2`, p.HeartbeatBefore.UTC(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list orphaned tasks: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []*driver.Task
+	for rows.Next() {
+		t, err := scanTask(rows)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: list orphaned tasks: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) TaskSubStatusSet(ctx context.Context, p *driver.TaskSubStatusParams) (bool, error) {
+	f := p.Fence
+	tag, err := e.db.Exec(ctx, `UPDATE `+e.q.taskTable+` SET sub_status = $1, updated_at = $2
+		WHERE id = $3 AND status = 'running' AND runner_id = $4 AND attempt = $5 AND recovery_count = $6`,
+		p.SubStatus, p.Now.UTC(), f.TaskID, f.RunnerID, f.Attempt, f.RecoveryCount)
+	if err != nil {
+		return false, fmt.Errorf("postgres: set sub-status of task %s: %w", f.TaskID, mapError(err))
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (e *executor) TaskFenceCheck(ctx context.Context, p *driver.TaskFenceCheckParams) (*driver.TaskFenceCheckResult, error) {
+	res := &driver.TaskFenceCheckResult{}
+	if len(p.Fences) == 0 {
+		return res, nil
+	}
+	n := len(p.Fences)
+	ids, runners := make([]uuid.UUID, n), make([]string, n)
+	attempts, recoveries := make([]int32, n), make([]int32, n)
+	for i, f := range p.Fences {
+		ids[i], runners[i], attempts[i], recoveries[i] = f.TaskID, f.RunnerID, int32(f.Attempt), int32(f.RecoveryCount)
+	}
+	rows, err := e.db.Query(ctx, `SELECT f.id FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[]) AS f(id, runner, attempt, recovery)
+		LEFT JOIN `+e.q.taskTable+` t ON t.id = f.id AND t.status = 'running' AND t.runner_id = f.runner
+			AND t.attempt = f.attempt AND t.recovery_count = f.recovery
+		WHERE t.id IS NULL`, ids, runners, attempts, recoveries)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: check claims: %w", mapError(err))
+	}
+	lost, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: check claims: %w", mapError(err))
+	}
+	res.Lost = lost
+	return res, nil
+}

@@ -1,0 +1,200 @@
+package sqlite
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) error {
+	workflows, err := json.Marshal(p.Workflows)
+	if err != nil {
+		return err
+	}
+	now := formatTime(p.Now)
+	_, err = e.db.ExecContext(ctx, `INSERT INTO cloacina_runners (id, name, host, pid, workflows, started_at, heartbeat_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, pid = excluded.pid,
+			workflows = excluded.workflows, heartbeat_at = excluded.heartbeat_at`,
+		p.ID, p.Name, p.Host, p.PID, string(workflows), now, now)
+	if err != nil {
+		return fmt.Errorf("sqlite: register runner %s: %w", p.ID, mapError(err))
+	}
+	return nil
+}
+
+func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (bool, error) {
+	res, err := e.db.ExecContext(ctx, `UPDATE cloacina_runners SET heartbeat_at = ? WHERE id = ?`, formatTime(p.Now), p.ID)
+	if err != nil {
+		return false, fmt.Errorf("sqlite: heartbeat runner %s: %w", p.ID, mapError(err))
+	}
+	n, err := res.RowsAffected()
+	return n == 1, mapError(err)
+}
+
+func (e *executor) RunnerDelete(ctx context.Context, p *driver.RunnerDeleteParams) error {
+	if _, err := e.db.ExecContext(ctx, `DELETE FROM cloacina_runners WHERE id = ?`, p.ID); err != nil {
+		return fmt.Errorf("sqlite: delete runner %s: %w", p.ID, mapError(err))
+	}
+	return nil
+}
+
+func (e *executor) RunnerDeleteExpired(ctx context.Context, p *driver.RunnerDeleteExpiredParams) ([]string, error) {
+	rows, err := e.db.QueryContext(ctx, `DELETE FROM cloacina_runners WHERE heartbeat_at < ? RETURNING id`, formatTime(p.HeartbeatBefore))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: delete expired runners: %w", mapError(err))
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, mapError(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, mapError(rows.Err())
+}
+
+func (e *executor) RunnerList(ctx context.Context) ([]*driver.RunnerRow, error) {
+	rows, err := e.db.QueryContext(ctx, `SELECT id, name, host, pid, workflows, started_at, heartbeat_at
+		FROM cloacina_runners ORDER BY started_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list runners: %w", mapError(err))
+	}
+	defer rows.Close()
+	var out []*driver.RunnerRow
+	for rows.Next() {
+		var r driver.RunnerRow
+		var workflows, started, beat string
+		if err := rows.Scan(&r.ID, &r.Name, &r.Host, &r.PID, &workflows, &started, &beat); err != nil {
+			return nil, mapError(err)
+		}
+		if err := json.Unmarshal([]byte(workflows), &r.Workflows); err != nil {
+			return nil, fmt.Errorf("sqlite: runner %s workflows: %w", r.ID, err)
+		}
+		if r.StartedAt, err = parseTime(started); err != nil {
+			return nil, err
+		}
+		if r.HeartbeatAt, err = parseTime(beat); err != nil {
+			return nil, err
+		}
+		out = append(out, &r)
+	}
+	return out, mapError(rows.Err())
+}
+
+func (e *executor) LeaseAcquire(ctx context.Context, p *driver.LeaseAcquireParams) (bool, error) {
+	var holder string
+	err := e.db.QueryRowContext(ctx, `INSERT INTO cloacina_leases (name, holder, expires_at) VALUES (?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+			WHERE cloacina_leases.expires_at < ? OR cloacina_leases.holder = excluded.holder
+		RETURNING holder`, p.Name, p.Holder, formatTime(p.ExpiresAt), formatTime(p.Now)).Scan(&holder)
+	if err != nil {
+		if err := mapError(err); errors.Is(err, driver.ErrNotFound) {
+			return false, nil // held by someone else: the upsert changed nothing
+		}
+		return false, fmt.Errorf("sqlite: acquire lease %s: %w", p.Name, mapError(err))
+	}
+	return holder == p.Holder, nil
+}
+
+func (e *executor) LeaseRelease(ctx context.Context, p *driver.LeaseReleaseParams) error {
+	if _, err := e.db.ExecContext(ctx, `DELETE FROM cloacina_leases WHERE name = ? AND holder = ?`, p.Name, p.Holder); err != nil {
+		return fmt.Errorf("sqlite: release lease %s: %w", p.Name, mapError(err))
+	}
+	return nil
+}
+
+func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrphanedParams) ([]*driver.Task, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	cols := strings.ReplaceAll(taskSelect(false), "\n", " ")
+	q := `SELECT ` + prefixColumns(cols, "t.") + ` FROM task_executions t
+		LEFT JOIN cloacina_runners r ON r.id = t.runner_id
+		WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < ?)
+		ORDER BY t.updated_at LIMIT ?`
+	out, err := collectTasks(e.db.QueryContext(ctx, q, formatTime(p.HeartbeatBefore), limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list orphaned tasks: %w", err)
+	}
+	return out, nil
+}
+
+// prefixColumns qualifies a column list with a table alias; NULL
+// placeholders stay as they are.
+func prefixColumns(cols, prefix string) string {
+	parts := strings.Split(cols, ",")
+	for i, c := range parts {
+		c = strings.TrimSpace(c)
+		if c != "NULL" {
+			c = prefix + c
+		}
+		parts[i] = c
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (e *executor) TaskSubStatusSet(ctx context.Context, p *driver.TaskSubStatusParams) (bool, error) {
+	f := p.Fence
+	res, err := e.db.ExecContext(ctx, `UPDATE task_executions SET sub_status = ?, updated_at = ?
+		WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`,
+		p.SubStatus, formatTime(p.Now), f.TaskID.String(), f.RunnerID, f.Attempt, f.RecoveryCount)
+	if err != nil {
+		return false, fmt.Errorf("sqlite: set sub-status of task %s: %w", f.TaskID, mapError(err))
+	}
+	n, err := res.RowsAffected()
+	return n == 1, mapError(err)
+}
+
+func (e *executor) TaskFenceCheck(ctx context.Context, p *driver.TaskFenceCheckParams) (*driver.TaskFenceCheckResult, error) {
+	res := &driver.TaskFenceCheckResult{}
+	if len(p.Fences) == 0 {
+		return res, nil
+	}
+	ids := make([]uuid.UUID, len(p.Fences))
+	for i, f := range p.Fences {
+		ids[i] = f.TaskID
+	}
+	rows, err := e.db.QueryContext(ctx, `SELECT id, status, runner_id, attempt, recovery_count FROM task_executions
+		WHERE id IN (`+placeholders(len(ids))+`)`, uuidArgs(ids)...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: check claims: %w", mapError(err))
+	}
+	defer rows.Close()
+	held := map[uuid.UUID]bool{}
+	want := map[uuid.UUID]driver.Fence{}
+	for _, f := range p.Fences {
+		want[f.TaskID] = f
+	}
+	for rows.Next() {
+		var id, status, runner string
+		var attempt, recovery int
+		if err := rows.Scan(&id, &status, &runner, &attempt, &recovery); err != nil {
+			return nil, mapError(err)
+		}
+		tid, err := uuid.Parse(id)
+		if err != nil {
+			return nil, err
+		}
+		f := want[tid]
+		held[tid] = status == string(driver.TaskRunning) && runner == f.RunnerID && attempt == f.Attempt && recovery == f.RecoveryCount
+	}
+	if err := rows.Err(); err != nil {
+		return nil, mapError(err)
+	}
+	for _, f := range p.Fences {
+		if !held[f.TaskID] {
+			res.Lost = append(res.Lost, f.TaskID)
+		}
+	}
+	return res, nil
+}
