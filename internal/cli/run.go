@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -52,7 +53,7 @@ func (a *app) runCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run <workflow>",
 		Short: "Run a built-in workflow and wait for it to finish",
-		Long: `run executes one of the CLI's built-in workflows (today: ` + fmt.Sprint(builtinNames()) + `) in this
+		Long: `run executes one of the CLI's built-in workflows (today: ` + strings.Join(builtinNames(), ", ") + `) in this
 process and prints a summary when it finishes. It exits with status 1 if the
 run failed. --input is the run's input context, a JSON object.`,
 		Example: `  cloacina run demo
