@@ -1,0 +1,184 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/spf13/cobra"
+
+	"github.com/cloacina-go/cloacina"
+	"github.com/cloacina-go/cloacina/driver/postgres"
+)
+
+// connectTimeout bounds a PostgreSQL connection attempt (pgx's
+// connect_timeout, in seconds) unless the URL sets its own: a mistyped
+// host should fail in seconds, not after the kernel gives up on it.
+const connectTimeout = "10"
+
+// database is the database a command works on, resolved and validated
+// before anything is opened.
+type database struct {
+	url    string // passed to the library
+	parsed *cloacina.DatabaseURL
+	source string // where the URL came from, for messages
+}
+
+// database resolves the URL (flag, environment, default) and validates it
+// without connecting.
+func (a *app) database(cmd *cobra.Command) (*database, error) {
+	raw, source := a.databaseURL, "--database-url"
+	if !cmd.Flags().Changed("database-url") {
+		raw, source = a.getenv(EnvDatabaseURL), EnvDatabaseURL
+		if raw == "" {
+			raw, source = DefaultDatabaseURL, "the default"
+		}
+	}
+	parsed, err := cloacina.ParseDatabaseURL(raw)
+	if err != nil {
+		return nil, &usageError{msg: fromSource(err, source)}
+	}
+	db := &database{url: raw, parsed: parsed, source: source}
+	if parsed.Backend == "postgres" {
+		u, err := url.Parse(raw)
+		if err == nil && !u.Query().Has("connect_timeout") {
+			q := u.Query()
+			q.Set("connect_timeout", connectTimeout)
+			u.RawQuery = q.Encode()
+			db.url = u.String()
+		}
+	}
+	return db, nil
+}
+
+// fromSource names where a rejected URL came from, so the user knows
+// whether to fix a flag or the environment.
+func fromSource(err error, source string) string {
+	msg := oneLine(err.Error())
+	const prefix = "invalid database URL"
+	if rest, ok := strings.CutPrefix(msg, prefix); ok {
+		return prefix + " (from " + source + ")" + rest
+	}
+	return msg + " (URL from " + source + ")"
+}
+
+// sqlitePath returns the absolute path of a SQLite database, or "".
+func (d *database) sqlitePath() string {
+	if d.parsed.Backend != "sqlite" {
+		return ""
+	}
+	abs, err := filepath.Abs(d.parsed.Path)
+	if err != nil {
+		return d.parsed.Path
+	}
+	return abs
+}
+
+// String describes the database for messages, without credentials.
+func (d *database) String() string {
+	if d.parsed.Backend == "sqlite" {
+		return d.sqlitePath()
+	}
+	schema := d.parsed.Schema
+	if schema == "" {
+		schema = postgres.DefaultSchema
+	}
+	u, err := url.Parse(d.parsed.DSN)
+	if err != nil {
+		return "PostgreSQL (schema " + schema + ")"
+	}
+	return fmt.Sprintf("PostgreSQL %s%s (schema %s)", u.Host, u.Path, schema)
+}
+
+// openMode says whether a command may create and migrate the database.
+type openMode int
+
+const (
+	// openOrCreate creates a missing SQLite file and applies migrations:
+	// for commands whose purpose is to set up or use a database.
+	openOrCreate openMode = iota
+	// openExisting requires a database already migrated to this version:
+	// operator commands must never create or change a schema as a side effect.
+	openExisting
+)
+
+// open opens a runner on d with workflows registered.
+func (a *app) open(ctx context.Context, d *database, mode openMode, workflows ...*cloacina.Workflow) (*cloacina.Runner, error) {
+	if mode == openExisting {
+		if err := d.requireSQLiteFile(); err != nil {
+			return nil, err
+		}
+	}
+	r, err := cloacina.Open(ctx, d.url, &cloacina.Config{
+		Workflows:      workflows,
+		Logger:         a.logger,
+		SkipMigrations: mode == openExisting,
+	})
+	if err != nil {
+		return nil, d.openError(err)
+	}
+	return r, nil
+}
+
+// requireSQLiteFile fails when d is a SQLite file that does not exist, so
+// read-only commands never leave an empty database behind.
+func (d *database) requireSQLiteFile() error {
+	path := d.sqlitePath()
+	if path == "" {
+		return nil
+	}
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("no database at %s: run `cloacina migrate` or `cloacina demo` first", path)
+	case err != nil:
+		return fmt.Errorf("database %s: %w", path, err)
+	case info.IsDir():
+		return fmt.Errorf("database %s is a directory: point --database-url at a file", path)
+	}
+	return nil
+}
+
+// openError turns an error from opening or migrating d into a message that
+// says what to do.
+func (d *database) openError(err error) error {
+	var connectErr *pgconn.ConnectError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return errors.New("interrupted while opening the database")
+	case errors.Is(err, cloacina.ErrInvalidURL):
+		return &usageError{msg: fromSource(err, d.source)}
+	case errors.Is(err, cloacina.ErrSchemaOutdated):
+		return fmt.Errorf("database %s is not set up for this version of cloacina: run `cloacina migrate` first", d)
+	case errors.Is(err, cloacina.ErrSchemaTooNew):
+		return fmt.Errorf("database %s was migrated by a newer version of cloacina: upgrade this cloacina binary", d)
+	case errors.As(err, &connectErr):
+		cfg := connectErr.Config
+		return fmt.Errorf("cannot connect to PostgreSQL at %s:%d/%s (%s): check that the server is running and that the URL from %s is right",
+			cfg.Host, cfg.Port, cfg.Database, connectCause(err), d.source)
+	}
+	return fmt.Errorf("open database %s: %w", d, err)
+}
+
+// connectCause digs the reason out of a pgx connection error, whose own
+// message lists every address tried on lines of its own.
+func connectCause(err error) string {
+	var pgErr *pgconn.PgError
+	var opErr *net.OpError
+	switch {
+	case errors.As(err, &pgErr):
+		return pgErr.Message
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timed out"
+	case errors.As(err, &opErr):
+		return opErr.Err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}

@@ -1,0 +1,193 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// TestErrors runs every way a command line can go wrong and requires the
+// same shape each time: a non-zero exit, one "cloacina: " line on stderr
+// that names the fix, nothing on stdout, and no database file created.
+func TestErrors(t *testing.T) {
+	t.Parallel()
+	const (
+		unreachable = "postgres://postgres@127.0.0.1:1/x"
+		refused     = "cannot connect to PostgreSQL at 127.0.0.1:1/x (connect: connection refused): check that the server is running and that the URL from --database-url is right"
+		noDatabase  = "no database at {path}: run `cloacina migrate` or `cloacina demo` first"
+		someID      = "01a2143a-9b16-7c6a-8bc8-03346e25dd9f"
+	)
+	cases := []struct {
+		name string
+		args []string // --database-url is added, pointing into an empty directory, unless given
+		env  map[string]string
+		code int
+		want string // {path} stands for the SQLite file
+	}{
+		{"mysql URL", []string{"--database-url", "mysql://x", "migrate"}, nil, ExitUsage,
+			`invalid database URL (from --database-url): unsupported scheme "mysql": use sqlite:///absolute/path.db, sqlite://relative.db or postgres://`},
+		{"sqlite URL without file", []string{"--database-url", "sqlite://", "demo"}, nil, ExitUsage, `"sqlite://" names no file: use sqlite:///absolute/path.db`},
+		{"postgres URL without host", []string{"--database-url", "postgres://", "runs", "list"}, nil, ExitUsage, `"postgres://" has no host: use sqlite:///absolute/path.db`},
+		{"empty URL flag", []string{"--database-url", "", "migrate"}, nil, ExitUsage, `invalid database URL (from --database-url): empty`},
+		{"bad URL from environment", []string{"demo"}, map[string]string{EnvDatabaseURL: "mysql://x"}, ExitUsage,
+			`invalid database URL (from CLOACINA_DATABASE_URL): unsupported scheme "mysql"`},
+
+		{"unreachable migrate", []string{"--database-url", unreachable, "migrate"}, nil, ExitFailure, refused},
+		{"unreachable demo", []string{"--database-url", unreachable, "demo"}, nil, ExitFailure, refused},
+		{"unreachable run", []string{"--database-url", unreachable, "run", "demo"}, nil, ExitFailure, refused},
+		{"unreachable events list", []string{"--database-url", unreachable, "events", "list"}, nil, ExitFailure, refused},
+		{"unreachable cleanup", []string{"--database-url", unreachable, "events", "cleanup", "--older-than", "30d"}, nil, ExitFailure, refused},
+		{"unreachable runs cancel", []string{"--database-url", unreachable, "runs", "cancel", someID}, nil, ExitFailure, refused},
+		{"unreachable with password", []string{"--database-url", "postgres://u:hunter2@127.0.0.1:1/x", "runs", "list"}, nil, ExitFailure,
+			"cannot connect to PostgreSQL at 127.0.0.1:1/x"},
+
+		{"unknown workflow", []string{"run", "demoo"}, nil, ExitUsage, `unknown workflow "demoo": did you mean "demo"? (see ` + "`cloacina run --help`)"},
+		{"far-off workflow", []string{"run", "payroll"}, nil, ExitUsage, `unknown workflow "payroll": the built-in workflows are demo`},
+		{"input not an object", []string{"run", "demo", "--input", "[1]"}, nil, ExitUsage, `invalid --input "[1]": pass a JSON object such as '{"n":3}'`},
+		{"input not JSON", []string{"run", "demo", "--input", "n=3"}, nil, ExitUsage, `invalid --input "n=3"`},
+
+		{"events list without database", []string{"events", "list"}, nil, ExitFailure, noDatabase},
+		{"dry-run cleanup without database", []string{"events", "cleanup", "--older-than", "30d", "--dry-run"}, nil, ExitFailure, noDatabase},
+		{"cleanup without database", []string{"events", "cleanup", "--older-than", "30d"}, nil, ExitFailure, noDatabase},
+		{"runs list without database", []string{"runs", "list"}, nil, ExitFailure, noDatabase},
+		{"runs get without database", []string{"runs", "get", someID}, nil, ExitFailure, noDatabase},
+		{"runs cancel without database", []string{"runs", "cancel", someID}, nil, ExitFailure, noDatabase},
+		{"runs pause without database", []string{"runs", "pause", someID}, nil, ExitFailure, noDatabase},
+		{"runs resume without database", []string{"runs", "resume", someID}, nil, ExitFailure, noDatabase},
+
+		{"cleanup without age", []string{"events", "cleanup"}, nil, ExitUsage, "--older-than is required, e.g. --older-than 30d"},
+		{"cleanup bad age", []string{"events", "cleanup", "--older-than", "30x"}, nil, ExitUsage, `"30x" is not an age: use a positive duration such as 30d, 12h or 1d12h`},
+		{"cleanup zero age", []string{"events", "cleanup", "--older-than", "0d", "--dry-run"}, nil, ExitUsage, `"0d" is not an age`},
+		{"cleanup zero batch", []string{"events", "cleanup", "--older-than", "30d", "--batch-size", "0"}, nil, ExitUsage, `"0" is not a count: use a whole number of 1 or more`},
+		{"zero limit", []string{"events", "list", "--limit", "0"}, nil, ExitUsage, `"0" is not a count`},
+		{"word limit", []string{"runs", "list", "--limit", "ten"}, nil, ExitUsage, `"ten" is not a count`},
+		{"misspelt event type", []string{"events", "list", "--type", "task_faild"}, nil, ExitUsage, `unknown value "task_faild": did you mean "task_failed"?`},
+		{"unknown event type", []string{"events", "list", "--type", "started,zzz"}, nil, ExitUsage, `unknown value "started": use one of pipeline_started,`},
+		{"bad run id flag", []string{"events", "list", "--run", "nope"}, nil, ExitUsage, `"nope" is not a run id: ids are UUIDs`},
+		{"bad task id flag", []string{"events", "list", "--task", "nope"}, nil, ExitUsage, `"nope" is not a task execution id`},
+		{"misspelt status", []string{"runs", "list", "--status", "runing"}, nil, ExitUsage, `unknown value "runing": did you mean "running"?`},
+		{"bad run id", []string{"runs", "get", "nope"}, nil, ExitUsage, `"nope" is not a run id`},
+		{"missing run id", []string{"runs", "cancel"}, nil, ExitUsage, `"runs cancel" takes one run id, got none`},
+		{"extra argument", []string{"demo", "extra"}, nil, ExitUsage, `"demo" takes no arguments, got 1 argument`},
+		{"unknown command", []string{"demoo"}, nil, ExitUsage, `unknown command "demoo": did you mean "demo"? (see ` + "`cloacina --help`)"},
+		{"unknown subcommand", []string{"runs", "lst"}, nil, ExitUsage, `unknown command "lst": did you mean "list"?`},
+		{"missing subcommand", []string{"events"}, nil, ExitUsage, "missing subcommand: use one of cleanup, list"},
+		{"unknown flag", []string{"--bogus"}, nil, ExitUsage, "unknown flag: --bogus"},
+		{"flag of another command", []string{"migrate", "--input", "{}"}, nil, ExitUsage, "unknown flag: --input"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path := filepath.Join(dir, "cloacina.db")
+			args := tc.args
+			if !hasFlag(args, "--database-url") && tc.env == nil {
+				args = append([]string{"--database-url", "sqlite://" + path}, args...)
+			}
+			res := cliEnv(t, tc.env, args...)
+			requireOneLineError(t, res, tc.code, strings.ReplaceAll(tc.want, "{path}", path))
+			require.NotContains(t, res.stderr, "hunter2")
+			entries, err := os.ReadDir(dir)
+			require.NoError(t, err)
+			require.Empty(t, entries, "a failed command must not create files")
+		})
+	}
+}
+
+func hasFlag(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag || strings.HasPrefix(a, flag+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestErrorsUnmigrated covers databases that exist but were never
+// migrated: read-only commands must say so and leave them alone.
+func TestErrorsUnmigrated(t *testing.T) {
+	t.Parallel()
+	const want = "is not set up for this version of cloacina: run `cloacina migrate` first"
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		schema := testdb.NewSchema(t)
+		url := testdb.WithSchema(testdb.PostgresURL(), schema)
+		for _, args := range [][]string{{"events", "list"}, {"runs", "list"}, {"events", "cleanup", "--older-than", "1d", "--dry-run"}} {
+			requireOneLineError(t, cli(t, append([]string{"--database-url", url}, args...)...), ExitFailure,
+				"database PostgreSQL 127.0.0.1:5432/test (schema "+schema+") "+want)
+		}
+		require.False(t, schemaExists(t, schema), "a read-only command created the schema")
+	})
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		path := testdb.SQLitePath(t)
+		require.NoError(t, os.WriteFile(path, nil, 0o644))
+		requireOneLineError(t, cli(t, "--database-url", "sqlite://"+path, "runs", "list"), ExitFailure, "database "+path+" "+want)
+	})
+}
+
+func schemaExists(t *testing.T, schema string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, testdb.PostgresURL())
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var exists bool
+	require.NoError(t, conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists))
+	return exists
+}
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{}, {"--help"}, {"help"}, {"events", "list", "--help"}, {"help", "runs"}} {
+		res := cli(t, args...)
+		require.Equal(t, ExitOK, res.code, "%v: %s", args, res.stderr)
+		require.Contains(t, res.stdout, "Usage:", args)
+		require.Empty(t, res.stderr, args)
+	}
+}
+
+// TestDatabaseURLSources checks the order --database-url, then
+// CLOACINA_DATABASE_URL, then the default file in the working directory.
+func TestDatabaseURLSources(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	flagPath, envPath := filepath.Join(dir, "flag.db"), filepath.Join(dir, "env.db")
+	env := map[string]string{EnvDatabaseURL: "sqlite://" + envPath}
+
+	res := cliEnv(t, env, "--database-url", "sqlite://"+flagPath, "migrate")
+	require.Equal(t, ExitOK, res.code, res.stderr)
+	require.FileExists(t, flagPath)
+	require.NoFileExists(t, envPath)
+
+	res = cliEnv(t, env, "migrate")
+	require.Equal(t, ExitOK, res.code, res.stderr)
+	require.Equal(t, "database "+envPath+" is at schema version 1\n", res.stdout)
+}
+
+// TestDefaultDatabaseURL cannot run in parallel: the default database is
+// relative to the working directory, which it changes.
+func TestDefaultDatabaseURL(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	path := filepath.Join(wd, "cloacina-demo.db")
+
+	requireOneLineError(t, cli(t, "runs", "list"), ExitFailure, "no database at "+path+": run `cloacina migrate` or `cloacina demo` first")
+	require.NoFileExists(t, path)
+
+	res := cli(t, "migrate")
+	require.Equal(t, ExitOK, res.code, res.stderr)
+	require.Equal(t, "database "+path+" is at schema version 1\n", res.stdout)
+	require.FileExists(t, path)
+}

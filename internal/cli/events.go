@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloacina-go/cloacina"
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+const (
+	defaultEventLimit   = 50
+	defaultCleanupBatch = 1000
+)
+
+func (a *app) eventsCommand() *cobra.Command {
+	return groupCommand("events", "Inspect and prune the execution event log",
+		a.eventsListCommand(), a.eventsCleanupCommand())
+}
+
+func eventTypeNames() []string {
+	names := make([]string, len(driver.EventTypes))
+	for i, t := range driver.EventTypes {
+		names[i] = string(t)
+	}
+	return names
+}
+
+func (a *app) eventsListCommand() *cobra.Command {
+	run := &idFlag{what: "run"}
+	task := &idFlag{what: "task execution"}
+	types := &choiceFlag{kind: "type", allowed: eventTypeNames()}
+	limit := countFlag(defaultEventLimit)
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List execution events, newest last",
+		Long: `list prints the most recent execution events (newest last), optionally only
+those of one run, of one task execution, or of some types.`,
+		Example: `  cloacina events list --run 0199c3e1-…
+  cloacina events list --type task_failed --type task_retry_scheduled --limit 20`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := a.database(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+				q := &cloacina.EventQuery{RunID: run.id, TaskID: task.id, Newest: true, Limit: int(limit)}
+				for _, t := range types.values {
+					q.Types = append(q.Types, cloacina.EventType(t))
+				}
+				events, err := r.Events(ctx, q)
+				if err != nil {
+					return fmt.Errorf("list events: %w", err)
+				}
+				slices.Reverse(events)
+				return writeEventList(a.stdout, events)
+			})
+		},
+	}
+	cmd.Flags().Var(run, "run", "only events of this run (id)")
+	cmd.Flags().Var(task, "task", "only events of this task execution (task ids are shown by 'cloacina runs get')")
+	cmd.Flags().Var(types, "type", "only events of this type (repeatable, or comma-separated)")
+	cmd.Flags().Var(&limit, "limit", "show at most this many of the most recent events")
+	return cmd
+}
+
+func (a *app) eventsCleanupCommand() *cobra.Command {
+	var (
+		olderThan ageFlag
+		dryRun    bool
+		batchSize = countFlag(defaultCleanupBatch)
+	)
+	cmd := &cobra.Command{
+		Use:   "cleanup --older-than AGE",
+		Short: "Delete execution events older than an age",
+		Long: `cleanup deletes execution events created more than --older-than ago, in
+batches of --batch-size events, one transaction each, so it never holds
+locks for long. AGE is a Go duration that may start with days: 30d, 12h, 1d12h.
+With --dry-run it only counts what it would delete.`,
+		Example: `  cloacina events cleanup --older-than 30d --dry-run
+  cloacina events cleanup --older-than 30d --batch-size 5000`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("older-than") {
+				return usageErrorf(cmd, "--older-than is required, e.g. --older-than 30d")
+			}
+			d, err := a.database(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+				cutoff := time.Now().UTC().Add(-olderThan.d)
+				what := fmt.Sprintf("older than %s (created before %s)", olderThan.raw, formatTime(cutoff))
+				total, err := r.CountEventsBefore(ctx, cutoff)
+				if err != nil {
+					return fmt.Errorf("count events: %w", err)
+				}
+				switch {
+				case dryRun:
+					_, err := fmt.Fprintf(a.stdout, "would delete %d events %s; nothing deleted (dry run)\n", total, what)
+					return err
+				case total == 0:
+					_, err := fmt.Fprintf(a.stdout, "no events %s\n", what)
+					return err
+				}
+				deleted, err := r.DeleteEventsBefore(ctx, cutoff, &cloacina.DeleteEventsOpts{
+					BatchSize: int(batchSize),
+					Progress: func(n int64) {
+						// Events may age past the cutoff between count and delete.
+						fmt.Fprintf(a.stdout, "deleted %d of %d events\n", n, max(n, total))
+					},
+				})
+				if errors.Is(err, context.Canceled) {
+					return fmt.Errorf("interrupted after deleting %d of %d events; run the command again to continue", deleted, total)
+				}
+				if err != nil {
+					return fmt.Errorf("%w (%d events deleted before the error; run the command again to continue)", err, deleted)
+				}
+				_, err = fmt.Fprintf(a.stdout, "deleted %d events %s\n", deleted, what)
+				return err
+			})
+		},
+	}
+	cmd.Flags().Var(&olderThan, "older-than", "delete events older than this age, e.g. 30d or 12h (required)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count the events that would be deleted; delete nothing")
+	cmd.Flags().Var(&batchSize, "batch-size", "events deleted per transaction")
+	return cmd
+}
+
+// withRunner opens an existing database, runs fn on a runner that executes
+// nothing, and closes it.
+func (a *app) withRunner(ctx context.Context, d *database, fn func(context.Context, *cloacina.Runner) error) (err error) {
+	r, err := a.open(ctx, d, openExisting)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := r.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close database: %w", cerr)
+		}
+	}()
+	return fn(ctx, r)
+}

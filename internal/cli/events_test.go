@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+func TestEventsList(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			url := b.URL(t)
+			ok(t, url, "run", "demo")
+			ok(t, url, "run", "demo")
+			runs := listRuns(t, url)
+			require.Len(t, runs, 2)
+			first, second := runs[0].ID.String(), runs[1].ID.String()
+
+			list := func(args ...string) []row {
+				t.Helper()
+				header, rows := parseTable(t, ok(t, url, append([]string{"events", "list"}, args...)...))
+				require.Equal(t, row{"SEQ", "TIME", "RUN", "EVENT", "TASK", "ATTEMPT"}, header[:6])
+				return rows
+			}
+			requireNewestLast := func(rows []row) {
+				t.Helper()
+				for i := 1; i < len(rows); i++ {
+					prev, _ := strconv.Atoi(rows[i-1][0])
+					cur, _ := strconv.Atoi(rows[i][0])
+					require.Less(t, prev, cur)
+				}
+			}
+
+			// Default: the 50 most recent events, which here are all of them.
+			rows := list()
+			require.Len(t, rows, 50)
+			requireNewestLast(rows)
+
+			rows = list("--limit", "3")
+			require.Len(t, rows, 3)
+			requireNewestLast(rows)
+			require.Equal(t, second, rows[2][2])
+			require.Equal(t, "pipeline_completed", rows[2][3])
+
+			rows = list("--run", first)
+			require.Len(t, rows, 25)
+			requireNewestLast(rows)
+			for _, r := range rows {
+				require.Equal(t, first, r[2])
+			}
+
+			rows = list("--type", "task_retry_scheduled")
+			require.Len(t, rows, 2)
+			for _, r := range rows {
+				require.Equal(t, row{"task_retry_scheduled", "transform_b", "1"}, r[3:6])
+			}
+
+			// Types repeat or combine with commas, and combine with --run.
+			rows = list("--run", first, "--type", "task_completed,pipeline_completed", "--type", "pipeline_started")
+			require.Len(t, rows, 6)
+			require.Equal(t, "pipeline_started", rows[0][3])
+			require.Equal(t, "pipeline_completed", rows[5][3])
+
+			run, err := openRunner(t, url).Get(t.Context(), runs[0].ID)
+			require.NoError(t, err)
+			rows = list("--task", run.Task("transform_b").ID.String())
+			var types []string
+			for _, r := range rows {
+				require.Equal(t, "transform_b", r[4])
+				types = append(types, r[3])
+			}
+			require.Equal(t, []string{"task_created", "task_marked_ready", "task_claimed", "task_started",
+				"task_retry_scheduled", "task_claimed", "task_started", "task_completed"}, types)
+
+			require.Equal(t, "no events\n", ok(t, url, "events", "list", "--type", "task_abandoned"))
+		})
+	}
+}
+
+func TestEventsCleanup(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			url := b.URL(t)
+			ok(t, url, "run", "demo") // 25 recent events
+			insertOldEvents(t, url, 53, 40*24*time.Hour)
+			countAll := func() int {
+				_, rows := parseTable(t, ok(t, url, "events", "list", "--limit", "1000"))
+				return len(rows)
+			}
+			require.Equal(t, 78, countAll())
+
+			out := ok(t, url, "events", "cleanup", "--older-than", "30d", "--dry-run")
+			require.Regexp(t, `^would delete 53 events older than 30d \(created before \d{4}-\d\d-\d\d [0-9:.]+Z\); nothing deleted \(dry run\)\n$`, out)
+			require.Equal(t, 78, countAll())
+
+			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--batch-size", "20")
+			require.Regexp(t, fmt.Sprintf(`^%s%s%s%s$`,
+				`deleted 20 of 53 events\n`,
+				`deleted 40 of 53 events\n`,
+				`deleted 53 of 53 events\n`,
+				`deleted 53 events older than 30d \(created before [^)]+\)\n`), out)
+			require.Equal(t, 25, countAll())
+
+			// Recent events are untouched, and a second pass finds nothing.
+			require.Regexp(t, `^no events older than 1d12h \(created before [^)]+\)\n$`,
+				ok(t, url, "events", "cleanup", "--older-than", "1d12h"))
+			require.Regexp(t, `^would delete 0 events`, ok(t, url, "events", "cleanup", "--older-than", "720h", "--dry-run"))
+		})
+	}
+}
+
+func TestParseAge(t *testing.T) {
+	t.Parallel()
+	day := 24 * time.Hour
+	for in, want := range map[string]time.Duration{
+		"30d": 30 * day, "1d": day, "1d12h": day + 12*time.Hour, "90m": 90 * time.Minute, "1.5h": 90 * time.Minute, " 7d ": 7 * day,
+	} {
+		got, err := parseAge(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for _, in := range []string{"", "0", "0d", "0s", "-1h", "-3d", "30x", "d", "30 d", "1d-2d", "99999999d"} {
+		_, err := parseAge(in)
+		require.ErrorContains(t, err, "use a positive duration such as 30d", in)
+	}
+}

@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina/internal/dag"
+)
+
+// The flag types below check their values while the command line is
+// parsed, so a typo is reported before any database is opened.
+
+// idFlag is an optional UUID flag (a run or task execution id).
+type idFlag struct {
+	id   *uuid.UUID
+	what string
+}
+
+func (f *idFlag) String() string {
+	if f.id == nil {
+		return ""
+	}
+	return f.id.String()
+}
+
+func (f *idFlag) Set(s string) error {
+	id, err := parseID(s, f.what)
+	if err != nil {
+		return err
+	}
+	f.id = &id
+	return nil
+}
+
+func (f *idFlag) Type() string { return "id" }
+
+func parseID(s, what string) (uuid.UUID, error) {
+	id, err := uuid.Parse(strings.TrimSpace(s))
+	if err != nil {
+		return uuid.UUID{}, fmt.Errorf("%q is not a %s id: ids are UUIDs, as shown by `cloacina runs list` and `cloacina runs get`", s, what)
+	}
+	return id, nil
+}
+
+// choiceFlag is a repeatable flag whose values come from a fixed list;
+// values may also be separated by commas.
+type choiceFlag struct {
+	kind    string // what a value is, for help
+	allowed []string
+	values  []string
+}
+
+func (f *choiceFlag) String() string { return strings.Join(f.values, ",") }
+
+func (f *choiceFlag) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		v = strings.ToLower(strings.TrimSpace(v))
+		if !slices.Contains(f.allowed, v) {
+			if c := dag.Closest(v, f.allowed); c != "" {
+				return fmt.Errorf("unknown value %q: did you mean %q?", v, c)
+			}
+			return fmt.Errorf("unknown value %q: use one of %s", v, strings.Join(f.allowed, ", "))
+		}
+		f.values = append(f.values, v)
+	}
+	return nil
+}
+
+func (f *choiceFlag) Type() string { return f.kind }
+
+// ageFlag is a positive duration that also accepts days: 30d, 1d12h, 90m.
+type ageFlag struct {
+	d   time.Duration
+	raw string
+}
+
+var daysPrefix = regexp.MustCompile(`^(\d+)d`)
+
+func (f *ageFlag) String() string { return f.raw }
+
+func (f *ageFlag) Set(s string) error {
+	d, err := parseAge(s)
+	if err != nil {
+		return err
+	}
+	f.d, f.raw = d, s
+	return nil
+}
+
+func (f *ageFlag) Type() string { return "age" }
+
+// parseAge parses a Go duration optionally led by whole days ("30d",
+// "1d12h"); it must be positive.
+func parseAge(s string) (time.Duration, error) {
+	bad := fmt.Errorf("%q is not an age: use a positive duration such as 30d, 12h or 1d12h", s)
+	rest := strings.TrimSpace(s)
+	var d time.Duration
+	if m := daysPrefix.FindStringSubmatch(rest); m != nil {
+		days, err := strconv.Atoi(m[1])
+		if err != nil || days > 100*365 {
+			return 0, bad
+		}
+		d = time.Duration(days) * 24 * time.Hour
+		rest = rest[len(m[0]):]
+	}
+	if rest != "" {
+		more, err := time.ParseDuration(rest)
+		if err != nil {
+			return 0, bad
+		}
+		d += more
+	}
+	if d <= 0 {
+		return 0, bad
+	}
+	return d, nil
+}
+
+// countFlag is a whole number of at least 1 (a limit, a batch size).
+type countFlag int
+
+func (f *countFlag) String() string { return strconv.Itoa(int(*f)) }
+
+func (f *countFlag) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 1 {
+		return fmt.Errorf("%q is not a count: use a whole number of 1 or more", s)
+	}
+	*f = countFlag(n)
+	return nil
+}
+
+func (f *countFlag) Type() string { return "n" }

@@ -1,0 +1,175 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/cloacina-go/cloacina"
+)
+
+const defaultRunLimit = 50
+
+var runStatuses = []string{
+	string(cloacina.PipelinePending), string(cloacina.PipelineRunning), string(cloacina.PipelinePaused),
+	string(cloacina.PipelineCompleted), string(cloacina.PipelineFailed), string(cloacina.PipelineCancelled),
+}
+
+func (a *app) runsCommand() *cobra.Command {
+	return groupCommand("runs", "List, inspect and control runs (from any process)",
+		a.runsListCommand(), a.runsGetCommand(),
+		a.runControlCommand("cancel", "Cancel a run: queued tasks are skipped, running tasks are told to stop",
+			(*cloacina.Runner).Cancel),
+		a.runControlCommand("pause", "Pause a run: no new task of it starts until it is resumed",
+			(*cloacina.Runner).Pause),
+		a.runControlCommand("resume", "Resume a paused run",
+			(*cloacina.Runner).Resume),
+	)
+}
+
+func (a *app) runsListCommand() *cobra.Command {
+	statuses := &choiceFlag{kind: "status", allowed: runStatuses}
+	var workflow string
+	limit := countFlag(defaultRunLimit)
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "List runs, newest first",
+		Example: `  cloacina runs list --status running --status paused`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := a.database(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+				opts := &cloacina.ListOpts{Workflow: workflow, Limit: int(limit)}
+				for _, s := range statuses.values {
+					opts.Statuses = append(opts.Statuses, cloacina.PipelineStatus(s))
+				}
+				runs, err := r.List(ctx, opts)
+				if err != nil {
+					return fmt.Errorf("list runs: %w", err)
+				}
+				if len(runs) == 0 {
+					_, err := fmt.Fprintln(a.stdout, "no runs")
+					return err
+				}
+				tb := newTable("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION", "ERROR").alignRight(4)
+				for _, run := range runs {
+					dur := "-"
+					if run.CompletedAt != nil {
+						dur = formatDuration(run.CompletedAt.Sub(run.CreatedAt))
+					}
+					tb.add(run.ID.String(), run.Workflow, string(run.Status), formatTime(run.CreatedAt), dur, firstLine(run.Error))
+				}
+				return tb.render(a.stdout)
+			})
+		},
+	}
+	cmd.Flags().Var(statuses, "status", "only runs in this status (repeatable, or comma-separated)")
+	cmd.Flags().StringVar(&workflow, "workflow", "", "only runs of this workflow")
+	cmd.Flags().Var(&limit, "limit", "show at most this many runs")
+	return cmd
+}
+
+func (a *app) runsGetCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get <run-id>",
+		Short: "Show a run and its tasks",
+		Args:  exactArgs(1, "one run id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0], "run")
+			if err != nil {
+				return usageErrorf(cmd, "%v", err)
+			}
+			d, err := a.database(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+				res, err := r.Get(ctx, id)
+				if err != nil {
+					return runError(id, err)
+				}
+				return writeRun(a, res)
+			})
+		},
+	}
+}
+
+func writeRun(a *app, res *cloacina.ExecutionResult) error {
+	fields := newTable()
+	fields.add("run", res.ID.String())
+	fields.add("workflow", fmt.Sprintf("%s (version %.12s)", res.Workflow, res.WorkflowVersion))
+	fields.add("status", string(res.Status))
+	fields.add("created", formatTime(res.CreatedAt))
+	fields.add("started", formatTimePtr(res.StartedAt))
+	fields.add("completed", formatTimePtr(res.CompletedAt))
+	if res.CompletedAt != nil {
+		fields.add("duration", formatDuration(res.Duration))
+	}
+	if res.Error != "" {
+		fields.add("error", firstLine(res.Error))
+	}
+	if res.Context != nil {
+		fields.add("context", res.Context.String())
+	}
+	if err := fields.render(a.stdout); err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout)
+	tasks := newTable("TASK", "STATUS", "ATTEMPTS", "DURATION", "TASK ID", "ERROR").alignRight(2, 3)
+	for _, t := range res.Tasks {
+		dur := "-"
+		if t.CompletedAt != nil && t.StartedAt != nil {
+			dur = formatDuration(t.Duration)
+		}
+		tasks.add(t.Name, string(t.Status), strconv.Itoa(t.Attempts), dur, t.ID.String(), firstLine(t.Error))
+	}
+	return tasks.render(a.stdout)
+}
+
+// runControlCommand builds `runs cancel|pause|resume <run-id>`.
+func (a *app) runControlCommand(name, short string, op func(*cloacina.Runner, context.Context, uuid.UUID) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   name + " <run-id>",
+		Short: short,
+		Args:  exactArgs(1, "one run id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0], "run")
+			if err != nil {
+				return usageErrorf(cmd, "%v", err)
+			}
+			d, err := a.database(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+				if err := op(r, ctx, id); err != nil {
+					return runError(id, err)
+				}
+				res, err := r.Get(ctx, id)
+				if err != nil {
+					return runError(id, err)
+				}
+				_, err = fmt.Fprintf(a.stdout, "run %s is %s\n", id, res.Status)
+				return err
+			})
+		},
+	}
+}
+
+// runError explains a failed run lookup or control operation.
+func runError(id uuid.UUID, err error) error {
+	switch {
+	case errors.Is(err, cloacina.ErrRunNotFound):
+		return fmt.Errorf("no run %s in this database: list runs with `cloacina runs list`", id)
+	case errors.Is(err, cloacina.ErrRunFinished):
+		return fmt.Errorf("run %s already finished: only pending, running and paused runs can be cancelled, paused or resumed (%v)", id, err)
+	}
+	return fmt.Errorf("run %s: %w", id, err)
+}

@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// heldWorkflow is started but never executed in these tests (no runner is
+// started for it), so its run stays pending for the operator commands.
+func heldWorkflow() *cloacina.Workflow {
+	noop := func(context.Context, *cloacina.Context) error { return nil }
+	return cloacina.MustWorkflow("held",
+		cloacina.Task{Name: "first", Run: noop},
+		cloacina.Task{Name: "second", DependsOn: []string{"first"}, Run: noop},
+	)
+}
+
+func TestRuns(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			url := b.URL(t)
+			ok(t, url, "run", "demo")
+			exec, err := openRunner(t, url, heldWorkflow()).ExecuteAsync(t.Context(), "held", nil)
+			require.NoError(t, err)
+			held := exec.ID().String()
+
+			list := func(args ...string) []row {
+				t.Helper()
+				header, rows := parseTable(t, ok(t, url, append([]string{"runs", "list"}, args...)...))
+				require.Equal(t, row{"ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"}, header[:5])
+				return rows
+			}
+			rows := list()
+			require.Len(t, rows, 2)
+			require.Equal(t, row{held, "held", "pending"}, rows[0][:3], "newest first")
+			require.Equal(t, row{"demo", "completed"}, rows[1][1:3])
+			require.Regexp(t, `^\d+ms$`, rows[1][4])
+			require.Len(t, list("--limit", "1"), 1)
+			require.Len(t, list("--workflow", "demo"), 1)
+			rows = list("--status", "pending,running", "--status", "paused")
+			require.Len(t, rows, 1)
+			require.Equal(t, held, rows[0][0])
+			require.Equal(t, "no runs\n", ok(t, url, "runs", "list", "--status", "failed"))
+
+			out := ok(t, url, "runs", "get", held)
+			fields, tasks, found := strings.Cut(out, "\n\n")
+			fields += "\n"
+			require.True(t, found, out)
+			require.Contains(t, fields, "run        "+held+"\n")
+			require.Contains(t, fields, "workflow   held (version ")
+			require.Contains(t, fields, "status     pending\n")
+			require.Contains(t, fields, "completed  -\n")
+			header, taskRows := parseTable(t, tasks)
+			require.Equal(t, row{"TASK", "STATUS", "ATTEMPTS", "DURATION", "TASK ID"}, header[:5])
+			require.Len(t, taskRows, 2)
+			require.Equal(t, row{"first", "ready", "1", "-"}, taskRows[0][:4])
+			require.Equal(t, row{"second", "not_started", "0", "-"}, taskRows[1][:4])
+			_, err = uuid.Parse(taskRows[0][4])
+			require.NoError(t, err)
+
+			require.Equal(t, "run "+held+" is paused\n", ok(t, url, "runs", "pause", held))
+			require.Equal(t, "run "+held+" is paused\n", ok(t, url, "runs", "pause", held), "pausing twice is harmless")
+			require.Equal(t, held, list("--status", "paused")[0][0])
+			require.Equal(t, "run "+held+" is pending\n", ok(t, url, "runs", "resume", held))
+			require.Equal(t, "run "+held+" is cancelled\n", ok(t, url, "runs", "cancel", held))
+			require.Equal(t, "run "+held+" is cancelled\n", ok(t, url, "runs", "cancel", held), "cancelling twice is harmless")
+
+			_, taskRows = parseTable(t, strings.SplitN(ok(t, url, "runs", "get", held), "\n\n", 2)[1])
+			for _, r := range taskRows {
+				require.Equal(t, "skipped", r[1])
+				require.Equal(t, "run cancelled", r[5])
+			}
+			_, evRows := parseTable(t, ok(t, url, "events", "list", "--run", held, "--type", "pipeline_paused,pipeline_resumed,pipeline_cancelled"))
+			require.Len(t, evRows, 3, "repeated pause and cancel are no-ops")
+
+			// Finished runs and unknown ids are failures with one clear line.
+			requireOneLineError(t, cli(t, "--database-url", url, "runs", "pause", held), ExitFailure,
+				"run "+held+" already finished: only pending, running and paused runs can be cancelled, paused or resumed")
+			missing := uuid.Must(uuid.NewV7()).String()
+			for _, cmd := range []string{"get", "cancel", "pause", "resume"} {
+				requireOneLineError(t, cli(t, "--database-url", url, "runs", cmd, missing), ExitFailure,
+					"no run "+missing+" in this database: list runs with `cloacina runs list`")
+			}
+		})
+	}
+}
