@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/cloacina-go/cloacina"
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
 )
 
 func TestMain(m *testing.M) {
@@ -123,4 +125,15 @@ func insertOldEvents(t *testing.T, url string, n int, age time.Duration) {
 	}
 	require.NoError(t, tx.ChangeSetApply(ctx, cs))
 	require.NoError(t, tx.Commit(ctx))
+}
+
+// latestSchemaVersion is the newest migration this build knows.
+func latestSchemaVersion(t *testing.T) int {
+	t.Helper()
+	d, err := sqlite.Open(filepath.Join(t.TempDir(), "version.db"))
+	require.NoError(t, err)
+	defer d.Close()
+	_, latest, err := d.MigrationVersion(context.Background())
+	require.NoError(t, err)
+	return latest
 }
