@@ -173,9 +173,10 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) driver.TaskFinish {
 	t := res.task
 	f := driver.TaskFinish{
-		Fence:   driver.Fence{TaskID: t.ID, RunnerID: t.RunnerID, Attempt: t.Attempt, RecoveryCount: t.RecoveryCount},
-		Attempt: t.Attempt,
-		Now:     now,
+		Fence:         driver.Fence{TaskID: t.ID, RunnerID: t.RunnerID, Attempt: t.Attempt, RecoveryCount: t.RecoveryCount},
+		Attempt:       t.Attempt,
+		RecoveryCount: t.RecoveryCount,
+		Now:           now,
 	}
 	if res.err == nil {
 		f.Status = driver.TaskCompleted

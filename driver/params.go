@@ -82,13 +82,16 @@ type OutboxPeekResult struct {
 // TaskFinish is one fenced transition of a Running task: to Completed,
 // Failed, or back to Ready for a retry.
 type TaskFinish struct {
-	Fence       Fence
-	Status      TaskStatus
-	Output      json.RawMessage // for Completed
-	Error       string          // for Failed and Ready (the error that caused the retry)
-	Attempt     int             // the task's attempt after the transition (incremented for a retry)
-	AvailableAt *time.Time      // for Ready: the retry due time
-	Now         time.Time
+	Fence   Fence
+	Status  TaskStatus
+	Output  json.RawMessage // for Completed
+	Error   string          // for Failed and Ready (the error that caused the retry)
+	Attempt int             // the task's attempt after the transition (incremented for a retry)
+	// RecoveryCount is the task's recovery count after the transition
+	// (incremented when a dead runner's task is reset).
+	RecoveryCount int
+	AvailableAt   *time.Time // for Ready: the retry due time
+	Now           time.Time
 }
 
 // TaskUpdate is an unfenced transition decided by the engine under the

@@ -108,11 +108,14 @@ type Task struct {
 	Error         string          // failure text or skip reason
 	RunnerID      string          // the runner holding the claim, while Running
 	RecoveryCount int
-	AvailableAt   *time.Time // when a Ready task may be claimed (retry due time)
-	CreatedAt     time.Time
-	StartedAt     *time.Time // start of the latest attempt
-	CompletedAt   *time.Time
-	UpdatedAt     time.Time
+	// SubStatus qualifies a Running task: "deferred" while it waits for a
+	// condition outside its concurrency slot, else empty.
+	SubStatus   string
+	AvailableAt *time.Time // when a Ready task may be claimed (retry due time)
+	CreatedAt   time.Time
+	StartedAt   *time.Time // start of the latest attempt
+	CompletedAt *time.Time
+	UpdatedAt   time.Time
 }
 
 // Event is one stored execution event.

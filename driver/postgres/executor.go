@@ -32,7 +32,7 @@ type executor struct {
 const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at`
 
 const taskColumnsFmt = `%[1]sid, %[1]spipeline_execution_id, %[1]sworkflow_name, %[1]stask_name, %[1]sposition, %[1]sstatus,
-	%[1]sattempt, %[1]smax_attempts, %[2]s, %[1]serror, %[1]srunner_id, %[1]srecovery_count, %[1]savailable_at,
+	%[1]sattempt, %[1]smax_attempts, %[2]s, %[1]serror, %[1]srunner_id, %[1]srecovery_count, %[1]ssub_status, %[1]savailable_at,
 	%[1]screated_at, %[1]sstarted_at, %[1]scompleted_at, %[1]supdated_at`
 
 func taskColumns(prefix string, withContexts bool) string {
@@ -106,10 +106,10 @@ func newQueries(schema string) *queries {
 				available_at = f.available_at,
 				completed_at = CASE WHEN f.status IN ('completed', 'failed', 'skipped') THEN f.now ELSE t.completed_at END,
 				runner_id = CASE WHEN f.status = 'ready' THEN '' ELSE t.runner_id END,
-				updated_at = f.now
+				recovery_count = f.recovery, sub_status = '', updated_at = f.now
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[],
-				$8::text[], $9::int[], $10::int[])
-				AS f(id, status, output, error, attempt, available_at, now, runner_id, fence_attempt, fence_recovery)
+				$8::text[], $9::int[], $10::int[], $11::int[])
+				AS f(id, status, output, error, attempt, available_at, now, runner_id, fence_attempt, fence_recovery, recovery)
 			WHERE t.id = f.id AND t.status = 'running' AND t.runner_id = f.runner_id
 				AND t.attempt = f.fence_attempt AND t.recovery_count = f.fence_recovery
 			RETURNING t.id`),
@@ -206,7 +206,7 @@ func scanTask(row pgx.Row, extra ...any) (*driver.Task, error) {
 	var t driver.Task
 	var status string
 	dest := append(extra, &t.ID, &t.PipelineID, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
-		&t.Input, &t.Output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
+		&t.Input, &t.Output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
 		&t.CompletedAt, &t.UpdatedAt)
 	if err := row.Scan(dest...); err != nil {
 		return nil, mapError(err)
@@ -394,6 +394,7 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 		statuses, errs, runners = make([]string, n), make([]string, n), make([]string, n)
 		outputs                 = make([]*string, n)
 		attempts, fa, fr        = make([]int32, n), make([]int32, n), make([]int32, n)
+		recoveries              = make([]int32, n)
 		available               = make([]*time.Time, n)
 		nows                    = make([]time.Time, n)
 	)
@@ -401,8 +402,9 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 		ids[i], statuses[i], outputs[i], errs[i] = f.Fence.TaskID, string(f.Status), jsonText(f.Output), f.Error
 		attempts[i], available[i], nows[i] = int32(f.Attempt), utcPtr(f.AvailableAt), f.Now.UTC()
 		runners[i], fa[i], fr[i] = f.Fence.RunnerID, int32(f.Fence.Attempt), int32(f.Fence.RecoveryCount)
+		recoveries[i] = int32(f.RecoveryCount)
 	}
-	rows, err := e.db.Query(ctx, e.q.taskFinish, ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr)
+	rows, err := e.db.Query(ctx, e.q.taskFinish, ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 	}

@@ -268,7 +268,7 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 }
 
 const taskColumns = `id, pipeline_execution_id, workflow_name, task_name, position, status, attempt, max_attempts,
-	%s, error, runner_id, recovery_count, available_at, created_at, started_at, completed_at, updated_at`
+	%s, error, runner_id, recovery_count, sub_status, available_at, created_at, started_at, completed_at, updated_at`
 
 func taskSelect(withContexts bool) string {
 	if withContexts {
@@ -285,7 +285,7 @@ func scanTask(row interface{ Scan(...any) error }) (*driver.Task, error) {
 		available, started, completed     sql.NullString
 	)
 	if err := row.Scan(&id, &pid, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
-		&input, &output, &t.Error, &t.RunnerID, &t.RecoveryCount, &available, &created, &started, &completed, &updated); err != nil {
+		&input, &output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &available, &created, &started, &completed, &updated); err != nil {
 		return nil, mapError(err)
 	}
 	var err error
@@ -420,9 +420,9 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 		}
 		res, err := e.db.ExecContext(ctx, `UPDATE task_executions
 			SET status = ?, output = COALESCE(?, output), error = ?, attempt = ?, available_at = ?,
-				completed_at = COALESCE(?, completed_at), runner_id = ?, updated_at = ?
+				completed_at = COALESCE(?, completed_at), runner_id = ?, recovery_count = ?, sub_status = '', updated_at = ?
 			WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`,
-			string(f.Status), jsonArg(f.Output), f.Error, f.Attempt, formatTimePtr(f.AvailableAt), completed, runner, now,
+			string(f.Status), jsonArg(f.Output), f.Error, f.Attempt, formatTimePtr(f.AvailableAt), completed, runner, f.RecoveryCount, now,
 			f.Fence.TaskID.String(), f.Fence.RunnerID, f.Fence.Attempt, f.Fence.RecoveryCount)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: finish task %s: %w", f.Fence.TaskID, mapError(err))
