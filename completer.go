@@ -94,12 +94,13 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			byID[p.ID] = p
 		}
 		finishes := make([]driver.TaskFinish, len(batch))
+		kinds := make([]finishKind, len(batch))
 		for i, res := range batch {
 			p := byID[res.task.PipelineID]
 			if p == nil {
 				return fmt.Errorf("run %s of task %s not found", res.task.PipelineID, res.task.ID)
 			}
-			finishes[i] = r.finishFor(res, p, c.now)
+			finishes[i], kinds[i] = r.finishFor(res, p, c.now)
 		}
 		done, err := tx.TaskFinishMany(ctx, finishes)
 		if err != nil {
@@ -117,7 +118,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 			f := &finishes[i]
 			p := byID[res.task.PipelineID]
-			r.recordFinish(c, res, f, p)
+			r.recordFinish(c, res, f, kinds[i], p)
 			if f.Status.Terminal() && !p.Status.Terminal() {
 				advance[p.ID] = true
 			}
@@ -167,32 +168,30 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 	return lost, err
 }
 
-// finishFor decides the transition a result causes: Completed, Failed, a
-// retry (Ready, next attempt, later), or a hand-back (Ready, same attempt)
-// when the runner stopped under the task.
-func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) driver.TaskFinish {
+// finishKind is what a result does to its task.
+type finishKind int
+
+const (
+	finishCompleted finishKind = iota
+	finishFailed
+	finishRetry     // Ready again, next attempt, at the retry due time
+	finishHandBack  // Ready again, same attempt: the runner stopped under it
+	finishReset     // Ready again, same attempt, recovery count +1: its runner died
+	finishAbandoned // Failed: its runner died once too often
+)
+
+// finishFor decides the transition a result causes.
+func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) (driver.TaskFinish, finishKind) {
 	t := res.task
 	f := driver.TaskFinish{
-		Fence:         driver.Fence{TaskID: t.ID, RunnerID: t.RunnerID, Attempt: t.Attempt, RecoveryCount: t.RecoveryCount},
+		Fence:         fenceOf(t),
 		Attempt:       t.Attempt,
 		RecoveryCount: t.RecoveryCount,
 		Now:           now,
 	}
-	if res.err == nil {
-		f.Status = driver.TaskCompleted
-		f.Output = res.output
-		return f
-	}
-	f.Error = res.err.Error()
-	if p.Status == driver.PipelineCancelled {
-		f.Status = driver.TaskFailed
-		return f
-	}
-	if errors.Is(res.cause, errShutdown) {
+	ready := func(at time.Time) {
 		f.Status = driver.TaskReady
-		f.AvailableAt = ptr(now)
-		f.Error = ""
-		return f
+		f.AvailableAt = ptr(at)
 	}
 	var plan *retryPlan
 	if wf, err := r.workflow(t.WorkflowName); err == nil {
@@ -200,32 +199,68 @@ func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) d
 			plan = def.retry
 		}
 	}
-	if plan != nil && plan.shouldRetry(res.err, t.Attempt) {
-		f.Status = driver.TaskReady
+	switch {
+	case res.recovery != "":
+		f.RecoveryCount = t.RecoveryCount + 1
+		switch {
+		case p.Status == driver.PipelineCancelled:
+			f.Status, f.Error = driver.TaskFailed, res.recovery+"; the run was cancelled"
+			return f, finishAbandoned
+		case f.RecoveryCount > r.cfg.MaxRecoveries && plan != nil:
+			// Abandoning decides downstream readiness, which needs the
+			// workflow; a runner that does not know it resets instead and
+			// leaves the decision to one that does.
+			f.Status = driver.TaskFailed
+			f.Error = fmt.Sprintf("abandoned after %d recoveries: %s", t.RecoveryCount, res.recovery)
+			return f, finishAbandoned
+		}
+		ready(now)
+		return f, finishReset
+	case res.err == nil:
+		f.Status = driver.TaskCompleted
+		f.Output = res.output
+		return f, finishCompleted
+	}
+	f.Error = res.err.Error()
+	switch {
+	case p.Status == driver.PipelineCancelled:
+		f.Status = driver.TaskFailed
+		return f, finishFailed
+	case errors.Is(res.cause, errShutdown):
+		ready(now)
+		f.Error = ""
+		return f, finishHandBack
+	case plan != nil && plan.shouldRetry(res.err, t.Attempt):
 		f.Attempt = t.Attempt + 1
-		f.AvailableAt = ptr(now.Add(plan.delay(t.Attempt)))
-		return f
+		ready(now.Add(plan.delay(t.Attempt)))
+		return f, finishRetry
 	}
 	f.Status = driver.TaskFailed
-	return f
+	return f, finishFailed
 }
 
-// recordFinish emits the events (and outbox row) of a transition whose
+// recordFinish emits the event (and outbox row) of a transition whose
 // fence held.
-func (r *Runner) recordFinish(c *changes, res *taskResult, f *driver.TaskFinish, p *driver.Pipeline) {
+func (r *Runner) recordFinish(c *changes, res *taskResult, f *driver.TaskFinish, kind finishKind, p *driver.Pipeline) {
 	t := res.task
-	duration := ms(res.finished.Sub(res.started))
-	switch {
-	case f.Status == driver.TaskCompleted:
+	var duration *int64
+	if !res.started.IsZero() {
+		duration = ms(res.finished.Sub(res.started))
+	}
+	switch kind {
+	case finishCompleted:
 		c.event(p.ID, &t.ID, EventTaskCompleted, &EventData{Attempt: t.Attempt, DurationMS: duration})
-	case f.Status == driver.TaskFailed:
+	case finishFailed:
 		c.event(p.ID, &t.ID, EventTaskFailed, &EventData{Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Error: f.Error, DurationMS: duration})
-	case f.Status == driver.TaskReady && f.Attempt == t.Attempt:
-		c.event(p.ID, &t.ID, EventTaskReset, &EventData{Attempt: t.Attempt, Reason: errShutdown.Error(), RecoveryCount: t.RecoveryCount})
-	default:
-		delay := f.AvailableAt.Sub(c.now)
+	case finishRetry:
 		c.event(p.ID, &t.ID, EventTaskRetryScheduled, &EventData{Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, NextAttempt: f.Attempt,
-			Error: f.Error, RetryAt: f.AvailableAt, DelayMS: ms(delay)})
+			Error: f.Error, RetryAt: f.AvailableAt, DelayMS: ms(f.AvailableAt.Sub(c.now))})
+	case finishHandBack:
+		c.event(p.ID, &t.ID, EventTaskReset, &EventData{Attempt: t.Attempt, Reason: errShutdown.Error(), RecoveryCount: f.RecoveryCount})
+	case finishReset:
+		c.event(p.ID, &t.ID, EventTaskReset, &EventData{Attempt: t.Attempt, Reason: res.recovery, RecoveryCount: f.RecoveryCount})
+	case finishAbandoned:
+		c.event(p.ID, &t.ID, EventTaskAbandoned, &EventData{Attempt: t.Attempt, Reason: res.recovery, Error: f.Error, RecoveryCount: f.RecoveryCount})
 	}
 	if f.Status == driver.TaskReady && (p.Status == driver.PipelinePending || p.Status == driver.PipelineRunning) {
 		next := *t

@@ -19,6 +19,9 @@ type taskResult struct {
 	cause    error // why the task's context was cancelled, if it was
 	started  time.Time
 	finished time.Time
+	// recovery is set, with the reason, when the result comes from the
+	// sweep: the task's runner died and the task did not finish.
+	recovery string
 }
 
 // execute runs one claimed task and returns its result, plus a channel

@@ -35,7 +35,7 @@ func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error
 	res.Tasks = make([]TaskResult, len(tasks))
 	for i, t := range tasks {
 		tr := TaskResult{ID: t.ID, Name: t.Name, Status: t.Status, Attempts: t.Attempt, StartedAt: t.StartedAt,
-			CompletedAt: t.CompletedAt, Error: t.Error, Recoveries: t.RecoveryCount}
+			CompletedAt: t.CompletedAt, Error: t.Error, Recoveries: t.RecoveryCount, SubStatus: t.SubStatus}
 		if t.StartedAt != nil && t.CompletedAt != nil && t.Status != driver.TaskSkipped {
 			tr.Duration = t.CompletedAt.Sub(*t.StartedAt)
 		}
@@ -43,6 +43,25 @@ func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error
 	}
 	return res, nil
 }
+
+// Runners returns the runners registered on the database (started and
+// heartbeating, or dead and not yet swept), oldest first.
+func (r *Runner) Runners(ctx context.Context) ([]RunnerInfo, error) {
+	rows, err := r.drv.Reader().RunnerList(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]RunnerInfo, len(rows))
+	for i, row := range rows {
+		out[i] = RunnerInfo{ID: row.ID, Name: row.Name, Host: row.Host, PID: row.PID, Workflows: row.Workflows,
+			StartedAt: row.StartedAt, HeartbeatAt: row.HeartbeatAt}
+	}
+	return out, nil
+}
+
+// IsLeader reports whether this runner currently holds the maintenance
+// lease: it is the one sweeping for dead runners.
+func (r *Runner) IsLeader() bool { return r.isLeader.Load() }
 
 // ListOpts filters and pages a run listing. A nil *ListOpts lists the 100
 // newest runs.

@@ -57,12 +57,27 @@ type Config struct {
 	// SkipMigrations opens without applying migrations; the database must
 	// then already be at this code's version. Default: false (migrate on open).
 	SkipMigrations bool
+	// HeartbeatInterval is how often a started runner records that it is
+	// alive (one write per runner, however many tasks it runs), checks that
+	// it still holds its claims, and renews or seeks leadership. Default: 5s.
+	HeartbeatInterval time.Duration
+	// RunnerTimeout is how long a runner may go without a heartbeat before
+	// the leader declares it dead and resets its running tasks for other
+	// runners. It must exceed two heartbeats. Default: 30s.
+	RunnerTimeout time.Duration
+	// MaxRecoveries bounds how often one task is reset after its runner
+	// died; the next time it is abandoned (Failed, task_abandoned) instead,
+	// so a task that kills its runner cannot loop forever. Default: 3.
+	MaxRecoveries int
 }
 
 const (
 	defaultMaxConcurrent = 10
 	maxClaimBatch        = 100
 	defaultPollInterval  = time.Second
+	defaultHeartbeat     = 5 * time.Second
+	defaultRunnerTimeout = 30 * time.Second
+	defaultMaxRecoveries = 3
 	// completionBatch bounds the task results written in one transaction.
 	completionBatch = 256
 	// timeoutGrace is how long a timed-out task may take to return after
@@ -102,6 +117,10 @@ type Runner struct {
 	// commitHook, when set, sees every committed change set; tests use it
 	// to wait for a transition instead of polling.
 	commitHook atomic.Pointer[func(*changes)]
+	// heartbeatFrozen stops heartbeats, to test what happens to a runner
+	// that is alive but looks dead.
+	heartbeatFrozen atomic.Bool
+	isLeader        atomic.Bool
 }
 
 // Open opens a runner on the database at url (see ParseDatabaseURL),
@@ -159,8 +178,22 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 	if cfg != nil {
 		c = *cfg
 	}
-	if c.MaxConcurrentTasks < 0 || c.ClaimBatchSize < 0 || c.PollInterval < 0 || c.TaskTimeout < 0 {
-		return nil, errors.New("cloacina: Config has a negative MaxConcurrentTasks, ClaimBatchSize, PollInterval or TaskTimeout: use 0 for the default or a positive value")
+	if c.MaxConcurrentTasks < 0 || c.ClaimBatchSize < 0 || c.PollInterval < 0 || c.TaskTimeout < 0 ||
+		c.HeartbeatInterval < 0 || c.RunnerTimeout < 0 || c.MaxRecoveries < 0 {
+		return nil, errors.New("cloacina: Config has a negative count or duration: use 0 for the default or a positive value")
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = defaultHeartbeat
+	}
+	if c.RunnerTimeout == 0 {
+		c.RunnerTimeout = max(defaultRunnerTimeout, 3*c.HeartbeatInterval)
+	}
+	if c.RunnerTimeout <= 2*c.HeartbeatInterval {
+		return nil, fmt.Errorf("cloacina: Config.RunnerTimeout %s must exceed two heartbeats (HeartbeatInterval %s): raise it, or heartbeat more often",
+			c.RunnerTimeout, c.HeartbeatInterval)
+	}
+	if c.MaxRecoveries == 0 {
+		c.MaxRecoveries = defaultMaxRecoveries
 	}
 	if c.MaxConcurrentTasks == 0 {
 		c.MaxConcurrentTasks = defaultMaxConcurrent
@@ -276,6 +309,10 @@ func (r *Runner) workflow(name string) (*Workflow, error) {
 func (r *Runner) workflowNames() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.workflowNamesLocked()
+}
+
+func (r *Runner) workflowNamesLocked() []string {
 	names := make([]string, 0, len(r.workflows))
 	for n := range r.workflows {
 		names = append(names, n)

@@ -3,6 +3,7 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,9 +48,10 @@ type services struct {
 }
 
 type runningTask struct {
-	task     *driver.Task
-	cancel   context.CancelCauseFunc
-	reported atomic.Bool // the task's result has been handed to the completer
+	task      *driver.Task
+	cancel    context.CancelCauseFunc
+	reported  atomic.Bool // the task's result has been handed to the completer
+	holdsSlot atomic.Bool // false while the task is deferred (DeferUntil)
 }
 
 // Start starts executing tasks of the registered workflows in the
@@ -78,13 +80,19 @@ func (r *Runner) Start(ctx context.Context) error {
 	svc.ctx, svc.cancel = context.WithCancel(base)
 	svc.workCtx, svc.workCancel = context.WithCancelCause(base)
 	svc.flushCtx, svc.flushCancel = context.WithCancel(base)
+	// Register before the first claim: a claim by a runner without a row
+	// would look like a dead runner's.
+	if err := r.register(ctx, r.workflowNamesLocked()); err != nil {
+		return fmt.Errorf("cloacina: register runner: %w", err)
+	}
 	r.svc = svc
 	r.started = true
 
-	svc.loops.Add(3)
+	svc.loops.Add(4)
 	go r.claimLoop(svc)
 	go r.listenLoop(svc)
 	go r.watchLoop(svc)
+	go r.heartbeatLoop(svc)
 	go r.completeLoop(svc)
 	r.logger.Info("runner started", "runner_name", r.name, "backend", r.drv.Name(), "workflows", len(r.workflows),
 		"max_concurrent_tasks", r.cfg.MaxConcurrentTasks)
@@ -144,6 +152,7 @@ func (r *Runner) stop(ctx context.Context) error {
 	}
 	svc.workCancel(errShutdown)
 	svc.flushCancel()
+	r.deregister()
 
 	r.mu.Lock()
 	r.started = false
@@ -256,8 +265,11 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 	if len(workflows) == 0 {
 		return nil, nil
 	}
-	var claimed []*driver.Task
+	var claimed, uncertain []*driver.Task
 	_, err := r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		// Tasks of an attempt whose commit failed may have been claimed
+		// after all (the commit reached the server, the reply did not).
+		uncertain = append(uncertain, claimed...)
 		claimed = nil
 		tasks, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, Limit: n, Now: c.now})
 		if err != nil || len(tasks) == 0 {
@@ -290,23 +302,69 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 		return nil
 	})
 	if err != nil {
+		uncertain = append(uncertain, claimed...)
+		claimed = nil
+	}
+	if len(uncertain) > 0 {
+		held, verr := r.verifyClaims(ctx, uncertain)
+		if verr != nil {
+			// They stay Running under this runner; when it stops, its row
+			// goes and the leader resets them.
+			r.logger.Error("could not verify claims after a failed commit", "tasks", len(uncertain), "error", verr)
+		}
+		claimed = append(claimed, held...)
+	}
+	if err != nil && len(claimed) == 0 {
 		return nil, err
 	}
 	return claimed, nil
 }
 
+// verifyClaims returns the tasks whose claim committed despite an error,
+// retrying the read until it succeeds or ctx ends.
+func (r *Runner) verifyClaims(ctx context.Context, tasks []*driver.Task) ([]*driver.Task, error) {
+	fences := make([]driver.Fence, len(tasks))
+	for i, t := range tasks {
+		t.RunnerID = r.id
+		fences[i] = fenceOf(t)
+	}
+	backoff := 50 * time.Millisecond
+	for {
+		res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: fences})
+		if err == nil {
+			lost := map[string]bool{}
+			for _, id := range res.Lost {
+				lost[id.String()] = true
+			}
+			var held []*driver.Task
+			for _, t := range tasks {
+				if !lost[t.ID.String()] {
+					held = append(held, t)
+				}
+			}
+			return held, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
 func (r *Runner) runTask(svc *services, t *driver.Task) {
 	defer svc.tasks.Done()
-	defer func() {
-		<-svc.slots
-		select {
-		case svc.slotFreed <- struct{}{}:
-		default:
-		}
-	}()
 	ctx, cancel := context.WithCancelCause(svc.workCtx)
 	defer cancel(nil)
 	rt := &runningTask{task: t, cancel: cancel}
+	rt.holdsSlot.Store(true)
+	defer func() {
+		if rt.holdsSlot.Load() {
+			svc.releaseSlot()
+		}
+	}()
+	ctx = context.WithValue(ctx, taskScopeKey{}, &taskScope{r: r, svc: svc, rt: rt})
 	r.runningMu.Lock()
 	r.running[t.ID] = rt
 	r.runningMu.Unlock()
@@ -326,6 +384,14 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 	// The slot stays taken until the function has really returned, even
 	// when its timeout was recorded earlier.
 	<-fnDone
+}
+
+func (svc *services) releaseSlot() {
+	<-svc.slots
+	select {
+	case svc.slotFreed <- struct{}{}:
+	default:
+	}
 }
 
 func (r *Runner) runningTasks() []*runningTask {

@@ -123,6 +123,19 @@ type TaskResult struct {
 	Error string
 	// Recoveries counts how often the task was reset after its runner died.
 	Recoveries int
+	// SubStatus is "deferred" while a Running task waits in DeferUntil.
+	SubStatus string
+}
+
+// RunnerInfo is a registered, heartbeating runner.
+type RunnerInfo struct {
+	ID          string
+	Name        string
+	Host        string
+	PID         int
+	Workflows   []string
+	StartedAt   time.Time
+	HeartbeatAt time.Time
 }
 
 // RunSummary is one run in a listing.

@@ -1,0 +1,174 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// leaderLease names the lease whose holder runs maintenance.
+const leaderLease = "cloacina_leader"
+
+// errClaimLost cancels a task whose claim another runner now holds.
+var errClaimLost = errors.New("claim lost: the task was reset and may run elsewhere")
+
+// register writes this runner's row; a runner without one would look dead.
+func (r *Runner) register(ctx context.Context, workflows []string) error {
+	host, _ := os.Hostname()
+	return r.drv.Reader().RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
+		Workflows: workflows, Now: r.now()})
+}
+
+// heartbeatLoop keeps the runner alive in the registry, finds claims it
+// lost, and — while it holds the leader lease — sweeps for runners that
+// died. It does not sweep until it has been healthy (heartbeating without
+// error) for a whole RunnerTimeout: right after a restart or a database
+// outage every heartbeat looks stale, and resetting then would take work
+// away from runners that are alive.
+func (r *Runner) heartbeatLoop(svc *services) {
+	defer svc.loops.Done()
+	ctx := svc.ctx
+	healthySince := r.now()
+	leader := false
+	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		if r.heartbeatFrozen.Load() {
+			continue
+		}
+		if err := r.beat(ctx); err != nil {
+			if ctx.Err() == nil {
+				r.logger.Warn("heartbeat failed", "error", err)
+			}
+			healthySince = time.Time{}
+			continue
+		}
+		if healthySince.IsZero() {
+			healthySince = r.now()
+		}
+		now := r.now()
+		held, err := r.drv.Reader().LeaseAcquire(ctx, &driver.LeaseAcquireParams{Name: leaderLease, Holder: r.id, Now: now,
+			ExpiresAt: now.Add(r.cfg.RunnerTimeout)})
+		if err != nil {
+			if ctx.Err() == nil {
+				r.logger.Warn("renew leadership", "error", err)
+			}
+			held = false
+		}
+		if held != leader {
+			leader = held
+			r.isLeader.Store(held)
+			r.logger.Info("leadership changed", "leader", held)
+		}
+		if leader && r.now().Sub(healthySince) >= r.cfg.RunnerTimeout {
+			if err := r.sweep(ctx); err != nil && ctx.Err() == nil {
+				r.logger.Error("sweep for dead runners", "error", err)
+			}
+		}
+	}
+}
+
+// beat records one heartbeat — a single write, however many tasks run —
+// re-registers if the runner had been declared dead, and cancels the
+// tasks whose claims it no longer holds.
+func (r *Runner) beat(ctx context.Context) error {
+	alive, err := r.drv.Reader().RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id, Now: r.now()})
+	if err != nil {
+		return err
+	}
+	if !alive {
+		r.logger.Warn("this runner was declared dead (heartbeat expired); registering again")
+		if err := r.register(ctx, r.workflowNames()); err != nil {
+			return err
+		}
+	}
+	running := r.runningTasks()
+	if len(running) == 0 {
+		return nil
+	}
+	fences := make([]driver.Fence, len(running))
+	for i, rt := range running {
+		fences[i] = fenceOf(rt.task)
+	}
+	res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: fences})
+	if err != nil {
+		return err
+	}
+	lost := map[string]bool{}
+	for _, id := range res.Lost {
+		lost[id.String()] = true
+	}
+	for _, rt := range running {
+		if lost[rt.task.ID.String()] {
+			r.logger.Warn("claim lost; cancelling the task here", "task_id", rt.task.ID, "task", rt.task.Name, "run_id", rt.task.PipelineID)
+			rt.cancel(errClaimLost)
+		}
+	}
+	return nil
+}
+
+func fenceOf(t *driver.Task) driver.Fence {
+	return driver.Fence{TaskID: t.ID, RunnerID: t.RunnerID, Attempt: t.Attempt, RecoveryCount: t.RecoveryCount}
+}
+
+// sweep resets the Running tasks of runners whose heartbeat expired (or
+// abandons them past MaxRecoveries), then removes the dead runners' rows.
+// The transitions are fenced on the dead runner's claim, so a runner that
+// was only slow loses nothing it has not already lost.
+func (r *Runner) sweep(ctx context.Context) error {
+	before := r.now().Add(-r.cfg.RunnerTimeout)
+	for {
+		orphans, err := r.drv.Reader().TaskListOrphaned(ctx, &driver.TaskListOrphanedParams{HeartbeatBefore: before, Limit: completionBatch})
+		if err != nil {
+			return err
+		}
+		if len(orphans) == 0 {
+			break
+		}
+		batch := make([]*taskResult, len(orphans))
+		for i, t := range orphans {
+			reason := fmt.Sprintf("runner %s stopped heartbeating", t.RunnerID)
+			batch[i] = &taskResult{task: t, recovery: reason, err: errors.New(reason)}
+		}
+		lost, err := r.complete(ctx, batch)
+		if err != nil {
+			return err
+		}
+		r.logger.Info("recovered tasks of dead runners", "tasks", len(orphans)-len(lost))
+		if len(orphans) < completionBatch || len(lost) == len(orphans) {
+			break
+		}
+	}
+	dead, err := r.drv.Reader().RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: before})
+	if err != nil {
+		return err
+	}
+	if len(dead) > 0 {
+		r.logger.Info("removed dead runners", "runners", dead)
+	}
+	return nil
+}
+
+// deregister removes this runner's row and gives up leadership, conditional
+// on this runner holding them.
+func (r *Runner) deregister() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reader := r.drv.Reader()
+	if err := reader.LeaseRelease(ctx, &driver.LeaseReleaseParams{Name: leaderLease, Holder: r.id}); err != nil {
+		r.logger.Warn("release leadership", "error", err)
+	}
+	if err := reader.RunnerDelete(ctx, &driver.RunnerDeleteParams{ID: r.id}); err != nil {
+		r.logger.Warn("deregister runner", "error", err)
+	}
+	r.isLeader.Store(false)
+}
