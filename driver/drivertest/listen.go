@@ -82,6 +82,22 @@ func testListen(t *testing.T, s *suite) {
 		require.Equal(t, "sentinel", b.next(t, sub))
 	})
 
+	// Wake-ups asked for inside an application's transaction follow that
+	// transaction: whether a backend can deliver them at its commit is
+	// its own affair (UnwrapTx), but a rolled-back one sends nothing.
+	t.Run("AppTxRollbackSendsNothing", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		sub := b.subscribe(t, b.drv)
+		app := s.opts.BeginAppTx(t, b.drv)
+		exec, err := b.drv.UnwrapTx(app.Tx)
+		require.NoError(t, err)
+		require.NoError(t, exec.ChangeSetApply(b.ctx, &driver.ChangeSet{Notify: []string{"app"}}))
+		require.NoError(t, app.Rollback(b.ctx))
+		b.notify(t, b.drv, "sentinel")
+		require.Equal(t, "sentinel", b.next(t, sub))
+	})
+
 	t.Run("EverySubscriberOfTheDatabase", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
