@@ -88,6 +88,9 @@ func Open(ctx context.Context, url string, opts *Opts) (*Driver, error) {
 // New returns a backend on a pool the application already has. Close does
 // not close the pool.
 func New(pool *pgxpool.Pool, opts *Opts) (*Driver, error) {
+	if pool == nil {
+		return nil, errors.New("postgres: New needs a *pgxpool.Pool: create one with pgxpool.New, or connect by URL with postgres.Open")
+	}
 	schema := DefaultSchema
 	if opts != nil && opts.Schema != "" {
 		schema = opts.Schema

@@ -31,10 +31,11 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS cloacina_migrations (
 // Migrate applies pending migrations in one IMMEDIATE transaction, so two
 // processes migrating at once apply each migration once.
 func (d *Driver) Migrate(ctx context.Context) error {
-	tx, err := d.writer.BeginTx(ctx, nil)
+	tx, err := d.beginWrite(ctx)
 	if err != nil {
-		return fmt.Errorf("sqlite: migrate: %w", mapError(err))
+		return fmt.Errorf("sqlite: migrate: %w", err)
 	}
+	defer d.file.unlock()
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, createMigrationsTable); err != nil {
 		return fmt.Errorf("sqlite: migrate: %w", mapError(err))

@@ -7,6 +7,12 @@
 // IMMEDIATE, which takes the database write lock up front: transactions of
 // one process queue on that connection, and those of other processes wait
 // on the busy timeout instead of failing halfway. Reads use a separate pool.
+//
+// Every Driver of one process on the same file (Open it twice, or Open and
+// New) shares one in-process write queue and one wake-up hub. Writers of
+// the process queue in order instead of polling through SQLite's busy
+// handler, which favours whoever released the lock last and can starve a
+// waiter until its busy timeout expires.
 package sqlite
 
 import (
@@ -48,7 +54,7 @@ type Driver struct {
 	writer *sql.DB
 	reader *sql.DB
 	owned  bool   // Close closes the pools
-	hub    *hub   // in-process wake-ups for every Driver on the same file
+	file   *file  // shared by every Driver of this process on the same file
 	path   string // absolute path, or "" for a database handed to New
 }
 
@@ -88,7 +94,7 @@ func Open(path string) (*Driver, error) {
 		reader.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, mapError(err))
 	}
-	return &Driver{writer: writer, reader: reader, owned: true, hub: hubFor(abs), path: abs}, nil
+	return &Driver{writer: writer, reader: reader, owned: true, file: fileFor(abs), path: abs}, nil
 }
 
 // New returns a backend on a database the application already has open. It
@@ -128,13 +134,11 @@ func New(db *sql.DB) (*Driver, error) {
 		}
 	}
 	rows.Close()
-	var h *hub
+	f := newFile()
 	if file != "" {
-		h = hubFor(file)
-	} else {
-		h = newHub()
+		f = fileFor(file)
 	}
-	return &Driver{writer: db, reader: db, hub: h, path: file}, nil
+	return &Driver{writer: db, reader: db, file: f, path: file}, nil
 }
 
 // Name returns "sqlite".
@@ -147,13 +151,31 @@ func (d *Driver) Path() string { return d.path }
 // statements (and transactions for ExecuteTx) on the same database.
 func (d *Driver) DB() *sql.DB { return d.writer }
 
-// Begin starts an IMMEDIATE write transaction on the writer connection.
+// Begin starts an IMMEDIATE write transaction on the writer connection,
+// after the write transactions other Drivers of this process have begun
+// on the same file. End it with Commit or Rollback: until then every
+// writer of this process on the file waits.
 func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.beginWrite(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: begin: %w", err)
+	}
+	return &sqliteTx{executor: executor{db: tx}, tx: tx, file: d.file}, nil
+}
+
+// beginWrite takes the process's write turn on the file, then the
+// database write lock. The caller releases the turn with d.file.unlock
+// once the transaction ends.
+func (d *Driver) beginWrite(ctx context.Context) (*sql.Tx, error) {
+	if err := d.file.lock(ctx); err != nil {
+		return nil, err
+	}
 	tx, err := d.writer.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: begin: %w", mapError(err))
+		d.file.unlock()
+		return nil, mapError(err)
 	}
-	return &sqliteTx{executor: executor{db: tx}, tx: tx, hub: d.hub}, nil
+	return tx, nil
 }
 
 // Reader returns an executor on the read pool.
@@ -171,7 +193,7 @@ func (d *Driver) UnwrapTx(tx any) (driver.Executor, error) {
 // Listen subscribes to wake-ups committed by any Driver of this process on
 // the same database file. Other processes are found by polling.
 func (d *Driver) Listen(ctx context.Context) (driver.Subscription, error) {
-	return d.hub.subscribe(), nil
+	return d.file.hub.subscribe(), nil
 }
 
 // Close closes the connections Open made; a database handed to New is left open.
@@ -185,7 +207,7 @@ func (d *Driver) Close() error {
 type sqliteTx struct {
 	executor
 	tx      *sql.Tx
-	hub     *hub
+	file    *file
 	notify  []string
 	settled bool
 }
@@ -203,10 +225,11 @@ func (t *sqliteTx) Commit(ctx context.Context) error {
 		return errors.New("sqlite: transaction already committed or rolled back")
 	}
 	t.settled = true
+	defer t.file.unlock()
 	if err := t.tx.Commit(); err != nil {
 		return fmt.Errorf("sqlite: commit: %w", mapError(err))
 	}
-	t.hub.publish(t.notify)
+	t.file.hub.publish(t.notify)
 	return nil
 }
 
@@ -215,6 +238,7 @@ func (t *sqliteTx) Rollback(ctx context.Context) error {
 		return nil
 	}
 	t.settled = true
+	defer t.file.unlock()
 	if err := t.tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("sqlite: rollback: %w", mapError(err))
 	}
@@ -241,6 +265,45 @@ func mapError(err error) error {
 	return err
 }
 
+// file is what every Driver of this process on one database file shares.
+type file struct {
+	// write holds a token while a Driver of this process has a write
+	// transaction open on the file. Waiting senders are served in order.
+	write chan struct{}
+	hub   *hub
+}
+
+var (
+	filesMu sync.Mutex
+	files   = map[string]*file{}
+)
+
+func fileFor(path string) *file {
+	filesMu.Lock()
+	defer filesMu.Unlock()
+	f, ok := files[path]
+	if !ok {
+		f = newFile()
+		files[path] = f
+	}
+	return f
+}
+
+func newFile() *file {
+	return &file{write: make(chan struct{}, 1), hub: &hub{subs: map[*subscription]struct{}{}}}
+}
+
+func (f *file) lock(ctx context.Context) error {
+	select {
+	case f.write <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (f *file) unlock() { <-f.write }
+
 // hub fans committed wake-ups out to subscribers in this process. There is
 // one per database file, so runners opened separately on one file still
 // wake each other without polling.
@@ -248,24 +311,6 @@ type hub struct {
 	mu   sync.Mutex
 	subs map[*subscription]struct{}
 }
-
-var (
-	hubsMu sync.Mutex
-	hubs   = map[string]*hub{}
-)
-
-func hubFor(path string) *hub {
-	hubsMu.Lock()
-	defer hubsMu.Unlock()
-	h, ok := hubs[path]
-	if !ok {
-		h = newHub()
-		hubs[path] = h
-	}
-	return h
-}
-
-func newHub() *hub { return &hub{subs: map[*subscription]struct{}{}} }
 
 func (h *hub) subscribe() *subscription {
 	s := &subscription{hub: h, ch: make(chan string, 64), done: make(chan struct{})}

@@ -1,0 +1,263 @@
+package drivertest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+func testEventList(t *testing.T, s *suite) {
+	// Two runs: p1 with tasks a and b, p2 with task c; seven events e[0..6].
+	type fixture struct {
+		b      *bundle
+		p1, p2 uuid.UUID
+		a, c   uuid.UUID
+		e      []*driver.Event // as listed, in insertion order
+	}
+	setup := func(t *testing.T) *fixture {
+		b := s.setup(t)
+		p1, p2 := b.insertPipeline(t), b.insertPipeline(t)
+		ta, tb, tc := b.newTask(p1, 0), b.newTask(p1, 1), b.newTask(p2, 0)
+		ta.Name, tb.Name, tc.Name = "a", "b", "c"
+		b.insertTasks(t, ta, tb, tc)
+		evs := []driver.EventInsert{
+			event(p1.ID, nil, driver.EventPipelineStarted, b.at(0*time.Second)),
+			event(p1.ID, &ta.ID, driver.EventTaskMarkedReady, b.at(1*time.Second)),
+			event(p2.ID, nil, driver.EventPipelineStarted, b.at(2*time.Second)),
+			event(p1.ID, &ta.ID, driver.EventTaskClaimed, b.at(3*time.Second)),
+			event(p2.ID, &tc.ID, driver.EventTaskMarkedReady, b.at(4*time.Second)),
+			event(p1.ID, &tb.ID, driver.EventTaskSkipped, b.at(5*time.Second)),
+			event(p1.ID, nil, driver.EventPipelineCompleted, b.at(6*time.Second)),
+		}
+		for _, ev := range evs {
+			b.apply(t, &driver.ChangeSet{Events: []driver.EventInsert{ev}})
+		}
+		all := b.events(t, &driver.EventListParams{})
+		require.Len(t, all, len(evs))
+		for i := range evs {
+			require.Equal(t, evs[i].ID, all[i].ID)
+		}
+		return &fixture{b: b, p1: p1.ID, p2: p2.ID, a: ta.ID, c: tc.ID, e: all}
+	}
+	pick := func(f *fixture, idx ...int) []uuid.UUID {
+		out := make([]uuid.UUID, len(idx))
+		for i, j := range idx {
+			out[i] = f.e[j].ID
+		}
+		return out
+	}
+	list := func(t *testing.T, f *fixture, params *driver.EventListParams) []uuid.UUID {
+		t.Helper()
+		return eventIDs(f.b.events(t, params))
+	}
+
+	t.Run("Empty", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		require.Empty(t, b.events(t, &driver.EventListParams{}))
+	})
+
+	t.Run("ByPipeline", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, pick(f, 0, 1, 3, 5, 6), list(t, f, &driver.EventListParams{PipelineID: &f.p1}))
+		require.Equal(t, pick(f, 2, 4), list(t, f, &driver.EventListParams{PipelineID: &f.p2}))
+		unknown := uuid.New()
+		require.Empty(t, list(t, f, &driver.EventListParams{PipelineID: &unknown}))
+	})
+
+	t.Run("ByTask", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, pick(f, 1, 3), list(t, f, &driver.EventListParams{TaskID: &f.a}))
+		require.Equal(t, pick(f, 4), list(t, f, &driver.EventListParams{TaskID: &f.c}))
+		require.Empty(t, list(t, f, &driver.EventListParams{TaskID: &f.c, PipelineID: &f.p1}), "filters combine with AND")
+	})
+
+	t.Run("ByTypes", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, pick(f, 0, 2, 5), list(t, f, &driver.EventListParams{
+			Types: []driver.EventType{driver.EventPipelineStarted, driver.EventTaskSkipped}}))
+		require.Equal(t, pick(f, 0, 5), list(t, f, &driver.EventListParams{PipelineID: &f.p1,
+			Types: []driver.EventType{driver.EventPipelineStarted, driver.EventTaskSkipped}}))
+		require.Empty(t, list(t, f, &driver.EventListParams{Types: []driver.EventType{driver.EventTaskAbandoned}}))
+	})
+
+	t.Run("AfterSeqAndLimit", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, pick(f, 3, 4, 5, 6), list(t, f, &driver.EventListParams{AfterSeq: f.e[2].SequenceNum}))
+		require.Empty(t, list(t, f, &driver.EventListParams{AfterSeq: f.e[6].SequenceNum}))
+		require.Equal(t, pick(f, 0, 1), list(t, f, &driver.EventListParams{Limit: 2}))
+		// Following the stream page by page sees every event once.
+		var got []uuid.UUID
+		var after int64
+		for range 10 {
+			page := f.b.events(t, &driver.EventListParams{AfterSeq: after, Limit: 3})
+			if len(page) == 0 {
+				break
+			}
+			got = append(got, eventIDs(page)...)
+			after = page[len(page)-1].SequenceNum
+		}
+		require.Equal(t, pick(f, 0, 1, 2, 3, 4, 5, 6), got)
+		require.Equal(t, pick(f, 3, 5), list(t, f, &driver.EventListParams{PipelineID: &f.p1, AfterSeq: f.e[1].SequenceNum, Limit: 2}))
+	})
+
+	t.Run("Newest", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, pick(f, 6, 5, 4), list(t, f, &driver.EventListParams{Newest: true, Limit: 3}))
+		require.Equal(t, pick(f, 6, 5, 4, 3, 2, 1, 0), list(t, f, &driver.EventListParams{Newest: true}))
+		require.Equal(t, pick(f, 6, 5), list(t, f, &driver.EventListParams{Newest: true, PipelineID: &f.p1, Limit: 2}))
+		require.Equal(t, pick(f, 6, 5, 4), list(t, f, &driver.EventListParams{Newest: true, AfterSeq: f.e[3].SequenceNum}))
+	})
+
+	t.Run("TaskName", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		names := []string{"", "a", "", "a", "c", "b", ""}
+		for i, ev := range f.e {
+			require.Equal(t, names[i], ev.TaskName, "event %d (%s)", i, ev.Type)
+			require.Equal(t, names[i] == "", ev.TaskID == nil)
+		}
+		got := f.b.events(t, &driver.EventListParams{TaskID: &f.c})
+		require.Equal(t, "c", got[0].TaskName)
+	})
+
+	t.Run("InsideTx", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t)
+		b.inTx(t, func(tx driver.Tx) {
+			require.NoError(t, tx.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{event(p.ID, nil, driver.EventPipelineStarted, b.now)}}))
+			evs, err := tx.EventList(b.ctx, &driver.EventListParams{PipelineID: &p.ID})
+			require.NoError(t, err)
+			require.Len(t, evs, 1, "a transaction sees its own events")
+			n, err := tx.EventCount(b.ctx, &driver.EventCountParams{PipelineID: &p.ID})
+			require.NoError(t, err)
+			require.Equal(t, int64(1), n)
+		})
+	})
+}
+
+// insertEventsAt appends one event of pipeline pid at each offset from
+// b.now, each in its own change set, and returns them as listed.
+func (b *bundle) insertEventsAt(t *testing.T, pid uuid.UUID, offsets ...time.Duration) []*driver.Event {
+	t.Helper()
+	var want []uuid.UUID
+	for _, off := range offsets {
+		ev := event(pid, nil, driver.EventTaskCreated, b.at(off))
+		want = append(want, ev.ID)
+		b.apply(t, &driver.ChangeSet{Events: []driver.EventInsert{ev}})
+	}
+	got := b.events(t, &driver.EventListParams{PipelineID: &pid})
+	require.Equal(t, want, eventIDs(got))
+	return got
+}
+
+func testEventCount(t *testing.T, s *suite) {
+	t.Run("ByPipelineAndCutoff", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		count := func(params *driver.EventCountParams) int64 {
+			t.Helper()
+			n, err := b.drv.Reader().EventCount(b.ctx, params)
+			require.NoError(t, err)
+			return n
+		}
+		require.Zero(t, count(&driver.EventCountParams{}))
+		p1, p2 := b.insertPipeline(t).ID, b.insertPipeline(t).ID
+		b.insertEventsAt(t, p1, 0, time.Second, 2*time.Second)
+		b.insertEventsAt(t, p2, 0, 3*time.Second)
+
+		require.Equal(t, int64(5), count(&driver.EventCountParams{}))
+		require.Equal(t, int64(3), count(&driver.EventCountParams{PipelineID: &p1}))
+		require.Equal(t, int64(2), count(&driver.EventCountParams{PipelineID: &p2}))
+		unknown := uuid.New()
+		require.Zero(t, count(&driver.EventCountParams{PipelineID: &unknown}))
+
+		cut := b.at(time.Second)
+		require.Equal(t, int64(2), count(&driver.EventCountParams{Before: &cut}), "strictly before the cutoff")
+		require.Equal(t, int64(1), count(&driver.EventCountParams{Before: &cut, PipelineID: &p1}))
+		cut = b.at(time.Second + time.Microsecond)
+		require.Equal(t, int64(3), count(&driver.EventCountParams{Before: &cut}))
+		early := b.at(-time.Hour)
+		require.Zero(t, count(&driver.EventCountParams{Before: &early}))
+	})
+}
+
+func testEventDelete(t *testing.T, s *suite) {
+	del := func(t *testing.T, b *bundle, before time.Time, limit int) int64 {
+		t.Helper()
+		var n int64
+		b.inTx(t, func(tx driver.Tx) {
+			var err error
+			n, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: before, Limit: limit})
+			require.NoError(t, err)
+		})
+		return n
+	}
+
+	t.Run("OldestFirstInBatches", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		var offsets []time.Duration
+		for i := range 10 {
+			offsets = append(offsets, time.Duration(i)*time.Second)
+		}
+		all := b.insertEventsAt(t, p, offsets...)
+		cut := b.at(5 * time.Second)
+		require.Equal(t, int64(3), del(t, b, cut, 3))
+		require.Equal(t, eventIDs(all[3:]), eventIDs(b.events(t, &driver.EventListParams{})), "the oldest go first")
+		require.Equal(t, int64(2), del(t, b, cut, 3), "at most the events before the cutoff")
+		require.Zero(t, del(t, b, cut, 3))
+		require.Equal(t, eventIDs(all[5:]), eventIDs(b.events(t, &driver.EventListParams{})), "an event at the cutoff is kept")
+	})
+
+	// Oldest means created earliest, even when an event was appended
+	// after a later one (clocks of different runners).
+	t.Run("OldestByCreationTime", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		all := b.insertEventsAt(t, p, 2*time.Second, 0, time.Second)
+		require.Equal(t, int64(1), del(t, b, b.at(time.Hour), 1))
+		require.Equal(t, eventIDs([]*driver.Event{all[0], all[2]}), eventIDs(b.events(t, &driver.EventListParams{})))
+		require.Equal(t, int64(1), del(t, b, b.at(time.Hour), 1))
+		require.Equal(t, eventIDs(all[:1]), eventIDs(b.events(t, &driver.EventListParams{})))
+	})
+
+	t.Run("LimitMustBePositive", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		b.insertEventsAt(t, p, 0)
+		for _, limit := range []int{0, -1} {
+			tx, err := b.drv.Begin(b.ctx)
+			require.NoError(t, err)
+			_, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: b.at(time.Hour), Limit: limit})
+			require.Error(t, err, "limit %d: a delete without a batch size is refused, not unbounded", limit)
+			require.NoError(t, tx.Rollback(b.ctx))
+		}
+		require.Len(t, b.events(t, &driver.EventListParams{}), 1)
+	})
+
+	t.Run("SequenceNumbersNeverReused", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		old := b.insertEventsAt(t, p, 0, time.Second, 2*time.Second)
+		require.Equal(t, int64(3), del(t, b, b.at(time.Hour), 100))
+		require.Empty(t, b.events(t, &driver.EventListParams{}))
+		fresh := b.insertEventsAt(t, p, 3*time.Second)
+		require.Greater(t, fresh[0].SequenceNum, old[2].SequenceNum,
+			"a reader that saw sequence %d must not miss later events", old[2].SequenceNum)
+	})
+}

@@ -1,0 +1,329 @@
+package drivertest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// roundTripJSON exercises what a context may hold: nesting, unicode,
+// escapes, numbers that do not fit a float64, decimals with trailing
+// zeros, and every JSON type.
+const roundTripJSON = `{"s":"héllo \"wörld\"\n\t✓","big":12345678901234567890,"neg":-42,"dec":1.50,` +
+	`"t":true,"f":false,"nil":null,"arr":[1,"two",{"three":[3]}],"obj":{"nested":{"deep":"x"}},"empty":{}}`
+
+// roundTripTime has nanoseconds and a zone: backends store microseconds
+// (truncating) and return UTC.
+var roundTripTime = time.Date(2024, 2, 29, 23, 59, 58, 123456789, time.FixedZone("UTC+5", 5*3600))
+
+func truncated(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+
+func testPipelineInsert(t *testing.T, s *suite) {
+	t.Run("IdempotentOnExistingID", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t)
+		again := *p
+		again.WorkflowName, again.Status, again.Input, again.Now = "other", driver.PipelineRunning, json.RawMessage(`{"x":2}`), b.at(time.Hour)
+		b.inTx(t, func(tx driver.Tx) {
+			ok, err := tx.PipelineInsert(b.ctx, &again)
+			require.NoError(t, err)
+			require.False(t, ok, "inserting an existing id reports false")
+			ok, err = tx.PipelineInsert(b.ctx, &again)
+			require.NoError(t, err)
+			require.False(t, ok)
+		})
+		got := b.getPipeline(t, p.ID)
+		require.Equal(t, "wf", got.WorkflowName, "the existing row is left as it was")
+		require.Equal(t, driver.PipelinePending, got.Status)
+		requireJSON(t, `{"run":1}`, got.Input)
+		requireTime(t, b.now, got.CreatedAt)
+	})
+
+	t.Run("SameTransactionTwice", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
+			Status: driver.PipelinePending, Input: json.RawMessage(`{}`), Now: b.now}
+		b.inTx(t, func(tx driver.Tx) {
+			ok, err := tx.PipelineInsert(b.ctx, p)
+			require.NoError(t, err)
+			require.True(t, ok)
+			ok, err = tx.PipelineInsert(b.ctx, p)
+			require.NoError(t, err)
+			require.False(t, ok)
+		})
+	})
+}
+
+func testPipelineGet(t *testing.T, s *suite) {
+	t.Run("NotFound", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p, err := b.drv.Reader().PipelineGet(b.ctx, uuid.New())
+		require.ErrorIs(t, err, driver.ErrNotFound)
+		require.Nil(t, p)
+		b.inTx(t, func(tx driver.Tx) {
+			_, err := tx.PipelineGet(b.ctx, uuid.New())
+			require.ErrorIs(t, err, driver.ErrNotFound)
+		})
+	})
+
+	t.Run("RoundTrip", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf-ü", WorkflowVersion: "sha256:abc",
+			Status: driver.PipelinePending, Input: json.RawMessage(roundTripJSON), Now: roundTripTime}
+		b.inTx(t, func(tx driver.Tx) {
+			ok, err := tx.PipelineInsert(b.ctx, p)
+			require.NoError(t, err)
+			require.True(t, ok)
+		})
+		got := b.getPipeline(t, p.ID)
+		require.Equal(t, p.ID, got.ID)
+		require.Equal(t, "wf-ü", got.WorkflowName)
+		require.Equal(t, "sha256:abc", got.WorkflowVersion)
+		require.Equal(t, driver.PipelinePending, got.Status)
+		requireJSON(t, roundTripJSON, got.Input)
+		require.Nil(t, got.Output, "no output until the run ends")
+		require.Empty(t, got.Error)
+		requireTime(t, truncated(roundTripTime), got.CreatedAt)
+		requireTime(t, truncated(roundTripTime), got.UpdatedAt)
+		require.Nil(t, got.StartedAt)
+		require.Nil(t, got.CompletedAt)
+	})
+}
+
+func testPipelineList(t *testing.T, s *suite) {
+	// fixture: five runs, two sharing a creation time, newest first:
+	// tie[0], tie[1] (by id, descending), p3, p2, p1.
+	type fixture struct {
+		b                  *bundle
+		p1, p2, p3, t1, t2 uuid.UUID
+		all                []uuid.UUID // newest first
+	}
+	setup := func(t *testing.T) *fixture {
+		b := s.setup(t)
+		f := &fixture{b: b}
+		f.p1 = b.insertPipeline(t, createdAt(b.at(1*time.Second)), withWorkflow("a")).ID
+		f.p2 = b.insertPipeline(t, createdAt(b.at(2*time.Second)), withWorkflow("b"), withStatus(driver.PipelineRunning)).ID
+		f.p3 = b.insertPipeline(t, createdAt(b.at(3*time.Second)), withWorkflow("a"), withStatus(driver.PipelineCompleted)).ID
+		f.t1 = b.insertPipeline(t, createdAt(b.at(4*time.Second)), withWorkflow("a")).ID
+		f.t2 = b.insertPipeline(t, createdAt(b.at(4*time.Second)), withWorkflow("b"), withStatus(driver.PipelineFailed)).ID
+		ties := []uuid.UUID{f.t1, f.t2}
+		slices.SortFunc(ties, func(x, y uuid.UUID) int { return -bytes.Compare(x[:], y[:]) })
+		f.all = append(ties, f.p3, f.p2, f.p1)
+		return f
+	}
+	list := func(t *testing.T, b *bundle, params *driver.PipelineListParams) []uuid.UUID {
+		t.Helper()
+		ps, err := b.drv.Reader().PipelineList(b.ctx, params)
+		require.NoError(t, err)
+		return pipelineIDs(ps)
+	}
+
+	t.Run("Empty", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		require.Empty(t, list(t, b, &driver.PipelineListParams{}))
+	})
+
+	t.Run("NewestFirst", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, f.all, list(t, f.b, &driver.PipelineListParams{}),
+			"ordered by creation time descending, then id descending")
+	})
+
+	t.Run("Filters", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, []uuid.UUID{f.p3, f.p1}, list(t, f.b, &driver.PipelineListParams{IDs: []uuid.UUID{f.p1, f.p3, uuid.New()}}))
+		require.Equal(t, []uuid.UUID{f.p3, f.p2}, list(t, f.b, &driver.PipelineListParams{
+			Statuses: []driver.PipelineStatus{driver.PipelineRunning, driver.PipelineCompleted}}))
+		require.Equal(t, []uuid.UUID{f.t1, f.p3, f.p1}, list(t, f.b, &driver.PipelineListParams{WorkflowName: "a"}))
+		require.Empty(t, list(t, f.b, &driver.PipelineListParams{WorkflowName: "nope"}))
+		// Filters combine with AND.
+		require.Equal(t, []uuid.UUID{f.t1, f.p1}, list(t, f.b, &driver.PipelineListParams{
+			WorkflowName: "a", Statuses: []driver.PipelineStatus{driver.PipelinePending}}))
+		require.Equal(t, []uuid.UUID{f.p1}, list(t, f.b, &driver.PipelineListParams{
+			WorkflowName: "a", Statuses: []driver.PipelineStatus{driver.PipelinePending}, IDs: []uuid.UUID{f.p1, f.p2}}))
+	})
+
+	t.Run("Limit", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		require.Equal(t, f.all[:3], list(t, f.b, &driver.PipelineListParams{Limit: 3}))
+		require.Equal(t, f.all, list(t, f.b, &driver.PipelineListParams{Limit: 100}))
+	})
+
+	t.Run("Paging", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		for _, size := range []int{1, 2, 3} {
+			var got []uuid.UUID
+			params := &driver.PipelineListParams{Limit: size}
+			for range 10 {
+				ps, err := f.b.drv.Reader().PipelineList(f.b.ctx, params)
+				require.NoError(t, err)
+				if len(ps) == 0 {
+					break
+				}
+				got = append(got, pipelineIDs(ps)...)
+				last := ps[len(ps)-1]
+				params = &driver.PipelineListParams{Limit: size, CreatedBefore: &last.CreatedAt, BeforeID: last.ID}
+			}
+			require.Equal(t, f.all, got, "pages of %d, cutting through a creation-time tie", size)
+		}
+		// Without BeforeID, the cut is strictly before CreatedBefore.
+		cut := f.b.at(4 * time.Second)
+		require.Equal(t, []uuid.UUID{f.p3, f.p2, f.p1}, list(t, f.b, &driver.PipelineListParams{CreatedBefore: &cut}))
+		// Paging combines with filters.
+		p3 := f.b.getPipeline(t, f.p3)
+		require.Equal(t, []uuid.UUID{f.p1}, list(t, f.b, &driver.PipelineListParams{
+			WorkflowName: "a", CreatedBefore: &p3.CreatedAt, BeforeID: p3.ID}))
+	})
+}
+
+func testPipelineLock(t *testing.T, s *suite) {
+	t.Run("ReturnsInIDOrder", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		var want []uuid.UUID
+		for range 5 {
+			want = append(want, b.insertPipeline(t).ID)
+		}
+		slices.SortFunc(want, func(x, y uuid.UUID) int { return bytes.Compare(x[:], y[:]) })
+		asked := append([]uuid.UUID{uuid.New()}, want...)
+		slices.Reverse(asked)
+		b.inTx(t, func(tx driver.Tx) {
+			ps, err := tx.PipelineLock(b.ctx, asked)
+			require.NoError(t, err)
+			require.Equal(t, want, pipelineIDs(ps), "locked in id order; unknown ids are left out")
+			require.Equal(t, driver.PipelinePending, ps[0].Status)
+			requireJSON(t, `{"run":1}`, ps[0].Input)
+
+			ps, err = tx.PipelineLock(b.ctx, nil)
+			require.NoError(t, err)
+			require.Empty(t, ps)
+		})
+	})
+
+	// A second locker waits for the first and then sees its committed
+	// decision, never the state from before it.
+	t.Run("SecondLockerSeesCommittedState", func(t *testing.T) {
+		t.Parallel()
+		if !s.opts.ConcurrentTx {
+			t.Skip("write transactions of this backend are serialised: a lock is never contended")
+		}
+		b := s.setup(t)
+		p := b.insertPipeline(t)
+		tx1, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		defer tx1.Rollback(context.WithoutCancel(b.ctx))
+		_, err = tx1.PipelineLock(b.ctx, []uuid.UUID{p.ID})
+		require.NoError(t, err)
+
+		type result struct {
+			ps  []*driver.Pipeline
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			tx2, err := b.drv.Begin(b.ctx)
+			if err != nil {
+				done <- result{err: err}
+				return
+			}
+			defer tx2.Rollback(context.WithoutCancel(b.ctx))
+			ps, err := tx2.PipelineLock(b.ctx, []uuid.UUID{p.ID})
+			done <- result{ps, err}
+		}()
+		require.NoError(t, tx1.ChangeSetApply(b.ctx, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
+			{ID: p.ID, FromStatus: driver.PipelinePending, Status: driver.PipelinePaused, Now: b.now}}}))
+		require.NoError(t, tx1.Commit(b.ctx))
+		res := <-done
+		require.NoError(t, res.err)
+		require.Len(t, res.ps, 1)
+		require.Equal(t, driver.PipelinePaused, res.ps[0].Status)
+	})
+}
+
+func testPipelineStart(t *testing.T, s *suite) {
+	t.Run("OnlyPending", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		pending1 := b.insertPipeline(t).ID
+		pending2 := b.insertPipeline(t).ID
+		running := b.insertPipeline(t, withStatus(driver.PipelineRunning)).ID
+		paused := b.insertPipeline(t, withStatus(driver.PipelinePaused)).ID
+		completed := b.insertPipeline(t, withStatus(driver.PipelineCompleted)).ID
+		start := roundTripTime
+		b.inTx(t, func(tx driver.Tx) {
+			got, err := tx.PipelineStart(b.ctx, &driver.PipelineStartParams{
+				IDs: []uuid.UUID{pending1, running, paused, completed, uuid.New(), pending2}, Now: start})
+			require.NoError(t, err)
+			require.ElementsMatch(t, []uuid.UUID{pending1, pending2}, got)
+
+			got, err = tx.PipelineStart(b.ctx, &driver.PipelineStartParams{IDs: []uuid.UUID{pending1}, Now: start})
+			require.NoError(t, err)
+			require.Empty(t, got, "a started pipeline is not started again")
+
+			got, err = tx.PipelineStart(b.ctx, &driver.PipelineStartParams{Now: start})
+			require.NoError(t, err)
+			require.Empty(t, got)
+		})
+		p := b.getPipeline(t, pending1)
+		require.Equal(t, driver.PipelineRunning, p.Status)
+		requireTimePtr(t, truncated(start), p.StartedAt)
+		requireTime(t, truncated(start), p.UpdatedAt)
+		requireTime(t, b.now, p.CreatedAt)
+		for id, want := range map[uuid.UUID]driver.PipelineStatus{running: driver.PipelineRunning,
+			paused: driver.PipelinePaused, completed: driver.PipelineCompleted} {
+			p := b.getPipeline(t, id)
+			require.Equal(t, want, p.Status)
+			require.Nil(t, p.StartedAt)
+		}
+	})
+
+	t.Run("SkipsLockedInsteadOfWaiting", func(t *testing.T) {
+		t.Parallel()
+		if !s.opts.ConcurrentTx {
+			t.Skip("write transactions of this backend are serialised: a pipeline is never locked by another open transaction")
+		}
+		b := s.setup(t)
+		locked := b.insertPipeline(t).ID
+		free := b.insertPipeline(t).ID
+		tx1, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		defer tx1.Rollback(context.WithoutCancel(b.ctx))
+		_, err = tx1.PipelineLock(b.ctx, []uuid.UUID{locked})
+		require.NoError(t, err)
+
+		// Waiting on the lock would run into this deadline.
+		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+		defer cancel()
+		tx2, err := b.drv.Begin(ctx)
+		require.NoError(t, err)
+		defer tx2.Rollback(context.WithoutCancel(b.ctx))
+		got, err := tx2.PipelineStart(ctx, &driver.PipelineStartParams{IDs: []uuid.UUID{locked, free}, Now: b.now})
+		require.NoError(t, err)
+		require.Equal(t, []uuid.UUID{free}, got)
+		require.NoError(t, tx2.Commit(ctx))
+		require.NoError(t, tx1.Rollback(b.ctx))
+
+		b.inTx(t, func(tx driver.Tx) {
+			got, err := tx.PipelineStart(b.ctx, &driver.PipelineStartParams{IDs: []uuid.UUID{locked, free}, Now: b.now})
+			require.NoError(t, err)
+			require.Equal(t, []uuid.UUID{locked}, got, "once unlocked, the skipped pipeline starts")
+		})
+	})
+}

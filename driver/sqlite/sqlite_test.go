@@ -1,0 +1,154 @@
+package sqlite_test
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/drivertest"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+func TestMain(m *testing.M) {
+	drivertest.ServeClaimerProcess(func(_ context.Context, path string) (driver.Driver, error) {
+		return sqlite.Open(path)
+	})
+	goleak.VerifyTestMain(m)
+}
+
+func open(t *testing.T, path string) *sqlite.Driver {
+	t.Helper()
+	drv, err := sqlite.Open(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	return drv
+}
+
+func TestConformance(t *testing.T) {
+	drivertest.Run(t, func(t *testing.T) driver.Driver {
+		return open(t, testdb.SQLitePath(t))
+	}, &drivertest.Options{
+		OpenSibling: func(t *testing.T, drv driver.Driver) driver.Driver {
+			return open(t, drv.(*sqlite.Driver).Path())
+		},
+		BeginAppTx: func(t *testing.T, drv driver.Driver) *drivertest.AppTx {
+			tx, err := drv.(*sqlite.Driver).DB().BeginTx(t.Context(), nil)
+			require.NoError(t, err)
+			t.Cleanup(func() { tx.Rollback() })
+			return &drivertest.AppTx{
+				Tx:       tx,
+				Commit:   func(context.Context) error { return tx.Commit() },
+				Rollback: func(context.Context) error { return tx.Rollback() },
+			}
+		},
+		RecordMigration: func(t *testing.T, drv driver.Driver, version int) {
+			_, err := drv.(*sqlite.Driver).DB().ExecContext(t.Context(),
+				"INSERT INTO cloacina_migrations (version, name, applied_at) VALUES (?, 'from_the_future', ?)",
+				version, time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"))
+			require.NoError(t, err)
+		},
+		SpawnClaimer: func(t *testing.T, drv driver.Driver, cfg drivertest.ClaimerConfig) *drivertest.ClaimerProcess {
+			return drivertest.StartClaimerProcess(t, drv.(*sqlite.Driver).Path(), cfg)
+		},
+	})
+}
+
+func TestNewChecksSettings(t *testing.T) {
+	t.Parallel()
+	path := testdb.SQLitePath(t)
+	openDB := func(dsn string) *sql.DB {
+		db, err := sql.Open("sqlite", dsn)
+		require.NoError(t, err)
+		db.SetMaxOpenConns(1)
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+
+	_, err := sqlite.New(openDB("file:" + path + "?_pragma=busy_timeout(1000)"))
+	require.ErrorContains(t, err, "foreign keys")
+	require.ErrorContains(t, err, "sqlite.DSN")
+
+	_, err = sqlite.New(openDB("file:" + path + "?_pragma=foreign_keys(1)"))
+	require.ErrorContains(t, err, "busy_timeout")
+	require.ErrorContains(t, err, "sqlite.DSN")
+
+	db := openDB(sqlite.DSN(path))
+	drv, err := sqlite.New(db)
+	require.NoError(t, err)
+	require.Equal(t, "sqlite", drv.Name())
+	require.Equal(t, path, drv.Path())
+	require.Same(t, db, drv.DB())
+	require.NoError(t, drv.Migrate(t.Context()))
+	require.NoError(t, drv.Close())
+	require.NoError(t, db.PingContext(t.Context()), "Close leaves a database handed to New open")
+}
+
+// A database opened by the application through New shares wake-ups with
+// drivers Open made on the same file.
+func TestNewSharesWakeUpsWithOpen(t *testing.T) {
+	t.Parallel()
+	path := testdb.SQLitePath(t)
+	opened := open(t, path)
+	require.NoError(t, opened.Migrate(t.Context()))
+	db, err := sql.Open("sqlite", sqlite.DSN(path))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	appDrv, err := sqlite.New(db)
+	require.NoError(t, err)
+
+	sub, err := opened.Listen(t.Context())
+	require.NoError(t, err)
+	defer sub.Close()
+	tx, err := appDrv.Begin(t.Context())
+	require.NoError(t, err)
+	require.NoError(t, tx.ChangeSetApply(t.Context(), &driver.ChangeSet{Notify: []string{"work:wf"}}))
+	require.NoError(t, tx.Commit(t.Context()))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	got, err := sub.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "work:wf", got)
+}
+
+// A write lock held by another process (here: a connection no Driver
+// knows about) makes Begin fail with ErrTransient once the busy timeout
+// runs out.
+func TestBusyIsTransient(t *testing.T) {
+	t.Parallel()
+	path := testdb.SQLitePath(t)
+	require.NoError(t, open(t, path).Migrate(t.Context()))
+	other, err := sql.Open("sqlite", sqlite.DSN(path))
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Close() })
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)&_pragma=busy_timeout(1)&_txlock=immediate")
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	impatient, err := sqlite.New(db)
+	require.NoError(t, err)
+
+	held, err := other.BeginTx(t.Context(), nil)
+	require.NoError(t, err)
+	defer held.Rollback()
+	_, err = impatient.Begin(t.Context())
+	require.ErrorIs(t, err, driver.ErrTransient, "a write lock held elsewhere is worth retrying")
+	require.NoError(t, held.Rollback())
+
+	tx, err := impatient.Begin(t.Context())
+	require.NoError(t, err, "the failed Begin left nothing locked")
+	require.NoError(t, tx.Rollback(t.Context()))
+}
+
+func TestOpenErrors(t *testing.T) {
+	t.Parallel()
+	_, err := sqlite.Open("")
+	require.ErrorContains(t, err, "empty database path")
+	_, err = sqlite.Open(t.TempDir() + "/missing/dir/cloacina.db")
+	require.ErrorContains(t, err, "create the directory first")
+}
