@@ -19,8 +19,11 @@ var errClaimLost = errors.New("claim lost: the task was reset and may run elsewh
 // register writes this runner's row; a runner without one would look dead.
 func (r *Runner) register(ctx context.Context, workflows []string) error {
 	host, _ := os.Hostname()
-	return r.drv.Reader().RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
-		Workflows: workflows, Now: r.now()})
+	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		return tx.RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
+			Workflows: workflows, Now: c.now})
+	})
+	return err
 }
 
 // heartbeatLoop keeps the runner alive in the registry, finds claims it
@@ -45,31 +48,22 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		if r.heartbeatFrozen.Load() {
 			continue
 		}
-		if err := r.beat(ctx); err != nil {
+		held, err := r.beat(ctx)
+		if err != nil {
 			if ctx.Err() == nil {
 				r.logger.Warn("heartbeat failed", "error", err)
 			}
 			healthySince = time.Time{}
-			continue
-		}
-		if healthySince.IsZero() {
-			healthySince = r.now()
-		}
-		now := r.now()
-		held, err := r.drv.Reader().LeaseAcquire(ctx, &driver.LeaseAcquireParams{Name: leaderLease, Holder: r.id, Now: now,
-			ExpiresAt: now.Add(r.cfg.RunnerTimeout)})
-		if err != nil {
-			if ctx.Err() == nil {
-				r.logger.Warn("renew leadership", "error", err)
-			}
 			held = false
+		} else if healthySince.IsZero() {
+			healthySince = r.now()
 		}
 		if held != leader {
 			leader = held
 			r.isLeader.Store(held)
 			r.logger.Info("leadership changed", "leader", held)
 		}
-		if leader && r.now().Sub(healthySince) >= r.cfg.RunnerTimeout {
+		if leader && !healthySince.IsZero() && r.now().Sub(healthySince) >= r.cfg.RunnerTimeout {
 			if err := r.sweep(ctx); err != nil && ctx.Err() == nil {
 				r.logger.Error("sweep for dead runners", "error", err)
 			}
@@ -77,23 +71,33 @@ func (r *Runner) heartbeatLoop(svc *services) {
 	}
 }
 
-// beat records one heartbeat — a single write, however many tasks run —
-// re-registers if the runner had been declared dead, and cancels the
-// tasks whose claims it no longer holds.
-func (r *Runner) beat(ctx context.Context) error {
-	alive, err := r.drv.Reader().RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id, Now: r.now()})
-	if err != nil {
+// beat records one heartbeat — one transaction however many tasks run,
+// which also renews (or seeks) the leader lease — re-registers if the
+// runner had been declared dead, and cancels the tasks whose claims it no
+// longer holds. It reports whether this runner leads.
+func (r *Runner) beat(ctx context.Context) (leader bool, err error) {
+	var alive bool
+	_, err = r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		var err error
+		if alive, err = tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id, Now: c.now}); err != nil {
+			return err
+		}
+		leader, err = tx.LeaseAcquire(ctx, &driver.LeaseAcquireParams{Name: leaderLease, Holder: r.id, Now: c.now,
+			ExpiresAt: c.now.Add(r.cfg.RunnerTimeout)})
 		return err
+	})
+	if err != nil {
+		return false, err
 	}
 	if !alive {
 		r.logger.Warn("this runner was declared dead (heartbeat expired); registering again")
 		if err := r.register(ctx, r.workflowNames()); err != nil {
-			return err
+			return leader, err
 		}
 	}
 	running := r.runningTasks()
 	if len(running) == 0 {
-		return nil
+		return leader, nil
 	}
 	fences := make([]driver.Fence, len(running))
 	for i, rt := range running {
@@ -101,7 +105,7 @@ func (r *Runner) beat(ctx context.Context) error {
 	}
 	res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: fences})
 	if err != nil {
-		return err
+		return leader, err
 	}
 	lost := map[string]bool{}
 	for _, id := range res.Lost {
@@ -113,7 +117,7 @@ func (r *Runner) beat(ctx context.Context) error {
 			rt.cancel(errClaimLost)
 		}
 	}
-	return nil
+	return leader, nil
 }
 
 func fenceOf(t *driver.Task) driver.Fence {
@@ -148,7 +152,12 @@ func (r *Runner) sweep(ctx context.Context) error {
 			break
 		}
 	}
-	dead, err := r.drv.Reader().RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: before})
+	var dead []string
+	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		var err error
+		dead, err = tx.RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: before})
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -163,11 +172,13 @@ func (r *Runner) sweep(ctx context.Context) error {
 func (r *Runner) deregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	reader := r.drv.Reader()
-	if err := reader.LeaseRelease(ctx, &driver.LeaseReleaseParams{Name: leaderLease, Holder: r.id}); err != nil {
-		r.logger.Warn("release leadership", "error", err)
-	}
-	if err := reader.RunnerDelete(ctx, &driver.RunnerDeleteParams{ID: r.id}); err != nil {
+	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		if err := tx.LeaseRelease(ctx, &driver.LeaseReleaseParams{Name: leaderLease, Holder: r.id}); err != nil {
+			return err
+		}
+		return tx.RunnerDelete(ctx, &driver.RunnerDeleteParams{ID: r.id})
+	})
+	if err != nil {
 		r.logger.Warn("deregister runner", "error", err)
 	}
 	r.isLeader.Store(false)
