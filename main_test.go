@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -30,7 +31,12 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quietLogger() *slog.Logger {
+	if os.Getenv("CLOACINA_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 // forEachBackend runs fn as a parallel subtest on SQLite and on PostgreSQL,
 // each with its own fresh database.

@@ -62,6 +62,9 @@ func (r *Runner) heartbeatLoop(svc *services) {
 			leader = held
 			r.isLeader.Store(held)
 			r.logger.Info("leadership changed", "leader", held)
+			if hook := r.leaderHook.Load(); hook != nil {
+				(*hook)(held)
+			}
 		}
 		if leader && !healthySince.IsZero() && r.now().Sub(healthySince) >= r.cfg.RunnerTimeout {
 			if err := r.sweep(ctx); err != nil && ctx.Err() == nil {

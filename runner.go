@@ -120,7 +120,12 @@ type Runner struct {
 	// heartbeatFrozen stops heartbeats, to test what happens to a runner
 	// that is alive but looks dead.
 	heartbeatFrozen atomic.Bool
-	isLeader        atomic.Bool
+	// claimsPaused stops this runner claiming, so tests choose which
+	// runner gets a task.
+	claimsPaused atomic.Bool
+	// leaderHook, when set, sees every change of leadership.
+	leaderHook atomic.Pointer[func(bool)]
+	isLeader   atomic.Bool
 }
 
 // Open opens a runner on the database at url (see ParseDatabaseURL),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,7 +199,7 @@ func (r *Runner) claimLoop(svc *services) {
 	pending := true
 	failures := 0
 	for {
-		if free := cap(svc.slots) - len(svc.slots); pending && free > 0 {
+		if free := cap(svc.slots) - len(svc.slots); pending && free > 0 && !r.claimsPaused.Load() {
 			n := min(free, r.cfg.ClaimBatchSize)
 			tasks, err := r.claim(ctx, n)
 			if err != nil {
@@ -305,6 +306,17 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 		uncertain = append(uncertain, claimed...)
 		claimed = nil
 	}
+	// A retry can claim again a task whose earlier attempt rolled back; its
+	// claim looks the same either way, so only verify the others.
+	have := make(map[uuid.UUID]bool, len(claimed))
+	for _, t := range claimed {
+		have[t.ID] = true
+	}
+	uncertain = slices.DeleteFunc(uncertain, func(t *driver.Task) bool {
+		seen := have[t.ID]
+		have[t.ID] = true
+		return seen
+	})
 	if len(uncertain) > 0 {
 		held, verr := r.verifyClaims(ctx, uncertain)
 		if verr != nil {

@@ -1,0 +1,428 @@
+package cloacina
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// fastLiveness declares a runner dead 300 ms after its last heartbeat.
+func fastLiveness(cfg *Config) *Config {
+	cfg.HeartbeatInterval = 40 * time.Millisecond
+	cfg.RunnerTimeout = 300 * time.Millisecond
+	return cfg
+}
+
+// leadership returns a channel that receives this runner's leadership
+// changes from now on.
+func leadership(r *Runner) <-chan bool {
+	ch := make(chan bool, 16)
+	hook := func(leader bool) { ch <- leader }
+	r.leaderHook.Store(&hook)
+	return ch
+}
+
+func waitLeader(t *testing.T, ch <-chan bool, want bool) {
+	t.Helper()
+	for waitFor(t, ch, "a leadership change") != want {
+	}
+}
+
+// setClaiming lets a runner claim again (or stops it) and wakes it.
+func setClaiming(r *Runner, on bool) {
+	r.claimsPaused.Store(!on)
+	if on {
+		r.wakeClaimer()
+	}
+}
+
+// stallOn returns a task body that blocks, until released, when it runs on
+// one of the given runners, and completes at once elsewhere. It reports
+// each start on a zombie, and how its context ended.
+type stall struct {
+	zombies map[string]bool
+	started chan string
+	ended   chan error
+	release chan struct{}
+}
+
+func newStall() *stall {
+	return &stall{zombies: map[string]bool{}, started: make(chan string, 8), ended: make(chan error, 8), release: make(chan struct{})}
+}
+
+func (s *stall) run(ctx context.Context, tc *Context) error {
+	info, _ := TaskInfoFrom(ctx)
+	if !s.zombies[info.RunnerID] {
+		return tc.Set("ran_on", info.RunnerID)
+	}
+	s.started <- info.RunnerID
+	select {
+	case <-s.release:
+		s.ended <- nil
+		return tc.Set("ran_on", "zombie")
+	case <-ctx.Done():
+		s.ended <- context.Cause(ctx)
+		return ctx.Err()
+	}
+}
+
+func TestZombieCompletionChangesNothing(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		s := newStall()
+		wf := MustWorkflow("z", Task{Name: "work", Run: s.run}, Task{Name: "after", DependsOn: []string{"work"}, Run: ok})
+		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+		leader.claimsPaused.Store(true)
+		require.NoError(t, leader.Start(ctx))
+		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
+		s.zombies[zombie.ID()] = true
+		require.NoError(t, zombie.Start(ctx))
+		reset := onEvent(leader, eventOf(EventTaskReset))
+
+		exec, err := zombie.ExecuteAsync(ctx, "z", nil)
+		require.NoError(t, err)
+		waitFor(t, s.started, "the task to start on the zombie")
+		zombie.heartbeatFrozen.Store(true)
+		waitFor(t, reset, "the leader to reset the zombie's task")
+		setClaiming(leader, true)
+
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 1, res.Task("work").Recoveries)
+		ranOn, err := Get[string](res.Context, "ran_on")
+		require.NoError(t, err)
+		require.Equal(t, leader.ID(), ranOn, "the task was re-run elsewhere")
+
+		// The zombie's task finally finishes: its completion is fenced out.
+		close(s.release)
+		require.NoError(t, waitFor(t, s.ended, "the zombie's task to return"))
+		require.NoError(t, zombie.Stop(ctx)) // flushes the zombie's completer
+		after, err := leader.Get(ctx, res.ID)
+		require.NoError(t, err)
+		require.Equal(t, res.Tasks, after.Tasks, "the late completion changed nothing")
+		events, err := leader.RunEvents(ctx, res.ID)
+		require.NoError(t, err)
+		completed := 0
+		var resetAt int64
+		for _, e := range events {
+			if e.Type == EventTaskReset {
+				resetAt = e.SequenceNum
+			}
+			if e.Type == EventTaskCompleted && e.TaskName == "work" {
+				completed++
+				require.Equal(t, leader.ID(), e.WorkerID)
+			}
+		}
+		require.Equal(t, 1, completed, "exactly one task_completed")
+		for _, e := range events {
+			if e.SequenceNum > resetAt {
+				require.NotEqual(t, zombie.ID(), e.WorkerID, "the zombie emitted %s after losing its claim", e.Type)
+			}
+		}
+		replayed := Replay(events)
+		for _, tr := range after.Tasks {
+			require.Equal(t, tr.Status, replayed.Tasks[tr.ID])
+		}
+	})
+}
+
+func TestLostClaimCancelsTheTaskAtTheNextHeartbeat(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		s := newStall()
+		wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
+		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+		leader.claimsPaused.Store(true)
+		require.NoError(t, leader.Start(ctx))
+		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
+		s.zombies[zombie.ID()] = true
+		require.NoError(t, zombie.Start(ctx))
+		reset := onEvent(leader, eventOf(EventTaskReset))
+
+		_, err := zombie.ExecuteAsync(ctx, "z", nil)
+		require.NoError(t, err)
+		waitFor(t, s.started, "the task to start on the zombie")
+		zombie.heartbeatFrozen.Store(true)
+		waitFor(t, reset, "the leader to reset the zombie's task")
+
+		// The zombie wakes up: its next heartbeat finds the claim lost and
+		// cancels the task, which then records nothing. (With its slot free
+		// again it may well claim the reset task anew: let that one finish.)
+		t.Cleanup(func() { close(s.release) })
+		zombie.heartbeatFrozen.Store(false)
+		require.ErrorIs(t, waitFor(t, s.ended, "the zombie's task to be cancelled"), errClaimLost)
+		runners, err := zombie.Runners(ctx)
+		require.NoError(t, err)
+		ids := map[string]bool{}
+		for _, ri := range runners {
+			ids[ri.ID] = true
+		}
+		require.True(t, ids[zombie.ID()], "a runner declared dead registers again")
+	})
+}
+
+func TestRecoveryCapAbandonsTheTask(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		s := newStall()
+		wf := MustWorkflow("cap",
+			Task{Name: "crashy", Run: s.run},
+			Task{Name: "next", DependsOn: []string{"crashy"}, Run: ok},
+			Task{Name: "cleanup", DependsOn: []string{"crashy"}, Trigger: Always(), Run: ok},
+		)
+		cfg := func(n int) *Config {
+			return fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: n, MaxRecoveries: 1})
+		}
+		leader := openRunner(t, url, cfg(4))
+		leader.claimsPaused.Store(true)
+		require.NoError(t, leader.Start(ctx))
+		reset := onEvent(leader, eventOf(EventTaskReset))
+		abandoned := onEvent(leader, eventOf(EventTaskAbandoned))
+
+		// Two runners in turn take the task and die with it.
+		first := openRunner(t, url, cfg(1))
+		s.zombies[first.ID()] = true
+		require.NoError(t, first.Start(ctx))
+		exec, err := first.ExecuteAsync(ctx, "cap", nil)
+		require.NoError(t, err)
+		waitFor(t, s.started, "the first runner to start the task")
+		first.heartbeatFrozen.Store(true)
+		waitFor(t, reset, "the first recovery")
+
+		second := openRunner(t, url, cfg(1))
+		s.zombies[second.ID()] = true
+		require.NoError(t, second.Start(ctx))
+		waitFor(t, s.started, "the second runner to start the task")
+		second.heartbeatFrozen.Store(true)
+		ev := waitFor(t, abandoned, "the task to be abandoned past MaxRecoveries")
+		var data EventData
+		require.NoError(t, jsonUnmarshal(ev.Data, &data))
+		require.Equal(t, 2, data.RecoveryCount)
+
+		setClaiming(leader, true) // someone alive runs what follows
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status, "the run is finalised")
+		require.Equal(t, TaskStatusFailed, res.Task("crashy").Status)
+		require.Contains(t, res.Task("crashy").Error, "abandoned after 1 recoveries")
+		require.Equal(t, TaskStatusSkipped, res.Task("next").Status, "downstream handled by trigger rules")
+		require.Equal(t, TaskStatusCompleted, res.Task("cleanup").Status)
+
+		close(s.release)
+		waitFor(t, s.ended, "a zombie's task to return")
+		waitFor(t, s.ended, "a zombie's task to return")
+		require.NoError(t, first.Stop(ctx))
+		require.NoError(t, second.Stop(ctx))
+		after, err := leader.Get(ctx, res.ID)
+		require.NoError(t, err)
+		require.Equal(t, res.Tasks, after.Tasks)
+	})
+}
+
+func TestGracefulStopFinishesRunningTasks(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{})
+		release := make(chan struct{})
+		wf := MustWorkflow("g", Task{Name: "a", Run: func(context.Context, *Context) error {
+			close(started)
+			<-release
+			return nil
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		exec, err := r.ExecuteAsync(ctx, "g", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the task to start")
+		stopped := make(chan error, 1)
+		go func() { stopped <- r.Stop(ctx) }()
+		close(release)
+		require.NoError(t, waitFor(t, stopped, "Stop to return"))
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, "the running task finished and was recorded before Stop returned")
+		runners, err := r.Runners(ctx)
+		require.NoError(t, err)
+		require.Empty(t, runners, "a stopped runner removes its row")
+	})
+}
+
+func TestStopPastDeadlineHandsTasksBack(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{}, 1)
+		var runs atomic.Int32
+		wf := MustWorkflow("h", Task{Name: "slow", Run: func(ctx context.Context, _ *Context) error {
+			if runs.Add(1) == 1 {
+				started <- struct{}{}
+				<-ctx.Done() // the first attempt only ends when the runner stops
+				return ctx.Err()
+			}
+			return nil
+		}})
+		first := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		exec, err := first.ExecuteAsync(ctx, "h", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the task to start")
+		stopCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		require.ErrorIs(t, first.Stop(stopCtx), context.DeadlineExceeded)
+
+		second := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 1, res.Task("slow").Attempts, "a hand-back does not use up an attempt")
+		evs, err := second.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventTaskReset}})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, first.ID(), evs[0].WorkerID)
+		data, err := evs[0].Payload()
+		require.NoError(t, err)
+		require.Equal(t, errShutdown.Error(), data.Reason)
+	})
+}
+
+func TestDeferUntilReleasesTheSlot(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var ready atomic.Bool
+		wf := MustWorkflow("waiting", Task{Name: "await_file", Run: func(ctx context.Context, tc *Context) error {
+			if err := DeferUntil(ctx, 5*time.Millisecond, func(context.Context) (bool, error) { return ready.Load(), nil }); err != nil {
+				return err
+			}
+			return tc.Set("file", "arrived")
+		}})
+		quick := MustWorkflow("quick", Task{Name: "q", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf, quick}, MaxConcurrentTasks: 1})
+		deferred := onEvent(r, eventOf(EventTaskDeferred))
+		exec, err := r.ExecuteAsync(ctx, "waiting", nil)
+		require.NoError(t, err)
+		waitFor(t, deferred, "the task to defer")
+
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, TaskStatusRunning, res.Task("await_file").Status)
+		require.Equal(t, "deferred", res.Task("await_file").SubStatus)
+
+		// With one slot, this only runs because the deferred task gave it back.
+		other, err := r.Execute(ctx, "quick", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, other.Status)
+
+		ready.Store(true)
+		final, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, final.Status)
+		require.Empty(t, final.Task("await_file").SubStatus)
+		evs, err := r.TaskEvents(ctx, final.Task("await_file").ID)
+		require.NoError(t, err)
+		var types []EventType
+		for _, e := range evs {
+			types = append(types, e.Type)
+		}
+		require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted,
+			EventTaskDeferred, EventTaskResumed, EventTaskCompleted}, types)
+		require.Equal(t, TaskStatusCompleted, Replay(evs).Tasks[final.Task("await_file").ID])
+	})
+}
+
+func TestDeferUntilOutsideATask(t *testing.T) {
+	t.Parallel()
+	err := DeferUntil(context.Background(), time.Second, func(context.Context) (bool, error) { return false, nil })
+	require.ErrorIs(t, err, ErrNotInTask)
+	_, ok := TaskInfoFrom(context.Background())
+	require.False(t, ok)
+}
+
+func TestLeadershipMovesWhenTheLeaderStops(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		a := openRunner(t, url, fastLiveness(&Config{}))
+		b := openRunner(t, url, fastLiveness(&Config{}))
+		aLeads, bLeads := leadership(a), leadership(b)
+		require.NoError(t, a.Start(ctx))
+		waitLeader(t, aLeads, true)
+		require.NoError(t, b.Start(ctx))
+		require.False(t, b.IsLeader(), "one leader at a time")
+		require.NoError(t, a.Stop(ctx)) // releases the lease
+		waitLeader(t, bLeads, true)
+		require.False(t, a.IsLeader())
+	})
+}
+
+func TestLeadershipMovesWhenTheLeaderDies(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		a := openRunner(t, url, fastLiveness(&Config{}))
+		b := openRunner(t, url, fastLiveness(&Config{}))
+		aLeads, bLeads := leadership(a), leadership(b)
+		require.NoError(t, a.Start(ctx))
+		waitLeader(t, aLeads, true)
+		require.NoError(t, b.Start(ctx))
+		a.heartbeatFrozen.Store(true) // alive but silent: its lease runs out
+		waitLeader(t, bLeads, true)
+	})
+}
+
+// Dropped connections (what a server restart does to clients) are retried
+// on every state write: the runs all finish, each transition recorded once.
+func TestSurvivesDroppedConnections(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	schema := testdb.NewSchema(t)
+	url := testdb.WithSchema(testdb.PostgresURL(), schema) + "&application_name=" + schema
+	wf := MustWorkflow("d", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+	r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: 20 * time.Millisecond})
+	admin, err := pgx.Connect(ctx, testdb.PostgresURL())
+	require.NoError(t, err)
+	defer admin.Close(ctx)
+
+	const runs = 60
+	var execs []*Execution
+	killed := 0
+	for i := range runs {
+		exec, err := r.ExecuteAsync(ctx, "d", nil)
+		require.NoError(t, err)
+		execs = append(execs, exec)
+		if i%15 == 7 {
+			var n int
+			require.NoError(t, admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE application_name = $1 AND pid <> pg_backend_pid()`, schema).Scan(&n))
+			killed += n
+		}
+	}
+	require.Positive(t, killed)
+	for _, exec := range execs {
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+	}
+	events, err := r.Events(ctx, &EventQuery{Types: []EventType{EventTaskCompleted}})
+	require.NoError(t, err)
+	require.Len(t, events, 2*runs, "each completion recorded exactly once")
+}
+
+func jsonUnmarshal(raw []byte, v any) error {
+	e := &Event{Data: raw}
+	d, err := e.Payload()
+	if err != nil {
+		return err
+	}
+	*(v.(*EventData)) = *d
+	return nil
+}
