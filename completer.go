@@ -60,6 +60,15 @@ func (r *Runner) flush(ctx context.Context, batch []*taskResult) {
 		r.flush(ctx, batch[mid:])
 		return
 	}
+	if err != nil && ctx.Err() == nil && len(batch) == 1 && batch[0].err == nil {
+		// The outcome itself cannot be stored (an output the database
+		// refuses, say): record the attempt as failed, with the reason,
+		// rather than leave the task Running forever.
+		res := *batch[0]
+		res.output = nil
+		res.err = Permanent(fmt.Errorf("could not record the task's output: %w", err))
+		lost, err = r.complete(ctx, []*taskResult{&res})
+	}
 	if err != nil {
 		for _, res := range batch {
 			r.logger.Error("record task result", "task_id", res.task.ID, "task", res.task.Name, "run_id", res.task.PipelineID, "error", err)

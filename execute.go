@@ -158,11 +158,18 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 	interval := 20 * time.Millisecond
 	for {
 		p, err := r.drv.Reader().PipelineGet(ctx, id)
-		if err != nil {
+		switch {
+		case errors.Is(err, driver.ErrTransient):
+			// The database is briefly unreachable: keep waiting.
+			r.logger.Debug("wait for run: transient error", "run_id", id, "error", err)
+		case err != nil:
 			return nil, r.notFound(id, err)
-		}
-		if p.Status.Terminal() {
-			return r.Get(ctx, id)
+		case p.Status.Terminal():
+			res, err := r.Get(ctx, id)
+			if errors.Is(err, driver.ErrTransient) {
+				break
+			}
+			return res, err
 		}
 		select {
 		case <-ctx.Done():

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 func fail(msg string) TaskFunc {
@@ -414,4 +415,17 @@ func TestGetAndList(t *testing.T) {
 		require.Equal(t, 1, res.Task("a").Attempts)
 		require.True(t, strings.HasPrefix(res.Error, `task "a" failed`))
 	})
+}
+
+// An output the database refuses (PostgreSQL's jsonb has no \u0000) fails
+// the attempt with the reason instead of leaving the task Running.
+func TestUnstorableOutputFailsTheTask(t *testing.T) {
+	t.Parallel()
+	wf := MustWorkflow("nul", Task{Name: "a", Run: setKey("bytes", "a\x00b")}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+	r := startRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
+	res, err := r.Execute(testContext(t), "nul", nil)
+	require.NoError(t, err)
+	require.Equal(t, PipelineFailed, res.Status)
+	require.Contains(t, res.Task("a").Error, "could not record the task's output")
+	require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
 }

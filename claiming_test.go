@@ -1,0 +1,75 @@
+package cloacina
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// Seed case 2 at the level of runners: ready tasks and 16 runners on one
+// database (each its own connections, or its own SQLite driver on the same
+// file) claiming at once. Every task runs exactly once and the outbox ends
+// empty. The full-size case (2,000 tasks, 16 claimers, a second OS process)
+// is in driver/drivertest; this one keeps to 600 runs because the race
+// detector slows the transpiled SQLite about fifteenfold.
+func TestManyRunnersClaimEachTaskOnce(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		const runs, runners = 600, 16
+		var mu sync.Mutex
+		ranBy := map[uuid.UUID][]string{}
+		wf := MustWorkflow("burst", Task{Name: "only", Run: func(ctx context.Context, _ *Context) error {
+			info, _ := TaskInfoFrom(ctx)
+			mu.Lock()
+			ranBy[info.TaskID] = append(ranBy[info.TaskID], info.RunnerID)
+			mu.Unlock()
+			return nil
+		}})
+		submitter := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		execs := make([]*Execution, runs)
+		for i := range execs {
+			exec, err := submitter.ExecuteAsync(ctx, "burst", nil)
+			require.NoError(t, err)
+			execs[i] = exec
+		}
+		peek, err := submitter.Driver().Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: []string{"burst"}, Now: time.Now()})
+		require.NoError(t, err)
+		require.True(t, peek.Claimable)
+
+		var all []*Runner
+		for range runners {
+			all = append(all, openRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 4, ClaimBatchSize: 4}))
+		}
+		for _, r := range all {
+			require.NoError(t, r.Start(ctx))
+		}
+		for _, exec := range execs {
+			res, err := exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(t, ranBy, runs)
+		used := map[string]bool{}
+		for id, by := range ranBy {
+			require.Len(t, by, 1, "task %s ran more than once", id)
+			used[by[0]] = true
+		}
+		require.Greater(t, len(used), runners/2, "the work was spread over the runners")
+		peek, err = submitter.Driver().Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: []string{"burst"}, Now: time.Now().Add(time.Hour)})
+		require.NoError(t, err)
+		require.False(t, peek.Claimable)
+		require.Nil(t, peek.NextAvailableAt, "the outbox is empty")
+		claimed, err := submitter.Events(ctx, &EventQuery{Types: []EventType{EventTaskClaimed}})
+		require.NoError(t, err)
+		require.Len(t, claimed, runs, "one claim per task")
+	})
+}
