@@ -22,8 +22,8 @@ type changes struct {
 	finished []uuid.UUID
 	// cancelled lists runs cancelled in this change.
 	cancelled []uuid.UUID
-	// work holds the workflows that got outbox rows.
-	work map[string]bool
+	// work counts, per workflow, the outbox rows claimable at once.
+	work map[string]int
 	// nextDue is the earliest due time of a retry scheduled for later.
 	nextDue *time.Time
 }
@@ -51,13 +51,13 @@ func (c *changes) enqueue(t *driver.Task, at time.Time) {
 	}
 	c.cs.Outbox = append(c.cs.Outbox, driver.OutboxInsert{TaskID: t.ID, Attempt: t.Attempt, WorkflowName: t.WorkflowName,
 		AvailableAt: at, Now: c.now})
+	if at.After(c.now) {
+		return // not claimable yet: a wake-up now would find nothing
+	}
 	if c.work == nil {
-		c.work = map[string]bool{}
+		c.work = map[string]int{}
 	}
-	if !c.work[t.WorkflowName] {
-		c.work[t.WorkflowName] = true
-		c.cs.Notify = append(c.cs.Notify, workPayload(t.WorkflowName))
-	}
+	c.work[t.WorkflowName]++
 }
 
 func newID() uuid.UUID { return uuid.Must(uuid.NewV7()) }

@@ -106,7 +106,8 @@ type Runner struct {
 	workflows map[string]*Workflow
 	started   bool
 	closed    bool
-	svc       *services
+	// svc holds the background services while the runner is started.
+	svc atomic.Pointer[services]
 
 	runningMu sync.Mutex
 	running   map[uuid.UUID]*runningTask
@@ -397,6 +398,7 @@ func (r *Runner) tryTx(ctx context.Context, fn txFunc, c *changes) error {
 	if err := fn(ctx, tx, c); err != nil {
 		return err
 	}
+	r.addWakeups(c)
 	if !c.cs.Empty() {
 		if err := tx.ChangeSetApply(ctx, &c.cs); err != nil {
 			return err
@@ -423,6 +425,25 @@ func (r *Runner) afterCommit(c *changes) {
 	}
 	if c.nextDue != nil {
 		r.scheduleWake(*c.nextDue)
+	}
+}
+
+// addWakeups asks the database to wake other runners for new work, unless
+// this runner will claim all of it itself as soon as the transaction
+// commits: then a NOTIFY (which PostgreSQL serialises at commit) would only
+// wake runners to find nothing.
+func (r *Runner) addWakeups(c *changes) {
+	svc := r.services()
+	for workflow, n := range c.work {
+		local := false
+		if svc != nil && !r.claimsPaused.Load() {
+			if _, err := r.workflow(workflow); err == nil {
+				local = cap(svc.slots)-len(svc.slots) >= n
+			}
+		}
+		if !local {
+			c.cs.Notify = append(c.cs.Notify, workPayload(workflow))
+		}
 	}
 }
 

@@ -86,7 +86,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	if err := r.register(ctx, r.workflowNamesLocked()); err != nil {
 		return fmt.Errorf("cloacina: register runner: %w", err)
 	}
-	r.svc = svc
+	r.svc.Store(svc)
 	r.started = true
 
 	svc.loops.Add(4)
@@ -112,7 +112,7 @@ func (r *Runner) Stop(ctx context.Context) error {
 
 func (r *Runner) stop(ctx context.Context) error {
 	r.mu.Lock()
-	svc := r.svc
+	svc := r.svc.Load()
 	if !r.started || svc == nil {
 		r.mu.Unlock()
 		return nil
@@ -157,17 +157,13 @@ func (r *Runner) stop(ctx context.Context) error {
 
 	r.mu.Lock()
 	r.started = false
-	r.svc = nil
+	r.svc.Store(nil)
 	r.mu.Unlock()
 	r.logger.Info("runner stopped")
 	return stopErr
 }
 
-func (r *Runner) services() *services {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.svc
-}
+func (r *Runner) services() *services { return r.svc.Load() }
 
 func (r *Runner) wakeClaimer() {
 	if svc := r.services(); svc != nil {
