@@ -102,7 +102,8 @@ type Executor interface {
 
 	// TaskInsertMany creates task rows.
 	TaskInsertMany(ctx context.Context, tasks []TaskInsert) error
-	// TaskList returns tasks ordered by pipeline id, then creation order.
+	// TaskList returns tasks ordered by pipeline id, then position
+	// (declaration order within the workflow).
 	TaskList(ctx context.Context, params *TaskListParams) ([]*Task, error)
 	// TaskClaim deletes up to Limit claimable outbox rows of the given
 	// workflows, oldest due first, skipping rows another transaction holds,

@@ -45,7 +45,7 @@ type PipelineListParams struct {
 	Limit         int // 0 means no limit
 }
 
-// TaskListParams selects tasks, ordered by pipeline and creation.
+// TaskListParams selects tasks, ordered by pipeline and position.
 type TaskListParams struct {
 	PipelineIDs []uuid.UUID
 	IDs         []uuid.UUID
