@@ -103,6 +103,8 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"EventCount", testEventCount},
 		{"EventDelete", testEventDelete},
 		{"Listen", testListen},
+		{"RunnerRegistry", testRunnerRegistry},
+		{"Lease", testLease},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
