@@ -105,6 +105,9 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"Listen", testListen},
 		{"RunnerRegistry", testRunnerRegistry},
 		{"Lease", testLease},
+		{"TaskListOrphaned", testTaskListOrphaned},
+		{"TaskSubStatusSet", testTaskSubStatusSet},
+		{"TaskFenceCheck", testTaskFenceCheck},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
