@@ -125,7 +125,8 @@ type Executor interface {
 	// apply), outbox rows, events, and wake-ups.
 	ChangeSetApply(ctx context.Context, changes *ChangeSet) error
 
-	// EventList returns events ordered by sequence number.
+	// EventList returns events ordered by sequence number; following
+	// (EventListParams.AfterSeq) has an order of its own on PostgreSQL.
 	EventList(ctx context.Context, params *EventListParams) ([]*Event, error)
 	// EventCount counts events.
 	EventCount(ctx context.Context, params *EventCountParams) (int64, error)

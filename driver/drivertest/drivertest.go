@@ -100,6 +100,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"OutboxDelete", testOutboxDelete},
 		{"ChangeSetApply", testChangeSetApply},
 		{"EventList", testEventList},
+		{"EventFollow", testEventFollow},
 		{"EventCount", testEventCount},
 		{"EventDelete", testEventDelete},
 		{"Listen", testListen},
