@@ -102,7 +102,8 @@ type Executor interface {
 
 	// TaskInsertMany creates task rows.
 	TaskInsertMany(ctx context.Context, tasks []TaskInsert) error
-	// TaskList returns tasks ordered by pipeline id, then creation order.
+	// TaskList returns tasks ordered by pipeline id, then position
+	// (declaration order within the workflow).
 	TaskList(ctx context.Context, params *TaskListParams) ([]*Task, error)
 	// TaskClaim deletes up to Limit claimable outbox rows of the given
 	// workflows, oldest due first, skipping rows another transaction holds,
@@ -124,7 +125,8 @@ type Executor interface {
 	// apply), outbox rows, events, and wake-ups.
 	ChangeSetApply(ctx context.Context, changes *ChangeSet) error
 
-	// EventList returns events ordered by sequence number.
+	// EventList returns events ordered by sequence number; following
+	// (EventListParams.AfterSeq) has an order of its own on PostgreSQL.
 	EventList(ctx context.Context, params *EventListParams) ([]*Event, error)
 	// EventCount counts events.
 	EventCount(ctx context.Context, params *EventCountParams) (int64, error)

@@ -45,7 +45,7 @@ type PipelineListParams struct {
 	Limit         int // 0 means no limit
 }
 
-// TaskListParams selects tasks, ordered by pipeline and creation.
+// TaskListParams selects tasks, ordered by pipeline and position.
 type TaskListParams struct {
 	PipelineIDs []uuid.UUID
 	IDs         []uuid.UUID
@@ -176,9 +176,24 @@ type EventListParams struct {
 	PipelineID *uuid.UUID
 	TaskID     *uuid.UUID
 	Types      []EventType
-	// AfterSeq returns only events with a larger sequence number.
+	// AfterSeq follows the log: a reader that passes the SequenceNum of
+	// the last event it got never skips an event and never gets one twice.
+	// A negative AfterSeq follows from the start of the log; zero does not
+	// follow. On SQLite (one writer at a time) following returns the
+	// events with a larger sequence number. On PostgreSQL a sequence number
+	// is taken at insert, not at commit, so an event can commit after a
+	// later-numbered one; following there returns events in transaction
+	// order (sequence order within a transaction, so an event can come
+	// after one numbered higher), and only events of transactions older
+	// than every transaction still running. The cost: any transaction that
+	// writes, anywhere in the database cluster, holds followers back for as
+	// long as it stays open (a session idle in transaction stalls them
+	// until it ends); reads that do not follow are not affected. An
+	// AfterSeq that names no event resumes after the nearest event
+	// numbered below it.
 	AfterSeq int64
-	// Newest orders by descending sequence number (recent first).
+	// Newest reverses the order: descending sequence number (recent
+	// first), or reverse following order with AfterSeq.
 	Newest bool
 	Limit  int // 0 means no limit
 }

@@ -100,9 +100,15 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"OutboxDelete", testOutboxDelete},
 		{"ChangeSetApply", testChangeSetApply},
 		{"EventList", testEventList},
+		{"EventFollow", testEventFollow},
 		{"EventCount", testEventCount},
 		{"EventDelete", testEventDelete},
 		{"Listen", testListen},
+		{"RunnerRegistry", testRunnerRegistry},
+		{"Lease", testLease},
+		{"TaskListOrphaned", testTaskListOrphaned},
+		{"TaskSubStatusSet", testTaskSubStatusSet},
+		{"TaskFenceCheck", testTaskFenceCheck},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

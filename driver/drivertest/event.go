@@ -91,10 +91,12 @@ func testEventList(t *testing.T, s *suite) {
 	t.Run("AfterSeqAndLimit", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
+		f.b.waitFollowable(t)
 		require.Equal(t, pick(f, 3, 4, 5, 6), list(t, f, &driver.EventListParams{AfterSeq: f.e[2].SequenceNum}))
 		require.Empty(t, list(t, f, &driver.EventListParams{AfterSeq: f.e[6].SequenceNum}))
 		require.Equal(t, pick(f, 0, 1), list(t, f, &driver.EventListParams{Limit: 2}))
-		// Following the stream page by page sees every event once.
+		// Following the stream page by page sees every event once (see
+		// follow.go for following while transactions are open).
 		var got []uuid.UUID
 		var after int64
 		for range 10 {
@@ -112,6 +114,7 @@ func testEventList(t *testing.T, s *suite) {
 	t.Run("Newest", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t)
+		f.b.waitFollowable(t)
 		require.Equal(t, pick(f, 6, 5, 4), list(t, f, &driver.EventListParams{Newest: true, Limit: 3}))
 		require.Equal(t, pick(f, 6, 5, 4, 3, 2, 1, 0), list(t, f, &driver.EventListParams{Newest: true}))
 		require.Equal(t, pick(f, 6, 5), list(t, f, &driver.EventListParams{Newest: true, PipelineID: &f.p1, Limit: 2}))

@@ -551,8 +551,19 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		}
 		where = append(where, "e.event_type = ANY("+a.add(ts)+")")
 	}
-	if p.AfterSeq > 0 {
-		where = append(where, "e.sequence_num > "+a.add(p.AfterSeq))
+	order, desc := "e.sequence_num", "e.sequence_num DESC"
+	if p.AfterSeq != 0 {
+		// Following (migration 0003): transaction order, below the oldest
+		// transaction still running, after the cursor: the event numbered
+		// AfterSeq, else the nearest one numbered below it, else the start
+		// of the log. The branches run in order until one gives a row.
+		seq, ev := a.add(p.AfterSeq), e.q.eventTable
+		where = append(where, "e.tx_id < pg_snapshot_xmin(pg_current_snapshot())",
+			`(e.tx_id, e.sequence_num) > (SELECT c.tx_id, c.sequence_num FROM (
+				(SELECT tx_id, sequence_num FROM `+ev+` WHERE sequence_num = `+seq+`)
+				UNION ALL (SELECT tx_id, sequence_num FROM `+ev+` WHERE sequence_num < `+seq+` ORDER BY sequence_num DESC LIMIT 1)
+				UNION ALL (SELECT '0'::xid8, 0::bigint)) c LIMIT 1)`)
+		order, desc = "e.tx_id, e.sequence_num", "e.tx_id DESC, e.sequence_num DESC"
 	}
 	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, ''),
 		e.event_type, e.event_data, e.worker_id, e.created_at
@@ -561,9 +572,9 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	if p.Newest {
-		q += " ORDER BY e.sequence_num DESC"
+		q += " ORDER BY " + desc
 	} else {
-		q += " ORDER BY e.sequence_num"
+		q += " ORDER BY " + order
 	}
 	if p.Limit > 0 {
 		q += fmt.Sprintf(" LIMIT %d", p.Limit)

@@ -579,7 +579,9 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.event_type IN ("+placeholders(len(p.Types))+")")
 		args = append(args, stringArgs(p.Types)...)
 	}
-	if p.AfterSeq > 0 {
+	// One writer at a time: sequence order is commit order, so following
+	// needs no horizon here.
+	if p.AfterSeq != 0 {
 		where = append(where, "e.sequence_num > ?")
 		args = append(args, p.AfterSeq)
 	}

@@ -170,29 +170,27 @@ func (e *executor) TaskFenceCheck(ctx context.Context, p *driver.TaskFenceCheckP
 		return nil, fmt.Errorf("sqlite: check claims: %w", mapError(err))
 	}
 	defer rows.Close()
-	held := map[uuid.UUID]bool{}
-	want := map[uuid.UUID]driver.Fence{}
-	for _, f := range p.Fences {
-		want[f.TaskID] = f
-	}
+	// Each fence is judged on its own: one task may be given under an old
+	// (lost) claim and a new one.
+	current := map[uuid.UUID]driver.Fence{}
 	for rows.Next() {
-		var id, status, runner string
-		var attempt, recovery int
-		if err := rows.Scan(&id, &status, &runner, &attempt, &recovery); err != nil {
+		var id, status string
+		var f driver.Fence
+		if err := rows.Scan(&id, &status, &f.RunnerID, &f.Attempt, &f.RecoveryCount); err != nil {
 			return nil, mapError(err)
 		}
-		tid, err := uuid.Parse(id)
-		if err != nil {
+		if f.TaskID, err = uuid.Parse(id); err != nil {
 			return nil, err
 		}
-		f := want[tid]
-		held[tid] = status == string(driver.TaskRunning) && runner == f.RunnerID && attempt == f.Attempt && recovery == f.RecoveryCount
+		if status == string(driver.TaskRunning) {
+			current[f.TaskID] = f
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, mapError(err)
 	}
 	for _, f := range p.Fences {
-		if !held[f.TaskID] {
+		if cur, ok := current[f.TaskID]; !ok || cur != f {
 			res.Lost = append(res.Lost, f.TaskID)
 		}
 	}

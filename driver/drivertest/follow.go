@@ -1,0 +1,191 @@
+package drivertest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// fromStart is an AfterSeq that follows the log from its first event:
+// sequence numbers are positive.
+const fromStart = -1
+
+// waitFollowable waits until a follower starting at the beginning of the
+// log sees every committed event. On PostgreSQL a following read holds
+// back events while any transaction in the cluster that could precede
+// them is open, and other tests run transactions at the same time, so
+// this is a wait on their commits with the subtest's deadline.
+func (b *bundle) waitFollowable(t *testing.T) {
+	t.Helper()
+	all := len(b.events(t, &driver.EventListParams{}))
+	b.follow(t, fromStart, all)
+}
+
+// follow reads the log the way a follower does, passing the sequence
+// number of the last event it got, until it has n events, and returns
+// them in the order it got them.
+func (b *bundle) follow(t *testing.T, after int64, n int) []*driver.Event {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	var got []*driver.Event
+	for {
+		page := b.events(t, &driver.EventListParams{AfterSeq: after})
+		got = append(got, page...)
+		if len(page) > 0 {
+			after = page[len(page)-1].SequenceNum
+		}
+		if len(got) >= n {
+			require.Len(t, got, n, "a follower gets each committed event once")
+			return got
+		}
+		select {
+		case <-b.ctx.Done():
+			require.Failf(t, "follower never caught up", "want %d events, have %d: %v", n, len(got), b.ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// testEventFollow pins following mode (EventListParams.AfterSeq): a reader
+// that passes the last sequence number it saw never skips an event, even
+// when transactions commit out of sequence order.
+func testEventFollow(t *testing.T, s *suite) {
+	// Events of a transaction still open, and every event numbered after
+	// them, are held back until it ends; readers that do not follow see
+	// committed events at once.
+	t.Run("HoldsBackBehindOpenTransaction", func(t *testing.T) {
+		t.Parallel()
+		if !s.opts.ConcurrentTx {
+			t.Skip("one writer at a time: sequence order is commit order")
+		}
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		base := b.insertEventsAt(t, p, 0)[0]
+		b.waitFollowable(t)
+
+		early := event(p, nil, driver.EventTaskCreated, b.at(time.Second))
+		open, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		defer open.Rollback(b.ctx)
+		require.NoError(t, open.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{early}}))
+
+		late := event(p, nil, driver.EventTaskCreated, b.at(2*time.Second))
+		b.apply(t, &driver.ChangeSet{Events: []driver.EventInsert{late}})
+
+		committed := b.events(t, &driver.EventListParams{PipelineID: &p})
+		require.Equal(t, []uuid.UUID{base.ID, late.ID}, eventIDs(committed), "reads that do not follow see the committed event")
+		require.Empty(t, b.events(t, &driver.EventListParams{AfterSeq: base.SequenceNum}),
+			"a follower must not pass an event that an open transaction can still commit")
+		require.Equal(t, []uuid.UUID{base.ID}, eventIDs(b.events(t, &driver.EventListParams{AfterSeq: fromStart})),
+			"following from the start holds back the same events")
+		require.Empty(t, b.events(t, &driver.EventListParams{AfterSeq: base.SequenceNum, PipelineID: &p, Newest: true}),
+			"filters and order do not widen what following sees")
+
+		require.NoError(t, open.Commit(b.ctx))
+		got := b.follow(t, base.SequenceNum, 2)
+		require.Equal(t, []uuid.UUID{early.ID, late.ID}, eventIDs(got), "the earlier event is not skipped")
+		require.Less(t, got[0].SequenceNum, got[1].SequenceNum)
+	})
+
+	// A transaction that took its transaction id first (here by inserting
+	// a pipeline; in the engine, by locking one) but numbered its event
+	// after a later transaction did can commit first. Its event comes
+	// first (following is in transaction order), and the earlier-numbered
+	// event of the transaction still open follows when it commits: it is
+	// not skipped although a smaller number than the follower's last.
+	t.Run("NeverSkipsEarlierNumber", func(t *testing.T) {
+		t.Parallel()
+		if !s.opts.ConcurrentTx {
+			t.Skip("one writer at a time: sequence order is commit order")
+		}
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		base := b.insertEventsAt(t, p, 0)[0]
+		b.waitFollowable(t)
+
+		first, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		defer first.Rollback(b.ctx)
+		ok, err := first.PipelineInsert(b.ctx, &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf",
+			WorkflowVersion: "v1", Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now})
+		require.NoError(t, err)
+		require.True(t, ok)
+
+		second, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		defer second.Rollback(b.ctx)
+		numberedFirst := event(p, nil, driver.EventTaskCreated, b.at(time.Second))
+		require.NoError(t, second.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{numberedFirst}}))
+
+		numberedSecond := event(p, nil, driver.EventTaskCreated, b.at(2*time.Second))
+		require.NoError(t, first.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{numberedSecond}}))
+		require.NoError(t, first.Commit(b.ctx))
+		require.Equal(t, []uuid.UUID{base.ID, numberedSecond.ID}, eventIDs(b.events(t, &driver.EventListParams{PipelineID: &p})))
+
+		// Whether the committed event is released now depends on other
+		// transactions in the cluster; the open one's never is.
+		got := b.events(t, &driver.EventListParams{AfterSeq: base.SequenceNum})
+		require.LessOrEqual(t, len(got), 1)
+		after := base.SequenceNum
+		if len(got) == 1 {
+			require.Equal(t, numberedSecond.ID, got[0].ID)
+			after = got[0].SequenceNum
+		}
+
+		require.NoError(t, second.Commit(b.ctx))
+		got = append(got, b.follow(t, after, 2-len(got))...)
+		require.Equal(t, []uuid.UUID{numberedSecond.ID, numberedFirst.ID}, eventIDs(got),
+			"in transaction order, the earlier number last, nothing skipped")
+		require.Greater(t, got[0].SequenceNum, got[1].SequenceNum)
+		require.Empty(t, b.events(t, &driver.EventListParams{AfterSeq: got[1].SequenceNum}), "and nothing repeated")
+	})
+
+	// A rolled-back transaction leaves a gap in the numbers; following
+	// goes on past it.
+	t.Run("PassesRolledBackGap", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		base := b.insertEventsAt(t, p, 0)[0]
+		tx, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		require.NoError(t, tx.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{event(p, nil, driver.EventTaskCreated, b.at(time.Second))}}))
+		require.NoError(t, tx.Rollback(b.ctx))
+		after := event(p, nil, driver.EventTaskCreated, b.at(2*time.Second))
+		b.apply(t, &driver.ChangeSet{Events: []driver.EventInsert{after}})
+		got := b.follow(t, base.SequenceNum, 1)
+		require.Equal(t, after.ID, got[0].ID)
+		// A number no event has (the rolled-back one) resumes after the
+		// nearest event numbered below it.
+		require.Equal(t, []uuid.UUID{after.ID}, eventIDs(b.events(t, &driver.EventListParams{AfterSeq: got[0].SequenceNum - 1})))
+	})
+
+	// A follower paging through the log sees every event once, in order.
+	t.Run("Pages", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		var offsets []time.Duration
+		for i := range 7 {
+			offsets = append(offsets, time.Duration(i)*time.Second)
+		}
+		all := b.insertEventsAt(t, p, offsets...)
+		b.waitFollowable(t)
+		var got []uuid.UUID
+		after := int64(fromStart)
+		for range 10 {
+			page := b.events(t, &driver.EventListParams{AfterSeq: after, Limit: 3})
+			if len(page) == 0 {
+				break
+			}
+			got = append(got, eventIDs(page)...)
+			after = page[len(page)-1].SequenceNum
+		}
+		require.Equal(t, eventIDs(all), got)
+	})
+}

@@ -1,0 +1,4 @@
+-- Nothing to do on SQLite. PostgreSQL needed this version for following
+-- the event log (an event's transaction-id horizon, see its 0003); SQLite
+-- has one writer at a time, so sequence numbers are already handed out in
+-- commit order. The file keeps schema versions equal across backends.
