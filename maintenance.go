@@ -99,7 +99,7 @@ func (r *Runner) beat(ctx context.Context) (leader bool, err error) {
 		}
 	}
 	running := r.runningTasks()
-	if len(running) == 0 {
+	if len(running) == 0 || r.heartbeatFrozen.Load() {
 		return leader, nil
 	}
 	fences := make([]driver.Fence, len(running))
