@@ -25,6 +25,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -38,27 +39,28 @@ var allScenarios = []string{"burndown", "chain", "latency", "fanout", "idle", "r
 
 // config holds the command-line settings.
 type config struct {
-	Scenarios     []string      `json:"scenarios"`
-	Backends      []string      `json:"backends"`
-	Rounds        int           `json:"rounds"`
-	PostgresURL   string        `json:"postgres_url"`
-	BurnPG        int           `json:"burndown_postgres_runs"`
-	BurnSQLite    int           `json:"burndown_sqlite_runs"`
-	ChainRuns     int           `json:"chain_runs"`
-	LatencyRate   int           `json:"latency_rate_per_s"`
-	LatencyFor    time.Duration `json:"latency_duration"`
-	FanRuns       int           `json:"fanout_runs"`
-	IdleWarmup    time.Duration `json:"idle_warmup"`
-	IdleWindow    time.Duration `json:"idle_window"`
-	RSSSizes      []int         `json:"rss_pending_runs"`
-	RSSRounds     int           `json:"rss_rounds"`
-	TripsRuns     int           `json:"trips_runs"`
-	Timeout       time.Duration `json:"round_timeout"`
-	CPUProfileDir string        `json:"cpu_profile_dir,omitempty"`
-	ProfileEngine string        `json:"profile_engine,omitempty"`
-	Out           string        `json:"-"`
-	Markdown      string        `json:"-"`
-	Verbose       bool          `json:"-"`
+	Scenarios      []string      `json:"scenarios"`
+	Backends       []string      `json:"backends"`
+	Rounds         int           `json:"rounds"`
+	PostgresURL    string        `json:"postgres_url"`
+	BurnPG         int           `json:"burndown_postgres_runs"`
+	BurnSQLite     int           `json:"burndown_sqlite_runs"`
+	ChainRuns      int           `json:"chain_runs"`
+	LatencyRate    int           `json:"latency_rate_per_s"`
+	LatencyFor     time.Duration `json:"latency_duration"`
+	LatencyLowRate int           `json:"latency_low_rate_per_s"`
+	FanRuns        int           `json:"fanout_runs"`
+	IdleWarmup     time.Duration `json:"idle_warmup"`
+	IdleWindow     time.Duration `json:"idle_window"`
+	RSSSizes       []int         `json:"rss_pending_runs"`
+	RSSRounds      int           `json:"rss_rounds"`
+	TripsRuns      int           `json:"trips_runs"`
+	Timeout        time.Duration `json:"round_timeout"`
+	CPUProfileDir  string        `json:"cpu_profile_dir,omitempty"`
+	ProfileEngine  string        `json:"profile_engine,omitempty"`
+	Out            string        `json:"-"`
+	Markdown       string        `json:"-"`
+	Verbose        bool          `json:"-"`
 }
 
 // harness is one benchmark run.
@@ -105,6 +107,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.BurnSQLite, "burndown-sqlite", 20000, "burn-down runs on SQLite")
 	fs.IntVar(&cfg.ChainRuns, "chain", 5000, "chain runs (3 steps each)")
 	fs.IntVar(&cfg.LatencyRate, "latency-rate", 500, "runs started per second in the latency scenario")
+	fs.IntVar(&cfg.LatencyLowRate, "latency-low-rate", 50, "a second, unsaturated start rate for the latency scenario (0: none)")
 	fs.DurationVar(&cfg.LatencyFor, "latency-for", 10*time.Second, "how long the latency scenario starts runs")
 	fs.IntVar(&cfg.FanRuns, "fanout", 1000, "fan-out/fan-in runs (1→20→1)")
 	fs.DurationVar(&cfg.IdleWarmup, "idle-warmup", 3*time.Second, "time an idle runner runs before counting starts")
@@ -200,8 +203,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	h.logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	baseline := runtime.NumGoroutine()
 	code := h.runAll(ctx, args, stdout, stderr)
+	if err := checkGoroutines(baseline); err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 1
+	}
 	return code
+}
+
+// checkGoroutines fails when goroutines started during the run outlive
+// it: every runner, River client, pool and proxy must have been stopped.
+func checkGoroutines(baseline int) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseline {
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+			return fmt.Errorf("goroutine leak: %d goroutines left, %d at start:\n%s", runtime.NumGoroutine(), baseline, b.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
 }
 
 // locate finds the repository root and the bench directory.

@@ -89,8 +89,8 @@ func settingsFor(c config) map[string]string {
 		"Cloacina runner":        fmt.Sprintf("MaxConcurrentTasks %d, ClaimBatchSize default (= %d), PollInterval default (1s), opened from a URL (its own pool/connections)", riverMaxWorkers, riverMaxWorkers),
 		"Cloacina on PostgreSQL": "fresh schema per round (created and migrated on Open), pgxpool with pgx defaults",
 		"Cloacina on SQLite":     "fresh file per round: one writer connection (BEGIN IMMEDIATE) + reader pool, WAL, synchronous=NORMAL",
-		"Sizes": fmt.Sprintf("burn-down %d (PostgreSQL) / %d (SQLite) runs; chain %d runs × 3; latency %d runs/s for %s; fan-out %d runs × 22 tasks; idle %s after %s warm-up; RSS %v pending runs; census %d runs",
-			c.BurnPG, c.BurnSQLite, c.ChainRuns, c.LatencyRate, c.LatencyFor, c.FanRuns, c.IdleWindow, c.IdleWarmup, c.RSSSizes, c.TripsRuns),
+		"Sizes": fmt.Sprintf("burn-down %d (PostgreSQL) / %d (SQLite) runs; chain %d runs × 3; latency %d runs/s (and %d runs/s) for %s; fan-out %d runs × 22 tasks; idle %s after %s warm-up; RSS %v pending runs; census %d runs",
+			c.BurnPG, c.BurnSQLite, c.ChainRuns, c.LatencyRate, c.LatencyLowRate, c.LatencyFor, c.FanRuns, c.IdleWindow, c.IdleWarmup, c.RSSSizes, c.TripsRuns),
 		"Rounds": fmt.Sprintf("%d per scenario (RSS: %d); ours and River alternate who goes first", c.Rounds, c.RSSRounds),
 	}
 }
@@ -152,16 +152,17 @@ func maxGoal(scenario, backend, metric string, limit float64, unit string) func(
 
 func maxOf(xs []float64) float64 { _, hi := minMax(xs); return hi }
 
-func goals() []goal {
+func goals(rate int) []goal {
+	step := func(pc float64) string { return latencyMetric(stepMetric, pc, rate) }
 	var g []goal
 	g = append(g,
 		goal{"Burn-down throughput ≥ 1.0× River", "postgres", ratioGoal("burndown", "postgres", 1.0)},
 		goal{"Burn-down throughput ≥ 1.5× River", "sqlite", ratioGoal("burndown", "sqlite", 1.5)},
 		goal{"Chain steps/s ≥ 2× River", "postgres", ratioGoal("chain", "postgres", 2.0)},
-		goal{"Step latency p50 ≤ 5 ms", "postgres", maxGoal("latency", "postgres", "step: task done → next task running p50", 5, "ms")},
-		goal{"Step latency p50 ≤ 2 ms", "sqlite", maxGoal("latency", "sqlite", "step: task done → next task running p50", 2, "ms")},
-		goal{"Step latency p99 ≤ 25 ms", "postgres", maxGoal("latency", "postgres", "step: task done → next task running p99", 25, "ms")},
-		goal{"Step latency p99 ≤ 25 ms", "sqlite", maxGoal("latency", "sqlite", "step: task done → next task running p99", 25, "ms")},
+		goal{"Step latency p50 ≤ 5 ms", "postgres", maxGoal("latency", "postgres", step(50), 5, "ms")},
+		goal{"Step latency p50 ≤ 2 ms", "sqlite", maxGoal("latency", "sqlite", step(50), 2, "ms")},
+		goal{"Step latency p99 ≤ 25 ms", "postgres", maxGoal("latency", "postgres", step(99), 25, "ms")},
+		goal{"Step latency p99 ≤ 25 ms", "sqlite", maxGoal("latency", "sqlite", step(99), 25, "ms")},
 		goal{"Idle runner ≤ 2 statements/s", "postgres", maxGoal("idle", "postgres", "statements per second", 2, "stmts/s")},
 		goal{"Idle runner ≤ 2 statements/s", "sqlite", maxGoal("idle", "sqlite", "statements per second", 2, "stmts/s")},
 		goal{"Peak RSS grows < 2× from 10,000 to 100,000 pending runs", "postgres", maxGoal("rss", "postgres", "peak RSS growth", 1.999, "×")},
@@ -198,7 +199,7 @@ func (h *harness) writeMarkdown(rep *report) error {
 	}
 
 	w("## Targets of issue 5\n\n| Target | Database | Measured | Met? |\n|---|---|---|---|\n")
-	for _, g := range goals() {
+	for _, g := range goals(rep.Config.LatencyRate) {
 		measured, met, ok := g.check(rep)
 		verdict := "not measured"
 		switch {
@@ -271,7 +272,10 @@ func (h *harness) writeMarkdown(rep *report) error {
 		"A round passes only if every unit ran exactly once, and the database then shows every run completed (ours: plus the exact execution-event count per type, " +
 		"5 per task and 2 per run; River: every job `completed`). A fast wrong result fails the round and the harness exits non-zero.\n")
 	w("- **Throughput** (burn-down, chain, fan-out): runs are inserted first with the engine stopped; the clock runs from `Start` until the probe has seen every unit *and* the database shows no run/job left incomplete (polled every 2 ms once the probe is full).\n")
-	w("- **Latency**: runs of a two-step chain are started open-loop at a fixed rate, each from its own goroutine at its scheduled time. Start latency: call to `ExecuteAsync` / River `Insert` → first step's function running. Step latency: first step's function returning (River: its work done, before its hand-off transaction) → second step's function running.\n")
+	w("- **Latency**: runs of a two-step chain are started open-loop at a fixed rate, each from its own goroutine at its scheduled time. Start latency: call to `ExecuteAsync` / River `Insert` → first step's function running. Step latency: first step's function returning (River: its work done, before its hand-off transaction) → second step's function running. " +
+		"The issue's rate (%d/s, i.e. %d steps/s plus %d run inserts/s) is above what either engine sustains on this machine in this configuration, so its percentiles mostly measure queueing; the same scenario at %d/s shows the latency of an engine that keeps up. The targets are judged at %d/s.\n",
+		rep.Config.LatencyRate, 2*rep.Config.LatencyRate, rep.Config.LatencyRate, rep.Config.LatencyLowRate, rep.Config.LatencyRate)
+	w("- **CPU per 1000 steps** (throughput scenarios): user+system CPU from /proc over the work phase, of the harness process (engine, driver and the trivial task functions) and of every PostgreSQL server process. The server figure includes whatever else the shared server did meanwhile.\n")
 	w("- **Fan-out/fan-in and RSS**: runs are inserted by the harness, then a child process (the same binary with `-child`) opens a runner, works them off and reports its peak RSS (`VmHWM` from /proc/self/status), so the figure is that of the runner alone.\n")
 	w("- **Idle**: one started runner (ours) and one started River client with nothing to do; statements are counted over the window after a warm-up. ")
 	w("PostgreSQL: `pg_stat_statements` is not loaded on the shared server (it needs `shared_preload_libraries` and a restart), and `pg_stat_database` deltas would include other engineers' tests, so each engine's connections go through the counting proxy and every Execute/simple Query counts (BEGIN and COMMIT included). ")

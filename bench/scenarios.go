@@ -28,6 +28,7 @@ func insertWorkers(backend string) int {
 // work phase.
 func (h *harness) throughput(ctx context.Context, scenario, backend string, round int) (string, error) {
 	wf, runs, unit := wfBurn, h.cfg.BurnPG, "tasks/s"
+	cpu := map[string]cpuSample{}
 	if backend == "sqlite" {
 		runs = h.cfg.BurnSQLite
 	}
@@ -37,21 +38,29 @@ func (h *harness) throughput(ctx context.Context, scenario, backend string, roun
 	steps := stepsOf[wf]
 	res := map[string]float64{}
 	for _, eng := range engineOrder(round) {
-		v, err := h.throughputOne(ctx, scenario, backend, eng, wf, runs, steps, round)
+		v, c, err := h.throughputOne(ctx, scenario, backend, eng, wf, runs, steps, round)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", eng, err)
 		}
 		res[eng] = v
+		cpu[eng] = c
 	}
 	h.report.record(scenario, backend, "throughput", unit, "higher", res["ours"], res["river"], true)
+	perK := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(runs*steps) * 1000 }
+	h.report.record(scenario, backend, "CPU of the harness process per 1000 steps", "ms", "lower",
+		perK(cpu["ours"].self), perK(cpu["river"].self), true)
+	if backend == "postgres" {
+		h.report.record(scenario, backend, "CPU of the PostgreSQL server per 1000 steps (whole server)", "ms", "lower",
+			perK(cpu["ours"].postgres), perK(cpu["river"].postgres), true)
+	}
 	return fmt.Sprintf("%d runs × %d steps: ours %.0f %s, river %.0f %s, ours/river %.2f",
 		runs, steps, res["ours"], unit, res["river"], unit, res["ours"]/res["river"]), nil
 }
 
-func (h *harness) throughputOne(ctx context.Context, scenario, backend, engine, wf string, runs, steps, round int) (float64, error) {
+func (h *harness) throughputOne(ctx context.Context, scenario, backend, engine, wf string, runs, steps, round int) (_ float64, cpu cpuSample, _ error) {
 	t, err := h.newTarget(ctx, backend, engine, scenario)
 	if err != nil {
-		return 0, err
+		return 0, cpu, err
 	}
 	defer func() { _ = t.drop(ctx) }()
 	p := newProbe(runs, steps, false)
@@ -60,44 +69,50 @@ func (h *harness) throughputOne(ctx context.Context, scenario, backend, engine, 
 	if engine == "ours" {
 		r, err := openOurs(ctx, t.oursURL(), wf, p, h.logger)
 		if err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
 		defer r.Close()
 		if err := insertOurs(ctx, r, wf, runs, insertWorkers(backend)); err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
-		if elapsed, err = workOurs(ctx, r, t, p, h.cfg.Timeout, prof); err != nil {
-			return 0, err
+		c0 := sampleCPU()
+		elapsed, err = workOurs(ctx, r, t, p, h.cfg.Timeout, prof)
+		cpu = sampleCPU().sub(c0)
+		if err != nil {
+			return 0, cpu, err
 		}
 		if err := r.Close(); err != nil {
-			return 0, fmt.Errorf("close runner: %w", err)
+			return 0, cpu, fmt.Errorf("close runner: %w", err)
 		}
 		if err := p.verify(); err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
 		if err := verifyOurs(ctx, t, runs, steps); err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
 	} else {
 		rh, err := openRiver(ctx, t, p, h.logger, "", "")
 		if err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
 		defer rh.close()
 		if err := rh.insert(ctx, runs, steps-1); err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
-		if elapsed, err = workRiver(ctx, rh, t, p, h.cfg.Timeout, prof); err != nil {
-			return 0, err
+		c0 := sampleCPU()
+		elapsed, err = workRiver(ctx, rh, t, p, h.cfg.Timeout, prof)
+		cpu = sampleCPU().sub(c0)
+		if err != nil {
+			return 0, cpu, err
 		}
 		if err := p.verify(); err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
 		if err := verifyRiver(ctx, t, runs*steps); err != nil {
-			return 0, err
+			return 0, cpu, err
 		}
 	}
-	return float64(runs*steps) / elapsed.Seconds(), nil
+	return float64(runs*steps) / elapsed.Seconds(), cpu, nil
 }
 
 // latencyResult holds one engine's latencies of one round, in ms.
@@ -107,38 +122,56 @@ type latencyResult struct {
 }
 
 // latency runs one round of the latency scenario: runs of a two-step
-// chain started one by one at a fixed rate while the engine runs.
+// chain started one by one at a fixed rate while the engine runs; then
+// the same at the low rate, if set, to show the latency of an engine that
+// is not saturated.
 func (h *harness) latency(ctx context.Context, backend string, round int) (string, error) {
-	res := map[string]*latencyResult{}
-	for _, eng := range engineOrder(round) {
-		lr, err := h.latencyOne(ctx, backend, eng, round)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", eng, err)
+	rates := []int{h.cfg.LatencyRate}
+	if h.cfg.LatencyLowRate > 0 {
+		rates = append(rates, h.cfg.LatencyLowRate)
+	}
+	var lines []string
+	for _, rate := range rates {
+		res := map[string]*latencyResult{}
+		for _, eng := range engineOrder(round) {
+			lr, err := h.latencyOne(ctx, backend, eng, rate)
+			if err != nil {
+				return "", fmt.Errorf("%s at %d/s: %w", eng, rate, err)
+			}
+			res[eng] = lr
 		}
-		res[eng] = lr
+		o, r := res["ours"], res["river"]
+		for _, pc := range []float64{50, 95, 99} {
+			h.report.record("latency", backend, latencyMetric("start → first task running", pc, rate), "ms", "lower",
+				percentile(o.start, pc), percentile(r.start, pc), true)
+		}
+		for _, pc := range []float64{50, 95, 99} {
+			h.report.record("latency", backend, latencyMetric(stepMetric, pc, rate), "ms", "lower",
+				percentile(o.step, pc), percentile(r.step, pc), true)
+		}
+		h.report.record("latency", backend, fmt.Sprintf("achieved start rate @ %d/s", rate), "runs/s", "higher", o.rate, r.rate, false)
+		lines = append(lines, fmt.Sprintf("%d runs at %.0f/s: start p50/p99 ours %.1f/%.1f ms, river %.1f/%.1f ms; step p50/p99 ours %.1f/%.1f ms, river %.1f/%.1f ms",
+			len(o.start), o.rate,
+			percentile(o.start, 50), percentile(o.start, 99), percentile(r.start, 50), percentile(r.start, 99),
+			percentile(o.step, 50), percentile(o.step, 99), percentile(r.step, 50), percentile(r.step, 99)))
 	}
-	o, r := res["ours"], res["river"]
-	for _, pc := range []float64{50, 95, 99} {
-		h.report.record("latency", backend, fmt.Sprintf("start → first task running p%.0f", pc), "ms", "lower",
-			percentile(o.start, pc), percentile(r.start, pc), true)
-	}
-	for _, pc := range []float64{50, 95, 99} {
-		h.report.record("latency", backend, fmt.Sprintf("step: task done → next task running p%.0f", pc), "ms", "lower",
-			percentile(o.step, pc), percentile(r.step, pc), true)
-	}
-	h.report.record("latency", backend, "achieved start rate", "runs/s", "higher", o.rate, r.rate, false)
-	return fmt.Sprintf("%d runs at %.0f/s: start p50/p99 ours %.1f/%.1f ms, river %.1f/%.1f ms; step p50/p99 ours %.1f/%.1f ms, river %.1f/%.1f ms",
-		len(o.start), o.rate,
-		percentile(o.start, 50), percentile(o.start, 99), percentile(r.start, 50), percentile(r.start, 99),
-		percentile(o.step, 50), percentile(o.step, 99), percentile(r.step, 50), percentile(r.step, 99)), nil
+	return strings.Join(lines, " | "), nil
 }
 
-func (h *harness) latencyOne(ctx context.Context, backend, engine string, round int) (*latencyResult, error) {
-	n := int(float64(h.cfg.LatencyRate) * h.cfg.LatencyFor.Seconds())
+// stepMetric names the step latency.
+const stepMetric = "step: task done → next task running"
+
+// latencyMetric names a latency percentile at a start rate.
+func latencyMetric(what string, pc float64, rate int) string {
+	return fmt.Sprintf("%s p%.0f @ %d/s", what, pc, rate)
+}
+
+func (h *harness) latencyOne(ctx context.Context, backend, engine string, rate int) (*latencyResult, error) {
+	n := int(float64(rate) * h.cfg.LatencyFor.Seconds())
 	if n < 1 {
 		return nil, errors.New("latency scenario starts no runs: raise -latency-rate or -latency-for")
 	}
-	interval := time.Second / time.Duration(h.cfg.LatencyRate)
+	interval := time.Second / time.Duration(rate)
 	t, err := h.newTarget(ctx, backend, engine, "latency")
 	if err != nil {
 		return nil, err
@@ -220,7 +253,7 @@ func (h *harness) latencyOne(ctx context.Context, backend, engine string, round 
 		}(i)
 	}
 	wg.Wait()
-	rate := float64(n) / time.Since(t0).Seconds()
+	achieved := float64(n) / time.Since(t0).Seconds()
 	if firstErr != nil {
 		_ = stopEngine()
 		return nil, firstErr
@@ -238,7 +271,7 @@ func (h *harness) latencyOne(ctx context.Context, backend, engine string, round 
 	if err := work(); err != nil {
 		return nil, err
 	}
-	lr := &latencyResult{rate: rate, start: make([]float64, n), step: make([]float64, n)}
+	lr := &latencyResult{rate: achieved, start: make([]float64, n), step: make([]float64, n)}
 	for i := range n {
 		lr.start[i] = float64(p.startNs[2*i].Load()-calls[i]) / 1e6
 		lr.step[i] = float64(p.startNs[2*i+1].Load()-p.endNs[2*i].Load()) / 1e6
