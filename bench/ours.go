@@ -89,6 +89,9 @@ func openOurs(ctx context.Context, url, name string, p *probe, logger *slog.Logg
 // insertOurs starts n runs of workflow from `workers` goroutines; run i
 // gets {"i": i}.
 func insertOurs(ctx context.Context, r *cloacina.Runner, workflow string, n, workers int) error {
+	// The first failure stops the other inserters.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -108,6 +111,7 @@ func insertOurs(ctx context.Context, r *cloacina.Runner, workflow string, n, wor
 				}
 				if _, err := r.ExecuteAsync(ctx, workflow, in); err != nil {
 					errs <- fmt.Errorf("insert run %d: %w", i, err)
+					cancel()
 					return
 				}
 			}

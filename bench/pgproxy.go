@@ -74,14 +74,17 @@ func (s proxyStats) sub(earlier proxyStats) proxyStats {
 	return d
 }
 
+// proxySchemaPattern matches the harness's schema names in statements.
+var proxySchemaPattern = regexp.MustCompile(`"?bench_[a-z]+_[a-z]+_[0-9a-f]+"?`)
+
 // startProxy listens on a free loopback port and forwards to upstream.
-// schemaPattern is replaced by {s} in statement labels.
+// The harness's schema names are replaced by {s} in statement labels.
 func startProxy(upstream string) (*pgProxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &pgProxy{ln: ln, upstream: upstream, schema: regexp.MustCompile(`"?bench_[a-z]+_[a-z]+_[0-9a-f]+"?`),
+	p := &pgProxy{ln: ln, upstream: upstream, schema: proxySchemaPattern,
 		stats: proxyStats{Trips: map[string]*tripStat{}}, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.accept()
