@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/cloacina-go/cloacina/driver"
 )
@@ -175,7 +176,7 @@ func nilIfEmpty(m json.RawMessage) json.RawMessage {
 func scanPipeline(row pgx.Row) (*driver.Pipeline, error) {
 	var p driver.Pipeline
 	var status string
-	if err := row.Scan(&p.ID, &p.WorkflowName, &p.WorkflowVersion, &status, &p.Input, &p.Output, &p.Error,
+	if err := row.Scan(scanID{&p.ID}, &p.WorkflowName, &p.WorkflowVersion, &status, &p.Input, &p.Output, &p.Error,
 		&p.CreatedAt, &p.StartedAt, &p.CompletedAt, &p.UpdatedAt); err != nil {
 		return nil, mapError(err)
 	}
@@ -205,7 +206,7 @@ func collectPipelines(rows pgx.Rows, err error) ([]*driver.Pipeline, error) {
 func scanTask(row pgx.Row, extra ...any) (*driver.Task, error) {
 	var t driver.Task
 	var status string
-	dest := append(extra, &t.ID, &t.PipelineID, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
+	dest := append(extra, scanID{&t.ID}, scanID{&t.PipelineID}, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
 		&t.Input, &t.Output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
 		&t.CompletedAt, &t.UpdatedAt)
 	if err := row.Scan(dest...); err != nil {
@@ -219,7 +220,7 @@ func scanTask(row pgx.Row, extra ...any) (*driver.Task, error) {
 }
 
 func (e *executor) PipelineInsert(ctx context.Context, p *driver.PipelineInsertParams) (bool, error) {
-	tag, err := e.db.Exec(ctx, e.q.pipelineInsert, p.ID, p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), p.Now.UTC())
+	tag, err := e.db.Exec(ctx, e.q.pipelineInsert, pgID(p.ID), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), p.Now.UTC())
 	if err != nil {
 		return false, fmt.Errorf("postgres: insert pipeline %s: %w", p.ID, mapError(err))
 	}
@@ -227,7 +228,7 @@ func (e *executor) PipelineInsert(ctx context.Context, p *driver.PipelineInsertP
 }
 
 func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
-	p, err := scanPipeline(e.db.QueryRow(ctx, e.q.pipelineGet, id))
+	p, err := scanPipeline(e.db.QueryRow(ctx, e.q.pipelineGet, pgID(id)))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: get pipeline %s: %w", id, err)
 	}
@@ -246,7 +247,7 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 	var where []string
 	var a args
 	if len(p.IDs) > 0 {
-		where = append(where, "id = ANY("+a.add(p.IDs)+")")
+		where = append(where, "id = ANY("+a.add(pgIDs(p.IDs))+")")
 	}
 	if len(p.Statuses) > 0 {
 		ss := make([]string, len(p.Statuses))
@@ -259,7 +260,7 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 		where = append(where, "workflow_name = "+a.add(p.WorkflowName))
 	}
 	if p.CreatedBefore != nil {
-		where = append(where, "(created_at, id) < ("+a.add(p.CreatedBefore.UTC())+", "+a.add(p.BeforeID)+")")
+		where = append(where, "(created_at, id) < ("+a.add(p.CreatedBefore.UTC())+", "+a.add(pgID(p.BeforeID))+")")
 	}
 	q := `SELECT ` + pipelineColumns + ` FROM ` + e.q.pipelineTable
 	if len(where) > 0 {
@@ -280,7 +281,7 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLock, ids))
+	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLock, pgIDs(ids)))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: lock pipelines: %w", err)
 	}
@@ -291,11 +292,7 @@ func (e *executor) PipelineStart(ctx context.Context, p *driver.PipelineStartPar
 	if len(p.IDs) == 0 {
 		return nil, nil
 	}
-	rows, err := e.db.Query(ctx, e.q.pipelineStart, p.IDs, p.Now.UTC())
-	if err != nil {
-		return nil, fmt.Errorf("postgres: start pipelines: %w", mapError(err))
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	ids, err := collectIDs(e.db.Query(ctx, e.q.pipelineStart, pgIDs(p.IDs), p.Now.UTC()))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: start pipelines: %w", mapError(err))
 	}
@@ -308,7 +305,7 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 	}
 	n := len(tasks)
 	var (
-		ids, pids            = make([]uuid.UUID, n), make([]uuid.UUID, n)
+		ids, pids            = make([][16]byte, n), make([][16]byte, n)
 		wfs, names, statuses = make([]string, n), make([]string, n), make([]string, n)
 		pos, attempts, maxes = make([]int32, n), make([]int32, n), make([]int32, n)
 		inputs               = make([]*string, n)
@@ -331,10 +328,10 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	var where []string
 	var a args
 	if len(p.PipelineIDs) > 0 {
-		where = append(where, "pipeline_execution_id = ANY("+a.add(p.PipelineIDs)+")")
+		where = append(where, "pipeline_execution_id = ANY("+a.add(pgIDs(p.PipelineIDs))+")")
 	}
 	if len(p.IDs) > 0 {
-		where = append(where, "id = ANY("+a.add(p.IDs)+")")
+		where = append(where, "id = ANY("+a.add(pgIDs(p.IDs))+")")
 	}
 	if len(where) == 0 {
 		return nil, fmt.Errorf("postgres: list tasks: give pipeline ids or task ids")
@@ -390,7 +387,7 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 	}
 	n := len(finishes)
 	var (
-		ids                     = make([]uuid.UUID, n)
+		ids                     = make([][16]byte, n)
 		statuses, errs, runners = make([]string, n), make([]string, n), make([]string, n)
 		outputs                 = make([]*string, n)
 		attempts, fa, fr        = make([]int32, n), make([]int32, n), make([]int32, n)
@@ -404,11 +401,7 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 		runners[i], fa[i], fr[i] = f.Fence.RunnerID, int32(f.Fence.Attempt), int32(f.Fence.RecoveryCount)
 		recoveries[i] = int32(f.RecoveryCount)
 	}
-	rows, err := e.db.Query(ctx, e.q.taskFinish, ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
-	}
-	done, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	done, err := collectIDs(e.db.Query(ctx, e.q.taskFinish, ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 	}
@@ -428,7 +421,7 @@ func (e *executor) OutboxPeek(ctx context.Context, p *driver.OutboxPeekParams) (
 }
 
 func (e *executor) OutboxDelete(ctx context.Context, p *driver.OutboxDeleteParams) (int, error) {
-	tag, err := e.db.Exec(ctx, e.q.outboxDelete, p.PipelineID)
+	tag, err := e.db.Exec(ctx, e.q.outboxDelete, pgID(p.PipelineID))
 	if err != nil {
 		return 0, fmt.Errorf("postgres: delete outbox rows of pipeline %s: %w", p.PipelineID, mapError(err))
 	}
@@ -441,7 +434,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	b := &pgx.Batch{}
 	if n := len(c.Tasks); n > 0 {
 		var (
-			ids                  = make([]uuid.UUID, n)
+			ids                  = make([][16]byte, n)
 			from, statuses, errs = make([]string, n), make([]string, n), make([]string, n)
 			attempts             = make([]int32, n)
 			inputs               = make([]*string, n)
@@ -461,7 +454,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	}
 	if n := len(c.Outbox); n > 0 {
 		var (
-			ids       = make([]uuid.UUID, n)
+			ids       = make([][16]byte, n)
 			attempts  = make([]int32, n)
 			wfs       = make([]string, n)
 			available = make([]time.Time, n)
@@ -474,7 +467,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	}
 	if n := len(c.Pipelines); n > 0 {
 		var (
-			ids                  = make([]uuid.UUID, n)
+			ids                  = make([][16]byte, n)
 			from, statuses, errs = make([]string, n), make([]string, n), make([]string, n)
 			outputs              = make([]*string, n)
 			started, completed   = make([]*time.Time, n), make([]*time.Time, n)
@@ -493,14 +486,17 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	}
 	if n := len(c.Events); n > 0 {
 		var (
-			ids, pids   = make([]uuid.UUID, n), make([]uuid.UUID, n)
-			tids        = make([]*uuid.UUID, n)
+			ids, pids   = make([][16]byte, n), make([][16]byte, n)
+			tids        = make([]pgtype.UUID, n)
 			types, data = make([]string, n), make([]string, n)
 			workers     = make([]string, n)
 			created     = make([]time.Time, n)
 		)
 		for i, ev := range c.Events {
-			ids[i], pids[i], tids[i], types[i], workers[i], created[i] = ev.ID, ev.PipelineID, ev.TaskID, string(ev.Type), ev.WorkerID, ev.CreatedAt.UTC()
+			ids[i], pids[i], types[i], workers[i], created[i] = ev.ID, ev.PipelineID, string(ev.Type), ev.WorkerID, ev.CreatedAt.UTC()
+			if ev.TaskID != nil {
+				tids[i] = pgID(*ev.TaskID)
+			}
 			data[i] = "{}"
 			if ev.Data != nil {
 				data[i] = string(ev.Data)
@@ -539,10 +535,10 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	var where []string
 	var a args
 	if p.PipelineID != nil {
-		where = append(where, "e.pipeline_execution_id = "+a.add(*p.PipelineID))
+		where = append(where, "e.pipeline_execution_id = "+a.add(pgID(*p.PipelineID)))
 	}
 	if p.TaskID != nil {
-		where = append(where, "e.task_execution_id = "+a.add(*p.TaskID))
+		where = append(where, "e.task_execution_id = "+a.add(pgID(*p.TaskID)))
 	}
 	if len(p.Types) > 0 {
 		ts := make([]string, len(p.Types))
@@ -588,7 +584,7 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	for rows.Next() {
 		var ev driver.Event
 		var typ string
-		if err := rows.Scan(&ev.SequenceNum, &ev.ID, &ev.PipelineID, &ev.TaskID, &ev.TaskName, &typ, &ev.Data, &ev.WorkerID, &ev.CreatedAt); err != nil {
+		if err := rows.Scan(&ev.SequenceNum, scanID{&ev.ID}, scanID{&ev.PipelineID}, scanOptID{&ev.TaskID}, &ev.TaskName, &typ, &ev.Data, &ev.WorkerID, &ev.CreatedAt); err != nil {
 			return nil, fmt.Errorf("postgres: list events: %w", mapError(err))
 		}
 		ev.Type = driver.EventType(typ)
@@ -602,7 +598,7 @@ func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (
 	var where []string
 	var a args
 	if p.PipelineID != nil {
-		where = append(where, "pipeline_execution_id = "+a.add(*p.PipelineID))
+		where = append(where, "pipeline_execution_id = "+a.add(pgID(*p.PipelineID)))
 	}
 	if p.Before != nil {
 		where = append(where, "created_at < "+a.add(p.Before.UTC()))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cloacina-go/cloacina/driver"
@@ -128,7 +127,7 @@ func (e *executor) TaskSubStatusSet(ctx context.Context, p *driver.TaskSubStatus
 	f := p.Fence
 	tag, err := e.db.Exec(ctx, `UPDATE `+e.q.taskTable+` SET sub_status = $1, updated_at = $2
 		WHERE id = $3 AND status = 'running' AND runner_id = $4 AND attempt = $5 AND recovery_count = $6`,
-		p.SubStatus, p.Now.UTC(), f.TaskID, f.RunnerID, f.Attempt, f.RecoveryCount)
+		p.SubStatus, p.Now.UTC(), pgID(f.TaskID), f.RunnerID, f.Attempt, f.RecoveryCount)
 	if err != nil {
 		return false, fmt.Errorf("postgres: set sub-status of task %s: %w", f.TaskID, mapError(err))
 	}
@@ -141,19 +140,15 @@ func (e *executor) TaskFenceCheck(ctx context.Context, p *driver.TaskFenceCheckP
 		return res, nil
 	}
 	n := len(p.Fences)
-	ids, runners := make([]uuid.UUID, n), make([]string, n)
+	ids, runners := make([][16]byte, n), make([]string, n)
 	attempts, recoveries := make([]int32, n), make([]int32, n)
 	for i, f := range p.Fences {
 		ids[i], runners[i], attempts[i], recoveries[i] = f.TaskID, f.RunnerID, int32(f.Attempt), int32(f.RecoveryCount)
 	}
-	rows, err := e.db.Query(ctx, `SELECT f.id FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[]) AS f(id, runner, attempt, recovery)
+	lost, err := collectIDs(e.db.Query(ctx, `SELECT f.id FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[]) AS f(id, runner, attempt, recovery)
 		LEFT JOIN `+e.q.taskTable+` t ON t.id = f.id AND t.status = 'running' AND t.runner_id = f.runner
 			AND t.attempt = f.attempt AND t.recovery_count = f.recovery
-		WHERE t.id IS NULL`, ids, runners, attempts, recoveries)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: check claims: %w", mapError(err))
-	}
-	lost, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		WHERE t.id IS NULL`, ids, runners, attempts, recoveries))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: check claims: %w", mapError(err))
 	}
