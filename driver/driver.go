@@ -27,9 +27,10 @@ var (
 	// ErrSchemaTooNew is returned when the database was migrated by a newer
 	// version of Cloacina than the running code knows.
 	ErrSchemaTooNew = errors.New("database schema is newer than this version of cloacina")
-	// ErrConflict is returned by ChangeSetApply when a conditional update
-	// found its row in another status than expected. It means a decision
-	// was made on stale state; the transaction must be rolled back.
+	// ErrConflict is returned by ChangeSetApply (or by the Commit that
+	// sends its writes) when a conditional update found its row in another
+	// status than expected. It means a decision was made on stale state;
+	// the transaction must be rolled back.
 	ErrConflict = errors.New("state changed concurrently")
 	// ErrWrongTxType is returned by UnwrapTx for a transaction of another backend.
 	ErrWrongTxType = errors.New("transaction type does not match the database backend")
@@ -122,7 +123,10 @@ type Executor interface {
 
 	// ChangeSetApply writes a change set: task and pipeline updates
 	// (conditional on their from-status; ErrConflict when one does not
-	// apply), outbox rows, events, and wake-ups.
+	// apply), outbox rows, events, and wake-ups. Inside a Tx the backend
+	// may hold the writes and send them with COMMIT, so their errors,
+	// ErrConflict included, can surface from Commit instead: treat both
+	// alike, and roll back either way.
 	ChangeSetApply(ctx context.Context, changes *ChangeSet) error
 
 	// EventList returns events ordered by sequence number; following

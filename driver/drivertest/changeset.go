@@ -1,7 +1,9 @@
 package drivertest
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -143,9 +145,7 @@ func testChangeSetApply(t *testing.T, s *suite) {
 		b := f.b
 		tx, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
-		err = tx.ChangeSetApply(b.ctx, f.cs)
-		require.ErrorIs(t, err, driver.ErrConflict)
-		require.NoError(t, tx.Rollback(b.ctx))
+		require.ErrorIs(t, applyAndCommit(b.ctx, tx, f.cs), driver.ErrConflict)
 
 		got := b.getTask(t, f.task.ID)
 		require.Equal(t, driver.TaskNotStarted, got.Status)
@@ -210,9 +210,8 @@ func testChangeSetApply(t *testing.T, s *suite) {
 		b.enqueue(t, b.now, task)
 		tx, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
-		require.Error(t, tx.ChangeSetApply(b.ctx, &driver.ChangeSet{Outbox: []driver.OutboxInsert{outboxFor(task, b.now)}}),
+		require.Error(t, applyAndCommit(b.ctx, tx, &driver.ChangeSet{Outbox: []driver.OutboxInsert{outboxFor(task, b.now)}}),
 			"a (task, attempt) has at most one outbox row")
-		require.NoError(t, tx.Rollback(b.ctx))
 		require.Len(t, b.claim(t, "r", 10), 1)
 	})
 
@@ -278,4 +277,18 @@ func testChangeSetApply(t *testing.T, s *suite) {
 			}
 		}
 	})
+}
+
+// applyAndCommit applies a change set and commits it, rolling back on an
+// error. A backend may report a change set's errors (ErrConflict among
+// them) from ChangeSetApply or, when it sends the writes with COMMIT, from
+// Commit: callers must treat both alike.
+func applyAndCommit(ctx context.Context, tx driver.Tx, cs *driver.ChangeSet) error {
+	if err := tx.ChangeSetApply(ctx, cs); err != nil {
+		return errors.Join(err, tx.Rollback(ctx))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return errors.Join(err, tx.Rollback(ctx))
+	}
+	return nil
 }

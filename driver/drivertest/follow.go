@@ -72,7 +72,7 @@ func testEventFollow(t *testing.T, s *suite) {
 		open, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
 		defer open.Rollback(b.ctx)
-		require.NoError(t, open.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{early}}))
+		applyNow(t, b, open, &driver.ChangeSet{Events: []driver.EventInsert{early}})
 
 		late := event(p, nil, driver.EventTaskCreated, b.at(2*time.Second))
 		b.apply(t, &driver.ChangeSet{Events: []driver.EventInsert{late}})
@@ -120,10 +120,10 @@ func testEventFollow(t *testing.T, s *suite) {
 		require.NoError(t, err)
 		defer second.Rollback(b.ctx)
 		numberedFirst := event(p, nil, driver.EventTaskCreated, b.at(time.Second))
-		require.NoError(t, second.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{numberedFirst}}))
+		applyNow(t, b, second, &driver.ChangeSet{Events: []driver.EventInsert{numberedFirst}})
 
 		numberedSecond := event(p, nil, driver.EventTaskCreated, b.at(2*time.Second))
-		require.NoError(t, first.ChangeSetApply(b.ctx, &driver.ChangeSet{Events: []driver.EventInsert{numberedSecond}}))
+		applyNow(t, b, first, &driver.ChangeSet{Events: []driver.EventInsert{numberedSecond}})
 		require.NoError(t, first.Commit(b.ctx))
 		require.Equal(t, []uuid.UUID{base.ID, numberedSecond.ID}, eventIDs(b.events(t, &driver.EventListParams{PipelineID: &p})))
 
@@ -188,4 +188,14 @@ func testEventFollow(t *testing.T, s *suite) {
 		}
 		require.Equal(t, eventIDs(all), got)
 	})
+}
+
+// applyNow applies a change set inside tx and makes sure its rows are
+// written now, not held for COMMIT (which a backend may do): a later read
+// in the same transaction must see them.
+func applyNow(t *testing.T, b *bundle, tx driver.Tx, cs *driver.ChangeSet) {
+	t.Helper()
+	require.NoError(t, tx.ChangeSetApply(b.ctx, cs))
+	_, err := tx.EventCount(b.ctx, &driver.EventCountParams{})
+	require.NoError(t, err)
 }

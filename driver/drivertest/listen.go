@@ -72,12 +72,11 @@ func testListen(t *testing.T, s *suite) {
 		sub := b.subscribe(t, b.drv)
 		tx, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
-		err = tx.ChangeSetApply(b.ctx, &driver.ChangeSet{
+		err = applyAndCommit(b.ctx, tx, &driver.ChangeSet{
 			Pipelines: []driver.PipelineUpdate{{ID: p.ID, FromStatus: driver.PipelineRunning, Status: driver.PipelineCancelled, Now: b.now}},
 			Notify:    []string{"cancel:" + p.ID.String()},
 		})
 		require.ErrorIs(t, err, driver.ErrConflict)
-		require.NoError(t, tx.Rollback(b.ctx))
 		b.notify(t, b.drv, "sentinel")
 		require.Equal(t, "sentinel", b.next(t, sub))
 	})

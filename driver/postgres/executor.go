@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -119,23 +118,25 @@ func newQueries(schema string) *queries {
 			(SELECT MIN(available_at) FROM {s}.task_outbox WHERE available_at > $1 AND workflow_name = ANY($2))`),
 		outboxDelete: r.Replace(`DELETE FROM {s}.task_outbox WHERE task_execution_id IN
 			(SELECT id FROM {s}.task_executions WHERE pipeline_execution_id = $1)`),
-		taskUpdate: r.Replace(`UPDATE {s}.task_executions t
+		taskUpdate: r.Replace(`WITH u AS (UPDATE {s}.task_executions t
 			SET status = u.status, attempt = u.attempt, input = COALESCE(u.input::jsonb, t.input), error = u.error,
 				available_at = u.available_at,
 				completed_at = CASE WHEN u.status IN ('completed', 'failed', 'skipped') THEN u.now ELSE t.completed_at END,
 				updated_at = u.now
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[])
 				AS u(id, from_status, status, attempt, input, error, available_at, now)
-			WHERE t.id = u.id AND t.status = u.from_status`),
+			WHERE t.id = u.id AND t.status = u.from_status RETURNING 1)
+			SELECT {s}.cloacina_expect_rows(count(*), $9, 'task') FROM u`),
 		outboxInsert: r.Replace(`INSERT INTO {s}.task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at)
 			SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[])`),
-		pipelineUpdate: r.Replace(`UPDATE {s}.pipeline_executions p
+		pipelineUpdate: r.Replace(`WITH u AS (UPDATE {s}.pipeline_executions p
 			SET status = u.status, output = COALESCE(u.output::jsonb, p.output), error = u.error,
 				started_at = COALESCE(p.started_at, u.started_at), completed_at = COALESCE(u.completed_at, p.completed_at),
 				updated_at = u.now
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
 				AS u(id, from_status, status, output, error, started_at, completed_at, now)
-			WHERE p.id = u.id AND p.status = u.from_status`),
+			WHERE p.id = u.id AND p.status = u.from_status RETURNING 1)
+			SELECT {s}.cloacina_expect_rows(count(*), $9, 'run') FROM u`),
 		eventInsert: r.Replace(`INSERT INTO {s}.execution_events
 				(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
 			SELECT id, pid, tid, typ, data::jsonb, worker, created
@@ -445,12 +446,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 			ids[i], from[i], statuses[i], attempts[i] = u.ID, string(u.FromStatus), string(u.Status), int32(u.Attempt)
 			inputs[i], errs[i], available[i], nows[i] = jsonText(u.Input), u.Error, utcPtr(u.AvailableAt), u.Now.UTC()
 		}
-		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows).Exec(func(tag pgconn.CommandTag) error {
-			if int(tag.RowsAffected()) != n {
-				return fmt.Errorf("postgres: update tasks: %d of %d rows in their expected status: %w", tag.RowsAffected(), n, driver.ErrConflict)
-			}
-			return nil
-		})
+		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows, n)
 	}
 	if n := len(c.Outbox); n > 0 {
 		var (
@@ -477,12 +473,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 			ids[i], from[i], statuses[i], outputs[i], errs[i] = u.ID, string(u.FromStatus), string(u.Status), jsonText(u.Output), u.Error
 			started[i], completed[i], nows[i] = utcPtr(u.StartedAt), utcPtr(u.CompletedAt), u.Now.UTC()
 		}
-		b.Queue(e.q.pipelineUpdate, ids, from, statuses, outputs, errs, started, completed, nows).Exec(func(tag pgconn.CommandTag) error {
-			if int(tag.RowsAffected()) != n {
-				return fmt.Errorf("postgres: update pipelines: %d of %d rows in their expected status: %w", tag.RowsAffected(), n, driver.ErrConflict)
-			}
-			return nil
-		})
+		b.Queue(e.q.pipelineUpdate, ids, from, statuses, outputs, errs, started, completed, nows, n)
 	}
 	if n := len(c.Events); n > 0 {
 		var (
@@ -510,10 +501,12 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	if b.Len() == 0 {
 		return nil
 	}
+	if tx, ok := e.db.(*pgTx); ok {
+		// Sent with COMMIT: one round trip for every write and the commit.
+		tx.deferBatch(b)
+		return nil
+	}
 	if err := e.db.SendBatch(ctx, b).Close(); err != nil {
-		if errors.Is(err, driver.ErrConflict) {
-			return err
-		}
 		return fmt.Errorf("postgres: apply changes: %w", mapError(err))
 	}
 	return nil

@@ -129,11 +129,13 @@ func (d *Driver) Pool() *pgxpool.Pool { return d.pool }
 
 // Begin starts a transaction on the pool.
 func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.pool.Begin(ctx)
+	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", mapError(err))
 	}
-	return &pgTx{executor: executor{db: tx, q: d.q, channel: d.channel}, tx: tx}, nil
+	t := &pgTx{conn: conn}
+	t.executor = executor{db: t, q: d.q, channel: d.channel}
+	return t, nil
 }
 
 // Reader returns an executor on the pool, outside transactions.
@@ -172,25 +174,6 @@ func (d *Driver) Close() error {
 	return nil
 }
 
-type pgTx struct {
-	executor
-	tx pgx.Tx
-}
-
-func (t *pgTx) Commit(ctx context.Context) error {
-	if err := t.tx.Commit(ctx); err != nil {
-		return fmt.Errorf("postgres: commit: %w", mapError(err))
-	}
-	return nil
-}
-
-func (t *pgTx) Rollback(ctx context.Context) error {
-	if err := t.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
-		return fmt.Errorf("postgres: rollback: %w", mapError(err))
-	}
-	return nil
-}
-
 type subscription struct {
 	conn *pgx.Conn
 }
@@ -210,6 +193,10 @@ func (s *subscription) Close() error {
 	return s.conn.Close(context.Background())
 }
 
+// conflictCode is raised by cloacina_expect_rows (migration 5) when a
+// conditional update finds a row in another status than expected.
+const conflictCode = "CL001"
+
 // mapError maps pgx and PostgreSQL errors onto the driver's sentinels. It
 // is the one place that knows PostgreSQL's error codes.
 func mapError(err error) error {
@@ -224,6 +211,9 @@ func mapError(err error) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if pgErr.Code == conflictCode {
+			return fmt.Errorf("%w: %w", driver.ErrConflict, err)
+		}
 		switch {
 		case pgErr.Code == "40001", // serialization_failure
 			pgErr.Code == "40P01",               // deadlock_detected

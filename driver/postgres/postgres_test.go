@@ -199,9 +199,15 @@ func TestDeadlockIsTransient(t *testing.T) {
 	drv := open(t, testdb.NewSchema(t), "deadlock_timeout", "20ms")
 	require.NoError(t, drv.Migrate(ctx))
 	a, b := insertPipeline(t, drv), insertPipeline(t, drv)
+	// touch updates a row now (a read after ChangeSetApply sends the writes
+	// a transaction would otherwise hold for COMMIT).
 	touch := func(tx driver.Tx, id uuid.UUID) error {
-		return tx.ChangeSetApply(ctx, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
-			{ID: id, FromStatus: driver.PipelinePending, Status: driver.PipelinePending, Now: time.Now()}}})
+		if err := tx.ChangeSetApply(ctx, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
+			{ID: id, FromStatus: driver.PipelinePending, Status: driver.PipelinePending, Now: time.Now()}}}); err != nil {
+			return err
+		}
+		_, err := tx.EventCount(ctx, &driver.EventCountParams{})
+		return err
 	}
 	tx1, err := drv.Begin(ctx)
 	require.NoError(t, err)
