@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -399,7 +400,15 @@ func (a *Admin) countRows(ctx context.Context, info *TenantInfo, present []strin
 	if len(selects) == 0 {
 		return nil
 	}
-	if err := a.pool.QueryRow(ctx, "SELECT "+strings.Join(selects, ", ")).Scan(dsts...); err != nil {
+	err := a.pool.QueryRow(ctx, "SELECT "+strings.Join(selects, ", ")).Scan(dsts...)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// Not readable by this administrator, or changed under our feet:
+		// report it on this tenant and go on with the others.
+		*problems = append(*problems, "cannot count rows: "+pgErr.Message)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("postgres: count rows of tenant %s: %w", info.Schema, mapError(err))
 	}
 	return nil
