@@ -587,15 +587,22 @@ func TestTenantNonSuperuserAdmin(t *testing.T) {
 	adminRole := testdb.NewTenantName(t) // a fresh name, removed at the end
 	q := pgx.Identifier{adminRole}.Sanitize()
 	admin := adminConn(t)
-	for _, s := range []string{
-		"CREATE ROLE " + q + " LOGIN CREATEROLE",
-		"GRANT CREATE ON DATABASE " + pgx.Identifier{mustDatabase(t)}.Sanitize() + " TO " + q,
-		"GRANT USAGE ON SCHEMA cloacina_admin TO " + q,
-		"GRANT SELECT, INSERT, UPDATE, DELETE ON cloacina_admin.tenants TO " + q,
-	} {
-		_, err := admin.Exec(ctx, s)
-		require.NoError(t, err, s)
-	}
+	require.NoError(t, pgx.BeginFunc(ctx, admin, func(tx pgx.Tx) error {
+		if err := testdb.LockTenantRegistry(ctx, tx); err != nil {
+			return err
+		}
+		for _, s := range []string{
+			"CREATE ROLE " + q + " LOGIN CREATEROLE",
+			"GRANT CREATE ON DATABASE " + pgx.Identifier{mustDatabase(t)}.Sanitize() + " TO " + q,
+			"GRANT USAGE ON SCHEMA cloacina_admin TO " + q,
+			"GRANT SELECT, INSERT, UPDATE, DELETE ON cloacina_admin.tenants TO " + q,
+		} {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", s, err)
+			}
+		}
+		return nil
+	}))
 	cfg, err := pgx.ParseConfig(testdb.PostgresURL())
 	require.NoError(t, err)
 	adminURL := strings.Replace(testdb.PostgresURL(), cfg.User+"@", adminRole+"@", 1)

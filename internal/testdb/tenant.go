@@ -33,7 +33,9 @@ func NewTenantName(t testing.TB) string {
 }
 
 // DropTenantLeftovers removes a tenant's schema, role and registry row if
-// they exist.
+// they exist. It holds the registry's advisory lock, as tenant
+// administration does: granting and revoking on the database updates one
+// catalog row, and concurrent updates of it fail.
 func DropTenantLeftovers(t testing.TB, schema, role string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -43,28 +45,44 @@ func DropTenantLeftovers(t testing.TB, schema, role string) {
 		return
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-		t.Errorf("drop tenant schema %s: %v", schema, err)
-	}
-	var roleExists, registry bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), to_regclass('cloacina_admin.tenants') IS NOT NULL", role).
-		Scan(&roleExists, &registry); err != nil {
-		t.Errorf("drop tenant %s: %v", schema, err)
-		return
-	}
-	if registry {
-		if _, err := conn.Exec(ctx, "DELETE FROM cloacina_admin.tenants WHERE schema_name = $1", schema); err != nil {
-			t.Errorf("unregister tenant %s: %v", schema, err)
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if err := LockTenantRegistry(ctx, tx); err != nil {
+			return err
 		}
-	}
-	if roleExists {
-		r := pgx.Identifier{role}.Sanitize()
-		for _, s := range []string{"DROP OWNED BY " + r, "DROP ROLE " + r} {
-			if _, err := conn.Exec(ctx, s); err != nil {
-				t.Errorf("drop tenant role %s: %s: %v", role, s, err)
+		if _, err := tx.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			return err
+		}
+		var roleExists, registry bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), to_regclass('cloacina_admin.tenants') IS NOT NULL", role).
+			Scan(&roleExists, &registry); err != nil {
+			return err
+		}
+		if registry {
+			if _, err := tx.Exec(ctx, "DELETE FROM cloacina_admin.tenants WHERE schema_name = $1", schema); err != nil {
+				return err
 			}
 		}
+		if roleExists {
+			r := pgx.Identifier{role}.Sanitize()
+			for _, s := range []string{"DROP OWNED BY " + r, "DROP ROLE " + r} {
+				if _, err := tx.Exec(ctx, s); err != nil {
+					return fmt.Errorf("%s: %w", s, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("drop tenant %s (role %s): %v", schema, role, err)
 	}
+}
+
+// LockTenantRegistry takes, for the rest of tx, the advisory lock tenant
+// administration holds; tests that grant or revoke on the database by
+// hand take it too.
+func LockTenantRegistry(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('cloacina_admin', 0))")
+	return err
 }
 
 // mark records a PostgreSQL-backed test in the CI marker file.
