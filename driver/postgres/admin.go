@@ -32,8 +32,11 @@ var (
 // ValidateTenant checks a tenant (schema) name: what [ValidateSchema]
 // accepts, except public and the registry's own schema.
 func ValidateTenant(name string) error {
+	if !schemaName.MatchString(name) {
+		return fmt.Errorf("invalid tenant name %q: use 1–63 letters, digits and underscores, not starting with a digit", name)
+	}
 	if err := ValidateSchema(name); err != nil {
-		return fmt.Errorf("invalid tenant name %q: %w", name, err)
+		return fmt.Errorf("invalid tenant name %q: pg_* and information_schema are reserved by PostgreSQL", name)
 	}
 	switch strings.ToLower(name) {
 	case "public":

@@ -26,6 +26,7 @@ const connectTimeout = "10"
 // before anything is opened.
 type database struct {
 	url    string // passed to the library
+	raw    string // as the user gave it
 	parsed *cloacina.DatabaseURL
 	source string // where the URL came from, for messages
 }
@@ -44,7 +45,7 @@ func (a *app) database(cmd *cobra.Command) (*database, error) {
 	if err != nil {
 		return nil, &usageError{msg: fromSource(err, source)}
 	}
-	db := &database{url: raw, parsed: parsed, source: source}
+	db := &database{url: raw, raw: raw, parsed: parsed, source: source}
 	if parsed.Backend == "postgres" {
 		u, err := url.Parse(raw)
 		if err == nil && !u.Query().Has("connect_timeout") {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -65,7 +66,7 @@ to the server only as a SCRAM-SHA-256 verifier.` + tenantLong,
 			if err != nil {
 				return d.tenantError(err)
 			}
-			_, err = fmt.Fprintf(a.stdout, "tenant %s created (schema %s, role %s); its database URL:\n%s\n", tn.Schema, tn.Schema, tn.Role, tn.URL)
+			_, err = fmt.Fprintf(a.stdout, "tenant %s created (schema %s, role %s); its database URL:\n%s\n", tn.Schema, tn.Schema, tn.Role, d.withoutAddedParams(tn.URL))
 			return err
 		},
 	}
@@ -178,6 +179,24 @@ func (d *database) tenantError(err error) error {
 		return d.openError(err)
 	}
 	return err
+}
+
+// withoutAddedParams removes from a URL derived from d the parameters
+// the CLI added to d's (connect_timeout), so a printed URL carries only
+// what the user wrote.
+func (d *database) withoutAddedParams(derived string) string {
+	raw, err := url.Parse(d.raw)
+	if err != nil || raw.Query().Has("connect_timeout") {
+		return derived
+	}
+	u, err := url.Parse(derived)
+	if err != nil {
+		return derived
+	}
+	q := u.Query()
+	q.Del("connect_timeout")
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 func count(n int64) string { return strconv.FormatInt(n, 10) }
