@@ -370,7 +370,7 @@ func TestTenantFailClosed(t *testing.T) {
 	t.Run("NoSchemaMeansPublicWhichIsClosed", func(t *testing.T) {
 		err := open(withSchema(t, a.URL, ""), nil)
 		require.ErrorIs(t, err, ErrSchemaAccess)
-		require.ErrorContains(t, err, `may not create tables in schema "public"`)
+		require.ErrorContains(t, err, `may not create tables in schema "public", the default used when no schema is selected`)
 	})
 	t.Run("MissingSchema", func(t *testing.T) {
 		missing := testdb.NewSchema(t)

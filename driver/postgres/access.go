@@ -79,6 +79,10 @@ func (d *Driver) checkMigratable(ctx context.Context) error {
 		return fmt.Errorf("postgres: %w: schema %q does not exist in database %q and role %q may not create it: create the tenant first (`cloacina tenant create %s`), or check the schema name",
 			ErrSchemaAccess, d.schema, a.database, a.role, d.schema)
 	}
+	if a.exists && !a.createSch && d.schema == DefaultSchema {
+		return fmt.Errorf("postgres: %w: role %q may not create tables in schema \"public\", the default used when no schema is selected: select the tenant's schema with schema=NAME in the URL (or Config.Schema)",
+			ErrSchemaAccess, a.role)
+	}
 	if a.exists && !a.createSch {
 		return fmt.Errorf("postgres: %w: role %q may not create tables in schema %q, so it cannot migrate it: migrate as the schema's owner (`cloacina migrate`) and open with migrations skipped",
 			ErrSchemaAccess, a.role, d.schema)

@@ -157,6 +157,9 @@ func (d *database) openError(err error) error {
 		return &usageError{msg: fromSource(err, d.source)}
 	case errors.Is(err, cloacina.ErrSchemaOutdated):
 		return fmt.Errorf("database %s is not set up for this version of cloacina: run `cloacina migrate` first", d)
+	case errors.Is(err, cloacina.ErrSchemaAccess):
+		_, why, _ := strings.Cut(err.Error(), cloacina.ErrSchemaAccess.Error()+": ")
+		return fmt.Errorf("cannot use database %s: %s", d, why)
 	case errors.Is(err, cloacina.ErrSchemaTooNew):
 		return fmt.Errorf("database %s was migrated by a newer version of cloacina: upgrade this cloacina binary", d)
 	case errors.As(err, &connectErr):

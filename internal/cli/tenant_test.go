@@ -76,8 +76,16 @@ func TestTenantLifecycle(t *testing.T) {
 	require.Equal(t, "4", r[4], "the demo's four tasks")
 	require.Equal(t, "0", r[6], "nothing queued")
 
+	// The tenant's role cannot use another schema: a one-line error at open.
+	foreign := testdb.NewSchema(t)
+	ok(t, testdb.WithSchema(admin, foreign), "migrate")
+	res := cli(t, "--database-url", strings.Replace(tenant, "schema="+name, "schema="+foreign, 1), "runs", "list")
+	requireOneLineError(t, res, ExitFailure, "cannot use database")
+	res = cli(t, "--database-url", strings.Replace(tenant, "schema="+name, "schema=public", 1), "demo")
+	requireOneLineError(t, res, ExitFailure, "select the tenant's schema with schema=NAME")
+
 	// Without --yes nothing is dropped.
-	res := cli(t, "--database-url", admin, "tenant", "drop", name)
+	res = cli(t, "--database-url", admin, "tenant", "drop", name)
 	requireOneLineError(t, res, ExitUsage, "add --yes to confirm")
 	schema, role := exists(t, name)
 	require.True(t, schema && role)
