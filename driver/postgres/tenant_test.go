@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
@@ -129,4 +130,33 @@ func TestValidateTenantNames(t *testing.T) {
 	for _, pw := range []string{"", "tab\there", "é", strings.Repeat("p", 1025)} {
 		require.Error(t, postgres.ValidatePassword(pw), "%q", pw)
 	}
+}
+
+// A pool the application built for a transaction pooler must register
+// the backend's types; one that did not is told so when the backend
+// opens, not at its first write.
+func TestApplicationPoolInExecMode(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	cfg, err := pgxpool.ParseConfig(testdb.PostgresURL() + "&default_query_exec_mode=exec&pool_max_conns=2")
+	require.NoError(t, err)
+	bare, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer bare.Close()
+	drv, err := postgres.New(bare, &postgres.Opts{Schema: testdb.NewSchema(t)})
+	require.NoError(t, err)
+	require.ErrorContains(t, drv.Migrate(ctx), "postgres.RegisterTypes")
+	_, _, err = drv.MigrationVersion(ctx)
+	require.ErrorContains(t, err, "postgres.RegisterTypes")
+
+	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+		postgres.RegisterTypes(c.TypeMap())
+		return nil
+	}
+	registered, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer registered.Close()
+	drv, err = postgres.New(registered, &postgres.Opts{Schema: drv.Schema()})
+	require.NoError(t, err)
+	require.NoError(t, drv.Migrate(ctx))
 }
