@@ -16,7 +16,9 @@ import (
 // per tenant made by [Admin.TenantCreate]. Only the administrator can read
 // it (PUBLIC has no privilege on it), so a tenant cannot list the others.
 // A schema is a tenant if and only if it has a row there; TenantDrop drops
-// nothing else.
+// nothing else. The first administrator to create a tenant creates the
+// registry and owns it; grant other administrator roles USAGE on the
+// schema and SELECT, INSERT, UPDATE, DELETE on the table.
 const AdminSchema = "cloacina_admin"
 
 // Sentinel errors of tenant administration.

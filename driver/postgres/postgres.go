@@ -2,11 +2,10 @@
 // and pgxpool.
 //
 // Every statement names its schema explicitly (schema-qualified SQL), so the
-// backend works behind a transaction-pooling connection pooler and can never
-// fall back to another schema through search_path. Claims use
-// FOR UPDATE SKIP LOCKED; wake-ups are NOTIFY on a channel named after the
-// schema, sent inside the enqueuing transaction and received on a dedicated
-// connection outside the pool.
+// backend never depends on search_path and can never fall back to another
+// schema through it. Claims use FOR UPDATE SKIP LOCKED; wake-ups are NOTIFY
+// on a channel named after the schema, sent inside the enqueuing
+// transaction and received on a dedicated connection outside the pool.
 //
 // # Access checks
 //
@@ -16,15 +15,23 @@
 // its schema gets an error wrapping [ErrSchemaAccess] when the backend
 // opens, never a later write somewhere else.
 //
+// # Tenants
+//
+// [Admin] creates, lists and drops tenants: a schema owned by a login role
+// of its own, recorded in the [AdminSchema] registry. Package cloacina's
+// CreateTenant, ListTenants and DropTenant wrap it.
+//
 // # Transaction-pooling connection poolers
 //
 // The backend keeps no state in a session between transactions: no
 // search_path, no SET, no session-level advisory locks, no prepared
 // statements of its own. pgx does, by default: it prepares and caches
 // named statements on every connection (default_query_exec_mode
-// cache_statement), which a pooler in transaction mode (PgBouncer before
-// 1.21, or without max_prepared_statements) cannot follow from one server
-// connection to the next. Behind such a pooler, add
+// cache_statement), which a pooler in transaction mode cannot follow from
+// one server connection to the next (PgBouncer fails with "prepared
+// statement … already exists" or "does not exist" unless its
+// max_prepared_statements support, new in 1.21, is on). Behind such a
+// pooler, add
 //
 //	default_query_exec_mode=exec
 //
@@ -33,12 +40,13 @@
 // statement. That mode needs to know how to send the Go types the backend
 // binds: [Open] registers them on every connection it makes
 // ([RegisterTypes]); a pool the application hands to [New] must call
-// RegisterTypes in its AfterConnect hook. cache_describe and
-// simple_protocol work as well.
+// RegisterTypes in its AfterConnect hook (the backend checks at open).
+// cache_describe and simple_protocol work as well.
 //
 // LISTEN needs a session of its own, so through a transaction pooler
 // wake-ups are not delivered and runners find new work by polling
-// (Config.PollInterval in package cloacina) instead.
+// (Config.PollInterval in package cloacina) instead. Tenant administration
+// needs a direct connection too.
 package postgres
 
 import (
