@@ -121,4 +121,24 @@
 // in batches with [Runner.CountEventsBefore] and
 // [Runner.DeleteEventsBefore]. [Replay] rebuilds every status from the
 // events alone.
+//
+// # Tenants
+//
+// On PostgreSQL a tenant is a schema owned by a login role of its own;
+// on SQLite it is a database file of its own. An administrator creates a
+// PostgreSQL tenant with [CreateTenant] (or `cloacina tenant create`),
+// which returns the URL its runners open:
+//
+//	tenant, err := cloacina.CreateTenant(ctx, adminURL, "acme", nil)
+//	runner, err := cloacina.Open(ctx, tenant.URL, cfg) // …?schema=acme, as role acme
+//
+// Every statement names the tenant's schema; nothing depends on
+// search_path, so a runner can never fall back to public, and the
+// database, not Cloacina, keeps tenants apart: a tenant's role can use its
+// own schema and nothing of other tenants'. A runner whose role cannot use
+// the schema it is given fails to open with [ErrSchemaAccess]. Wake-ups
+// go out on a channel per schema. Runners for any number of tenants can
+// run side by side in one process. [ListTenants] and [DropTenant] complete
+// the set. Behind a transaction-pooling pooler such as PgBouncer, add
+// default_query_exec_mode=exec to the URL (see package driver/postgres).
 package cloacina

@@ -50,9 +50,9 @@ type Config struct {
 	// Logger receives the runner's background errors and lifecycle.
 	// Default: slog.Default().
 	Logger *slog.Logger
-	// Schema is the PostgreSQL schema holding the tables when the runner
-	// is opened from a URL (it overrides the URL's schema parameter).
-	// Default: "public". It is an error with SQLite.
+	// Schema is the PostgreSQL schema holding the tables (one per tenant;
+	// see CreateTenant). It must agree with the URL's schema parameter
+	// when both are set. Default: "public". It is an error with SQLite.
 	Schema string
 	// SkipMigrations opens without applying migrations; the database must
 	// then already be at this code's version. Default: false (migrate on open).

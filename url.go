@@ -34,7 +34,12 @@ const urlHelp = "use sqlite:///absolute/path.db, sqlite://relative.db or postgre
 //	postgresql://…                       (the same)
 //
 // The schema parameter selects the PostgreSQL schema; every other
-// parameter goes to pgx.
+// parameter goes to pgx. A search_path parameter (or options setting
+// search_path) without schema is an error: Cloacina names its schema in
+// every statement and never reads search_path, so that URL would
+// otherwise use public. Behind a transaction-pooling pooler such as
+// PgBouncer, add default_query_exec_mode=exec (see package
+// driver/postgres).
 func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
 	if strings.TrimSpace(raw) == "" {
 		return nil, fmt.Errorf("%w: empty: %s", ErrInvalidURL, urlHelp)
@@ -66,6 +71,11 @@ func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
 		}
 		q := u.Query()
 		schema := q.Get("schema")
+		if schema == "" && (q.Has("search_path") || strings.Contains(q.Get("options"), "search_path")) {
+			// Fail closed: whoever wrote this meant a schema, and without
+			// schema= Cloacina would use public.
+			return nil, fmt.Errorf("%w: %q sets search_path, which Cloacina does not use (every statement names its schema): select the schema with schema=NAME", ErrInvalidURL, redact(raw))
+		}
 		q.Del("schema")
 		u.RawQuery = q.Encode()
 		if schema != "" {
@@ -114,6 +124,8 @@ func openDriver(ctx context.Context, raw, schema string) (driver.Driver, error) 
 	default:
 		if schema == "" {
 			schema = u.Schema
+		} else if u.Schema != "" && u.Schema != schema {
+			return nil, fmt.Errorf("%w: Config.Schema %q and the URL's schema parameter %q disagree: select the schema in one place", ErrInvalidURL, schema, u.Schema)
 		}
 		return postgres.Open(ctx, u.DSN, &postgres.Opts{Schema: schema})
 	}

@@ -28,6 +28,9 @@ func mustLoadMigrations() []driver.Migration {
 // migrations in one transaction, holding an advisory lock keyed on the
 // schema so concurrent migrators apply each migration once.
 func (d *Driver) Migrate(ctx context.Context) error {
+	if err := d.checkMigratable(ctx); err != nil {
+		return err
+	}
 	tx, err := d.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("postgres: migrate: %w", mapError(err))
@@ -73,11 +76,14 @@ func (d *Driver) Migrate(ctx context.Context) error {
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("postgres: migrate: commit: %w", mapError(err))
 	}
-	return nil
+	return d.verifyTables(ctx)
 }
 
 // MigrationVersion reports the applied and the newest known schema version.
 func (d *Driver) MigrationVersion(ctx context.Context) (current, latest int, err error) {
+	if err := d.checkUsableNow(ctx); err != nil {
+		return 0, 0, err
+	}
 	var table *string
 	if err := d.pool.QueryRow(ctx, "SELECT to_regclass($1)::text", pgx.Identifier{d.schema, "cloacina_migrations"}.Sanitize()).Scan(&table); err != nil {
 		return 0, 0, fmt.Errorf("postgres: read schema version: %w", mapError(err))
@@ -86,6 +92,11 @@ func (d *Driver) MigrationVersion(ctx context.Context) (current, latest int, err
 		q := "SELECT COALESCE(MAX(version), 0) FROM " + pgx.Identifier{d.schema}.Sanitize() + ".cloacina_migrations"
 		if err := d.pool.QueryRow(ctx, q).Scan(&current); err != nil {
 			return 0, 0, fmt.Errorf("postgres: read schema version: %w", mapError(err))
+		}
+	}
+	if current == len(migrations) {
+		if err := d.verifyTables(ctx); err != nil {
+			return 0, 0, err
 		}
 	}
 	return current, len(migrations), nil

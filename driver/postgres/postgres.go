@@ -2,11 +2,51 @@
 // and pgxpool.
 //
 // Every statement names its schema explicitly (schema-qualified SQL), so the
-// backend works behind a transaction-pooling connection pooler and can never
-// fall back to another schema through search_path. Claims use
-// FOR UPDATE SKIP LOCKED; wake-ups are NOTIFY on a channel named after the
-// schema, sent inside the enqueuing transaction and received on a dedicated
-// connection outside the pool.
+// backend never depends on search_path and can never fall back to another
+// schema through it. Claims use FOR UPDATE SKIP LOCKED; wake-ups are NOTIFY
+// on a channel named after the schema, sent inside the enqueuing
+// transaction and received on a dedicated connection outside the pool.
+//
+// # Access checks
+//
+// Migrate and MigrationVersion check first that the connected role may use
+// the schema, and Migrate checks afterwards that every table is in that
+// schema and readable and writable by the role. A role that cannot use
+// its schema gets an error wrapping [ErrSchemaAccess] when the backend
+// opens, never a later write somewhere else.
+//
+// # Tenants
+//
+// [Admin] creates, lists and drops tenants: a schema owned by a login role
+// of its own, recorded in the [AdminSchema] registry. Package cloacina's
+// CreateTenant, ListTenants and DropTenant wrap it.
+//
+// # Transaction-pooling connection poolers
+//
+// The backend keeps no state in a session between transactions: no
+// search_path, no SET, no session-level advisory locks, no prepared
+// statements of its own. pgx does, by default: it prepares and caches
+// named statements on every connection (default_query_exec_mode
+// cache_statement), which a pooler in transaction mode cannot follow from
+// one server connection to the next (PgBouncer fails with "prepared
+// statement … already exists" or "does not exist" unless its
+// max_prepared_statements support, new in 1.21, is on). Behind such a
+// pooler, add
+//
+//	default_query_exec_mode=exec
+//
+// to the URL: every statement is then sent in one round trip on the
+// unnamed statement, with its parameters in text, and nothing outlives the
+// statement. That mode needs to know how to send the Go types the backend
+// binds: [Open] registers them on every connection it makes
+// ([RegisterTypes]); a pool the application hands to [New] must call
+// RegisterTypes in its AfterConnect hook (the backend checks at open).
+// cache_describe and simple_protocol work as well.
+//
+// LISTEN needs a session of its own, so through a transaction pooler
+// wake-ups are not delivered and runners find new work by polling
+// (Config.PollInterval in package cloacina) instead. Tenant administration
+// needs a direct connection too.
 package postgres
 
 import (
@@ -20,8 +60,10 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cloacina-go/cloacina/driver"
@@ -68,6 +110,12 @@ func Open(ctx context.Context, url string, opts *Opts) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: parse database URL: %w", err)
 	}
+	// Under default_query_exec_mode=exec or simple_protocol, pgx picks
+	// parameter types from Go types: teach it the backend's.
+	cfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
+		RegisterTypes(conn.TypeMap())
+		return nil
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: connect: %w", err)
@@ -105,6 +153,24 @@ func New(pool *pgxpool.Pool, opts *Opts) (*Driver, error) {
 		listenConf: pool.Config().ConnConfig.Copy(),
 		q:          newQueries(schema),
 	}, nil
+}
+
+// RegisterTypes registers on a connection's type map the PostgreSQL types
+// of the Go values the backend binds (UUIDs and slices of them), which
+// pgx needs when it does not ask the server for parameter types: under
+// default_query_exec_mode exec or simple_protocol, as used behind a
+// transaction-pooling pooler. [Open] calls it for every connection; call
+// it from the AfterConnect hook of a pool passed to [New]:
+//
+//	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+//		postgres.RegisterTypes(c.TypeMap())
+//		return nil
+//	}
+func RegisterTypes(m *pgtype.Map) {
+	m.RegisterDefaultPgType(uuid.UUID{}, "uuid")
+	m.RegisterDefaultPgType([]uuid.UUID{}, "_uuid")
+	m.RegisterDefaultPgType(&uuid.UUID{}, "uuid")
+	m.RegisterDefaultPgType([]*uuid.UUID{}, "_uuid")
 }
 
 // channelName is the NOTIFY channel of a schema; it fits the 63-byte limit

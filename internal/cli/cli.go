@@ -111,7 +111,7 @@ Start with:  cloacina demo`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageErrorf(cmd, "%v", err)
 	})
-	root.AddCommand(a.demoCommand(), a.runCommand(), a.migrateCommand(), a.eventsCommand(), a.runsCommand())
+	root.AddCommand(a.demoCommand(), a.runCommand(), a.migrateCommand(), a.eventsCommand(), a.runsCommand(), a.tenantCommand())
 	return root
 }
 

@@ -26,6 +26,7 @@ const connectTimeout = "10"
 // before anything is opened.
 type database struct {
 	url    string // passed to the library
+	raw    string // as the user gave it
 	parsed *cloacina.DatabaseURL
 	source string // where the URL came from, for messages
 }
@@ -44,7 +45,7 @@ func (a *app) database(cmd *cobra.Command) (*database, error) {
 	if err != nil {
 		return nil, &usageError{msg: fromSource(err, source)}
 	}
-	db := &database{url: raw, parsed: parsed, source: source}
+	db := &database{url: raw, raw: raw, parsed: parsed, source: source}
 	if parsed.Backend == "postgres" {
 		u, err := url.Parse(raw)
 		if err == nil && !u.Query().Has("connect_timeout") {
@@ -156,6 +157,9 @@ func (d *database) openError(err error) error {
 		return &usageError{msg: fromSource(err, d.source)}
 	case errors.Is(err, cloacina.ErrSchemaOutdated):
 		return fmt.Errorf("database %s is not set up for this version of cloacina: run `cloacina migrate` first", d)
+	case errors.Is(err, cloacina.ErrSchemaAccess):
+		_, why, _ := strings.Cut(err.Error(), cloacina.ErrSchemaAccess.Error()+": ")
+		return fmt.Errorf("cannot use database %s: %s", d, why)
 	case errors.Is(err, cloacina.ErrSchemaTooNew):
 		return fmt.Errorf("database %s was migrated by a newer version of cloacina: upgrade this cloacina binary", d)
 	case errors.As(err, &connectErr):

@@ -1,0 +1,162 @@
+package postgres_test
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/drivertest"
+	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// newTenant creates a tenant and opens a driver on it connected as the
+// tenant's own role.
+func newTenant(t *testing.T, admin *postgres.Admin) *postgres.Driver {
+	t.Helper()
+	name := testdb.NewTenantName(t)
+	require.NoError(t, admin.TenantCreate(t.Context(), &postgres.TenantCreateParams{Schema: name, Role: name, Password: "unused-under-trust"}))
+	u, err := url.Parse(testdb.PostgresURL())
+	require.NoError(t, err)
+	u.User = url.UserPassword(name, "unused-under-trust")
+	drv, err := postgres.Open(t.Context(), u.String(), &postgres.Opts{Schema: name})
+	require.NoError(t, err)
+	t.Cleanup(func() { drv.Close() })
+	require.NoError(t, drv.Migrate(t.Context()), "the tenant role can open and migrate its own schema")
+	return drv
+}
+
+func openAdmin(t *testing.T) *postgres.Admin {
+	t.Helper()
+	admin, err := postgres.OpenAdmin(t.Context(), testdb.PostgresURL())
+	require.NoError(t, err)
+	t.Cleanup(admin.Close)
+	return admin
+}
+
+// One tenant's wake-ups never reach another tenant's listeners: each
+// listens on its schema's channel. Checked with a sentinel: a payload
+// that leaked would arrive before the sentinel sent after it.
+func TestTenantWakeUpsStayInTenant(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	admin := openAdmin(t)
+	a, b := newTenant(t, admin), newTenant(t, admin)
+	subA, err := a.Listen(ctx)
+	require.NoError(t, err)
+	defer subA.Close()
+	subB, err := b.Listen(ctx)
+	require.NoError(t, err)
+	defer subB.Close()
+
+	notify := func(d *postgres.Driver, payloads ...string) {
+		tx, err := d.Begin(ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(context.Background())
+		require.NoError(t, tx.ChangeSetApply(ctx, &driver.ChangeSet{Notify: payloads}))
+		require.NoError(t, tx.Commit(ctx))
+	}
+	next := func(sub driver.Subscription) string {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		p, err := sub.Wait(wctx)
+		require.NoError(t, err)
+		return p
+	}
+	for range 20 {
+		notify(a, "work:shared")
+	}
+	notify(b, "sentinel")
+	require.Equal(t, "sentinel", next(subB), "B heard none of A's 20 wake-ups")
+	for range 20 {
+		require.Equal(t, "work:shared", next(subA))
+	}
+}
+
+// Behind a transaction-pooling pooler the documented URL setting is
+// default_query_exec_mode=exec: the whole conformance suite passes in
+// that mode, so no statement of the backend needs session state.
+func TestConformanceExecMode(t *testing.T) {
+	execMode := func(t *testing.T, schema string) *postgres.Driver {
+		return open(t, schema, "default_query_exec_mode", "exec")
+	}
+	drivertest.Run(t, func(t *testing.T) driver.Driver {
+		return execMode(t, testdb.NewSchema(t))
+	}, &drivertest.Options{
+		OpenSibling: func(t *testing.T, drv driver.Driver) driver.Driver {
+			return execMode(t, drv.(*postgres.Driver).Schema())
+		},
+		BeginAppTx: func(t *testing.T, drv driver.Driver) *drivertest.AppTx {
+			tx, err := drv.(*postgres.Driver).Pool().Begin(t.Context())
+			require.NoError(t, err)
+			t.Cleanup(func() { tx.Rollback(context.Background()) })
+			return &drivertest.AppTx{Tx: tx, Commit: tx.Commit, Rollback: tx.Rollback}
+		},
+		RecordMigration: func(t *testing.T, drv driver.Driver, version int) {
+			d := drv.(*postgres.Driver)
+			_, err := d.Pool().Exec(t.Context(), "INSERT INTO "+pgx.Identifier{d.Schema(), "cloacina_migrations"}.Sanitize()+
+				" (version, name) VALUES ($1, 'from_the_future')", version)
+			require.NoError(t, err)
+		},
+		ConcurrentTx: true,
+	})
+}
+
+func TestValidateTenantNames(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"tenant_1", "_x", "Acme", strings.Repeat("t", 63)} {
+		require.NoError(t, postgres.ValidateTenant(name), name)
+		require.NoError(t, postgres.ValidateRole(name), name)
+	}
+	for _, name := range []string{"", "tenant-1", "tenant 1", "a;drop schema public", `a"b`, "1a", "ténant",
+		strings.Repeat("t", 64), "pg_x", "PG_X"} {
+		require.ErrorContains(t, postgres.ValidateTenant(name), "invalid tenant name", name)
+		require.ErrorContains(t, postgres.ValidateRole(name), "invalid role name", name)
+	}
+	for _, name := range []string{"public", "Public", "information_schema", "cloacina_admin"} {
+		require.ErrorContains(t, postgres.ValidateTenant(name), "invalid tenant name", name)
+	}
+	for _, name := range []string{"public", "none", "current_user", "current_role", "session_user"} {
+		require.ErrorContains(t, postgres.ValidateRole(name), "reserved", name)
+	}
+	require.NoError(t, postgres.ValidatePassword(`a b'c"d\e`))
+	for _, pw := range []string{"", "tab\there", "é", strings.Repeat("p", 1025)} {
+		require.Error(t, postgres.ValidatePassword(pw), "%q", pw)
+	}
+}
+
+// A pool the application built for a transaction pooler must register
+// the backend's types; one that did not is told so when the backend
+// opens, not at its first write.
+func TestApplicationPoolInExecMode(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	cfg, err := pgxpool.ParseConfig(testdb.PostgresURL() + "&default_query_exec_mode=exec&pool_max_conns=2")
+	require.NoError(t, err)
+	bare, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer bare.Close()
+	drv, err := postgres.New(bare, &postgres.Opts{Schema: testdb.NewSchema(t)})
+	require.NoError(t, err)
+	require.ErrorContains(t, drv.Migrate(ctx), "postgres.RegisterTypes")
+	_, _, err = drv.MigrationVersion(ctx)
+	require.ErrorContains(t, err, "postgres.RegisterTypes")
+
+	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+		postgres.RegisterTypes(c.TypeMap())
+		return nil
+	}
+	registered, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer registered.Close()
+	drv, err = postgres.New(registered, &postgres.Opts{Schema: drv.Schema()})
+	require.NoError(t, err)
+	require.NoError(t, drv.Migrate(ctx))
+}

@@ -1,0 +1,101 @@
+package testdb
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// NewTenantName returns a random name for a tenant (schema and role) that
+// does not exist yet. When the test ends, whatever the code under test
+// left behind under that name is removed: the schema, the role (roles are
+// shared by the whole server, so a leak would outlive the database) and
+// the tenant registry row. It fails the test when PostgreSQL is
+// unreachable.
+func NewTenantName(t testing.TB) string {
+	t.Helper()
+	name := randomName("tenant_")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, PostgresURL())
+	if err != nil {
+		t.Fatalf("PostgreSQL is required by this test and is unreachable at %s: %v\n"+
+			"start it (pg_ctlcluster <version> main start) or set %s", PostgresURL(), err, EnvURL)
+	}
+	conn.Close(ctx)
+	mark(t)
+	t.Cleanup(func() { DropTenantLeftovers(t, name, name) })
+	return name
+}
+
+// DropTenantLeftovers removes a tenant's schema, role and registry row if
+// they exist. It holds the registry's advisory lock, as tenant
+// administration does: granting and revoking on the database updates one
+// catalog row, and concurrent updates of it fail.
+func DropTenantLeftovers(t testing.TB, schema, role string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, PostgresURL())
+	if err != nil {
+		t.Errorf("drop tenant %s: %v", schema, err)
+		return
+	}
+	defer conn.Close(ctx)
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if err := LockTenantRegistry(ctx, tx); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			return err
+		}
+		var roleExists, registry bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), to_regclass('cloacina_admin.tenants') IS NOT NULL", role).
+			Scan(&roleExists, &registry); err != nil {
+			return err
+		}
+		if registry {
+			if _, err := tx.Exec(ctx, "DELETE FROM cloacina_admin.tenants WHERE schema_name = $1", schema); err != nil {
+				return err
+			}
+		}
+		if roleExists {
+			r := pgx.Identifier{role}.Sanitize()
+			for _, s := range []string{"DROP OWNED BY " + r, "DROP ROLE " + r} {
+				if _, err := tx.Exec(ctx, s); err != nil {
+					return fmt.Errorf("%s: %w", s, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("drop tenant %s (role %s): %v", schema, role, err)
+	}
+}
+
+// LockTenantRegistry takes, for the rest of tx, the advisory lock tenant
+// administration holds; tests that grant or revoke on the database by
+// hand take it too.
+func LockTenantRegistry(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('cloacina_admin', 0))")
+	return err
+}
+
+// mark records a PostgreSQL-backed test in the CI marker file.
+func mark(t testing.TB) {
+	path := os.Getenv(EnvMarker)
+	if path == "" {
+		return
+	}
+	markerMu.Lock()
+	defer markerMu.Unlock()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err == nil {
+		fmt.Fprintln(f, t.Name())
+		f.Close()
+	}
+}
