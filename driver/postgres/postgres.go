@@ -171,6 +171,10 @@ func RegisterTypes(m *pgtype.Map) {
 	m.RegisterDefaultPgType([]uuid.UUID{}, "_uuid")
 	m.RegisterDefaultPgType(&uuid.UUID{}, "uuid")
 	m.RegisterDefaultPgType([]*uuid.UUID{}, "_uuid")
+	// The hot paths hand pgx raw [16]byte ids (see uuids.go).
+	m.RegisterDefaultPgType([16]byte{}, "uuid")
+	m.RegisterDefaultPgType([][16]byte{}, "_uuid")
+	m.RegisterDefaultPgType([]pgtype.UUID{}, "_uuid")
 }
 
 // channelName is the NOTIFY channel of a schema; it fits the 63-byte limit

@@ -13,7 +13,7 @@ import (
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
-var summaryLine = regexp.MustCompile(`(?m)^run [0-9a-f-]{36}: completed in \d+ms, final context (\{.*\})$`)
+var summaryLine = regexp.MustCompile(`(?m)^run [0-9a-f-]{36}: completed in [0-9.]+(?:ms|s|m[0-9.]+s), final context (\{.*\})$`)
 
 func TestDemo(t *testing.T) {
 	t.Parallel()
@@ -94,7 +94,7 @@ func TestRun(t *testing.T) {
 			// A run that fails is reported on both streams and exits 1.
 			res := cli(t, "--database-url", url, "run", "demo", "--input", `{"n": 0}`)
 			require.Equal(t, ExitFailure, res.code, res.stderr)
-			require.Regexp(t, `^run [0-9a-f-]{36}: failed in \d+ms`, res.stdout)
+			require.Regexp(t, `^run [0-9a-f-]{36}: failed in [0-9.]+(?:ms|s)`, res.stdout)
 			require.Equal(t, 1, strings.Count(res.stderr, "\n"), res.stderr)
 			require.Regexp(t, `^cloacina: run [0-9a-f-]{36} of workflow "demo" failed: task "fetch" failed: input n is 0: pass a number of records between 1 and 10000\n$`, res.stderr)
 
