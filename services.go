@@ -268,25 +268,18 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 		// after all (the commit reached the server, the reply did not).
 		uncertain = append(uncertain, claimed...)
 		claimed = nil
-		tasks, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, Limit: n, Now: c.now})
-		if err != nil || len(tasks) == 0 {
+		res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, Limit: n, Now: c.now})
+		if err != nil || len(res.Tasks) == 0 {
 			return err
 		}
-		var pids []uuid.UUID
-		seen := map[uuid.UUID]string{}
+		tasks := res.Tasks
+		workflowOf := make(map[uuid.UUID]string, len(tasks))
 		for _, t := range tasks {
-			if _, ok := seen[t.PipelineID]; !ok {
-				seen[t.PipelineID] = t.WorkflowName
-				pids = append(pids, t.PipelineID)
-			}
+			workflowOf[t.PipelineID] = t.WorkflowName
 		}
-		started, err := tx.PipelineStart(ctx, &driver.PipelineStartParams{IDs: pids, Now: c.now})
-		if err != nil {
-			return err
-		}
-		for _, pid := range started {
-			data := &EventData{Workflow: seen[pid]}
-			if wf, err := r.workflow(seen[pid]); err == nil {
+		for _, pid := range res.Started {
+			data := &EventData{Workflow: workflowOf[pid]}
+			if wf, err := r.workflow(workflowOf[pid]); err == nil {
 				data.WorkflowVersion = wf.version
 			}
 			c.event(pid, nil, EventPipelineStarted, data)

@@ -97,9 +97,6 @@ type Executor interface {
 	// PipelineLock locks the given pipelines for update, in id order so
 	// that concurrent lockers cannot deadlock, and returns them.
 	PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*Pipeline, error)
-	// PipelineStart flips Pending pipelines among IDs to Running and
-	// returns the ids it flipped. It never waits on a locked pipeline.
-	PipelineStart(ctx context.Context, params *PipelineStartParams) ([]uuid.UUID, error)
 
 	// TaskInsertMany creates task rows.
 	TaskInsertMany(ctx context.Context, tasks []TaskInsert) error
@@ -108,9 +105,12 @@ type Executor interface {
 	TaskList(ctx context.Context, params *TaskListParams) ([]*Task, error)
 	// TaskClaim deletes up to Limit claimable outbox rows of the given
 	// workflows, oldest due first, skipping rows another transaction holds,
-	// and flips their tasks Ready → Running under RunnerID. It returns the
-	// claimed tasks with their input contexts.
-	TaskClaim(ctx context.Context, params *TaskClaimParams) ([]*Task, error)
+	// and flips their tasks Ready → Running under RunnerID. The runs of the
+	// claimed tasks that were still Pending become Running — except runs
+	// another transaction has locked, which are skipped, never waited for
+	// (their first claim cannot be far). It returns the claimed tasks with
+	// their input contexts, and the runs it started.
+	TaskClaim(ctx context.Context, params *TaskClaimParams) (*TaskClaimResult, error)
 	// TaskFinishMany applies fenced transitions of Running tasks and
 	// returns the ids of the tasks whose fence held.
 	TaskFinishMany(ctx context.Context, finishes []TaskFinish) ([]uuid.UUID, error)

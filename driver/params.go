@@ -159,11 +159,12 @@ func (c *ChangeSet) Empty() bool {
 	return len(c.Tasks) == 0 && len(c.Outbox) == 0 && len(c.Pipelines) == 0 && len(c.Events) == 0 && len(c.Notify) == 0
 }
 
-// PipelineStartParams flips Pending pipelines to Running. Pipelines locked
-// by another transaction are skipped rather than waited for.
-type PipelineStartParams struct {
-	IDs []uuid.UUID
-	Now time.Time
+// TaskClaimResult is what a claim took.
+type TaskClaimResult struct {
+	// Tasks are the claimed tasks, now Running under the claimer.
+	Tasks []*Task
+	// Started are the runs this claim moved from Pending to Running.
+	Started []uuid.UUID
 }
 
 // OutboxDeleteParams removes the outbox rows of one pipeline (pause, cancel).

@@ -60,9 +60,9 @@ func testChangeSetApply(t *testing.T, s *suite) {
 
 		var claimed []*driver.Task
 		b.inTx(t, func(tx driver.Tx) {
-			var err error
-			claimed, err = tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: due})
+			res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: due})
 			require.NoError(t, err)
+			claimed = res.Tasks
 		})
 		require.Equal(t, []uuid.UUID{toReady.ID}, taskIDs(claimed))
 	})
@@ -102,11 +102,14 @@ func testChangeSetApply(t *testing.T, s *suite) {
 		requireJSON(t, `{"run":1}`, got.Input)
 		requireTime(t, b.now, got.CreatedAt)
 
-		// A pipeline PipelineStart started keeps its start time too.
+		// A pipeline a claim started keeps its start time too.
 		q := b.insertPipeline(t)
+		qt := b.readyTask(q, 0)
+		b.enqueue(t, b.now, qt)
 		b.inTx(t, func(tx driver.Tx) {
-			_, err := tx.PipelineStart(b.ctx, &driver.PipelineStartParams{IDs: []uuid.UUID{q.ID}, Now: started})
+			res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: started})
 			require.NoError(t, err)
+			require.Equal(t, []uuid.UUID{q.ID}, res.Started)
 		})
 		b.apply(t, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
 			{ID: q.ID, FromStatus: driver.PipelineRunning, Status: driver.PipelineCompleted, StartedAt: &again, CompletedAt: &again, Now: again}}})

@@ -16,9 +16,9 @@ func testTaskClaim(t *testing.T, s *suite) {
 		t.Helper()
 		var out []*driver.Task
 		b.inTx(t, func(tx driver.Tx) {
-			var err error
-			out, err = tx.TaskClaim(b.ctx, params)
+			res, err := tx.TaskClaim(b.ctx, params)
 			require.NoError(t, err)
+			out = res.Tasks
 		})
 		return out
 	}
@@ -178,11 +178,11 @@ func testTaskClaim(t *testing.T, s *suite) {
 		b.enqueue(t, b.now, task)
 		tx, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
-		got, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r1", Workflows: []string{"wf"}, Limit: 1, Now: b.now})
+		res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r1", Workflows: []string{"wf"}, Limit: 1, Now: b.now})
 		require.NoError(t, err)
-		require.Len(t, got, 1)
+		require.Len(t, res.Tasks, 1)
 		require.NoError(t, tx.Rollback(b.ctx))
-		got = b.claim(t, "r2", 1)
+		got := b.claim(t, "r2", 1)
 		require.Len(t, got, 1)
 		require.Equal(t, "r2", got[0].RunnerID)
 	})
@@ -205,8 +205,9 @@ func testTaskClaim(t *testing.T, s *suite) {
 		tx1, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
 		defer tx1.Rollback(context.WithoutCancel(b.ctx))
-		held, err := tx1.TaskClaim(b.ctx, params("r1", 1))
+		heldRes, err := tx1.TaskClaim(b.ctx, params("r1", 1))
 		require.NoError(t, err)
+		held := heldRes.Tasks
 		require.Len(t, held, 1)
 
 		// Waiting on tx1's rows would run into this deadline.
@@ -215,8 +216,9 @@ func testTaskClaim(t *testing.T, s *suite) {
 		tx2, err := b.drv.Begin(ctx)
 		require.NoError(t, err)
 		defer tx2.Rollback(context.WithoutCancel(b.ctx))
-		rest, err := tx2.TaskClaim(ctx, params("r2", 10))
+		restRes, err := tx2.TaskClaim(ctx, params("r2", 10))
 		require.NoError(t, err)
+		rest := restRes.Tasks
 		require.Len(t, rest, 3)
 		require.NotContains(t, taskIDs(rest), held[0].ID)
 		require.NoError(t, tx2.Commit(ctx))

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -25,7 +24,7 @@ type ClaimerConfig struct {
 const maxTransient = 5
 
 // claimUntilEmpty claims in a loop, one transaction per batch, the way
-// the engine's claimer does (Begin → TaskClaim → PipelineStart →
+// the engine's claimer does (Begin → TaskClaim, which starts runs →
 // ChangeSetApply → Commit), until no claimable row is left. got sees the
 // tasks and started pipelines of every claim once it has committed. Like
 // the engine, it retries a transaction that failed with ErrTransient, and
@@ -74,22 +73,13 @@ func claimOnce(ctx context.Context, drv driver.Driver, cfg ClaimerConfig) (*clai
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	now := time.Now()
-	tasks, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: cfg.RunnerID, Workflows: cfg.Workflows, Limit: cfg.Limit, Now: now})
+	claimed, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: cfg.RunnerID, Workflows: cfg.Workflows, Limit: cfg.Limit, Now: now})
 	if err != nil {
 		return nil, fmt.Errorf("runner %s: claim: %w", cfg.RunnerID, err)
 	}
+	tasks, started := claimed.Tasks, claimed.Started
 	if len(tasks) == 0 {
 		return nil, nil
-	}
-	var pids []uuid.UUID
-	for _, t := range tasks {
-		if !slices.Contains(pids, t.PipelineID) {
-			pids = append(pids, t.PipelineID)
-		}
-	}
-	started, err := tx.PipelineStart(ctx, &driver.PipelineStartParams{IDs: pids, Now: now})
-	if err != nil {
-		return nil, fmt.Errorf("runner %s: start pipelines: %w", cfg.RunnerID, err)
 	}
 	cs := &driver.ChangeSet{}
 	for _, pid := range started {

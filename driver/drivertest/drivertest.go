@@ -266,9 +266,9 @@ func (b *bundle) claim(t *testing.T, runner string, limit int) []*driver.Task {
 	t.Helper()
 	var out []*driver.Task
 	b.inTx(t, func(tx driver.Tx) {
-		var err error
-		out, err = tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: runner, Workflows: []string{"wf"}, Limit: limit, Now: b.now})
+		res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: runner, Workflows: []string{"wf"}, Limit: limit, Now: b.now})
 		require.NoError(t, err)
+		out = res.Tasks
 	})
 	return out
 }

@@ -257,41 +257,51 @@ func testPipelineLock(t *testing.T, s *suite) {
 	})
 }
 
+// testPipelineStart pins how a claim starts runs: the first claim of a
+// Pending run makes it Running.
 func testPipelineStart(t *testing.T, s *suite) {
 	t.Run("OnlyPending", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
-		pending1 := b.insertPipeline(t).ID
-		pending2 := b.insertPipeline(t).ID
-		running := b.insertPipeline(t, withStatus(driver.PipelineRunning)).ID
-		paused := b.insertPipeline(t, withStatus(driver.PipelinePaused)).ID
-		completed := b.insertPipeline(t, withStatus(driver.PipelineCompleted)).ID
+		runs := map[uuid.UUID]*driver.PipelineInsertParams{}
+		add := func(p *driver.PipelineInsertParams) uuid.UUID { runs[p.ID] = p; return p.ID }
+		pending1 := add(b.insertPipeline(t))
+		pending2 := add(b.insertPipeline(t))
+		running := add(b.insertPipeline(t, withStatus(driver.PipelineRunning)))
+		paused := add(b.insertPipeline(t, withStatus(driver.PipelinePaused)))
+		var tasks []driver.TaskInsert
+		for i, id := range []uuid.UUID{pending1, pending1, running, paused, pending2} {
+			tasks = append(tasks, b.readyTask(runs[id], i))
+		}
+		// Due well before the claim, which happens at a time with
+		// sub-microsecond digits and an offset, to check how it is stored.
+		b.enqueue(t, roundTripTime.Add(-time.Hour), tasks...)
 		start := roundTripTime
 		b.inTx(t, func(tx driver.Tx) {
-			got, err := tx.PipelineStart(b.ctx, &driver.PipelineStartParams{
-				IDs: []uuid.UUID{pending1, running, paused, completed, uuid.New(), pending2}, Now: start})
+			res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: start})
 			require.NoError(t, err)
-			require.ElementsMatch(t, []uuid.UUID{pending1, pending2}, got)
-
-			got, err = tx.PipelineStart(b.ctx, &driver.PipelineStartParams{IDs: []uuid.UUID{pending1}, Now: start})
-			require.NoError(t, err)
-			require.Empty(t, got, "a started pipeline is not started again")
-
-			got, err = tx.PipelineStart(b.ctx, &driver.PipelineStartParams{Now: start})
-			require.NoError(t, err)
-			require.Empty(t, got)
+			require.Len(t, res.Tasks, 5)
+			require.ElementsMatch(t, []uuid.UUID{pending1, pending2}, res.Started, "each started run once")
 		})
 		p := b.getPipeline(t, pending1)
 		require.Equal(t, driver.PipelineRunning, p.Status)
 		requireTimePtr(t, truncated(start), p.StartedAt)
 		requireTime(t, truncated(start), p.UpdatedAt)
 		requireTime(t, b.now, p.CreatedAt)
-		for id, want := range map[uuid.UUID]driver.PipelineStatus{running: driver.PipelineRunning,
-			paused: driver.PipelinePaused, completed: driver.PipelineCompleted} {
+		for id, want := range map[uuid.UUID]driver.PipelineStatus{running: driver.PipelineRunning, paused: driver.PipelinePaused} {
 			p := b.getPipeline(t, id)
 			require.Equal(t, want, p.Status)
 			require.Nil(t, p.StartedAt)
 		}
+
+		// A later claim of a started run does not start it again.
+		b.enqueue(t, roundTripTime.Add(-time.Hour), b.readyTask(runs[pending1], 9))
+		b.inTx(t, func(tx driver.Tx) {
+			res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: start})
+			require.NoError(t, err)
+			require.Len(t, res.Tasks, 1)
+			require.Empty(t, res.Started)
+		})
 	})
 
 	t.Run("SkipsLockedInsteadOfWaiting", func(t *testing.T) {
@@ -300,8 +310,9 @@ func testPipelineStart(t *testing.T, s *suite) {
 			t.Skip("write transactions of this backend are serialised: a pipeline is never locked by another open transaction")
 		}
 		b := s.setup(t)
-		locked := b.insertPipeline(t).ID
-		free := b.insertPipeline(t).ID
+		lockedRun, freeRun := b.insertPipeline(t), b.insertPipeline(t)
+		locked, free := lockedRun.ID, freeRun.ID
+		b.enqueue(t, b.now, b.readyTask(lockedRun, 0), b.readyTask(freeRun, 1))
 		tx1, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
 		defer tx1.Rollback(context.WithoutCancel(b.ctx))
@@ -314,16 +325,19 @@ func testPipelineStart(t *testing.T, s *suite) {
 		tx2, err := b.drv.Begin(ctx)
 		require.NoError(t, err)
 		defer tx2.Rollback(context.WithoutCancel(b.ctx))
-		got, err := tx2.PipelineStart(ctx, &driver.PipelineStartParams{IDs: []uuid.UUID{locked, free}, Now: b.now})
+		res, err := tx2.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: b.now})
 		require.NoError(t, err)
-		require.Equal(t, []uuid.UUID{free}, got)
+		require.Len(t, res.Tasks, 2, "the tasks are claimed all the same")
+		require.Equal(t, []uuid.UUID{free}, res.Started)
 		require.NoError(t, tx2.Commit(ctx))
 		require.NoError(t, tx1.Rollback(b.ctx))
+		require.Equal(t, driver.PipelinePending, b.getPipeline(t, locked).Status)
 
+		b.enqueue(t, b.now, b.readyTask(lockedRun, 2))
 		b.inTx(t, func(tx driver.Tx) {
-			got, err := tx.PipelineStart(b.ctx, &driver.PipelineStartParams{IDs: []uuid.UUID{locked, free}, Now: b.now})
+			res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: b.now})
 			require.NoError(t, err)
-			require.Equal(t, []uuid.UUID{locked}, got, "once unlocked, the skipped pipeline starts")
+			require.Equal(t, []uuid.UUID{locked}, res.Started, "once unlocked, the skipped run starts with its next claim")
 		})
 	})
 }

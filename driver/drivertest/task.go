@@ -263,9 +263,9 @@ func testTaskFinishMany(t *testing.T, s *suite) {
 		require.Empty(t, b.claim(t, "r2", 10))
 		var again []*driver.Task
 		b.inTx(t, func(tx driver.Tx) {
-			var err error
-			again, err = tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r2", Workflows: []string{"wf"}, Limit: 10, Now: due})
+			res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r2", Workflows: []string{"wf"}, Limit: 10, Now: due})
 			require.NoError(t, err)
+			again = res.Tasks
 		})
 		require.Len(t, again, 1)
 		require.Equal(t, 2, again[0].Attempt)

@@ -50,7 +50,6 @@ type queries struct {
 	pipelineInsert string
 	pipelineGet    string
 	pipelineLock   string
-	pipelineStart  string
 	taskInsert     string
 	taskClaim      string
 	taskFinish     string
@@ -80,11 +79,6 @@ func newQueries(schema string) *queries {
 			VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO NOTHING`),
 		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
-		pipelineStart: r.Replace(`WITH locked AS (
-				SELECT id FROM {s}.pipeline_executions WHERE id = ANY($1) AND status = 'pending'
-				ORDER BY id FOR UPDATE SKIP LOCKED)
-			UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $2, updated_at = $2
-			FROM locked WHERE p.id = locked.id RETURNING p.id`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
 				status, attempt, max_attempts, input, error, available_at, created_at, updated_at)
 			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::jsonb, error, available_at, now, now
@@ -97,10 +91,21 @@ func newQueries(schema string) *queries {
 				ORDER BY available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
 			claimed AS (
 				DELETE FROM {s}.task_outbox o USING locked WHERE o.id = locked.id
-				RETURNING o.task_execution_id, o.attempt)
-			UPDATE {s}.task_executions t SET status = 'running', runner_id = $4, started_at = $1, updated_at = $1
-			FROM claimed c WHERE t.id = c.task_execution_id AND t.status = 'ready'
-			RETURNING c.attempt, ` + taskColumns("t.", true)),
+				RETURNING o.task_execution_id, o.attempt),
+			tasks AS (
+				UPDATE {s}.task_executions t SET status = 'running', runner_id = $4, started_at = $1, updated_at = $1
+				FROM claimed c WHERE t.id = c.task_execution_id AND t.status = 'ready'
+				RETURNING c.attempt AS outbox_attempt, ` + taskColumns("t.", true) + `),
+			pending AS (
+				SELECT p.id FROM {s}.pipeline_executions p
+				WHERE p.id IN (SELECT pipeline_execution_id FROM tasks) AND p.status = 'pending'
+				ORDER BY p.id FOR UPDATE SKIP LOCKED),
+			started AS (
+				UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $1, updated_at = $1
+				FROM pending WHERE p.id = pending.id RETURNING p.id)
+			SELECT tasks.outbox_attempt, ` + taskColumns("tasks.", true) + `,
+				EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id)
+			FROM tasks`),
 		taskFinish: r.Replace(`UPDATE {s}.task_executions t
 			SET status = f.status, output = COALESCE(f.output::jsonb, t.output), error = f.error, attempt = f.attempt,
 				available_at = f.available_at,
@@ -204,12 +209,15 @@ func collectPipelines(rows pgx.Rows, err error) ([]*driver.Pipeline, error) {
 	return out, mapError(rows.Err())
 }
 
-func scanTask(row pgx.Row, extra ...any) (*driver.Task, error) {
+// scanTask scans the task columns, between the extra columns a query
+// selects before and after them.
+func scanTask(row pgx.Row, before []any, after ...any) (*driver.Task, error) {
 	var t driver.Task
 	var status string
-	dest := append(extra, scanID{&t.ID}, scanID{&t.PipelineID}, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
+	dest := append(before, scanID{&t.ID}, scanID{&t.PipelineID}, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
 		&t.Input, &t.Output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
 		&t.CompletedAt, &t.UpdatedAt)
+	dest = append(dest, after...)
 	if err := row.Scan(dest...); err != nil {
 		return nil, mapError(err)
 	}
@@ -289,17 +297,6 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 	return out, nil
 }
 
-func (e *executor) PipelineStart(ctx context.Context, p *driver.PipelineStartParams) ([]uuid.UUID, error) {
-	if len(p.IDs) == 0 {
-		return nil, nil
-	}
-	ids, err := collectIDs(e.db.Query(ctx, e.q.pipelineStart, pgIDs(p.IDs), p.Now.UTC()))
-	if err != nil {
-		return nil, fmt.Errorf("postgres: start pipelines: %w", mapError(err))
-	}
-	return ids, nil
-}
-
 func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert) error {
 	if len(tasks) == 0 {
 		return nil
@@ -346,7 +343,7 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	defer rows.Close()
 	var out []*driver.Task
 	for rows.Next() {
-		t, err := scanTask(rows)
+		t, err := scanTask(rows, nil)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: list tasks: %w", err)
 		}
@@ -355,31 +352,37 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	return out, mapError(rows.Err())
 }
 
-func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) ([]*driver.Task, error) {
+func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*driver.TaskClaimResult, error) {
+	res := &driver.TaskClaimResult{}
 	if len(p.Workflows) == 0 || p.Limit <= 0 {
-		return nil, nil
+		return res, nil
 	}
 	rows, err := e.db.Query(ctx, e.q.taskClaim, p.Now.UTC(), p.Workflows, p.Limit, p.RunnerID)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: claim tasks: %w", mapError(err))
 	}
 	defer rows.Close()
-	var out []*driver.Task
+	started := map[uuid.UUID]bool{}
 	for rows.Next() {
 		var outboxAttempt int
-		t, err := scanTask(rows, &outboxAttempt)
+		var runStarted bool
+		t, err := scanTask(rows, []any{&outboxAttempt}, &runStarted)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: claim tasks: %w", err)
 		}
 		if outboxAttempt != t.Attempt {
 			return nil, fmt.Errorf("postgres: claim task %s: outbox attempt %d does not match task attempt %d", t.ID, outboxAttempt, t.Attempt)
 		}
-		out = append(out, t)
+		if runStarted && !started[t.PipelineID] {
+			started[t.PipelineID] = true
+			res.Started = append(res.Started, t.PipelineID)
+		}
+		res.Tasks = append(res.Tasks, t)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("postgres: claim tasks: %w", mapError(err))
 	}
-	return out, nil
+	return res, nil
 }
 
 func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFinish) ([]uuid.UUID, error) {

@@ -114,7 +114,7 @@ func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrpha
 	defer rows.Close()
 	var out []*driver.Task
 	for rows.Next() {
-		t, err := scanTask(rows)
+		t, err := scanTask(rows, nil)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: list orphaned tasks: %w", err)
 		}

@@ -215,33 +215,6 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 	return out, nil
 }
 
-func (e *executor) PipelineStart(ctx context.Context, p *driver.PipelineStartParams) ([]uuid.UUID, error) {
-	if len(p.IDs) == 0 {
-		return nil, nil
-	}
-	now := formatTime(p.Now)
-	args := append([]any{now, now}, uuidArgs(p.IDs)...)
-	rows, err := e.db.QueryContext(ctx, `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
-		WHERE id IN (`+placeholders(len(p.IDs))+`) AND status = 'pending' RETURNING id`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: start pipelines: %w", mapError(err))
-	}
-	defer rows.Close()
-	var out []uuid.UUID
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			return nil, mapError(err)
-		}
-		id, err := uuid.Parse(s)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, mapError(rows.Err())
-}
-
 func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert) error {
 	const cols = 13
 	const chunk = 500
@@ -355,9 +328,10 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	return out, nil
 }
 
-func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) ([]*driver.Task, error) {
+func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*driver.TaskClaimResult, error) {
+	res := &driver.TaskClaimResult{}
 	if len(p.Workflows) == 0 || p.Limit <= 0 {
-		return nil, nil
+		return res, nil
 	}
 	now := formatTime(p.Now)
 	args := append([]any{now}, stringArgs(p.Workflows)...)
@@ -386,7 +360,7 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) ([]
 		return nil, mapError(err)
 	}
 	if len(ids) == 0 {
-		return nil, nil
+		return res, nil
 	}
 	args = append([]any{p.RunnerID, now, now}, ids...)
 	tasks, err := collectTasks(e.db.QueryContext(ctx, `UPDATE task_executions
@@ -396,14 +370,38 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) ([]
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: claim tasks: %w", err)
 	}
-	out := tasks[:0]
+	var pids []any
+	seen := map[uuid.UUID]bool{}
 	for _, t := range tasks {
 		if attempts[t.ID.String()] != t.Attempt {
 			return nil, fmt.Errorf("sqlite: claim task %s: outbox attempt %d does not match task attempt %d", t.ID, attempts[t.ID.String()], t.Attempt)
 		}
-		out = append(out, t)
+		if !seen[t.PipelineID] {
+			seen[t.PipelineID] = true
+			pids = append(pids, t.PipelineID.String())
+		}
 	}
-	return out, nil
+	res.Tasks = tasks
+	// The write transaction holds the database lock: no run can be locked
+	// by anyone else, so every Pending run of these tasks starts.
+	rows, err = e.db.QueryContext(ctx, `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
+		WHERE id IN (`+placeholders(len(pids))+`) AND status = 'pending' RETURNING id`, append([]any{now, now}, pids...)...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: start pipelines: %w", mapError(err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, mapError(err)
+		}
+		pid, err := uuid.Parse(id)
+		if err != nil {
+			return nil, err
+		}
+		res.Started = append(res.Started, pid)
+	}
+	return res, mapError(rows.Err())
 }
 
 func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFinish) ([]uuid.UUID, error) {
