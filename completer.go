@@ -111,12 +111,20 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 			finishes[i], kinds[i] = r.finishFor(res, p, c.now)
 		}
-		done, err := tx.TaskFinishMany(ctx, finishes)
+		// Read back, in the same round trip, the tasks of every run where a
+		// task ends: their readiness and the run's end are decided on them.
+		var list []uuid.UUID
+		for i, f := range finishes {
+			if p := byID[batch[i].task.PipelineID]; f.Status.Terminal() && !p.Status.Terminal() && !slices.Contains(list, p.ID) {
+				list = append(list, p.ID)
+			}
+		}
+		finished, err := tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list})
 		if err != nil {
 			return err
 		}
-		held := make(map[uuid.UUID]bool, len(done))
-		for _, id := range done {
+		held := make(map[uuid.UUID]bool, len(finished.Finished))
+		for _, id := range finished.Finished {
 			held[id] = true
 		}
 		advance := map[uuid.UUID]bool{}
@@ -141,10 +149,6 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 				ids = append(ids, id)
 			}
 		}
-		tasks, err := tx.TaskList(ctx, &driver.TaskListParams{PipelineIDs: ids, WithContexts: true})
-		if err != nil {
-			return err
-		}
 		states := map[uuid.UUID]*runState{}
 		for _, id := range ids {
 			p := byID[id]
@@ -154,8 +158,10 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 			states[id] = &runState{p: p, wf: wf, tasks: map[string]*driver.Task{}}
 		}
-		for _, t := range tasks {
-			states[t.PipelineID].tasks[t.Name] = t
+		for _, t := range finished.Tasks {
+			if st := states[t.PipelineID]; st != nil {
+				st.tasks[t.Name] = t
+			}
 		}
 		for _, id := range ids {
 			st := states[id]

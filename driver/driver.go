@@ -112,8 +112,10 @@ type Executor interface {
 	// their input contexts, and the runs it started.
 	TaskClaim(ctx context.Context, params *TaskClaimParams) (*TaskClaimResult, error)
 	// TaskFinishMany applies fenced transitions of Running tasks and
-	// returns the ids of the tasks whose fence held.
-	TaskFinishMany(ctx context.Context, finishes []TaskFinish) ([]uuid.UUID, error)
+	// returns the ids of the tasks whose fence held, and — when asked for —
+	// every task of some runs as they are after the transitions, read in
+	// the same round trip where the backend can.
+	TaskFinishMany(ctx context.Context, params *TaskFinishParams) (*TaskFinishResult, error)
 
 	// OutboxPeek reports whether claimable work exists, and when the next
 	// not-yet-due row becomes claimable.

@@ -94,6 +94,24 @@ type TaskFinish struct {
 	Now           time.Time
 }
 
+// TaskFinishParams applies fenced transitions, and optionally reads back
+// the tasks of some runs afterwards.
+type TaskFinishParams struct {
+	Finishes []TaskFinish
+	// ListPipelineIDs asks for every task of these runs, with contexts, as
+	// they are after the transitions.
+	ListPipelineIDs []uuid.UUID
+}
+
+// TaskFinishResult is what TaskFinishMany did and read.
+type TaskFinishResult struct {
+	// Finished holds the ids of the tasks whose fence held.
+	Finished []uuid.UUID
+	// Tasks holds the tasks of ListPipelineIDs (and any task finished),
+	// ordered by run then position.
+	Tasks []*Task
+}
+
 // TaskUpdate is an unfenced transition decided by the engine under the
 // pipeline lock, such as NotStarted → Ready or NotStarted → Skipped. It
 // applies only when the task is still in FromStatus.

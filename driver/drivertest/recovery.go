@@ -32,9 +32,9 @@ func (b *bundle) finish(t *testing.T, fs ...driver.TaskFinish) []uuid.UUID {
 	t.Helper()
 	var done []uuid.UUID
 	b.inTx(t, func(tx driver.Tx) {
-		var err error
-		done, err = tx.TaskFinishMany(b.ctx, fs)
+		res, err := tx.TaskFinishMany(b.ctx, &driver.TaskFinishParams{Finishes: fs})
 		require.NoError(t, err)
+		done = res.Finished
 	})
 	return done
 }

@@ -153,10 +153,10 @@ func testTaskList(t *testing.T, s *suite) {
 		claimed := b.claim(t, "r1", 1)
 		require.Len(t, claimed, 1)
 		b.inTx(t, func(tx driver.Tx) {
-			done, err := tx.TaskFinishMany(b.ctx, []driver.TaskFinish{{Fence: fenceOf(claimed[0]), Status: driver.TaskCompleted,
-				Output: json.RawMessage(`{"out":true}`), Attempt: 1, Now: b.now}})
+			res, err := tx.TaskFinishMany(b.ctx, &driver.TaskFinishParams{Finishes: []driver.TaskFinish{{Fence: fenceOf(claimed[0]), Status: driver.TaskCompleted,
+				Output: json.RawMessage(`{"out":true}`), Attempt: 1, Now: b.now}}})
 			require.NoError(t, err)
-			require.Len(t, done, 1)
+			require.Len(t, res.Finished, 1)
 		})
 		got, err := b.drv.Reader().TaskList(b.ctx, &driver.TaskListParams{IDs: []uuid.UUID{task.ID}})
 		require.NoError(t, err)
@@ -200,12 +200,54 @@ func testTaskFinishMany(t *testing.T, s *suite) {
 		t.Helper()
 		var done []uuid.UUID
 		b.inTx(t, func(tx driver.Tx) {
-			var err error
-			done, err = tx.TaskFinishMany(b.ctx, fs)
+			res, err := tx.TaskFinishMany(b.ctx, &driver.TaskFinishParams{Finishes: fs})
 			require.NoError(t, err)
+			done = res.Finished
 		})
 		return done
 	}
+
+	// Asked for, the finish reads back every task of some runs as they are
+	// after it: the finished ones with their new state, the rest as stored.
+	t.Run("ListsRunsAfterwards", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		tasks := claimed(t, b, 3)
+		other := b.insertPipeline(t)
+		idle := b.newTask(other, 0)
+		b.insertTasks(t, idle)
+		lost := *tasks[2]
+		lost.RunnerID = "someone-else"
+		var res *driver.TaskFinishResult
+		b.inTx(t, func(tx driver.Tx) {
+			var err error
+			res, err = tx.TaskFinishMany(b.ctx, &driver.TaskFinishParams{
+				Finishes: []driver.TaskFinish{
+					{Fence: fenceOf(tasks[1]), Status: driver.TaskCompleted, Output: json.RawMessage(`{"done":1}`), Attempt: 1, Now: b.now},
+					{Fence: fenceOf(tasks[0]), Status: driver.TaskFailed, Error: "boom", Attempt: 1, Now: b.now},
+					{Fence: fenceOf(&lost), Status: driver.TaskCompleted, Attempt: 1, Now: b.now},
+				},
+				ListPipelineIDs: []uuid.UUID{tasks[0].PipelineID, other.ID},
+			})
+			require.NoError(t, err)
+		})
+		require.ElementsMatch(t, []uuid.UUID{tasks[0].ID, tasks[1].ID}, res.Finished, "a lost fence is not finished")
+		require.Len(t, res.Tasks, 4)
+		byID := map[uuid.UUID]*driver.Task{}
+		for i, task := range res.Tasks {
+			byID[task.ID] = task
+			if i > 0 && res.Tasks[i-1].PipelineID == task.PipelineID {
+				require.Less(t, res.Tasks[i-1].Position, task.Position, "ordered by run, then position")
+			}
+		}
+		require.Equal(t, driver.TaskFailed, byID[tasks[0].ID].Status)
+		require.Equal(t, "boom", byID[tasks[0].ID].Error)
+		require.Equal(t, driver.TaskCompleted, byID[tasks[1].ID].Status)
+		requireJSON(t, `{"done":1}`, byID[tasks[1].ID].Output)
+		requireJSON(t, `{"pos":1}`, byID[tasks[1].ID].Input, "contexts are read")
+		require.Equal(t, driver.TaskRunning, byID[tasks[2].ID].Status)
+		require.Equal(t, driver.TaskNotStarted, byID[idle.ID].Status)
+	})
 
 	t.Run("Completed", func(t *testing.T) {
 		t.Parallel()

@@ -43,6 +43,20 @@ func taskColumns(prefix string, withContexts bool) string {
 	return fmt.Sprintf(taskColumnsFmt, prefix, ctxCols)
 }
 
+// finishSQL applies fenced task transitions ($1–$11 are parallel arrays).
+const finishSQL = `UPDATE {s}.task_executions t
+			SET status = f.status, output = COALESCE(f.output::jsonb, t.output), error = f.error, attempt = f.attempt,
+				available_at = f.available_at,
+				completed_at = CASE WHEN f.status IN ('completed', 'failed', 'skipped') THEN f.now ELSE t.completed_at END,
+				runner_id = CASE WHEN f.status = 'ready' THEN '' ELSE t.runner_id END,
+				recovery_count = f.recovery, sub_status = '', updated_at = f.now
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[],
+				$8::text[], $9::int[], $10::int[], $11::int[])
+				AS f(id, status, output, error, attempt, available_at, now, runner_id, fence_attempt, fence_recovery, recovery)
+			WHERE t.id = f.id AND t.status = 'running' AND t.runner_id = f.runner_id
+				AND t.attempt = f.fence_attempt AND t.recovery_count = f.fence_recovery
+			RETURNING t.id`
+
 // queries holds the statements whose text depends on the schema, rendered
 // once per backend.
 type queries struct {
@@ -53,6 +67,7 @@ type queries struct {
 	taskInsert     string
 	taskClaim      string
 	taskFinish     string
+	taskFinishList string
 	outboxPeek     string
 	outboxDelete   string
 	taskUpdate     string
@@ -106,18 +121,15 @@ func newQueries(schema string) *queries {
 			SELECT tasks.outbox_attempt, ` + taskColumns("tasks.", true) + `,
 				EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id)
 			FROM tasks`),
-		taskFinish: r.Replace(`UPDATE {s}.task_executions t
-			SET status = f.status, output = COALESCE(f.output::jsonb, t.output), error = f.error, attempt = f.attempt,
-				available_at = f.available_at,
-				completed_at = CASE WHEN f.status IN ('completed', 'failed', 'skipped') THEN f.now ELSE t.completed_at END,
-				runner_id = CASE WHEN f.status = 'ready' THEN '' ELSE t.runner_id END,
-				recovery_count = f.recovery, sub_status = '', updated_at = f.now
-			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[],
-				$8::text[], $9::int[], $10::int[], $11::int[])
-				AS f(id, status, output, error, attempt, available_at, now, runner_id, fence_attempt, fence_recovery, recovery)
-			WHERE t.id = f.id AND t.status = 'running' AND t.runner_id = f.runner_id
-				AND t.attempt = f.fence_attempt AND t.recovery_count = f.fence_recovery
-			RETURNING t.id`),
+		taskFinish: r.Replace(finishSQL),
+
+		taskFinishList: r.Replace(`WITH fin AS (` + strings.Replace(finishSQL, "RETURNING t.id", "RETURNING "+taskColumns("t.", true), 1) + `)
+			SELECT * FROM (
+				SELECT true AS finished, fin.* FROM fin
+				UNION ALL
+				SELECT false, ` + taskColumns("t.", true) + ` FROM {s}.task_executions t
+				WHERE t.pipeline_execution_id = ANY($12) AND t.id NOT IN (SELECT id FROM fin)
+			) x ORDER BY pipeline_execution_id, position`),
 		outboxPeek: r.Replace(`SELECT
 			EXISTS (SELECT 1 FROM {s}.task_outbox WHERE available_at <= $1 AND workflow_name = ANY($2)),
 			(SELECT MIN(available_at) FROM {s}.task_outbox WHERE available_at > $1 AND workflow_name = ANY($2))`),
@@ -385,11 +397,9 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	return res, nil
 }
 
-func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFinish) ([]uuid.UUID, error) {
-	if len(finishes) == 0 {
-		return nil, nil
-	}
-	n := len(finishes)
+func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParams) (*driver.TaskFinishResult, error) {
+	res := &driver.TaskFinishResult{}
+	n := len(p.Finishes)
 	var (
 		ids                     = make([][16]byte, n)
 		statuses, errs, runners = make([]string, n), make([]string, n), make([]string, n)
@@ -399,17 +409,46 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 		available               = make([]*time.Time, n)
 		nows                    = make([]time.Time, n)
 	)
-	for i, f := range finishes {
+	for i, f := range p.Finishes {
 		ids[i], statuses[i], outputs[i], errs[i] = f.Fence.TaskID, string(f.Status), jsonText(f.Output), f.Error
 		attempts[i], available[i], nows[i] = int32(f.Attempt), utcPtr(f.AvailableAt), f.Now.UTC()
 		runners[i], fa[i], fr[i] = f.Fence.RunnerID, int32(f.Fence.Attempt), int32(f.Fence.RecoveryCount)
 		recoveries[i] = int32(f.RecoveryCount)
 	}
-	done, err := collectIDs(e.db.Query(ctx, e.q.taskFinish, ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries))
+	args := []any{ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries}
+	if len(p.ListPipelineIDs) == 0 {
+		if n == 0 {
+			return res, nil
+		}
+		done, err := collectIDs(e.db.Query(ctx, e.q.taskFinish, args...))
+		if err != nil {
+			return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
+		}
+		res.Finished = done
+		return res, nil
+	}
+	// One statement finishes and reads back: the rows it updated come
+	// from RETURNING (the table scan would see them as they were before).
+	rows, err := e.db.Query(ctx, e.q.taskFinishList, append(args, pgIDs(p.ListPipelineIDs))...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 	}
-	return done, nil
+	defer rows.Close()
+	for rows.Next() {
+		var finished bool
+		t, err := scanTask(rows, []any{&finished})
+		if err != nil {
+			return nil, fmt.Errorf("postgres: finish tasks: %w", err)
+		}
+		if finished {
+			res.Finished = append(res.Finished, t.ID)
+		}
+		res.Tasks = append(res.Tasks, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
+	}
+	return res, nil
 }
 
 func (e *executor) OutboxPeek(ctx context.Context, p *driver.OutboxPeekParams) (*driver.OutboxPeekResult, error) {

@@ -404,9 +404,9 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	return res, mapError(rows.Err())
 }
 
-func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFinish) ([]uuid.UUID, error) {
-	var done []uuid.UUID
-	for _, f := range finishes {
+func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParams) (*driver.TaskFinishResult, error) {
+	res := &driver.TaskFinishResult{}
+	for _, f := range p.Finishes {
 		now := formatTime(f.Now)
 		var completed any
 		if f.Status.Terminal() {
@@ -416,7 +416,7 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 		if f.Status == driver.TaskReady {
 			runner = ""
 		}
-		res, err := e.db.ExecContext(ctx, `UPDATE task_executions
+		r, err := e.db.ExecContext(ctx, `UPDATE task_executions
 			SET status = ?, output = COALESCE(?, output), error = ?, attempt = ?, available_at = ?,
 				completed_at = COALESCE(?, completed_at), runner_id = ?, recovery_count = ?, sub_status = '', updated_at = ?
 			WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`,
@@ -425,13 +425,20 @@ func (e *executor) TaskFinishMany(ctx context.Context, finishes []driver.TaskFin
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: finish task %s: %w", f.Fence.TaskID, mapError(err))
 		}
-		if n, err := res.RowsAffected(); err != nil {
+		if n, err := r.RowsAffected(); err != nil {
 			return nil, mapError(err)
 		} else if n == 1 {
-			done = append(done, f.Fence.TaskID)
+			res.Finished = append(res.Finished, f.Fence.TaskID)
 		}
 	}
-	return done, nil
+	if len(p.ListPipelineIDs) > 0 {
+		tasks, err := e.TaskList(ctx, &driver.TaskListParams{PipelineIDs: p.ListPipelineIDs, WithContexts: true})
+		if err != nil {
+			return nil, err
+		}
+		res.Tasks = tasks
+	}
+	return res, nil
 }
 
 func (e *executor) OutboxPeek(ctx context.Context, p *driver.OutboxPeekParams) (*driver.OutboxPeekResult, error) {
