@@ -194,7 +194,7 @@ func nilIfEmpty(m json.RawMessage) json.RawMessage {
 func scanPipeline(row pgx.Row) (*driver.Pipeline, error) {
 	var p driver.Pipeline
 	var status string
-	if err := row.Scan(scanID{&p.ID}, &p.WorkflowName, &p.WorkflowVersion, &status, &p.Input, &p.Output, &p.Error,
+	if err := row.Scan(scanID{&p.ID}, &p.WorkflowName, &p.WorkflowVersion, &status, (*[]byte)(&p.Input), (*[]byte)(&p.Output), &p.Error,
 		&p.CreatedAt, &p.StartedAt, &p.CompletedAt, &p.UpdatedAt); err != nil {
 		return nil, mapError(err)
 	}
@@ -221,13 +221,16 @@ func collectPipelines(rows pgx.Rows, err error) ([]*driver.Pipeline, error) {
 	return out, mapError(rows.Err())
 }
 
+// JSON columns are scanned as []byte: pgx hands a json.RawMessage to
+// json.Unmarshal, which validates and copies every context again.
+
 // scanTask scans the task columns, between the extra columns a query
 // selects before and after them.
 func scanTask(row pgx.Row, before []any, after ...any) (*driver.Task, error) {
 	var t driver.Task
 	var status string
 	dest := append(before, scanID{&t.ID}, scanID{&t.PipelineID}, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
-		&t.Input, &t.Output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
+		(*[]byte)(&t.Input), (*[]byte)(&t.Output), &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
 		&t.CompletedAt, &t.UpdatedAt)
 	dest = append(dest, after...)
 	if err := row.Scan(dest...); err != nil {
@@ -619,7 +622,7 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	for rows.Next() {
 		var ev driver.Event
 		var typ string
-		if err := rows.Scan(&ev.SequenceNum, scanID{&ev.ID}, scanID{&ev.PipelineID}, scanOptID{&ev.TaskID}, &ev.TaskName, &typ, &ev.Data, &ev.WorkerID, &ev.CreatedAt); err != nil {
+		if err := rows.Scan(&ev.SequenceNum, scanID{&ev.ID}, scanID{&ev.PipelineID}, scanOptID{&ev.TaskID}, &ev.TaskName, &typ, (*[]byte)(&ev.Data), &ev.WorkerID, &ev.CreatedAt); err != nil {
 			return nil, fmt.Errorf("postgres: list events: %w", mapError(err))
 		}
 		ev.Type = driver.EventType(typ)
