@@ -66,20 +66,9 @@ func BenchmarkSingleTaskRuns(b *testing.B) {
 				}})
 				r := benchRunner(b, backend.URL(b), wf)
 				submitRuns(b, r, "single", runs)
-				finished := runsFinished(r, runs)
-				b.StartTimer()
-				start := time.Now()
-				if err := r.Start(context.Background()); err != nil {
-					b.Fatal(err)
-				}
-				<-finished
-				elapsed := time.Since(start)
+				elapsed := burnDown(b, r, runs)
 				if executed.Load() != runs {
 					b.Fatalf("executed %d tasks, want %d", executed.Load(), runs)
-				}
-				b.StopTimer()
-				if err := r.Close(); err != nil {
-					b.Fatal(err)
 				}
 				b.ReportMetric(float64(runs)/elapsed.Seconds(), "tasks/s")
 			}
@@ -131,18 +120,7 @@ func BenchmarkChainRuns(b *testing.B) {
 				}
 				r := benchRunner(b, backend.URL(b), MustWorkflow("chain", tasks...))
 				submitRuns(b, r, "chain", runs)
-				finished := runsFinished(r, runs)
-				b.StartTimer()
-				start := time.Now()
-				if err := r.Start(context.Background()); err != nil {
-					b.Fatal(err)
-				}
-				<-finished
-				elapsed := time.Since(start)
-				b.StopTimer()
-				if err := r.Close(); err != nil {
-					b.Fatal(err)
-				}
+				elapsed := burnDown(b, r, runs)
 				if len(starts) != runs*steps {
 					b.Fatalf("executed %d steps, want %d", len(starts), runs*steps)
 				}
@@ -162,6 +140,25 @@ func BenchmarkChainRuns(b *testing.B) {
 			}
 		})
 	}
+}
+
+// burnDown starts r on the runs already submitted and times it, with the
+// benchmark timer, until all of them have ended; then it closes r.
+func burnDown(b *testing.B, r *Runner, runs int) time.Duration {
+	b.Helper()
+	finished := runsFinished(r, runs)
+	b.StartTimer()
+	start := time.Now()
+	if err := r.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	<-finished
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err := r.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return elapsed
 }
 
 // runsFinished returns a channel closed once this runner has committed

@@ -72,25 +72,36 @@ func (s *stall) run(ctx context.Context, tc *Context) error {
 	}
 }
 
+// zombieSetup starts a leader that does not claim and a one-slot runner
+// that takes a run of wf, then freezes that runner's heartbeat (a zombie:
+// alive, but dead to the others) and waits until the leader has reset its
+// task.
+func zombieSetup(t *testing.T, url string, wf *Workflow, s *stall) (leader, zombie *Runner, exec *Execution) {
+	t.Helper()
+	ctx := testContext(t)
+	leader = openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+	leader.claimsPaused.Store(true)
+	require.NoError(t, leader.Start(ctx))
+	zombie = openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
+	s.zombies[zombie.ID()] = true
+	require.NoError(t, zombie.Start(ctx))
+	reset := onEvent(leader, eventOf(EventTaskReset))
+
+	exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
+	require.NoError(t, err)
+	waitFor(t, s.started, "the task to start on the zombie")
+	zombie.heartbeatFrozen.Store(true)
+	waitFor(t, reset, "the leader to reset the zombie's task")
+	return leader, zombie, exec
+}
+
 func TestZombieCompletionChangesNothing(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
 		s := newStall()
 		wf := MustWorkflow("z", Task{Name: "work", Run: s.run}, Task{Name: "after", DependsOn: []string{"work"}, Run: ok})
-		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
-		leader.claimsPaused.Store(true)
-		require.NoError(t, leader.Start(ctx))
-		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
-		s.zombies[zombie.ID()] = true
-		require.NoError(t, zombie.Start(ctx))
-		reset := onEvent(leader, eventOf(EventTaskReset))
-
-		exec, err := zombie.ExecuteAsync(ctx, "z", nil)
-		require.NoError(t, err)
-		waitFor(t, s.started, "the task to start on the zombie")
-		zombie.heartbeatFrozen.Store(true)
-		waitFor(t, reset, "the leader to reset the zombie's task")
+		leader, zombie, exec := zombieSetup(t, url, wf, s)
 		setClaiming(leader, true)
 
 		res, err := exec.Wait(ctx)
@@ -144,19 +155,7 @@ func TestLostClaimCancelsTheTaskAtTheNextHeartbeat(t *testing.T) {
 		ctx := testContext(t)
 		s := newStall()
 		wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
-		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
-		leader.claimsPaused.Store(true)
-		require.NoError(t, leader.Start(ctx))
-		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
-		s.zombies[zombie.ID()] = true
-		require.NoError(t, zombie.Start(ctx))
-		reset := onEvent(leader, eventOf(EventTaskReset))
-
-		_, err := zombie.ExecuteAsync(ctx, "z", nil)
-		require.NoError(t, err)
-		waitFor(t, s.started, "the task to start on the zombie")
-		zombie.heartbeatFrozen.Store(true)
-		waitFor(t, reset, "the leader to reset the zombie's task")
+		_, zombie, _ := zombieSetup(t, url, wf, s)
 
 		// The zombie wakes up: its next heartbeat finds the claim lost and
 		// cancels the task, which then records nothing. (With its slot free

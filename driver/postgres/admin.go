@@ -94,22 +94,9 @@ type Admin struct {
 
 // OpenAdmin connects to the database at url as an administrator.
 func OpenAdmin(ctx context.Context, url string) (*Admin, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+	pool, cfg, err := connect(ctx, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 2 })
 	if err != nil {
-		return nil, fmt.Errorf("postgres: parse database URL: %w", err)
-	}
-	cfg.MaxConns = 2
-	cfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
-		RegisterTypes(conn.TypeMap())
-		return nil
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: connect: %w", err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres: connect to %s:%d/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, mapError(err))
+		return nil, err
 	}
 	return &Admin{pool: pool, cfg: cfg}, nil
 }

@@ -104,11 +104,13 @@ func ValidateSchema(name string) error {
 	return nil
 }
 
-// Open connects a new pool to the PostgreSQL database at url.
-func Open(ctx context.Context, url string, opts *Opts) (*Driver, error) {
+// connect opens a pool on url, with the backend's types registered on
+// every connection, and checks that the server answers. tune, if set,
+// adjusts the configuration first.
+func connect(ctx context.Context, url string, tune func(*pgxpool.Config)) (*pgxpool.Pool, *pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: parse database URL: %w", err)
+		return nil, nil, fmt.Errorf("postgres: parse database URL: %w", err)
 	}
 	// Under default_query_exec_mode=exec or simple_protocol, pgx picks
 	// parameter types from Go types: teach it the backend's.
@@ -116,13 +118,25 @@ func Open(ctx context.Context, url string, opts *Opts) (*Driver, error) {
 		RegisterTypes(conn.TypeMap())
 		return nil
 	}
+	if tune != nil {
+		tune(cfg)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: connect: %w", err)
+		return nil, nil, fmt.Errorf("postgres: connect: %w", err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres: connect to %s:%d/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, mapError(err))
+		return nil, nil, fmt.Errorf("postgres: connect to %s:%d/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, mapError(err))
+	}
+	return pool, cfg, nil
+}
+
+// Open connects a new pool to the PostgreSQL database at url.
+func Open(ctx context.Context, url string, opts *Opts) (*Driver, error) {
+	pool, _, err := connect(ctx, url, nil)
+	if err != nil {
+		return nil, err
 	}
 	d, err := New(pool, opts)
 	if err != nil {
