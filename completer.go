@@ -86,8 +86,20 @@ func (r *Runner) flush(ctx context.Context, batch []*taskResult) {
 // readiness of downstream tasks, and the end of runs. It returns the
 // results whose claim had been lost (recorded nowhere).
 func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*taskResult, err error) {
+	// A task has one result per claim; a second one in the batch (a task
+	// that ran twice under one claim) is fenced out like a lost claim.
+	seen := make(map[uuid.UUID]bool, len(batch))
+	var dups []*taskResult
+	batch = slices.DeleteFunc(slices.Clone(batch), func(res *taskResult) bool {
+		if seen[res.task.ID] {
+			dups = append(dups, res)
+			return true
+		}
+		seen[res.task.ID] = true
+		return false
+	})
 	_, err = r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		lost = nil
+		lost = append([]*taskResult(nil), dups...)
 		pids := make([]uuid.UUID, 0, len(batch))
 		for _, res := range batch {
 			pids = append(pids, res.task.PipelineID)

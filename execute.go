@@ -14,6 +14,10 @@ import (
 // apiTxAttempts bounds the retries of a transaction a caller waits on.
 const apiTxAttempts = 8
 
+// maxWaitPoll bounds how long Wait takes to notice a run that another
+// process ended.
+const maxWaitPoll = 500 * time.Millisecond
+
 // Execution is a handle on a run started by ExecuteAsync or ExecuteTx.
 type Execution struct {
 	r  *Runner
@@ -176,7 +180,7 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 			return nil, ctx.Err()
 		case <-ch:
 		case <-time.After(interval):
-			interval = min(interval*2, r.cfg.PollInterval)
+			interval = min(interval*2, r.cfg.PollInterval, maxWaitPoll)
 		}
 	}
 }

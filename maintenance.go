@@ -39,7 +39,7 @@ func (r *Runner) heartbeatLoop(svc *services) {
 	leader := false
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
-	for {
+	for beats := 1; ; beats++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -48,7 +48,8 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		if r.heartbeatFrozen.Load() {
 			continue
 		}
-		held, err := r.beat(ctx)
+		canSweep := leader && !healthySince.IsZero() && r.now().Sub(healthySince) >= r.cfg.RunnerTimeout
+		held, dead, err := r.beat(ctx, canSweep)
 		if err != nil {
 			if ctx.Err() == nil {
 				r.logger.Warn("heartbeat failed", "error", err)
@@ -66,7 +67,10 @@ func (r *Runner) heartbeatLoop(svc *services) {
 				(*hook)(held)
 			}
 		}
-		if leader && !healthySince.IsZero() && r.now().Sub(healthySince) >= r.cfg.RunnerTimeout {
+		if len(dead) > 0 {
+			r.logger.Info("removed dead runners", "runners", dead)
+		}
+		if leader && canSweep && (len(dead) > 0 || beats%orphanSweepEvery == 0) {
 			if err := r.sweep(ctx); err != nil && ctx.Err() == nil {
 				r.logger.Error("sweep for dead runners", "error", err)
 			}
@@ -75,10 +79,13 @@ func (r *Runner) heartbeatLoop(svc *services) {
 }
 
 // beat records one heartbeat — one transaction however many tasks run,
-// which also renews (or seeks) the leader lease — re-registers if the
-// runner had been declared dead, and cancels the tasks whose claims it no
-// longer holds. It reports whether this runner leads.
-func (r *Runner) beat(ctx context.Context) (leader bool, err error) {
+// which also renews (or seeks) the leader lease and, when sweep is set and
+// the lease held, removes the rows of runners whose heartbeat expired —
+// re-registers if the runner had been declared dead, and cancels the
+// tasks whose claims it no longer holds. It reports whether this runner
+// leads, and the dead runners it removed; their Running tasks are then
+// orphans for the sweep to reset.
+func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []string, err error) {
 	var alive bool
 	_, err = r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		var err error
@@ -87,20 +94,24 @@ func (r *Runner) beat(ctx context.Context) (leader bool, err error) {
 		}
 		leader, err = tx.LeaseAcquire(ctx, &driver.LeaseAcquireParams{Name: leaderLease, Holder: r.id, Now: c.now,
 			ExpiresAt: c.now.Add(r.cfg.RunnerTimeout)})
+		if err != nil || !leader || !sweep {
+			return err
+		}
+		dead, err = tx.RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: c.now.Add(-r.cfg.RunnerTimeout)})
 		return err
 	})
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	if !alive {
 		r.logger.Warn("this runner was declared dead (heartbeat expired); registering again")
 		if err := r.register(ctx, r.workflowNames()); err != nil {
-			return leader, err
+			return leader, dead, err
 		}
 	}
 	running := r.runningTasks()
 	if len(running) == 0 || r.heartbeatFrozen.Load() {
-		return leader, nil
+		return leader, dead, nil
 	}
 	fences := make([]driver.Fence, len(running))
 	for i, rt := range running {
@@ -108,7 +119,7 @@ func (r *Runner) beat(ctx context.Context) (leader bool, err error) {
 	}
 	res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: fences})
 	if err != nil {
-		return leader, err
+		return leader, dead, err
 	}
 	lost := map[string]bool{}
 	for _, id := range res.Lost {
@@ -120,17 +131,17 @@ func (r *Runner) beat(ctx context.Context) (leader bool, err error) {
 			rt.cancel(errClaimLost)
 		}
 	}
-	return leader, nil
+	return leader, dead, nil
 }
 
 func fenceOf(t *driver.Task) driver.Fence {
 	return driver.Fence{TaskID: t.ID, RunnerID: t.RunnerID, Attempt: t.Attempt, RecoveryCount: t.RecoveryCount}
 }
 
-// sweep resets the Running tasks of runners whose heartbeat expired (or
-// abandons them past MaxRecoveries), then removes the dead runners' rows.
-// The transitions are fenced on the dead runner's claim, so a runner that
-// was only slow loses nothing it has not already lost.
+// sweep resets the Running tasks of runners whose heartbeat expired or
+// whose row is gone (or abandons them past MaxRecoveries). The
+// transitions are fenced on the dead runner's claim, so a runner that was
+// only slow loses nothing it has not already lost.
 func (r *Runner) sweep(ctx context.Context) error {
 	before := r.now().Add(-r.cfg.RunnerTimeout)
 	for {
@@ -152,20 +163,8 @@ func (r *Runner) sweep(ctx context.Context) error {
 		}
 		r.logger.Info("recovered tasks of dead runners", "tasks", len(orphans)-len(lost))
 		if len(orphans) < completionBatch || len(lost) == len(orphans) {
-			break
+			return nil
 		}
-	}
-	var dead []string
-	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		var err error
-		dead, err = tx.RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: before})
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if len(dead) > 0 {
-		r.logger.Info("removed dead runners", "runners", dead)
 	}
 	return nil
 }

@@ -36,7 +36,9 @@ type Config struct {
 	ClaimBatchSize int
 	// PollInterval is how often an idle runner looks for work it was not
 	// woken for (work from other SQLite processes, ExecuteTx on SQLite,
-	// missed notifications) and for runs cancelled elsewhere. Default: 1s.
+	// missed notifications, retries that fell due) and for runs cancelled
+	// elsewhere. Default: 1s on SQLite; 5s on PostgreSQL, where NOTIFY
+	// wakes runners at once and the poll only catches what it missed.
 	PollInterval time.Duration
 	// TaskTimeout bounds one attempt of a task without its own Timeout.
 	// Default: 0, no timeout.
@@ -75,6 +77,11 @@ const (
 	defaultMaxConcurrent = 10
 	maxClaimBatch        = 100
 	defaultPollInterval  = time.Second
+	defaultPGPoll        = 5 * time.Second
+	// orphanSweepEvery is how many heartbeats apart the leader also looks
+	// for Running tasks whose runner row is gone (a leader that died
+	// between removing dead runners and resetting their tasks).
+	orphanSweepEvery = 12
 	defaultHeartbeat     = 5 * time.Second
 	defaultRunnerTimeout = 30 * time.Second
 	defaultMaxRecoveries = 3
@@ -209,6 +216,9 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = defaultPollInterval
+		if drv != nil && drv.Name() == "postgres" {
+			c.PollInterval = defaultPGPoll
+		}
 	}
 	if c.RunnerID == "" {
 		c.RunnerID = newID().String()
