@@ -1,0 +1,282 @@
+package soak
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// soakParams sizes one kill -9 soak.
+type soakParams struct {
+	url string
+	// processes is how many runner processes share the database.
+	processes int
+	// runs is how many runs are submitted at least; submission goes on
+	// until every kill is done.
+	runs int
+	// maxRuns stops submission even if kills are not done.
+	maxRuns int
+	// backlog bounds the runs submitted but not yet ended. A recovered
+	// task joins the back of the queue, so a deep backlog would measure
+	// queueing, not recovery.
+	backlog int
+	// kills is how many times a runner process is killed with SIGKILL.
+	kills  int
+	runner runnerSpec
+}
+
+// TestKill9SoakPostgres: three runner processes on one PostgreSQL schema,
+// at least 2,000 runs of the soak workflow with random failures and
+// retries; runner processes are killed with SIGKILL five times (the
+// leader on even kills, another runner on odd ones) and restarted.
+func TestKill9SoakPostgres(t *testing.T) {
+	t.Parallel()
+	soak(t, soakParams{
+		url:       testdb.PostgresSchemaURL(t),
+		processes: 3,
+		runs:      2000,
+		maxRuns:   8000,
+		backlog:   96,
+		kills:     4,
+		runner: runnerSpec{
+			Behaviour:     behaviour{FailProb: 0.15, FailLast: true, MaxWork: 10 * time.Millisecond},
+			MaxConcurrent: 16,
+			Poll:          100 * time.Millisecond,
+			Heartbeat:     100 * time.Millisecond,
+			RunnerTimeout: time.Second,
+		},
+	})
+}
+
+// TestKill9SoakSQLite: the same with two runner processes on one SQLite
+// file (and the test process submitting runs: three processes writing),
+// at least 1,000 runs and four kills. Other processes' work is found by
+// polling on SQLite, hence the shorter poll interval.
+func TestKill9SoakSQLite(t *testing.T) {
+	t.Parallel()
+	soak(t, soakParams{
+		url:       testdb.SQLiteURL(t),
+		processes: 2,
+		runs:      300,
+		maxRuns:   5000,
+		backlog:   32,
+		kills:     2,
+		runner: runnerSpec{
+			Behaviour:     behaviour{FailProb: 0.15, FailLast: true, MaxWork: 10 * time.Millisecond},
+			MaxConcurrent: 8,
+			Poll:          50 * time.Millisecond,
+			Heartbeat:     250 * time.Millisecond,
+			RunnerTimeout: 2500 * time.Millisecond,
+		},
+	})
+}
+
+func soak(t *testing.T, p soakParams) {
+	ctx := testContext(t, 4*time.Minute)
+	began := time.Now()
+	// The test process submits runs and reads results; it runs no task.
+	wf := newWorkflow(p.runner.Behaviour, nil)
+	submitter, err := cloacina.Open(ctx, p.url, &cloacina.Config{Workflows: []*cloacina.Workflow{wf},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, submitter.Close()) })
+	st := openStore(t, p.url)
+	require.NoError(t, st.createExecutionsTable(ctx))
+
+	procs := make([]*runnerProcess, p.processes)
+	for i := range procs {
+		procs[i] = startRunnerProcess(t, p.spec(i))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, proc := range procs {
+				t.Logf("log of runner process %s (runner %s):\n%s", proc.name, proc.runnerID, proc.stderr)
+			}
+		}
+	})
+
+	var killsDone atomic.Bool
+	submitCtx, stopSubmitting := context.WithCancel(ctx)
+	submitDone := make(chan struct{})
+	var runs int
+	var submitErr error
+	go func() {
+		defer close(submitDone)
+		runs, _, submitErr = submitRuns(submitCtx, submitter, st, p.backlog, false, func(n int) bool {
+			return n >= p.maxRuns || (n >= p.runs && killsDone.Load())
+		})
+	}()
+	// No goroutine outlives the test, however it ends.
+	t.Cleanup(func() { stopSubmitting(); <-submitDone })
+
+	var kills []kill
+	for k := range p.kills {
+		slot, leader := pickVictim(t, ctx, st, procs, k%2 == 0)
+		victim := procs[slot]
+		// Kill a runner that is working: wait until it holds a claim.
+		waitUntil(t, ctx, 5*time.Millisecond, fmt.Sprintf("runner %s to hold a task", victim.name), func(ctx context.Context) (bool, error) {
+			n, err := st.runningTasks(ctx, victim.runnerID)
+			return n > 0, err
+		})
+		at := victim.kill(t)
+		kills = append(kills, kill{runnerID: victim.runnerID, at: at, leader: leader})
+		procs[slot] = startRunnerProcess(t, p.spec(slot))
+		// One recovery at a time, so each kill's figures are its own.
+		waitUntil(t, ctx, 10*time.Millisecond, fmt.Sprintf("the tasks of killed runner %s to be reset", victim.runnerID),
+			func(ctx context.Context) (bool, error) {
+				n, err := st.runningTasks(ctx, victim.runnerID)
+				return n == 0, err
+			})
+	}
+	killsDone.Store(true)
+	select {
+	case <-submitDone:
+	case <-ctx.Done():
+		t.Fatal("timed out waiting for the last runs to be submitted")
+	}
+	require.NoError(t, submitErr)
+	require.GreaterOrEqual(t, runs, p.runs)
+
+	waitUntil(t, ctx, 50*time.Millisecond, "every run to end", func(ctx context.Context) (bool, error) {
+		n, err := st.unfinishedRuns(ctx)
+		return n == 0, err
+	})
+	worked := time.Since(began)
+	for _, proc := range procs {
+		proc.stop(t)
+	}
+
+	snap := takeSnapshot(t, ctx, submitter, st)
+	require.Len(t, snap.runs, runs)
+	checkInvariants(t, snap, checkOpts{})
+	recs, spurious := recoveries(t, snap, kills)
+
+	var perKill, perTask, detect []time.Duration
+	var lines []string
+	for i, kr := range recs {
+		// Every kill hit a runner holding at least one claim.
+		require.NotEmpty(t, kr.resume, "kill %d of runner %s found no task to recover", i+1, kr.runnerID)
+		all := kr.resume[len(kr.resume)-1]
+		perKill = append(perKill, all)
+		perTask = append(perTask, kr.resume...)
+		detect = append(detect, kr.detect...)
+		lines = append(lines, fmt.Sprintf("kill %d (leader=%t): %d tasks in flight, reset after %s, all running again after %s (each: %s)",
+			i+1, kr.leader, len(kr.resume), joinDurations(kr.detect[:1]), ms(all), joinDurations(kr.resume)))
+	}
+	var completed, failed, execs int
+	for _, run := range snap.runs {
+		if run.Status == cloacina.PipelineCompleted {
+			completed++
+		} else {
+			failed++
+		}
+	}
+	execs = len(snap.execs)
+	u, _ := cloacina.ParseDatabaseURL(p.url)
+	lines = append([]string{
+		fmt.Sprintf("backend=%s processes=%d runs=%d (completed %d, failed %d) task executions=%d events=%d kills=%d heartbeat=%s runner_timeout=%s",
+			u.Backend, p.processes, runs, completed, failed, execs, len(snap.events), len(kills), p.runner.Heartbeat, p.runner.RunnerTimeout),
+		fmt.Sprintf("kill -> all in-flight tasks running elsewhere, per kill: %s", statsOf(perKill)),
+		fmt.Sprintf("kill -> task running elsewhere, per task: %s", statsOf(perTask)),
+		fmt.Sprintf("kill -> task_reset, per task: %s", statsOf(detect)),
+		fmt.Sprintf("resets of runners that were not killed (late heartbeats): %d", spurious),
+		fmt.Sprintf("wall time %s (runs until all ended %s)", time.Since(began).Round(time.Millisecond), worked.Round(time.Millisecond)),
+	}, lines...)
+	report(t, lines...)
+}
+
+// spec returns the runner spec of process slot i.
+func (p soakParams) spec(i int) runnerSpec {
+	s := p.runner
+	s.URL = p.url
+	s.Name = fmt.Sprintf("runner%d", i)
+	return s
+}
+
+// pickVictim returns the slot of the process to kill: the one holding the
+// maintenance lease when leader is true (if any does), another otherwise.
+func pickVictim(t *testing.T, ctx context.Context, st *store, procs []*runnerProcess, leader bool) (slot int, isLeader bool) {
+	t.Helper()
+	var holder string
+	if leader {
+		// Right after start, or after the leader was killed, no live
+		// runner may hold the lease yet.
+		waitUntil(t, ctx, 10*time.Millisecond, "a live runner to hold the maintenance lease", func(ctx context.Context) (bool, error) {
+			var err error
+			if holder, err = st.leader(ctx); err != nil {
+				return false, err
+			}
+			for _, proc := range procs {
+				if proc.runnerID == holder {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+	} else {
+		var err error
+		holder, err = st.leader(ctx)
+		require.NoError(t, err)
+	}
+	for i, proc := range procs {
+		if (proc.runnerID == holder) == leader {
+			return i, proc.runnerID == holder
+		}
+	}
+	return 0, procs[0].runnerID == holder
+}
+
+// submitRuns creates runs, keeping at most backlog of them unfinished,
+// until done reports true for the number submitted so far. With tolerate,
+// a failed submission (the database is restarting) is counted and
+// retried instead of ending the submission.
+func submitRuns(ctx context.Context, r *cloacina.Runner, st *store, backlog int, tolerate bool, done func(submitted int) bool) (submitted, failures int, err error) {
+	unfinished := 0
+	ticker := time.NewTicker(20 * time.Millisecond)
+	defer ticker.Stop()
+	pause := func() error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+			return nil
+		}
+	}
+	for !done(submitted) {
+		if unfinished >= backlog {
+			if err := pause(); err != nil {
+				return submitted, failures, err
+			}
+			n, err := st.unfinishedRuns(ctx)
+			if err != nil && !tolerate {
+				return submitted, failures, fmt.Errorf("count unfinished runs: %w", err)
+			}
+			if err == nil {
+				unfinished = n
+			}
+			continue
+		}
+		if _, err := r.ExecuteAsync(ctx, workflowName, nil); err != nil {
+			if !tolerate || ctx.Err() != nil {
+				return submitted, failures, fmt.Errorf("submit run %d: %w", submitted+1, err)
+			}
+			failures++
+			if err := pause(); err != nil {
+				return submitted, failures, err
+			}
+			continue
+		}
+		submitted++
+		unfinished++
+	}
+	return submitted, failures, nil
+}
