@@ -74,8 +74,12 @@ func TestClaimCommitFailureRunsTaskOnce(t *testing.T) {
 
 			completed, err := r.Events(ctx, &cloacina.EventQuery{RunID: ptr(run.ID()), Types: []cloacina.EventType{cloacina.EventTaskCompleted}})
 			require.NoError(t, err)
-			require.Len(t, completed, 1, "task_completed events of the one task")
-			require.EqualValues(t, 1, executions.Load(), "executions of a task claimed once (attempt 1)")
+			// Both results reach the completer; whether they land in one
+			// batch (two task_completed) or two (the second fenced out)
+			// is timing, so check both counts at once.
+			require.True(t, executions.Load() == 1 && len(completed) == 1,
+				"a task claimed once (attempt 1) ran %d times and has %d task_completed events, want 1 and 1",
+				executions.Load(), len(completed))
 		})
 	}
 }

@@ -52,15 +52,12 @@ func (s *store) table(name string) string {
 	return name
 }
 
-// rebind turns $1-style placeholders into SQLite's ?.
+// rebind turns $1-style placeholders into SQLite's ?1.
 func (s *store) rebind(q string) string {
 	if s.postgres {
 		return q
 	}
-	for i := 9; i >= 1; i-- {
-		q = strings.ReplaceAll(q, fmt.Sprintf("$%d", i), "?")
-	}
-	return q
+	return strings.ReplaceAll(q, "$", "?")
 }
 
 func (s *store) createExecutionsTable(ctx context.Context) error {
