@@ -110,6 +110,25 @@ func (s *store) leader(ctx context.Context) (string, error) {
 	return holder, err
 }
 
+// heartbeats returns each registered runner's last heartbeat.
+func (s *store) heartbeats(ctx context.Context) (map[string]time.Time, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, heartbeat_at FROM `+s.table("cloacina_runners"))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var id string
+		var at sqlTime
+		if err := rows.Scan(&id, &at); err != nil {
+			return nil, err
+		}
+		out[id] = at.Time
+	}
+	return out, rows.Err()
+}
+
 type runRow struct {
 	ID          uuid.UUID
 	Status      cloacina.PipelineStatus

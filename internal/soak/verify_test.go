@@ -353,9 +353,10 @@ type killRecovery struct {
 }
 
 // recoveries finds, in the log, the tasks each killed runner held when it
-// died (task_reset after a claim by that runner) and when they started
-// again elsewhere. It also counts resets of runners that were not killed:
-// a live runner whose heartbeat came too late.
+// died (task_reset after the kill, of a claim by that runner) and when
+// they started again elsewhere. It also counts the other resets: of a
+// live runner whose heartbeat came too late (before its kill, if it was
+// killed later).
 func recoveries(t *testing.T, snap *snapshot, kills []kill) (out []*killRecovery, spurious int) {
 	t.Helper()
 	byRunner := map[string]*killRecovery{}
@@ -376,7 +377,7 @@ func recoveries(t *testing.T, snap *snapshot, kills []kill) (out []*killRecovery
 				d, _ := e.Payload()
 				kr := byRunner[claimer]
 				switch {
-				case kr != nil:
+				case kr != nil && !e.CreatedAt.Before(kr.at):
 					kr.detect = append(kr.detect, e.CreatedAt.Sub(kr.at))
 					pending = kr
 				case d != nil && strings.Contains(d.Reason, "stopped before the task returned"):
