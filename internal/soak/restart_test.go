@@ -82,6 +82,7 @@ func TestDatabaseRestartPostgres(t *testing.T) {
 		lines = append(lines, fmt.Sprintf("restart %d (%s): server away %s; %d runs ended, %d unfinished and %d tasks running just before",
 			i+1, mode, away.Round(time.Millisecond), total-unfinished, unfinished, running))
 	}
+	report(t, lines...)
 	// The runners carry on after the restarts.
 	waitEnded(450)
 	stopSubmitting.Store(true)
@@ -108,8 +109,8 @@ func TestDatabaseRestartPostgres(t *testing.T) {
 	require.GreaterOrEqual(t, len(snap.runs), submitted)
 	checkInvariants(t, snap, checkOpts{allCompleted: true})
 	_, resets := recoveries(t, snap, nil)
-	report(t, append(lines,
+	report(t,
 		fmt.Sprintf("submissions failed while the server was away (retried): %d", failedSubmits),
 		fmt.Sprintf("runs=%d all completed, task executions=%d, events=%d, tasks reset because a live runner's heartbeat was late: %d",
-			len(snap.runs), len(snap.execs), len(snap.events), resets))...)
+			len(snap.runs), len(snap.execs), len(snap.events), resets))
 }

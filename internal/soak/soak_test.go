@@ -351,8 +351,9 @@ func startHeartbeatSampler(ctx context.Context, st *store) *heartbeatSampler {
 				return
 			case <-ticker.C:
 			}
-			at := time.Now()
 			beats, err := st.heartbeats(ctx)
+			// Taken after the read, so an age is never understated.
+			at := time.Now()
 			if err != nil {
 				if ctx.Err() == nil {
 					s.err = fmt.Errorf("sample heartbeats: %w", err)

@@ -157,8 +157,15 @@ func checkInvariants(t *testing.T, snap *snapshot, opts checkOpts) {
 			recorded[attemptKey{ex.TaskID, ex.Attempt, ex.RunnerID}] = ex
 		}
 	}
+	execsOf := map[uuid.UUID][]*execution{}
+	for _, ex := range snap.execs {
+		execsOf[ex.TaskID] = append(execsOf[ex.TaskID], ex)
+	}
 	for id, task := range snap.tasks {
 		completions := checkTaskEvents(&v, task, snap.byTask[id])
+		if len(completions) > 1 {
+			v.add("task %s (%s): its executions: %s", id, task.Name, executionTrail(execsOf[id]))
+		}
 		for _, e := range completions {
 			d, err := e.Payload()
 			if err != nil {
@@ -334,6 +341,17 @@ func eventTrail(events []*cloacina.Event) string {
 		parts[i] = fmt.Sprintf("%d:%s@%.8s", e.SequenceNum, strings.TrimPrefix(string(e.Type), "task_"), e.WorkerID)
 	}
 	return strings.Join(parts, " ")
+}
+
+// executionTrail prints a task's recorded executions compactly, for
+// failure messages.
+func executionTrail(execs []*execution) string {
+	parts := make([]string, len(execs))
+	for i, ex := range execs {
+		parts[i] = fmt.Sprintf("attempt %d on %.8s (pid %d) %s..%s: %s", ex.Attempt, ex.RunnerID, ex.PID,
+			ex.StartedAt.Format("15:04:05.000000"), ex.EndedAt.Format("15:04:05.000000"), ex.Outcome)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // kill is one SIGKILL of a runner process.
