@@ -23,13 +23,13 @@ import (
 // the failed attempt had claimed (and that the rollback made Ready again)
 // can be claimed again by the retry.
 //
-// ENGINE BUG (found by the soak; fails until fixed in runner.go): claim
-// keeps the failed attempt's tasks as "uncertain", and verifyClaims finds
-// their claims held — because the retry claimed them again — so they are
-// returned twice, and each runs twice at once under the same claim. Both
-// results pass the fence when they land in one completion batch
-// (TaskFinishMany reports the task id once and complete counts every
-// entry with that id as held), giving two terminal events for one attempt.
+// The bug it pinned (fixed in services.go, claim): the failed attempt's
+// tasks were kept as "uncertain", and verifyClaims found their claims held
+// — because the retry had claimed them again — so they were returned
+// twice, and each ran twice at once under the same claim; with both
+// results in one completion batch, one attempt got two terminal events.
+// claim now verifies only tasks the final attempt did not claim, and
+// complete treats a second result for one task as lost.
 func TestClaimCommitFailureRunsTaskOnce(t *testing.T) {
 	t.Parallel()
 	open := map[string]func(t *testing.T) driver.Driver{
@@ -109,10 +109,10 @@ type claimCommitFaultTx struct {
 	claimed bool
 }
 
-func (tx *claimCommitFaultTx) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) ([]*driver.Task, error) {
-	tasks, err := tx.Tx.TaskClaim(ctx, p)
-	tx.claimed = tx.claimed || len(tasks) > 0
-	return tasks, err
+func (tx *claimCommitFaultTx) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*driver.TaskClaimResult, error) {
+	res, err := tx.Tx.TaskClaim(ctx, p)
+	tx.claimed = tx.claimed || (res != nil && len(res.Tasks) > 0)
+	return res, err
 }
 
 func (tx *claimCommitFaultTx) Commit(ctx context.Context) error {
