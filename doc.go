@@ -122,6 +122,30 @@
 // [Runner.DeleteEventsBefore]. [Replay] rebuilds every status from the
 // events alone.
 //
+// # Crash safety and scale-out
+//
+// A started runner registers a row and heartbeats it (one write per
+// Config.HeartbeatInterval, however many tasks it runs), renewing a lease
+// that makes one runner at a time the leader. The leader removes runners
+// whose heartbeat is older than Config.RunnerTimeout and resets their
+// Running tasks to Ready for others (task_reset, recovery count + 1), or
+// abandons a task past Config.MaxRecoveries (task_abandoned, Failed, then
+// trigger rules and the run's end as usual). It does not sweep until it
+// has itself been healthy for one RunnerTimeout, so a restart or a
+// database outage does not take work from runners that are alive. A
+// runner that lost a claim (it was too slow to heartbeat and its task was
+// reset) learns it at its next heartbeat or fenced write: the task's
+// context is cancelled and nothing it reports is recorded. Transient
+// database errors (SQLite busy, serialization failures, deadlocks, lost
+// connections, a server restart) are retried on every state write; a
+// result that cannot be stored at all fails the attempt with the reason.
+// [Runner.Stop] lets running tasks finish, hands back those still running
+// at its deadline, and removes the runner's row. Execution is
+// at-least-once: a task whose runner died mid-way runs again elsewhere, so
+// make task bodies idempotent (use [TaskInfoFrom] for the run and task ids
+// and the attempt). [DeferUntil] lets a task wait on an outside condition
+// without holding a concurrency slot.
+//
 // # Tenants
 //
 // On PostgreSQL a tenant is a schema owned by a login role of its own;

@@ -65,7 +65,9 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// RunnerTimeout is how long a runner may go without a heartbeat before
 	// the leader declares it dead and resets its running tasks for other
-	// runners. It must exceed two heartbeats. Default: 30s.
+	// runners. It must exceed two heartbeats. On SQLite a heartbeat waits
+	// for the database write lock like any writer (up to the 10s busy
+	// timeout), so keep it well above that. Default: 30s.
 	RunnerTimeout time.Duration
 	// MaxRecoveries bounds how often one task is reset after its runner
 	// died; the next time it is abandoned (Failed, task_abandoned) instead,
@@ -81,7 +83,7 @@ const (
 	// orphanSweepEvery is how many heartbeats apart the leader also looks
 	// for Running tasks whose runner row is gone (a leader that died
 	// between removing dead runners and resetting their tasks).
-	orphanSweepEvery = 12
+	orphanSweepEvery     = 12
 	defaultHeartbeat     = 5 * time.Second
 	defaultRunnerTimeout = 30 * time.Second
 	defaultMaxRecoveries = 3
