@@ -130,22 +130,13 @@ func (t *target) scalar(ctx context.Context, q string) (int64, error) {
 
 // groupCounts runs a query returning (text, count) rows.
 func (t *target) groupCounts(ctx context.Context, q string) (map[string]int64, error) {
-	out := map[string]int64{}
 	if t.Backend == "postgres" {
 		rows, err := t.admin.Query(ctx, q)
 		if err != nil {
 			return nil, err
 		}
 		defer rows.Close()
-		for rows.Next() {
-			var k string
-			var n int64
-			if err := rows.Scan(&k, &n); err != nil {
-				return nil, err
-			}
-			out[k] = n
-		}
-		return out, rows.Err()
+		return collectCounts(rows)
 	}
 	if _, err := t.scalar(ctx, "SELECT 1"); err != nil {
 		return nil, err
@@ -155,6 +146,19 @@ func (t *target) groupCounts(ctx context.Context, q string) (map[string]int64, e
 		return nil, err
 	}
 	defer rows.Close()
+	return collectCounts(rows)
+}
+
+// countRows is what pgx.Rows and *sql.Rows share.
+type countRows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// collectCounts reads (text, count) rows into a map.
+func collectCounts(rows countRows) (map[string]int64, error) {
+	out := map[string]int64{}
 	for rows.Next() {
 		var k string
 		var n int64

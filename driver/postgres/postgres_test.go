@@ -45,11 +45,20 @@ func open(t *testing.T, schema string, params ...string) *postgres.Driver {
 }
 
 func TestConformance(t *testing.T) {
-	drivertest.Run(t, func(t *testing.T) driver.Driver {
-		return open(t, testdb.NewSchema(t))
-	}, &drivertest.Options{
+	opts := conformanceOptions(func(t *testing.T, schema string) *postgres.Driver { return open(t, schema) })
+	opts.SpawnClaimer = func(t *testing.T, drv driver.Driver, cfg drivertest.ClaimerConfig) *drivertest.ClaimerProcess {
+		return drivertest.StartClaimerProcess(t, drv.(*postgres.Driver).Schema(), cfg)
+	}
+	drivertest.Run(t, func(t *testing.T) driver.Driver { return open(t, testdb.NewSchema(t)) }, opts)
+}
+
+// conformanceOptions are the conformance suite's hooks for drivers opened
+// by openOn: siblings on the same schema, application transactions on the
+// driver's pool, and migrations recorded behind the code's back.
+func conformanceOptions(openOn func(t *testing.T, schema string) *postgres.Driver) *drivertest.Options {
+	return &drivertest.Options{
 		OpenSibling: func(t *testing.T, drv driver.Driver) driver.Driver {
-			return open(t, drv.(*postgres.Driver).Schema())
+			return openOn(t, drv.(*postgres.Driver).Schema())
 		},
 		BeginAppTx: func(t *testing.T, drv driver.Driver) *drivertest.AppTx {
 			tx, err := drv.(*postgres.Driver).Pool().Begin(t.Context())
@@ -64,10 +73,7 @@ func TestConformance(t *testing.T) {
 			require.NoError(t, err)
 		},
 		ConcurrentTx: true,
-		SpawnClaimer: func(t *testing.T, drv driver.Driver, cfg drivertest.ClaimerConfig) *drivertest.ClaimerProcess {
-			return drivertest.StartClaimerProcess(t, drv.(*postgres.Driver).Schema(), cfg)
-		},
-	})
+	}
 }
 
 func TestValidateSchema(t *testing.T) {

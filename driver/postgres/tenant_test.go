@@ -87,26 +87,7 @@ func TestConformanceExecMode(t *testing.T) {
 	execMode := func(t *testing.T, schema string) *postgres.Driver {
 		return open(t, schema, "default_query_exec_mode", "exec")
 	}
-	drivertest.Run(t, func(t *testing.T) driver.Driver {
-		return execMode(t, testdb.NewSchema(t))
-	}, &drivertest.Options{
-		OpenSibling: func(t *testing.T, drv driver.Driver) driver.Driver {
-			return execMode(t, drv.(*postgres.Driver).Schema())
-		},
-		BeginAppTx: func(t *testing.T, drv driver.Driver) *drivertest.AppTx {
-			tx, err := drv.(*postgres.Driver).Pool().Begin(t.Context())
-			require.NoError(t, err)
-			t.Cleanup(func() { tx.Rollback(context.Background()) })
-			return &drivertest.AppTx{Tx: tx, Commit: tx.Commit, Rollback: tx.Rollback}
-		},
-		RecordMigration: func(t *testing.T, drv driver.Driver, version int) {
-			d := drv.(*postgres.Driver)
-			_, err := d.Pool().Exec(t.Context(), "INSERT INTO "+pgx.Identifier{d.Schema(), "cloacina_migrations"}.Sanitize()+
-				" (version, name) VALUES ($1, 'from_the_future')", version)
-			require.NoError(t, err)
-		},
-		ConcurrentTx: true,
-	})
+	drivertest.Run(t, func(t *testing.T) driver.Driver { return execMode(t, testdb.NewSchema(t)) }, conformanceOptions(execMode))
 }
 
 func TestValidateTenantNames(t *testing.T) {

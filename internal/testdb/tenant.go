@@ -19,14 +19,7 @@ import (
 func NewTenantName(t testing.TB) string {
 	t.Helper()
 	name := randomName("tenant_")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, PostgresURL())
-	if err != nil {
-		t.Fatalf("PostgreSQL is required by this test and is unreachable at %s: %v\n"+
-			"start it (pg_ctlcluster <version> main start) or set %s", PostgresURL(), err, EnvURL)
-	}
-	conn.Close(ctx)
+	requirePostgres(t)
 	mark(t)
 	t.Cleanup(func() { DropTenantLeftovers(t, name, name) })
 	return name

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -65,6 +64,16 @@ var markerMu sync.Mutex
 func NewSchema(t testing.TB) string {
 	t.Helper()
 	schema := randomName("test_")
+	requirePostgres(t)
+	mark(t)
+	t.Cleanup(func() { DropSchema(t, schema) })
+	return schema
+}
+
+// requirePostgres fails the test, naming the fix, when PostgreSQL is
+// unreachable.
+func requirePostgres(t testing.TB) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, PostgresURL())
@@ -73,17 +82,6 @@ func NewSchema(t testing.TB) string {
 			"start it (pg_ctlcluster <version> main start) or set %s", PostgresURL(), err, EnvURL)
 	}
 	conn.Close(ctx)
-	if path := os.Getenv(EnvMarker); path != "" {
-		markerMu.Lock()
-		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err == nil {
-			fmt.Fprintln(f, t.Name())
-			f.Close()
-		}
-		markerMu.Unlock()
-	}
-	t.Cleanup(func() { DropSchema(t, schema) })
-	return schema
 }
 
 // DropSchema drops a schema and everything in it.
