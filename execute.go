@@ -60,23 +60,19 @@ func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (
 	return e.Wait(ctx)
 }
 
-// ExecuteAsync starts a run and returns at once with a handle to it.
+// ExecuteAsync starts a run and returns at once with a handle to it. The
+// run is written in its own transaction, or — when other goroutines start
+// runs at the same moment — in one transaction with theirs: the run
+// exists when ExecuteAsync returns without an error.
 func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Context) (*Execution, error) {
-	if err := r.checkOpen(); err != nil {
-		return nil, err
-	}
-	wf, err := r.workflow(workflow)
+	run, err := r.prepareRun(workflow, input)
 	if err != nil {
 		return nil, err
 	}
-	id := newID()
-	_, err = r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		return r.createRun(ctx, tx, c, id, wf, input)
-	})
-	if err != nil {
+	if err := r.starts.start(ctx, r, run); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
 	}
-	return &Execution{r: r, id: id}, nil
+	return &Execution{r: r, id: run.id}, nil
 }
 
 // ExecuteTx starts a run inside a transaction the application owns — a
@@ -84,10 +80,7 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // so the run exists only if that transaction commits. Wait on the handle
 // after committing. On SQLite the run is picked up by the next poll.
 func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {
-	if err := r.checkOpen(); err != nil {
-		return nil, err
-	}
-	wf, err := r.workflow(workflow)
+	run, err := r.prepareRun(workflow, input)
 	if err != nil {
 		return nil, err
 	}
@@ -95,60 +88,86 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 	if err != nil {
 		return nil, fmt.Errorf("cloacina: ExecuteTx: %w", err)
 	}
-	id := newID()
 	c := newChanges(r)
-	if err := r.createRun(ctx, exec, c, id, wf, input); err != nil {
+	if err := r.createRuns(ctx, exec, c, []*newRun{run}); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
 	}
 	if err := exec.ChangeSetApply(ctx, &c.cs); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
 	}
-	return &Execution{r: r, id: id}, nil
+	return &Execution{r: r, id: run.id}, nil
 }
 
-// createRun writes a new run: the pipeline, every task (roots Ready, or
-// Skipped by their trigger rule), task_created and task_marked_ready
-// events, and outbox rows, leaving the remaining writes in c.
-func (r *Runner) createRun(ctx context.Context, exec driver.Executor, c *changes, id uuid.UUID, wf *Workflow, input *Context) error {
+// newRun is a run about to be created: its id, workflow and encoded
+// input.
+type newRun struct {
+	id    uuid.UUID
+	wf    *Workflow
+	input []byte
+}
+
+// prepareRun checks and encodes what a new run needs before any write.
+func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	wf, err := r.workflow(workflow)
+	if err != nil {
+		return nil, err
+	}
 	if input == nil {
 		input = NewContext()
 	}
 	raw, err := input.MarshalJSON()
 	if err != nil {
-		return fmt.Errorf("encode input: %w", err)
+		return nil, fmt.Errorf("start run of workflow %q: encode input: %w", workflow, err)
 	}
-	inserted, err := exec.PipelineInsert(ctx, &driver.PipelineInsertParams{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version,
-		Status: driver.PipelinePending, Input: raw, Now: c.now})
-	if err != nil {
-		return err
+	return &newRun{id: newID(), wf: wf, input: raw}, nil
+}
+
+// createRuns writes new runs: each pipeline, every task (roots Ready, or
+// Skipped by their trigger rule) in one insert, task_created and
+// task_marked_ready events, and outbox rows, leaving the remaining writes
+// in c. A run that already exists (a retry after a commit whose outcome
+// was unknown) is left as it is.
+func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *changes, runs []*newRun) error {
+	var inserts []driver.TaskInsert
+	for _, run := range runs {
+		id, wf := run.id, run.wf
+		inserted, err := exec.PipelineInsert(ctx, &driver.PipelineInsertParams{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version,
+			Status: driver.PipelinePending, Input: run.input, Now: c.now})
+		if err != nil {
+			return err
+		}
+		if !inserted {
+			continue
+		}
+		st := &runState{
+			p:     &driver.Pipeline{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version, Status: driver.PipelinePending, Input: run.input, CreatedAt: c.now},
+			wf:    wf,
+			tasks: make(map[string]*driver.Task, len(wf.tasks)),
+		}
+		tasks := make([]*driver.Task, len(wf.tasks))
+		for i, def := range wf.tasks {
+			t := &driver.Task{ID: newID(), PipelineID: id, WorkflowName: wf.name, Name: def.Name, Position: i,
+				Status: driver.TaskNotStarted, MaxAttempts: def.retry.maxAttempts}
+			tasks[i] = t
+			st.tasks[def.Name] = t
+			c.event(id, &t.ID, EventTaskCreated, &EventData{MaxAttempts: t.MaxAttempts})
+		}
+		if _, err := st.advance(c); err != nil {
+			return err
+		}
+		if err := st.finalize(c); err != nil {
+			return err
+		}
+		for i, t := range tasks {
+			inserts = append(inserts, driver.TaskInsert{ID: t.ID, PipelineID: id, WorkflowName: wf.name, Name: t.Name, Position: i, Status: t.Status,
+				Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, Now: c.now})
+		}
 	}
-	if !inserted {
-		// A retry after a commit whose outcome was unknown: the run exists.
+	if len(inserts) == 0 {
 		return nil
-	}
-	st := &runState{
-		p:     &driver.Pipeline{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version, Status: driver.PipelinePending, Input: raw, CreatedAt: c.now},
-		wf:    wf,
-		tasks: make(map[string]*driver.Task, len(wf.tasks)),
-	}
-	tasks := make([]*driver.Task, len(wf.tasks))
-	for i, def := range wf.tasks {
-		t := &driver.Task{ID: newID(), PipelineID: id, WorkflowName: wf.name, Name: def.Name, Position: i,
-			Status: driver.TaskNotStarted, MaxAttempts: def.retry.maxAttempts}
-		tasks[i] = t
-		st.tasks[def.Name] = t
-		c.event(id, &t.ID, EventTaskCreated, &EventData{MaxAttempts: t.MaxAttempts})
-	}
-	if _, err := st.advance(c); err != nil {
-		return err
-	}
-	if err := st.finalize(c); err != nil {
-		return err
-	}
-	inserts := make([]driver.TaskInsert, len(tasks))
-	for i, t := range tasks {
-		inserts[i] = driver.TaskInsert{ID: t.ID, PipelineID: id, WorkflowName: wf.name, Name: t.Name, Position: i, Status: t.Status,
-			Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, Now: c.now}
 	}
 	return exec.TaskInsertMany(ctx, inserts)
 }

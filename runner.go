@@ -124,6 +124,12 @@ type Runner struct {
 	waitMu  sync.Mutex
 	waiters map[uuid.UUID]map[chan struct{}]struct{}
 
+	// starts groups concurrent ExecuteAsync calls into one transaction.
+	starts startQueue
+	// startHook, when set, sees the length of the start queue after each
+	// ExecuteAsync joins it.
+	startHook atomic.Pointer[func(int)]
+
 	// commitHook, when set, sees every committed change set; tests use it
 	// to wait for a transition instead of polling.
 	commitHook atomic.Pointer[func(*changes)]

@@ -1,0 +1,212 @@
+package cloacina
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// holdFirstStart makes the first start transaction wait, after its commit,
+// until `queued` more ExecuteAsync calls have joined the queue: the next
+// transaction then writes them together. It returns a channel closed when
+// that first commit happened.
+func holdFirstStart(t *testing.T, r *Runner, queued int) <-chan struct{} {
+	t.Helper()
+	var once sync.Once
+	committed := make(chan struct{})
+	full := make(chan struct{})
+	hook := func(n int) {
+		if n >= queued {
+			select {
+			case <-full:
+			default:
+				close(full)
+			}
+		}
+	}
+	r.startHook.Store(&hook)
+	commit := func(c *changes) {
+		if !startsRuns(c) {
+			return
+		}
+		once.Do(func() {
+			close(committed)
+			waitFor(t, full, "the start queue to fill")
+		})
+	}
+	r.commitHook.Store(&commit)
+	return committed
+}
+
+// startsRuns tells whether a committed change set created runs.
+func startsRuns(c *changes) bool {
+	for _, e := range c.cs.Events {
+		if e.Type == EventTaskCreated {
+			return true
+		}
+	}
+	return false
+}
+
+// runsPerStartTx collects how many runs each start transaction created.
+func runsPerStartTx(r *Runner) func() []int {
+	var mu sync.Mutex
+	var sizes []int
+	prev := r.commitHook.Load()
+	hook := func(c *changes) {
+		if prev != nil {
+			(*prev)(c)
+		}
+		runs := map[uuid.UUID]bool{}
+		for _, e := range c.cs.Events {
+			if e.Type == EventTaskCreated {
+				runs[e.PipelineID] = true
+			}
+		}
+		if len(runs) > 0 {
+			mu.Lock()
+			sizes = append(sizes, len(runs))
+			mu.Unlock()
+		}
+	}
+	r.commitHook.Store(&hook)
+	return func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]int(nil), sizes...)
+	}
+}
+
+func TestConcurrentStartsShareATransaction(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("wf", Task{Name: "a", Run: setKey("a", 1)}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 20})
+		const n = 40
+		committed := holdFirstStart(t, r, n-1)
+		sizes := runsPerStartTx(r)
+
+		execs := make([]*Execution, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		wg.Go(func() { execs[0], errs[0] = r.ExecuteAsync(ctx, "wf", nil) })
+		waitFor(t, committed, "the first start to commit")
+		for i := 1; i < n; i++ {
+			wg.Go(func() { execs[i], errs[i] = r.ExecuteAsync(ctx, "wf", nil) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			require.NoError(t, err)
+		}
+		require.Equal(t, []int{1, n - 1}, sizes(), "the first run alone, then every run queued behind it in one transaction")
+
+		require.NoError(t, r.Start(ctx))
+		for _, e := range execs {
+			res, err := e.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+		}
+		runs, err := r.List(ctx, &ListOpts{Limit: 2 * n})
+		require.NoError(t, err)
+		require.Len(t, runs, n)
+		events, err := r.Events(ctx, &EventQuery{Types: []EventType{EventTaskCreated}})
+		require.NoError(t, err)
+		require.Len(t, events, 2*n, "each run's tasks created once")
+	})
+}
+
+// A run the database refuses fails alone: the others in its transaction
+// are written, and nothing of it is.
+func TestStartBatchIsolatesARefusedRun(t *testing.T) {
+	url := testdb.PostgresSchemaURL(t)
+	ctx := testContext(t)
+	r := openRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("wf", Task{Name: "a", Run: ok})}})
+	const n = 9
+	committed := holdFirstStart(t, r, n-1)
+	sizes := runsPerStartTx(r)
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_, err := r.ExecuteAsync(ctx, "wf", nil)
+		require.NoError(t, err)
+	})
+	waitFor(t, committed, "the first start to commit")
+	errs := make([]error, n)
+	ids := make([]uuid.UUID, n)
+	for i := 1; i < n; i++ {
+		wg.Go(func() {
+			in := NewContext()
+			// PostgreSQL's jsonb refuses the NUL character; JSON allows it.
+			value := "fine"
+			if i == 4 {
+				value = "nul\x00here"
+			}
+			require.NoError(t, in.Set("v", value))
+			e, err := r.ExecuteAsync(ctx, "wf", in)
+			errs[i] = err
+			if err == nil {
+				ids[i] = e.ID()
+			}
+		})
+	}
+	wg.Wait()
+	for i := 1; i < n; i++ {
+		if i == 4 {
+			require.Error(t, errs[i])
+			require.Contains(t, errs[i].Error(), `start run of workflow "wf"`)
+			t.Logf("the refused run: %v", errs[i])
+			continue
+		}
+		require.NoError(t, errs[i], "run %d", i)
+		_, err := r.Get(ctx, ids[i])
+		require.NoError(t, err)
+	}
+	written := 0
+	for _, size := range sizes() {
+		written += size
+	}
+	require.Equal(t, n-1, written)
+	require.Less(t, len(sizes()), n-1, "the good runs were written in fewer transactions than runs")
+	runs, err := r.List(ctx, &ListOpts{Limit: 2 * n})
+	require.NoError(t, err)
+	require.Len(t, runs, n-1, "every run but the refused one exists")
+	events, err := r.Events(ctx, nil)
+	require.NoError(t, err)
+	for _, e := range events {
+		require.NotContains(t, string(e.Data), "nul", "nothing of the refused run was written")
+	}
+}
+
+// A caller that gives up while its run waits in the queue gets its
+// context's error, and the run is not written.
+func TestStartCancelledWhileQueued(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("wf", Task{Name: "a", Run: ok})}})
+		committed := holdFirstStart(t, r, 2)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			_, err := r.ExecuteAsync(ctx, "wf", nil)
+			require.NoError(t, err)
+		})
+		waitFor(t, committed, "the first start to commit")
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		var cancelledErr error
+		wg.Go(func() { _, cancelledErr = r.ExecuteAsync(cctx, "wf", nil) })
+		wg.Go(func() {
+			_, err := r.ExecuteAsync(ctx, "wf", nil)
+			require.NoError(t, err)
+		})
+		wg.Wait()
+		require.ErrorIs(t, cancelledErr, context.Canceled)
+		runs, err := r.List(ctx, &ListOpts{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, runs, 2, "the cancelled caller's run was not written")
+	})
+}
