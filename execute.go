@@ -131,15 +131,23 @@ func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
 // in c. A run that already exists (a retry after a commit whose outcome
 // was unknown) is left as it is.
 func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *changes, runs []*newRun) error {
+	params := make([]*driver.PipelineInsertParams, len(runs))
+	for i, run := range runs {
+		params[i] = &driver.PipelineInsertParams{ID: run.id, WorkflowName: run.wf.name, WorkflowVersion: run.wf.version,
+			Status: driver.PipelinePending, Input: run.input, Now: c.now}
+	}
+	ids, err := exec.PipelineInsertMany(ctx, params)
+	if err != nil {
+		return err
+	}
+	inserted := make(map[uuid.UUID]bool, len(ids))
+	for _, id := range ids {
+		inserted[id] = true
+	}
 	var inserts []driver.TaskInsert
 	for _, run := range runs {
 		id, wf := run.id, run.wf
-		inserted, err := exec.PipelineInsert(ctx, &driver.PipelineInsertParams{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version,
-			Status: driver.PipelinePending, Input: run.input, Now: c.now})
-		if err != nil {
-			return err
-		}
-		if !inserted {
+		if !inserted[id] {
 			continue
 		}
 		st := &runState{

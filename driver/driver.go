@@ -86,10 +86,11 @@ type Subscription interface {
 
 // Executor runs the engine's statements, either in a transaction or not.
 type Executor interface {
-	// PipelineInsert creates a pipeline row. It reports false, without an
-	// error, when a row with that id already exists, which makes a retried
+	// PipelineInsertMany creates pipeline rows and returns the ids it
+	// inserted, in no particular order. A row whose id exists already is
+	// left as it is and its id is not returned, which makes a retried
 	// insert after an ambiguous commit harmless.
-	PipelineInsert(ctx context.Context, params *PipelineInsertParams) (bool, error)
+	PipelineInsertMany(ctx context.Context, params []*PipelineInsertParams) ([]uuid.UUID, error)
 	// PipelineGet returns one pipeline or ErrNotFound.
 	PipelineGet(ctx context.Context, id uuid.UUID) (*Pipeline, error)
 	// PipelineList returns pipelines, newest first.

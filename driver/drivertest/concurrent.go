@@ -37,7 +37,7 @@ func testTaskClaimConcurrent(t *testing.T, s *suite) {
 			for range concurrentTasks / concurrentPerRun {
 				p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
 					Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now}
-				ok, err := tx.PipelineInsert(b.ctx, p)
+				ok, err := insertOne(b.ctx, tx, p)
 				require.NoError(t, err)
 				require.True(t, ok)
 				pipelines = append(pipelines, p.ID)

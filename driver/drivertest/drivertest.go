@@ -87,6 +87,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"Tx", testTx},
 		{"UnwrapTx", testUnwrapTx},
 		{"PipelineInsert", testPipelineInsert},
+		{"PipelineInsertMany", testPipelineInsertMany},
 		{"PipelineGet", testPipelineGet},
 		{"PipelineList", testPipelineList},
 		{"PipelineLock", testPipelineLock},
@@ -207,7 +208,7 @@ func (b *bundle) insertPipeline(t *testing.T, opts ...pipelineOpt) *driver.Pipel
 		o(p)
 	}
 	b.inTx(t, func(tx driver.Tx) {
-		ok, err := tx.PipelineInsert(b.ctx, p)
+		ok, err := insertOne(b.ctx, tx, p)
 		require.NoError(t, err)
 		require.True(t, ok)
 	})

@@ -111,7 +111,7 @@ func testEventFollow(t *testing.T, s *suite) {
 		first, err := b.drv.Begin(b.ctx)
 		require.NoError(t, err)
 		defer first.Rollback(b.ctx)
-		ok, err := first.PipelineInsert(b.ctx, &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf",
+		ok, err := insertOne(b.ctx, first, &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf",
 			WorkflowVersion: "v1", Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now})
 		require.NoError(t, err)
 		require.True(t, ok)

@@ -34,10 +34,10 @@ func testPipelineInsert(t *testing.T, s *suite) {
 		again := *p
 		again.WorkflowName, again.Status, again.Input, again.Now = "other", driver.PipelineRunning, json.RawMessage(`{"x":2}`), b.at(time.Hour)
 		b.inTx(t, func(tx driver.Tx) {
-			ok, err := tx.PipelineInsert(b.ctx, &again)
+			ok, err := insertOne(b.ctx, tx, &again)
 			require.NoError(t, err)
 			require.False(t, ok, "inserting an existing id reports false")
-			ok, err = tx.PipelineInsert(b.ctx, &again)
+			ok, err = insertOne(b.ctx, tx, &again)
 			require.NoError(t, err)
 			require.False(t, ok)
 		})
@@ -54,13 +54,54 @@ func testPipelineInsert(t *testing.T, s *suite) {
 		p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
 			Status: driver.PipelinePending, Input: json.RawMessage(`{}`), Now: b.now}
 		b.inTx(t, func(tx driver.Tx) {
-			ok, err := tx.PipelineInsert(b.ctx, p)
+			ok, err := insertOne(b.ctx, tx, p)
 			require.NoError(t, err)
 			require.True(t, ok)
-			ok, err = tx.PipelineInsert(b.ctx, p)
+			ok, err = insertOne(b.ctx, tx, p)
 			require.NoError(t, err)
 			require.False(t, ok)
 		})
+	})
+}
+
+// insertOne inserts one pipeline and reports whether it was new.
+func insertOne(ctx context.Context, exec driver.Executor, p *driver.PipelineInsertParams) (bool, error) {
+	ids, err := exec.PipelineInsertMany(ctx, []*driver.PipelineInsertParams{p})
+	if err != nil {
+		return false, err
+	}
+	return slices.Contains(ids, p.ID), nil
+}
+
+func testPipelineInsertMany(t *testing.T, s *suite) {
+	t.Run("ReturnsTheNewIDs", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		existing := b.insertPipeline(t)
+		params := func(id uuid.UUID, input string) *driver.PipelineInsertParams {
+			return &driver.PipelineInsertParams{ID: id, WorkflowName: "many", WorkflowVersion: "v2",
+				Status: driver.PipelinePending, Input: json.RawMessage(input), Now: b.at(time.Minute)}
+		}
+		a, c := uuid.New(), uuid.New()
+		b.inTx(t, func(tx driver.Tx) {
+			ids, err := tx.PipelineInsertMany(b.ctx, []*driver.PipelineInsertParams{
+				params(a, `{"n":1}`), params(existing.ID, `{"n":2}`), params(c, `{"n":3}`), params(a, `{"n":4}`)})
+			require.NoError(t, err)
+			require.ElementsMatch(t, []uuid.UUID{a, c}, ids, "new ids once each; the existing one is not reported")
+			none, err := tx.PipelineInsertMany(b.ctx, nil)
+			require.NoError(t, err)
+			require.Empty(t, none)
+		})
+		got := b.getPipeline(t, a)
+		require.Equal(t, "many", got.WorkflowName)
+		require.Equal(t, "v2", got.WorkflowVersion)
+		require.Equal(t, driver.PipelinePending, got.Status)
+		requireJSON(t, `{"n":1}`, got.Input)
+		requireTime(t, b.at(time.Minute), got.CreatedAt)
+		requireJSON(t, `{"n":3}`, b.getPipeline(t, c).Input)
+		old := b.getPipeline(t, existing.ID)
+		require.Equal(t, "wf", old.WorkflowName, "the existing row is left as it was")
+		requireJSON(t, `{"run":1}`, old.Input)
 	})
 }
 
@@ -83,7 +124,7 @@ func testPipelineGet(t *testing.T, s *suite) {
 		p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf-ü", WorkflowVersion: "sha256:abc",
 			Status: driver.PipelinePending, Input: json.RawMessage(roundTripJSON), Now: roundTripTime}
 		b.inTx(t, func(tx driver.Tx) {
-			ok, err := tx.PipelineInsert(b.ctx, p)
+			ok, err := insertOne(b.ctx, tx, p)
 			require.NoError(t, err)
 			require.True(t, ok)
 		})

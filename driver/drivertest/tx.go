@@ -26,7 +26,7 @@ func testTx(t *testing.T, s *suite) {
 		require.NoError(t, err)
 		p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
 			Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now}
-		ok, err := tx.PipelineInsert(b.ctx, p)
+		ok, err := insertOne(b.ctx, tx, p)
 		require.NoError(t, err)
 		require.True(t, ok)
 		// The transaction sees its own write; nobody else does.
@@ -48,7 +48,7 @@ func testTx(t *testing.T, s *suite) {
 		require.NoError(t, err)
 		p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
 			Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now}
-		_, err = tx.PipelineInsert(b.ctx, p)
+		_, err = insertOne(b.ctx, tx, p)
 		require.NoError(t, err)
 		require.NoError(t, tx.Commit(b.ctx))
 		require.NoError(t, tx.Rollback(b.ctx))
@@ -93,7 +93,7 @@ func testUnwrapTx(t *testing.T, s *suite) {
 			require.NoError(t, err)
 			p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
 				Status: driver.PipelinePending, Input: []byte(`{"app":true}`), Now: b.now}
-			ok, err := exec.PipelineInsert(b.ctx, p)
+			ok, err := insertOne(b.ctx, exec, p)
 			require.NoError(t, err)
 			require.True(t, ok)
 			task := driver.TaskInsert{ID: uuid.New(), PipelineID: p.ID, WorkflowName: "wf", Name: "a",

@@ -60,25 +60,25 @@ const finishSQL = `UPDATE {s}.task_executions t
 // queries holds the statements whose text depends on the schema, rendered
 // once per backend.
 type queries struct {
-	schema         string // quoted
-	pipelineInsert string
-	pipelineGet    string
-	pipelineLock   string
-	taskInsert     string
-	taskClaim      string
-	taskFinish     string
-	taskFinishList string
-	outboxPeek     string
-	outboxDelete   string
-	taskUpdate     string
-	outboxInsert   string
-	pipelineUpdate string
-	eventInsert    string
-	notify         string
-	eventDelete    string
-	pipelineTable  string
-	taskTable      string
-	eventTable     string
+	schema             string // quoted
+	pipelineInsertMany string
+	pipelineGet        string
+	pipelineLock       string
+	taskInsert         string
+	taskClaim          string
+	taskFinish         string
+	taskFinishList     string
+	outboxPeek         string
+	outboxDelete       string
+	taskUpdate         string
+	outboxInsert       string
+	pipelineUpdate     string
+	eventInsert        string
+	notify             string
+	eventDelete        string
+	pipelineTable      string
+	taskTable          string
+	eventTable         string
 }
 
 func newQueries(schema string) *queries {
@@ -89,9 +89,12 @@ func newQueries(schema string) *queries {
 		pipelineTable: s + ".pipeline_executions",
 		taskTable:     s + ".task_executions",
 		eventTable:    s + ".execution_events",
-		pipelineInsert: r.Replace(`INSERT INTO {s}.pipeline_executions
+		pipelineInsertMany: r.Replace(`INSERT INTO {s}.pipeline_executions
 			(id, workflow_name, workflow_version, status, input, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO NOTHING`),
+			SELECT id, wf, version, status, input::jsonb, now, now
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+				AS u(id, wf, version, status, input, now)
+			ON CONFLICT (id) DO NOTHING RETURNING id`),
 		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
@@ -243,12 +246,26 @@ func scanTask(row pgx.Row, before []any, after ...any) (*driver.Task, error) {
 	return &t, nil
 }
 
-func (e *executor) PipelineInsert(ctx context.Context, p *driver.PipelineInsertParams) (bool, error) {
-	tag, err := e.db.Exec(ctx, e.q.pipelineInsert, pgID(p.ID), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), p.Now.UTC())
-	if err != nil {
-		return false, fmt.Errorf("postgres: insert pipeline %s: %w", p.ID, mapError(err))
+func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.PipelineInsertParams) ([]uuid.UUID, error) {
+	if len(ps) == 0 {
+		return nil, nil
 	}
-	return tag.RowsAffected() == 1, nil
+	n := len(ps)
+	ids := make([][16]byte, n)
+	names, versions, statuses, inputs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	nows := make([]time.Time, n)
+	for i, p := range ps {
+		ids[i], names[i], versions[i], statuses[i] = p.ID, p.WorkflowName, p.WorkflowVersion, string(p.Status)
+		inputs[i], nows[i] = string(p.Input), p.Now.UTC()
+	}
+	inserted, err := collectIDs(e.db.Query(ctx, e.q.pipelineInsertMany, ids, names, versions, statuses, inputs, nows))
+	if err != nil {
+		if n == 1 {
+			return nil, fmt.Errorf("postgres: insert pipeline %s: %w", ps[0].ID, mapError(err))
+		}
+		return nil, fmt.Errorf("postgres: insert %d pipelines: %w", n, mapError(err))
+	}
+	return inserted, nil
 }
 
 func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {

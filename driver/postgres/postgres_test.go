@@ -280,7 +280,7 @@ func insertPipeline(t *testing.T, drv *postgres.Driver) uuid.UUID {
 		Status: driver.PipelinePending, Input: []byte(`{}`), Now: time.Now()}
 	tx, err := drv.Begin(t.Context())
 	require.NoError(t, err)
-	_, err = tx.PipelineInsert(t.Context(), p)
+	_, err = tx.PipelineInsertMany(t.Context(), []*driver.PipelineInsertParams{p})
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(t.Context()))
 	return p.ID

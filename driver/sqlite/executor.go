@@ -143,20 +143,28 @@ func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
 	return out, mapError(rows.Err())
 }
 
-func (e *executor) PipelineInsert(ctx context.Context, p *driver.PipelineInsertParams) (bool, error) {
-	now := formatTime(p.Now)
-	res, err := e.db.ExecContext(ctx, `INSERT INTO pipeline_executions
-		(id, workflow_name, workflow_version, status, input, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), now, now)
-	if err != nil {
-		return false, fmt.Errorf("sqlite: insert pipeline %s: %w", p.ID, mapError(err))
+// PipelineInsertMany inserts row by row: statements cost no round trip
+// here.
+func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.PipelineInsertParams) ([]uuid.UUID, error) {
+	var inserted []uuid.UUID
+	for _, p := range ps {
+		now := formatTime(p.Now)
+		res, err := e.db.ExecContext(ctx, `INSERT INTO pipeline_executions
+			(id, workflow_name, workflow_version, status, input, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+			p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), now, now)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: insert pipeline %s: %w", p.ID, mapError(err))
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return nil, mapError(err)
+		}
+		if n == 1 {
+			inserted = append(inserted, p.ID)
+		}
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, mapError(err)
-	}
-	return n == 1, nil
+	return inserted, nil
 }
 
 func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
