@@ -64,6 +64,33 @@ type dbtx interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+}
+
+// stmtOnce is a statement run once per row by a loop: it is prepared on
+// first use and reused for the rest of the call, so SQLite parses it once
+// rather than once per row.
+type stmtOnce struct {
+	db    dbtx
+	query string
+	stmt  *sql.Stmt
+}
+
+func (s *stmtOnce) exec(ctx context.Context, args ...any) (sql.Result, error) {
+	if s.stmt == nil {
+		st, err := s.db.PrepareContext(ctx, s.query)
+		if err != nil {
+			return nil, err
+		}
+		s.stmt = st
+	}
+	return s.stmt.ExecContext(ctx, args...)
+}
+
+func (s *stmtOnce) close() {
+	if s.stmt != nil {
+		s.stmt.Close()
+	}
 }
 
 type executor struct {
@@ -147,11 +174,13 @@ func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
 // here.
 func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.PipelineInsertParams) ([]uuid.UUID, error) {
 	var inserted []uuid.UUID
+	insert := &stmtOnce{db: e.db, query: `INSERT INTO pipeline_executions
+			(id, workflow_name, workflow_version, status, input, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`}
+	defer insert.close()
 	for _, p := range ps {
 		now := formatTime(p.Now)
-		res, err := e.db.ExecContext(ctx, `INSERT INTO pipeline_executions
-			(id, workflow_name, workflow_version, status, input, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		res, err := insert.exec(ctx,
 			p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), now, now)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: insert pipeline %s: %w", p.ID, mapError(err))
@@ -414,6 +443,11 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 
 func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParams) (*driver.TaskFinishResult, error) {
 	res := &driver.TaskFinishResult{}
+	finish := &stmtOnce{db: e.db, query: `UPDATE task_executions
+			SET status = ?, output = COALESCE(?, output), error = ?, attempt = ?, available_at = ?,
+				completed_at = COALESCE(?, completed_at), runner_id = ?, recovery_count = ?, sub_status = '', updated_at = ?
+			WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`}
+	defer finish.close()
 	for _, f := range p.Finishes {
 		now := formatTime(f.Now)
 		var completed any
@@ -424,10 +458,7 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 		if f.Status == driver.TaskReady {
 			runner = ""
 		}
-		r, err := e.db.ExecContext(ctx, `UPDATE task_executions
-			SET status = ?, output = COALESCE(?, output), error = ?, attempt = ?, available_at = ?,
-				completed_at = COALESCE(?, completed_at), runner_id = ?, recovery_count = ?, sub_status = '', updated_at = ?
-			WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`,
+		r, err := finish.exec(ctx,
 			string(f.Status), jsonArg(f.Output), f.Error, f.Attempt, formatTimePtr(f.AvailableAt), completed, runner, f.RecoveryCount, now,
 			f.Fence.TaskID.String(), f.Fence.RunnerID, f.Fence.Attempt, f.Fence.RecoveryCount)
 		if err != nil {
@@ -484,16 +515,18 @@ func (e *executor) OutboxDelete(ctx context.Context, p *driver.OutboxDeleteParam
 }
 
 func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) error {
+	taskUpdate := &stmtOnce{db: e.db, query: `UPDATE task_executions
+			SET status = ?, attempt = ?, input = COALESCE(?, input), error = ?, available_at = ?,
+				completed_at = COALESCE(?, completed_at), updated_at = ?
+			WHERE id = ? AND status = ?`}
+	defer taskUpdate.close()
 	for _, u := range c.Tasks {
 		now := formatTime(u.Now)
 		var completed any
 		if u.Status.Terminal() {
 			completed = now
 		}
-		res, err := e.db.ExecContext(ctx, `UPDATE task_executions
-			SET status = ?, attempt = ?, input = COALESCE(?, input), error = ?, available_at = ?,
-				completed_at = COALESCE(?, completed_at), updated_at = ?
-			WHERE id = ? AND status = ?`,
+		res, err := taskUpdate.exec(ctx,
 			string(u.Status), u.Attempt, jsonArg(u.Input), u.Error, formatTimePtr(u.AvailableAt), completed, now,
 			u.ID.String(), string(u.FromStatus))
 		if err != nil {
@@ -524,12 +557,14 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 			}
 		}
 	}
-	for _, u := range c.Pipelines {
-		now := formatTime(u.Now)
-		res, err := e.db.ExecContext(ctx, `UPDATE pipeline_executions
+	pipelineUpdate := &stmtOnce{db: e.db, query: `UPDATE pipeline_executions
 			SET status = ?, output = COALESCE(?, output), error = ?, started_at = COALESCE(started_at, ?),
 				completed_at = COALESCE(?, completed_at), updated_at = ?
-			WHERE id = ? AND status = ?`,
+			WHERE id = ? AND status = ?`}
+	defer pipelineUpdate.close()
+	for _, u := range c.Pipelines {
+		now := formatTime(u.Now)
+		res, err := pipelineUpdate.exec(ctx,
 			string(u.Status), jsonArg(u.Output), u.Error, formatTimePtr(u.StartedAt), formatTimePtr(u.CompletedAt), now,
 			u.ID.String(), string(u.FromStatus))
 		if err != nil {
