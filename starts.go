@@ -3,6 +3,7 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -19,8 +20,9 @@ const maxStartBatch = 100
 //
 // The caller that finds no transaction in progress leads: it writes the
 // queue (its own run included) and, if more runs arrived meanwhile, hands
-// the lead to the first of them. Nobody waits for a transaction it is not
-// in, and no goroutine outlives the calls.
+// the lead to the first of them. A caller that gives up while its run is
+// still queued leaves at once; one whose transaction is under way waits
+// for its outcome. No goroutine outlives the calls.
 type startQueue struct {
 	mu      sync.Mutex
 	pending []*startReq
@@ -50,14 +52,43 @@ func (q *startQueue) start(ctx context.Context, r *Runner, run *newRun) error {
 	if lead {
 		q.writeNext(r)
 	}
+	cancelled := ctx.Done()
 	for {
 		select {
 		case err := <-req.done:
 			return err
 		case <-req.lead:
 			q.writeNext(r)
+		case <-cancelled:
+			if q.withdraw(req) {
+				return ctx.Err()
+			}
+			// Its transaction is under way: wait for the outcome.
+			cancelled = nil
 		}
 	}
+}
+
+// withdraw takes req out of the queue if no transaction has taken it yet,
+// passing on the lead if it had been handed to req.
+func (q *startQueue) withdraw(req *startReq) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	i := slices.Index(q.pending, req)
+	if i < 0 {
+		return false
+	}
+	q.pending = slices.Delete(q.pending, i, i+1)
+	select {
+	case <-req.lead:
+		if len(q.pending) == 0 {
+			q.busy = false
+		} else {
+			q.pending[0].lead <- struct{}{}
+		}
+	default:
+	}
+	return true
 }
 
 // writeNext writes the first batch of the queue (which holds the caller's

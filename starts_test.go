@@ -182,13 +182,14 @@ func TestStartBatchIsolatesARefusedRun(t *testing.T) {
 	}
 }
 
-// A caller that gives up while its run waits in the queue gets its
-// context's error, and the run is not written.
+// A caller that has given up by the time its run would be written gets
+// its context's error, and the run is not written: whether it leaves the
+// queue itself or the transaction that takes it up skips it.
 func TestStartCancelledWhileQueued(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
 		r := openRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("wf", Task{Name: "a", Run: ok})}})
-		committed := holdFirstStart(t, r, 2)
+		committed := holdFirstStart(t, r, 1)
 		var wg sync.WaitGroup
 		wg.Go(func() {
 			_, err := r.ExecuteAsync(ctx, "wf", nil)
@@ -197,16 +198,60 @@ func TestStartCancelledWhileQueued(t *testing.T) {
 		waitFor(t, committed, "the first start to commit")
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		var cancelledErr error
-		wg.Go(func() { _, cancelledErr = r.ExecuteAsync(cctx, "wf", nil) })
-		wg.Go(func() {
-			_, err := r.ExecuteAsync(ctx, "wf", nil)
-			require.NoError(t, err)
-		})
+		_, cancelledErr := r.ExecuteAsync(cctx, "wf", nil)
 		wg.Wait()
+		_, err := r.ExecuteAsync(ctx, "wf", nil)
+		require.NoError(t, err)
 		require.ErrorIs(t, cancelledErr, context.Canceled)
 		runs, err := r.List(ctx, &ListOpts{Limit: 10})
 		require.NoError(t, err)
 		require.Len(t, runs, 2, "the cancelled caller's run was not written")
+	})
+}
+
+// A caller that gives up while its run waits behind a transaction that is
+// taking long returns at once, and the queue goes on without it.
+func TestStartWithdrawnWhileWaiting(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("wf", Task{Name: "a", Run: ok})}})
+		release := make(chan struct{})
+		held := make(chan struct{})
+		var once sync.Once
+		commit := func(c *changes) {
+			if startsRuns(c) {
+				once.Do(func() { close(held); <-release })
+			}
+		}
+		r.commitHook.Store(&commit)
+		queued := make(chan int, 16)
+		hook := func(n int) { queued <- n }
+		r.startHook.Store(&hook)
+
+		var wg sync.WaitGroup
+		var first error
+		wg.Go(func() { _, first = r.ExecuteAsync(ctx, "wf", nil) })
+		waitFor(t, held, "the first start to be held after its commit")
+		<-queued // the first call's own entry
+
+		cctx, cancel := context.WithCancel(ctx)
+		gaveUp := make(chan error, 1)
+		go func() {
+			_, err := r.ExecuteAsync(cctx, "wf", nil)
+			gaveUp <- err
+		}()
+		require.Equal(t, 1, waitFor(t, queued, "the second call to queue"))
+		cancel()
+		require.ErrorIs(t, waitFor(t, gaveUp, "the cancelled call to return"), context.Canceled,
+			"it returns while the first transaction is still held")
+
+		close(release)
+		wg.Wait()
+		require.NoError(t, first)
+		_, err := r.ExecuteAsync(ctx, "wf", nil)
+		require.NoError(t, err, "the queue still has a leader")
+		runs, err := r.List(ctx, &ListOpts{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, runs, 2, "the withdrawn run was never written")
 	})
 }
