@@ -8,6 +8,9 @@ import (
 )
 
 // PipelineInsertParams creates one pipeline row.
+//
+// A run created Running (its first tasks claimed in the same transaction)
+// starts at Now.
 type PipelineInsertParams struct {
 	ID              uuid.UUID
 	WorkflowName    string
@@ -17,7 +20,8 @@ type PipelineInsertParams struct {
 	Now             time.Time
 }
 
-// TaskInsert is one task row to create.
+// TaskInsert is one task row to create. A task created Running is claimed
+// by RunnerID in the same transaction; its attempt starts at Now.
 type TaskInsert struct {
 	ID           uuid.UUID
 	PipelineID   uuid.UUID
@@ -30,6 +34,7 @@ type TaskInsert struct {
 	Input        json.RawMessage // for tasks created Ready
 	Error        string          // skip reason for tasks created Skipped
 	AvailableAt  *time.Time
+	RunnerID     string // for tasks created Running
 	Now          time.Time
 }
 
@@ -101,6 +106,11 @@ type TaskFinishParams struct {
 	// ListPipelineIDs asks for every task of these runs, with contexts, as
 	// they are after the transitions.
 	ListPipelineIDs []uuid.UUID
+	// LockPipelineIDs locks these runs, as PipelineLock does, before the
+	// transitions (in the same round trip where the backend can); they come
+	// back in TaskFinishResult.Pipelines. For callers whose transitions do
+	// not depend on the runs' state.
+	LockPipelineIDs []uuid.UUID
 }
 
 // TaskFinishResult is what TaskFinishMany did and read.
@@ -110,19 +120,28 @@ type TaskFinishResult struct {
 	// Tasks holds the tasks of ListPipelineIDs (and any task finished),
 	// ordered by run then position.
 	Tasks []*Task
+	// Pipelines holds the runs of LockPipelineIDs, as PipelineLock returns
+	// them: in id order, as they were before the transitions.
+	Pipelines []*Pipeline
 }
 
 // TaskUpdate is an unfenced transition decided by the engine under the
 // pipeline lock, such as NotStarted → Ready or NotStarted → Skipped. It
 // applies only when the task is still in FromStatus.
+//
+// Status Running is a task made ready and claimed in one transaction (a
+// runner taking the successors of the tasks it completes): RunnerID holds
+// the claim and the attempt starts at Now. Other statuses leave the task's
+// runner and start time as they were.
 type TaskUpdate struct {
 	ID          uuid.UUID
 	FromStatus  TaskStatus
 	Status      TaskStatus
 	Attempt     int
-	Input       json.RawMessage // for Ready
+	Input       json.RawMessage // for Ready and Running
 	Error       string          // skip reason for Skipped
 	AvailableAt *time.Time
+	RunnerID    string // for Running
 	Now         time.Time
 }
 
@@ -162,6 +181,12 @@ type EventInsert struct {
 // ChangeSet is every write of one state change, applied together inside
 // the caller's transaction. Backends may send it in a single round trip.
 type ChangeSet struct {
+	// NewPipelines and NewTasks are rows to create, before the other
+	// writes. A pipeline that exists already fails the change set with
+	// ErrConflict; PipelineInsertMany is the call that skips it.
+	NewPipelines []*PipelineInsertParams
+	NewTasks     []TaskInsert
+
 	Tasks     []TaskUpdate
 	Outbox    []OutboxInsert
 	Pipelines []PipelineUpdate
@@ -174,7 +199,7 @@ type ChangeSet struct {
 
 // Empty reports whether the change set has nothing to write.
 func (c *ChangeSet) Empty() bool {
-	return len(c.Tasks) == 0 && len(c.Outbox) == 0 && len(c.Pipelines) == 0 && len(c.Events) == 0 && len(c.Notify) == 0
+	return len(c.NewPipelines) == 0 && len(c.NewTasks) == 0 && len(c.Tasks) == 0 && len(c.Outbox) == 0 && len(c.Pipelines) == 0 && len(c.Events) == 0 && len(c.Notify) == 0
 }
 
 // TaskClaimResult is what a claim took.

@@ -110,6 +110,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"TaskListOrphaned", testTaskListOrphaned},
 		{"TaskSubStatusSet", testTaskSubStatusSet},
 		{"TaskFenceCheck", testTaskFenceCheck},
+		{"ClaimOnReady", testClaimOnReady},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

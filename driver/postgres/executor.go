@@ -62,6 +62,7 @@ const finishSQL = `UPDATE {s}.task_executions t
 type queries struct {
 	schema             string // quoted
 	pipelineInsertMany string
+	pipelineInsertNew  string
 	pipelineGet        string
 	pipelineLock       string
 	taskInsert         string
@@ -90,19 +91,27 @@ func newQueries(schema string) *queries {
 		taskTable:     s + ".task_executions",
 		eventTable:    s + ".execution_events",
 		pipelineInsertMany: r.Replace(`INSERT INTO {s}.pipeline_executions
-			(id, workflow_name, workflow_version, status, input, created_at, updated_at)
-			SELECT id, wf, version, status, input::jsonb, now, now
+			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
+			SELECT id, wf, version, status, input::jsonb, CASE WHEN status = 'running' THEN now END, now, now
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
 				AS u(id, wf, version, status, input, now)
 			ON CONFLICT (id) DO NOTHING RETURNING id`),
+		pipelineInsertNew: r.Replace(`WITH i AS (INSERT INTO {s}.pipeline_executions
+			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
+			SELECT id, wf, version, status, input::jsonb, CASE WHEN status = 'running' THEN now END, now, now
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+				AS u(id, wf, version, status, input, now)
+			ON CONFLICT (id) DO NOTHING RETURNING 1)
+			SELECT {s}.cloacina_expect_rows(count(*), $7, 'run') FROM i`),
 		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
-				status, attempt, max_attempts, input, error, available_at, created_at, updated_at)
-			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::jsonb, error, available_at, now, now
+				status, attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at)
+			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::jsonb, error, available_at,
+				runner, CASE WHEN status = 'running' THEN now END, now, now
 			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::int[],
-				$9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[])
-				AS u(id, pid, wf, name, pos, status, attempt, max_attempts, input, error, available_at, now)`),
+				$9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[])
+				AS u(id, pid, wf, name, pos, status, attempt, max_attempts, input, error, available_at, now, runner)`),
 		taskClaim: r.Replace(`WITH locked AS (
 				SELECT id FROM {s}.task_outbox
 				WHERE available_at <= $1 AND workflow_name = ANY($2)
@@ -142,9 +151,12 @@ func newQueries(schema string) *queries {
 			SET status = u.status, attempt = u.attempt, input = COALESCE(u.input::jsonb, t.input), error = u.error,
 				available_at = u.available_at,
 				completed_at = CASE WHEN u.status IN ('completed', 'failed', 'skipped') THEN u.now ELSE t.completed_at END,
+				runner_id = CASE WHEN u.status = 'running' THEN u.runner_id ELSE t.runner_id END,
+				started_at = CASE WHEN u.status = 'running' THEN u.now ELSE t.started_at END,
 				updated_at = u.now
-			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[])
-				AS u(id, from_status, status, attempt, input, error, available_at, now)
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[],
+				$10::text[])
+				AS u(id, from_status, status, attempt, input, error, available_at, now, runner_id)
 			WHERE t.id = u.id AND t.status = u.from_status RETURNING 1)
 			SELECT {s}.cloacina_expect_rows(count(*), $9, 'task') FROM u`),
 		outboxInsert: r.Replace(`INSERT INTO {s}.task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at)
@@ -251,14 +263,7 @@ func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.Pipeline
 		return nil, nil
 	}
 	n := len(ps)
-	ids := make([][16]byte, n)
-	names, versions, statuses, inputs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	nows := make([]time.Time, n)
-	for i, p := range ps {
-		ids[i], names[i], versions[i], statuses[i] = p.ID, p.WorkflowName, p.WorkflowVersion, string(p.Status)
-		inputs[i], nows[i] = string(p.Input), p.Now.UTC()
-	}
-	inserted, err := collectIDs(e.db.Query(ctx, e.q.pipelineInsertMany, ids, names, versions, statuses, inputs, nows))
+	inserted, err := collectIDs(e.db.Query(ctx, e.q.pipelineInsertMany, pipelineInsertArgs(ps)...))
 	if err != nil {
 		if n == 1 {
 			return nil, fmt.Errorf("postgres: insert pipeline %s: %w", ps[0].ID, mapError(err))
@@ -266,6 +271,18 @@ func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.Pipeline
 		return nil, fmt.Errorf("postgres: insert %d pipelines: %w", n, mapError(err))
 	}
 	return inserted, nil
+}
+
+func pipelineInsertArgs(ps []*driver.PipelineInsertParams) []any {
+	n := len(ps)
+	ids := make([][16]byte, n)
+	names, versions, statuses, inputs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	nows := make([]time.Time, n)
+	for i, p := range ps {
+		ids[i], names[i], versions[i], statuses[i] = p.ID, p.WorkflowName, p.WorkflowVersion, string(p.Status)
+		inputs[i], nows[i] = string(p.Input), p.Now.UTC()
+	}
+	return []any{ids, names, versions, statuses, inputs, nows}
 }
 
 func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
@@ -333,6 +350,13 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 	if len(tasks) == 0 {
 		return nil
 	}
+	if _, err := e.db.Exec(ctx, e.q.taskInsert, taskInsertArgs(tasks)...); err != nil {
+		return fmt.Errorf("postgres: insert tasks: %w", mapError(err))
+	}
+	return nil
+}
+
+func taskInsertArgs(tasks []driver.TaskInsert) []any {
 	n := len(tasks)
 	var (
 		ids, pids            = make([][16]byte, n), make([][16]byte, n)
@@ -342,16 +366,15 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 		errs                 = make([]string, n)
 		available            = make([]*time.Time, n)
 		nows                 = make([]time.Time, n)
+		runners              = make([]string, n)
 	)
 	for i, t := range tasks {
 		ids[i], pids[i], wfs[i], names[i], statuses[i] = t.ID, t.PipelineID, t.WorkflowName, t.Name, string(t.Status)
 		pos[i], attempts[i], maxes[i] = int32(t.Position), int32(t.Attempt), int32(t.MaxAttempts)
 		inputs[i], errs[i], available[i], nows[i] = jsonText(t.Input), t.Error, utcPtr(t.AvailableAt), t.Now.UTC()
+		runners[i] = t.RunnerID
 	}
-	if _, err := e.db.Exec(ctx, e.q.taskInsert, ids, pids, wfs, names, pos, statuses, attempts, maxes, inputs, errs, available, nows); err != nil {
-		return fmt.Errorf("postgres: insert tasks: %w", mapError(err))
-	}
-	return nil
+	return []any{ids, pids, wfs, names, pos, statuses, attempts, maxes, inputs, errs, available, nows, runners}
 }
 
 func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*driver.Task, error) {
@@ -436,20 +459,45 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 		recoveries[i] = int32(f.RecoveryCount)
 	}
 	args := []any{ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries}
-	if len(p.ListPipelineIDs) == 0 {
-		if n == 0 {
-			return res, nil
-		}
-		done, err := collectIDs(e.db.Query(ctx, e.q.taskFinish, args...))
-		if err != nil {
-			return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
-		}
-		res.Finished = done
+	list := len(p.ListPipelineIDs) > 0
+	if n == 0 && !list && len(p.LockPipelineIDs) == 0 {
 		return res, nil
 	}
-	// One statement finishes and reads back: the rows it updated come
-	// from RETURNING (the table scan would see them as they were before).
-	rows, err := e.db.Query(ctx, e.q.taskFinishList, append(args, pgIDs(p.ListPipelineIDs))...)
+	// The lock, the finish and the read-back travel in one round trip; the
+	// server runs them in order.
+	b := &pgx.Batch{}
+	if len(p.LockPipelineIDs) > 0 {
+		b.Queue(e.q.pipelineLock, pgIDs(p.LockPipelineIDs))
+	}
+	switch {
+	case list:
+		// One statement finishes and reads back: the rows it updated come
+		// from RETURNING (the table scan would see them as they were
+		// before).
+		b.Queue(e.q.taskFinishList, append(args, pgIDs(p.ListPipelineIDs))...)
+	case n > 0:
+		b.Queue(e.q.taskFinish, args...)
+	}
+	br := e.db.SendBatch(ctx, b)
+	defer br.Close()
+	if len(p.LockPipelineIDs) > 0 {
+		pipes, err := collectPipelines(br.Query())
+		if err != nil {
+			return nil, fmt.Errorf("postgres: lock pipelines: %w", err)
+		}
+		res.Pipelines = pipes
+	}
+	if !list {
+		if n > 0 {
+			done, err := collectIDs(br.Query())
+			if err != nil {
+				return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
+			}
+			res.Finished = done
+		}
+		return res, finishErr(br.Close())
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 	}
@@ -468,7 +516,15 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 	}
-	return res, nil
+	rows.Close()
+	return res, finishErr(br.Close())
+}
+
+func finishErr(err error) error {
+	if err != nil {
+		return fmt.Errorf("postgres: finish tasks: %w", mapError(err))
+	}
+	return nil
 }
 
 func (e *executor) OutboxPeek(ctx context.Context, p *driver.OutboxPeekParams) (*driver.OutboxPeekResult, error) {
@@ -495,6 +551,12 @@ func (e *executor) OutboxDelete(ctx context.Context, p *driver.OutboxDeleteParam
 // round trip however many rows it writes.
 func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) error {
 	b := &pgx.Batch{}
+	if n := len(c.NewPipelines); n > 0 {
+		b.Queue(e.q.pipelineInsertNew, append(pipelineInsertArgs(c.NewPipelines), n)...)
+	}
+	if len(c.NewTasks) > 0 {
+		b.Queue(e.q.taskInsert, taskInsertArgs(c.NewTasks)...)
+	}
 	if n := len(c.Tasks); n > 0 {
 		var (
 			ids                  = make([][16]byte, n)
@@ -503,12 +565,14 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 			inputs               = make([]*string, n)
 			available            = make([]*time.Time, n)
 			nows                 = make([]time.Time, n)
+			runners              = make([]string, n)
 		)
 		for i, u := range c.Tasks {
 			ids[i], from[i], statuses[i], attempts[i] = u.ID, string(u.FromStatus), string(u.Status), int32(u.Attempt)
 			inputs[i], errs[i], available[i], nows[i] = jsonText(u.Input), u.Error, utcPtr(u.AvailableAt), u.Now.UTC()
+			runners[i] = u.RunnerID
 		}
-		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows, n)
+		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows, n, runners)
 	}
 	if n := len(c.Outbox); n > 0 {
 		var (

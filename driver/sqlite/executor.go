@@ -175,13 +175,17 @@ func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
 func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.PipelineInsertParams) ([]uuid.UUID, error) {
 	var inserted []uuid.UUID
 	insert := &stmtOnce{db: e.db, query: `INSERT INTO pipeline_executions
-			(id, workflow_name, workflow_version, status, input, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`}
+			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`}
 	defer insert.close()
 	for _, p := range ps {
 		now := formatTime(p.Now)
+		var started any
+		if p.Status == driver.PipelineRunning {
+			started = now
+		}
 		res, err := insert.exec(ctx,
-			p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), now, now)
+			p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), started, now, now)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: insert pipeline %s: %w", p.ID, mapError(err))
 		}
@@ -253,13 +257,13 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 }
 
 func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert) error {
-	const cols = 13
+	const cols = 15
 	const chunk = 500
 	for start := 0; start < len(tasks); start += chunk {
 		part := tasks[start:min(start+chunk, len(tasks))]
 		var sb strings.Builder
 		sb.WriteString(`INSERT INTO task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status,
-			attempt, max_attempts, input, error, available_at, created_at, updated_at) VALUES `)
+			attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at) VALUES `)
 		args := make([]any, 0, len(part)*cols)
 		for i, t := range part {
 			if i > 0 {
@@ -267,8 +271,12 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 			}
 			sb.WriteString("(" + placeholders(cols) + ")")
 			now := formatTime(t.Now)
+			var started any
+			if t.Status == driver.TaskRunning {
+				started = now
+			}
 			args = append(args, t.ID.String(), t.PipelineID.String(), t.WorkflowName, t.Name, t.Position, string(t.Status),
-				t.Attempt, t.MaxAttempts, jsonArg(t.Input), t.Error, formatTimePtr(t.AvailableAt), now, now)
+				t.Attempt, t.MaxAttempts, jsonArg(t.Input), t.Error, formatTimePtr(t.AvailableAt), t.RunnerID, started, now, now)
 		}
 		if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
 			return fmt.Errorf("sqlite: insert tasks: %w", mapError(err))
@@ -443,6 +451,13 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 
 func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParams) (*driver.TaskFinishResult, error) {
 	res := &driver.TaskFinishResult{}
+	if len(p.LockPipelineIDs) > 0 {
+		pipes, err := e.PipelineLock(ctx, p.LockPipelineIDs)
+		if err != nil {
+			return nil, err
+		}
+		res.Pipelines = pipes
+	}
 	finish := &stmtOnce{db: e.db, query: `UPDATE task_executions
 			SET status = ?, output = COALESCE(?, output), error = ?, attempt = ?, available_at = ?,
 				completed_at = COALESCE(?, completed_at), runner_id = ?, recovery_count = ?, sub_status = '', updated_at = ?
@@ -515,19 +530,35 @@ func (e *executor) OutboxDelete(ctx context.Context, p *driver.OutboxDeleteParam
 }
 
 func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) error {
+	if len(c.NewPipelines) > 0 {
+		ids, err := e.PipelineInsertMany(ctx, c.NewPipelines)
+		if err != nil {
+			return err
+		}
+		if len(ids) != len(c.NewPipelines) {
+			return fmt.Errorf("sqlite: insert pipelines: %d of %d exist already: %w", len(c.NewPipelines)-len(ids), len(c.NewPipelines), driver.ErrConflict)
+		}
+	}
+	if err := e.TaskInsertMany(ctx, c.NewTasks); err != nil {
+		return err
+	}
 	taskUpdate := &stmtOnce{db: e.db, query: `UPDATE task_executions
 			SET status = ?, attempt = ?, input = COALESCE(?, input), error = ?, available_at = ?,
-				completed_at = COALESCE(?, completed_at), updated_at = ?
+				completed_at = COALESCE(?, completed_at), runner_id = COALESCE(?, runner_id),
+				started_at = COALESCE(?, started_at), updated_at = ?
 			WHERE id = ? AND status = ?`}
 	defer taskUpdate.close()
 	for _, u := range c.Tasks {
 		now := formatTime(u.Now)
-		var completed any
+		var completed, runner, started any
 		if u.Status.Terminal() {
 			completed = now
 		}
+		if u.Status == driver.TaskRunning {
+			runner, started = u.RunnerID, now
+		}
 		res, err := taskUpdate.exec(ctx,
-			string(u.Status), u.Attempt, jsonArg(u.Input), u.Error, formatTimePtr(u.AvailableAt), completed, now,
+			string(u.Status), u.Attempt, jsonArg(u.Input), u.Error, formatTimePtr(u.AvailableAt), completed, runner, started, now,
 			u.ID.String(), string(u.FromStatus))
 		if err != nil {
 			return fmt.Errorf("sqlite: update task %s: %w", u.ID, mapError(err))
