@@ -98,7 +98,9 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		seen[res.task.ID] = true
 		return false
 	})
+	var claims attemptClaims
 	_, err = r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		defer r.offerHandoff(c, &claims)()
 		lost = append([]*taskResult(nil), dups...)
 		pids := make([]uuid.UUID, 0, len(batch))
 		for _, res := range batch {
@@ -106,34 +108,61 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		}
 		slices.SortFunc(pids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
 		pids = slices.Compact(pids)
-		pipes, err := tx.PipelineLock(ctx, pids)
-		if err != nil {
-			return err
-		}
-		byID := make(map[uuid.UUID]*driver.Pipeline, len(pipes))
-		for _, p := range pipes {
-			byID[p.ID] = p
-		}
 		finishes := make([]driver.TaskFinish, len(batch))
 		kinds := make([]finishKind, len(batch))
-		for i, res := range batch {
-			p := byID[res.task.PipelineID]
-			if p == nil {
-				return fmt.Errorf("run %s of task %s not found", res.task.PipelineID, res.task.ID)
+		var byID map[uuid.UUID]*driver.Pipeline
+		index := func(pipes []*driver.Pipeline) error {
+			byID = make(map[uuid.UUID]*driver.Pipeline, len(pipes))
+			for _, p := range pipes {
+				byID[p.ID] = p
 			}
-			finishes[i], kinds[i] = r.finishFor(res, p, c.now)
-		}
-		// Read back, in the same round trip, the tasks of every run where a
-		// task ends: their readiness and the run's end are decided on them.
-		var list []uuid.UUID
-		for i, f := range finishes {
-			if p := byID[batch[i].task.PipelineID]; f.Status.Terminal() && !p.Status.Terminal() && !slices.Contains(list, p.ID) {
-				list = append(list, p.ID)
+			for _, res := range batch {
+				if byID[res.task.PipelineID] == nil {
+					return fmt.Errorf("run %s of task %s not found", res.task.PipelineID, res.task.ID)
+				}
 			}
+			return nil
 		}
-		finished, err := tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list})
-		if err != nil {
-			return err
+		var finished *driver.TaskFinishResult
+		if allCompleted(batch) {
+			// A task that returned without error completes whatever its
+			// run's state: lock the runs, finish the tasks and read back
+			// their runs' tasks in one call (one round trip on PostgreSQL).
+			for i, res := range batch {
+				finishes[i], kinds[i] = r.finishFor(res, nil, c.now)
+			}
+			var err error
+			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: pids, LockPipelineIDs: pids})
+			if err != nil {
+				return err
+			}
+			if err := index(finished.Pipelines); err != nil {
+				return err
+			}
+		} else {
+			pipes, err := tx.PipelineLock(ctx, pids)
+			if err != nil {
+				return err
+			}
+			if err := index(pipes); err != nil {
+				return err
+			}
+			for i, res := range batch {
+				finishes[i], kinds[i] = r.finishFor(res, byID[res.task.PipelineID], c.now)
+			}
+			// Read back, in the same round trip, the tasks of every run
+			// where a task ends: their readiness and the run's end are
+			// decided on them.
+			var list []uuid.UUID
+			for i, f := range finishes {
+				if p := byID[batch[i].task.PipelineID]; f.Status.Terminal() && !p.Status.Terminal() && !slices.Contains(list, p.ID) {
+					list = append(list, p.ID)
+				}
+			}
+			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list})
+			if err != nil {
+				return err
+			}
 		}
 		held := make(map[uuid.UUID]bool, len(finished.Finished))
 		for _, id := range finished.Finished {
@@ -192,7 +221,19 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		}
 		return nil
 	})
+	r.runHandoffs(ctx, &claims, err)
 	return lost, err
+}
+
+// allCompleted reports whether every result in batch completes its task:
+// a completion does not depend on the state of the task's run.
+func allCompleted(batch []*taskResult) bool {
+	for _, res := range batch {
+		if res.err != nil || res.recovery != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // finishKind is what a result does to its task.
@@ -207,7 +248,8 @@ const (
 	finishAbandoned // Failed: its runner died once too often
 )
 
-// finishFor decides the transition a result causes.
+// finishFor decides the transition a result causes; p, the task's run
+// as locked, may be nil for a result that completes the task.
 func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) (driver.TaskFinish, finishKind) {
 	t := res.task
 	f := driver.TaskFinish{

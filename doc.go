@@ -90,6 +90,14 @@
 // transaction) or in-process (SQLite), and poll every Config.PollInterval
 // for anything else.
 //
+// A started runner with free slots skips the outbox for work it makes
+// ready itself: the first tasks of the runs it starts and the successors
+// of the tasks it completes are claimed by it in the transaction that made
+// them ready (task_marked_ready, task_claimed and task_started together),
+// so a chain's next step waits for no claim transaction and no wake-up.
+// What does not fit in its free slots goes to the outbox for any runner; a
+// runner that is not started (one that only submits work) claims nothing.
+//
 // # Executing
 //
 // [Runner.Execute] starts a run and blocks until it is Completed, Failed or
@@ -99,7 +107,8 @@
 // application's own transaction (pgx.Tx or *sql.Tx): the run exists only
 // if it commits. [Runner.Get] and [Runner.List] read runs from any process.
 //
-// A run is Pending until its first task is claimed, then Running.
+// A run is Pending until its first task is claimed, then Running (a run
+// started by a started runner with a free slot is Running at once).
 // [Runner.Cancel] removes its queued tasks (marked Skipped), makes it
 // Cancelled at once and cancels the contexts of its running tasks wherever
 // they run; their outcome is still recorded when they return.

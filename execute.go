@@ -89,7 +89,7 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 		return nil, fmt.Errorf("cloacina: ExecuteTx: %w", err)
 	}
 	c := newChanges(r)
-	if err := r.createRuns(ctx, exec, c, []*newRun{run}); err != nil {
+	if err := r.createRuns(ctx, exec, c, []*newRun{run}, false); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
 	}
 	if err := exec.ChangeSetApply(ctx, &c.cs); err != nil {
@@ -130,28 +130,65 @@ func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
 // task_marked_ready events, and outbox rows, leaving the remaining writes
 // in c. A run that already exists (a retry after a commit whose outcome
 // was unknown) is left as it is.
-func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *changes, runs []*newRun) error {
+//
+// With c.handoff, a run whose root tasks find free slots on this runner is
+// created Running (pipeline_started) with those roots claimed here.
+//
+// With fresh, the runs cannot exist yet (their transaction's first
+// attempt): their rows join c's change set, which a backend can send
+// together with the commit, and an existing run fails the transaction
+// with a conflict, for the retry to see.
+func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *changes, runs []*newRun, fresh bool) error {
+	h := c.handoff
+	unused := 0 // slots taken and not used by a claim
+	defer func() {
+		for range unused {
+			h.give()
+		}
+		c.handoff = h
+	}()
+	// Slots are taken before the insert, which fixes the runs' status.
+	reserved := make([]int, len(runs))
 	params := make([]*driver.PipelineInsertParams, len(runs))
 	for i, run := range runs {
+		if h != nil {
+			for _, def := range run.wf.tasks {
+				if len(def.deps) == 0 && h.take() {
+					reserved[i]++
+				}
+			}
+			unused += reserved[i]
+		}
+		status := driver.PipelinePending
+		if reserved[i] > 0 {
+			status = driver.PipelineRunning
+		}
 		params[i] = &driver.PipelineInsertParams{ID: run.id, WorkflowName: run.wf.name, WorkflowVersion: run.wf.version,
-			Status: driver.PipelinePending, Input: run.input, Now: c.now}
+			Status: status, Input: run.input, Now: c.now}
 	}
-	ids, err := exec.PipelineInsertMany(ctx, params)
-	if err != nil {
-		return err
-	}
-	inserted := make(map[uuid.UUID]bool, len(ids))
-	for _, id := range ids {
-		inserted[id] = true
+	inserted := make(map[uuid.UUID]bool, len(runs))
+	if fresh {
+		c.cs.NewPipelines = append(c.cs.NewPipelines, params...)
+		for _, run := range runs {
+			inserted[run.id] = true
+		}
+	} else {
+		ids, err := exec.PipelineInsertMany(ctx, params)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			inserted[id] = true
+		}
 	}
 	var inserts []driver.TaskInsert
-	for _, run := range runs {
+	for ri, run := range runs {
 		id, wf := run.id, run.wf
 		if !inserted[id] {
 			continue
 		}
 		st := &runState{
-			p:     &driver.Pipeline{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version, Status: driver.PipelinePending, Input: run.input, CreatedAt: c.now},
+			p:     &driver.Pipeline{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version, Status: params[ri].Status, Input: run.input, CreatedAt: c.now},
 			wf:    wf,
 			tasks: make(map[string]*driver.Task, len(wf.tasks)),
 		}
@@ -163,16 +200,34 @@ func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *change
 			st.tasks[def.Name] = t
 			c.event(id, &t.ID, EventTaskCreated, &EventData{MaxAttempts: t.MaxAttempts})
 		}
+		c.handoff = nil
+		if reserved[ri] > 0 {
+			c.handoff = h.budget(reserved[ri])
+		}
 		if _, err := st.advance(c); err != nil {
 			return err
+		}
+		if c.handoff != nil {
+			h.tasks = append(h.tasks, c.handoff.tasks...)
+			unused -= len(c.handoff.tasks)
+			if st.p.StartedAt == nil {
+				// Created Running, but every root was skipped.
+				c.event(id, nil, EventPipelineStarted, &EventData{Workflow: wf.name, WorkflowVersion: wf.version})
+				st.p.StartedAt = ptr(c.now)
+			}
 		}
 		if err := st.finalize(c); err != nil {
 			return err
 		}
 		for i, t := range tasks {
 			inserts = append(inserts, driver.TaskInsert{ID: t.ID, PipelineID: id, WorkflowName: wf.name, Name: t.Name, Position: i, Status: t.Status,
-				Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, Now: c.now})
+				Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt,
+				RunnerID: t.RunnerID, Now: c.now})
 		}
+	}
+	if fresh {
+		c.cs.NewTasks = append(c.cs.NewTasks, inserts...)
+		return nil
 	}
 	if len(inserts) == 0 {
 		return nil

@@ -26,6 +26,49 @@ type changes struct {
 	work map[string]int
 	// nextDue is the earliest due time of a retry scheduled for later.
 	nextDue *time.Time
+	// handoff, when set, lets this transaction claim for this runner the
+	// tasks it makes ready.
+	handoff *handoff
+}
+
+// handoff is a transaction's claim on the tasks it makes ready: a runner
+// with a free slot takes a newly ready task of a running run in the same
+// transaction (task_marked_ready, task_claimed and task_started together),
+// so the first step of a run it starts and the next step of a chain it
+// advances wait for no claim transaction and no wake-up. The task never
+// gets an outbox row; everything else is as if it had been claimed from
+// one.
+type handoff struct {
+	take  func() bool // takes a free slot for one task; false when there is none
+	give  func()      // gives back a slot taken and not used
+	tasks []*driver.Task
+}
+
+// budget returns a handoff that takes at most n tasks, on slots already
+// taken from h.
+func (h *handoff) budget(n int) *handoff {
+	return &handoff{take: func() bool {
+		if n == 0 {
+			return false
+		}
+		n--
+		return true
+	}, give: h.give}
+}
+
+// claim records t, just made ready, as claimed by this runner; the first
+// claim of a run starts it.
+func (c *changes) claim(p *driver.Pipeline, t *driver.Task) {
+	if p.StartedAt == nil {
+		c.event(p.ID, nil, EventPipelineStarted, &EventData{Workflow: p.WorkflowName, WorkflowVersion: p.WorkflowVersion})
+		p.StartedAt = ptr(c.now)
+	}
+	t.Status = driver.TaskRunning
+	t.RunnerID = c.worker
+	t.StartedAt = ptr(c.now)
+	c.event(p.ID, &t.ID, EventTaskClaimed, &EventData{Attempt: t.Attempt, RunnerName: c.runnerName})
+	c.event(p.ID, &t.ID, EventTaskStarted, &EventData{Attempt: t.Attempt})
+	c.handoff.tasks = append(c.handoff.tasks, t)
 }
 
 func newChanges(r *Runner) *changes {
@@ -102,7 +145,8 @@ func (s *runState) inputFor(def *taskDef) (json.RawMessage, error) {
 }
 
 // advance decides every NotStarted task whose dependencies have all ended:
-// Ready (with an outbox row unless the run is paused) or Skipped, in
+// Ready (with an outbox row unless the run is paused; claimed at once when
+// c has a handoff with a free slot) or Skipped, in
 // topological order so skips cascade in one pass. It mutates the tasks in
 // s and returns those it changed.
 func (s *runState) advance(c *changes) ([]*driver.Task, error) {
@@ -137,7 +181,10 @@ func (s *runState) advance(c *changes) ([]*driver.Task, error) {
 			t.Attempt = 1
 			t.AvailableAt = ptr(c.now)
 			c.event(s.p.ID, &t.ID, EventTaskMarkedReady, &EventData{Attempt: 1, MaxAttempts: t.MaxAttempts})
-			if s.p.Status != driver.PipelinePaused {
+			switch {
+			case s.p.Status == driver.PipelineRunning && c.handoff != nil && c.handoff.take():
+				c.claim(s.p, t)
+			case s.p.Status != driver.PipelinePaused:
 				c.enqueue(t, c.now)
 			}
 		} else {
@@ -199,6 +246,6 @@ func (s *runState) finalize(c *changes) error {
 func taskUpdates(c *changes, changed []*driver.Task) {
 	for _, t := range changed {
 		c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: driver.TaskNotStarted, Status: t.Status,
-			Attempt: t.Attempt, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, Now: c.now})
+			Attempt: t.Attempt, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, RunnerID: t.RunnerID, Now: c.now})
 	}
 }

@@ -15,6 +15,10 @@ import (
 	"github.com/cloacina-go/cloacina/driver"
 )
 
+// verifyTimeout bounds the check of claims whose transaction was
+// interrupted by its caller.
+const verifyTimeout = 10 * time.Second
+
 // Causes of a task context's cancellation.
 var (
 	errRunCancelled = errors.New("run cancelled")
@@ -42,8 +46,14 @@ type services struct {
 	slotFreed chan struct{}
 	results   chan *taskResult
 
-	loops         sync.WaitGroup
-	tasks         sync.WaitGroup
+	loops sync.WaitGroup
+	// tasks counts task goroutines; a slot taken for a handoff counts
+	// from the moment it is taken, so Stop cannot miss the task.
+	tasks sync.WaitGroup
+	// handoffMu orders takeSlot with the start of Stop: once stopping is
+	// set no handoff takes a slot.
+	handoffMu     sync.Mutex
+	stopping      bool
 	stopCompleter chan struct{}
 	completerDone chan struct{}
 }
@@ -119,6 +129,9 @@ func (r *Runner) stop(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 
+	svc.handoffMu.Lock()
+	svc.stopping = true
+	svc.handoffMu.Unlock()
 	svc.cancel()
 	svc.loops.Wait()
 
@@ -262,12 +275,9 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 	if len(workflows) == 0 {
 		return nil, nil
 	}
-	var claimed, uncertain []*driver.Task
+	var claims attemptClaims
 	_, err := r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		// Tasks of an attempt whose commit failed may have been claimed
-		// after all (the commit reached the server, the reply did not).
-		uncertain = append(uncertain, claimed...)
-		claimed = nil
+		claims.retry()
 		res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, Limit: n, Now: c.now})
 		if err != nil || len(res.Tasks) == 0 {
 			return err
@@ -288,37 +298,81 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 			c.event(t.PipelineID, &t.ID, EventTaskClaimed, &EventData{Attempt: t.Attempt, RunnerName: r.name})
 			c.event(t.PipelineID, &t.ID, EventTaskStarted, &EventData{Attempt: t.Attempt})
 		}
-		claimed = tasks
+		claims.claimed = tasks
 		return nil
 	})
-	if err != nil {
-		uncertain = append(uncertain, claimed...)
-		claimed = nil
-	}
-	// A retry can claim again a task whose earlier attempt rolled back; its
-	// claim looks the same either way, so only verify the others.
-	have := make(map[uuid.UUID]bool, len(claimed))
-	for _, t := range claimed {
-		have[t.ID] = true
-	}
-	uncertain = slices.DeleteFunc(uncertain, func(t *driver.Task) bool {
-		seen := have[t.ID]
-		have[t.ID] = true
-		return seen
-	})
-	if len(uncertain) > 0 {
-		held, verr := r.verifyClaims(ctx, uncertain)
-		if verr != nil {
-			// They stay Running under this runner; when it stops, its row
-			// goes and the leader resets them.
-			r.logger.Error("could not verify claims after a failed commit", "tasks", len(uncertain), "error", verr)
-		}
-		claimed = append(claimed, held...)
-	}
+	claimed, _ := r.settle(ctx, &claims, err)
 	if err != nil && len(claimed) == 0 {
 		return nil, err
 	}
 	return claimed, nil
+}
+
+// attemptClaims follows the tasks one transaction claims over its
+// attempts: those of an attempt whose commit failed may have been claimed
+// after all (the commit reached the server, the reply did not).
+type attemptClaims struct {
+	claimed   []*driver.Task // by the current attempt
+	uncertain []*driver.Task // by earlier attempts, which failed
+	svc       *services      // whose slots a handoff's claims hold
+}
+
+// retry begins an attempt.
+func (a *attemptClaims) retry() {
+	a.uncertain = append(a.uncertain, a.claimed...)
+	a.claimed = nil
+}
+
+// settle returns the tasks this runner holds once the transaction ended
+// with err, and the claims it does not hold: those that did not commit,
+// and a task's extra claims when several attempts claimed it.
+func (r *Runner) settle(ctx context.Context, a *attemptClaims, err error) (held, dropped []*driver.Task) {
+	if err != nil {
+		a.retry()
+	}
+	held = a.claimed
+	// A retry can claim again a task whose earlier attempt rolled back; its
+	// claim looks the same either way, so only verify the others.
+	have := make(map[uuid.UUID]bool, len(held))
+	for _, t := range held {
+		have[t.ID] = true
+	}
+	uncertain := slices.DeleteFunc(a.uncertain, func(t *driver.Task) bool {
+		seen := have[t.ID]
+		have[t.ID] = true
+		if seen {
+			dropped = append(dropped, t)
+		}
+		return seen
+	})
+	if len(uncertain) == 0 {
+		return held, dropped
+	}
+	if ctx.Err() != nil {
+		// The transaction was interrupted by its caller (Stop, say), maybe
+		// after its commit reached the server: find out all the same, or
+		// the claims would stay with this runner, which may start again
+		// under the same id.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
+		defer cancel()
+	}
+	verified, verr := r.verifyClaims(ctx, uncertain)
+	if verr != nil {
+		// They stay Running under this runner; when it stops, its row goes
+		// and the leader resets them.
+		r.logger.Error("could not verify claims after a failed commit", "tasks", len(uncertain), "error", verr)
+	}
+	kept := make(map[uuid.UUID]bool, len(verified))
+	for _, t := range verified {
+		kept[t.ID] = true
+	}
+	for _, t := range uncertain {
+		if !kept[t.ID] {
+			dropped = append(dropped, t)
+		}
+	}
+	return append(held, verified...), dropped
 }
 
 // verifyClaims returns the tasks whose claim committed despite an error,
@@ -385,6 +439,59 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 	// The slot stays taken until the function has really returned, even
 	// when its timeout was recorded earlier.
 	<-fnDone
+}
+
+// offerHandoff begins an attempt of a transaction that may claim the tasks
+// it makes ready for this runner (when it is started and claiming); the
+// returned function records what the attempt claimed.
+func (r *Runner) offerHandoff(c *changes, claims *attemptClaims) func() {
+	claims.retry()
+	svc := r.services()
+	if svc == nil || r.claimsPaused.Load() {
+		return func() {}
+	}
+	claims.svc = svc
+	c.handoff = &handoff{take: svc.takeSlot, give: svc.dropSlot}
+	return func() { claims.claimed = c.handoff.tasks }
+}
+
+// runHandoffs runs the tasks a transaction claimed for this runner, once it
+// ended with err, and gives back the slots of the claims it does not hold.
+func (r *Runner) runHandoffs(ctx context.Context, claims *attemptClaims, err error) {
+	if len(claims.claimed) == 0 && len(claims.uncertain) == 0 {
+		return
+	}
+	svc := claims.svc
+	held, dropped := r.settle(ctx, claims, err)
+	for range dropped {
+		svc.dropSlot()
+	}
+	for _, t := range held {
+		go r.runTask(svc, t)
+	}
+}
+
+// takeSlot takes a free slot, and a place among the running tasks, for a
+// task a completion hands to this runner; it never waits.
+func (svc *services) takeSlot() bool {
+	svc.handoffMu.Lock()
+	defer svc.handoffMu.Unlock()
+	if svc.stopping {
+		return false
+	}
+	select {
+	case svc.slots <- struct{}{}:
+		svc.tasks.Add(1)
+		return true
+	default:
+		return false
+	}
+}
+
+// dropSlot gives back what takeSlot took, for a task that is not run.
+func (svc *services) dropSlot() {
+	svc.tasks.Done()
+	svc.releaseSlot()
 }
 
 func (svc *services) releaseSlot() {

@@ -133,9 +133,14 @@ func (r *Runner) writeStarts(batch []*startReq) {
 	for i, req := range batch {
 		runs[i] = req.run
 	}
+	var claims attemptClaims
+	attempt := 0
 	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		return r.createRuns(ctx, tx, c, runs)
+		defer r.offerHandoff(c, &claims)()
+		attempt++
+		return r.createRuns(ctx, tx, c, runs, attempt == 1)
 	})
+	r.runHandoffs(ctx, &claims, err)
 	// Transient failures were retried already; splitting would only
 	// multiply the wait.
 	if err != nil && len(batch) > 1 && ctx.Err() == nil && !errors.Is(err, driver.ErrTransient) {

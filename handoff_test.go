@@ -1,0 +1,347 @@
+package cloacina
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// commitLog records every change set a runner commits.
+type commitLog struct {
+	mu   sync.Mutex
+	sets []driver.ChangeSet
+}
+
+func logCommits(r *Runner) *commitLog {
+	l := &commitLog{}
+	prev := r.commitHook.Load()
+	hook := func(c *changes) {
+		if prev != nil {
+			(*prev)(c)
+		}
+		l.mu.Lock()
+		l.sets = append(l.sets, c.cs)
+		l.mu.Unlock()
+	}
+	r.commitHook.Store(&hook)
+	return l
+}
+
+// outboxRows counts the outbox rows written by the logged commits.
+func (l *commitLog) outboxRows() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, cs := range l.sets {
+		n += len(cs.Outbox)
+	}
+	return n
+}
+
+// eventTypes lists the types of a run's events in sequence order.
+func eventTypes(t *testing.T, r *Runner, run uuid.UUID) []string {
+	t.Helper()
+	events, err := r.Events(testContext(t), &EventQuery{RunID: &run})
+	require.NoError(t, err)
+	var out []string
+	for _, e := range events {
+		name := string(e.Type)
+		if e.TaskName != "" {
+			name += " " + e.TaskName
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// A started runner with free slots claims the first tasks of the runs it
+// starts and the successors of the tasks it completes in the same
+// transactions: no outbox row, no claim transaction, and the same events
+// in the same order as a claim from the outbox.
+func TestRunnerClaimsWhatItMakesReady(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("chain",
+			Task{Name: "a", Run: setKey("a", 1)},
+			Task{Name: "b", Run: setKey("b", 2), DependsOn: []string{"a"}},
+			Task{Name: "c", Run: ok, DependsOn: []string{"b"}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 8})
+		commits := logCommits(r)
+
+		res, err := r.Execute(ctx, "chain", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Zero(t, commits.outboxRows(), "every task was claimed where it became ready")
+		require.Equal(t, []string{
+			"task_created a", "task_created b", "task_created c",
+			"task_marked_ready a", "pipeline_started", "task_claimed a", "task_started a",
+			"task_completed a", "task_marked_ready b", "task_claimed b", "task_started b",
+			"task_completed b", "task_marked_ready c", "task_claimed c", "task_started c",
+			"task_completed c", "pipeline_completed",
+		}, eventTypes(t, r, res.ID))
+
+		events, err := r.Events(ctx, &EventQuery{RunID: &res.ID})
+		require.NoError(t, err)
+		for _, e := range events {
+			require.Equal(t, r.ID(), e.WorkerID)
+		}
+		replayed := Replay(events)
+		require.Equal(t, PipelineCompleted, replayed.Runs[res.ID])
+		tasks, err := r.drv.Reader().TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{res.ID}})
+		require.NoError(t, err)
+		for _, task := range tasks {
+			require.Equal(t, driver.TaskCompleted, task.Status)
+			require.Equal(t, r.ID(), task.RunnerID, "task %s ran under this runner's claim", task.Name)
+			require.NotNil(t, task.StartedAt)
+		}
+		run, err := r.Get(ctx, res.ID)
+		require.NoError(t, err)
+		require.NotNil(t, run.StartedAt)
+	})
+}
+
+// A runner that is not started, or that does not claim, leaves new work
+// in the outbox for any runner.
+func TestRunsStartedWithoutClaimingGoThroughTheOutbox(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("wf", Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}})
+		submitter := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		commits := logCommits(submitter)
+		exec, err := submitter.ExecuteAsync(ctx, "wf", nil)
+		require.NoError(t, err)
+		require.Equal(t, 1, commits.outboxRows())
+		run, err := submitter.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelinePending, run.Status)
+		require.Nil(t, run.StartedAt)
+
+		worker := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, []string{
+			"task_created a", "task_created b", "task_marked_ready a",
+			"pipeline_started", "task_claimed a", "task_started a",
+			"task_completed a", "task_marked_ready b", "task_claimed b", "task_started b",
+			"task_completed b", "pipeline_completed",
+		}, eventTypes(t, worker, res.ID))
+	})
+}
+
+// Claims where work becomes ready never exceed the runner's slots: what
+// does not fit goes to the outbox and is claimed as slots free up.
+func TestClaimsOnReadyRespectTheSlots(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var running, peak atomic.Int64
+		body := func(context.Context, *Context) error {
+			n := running.Add(1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+			running.Add(-1)
+			return nil
+		}
+		tasks := []Task{{Name: "root", Run: body}}
+		var mids []string
+		for i := range 6 {
+			name := fmt.Sprintf("m%d", i)
+			mids = append(mids, name)
+			tasks = append(tasks, Task{Name: name, Run: body, DependsOn: []string{"root"}})
+		}
+		tasks = append(tasks, Task{Name: "join", Run: body, DependsOn: mids})
+		wf := MustWorkflow("fan", tasks...)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 2})
+		commits := logCommits(r)
+		var execs []*Execution
+		for range 5 {
+			exec, err := r.ExecuteAsync(ctx, "fan", nil)
+			require.NoError(t, err)
+			execs = append(execs, exec)
+		}
+		for _, exec := range execs {
+			res, err := exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+		}
+		require.LessOrEqual(t, peak.Load(), int64(2), "never more tasks at once than slots")
+		require.Positive(t, commits.outboxRows(), "what did not fit waited in the outbox")
+		svc := r.services()
+		require.Eventually(t, func() bool { return len(svc.slots) == 0 }, testTimeout, time.Millisecond,
+			"every slot is free again")
+	})
+}
+
+// Stopping while runs are being started and advanced loses nothing: Stop
+// waits for the tasks it claimed, and a runner started again finishes the
+// rest.
+func TestStopWhileClaimingOnReady(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("chain", Task{Name: "a", Run: ok}, Task{Name: "b", Run: ok, DependsOn: []string{"a"}},
+			Task{Name: "c", Run: ok, DependsOn: []string{"b"}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 16})
+		started := onEvent(r, eventOf(EventTaskCompleted))
+
+		var ids sync.Map
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					exec, err := r.ExecuteAsync(ctx, "chain", nil)
+					if err != nil {
+						t.Errorf("start: %v", err)
+						return
+					}
+					ids.Store(exec.ID(), true)
+				}
+			})
+		}
+		for range 20 {
+			waitFor(t, started, "tasks to complete")
+		}
+		require.NoError(t, r.Stop(ctx))
+		close(stop)
+		wg.Wait()
+		require.Zero(t, len(r.runningTasks()))
+
+		require.NoError(t, r.Start(ctx))
+		n := 0
+		ids.Range(func(key, _ any) bool {
+			n++
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			res, err := r.wait(wctx, key.(uuid.UUID))
+			if err != nil {
+				id := key.(uuid.UUID)
+				tasks, _ := r.drv.Reader().TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{id}})
+				for _, tk := range tasks {
+					t.Logf("task %s %s runner=%s attempt=%d", tk.Name, tk.Status, tk.RunnerID, tk.Attempt)
+				}
+				t.Logf("events: %v runner %s", eventTypes(t, r, id), r.ID())
+			}
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+			return true
+		})
+		require.Positive(t, n)
+		events, err := r.Events(ctx, &EventQuery{Types: []EventType{EventTaskCompleted}})
+		require.NoError(t, err)
+		require.Len(t, events, 3*n, "each task completed once")
+	})
+}
+
+// lyingDriver reports a failure after committing, once it is armed, for
+// a transaction that claims tasks where they became ready: the reply to
+// COMMIT was lost, the commit was not.
+type lyingDriver struct {
+	driver.Driver
+	armed atomic.Int64 // commits left to lie about
+	lied  atomic.Int64
+}
+
+func (d *lyingDriver) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &lyingTx{Tx: tx, d: d}, nil
+}
+
+type lyingTx struct {
+	driver.Tx
+	d      *lyingDriver
+	claims bool
+}
+
+func (tx *lyingTx) ChangeSetApply(ctx context.Context, cs *driver.ChangeSet) error {
+	for _, u := range cs.Tasks {
+		tx.claims = tx.claims || u.Status == driver.TaskRunning
+	}
+	for _, ti := range cs.NewTasks {
+		tx.claims = tx.claims || ti.Status == driver.TaskRunning
+	}
+	return tx.Tx.ChangeSetApply(ctx, cs)
+}
+
+func (tx *lyingTx) Commit(ctx context.Context) error {
+	if err := tx.Tx.Commit(ctx); err != nil {
+		return err
+	}
+	if tx.claims && tx.d.armed.Add(-1) >= 0 {
+		tx.d.lied.Add(1)
+		return fmt.Errorf("%w: connection lost while reading the reply to COMMIT", driver.ErrTransient)
+	}
+	return nil
+}
+
+// A transaction that claimed tasks where they became ready and then saw
+// its commit fail may have committed after all: the runner checks, and
+// runs the tasks it holds exactly once.
+func TestClaimsOnReadyOfAnUncertainCommit(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var runs sync.Map
+		count := func(name string) TaskFunc {
+			return func(ctx context.Context, _ *Context) error {
+				info, _ := TaskInfoFrom(ctx)
+				n, _ := runs.LoadOrStore(fmt.Sprint(info.RunID, name), new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+				return nil
+			}
+		}
+		wf := MustWorkflow("chain", Task{Name: "a", Run: count("a")}, Task{Name: "b", Run: count("b"), DependsOn: []string{"a"}})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		lying := &lyingDriver{Driver: r.drv}
+		r.drv = lying
+		require.NoError(t, r.Start(ctx))
+		lying.armed.Store(4)
+
+		var execs []*Execution
+		for range 6 {
+			exec, err := r.ExecuteAsync(ctx, "chain", nil)
+			require.NoError(t, err)
+			execs = append(execs, exec)
+		}
+		for _, exec := range execs {
+			res, err := exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+			for _, name := range []string{"a", "b"} {
+				n, ok := runs.Load(fmt.Sprint(exec.ID(), name))
+				require.True(t, ok, "task %s of run %s ran", name, exec.ID())
+				require.Equal(t, int64(1), n.(*atomic.Int64).Load(), "task %s of run %s ran once", name, exec.ID())
+			}
+		}
+		require.Equal(t, int64(4), lying.lied.Load(), "every armed lie was told")
+		for _, exec := range execs {
+			require.Equal(t, []string{
+				"task_created a", "task_created b", "task_marked_ready a",
+				"pipeline_started", "task_claimed a", "task_started a",
+				"task_completed a", "task_marked_ready b", "task_claimed b", "task_started b",
+				"task_completed b", "pipeline_completed",
+			}, eventTypes(t, r, exec.ID()), "one claim and one completion per task")
+		}
+		svc := r.services()
+		require.Eventually(t, func() bool { return len(svc.slots) == 0 }, testTimeout, time.Millisecond,
+			"no slot stays taken by a claim that did not hold")
+	})
+}
