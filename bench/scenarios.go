@@ -234,6 +234,7 @@ func (h *harness) latencyOne(ctx context.Context, backend, engine string, rate i
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
 	var firstErr error
+	stopProfile := h.profilerFor(engine, fmt.Sprintf("latency%d", rate), backend, 0).start()
 	t0 := time.Now()
 	for i := range n {
 		if d := time.Until(t0.Add(time.Duration(i) * interval)); d > 0 {
@@ -254,6 +255,7 @@ func (h *harness) latencyOne(ctx context.Context, backend, engine string, rate i
 	}
 	wg.Wait()
 	achieved := float64(n) / time.Since(t0).Seconds()
+	stopProfile()
 	if firstErr != nil {
 		_ = stopEngine()
 		return nil, firstErr

@@ -28,10 +28,17 @@ type pgTx struct {
 // prefixed returns the statements to send before the next one: BEGIN if
 // the transaction has not started, then any deferred writes. They are
 // considered sent from now on.
+//
+// The transaction plans without sequential scans. The engine's statements
+// all find their rows through an index, but a connection keeps the plan of
+// a prepared statement, and a plan made while the tables are nearly empty
+// (a new schema, until autovacuum first analyzes it) reads them whole:
+// measured at 500 runs/s on a fresh schema, every completion scanned both
+// the task and the run tables, and the step latency doubled.
 func (t *pgTx) prefixed() []*pgx.QueuedQuery {
 	var pre []*pgx.QueuedQuery
 	if !t.begun {
-		pre = append(pre, &pgx.QueuedQuery{SQL: "BEGIN"})
+		pre = append(pre, &pgx.QueuedQuery{SQL: "BEGIN"}, &pgx.QueuedQuery{SQL: "SET LOCAL enable_seqscan = off"})
 		t.begun = true
 	}
 	pre = append(pre, t.deferred...)

@@ -1,0 +1,130 @@
+package postgres_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// A connection keeps the plans of its prepared statements. Plans made while
+// a new schema's tables are nearly empty must still find rows through the
+// indexes once the tables have grown: no statement of a start, claim or
+// completion scans the run or task table.
+func TestHotPathKeepsIndexPlansAsTablesGrow(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv := open(t, schema, "pool_max_conns", "1") // one connection: one plan cache
+	require.NoError(t, drv.Migrate(ctx))
+	now := time.Now()
+
+	// cycle starts a run of two tasks, claims the first, completes it and
+	// makes the second Running in the completion, as the engine does.
+	cycle := func(t *testing.T) {
+		t.Helper()
+		run := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
+			Status: driver.PipelinePending, Input: json.RawMessage(`{}`), Now: now}
+		first := driver.TaskInsert{ID: uuid.New(), PipelineID: run.ID, WorkflowName: "wf", Name: "a", Status: driver.TaskReady,
+			Attempt: 1, MaxAttempts: 1, Input: json.RawMessage(`{}`), AvailableAt: &now, Now: now}
+		second := driver.TaskInsert{ID: uuid.New(), PipelineID: run.ID, WorkflowName: "wf", Name: "b", Position: 1,
+			Status: driver.TaskNotStarted, MaxAttempts: 1, Now: now}
+		inTx(t, drv, func(tx driver.Tx) error {
+			return tx.ChangeSetApply(ctx, &driver.ChangeSet{NewPipelines: []*driver.PipelineInsertParams{run},
+				NewTasks: []driver.TaskInsert{first, second},
+				Outbox:   []driver.OutboxInsert{{TaskID: first.ID, Attempt: 1, WorkflowName: "wf", AvailableAt: now, Now: now}}})
+		})
+		var claimed *driver.Task
+		inTx(t, drv, func(tx driver.Tx) error {
+			res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 1, Now: now})
+			if err == nil && len(res.Tasks) == 1 {
+				claimed = res.Tasks[0]
+			}
+			return err
+		})
+		require.NotNil(t, claimed)
+		inTx(t, drv, func(tx driver.Tx) error {
+			res, err := tx.TaskFinishMany(ctx, &driver.TaskFinishParams{
+				Finishes: []driver.TaskFinish{{Fence: driver.Fence{TaskID: claimed.ID, RunnerID: "r", Attempt: 1},
+					Status: driver.TaskCompleted, Attempt: 1, Now: now}},
+				ListPipelineIDs: []uuid.UUID{run.ID}, LockPipelineIDs: []uuid.UUID{run.ID}})
+			if err != nil {
+				return err
+			}
+			if len(res.Finished) != 1 || len(res.Tasks) != 2 || len(res.Pipelines) != 1 {
+				return fmt.Errorf("finish: %d finished, %d tasks, %d runs", len(res.Finished), len(res.Tasks), len(res.Pipelines))
+			}
+			return tx.ChangeSetApply(ctx, &driver.ChangeSet{
+				Tasks: []driver.TaskUpdate{{ID: second.ID, FromStatus: driver.TaskNotStarted, Status: driver.TaskRunning,
+					Attempt: 1, Input: json.RawMessage(`{}`), RunnerID: "r", Now: now}},
+				Pipelines: []driver.PipelineUpdate{{ID: run.ID, FromStatus: driver.PipelineRunning, Status: driver.PipelinePaused,
+					Now: now}}})
+		})
+	}
+	for range 10 { // past the five custom plans after which PostgreSQL may keep a generic one
+		cycle(t)
+	}
+
+	// The tables grow behind the cached plans' back.
+	const rows = 5000
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`
+		WITH p AS (INSERT INTO %[1]s.pipeline_executions (id, workflow_name, workflow_version, status, input, created_at, updated_at)
+			SELECT gen_random_uuid(), 'wf', 'v1', 'completed', '{}', now(), now() FROM generate_series(1, %[2]d) RETURNING id)
+		INSERT INTO %[1]s.task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status, max_attempts, created_at, updated_at)
+			SELECT gen_random_uuid(), id, 'wf', 'a', 0, 'completed', 1, now(), now() FROM p`,
+		pgx.Identifier{schema}.Sanitize(), rows))
+	require.NoError(t, err)
+
+	before := seqScans(t, drv, schema)
+	for range 3 {
+		cycle(t)
+	}
+	after := seqScans(t, drv, schema)
+	require.Equal(t, before, after, "sequential scans of the run and task tables by the hot path")
+}
+
+func inTx(t *testing.T, drv driver.Driver, fn func(tx driver.Tx) error) {
+	t.Helper()
+	tx, err := drv.Begin(t.Context())
+	require.NoError(t, err)
+	defer tx.Rollback(context.WithoutCancel(t.Context()))
+	require.NoError(t, fn(tx))
+	require.NoError(t, tx.Commit(t.Context()))
+}
+
+// seqScans returns the sequential scans of the run and task tables so far,
+// after the driver's connection has flushed its statistics.
+func seqScans(t *testing.T, drv *postgres.Driver, schema string) map[string]int64 {
+	t.Helper()
+	ctx := t.Context()
+	// The one connection reports its pending counts once it is idle.
+	_, err := drv.Pool().Exec(ctx, "SELECT pg_stat_force_next_flush()")
+	require.NoError(t, err)
+	_, err = drv.Pool().Exec(ctx, "SELECT 1")
+	require.NoError(t, err)
+	admin, err := pgx.Connect(ctx, testdb.PostgresURL())
+	require.NoError(t, err)
+	defer admin.Close(context.WithoutCancel(ctx))
+	rows, err := admin.Query(ctx, `SELECT relname, seq_scan FROM pg_stat_user_tables
+		WHERE schemaname = $1 AND relname IN ('pipeline_executions', 'task_executions')`, schema)
+	require.NoError(t, err)
+	out := map[string]int64{}
+	for rows.Next() {
+		var name string
+		var n int64
+		require.NoError(t, rows.Scan(&name, &n))
+		out[name] = n
+	}
+	require.NoError(t, rows.Err())
+	require.Len(t, out, 2)
+	return out
+}
