@@ -46,6 +46,24 @@ func (l *commitLog) outboxRows() int {
 	return n
 }
 
+// startWithoutClaimer starts r and returns once its claimer has made its
+// first claim, and keeps the claimer from claiming again until r stops:
+// while a claim is in flight the claimer holds the free slots, and work
+// made ready meanwhile would go to the outbox instead of to the runner
+// that made it ready.
+func startWithoutClaimer(t *testing.T, r *Runner) {
+	t.Helper()
+	idle := make(chan struct{})
+	var once sync.Once
+	hook := func(ctx context.Context) {
+		once.Do(func() { close(idle) })
+		<-ctx.Done()
+	}
+	r.idleHook.Store(&hook)
+	require.NoError(t, r.Start(testContext(t)))
+	waitFor(t, idle, "the claimer's first claim")
+}
+
 // eventTypes lists the types of a run's events in sequence order.
 func eventTypes(t *testing.T, r *Runner, run uuid.UUID) []string {
 	t.Helper()
@@ -73,7 +91,8 @@ func TestRunnerClaimsWhatItMakesReady(t *testing.T) {
 			Task{Name: "a", Run: setKey("a", 1)},
 			Task{Name: "b", Run: setKey("b", 2), DependsOn: []string{"a"}},
 			Task{Name: "c", Run: ok, DependsOn: []string{"b"}})
-		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 8})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 8})
+		startWithoutClaimer(t, r)
 		commits := logCommits(r)
 
 		res, err := r.Execute(ctx, "chain", nil)
@@ -312,7 +331,7 @@ func TestClaimsOnReadyOfAnUncertainCommit(t *testing.T) {
 		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
 		lying := &lyingDriver{Driver: r.drv}
 		r.drv = lying
-		require.NoError(t, r.Start(ctx))
+		startWithoutClaimer(t, r)
 		lying.armed.Store(4)
 
 		var execs []*Execution

@@ -129,6 +129,10 @@ type Runner struct {
 	// startHook, when set, sees the length of the start queue after each
 	// ExecuteAsync joins it.
 	startHook atomic.Pointer[func(int)]
+	// idleHook, when set, is called with the claimer's context each time
+	// the claimer has claimed what it could and is about to wait (a test
+	// hook; it may block until the context ends to stop further claims).
+	idleHook atomic.Pointer[func(context.Context)]
 
 	// commitHook, when set, sees every committed change set; tests use it
 	// to wait for a transition instead of polling.

@@ -208,9 +208,18 @@ func (r *Runner) claimLoop(svc *services) {
 	pending := true
 	failures := 0
 	for {
-		if free := cap(svc.slots) - len(svc.slots); pending && free > 0 && !r.claimsPaused.Load() {
-			n := min(free, r.cfg.ClaimBatchSize)
+		// Slots are taken before the claim: a completion claiming what it
+		// makes ready takes them too, and a task claimed here must not wait
+		// for one (it would sit Running, unstarted, under this runner).
+		n := 0
+		if pending && !r.claimsPaused.Load() {
+			n = svc.reserveSlots(r.cfg.ClaimBatchSize)
+		}
+		if n > 0 {
 			tasks, err := r.claim(ctx, n)
+			for i := len(tasks); i < n; i++ {
+				<-svc.slots
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -225,15 +234,21 @@ func (r *Runner) claimLoop(svc *services) {
 				continue
 			}
 			failures = 0
-			for _, t := range tasks {
-				svc.slots <- struct{}{}
+			for i, t := range tasks {
+				if i >= n {
+					// Held after an uncertain commit, beyond the slots taken.
+					svc.slots <- struct{}{}
+				}
 				svc.tasks.Add(1)
 				go r.runTask(svc, t)
 			}
-			pending = len(tasks) == n
+			pending = len(tasks) >= n
 			if pending {
 				continue
 			}
+		}
+		if hook := r.idleHook.Load(); hook != nil {
+			(*hook)(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -469,6 +484,21 @@ func (r *Runner) runHandoffs(ctx context.Context, claims *attemptClaims, err err
 	for _, t := range held {
 		go r.runTask(svc, t)
 	}
+}
+
+// reserveSlots takes up to max free slots without waiting and returns how
+// many it took.
+func (svc *services) reserveSlots(max int) int {
+	n := 0
+	for n < max {
+		select {
+		case svc.slots <- struct{}{}:
+			n++
+		default:
+			return n
+		}
+	}
+	return n
 }
 
 // takeSlot takes a free slot, and a place among the running tasks, for a
