@@ -46,6 +46,18 @@ func (l *commitLog) outboxRows() int {
 	return n
 }
 
+// startRuns starts n runs of workflow.
+func startRuns(t *testing.T, r *Runner, workflow string, n int) []*Execution {
+	t.Helper()
+	execs := make([]*Execution, n)
+	for i := range execs {
+		exec, err := r.ExecuteAsync(testContext(t), workflow, nil)
+		require.NoError(t, err)
+		execs[i] = exec
+	}
+	return execs
+}
+
 // startWithoutClaimer starts r and returns once its claimer has made its
 // first claim, and keeps the claimer from claiming again until r stops:
 // while a claim is in flight the claimer holds the free slots, and work
@@ -184,13 +196,7 @@ func TestClaimsOnReadyRespectTheSlots(t *testing.T) {
 		wf := MustWorkflow("fan", tasks...)
 		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 2})
 		commits := logCommits(r)
-		var execs []*Execution
-		for range 5 {
-			exec, err := r.ExecuteAsync(ctx, "fan", nil)
-			require.NoError(t, err)
-			execs = append(execs, exec)
-		}
-		for _, exec := range execs {
+		for _, exec := range startRuns(t, r, "fan", 5) {
 			res, err := exec.Wait(ctx)
 			require.NoError(t, err)
 			require.Equal(t, PipelineCompleted, res.Status)
@@ -334,12 +340,7 @@ func TestClaimsOnReadyOfAnUncertainCommit(t *testing.T) {
 		startWithoutClaimer(t, r)
 		lying.armed.Store(4)
 
-		var execs []*Execution
-		for range 6 {
-			exec, err := r.ExecuteAsync(ctx, "chain", nil)
-			require.NoError(t, err)
-			execs = append(execs, exec)
-		}
+		execs := startRuns(t, r, "chain", 6)
 		for _, exec := range execs {
 			res, err := exec.Wait(ctx)
 			require.NoError(t, err)
