@@ -131,48 +131,26 @@ func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
 // in c. A run that already exists (a retry after a commit whose outcome
 // was unknown) is left as it is.
 //
-// With c.handoff, a run whose root tasks find free slots on this runner is
-// created Running (pipeline_started) with those roots claimed here.
-//
 // With fresh, the runs cannot exist yet (their transaction's first
 // attempt): their rows join c's change set, which a backend can send
 // together with the commit, and an existing run fails the transaction
-// with a conflict, for the retry to see.
+// with a conflict, for the retry to see. Only then does c.handoff apply: a
+// run whose roots find free slots on this runner is created Running
+// (pipeline_started) with those roots claimed here.
 func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *changes, runs []*newRun, fresh bool) error {
-	h := c.handoff
-	unused := 0 // slots taken and not used by a claim
-	defer func() {
-		for range unused {
-			h.give()
-		}
-		c.handoff = h
-	}()
-	// Slots are taken before the insert, which fixes the runs' status.
-	reserved := make([]int, len(runs))
-	params := make([]*driver.PipelineInsertParams, len(runs))
-	for i, run := range runs {
-		if h != nil {
-			for _, def := range run.wf.tasks {
-				if len(def.deps) == 0 && h.take() {
-					reserved[i]++
-				}
-			}
-			unused += reserved[i]
-		}
-		status := driver.PipelinePending
-		if reserved[i] > 0 {
-			status = driver.PipelineRunning
-		}
-		params[i] = &driver.PipelineInsertParams{ID: run.id, WorkflowName: run.wf.name, WorkflowVersion: run.wf.version,
-			Status: status, Input: run.input, Now: c.now}
-	}
 	inserted := make(map[uuid.UUID]bool, len(runs))
 	if fresh {
-		c.cs.NewPipelines = append(c.cs.NewPipelines, params...)
 		for _, run := range runs {
 			inserted[run.id] = true
 		}
 	} else {
+		h := c.handoff
+		c.handoff = nil
+		defer func() { c.handoff = h }()
+		params := make([]*driver.PipelineInsertParams, len(runs))
+		for i, run := range runs {
+			params[i] = newPipeline(run, driver.PipelinePending, c.now)
+		}
 		ids, err := exec.PipelineInsertMany(ctx, params)
 		if err != nil {
 			return err
@@ -182,13 +160,19 @@ func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *change
 		}
 	}
 	var inserts []driver.TaskInsert
-	for ri, run := range runs {
+	for _, run := range runs {
 		id, wf := run.id, run.wf
 		if !inserted[id] {
 			continue
 		}
+		// Running for a handoff to claim the roots; Pending again if none
+		// of them found a slot.
+		status := driver.PipelinePending
+		if c.handoff != nil {
+			status = driver.PipelineRunning
+		}
 		st := &runState{
-			p:     &driver.Pipeline{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version, Status: params[ri].Status, Input: run.input, CreatedAt: c.now},
+			p:     &driver.Pipeline{ID: id, WorkflowName: wf.name, WorkflowVersion: wf.version, Status: status, Input: run.input, CreatedAt: c.now},
 			wf:    wf,
 			tasks: make(map[string]*driver.Task, len(wf.tasks)),
 		}
@@ -200,21 +184,14 @@ func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *change
 			st.tasks[def.Name] = t
 			c.event(id, &t.ID, EventTaskCreated, &EventData{MaxAttempts: t.MaxAttempts})
 		}
-		c.handoff = nil
-		if reserved[ri] > 0 {
-			c.handoff = h.budget(reserved[ri])
-		}
 		if _, err := st.advance(c); err != nil {
 			return err
 		}
-		if c.handoff != nil {
-			h.tasks = append(h.tasks, c.handoff.tasks...)
-			unused -= len(c.handoff.tasks)
-			if st.p.StartedAt == nil {
-				// Created Running, but every root was skipped.
-				c.event(id, nil, EventPipelineStarted, &EventData{Workflow: wf.name, WorkflowVersion: wf.version})
-				st.p.StartedAt = ptr(c.now)
-			}
+		if st.p.StartedAt == nil {
+			st.p.Status = driver.PipelinePending
+		}
+		if fresh {
+			c.cs.NewPipelines = append(c.cs.NewPipelines, newPipeline(run, st.p.Status, c.now))
 		}
 		if err := st.finalize(c); err != nil {
 			return err
@@ -233,6 +210,11 @@ func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *change
 		return nil
 	}
 	return exec.TaskInsertMany(ctx, inserts)
+}
+
+func newPipeline(run *newRun, status driver.PipelineStatus, now time.Time) *driver.PipelineInsertParams {
+	return &driver.PipelineInsertParams{ID: run.id, WorkflowName: run.wf.name, WorkflowVersion: run.wf.version,
+		Status: status, Input: run.input, Now: now}
 }
 
 // wait blocks until run id is terminal: woken at once when this runner

@@ -40,20 +40,7 @@ type changes struct {
 // one.
 type handoff struct {
 	take  func() bool // takes a free slot for one task; false when there is none
-	give  func()      // gives back a slot taken and not used
 	tasks []*driver.Task
-}
-
-// budget returns a handoff that takes at most n tasks, on slots already
-// taken from h.
-func (h *handoff) budget(n int) *handoff {
-	return &handoff{take: func() bool {
-		if n == 0 {
-			return false
-		}
-		n--
-		return true
-	}, give: h.give}
 }
 
 // claim records t, just made ready, as claimed by this runner; the first

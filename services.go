@@ -466,7 +466,7 @@ func (r *Runner) offerHandoff(c *changes, claims *attemptClaims) func() {
 		return func() {}
 	}
 	claims.svc = svc
-	c.handoff = &handoff{take: svc.takeSlot, give: svc.dropSlot}
+	c.handoff = &handoff{take: svc.takeSlot}
 	return func() { claims.claimed = c.handoff.tasks }
 }
 
