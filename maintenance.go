@@ -144,29 +144,48 @@ func fenceOf(t *driver.Task) driver.Fence {
 // only slow loses nothing it has not already lost.
 func (r *Runner) sweep(ctx context.Context) error {
 	before := r.now().Add(-r.cfg.RunnerTimeout)
+	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{HeartbeatBefore: before}, func(t *driver.Task) string {
+		return fmt.Sprintf("runner %s stopped heartbeating", t.RunnerID)
+	})
+}
+
+// recoverOwn resets (or abandons) the Running tasks claimed under this
+// runner's id before it started: an earlier process with the same
+// RunnerID that crashed, or a Stop that could not record its last
+// results. Nothing runs them — this runner has not started a task yet —
+// and the sweep never would, because the id heartbeats again.
+func (r *Runner) recoverOwn(ctx context.Context) error {
+	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{RunnerID: r.id}, func(*driver.Task) string {
+		return fmt.Sprintf("runner %s restarted without finishing the task", r.id)
+	})
+}
+
+// recoverClaims resets the tasks the listing finds, a batch at a time,
+// each fenced on its claim as listed.
+func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphanedParams, reason func(*driver.Task) string) error {
+	list.Limit = completionBatch
 	for {
-		orphans, err := r.drv.Reader().TaskListOrphaned(ctx, &driver.TaskListOrphanedParams{HeartbeatBefore: before, Limit: completionBatch})
+		orphans, err := r.drv.Reader().TaskListOrphaned(ctx, list)
 		if err != nil {
 			return err
 		}
 		if len(orphans) == 0 {
-			break
+			return nil
 		}
 		batch := make([]*taskResult, len(orphans))
 		for i, t := range orphans {
-			reason := fmt.Sprintf("runner %s stopped heartbeating", t.RunnerID)
-			batch[i] = &taskResult{task: t, recovery: reason, err: errors.New(reason)}
+			why := reason(t)
+			batch[i] = &taskResult{task: t, recovery: why, err: errors.New(why)}
 		}
 		lost, err := r.complete(ctx, batch)
 		if err != nil {
 			return err
 		}
-		r.logger.Info("recovered tasks of dead runners", "tasks", len(orphans)-len(lost))
+		r.logger.Info("recovered tasks", "tasks", len(orphans)-len(lost), "reason", reason(orphans[0]))
 		if len(orphans) < completionBatch || len(lost) == len(orphans) {
 			return nil
 		}
 	}
-	return nil
 }
 
 // deregister removes this runner's row and gives up leadership, conditional

@@ -429,3 +429,46 @@ func jsonUnmarshal(raw []byte, v any) error {
 	*(v.(*EventData)) = *d
 	return nil
 }
+
+// A process that dies with tasks claimed and comes back at once under the
+// same RunnerID (a stable pod name, say) resets its old claims when it
+// starts: the sweep never would, because the id heartbeats again.
+func TestRestartUnderTheSameIDResetsItsOldClaims(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("same-id", Task{Name: "work", Run: ok}, Task{Name: "after", DependsOn: []string{"work"}, Run: ok})
+		// Long enough that no sweep recovers anything during the test.
+		cfg := func() *Config {
+			return &Config{Workflows: []*Workflow{wf}, RunnerID: "pod-0", RunnerTimeout: time.Hour, HeartbeatInterval: time.Minute}
+		}
+
+		// The first process registers, claims the run's first task and dies
+		// without a word: the claim stays Running under pod-0.
+		crashed := openRunner(t, url, cfg())
+		exec, err := crashed.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		require.NoError(t, crashed.register(ctx, crashed.workflowNames()))
+		claimed, err := crashed.claim(ctx, 10)
+		require.NoError(t, err)
+		require.Len(t, claimed, 1)
+		require.Equal(t, "pod-0", claimed[0].RunnerID)
+
+		// The next process with the same id resets the claim before it
+		// claims anything, then runs the task itself.
+		again := openRunner(t, url, cfg())
+		resets := onEvent(again, eventOf(EventTaskReset))
+		require.NoError(t, again.Start(ctx))
+		reset := waitFor(t, resets, "the old claim to be reset")
+		require.Equal(t, claimed[0].ID, *reset.TaskID)
+		data, err := (&Event{Data: reset.Data}).Payload()
+		require.NoError(t, err)
+		require.Contains(t, data.Reason, "restarted")
+
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 1, res.Task("work").Recoveries)
+		require.Equal(t, 1, res.Task("work").Attempts, "a reset is a recovery, not another attempt")
+	})
+}

@@ -44,7 +44,10 @@ type Config struct {
 	// Default: 0, no timeout.
 	TaskTimeout time.Duration
 	// RunnerID identifies this runner in claims and events; it must be
-	// unique among live runners. Default: a new UUIDv7 per runner.
+	// unique among live runners. A stable id (a pod name, say) is fine: a
+	// runner that starts resets the tasks an earlier process left Running
+	// under its id (task_reset), so a crash followed by a quick restart
+	// strands nothing. Default: a new UUIDv7 per runner.
 	RunnerID string
 	// RunnerName is a human label recorded in claim events.
 	// Default: "<hostname>-<pid>".
@@ -111,10 +114,13 @@ type Runner struct {
 	logger *slog.Logger
 	now    func() time.Time
 
-	mu        sync.Mutex
-	workflows map[string]*Workflow
-	started   bool
-	closed    bool
+	// lifecycleMu serialises Start and Stop (and Close's stop); mu is held
+	// only for the flags, since starting runs transactions that read them.
+	lifecycleMu sync.Mutex
+	mu          sync.Mutex
+	workflows   map[string]*Workflow
+	started     bool
+	closed      bool
 	// svc holds the background services while the runner is started.
 	svc atomic.Pointer[services]
 

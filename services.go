@@ -70,12 +70,15 @@ type runningTask struct {
 // results. ctx's values (not its cancellation) are inherited by task
 // contexts; call Stop to stop.
 func (r *Runner) Start(ctx context.Context) error {
+	r.lifecycleMu.Lock()
+	defer r.lifecycleMu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
+	closed, started, workflows := r.closed, r.started, r.workflowNamesLocked()
+	r.mu.Unlock()
+	if closed {
 		return ErrRunnerClosed
 	}
-	if r.started {
+	if started {
 		return ErrRunnerStarted
 	}
 	base := context.WithoutCancel(ctx)
@@ -92,9 +95,20 @@ func (r *Runner) Start(ctx context.Context) error {
 	svc.workCtx, svc.workCancel = context.WithCancelCause(base)
 	svc.flushCtx, svc.flushCancel = context.WithCancel(base)
 	// Register before the first claim: a claim by a runner without a row
-	// would look like a dead runner's.
-	if err := r.register(ctx, r.workflowNamesLocked()); err != nil {
+	// would look like a dead runner's. Then hand back what an earlier
+	// process with this id left claimed, before this one claims anything.
+	if err := r.register(ctx, workflows); err != nil {
 		return fmt.Errorf("cloacina: register runner: %w", err)
+	}
+	if err := r.recoverOwn(ctx); err != nil {
+		r.deregister()
+		return fmt.Errorf("cloacina: start runner: reset the claims left under runner id %s: %w", r.id, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		r.deregister()
+		return ErrRunnerClosed
 	}
 	r.svc.Store(svc)
 	r.started = true
@@ -121,6 +135,8 @@ func (r *Runner) Stop(ctx context.Context) error {
 }
 
 func (r *Runner) stop(ctx context.Context) error {
+	r.lifecycleMu.Lock()
+	defer r.lifecycleMu.Unlock()
 	r.mu.Lock()
 	svc := r.svc.Load()
 	if !r.started || svc == nil {
@@ -160,7 +176,8 @@ func (r *Runner) stop(ctx context.Context) error {
 	case <-svc.completerDone:
 	case <-time.After(10 * time.Second):
 		// The database is unreachable; give up recording the last results.
-		// Their claims are recovered by the dead-runner sweep.
+		// Their claims are recovered by the dead-runner sweep, or by this
+		// runner when it starts again (recoverOwn).
 		svc.flushCancel()
 		<-svc.completerDone
 	}

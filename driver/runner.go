@@ -64,7 +64,12 @@ type LeaseReleaseParams struct {
 // is missing or its last heartbeat is older than HeartbeatBefore.
 type TaskListOrphanedParams struct {
 	HeartbeatBefore time.Time
-	Limit           int
+	// RunnerID, when set, lists instead the Running tasks claimed under that
+	// runner id whatever its row says (HeartbeatBefore is ignored): a runner
+	// that starts finds the claims an earlier process with the same id left
+	// behind, which the sweep cannot see while the id heartbeats again.
+	RunnerID string
+	Limit    int
 }
 
 // TaskSubStatusParams sets the sub-status of a Running task (e.g.

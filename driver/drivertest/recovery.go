@@ -145,6 +145,38 @@ func testTaskListOrphaned(t *testing.T, s *suite) {
 		require.ElementsMatch(t, []uuid.UUID{stale[0].ID}, taskIDs(b.orphans(t, cutoff, 0)))
 	})
 
+	// A runner starting up lists the claims left under its own id, live
+	// row or not, and nothing else.
+	t.Run("OwnClaims", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		b.upsertRunner(t, "me", b.now)
+		b.upsertRunner(t, "other", b.now)
+		mine := b.claimAs(t, "me", 3)
+		b.claimAs(t, "other", 2)
+		gone := b.claimAs(t, "gone", 1)
+		b.finish(t, driver.TaskFinish{Fence: fenceOf(mine[2]), Status: driver.TaskCompleted, Output: json.RawMessage(`{}`),
+			Attempt: 1, Now: b.now})
+		own := func(limit int) []*driver.Task {
+			got, err := b.drv.Reader().TaskListOrphaned(b.ctx, &driver.TaskListOrphanedParams{RunnerID: "me",
+				HeartbeatBefore: b.at(time.Hour), Limit: limit})
+			require.NoError(t, err)
+			return got
+		}
+		got := own(0)
+		require.ElementsMatch(t, taskIDs(mine[:2]), taskIDs(got), "Running under the id, whatever the heartbeat")
+		for _, task := range got {
+			require.Equal(t, driver.TaskRunning, task.Status)
+			require.Equal(t, "me", task.RunnerID)
+		}
+		require.Len(t, own(1), 1)
+		require.ElementsMatch(t, taskIDs(gone), taskIDs(b.orphans(t, b.now, 0)),
+			"without RunnerID, live runners' claims stay out")
+
+		b.reset(t, got[0])
+		require.Len(t, own(0), 1, "a reset claim is no longer listed")
+	})
+
 	t.Run("Limit", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)

@@ -104,10 +104,17 @@ func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrpha
 	if limit <= 0 {
 		limit = 1000
 	}
-	rows, err := e.db.Query(ctx, `SELECT `+taskColumns("t.", false)+` FROM `+e.q.taskTable+` t
-		LEFT JOIN `+e.q.schema+`.cloacina_runners r ON r.id = t.runner_id
+	q := `SELECT ` + taskColumns("t.", false) + ` FROM ` + e.q.taskTable + ` t
+		LEFT JOIN ` + e.q.schema + `.cloacina_runners r ON r.id = t.runner_id
 		WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < $1)
-		ORDER BY t.updated_at LIMIT $2`, p.HeartbeatBefore.UTC(), limit)
+		ORDER BY t.updated_at LIMIT $2`
+	args := []any{p.HeartbeatBefore.UTC(), limit}
+	if p.RunnerID != "" {
+		q = `SELECT ` + taskColumns("t.", false) + ` FROM ` + e.q.taskTable + ` t
+			WHERE t.status = 'running' AND t.runner_id = $1 ORDER BY t.updated_at LIMIT $2`
+		args = []any{p.RunnerID, limit}
+	}
+	rows, err := e.db.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: list orphaned tasks: %w", mapError(err))
 	}

@@ -122,7 +122,13 @@ func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrpha
 		LEFT JOIN cloacina_runners r ON r.id = t.runner_id
 		WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < ?)
 		ORDER BY t.updated_at LIMIT ?`
-	out, err := collectTasks(e.db.QueryContext(ctx, q, formatTime(p.HeartbeatBefore), limit))
+	args := []any{formatTime(p.HeartbeatBefore), limit}
+	if p.RunnerID != "" {
+		q = `SELECT ` + prefixColumns(cols, "t.") + ` FROM task_executions t
+			WHERE t.status = 'running' AND t.runner_id = ? ORDER BY t.updated_at LIMIT ?`
+		args = []any{p.RunnerID, limit}
+	}
+	out, err := collectTasks(e.db.QueryContext(ctx, q, args...))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list orphaned tasks: %w", err)
 	}
