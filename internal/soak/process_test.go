@@ -31,6 +31,7 @@ const runnerEnv = "CLOACINA_SOAK_RUNNER"
 type runnerSpec struct {
 	URL           string        `json:"url"`
 	Name          string        `json:"name"`
+	RunnerID      string        `json:"runner_id,omitempty"` // "": a new id per process
 	Behaviour     behaviour     `json:"behaviour"`
 	MaxConcurrent int           `json:"max_concurrent"`
 	Poll          time.Duration `json:"poll"`
@@ -92,6 +93,7 @@ func openRunner(ctx context.Context, spec runnerSpec, logger *slog.Logger) (*clo
 		PollInterval:       spec.Poll,
 		HeartbeatInterval:  spec.Heartbeat,
 		RunnerTimeout:      spec.RunnerTimeout,
+		RunnerID:           spec.RunnerID,
 		RunnerName:         fmt.Sprintf("%s-%d", spec.Name, os.Getpid()),
 		Logger:             logger,
 	}
