@@ -142,6 +142,9 @@
 // trigger rules and the run's end as usual). It does not sweep until it
 // has itself been healthy for one RunnerTimeout, so a restart or a
 // database outage does not take work from runners that are alive. A
+// runner with a fixed Config.RunnerID (a pod name, say) that crashed and
+// comes back under the same id resets what it left Running when it starts,
+// before it claims anything, instead of waiting for the timeout. A
 // runner that lost a claim (it was too slow to heartbeat and its task was
 // reset) learns it at its next heartbeat or fenced write: the task's
 // context is cancelled and nothing it reports is recorded. Transient
