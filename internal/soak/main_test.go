@@ -3,6 +3,8 @@ package soak
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -10,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/cloacina-go/cloacina"
 )
 
 func TestMain(m *testing.M) {
@@ -118,4 +123,18 @@ func joinDurations(ds []time.Duration) string {
 		parts[i] = ms(d)
 	}
 	return strings.Join(parts, " ")
+}
+
+// openSubmitter opens the test process's own runner on url — it submits
+// runs of the soak workflow with behaviour b and reads results, and runs
+// no task — and the store of task executions, with its table created.
+func openSubmitter(t *testing.T, ctx context.Context, url string, b behaviour) (*cloacina.Runner, *store) {
+	t.Helper()
+	submitter, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{newWorkflow(b, nil)},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, submitter.Close()) })
+	st := openStore(t, url)
+	require.NoError(t, st.createExecutionsTable(ctx))
+	return submitter, st
 }

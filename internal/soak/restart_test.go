@@ -3,7 +3,6 @@ package soak
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -28,12 +27,7 @@ func TestDatabaseRestartPostgres(t *testing.T) {
 	url := cluster.url("restart")
 	// No final failures: every run must complete.
 	b := behaviour{FailProb: 0.1, MaxWork: 20 * time.Millisecond}
-	submitter, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{newWorkflow(b, nil)},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, submitter.Close()) })
-	st := openStore(t, url)
-	require.NoError(t, st.createExecutionsTable(ctx))
+	submitter, st := openSubmitter(t, ctx, url, b)
 
 	var runners []*cloacina.Runner
 	logs := &tailBuffer{max: 64 << 10}

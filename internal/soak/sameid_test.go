@@ -3,8 +3,6 @@ package soak
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -33,12 +31,7 @@ func TestKill9RestartUnderTheSameID(t *testing.T) {
 func restartUnderSameID(t *testing.T, backend, url string) {
 	ctx := testContext(t, 3*time.Minute)
 	b := behaviour{MaxWork: 20 * time.Millisecond}
-	submitter, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{newWorkflow(b, nil)},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, submitter.Close()) })
-	st := openStore(t, url)
-	require.NoError(t, st.createExecutionsTable(ctx))
+	submitter, st := openSubmitter(t, ctx, url, b)
 
 	const id, runs, kills = "pod-0", 300, 3
 	spec := runnerSpec{URL: url, Name: "pod", RunnerID: id, Behaviour: b, MaxConcurrent: 8, Poll: 50 * time.Millisecond,

@@ -3,8 +3,6 @@ package soak
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -98,13 +96,7 @@ func soak(t *testing.T, p soakParams) {
 	ctx := testContext(t, 4*time.Minute)
 	began := time.Now()
 	// The test process submits runs and reads results; it runs no task.
-	wf := newWorkflow(p.runner.Behaviour, nil)
-	submitter, err := cloacina.Open(ctx, p.url, &cloacina.Config{Workflows: []*cloacina.Workflow{wf},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, submitter.Close()) })
-	st := openStore(t, p.url)
-	require.NoError(t, st.createExecutionsTable(ctx))
+	submitter, st := openSubmitter(t, ctx, p.url, p.runner.Behaviour)
 
 	procs := make([]*runnerProcess, p.processes)
 	for i := range procs {
