@@ -2,6 +2,8 @@ package cloacina
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -470,5 +472,51 @@ func TestRestartUnderTheSameIDResetsItsOldClaims(t *testing.T) {
 		require.Equal(t, PipelineCompleted, res.Status)
 		require.Equal(t, 1, res.Task("work").Recoveries)
 		require.Equal(t, 1, res.Task("work").Attempts, "a reset is a recovery, not another attempt")
+	})
+}
+
+// Start, Stop and Close called from many goroutines at once leave the
+// runner in one consistent state: each Start either starts it or reports
+// why not, every Stop returns, and after Close nothing is left running.
+func TestConcurrentStartStopClose(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("lifecycle", Task{Name: "a", Run: ok})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 3 {
+					if i%2 == 0 {
+						if err := r.Start(ctx); err != nil && !errors.Is(err, ErrRunnerStarted) && !errors.Is(err, ErrRunnerClosed) {
+							errs <- err
+						}
+					} else if err := r.Stop(ctx); err != nil {
+						errs <- err
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		// Whatever state that left, the runner works, then closes cleanly.
+		if err := r.Start(ctx); err != nil {
+			require.ErrorIs(t, err, ErrRunnerStarted)
+		}
+		res, err := r.Execute(ctx, "lifecycle", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.NoError(t, r.Close())
+		require.ErrorIs(t, r.Start(ctx), ErrRunnerClosed)
+		runners, err := openRunner(t, url, nil).Runners(ctx)
+		require.NoError(t, err)
+		require.Empty(t, runners, "a closed runner leaves the registry")
 	})
 }
