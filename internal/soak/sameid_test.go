@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,9 +40,16 @@ func restartUnderSameID(t *testing.T, backend, url string) {
 	proc := startRunnerProcess(t, spec)
 	require.Equal(t, id, proc.runnerID)
 
+	// Runs keep coming until the kills are done, so the runner always has
+	// work to be killed in, however slow the machine.
+	var killsDone atomic.Bool
+	submitted := make(chan int, 1)
 	submitDone := make(chan error, 1)
 	go func() {
-		_, _, err := submitRuns(ctx, submitter, st, 32, false, func(n int) bool { return n >= runs })
+		n, _, err := submitRuns(ctx, submitter, st, 32, false, func(n int) bool {
+			return n >= 20*runs || (n >= runs && killsDone.Load())
+		})
+		submitted <- n
 		submitDone <- err
 	}()
 	var killedAt []time.Time
@@ -53,6 +61,8 @@ func restartUnderSameID(t *testing.T, backend, url string) {
 		killedAt = append(killedAt, proc.kill(t))
 		proc = startRunnerProcess(t, spec)
 	}
+	killsDone.Store(true)
+	total := <-submitted
 	require.NoError(t, <-submitDone)
 	waitUntil(t, ctx, 20*time.Millisecond, "every run to end", func(ctx context.Context) (bool, error) {
 		n, err := st.unfinishedRuns(ctx)
@@ -61,7 +71,7 @@ func restartUnderSameID(t *testing.T, backend, url string) {
 	proc.stop(t)
 
 	snap := takeSnapshot(t, ctx, submitter, st)
-	require.Len(t, snap.runs, runs)
+	require.Len(t, snap.runs, total)
 	checkInvariants(t, snap, checkOpts{allCompleted: true})
 
 	// Each reset is the restarted process's, with its reason, after a kill;
@@ -95,7 +105,7 @@ func restartUnderSameID(t *testing.T, backend, url string) {
 	require.NotEmpty(t, resumed, "no kill left a claim for the restart to reset")
 	report(t,
 		fmt.Sprintf("restart under the same id (%s): %d runs, %d kills, runner timeout %s; %d claims reset by the restarted process",
-			backend, runs, kills, spec.RunnerTimeout, len(resumed)),
+			backend, total, kills, spec.RunnerTimeout, len(resumed)),
 		fmt.Sprintf("kill -> task running again, per task: %s", statsOf(resumed)))
 }
 
