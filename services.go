@@ -68,7 +68,10 @@ type runningTask struct {
 // Start starts executing tasks of the registered workflows in the
 // background: claiming ready tasks, running them and recording their
 // results. ctx's values (not its cancellation) are inherited by task
-// contexts; call Stop to stop.
+// contexts; call Stop to stop. Before it claims anything, Start resets the
+// tasks an earlier process left Running under the same Config.RunnerID
+// (task_reset), which no other runner would recover while this id
+// heartbeats.
 func (r *Runner) Start(ctx context.Context) error {
 	r.lifecycleMu.Lock()
 	defer r.lifecycleMu.Unlock()
