@@ -57,6 +57,15 @@ const finishSQL = `UPDATE {s}.task_executions t
 				AND t.attempt = f.fence_attempt AND t.recovery_count = f.fence_recovery
 			RETURNING t.id`
 
+// pipelineInsertSQL creates runs from parallel arrays ($1–$6), skipping
+// those that exist; a run created Running starts at its creation.
+const pipelineInsertSQL = `INSERT INTO {s}.pipeline_executions
+			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
+			SELECT id, wf, version, status, input::jsonb, CASE WHEN status = 'running' THEN now END, now, now
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+				AS u(id, wf, version, status, input, now)
+			ON CONFLICT (id) DO NOTHING`
+
 // queries holds the statements whose text depends on the schema, rendered
 // once per backend.
 type queries struct {
@@ -86,22 +95,14 @@ func newQueries(schema string) *queries {
 	s := pgx.Identifier{schema}.Sanitize()
 	r := strings.NewReplacer("{s}", s)
 	return &queries{
-		schema:        s,
-		pipelineTable: s + ".pipeline_executions",
-		taskTable:     s + ".task_executions",
-		eventTable:    s + ".execution_events",
-		pipelineInsertMany: r.Replace(`INSERT INTO {s}.pipeline_executions
-			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
-			SELECT id, wf, version, status, input::jsonb, CASE WHEN status = 'running' THEN now END, now, now
-			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-				AS u(id, wf, version, status, input, now)
-			ON CONFLICT (id) DO NOTHING RETURNING id`),
-		pipelineInsertNew: r.Replace(`WITH i AS (INSERT INTO {s}.pipeline_executions
-			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
-			SELECT id, wf, version, status, input::jsonb, CASE WHEN status = 'running' THEN now END, now, now
-			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-				AS u(id, wf, version, status, input, now)
-			ON CONFLICT (id) DO NOTHING RETURNING 1)
+		schema:             s,
+		pipelineTable:      s + ".pipeline_executions",
+		taskTable:          s + ".task_executions",
+		eventTable:         s + ".execution_events",
+		pipelineInsertMany: r.Replace(pipelineInsertSQL + ` RETURNING id`),
+		// A fresh start's runs cannot exist yet: one that does fails the
+		// change set (ErrConflict) for the retry to see.
+		pipelineInsertNew: r.Replace(`WITH i AS (` + pipelineInsertSQL + ` RETURNING 1)
 			SELECT {s}.cloacina_expect_rows(count(*), $7, 'run') FROM i`),
 		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
