@@ -47,15 +47,26 @@ type handoff struct {
 // claim of a run starts it.
 func (c *changes) claim(p *driver.Pipeline, t *driver.Task) {
 	if p.StartedAt == nil {
-		c.event(p.ID, nil, EventPipelineStarted, &EventData{Workflow: p.WorkflowName, WorkflowVersion: p.WorkflowVersion})
+		c.runStarted(p.ID, p.WorkflowName, p.WorkflowVersion)
 		p.StartedAt = ptr(c.now)
 	}
 	t.Status = driver.TaskRunning
 	t.RunnerID = c.worker
 	t.StartedAt = ptr(c.now)
-	c.event(p.ID, &t.ID, EventTaskClaimed, &EventData{Attempt: t.Attempt, RunnerName: c.runnerName})
-	c.event(p.ID, &t.ID, EventTaskStarted, &EventData{Attempt: t.Attempt})
+	c.claimed(p.ID, t)
 	c.handoff.tasks = append(c.handoff.tasks, t)
+}
+
+// runStarted records the start of run pid: pipeline_started.
+func (c *changes) runStarted(pid uuid.UUID, workflow, version string) {
+	c.event(pid, nil, EventPipelineStarted, &EventData{Workflow: workflow, WorkflowVersion: version})
+}
+
+// claimed records the claim of task t of run pid by this runner, whether
+// from the outbox or handed off: task_claimed, then task_started.
+func (c *changes) claimed(pid uuid.UUID, t *driver.Task) {
+	c.event(pid, &t.ID, EventTaskClaimed, &EventData{Attempt: t.Attempt, RunnerName: c.runnerName})
+	c.event(pid, &t.ID, EventTaskStarted, &EventData{Attempt: t.Attempt})
 }
 
 func newChanges(r *Runner) *changes {
@@ -212,7 +223,7 @@ func (s *runState) finalize(c *changes) error {
 	if s.p.StartedAt == nil {
 		// A run can end without any task being claimed (every task skipped
 		// by trigger rules); it still starts before it ends.
-		c.event(s.p.ID, nil, EventPipelineStarted, &EventData{Workflow: s.p.WorkflowName, WorkflowVersion: s.p.WorkflowVersion})
+		c.runStarted(s.p.ID, s.p.WorkflowName, s.p.WorkflowVersion)
 		s.p.StartedAt = ptr(c.now)
 	}
 	status, typ := driver.PipelineCompleted, EventPipelineCompleted

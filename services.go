@@ -323,15 +323,14 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 			workflowOf[t.PipelineID] = t.WorkflowName
 		}
 		for _, pid := range res.Started {
-			data := &EventData{Workflow: workflowOf[pid]}
+			version := ""
 			if wf, err := r.workflow(workflowOf[pid]); err == nil {
-				data.WorkflowVersion = wf.version
+				version = wf.version
 			}
-			c.event(pid, nil, EventPipelineStarted, data)
+			c.runStarted(pid, workflowOf[pid], version)
 		}
 		for _, t := range tasks {
-			c.event(t.PipelineID, &t.ID, EventTaskClaimed, &EventData{Attempt: t.Attempt, RunnerName: r.name})
-			c.event(t.PipelineID, &t.ID, EventTaskStarted, &EventData{Attempt: t.Attempt})
+			c.claimed(t.PipelineID, t)
 		}
 		claims.claimed = tasks
 		return nil
