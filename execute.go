@@ -134,9 +134,9 @@ func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
 // With fresh, the runs cannot exist yet (their transaction's first
 // attempt): their rows join c's change set, which a backend can send
 // together with the commit, and an existing run fails the transaction
-// with a conflict, for the retry to see. Only then does c.handoff apply: a
-// run whose roots find free slots on this runner is created Running
-// (pipeline_started) with those roots claimed here.
+// with a conflict, for the retry to see. Only such a start may carry a
+// c.handoff: a run whose roots find free slots on this runner is created
+// Running (pipeline_started) with those roots claimed here.
 func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *changes, runs []*newRun, fresh bool) error {
 	inserted := make(map[uuid.UUID]bool, len(runs))
 	if fresh {
@@ -144,9 +144,6 @@ func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *change
 			inserted[run.id] = true
 		}
 	} else {
-		h := c.handoff
-		c.handoff = nil
-		defer func() { c.handoff = h }()
 		params := make([]*driver.PipelineInsertParams, len(runs))
 		for i, run := range runs {
 			params[i] = newPipeline(run, driver.PipelinePending, c.now)

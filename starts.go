@@ -136,9 +136,16 @@ func (r *Runner) writeStarts(batch []*startReq) {
 	var claims attemptClaims
 	attempt := 0
 	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		defer r.offerHandoff(c, &claims)()
 		attempt++
-		return r.createRuns(ctx, tx, c, runs, attempt == 1)
+		fresh := attempt == 1
+		if !fresh {
+			// A retry may find its runs written already: it inserts what
+			// is missing and claims nothing.
+			claims.retry()
+			return r.createRuns(ctx, tx, c, runs, false)
+		}
+		defer r.offerHandoff(c, &claims)()
+		return r.createRuns(ctx, tx, c, runs, true)
 	})
 	r.runHandoffs(ctx, &claims, err)
 	// Transient failures were retried already; splitting would only
