@@ -124,7 +124,7 @@ func insertOurs(ctx context.Context, r *cloacina.Runner, workflow string, n, wor
 
 // oursPending is the query counting runs not yet completed.
 func oursPending(t *target) string {
-	return "SELECT count(*) FROM " + t.table("pipeline_executions") + " WHERE status <> 'completed'"
+	return harnessMark + "SELECT count(*) FROM " + t.table("pipeline_executions") + " WHERE status <> 'completed'"
 }
 
 // verifyOurs checks the database after a scenario: every run completed

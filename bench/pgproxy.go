@@ -18,9 +18,10 @@ import (
 // simple Query messages) and round trips (Sync and simple Query, each
 // answered by one ReadyForQuery), attributed to the statement text, with
 // the time from the request to its ReadyForQuery. It sees only the
-// connections of the client pointed at it, so other users of the shared
-// server do not pollute the counts — which pg_stat_statements (not loaded
-// on the shared server) or pg_stat_database deltas could not promise.
+// connections of the client pointed at it, so other users of the server
+// do not pollute the counts, and it counts what never reaches the
+// executor (pings, BEGIN sent with a statement). pg_stat_statements, where
+// loaded, adds the server's side of the same phases (pgss.go).
 type pgProxy struct {
 	ln       net.Listener
 	upstream string

@@ -265,6 +265,7 @@ func (h *harness) writeMarkdown(rep *report) error {
 			}
 			w("\n</details>\n\n")
 		}
+		renderDBViews(w, rep.Trips)
 	}
 
 	w("## Method\n\n")
@@ -278,7 +279,7 @@ func (h *harness) writeMarkdown(rep *report) error {
 	w("- **CPU per 1000 steps** (throughput scenarios): user+system CPU from /proc over the work phase, of the harness process (engine, driver and the trivial task functions) and of every PostgreSQL server process. The server figure includes whatever else the shared server did meanwhile.\n")
 	w("- **Fan-out/fan-in and RSS**: runs are inserted by the harness, then a child process (the same binary with `-child`) opens a runner, works them off and reports its peak RSS (`VmHWM` from /proc/self/status), so the figure is that of the runner alone.\n")
 	w("- **Idle**: one started runner (ours) and one started River client with nothing to do; statements are counted over the window after a warm-up. ")
-	w("PostgreSQL: `pg_stat_statements` is not loaded on the shared server (it needs `shared_preload_libraries` and a restart), and `pg_stat_database` deltas would include other engineers' tests, so each engine's connections go through the counting proxy and every Execute/simple Query counts (BEGIN and COMMIT included). ")
+	w("PostgreSQL: each engine's connections go through the counting proxy and every Execute/simple Query counts (BEGIN and COMMIT included, and the pool's health-check pings, which `pg_stat_statements` does not see); the proxy sees only the engine under test, whatever else the server does. ")
 	w("SQLite: both engines get a `*sql.DB` whose database/sql driver wraps modernc's and counts every Exec/Query plus BEGIN/COMMIT/ROLLBACK (Cloacina through `OpenDB` with its own `sqlite.DSN`, River through `riversqlite.New`).\n\n")
 
 	w("## Settings\n\n| What | Setting |\n|---|---|\n")

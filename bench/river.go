@@ -205,7 +205,7 @@ func (r *riverRig[TTx]) close() { r.closeDB() }
 
 // riverPending is the query counting jobs not yet completed.
 func riverPending(t *target) string {
-	return "SELECT count(*) FROM " + t.table("river_job") + " WHERE state <> 'completed'"
+	return harnessMark + "SELECT count(*) FROM " + t.table("river_job") + " WHERE state <> 'completed'"
 }
 
 // verifyRiver checks that the database holds exactly jobs completed jobs.

@@ -497,6 +497,8 @@ type tripReport struct {
 	RoundTrips int64      `json:"round_trips"`
 	DBSeconds  float64    `json:"db_seconds"`
 	Top        []tripLine `json:"top"`
+	// DB is the server's own view of the same work phase.
+	DB *dbView `json:"db,omitempty"`
 }
 
 // tripLine is one kind of round trip in a census.
@@ -542,8 +544,12 @@ func (h *harness) tripsOne(ctx context.Context, scenario, wf, engine string) (*t
 	}
 	defer proxy.close()
 	p := newProbe(runs, steps, false)
-	var before, after proxyStats
-	var elapsed time.Duration
+	var (
+		before, after proxyStats
+		elapsed       time.Duration
+		note          string
+		view          *dbView
+	)
 	if engine == "ours" {
 		wfd, err := oursWorkflow(wf, p)
 		if err != nil {
@@ -557,11 +563,14 @@ func (h *harness) tripsOne(ctx context.Context, scenario, wf, engine string) (*t
 		if err := insertOurs(ctx, r, wf, runs, insertWorkers("postgres")); err != nil {
 			return nil, err
 		}
-		before = proxy.snapshot()
+		before, note = proxy.snapshot(), pgssReset(ctx, h.admin)
 		if elapsed, err = workOurs(ctx, r, t, p, h.cfg.Timeout, nil); err != nil {
 			return nil, err
 		}
 		after = proxy.snapshot()
+		if view, err = h.dbView(ctx, note, t.Schema, runs*steps); err != nil {
+			return nil, err
+		}
 		if err := verifyOurs(ctx, t, runs, steps); err != nil {
 			return nil, err
 		}
@@ -574,11 +583,14 @@ func (h *harness) tripsOne(ctx context.Context, scenario, wf, engine string) (*t
 		if err := rh.insert(ctx, runs, steps-1); err != nil {
 			return nil, err
 		}
-		before = proxy.snapshot()
+		before, note = proxy.snapshot(), pgssReset(ctx, h.admin)
 		if elapsed, err = workRiver(ctx, rh, t, p, h.cfg.Timeout, nil); err != nil {
 			return nil, err
 		}
 		after = proxy.snapshot()
+		if view, err = h.dbView(ctx, note, t.Schema, runs*steps); err != nil {
+			return nil, err
+		}
 		if err := verifyRiver(ctx, t, runs*steps); err != nil {
 			return nil, err
 		}
@@ -587,8 +599,17 @@ func (h *harness) tripsOne(ctx context.Context, scenario, wf, engine string) (*t
 		return nil, err
 	}
 	tr := census(after.sub(before), runs*steps, "step")
-	tr.Scenario, tr.Engine, tr.Seconds = scenario, engine, elapsed.Seconds()
+	tr.Scenario, tr.Engine, tr.Seconds, tr.DB = scenario, engine, elapsed.Seconds(), view
 	return tr, nil
+}
+
+// dbView reads pg_stat_statements after a work phase, or records note
+// when pgssReset found it unavailable.
+func (h *harness) dbView(ctx context.Context, note, schema string, units int) (*dbView, error) {
+	if note != "" {
+		return &dbView{Note: note}, nil
+	}
+	return pgssRead(ctx, h.admin, schema, units)
 }
 
 // census summarises proxy counters over units of work (or seconds).
