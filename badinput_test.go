@@ -63,6 +63,8 @@ func TestOpenBadInputWritesNothing(t *testing.T) {
 
 	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{MaxConcurrentTasks: -1})
 	require.ErrorContains(t, err, "negative")
+	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{RunnerID: "pod\x00-0"})
+	require.ErrorContains(t, err, `Config.RunnerID "pod\x00-0" contains a NUL character`)
 	_, err = NewRunner(ctx, nil, &Config{Workflows: []*Workflow{nil}})
 	require.ErrorContains(t, err, "Register(nil)")
 }

@@ -290,7 +290,7 @@ func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) (
 		f.Output = res.output
 		return f, finishCompleted
 	}
-	f.Error = res.err.Error()
+	f.Error = storableText(res.err.Error())
 	switch {
 	case p.Status == driver.PipelineCancelled:
 		f.Status = driver.TaskFailed

@@ -15,7 +15,9 @@ import (
 // task receives a Context, reads what its dependencies produced and writes
 // its own results; what it holds when the task returns is the task's
 // output. Values are encoded to JSON when they are set, so a value that
-// cannot be stored is rejected at once, naming its key.
+// cannot be stored is rejected at once, naming its key. That includes text
+// holding a NUL character (and keys that are not UTF-8): SQLite would keep
+// it, PostgreSQL cannot, and a workflow behaves the same on both.
 //
 // A Context is safe for concurrent use by the goroutines of one task.
 type Context struct {
@@ -63,7 +65,23 @@ func encodeValue(key string, value any) (json.RawMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("context key %q: value of type %T cannot be stored as JSON: %w", key, value, err)
 	}
+	if err := checkEntry(key, raw); err != nil {
+		return nil, err
+	}
 	return raw, nil
+}
+
+// checkEntry refuses a key or an encoded value that one of the backends
+// could not store (see unstorable).
+func checkEntry(key string, raw json.RawMessage) error {
+	if why := unstorable(key); why != "" {
+		return fmt.Errorf("context key %q %s: use a key of UTF-8 text without NUL characters", key, why)
+	}
+	if jsonHasNUL(raw) {
+		return fmt.Errorf(`context key %q: the value holds a NUL character (\u0000), which PostgreSQL cannot store: `+
+			"remove it, or store binary data as []byte (encoded as base64)", key)
+	}
+	return nil
 }
 
 // Insert adds a new key. It fails with ErrKeyExists when the key is already
@@ -191,11 +209,17 @@ func (c *Context) MarshalJSON() ([]byte, error) {
 	return json.Marshal(c.values)
 }
 
-// UnmarshalJSON replaces the context's contents with a JSON object.
+// UnmarshalJSON replaces the context's contents with a JSON object. Like
+// Set, it refuses keys and values that cannot be stored on every backend.
 func (c *Context) UnmarshalJSON(data []byte) error {
 	fresh, err := contextFromJSON(data)
 	if err != nil {
 		return err
+	}
+	for k, raw := range fresh.values {
+		if err := checkEntry(k, raw); err != nil {
+			return err
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

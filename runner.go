@@ -213,6 +213,11 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		c.HeartbeatInterval < 0 || c.RunnerTimeout < 0 || c.MaxRecoveries < 0 {
 		return nil, errors.New("cloacina: Config has a negative count or duration: use 0 for the default or a positive value")
 	}
+	for _, f := range []struct{ name, value string }{{"RunnerID", c.RunnerID}, {"RunnerName", c.RunnerName}} {
+		if why := unstorable(f.value); why != "" {
+			return nil, fmt.Errorf("cloacina: Config.%s %q %s: use UTF-8 text without NUL characters", f.name, f.value, why)
+		}
+	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = defaultHeartbeat
 	}

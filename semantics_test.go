@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -417,11 +418,18 @@ func TestGetAndList(t *testing.T) {
 	})
 }
 
-// An output the database refuses (PostgreSQL's jsonb has no \u0000) fails
-// the attempt with the reason instead of leaving the task Running.
+// An output the database refuses fails the attempt with the reason instead
+// of leaving the task Running. Context.Set refuses what it knows a backend
+// cannot store (PostgreSQL's jsonb has no \u0000); the task here writes
+// such a value past it, as a stand-in for anything else a database refuses.
 func TestUnstorableOutputFailsTheTask(t *testing.T) {
 	t.Parallel()
-	wf := MustWorkflow("nul", Task{Name: "a", Run: setKey("bytes", "a\x00b")}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+	wf := MustWorkflow("nul", Task{Name: "a", Run: func(_ context.Context, c *Context) error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.values["bytes"] = json.RawMessage(`"a\u0000b"`)
+		return nil
+	}}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
 	r := startRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
 	res, err := r.Execute(testContext(t), "nul", nil)
 	require.NoError(t, err)

@@ -68,6 +68,8 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 	problem := func(format string, args ...any) { verr.Problems = append(verr.Problems, fmt.Sprintf(format, args...)) }
 	if strings.TrimSpace(name) == "" {
 		problem("the workflow name is empty: give the workflow a name")
+	} else if why := unstorable(name); why != "" {
+		problem("the workflow name %q %s: use UTF-8 text without NUL characters", name, why)
 	}
 	if len(tasks) == 0 {
 		problem("the workflow has no tasks: add at least one Task")
@@ -84,6 +86,9 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 			continue
 		case wf.byName[t.Name] != nil:
 			problem("task name %q is used twice (tasks #%d and #%d): give each task a unique name", t.Name, wf.byName[t.Name].index+1, i+1)
+			continue
+		case unstorable(t.Name) != "":
+			problem("task name %q %s: use UTF-8 text without NUL characters", t.Name, unstorable(t.Name))
 			continue
 		}
 		if t.Run == nil {

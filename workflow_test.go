@@ -27,6 +27,8 @@ func TestNewWorkflowValidation(t *testing.T) {
 	}{
 		{"empty workflow", "w", nil, "the workflow has no tasks: add at least one Task"},
 		{"empty name", "", []Task{{Name: "a", Run: ok}}, "the workflow name is empty"},
+		{"NUL in the workflow name", "w\x00", []Task{{Name: "a", Run: ok}}, `the workflow name "w\x00" contains a NUL character`},
+		{"task name not UTF-8", "w", []Task{{Name: "a\xff", Run: ok}}, `task name "a\xff" is not valid UTF-8, which PostgreSQL cannot store`},
 		{"task without name", "w", []Task{{Run: ok}}, "task #1 has no name: set Task.Name"},
 		{"task without function", "w", []Task{{Name: "a"}}, `task "a" has no function: set Task.Run`},
 		{"duplicate name", "w", []Task{{Name: "a", Run: ok}, {Name: "a", Run: ok}},
