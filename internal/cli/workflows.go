@@ -2,13 +2,10 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cloacina-go/cloacina"
@@ -57,11 +54,6 @@ const (
 // whose transform_b fails its first attempt with a transient error and
 // succeeds on the retry. Input: optional "n", the number of records.
 func demoWorkflow() *cloacina.Workflow {
-	// The task function cannot learn its attempt number from the library,
-	// so transform_b remembers which batches it already failed. Keying by
-	// batch, not a plain counter, keeps the failure to once per run even if
-	// this runner also picks up tasks of other demo runs in the database.
-	var failed sync.Map
 	return cloacina.MustWorkflow("demo",
 		cloacina.Task{Name: "fetch", Run: func(ctx context.Context, tc *cloacina.Context) error {
 			n := demoDefaultN
@@ -81,7 +73,7 @@ func demoWorkflow() *cloacina.Workflow {
 			for i := range records {
 				records[i] = i + 1
 			}
-			return errors.Join(tc.Set("n", n), tc.Set("batch", newBatchID()), tc.Set("records", records))
+			return errors.Join(tc.Set("n", n), tc.Set("records", records))
 		}},
 		cloacina.Task{Name: "transform_a", DependsOn: []string{"fetch"}, Run: func(ctx context.Context, tc *cloacina.Context) error {
 			records, err := cloacina.Get[[]int](tc, "records")
@@ -105,14 +97,11 @@ func demoWorkflow() *cloacina.Workflow {
 				if err != nil {
 					return cloacina.Permanent(err)
 				}
-				batch, err := cloacina.Get[string](tc, "batch")
-				if err != nil {
-					return cloacina.Permanent(err)
-				}
 				if err := work(ctx, 30*time.Millisecond); err != nil {
 					return err
 				}
-				if _, again := failed.LoadOrStore(batch, true); !again {
+				// The first attempt fails, whichever runner (or process) takes it.
+				if info, _ := cloacina.TaskInfoFrom(ctx); info.Attempt == 1 {
 					return cloacina.Transient(errors.New("upstream timed out (simulated)"))
 				}
 				squares := 0
@@ -148,10 +137,4 @@ func work(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-func newBatchID() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails
-	return hex.EncodeToString(b)
 }
