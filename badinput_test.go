@@ -26,16 +26,22 @@ func TestParseDatabaseURL(t *testing.T) {
 		require.Equal(t, want, *got, raw)
 	}
 	bad := map[string]string{
-		"":                                    "empty",
-		"cloacina.db":                         "has no scheme",
-		"mysql://u@h/db":                      `unsupported scheme "mysql"`,
-		"sqlite://":                           "names no file",
-		"sqlite://:memory:":                   "in-memory SQLite",
-		"sqlite://x.db?_pragma=foo":           "take no parameters",
-		"postgres:///db":                      "has no host",
-		"postgres://u:secret@h/db?schema=a-b": `invalid schema name "a-b"`,
-		"postgres://u@h/db?schema=pg_x":       "reserved",
-		"postgres://u:p@h:notaport/db":        "invalid port",
+		"":                                             "empty",
+		"cloacina.db":                                  "has no scheme",
+		"mysql://u@h/db":                               `unsupported scheme "mysql"`,
+		"sqlite://":                                    "names no file",
+		"sqlite://:memory:":                            "in-memory SQLite",
+		"sqlite://x.db?_pragma=foo":                    "take no parameters",
+		"postgres:///db":                               "has no host",
+		"postgres://u:secret@h/db?schema=a-b":          `invalid schema name "a-b"`,
+		"postgres://u@h/db?schema=pg_x":                "reserved",
+		"postgres://u:p@h:notaport/db":                 "invalid port",
+		"postgres://u:secret@h:99999/db":               "invalid port",
+		"postgres://u:secret@h/db?schema=":             "empty schema parameter: name the schema",
+		"postgres://u@h/db?schema=a&schema=b":          "sets schema 2 times",
+		"postgres://u:secret@h/db?sslmode=bogus":       "sslmode is invalid",
+		"postgres://u@h/db?pool_max_conns=0":           "pool_max_conns",
+		"postgres://u:secret@h/db?connect_timeout=abc": "connect_timeout",
 	}
 	for raw, want := range bad {
 		_, err := ParseDatabaseURL(raw)

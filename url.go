@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/driver/sqlite"
@@ -71,6 +73,15 @@ func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
 		}
 		q := u.Query()
 		schema := q.Get("schema")
+		switch vs := q["schema"]; {
+		case len(vs) > 1:
+			return nil, fmt.Errorf("%w: %q sets schema %d times: set it once", ErrInvalidURL, redact(raw), len(vs))
+		case len(vs) == 1 && vs[0] == "":
+			// Fail closed, as for search_path: an unset shell variable
+			// (schema=$TENANT) must not put a tenant's tables in public.
+			return nil, fmt.Errorf("%w: %q has an empty schema parameter: name the schema (schema=tenant_a), or leave the parameter out to use public",
+				ErrInvalidURL, redact(raw))
+		}
 		if schema == "" && (q.Has("search_path") || strings.Contains(q.Get("options"), "search_path")) {
 			// Fail closed: whoever wrote this meant a schema, and without
 			// schema= Cloacina would use public.
@@ -82,6 +93,11 @@ func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
 			if err := postgres.ValidateSchema(schema); err != nil {
 				return nil, fmt.Errorf("%w: %w", ErrInvalidURL, err)
 			}
+		}
+		// pgx's own parameters (port, sslmode, connect_timeout, pool
+		// sizes…) are checked here, before anything connects.
+		if _, err := pgxpool.ParseConfig(u.String()); err != nil {
+			return nil, fmt.Errorf("%w: %s: %s", ErrInvalidURL, err, urlHelp)
 		}
 		return &DatabaseURL{Backend: "postgres", DSN: u.String(), Schema: schema}, nil
 	}

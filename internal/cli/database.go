@@ -162,6 +162,11 @@ func (d *database) openError(err error) error {
 		return fmt.Errorf("cannot use database %s: %s", d, why)
 	case errors.Is(err, cloacina.ErrSchemaTooNew):
 		return fmt.Errorf("database %s was migrated by a newer version of cloacina: upgrade this cloacina binary", d)
+	case errors.As(err, &connectErr) && pgCode(err) == "42704":
+		// A misspelt URL parameter (schem=x) reaches the server as a
+		// setting it does not know.
+		return &usageError{msg: fmt.Sprintf("the URL from %s sets a parameter PostgreSQL does not know (%s): check the spelling of its query parameters",
+			d.source, connectCause(err))}
 	case errors.As(err, &connectErr):
 		cfg := connectErr.Config
 		return fmt.Errorf("cannot connect to PostgreSQL at %s:%d/%s (%s): check that the server is running and that the URL from %s is right",
@@ -185,4 +190,13 @@ func connectCause(err error) string {
 	}
 	lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
 	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// pgCode is the SQLSTATE of a PostgreSQL error in err's chain, or "".
+func pgCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
 }

@@ -26,6 +26,10 @@ func TestErrors(t *testing.T) {
 		noDatabase  = "no database at {path}: run `cloacina migrate` or `cloacina demo` first"
 		someID      = "01a2143a-9b16-7c6a-8bc8-03346e25dd9f"
 	)
+	misspelt := testdb.PostgresURL() + "?schem=x"
+	if strings.Contains(testdb.PostgresURL(), "?") {
+		misspelt = testdb.PostgresURL() + "&schem=x"
+	}
 	cases := []struct {
 		name string
 		args []string // --database-url is added, pointing into an empty directory, unless given
@@ -38,6 +42,13 @@ func TestErrors(t *testing.T) {
 		{"sqlite URL without file", []string{"--database-url", "sqlite://", "demo"}, nil, ExitUsage, `"sqlite://" names no file: use sqlite:///absolute/path.db`},
 		{"postgres URL without host", []string{"--database-url", "postgres://", "runs", "list"}, nil, ExitUsage, `"postgres://" has no host: use sqlite:///absolute/path.db`},
 		{"empty URL flag", []string{"--database-url", "", "migrate"}, nil, ExitUsage, `invalid database URL (from --database-url): empty`},
+		{"port out of range", []string{"--database-url", "postgres://u:pw@127.0.0.1:99999/test", "migrate"}, nil, ExitUsage,
+			"invalid database URL (from --database-url): cannot parse `postgres://u:xxxxx@127.0.0.1:99999/test`: invalid port"},
+		{"bad sslmode", []string{"--database-url", "postgres://127.0.0.1/test?sslmode=bogus", "runs", "list"}, nil, ExitUsage, "sslmode is invalid"},
+		{"empty schema", []string{"--database-url", "postgres://127.0.0.1/test?schema=", "demo"}, nil, ExitUsage,
+			"has an empty schema parameter: name the schema (schema=tenant_a), or leave the parameter out to use public"},
+		{"misspelt URL parameter", []string{"--database-url", misspelt, "runs", "list"}, nil, ExitUsage,
+			`sets a parameter PostgreSQL does not know (unrecognized configuration parameter "schem"): check the spelling of its query parameters`},
 		{"bad URL from environment", []string{"demo"}, map[string]string{EnvDatabaseURL: "mysql://x"}, ExitUsage,
 			`invalid database URL (from CLOACINA_DATABASE_URL): unsupported scheme "mysql"`},
 
