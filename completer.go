@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,24 +16,81 @@ import (
 
 // completeLoop records task results in batches: whatever has arrived while
 // the previous batch was being written goes into the next transaction.
+// Results the database cannot take now are held and tried again, with a
+// growing delay, and never dropped while the runner runs; Stop gives them
+// until its flush deadline.
 func (r *Runner) completeLoop(svc *services) {
 	defer close(svc.completerDone)
+	h := &heldResults{}
 	for {
-		var first *taskResult
 		select {
-		case first = <-svc.results:
+		case first := <-svc.results:
+			r.keep(h, false)(r.flush(svc.flushCtx, r.drain(svc, first)))
+		case <-h.retry:
+			r.keep(h, true)(r.flush(svc.flushCtx, h.take()))
 		case <-svc.stopCompleter:
-			// Tasks have all returned (or been handed back): drain and exit.
-			for {
+			// Tasks have all returned (or been handed back): drain, then
+			// keep trying what is held until the flush deadline.
+			for draining := true; draining; {
 				select {
 				case res := <-svc.results:
-					r.flush(svc.flushCtx, r.drain(svc, res))
+					r.keep(h, false)(r.flush(svc.flushCtx, r.drain(svc, res)))
 				default:
+					draining = false
+				}
+			}
+			for len(h.results) > 0 {
+				select {
+				case <-h.retry:
+					r.keep(h, true)(r.flush(svc.flushCtx, h.take()))
+				case <-svc.flushCtx.Done():
+					r.logger.Error("stopped with task results not recorded: their tasks are recovered by the dead-runner sweep, or when this runner starts again",
+						"results", len(h.results))
 					return
 				}
 			}
+			return
 		}
-		r.flush(svc.flushCtx, r.drain(svc, first))
+	}
+}
+
+// heldResults are results the database could not take yet.
+type heldResults struct {
+	results []*taskResult
+	delay   time.Duration
+	retry   <-chan time.Time // fires when they are due again; nil when none are held
+}
+
+func (h *heldResults) take() []*taskResult {
+	batch := h.results
+	h.results, h.retry = nil, nil
+	return batch
+}
+
+const (
+	firstHoldDelay = 100 * time.Millisecond
+	maxHoldDelay   = 5 * time.Second
+)
+
+// keep returns what to do with a flush's outcome: hold what it could not
+// record, and grow the delay when a retry of held results failed again.
+func (r *Runner) keep(h *heldResults, retried bool) func([]*taskResult, error) {
+	return func(again []*taskResult, err error) {
+		if len(again) == 0 {
+			if retried {
+				h.delay = 0
+			}
+			return
+		}
+		h.results = append(h.results, again...)
+		if retried || h.delay == 0 {
+			h.delay = min(max(2*h.delay, firstHoldDelay), maxHoldDelay)
+		}
+		if h.retry == nil {
+			h.retry = time.After(h.delay)
+		}
+		r.logger.Error("record task results: the database refused the write; trying again", "results", len(again),
+			"held", len(h.results), "retry_in", h.delay, "error", err)
 	}
 }
 
@@ -49,36 +107,49 @@ func (r *Runner) drain(svc *services, first *taskResult) []*taskResult {
 	return batch
 }
 
-// flush writes a batch of results in one transaction, retrying transient
-// failures until ctx ends. A batch that fails for another reason is split
-// so one bad result cannot hold back the others.
-func (r *Runner) flush(ctx context.Context, batch []*taskResult) {
+// flush writes a batch of results in one transaction; complete retries
+// transient failures itself. A batch that fails for another reason is
+// split, so one bad result cannot hold back the others, and flush returns
+// the results that could not be recorded now, with the error, for the
+// caller to try again: a write error never discards a result.
+func (r *Runner) flush(ctx context.Context, batch []*taskResult) (again []*taskResult, err error) {
 	lost, err := r.complete(ctx, batch)
-	if err != nil && len(batch) > 1 && ctx.Err() == nil {
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return batch, err
+	case len(batch) > 1:
 		mid := len(batch) / 2
-		r.flush(ctx, batch[:mid])
-		r.flush(ctx, batch[mid:])
-		return
-	}
-	if err != nil && ctx.Err() == nil && len(batch) == 1 && batch[0].err == nil {
+		a, errA := r.flush(ctx, batch[:mid])
+		b, errB := r.flush(ctx, batch[mid:])
+		return append(a, b...), cmp.Or(errA, errB)
+	case errors.Is(err, driver.ErrNotFound):
+		// The run is gone (its schema dropped, say): nothing to record.
+		r.logger.Warn("task result dropped: its run no longer exists", "task_id", batch[0].task.ID, "task", batch[0].task.Name,
+			"run_id", batch[0].task.PipelineID, "error", err)
+		return nil, nil
+	case errors.Is(err, driver.ErrValueRejected):
 		// The outcome itself cannot be stored (an output the database
 		// refuses, say): record the attempt as failed, with the reason,
 		// rather than leave the task Running forever.
 		res := *batch[0]
-		res.output = nil
-		res.err = Permanent(fmt.Errorf("could not record the task's output: %w", err))
-		lost, err = r.complete(ctx, []*taskResult{&res})
-	}
-	if err != nil {
-		for _, res := range batch {
-			r.logger.Error("record task result", "task_id", res.task.ID, "task", res.task.Name, "run_id", res.task.PipelineID, "error", err)
+		what := "output"
+		if res.err != nil {
+			what = "error"
 		}
-		return
+		res.output = nil
+		res.err = Permanent(fmt.Errorf("could not record the task's %s: %w", what, err))
+		if lost, err = r.complete(ctx, []*taskResult{&res}); err != nil {
+			return []*taskResult{&res}, err
+		}
+	default:
+		return batch, err
 	}
 	for _, res := range lost {
-		r.logger.Warn("claim lost: task result discarded", "task_id", res.task.ID, "task", res.task.Name,
-			"run_id", res.task.PipelineID, "attempt", res.task.Attempt)
+		r.logger.Warn("task result not recorded: the claim is no longer held (the task was reset, or an earlier try of this write committed)",
+			"task_id", res.task.ID, "task", res.task.Name, "run_id", res.task.PipelineID, "attempt", res.task.Attempt)
 	}
+	return nil, nil
 }
 
 // complete records a batch of results and everything they cause, in one
@@ -118,7 +189,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 			for _, res := range batch {
 				if byID[res.task.PipelineID] == nil {
-					return fmt.Errorf("run %s of task %s not found", res.task.PipelineID, res.task.ID)
+					return fmt.Errorf("run %s of task %s: %w", res.task.PipelineID, res.task.ID, driver.ErrNotFound)
 				}
 			}
 			return nil

@@ -21,8 +21,9 @@ import (
 var (
 	// ErrNotFound is returned when a row asked for by id does not exist.
 	ErrNotFound = errors.New("not found")
-	// ErrTransient marks an error worth retrying: SQLite busy or locked,
-	// Postgres serialization failure or deadlock, a lost connection.
+	// ErrTransient marks an error worth retrying: SQLite busy, locked or
+	// out of disk space; Postgres serialization failure, deadlock,
+	// statement timeout or out of disk space or memory; a lost connection.
 	ErrTransient = errors.New("transient database error")
 	// ErrSchemaTooNew is returned when the database was migrated by a newer
 	// version of Cloacina than the running code knows.
@@ -32,6 +33,10 @@ var (
 	// status than expected. It means a decision was made on stale state;
 	// the transaction must be rolled back.
 	ErrConflict = errors.New("state changed concurrently")
+	// ErrValueRejected marks a write the database refuses because of the
+	// data it carries (a value its types cannot hold, a size beyond its
+	// limits): writing the same data again cannot succeed.
+	ErrValueRejected = errors.New("the database refused a value")
 	// ErrWrongTxType is returned by UnwrapTx for a transaction of another backend.
 	ErrWrongTxType = errors.New("transaction type does not match the database backend")
 )

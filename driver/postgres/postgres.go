@@ -306,8 +306,14 @@ func mapError(err error) error {
 			pgErr.Code == "57P01",               // admin_shutdown
 			pgErr.Code == "57P02",               // crash_shutdown
 			pgErr.Code == "57P03",               // cannot_connect_now
+			pgErr.Code == "57014",               // query_canceled: statement_timeout (our own cancellations return above)
+			pgErr.Code == "53100",               // disk_full
+			pgErr.Code == "53200",               // out_of_memory
 			strings.HasPrefix(pgErr.Code, "08"): // connection exceptions
 			return fmt.Errorf("%w: %w", driver.ErrTransient, err)
+		case strings.HasPrefix(pgErr.Code, "22"), // data_exception: a value the types refuse
+			strings.HasPrefix(pgErr.Code, "54"): // program_limit_exceeded: too large
+			return fmt.Errorf("%w: %w", driver.ErrValueRejected, err)
 		}
 		return err
 	}

@@ -258,8 +258,10 @@ func mapError(err error) error {
 	if errors.As(err, &se) {
 		// Extended result codes keep the primary code in the low byte.
 		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL:
 			return fmt.Errorf("%w: %w", driver.ErrTransient, err)
+		case sqlite3.SQLITE_TOOBIG:
+			return fmt.Errorf("%w: %w", driver.ErrValueRejected, err)
 		}
 	}
 	return err

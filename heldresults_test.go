@@ -1,0 +1,124 @@
+package cloacina
+
+import (
+	"context"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// signalHandler is a slog handler that closes seen at the first record
+// whose message starts with one of prefixes.
+type signalHandler struct {
+	prefixes []string
+	seen     chan struct{}
+	once     *sync.Once
+}
+
+// refusalLogger signals the first time the runner reports a write the
+// database refused: a transaction it retries, or task results it could not
+// record.
+func refusalLogger() (*slog.Logger, <-chan struct{}) {
+	seen := make(chan struct{})
+	return slog.New(signalHandler{prefixes: []string{"retrying transaction", "record task result"}, seen: seen, once: &sync.Once{}}), seen
+}
+
+func (h signalHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h signalHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h signalHandler) WithGroup(string) slog.Handler            { return h }
+func (h signalHandler) Handle(_ context.Context, rec slog.Record) error {
+	for _, p := range h.prefixes {
+		if strings.HasPrefix(rec.Message, p) {
+			h.once.Do(func() { close(h.seen) })
+		}
+	}
+	return nil
+}
+
+// whileRefused runs a two-task workflow whose first task returns while
+// block() makes the database refuse its completion; once the runner has
+// met the refusal, unblock() lets writes through. The run must complete
+// with the task's real outcome.
+func whileRefused(t *testing.T, url string, block, unblock func()) {
+	t.Helper()
+	ctx := testContext(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	wf := MustWorkflow("w", Task{Name: "a", Run: func(_ context.Context, c *Context) error {
+		close(started)
+		<-release
+		return c.Set("done", true)
+	}}, Task{Name: "b", DependsOn: []string{"a"}, Run: setKey("b", 1)})
+	logger, refused := refusalLogger()
+	r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, Logger: logger})
+	exec, err := r.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	waitFor(t, started, "task a to start")
+	block()
+	close(release)
+	waitFor(t, refused, "the completion to be refused")
+	unblock()
+
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status, "task a: %q", res.Task("a").Error)
+	require.Equal(t, 1, res.Task("a").Attempts)
+	done, err := Get[bool](res.Context, "done")
+	require.NoError(t, err)
+	require.True(t, done)
+	events, err := r.RunEvents(ctx, res.ID)
+	require.NoError(t, err)
+	replayed := Replay(events)
+	require.Equal(t, PipelineCompleted, replayed.Runs[res.ID])
+	for _, task := range res.Tasks {
+		require.Equal(t, task.Status, replayed.Tasks[task.ID], task.Name)
+	}
+}
+
+// A statement timeout (here: every completion waits on a table lock past
+// statement_timeout) is transient: the completion is retried until the
+// lock goes.
+func TestCompletionRetriedPastStatementTimeouts(t *testing.T) {
+	t.Parallel()
+	schema := testdb.NewSchema(t)
+	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("statement_timeout", "200")
+	u.RawQuery = q.Encode()
+	admin := adminConn(t)
+	var tx pgx.Tx
+	whileRefused(t, u.String(), func() {
+		var err error
+		tx, err = admin.Begin(testContext(t))
+		require.NoError(t, err)
+		_, err = tx.Exec(testContext(t), "LOCK TABLE "+pgx.Identifier{schema, "task_executions"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+		require.NoError(t, err)
+	}, func() { require.NoError(t, tx.Rollback(testContext(t))) })
+}
+
+// A result the database refuses for a reason that is not transient (here:
+// the runner's role lost UPDATE on the task table) is held and written
+// when the database takes it again, as what the task did. It used to be
+// recorded as a failure after one more try, or dropped — leaving the task
+// Running under a live runner and the run unfinished.
+func TestResultsAreHeldUntilTheDatabaseTakesThem(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t)
+	admin := adminConn(t)
+	table := pgx.Identifier{tn.Schema, "task_executions"}.Sanitize()
+	role := pgx.Identifier{tn.Role}.Sanitize()
+	whileRefused(t, tn.URL, func() {
+		_, err := admin.Exec(testContext(t), "REVOKE UPDATE ON "+table+" FROM "+role)
+		require.NoError(t, err)
+	}, func() {
+		_, err := admin.Exec(testContext(t), "GRANT UPDATE ON "+table+" TO "+role)
+		require.NoError(t, err)
+	})
+}
