@@ -78,7 +78,8 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // ExecuteTx starts a run inside a transaction the application owns — a
 // pgx.Tx on PostgreSQL, a *sql.Tx on SQLite (on the same database file) —
 // so the run exists only if that transaction commits. Wait on the handle
-// after committing. On SQLite the run is picked up by the next poll.
+// after committing. On PostgreSQL the commit wakes the runners (NOTIFY);
+// on SQLite the run is picked up by the next poll.
 func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {
 	run, err := r.prepareRun(workflow, input)
 	if err != nil {
@@ -91,6 +92,12 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 	c := newChanges(r)
 	if err := r.createRuns(ctx, exec, c, []*newRun{run}, false); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
+	}
+	// The application commits, so nothing here can wake a claimer after
+	// the commit: every runner, this one included, hears of the work by
+	// NOTIFY on PostgreSQL (SQLite's wake-ups need our own commit).
+	for name := range c.work {
+		c.cs.Notify = append(c.cs.Notify, workPayload(name))
 	}
 	if err := exec.ChangeSetApply(ctx, &c.cs); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)

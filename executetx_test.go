@@ -4,12 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/driver/sqlite"
+	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 // appTx begins a transaction of the application's own, on the same
@@ -63,6 +65,31 @@ func TestExecuteTxCommit(t *testing.T) {
 		require.Equal(t, PipelineCompleted, res.Status)
 		require.Equal(t, 1, appRows())
 	})
+}
+
+// On PostgreSQL a run started in the application's transaction wakes the
+// runners when that transaction commits (NOTIFY travels with it), as any
+// other start does: with an hour-long poll, only the NOTIFY can get it run.
+func TestExecuteTxWakesRunnersOnPostgres(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	wf := MustWorkflow("ship", Task{Name: "a", Run: setKey("shipped", true)})
+	r := startRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
+	d := r.Driver().(*postgres.Driver)
+	// The runner looks for work once it is subscribed, which would find the
+	// run without a NOTIFY: wait until its LISTEN is in place.
+	require.Eventually(t, func() bool {
+		var n int
+		err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' || $1 || '%'`, d.Schema()).Scan(&n)
+		return err == nil && n > 0
+	}, testTimeout, 5*time.Millisecond, "the runner never subscribed")
+	tx, commit, _, _ := appTx(t, r)
+	exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
+	require.NoError(t, err)
+	require.NoError(t, commit())
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
 }
 
 func TestExecuteTxRollback(t *testing.T) {
