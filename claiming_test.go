@@ -7,9 +7,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 // Seed case 2 at the level of runners: ready tasks and 16 runners on one
@@ -72,4 +75,57 @@ func TestManyRunnersClaimEachTaskOnce(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, claimed, runs, "one claim per task")
 	})
+}
+
+// A claim does not wait for a run another transaction holds (a control
+// operation, say): it takes the run's task and leaves the run Pending. The
+// runner then starts the run as soon as that transaction ends, before the
+// task runs, so no task runs under a Pending run. On PostgreSQL only:
+// SQLite's claims never meet another writer.
+func TestClaimStartsARunAnotherTransactionHeld(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	running, release := make(chan struct{}), make(chan struct{})
+	wf := MustWorkflow("w", Task{Name: "a", Run: func(context.Context, *Context) error {
+		close(running)
+		<-release
+		return nil
+	}})
+	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
+	exec, err := r.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	d := r.Driver().(*postgres.Driver)
+	holder, err := d.Pool().Begin(ctx)
+	require.NoError(t, err)
+	_, err = holder.Exec(ctx, "SELECT 1 FROM "+pgx.Identifier{d.Schema(), "pipeline_executions"}.Sanitize()+" WHERE id = $1 FOR UPDATE", exec.ID())
+	require.NoError(t, err)
+
+	claimed := onEvent(r, eventOf(EventTaskClaimed))
+	require.NoError(t, r.Start(ctx))
+	waitFor(t, claimed, "the claim of task a")
+	select {
+	case <-running:
+		t.Fatal("task a ran before its run started")
+	default:
+	}
+	require.NoError(t, holder.Commit(ctx))
+	waitFor(t, running, "task a to run")
+	res, err := r.Get(ctx, exec.ID())
+	require.NoError(t, err)
+	require.Equal(t, TaskStatusRunning, res.Task("a").Status)
+	require.Equal(t, PipelineRunning, res.Status, "the run of a running task has started")
+	close(release)
+
+	res, err = exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+	events, err := r.RunEvents(ctx, res.ID)
+	require.NoError(t, err)
+	var types []EventType
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+	require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted, EventPipelineStarted,
+		EventTaskCompleted, EventPipelineCompleted}, types)
+	require.Equal(t, PipelineCompleted, Replay(events).Runs[res.ID])
 }

@@ -311,12 +311,15 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 		return nil, nil
 	}
 	var claims attemptClaims
+	var unstarted []uuid.UUID
 	_, err := r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		claims.retry()
+		unstarted = nil
 		res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, Limit: n, Now: c.now})
 		if err != nil || len(res.Tasks) == 0 {
 			return err
 		}
+		unstarted = res.Unstarted
 		tasks := res.Tasks
 		workflowOf := make(map[uuid.UUID]string, len(tasks))
 		for _, t := range tasks {
@@ -339,7 +342,37 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 	if err != nil && len(claimed) == 0 {
 		return nil, err
 	}
+	if err == nil && len(unstarted) > 0 {
+		r.startClaimedRuns(ctx, unstarted)
+	}
 	return claimed, nil
+}
+
+// startClaimedRuns starts runs whose tasks a claim took while another
+// transaction held the run (see driver.TaskClaimResult.Unstarted), before
+// those tasks run: waiting for that transaction inside the claim could
+// deadlock with it. A run the other transaction paused or cancelled is
+// left as it is; one that fails to start here is still started (late)
+// when it ends.
+func (r *Runner) startClaimedRuns(ctx context.Context, ids []uuid.UUID) {
+	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		runs, err := tx.PipelineLock(ctx, ids)
+		if err != nil {
+			return err
+		}
+		for _, p := range runs {
+			if p.Status != driver.PipelinePending || p.StartedAt != nil {
+				continue
+			}
+			c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: p.ID, FromStatus: driver.PipelinePending,
+				Status: driver.PipelineRunning, StartedAt: ptr(c.now), Now: c.now})
+			c.runStarted(p.ID, p.WorkflowName, p.WorkflowVersion)
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		r.logger.Warn("start runs of claimed tasks", "runs", len(ids), "error", err)
+	}
 }
 
 // attemptClaims follows the tasks one transaction claims over its

@@ -208,6 +208,12 @@ type TaskClaimResult struct {
 	Tasks []*Task
 	// Started are the runs this claim moved from Pending to Running.
 	Started []uuid.UUID
+	// Unstarted are runs of claimed tasks that were Pending but that the
+	// claim could not start, because another transaction held the run's
+	// row (a control operation, say) and the claim does not wait for it.
+	// The caller starts them once that transaction has ended. A backend
+	// whose claims cannot meet a concurrent writer (SQLite) leaves it empty.
+	Unstarted []uuid.UUID
 }
 
 // OutboxDeleteParams removes the outbox rows of one pipeline (pause, cancel).

@@ -323,6 +323,7 @@ func testPipelineStart(t *testing.T, s *suite) {
 			require.NoError(t, err)
 			require.Len(t, res.Tasks, 5)
 			require.ElementsMatch(t, []uuid.UUID{pending1, pending2}, res.Started, "each started run once")
+			require.Empty(t, res.Unstarted, "every Pending run was started; Running and Paused ones are not to start")
 		})
 		p := b.getPipeline(t, pending1)
 		require.Equal(t, driver.PipelineRunning, p.Status)
@@ -343,6 +344,7 @@ func testPipelineStart(t *testing.T, s *suite) {
 			require.NoError(t, err)
 			require.Len(t, res.Tasks, 1)
 			require.Empty(t, res.Started)
+			require.Empty(t, res.Unstarted)
 		})
 	})
 
@@ -371,6 +373,7 @@ func testPipelineStart(t *testing.T, s *suite) {
 		require.NoError(t, err)
 		require.Len(t, res.Tasks, 2, "the tasks are claimed all the same")
 		require.Equal(t, []uuid.UUID{free}, res.Started)
+		require.Equal(t, []uuid.UUID{locked}, res.Unstarted, "the caller learns which Pending run it could not start")
 		require.NoError(t, tx2.Commit(ctx))
 		require.NoError(t, tx1.Rollback(b.ctx))
 		require.Equal(t, driver.PipelinePending, b.getPipeline(t, locked).Status)

@@ -132,7 +132,11 @@ func newQueries(schema string) *queries {
 				UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $1, updated_at = $1
 				FROM pending WHERE p.id = pending.id RETURNING p.id)
 			SELECT tasks.outbox_attempt, ` + taskColumns("tasks.", true) + `,
-				EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id)
+				EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id),
+				-- Pending but not started: pending skipped its locked row.
+				NOT EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id)
+					AND EXISTS (SELECT 1 FROM {s}.pipeline_executions p
+						WHERE p.id = tasks.pipeline_execution_id AND p.status = 'pending')
 			FROM tasks`),
 		taskFinish: r.Replace(finishSQL),
 
@@ -418,11 +422,11 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 		return nil, fmt.Errorf("postgres: claim tasks: %w", mapError(err))
 	}
 	defer rows.Close()
-	started := map[uuid.UUID]bool{}
+	started, unstarted := map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
 	for rows.Next() {
 		var outboxAttempt int
-		var runStarted bool
-		t, err := scanTask(rows, []any{&outboxAttempt}, &runStarted)
+		var runStarted, runUnstarted bool
+		t, err := scanTask(rows, []any{&outboxAttempt}, &runStarted, &runUnstarted)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: claim tasks: %w", err)
 		}
@@ -432,6 +436,10 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 		if runStarted && !started[t.PipelineID] {
 			started[t.PipelineID] = true
 			res.Started = append(res.Started, t.PipelineID)
+		}
+		if runUnstarted && !unstarted[t.PipelineID] {
+			unstarted[t.PipelineID] = true
+			res.Unstarted = append(res.Unstarted, t.PipelineID)
 		}
 		res.Tasks = append(res.Tasks, t)
 	}
