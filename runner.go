@@ -126,6 +126,10 @@ type Runner struct {
 
 	runningMu sync.Mutex
 	running   map[uuid.UUID]*runningTask
+	// cancelledRuns remembers for a while the runs cancelled under this
+	// runner's eyes, for tasks claimed before the cancel that start after
+	// it (see cancelLocal).
+	cancelledRuns map[uuid.UUID]time.Time
 
 	waitMu  sync.Mutex
 	waiters map[uuid.UUID]map[chan struct{}]struct{}
@@ -254,15 +258,16 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		c.Logger = slog.Default()
 	}
 	r := &Runner{
-		drv:       drv,
-		cfg:       c,
-		id:        c.RunnerID,
-		name:      c.RunnerName,
-		logger:    c.Logger.With("runner_id", c.RunnerID),
-		now:       func() time.Time { return time.Now().UTC() },
-		workflows: map[string]*Workflow{},
-		running:   map[uuid.UUID]*runningTask{},
-		waiters:   map[uuid.UUID]map[chan struct{}]struct{}{},
+		drv:           drv,
+		cfg:           c,
+		id:            c.RunnerID,
+		name:          c.RunnerName,
+		logger:        c.Logger.With("runner_id", c.RunnerID),
+		now:           func() time.Time { return time.Now().UTC() },
+		workflows:     map[string]*Workflow{},
+		running:       map[uuid.UUID]*runningTask{},
+		cancelledRuns: map[uuid.UUID]time.Time{},
+		waiters:       map[uuid.UUID]map[chan struct{}]struct{}{},
 	}
 	for _, wf := range c.Workflows {
 		if err := r.Register(wf); err != nil {
@@ -448,7 +453,7 @@ func (r *Runner) afterCommit(c *changes) {
 		(*hook)(c)
 	}
 	for _, id := range c.cancelled {
-		r.cancelLocal(id, errRunCancelled)
+		r.cancelLocal(id)
 	}
 	for _, id := range c.finished {
 		r.signalRun(id)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -354,6 +355,44 @@ func TestCancel(t *testing.T) {
 		for _, tr := range after.Tasks {
 			require.Equal(t, tr.Status, replayed.Tasks[tr.ID])
 		}
+	})
+}
+
+// A task claimed just before its run is cancelled starts after Cancel
+// returned: its context is cancelled from the start, not at the next check
+// of the watch loop (an hour away here).
+func TestCancelReachesATaskClaimedJustBefore(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		entry := make(chan error, 1)
+		wf := MustWorkflow("w", Task{Name: "slow", Run: func(ctx context.Context, _ *Context) error {
+			entry <- context.Cause(ctx)
+			<-ctx.Done()
+			return ctx.Err()
+		}})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
+		exec, err := r.ExecuteAsync(ctx, "w", nil)
+		require.NoError(t, err)
+		var once sync.Once
+		prev := r.commitHook.Load()
+		hook := func(c *changes) {
+			if prev != nil {
+				(*prev)(c)
+			}
+			for _, e := range c.cs.Events {
+				if e.Type == EventTaskClaimed {
+					// After the claim's commit, before the task's goroutine.
+					once.Do(func() { require.NoError(t, r.Cancel(ctx, exec.ID())) })
+				}
+			}
+		}
+		r.commitHook.Store(&hook)
+		require.NoError(t, r.Start(ctx))
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, res.Status)
+		require.ErrorIs(t, waitFor(t, entry, "the task to start"), errRunCancelled, "the task starts with its context cancelled")
 	})
 }
 

@@ -489,6 +489,9 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 	ctx = context.WithValue(ctx, taskScopeKey{}, &taskScope{r: r, svc: svc, rt: rt})
 	r.runningMu.Lock()
 	r.running[t.ID] = rt
+	if at, ok := r.cancelledRuns[t.PipelineID]; ok && time.Since(at) <= cancelledRunMemory {
+		cancel(errRunCancelled)
+	}
 	r.runningMu.Unlock()
 	defer func() {
 		r.runningMu.Lock()
@@ -594,11 +597,30 @@ func (r *Runner) runningTasks() []*runningTask {
 	return out
 }
 
-// cancelLocal cancels the contexts of this runner's tasks of one run.
-func (r *Runner) cancelLocal(pipelineID uuid.UUID, cause error) {
-	for _, rt := range r.runningTasks() {
+// cancelledRunMemory is how long a runner remembers a cancelled run for
+// tasks that start late; the watch loop covers anything later.
+const cancelledRunMemory = time.Minute
+
+// cancelLocal cancels the contexts of this runner's tasks of a cancelled
+// run. A task claimed before the cancel committed may not be running yet
+// (its goroutine starts after the claim's commit): the run is remembered,
+// under the same lock as the running tasks, and runTask cancels such a
+// task as it registers.
+func (r *Runner) cancelLocal(pipelineID uuid.UUID) {
+	now := time.Now()
+	r.runningMu.Lock()
+	defer r.runningMu.Unlock()
+	if len(r.cancelledRuns) >= 256 {
+		for id, at := range r.cancelledRuns {
+			if now.Sub(at) > cancelledRunMemory {
+				delete(r.cancelledRuns, id)
+			}
+		}
+	}
+	r.cancelledRuns[pipelineID] = now
+	for _, rt := range r.running {
 		if rt.task.PipelineID == pipelineID {
-			rt.cancel(cause)
+			rt.cancel(errRunCancelled)
 		}
 	}
 }
@@ -650,7 +672,7 @@ func (r *Runner) handleWake(payload string) {
 		}
 	case "cancel":
 		if id, err := uuid.Parse(arg); err == nil {
-			r.cancelLocal(id, errRunCancelled)
+			r.cancelLocal(id)
 		}
 	}
 }
@@ -688,7 +710,7 @@ func (r *Runner) watchLoop(svc *services) {
 			continue
 		}
 		for _, p := range cancelled {
-			r.cancelLocal(p.ID, errRunCancelled)
+			r.cancelLocal(p.ID)
 		}
 	}
 }
