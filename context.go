@@ -77,9 +77,8 @@ func checkEntry(key string, raw json.RawMessage) error {
 	if why := unstorable(key); why != "" {
 		return fmt.Errorf("context key %q %s: use a key of UTF-8 text without NUL characters", key, why)
 	}
-	if jsonHasNUL(raw) {
-		return fmt.Errorf(`context key %q: the value holds a NUL character (\u0000), which PostgreSQL cannot store: `+
-			"remove it, or store binary data as []byte (encoded as base64)", key)
+	if found, fix := jsonProblem(raw); found != "" {
+		return fmt.Errorf("context key %q: the value holds %s, which PostgreSQL cannot store: %s", key, found, fix)
 	}
 	return nil
 }

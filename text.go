@@ -1,7 +1,7 @@
 package cloacina
 
 import (
-	"bytes"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -35,23 +35,81 @@ func storableText(s string) string {
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
-// jsonHasNUL reports whether JSON text holds a NUL character, which JSON
-// can only spell as the escape \u0000.
-func jsonHasNUL(raw []byte) bool {
-	esc := []byte(`\u0000`)
-	for i := 0; ; {
-		j := bytes.Index(raw[i:], esc)
-		if j < 0 {
-			return false
+// jsonProblem says what PostgreSQL's jsonb would refuse in valid JSON
+// text, which SQLite stores as it is: a NUL character (\u0000), a lone
+// UTF-16 surrogate escape, or a number beyond the range of numeric. It
+// returns what it found and how to fix it, or "" when there is nothing.
+func jsonProblem(raw []byte) (found, fix string) {
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; {
+		case c == '"':
+			for i++; i < len(raw) && raw[i] != '"'; i++ {
+				if raw[i] != '\\' {
+					continue
+				}
+				i++
+				if i+4 >= len(raw) || raw[i] != 'u' {
+					continue
+				}
+				r := hex4(raw[i+1 : i+5])
+				switch {
+				case r == 0:
+					return `a NUL character (\u0000)`, "remove it, or store binary data as []byte (encoded as base64)"
+				case r >= 0xD800 && r < 0xDC00 && i+10 < len(raw) && raw[i+5] == '\\' && raw[i+6] == 'u' &&
+					hex4(raw[i+7:i+11]) >= 0xDC00 && hex4(raw[i+7:i+11]) < 0xE000:
+					i += 6 // a surrogate pair: one character
+				case r >= 0xD800 && r < 0xE000:
+					return `a lone UTF-16 surrogate (\u` + string(raw[i+1:i+5]) + ")", "encode the text as valid UTF-8"
+				}
+				i += 4
+			}
+		case c == '-' || (c >= '0' && c <= '9'):
+			j := i
+			for j < len(raw) && strings.IndexByte("+-.0123456789eE", raw[j]) >= 0 {
+				j++
+			}
+			if !numericFits(string(raw[i:j])) {
+				return "the number " + abbreviate(raw[i:j]), "store it as a string"
+			}
+			i = j - 1
 		}
-		j += i
-		backslashes := 0
-		for k := j - 1; k >= 0 && raw[k] == '\\'; k-- {
-			backslashes++
-		}
-		if backslashes%2 == 0 {
-			return true // the escape itself, not an escaped backslash before "u0000"
-		}
-		i = j + 1
 	}
+	return "", ""
+}
+
+// hex4 decodes four hex digits (valid JSON has nothing else after \u).
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			r |= rune(c-'A') + 10
+		}
+	}
+	return r
+}
+
+// numericFits reports whether PostgreSQL's numeric holds the JSON number
+// n: at most 131,072 digits before the decimal point and 16,383 after it.
+func numericFits(n string) bool {
+	mantissa, exp, _ := strings.Cut(strings.ToLower(strings.TrimPrefix(n, "-")), "e")
+	intPart, frac, _ := strings.Cut(mantissa, ".")
+	e := 0
+	if exp != "" {
+		v, err := strconv.Atoi(exp)
+		if err != nil {
+			return false // beyond any limit
+		}
+		e = v
+	}
+	scale := len(frac) - e // digits after the point, trailing zeros included
+	if strings.Trim(intPart+frac, "0") == "" {
+		return scale <= 16383 // zero has no digits before the point
+	}
+	return len(strings.TrimLeft(intPart, "0"))+e <= 131072 && scale <= 16383
 }

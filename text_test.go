@@ -9,20 +9,37 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestJSONHasNUL(t *testing.T) {
+func TestJSONProblem(t *testing.T) {
 	t.Parallel()
-	for raw, want := range map[string]bool{
-		`"a\u0000b"`:           true,
-		`{"k":["x","\u0000"]}`: true,
-		`"\\\u0000"`:           true,  // an escaped backslash, then the NUL escape
-		`"\\u0000"`:            false, // the six characters \u0000 as text
-		`"\\\\u0000"`:          false,
-		`"\u00001"`:            true,
-		`"u0000"`:              false,
-		`"\u0001"`:             false,
-		``:                     false,
+	for raw, want := range map[string]string{
+		`"a\u0000b"`:            "a NUL character",
+		`{"k":["x","\u0000"]}`:  "a NUL character",
+		`"\\\u0000"`:            "a NUL character", // an escaped backslash, then the NUL escape
+		`"\\u0000"`:             "",                // the six characters \u0000 as text
+		`"\\\\u0000"`:           "",
+		`"u0000"`:               "",
+		`"\u0001 \n \""`:        "",
+		`"\ud83d\ude00"`:        "", // a surrogate pair (😀)
+		`"\uD83D\uDE00 \ud800"`: `a lone UTF-16 surrogate (\ud800)`,
+		`"\ude00"`:              `a lone UTF-16 surrogate (\ude00)`,
+		`"\ud800x"`:             `a lone UTF-16 surrogate (\ud800)`,
+		`[1, -2.5, 1e400, 0e200000, 1e131071, 0e-16383]`: "", // wider than float64, as numeric is
+		`[0e-16384]`:               "the number 0e-16384",
+		`[1e131072]`:               "the number 1e131072",
+		`{"x":1e999999}`:           "the number 1e999999",
+		`[1e-20000]`:               "the number 1e-20000",
+		`[123.456e-16381]`:         "the number 123.456e-16381",
+		`[1e99999999999999999999]`: "the number 1e99999999999999999999",
+		`"1e999999"`:               "", // text, not a number
+		``:                         "",
 	} {
-		require.Equal(t, want, jsonHasNUL([]byte(raw)), raw)
+		found, fix := jsonProblem([]byte(raw))
+		if want == "" {
+			require.Empty(t, found, raw)
+			continue
+		}
+		require.Contains(t, found, want, raw)
+		require.NotEmpty(t, fix, raw)
 	}
 }
 
@@ -61,6 +78,8 @@ func TestContextRefusesWhatABackendCannotStore(t *testing.T) {
 
 	var fromJSON Context
 	require.ErrorContains(t, json.Unmarshal([]byte(`{"ok":1,"bad":"\u0000"}`), &fromJSON), `context key "bad": the value holds a NUL character`)
+	require.ErrorContains(t, json.Unmarshal([]byte(`{"s":"\ud800"}`), &fromJSON), `context key "s": the value holds a lone UTF-16 surrogate (\ud800), which PostgreSQL cannot store: encode the text as valid UTF-8`)
+	require.ErrorContains(t, json.Unmarshal([]byte(`{"x":1e999999}`), &fromJSON), `context key "x": the value holds the number 1e999999, which PostgreSQL cannot store: store it as a string`)
 	require.ErrorContains(t, json.Unmarshal([]byte(`{"a\u0000":1}`), &fromJSON), "contains a NUL character")
 	require.NoError(t, json.Unmarshal([]byte(`{"a":"\\u0000"}`), &fromJSON))
 }
