@@ -142,6 +142,10 @@ func (d *database) requireSQLiteFile() error {
 		return fmt.Errorf("database %s: %w", path, err)
 	case info.IsDir():
 		return fmt.Errorf("database %s is a directory: point --database-url at a file", path)
+	case info.Size() == 0:
+		// SQLite would take an empty file for an empty database and write
+		// its header on open.
+		return fmt.Errorf("database %s is an empty file: run `cloacina migrate` or `cloacina demo` first", path)
 	}
 	return nil
 }
@@ -155,6 +159,9 @@ func (d *database) openError(err error) error {
 		return errors.New("interrupted while opening the database")
 	case errors.Is(err, cloacina.ErrInvalidURL):
 		return &usageError{msg: fromSource(err, d.source)}
+	case d.parsed.Backend == "sqlite" && strings.Contains(err.Error(), "readonly database"):
+		return fmt.Errorf("cannot open database %s: cloacina opens SQLite files for writing (WAL mode, its schema), even to read them: "+
+			"run as a user who may write the file and its directory", d)
 	case errors.Is(err, cloacina.ErrSchemaOutdated):
 		return fmt.Errorf("database %s is not set up for this version of cloacina: run `cloacina migrate` first", d)
 	case errors.Is(err, cloacina.ErrSchemaAccess):

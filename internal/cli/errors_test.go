@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -143,9 +146,37 @@ func TestErrorsUnmigrated(t *testing.T) {
 	t.Run("sqlite", func(t *testing.T) {
 		t.Parallel()
 		path := testdb.SQLitePath(t)
-		require.NoError(t, os.WriteFile(path, nil, 0o644))
+		db, err := sql.Open("sqlite", path)
+		require.NoError(t, err)
+		_, err = db.Exec("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+		require.NoError(t, err)
+		require.NoError(t, db.Close())
 		requireOneLineError(t, cli(t, "--database-url", "sqlite://"+path, "runs", "list"), ExitFailure, "database "+path+" "+want)
 	})
+	t.Run("sqlite empty file", func(t *testing.T) {
+		t.Parallel()
+		path := testdb.SQLitePath(t)
+		require.NoError(t, os.WriteFile(path, nil, 0o644))
+		for _, args := range [][]string{{"events", "list"}, {"runs", "list"}} {
+			requireOneLineError(t, cli(t, append([]string{"--database-url", "sqlite://" + path}, args...)...), ExitFailure,
+				"database "+path+" is an empty file: run `cloacina migrate` or `cloacina demo` first")
+		}
+		info, err := os.Stat(path)
+		require.NoError(t, err)
+		require.Zero(t, info.Size(), "a read-only command wrote to the file")
+	})
+}
+
+// A SQLite file the user may not write cannot be opened (WAL mode, the
+// schema check): the error says so. Root writes anything, so the driver's
+// error is given to openError directly.
+func TestOpenErrorReadOnlySQLite(t *testing.T) {
+	t.Parallel()
+	parsed, err := cloacina.ParseDatabaseURL("sqlite:///srv/cloacina.db")
+	require.NoError(t, err)
+	d := &database{raw: "sqlite:///srv/cloacina.db", parsed: parsed, source: "--database-url"}
+	err = d.openError(errors.New("sqlite: open /srv/cloacina.db: attempt to write a readonly database (8)"))
+	require.ErrorContains(t, err, "cloacina opens SQLite files for writing (WAL mode, its schema), even to read them: run as a user who may write the file and its directory")
 }
 
 func schemaExists(t *testing.T, schema string) bool {
