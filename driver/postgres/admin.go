@@ -90,6 +90,9 @@ func ValidatePassword(password string) error {
 type Admin struct {
 	pool *pgxpool.Pool
 	cfg  *pgxpool.Config
+	// dropLockTimeout bounds how long TenantDrop waits for the tenant's
+	// open transactions.
+	dropLockTimeout string
 }
 
 // OpenAdmin connects to the database at url as an administrator.
@@ -98,7 +101,7 @@ func OpenAdmin(ctx context.Context, url string) (*Admin, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Admin{pool: pool, cfg: cfg}, nil
+	return &Admin{pool: pool, cfg: cfg, dropLockTimeout: "30s"}, nil
 }
 
 // Close closes the administrator's connections.
@@ -257,7 +260,7 @@ func (a *Admin) TenantDrop(ctx context.Context, name string) error {
 		}
 		role := pgx.Identifier{roleName}.Sanitize()
 		stmts := []string{
-			"SET LOCAL lock_timeout = '30s'",
+			"SET LOCAL lock_timeout = '" + a.dropLockTimeout + "'",
 			"DROP SCHEMA IF EXISTS " + pgx.Identifier{name}.Sanitize() + " CASCADE",
 		}
 		if roleExists {
@@ -418,12 +421,29 @@ func (a *Admin) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 		return fmt.Errorf("lock the tenant registry: %w", mapError(err))
 	}
 	if err := fn(tx); err != nil {
-		return err
+		return adminHint(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit: %w", mapError(err))
 	}
 	return nil
+}
+
+// adminHint adds what to do to the errors an administrator can fix.
+func adminHint(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	switch pgErr.Code {
+	case "42501": // insufficient_privilege
+		return fmt.Errorf("%w (the administrator role needs CREATEROLE, CREATE on the database, and — once another role has "+
+			"created the registry — USAGE on schema %s and SELECT, INSERT, UPDATE, DELETE on %s.tenants, granted by the registry's owner)",
+			err, AdminSchema, AdminSchema)
+	case "55P03": // lock_not_available
+		return fmt.Errorf("%w (the tenant's tables are in use: stop the tenant's runners and try again)", err)
+	}
+	return err
 }
 
 // ensureRegistry creates the registry schema and table when missing,
