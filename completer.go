@@ -89,6 +89,9 @@ func (r *Runner) keep(h *heldResults, retried bool) func([]*taskResult, error) {
 		if h.retry == nil {
 			h.retry = time.After(h.delay)
 		}
+		if errors.Is(err, context.Canceled) {
+			return // stopping: completeLoop reports what is left
+		}
 		r.logger.Error("record task results: the database refused the write; trying again", "results", len(again),
 			"held", len(h.results), "retry_in", h.delay, "error", err)
 	}

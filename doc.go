@@ -149,8 +149,14 @@
 // reset) learns it at its next heartbeat or fenced write: the task's
 // context is cancelled and nothing it reports is recorded. Transient
 // database errors (SQLite busy, serialization failures, deadlocks, lost
-// connections, a server restart) are retried on every state write; a
-// result that cannot be stored at all fails the attempt with the reason.
+// connections, a server restart, a statement timeout, a full disk) are
+// retried on every state write. A task's result is never dropped: one the
+// database refuses for another reason (a revoked privilege, say) is held
+// and written again, with a growing delay, until it is taken or the
+// runner stops; only a value the database cannot store at all fails the
+// attempt with the reason. Context values and names that PostgreSQL could
+// not store (a NUL character, say) are refused when they are set, on both
+// backends, so a workflow behaves the same on SQLite and PostgreSQL.
 // [Runner.Stop] lets running tasks finish, hands back those still running
 // at its deadline, and removes the runner's row. Execution is
 // at-least-once: a task whose runner died mid-way runs again elsewhere, so
