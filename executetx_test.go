@@ -53,18 +53,26 @@ func appTx(t *testing.T, r *Runner) (tx any, commit, rollback func() error, appR
 func TestExecuteTxCommit(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
-		ctx := testContext(t)
 		wf := MustWorkflow("ship", Task{Name: "a", Run: setKey("shipped", true)})
 		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		tx, commit, _, appRows := appTx(t, r)
-		exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
-		require.NoError(t, err)
-		require.NoError(t, commit())
-		res, err := exec.Wait(ctx)
-		require.NoError(t, err)
-		require.Equal(t, PipelineCompleted, res.Status)
+		appRows := shipInAppTx(t, r)
 		require.Equal(t, 1, appRows())
 	})
+}
+
+// shipInAppTx starts a run of "ship" in an application transaction,
+// commits it and waits for the run to complete.
+func shipInAppTx(t *testing.T, r *Runner) (appRows func() int) {
+	t.Helper()
+	ctx := testContext(t)
+	tx, commit, _, appRows := appTx(t, r)
+	exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
+	require.NoError(t, err)
+	require.NoError(t, commit())
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+	return appRows
 }
 
 // On PostgreSQL a run started in the application's transaction wakes the
@@ -83,13 +91,7 @@ func TestExecuteTxWakesRunnersOnPostgres(t *testing.T) {
 		err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' || $1 || '%'`, d.Schema()).Scan(&n)
 		return err == nil && n > 0
 	}, testTimeout, 5*time.Millisecond, "the runner never subscribed")
-	tx, commit, _, _ := appTx(t, r)
-	exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
-	require.NoError(t, err)
-	require.NoError(t, commit())
-	res, err := exec.Wait(ctx)
-	require.NoError(t, err)
-	require.Equal(t, PipelineCompleted, res.Status)
+	shipInAppTx(t, r)
 }
 
 func TestExecuteTxRollback(t *testing.T) {
