@@ -245,10 +245,20 @@ func Get[T any](c *Context, key string) (T, error) {
 		return zero, fmt.Errorf("context key %q: %w", key, ErrKeyNotFound)
 	}
 	var v T
-	if err := json.Unmarshal(raw, &v); err != nil {
+	if err := json.Unmarshal(raw, &v); err != nil || (string(raw) == "null" && !nullable(reflect.TypeFor[T]())) {
 		return zero, fmt.Errorf("context key %q holds %s, which is not a %s: %w", key, abbreviate(raw), reflect.TypeFor[T](), ErrTypeMismatch)
 	}
 	return v, nil
+}
+
+// nullable reports whether JSON null is a value of type t (json.Unmarshal
+// leaves any other type untouched: null would read as the zero value).
+func nullable(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Slice:
+		return true
+	}
+	return false
 }
 
 func abbreviate(raw json.RawMessage) string {

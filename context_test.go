@@ -52,6 +52,27 @@ func TestContextRejectsNonJSONNamingTheKey(t *testing.T) {
 	require.ErrorContains(t, err, `"bad"`)
 }
 
+// JSON null is no int or string: Get says so rather than return zero.
+func TestGetNull(t *testing.T) {
+	t.Parallel()
+	c := NewContext()
+	require.NoError(t, c.Set("n", nil))
+	_, err := Get[int](c, "n")
+	require.ErrorIs(t, err, ErrTypeMismatch)
+	require.ErrorContains(t, err, `context key "n" holds null, which is not a int`)
+	_, err = Get[string](c, "n")
+	require.ErrorIs(t, err, ErrTypeMismatch)
+	p, err := Get[*int](c, "n")
+	require.NoError(t, err, "a pointer holds null")
+	require.Nil(t, p)
+	list, err := Get[[]int](c, "n")
+	require.NoError(t, err)
+	require.Nil(t, list)
+	v, err := Get[any](c, "n")
+	require.NoError(t, err)
+	require.Nil(t, v)
+}
+
 func TestGetTyped(t *testing.T) {
 	t.Parallel()
 	type point struct {

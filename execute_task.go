@@ -92,8 +92,13 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task) (*taskResult, <-ch
 		}
 	}
 	err = fnErr
-	if err != nil && errors.Is(context.Cause(tctx), errTimeout) {
+	switch {
+	case err != nil && errors.Is(context.Cause(tctx), errTimeout):
 		err = fmt.Errorf("%w: %w", timedOut(), err)
+	case err == nil && errors.Is(context.Cause(tctx), errTimeout):
+		// It ran past its timeout, whatever it returned: the attempt
+		// fails as it would had it ignored its context.
+		err = timedOut()
 	}
 	if err == nil {
 		res.output, err = tc.MarshalJSON()

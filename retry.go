@@ -105,6 +105,10 @@ func (p *RetryPolicy) plan(task string) (*retryPlan, []string) {
 	if rp.maxAttempts < 0 {
 		problems = append(problems, fmt.Sprintf("task %q has MaxAttempts %d: use 1 or more (it counts the first attempt too)", task, p.MaxAttempts))
 	}
+	if rp.maxAttempts > math.MaxInt32 {
+		// Attempts are stored as 32-bit integers.
+		problems = append(problems, fmt.Sprintf("task %q has MaxAttempts %d: use at most %d", task, p.MaxAttempts, math.MaxInt32))
+	}
 	if rp.maxAttempts == 0 {
 		rp.maxAttempts = 1
 	}
@@ -198,7 +202,9 @@ func (rp *retryPlan) delay(attempt int) time.Duration {
 	if rp.jitter > 0 {
 		d *= 1 + rp.jitter*(2*rand.Float64()-1)
 	}
-	if d > float64(rp.maxDelay) || math.IsInf(d, 0) || math.IsNaN(d) {
+	// >=: a delay of exactly MaxDelay when that is MaxInt64 is 2^63 as a
+	// float, which would wrap to a negative Duration.
+	if d >= float64(rp.maxDelay) || math.IsInf(d, 0) || math.IsNaN(d) {
 		return rp.maxDelay
 	}
 	if d < 0 {

@@ -3,6 +3,7 @@ package cloacina
 import (
 	"errors"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -56,6 +57,14 @@ func TestRetryBackoffCappedByMaxDelay(t *testing.T) {
 	require.Equal(t, 8*time.Second, rp.delay(4))
 	require.Equal(t, 10*time.Second, rp.delay(5))
 	require.Equal(t, 10*time.Second, rp.delay(99), "no overflow at large attempts")
+
+	// "No cap": the delay that reaches MaxInt64 is 2^63 as a float, which
+	// must not wrap to a negative Duration.
+	rp = mustPlan(t, &RetryPolicy{MaxAttempts: 100, InitialDelay: 1 << 33, MaxDelay: math.MaxInt64})
+	for attempt := 1; attempt < 100; attempt++ {
+		require.GreaterOrEqual(t, rp.delay(attempt), time.Duration(0), "attempt %d", attempt)
+	}
+	require.Equal(t, time.Duration(math.MaxInt64), rp.delay(31))
 }
 
 func TestRetryJitterStaysWithinBounds(t *testing.T) {

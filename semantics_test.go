@@ -220,6 +220,13 @@ func TestTimeout(t *testing.T) {
 				<-release // ignores its context
 				return nil
 			}},
+			// Sees its timeout and returns nil as if done: it still ran
+			// past its timeout, like the others.
+			Task{Name: "quiet", Timeout: 50 * time.Millisecond, Run: func(ctx context.Context, c *Context) error {
+				<-ctx.Done()
+				return c.Set("partial", true)
+			}},
+			Task{Name: "after_quiet", DependsOn: []string{"quiet"}, Run: ok},
 		)
 		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, TaskTimeout: 50 * time.Millisecond})
 		t.Cleanup(func() { close(release) }) // runs before the runner's Close
@@ -230,6 +237,9 @@ func TestTimeout(t *testing.T) {
 		require.Contains(t, res.Task("cooperative").Error, `task "cooperative": task timed out after 50ms`)
 		require.Equal(t, TaskStatusFailed, res.Task("stubborn").Status, "recorded even though the function never returned")
 		require.Contains(t, res.Task("stubborn").Error, "timed out after 50ms")
+		require.Equal(t, TaskStatusFailed, res.Task("quiet").Status, "nil returned after the timeout is no success")
+		require.Contains(t, res.Task("quiet").Error, `task "quiet": task timed out after 50ms`)
+		require.Equal(t, TaskStatusSkipped, res.Task("after_quiet").Status)
 	})
 }
 

@@ -118,7 +118,7 @@ func ContextValue(key string, op Operator, value any) Condition {
 		return c
 	}
 	c.raw = raw
-	c.value, c.err = jsonx.Decode(raw)
+	c.value, c.err = jsonx.DecodeExact(raw)
 	return c
 }
 
@@ -243,7 +243,7 @@ func (c Condition) holds(status func(string) driver.TaskStatus, ctx map[string]j
 		raw, exists := ctx[c.key]
 		var got any
 		if exists {
-			v, err := jsonx.Decode(raw)
+			v, err := jsonx.DecodeExact(raw)
 			if err != nil {
 				return false
 			}

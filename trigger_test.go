@@ -60,7 +60,8 @@ func TestTaskConditions(t *testing.T) {
 
 func TestContextValueOperators(t *testing.T) {
 	t.Parallel()
-	ctx := view(t, `{"n": 5, "s": "hello world", "list": ["a", 1], "obj": {"k": true}, "null": null}`)
+	ctx := view(t, `{"n": 5, "s": "hello world", "list": ["a", 1], "obj": {"k": true}, "null": null,
+		"id": 9007199254740993, "f": 1.0, "nested": {"a": [1, 2.50]}}`)
 	cases := []struct {
 		cond Condition
 		want bool
@@ -94,6 +95,14 @@ func TestContextValueOperators(t *testing.T) {
 		{ContextValue("missing", OpNotExists, nil), true},
 		{ContextValue("n", OpNotExists, nil), false},
 		{ContextValue("obj", OpEquals, map[string]bool{"k": true}), true},
+		// Numbers compare exactly: 2^53+1 is not 2^53, and 1.0 is 1.
+		{ContextValue("id", OpEquals, int64(9007199254740992)), false},
+		{ContextValue("id", OpEquals, int64(9007199254740993)), true},
+		{ContextValue("id", OpGreaterThan, int64(9007199254740992)), true},
+		{ContextValue("id", OpLessThan, uint64(9007199254740994)), true},
+		{ContextValue("f", OpEquals, 1), true},
+		{ContextValue("nested", OpEquals, map[string][]float64{"a": {1.0, 2.5}}), true},
+		{ContextValue("list", OpContains, 1.0), true},
 	}
 	for _, tc := range cases {
 		run, _ := All(tc.cond).evaluate(nil, statuses(nil), ctx)

@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +58,7 @@ func TestNewWorkflowValidation(t *testing.T) {
 		{"zero condition", "w", []Task{{Name: "a", Run: ok, Trigger: All(Condition{})}}, "zero Condition"},
 		{"negative timeout", "w", []Task{{Name: "a", Run: ok, Timeout: -time.Second}}, "negative Timeout"},
 		{"negative attempts", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{MaxAttempts: -1}}}, "MaxAttempts -1: use 1 or more"},
+		{"too many attempts", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{MaxAttempts: math.MaxInt32 + 2}}}, "MaxAttempts 2147483649: use at most 2147483647"},
 		{"max delay below initial", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{InitialDelay: time.Minute, MaxDelay: time.Second}}},
 			"MaxDelay 1s below InitialDelay 1m0s"},
 		{"jitter out of range", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{Jitter: 1.5}}}, "Jitter 1.5: use a fraction between 0 and 1"},

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
+	"math/big"
 	"reflect"
 	"strings"
 )
@@ -61,36 +63,89 @@ func Decode(raw json.RawMessage) (any, error) {
 	return v, nil
 }
 
+// DecodeExact decodes raw like Decode, but keeps numbers as json.Number,
+// so that comparisons do not round integers beyond 2^53.
+func DecodeExact(raw json.RawMessage) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
 // Normalize round-trips a Go value through JSON so that it compares with
-// decoded values: ints become float64, structs become maps.
+// decoded values: numbers become json.Number, structs become maps.
 func Normalize(v any) (any, error) {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	return Decode(raw)
+	return DecodeExact(raw)
 }
 
-// Equal reports whether two decoded JSON values are equal.
-func Equal(a, b any) bool { return reflect.DeepEqual(a, b) }
-
-// Compare orders two decoded values: numbers numerically and strings
-// lexically. ok is false when the values are not both numbers or both
-// strings.
-func Compare(a, b any) (cmp int, ok bool) {
-	switch x := a.(type) {
+// number returns a decoded number (json.Number or float64) exactly.
+func number(v any) (*big.Rat, bool) {
+	switch x := v.(type) {
+	case json.Number:
+		return new(big.Rat).SetString(string(x))
 	case float64:
-		y, isNum := b.(float64)
+		if math.IsInf(x, 0) || math.IsNaN(x) {
+			return nil, false
+		}
+		return new(big.Rat).SetFloat64(x), true
+	}
+	return nil, false
+}
+
+// Equal reports whether two decoded JSON values are equal; numbers are
+// equal when their values are (1 and 1.0), exactly.
+func Equal(a, b any) bool {
+	if x, ok := number(a); ok {
+		y, ok := number(b)
+		return ok && x.Cmp(y) == 0
+	}
+	switch x := a.(type) {
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for k, xv := range x {
+			yv, has := y[k]
+			if !has || !Equal(xv, yv) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !Equal(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// Compare orders two decoded values: numbers numerically (exactly) and
+// strings lexically. ok is false when the values are not both numbers or
+// both strings.
+func Compare(a, b any) (cmp int, ok bool) {
+	if x, isNum := number(a); isNum {
+		y, isNum := number(b)
 		if !isNum {
 			return 0, false
 		}
-		switch {
-		case x < y:
-			return -1, true
-		case x > y:
-			return 1, true
-		}
-		return 0, true
+		return x.Cmp(y), true
+	}
+	switch x := a.(type) {
 	case string:
 		y, isStr := b.(string)
 		if !isStr {
