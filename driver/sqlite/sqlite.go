@@ -89,12 +89,29 @@ func Open(path string) (*Driver, error) {
 	reader.SetMaxOpenConns(4)
 	reader.SetMaxIdleConns(4)
 	// Fail now, with the path in the message, rather than at first use.
-	if err := writer.Ping(); err != nil {
+	// Switching a fresh file to WAL can meet another process doing the
+	// same: SQLite reports busy at once there, without its busy handler.
+	if err := pingRetrying(writer); err != nil {
 		writer.Close()
 		reader.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", abs, mapError(err))
+		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
 	}
 	return &Driver{writer: writer, reader: reader, owned: true, file: fileFor(abs), path: abs}, nil
+}
+
+// pingRetrying opens the first connection, retrying busy errors with
+// backoff for up to BusyTimeout.
+func pingRetrying(db *sql.DB) error {
+	deadline := time.Now().Add(BusyTimeout)
+	backoff := time.Millisecond
+	for {
+		err := mapError(db.Ping())
+		if err == nil || !errors.Is(err, driver.ErrTransient) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 100*time.Millisecond)
+	}
 }
 
 // New returns a backend on a database the application already has open. It

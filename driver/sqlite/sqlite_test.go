@@ -3,6 +3,9 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -143,6 +146,33 @@ func TestBusyIsTransient(t *testing.T) {
 	tx, err := impatient.Begin(t.Context())
 	require.NoError(t, err, "the failed Begin left nothing locked")
 	require.NoError(t, tx.Rollback(t.Context()))
+}
+
+// Processes that open a fresh file at once race to switch it to WAL, and
+// SQLite reports busy to the losers without waiting: Open retries. (Here
+// as connections of one process, which race the same way.)
+func TestConcurrentOpensOfAFreshFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for round := range 100 {
+		path := filepath.Join(dir, fmt.Sprintf("fresh-%d.db", round))
+		errs := make(chan error, 6)
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				drv, err := sqlite.Open(path)
+				if err == nil {
+					err = drv.Close()
+				}
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err, "round %d", round)
+		}
+	}
 }
 
 func TestOpenErrors(t *testing.T) {
