@@ -125,7 +125,8 @@
 // due time; a final failure emits task_failed. Each event records the
 // runner that caused it and a sequence number that strictly increases
 // across the database. Query them with [Runner.Events] (by run, task,
-// types, after a sequence number, newest first), [Runner.RunEvents],
+// types, newest first, or following the log without gaps from
+// [EventQuery.Follow] on), [Runner.RunEvents],
 // [Runner.TaskEvents], [Runner.RecentEvents], and count or delete old ones
 // in batches with [Runner.CountEventsBefore] and
 // [Runner.DeleteEventsBefore]. [Replay] rebuilds every status from the

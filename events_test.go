@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 // Seed case 1: every transition emits its event exactly once, in order,
@@ -245,4 +247,79 @@ func TestEventQueries(t *testing.T) {
 		require.NoError(t, err)
 		require.Zero(t, again)
 	})
+}
+
+// followAll follows the log from after (0: Follow from the start) until
+// stop says it has what it waits for, and returns every event it got.
+func followAll(t *testing.T, r *Runner, after int64, stop func([]*Event) bool) []*Event {
+	t.Helper()
+	ctx := testContext(t)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	var got []*Event
+	for !stop(got) {
+		page, err := r.Events(ctx, &EventQuery{AfterSeq: after, Follow: true})
+		require.NoError(t, err)
+		got = append(got, page...)
+		if len(page) > 0 {
+			after = page[len(page)-1].SequenceNum
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("follower stopped short with %d events: %v", len(got), ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return got
+}
+
+// A follower started with Follow gets every event once, including those
+// of a transaction that was still open, holding lower numbers, while
+// later-numbered events committed (an application's transaction around
+// ExecuteTx, here). Starting from a plain listing instead would pass them.
+func TestFollowFromTheStartSkipsNothing(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+	r := startRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
+	tx, commit, _, _ := appTx(t, r)
+	held, err := r.ExecuteTx(ctx, tx, "ship", nil) // numbered now, committed last
+	require.NoError(t, err)
+	done, err := r.Execute(ctx, "ship", nil)
+	require.NoError(t, err)
+
+	listed, err := r.Events(ctx, nil)
+	require.NoError(t, err)
+	for _, e := range listed {
+		require.Equal(t, done.ID, e.PipelineID, "a listing sees committed events only")
+	}
+	first, err := r.Events(ctx, &EventQuery{Follow: true})
+	require.NoError(t, err)
+	require.NoError(t, commit())
+	_, err = held.Wait(ctx)
+	require.NoError(t, err)
+
+	all, err := r.Events(ctx, nil)
+	require.NoError(t, err)
+	var after int64
+	if len(first) > 0 {
+		after = first[len(first)-1].SequenceNum
+	}
+	got := append(first, followAll(t, r, after, func(got []*Event) bool { return len(got)+len(first) >= len(all) })...)
+	seen := map[int64]int{}
+	for _, e := range got {
+		seen[e.SequenceNum]++
+	}
+	for _, e := range all {
+		require.Equal(t, 1, seen[e.SequenceNum], "event %d (%s of run %s)", e.SequenceNum, e.Type, e.PipelineID)
+	}
+	require.Len(t, got, len(all))
+
+	// The newest followable event is a cursor to follow from now.
+	now, err := r.Events(ctx, &EventQuery{Follow: true, Newest: true, Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, now, 1)
+	require.Contains(t, seen, now[0].SequenceNum)
+	_, err = r.Events(ctx, &EventQuery{AfterSeq: -1})
+	require.ErrorContains(t, err, "use Follow to follow from the start")
 }

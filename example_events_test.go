@@ -62,3 +62,39 @@ func ExampleRunner_RunEvents() {
 	// pipeline_completed
 	// replayed: completed
 }
+
+// A follower reads the log as it grows: start with Follow, then pass the
+// sequence number of the last event it got. It never skips an event, also
+// on PostgreSQL, where events can commit out of sequence order.
+func ExampleEventQuery_follow() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "cloacina-example")
+	defer os.RemoveAll(dir)
+
+	noop := func(context.Context, *cloacina.Context) error { return nil }
+	wf := cloacina.MustWorkflow("one", cloacina.Task{Name: "only", Run: noop})
+	runner, err := cloacina.Open(ctx, "sqlite://"+filepath.Join(dir, "cloacina.db"), &cloacina.Config{
+		Workflows: []*cloacina.Workflow{wf}, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer runner.Close()
+	_ = runner.Start(ctx)
+
+	query := &cloacina.EventQuery{Follow: true}
+	for range 2 {
+		if _, err := runner.Execute(ctx, "one", nil); err != nil {
+			log.Fatal(err)
+		}
+		events, err := runner.Events(ctx, query)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(len(events), "new events, the last", events[len(events)-1].Type)
+		query.AfterSeq = events[len(events)-1].SequenceNum
+	}
+	// Output:
+	// 7 new events, the last pipeline_completed
+	// 7 new events, the last pipeline_completed
+}

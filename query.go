@@ -110,9 +110,22 @@ type EventQuery struct {
 	TaskID *uuid.UUID
 	// Types keeps events of these types.
 	Types []EventType
-	// AfterSeq keeps events with a larger sequence number, for following
-	// the log.
+	// AfterSeq follows the log after the event with this sequence number:
+	// pass the SequenceNum of the last event of each read as the next
+	// AfterSeq and no event is skipped or repeated. On PostgreSQL a number
+	// is taken at insert, not at commit, so following returns events in
+	// commit order (an event can come after one numbered higher), and only
+	// those of transactions older than every transaction still open. If
+	// retention deleted that event, PostgreSQL follows from the oldest
+	// event again: events can repeat, none is skipped.
 	AfterSeq int64
+	// Follow follows the log from its start when AfterSeq is 0. Start a
+	// follower with Follow, not from a plain listing or RecentEvents: on
+	// PostgreSQL those are in sequence order and can leave the events of a
+	// transaction still open behind their last number. With Newest and
+	// Limit 1 it returns the newest event a follower can have seen: its
+	// SequenceNum follows from now.
+	Follow bool
 	// Newest returns the most recent events first.
 	Newest bool
 	// Limit bounds the events returned; 0 means all.
@@ -120,13 +133,20 @@ type EventQuery struct {
 }
 
 // Events returns execution events in sequence order (newest first with
-// Newest).
+// Newest), or in following order with AfterSeq or Follow.
 func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
 	if q == nil {
 		q = &EventQuery{}
 	}
+	after := q.AfterSeq
+	if after < 0 {
+		return nil, fmt.Errorf("cloacina: EventQuery.AfterSeq %d: sequence numbers are positive (use Follow to follow from the start)", after)
+	}
+	if q.Follow && after == 0 {
+		after = -1 // the driver's "follow from the start"
+	}
 	evs, err := r.drv.Reader().EventList(ctx, &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
-		AfterSeq: q.AfterSeq, Newest: q.Newest, Limit: q.Limit})
+		AfterSeq: after, Newest: q.Newest, Limit: q.Limit})
 	if err != nil {
 		return nil, err
 	}

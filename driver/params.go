@@ -239,8 +239,10 @@ type EventListParams struct {
 	// writes, anywhere in the database cluster, holds followers back for as
 	// long as it stays open (a session idle in transaction stalls them
 	// until it ends); reads that do not follow are not affected. An
-	// AfterSeq that names no event resumes after the nearest event
-	// numbered below it.
+	// AfterSeq that names no event (retention deleted it) cannot be placed
+	// in transaction order: PostgreSQL then follows from the start of the
+	// log, so events can come again but none is skipped; SQLite goes on
+	// after it.
 	AfterSeq int64
 	// Newest reverses the order: descending sequence number (recent
 	// first), or reverse following order with AfterSeq.

@@ -160,9 +160,53 @@ func testEventFollow(t *testing.T, s *suite) {
 		b.apply(t, &driver.ChangeSet{Events: []driver.EventInsert{after}})
 		got := b.follow(t, base.SequenceNum, 1)
 		require.Equal(t, after.ID, got[0].ID)
-		// A number no event has (the rolled-back one) resumes after the
-		// nearest event numbered below it.
-		require.Equal(t, []uuid.UUID{after.ID}, eventIDs(b.events(t, &driver.EventListParams{AfterSeq: got[0].SequenceNum - 1})))
+		// A number no event has (the rolled-back one) skips nothing after
+		// it; where following is in transaction order it cannot be placed
+		// and the log starts over (see CursorDeletedByRetention).
+		again := eventIDs(b.events(t, &driver.EventListParams{AfterSeq: got[0].SequenceNum - 1}))
+		require.Contains(t, again, after.ID)
+		require.Subset(t, []uuid.UUID{base.ID, after.ID}, again)
+	})
+
+	// Retention can delete the event a follower last got, while an event
+	// of a later transaction, numbered lower and created later, stays
+	// (created_at order is not sequence order: clocks of several hosts, a
+	// transaction that waited for a lock). The follower must still get it.
+	t.Run("CursorDeletedByRetention", func(t *testing.T) {
+		t.Parallel()
+		if !s.opts.ConcurrentTx {
+			t.Skip("one writer at a time: sequence order is commit order")
+		}
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		base := b.insertEventsAt(t, p, 0)[0]
+		b.waitFollowable(t)
+
+		first, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		defer first.Rollback(b.ctx)
+		ok, err := insertOne(b.ctx, first, &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf",
+			WorkflowVersion: "v1", Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now})
+		require.NoError(t, err)
+		require.True(t, ok)
+		second, err := b.drv.Begin(b.ctx)
+		require.NoError(t, err)
+		defer second.Rollback(b.ctx)
+		late := event(p, nil, driver.EventTaskCreated, b.at(10*time.Second)) // numbered first, later transaction
+		applyNow(t, b, second, &driver.ChangeSet{Events: []driver.EventInsert{late}})
+		cursor := event(p, nil, driver.EventTaskCreated, b.at(time.Second))
+		applyNow(t, b, first, &driver.ChangeSet{Events: []driver.EventInsert{cursor}})
+		require.NoError(t, first.Commit(b.ctx))
+		got := b.follow(t, base.SequenceNum, 1)
+		require.Equal(t, cursor.ID, got[0].ID)
+		require.NoError(t, second.Commit(b.ctx))
+
+		b.inTx(t, func(tx driver.Tx) {
+			n, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: b.at(5 * time.Second), Limit: 100})
+			require.NoError(t, err)
+			require.EqualValues(t, 2, n, "base and the follower's last event")
+		})
+		require.Equal(t, []uuid.UUID{late.ID}, eventIDs(b.follow(t, got[0].SequenceNum, 1)))
 	})
 
 	// A follower paging through the log sees every event once, in order.

@@ -679,14 +679,14 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	if p.AfterSeq != 0 {
 		// Following (migration 0003): transaction order, below the oldest
 		// transaction still running, after the cursor: the event numbered
-		// AfterSeq, else the nearest one numbered below it, else the start
-		// of the log. The branches run in order until one gives a row.
+		// AfterSeq, else the start of the log. A cursor that names no
+		// event (deleted by retention) cannot be placed: the events not
+		// yet read may be numbered below or above it, so only the start
+		// of the log is sure to skip none.
 		seq, ev := a.add(p.AfterSeq), e.q.eventTable
 		where = append(where, "e.tx_id < pg_snapshot_xmin(pg_current_snapshot())",
-			`(e.tx_id, e.sequence_num) > (SELECT c.tx_id, c.sequence_num FROM (
-				(SELECT tx_id, sequence_num FROM `+ev+` WHERE sequence_num = `+seq+`)
-				UNION ALL (SELECT tx_id, sequence_num FROM `+ev+` WHERE sequence_num < `+seq+` ORDER BY sequence_num DESC LIMIT 1)
-				UNION ALL (SELECT '0'::xid8, 0::bigint)) c LIMIT 1)`)
+			`(e.tx_id, e.sequence_num) > COALESCE((SELECT (tx_id, sequence_num) FROM `+ev+` WHERE sequence_num = `+seq+`),
+				('0'::xid8, 0::bigint))`)
 		order, desc = "e.tx_id, e.sequence_num", "e.tx_id DESC, e.sequence_num DESC"
 	}
 	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, ''),
