@@ -344,6 +344,107 @@ func TestDeferUntilReleasesTheSlot(t *testing.T) {
 	})
 }
 
+// A condition that fails ends the wait, and the task goes on (fallback
+// work, say) only once it holds a slot again: no more tasks work at once
+// than MaxConcurrentTasks. It used to go on without one.
+func TestDeferUntilTakesASlotBackWhenTheConditionFails(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var working, peak atomic.Int32
+		enter := func() {
+			n := working.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+		}
+		otherWorking, releaseOther, condFailed := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		wf := MustWorkflow("waiting", Task{Name: "d", Run: func(ctx context.Context, _ *Context) error {
+			err := DeferUntil(ctx, 5*time.Millisecond, func(context.Context) (bool, error) {
+				select {
+				case <-otherWorking:
+					close(condFailed)
+					return false, errors.New("condition source unavailable")
+				default:
+					return false, nil
+				}
+			})
+			if err == nil || ctx.Err() != nil {
+				return errors.New("want the condition's error")
+			}
+			enter() // fallback work
+			defer working.Add(-1)
+			return nil
+		}})
+		other := MustWorkflow("other", Task{Name: "o", Run: func(context.Context, *Context) error {
+			enter()
+			defer working.Add(-1)
+			close(otherWorking)
+			<-releaseOther
+			return nil
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf, other}, MaxConcurrentTasks: 1})
+		deferred := onEvent(r, eventOf(EventTaskDeferred))
+		exec, err := r.ExecuteAsync(ctx, "waiting", nil)
+		require.NoError(t, err)
+		waitFor(t, deferred, "the task to defer")
+		otherExec, err := r.ExecuteAsync(ctx, "other", nil)
+		require.NoError(t, err)
+		waitFor(t, condFailed, "the condition to fail while the other task works")
+		close(releaseOther)
+		for _, e := range []*Execution{exec, otherExec} {
+			res, err := e.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+		}
+		require.EqualValues(t, 1, peak.Load(), "tasks working at once")
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Empty(t, res.Task("d").SubStatus)
+		evs, err := r.TaskEvents(ctx, res.Task("d").ID)
+		require.NoError(t, err)
+		require.Equal(t, EventTaskResumed, evs[len(evs)-2].Type, "the wait ends with task_resumed")
+	})
+}
+
+// A timed-out attempt whose function returns late (it ignored its context)
+// must not drop the next attempt, running under the same task id, from the
+// runner's running tasks: Cancel (and Stop's hand-back, and the claim
+// check) would miss it.
+func TestLateReturnOfATimedOutAttemptKeepsTheRetryTracked(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		release1, started2 := make(chan struct{}), make(chan struct{})
+		sawCancel := make(chan error, 1)
+		wf := MustWorkflow("zombie", Task{Name: "z", Timeout: 2 * time.Second, // attempt 2 must not time out first
+			Retry: &RetryPolicy{MaxAttempts: 2, Backoff: BackoffFixed, InitialDelay: time.Millisecond},
+			Run: func(ctx context.Context, _ *Context) error {
+				if info, _ := TaskInfoFrom(ctx); info.Attempt == 1 {
+					<-release1 // ignores its context: the timeout is recorded without it
+					return nil
+				}
+				close(started2)
+				<-ctx.Done()
+				sawCancel <- context.Cause(ctx)
+				return ctx.Err()
+			}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 2})
+		exec, err := r.ExecuteAsync(ctx, "zombie", nil)
+		require.NoError(t, err)
+		waitFor(t, started2, "attempt 2 to start")
+		svc := r.services()
+		close(release1)
+		// Attempt 1's goroutine ends (its slot comes back) after it returns.
+		require.Eventually(t, func() bool { return len(svc.slots) == 1 }, testTimeout, time.Millisecond,
+			"attempt 1's slot was never given back")
+		require.NoError(t, r.Cancel(ctx, exec.ID()))
+		require.ErrorIs(t, waitFor(t, sawCancel, "attempt 2's context to be cancelled"), errRunCancelled)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, res.Status)
+	})
+}
+
 func TestDeferUntilOutsideATask(t *testing.T) {
 	t.Parallel()
 	err := DeferUntil(context.Background(), time.Second, func(context.Context) (bool, error) { return false, nil })

@@ -495,7 +495,11 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 	r.runningMu.Unlock()
 	defer func() {
 		r.runningMu.Lock()
-		delete(r.running, t.ID)
+		// A later attempt of the task (this one timed out and was retried
+		// while its function ran on) may have taken the entry: leave it.
+		if r.running[t.ID] == rt {
+			delete(r.running, t.ID)
+		}
 		r.runningMu.Unlock()
 	}()
 

@@ -53,8 +53,10 @@ var ErrNotInTask = errors.New("not called from a task: pass the context the task
 // approval) without blocking other work; it takes a slot again before it
 // returns. The task's sub-status is "deferred" meanwhile, and the waits are
 // recorded as task_deferred and task_resumed events. It returns nil when
-// cond held, cond's error if it failed, or the context's error when the
-// task is cancelled (run cancelled, timeout, claim lost, runner stopping).
+// cond held, or cond's error if it failed, having taken a slot again
+// either way; or the context's error, without a slot, when the task is
+// cancelled (run cancelled, timeout, claim lost, runner stopping): the
+// task should then return.
 // If cond holds at once, nothing is recorded.
 func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.Context) (bool, error)) error {
 	s, ok := ctx.Value(taskScopeKey{}).(*taskScope)
@@ -83,16 +85,21 @@ func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.C
 		case <-ticker.C:
 		}
 		if done, err = cond(ctx); err != nil {
-			return err
+			break
 		}
 	}
+	// The task goes on, whether cond held or failed: it takes a slot
+	// first, so that no more tasks work at once than MaxConcurrentTasks.
 	select {
 	case s.svc.slots <- struct{}{}:
 		s.rt.holdsSlot.Store(true)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return s.setSubStatus(ctx, "", EventTaskResumed)
+	if rerr := s.setSubStatus(ctx, "", EventTaskResumed); rerr != nil {
+		return rerr
+	}
+	return err
 }
 
 // setSubStatus records a sub-status change and its event under the task's
