@@ -280,9 +280,11 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		}
 		for _, id := range ids {
 			st := states[id]
-			if len(st.tasks) != len(st.wf.tasks) {
-				return fmt.Errorf("run %s has %d tasks, workflow %q as registered has %d: the workflow changed shape under the same name",
-					id, len(st.tasks), st.wf.name, len(st.wf.tasks))
+			if why := st.shapeMismatch(); why != "" {
+				if err := st.abort(ctx, tx, c, why); err != nil {
+					return err
+				}
+				continue
 			}
 			changed, err := st.advance(c)
 			if err != nil {

@@ -1,8 +1,10 @@
 package cloacina
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -110,6 +112,69 @@ type runState struct {
 	p     *driver.Pipeline
 	wf    *Workflow
 	tasks map[string]*driver.Task
+}
+
+// shapeMismatch says how the run's tasks differ from the workflow as this
+// runner registered it (the same name, changed since the run started), or
+// returns "" when every task of each is in the other.
+func (s *runState) shapeMismatch() string {
+	var missing, extra []string
+	for _, def := range s.wf.tasks {
+		if s.tasks[def.Name] == nil {
+			missing = append(missing, def.Name)
+		}
+	}
+	for name := range s.tasks {
+		if s.wf.byName[name] == nil {
+			extra = append(extra, name)
+		}
+	}
+	if len(missing) == 0 && len(extra) == 0 {
+		return ""
+	}
+	slices.Sort(extra)
+	return fmt.Sprintf("workflow %q changed under its name since this run started (run: version %.12s; this runner: version %.12s, "+
+		"without the run's tasks %q, with tasks %q the run lacks): the run cannot go on; let runners of the run's version finish "+
+		"such runs, or give a changed workflow a new name", s.wf.name, s.p.WorkflowVersion, s.wf.version, extra, missing)
+}
+
+// abort fails a run that cannot go on: its unfinished tasks end (Ready and
+// NotStarted ones Skipped, Running ones Failed, their runners told by the
+// run's cancel wake-up), its queued tasks leave the outbox, and the run
+// fails with reason.
+func (s *runState) abort(ctx context.Context, tx driver.Tx, c *changes, reason string) error {
+	if _, err := tx.OutboxDelete(ctx, &driver.OutboxDeleteParams{PipelineID: s.p.ID}); err != nil {
+		return err
+	}
+	tasks := make([]*driver.Task, 0, len(s.tasks))
+	for _, t := range s.tasks {
+		tasks = append(tasks, t)
+	}
+	slices.SortFunc(tasks, func(a, b *driver.Task) int { return a.Position - b.Position })
+	for _, t := range tasks {
+		switch t.Status {
+		case driver.TaskNotStarted, driver.TaskReady:
+			c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: t.Status, Status: driver.TaskSkipped,
+				Attempt: t.Attempt, Error: reason, Now: c.now})
+			c.event(s.p.ID, &t.ID, EventTaskSkipped, &EventData{Reason: reason})
+		case driver.TaskRunning:
+			c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: t.Status, Status: driver.TaskFailed,
+				Attempt: t.Attempt, Error: reason, Now: c.now})
+			c.event(s.p.ID, &t.ID, EventTaskFailed, &EventData{Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Error: reason})
+		}
+	}
+	if s.p.StartedAt == nil {
+		c.runStarted(s.p.ID, s.p.WorkflowName, s.p.WorkflowVersion)
+		s.p.StartedAt = ptr(c.now)
+	}
+	c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: s.p.ID, FromStatus: s.p.Status, Status: driver.PipelineFailed,
+		Error: reason, StartedAt: s.p.StartedAt, CompletedAt: ptr(c.now), Now: c.now})
+	c.event(s.p.ID, nil, EventPipelineFailed, &EventData{Error: reason, DurationMS: ms(c.now.Sub(s.p.CreatedAt))})
+	s.p.Status = driver.PipelineFailed
+	c.cs.Notify = append(c.cs.Notify, cancelPayload(s.p.ID))
+	c.cancelled = append(c.cancelled, s.p.ID)
+	c.finished = append(c.finished, s.p.ID)
+	return nil
 }
 
 func (s *runState) status(name string) driver.TaskStatus {

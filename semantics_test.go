@@ -486,3 +486,47 @@ func TestUnstorableOutputFailsTheTask(t *testing.T) {
 	require.Contains(t, res.Task("a").Error, "could not record the task's output")
 	require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
 }
+
+// A runner whose workflow changed under the same name completes a task of
+// a run started under the old shape: the run fails with a reason that says
+// so, instead of the runner panicking (a task renamed) or the result being
+// held forever (a task added). Runs of the new shape are not affected.
+func TestRunOfAChangedWorkflowFailsClearly(t *testing.T) {
+	t.Parallel()
+	for name, v2 := range map[string]*Workflow{
+		"renamed": MustWorkflow("wf", Task{Name: "x", Run: ok}, Task{Name: "b", DependsOn: []string{"x"}, Run: ok}),
+		"added": MustWorkflow("wf", Task{Name: "a", Run: ok}, Task{Name: "c", DependsOn: []string{"a"}, Run: ok},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: ok}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, url string) {
+				ctx := testContext(t)
+				v1 := MustWorkflow("wf", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+				old := openRunner(t, url, &Config{Workflows: []*Workflow{v1}}) // starts the run, never works
+				exec, err := old.ExecuteAsync(ctx, "wf", nil)
+				require.NoError(t, err)
+				r := startRunner(t, url, &Config{Workflows: []*Workflow{v2}})
+				res, err := exec.Wait(ctx)
+				require.NoError(t, err)
+				require.Equal(t, PipelineFailed, res.Status)
+				require.ErrorContains(t, res.Err(), `workflow "wf" changed under its name since this run started`)
+				require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
+				for _, tr := range res.Tasks {
+					require.True(t, tr.Status.Terminal(), "task %s is %s", tr.Name, tr.Status)
+				}
+				events, err := r.RunEvents(ctx, res.ID)
+				require.NoError(t, err)
+				replayed := Replay(events)
+				require.Equal(t, PipelineFailed, replayed.Runs[res.ID])
+				for _, tr := range res.Tasks {
+					require.Equal(t, tr.Status, replayed.Tasks[tr.ID], tr.Name)
+				}
+
+				fresh, err := r.Execute(ctx, "wf", nil)
+				require.NoError(t, err)
+				require.Equal(t, PipelineCompleted, fresh.Status, "runs of the runner's own shape go on")
+			})
+		})
+	}
+}
