@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -620,4 +621,45 @@ func TestConcurrentStartStopClose(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, runners, "a closed runner leaves the registry")
 	})
+}
+
+// A transaction left open on a runner's row (its process froze between
+// its heartbeat and its commit) must not stop the leader's sweep, which
+// used to wait on that row while holding the lease, so that no runner was
+// swept and no other runner could renew the lease. PostgreSQL only: SQLite
+// has one writer, and a stuck write transaction stops every runner.
+func TestSweepPassesARunnerRowLockedElsewhere(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	url := testdb.PostgresSchemaURL(t)
+	s := newStall()
+	wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
+	leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+	leader.claimsPaused.Store(true)
+	require.NoError(t, leader.Start(ctx))
+	zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
+	s.zombies[zombie.ID()] = true
+	require.NoError(t, zombie.Start(ctx))
+	reset := onEvent(leader, eventOf(EventTaskReset))
+	exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
+	require.NoError(t, err)
+	waitFor(t, s.started, "the task to start on the zombie")
+
+	d := leader.Driver().(*postgres.Driver)
+	stranded, err := d.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer stranded.Rollback(context.WithoutCancel(ctx))
+	_, err = stranded.Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_runners"}.Sanitize()+
+		" SET heartbeat_at = heartbeat_at WHERE id = $1", zombie.ID())
+	require.NoError(t, err)
+	zombie.heartbeatFrozen.Store(true)
+	waitFor(t, reset, "the leader to reset the zombie's task")
+	setClaiming(leader, true)
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+
+	require.NoError(t, stranded.Rollback(ctx))
+	close(s.release)
+	waitFor(t, s.ended, "the zombie's task to return")
 }

@@ -43,7 +43,13 @@ func (e *executor) RunnerDelete(ctx context.Context, p *driver.RunnerDeleteParam
 }
 
 func (e *executor) RunnerDeleteExpired(ctx context.Context, p *driver.RunnerDeleteExpiredParams) ([]string, error) {
-	rows, err := e.db.Query(ctx, `DELETE FROM `+e.q.schema+`.cloacina_runners WHERE heartbeat_at < $1 RETURNING id`, p.HeartbeatBefore.UTC())
+	// SKIP LOCKED: a row held by a transaction that never ends (its process
+	// froze between heartbeat and commit) must not stop the sweep, which
+	// holds the leader lease meanwhile. That runner's tasks are found by
+	// their expired heartbeat all the same.
+	rows, err := e.db.Query(ctx, `DELETE FROM `+e.q.schema+`.cloacina_runners WHERE id IN (
+			SELECT id FROM `+e.q.schema+`.cloacina_runners WHERE heartbeat_at < $1 FOR UPDATE SKIP LOCKED)
+		RETURNING id`, p.HeartbeatBefore.UTC())
 	if err != nil {
 		return nil, fmt.Errorf("postgres: delete expired runners: %w", mapError(err))
 	}
