@@ -663,3 +663,41 @@ func TestSweepPassesARunnerRowLockedElsewhere(t *testing.T) {
 	close(s.release)
 	waitFor(t, s.ended, "the zombie's task to return")
 }
+
+// A transaction left open on the leader lease (a leader frozen in the
+// middle of its heartbeat) must not hold the other runners' heartbeats,
+// which share a transaction with the lease: they used to wait on it, and
+// would all have looked dead once it ended. PostgreSQL only, as above.
+func TestHeartbeatsPassALeaseLockedElsewhere(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	url := testdb.PostgresSchemaURL(t)
+	wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+	leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+	led := leadership(leader)
+	require.NoError(t, leader.Start(ctx))
+	waitLeader(t, led, true)
+	other := startRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+
+	d := leader.Driver().(*postgres.Driver)
+	stranded, err := d.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer stranded.Rollback(context.WithoutCancel(ctx))
+	_, err = stranded.Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_leases"}.Sanitize()+" SET expires_at = expires_at")
+	require.NoError(t, err)
+	leader.heartbeatFrozen.Store(true)
+
+	heartbeat := func() time.Time {
+		var at time.Time
+		require.NoError(t, d.Pool().QueryRow(ctx, "SELECT heartbeat_at FROM "+pgx.Identifier{d.Schema(), "cloacina_runners"}.Sanitize()+
+			" WHERE id = $1", other.ID()).Scan(&at))
+		return at
+	}
+	from := heartbeat()
+	require.Eventually(t, func() bool { return heartbeat().After(from.Add(200 * time.Millisecond)) }, testTimeout, 10*time.Millisecond,
+		"the other runner's heartbeat stopped behind the locked lease")
+	require.NoError(t, stranded.Rollback(ctx))
+	res, err := other.Execute(ctx, "w", nil)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+}

@@ -84,11 +84,23 @@ func (e *executor) RunnerList(ctx context.Context) ([]*driver.RunnerRow, error) 
 }
 
 func (e *executor) LeaseAcquire(ctx context.Context, p *driver.LeaseAcquireParams) (bool, error) {
+	// Never waits on the lease row: a transaction left open on it (a
+	// leader frozen mid-heartbeat) would hold every runner's heartbeat,
+	// which shares the transaction, and make them all look dead once it
+	// ends. A locked row reads as "held by someone else"; only a row that
+	// no snapshot has is inserted (an insert would wait on the conflicting
+	// row version of an open transaction).
 	var holder string
-	err := e.db.QueryRow(ctx, `INSERT INTO `+e.q.schema+`.cloacina_leases AS l (name, holder, expires_at) VALUES ($1, $2, $3)
-		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-			WHERE l.expires_at < $4 OR l.holder = excluded.holder
-		RETURNING holder`, p.Name, p.Holder, p.ExpiresAt.UTC(), p.Now.UTC()).Scan(&holder)
+	err := e.db.QueryRow(ctx, `WITH cur AS (
+			SELECT name, holder, expires_at FROM `+e.q.schema+`.cloacina_leases WHERE name = $1 FOR UPDATE SKIP LOCKED),
+		taken AS (
+			UPDATE `+e.q.schema+`.cloacina_leases l SET holder = $2, expires_at = $3 FROM cur
+			WHERE l.name = cur.name AND (cur.expires_at < $4 OR cur.holder = $2) RETURNING l.holder),
+		created AS (
+			INSERT INTO `+e.q.schema+`.cloacina_leases (name, holder, expires_at)
+			SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM `+e.q.schema+`.cloacina_leases WHERE name = $1)
+			ON CONFLICT (name) DO NOTHING RETURNING holder)
+		SELECT holder FROM taken UNION ALL SELECT holder FROM created`, p.Name, p.Holder, p.ExpiresAt.UTC(), p.Now.UTC()).Scan(&holder)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil // held by someone else: the upsert changed nothing
 	}
