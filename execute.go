@@ -51,7 +51,10 @@ func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e
 // empty context) and blocks until it reaches a terminal status, Cancelled
 // included. A run that Failed or was Cancelled is not an error of Execute:
 // check the result's Status, or its Err method. Some runner, in this
-// process or another, must be started for the run to progress.
+// process or another, must be started for the run to progress. A task
+// that calls Execute waits for the child run while holding its own slot:
+// with every slot of every runner so taken, the child never runs (use
+// ExecuteAsync and DeferUntil to wait without a slot).
 func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (*ExecutionResult, error) {
 	e, err := r.ExecuteAsync(ctx, workflow, input)
 	if err != nil {
@@ -253,9 +256,14 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 	}
 }
 
+// notFound maps a failed read of run id: ErrRunNotFound, or
+// ErrRunnerClosed when the runner was closed (with its connections).
 func (r *Runner) notFound(id uuid.UUID, err error) error {
-	if errors.Is(err, driver.ErrNotFound) {
+	switch {
+	case errors.Is(err, driver.ErrNotFound):
 		return fmt.Errorf("%w: %s", ErrRunNotFound, id)
+	case r.checkOpen() != nil:
+		return fmt.Errorf("run %s: %w (%w)", id, ErrRunnerClosed, err)
 	}
 	return err
 }

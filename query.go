@@ -198,7 +198,10 @@ type DeleteEventsOpts struct {
 
 // DeleteEventsBefore deletes the events created before cutoff, oldest
 // first, one batch per transaction, and returns how many it deleted. If
-// ctx ends midway, the batches already deleted stay deleted.
+// ctx ends midway, the batches already deleted stay deleted. It deletes by
+// age alone, runs still going included: Replay of what is left describes
+// only the tasks and runs whose events are still there, so choose a cutoff
+// older than your longest run.
 func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
 	batch := 1000
 	var progress func(int64)
