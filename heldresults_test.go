@@ -72,13 +72,7 @@ func whileRefused(t *testing.T, url string, block, unblock func()) {
 	done, err := Get[bool](res.Context, "done")
 	require.NoError(t, err)
 	require.True(t, done)
-	events, err := r.RunEvents(ctx, res.ID)
-	require.NoError(t, err)
-	replayed := Replay(events)
-	require.Equal(t, PipelineCompleted, replayed.Runs[res.ID])
-	for _, task := range res.Tasks {
-		require.Equal(t, task.Status, replayed.Tasks[task.ID], task.Name)
-	}
+	requireReplays(t, r, res)
 }
 
 // A statement timeout (here: every completion waits on a table lock past

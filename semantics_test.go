@@ -313,6 +313,17 @@ func mustEvents(t *testing.T, r *Runner, res *ExecutionResult) []*Event {
 	return evs
 }
 
+// requireReplays checks that the run's events alone rebuild the statuses
+// of res: the run's and every task's.
+func requireReplays(t *testing.T, r *Runner, res *ExecutionResult) {
+	t.Helper()
+	replayed := Replay(mustEvents(t, r, res))
+	require.Equal(t, res.Status, replayed.Runs[res.ID])
+	for _, tr := range res.Tasks {
+		require.Equal(t, tr.Status, replayed.Tasks[tr.ID], tr.Name)
+	}
+}
+
 func TestCancel(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
@@ -515,13 +526,7 @@ func TestRunOfAChangedWorkflowFailsClearly(t *testing.T) {
 				for _, tr := range res.Tasks {
 					require.True(t, tr.Status.Terminal(), "task %s is %s", tr.Name, tr.Status)
 				}
-				events, err := r.RunEvents(ctx, res.ID)
-				require.NoError(t, err)
-				replayed := Replay(events)
-				require.Equal(t, PipelineFailed, replayed.Runs[res.ID])
-				for _, tr := range res.Tasks {
-					require.Equal(t, tr.Status, replayed.Tasks[tr.ID], tr.Name)
-				}
+				requireReplays(t, r, res)
 
 				fresh, err := r.Execute(ctx, "wf", nil)
 				require.NoError(t, err)

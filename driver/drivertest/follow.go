@@ -108,22 +108,7 @@ func testEventFollow(t *testing.T, s *suite) {
 		base := b.insertEventsAt(t, p, 0)[0]
 		b.waitFollowable(t)
 
-		first, err := b.drv.Begin(b.ctx)
-		require.NoError(t, err)
-		defer first.Rollback(b.ctx)
-		ok, err := insertOne(b.ctx, first, &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf",
-			WorkflowVersion: "v1", Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now})
-		require.NoError(t, err)
-		require.True(t, ok)
-
-		second, err := b.drv.Begin(b.ctx)
-		require.NoError(t, err)
-		defer second.Rollback(b.ctx)
-		numberedFirst := event(p, nil, driver.EventTaskCreated, b.at(time.Second))
-		applyNow(t, b, second, &driver.ChangeSet{Events: []driver.EventInsert{numberedFirst}})
-
-		numberedSecond := event(p, nil, driver.EventTaskCreated, b.at(2*time.Second))
-		applyNow(t, b, first, &driver.ChangeSet{Events: []driver.EventInsert{numberedSecond}})
+		first, second, numberedFirst, numberedSecond := b.outOfOrder(t, p, time.Second, 2*time.Second)
 		require.NoError(t, first.Commit(b.ctx))
 		require.Equal(t, []uuid.UUID{base.ID, numberedSecond.ID}, eventIDs(b.events(t, &driver.EventListParams{PipelineID: &p})))
 
@@ -182,20 +167,8 @@ func testEventFollow(t *testing.T, s *suite) {
 		base := b.insertEventsAt(t, p, 0)[0]
 		b.waitFollowable(t)
 
-		first, err := b.drv.Begin(b.ctx)
-		require.NoError(t, err)
-		defer first.Rollback(b.ctx)
-		ok, err := insertOne(b.ctx, first, &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf",
-			WorkflowVersion: "v1", Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now})
-		require.NoError(t, err)
-		require.True(t, ok)
-		second, err := b.drv.Begin(b.ctx)
-		require.NoError(t, err)
-		defer second.Rollback(b.ctx)
-		late := event(p, nil, driver.EventTaskCreated, b.at(10*time.Second)) // numbered first, later transaction
-		applyNow(t, b, second, &driver.ChangeSet{Events: []driver.EventInsert{late}})
-		cursor := event(p, nil, driver.EventTaskCreated, b.at(time.Second))
-		applyNow(t, b, first, &driver.ChangeSet{Events: []driver.EventInsert{cursor}})
+		// late: numbered first, in the later transaction, created later.
+		first, second, late, cursor := b.outOfOrder(t, p, 10*time.Second, time.Second)
 		require.NoError(t, first.Commit(b.ctx))
 		got := b.follow(t, base.SequenceNum, 1)
 		require.Equal(t, cursor.ID, got[0].ID)
@@ -232,6 +205,30 @@ func testEventFollow(t *testing.T, s *suite) {
 		}
 		require.Equal(t, eventIDs(all), got)
 	})
+}
+
+// outOfOrder opens two transactions on run p: first takes its transaction
+// id at once (by inserting a run), second then inserts numberedFirst
+// (created at the offset createdFirst), and first inserts numberedSecond.
+// The caller commits them; both roll back when the test ends.
+func (b *bundle) outOfOrder(t *testing.T, p uuid.UUID, createdFirst, createdSecond time.Duration) (first, second driver.Tx,
+	numberedFirst, numberedSecond driver.EventInsert) {
+	t.Helper()
+	first, err := b.drv.Begin(b.ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = first.Rollback(b.ctx) })
+	ok, err := insertOne(b.ctx, first, &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf",
+		WorkflowVersion: "v1", Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now})
+	require.NoError(t, err)
+	require.True(t, ok)
+	second, err = b.drv.Begin(b.ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = second.Rollback(b.ctx) })
+	numberedFirst = event(p, nil, driver.EventTaskCreated, b.at(createdFirst))
+	applyNow(t, b, second, &driver.ChangeSet{Events: []driver.EventInsert{numberedFirst}})
+	numberedSecond = event(p, nil, driver.EventTaskCreated, b.at(createdSecond))
+	applyNow(t, b, first, &driver.ChangeSet{Events: []driver.EventInsert{numberedSecond}})
+	return first, second, numberedFirst, numberedSecond
 }
 
 // applyNow applies a change set inside tx and makes sure its rows are
