@@ -51,6 +51,21 @@ func (b *bundle) follow(t *testing.T, after int64, n int) []*driver.Event {
 	}
 }
 
+// followSetup gives a test of following with concurrent transactions a
+// run with one event that a follower has seen. It skips on a backend with
+// one writer at a time, where sequence order is commit order.
+func (s *suite) followSetup(t *testing.T) (b *bundle, p uuid.UUID, base *driver.Event) {
+	t.Helper()
+	if !s.opts.ConcurrentTx {
+		t.Skip("one writer at a time: sequence order is commit order")
+	}
+	b = s.setup(t)
+	p = b.insertPipeline(t).ID
+	base = b.insertEventsAt(t, p, 0)[0]
+	b.waitFollowable(t)
+	return b, p, base
+}
+
 // testEventFollow pins following mode (EventListParams.AfterSeq): a reader
 // that passes the last sequence number it saw never skips an event, even
 // when transactions commit out of sequence order.
@@ -60,13 +75,7 @@ func testEventFollow(t *testing.T, s *suite) {
 	// committed events at once.
 	t.Run("HoldsBackBehindOpenTransaction", func(t *testing.T) {
 		t.Parallel()
-		if !s.opts.ConcurrentTx {
-			t.Skip("one writer at a time: sequence order is commit order")
-		}
-		b := s.setup(t)
-		p := b.insertPipeline(t).ID
-		base := b.insertEventsAt(t, p, 0)[0]
-		b.waitFollowable(t)
+		b, p, base := s.followSetup(t)
 
 		early := event(p, nil, driver.EventTaskCreated, b.at(time.Second))
 		open, err := b.drv.Begin(b.ctx)
@@ -100,13 +109,7 @@ func testEventFollow(t *testing.T, s *suite) {
 	// not skipped although a smaller number than the follower's last.
 	t.Run("NeverSkipsEarlierNumber", func(t *testing.T) {
 		t.Parallel()
-		if !s.opts.ConcurrentTx {
-			t.Skip("one writer at a time: sequence order is commit order")
-		}
-		b := s.setup(t)
-		p := b.insertPipeline(t).ID
-		base := b.insertEventsAt(t, p, 0)[0]
-		b.waitFollowable(t)
+		b, p, base := s.followSetup(t)
 
 		first, second, numberedFirst, numberedSecond := b.outOfOrder(t, p, time.Second, 2*time.Second)
 		require.NoError(t, first.Commit(b.ctx))
@@ -159,13 +162,7 @@ func testEventFollow(t *testing.T, s *suite) {
 	// transaction that waited for a lock). The follower must still get it.
 	t.Run("CursorDeletedByRetention", func(t *testing.T) {
 		t.Parallel()
-		if !s.opts.ConcurrentTx {
-			t.Skip("one writer at a time: sequence order is commit order")
-		}
-		b := s.setup(t)
-		p := b.insertPipeline(t).ID
-		base := b.insertEventsAt(t, p, 0)[0]
-		b.waitFollowable(t)
+		b, p, base := s.followSetup(t)
 
 		// late: numbered first, in the later transaction, created later.
 		first, second, late, cursor := b.outOfOrder(t, p, 10*time.Second, time.Second)
