@@ -80,6 +80,12 @@ func (s *stall) run(ctx context.Context, tc *Context) error {
 // alive, but dead to the others) and waits until the leader has reset its
 // task.
 func zombieSetup(t *testing.T, url string, wf *Workflow, s *stall) (leader, zombie *Runner, exec *Execution) {
+	return zombieSetupWith(t, url, wf, s, nil)
+}
+
+// zombieSetupWith is zombieSetup calling beforeFreeze (unless nil) once the
+// task runs on the zombie, before its heartbeat freezes.
+func zombieSetupWith(t *testing.T, url string, wf *Workflow, s *stall, beforeFreeze func(leader, zombie *Runner)) (leader, zombie *Runner, exec *Execution) {
 	t.Helper()
 	ctx := testContext(t)
 	leader = openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
@@ -93,6 +99,9 @@ func zombieSetup(t *testing.T, url string, wf *Workflow, s *stall) (leader, zomb
 	exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
 	require.NoError(t, err)
 	waitFor(t, s.started, "the task to start on the zombie")
+	if beforeFreeze != nil {
+		beforeFreeze(leader, zombie)
+	}
 	zombie.heartbeatFrozen.Store(true)
 	waitFor(t, reset, "the leader to reset the zombie's task")
 	return leader, zombie, exec
@@ -634,26 +643,17 @@ func TestSweepPassesARunnerRowLockedElsewhere(t *testing.T) {
 	url := testdb.PostgresSchemaURL(t)
 	s := newStall()
 	wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
-	leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
-	leader.claimsPaused.Store(true)
-	require.NoError(t, leader.Start(ctx))
-	zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
-	s.zombies[zombie.ID()] = true
-	require.NoError(t, zombie.Start(ctx))
-	reset := onEvent(leader, eventOf(EventTaskReset))
-	exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
-	require.NoError(t, err)
-	waitFor(t, s.started, "the task to start on the zombie")
-
-	d := leader.Driver().(*postgres.Driver)
-	stranded, err := d.Pool().Begin(ctx)
-	require.NoError(t, err)
-	defer stranded.Rollback(context.WithoutCancel(ctx))
-	_, err = stranded.Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_runners"}.Sanitize()+
-		" SET heartbeat_at = heartbeat_at WHERE id = $1", zombie.ID())
-	require.NoError(t, err)
-	zombie.heartbeatFrozen.Store(true)
-	waitFor(t, reset, "the leader to reset the zombie's task")
+	var stranded pgx.Tx
+	leader, _, exec := zombieSetupWith(t, url, wf, s, func(leader, zombie *Runner) {
+		d := leader.Driver().(*postgres.Driver)
+		var err error
+		stranded, err = d.Pool().Begin(ctx)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = stranded.Rollback(context.WithoutCancel(ctx)) })
+		_, err = stranded.Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_runners"}.Sanitize()+
+			" SET heartbeat_at = heartbeat_at WHERE id = $1", zombie.ID())
+		require.NoError(t, err)
+	})
 	setClaiming(leader, true)
 	res, err := exec.Wait(ctx)
 	require.NoError(t, err)
