@@ -66,13 +66,19 @@ func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (
 // ExecuteAsync starts a run and returns at once with a handle to it. The
 // run is written in its own transaction, or — when other goroutines start
 // runs at the same moment — in one transaction with theirs: the run
-// exists when ExecuteAsync returns without an error.
+// exists when ExecuteAsync returns without an error. When ctx ends while
+// that transaction commits, ExecuteAsync returns ctx's error and the run
+// may exist all the same (the commit went through): look it up (List)
+// before starting it again if duplicates matter.
 func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Context) (*Execution, error) {
 	run, err := r.prepareRun(workflow, input)
 	if err != nil {
 		return nil, err
 	}
 	if err := r.starts.start(ctx, r, run); err != nil {
+		if cerr := r.checkOpen(); cerr != nil && !errors.Is(err, cerr) {
+			err = fmt.Errorf("%w (%w)", cerr, err) // closed while queued: the pool's own error says less
+		}
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
 	}
 	return &Execution{r: r, id: run.id}, nil

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/internal/testdb"
@@ -256,4 +258,35 @@ func TestStartWithdrawnWhileWaiting(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, runs, 2, "the withdrawn run was never written")
 	})
+}
+
+// A start whose caller gives up while its commit cannot be stopped any more
+// (here a deferred trigger makes COMMIT slow and ignores the cancel): the
+// run is written all the same, with its root claimed by this runner. The
+// runner must run that task. It used to check the claim before the commit
+// landed, judge it lost, and leave the task Running under a live runner
+// forever. PostgreSQL: the interrupted commit outlives its connection there.
+func TestStartInterruptedWhileCommittingStillRuns(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	schema := testdb.NewSchema(t)
+	r := startRunner(t, testdb.WithSchema(testdb.PostgresURL(), schema), &Config{Workflows: []*Workflow{MustWorkflow("wf", Task{Name: "a", Run: ok})}})
+	s := pgx.Identifier{schema}.Sanitize()
+	_, err := adminConn(t).Exec(ctx, `CREATE FUNCTION `+s+`.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+			BEGIN PERFORM pg_sleep(0.3); EXCEPTION WHEN query_canceled THEN PERFORM pg_sleep(0.3); END;
+			RETURN NULL; END $$;
+		CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON `+s+`.pipeline_executions DEFERRABLE INITIALLY DEFERRED
+			FOR EACH ROW EXECUTE FUNCTION `+s+`.slow_commit()`)
+	require.NoError(t, err)
+
+	impatient, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err = r.ExecuteAsync(impatient, "wf", nil)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	runs, err := r.List(ctx, nil)
+	require.NoError(t, err)
+	require.Len(t, runs, 1, "the commit went through; by the time ExecuteAsync returns, it has")
+	res, err := r.wait(ctx, runs[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
 }

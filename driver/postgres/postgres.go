@@ -217,7 +217,7 @@ func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", mapError(err))
 	}
-	t := &pgTx{conn: conn}
+	t := &pgTx{pool: d.pool, conn: conn}
 	t.executor = executor{db: t, q: d.q, channel: d.channel}
 	return t, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -29,6 +30,7 @@ const txSettings = "SELECT set_config('enable_seqscan', 'off', true), set_config
 // conflict is aborted, never committed.
 type pgTx struct {
 	executor
+	pool     *pgxpool.Pool
 	conn     *pgxpool.Conn
 	begun    bool
 	done     bool
@@ -135,10 +137,18 @@ func (t *pgTx) Commit(ctx context.Context) error {
 		return errors.New("postgres: transaction already committed or rolled back")
 	}
 	t.done = true
-	defer t.conn.Release()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			t.conn.Release()
+		}
+	}
+	defer release()
 	if !t.begun && len(t.deferred) == 0 {
 		return nil // nothing was read or written
 	}
+	pid := t.conn.Conn().PgConn().PID()
 	b := &pgx.Batch{}
 	b.Queue("COMMIT")
 	br, err := t.send(ctx, b)
@@ -155,10 +165,42 @@ func (t *pgTx) Commit(ctx context.Context) error {
 		// lost connection is closed by the pool on release.
 		if !t.conn.Conn().IsClosed() {
 			t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		} else {
+			// The connection is gone (lost, or closed because ctx ended
+			// mid-commit): the server may still be committing. Return once
+			// its session has ended, so that whoever looks next (a claim's
+			// verification, say) sees the final outcome.
+			release()
+			t.awaitSessionEnd(ctx, pid)
 		}
 		return fmt.Errorf("postgres: commit: %w", mapError(err))
 	}
 	return nil
+}
+
+// sessionEndWait bounds how long a failed commit waits for its server
+// session to end.
+const sessionEndWait = 10 * time.Second
+
+// awaitSessionEnd waits until the server session pid has ended, for up to
+// sessionEndWait whatever ctx says. Behind a pooler the pid is not a
+// server's, and nothing is found to wait for.
+func (t *pgTx) awaitSessionEnd(ctx context.Context, pid uint32) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionEndWait)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var alive bool
+		if err := t.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1)", int64(pid)).Scan(&alive); err != nil || !alive {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 func (t *pgTx) Rollback(ctx context.Context) error {
