@@ -69,6 +69,10 @@ func TestOpenBadInputWritesNothing(t *testing.T) {
 
 	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{MaxConcurrentTasks: -1})
 	require.ErrorContains(t, err, "negative")
+	// SQLite binds at most 32,766 values a statement; a claim of 40,000
+	// tasks failed on every try.
+	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{MaxConcurrentTasks: 40000, ClaimBatchSize: 40000})
+	require.ErrorContains(t, err, "use at most 10000 each")
 	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{RunnerID: "pod\x00-0"})
 	require.ErrorContains(t, err, `Config.RunnerID "pod\x00-0" contains a NUL character`)
 	_, err = NewRunner(ctx, nil, &Config{Workflows: []*Workflow{nil}})

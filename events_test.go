@@ -226,6 +226,12 @@ func TestEventQueries(t *testing.T) {
 		require.ElementsMatch(t, []int64{all[len(all)-2].SequenceNum, all[len(all)-1].SequenceNum},
 			[]int64{tail[0].SequenceNum, tail[1].SequenceNum})
 
+		// A cutoff beyond year 9999 covers every event (SQLite's text
+		// timestamps used to sort it before them).
+		everything, err := r.CountEventsBefore(ctx, time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC))
+		require.NoError(t, err)
+		require.EqualValues(t, len(all), everything)
+
 		// Count and delete older than a cutoff, in batches.
 		cutoff := time.Now().UTC().Add(-30 * 24 * time.Hour)
 		oldCount, err := r.CountEventsBefore(ctx, cutoff)

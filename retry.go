@@ -127,7 +127,7 @@ func (p *RetryPolicy) plan(task string) (*retryPlan, []string) {
 	if rp.maxDelay < rp.initial {
 		problems = append(problems, fmt.Sprintf("task %q has MaxDelay %s below InitialDelay %s: raise MaxDelay or lower InitialDelay", task, rp.maxDelay, rp.initial))
 	}
-	if p.Multiplier != 0 && p.Multiplier < 1 {
+	if p.Multiplier != 0 && (p.Multiplier < 1 || math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0)) {
 		problems = append(problems, fmt.Sprintf("task %q has Multiplier %g: use 1 or more (default 2)", task, p.Multiplier))
 	}
 	if rp.multiplier == 0 {

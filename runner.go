@@ -29,10 +29,10 @@ type Config struct {
 	// A runner only claims tasks of workflows it has registered.
 	Workflows []*Workflow
 	// MaxConcurrentTasks bounds the tasks this runner executes at once.
-	// Default: 10.
+	// Default: 10; at most 10,000.
 	MaxConcurrentTasks int
 	// ClaimBatchSize bounds the tasks claimed in one transaction.
-	// Default: MaxConcurrentTasks, at most 100.
+	// Default: MaxConcurrentTasks, at most 100; at most 10,000 when set.
 	ClaimBatchSize int
 	// PollInterval is how often an idle runner looks for work it was not
 	// woken for (work from other SQLite processes, ExecuteTx on SQLite,
@@ -81,6 +81,7 @@ type Config struct {
 const (
 	defaultMaxConcurrent = 10
 	maxClaimBatch        = 100
+	maxConcurrency       = 10000
 	defaultPollInterval  = time.Second
 	defaultPGPoll        = 5 * time.Second
 	// orphanSweepEvery is how many heartbeats apart the leader also looks
@@ -221,6 +222,12 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		if why := unstorable(f.value); why != "" {
 			return nil, fmt.Errorf("cloacina: Config.%s %q %s: use UTF-8 text without NUL characters", f.name, f.value, why)
 		}
+	}
+	if c.MaxConcurrentTasks > maxConcurrency || c.ClaimBatchSize > maxConcurrency {
+		// Statements list a batch's (or every running task's) ids, and
+		// SQLite binds at most 32,766 values per statement.
+		return nil, fmt.Errorf("cloacina: Config.MaxConcurrentTasks %d / ClaimBatchSize %d: use at most %d each (run more runners for more)",
+			c.MaxConcurrentTasks, c.ClaimBatchSize, maxConcurrency)
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = defaultHeartbeat

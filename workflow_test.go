@@ -62,6 +62,8 @@ func TestNewWorkflowValidation(t *testing.T) {
 		{"max delay below initial", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{InitialDelay: time.Minute, MaxDelay: time.Second}}},
 			"MaxDelay 1s below InitialDelay 1m0s"},
 		{"jitter out of range", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{Jitter: 1.5}}}, "Jitter 1.5: use a fraction between 0 and 1"},
+		{"multiplier NaN", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{Multiplier: math.NaN()}}}, "Multiplier NaN"},
+		{"multiplier infinite", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{Multiplier: math.Inf(1)}}}, "Multiplier +Inf"},
 		{"multiplier below one", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{Multiplier: 0.5}}}, "Multiplier 0.5"},
 		{"bad pattern", "w", []Task{{Name: "a", Run: ok, Retry: &RetryPolicy{RetryOn: []RetryCondition{RetryOnPattern("(")}}}},
 			`retry pattern "(" that is not a valid regular expression`},
