@@ -261,7 +261,7 @@ func TestStartWithdrawnWhileWaiting(t *testing.T) {
 }
 
 // A start whose caller gives up while its commit cannot be stopped any more
-// (here a deferred trigger makes COMMIT slow and ignores the cancel): the
+// (here a deferred trigger makes COMMIT slow and ignores every cancel): the
 // run is written all the same, with its root claimed by this runner. The
 // runner must run that task. It used to check the claim before the commit
 // landed, judge it lost, and leave the task Running under a live runner
@@ -273,16 +273,29 @@ func TestStartInterruptedWhileCommittingStillRuns(t *testing.T) {
 	r := startRunner(t, testdb.WithSchema(testdb.PostgresURL(), schema), &Config{Workflows: []*Workflow{MustWorkflow("wf", Task{Name: "a", Run: ok})}})
 	s := pgx.Identifier{schema}.Sanitize()
 	_, err := adminConn(t).Exec(ctx, `CREATE FUNCTION `+s+`.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-			BEGIN PERFORM pg_sleep(0.3); EXCEPTION WHEN query_canceled THEN PERFORM pg_sleep(0.3); END;
+			FOR i IN 1..10 LOOP BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;
 			RETURN NULL; END $$;
 		CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON `+s+`.pipeline_executions DEFERRABLE INITIALLY DEFERRED
 			FOR EACH ROW EXECUTE FUNCTION `+s+`.slow_commit()`)
 	require.NoError(t, err)
 
-	impatient, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	impatient, cancel := context.WithCancel(ctx)
 	defer cancel()
-	_, err = r.ExecuteAsync(impatient, "wf", nil)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.ExecuteAsync(impatient, "wf", nil)
+		done <- err
+	}()
+	// Give up once the COMMIT is inside the trigger's sleep, not before.
+	admin := adminConn(t)
+	require.Eventually(t, func() bool {
+		var n int
+		err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query = 'COMMIT' AND wait_event = 'PgSleep'`).Scan(&n)
+		return err == nil && n > 0
+	}, testTimeout, time.Millisecond, "the start never reached its COMMIT")
+	cancel()
+	require.ErrorIs(t, waitFor(t, done, "ExecuteAsync to return"), context.Canceled)
 	runs, err := r.List(ctx, nil)
 	require.NoError(t, err)
 	require.Len(t, runs, 1, "the commit went through; by the time ExecuteAsync returns, it has")
