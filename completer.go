@@ -25,16 +25,19 @@ func (r *Runner) completeLoop(svc *services) {
 	for {
 		select {
 		case first := <-svc.results:
-			r.keep(h, false)(r.flush(svc.flushCtx, r.drain(svc, first)))
+			again, err := r.flush(svc.flushCtx, r.drain(svc, first))
+			r.hold(h, again, err, false)
 		case <-h.retry:
-			r.keep(h, true)(r.flush(svc.flushCtx, h.take()))
+			again, err := r.flush(svc.flushCtx, h.take())
+			r.hold(h, again, err, true)
 		case <-svc.stopCompleter:
 			// Tasks have all returned (or been handed back): drain, then
 			// keep trying what is held until the flush deadline.
 			for draining := true; draining; {
 				select {
 				case res := <-svc.results:
-					r.keep(h, false)(r.flush(svc.flushCtx, r.drain(svc, res)))
+					again, err := r.flush(svc.flushCtx, r.drain(svc, res))
+					r.hold(h, again, err, false)
 				default:
 					draining = false
 				}
@@ -42,7 +45,8 @@ func (r *Runner) completeLoop(svc *services) {
 			for len(h.results) > 0 {
 				select {
 				case <-h.retry:
-					r.keep(h, true)(r.flush(svc.flushCtx, h.take()))
+					again, err := r.flush(svc.flushCtx, h.take())
+					r.hold(h, again, err, true)
 				case <-svc.flushCtx.Done():
 					r.logger.Error("stopped with task results not recorded: their tasks are recovered by the dead-runner sweep, or when this runner starts again",
 						"results", len(h.results))
@@ -72,29 +76,28 @@ const (
 	maxHoldDelay   = 5 * time.Second
 )
 
-// keep returns what to do with a flush's outcome: hold what it could not
-// record, and grow the delay when a retry of held results failed again.
-func (r *Runner) keep(h *heldResults, retried bool) func([]*taskResult, error) {
-	return func(again []*taskResult, err error) {
-		if len(again) == 0 {
-			if retried {
-				h.delay = 0
-			}
-			return
+// hold keeps the results a flush could not record (again, failing with
+// err) for a later try, growing the delay when a retry of held results
+// (retried) failed again.
+func (r *Runner) hold(h *heldResults, again []*taskResult, err error, retried bool) {
+	if len(again) == 0 {
+		if retried {
+			h.delay = 0
 		}
-		h.results = append(h.results, again...)
-		if retried || h.delay == 0 {
-			h.delay = min(max(2*h.delay, firstHoldDelay), maxHoldDelay)
-		}
-		if h.retry == nil {
-			h.retry = time.After(h.delay)
-		}
-		if errors.Is(err, context.Canceled) {
-			return // stopping: completeLoop reports what is left
-		}
-		r.logger.Error("record task results: the database refused the write; trying again", "results", len(again),
-			"held", len(h.results), "retry_in", h.delay, "error", err)
+		return
 	}
+	h.results = append(h.results, again...)
+	if retried || h.delay == 0 {
+		h.delay = min(max(2*h.delay, firstHoldDelay), maxHoldDelay)
+	}
+	if h.retry == nil {
+		h.retry = time.After(h.delay)
+	}
+	if errors.Is(err, context.Canceled) {
+		return // stopping: completeLoop reports what is left
+	}
+	r.logger.Error("record task results: the database refused the write; trying again", "results", len(again),
+		"held", len(h.results), "retry_in", h.delay, "error", err)
 }
 
 func (r *Runner) drain(svc *services, first *taskResult) []*taskResult {

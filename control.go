@@ -47,15 +47,7 @@ func (r *Runner) Cancel(ctx context.Context, id uuid.UUID) error {
 		if err != nil {
 			return err
 		}
-		const reason = "run cancelled"
-		for _, t := range tasks {
-			if t.Status != driver.TaskNotStarted && t.Status != driver.TaskReady {
-				continue
-			}
-			c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: t.Status, Status: driver.TaskSkipped,
-				Attempt: t.Attempt, Error: reason, Now: c.now})
-			c.event(id, &t.ID, EventTaskSkipped, &EventData{Reason: reason})
-		}
+		c.skipUnstarted(id, tasks, "run cancelled")
 		c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: id, FromStatus: p.Status, Status: driver.PipelineCancelled,
 			Error: "cancelled on request", CompletedAt: ptr(c.now), Now: c.now})
 		c.event(id, nil, EventPipelineCancelled, &EventData{Reason: "cancelled on request", DurationMS: ms(c.now.Sub(p.CreatedAt))})

@@ -76,10 +76,7 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 		return nil, err
 	}
 	if err := r.starts.start(ctx, r, run); err != nil {
-		if cerr := r.checkOpen(); cerr != nil && !errors.Is(err, cerr) {
-			err = fmt.Errorf("%w (%w)", cerr, err) // closed while queued: the pool's own error says less
-		}
-		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
+		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, r.closedErr(err))
 	}
 	return &Execution{r: r, id: run.id}, nil
 }
@@ -262,14 +259,21 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 	}
 }
 
-// notFound maps a failed read of run id: ErrRunNotFound, or
-// ErrRunnerClosed when the runner was closed (with its connections).
+// notFound maps a failed read of run id: ErrRunNotFound, or (closedErr)
+// ErrRunnerClosed.
 func (r *Runner) notFound(id uuid.UUID, err error) error {
-	switch {
-	case errors.Is(err, driver.ErrNotFound):
+	if errors.Is(err, driver.ErrNotFound) {
 		return fmt.Errorf("%w: %s", ErrRunNotFound, id)
-	case r.checkOpen() != nil:
-		return fmt.Errorf("run %s: %w (%w)", id, ErrRunnerClosed, err)
+	}
+	return r.closedErr(err)
+}
+
+// closedErr wraps a database error with ErrRunnerClosed when the runner
+// was closed meanwhile (with its connections): the pool's own error
+// ("closed pool") says less.
+func (r *Runner) closedErr(err error) error {
+	if cerr := r.checkOpen(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w (%w)", cerr, err)
 	}
 	return err
 }

@@ -151,22 +151,15 @@ func (s *runState) abort(ctx context.Context, tx driver.Tx, c *changes, reason s
 		tasks = append(tasks, t)
 	}
 	slices.SortFunc(tasks, func(a, b *driver.Task) int { return a.Position - b.Position })
+	c.skipUnstarted(s.p.ID, tasks, reason)
 	for _, t := range tasks {
-		switch t.Status {
-		case driver.TaskNotStarted, driver.TaskReady:
-			c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: t.Status, Status: driver.TaskSkipped,
-				Attempt: t.Attempt, Error: reason, Now: c.now})
-			c.event(s.p.ID, &t.ID, EventTaskSkipped, &EventData{Reason: reason})
-		case driver.TaskRunning:
+		if t.Status == driver.TaskRunning {
 			c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: t.Status, Status: driver.TaskFailed,
 				Attempt: t.Attempt, Error: reason, Now: c.now})
 			c.event(s.p.ID, &t.ID, EventTaskFailed, &EventData{Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Error: reason})
 		}
 	}
-	if s.p.StartedAt == nil {
-		c.runStarted(s.p.ID, s.p.WorkflowName, s.p.WorkflowVersion)
-		s.p.StartedAt = ptr(c.now)
-	}
+	s.startIfNot(c)
 	c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: s.p.ID, FromStatus: s.p.Status, Status: driver.PipelineFailed,
 		Error: reason, StartedAt: s.p.StartedAt, CompletedAt: ptr(c.now), Now: c.now})
 	c.event(s.p.ID, nil, EventPipelineFailed, &EventData{Error: reason, DurationMS: ms(c.now.Sub(s.p.CreatedAt))})
@@ -175,6 +168,29 @@ func (s *runState) abort(ctx context.Context, tx driver.Tx, c *changes, reason s
 	c.cancelled = append(c.cancelled, s.p.ID)
 	c.finished = append(c.finished, s.p.ID)
 	return nil
+}
+
+// startIfNot records the start of a run that ends before any task of it
+// was claimed (every task skipped by trigger rules, say): a run starts
+// before it ends.
+func (s *runState) startIfNot(c *changes) {
+	if s.p.StartedAt == nil {
+		c.runStarted(s.p.ID, s.p.WorkflowName, s.p.WorkflowVersion)
+		s.p.StartedAt = ptr(c.now)
+	}
+}
+
+// skipUnstarted skips, with reason, the tasks of run pid that have not
+// started (NotStarted or Ready) when the run ends early.
+func (c *changes) skipUnstarted(pid uuid.UUID, tasks []*driver.Task, reason string) {
+	for _, t := range tasks {
+		if t.Status != driver.TaskNotStarted && t.Status != driver.TaskReady {
+			continue
+		}
+		c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: t.Status, Status: driver.TaskSkipped,
+			Attempt: t.Attempt, Error: reason, Now: c.now})
+		c.event(pid, &t.ID, EventTaskSkipped, &EventData{Reason: reason})
+	}
 }
 
 func (s *runState) status(name string) driver.TaskStatus {
@@ -285,12 +301,7 @@ func (s *runState) finalize(c *changes) error {
 	if err != nil {
 		return fmt.Errorf("final context: %w", err)
 	}
-	if s.p.StartedAt == nil {
-		// A run can end without any task being claimed (every task skipped
-		// by trigger rules); it still starts before it ends.
-		c.runStarted(s.p.ID, s.p.WorkflowName, s.p.WorkflowVersion)
-		s.p.StartedAt = ptr(c.now)
-	}
+	s.startIfNot(c)
 	status, typ := driver.PipelineCompleted, EventPipelineCompleted
 	errText := ""
 	if len(failed) > 0 {
