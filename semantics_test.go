@@ -479,15 +479,16 @@ func TestGetAndList(t *testing.T) {
 }
 
 // An output the database refuses fails the attempt with the reason instead
-// of leaving the task Running. Context.Set refuses what it knows a backend
-// cannot store (PostgreSQL's jsonb has no \u0000); the task here writes
-// such a value past it, as a stand-in for anything else a database refuses.
+// of leaving the task Running. Context.Set never yields text PostgreSQL
+// refuses (it encodes strings as valid UTF-8); the task here writes a
+// byte that is not UTF-8 past it, as a stand-in for anything else a
+// database refuses.
 func TestUnstorableOutputFailsTheTask(t *testing.T) {
 	t.Parallel()
 	wf := MustWorkflow("nul", Task{Name: "a", Run: func(_ context.Context, c *Context) error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		c.values["bytes"] = json.RawMessage(`"a\u0000b"`)
+		c.values["bytes"] = json.RawMessage("\"a\xffb\"")
 		return nil
 	}}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
 	r := startRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})

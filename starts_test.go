@@ -146,10 +146,10 @@ func TestStartBatchIsolatesARefusedRun(t *testing.T) {
 			in := NewContext()
 			require.NoError(t, in.Set("v", "fine"))
 			if i == 4 {
-				// PostgreSQL's jsonb refuses the NUL character. Context.Set
-				// refuses it up front; written past Set, it stands for
+				// PostgreSQL refuses text that is not UTF-8. Context.Set
+				// never yields it; written past Set, it stands for
 				// anything else the database refuses.
-				in.values["v"] = json.RawMessage(`"nul\u0000here"`)
+				in.values["v"] = json.RawMessage("\"not\xffutf8\"")
 			}
 			e, err := r.ExecuteAsync(ctx, "wf", in)
 			errs[i] = err

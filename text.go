@@ -7,11 +7,19 @@ import (
 )
 
 // Text the engine stores goes to SQLite and PostgreSQL alike, and
-// PostgreSQL refuses two things SQLite keeps: a NUL character (in text
-// columns, and as \u0000 in jsonb) and invalid UTF-8. A workflow that works
-// on SQLite must keep working when it moves to PostgreSQL, so names and
-// context data with them are rejected up front on both backends, and
-// error texts, which no caller can fix, are made storable.
+// PostgreSQL refuses two things SQLite keeps: a NUL character and invalid
+// UTF-8 in text. A workflow that works on SQLite must keep working when it
+// moves to PostgreSQL, so names and context data with them are rejected up
+// front on both backends, and error texts, which no caller can fix, are
+// made storable.
+//
+// Contexts are stored in json columns, which keep any valid JSON text as
+// written. Some valid JSON is still no value PostgreSQL can read: its JSON
+// operators (->>), jsonb and numeric refuse the escape \u0000, a lone
+// UTF-16 surrogate and numbers beyond numeric's range (and Go decodes a
+// lone surrogate as U+FFFD, not as written). Contexts are refused with
+// them on both backends, so that what a run stores stays readable by SQL
+// and by Go alike.
 
 // unstorable says why s cannot be stored on every backend, or returns ""
 // when it can.
@@ -35,10 +43,10 @@ func storableText(s string) string {
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
-// jsonProblem says what PostgreSQL's jsonb would refuse in valid JSON
-// text, which SQLite stores as it is: a NUL character (\u0000), a lone
-// UTF-16 surrogate escape, or a number beyond the range of numeric. It
-// returns what it found and how to fix it, or "" when there is nothing.
+// jsonProblem says what PostgreSQL could not read as a value in valid
+// JSON text: a NUL character (\u0000), a lone UTF-16 surrogate escape, or
+// a number beyond the range of numeric. It returns what it found and how
+// to fix it, or "" when there is nothing.
 func jsonProblem(raw []byte) (found, fix string) {
 	for i := 0; i < len(raw); i++ {
 		switch c := raw[i]; {

@@ -79,6 +79,11 @@ var EventTypes = []EventType{
 }
 
 // Pipeline is a stored pipeline execution row.
+//
+// JSON fields (here, in Task and in Event) read back byte for byte as they
+// were written: a backend stores the text, not a parsed form that would
+// reorder keys, drop duplicates, respace or reformat numbers, so that the
+// same run reads the same on every backend.
 type Pipeline struct {
 	ID              uuid.UUID
 	WorkflowName    string

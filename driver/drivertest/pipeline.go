@@ -16,9 +16,12 @@ import (
 
 // roundTripJSON exercises what a context may hold: nesting, unicode,
 // escapes, numbers that do not fit a float64, decimals with trailing
-// zeros, and every JSON type.
-const roundTripJSON = `{"s":"héllo \"wörld\"\n\t✓","big":12345678901234567890,"neg":-42,"dec":1.50,` +
-	`"t":true,"f":false,"nil":null,"arr":[1,"two",{"three":[3]}],"obj":{"nested":{"deep":"x"}},"empty":{}}`
+// zeros, exponents, every JSON type, and the text a database could
+// normalise: nested keys out of order, a duplicate key, spacing, escapes
+// of characters that need none. It must read back byte for byte.
+const roundTripJSON = `{"s":"héllo \"wörld\"\n\t✓ \u00e9\/<&> \ud83d\ude00","big":12345678901234567890,"neg":-42,"dec":1.50,` +
+	`"exp":1e2,"EXP":-1.50E+2,"zero":-0,"t":true,"f":false,"nil":null,"arr":[1, "two",{"three":[3]}],` +
+	`"obj":{"nested":{"zz":1,"deep":"x","a":2},"dup":1,"dup":2} ,"empty":{}}`
 
 // roundTripTime has nanoseconds and a zone: backends store microseconds
 // (truncating) and return UTC.

@@ -36,7 +36,7 @@ const taskColumnsFmt = `%[1]sid, %[1]spipeline_execution_id, %[1]sworkflow_name,
 	%[1]screated_at, %[1]sstarted_at, %[1]scompleted_at, %[1]supdated_at`
 
 func taskColumns(prefix string, withContexts bool) string {
-	ctxCols := "NULL::jsonb, NULL::jsonb"
+	ctxCols := "NULL::json, NULL::json"
 	if withContexts {
 		ctxCols = prefix + "input, " + prefix + "output"
 	}
@@ -45,7 +45,7 @@ func taskColumns(prefix string, withContexts bool) string {
 
 // finishSQL applies fenced task transitions ($1–$11 are parallel arrays).
 const finishSQL = `UPDATE {s}.task_executions t
-			SET status = f.status, output = COALESCE(f.output::jsonb, t.output), error = f.error, attempt = f.attempt,
+			SET status = f.status, output = COALESCE(f.output::json, t.output), error = f.error, attempt = f.attempt,
 				available_at = f.available_at,
 				completed_at = CASE WHEN f.status IN ('completed', 'failed', 'skipped') THEN f.now ELSE t.completed_at END,
 				runner_id = CASE WHEN f.status = 'ready' THEN '' ELSE t.runner_id END,
@@ -61,7 +61,7 @@ const finishSQL = `UPDATE {s}.task_executions t
 // those that exist; a run created Running starts at its creation.
 const pipelineInsertSQL = `INSERT INTO {s}.pipeline_executions
 			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
-			SELECT id, wf, version, status, input::jsonb, CASE WHEN status = 'running' THEN now END, now, now
+			SELECT id, wf, version, status, input::json, CASE WHEN status = 'running' THEN now END, now, now
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
 				AS u(id, wf, version, status, input, now)
 			ON CONFLICT (id) DO NOTHING`
@@ -108,7 +108,7 @@ func newQueries(schema string) *queries {
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
 				status, attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at)
-			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::jsonb, error, available_at,
+			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::json, error, available_at,
 				runner, CASE WHEN status = 'running' THEN now END, now, now
 			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::int[],
 				$9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[])
@@ -153,7 +153,7 @@ func newQueries(schema string) *queries {
 		outboxDelete: r.Replace(`DELETE FROM {s}.task_outbox WHERE task_execution_id IN
 			(SELECT id FROM {s}.task_executions WHERE pipeline_execution_id = $1)`),
 		taskUpdate: r.Replace(`WITH u AS (UPDATE {s}.task_executions t
-			SET status = u.status, attempt = u.attempt, input = COALESCE(u.input::jsonb, t.input), error = u.error,
+			SET status = u.status, attempt = u.attempt, input = COALESCE(u.input::json, t.input), error = u.error,
 				available_at = u.available_at,
 				completed_at = CASE WHEN u.status IN ('completed', 'failed', 'skipped') THEN u.now ELSE t.completed_at END,
 				runner_id = CASE WHEN u.status = 'running' THEN u.runner_id ELSE t.runner_id END,
@@ -167,7 +167,7 @@ func newQueries(schema string) *queries {
 		outboxInsert: r.Replace(`INSERT INTO {s}.task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at)
 			SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[])`),
 		pipelineUpdate: r.Replace(`WITH u AS (UPDATE {s}.pipeline_executions p
-			SET status = u.status, output = COALESCE(u.output::jsonb, p.output), error = u.error,
+			SET status = u.status, output = COALESCE(u.output::json, p.output), error = u.error,
 				started_at = COALESCE(p.started_at, u.started_at), completed_at = COALESCE(u.completed_at, p.completed_at),
 				updated_at = u.now
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
@@ -176,7 +176,7 @@ func newQueries(schema string) *queries {
 			SELECT {s}.cloacina_expect_rows(count(*), $9, 'run') FROM u`),
 		eventInsert: r.Replace(`INSERT INTO {s}.execution_events
 				(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
-			SELECT id, pid, tid, typ, data::jsonb, worker, created
+			SELECT id, pid, tid, typ, data::json, worker, created
 			FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
 				WITH ORDINALITY AS e(id, pid, tid, typ, data, worker, created, ord)
 			ORDER BY ord`),

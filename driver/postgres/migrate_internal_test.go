@@ -1,0 +1,140 @@
+package postgres
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// Migration 6 turns the jsonb context and event columns into json. A
+// schema at version 5 with runs, tasks and events in it keeps every value
+// (as jsonb rendered it: the text written before is gone), and what is
+// written afterwards reads back byte for byte.
+func TestMigrationToVerbatimJSONKeepsData(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv, err := Open(ctx, testdb.PostgresURL(), &Opts{Schema: schema})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	require.NoError(t, drv.migrateTo(ctx, 5))
+
+	const (
+		input  = `{"b":{"yy":1,"x":[1e2,1.50]},"a":"\u00e9 <&>","big":12345678901234567890}`
+		output = `{"done":true,"obj":{"dup":1,"dup":2}}`
+		data   = `{"attempt":1,"error":"x < y"}`
+	)
+	pid, tid, eid := uuid.New(), uuid.New(), uuid.New()
+	s := pgx.Identifier{schema}.Sanitize()
+	_, err = drv.Pool().Exec(ctx, fmt.Sprintf(`
+		WITH p AS (INSERT INTO %[1]s.pipeline_executions (id, workflow_name, workflow_version, status, input, output, created_at, updated_at)
+				VALUES ($1, 'wf', 'v1', 'completed', $4::jsonb, $5::jsonb, now(), now())),
+			t AS (INSERT INTO %[1]s.task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status,
+					attempt, max_attempts, input, output, created_at, updated_at)
+				VALUES ($2, $1, 'wf', 'a', 0, 'completed', 1, 1, $4::jsonb, $5::jsonb, now(), now()),
+					(gen_random_uuid(), $1, 'wf', 'b', 1, 'not_started', 0, 1, NULL, NULL, now(), now()))
+		INSERT INTO %[1]s.execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
+			VALUES ($3, $1, $2, 'task_completed', $6::jsonb, 'w', now())`, s),
+		pid, tid, eid, input, output, data)
+	require.NoError(t, err)
+
+	require.NoError(t, drv.Migrate(ctx))
+	current, latest, err := drv.MigrationVersion(ctx)
+	require.NoError(t, err)
+	require.Equal(t, latest, current)
+
+	rows, err := drv.Pool().Query(ctx, `SELECT table_name || '.' || column_name, data_type FROM information_schema.columns
+		WHERE table_schema = $1 AND column_name IN ('input', 'output', 'event_data') ORDER BY 1`, schema)
+	require.NoError(t, err)
+	types, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var c [2]string
+		return c, r.Scan(&c[0], &c[1])
+	})
+	require.NoError(t, err)
+	require.Equal(t, [][2]string{
+		{"execution_events.event_data", "json"},
+		{"pipeline_executions.input", "json"}, {"pipeline_executions.output", "json"},
+		{"task_executions.input", "json"}, {"task_executions.output", "json"},
+	}, types)
+
+	p, err := drv.Reader().PipelineGet(ctx, pid)
+	require.NoError(t, err)
+	requireSameValue(t, input, p.Input)
+	requireSameValue(t, output, p.Output)
+	tasks, err := drv.Reader().TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{pid}, WithContexts: true})
+	require.NoError(t, err)
+	require.Len(t, tasks, 2)
+	requireSameValue(t, input, tasks[0].Input)
+	requireSameValue(t, output, tasks[0].Output)
+	require.Nil(t, tasks[1].Input, "NULL stays NULL")
+	require.Nil(t, tasks[1].Output)
+	events, err := drv.Reader().EventList(ctx, &driver.EventListParams{PipelineID: &pid})
+	require.NoError(t, err)
+	require.Len(t, events, 1)
+	requireSameValue(t, data, events[0].Data)
+
+	// New writes keep their text.
+	tx, err := drv.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(t.Context())
+	now := time.Now()
+	require.NoError(t, tx.ChangeSetApply(ctx, &driver.ChangeSet{
+		Tasks: []driver.TaskUpdate{{ID: tasks[1].ID, FromStatus: driver.TaskNotStarted, Status: driver.TaskReady,
+			Attempt: 1, Input: json.RawMessage(input), Now: now}},
+		Events: []driver.EventInsert{{ID: uuid.New(), PipelineID: pid, Type: driver.EventTaskMarkedReady,
+			Data: json.RawMessage(data), WorkerID: "w", CreatedAt: now}},
+	}))
+	require.NoError(t, tx.Commit(ctx))
+	tasks, err = drv.Reader().TaskList(ctx, &driver.TaskListParams{IDs: []uuid.UUID{tasks[1].ID}, WithContexts: true})
+	require.NoError(t, err)
+	require.Equal(t, input, string(tasks[0].Input))
+	events, err = drv.Reader().EventList(ctx, &driver.EventListParams{PipelineID: &pid})
+	require.NoError(t, err)
+	require.Len(t, events, 2)
+	require.Equal(t, data, string(events[1].Data))
+}
+
+// requireSameValue checks that got is the JSON value want (jsonb drops
+// duplicate keys, keeping the last, and prints numbers as numeric does).
+func requireSameValue(t *testing.T, want string, got json.RawMessage) {
+	t.Helper()
+	decode := func(b []byte) any {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		var v any
+		require.NoError(t, dec.Decode(&v), "decode %s", b)
+		return v
+	}
+	require.NotNil(t, got)
+	w := decode([]byte(want))
+	// numeric prints 1e2 as 100: compare numbers by value.
+	require.Equal(t, normNumbers(t, w), normNumbers(t, decode(got)), "want %s, got %s", want, got)
+}
+
+func normNumbers(t *testing.T, v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		r, ok := new(big.Rat).SetString(string(x))
+		require.True(t, ok, "number %s", x)
+		return r.RatString()
+	case map[string]any:
+		for k, e := range x {
+			x[k] = normNumbers(t, e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = normNumbers(t, e)
+		}
+	}
+	return v
+}
