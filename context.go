@@ -19,6 +19,19 @@ import (
 // holding a NUL character (and keys that are not UTF-8): SQLite would keep
 // it, PostgreSQL cannot, and a workflow behaves the same on both.
 //
+// Each value is kept as JSON text, and a run reads back the same bytes on
+// every backend. The text is the value as encoding/json encodes it (a
+// map's keys sorted, a struct's fields in order) or, for a value given as
+// JSON ([json.RawMessage], [Context.UnmarshalJSON]), as written: nested
+// keys keep their order and numbers their form (1e2, 1.50, integers
+// beyond 2^53 to the last digit). Either way it is compact, without
+// spaces between tokens, and <, > and & are escaped (\u003c, \u003e,
+// \u0026), as encoding/json writes them. A context encodes as one object
+// with its keys sorted ([Context.MarshalJSON]): that is what a task's
+// output, a run's input and its final context are. Where objects under
+// the same key are merged (see Context flow in the package docs), the
+// merged object is encoded anew, its keys sorted.
+//
 // A Context is safe for concurrent use by the goroutines of one task.
 type Context struct {
 	mu     sync.RWMutex
@@ -142,7 +155,8 @@ func (c *Context) Get(key string) (any, bool) {
 	return v, true
 }
 
-// Raw returns the JSON encoding of key's value, and whether it exists.
+// Raw returns the JSON text of key's value (see [Context] for its form),
+// and whether it exists.
 func (c *Context) Raw(key string) (json.RawMessage, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -195,7 +209,8 @@ func (c *Context) Clone() *Context {
 	return out
 }
 
-// MarshalJSON encodes the context as one JSON object with sorted keys.
+// MarshalJSON encodes the context as one JSON object with sorted keys,
+// each value as the context holds it.
 func (c *Context) MarshalJSON() ([]byte, error) {
 	if c == nil {
 		return []byte("{}"), nil
@@ -208,8 +223,10 @@ func (c *Context) MarshalJSON() ([]byte, error) {
 	return json.Marshal(c.values)
 }
 
-// UnmarshalJSON replaces the context's contents with a JSON object. Like
-// Set, it refuses keys and values that cannot be stored on every backend.
+// UnmarshalJSON replaces the context's contents with a JSON object. Each
+// value keeps its text, compacted (see [Context]); of keys given twice,
+// the last wins. Like Set, it refuses keys and values that cannot be
+// stored on every backend.
 func (c *Context) UnmarshalJSON(data []byte) error {
 	fresh, err := contextFromJSON(data)
 	if err != nil {
@@ -219,6 +236,13 @@ func (c *Context) UnmarshalJSON(data []byte) error {
 		if err := checkEntry(k, raw); err != nil {
 			return err
 		}
+		// The form a stored context has, so that Raw returns the same
+		// text before a run stores the value and after.
+		compact, err := json.Marshal(raw)
+		if err != nil {
+			return fmt.Errorf("context key %q: %w", k, err)
+		}
+		fresh.values[k] = compact
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -238,6 +262,12 @@ func (c *Context) String() string {
 // Get returns the value of key decoded as T. It fails with ErrKeyNotFound
 // when the key is missing and with ErrTypeMismatch, naming the key, the
 // stored JSON and T, when the value does not decode as T.
+//
+// Values decode as encoding/json decodes them, but for one thing: a number
+// whose value is an integer decodes into an integer type however it is
+// written (1e2, 100.0 and -1.50E+2 as 100, 100 and -150), anywhere in T,
+// as trigger rules compare numbers by value. A fraction (1.5) or an
+// integer too large for the type is a mismatch.
 func Get[T any](c *Context, key string) (T, error) {
 	var zero T
 	raw, ok := c.Raw(key)
@@ -245,7 +275,17 @@ func Get[T any](c *Context, key string) (T, error) {
 		return zero, fmt.Errorf("context key %q: %w", key, ErrKeyNotFound)
 	}
 	var v T
-	if err := json.Unmarshal(raw, &v); err != nil || (string(raw) == "null" && !nullable(reflect.TypeFor[T]())) {
+	err := json.Unmarshal(raw, &v)
+	if err != nil {
+		// Only numbers change: a value that failed for anything else fails
+		// again. A json.RawMessage or json.Number inside T then sees the
+		// integer form too, but only when some integer field needed it.
+		if plain, changed := jsonx.IntegerForms(raw); changed {
+			v = zero
+			err = json.Unmarshal(plain, &v)
+		}
+	}
+	if err != nil || (string(raw) == "null" && !nullable(reflect.TypeFor[T]())) {
 		return zero, fmt.Errorf("context key %q holds %s, which is not a %s: %w", key, abbreviate(raw), reflect.TypeFor[T](), ErrTypeMismatch)
 	}
 	return v, nil

@@ -37,6 +37,13 @@
 //
 //	rows, err := cloacina.Get[[]Row](tc, "rows")
 //
+// Contexts are kept as JSON text, and a run reads back the same bytes on
+// SQLite and PostgreSQL: values as they were encoded or written (nested
+// keys in their order, 1e2 and 1.50 as written, big integers to the last
+// digit), compacted, with sorted keys at the top and in merged objects;
+// [Context] gives the rule. [Get] decodes an integral number into an
+// integer type however it is written (1e2 as 100).
+//
 // # Trigger rules
 //
 // When all of a task's dependencies have ended, its [TriggerRule] decides

@@ -160,7 +160,8 @@ type Event struct {
 	TaskID   *uuid.UUID
 	TaskName string
 	Type     EventType
-	// Data is the event's JSON payload; Payload decodes it.
+	// Data is the event's JSON payload: EventData as encoding/json encodes
+	// it, the same bytes on every backend. Payload decodes it.
 	Data json.RawMessage
 	// WorkerID is the id of the runner that caused the transition.
 	WorkerID  string

@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/big"
 	"reflect"
+	"strconv"
 	"strings"
 )
 
@@ -177,4 +178,83 @@ func Contains(haystack, needle any) bool {
 		}
 	}
 	return false
+}
+
+// maxIntegerDigits is the length of the largest Go integer, uint64's
+// 18446744073709551615: a longer integer fits no integer type.
+const maxIntegerDigits = 20
+
+// IntegerForms rewrites every number in the valid JSON text raw whose
+// value is an integer but that is written with a fraction or an exponent
+// (1e2, 100.0, -1.50E+2) as a plain integer (100, 100, -150), and reports
+// whether it changed anything. encoding/json decodes only plain integers
+// into integer types; after this, every integral value decodes. Numbers
+// of more than 20 digits, which no Go integer holds, stay as written.
+func IntegerForms(raw []byte) ([]byte, bool) {
+	var out []byte
+	last := 0
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; {
+		case c == '"':
+			for i++; i < len(raw) && raw[i] != '"'; i++ {
+				if raw[i] == '\\' {
+					i++
+				}
+			}
+		case c == '-' || (c >= '0' && c <= '9'):
+			j := i
+			for j < len(raw) && strings.IndexByte("+-.0123456789eE", raw[j]) >= 0 {
+				j++
+			}
+			if plain, ok := integerForm(string(raw[i:j])); ok {
+				out = append(append(out, raw[last:i]...), plain...)
+				last = j
+			}
+			i = j - 1
+		}
+	}
+	if out == nil {
+		return raw, false
+	}
+	return append(out, raw[last:]...), true
+}
+
+// integerForm returns the JSON number n as a plain integer when it is
+// written with a fraction or an exponent, its value is an integer, and
+// that integer has at most maxIntegerDigits digits.
+func integerForm(n string) (string, bool) {
+	if !strings.ContainsAny(n, ".eE") {
+		return "", false
+	}
+	neg := strings.HasPrefix(n, "-")
+	mantissa, exp, _ := strings.Cut(strings.ToLower(strings.TrimPrefix(n, "-")), "e")
+	intPart, frac, _ := strings.Cut(mantissa, ".")
+	digits := strings.TrimLeft(intPart+frac, "0")
+	if digits == "" {
+		return "0", true // zero in any form, -0 included
+	}
+	e := 0
+	if exp != "" {
+		v, err := strconv.Atoi(exp)
+		if err != nil || v > maxIntegerDigits+len(frac) || v < -len(intPart+frac) {
+			return "", false // too large for any integer, or a fraction
+		}
+		e = v
+	}
+	// The value is digits × 10^shift.
+	switch shift := e - len(frac); {
+	case shift >= 0:
+		digits += strings.Repeat("0", shift)
+	case -shift >= len(digits) || strings.Trim(digits[len(digits)+shift:], "0") != "":
+		return "", false // a fraction
+	default:
+		digits = digits[:len(digits)+shift]
+	}
+	if len(digits) > maxIntegerDigits {
+		return "", false
+	}
+	if neg {
+		digits = "-" + digits
+	}
+	return digits, true
 }

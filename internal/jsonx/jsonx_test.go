@@ -52,3 +52,29 @@ func TestCompareAndContains(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, Equal(map[string]any{"a": 1.0}, n))
 }
+
+func TestIntegerForms(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		`1e2`:                           `100`,
+		`1E+2`:                          `100`,
+		`-1.50E+2`:                      `-150`,
+		`100.0`:                         `100`,
+		`1000e-3`:                       `1`,
+		`0.5e1`:                         `5`,
+		`-0.0`:                          `0`,
+		`0e-99999999999999999999`:       `0`,
+		`1.8446744073709551615e19`:      `18446744073709551615`,
+		`[1.0,"2.0 \"3.0\"",{"k":4e0}]`: `[1,"2.0 \"3.0\"",{"k":4}]`,
+	} {
+		got, changed := IntegerForms([]byte(in))
+		require.True(t, changed, in)
+		require.Equal(t, want, string(got), in)
+	}
+	for _, in := range []string{`100`, `-7`, `1.5`, `100e-3`, `0.05e1`, `1e21`, `1e99999999999999999999`, `1e-7`,
+		`12345678901234567890123`, `"1e2"`, `{"1.0":true}`, `[1,null,"x"]`} {
+		got, changed := IntegerForms([]byte(in))
+		require.False(t, changed, in)
+		require.Equal(t, in, string(got), in)
+	}
+}
