@@ -27,7 +27,7 @@ func lockRun(ctx context.Context, tx driver.Tx, id uuid.UUID) (*driver.Pipeline,
 // outcome is still recorded when they return. Cancelling a cancelled run
 // does nothing; cancelling a completed or failed run is ErrRunFinished.
 func (r *Runner) Cancel(ctx context.Context, id uuid.UUID) error {
-	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+	return r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		p, err := lockRun(ctx, tx, id)
 		if err != nil {
 			return err
@@ -56,7 +56,6 @@ func (r *Runner) Cancel(ctx context.Context, id uuid.UUID) error {
 		c.finished = append(c.finished, id)
 		return nil
 	})
-	return err
 }
 
 // Pause stops new tasks of a run from being claimed: its queued tasks stay
@@ -64,7 +63,7 @@ func (r *Runner) Cancel(ctx context.Context, id uuid.UUID) error {
 // ready wait too. Pausing a paused run does nothing; pausing a finished run
 // is ErrRunFinished.
 func (r *Runner) Pause(ctx context.Context, id uuid.UUID) error {
-	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+	return r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		p, err := lockRun(ctx, tx, id)
 		if err != nil {
 			return err
@@ -83,14 +82,13 @@ func (r *Runner) Pause(ctx context.Context, id uuid.UUID) error {
 		c.event(id, nil, EventPipelinePaused, &EventData{OutboxRows: &n})
 		return nil
 	})
-	return err
 }
 
 // Resume puts a paused run's Ready tasks back in the outbox (each at its
 // original due time) and lets the run continue. Resuming a run that is not
 // paused does nothing; resuming a finished run is ErrRunFinished.
 func (r *Runner) Resume(ctx context.Context, id uuid.UUID) error {
-	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+	return r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		p, err := lockRun(ctx, tx, id)
 		if err != nil {
 			return err
@@ -125,5 +123,4 @@ func (r *Runner) Resume(ctx context.Context, id uuid.UUID) error {
 		c.event(id, nil, EventPipelineResumed, &EventData{OutboxRows: &n})
 		return nil
 	})
-	return err
 }

@@ -81,7 +81,9 @@
 //
 // Open applies the embedded migrations (see also [Migrate]) and refuses a
 // database migrated by a newer Cloacina. [OpenPool] and [OpenDB] open on a
-// *pgxpool.Pool or *sql.DB the application already has. Any number of
+// *pgxpool.Pool or *sql.DB the application already has, which
+// [Runner.Close] leaves open; either way, every later call on a closed
+// runner that would use the database returns [ErrRunnerClosed]. Any number of
 // runners in any number of processes may share a PostgreSQL database, or a
 // SQLite file: PostgreSQL is the coordination engine, there is no broker.
 //

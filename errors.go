@@ -44,7 +44,9 @@ var (
 	// ErrRunnerStarted is returned by Start on a runner already started,
 	// and by Register once a runner has started.
 	ErrRunnerStarted = errors.New("runner already started")
-	// ErrRunnerClosed is returned by calls on a closed runner.
+	// ErrRunnerClosed is wrapped by the error of every call on a closed
+	// runner that would use its database (see Runner.Close), whether or
+	// not the runner opened that database.
 	ErrRunnerClosed = errors.New("runner closed")
 )
 

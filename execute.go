@@ -37,7 +37,11 @@ func (e *Execution) Wait(ctx context.Context) (*ExecutionResult, error) {
 
 // Status returns the run's current status.
 func (e *Execution) Status(ctx context.Context) (PipelineStatus, error) {
-	p, err := e.r.drv.Reader().PipelineGet(ctx, e.id)
+	db, err := e.r.reader()
+	if err != nil {
+		return "", err
+	}
+	p, err := db.PipelineGet(ctx, e.id)
 	if err != nil {
 		return "", e.r.notFound(e.id, err)
 	}
@@ -229,13 +233,17 @@ func newPipeline(run *newRun, status driver.PipelineStatus, now time.Time) *driv
 
 // wait blocks until run id is terminal: woken at once when this runner
 // ends it, and polling (quickly at first, then every PollInterval) for
-// runs ended elsewhere.
+// runs ended elsewhere. Close ends it with ErrRunnerClosed.
 func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, error) {
 	ch := r.subscribeRun(id)
 	defer r.unsubscribeRun(id, ch)
 	interval := 20 * time.Millisecond
 	for {
-		p, err := r.drv.Reader().PipelineGet(ctx, id)
+		db, err := r.reader()
+		if err != nil {
+			return nil, err
+		}
+		p, err := db.PipelineGet(ctx, id)
 		switch {
 		case errors.Is(err, driver.ErrTransient):
 			// The database is briefly unreachable: keep waiting.
@@ -253,6 +261,7 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-ch:
+		case <-r.done:
 		case <-time.After(interval):
 			interval = min(interval*2, r.cfg.PollInterval, maxWaitPoll)
 		}
@@ -266,16 +275,6 @@ func (r *Runner) notFound(id uuid.UUID, err error) error {
 		return fmt.Errorf("%w: %s", ErrRunNotFound, id)
 	}
 	return r.closedErr(err)
-}
-
-// closedErr wraps a database error with ErrRunnerClosed when the runner
-// was closed meanwhile (with its connections): the pool's own error
-// ("closed pool") says less.
-func (r *Runner) closedErr(err error) error {
-	if cerr := r.checkOpen(); cerr != nil && !errors.Is(err, cerr) {
-		return fmt.Errorf("%w (%w)", cerr, err)
-	}
-	return err
 }
 
 func (r *Runner) subscribeRun(id uuid.UUID) chan struct{} {

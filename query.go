@@ -13,14 +13,17 @@ import (
 
 // Get returns the current state of a run, from any process.
 func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error) {
-	reader := r.drv.Reader()
-	p, err := reader.PipelineGet(ctx, id)
+	db, err := r.reader()
+	if err != nil {
+		return nil, err
+	}
+	p, err := db.PipelineGet(ctx, id)
 	if err != nil {
 		return nil, r.notFound(id, err)
 	}
-	tasks, err := reader.TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{id}})
+	tasks, err := db.TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{id}})
 	if err != nil {
-		return nil, err
+		return nil, r.closedErr(err)
 	}
 	res := &ExecutionResult{ID: p.ID, Workflow: p.WorkflowName, WorkflowVersion: p.WorkflowVersion, Status: p.Status,
 		CreatedAt: p.CreatedAt, StartedAt: p.StartedAt, CompletedAt: p.CompletedAt, Error: p.Error}
@@ -47,9 +50,13 @@ func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error
 // Runners returns the runners registered on the database (started and
 // heartbeating, or dead and not yet swept), oldest first.
 func (r *Runner) Runners(ctx context.Context) ([]RunnerInfo, error) {
-	rows, err := r.drv.Reader().RunnerList(ctx)
+	db, err := r.reader()
 	if err != nil {
 		return nil, err
+	}
+	rows, err := db.RunnerList(ctx)
+	if err != nil {
+		return nil, r.closedErr(err)
 	}
 	out := make([]RunnerInfo, len(rows))
 	for i, row := range rows {
@@ -79,6 +86,10 @@ type ListOpts struct {
 
 // List returns runs, newest first.
 func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error) {
+	db, err := r.reader()
+	if err != nil {
+		return nil, err
+	}
 	if opts == nil {
 		opts = &ListOpts{}
 	}
@@ -90,9 +101,9 @@ func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error
 		params.CreatedBefore = &opts.After.CreatedAt
 		params.BeforeID = opts.After.ID
 	}
-	ps, err := r.drv.Reader().PipelineList(ctx, params)
+	ps, err := db.PipelineList(ctx, params)
 	if err != nil {
-		return nil, err
+		return nil, r.closedErr(err)
 	}
 	out := make([]*RunSummary, len(ps))
 	for i, p := range ps {
@@ -135,6 +146,10 @@ type EventQuery struct {
 // Events returns execution events in sequence order (newest first with
 // Newest), or in following order with AfterSeq or Follow.
 func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
+	db, err := r.reader()
+	if err != nil {
+		return nil, err
+	}
 	if q == nil {
 		q = &EventQuery{}
 	}
@@ -145,10 +160,10 @@ func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
 	if q.Follow && after == 0 {
 		after = -1 // the driver's "follow from the start"
 	}
-	evs, err := r.drv.Reader().EventList(ctx, &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
+	evs, err := db.EventList(ctx, &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
 		AfterSeq: after, Newest: q.Newest, Limit: q.Limit})
 	if err != nil {
-		return nil, err
+		return nil, r.closedErr(err)
 	}
 	out := make([]*Event, len(evs))
 	for i, e := range evs {
@@ -177,12 +192,21 @@ func (r *Runner) RecentEvents(ctx context.Context, n int) ([]*Event, error) {
 
 // CountRunEvents counts the events of one run.
 func (r *Runner) CountRunEvents(ctx context.Context, runID uuid.UUID) (int64, error) {
-	return r.drv.Reader().EventCount(ctx, &driver.EventCountParams{PipelineID: &runID})
+	return r.countEvents(ctx, &driver.EventCountParams{PipelineID: &runID})
 }
 
 // CountEventsBefore counts the events created before cutoff.
 func (r *Runner) CountEventsBefore(ctx context.Context, cutoff time.Time) (int64, error) {
-	return r.drv.Reader().EventCount(ctx, &driver.EventCountParams{Before: &cutoff})
+	return r.countEvents(ctx, &driver.EventCountParams{Before: &cutoff})
+}
+
+func (r *Runner) countEvents(ctx context.Context, params *driver.EventCountParams) (int64, error) {
+	db, err := r.reader()
+	if err != nil {
+		return 0, err
+	}
+	n, err := db.EventCount(ctx, params)
+	return n, r.closedErr(err)
 }
 
 // DeleteEventsOpts tunes DeleteEventsBefore. A nil *DeleteEventsOpts means
@@ -217,7 +241,7 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 	var total int64
 	for {
 		var n int64
-		_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 			var err error
 			n, err = tx.EventDelete(ctx, &driver.EventDeleteParams{Before: cutoff, Limit: batch})
 			return err

@@ -121,7 +121,9 @@ type Runner struct {
 	mu          sync.Mutex
 	workflows   map[string]*Workflow
 	started     bool
-	closed      bool
+	// done is closed by Close: calls check it, and a Wait in progress
+	// returns on it.
+	done chan struct{}
 	// svc holds the background services while the runner is started.
 	svc atomic.Pointer[services]
 
@@ -275,6 +277,7 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		running:       map[uuid.UUID]*runningTask{},
 		cancelledRuns: map[uuid.UUID]time.Time{},
 		waiters:       map[uuid.UUID]map[chan struct{}]struct{}{},
+		done:          make(chan struct{}),
 	}
 	for _, wf := range c.Workflows {
 		if err := r.Register(wf); err != nil {
@@ -327,6 +330,9 @@ func (r *Runner) Register(wf *Workflow) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.isClosed() {
+		return ErrRunnerClosed
+	}
 	if have, ok := r.workflows[wf.name]; ok {
 		if have.version == wf.version {
 			return nil
@@ -373,14 +379,20 @@ func (r *Runner) workflowNamesLocked() []string {
 }
 
 // Close stops the runner if it is running (waiting up to 30 s for running
-// tasks) and closes the database if the runner opened it.
+// tasks) and closes the database if the runner opened it (Open; not
+// OpenDB, OpenPool or NewRunner). Afterwards every method that would use
+// the database — Start, Register and Execute* included, and those of its
+// Execution handles — returns an error wrapping ErrRunnerClosed, whoever
+// owns the database; a call in progress either finishes or returns that
+// error (a Wait returns it at once). ID, Driver and IsLeader still answer,
+// and Stop and Close do nothing.
 func (r *Runner) Close() error {
 	r.mu.Lock()
-	if r.closed {
+	if r.isClosed() {
 		r.mu.Unlock()
 		return nil
 	}
-	r.closed = true
+	close(r.done)
 	started := r.started
 	r.mu.Unlock()
 	var stopErr error
@@ -395,13 +407,57 @@ func (r *Runner) Close() error {
 	return stopErr
 }
 
+func (r *Runner) isClosed() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// checkOpen is ErrRunnerClosed once Close has begun.
 func (r *Runner) checkOpen() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
+	if r.isClosed() {
 		return ErrRunnerClosed
 	}
 	return nil
+}
+
+// closedErr wraps err with ErrRunnerClosed when the runner was closed
+// meanwhile: the driver's own error on a pool Close closed ("closed
+// pool", "database is closed") says less.
+func (r *Runner) closedErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := r.checkOpen(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w (%w)", cerr, err)
+	}
+	return err
+}
+
+// reader is where a caller's call reads the database: ErrRunnerClosed
+// once Close has begun, since a runner on the application's database
+// (OpenDB, OpenPool) would otherwise go on answering. Errors of the reads
+// go through closedErr.
+func (r *Runner) reader() (driver.Executor, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	return r.drv.Reader(), nil
+}
+
+// apiTx is withTx for a caller's call: refused once Close has begun, and
+// its error wrapped with ErrRunnerClosed when Close came meanwhile. The
+// runner's own work (results, heartbeats, the stop inside Close) uses
+// withTx, which a closing runner still needs.
+func (r *Runner) apiTx(ctx context.Context, fn txFunc) error {
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	_, err := r.withTx(ctx, apiTxAttempts, fn)
+	return r.closedErr(err)
 }
 
 // txFunc is the body of a transaction: it reads and writes through tx and

@@ -76,7 +76,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	r.lifecycleMu.Lock()
 	defer r.lifecycleMu.Unlock()
 	r.mu.Lock()
-	closed, started, workflows := r.closed, r.started, r.workflowNamesLocked()
+	closed, started, workflows := r.isClosed(), r.started, r.workflowNamesLocked()
 	r.mu.Unlock()
 	if closed {
 		return ErrRunnerClosed
@@ -109,7 +109,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closed {
+	if r.isClosed() {
 		r.deregister()
 		return ErrRunnerClosed
 	}
