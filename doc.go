@@ -90,7 +90,8 @@
 // Ready tasks go through a task outbox. A runner claims outbox rows in one
 // transaction (FOR UPDATE SKIP LOCKED on PostgreSQL; a write transaction
 // begun IMMEDIATE on SQLite), which flips the tasks to Running under its
-// id and attempt; it only claims tasks of workflows it registered. Every
+// id and attempt; it only claims tasks of workflows it registered
+// (Config.Workflows, or [Runner.Register] before or after Start). Every
 // later write for a claimed task is fenced on that claim: a runner that
 // lost it changes nothing and emits nothing. Results are recorded in
 // batches; the readiness of downstream tasks and the end of the run are

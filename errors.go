@@ -41,8 +41,8 @@ var (
 	// ErrTaskTimeout is wrapped by the error of a task that ran past its
 	// timeout. Timeouts are transient: they are retried under RetryTransient.
 	ErrTaskTimeout = errors.New("task timed out")
-	// ErrRunnerStarted is returned by Start on a runner already started,
-	// and by Register once a runner has started.
+	// ErrRunnerStarted is returned by Start on a runner already started.
+	// (Register accepts workflows before and after Start.)
 	ErrRunnerStarted = errors.New("runner already started")
 	// ErrRunnerClosed is wrapped by the error of every call on a closed
 	// runner that would use its database (see Runner.Close), whether or

@@ -229,3 +229,102 @@ func TestCloseEndsWaitInProgress(t *testing.T) {
 		})
 	}
 }
+
+// A workflow registered after Start is claimed at once: its tasks queued
+// before do not wait for the next poll, which here is an hour away.
+func TestRegisterAfterStartClaimsAtOnce(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		first := MustWorkflow("first", Task{Name: "a", Run: ok})
+		late := MustWorkflow("late", Task{Name: "a", Run: setKey("ran", true)})
+		worker := openRunner(t, url, &Config{Workflows: []*Workflow{first}, PollInterval: time.Hour})
+		idle := make(chan struct{}, 16)
+		hook := func(context.Context) {
+			select {
+			case idle <- struct{}{}:
+			default:
+			}
+		}
+		worker.idleHook.Store(&hook)
+		// Queued before the worker listens, so no wake-up reaches it.
+		submitter := openRunner(t, url, &Config{Workflows: []*Workflow{late}})
+		exec, err := submitter.ExecuteAsync(ctx, "late", nil)
+		require.NoError(t, err)
+		require.NoError(t, worker.Start(ctx))
+		// The worker looks for work once as it starts and once more when
+		// its wake-up subscription is in place; then it waits for the poll.
+		waitFor(t, idle, "the first claim")
+		waitFor(t, idle, "the claim after subscribing to wake-ups")
+
+		require.NoError(t, worker.Register(late))
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, res.Error)
+		evs, err := submitter.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventTaskClaimed}})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, worker.ID(), evs[0].WorkerID)
+	})
+}
+
+// A workflow registered after Start shows in the runner's row (Runners,
+// `cloacina runners`) without waiting for a heartbeat, here an hour away.
+func TestRegisterAfterStartUpdatesRunnerRow(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		first := MustWorkflow("first", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{first}, HeartbeatInterval: time.Hour})
+		requireRowWorkflows(t, r, "first")
+
+		require.NoError(t, r.Register(MustWorkflow("late", Task{Name: "a", Run: ok})))
+		requireRowWorkflows(t, r, "first", "late")
+		require.NoError(t, r.Register(first), "registering the same workflow again is still a no-op")
+		err := r.Register(MustWorkflow("late", Task{Name: "b", Run: ok}))
+		require.ErrorContains(t, err, `a different workflow named "late" is already registered`, "and another under a taken name still an error")
+
+		// Registered while stopped: the row written at the next Start has it.
+		require.NoError(t, r.Stop(ctx))
+		require.NoError(t, r.Register(MustWorkflow("later", Task{Name: "a", Run: ok})))
+		require.NoError(t, r.Start(ctx))
+		requireRowWorkflows(t, r, "first", "late", "later")
+	})
+}
+
+// A registration missing from the runner's row (its prompt write failed,
+// or it came while Start was writing the row) is written by the next
+// heartbeat.
+func TestHeartbeatWritesMissingRegistrations(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := openRunner(t, url, nil)
+		require.NoError(t, r.register(ctx))
+		// Not started: Register writes nothing.
+		require.NoError(t, r.Register(MustWorkflow("late", Task{Name: "a", Run: ok})))
+		requireRowWorkflows(t, r)
+		_, _, err := r.beat(ctx, false)
+		require.NoError(t, err)
+		requireRowWorkflows(t, r, "late")
+	})
+}
+
+// requireRowWorkflows waits until r's runner row lists exactly want.
+func requireRowWorkflows(t *testing.T, r *Runner, want ...string) {
+	t.Helper()
+	ctx := testContext(t)
+	var got []string
+	require.Eventually(t, func() bool {
+		runners, err := r.Runners(ctx)
+		require.NoError(t, err)
+		got = nil
+		for _, info := range runners {
+			if info.ID == r.ID() {
+				got = info.Workflows
+				return slices.Equal(got, want)
+			}
+		}
+		return false
+	}, testTimeout, 5*time.Millisecond, "runner row lists %v, want %v", &got, want)
+}

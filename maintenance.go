@@ -16,14 +16,32 @@ const leaderLease = "cloacina_leader"
 // errClaimLost cancels a task whose claim another runner now holds.
 var errClaimLost = errors.New("claim lost: the task was reset and may run elsewhere")
 
-// register writes this runner's row; a runner without one would look dead.
-func (r *Runner) register(ctx context.Context, workflows []string) error {
+// register writes this runner's row, with the workflows registered now; a
+// runner without one would look dead.
+func (r *Runner) register(ctx context.Context) error {
+	r.mu.Lock()
+	workflows, registered := r.workflowNamesLocked(), r.registered
+	r.mu.Unlock()
 	host, _ := os.Hostname()
 	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		return tx.RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
 			Workflows: workflows, Now: c.now})
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.rowWritten = registered
+	r.mu.Unlock()
+	return nil
+}
+
+// rowStale reports whether a workflow was registered since the runner's
+// row was last written.
+func (r *Runner) rowStale() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rowWritten != r.registered
 }
 
 // heartbeatLoop keeps the runner alive in the registry, finds claims it
@@ -39,12 +57,22 @@ func (r *Runner) heartbeatLoop(svc *services) {
 	leader := false
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
-	for beats := 1; ; beats++ {
+	for beats := 0; ; {
 		select {
 		case <-ctx.Done():
 			return
+		case <-svc.rowStale:
+			// A workflow registered after Start: list it now rather than
+			// at the next beat, which also retries a failure here.
+			if !r.heartbeatFrozen.Load() && r.rowStale() {
+				if err := r.register(ctx); err != nil && ctx.Err() == nil {
+					r.logger.Warn("list newly registered workflows in the runner row", "error", err)
+				}
+			}
+			continue
 		case <-ticker.C:
 		}
+		beats++
 		if r.heartbeatFrozen.Load() {
 			continue
 		}
@@ -103,9 +131,11 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 	if err != nil {
 		return false, nil, err
 	}
-	if !alive {
-		r.logger.Warn("this runner was declared dead (heartbeat expired); registering again")
-		if err := r.register(ctx, r.workflowNames()); err != nil {
+	if !alive || r.rowStale() {
+		if !alive {
+			r.logger.Warn("this runner was declared dead (heartbeat expired); registering again")
+		}
+		if err := r.register(ctx); err != nil {
 			return leader, dead, err
 		}
 	}

@@ -561,7 +561,7 @@ func TestRestartUnderTheSameIDResetsItsOldClaims(t *testing.T) {
 		crashed := openRunner(t, url, cfg())
 		exec, err := crashed.ExecuteAsync(ctx, wf.Name(), nil)
 		require.NoError(t, err)
-		require.NoError(t, crashed.register(ctx, crashed.workflowNames()))
+		require.NoError(t, crashed.register(ctx))
 		claimed, err := crashed.claim(ctx, 10)
 		require.NoError(t, err)
 		require.Len(t, claimed, 1)

@@ -25,8 +25,9 @@ import (
 // Config configures a Runner. The zero value is usable: every field
 // documents its default.
 type Config struct {
-	// Workflows are registered at open; more can be added with Register.
-	// A runner only claims tasks of workflows it has registered.
+	// Workflows are registered at open; more can be added with Register,
+	// before or after Start. A runner only claims tasks of workflows it
+	// has registered.
 	Workflows []*Workflow
 	// MaxConcurrentTasks bounds the tasks this runner executes at once.
 	// Default: 10; at most 10,000.
@@ -120,7 +121,12 @@ type Runner struct {
 	lifecycleMu sync.Mutex
 	mu          sync.Mutex
 	workflows   map[string]*Workflow
-	started     bool
+	// registered counts the workflows registered; rowWritten is its value
+	// when this runner's row was last written, so a row that lacks some
+	// is written again (see Register).
+	registered uint64
+	rowWritten uint64
+	started    bool
 	// done is closed by Close: calls check it, and a Wait in progress
 	// returns on it.
 	done chan struct{}
@@ -322,8 +328,12 @@ func (r *Runner) ID() string { return r.id }
 // Driver returns the runner's backend.
 func (r *Runner) Driver() driver.Driver { return r.drv }
 
-// Register adds a workflow. Registering the same workflow again is a
-// no-op; another workflow under a registered name is an error.
+// Register adds a workflow, before or after Start. A started runner
+// claims the workflow's tasks from then on, those already queued
+// included, and lists it in its row (Runners, `cloacina runners`) at
+// once — or, if that write fails, with its next heartbeat. Registering the
+// same workflow again is a no-op; another workflow under a registered
+// name is an error, started or not.
 func (r *Runner) Register(wf *Workflow) error {
 	if wf == nil {
 		return errors.New("cloacina: Register(nil): build the workflow with NewWorkflow")
@@ -340,6 +350,14 @@ func (r *Runner) Register(wf *Workflow) error {
 		return fmt.Errorf("cloacina: a different workflow named %q is already registered (version %.12s, new %.12s): give it another name", wf.name, have.version, wf.version)
 	}
 	r.workflows[wf.name] = wf
+	r.registered++
+	if svc := r.svc.Load(); svc != nil {
+		select {
+		case svc.rowStale <- struct{}{}:
+		default:
+		}
+		r.wakeClaimer()
+	}
 	return nil
 }
 

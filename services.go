@@ -40,8 +40,11 @@ type services struct {
 	flushCtx    context.Context
 	flushCancel context.CancelFunc
 
-	wake      chan struct{}
-	due       chan time.Time
+	wake chan struct{}
+	due  chan time.Time
+	// rowStale asks the heartbeat loop to write the runner's row now: a
+	// workflow was registered.
+	rowStale  chan struct{}
 	slots     chan struct{}
 	slotFreed chan struct{}
 	results   chan *taskResult
@@ -76,7 +79,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	r.lifecycleMu.Lock()
 	defer r.lifecycleMu.Unlock()
 	r.mu.Lock()
-	closed, started, workflows := r.isClosed(), r.started, r.workflowNamesLocked()
+	closed, started := r.isClosed(), r.started
 	r.mu.Unlock()
 	if closed {
 		return ErrRunnerClosed
@@ -88,6 +91,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	svc := &services{
 		wake:          make(chan struct{}, 1),
 		due:           make(chan time.Time, 16),
+		rowStale:      make(chan struct{}, 1),
 		slots:         make(chan struct{}, r.cfg.MaxConcurrentTasks),
 		slotFreed:     make(chan struct{}, 1),
 		results:       make(chan *taskResult, r.cfg.MaxConcurrentTasks),
@@ -100,7 +104,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	// Register before the first claim: a claim by a runner without a row
 	// would look like a dead runner's. Then hand back what an earlier
 	// process with this id left claimed, before this one claims anything.
-	if err := r.register(ctx, workflows); err != nil {
+	if err := r.register(ctx); err != nil {
 		return fmt.Errorf("cloacina: register runner: %w", err)
 	}
 	if err := r.recoverOwn(ctx); err != nil {
@@ -115,6 +119,10 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	r.svc.Store(svc)
 	r.started = true
+	if r.rowWritten != r.registered {
+		// Registered while the row was being written above.
+		svc.rowStale <- struct{}{}
+	}
 
 	svc.loops.Add(4)
 	go r.claimLoop(svc)
