@@ -146,8 +146,16 @@
 //
 // A started runner registers a row and heartbeats it (one write per
 // Config.HeartbeatInterval, however many tasks it runs), renewing a lease
-// that makes one runner at a time the leader. The leader removes runners
-// whose heartbeat is older than Config.RunnerTimeout and resets their
+// that makes one runner at a time the leader. The lease runs in terms of
+// Config.RunnerTimeout, set and judged by the database's clock, so runners
+// whose clocks disagree still agree on the leader. Once a term expires,
+// another runner takes the next one, even from a leader frozen in the
+// middle of its heartbeat (a long GC pause, a stopped process, a network
+// partition that leaves its transaction open); the old leader finds out
+// at its next heartbeat and stops leading, and what it did meanwhile is
+// fenced like every reset, so it cannot undo the new leader's work. The
+// leader removes runners whose heartbeat is older than
+// Config.RunnerTimeout and resets their
 // Running tasks to Ready for others (task_reset, recovery count + 1), or
 // abandons a task past Config.MaxRecoveries (task_abandoned, Failed, then
 // trigger rules and the run's end as usual). It does not sweep until it

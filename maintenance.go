@@ -107,29 +107,48 @@ func (r *Runner) heartbeatLoop(svc *services) {
 }
 
 // beat records one heartbeat — one transaction however many tasks run,
-// which also renews (or seeks) the leader lease and, when sweep is set and
-// the lease held, removes the rows of runners whose heartbeat expired —
+// which also renews this runner's term of the leader lease if it holds it
+// and, when sweep is set and the lease held, removes the rows of runners
+// whose heartbeat expired — then takes the lease over if it is vacant,
 // re-registers if the runner had been declared dead, and cancels the
 // tasks whose claims it no longer holds. It reports whether this runner
 // leads, and the dead runners it removed; their Running tasks are then
 // orphans for the sweep to reset.
 func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []string, err error) {
-	var alive bool
+	var alive, vacant bool
 	_, err = r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		var err error
 		if alive, err = tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id, Now: c.now}); err != nil {
 			return err
 		}
-		leader, err = tx.LeaseAcquire(ctx, &driver.LeaseAcquireParams{Name: leaderLease, Holder: r.id, Now: c.now,
-			ExpiresAt: c.now.Add(r.cfg.RunnerTimeout)})
-		if err != nil || !leader || !sweep {
+		lease, err := tx.LeaseRenew(ctx, &driver.LeaseRenewParams{Name: leaderLease, Holder: r.id, TTL: r.cfg.RunnerTimeout})
+		if err != nil {
 			return err
+		}
+		leader, vacant = lease.Held, lease.Vacant
+		if hook := r.beatHook.Load(); hook != nil {
+			(*hook)()
+		}
+		if !leader || !sweep {
+			return nil
 		}
 		dead, err = tx.RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: c.now.Add(-r.cfg.RunnerTimeout)})
 		return err
 	})
 	if err != nil {
 		return false, nil, err
+	}
+	if vacant {
+		// Outside the heartbeat's transaction: a new term left uncommitted
+		// by a runner that froze would hold back every other taker.
+		took, err := r.drv.LeaseTakeover(ctx, &driver.LeaseTakeoverParams{Name: leaderLease, Holder: r.id, TTL: r.cfg.RunnerTimeout})
+		if err != nil {
+			return false, dead, err
+		}
+		if took.Taken {
+			leader = true
+			r.logger.Info("took the leader lease", "term", took.Term)
+		}
 	}
 	if !alive || r.rowStale() {
 		if !alive {

@@ -477,6 +477,9 @@ func TestLeadershipMovesWhenTheLeaderStops(t *testing.T) {
 		require.NoError(t, a.Stop(ctx)) // releases the lease
 		waitLeader(t, bLeads, true)
 		require.False(t, a.IsLeader())
+		// b took the next term; the released one is collected.
+		require.Eventually(t, func() bool { return len(leaseTerms(t, b)) == 1 }, testTimeout, 10*time.Millisecond)
+		require.Equal(t, []leaseTerm{{2, b.ID()}}, leaseTerms(t, b))
 	})
 }
 
@@ -683,7 +686,7 @@ func TestHeartbeatsPassALeaseLockedElsewhere(t *testing.T) {
 	stranded, err := d.Pool().Begin(ctx)
 	require.NoError(t, err)
 	defer stranded.Rollback(context.WithoutCancel(ctx))
-	_, err = stranded.Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_leases"}.Sanitize()+" SET expires_at = expires_at")
+	_, err = stranded.Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_lease_terms"}.Sanitize()+" SET expires_at = expires_at")
 	require.NoError(t, err)
 	leader.heartbeatFrozen.Store(true)
 

@@ -69,9 +69,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// RunnerTimeout is how long a runner may go without a heartbeat before
 	// the leader declares it dead and resets its running tasks for other
-	// runners. It must exceed two heartbeats. On SQLite a heartbeat waits
-	// for the database write lock like any writer (up to the 10s busy
-	// timeout), so keep it well above that. Default: 30s.
+	// runners, and how long a term of the leader lease lasts after its
+	// last renewal. It must exceed two heartbeats. On SQLite a heartbeat
+	// waits for the database write lock like any writer (up to the 10s
+	// busy timeout), so keep it well above that. Default: 30s.
 	RunnerTimeout time.Duration
 	// MaxRecoveries bounds how often one task is reset after its runner
 	// died; the next time it is abandoned (Failed, task_abandoned) instead,
@@ -162,6 +163,9 @@ type Runner struct {
 	// claimsPaused stops this runner claiming, so tests choose which
 	// runner gets a task.
 	claimsPaused atomic.Bool
+	// beatHook, when set, runs inside every heartbeat transaction, after
+	// the lease renewal: a test freezes a runner there.
+	beatHook atomic.Pointer[func()]
 	// leaderHook, when set, sees every change of leadership.
 	leaderHook atomic.Pointer[func(bool)]
 	isLeader   atomic.Bool

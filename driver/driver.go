@@ -68,6 +68,16 @@ type Driver interface {
 	// MigrationVersion reports the database's schema version (0 when not
 	// migrated) and the newest version this backend knows.
 	MigrationVersion(ctx context.Context) (current, latest int, err error)
+	// LeaseTakeover takes the next term of a vacant lease (see
+	// LeaseRenewResult) in a transaction of its own, committed before it
+	// returns. Of concurrent takers of one term exactly one gets it; the
+	// lease's older term rows are never waited on, so a holder frozen
+	// inside a transaction that locks its term cannot stop a takeover.
+	//
+	// It runs outside the engine's transactions on purpose: a new term
+	// left uncommitted by a taker that froze before its commit would hold
+	// back every other taker, as the frozen holder's row did.
+	LeaseTakeover(ctx context.Context, params *LeaseTakeoverParams) (*LeaseTakeoverResult, error)
 	// Close releases the backend's connections, unless they belong to the
 	// application.
 	Close() error
@@ -156,9 +166,17 @@ type Executor interface {
 	RunnerDeleteExpired(ctx context.Context, params *RunnerDeleteExpiredParams) ([]string, error)
 	// RunnerList returns the registered runners, oldest first.
 	RunnerList(ctx context.Context) ([]*RunnerRow, error)
-	// LeaseAcquire takes or renews a lease and reports whether Holder holds it.
-	LeaseAcquire(ctx context.Context, params *LeaseAcquireParams) (bool, error)
-	// LeaseRelease gives up a lease held by Holder.
+	// LeaseRenew extends the newest term of a lease if Holder holds it and
+	// it has not expired, and reports whether the lease is vacant (see
+	// LeaseRenewParams). It never waits on a lease row another
+	// transaction holds: a term row locked elsewhere (by a holder frozen
+	// inside its transaction, say) is not renewed. A holder whose term
+	// expired must take a new one with LeaseTakeover, like anyone else.
+	LeaseRenew(ctx context.Context, params *LeaseRenewParams) (*LeaseRenewResult, error)
+	// LeaseRelease expires the newest term of a lease if Holder holds it,
+	// so that another holder can take the next term at once. It never
+	// waits on a locked lease row; a release that cannot apply leaves the
+	// term to expire.
 	LeaseRelease(ctx context.Context, params *LeaseReleaseParams) error
 
 	// TaskListOrphaned returns Running tasks whose runner is gone, with

@@ -45,16 +45,50 @@ type RunnerDeleteExpiredParams struct {
 	HeartbeatBefore time.Time
 }
 
-// LeaseAcquireParams takes or renews a named lease: it succeeds when the
-// lease is free, expired, or already held by Holder.
-type LeaseAcquireParams struct {
-	Name      string
-	Holder    string
-	Now       time.Time
-	ExpiresAt time.Time
+// LeaseRenewParams renews Holder's term of a named lease.
+//
+// A lease is a sequence of terms, each held by one holder until it
+// expires; the newest term is the lease. Expiry is judged by the
+// database's clock, never by the runners', so runners whose clocks
+// disagree still agree on who holds a lease.
+type LeaseRenewParams struct {
+	Name   string
+	Holder string
+	// TTL is how long the renewed term lasts, from the database's clock
+	// when it is renewed.
+	TTL time.Duration
 }
 
-// LeaseReleaseParams gives up a lease, only if Holder holds it.
+// LeaseRenewResult is what a renewal found.
+type LeaseRenewResult struct {
+	// Held reports that Holder held the lease's newest term, unexpired,
+	// and renewed it.
+	Held bool
+	// Vacant reports that nobody holds the lease: no term was ever taken,
+	// or the newest one expired (or was released). LeaseTakeover may take
+	// the next term.
+	Vacant bool
+}
+
+// LeaseTakeoverParams takes the next term of a vacant lease for Holder.
+type LeaseTakeoverParams struct {
+	Name   string
+	Holder string
+	// TTL is how long the new term lasts, from the database's clock when
+	// it is taken.
+	TTL time.Duration
+}
+
+// LeaseTakeoverResult is what a takeover got.
+type LeaseTakeoverResult struct {
+	// Taken reports that Holder now holds the lease, in term Term. False
+	// means the lease was not vacant, or another taker got the term.
+	Taken bool
+	Term  int64
+}
+
+// LeaseReleaseParams gives up a lease: its newest term expires at once,
+// only if Holder holds it.
 type LeaseReleaseParams struct {
 	Name   string
 	Holder string

@@ -1,6 +1,7 @@
 package drivertest
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -159,103 +160,229 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 	})
 }
 
+// leaseOps are the lease calls of one test, each in its own transaction
+// (a takeover always is).
+type leaseOps struct {
+	t *testing.T
+	b *bundle
+}
+
+func (o leaseOps) renew(name, holder string, ttl time.Duration) *driver.LeaseRenewResult {
+	o.t.Helper()
+	var res *driver.LeaseRenewResult
+	o.b.inTx(o.t, func(tx driver.Tx) {
+		var err error
+		res, err = tx.LeaseRenew(o.b.ctx, &driver.LeaseRenewParams{Name: name, Holder: holder, TTL: ttl})
+		require.NoError(o.t, err)
+		require.NotNil(o.t, res)
+	})
+	return res
+}
+
+func (o leaseOps) take(drv driver.Driver, name, holder string, ttl time.Duration) *driver.LeaseTakeoverResult {
+	o.t.Helper()
+	res, err := drv.LeaseTakeover(o.b.ctx, &driver.LeaseTakeoverParams{Name: name, Holder: holder, TTL: ttl})
+	require.NoError(o.t, err)
+	require.NotNil(o.t, res)
+	return res
+}
+
+func (o leaseOps) release(name, holder string) {
+	o.t.Helper()
+	o.b.inTx(o.t, func(tx driver.Tx) {
+		require.NoError(o.t, tx.LeaseRelease(o.b.ctx, &driver.LeaseReleaseParams{Name: name, Holder: holder}))
+	})
+}
+
+// requireHeld checks who may act on a lease: holder renews it, and
+// nobody else can renew or take it.
+func (o leaseOps) requireHeld(name, holder string) {
+	o.t.Helper()
+	require.Equal(o.t, &driver.LeaseRenewResult{Held: true}, o.renew(name, holder, time.Hour), "%s renews its term", holder)
+	require.Equal(o.t, &driver.LeaseRenewResult{}, o.renew(name, "someone-else", time.Hour), "held by %s: not vacant", holder)
+	require.False(o.t, o.take(o.b.drv, name, "someone-else", time.Hour).Taken, "held by %s: no takeover", holder)
+}
+
+// awaitVacant polls until the lease is vacant by the database's clock.
+// Expiry is real time passing on that clock: no test can move it.
+func (o leaseOps) awaitVacant(name string) {
+	o.t.Helper()
+	for !o.renew(name, "observer", time.Hour).Vacant {
+		select {
+		case <-o.b.ctx.Done():
+			o.t.Fatalf("lease %s never expired", name)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 func testLease(t *testing.T, s *suite) {
-	acquire := func(t *testing.T, b *bundle, name, holder string, now, until time.Time) bool {
-		t.Helper()
-		var ok bool
-		b.inTx(t, func(tx driver.Tx) {
-			var err error
-			ok, err = tx.LeaseAcquire(b.ctx, &driver.LeaseAcquireParams{Name: name, Holder: holder, Now: now, ExpiresAt: until})
-			require.NoError(t, err)
-		})
-		return ok
-	}
-	release := func(t *testing.T, b *bundle, name, holder string) {
-		t.Helper()
-		b.inTx(t, func(tx driver.Tx) {
-			require.NoError(t, tx.LeaseRelease(b.ctx, &driver.LeaseReleaseParams{Name: name, Holder: holder}))
-		})
-	}
-
-	t.Run("AcquireRenewExpire", func(t *testing.T) {
+	t.Run("TakeRenewRelease", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
+		o := leaseOps{t, b}
 		const lease = "cloacina_leader"
-		require.True(t, acquire(t, b, lease, "a", b.now, b.at(time.Minute)), "a free lease is taken")
-		require.False(t, acquire(t, b, lease, "b", b.at(30*time.Second), b.at(2*time.Minute)), "held and unexpired")
-		require.False(t, acquire(t, b, lease, "b", b.at(time.Minute), b.at(2*time.Minute)), "held through its expiry instant")
-		require.True(t, acquire(t, b, "other", "b", b.now, b.at(time.Minute)), "leases of other names are independent")
+		require.Equal(t, &driver.LeaseRenewResult{Vacant: true}, o.renew(lease, "a", time.Hour),
+			"a lease never taken is vacant, and renewing it takes nothing")
+		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 1}, o.take(b.drv, lease, "a", time.Hour))
+		o.requireHeld(lease, "a")
+		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 1}, o.take(b.drv, "other", "b", time.Hour),
+			"leases of other names are independent")
+		o.requireHeld(lease, "a")
 
-		// The holder renews: the expiry moves, so b still cannot take it
-		// after the first expiry.
-		require.True(t, acquire(t, b, lease, "a", b.at(50*time.Second), b.at(3*time.Minute)))
-		require.False(t, acquire(t, b, lease, "b", b.at(2*time.Minute), b.at(4*time.Minute)), "renewal extends the expiry")
-
-		// Expired: another holder takes over, and the old one has lost it.
-		require.True(t, acquire(t, b, lease, "b", b.at(3*time.Minute+time.Microsecond), b.at(5*time.Minute)))
-		require.False(t, acquire(t, b, lease, "a", b.at(4*time.Minute), b.at(6*time.Minute)), "the old holder cannot renew")
+		o.release(lease, "b")
+		o.requireHeld(lease, "a") // a release by another holder changes nothing
+		o.release(lease, "a")
+		require.Equal(t, &driver.LeaseRenewResult{Vacant: true}, o.renew(lease, "a", time.Hour),
+			"released: vacant at once, and its holder must take it anew")
+		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 2}, o.take(b.drv, lease, "b", time.Hour),
+			"terms go on counting after a release")
+		o.requireHeld(lease, "b")
+		o.release("unknown", "a") // no error
 	})
 
-	t.Run("ReleaseOnlyByHolder", func(t *testing.T) {
+	// A term lasts TTL by the database's clock from its last renewal.
+	// Once it has expired its holder cannot renew it; anyone (that holder
+	// too) may take the next term, and the loser's renewals change nothing.
+	t.Run("ExpireAndTakeOver", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
-		require.True(t, acquire(t, b, "l", "a", b.now, b.at(time.Hour)))
-		release(t, b, "l", "b")
-		require.False(t, acquire(t, b, "l", "b", b.now, b.at(time.Hour)), "a release by another holder changes nothing")
-		release(t, b, "l", "a")
-		require.True(t, acquire(t, b, "l", "b", b.now, b.at(time.Hour)), "released before expiry: free at once")
-		release(t, b, "unknown", "a") // no error
+		o := leaseOps{t, b}
+		const lease = "cloacina_leader"
+		require.True(t, o.take(b.drv, lease, "a", time.Hour).Taken)
+		require.Equal(t, &driver.LeaseRenewResult{Held: true}, o.renew(lease, "a", 0), "a renewal sets the expiry")
+		o.awaitVacant(lease)
+		require.Equal(t, &driver.LeaseRenewResult{Vacant: true}, o.renew(lease, "a", time.Hour), "an expired term is not renewed")
+		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 2}, o.take(b.drv, lease, "b", time.Hour))
+		require.Equal(t, &driver.LeaseRenewResult{}, o.renew(lease, "a", time.Hour), "the old holder's renewal fails")
+		require.False(t, o.take(b.drv, lease, "a", time.Hour).Taken)
+		o.requireHeld(lease, "b")
+
+		require.Equal(t, &driver.LeaseRenewResult{Held: true}, o.renew(lease, "b", 0))
+		o.awaitVacant(lease)
+		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 3}, o.take(b.drv, lease, "b", time.Hour),
+			"a holder whose term expired takes a new one")
+		o.requireHeld(lease, "b")
 	})
 
-	// Two transactions acquiring at once, whether the lease is free or
-	// expired: exactly one wins, and the row names it.
-	t.Run("ConcurrentAcquirers", func(t *testing.T) {
+	// The holder froze inside a transaction that renewed its term: the
+	// transaction holds the term's row and never ends. Once the committed
+	// term expires, another holder takes the next one without waiting on
+	// that row; when the frozen transaction finally commits, its renewal
+	// changes nothing. (SQLite has one writer at a time, so a frozen
+	// transaction there stops every writer; the takeover is the same
+	// without it.)
+	t.Run("TakeOverFromAHolderFrozenInItsTransaction", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
+		o := leaseOps{t, b}
+		const ttl = time.Second
+		var lease string
+		var frozen driver.Tx
+		for attempt := 1; ; attempt++ {
+			lease = fmt.Sprintf("lease-%d", attempt)
+			require.True(t, o.take(b.drv, lease, "a", ttl).Taken)
+			if !s.opts.ConcurrentTx {
+				break
+			}
+			tx, err := b.drv.Begin(b.ctx)
+			require.NoError(t, err)
+			t.Cleanup(func() { tx.Rollback(context.WithoutCancel(b.ctx)) })
+			res, err := tx.LeaseRenew(b.ctx, &driver.LeaseRenewParams{Name: lease, Holder: "a", TTL: time.Hour})
+			require.NoError(t, err)
+			if res.Held {
+				frozen = tx
+				break
+			}
+			// This machine took longer than the term to get here: again.
+			require.NoError(t, tx.Rollback(b.ctx))
+			require.Less(t, attempt, 5, "the holder never renewed within %s", ttl)
+		}
+
+		// Waiting on the frozen transaction's row would run into this deadline.
+		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+		defer cancel()
+		o.b = &bundle{drv: b.drv, ctx: ctx, now: b.now}
+		o.awaitVacant(lease)
+		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 2}, o.take(b.drv, lease, "b", time.Hour))
+		require.Equal(t, &driver.LeaseRenewResult{}, o.renew(lease, "a", time.Hour))
+		o.requireHeld(lease, "b")
+		if frozen != nil {
+			require.NoError(t, frozen.Commit(ctx))
+		}
+		require.Equal(t, &driver.LeaseRenewResult{}, o.renew(lease, "a", time.Hour), "the frozen renewal changed nothing")
+		o.requireHeld(lease, "b")
+	})
+
+	// A transaction holding the holder's term row makes its renewal and
+	// its release elsewhere skip the row instead of waiting: not held, not
+	// released, left to expire.
+	t.Run("LockedTermIsNotWaitedFor", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		o := leaseOps{t, b}
+		const lease = "cloacina_leader"
+		require.True(t, o.take(b.drv, lease, "a", time.Hour).Taken)
+		if s.opts.ConcurrentTx {
+			tx, err := b.drv.Begin(b.ctx)
+			require.NoError(t, err)
+			defer tx.Rollback(context.WithoutCancel(b.ctx))
+			res, err := tx.LeaseRenew(b.ctx, &driver.LeaseRenewParams{Name: lease, Holder: "a", TTL: time.Hour})
+			require.NoError(t, err)
+			require.True(t, res.Held)
+
+			ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+			defer cancel()
+			locked := leaseOps{t, &bundle{drv: b.drv, ctx: ctx, now: b.now}}
+			require.Equal(t, &driver.LeaseRenewResult{}, locked.renew(lease, "a", time.Hour), "a locked term is not renewed")
+			locked.release(lease, "a")
+			require.False(t, locked.take(b.drv, lease, "b", time.Hour).Taken, "nor released")
+			require.NoError(t, tx.Rollback(ctx))
+		}
+		o.requireHeld(lease, "a")
+	})
+
+	// Takers of one vacant lease at once, whether it was never taken or
+	// expired: exactly one gets the term.
+	t.Run("ConcurrentTakers", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		o := leaseOps{t, b}
 		drivers := []driver.Driver{b.drv, s.opts.OpenSibling(t, b.drv)}
 		for round := range 6 {
-			name := "free"
-			now := b.at(time.Duration(round) * time.Hour)
+			name := fmt.Sprintf("free-%d", round)
+			term := int64(1)
 			if round%2 == 1 {
-				name = "expired"
-				require.True(t, acquire(t, b, name, "old", now.Add(-2*time.Minute), now.Add(-time.Minute)))
+				name = fmt.Sprintf("expired-%d", round)
+				require.True(t, o.take(b.drv, name, "old", 0).Taken)
+				o.awaitVacant(name)
+				term = 2
 			}
 			var (
 				wg    sync.WaitGroup
 				start = make(chan struct{})
-				won   = make([]bool, len(drivers))
+				got   = make([]*driver.LeaseTakeoverResult, len(drivers))
 				errs  = make([]error, len(drivers))
 			)
 			for i, drv := range drivers {
-				holder := fmt.Sprintf("h%d-%d", round, i)
 				wg.Go(func() {
 					<-start
-					tx, err := drv.Begin(b.ctx)
-					if err != nil {
-						errs[i] = err
-						return
-					}
-					defer tx.Rollback(b.ctx)
-					won[i], errs[i] = tx.LeaseAcquire(b.ctx, &driver.LeaseAcquireParams{Name: name, Holder: holder, Now: now, ExpiresAt: now.Add(time.Minute)})
-					if errs[i] == nil {
-						errs[i] = tx.Commit(b.ctx)
-					}
+					got[i], errs[i] = drv.LeaseTakeover(b.ctx, &driver.LeaseTakeoverParams{Name: name, Holder: fmt.Sprintf("h%d", i), TTL: time.Hour})
 				})
 			}
 			close(start)
 			wg.Wait()
 			for i, err := range errs {
-				require.NoError(t, err, "round %d acquirer %d", round, i)
+				require.NoError(t, err, "round %d taker %d", round, i)
 			}
-			require.NotEqual(t, won[0], won[1], "round %d: exactly one acquirer wins, got %v", round, won)
-			winner, loser := 0, 1
-			if won[1] {
-				winner, loser = 1, 0
+			require.NotEqual(t, got[0].Taken, got[1].Taken, "round %d: exactly one taker wins, got %+v %+v", round, got[0], got[1])
+			winner := 0
+			if got[1].Taken {
+				winner = 1
 			}
-			require.True(t, acquire(t, b, name, fmt.Sprintf("h%d-%d", round, winner), now, now.Add(time.Minute)), "the winner holds it")
-			require.False(t, acquire(t, b, name, fmt.Sprintf("h%d-%d", round, loser), now, now.Add(time.Minute)), "the loser does not")
-			// Let the next round of "expired" start from an expired lease.
-			release(t, b, name, fmt.Sprintf("h%d-%d", round, winner))
+			require.Equal(t, term, got[winner].Term, "round %d", round)
+			o.requireHeld(name, fmt.Sprintf("h%d", winner))
+			require.Equal(t, &driver.LeaseRenewResult{}, o.renew(name, fmt.Sprintf("h%d", 1-winner), time.Hour), "the loser does not hold it")
 		}
 	})
 }

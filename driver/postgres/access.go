@@ -27,7 +27,7 @@ var tables = []string{
 	"task_outbox",
 	"execution_events",
 	"cloacina_runners",
-	"cloacina_leases",
+	"cloacina_lease_terms",
 }
 
 // schemaAccess is what the connected role may do with the schema.

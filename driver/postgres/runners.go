@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -81,40 +80,6 @@ func (e *executor) RunnerList(ctx context.Context) ([]*driver.RunnerRow, error) 
 		out = append(out, &r)
 	}
 	return out, mapError(rows.Err())
-}
-
-func (e *executor) LeaseAcquire(ctx context.Context, p *driver.LeaseAcquireParams) (bool, error) {
-	// Never waits on the lease row: a transaction left open on it (a
-	// leader frozen mid-heartbeat) would hold every runner's heartbeat,
-	// which shares the transaction, and make them all look dead once it
-	// ends. A locked row reads as "held by someone else"; only a row that
-	// no snapshot has is inserted (an insert would wait on the conflicting
-	// row version of an open transaction).
-	var holder string
-	err := e.db.QueryRow(ctx, `WITH cur AS (
-			SELECT name, holder, expires_at FROM `+e.q.schema+`.cloacina_leases WHERE name = $1 FOR UPDATE SKIP LOCKED),
-		taken AS (
-			UPDATE `+e.q.schema+`.cloacina_leases l SET holder = $2, expires_at = $3 FROM cur
-			WHERE l.name = cur.name AND (cur.expires_at < $4 OR cur.holder = $2) RETURNING l.holder),
-		created AS (
-			INSERT INTO `+e.q.schema+`.cloacina_leases (name, holder, expires_at)
-			SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM `+e.q.schema+`.cloacina_leases WHERE name = $1)
-			ON CONFLICT (name) DO NOTHING RETURNING holder)
-		SELECT holder FROM taken UNION ALL SELECT holder FROM created`, p.Name, p.Holder, p.ExpiresAt.UTC(), p.Now.UTC()).Scan(&holder)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil // held by someone else: the upsert changed nothing
-	}
-	if err != nil {
-		return false, fmt.Errorf("postgres: acquire lease %s: %w", p.Name, mapError(err))
-	}
-	return holder == p.Holder, nil
-}
-
-func (e *executor) LeaseRelease(ctx context.Context, p *driver.LeaseReleaseParams) error {
-	if _, err := e.db.Exec(ctx, `DELETE FROM `+e.q.schema+`.cloacina_leases WHERE name = $1 AND holder = $2`, p.Name, p.Holder); err != nil {
-		return fmt.Errorf("postgres: release lease %s: %w", p.Name, mapError(err))
-	}
-	return nil
 }
 
 func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrphanedParams) ([]*driver.Task, error) {

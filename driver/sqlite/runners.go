@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -88,28 +87,6 @@ func (e *executor) RunnerList(ctx context.Context) ([]*driver.RunnerRow, error) 
 		out = append(out, &r)
 	}
 	return out, mapError(rows.Err())
-}
-
-func (e *executor) LeaseAcquire(ctx context.Context, p *driver.LeaseAcquireParams) (bool, error) {
-	var holder string
-	err := e.db.QueryRowContext(ctx, `INSERT INTO cloacina_leases (name, holder, expires_at) VALUES (?, ?, ?)
-		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-			WHERE cloacina_leases.expires_at < ? OR cloacina_leases.holder = excluded.holder
-		RETURNING holder`, p.Name, p.Holder, formatTime(p.ExpiresAt), formatTime(p.Now)).Scan(&holder)
-	if err != nil {
-		if err := mapError(err); errors.Is(err, driver.ErrNotFound) {
-			return false, nil // held by someone else: the upsert changed nothing
-		}
-		return false, fmt.Errorf("sqlite: acquire lease %s: %w", p.Name, mapError(err))
-	}
-	return holder == p.Holder, nil
-}
-
-func (e *executor) LeaseRelease(ctx context.Context, p *driver.LeaseReleaseParams) error {
-	if _, err := e.db.ExecContext(ctx, `DELETE FROM cloacina_leases WHERE name = ? AND holder = ?`, p.Name, p.Holder); err != nil {
-		return fmt.Errorf("sqlite: release lease %s: %w", p.Name, mapError(err))
-	}
-	return nil
 }
 
 func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrphanedParams) ([]*driver.Task, error) {

@@ -100,10 +100,11 @@ func (s *store) runningTasks(ctx context.Context, runnerID string) (int, error) 
 	return n, err
 }
 
-// leader returns the holder of the maintenance lease, or "".
+// leader returns the holder of the maintenance lease (its newest term), or "".
 func (s *store) leader(ctx context.Context) (string, error) {
 	var holder string
-	err := s.db.QueryRowContext(ctx, `SELECT holder FROM `+s.table("cloacina_leases")+` WHERE name = 'cloacina_leader'`).Scan(&holder)
+	err := s.db.QueryRowContext(ctx, `SELECT holder FROM `+s.table("cloacina_lease_terms")+`
+		WHERE name = 'cloacina_leader' ORDER BY term DESC LIMIT 1`).Scan(&holder)
 	if err == sql.ErrNoRows {
 		return "", nil
 	}
