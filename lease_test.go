@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -118,15 +119,37 @@ func TestLeadershipMovesFromALeaderFrozenInItsHeartbeat(t *testing.T) {
 	require.Equal(t, 1, res.Task("work").Recoveries)
 
 	// The old leader wakes: its heartbeat commits late, and it steps down
-	// and finds its claim lost, which cancels the task.
-	beats := countBeats(old)
+	// at once, before another heartbeat (in which it could sweep), then
+	// finds its claim lost and cancels the task.
+	var mu sync.Mutex
+	var seen []string
+	note := func(what string) {
+		mu.Lock()
+		seen = append(seen, what)
+		mu.Unlock()
+	}
+	stepDown := make(chan bool, 16)
+	leadHook := func(leader bool) {
+		note(fmt.Sprintf("leader=%v", leader))
+		stepDown <- leader
+	}
+	old.leaderHook.Store(&leadHook)
+	beats := make(chan struct{}, 64)
+	beatHook := func() {
+		note("beat")
+		beats <- struct{}{}
+	}
+	old.beatHook.Store(&beatHook)
 	unfreeze()
-	waitLeader(t, oldLeads, false)
+	waitLeader(t, stepDown, false)
 	require.ErrorIs(t, waitFor(t, s.ended, "the old leader's task to be cancelled"), errClaimLost)
 	for range 3 {
 		waitFor(t, beats, "a heartbeat of the old leader")
 	}
 	require.False(t, old.IsLeader())
+	mu.Lock()
+	require.Equal(t, "leader=false", seen[0], "the old leader stepped down as it woke (then: %v)", seen)
+	mu.Unlock()
 	require.True(t, next.IsLeader())
 	select {
 	case <-nextLeads:

@@ -116,11 +116,13 @@ func (r *Runner) heartbeatLoop(svc *services) {
 // orphans for the sweep to reset.
 func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []string, err error) {
 	var alive, vacant bool
+	var renewing time.Time
 	_, err = r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		var err error
 		if alive, err = tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id, Now: c.now}); err != nil {
 			return err
 		}
+		renewing = time.Now()
 		lease, err := tx.LeaseRenew(ctx, &driver.LeaseRenewParams{Name: leaderLease, Holder: r.id, TTL: r.cfg.RunnerTimeout})
 		if err != nil {
 			return err
@@ -137,6 +139,14 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 	})
 	if err != nil {
 		return false, nil, err
+	}
+	if took := time.Since(renewing); leader && took >= r.cfg.RunnerTimeout {
+		// The renewal committed later than the term it renewed lasts (the
+		// process froze inside the transaction, say): another runner may
+		// have taken the next term meanwhile, which the renewal could not
+		// see. Lead again only once a renewal commits in time.
+		r.logger.Warn("the lease renewal took longer than RunnerTimeout to commit; not leading until one is on time", "took", took)
+		leader = false
 	}
 	if vacant {
 		// Outside the heartbeat's transaction: a new term left uncommitted
