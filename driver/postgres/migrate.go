@@ -82,6 +82,9 @@ func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("postgres: migrate: commit: %w", mapError(err))
 	}
+	if upTo < len(migrations) {
+		return nil // a test's older schema: the tables of later versions are missing by design
+	}
 	return d.verifyTables(ctx)
 }
 
