@@ -39,6 +39,9 @@ var (
 	ErrValueRejected = errors.New("the database refused a value")
 	// ErrWrongTxType is returned by UnwrapTx for a transaction of another backend.
 	ErrWrongTxType = errors.New("transaction type does not match the database backend")
+	// ErrReadOnly is returned by Begin and Migrate of a backend opened
+	// read-only (sqlite.OpenReadOnly, postgres.Opts.ReadOnly).
+	ErrReadOnly = errors.New("database opened read-only")
 )
 
 // Driver is a database backend.

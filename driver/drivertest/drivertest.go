@@ -47,6 +47,10 @@ type Options struct {
 	// migrations table, so that the database poses as one migrated by a
 	// newer release. Required.
 	RecordMigration func(t *testing.T, drv driver.Driver, version int)
+	// OpenReadOnly opens a read-only Driver (one whose Begin and Migrate
+	// return driver.ErrReadOnly) on the database drv uses, and closes it
+	// when t ends. Required.
+	OpenReadOnly func(t *testing.T, drv driver.Driver) driver.Driver
 	// ConcurrentTx reports that two write transactions can be open at
 	// once on one database (PostgreSQL). When false, Begin takes a
 	// database-wide write lock (SQLite), and the tests of row locks
@@ -77,6 +81,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 	require.NotNil(t, opts.OpenSibling, "drivertest.Options.OpenSibling is required")
 	require.NotNil(t, opts.BeginAppTx, "drivertest.Options.BeginAppTx is required")
 	require.NotNil(t, opts.RecordMigration, "drivertest.Options.RecordMigration is required")
+	require.NotNil(t, opts.OpenReadOnly, "drivertest.Options.OpenReadOnly is required")
 	s := &suite{newDriver: newDriver, opts: *opts}
 	groups := []struct {
 		name string
@@ -110,6 +115,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"TaskSubStatusSet", testTaskSubStatusSet},
 		{"TaskFenceCheck", testTaskFenceCheck},
 		{"ClaimOnReady", testClaimOnReady},
+		{"ReadOnly", testReadOnly},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

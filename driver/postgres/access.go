@@ -109,16 +109,17 @@ func (d *Driver) checkUsableNow(ctx context.Context) error {
 }
 
 // verifyTables checks that every table the engine uses is in the schema
-// and open to the connected role for reading and writing, so that a
-// missing grant fails here rather than at a task's first write.
-func (d *Driver) verifyTables(ctx context.Context) error {
+// and open to the connected role for reading and writing (only reading
+// with readOnly), so that a missing grant fails here rather than at a
+// task's first write.
+func (d *Driver) verifyTables(ctx context.Context, readOnly bool) error {
 	rows, err := d.pool.Query(ctx, `SELECT t.name, c.oid IS NOT NULL,
-			COALESCE(has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
-				AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'), false)
+			COALESCE(has_table_privilege(c.oid, 'SELECT') AND ($3 OR (has_table_privilege(c.oid, 'INSERT')
+				AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))), false)
 		FROM unnest($2::text[]) WITH ORDINALITY AS t(name, ord)
 		LEFT JOIN pg_catalog.pg_class c ON c.relname = t.name AND c.relkind IN ('r', 'p')
 			AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)
-		ORDER BY t.ord`, d.schema, tables)
+		ORDER BY t.ord`, d.schema, tables, readOnly)
 	if err != nil {
 		return fmt.Errorf("postgres: check tables of schema %s: %w", d.schema, mapError(err))
 	}
@@ -144,6 +145,9 @@ func (d *Driver) verifyTables(ctx context.Context) error {
 	case len(missing) > 0:
 		return fmt.Errorf("postgres: %w: schema %q lacks table(s) %s after migrating: the schema was changed by hand; restore it or create a new tenant",
 			ErrSchemaAccess, d.schema, strings.Join(missing, ", "))
+	case len(denied) > 0 && readOnly:
+		return fmt.Errorf("postgres: %w: the connected role may not read table(s) %s in schema %q: connect as a role that may, or grant SELECT on them",
+			ErrSchemaAccess, strings.Join(denied, ", "), d.schema)
 	case len(denied) > 0:
 		return fmt.Errorf("postgres: %w: the connected role may not read and write table(s) %s in schema %q: connect as the schema's tenant role, or grant SELECT, INSERT, UPDATE, DELETE on them",
 			ErrSchemaAccess, strings.Join(denied, ", "), d.schema)

@@ -26,8 +26,12 @@ func mustLoadMigrations() []driver.Migration {
 
 // Migrate creates the schema if it is missing and applies pending
 // migrations in one transaction, holding an advisory lock keyed on the
-// schema so concurrent migrators apply each migration once.
+// schema so concurrent migrators apply each migration once. A backend
+// opened with Opts.ReadOnly returns [driver.ErrReadOnly].
 func (d *Driver) Migrate(ctx context.Context) error {
+	if d.readOnly {
+		return readOnlyError("migrate", d.schema)
+	}
 	return d.migrateTo(ctx, len(migrations))
 }
 
@@ -85,10 +89,12 @@ func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
 	if upTo < len(migrations) {
 		return nil // a test's older schema: the tables of later versions are missing by design
 	}
-	return d.verifyTables(ctx)
+	return d.verifyTables(ctx, false)
 }
 
 // MigrationVersion reports the applied and the newest known schema version.
+// At the newest version it checks that the connected role may read and
+// write every table (only read, when opened with Opts.ReadOnly).
 func (d *Driver) MigrationVersion(ctx context.Context) (current, latest int, err error) {
 	if err := d.checkUsableNow(ctx); err != nil {
 		return 0, 0, err
@@ -104,9 +110,15 @@ func (d *Driver) MigrationVersion(ctx context.Context) (current, latest int, err
 		}
 	}
 	if current == len(migrations) {
-		if err := d.verifyTables(ctx); err != nil {
+		if err := d.verifyTables(ctx, d.readOnly); err != nil {
 			return 0, 0, err
 		}
 	}
 	return current, len(migrations), nil
+}
+
+// readOnlyError is the error of a write through a backend opened with
+// Opts.ReadOnly.
+func readOnlyError(op, schema string) error {
+	return fmt.Errorf("postgres: %s schema %s: %w: it was opened with Opts.ReadOnly; open it without to write", op, schema, driver.ErrReadOnly)
 }

@@ -11,9 +11,11 @@
 //
 // Migrate and MigrationVersion check first that the connected role may use
 // the schema, and Migrate checks afterwards that every table is in that
-// schema and readable and writable by the role. A role that cannot use
-// its schema gets an error wrapping [ErrSchemaAccess] when the backend
-// opens, never a later write somewhere else.
+// schema and readable and writable by the role (MigrationVersion does too
+// once the schema is up to date; with Opts.ReadOnly it asks only that the
+// tables be readable). A role that cannot use its schema gets an error
+// wrapping [ErrSchemaAccess] when the backend opens, never a later write
+// somewhere else.
 //
 // # Tenants
 //
@@ -77,12 +79,24 @@ type Opts struct {
 	// Schema holds every Cloacina table. Default: "public". It is created
 	// on Migrate when missing.
 	Schema string
+	// ReadOnly opens the backend for reading only, for tools and
+	// dashboards that must not change the database: Begin and Migrate
+	// return [driver.ErrReadOnly], and MigrationVersion asks only for
+	// SELECT on the tables, so a role that may only read them can use it.
+	// Open also makes every session read-only (default_transaction_read_only,
+	// sent when connecting), so the server refuses any write; a pool handed
+	// to New keeps whatever sessions the application configured. A
+	// transaction-pooling pooler such as PgBouncer may refuse that startup
+	// parameter: list it in its ignore_startup_parameters, or connect
+	// directly. Default: false.
+	ReadOnly bool
 }
 
 // Driver is the PostgreSQL backend. It is safe for concurrent use.
 type Driver struct {
 	pool       *pgxpool.Pool
 	owned      bool
+	readOnly   bool
 	schema     string
 	channel    string
 	listenConf *pgx.ConnConfig
@@ -134,7 +148,13 @@ func connect(ctx context.Context, url string, tune func(*pgxpool.Config)) (*pgxp
 
 // Open connects a new pool to the PostgreSQL database at url.
 func Open(ctx context.Context, url string, opts *Opts) (*Driver, error) {
-	pool, _, err := connect(ctx, url, nil)
+	var tune func(*pgxpool.Config)
+	if opts != nil && opts.ReadOnly {
+		tune = func(cfg *pgxpool.Config) {
+			cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+		}
+	}
+	pool, _, err := connect(ctx, url, tune)
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +182,7 @@ func New(pool *pgxpool.Pool, opts *Opts) (*Driver, error) {
 	}
 	return &Driver{
 		pool:       pool,
+		readOnly:   opts != nil && opts.ReadOnly,
 		schema:     schema,
 		channel:    channelName(schema),
 		listenConf: pool.Config().ConnConfig.Copy(),
@@ -211,8 +232,15 @@ func (d *Driver) Schema() string { return d.schema }
 // Pool returns the connection pool.
 func (d *Driver) Pool() *pgxpool.Pool { return d.pool }
 
-// Begin starts a transaction on the pool.
+// ReadOnly reports whether the backend was opened with Opts.ReadOnly.
+func (d *Driver) ReadOnly() bool { return d.readOnly }
+
+// Begin starts a transaction on the pool. A backend opened with
+// Opts.ReadOnly returns [driver.ErrReadOnly].
 func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
+	if d.readOnly {
+		return nil, readOnlyError("begin", d.schema)
+	}
 	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", mapError(err))

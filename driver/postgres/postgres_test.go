@@ -27,8 +27,24 @@ func TestMain(m *testing.M) {
 }
 
 // open opens a driver on schema with a small pool: many tests run at
-// once against one server.
+// once against one server. params are URL parameters, in pairs.
 func open(t *testing.T, schema string, params ...string) *postgres.Driver {
+	t.Helper()
+	return openWith(t, &postgres.Opts{Schema: schema}, params...)
+}
+
+// openWith is open with options of the test's choosing.
+func openWith(t *testing.T, opts *postgres.Opts, params ...string) *postgres.Driver {
+	t.Helper()
+	drv, err := postgres.Open(t.Context(), testURL(t, params...), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	return drv
+}
+
+// testURL is the test database's URL with a small pool and params (in
+// pairs) added.
+func testURL(t *testing.T, params ...string) string {
 	t.Helper()
 	u, err := url.Parse(testdb.PostgresURL())
 	require.NoError(t, err)
@@ -38,14 +54,11 @@ func open(t *testing.T, schema string, params ...string) *postgres.Driver {
 		q.Set(params[i], params[i+1])
 	}
 	u.RawQuery = q.Encode()
-	drv, err := postgres.Open(t.Context(), u.String(), &postgres.Opts{Schema: schema})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, drv.Close()) })
-	return drv
+	return u.String()
 }
 
 func TestConformance(t *testing.T) {
-	opts := conformanceOptions(func(t *testing.T, schema string) *postgres.Driver { return open(t, schema) })
+	opts := conformanceOptions()
 	opts.SpawnClaimer = func(t *testing.T, drv driver.Driver, cfg drivertest.ClaimerConfig) *drivertest.ClaimerProcess {
 		return drivertest.StartClaimerProcess(t, drv.(*postgres.Driver).Schema(), cfg)
 	}
@@ -53,12 +66,16 @@ func TestConformance(t *testing.T) {
 }
 
 // conformanceOptions are the conformance suite's hooks for drivers opened
-// by openOn: siblings on the same schema, application transactions on the
-// driver's pool, and migrations recorded behind the code's back.
-func conformanceOptions(openOn func(t *testing.T, schema string) *postgres.Driver) *drivertest.Options {
+// with the URL parameters params (in pairs): siblings and read-only
+// drivers on the same schema, application transactions on the driver's
+// pool, and migrations recorded behind the code's back.
+func conformanceOptions(params ...string) *drivertest.Options {
 	return &drivertest.Options{
 		OpenSibling: func(t *testing.T, drv driver.Driver) driver.Driver {
-			return openOn(t, drv.(*postgres.Driver).Schema())
+			return open(t, drv.(*postgres.Driver).Schema(), params...)
+		},
+		OpenReadOnly: func(t *testing.T, drv driver.Driver) driver.Driver {
+			return openWith(t, &postgres.Opts{Schema: drv.(*postgres.Driver).Schema(), ReadOnly: true}, params...)
 		},
 		BeginAppTx: func(t *testing.T, drv driver.Driver) *drivertest.AppTx {
 			tx, err := drv.(*postgres.Driver).Pool().Begin(t.Context())

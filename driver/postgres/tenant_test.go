@@ -84,10 +84,8 @@ func TestTenantWakeUpsStayInTenant(t *testing.T) {
 // default_query_exec_mode=exec: the whole conformance suite passes in
 // that mode, so no statement of the backend needs session state.
 func TestConformanceExecMode(t *testing.T) {
-	execMode := func(t *testing.T, schema string) *postgres.Driver {
-		return open(t, schema, "default_query_exec_mode", "exec")
-	}
-	drivertest.Run(t, func(t *testing.T) driver.Driver { return execMode(t, testdb.NewSchema(t)) }, conformanceOptions(execMode))
+	execMode := []string{"default_query_exec_mode", "exec"}
+	drivertest.Run(t, func(t *testing.T) driver.Driver { return open(t, testdb.NewSchema(t), execMode...) }, conformanceOptions(execMode...))
 }
 
 func TestValidateTenantNames(t *testing.T) {

@@ -29,8 +29,12 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS cloacina_migrations (
 )`
 
 // Migrate applies pending migrations in one IMMEDIATE transaction, so two
-// processes migrating at once apply each migration once.
+// processes migrating at once apply each migration once. A Driver opened
+// with [OpenReadOnly] returns [driver.ErrReadOnly].
 func (d *Driver) Migrate(ctx context.Context) error {
+	if d.ro != nil {
+		return readOnlyError("migrate")
+	}
 	tx, err := d.beginWrite(ctx)
 	if err != nil {
 		return fmt.Errorf("sqlite: migrate: %w", err)
@@ -65,12 +69,12 @@ func (d *Driver) Migrate(ctx context.Context) error {
 // MigrationVersion reports the applied and the newest known schema version.
 func (d *Driver) MigrationVersion(ctx context.Context) (current, latest int, err error) {
 	var n int
-	err = d.reader.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cloacina_migrations'").Scan(&n)
+	err = d.reads().QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cloacina_migrations'").Scan(&n)
 	if err != nil {
 		return 0, 0, fmt.Errorf("sqlite: read schema version: %w", mapError(err))
 	}
 	if n > 0 {
-		if err := d.reader.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM cloacina_migrations").Scan(&current); err != nil {
+		if err := d.reads().QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM cloacina_migrations").Scan(&current); err != nil {
 			return 0, 0, fmt.Errorf("sqlite: read schema version: %w", mapError(err))
 		}
 	}

@@ -13,6 +13,9 @@
 // the process queue in order instead of polling through SQLite's busy
 // handler, which favours whoever released the lock last and can starve a
 // waiter until its busy timeout expires.
+//
+// [OpenReadOnly] opens a database for reading only, without changing its
+// journal mode or creating any file.
 package sqlite
 
 import (
@@ -51,11 +54,12 @@ func DSN(path string) string {
 
 // Driver is the SQLite backend. It is safe for concurrent use.
 type Driver struct {
-	writer *sql.DB
-	reader *sql.DB
-	owned  bool   // Close closes the pools
-	file   *file  // shared by every Driver of this process on the same file
-	path   string // absolute path, or "" for a database handed to New
+	writer *sql.DB     // nil when read-only
+	reader *sql.DB     // nil when read-only
+	ro     *readRouter // set by OpenReadOnly
+	owned  bool        // Close closes the pools
+	file   *file       // shared by every Driver of this process on the same file
+	path   string      // absolute path, or "" for a database handed to New
 }
 
 // Open opens (creating if missing) the SQLite database file at path with
@@ -165,14 +169,23 @@ func (d *Driver) Name() string { return "sqlite" }
 func (d *Driver) Path() string { return d.path }
 
 // DB returns the writer pool, for applications that want to run their own
-// statements (and transactions for ExecuteTx) on the same database.
+// statements (and transactions for ExecuteTx) on the same database. It is
+// nil for a Driver opened with [OpenReadOnly], which picks its connections
+// per statement.
 func (d *Driver) DB() *sql.DB { return d.writer }
+
+// ReadOnly reports whether the Driver was opened with [OpenReadOnly].
+func (d *Driver) ReadOnly() bool { return d.ro != nil }
 
 // Begin starts an IMMEDIATE write transaction on the writer connection,
 // after the write transactions other Drivers of this process have begun
 // on the same file. End it with Commit or Rollback: until then every
-// writer of this process on the file waits.
+// writer of this process on the file waits. A Driver opened with
+// [OpenReadOnly] returns [driver.ErrReadOnly].
 func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
+	if d.ro != nil {
+		return nil, readOnlyError("begin")
+	}
 	tx, err := d.beginWrite(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: begin: %w", err)
@@ -196,7 +209,15 @@ func (d *Driver) beginWrite(ctx context.Context) (*sql.Tx, error) {
 }
 
 // Reader returns an executor on the read pool.
-func (d *Driver) Reader() driver.Executor { return &executor{db: d.reader} }
+func (d *Driver) Reader() driver.Executor { return &executor{db: d.reads()} }
+
+// reads is where statements outside write transactions run.
+func (d *Driver) reads() dbtx {
+	if d.ro != nil {
+		return d.ro
+	}
+	return d.reader
+}
 
 // UnwrapTx returns an executor inside the application's *sql.Tx.
 func (d *Driver) UnwrapTx(tx any) (driver.Executor, error) {
@@ -215,8 +236,11 @@ func (d *Driver) Listen(ctx context.Context) (driver.Subscription, error) {
 
 // Close closes the connections Open made; a database handed to New is left open.
 func (d *Driver) Close() error {
-	if !d.owned {
+	switch {
+	case !d.owned:
 		return nil
+	case d.ro != nil:
+		return d.ro.close()
 	}
 	return errors.Join(d.reader.Close(), d.writer.Close())
 }

@@ -56,10 +56,21 @@ func TestConformance(t *testing.T) {
 				version, time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"))
 			require.NoError(t, err)
 		},
+		OpenReadOnly: func(t *testing.T, drv driver.Driver) driver.Driver {
+			return openReadOnly(t, drv.(*sqlite.Driver).Path())
+		},
 		SpawnClaimer: func(t *testing.T, drv driver.Driver, cfg drivertest.ClaimerConfig) *drivertest.ClaimerProcess {
 			return drivertest.StartClaimerProcess(t, drv.(*sqlite.Driver).Path(), cfg)
 		},
 	})
+}
+
+func openReadOnly(t *testing.T, path string) *sqlite.Driver {
+	t.Helper()
+	drv, err := sqlite.OpenReadOnly(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	return drv
 }
 
 func TestNewChecksSettings(t *testing.T) {
