@@ -87,6 +87,15 @@
 // runners in any number of processes may share a PostgreSQL database, or a
 // SQLite file: PostgreSQL is the coordination engine, there is no broker.
 //
+// A dashboard or any tool that must not change the database opens a
+// runner with Config.ReadOnly: its queries (Get, List, Events, Runners…)
+// see what live runners write; every call that would write returns
+// [ErrReadOnly]; nothing is created or migrated. A SQLite file is opened
+// read-only, its journal mode left alone and no file created beside it,
+// so a file of another user, one on a read-only mount or a backup can be
+// read; on PostgreSQL the sessions are read-only and SELECT on the tables
+// is all the role needs.
+//
 // Ready tasks go through a task outbox. A runner claims outbox rows in one
 // transaction (FOR UPDATE SKIP LOCKED on PostgreSQL; a write transaction
 // begun IMMEDIATE on SQLite), which flips the tasks to Running under its

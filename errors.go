@@ -48,6 +48,9 @@ var (
 	// runner that would use its database (see Runner.Close), whether or
 	// not the runner opened that database.
 	ErrRunnerClosed = errors.New("runner closed")
+	// ErrReadOnly is returned by the calls that write of a runner opened
+	// with Config.ReadOnly.
+	ErrReadOnly = driver.ErrReadOnly
 )
 
 // ValidationError lists everything wrong with a workflow definition. Each

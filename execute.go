@@ -128,6 +128,9 @@ func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
 	if err := r.checkOpen(); err != nil {
 		return nil, err
 	}
+	if err := r.checkWritable(fmt.Sprintf("start run of workflow %q", workflow)); err != nil {
+		return nil, err
+	}
 	wf, err := r.workflow(workflow)
 	if err != nil {
 		return nil, err

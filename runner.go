@@ -63,6 +63,17 @@ type Config struct {
 	// SkipMigrations opens without applying migrations; the database must
 	// then already be at this code's version. Default: false (migrate on open).
 	SkipMigrations bool
+	// ReadOnly opens a runner that only reads, for dashboards and tools
+	// that inspect a database they must not change: Get, List, Events,
+	// Runners and the other queries work; Start, Execute, ExecuteAsync,
+	// ExecuteTx, Cancel, Pause, Resume and DeleteEventsBefore return
+	// ErrReadOnly. Nothing is created or migrated: the database must
+	// exist at this code's schema version (ErrSchemaOutdated,
+	// ErrSchemaTooNew otherwise). Open opens SQLite files with
+	// sqlite.OpenReadOnly (no journal mode change, no file created, so a
+	// file the process may not write can be read) and PostgreSQL with
+	// read-only sessions, needing only SELECT on the tables. Default: false.
+	ReadOnly bool
 	// HeartbeatInterval is how often a started runner records that it is
 	// alive (one write per runner, however many tasks it runs), checks that
 	// it still holds its claims, and renews or seeks leadership. Default: 5s.
@@ -172,13 +183,14 @@ type Runner struct {
 }
 
 // Open opens a runner on the database at url (see ParseDatabaseURL),
-// creating a SQLite file if missing, and applies migrations.
+// creating a SQLite file if missing, and applies migrations (neither with
+// Config.ReadOnly).
 func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 	var c Config
 	if cfg != nil {
 		c = *cfg
 	}
-	drv, err := openDriver(ctx, url, c.Schema)
+	drv, err := openDriver(ctx, url, c.Schema, c.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
@@ -194,11 +206,11 @@ func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 // OpenPool opens a runner on a pgx pool the application already has;
 // Config.Schema selects the schema. Closing the runner leaves the pool open.
 func OpenPool(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Runner, error) {
-	var schema string
+	var opts postgres.Opts
 	if cfg != nil {
-		schema = cfg.Schema
+		opts = postgres.Opts{Schema: cfg.Schema, ReadOnly: cfg.ReadOnly}
 	}
-	drv, err := postgres.New(pool, &postgres.Opts{Schema: schema})
+	drv, err := postgres.New(pool, &opts)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +231,8 @@ func OpenDB(ctx context.Context, db *sql.DB, cfg *Config) (*Runner, error) {
 }
 
 // NewRunner returns a runner on a backend (see driver/sqlite and
-// driver/postgres). It applies migrations unless Config.SkipMigrations.
+// driver/postgres). It applies migrations unless Config.SkipMigrations or
+// Config.ReadOnly; a backend opened read-only needs Config.ReadOnly.
 // Closing the runner does not close drv.
 func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, error) {
 	var c Config
@@ -294,18 +307,24 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 			return nil, err
 		}
 	}
-	if c.SkipMigrations {
+	if c.SkipMigrations || c.ReadOnly {
 		current, latest, err := drv.MigrationVersion(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("cloacina: %w", err)
+		}
+		fix := "run `cloacina migrate` or open without SkipMigrations"
+		if c.ReadOnly {
+			fix = "run `cloacina migrate` (with write access) first"
 		}
 		switch {
 		case current > latest:
 			return nil, fmt.Errorf("cloacina: %w: database at version %d, code knows %d: upgrade cloacina", ErrSchemaTooNew, current, latest)
 		case current < latest:
-			return nil, fmt.Errorf("cloacina: %w: database at version %d, code needs %d: run `cloacina migrate` or open without SkipMigrations", ErrSchemaOutdated, current, latest)
+			return nil, fmt.Errorf("cloacina: %w: database at version %d, code needs %d: %s", ErrSchemaOutdated, current, latest, fix)
 		}
-	} else if err := drv.Migrate(ctx); err != nil {
+	} else if err := drv.Migrate(ctx); errors.Is(err, driver.ErrReadOnly) {
+		return nil, fmt.Errorf("cloacina: %w: the backend was opened read-only: set Config.ReadOnly", err)
+	} else if err != nil {
 		return nil, fmt.Errorf("cloacina: %w", err)
 	}
 	return r, nil
@@ -314,7 +333,7 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 // Migrate applies pending migrations to the database at url and returns
 // the schema version it is at afterwards.
 func Migrate(ctx context.Context, url string, schema string) (int, error) {
-	drv, err := openDriver(ctx, url, schema)
+	drv, err := openDriver(ctx, url, schema, false)
 	if err != nil {
 		return 0, err
 	}
@@ -482,6 +501,14 @@ func (r *Runner) apiTx(ctx context.Context, fn txFunc) error {
 	return r.closedErr(err)
 }
 
+// checkWritable fails when the runner was opened with Config.ReadOnly.
+func (r *Runner) checkWritable(op string) error {
+	if r.cfg.ReadOnly {
+		return fmt.Errorf("cloacina: %s: %w: the runner was opened with Config.ReadOnly; open one without it to change the database", op, ErrReadOnly)
+	}
+	return nil
+}
+
 // txFunc is the body of a transaction: it reads and writes through tx and
 // records further writes in c, which withTx applies before committing.
 type txFunc func(ctx context.Context, tx driver.Tx, c *changes) error
@@ -490,6 +517,9 @@ type txFunc func(ctx context.Context, tx driver.Tx, c *changes) error
 // transaction on transient errors and conflicts up to attempts times (0
 // means until ctx is done). It returns the committed changes.
 func (r *Runner) withTx(ctx context.Context, attempts int, fn txFunc) (*changes, error) {
+	if err := r.checkWritable("write"); err != nil {
+		return nil, err
+	}
 	backoff := 5 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		c := newChanges(r)

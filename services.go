@@ -87,6 +87,9 @@ func (r *Runner) Start(ctx context.Context) error {
 	if started {
 		return ErrRunnerStarted
 	}
+	if err := r.checkWritable("start runner"); err != nil {
+		return err
+	}
 	base := context.WithoutCancel(ctx)
 	svc := &services{
 		wake:          make(chan struct{}, 1),

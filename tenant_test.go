@@ -248,7 +248,7 @@ func TestTenantIsolationSQLite(t *testing.T) {
 
 func migrationVersions(t *testing.T, url string) (current, latest int) {
 	t.Helper()
-	drv, err := openDriver(testContext(t), url, "")
+	drv, err := openDriver(testContext(t), url, "", false)
 	require.NoError(t, err)
 	defer drv.Close()
 	current, latest, err = drv.MigrationVersion(testContext(t))

@@ -125,8 +125,9 @@ func redactErr(err error) string {
 	return err.Error()
 }
 
-// openDriver opens the backend a URL names. schema overrides the URL's.
-func openDriver(ctx context.Context, raw, schema string) (driver.Driver, error) {
+// openDriver opens the backend a URL names, read-only if asked. schema
+// overrides the URL's.
+func openDriver(ctx context.Context, raw, schema string, readOnly bool) (driver.Driver, error) {
 	u, err := ParseDatabaseURL(raw)
 	if err != nil {
 		return nil, err
@@ -136,6 +137,9 @@ func openDriver(ctx context.Context, raw, schema string) (driver.Driver, error) 
 		if schema != "" {
 			return nil, fmt.Errorf("%w: a schema (%q) was asked for, but SQLite has no schemas: use one database file per tenant", ErrInvalidURL, schema)
 		}
+		if readOnly {
+			return sqlite.OpenReadOnly(u.Path)
+		}
 		return sqlite.Open(u.Path)
 	default:
 		if schema == "" {
@@ -143,6 +147,6 @@ func openDriver(ctx context.Context, raw, schema string) (driver.Driver, error) 
 		} else if u.Schema != "" && u.Schema != schema {
 			return nil, fmt.Errorf("%w: Config.Schema %q and the URL's schema parameter %q disagree: select the schema in one place", ErrInvalidURL, schema, u.Schema)
 		}
-		return postgres.Open(ctx, u.DSN, &postgres.Opts{Schema: schema})
+		return postgres.Open(ctx, u.DSN, &postgres.Opts{Schema: schema, ReadOnly: readOnly})
 	}
 }
