@@ -94,6 +94,9 @@ The database is --database-url, else $` + EnvDatabaseURL + `, else ` + DefaultDa
   sqlite://relative/path.db
   postgres://user:password@host:5432/database?sslmode=disable&schema=tenant_a
 
+Commands that only read (runs list, runs get, events list, events cleanup
+--dry-run) open the database read-only and never change it.
+
 Start with:  cloacina demo`,
 		Args:          cobra.ArbitraryArgs,
 		SilenceErrors: true,

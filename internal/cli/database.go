@@ -97,7 +97,8 @@ func (d *database) String() string {
 	return fmt.Sprintf("PostgreSQL %s%s (schema %s)", u.Host, u.Path, schema)
 }
 
-// openMode says whether a command may create and migrate the database.
+// openMode says whether a command may create, migrate or write the
+// database.
 type openMode int
 
 const (
@@ -107,11 +108,16 @@ const (
 	// openExisting requires a database already migrated to this version:
 	// operator commands must never create or change a schema as a side effect.
 	openExisting
+	// openReadOnly is openExisting for commands that only read: the
+	// database is opened read-only (cloacina.Config.ReadOnly), so a user
+	// who may only read it can inspect it, and nothing about it changes,
+	// down to its journal mode and the files beside it.
+	openReadOnly
 )
 
 // open opens a runner on d with workflows registered.
 func (a *app) open(ctx context.Context, d *database, mode openMode, workflows ...*cloacina.Workflow) (*cloacina.Runner, error) {
-	if mode == openExisting {
+	if mode != openOrCreate {
 		if err := d.requireSQLiteFile(); err != nil {
 			return nil, err
 		}
@@ -120,6 +126,7 @@ func (a *app) open(ctx context.Context, d *database, mode openMode, workflows ..
 		Workflows:      workflows,
 		Logger:         a.logger,
 		SkipMigrations: mode == openExisting,
+		ReadOnly:       mode == openReadOnly,
 	})
 	if err != nil {
 		return nil, d.openError(err)
@@ -128,7 +135,7 @@ func (a *app) open(ctx context.Context, d *database, mode openMode, workflows ..
 }
 
 // requireSQLiteFile fails when d is a SQLite file that does not exist, so
-// read-only commands never leave an empty database behind.
+// operator commands never leave an empty database behind.
 func (d *database) requireSQLiteFile() error {
 	path := d.sqlitePath()
 	if path == "" {
@@ -160,8 +167,8 @@ func (d *database) openError(err error) error {
 	case errors.Is(err, cloacina.ErrInvalidURL):
 		return &usageError{msg: fromSource(err, d.source)}
 	case d.parsed.Backend == "sqlite" && strings.Contains(err.Error(), "readonly database"):
-		return fmt.Errorf("cannot open database %s: cloacina opens SQLite files for writing (WAL mode, its schema), even to read them: "+
-			"run as a user who may write the file and its directory", d)
+		return fmt.Errorf("cannot write database %s: this command changes the database, and SQLite may not write the file: "+
+			"run it as a user who may write the file and its directory (commands that only read, such as `cloacina runs list`, need read access only)", d)
 	case errors.Is(err, cloacina.ErrSchemaOutdated):
 		return fmt.Errorf("database %s is not set up for this version of cloacina: run `cloacina migrate` first", d)
 	case errors.Is(err, cloacina.ErrSchemaAccess):
@@ -178,6 +185,11 @@ func (d *database) openError(err error) error {
 		cfg := connectErr.Config
 		return fmt.Errorf("cannot connect to PostgreSQL at %s:%d/%s (%s): check that the server is running and that the URL from %s is right",
 			cfg.Host, cfg.Port, cfg.Database, connectCause(err), d.source)
+	}
+	if msg := err.Error(); d.parsed.Backend == "sqlite" && strings.HasPrefix(msg, "sqlite: ") &&
+		!strings.HasPrefix(msg, "sqlite: open ") && strings.Contains(msg, d.sqlitePath()) {
+		// The backend's own checks name the file and the fix.
+		return errors.New(strings.TrimPrefix(msg, "sqlite: "))
 	}
 	return fmt.Errorf("open database %s: %w", d, err)
 }

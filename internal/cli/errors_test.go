@@ -167,16 +167,18 @@ func TestErrorsUnmigrated(t *testing.T) {
 	})
 }
 
-// A SQLite file the user may not write cannot be opened (WAL mode, the
-// schema check): the error says so. Root writes anything, so the driver's
-// error is given to openError directly.
+// A command that writes cannot use a SQLite file the user may not write:
+// the error says so, and that read commands need no more than read
+// access. Root writes anything, so the driver's error is given to
+// openError directly.
 func TestOpenErrorReadOnlySQLite(t *testing.T) {
 	t.Parallel()
 	parsed, err := cloacina.ParseDatabaseURL("sqlite:///srv/cloacina.db")
 	require.NoError(t, err)
 	d := &database{raw: "sqlite:///srv/cloacina.db", parsed: parsed, source: "--database-url"}
 	err = d.openError(errors.New("sqlite: open /srv/cloacina.db: attempt to write a readonly database (8)"))
-	require.ErrorContains(t, err, "cloacina opens SQLite files for writing (WAL mode, its schema), even to read them: run as a user who may write the file and its directory")
+	require.ErrorContains(t, err, "cannot write database /srv/cloacina.db: this command changes the database, and SQLite may not write the file: "+
+		"run it as a user who may write the file and its directory (commands that only read, such as `cloacina runs list`, need read access only)")
 }
 
 func schemaExists(t *testing.T, schema string) bool {

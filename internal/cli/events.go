@@ -49,7 +49,7 @@ those of one run, of one task execution, or of some types.`,
 			if err != nil {
 				return err
 			}
-			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
 				q := &cloacina.EventQuery{RunID: run.id, TaskID: task.id, Newest: true, Limit: int(limit)}
 				for _, t := range types.values {
 					q.Types = append(q.Types, cloacina.EventType(t))
@@ -94,7 +94,11 @@ With --dry-run it only counts what it would delete.`,
 			if err != nil {
 				return err
 			}
-			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+			mode := openExisting
+			if dryRun {
+				mode = openReadOnly
+			}
+			return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
 				cutoff := time.Now().UTC().Add(-olderThan.d)
 				what := fmt.Sprintf("older than %s (created before %s)", olderThan.raw, formatTime(cutoff))
 				total, err := r.CountEventsBefore(ctx, cutoff)
@@ -133,10 +137,10 @@ With --dry-run it only counts what it would delete.`,
 	return cmd
 }
 
-// withRunner opens an existing database, runs fn on a runner that executes
-// nothing, and closes it.
-func (a *app) withRunner(ctx context.Context, d *database, fn func(context.Context, *cloacina.Runner) error) (err error) {
-	r, err := a.open(ctx, d, openExisting)
+// withRunner opens an existing database (mode openExisting or
+// openReadOnly), runs fn on a runner that executes nothing, and closes it.
+func (a *app) withRunner(ctx context.Context, d *database, mode openMode, fn func(context.Context, *cloacina.Runner) error) (err error) {
+	r, err := a.open(ctx, d, mode)
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,7 @@ func (a *app) runsListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
 				opts := &cloacina.ListOpts{Workflow: workflow, Limit: int(limit)}
 				for _, s := range statuses.values {
 					opts.Statuses = append(opts.Statuses, cloacina.PipelineStatus(s))
@@ -90,7 +90,7 @@ func (a *app) runsGetCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
 				res, err := r.Get(ctx, id)
 				if err != nil {
 					return runError(id, err)
@@ -148,7 +148,7 @@ func (a *app) runControlCommand(name, short string, op func(*cloacina.Runner, co
 			if err != nil {
 				return err
 			}
-			return a.withRunner(cmd.Context(), d, func(ctx context.Context, r *cloacina.Runner) error {
+			return a.withRunner(cmd.Context(), d, openExisting, func(ctx context.Context, r *cloacina.Runner) error {
 				if err := op(r, ctx, id); err != nil {
 					return runError(id, err)
 				}
