@@ -12,6 +12,9 @@ import (
 	"path/filepath"
 
 	"github.com/cloacina-go/cloacina/driver"
+
+	msqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // OpenReadOnly opens the existing SQLite database at path for reading
@@ -47,6 +50,8 @@ import (
 //
 // A database in rollback-journal mode (such as a backup made with VACUUM
 // INTO) is read with SQLite's ordinary shared locks and creates nothing.
+// A database a crashed writer left an unfinished transaction in (a hot
+// -journal) needs a writer to roll it back first: OpenReadOnly says so.
 func OpenReadOnly(path string) (*Driver, error) {
 	if path == "" {
 		return nil, errors.New("sqlite: empty database path: give a file path such as sqlite://cloacina.db")
@@ -75,10 +80,17 @@ func OpenReadOnly(path string) (*Driver, error) {
 	// writer has since rewritten.
 	snapshot.SetMaxIdleConns(0)
 	r := &readRouter{path: abs, live: live, snapshot: snapshot}
-	// Fail now, with the path in the message, rather than at first use.
-	if err := mapError(r.pool().PingContext(context.Background())); err != nil {
+	// Fail now, with the path in the message, rather than at first use:
+	// SQLite reads the file, and its journal or log, at the first read.
+	var n int
+	if err := r.pool().QueryRowContext(context.Background(), "SELECT count(*) FROM sqlite_master").Scan(&n); err != nil {
 		r.close()
-		return nil, fmt.Errorf("sqlite: open %s read-only: %w", abs, err)
+		var se *msqlite.Error
+		if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY {
+			return nil, fmt.Errorf("sqlite: database %s needs recovery from an interrupted write (%v), which only a connection that may write it can do: "+
+				"open it once for writing, as a user who may write the file and its directory", abs, err)
+		}
+		return nil, fmt.Errorf("sqlite: open %s read-only: %w", abs, mapError(err))
 	}
 	return &Driver{ro: r, owned: true, file: fileFor(abs), path: abs}, nil
 }

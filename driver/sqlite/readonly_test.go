@@ -235,7 +235,8 @@ func TestOpenReadOnlyRefuses(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(noIndex+suffix, data, 0o644))
 	}
-	before := files(t, dir)
+	hot := testdb.SQLiteHotJournal(t)
+	before, hotBefore := files(t, dir), files(t, filepath.Dir(hot))
 
 	for _, tc := range []struct{ path, want string }{
 		{"", "empty database path"},
@@ -246,11 +247,14 @@ func TestOpenReadOnlyRefuses(t *testing.T) {
 		{short, short + " is not a SQLite database"},
 		{noIndex, "has a write-ahead log (" + noIndex + "-wal) but no " + noIndex + "-shm, and SQLite can read the log only by creating that file: " +
 			"copy the -shm file along with the other two, or checkpoint the database by opening it for writing once"},
+		{hot, "database " + hot + " needs recovery from an interrupted write (attempt to write a readonly database (776)), " +
+			"which only a connection that may write it can do: open it once for writing, as a user who may write the file and its directory"},
 	} {
 		_, err := sqlite.OpenReadOnly(tc.path)
 		require.ErrorContains(t, err, tc.want, tc.path)
 	}
 	require.Equal(t, before, files(t, dir), "a refused open created or changed a file")
+	require.Equal(t, hotBefore, files(t, filepath.Dir(hot)), "a refused open rolled back the journal")
 }
 
 // A read-only driver refuses writes of any statement, not only those it

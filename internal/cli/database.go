@@ -166,6 +166,10 @@ func (d *database) openError(err error) error {
 		return errors.New("interrupted while opening the database")
 	case errors.Is(err, cloacina.ErrInvalidURL):
 		return &usageError{msg: fromSource(err, d.source)}
+	case d.parsed.Backend == "sqlite" && strings.HasPrefix(err.Error(), "sqlite: ") &&
+		!strings.HasPrefix(err.Error(), "sqlite: open ") && strings.Contains(err.Error(), d.sqlitePath()):
+		// The backend's own checks name the file and the fix.
+		return errors.New(strings.TrimPrefix(err.Error(), "sqlite: "))
 	case d.parsed.Backend == "sqlite" && strings.Contains(err.Error(), "readonly database"):
 		return fmt.Errorf("cannot write database %s: this command changes the database, and SQLite may not write the file: "+
 			"run it as a user who may write the file and its directory (commands that only read, such as `cloacina runs list`, need read access only)", d)
@@ -185,11 +189,6 @@ func (d *database) openError(err error) error {
 		cfg := connectErr.Config
 		return fmt.Errorf("cannot connect to PostgreSQL at %s:%d/%s (%s): check that the server is running and that the URL from %s is right",
 			cfg.Host, cfg.Port, cfg.Database, connectCause(err), d.source)
-	}
-	if msg := err.Error(); d.parsed.Backend == "sqlite" && strings.HasPrefix(msg, "sqlite: ") &&
-		!strings.HasPrefix(msg, "sqlite: open ") && strings.Contains(msg, d.sqlitePath()) {
-		// The backend's own checks name the file and the fix.
-		return errors.New(strings.TrimPrefix(msg, "sqlite: "))
 	}
 	return fmt.Errorf("open database %s: %w", d, err)
 }

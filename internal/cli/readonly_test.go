@@ -176,6 +176,15 @@ func TestReadCommandsRefuse(t *testing.T) {
 				"copy the -shm file along with the other two, or checkpoint the database by opening it for writing once")
 		require.Equal(t, before, dirFiles(t, filepath.Dir(path)))
 	})
+	t.Run("interrupted write", func(t *testing.T) {
+		t.Parallel()
+		path := testdb.SQLiteHotJournal(t)
+		before := dirFiles(t, filepath.Dir(path))
+		requireOneLineError(t, cli(t, "--database-url", "sqlite://"+path, "runs", "list"), ExitFailure,
+			"database "+path+" needs recovery from an interrupted write (attempt to write a readonly database (776)), "+
+				"which only a connection that may write it can do: open it once for writing, as a user who may write the file and its directory")
+		require.Equal(t, before, dirFiles(t, filepath.Dir(path)))
+	})
 	t.Run("not a database", func(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(t.TempDir(), "notes.txt")
