@@ -37,6 +37,9 @@ import (
 //     that crashed left them), the statement reads through them like any
 //     reader and sees everything writers have committed. Nothing is
 //     created; SQLite may update the -shm index, which holds no data.
+//     While such a connection is open, the last writer to close leaves
+//     the two files in place instead of deleting them; the next writer
+//     uses them.
 //   - When they do not, everything committed is in the database file
 //     itself. The statement reads it as immutable, on a connection of its
 //     own, so no file is created and each statement sees the file as it is
