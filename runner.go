@@ -501,12 +501,16 @@ func (r *Runner) apiTx(ctx context.Context, fn txFunc) error {
 	return r.closedErr(err)
 }
 
-// checkWritable fails when the runner was opened with Config.ReadOnly.
+// checkWritable fails when the runner was opened with Config.ReadOnly;
+// op, if given, names what was refused.
 func (r *Runner) checkWritable(op string) error {
-	if r.cfg.ReadOnly {
-		return fmt.Errorf("cloacina: %s: %w: the runner was opened with Config.ReadOnly; open one without it to change the database", op, ErrReadOnly)
+	if !r.cfg.ReadOnly {
+		return nil
 	}
-	return nil
+	if op != "" {
+		op += ": "
+	}
+	return fmt.Errorf("cloacina: %s%w: the runner was opened with Config.ReadOnly; open one without it to change the database", op, ErrReadOnly)
 }
 
 // txFunc is the body of a transaction: it reads and writes through tx and
@@ -517,7 +521,7 @@ type txFunc func(ctx context.Context, tx driver.Tx, c *changes) error
 // transaction on transient errors and conflicts up to attempts times (0
 // means until ctx is done). It returns the committed changes.
 func (r *Runner) withTx(ctx context.Context, attempts int, fn txFunc) (*changes, error) {
-	if err := r.checkWritable("write"); err != nil {
+	if err := r.checkWritable(""); err != nil {
 		return nil, err
 	}
 	backoff := 5 * time.Millisecond
