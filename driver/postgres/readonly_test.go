@@ -3,7 +3,6 @@ package postgres_test
 import (
 	"context"
 	"errors"
-	"net/url"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -49,31 +48,20 @@ func TestReadOnlyWithASelectOnlyRole(t *testing.T) {
 	require.NoError(t, writer.Migrate(ctx))
 	id := insertPipeline(t, writer)
 
-	role := testdb.NewTenantName(t) // dropped, with its grants, when the test ends
+	role, roURL := testdb.SelectOnlyRoleURL(t, testURL(t), schema)
 	conn, err := pgx.Connect(ctx, testdb.PostgresURL())
 	require.NoError(t, err)
 	defer conn.Close(context.WithoutCancel(ctx))
-	r, s := pgx.Identifier{role}.Sanitize(), pgx.Identifier{schema}.Sanitize()
-	for _, stmt := range []string{
-		"CREATE ROLE " + r + " LOGIN",
-		"GRANT USAGE ON SCHEMA " + s + " TO " + r,
-		"GRANT SELECT ON ALL TABLES IN SCHEMA " + s + " TO " + r,
-	} {
-		_, err := conn.Exec(ctx, stmt)
-		require.NoError(t, err, stmt)
-	}
-	u, err := url.Parse(testURL(t))
-	require.NoError(t, err)
-	u.User = url.User(role)
+	r := pgx.Identifier{role}.Sanitize()
 
-	rw, err := postgres.Open(ctx, u.String(), &postgres.Opts{Schema: schema})
+	rw, err := postgres.Open(ctx, roURL, &postgres.Opts{Schema: schema})
 	require.NoError(t, err)
 	defer rw.Close()
 	_, _, err = rw.MigrationVersion(ctx)
 	require.ErrorIs(t, err, postgres.ErrSchemaAccess)
 	require.ErrorContains(t, err, "may not read and write table(s)")
 
-	ro, err := postgres.Open(ctx, u.String(), &postgres.Opts{Schema: schema, ReadOnly: true})
+	ro, err := postgres.Open(ctx, roURL, &postgres.Opts{Schema: schema, ReadOnly: true})
 	require.NoError(t, err)
 	defer ro.Close()
 	current, latest, err := ro.MigrationVersion(ctx)

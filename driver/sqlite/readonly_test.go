@@ -2,9 +2,7 @@ package sqlite_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -22,26 +20,6 @@ import (
 // that a read-only open writes nothing by what it leaves behind: the
 // bytes of the database and its log, and no -wal or -shm file that was
 // not there before.
-
-// files returns the files in dir with their sizes and checksums; a -shm file (the
-// WAL index, which readers may rebuild and which holds no data) only by
-// name.
-func files(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	out := map[string]string{}
-	for _, e := range entries {
-		if filepath.Ext(e.Name()) == ".db-shm" {
-			out[e.Name()] = "(index)"
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		require.NoError(t, err)
-		out[e.Name()] = fmt.Sprintf("%d bytes, sha256 %x", len(data), sha256.Sum256(data))
-	}
-	return out
-}
 
 // newDatabase migrates a database at path with n pipelines and closes it,
 // so that, as after any clean shutdown, the database file holds
@@ -97,7 +75,7 @@ func TestOpenReadOnlyClosedDatabase(t *testing.T) {
 	t.Parallel()
 	path := testdb.SQLitePath(t)
 	newDatabase(t, path, 3)
-	before := files(t, filepath.Dir(path))
+	before := testdb.DirFiles(t, filepath.Dir(path))
 
 	ro := openReadOnly(t, path)
 	require.True(t, ro.ReadOnly())
@@ -108,9 +86,9 @@ func TestOpenReadOnlyClosedDatabase(t *testing.T) {
 	require.ErrorIs(t, err, driver.ErrReadOnly)
 	require.ErrorContains(t, err, "open it with Open to write")
 	require.ErrorIs(t, ro.Migrate(t.Context()), driver.ErrReadOnly)
-	require.Equal(t, before, files(t, filepath.Dir(path)), "while open")
+	require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)), "while open")
 	require.NoError(t, ro.Close())
-	require.Equal(t, before, files(t, filepath.Dir(path)), "after Close")
+	require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)), "after Close")
 }
 
 // A reader opened while no process had the database open sees what a
@@ -147,7 +125,7 @@ func TestOpenReadOnlyRollbackJournalBackup(t *testing.T) {
 	header, err := os.ReadFile(backup)
 	require.NoError(t, err)
 	require.Equal(t, byte(1), header[19], "VACUUM INTO writes a rollback-journal database")
-	before := files(t, filepath.Dir(backup))
+	before := testdb.DirFiles(t, filepath.Dir(backup))
 
 	ro := openReadOnly(t, backup)
 	requireLatest(t, ro)
@@ -155,7 +133,7 @@ func TestOpenReadOnlyRollbackJournalBackup(t *testing.T) {
 	_, err = ro.Reader().EventDelete(t.Context(), &driver.EventDeleteParams{Before: time.Now(), Limit: 10})
 	require.ErrorContains(t, err, "readonly database")
 	require.NoError(t, ro.Close())
-	require.Equal(t, before, files(t, filepath.Dir(backup)))
+	require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(backup)))
 }
 
 // A copy of a live database, taken with its log and index (a filesystem
@@ -178,13 +156,13 @@ func TestOpenReadOnlyCopyWithLog(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(copyPath+suffix, data, 0o644))
 	}
-	before := files(t, dir)
+	before := testdb.DirFiles(t, dir)
 
 	ro := openReadOnly(t, copyPath)
 	requireLatest(t, ro)
 	require.Equal(t, 3, countPipelines(t, ro))
 	require.NoError(t, ro.Close())
-	require.Equal(t, before, files(t, dir))
+	require.Equal(t, before, testdb.DirFiles(t, dir))
 }
 
 // While a writer has the database open, readers go through its log: the
@@ -236,7 +214,7 @@ func TestOpenReadOnlyRefuses(t *testing.T) {
 		require.NoError(t, os.WriteFile(noIndex+suffix, data, 0o644))
 	}
 	hot := testdb.SQLiteHotJournal(t)
-	before, hotBefore := files(t, dir), files(t, filepath.Dir(hot))
+	before, hotBefore := testdb.DirFiles(t, dir), testdb.DirFiles(t, filepath.Dir(hot))
 
 	for _, tc := range []struct{ path, want string }{
 		{"", "empty database path"},
@@ -253,8 +231,8 @@ func TestOpenReadOnlyRefuses(t *testing.T) {
 		_, err := sqlite.OpenReadOnly(tc.path)
 		require.ErrorContains(t, err, tc.want, tc.path)
 	}
-	require.Equal(t, before, files(t, dir), "a refused open created or changed a file")
-	require.Equal(t, hotBefore, files(t, filepath.Dir(hot)), "a refused open rolled back the journal")
+	require.Equal(t, before, testdb.DirFiles(t, dir), "a refused open created or changed a file")
+	require.Equal(t, hotBefore, testdb.DirFiles(t, filepath.Dir(hot)), "a refused open rolled back the journal")
 }
 
 // A read-only driver refuses writes of any statement, not only those it

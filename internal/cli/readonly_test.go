@@ -1,18 +1,13 @@
 package cli
 
 import (
-	"context"
-	"crypto/sha256"
 	"database/sql"
-	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina"
@@ -35,26 +30,6 @@ func readCommands(run string) [][]string {
 	}
 }
 
-// dirFiles returns the files in dir with their sizes and checksums; a -shm file (the
-// WAL index, which readers may rebuild and which holds no data) only by
-// name.
-func dirFiles(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	out := map[string]string{}
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), "-shm") {
-			out[e.Name()] = "(index)"
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		require.NoError(t, err)
-		out[e.Name()] = fmt.Sprintf("%d bytes, sha256 %x", len(data), sha256.Sum256(data))
-	}
-	return out
-}
-
 // copyFiles copies path and those of its -wal and -shm files named by
 // suffixes into dir, as a backup would, and returns the copy's path.
 func copyFiles(t *testing.T, path, dir string, suffixes ...string) string {
@@ -74,13 +49,13 @@ func copyFiles(t *testing.T, path, dir string, suffixes ...string) string {
 func requireReadsLeaveAlone(t *testing.T, path, run string) {
 	t.Helper()
 	dir := filepath.Dir(path)
-	before := dirFiles(t, dir)
+	before := testdb.DirFiles(t, dir)
 	for _, args := range readCommands(run) {
 		out := ok(t, "sqlite://"+path, args...)
 		if !slices.Contains(args, "--dry-run") {
 			require.Contains(t, out, run, args)
 		}
-		require.Equal(t, before, dirFiles(t, dir), "cloacina %s changed the files", strings.Join(args, " "))
+		require.Equal(t, before, testdb.DirFiles(t, dir), "cloacina %s changed the files", strings.Join(args, " "))
 	}
 }
 
@@ -170,20 +145,20 @@ func TestReadCommandsRefuse(t *testing.T) {
 		_, err := openRunner(t, "sqlite://"+src, heldWorkflow()).ExecuteAsync(t.Context(), "held", nil)
 		require.NoError(t, err)
 		path := copyFiles(t, src, t.TempDir(), "-wal")
-		before := dirFiles(t, filepath.Dir(path))
+		before := testdb.DirFiles(t, filepath.Dir(path))
 		requireOneLineError(t, cli(t, "--database-url", "sqlite://"+path, "runs", "list"), ExitFailure,
 			"database "+path+" has a write-ahead log ("+path+"-wal) but no "+path+"-shm, and SQLite can read the log only by creating that file: "+
 				"copy the -shm file along with the other two, or checkpoint the database by opening it for writing once")
-		require.Equal(t, before, dirFiles(t, filepath.Dir(path)))
+		require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)))
 	})
 	t.Run("interrupted write", func(t *testing.T) {
 		t.Parallel()
 		path := testdb.SQLiteHotJournal(t)
-		before := dirFiles(t, filepath.Dir(path))
+		before := testdb.DirFiles(t, filepath.Dir(path))
 		requireOneLineError(t, cli(t, "--database-url", "sqlite://"+path, "runs", "list"), ExitFailure,
 			"database "+path+" needs recovery from an interrupted write (attempt to write a readonly database (776)), "+
 				"which only a connection that may write it can do: open it once for writing, as a user who may write the file and its directory")
-		require.Equal(t, before, dirFiles(t, filepath.Dir(path)))
+		require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)))
 	})
 	t.Run("not a database", func(t *testing.T) {
 		t.Parallel()
@@ -201,12 +176,12 @@ func TestReadCommandsRefuse(t *testing.T) {
 		_, err = db.Exec("INSERT INTO cloacina_migrations (version, name, applied_at) VALUES (?, 'from_the_future', 'x')", latestSchemaVersion(t)+1)
 		require.NoError(t, err)
 		require.NoError(t, db.Close())
-		before := dirFiles(t, filepath.Dir(path))
+		before := testdb.DirFiles(t, filepath.Dir(path))
 		for _, args := range readCommands("01a2143a-9b16-7c6a-8bc8-03346e25dd9f") {
 			requireOneLineError(t, cli(t, append([]string{"--database-url", "sqlite://" + path}, args...)...), ExitFailure,
 				"database "+path+" was migrated by a newer version of cloacina: upgrade this cloacina binary")
 		}
-		require.Equal(t, before, dirFiles(t, filepath.Dir(path)))
+		require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)))
 	})
 }
 
@@ -222,23 +197,7 @@ func TestReadCommandsWithASelectOnlyRole(t *testing.T) {
 	require.NoError(t, err)
 	run := exec.ID().String()
 
-	role := testdb.NewTenantName(t) // dropped, with its grants, when the test ends
-	conn, err := pgx.Connect(ctx, testdb.PostgresURL())
-	require.NoError(t, err)
-	defer conn.Close(context.WithoutCancel(ctx))
-	r, s := pgx.Identifier{role}.Sanitize(), pgx.Identifier{schema}.Sanitize()
-	for _, stmt := range []string{
-		"CREATE ROLE " + r + " LOGIN",
-		"GRANT USAGE ON SCHEMA " + s + " TO " + r,
-		"GRANT SELECT ON ALL TABLES IN SCHEMA " + s + " TO " + r,
-	} {
-		_, err := conn.Exec(ctx, stmt)
-		require.NoError(t, err, stmt)
-	}
-	u, err := url.Parse(admin)
-	require.NoError(t, err)
-	u.User = url.User(role)
-	reader := u.String()
+	_, reader := testdb.SelectOnlyRoleURL(t, admin, schema)
 
 	for _, args := range readCommands(run) {
 		ok(t, reader, args...)

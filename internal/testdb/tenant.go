@@ -3,6 +3,7 @@ package testdb
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"testing"
 	"time"
@@ -91,4 +92,35 @@ func mark(t testing.TB) {
 		fmt.Fprintln(f, t.Name())
 		f.Close()
 	}
+}
+
+// SelectOnlyRoleURL creates a login role that may only read the tables of
+// schema (USAGE on the schema, SELECT on its tables), dropped with its
+// grants when the test ends, and returns its name and baseURL with that
+// role as the user.
+func SelectOnlyRoleURL(t testing.TB, baseURL, schema string) (role, roleURL string) {
+	t.Helper()
+	role = NewTenantName(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, PostgresURL())
+	if err != nil {
+		t.Fatalf("testdb: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	r, s := pgx.Identifier{role}.Sanitize(), pgx.Identifier{schema}.Sanitize()
+	for _, stmt := range []string{
+		"CREATE ROLE " + r + " LOGIN",
+		"GRANT USAGE ON SCHEMA " + s + " TO " + r,
+		"GRANT SELECT ON ALL TABLES IN SCHEMA " + s + " TO " + r,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatalf("testdb: %s: %v", stmt, err)
+		}
+	}
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		t.Fatalf("testdb: parse %q: %v", baseURL, err)
+	}
+	u.User = url.User(role)
+	return role, u.String()
 }

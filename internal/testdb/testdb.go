@@ -7,10 +7,13 @@ package testdb
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -129,4 +132,29 @@ func Backends() []Backend {
 		{Name: "sqlite", URL: SQLiteURL},
 		{Name: "postgres", URL: PostgresSchemaURL},
 	}
+}
+
+// DirFiles describes every file in dir by size and SHA-256, so a test can
+// show that reading a SQLite database left its directory as it was. A
+// -shm file (SQLite's shared-memory index, which readers may rewrite) is
+// listed by name only.
+func DirFiles(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), "-shm") {
+			out[e.Name()] = "(index)"
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatalf("testdb: %v", err)
+		}
+		out[e.Name()] = fmt.Sprintf("%d bytes, sha256 %x", len(data), sha256.Sum256(data))
+	}
+	return out
 }
