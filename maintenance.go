@@ -25,7 +25,7 @@ func (r *Runner) register(ctx context.Context) error {
 	host, _ := os.Hostname()
 	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		return tx.RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
-			Workflows: workflows, Now: c.now})
+			Workflows: workflows})
 	})
 	if err != nil {
 		return err
@@ -99,8 +99,12 @@ func (r *Runner) heartbeatLoop(svc *services) {
 			r.logger.Info("removed dead runners", "runners", dead)
 		}
 		if leader && canSweep && (len(dead) > 0 || beats%orphanSweepEvery == 0) {
-			if err := r.sweep(ctx); err != nil && ctx.Err() == nil {
+			err := r.sweep(ctx)
+			if err != nil && ctx.Err() == nil {
 				r.logger.Error("sweep for dead runners", "error", err)
+			}
+			if hook := r.sweepHook.Load(); hook != nil {
+				(*hook)(err)
 			}
 		}
 	}
@@ -119,7 +123,7 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 	var renewing time.Time
 	_, err = r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		var err error
-		if alive, err = tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id, Now: c.now}); err != nil {
+		if alive, err = tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id}); err != nil {
 			return err
 		}
 		renewing = time.Now()
@@ -134,7 +138,7 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 		if !leader || !sweep {
 			return nil
 		}
-		dead, err = tx.RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: c.now.Add(-r.cfg.RunnerTimeout)})
+		dead, err = tx.RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{Timeout: r.cfg.RunnerTimeout})
 		return err
 	})
 	if err != nil {
@@ -198,12 +202,13 @@ func fenceOf(t *driver.Task) driver.Fence {
 }
 
 // sweep resets the Running tasks of runners whose heartbeat expired or
-// whose row is gone (or abandons them past MaxRecoveries). The
-// transitions are fenced on the dead runner's claim, so a runner that was
-// only slow loses nothing it has not already lost.
+// whose row is gone (or abandons them past MaxRecoveries). Expiry is
+// judged by the database's clock, like the heartbeats themselves: this
+// runner's clock, however far it is off, plays no part. The transitions
+// are fenced on the dead runner's claim, so a runner that was only slow
+// loses nothing it has not already lost.
 func (r *Runner) sweep(ctx context.Context) error {
-	before := r.now().Add(-r.cfg.RunnerTimeout)
-	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{HeartbeatBefore: before}, func(t *driver.Task) string {
+	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{Timeout: r.cfg.RunnerTimeout}, func(t *driver.Task) string {
 		return fmt.Sprintf("runner %s stopped heartbeating", t.RunnerID)
 	})
 }

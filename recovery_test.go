@@ -704,3 +704,95 @@ func TestHeartbeatsPassALeaseLockedElsewhere(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, PipelineCompleted, res.Status)
 }
+
+// Runners whose clocks disagree agree on who is alive: heartbeats are
+// stamped, and their expiry judged, by the database's clock. A leader
+// whose clock ran an hour ahead used to find every other runner's
+// heartbeat an hour old, remove it and reset its tasks (which then ran
+// twice, the live runner's work fenced out and lost); a leader whose clock
+// ran an hour behind found a dead runner alive for an hour.
+func TestLivenessIgnoresRunnerClockSkew(t *testing.T) {
+	t.Parallel()
+	for _, skew := range []struct {
+		name   string
+		leader time.Duration
+	}{{"LeaderAhead", time.Hour}, {"LeaderBehind", -time.Hour}} {
+		t.Run(skew.name, func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, url string) {
+				ctx := testContext(t)
+				liveness := func(cfg *Config) *Config {
+					// Longer than fastLiveness: a live runner must not
+					// pass for dead on a busy machine while the test
+					// watches several sweeps.
+					cfg.HeartbeatInterval = 40 * time.Millisecond
+					cfg.RunnerTimeout = time.Second
+					return cfg
+				}
+				s := newStall()
+				wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
+				leader := openRunner(t, url, liveness(&Config{Workflows: []*Workflow{wf}}))
+				leader.now = func() time.Time { return time.Now().UTC().Add(skew.leader) }
+				leader.claimsPaused.Store(true)
+				leads := leadership(leader)
+				require.NoError(t, leader.Start(ctx))
+				waitLeader(t, leads, true)
+				resets := onEvent(leader, eventOf(EventTaskReset))
+
+				live := openRunner(t, url, liveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
+				t.Cleanup(func() { close(s.release) }) // before the runner closes: its task returns
+				s.zombies[live.ID()] = true
+				require.NoError(t, live.Start(ctx))
+				exec, err := live.ExecuteAsync(ctx, wf.Name(), nil)
+				require.NoError(t, err)
+				waitFor(t, s.started, "the task to start on the live runner")
+
+				// The leader sweeps several times (each sweep follows a
+				// heartbeat that removed expired runners); the first may
+				// have begun before the task started. The live runner
+				// keeps its task.
+				sweeps := make(chan error, 64)
+				hook := func(err error) {
+					select {
+					case sweeps <- err:
+					default:
+					}
+				}
+				leader.sweepHook.Store(&hook)
+				for range 4 {
+					require.NoError(t, waitFor(t, sweeps, "a sweep by the leader"))
+				}
+				select {
+				case e := <-resets:
+					t.Fatalf("the leader reset task %s of a live runner", e.TaskID)
+				case err := <-s.ended:
+					t.Fatalf("the live runner's task was cancelled: %v", err)
+				default:
+				}
+				require.True(t, leader.IsLeader())
+				runners, err := leader.Runners(ctx)
+				require.NoError(t, err)
+				var ids []string
+				for _, ri := range runners {
+					ids = append(ids, ri.ID)
+				}
+				require.ElementsMatch(t, []string{leader.ID(), live.ID()}, ids, "both runners are registered")
+
+				// The runner dies (its heartbeat stops): the leader resets
+				// its task all the same, once its heartbeat is
+				// RunnerTimeout old by the database's clock.
+				live.heartbeatFrozen.Store(true)
+				reset := waitFor(t, resets, "the leader to reset the dead runner's task")
+				require.Equal(t, leader.ID(), reset.WorkerID)
+				setClaiming(leader, true)
+				res, err := exec.Wait(ctx)
+				require.NoError(t, err)
+				require.Equal(t, PipelineCompleted, res.Status)
+				require.Equal(t, 1, res.Task("work").Recoveries)
+				ranOn, err := Get[string](res.Context, "ran_on")
+				require.NoError(t, err)
+				require.Equal(t, leader.ID(), ranOn)
+			})
+		})
+	}
+}

@@ -177,6 +177,9 @@ type Runner struct {
 	// beatHook, when set, runs inside every heartbeat transaction, after
 	// the lease renewal: a test freezes a runner there.
 	beatHook atomic.Pointer[func()]
+	// sweepHook, when set, sees the outcome of every sweep the leader
+	// made for the tasks of dead runners.
+	sweepHook atomic.Pointer[func(error)]
 	// leaderHook, when set, sees every change of leadership.
 	leaderHook atomic.Pointer[func(bool)]
 	isLeader   atomic.Bool

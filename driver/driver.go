@@ -158,14 +158,17 @@ type Executor interface {
 	// EventDelete deletes one batch of old events and returns how many.
 	EventDelete(ctx context.Context, params *EventDeleteParams) (int64, error)
 
-	// RunnerUpsert registers a runner or refreshes its row.
+	// RunnerUpsert registers a runner or refreshes its row, heartbeating
+	// it by the database's clock (see RunnerRow).
 	RunnerUpsert(ctx context.Context, params *RunnerUpsertParams) error
-	// RunnerHeartbeat records a heartbeat; false means the row is gone (the
-	// runner was declared dead) and must be registered again.
+	// RunnerHeartbeat records a heartbeat at the database's clock; false
+	// means the row is gone (the runner was declared dead) and must be
+	// registered again.
 	RunnerHeartbeat(ctx context.Context, params *RunnerHeartbeatParams) (bool, error)
 	// RunnerDelete removes a runner's row.
 	RunnerDelete(ctx context.Context, params *RunnerDeleteParams) error
-	// RunnerDeleteExpired removes expired runner rows and returns their ids.
+	// RunnerDeleteExpired removes the rows of runners whose heartbeat
+	// expired by the database's clock and returns their ids.
 	RunnerDeleteExpired(ctx context.Context, params *RunnerDeleteExpiredParams) ([]string, error)
 	// RunnerList returns the registered runners, oldest first.
 	RunnerList(ctx context.Context) ([]*RunnerRow, error)
@@ -182,8 +185,9 @@ type Executor interface {
 	// term to expire.
 	LeaseRelease(ctx context.Context, params *LeaseReleaseParams) error
 
-	// TaskListOrphaned returns Running tasks whose runner is gone, with
-	// their claims (runner, attempt, recovery count) as stored.
+	// TaskListOrphaned returns Running tasks whose runner is gone (its
+	// heartbeat expired by the database's clock, or its row is missing),
+	// with their claims (runner, attempt, recovery count) as stored.
 	TaskListOrphaned(ctx context.Context, params *TaskListOrphanedParams) ([]*Task, error)
 	// TaskSubStatusSet sets a Running task's sub-status under its claim and
 	// reports whether the claim held.

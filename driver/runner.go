@@ -7,7 +7,16 @@ import (
 )
 
 // RunnerRow is a registered runner: one row per live runner process,
-// heartbeated by that runner alone.
+// heartbeated by that runner alone. Its times are the database's clock.
+//
+// Liveness is set and judged by the database's clock, never by the
+// runners': a heartbeat is stamped by the backend, and expiry is a
+// duration the backend measures back from its own clock. Runners on
+// machines whose clocks disagree so agree on who is alive; a leader whose
+// clock ran ahead used to declare live runners dead and reset their tasks,
+// and a runner whose clock lagged looked dead to everyone. (PostgreSQL:
+// the server's clock_timestamp(); SQLite: the host's clock, which every
+// process sharing the file reads.)
 type RunnerRow struct {
 	ID          string
 	Name        string
@@ -18,20 +27,21 @@ type RunnerRow struct {
 	HeartbeatAt time.Time
 }
 
-// RunnerUpsertParams registers a runner, or refreshes its row.
+// RunnerUpsertParams registers a runner, or refreshes its row. Either way
+// the row's heartbeat is the database's clock now; a new row's start time
+// too.
 type RunnerUpsertParams struct {
 	ID        string
 	Name      string
 	Host      string
 	PID       int
 	Workflows []string
-	Now       time.Time
 }
 
-// RunnerHeartbeatParams records that a runner is alive.
+// RunnerHeartbeatParams records that a runner is alive: its heartbeat
+// becomes the database's clock now.
 type RunnerHeartbeatParams struct {
-	ID  string
-	Now time.Time
+	ID string
 }
 
 // RunnerDeleteParams removes one runner's row.
@@ -40,9 +50,12 @@ type RunnerDeleteParams struct {
 }
 
 // RunnerDeleteExpiredParams removes the rows of runners whose last
-// heartbeat is older than HeartbeatBefore.
+// heartbeat is more than Timeout old by the database's clock.
 type RunnerDeleteExpiredParams struct {
-	HeartbeatBefore time.Time
+	// Timeout is how long a runner may go without a heartbeat. It must be
+	// positive: a zero Timeout is refused rather than taken to expire
+	// every runner.
+	Timeout time.Duration
 }
 
 // LeaseRenewParams renews Holder's term of a named lease.
@@ -95,12 +108,16 @@ type LeaseReleaseParams struct {
 }
 
 // TaskListOrphanedParams finds Running tasks whose runner is gone: its row
-// is missing or its last heartbeat is older than HeartbeatBefore.
+// is missing or its last heartbeat is more than Timeout old by the
+// database's clock.
 type TaskListOrphanedParams struct {
-	HeartbeatBefore time.Time
+	// Timeout is how long a runner may go without a heartbeat. It must be
+	// positive unless RunnerID is set: a zero Timeout is refused rather
+	// than taken to orphan every running task.
+	Timeout time.Duration
 	// RunnerID, when set, lists instead the Running tasks claimed under that
-	// runner id whatever its row says (HeartbeatBefore is ignored): a runner
-	// that starts finds the claims an earlier process with the same id left
+	// runner id whatever its row says (Timeout is ignored): a runner that
+	// starts finds the claims an earlier process with the same id left
 	// behind, which the sweep cannot see while the id heartbeats again.
 	RunnerID string
 	Limit    int

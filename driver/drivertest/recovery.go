@@ -60,9 +60,10 @@ func (b *bundle) setSubStatus(t *testing.T, fence driver.Fence, sub string, at t
 	return ok
 }
 
-func (b *bundle) orphans(t *testing.T, before time.Time, limit int) []*driver.Task {
+// orphans lists the Running tasks of runners gone for timeout.
+func (b *bundle) orphans(t *testing.T, timeout time.Duration, limit int) []*driver.Task {
 	t.Helper()
-	got, err := b.drv.Reader().TaskListOrphaned(b.ctx, &driver.TaskListOrphanedParams{HeartbeatBefore: before, Limit: limit})
+	got, err := b.drv.Reader().TaskListOrphaned(b.ctx, &driver.TaskListOrphanedParams{Timeout: timeout, Limit: limit})
 	require.NoError(t, err)
 	return got
 }
@@ -77,89 +78,94 @@ func (b *bundle) lost(t *testing.T, fences ...driver.Fence) []uuid.UUID {
 
 func testTaskListOrphaned(t *testing.T, s *suite) {
 	// Running tasks of a runner whose row is gone or whose heartbeat is
-	// older than the cutoff are listed with their claims as stored; those
-	// of a live runner, and tasks that are not Running, never are.
+	// more than Timeout old by the database's clock are listed with their
+	// claims as stored; those of a live runner, and tasks that are not
+	// Running, never are.
 	t.Run("MissingAndStaleRunners", func(t *testing.T) {
 		t.Parallel()
-		b := s.setup(t)
-		cutoff := b.at(-time.Minute)
-		b.upsertRunner(t, "fresh", b.now)
-		b.upsertRunner(t, "at-cutoff", cutoff)
-		b.upsertRunner(t, "stale", b.at(-2*time.Minute))
+		inTime(t, func(int) bool {
+			b := s.setup(t)
+			staleRow := b.upsertRunner(t, "stale")
+			stale := b.claimAs(t, "stale", 2)
+			gone := b.claimAs(t, "gone", 4)
 
-		fresh := b.claimAs(t, "fresh", 2)
-		atCutoff := b.claimAs(t, "at-cutoff", 1)
-		stale := b.claimAs(t, "stale", 2)
-		gone := b.claimAs(t, "gone", 4)
-
-		// Not Running, though claimed by the dead runner at some point:
-		// completed, failed, handed back for a retry.
-		b.finish(t,
-			driver.TaskFinish{Fence: fenceOf(gone[1]), Status: driver.TaskCompleted, Output: json.RawMessage(`{}`), Attempt: 1, Now: b.now},
-			driver.TaskFinish{Fence: fenceOf(gone[2]), Status: driver.TaskFailed, Error: "e", Attempt: 1, Now: b.now},
-			driver.TaskFinish{Fence: fenceOf(stale[1]), Status: driver.TaskReady, Attempt: 2, AvailableAt: &b.now, Now: b.now})
-		// Ready and never claimed.
-		b.enqueue(t, b.now, b.readyTask(b.insertPipeline(t), 0))
-		// A recovered task, reclaimed by the dead runner: its claim has
-		// recovery count 1.
-		b.reset(t, gone[3])
-		reclaimed := b.claim(t, "gone", 10)
-		require.Len(t, reclaimed, 2, "the reset task and the never-claimed one")
-		for _, task := range reclaimed {
-			if task.ID == gone[3].ID {
-				require.Equal(t, 1, task.RecoveryCount)
-				gone[3] = task
+			// Not Running, though claimed by the dead runner at some point:
+			// completed, failed, handed back for a retry.
+			b.finish(t,
+				driver.TaskFinish{Fence: fenceOf(gone[1]), Status: driver.TaskCompleted, Output: json.RawMessage(`{}`), Attempt: 1, Now: b.now},
+				driver.TaskFinish{Fence: fenceOf(gone[2]), Status: driver.TaskFailed, Error: "e", Attempt: 1, Now: b.now},
+				driver.TaskFinish{Fence: fenceOf(stale[1]), Status: driver.TaskReady, Attempt: 2, AvailableAt: &b.now, Now: b.now})
+			// Ready and never claimed.
+			b.enqueue(t, b.now, b.readyTask(b.insertPipeline(t), 0))
+			// A recovered task, reclaimed by the dead runner: its claim has
+			// recovery count 1.
+			b.reset(t, gone[3])
+			reclaimed := b.claim(t, "gone", 10)
+			require.Len(t, reclaimed, 2, "the reset task and the never-claimed one")
+			for _, task := range reclaimed {
+				if task.ID == gone[3].ID {
+					require.Equal(t, 1, task.RecoveryCount)
+					gone[3] = task
+				}
 			}
-		}
-		other := reclaimed[0]
-		if other.ID == gone[3].ID {
-			other = reclaimed[1]
-		}
+			other := reclaimed[0]
+			if other.ID == gone[3].ID {
+				other = reclaimed[1]
+			}
 
-		want := map[uuid.UUID]*driver.Task{stale[0].ID: stale[0], gone[0].ID: gone[0], gone[3].ID: gone[3], other.ID: other}
-		got := b.orphans(t, cutoff, 0)
-		require.ElementsMatch(t, []uuid.UUID{stale[0].ID, gone[0].ID, gone[3].ID, other.ID}, taskIDs(got))
-		for _, task := range got {
-			w := want[task.ID]
-			require.Equal(t, driver.TaskRunning, task.Status)
-			require.Equal(t, fenceOf(w), fenceOf(task), "the claim as stored")
-			require.Equal(t, w.PipelineID, task.PipelineID)
-			require.Equal(t, w.Name, task.Name)
-		}
-		for _, task := range append(fresh, atCutoff...) {
-			require.NotContains(t, taskIDs(got), task.ID, "a runner heartbeating at or after the cutoff is alive")
-		}
+			// Only time passing on the database's clock ages a heartbeat.
+			b.awaitAge(t, staleRow.HeartbeatAt, heartbeatTimeout)
+			freshRow := b.upsertRunner(t, "fresh")
+			fresh := b.claimAs(t, "fresh", 2)
+			got := b.orphans(t, heartbeatTimeout, 0)
+			// The listed claim fences the reset: recovery count + 1, and
+			// the task is claimable again.
+			b.reset(t, gone[3])
+			afterReset := b.orphans(t, heartbeatTimeout, 0)
+			// Registering again does not bring a runner's old claims back:
+			// they are listed until reset, by runner row state alone.
+			b.upsertRunner(t, "gone")
+			afterReturn := b.orphans(t, heartbeatTimeout, 0)
+			if !b.fresh(t, freshRow.HeartbeatAt) {
+				return false
+			}
 
-		// The listed claim fences the reset: recovery count + 1, and the
-		// task is claimable again.
-		b.reset(t, gone[3])
-		again := b.getTask(t, gone[3].ID)
-		require.Equal(t, driver.TaskReady, again.Status)
-		require.Equal(t, 2, again.RecoveryCount)
-		require.Empty(t, again.RunnerID)
-		require.NotContains(t, taskIDs(b.orphans(t, cutoff, 0)), gone[3].ID)
-
-		// Registering again does not bring a runner's old claims back:
-		// they are listed until reset, by runner row state alone.
-		b.upsertRunner(t, "gone", b.now)
-		require.ElementsMatch(t, []uuid.UUID{stale[0].ID}, taskIDs(b.orphans(t, cutoff, 0)))
+			want := map[uuid.UUID]*driver.Task{stale[0].ID: stale[0], gone[0].ID: gone[0], gone[3].ID: gone[3], other.ID: other}
+			require.ElementsMatch(t, []uuid.UUID{stale[0].ID, gone[0].ID, gone[3].ID, other.ID}, taskIDs(got))
+			for _, task := range got {
+				w := want[task.ID]
+				require.Equal(t, driver.TaskRunning, task.Status)
+				require.Equal(t, fenceOf(w), fenceOf(task), "the claim as stored")
+				require.Equal(t, w.PipelineID, task.PipelineID)
+				require.Equal(t, w.Name, task.Name)
+			}
+			for _, task := range fresh {
+				require.NotContains(t, taskIDs(got), task.ID, "a runner heartbeating within the timeout is alive")
+			}
+			again := b.getTask(t, gone[3].ID)
+			require.Equal(t, driver.TaskReady, again.Status)
+			require.Equal(t, 2, again.RecoveryCount)
+			require.Empty(t, again.RunnerID)
+			require.ElementsMatch(t, []uuid.UUID{stale[0].ID, gone[0].ID, other.ID}, taskIDs(afterReset))
+			require.ElementsMatch(t, []uuid.UUID{stale[0].ID}, taskIDs(afterReturn))
+			return true
+		})
 	})
 
 	// A runner starting up lists the claims left under its own id, live
-	// row or not, and nothing else.
+	// row or not, and nothing else; Timeout plays no part.
 	t.Run("OwnClaims", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
-		b.upsertRunner(t, "me", b.now)
-		b.upsertRunner(t, "other", b.now)
+		b.upsertRunner(t, "me")
+		b.upsertRunner(t, "other")
 		mine := b.claimAs(t, "me", 3)
 		b.claimAs(t, "other", 2)
 		gone := b.claimAs(t, "gone", 1)
 		b.finish(t, driver.TaskFinish{Fence: fenceOf(mine[2]), Status: driver.TaskCompleted, Output: json.RawMessage(`{}`),
 			Attempt: 1, Now: b.now})
 		own := func(limit int) []*driver.Task {
-			got, err := b.drv.Reader().TaskListOrphaned(b.ctx, &driver.TaskListOrphanedParams{RunnerID: "me",
-				HeartbeatBefore: b.at(time.Hour), Limit: limit})
+			got, err := b.drv.Reader().TaskListOrphaned(b.ctx, &driver.TaskListOrphanedParams{RunnerID: "me", Limit: limit})
 			require.NoError(t, err)
 			return got
 		}
@@ -170,7 +176,7 @@ func testTaskListOrphaned(t *testing.T, s *suite) {
 			require.Equal(t, "me", task.RunnerID)
 		}
 		require.Len(t, own(1), 1)
-		require.ElementsMatch(t, taskIDs(gone), taskIDs(b.orphans(t, b.now, 0)),
+		require.ElementsMatch(t, taskIDs(gone), taskIDs(b.orphans(t, time.Hour, 0)),
 			"without RunnerID, live runners' claims stay out")
 
 		b.reset(t, got[0])
@@ -181,11 +187,24 @@ func testTaskListOrphaned(t *testing.T, s *suite) {
 		t.Parallel()
 		b := s.setup(t)
 		tasks := b.claimAs(t, "gone", 5)
-		got := b.orphans(t, b.now, 2)
+		got := b.orphans(t, time.Hour, 2)
 		require.Len(t, got, 2)
 		require.Subset(t, taskIDs(tasks), taskIDs(got))
-		require.Len(t, b.orphans(t, b.now, 0), 5, "0 means the backend's default batch")
-		require.Empty(t, b.orphans(t, b.now, 0)[0].Input, "claims only, no contexts")
+		require.Len(t, b.orphans(t, time.Hour, 0), 5, "0 means the backend's default batch")
+		require.Empty(t, b.orphans(t, time.Hour, 0)[0].Input, "claims only, no contexts")
+	})
+
+	// Without RunnerID, a timeout of zero or less would orphan every
+	// running task: it is refused, with the fix in the message.
+	t.Run("RefusesNonPositiveTimeout", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		b.upsertRunner(t, "r-1")
+		b.claimAs(t, "r-1", 1)
+		for _, d := range []time.Duration{0, -time.Second} {
+			_, err := b.drv.Reader().TaskListOrphaned(b.ctx, &driver.TaskListOrphanedParams{Timeout: d})
+			require.ErrorContains(t, err, "pass a positive Timeout", "timeout %s", d)
+		}
 	})
 }
 

@@ -12,13 +12,13 @@ import (
 	"github.com/cloacina-go/cloacina/driver"
 )
 
-// upsertRunner registers runner id with a heartbeat at at, in its own
-// transaction.
-func (b *bundle) upsertRunner(t *testing.T, id string, at time.Time) *driver.RunnerUpsertParams {
+// upsertRunner registers runner id in its own transaction and returns its
+// row as stored.
+func (b *bundle) upsertRunner(t *testing.T, id string) *driver.RunnerRow {
 	t.Helper()
-	p := &driver.RunnerUpsertParams{ID: id, Name: "name-" + id, Host: "host-1", PID: 4242, Workflows: []string{"wf"}, Now: at}
+	p := &driver.RunnerUpsertParams{ID: id, Name: "name-" + id, Host: "host-1", PID: 4242, Workflows: []string{"wf"}}
 	b.inTx(t, func(tx driver.Tx) { require.NoError(t, tx.RunnerUpsert(b.ctx, p)) })
-	return p
+	return b.runner(t, id)
 }
 
 func (b *bundle) runners(t *testing.T) []*driver.RunnerRow {
@@ -26,6 +26,27 @@ func (b *bundle) runners(t *testing.T) []*driver.RunnerRow {
 	rows, err := b.drv.Reader().RunnerList(b.ctx)
 	require.NoError(t, err)
 	return rows
+}
+
+// runner returns the row of runner id.
+func (b *bundle) runner(t *testing.T, id string) *driver.RunnerRow {
+	t.Helper()
+	for _, r := range b.runners(t) {
+		if r.ID == id {
+			return r
+		}
+	}
+	t.Fatalf("runner %s has no row", id)
+	return nil
+}
+
+func (b *bundle) deleteRunners(t *testing.T, ids ...string) {
+	t.Helper()
+	b.inTx(t, func(tx driver.Tx) {
+		for _, id := range ids {
+			require.NoError(t, tx.RunnerDelete(b.ctx, &driver.RunnerDeleteParams{ID: id}))
+		}
+	})
 }
 
 func runnerIDs(rows []*driver.RunnerRow) []string {
@@ -36,14 +57,73 @@ func runnerIDs(rows []*driver.RunnerRow) []string {
 	return out
 }
 
+// heartbeatTimeout is the Timeout the liveness tests pass: a heartbeat
+// older than this by the database's clock has expired.
+const heartbeatTimeout = time.Second
+
+// dbNow reads the database's clock: the heartbeat of a probe runner,
+// whose row is removed again.
+func (b *bundle) dbNow(t *testing.T) time.Time {
+	t.Helper()
+	const probe = "clock-probe"
+	now := b.upsertRunner(t, probe).HeartbeatAt
+	b.deleteRunners(t, probe)
+	return now
+}
+
+// awaitAge polls until the database's clock is more than age past at.
+// Heartbeats are stamped by that clock, and only time passing on it ages
+// them: no test can move it.
+func (b *bundle) awaitAge(t *testing.T, at time.Time, age time.Duration) {
+	t.Helper()
+	for !b.dbNow(t).After(at.Add(age)) {
+		select {
+		case <-b.ctx.Done():
+			t.Fatalf("the database's clock never passed %s", at.Add(age).Format(time.RFC3339Nano))
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// fresh reports whether a heartbeat at at is still unexpired by the
+// database's clock now, so that a check made before this call had to
+// find its runner alive. When it is not, the machine took longer than
+// heartbeatTimeout between the heartbeat and the check, and the check
+// proves nothing.
+func (b *bundle) fresh(t *testing.T, at time.Time) bool {
+	t.Helper()
+	return !b.dbNow(t).After(at.Add(heartbeatTimeout))
+}
+
+// inTime runs a liveness check until it reports that the machine ran it
+// in time (see bundle.fresh), at most five times.
+func inTime(t *testing.T, check func(attempt int) bool) {
+	t.Helper()
+	for attempt := 1; !check(attempt); attempt++ {
+		require.Less(t, attempt, 5, "this machine never ran the check within %s of a heartbeat", heartbeatTimeout)
+	}
+}
+
+func (b *bundle) expireRunners(t *testing.T, timeout time.Duration) []string {
+	t.Helper()
+	var ids []string
+	b.inTx(t, func(tx driver.Tx) {
+		var err error
+		ids, err = tx.RunnerDeleteExpired(b.ctx, &driver.RunnerDeleteExpiredParams{Timeout: timeout})
+		require.NoError(t, err)
+	})
+	return ids
+}
+
 func testRunnerRegistry(t *testing.T, s *suite) {
 	// An upsert inserts, then refreshes everything but the start time.
+	// Both times are the database's clock.
 	t.Run("UpsertInsertsThenRefreshes", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
 		require.Empty(t, b.runners(t))
 		first := &driver.RunnerUpsertParams{ID: "r-1", Name: "billing ✓", Host: "host-a", PID: 17,
-			Workflows: []string{"etl", "report"}, Now: roundTripTime}
+			Workflows: []string{"etl", "report"}}
 		b.inTx(t, func(tx driver.Tx) { require.NoError(t, tx.RunnerUpsert(b.ctx, first)) })
 		rows := b.runners(t)
 		require.Len(t, rows, 1)
@@ -53,13 +133,17 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 		require.Equal(t, "host-a", got.Host)
 		require.Equal(t, 17, got.PID)
 		require.Equal(t, []string{"etl", "report"}, got.Workflows, "workflows round-trip in order")
-		requireTime(t, truncated(roundTripTime), got.StartedAt)
-		requireTime(t, truncated(roundTripTime), got.HeartbeatAt)
+		requireTime(t, got.StartedAt, got.HeartbeatAt, "a new row starts with a heartbeat")
+		// The test's clock and the database's agree within an hour on any
+		// machine that runs the suite: a zero time, or local time stored
+		// as UTC, is further off.
+		require.WithinDuration(t, time.Now(), got.StartedAt, time.Hour, "stamped by the database's clock")
+		started := got.StartedAt
 
-		later := roundTripTime.Add(time.Minute)
+		b.awaitAge(t, started, 0)
 		b.inTx(t, func(tx driver.Tx) {
 			require.NoError(t, tx.RunnerUpsert(b.ctx, &driver.RunnerUpsertParams{ID: "r-1", Name: "renamed", Host: "host-b",
-				PID: 18, Workflows: []string{"other"}, Now: later}))
+				PID: 18, Workflows: []string{"other"}}))
 		})
 		rows = b.runners(t)
 		require.Len(t, rows, 1, "an upsert of a known id adds no row")
@@ -68,95 +152,134 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 		require.Equal(t, "host-b", got.Host)
 		require.Equal(t, 18, got.PID)
 		require.Equal(t, []string{"other"}, got.Workflows)
-		requireTime(t, truncated(roundTripTime), got.StartedAt, "the start time is kept")
-		requireTime(t, truncated(later), got.HeartbeatAt, "an upsert is a heartbeat")
+		requireTime(t, started, got.StartedAt, "the start time is kept")
+		require.True(t, got.HeartbeatAt.After(started), "an upsert is a heartbeat")
 
 		b.inTx(t, func(tx driver.Tx) {
 			require.NoError(t, tx.RunnerUpsert(b.ctx, &driver.RunnerUpsertParams{ID: "r-1", Name: "renamed", Host: "host-b",
-				Workflows: []string{}, Now: later}))
+				Workflows: []string{}}))
 		})
 		require.Empty(t, b.runners(t)[0].Workflows, "no workflows round-trips as none")
 	})
 
+	// A heartbeat stamps the runner's row with the database's clock, and
+	// keeps it from expiring; it touches no other row.
 	t.Run("Heartbeat", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
-		b.upsertRunner(t, "r-1", b.now)
-		b.upsertRunner(t, "r-2", b.now)
-		beat := func(id string, at time.Time) bool {
+		beat := func(id string) bool {
 			t.Helper()
 			var ok bool
 			b.inTx(t, func(tx driver.Tx) {
 				var err error
-				ok, err = tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: id, Now: at})
+				ok, err = tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: id})
 				require.NoError(t, err)
 			})
 			return ok
 		}
-		require.True(t, beat("r-1", b.at(time.Minute)))
-		rows := b.runners(t)
-		requireTime(t, b.at(time.Minute), rows[0].HeartbeatAt)
-		requireTime(t, b.now, rows[0].StartedAt)
-		requireTime(t, b.now, rows[1].HeartbeatAt, "only the runner's own row is touched")
+		inTime(t, func(attempt int) bool {
+			beating, silent := fmt.Sprintf("beating-%d", attempt), fmt.Sprintf("silent-%d", attempt)
+			registered := b.upsertRunner(t, beating)
+			quiet := b.upsertRunner(t, silent)
+			b.awaitAge(t, quiet.HeartbeatAt, heartbeatTimeout)
+			require.True(t, beat(beating))
+			beaten := b.runner(t, beating)
+			require.True(t, beaten.HeartbeatAt.After(quiet.HeartbeatAt.Add(heartbeatTimeout)), "the heartbeat is the database's clock now")
+			requireTime(t, registered.StartedAt, beaten.StartedAt, "a heartbeat keeps the start time")
+			requireTime(t, quiet.HeartbeatAt, b.runner(t, silent).HeartbeatAt, "only the runner's own row is touched")
+			expired := b.expireRunners(t, heartbeatTimeout)
+			if !b.fresh(t, beaten.HeartbeatAt) {
+				b.deleteRunners(t, beating, silent)
+				return false
+			}
+			require.Equal(t, []string{silent}, expired, "the heartbeat kept its runner alive")
+			b.deleteRunners(t, beating)
+			return true
+		})
 
-		require.False(t, beat("r-gone", b.at(time.Minute)), "a missing row must be registered again")
-		require.Equal(t, []string{"r-1", "r-2"}, runnerIDs(b.runners(t)), "a heartbeat never creates a row")
+		require.False(t, beat("r-gone"), "a missing row must be registered again")
+		require.Empty(t, b.runners(t), "a heartbeat never creates a row")
 	})
 
 	t.Run("Delete", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
-		b.upsertRunner(t, "r-1", b.now)
-		b.upsertRunner(t, "r-2", b.now)
+		b.upsertRunner(t, "r-1")
+		b.upsertRunner(t, "r-2")
 		b.inTx(t, func(tx driver.Tx) {
 			require.NoError(t, tx.RunnerDelete(b.ctx, &driver.RunnerDeleteParams{ID: "r-1"}))
 			require.NoError(t, tx.RunnerDelete(b.ctx, &driver.RunnerDeleteParams{ID: "r-unknown"}), "deleting a missing row is no error")
 		})
 		require.Equal(t, []string{"r-2"}, runnerIDs(b.runners(t)))
 		b.inTx(t, func(tx driver.Tx) {
-			ok, err := tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: "r-1", Now: b.now})
+			ok, err := tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: "r-1"})
 			require.NoError(t, err)
 			require.False(t, ok)
 		})
 	})
 
-	// Only rows whose heartbeat is strictly older than the cutoff go.
+	// Rows whose heartbeat is more than Timeout old by the database's
+	// clock go; the others stay.
 	t.Run("DeleteExpired", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
-		b.upsertRunner(t, "old-1", b.at(-3*time.Minute))
-		b.upsertRunner(t, "old-2", b.at(-2*time.Minute))
-		b.upsertRunner(t, "at-cutoff", b.at(-time.Minute))
-		b.upsertRunner(t, "fresh", b.now)
-		expire := func(before time.Time) []string {
-			t.Helper()
-			var ids []string
-			b.inTx(t, func(tx driver.Tx) {
-				var err error
-				ids, err = tx.RunnerDeleteExpired(b.ctx, &driver.RunnerDeleteExpiredParams{HeartbeatBefore: before})
-				require.NoError(t, err)
-			})
-			return ids
-		}
-		require.ElementsMatch(t, []string{"old-1", "old-2"}, expire(b.at(-time.Minute)))
-		require.Equal(t, []string{"at-cutoff", "fresh"}, runnerIDs(b.runners(t)))
-		require.Empty(t, expire(b.at(-time.Minute)), "nothing left to expire")
+		inTime(t, func(attempt int) bool {
+			old1, old2, young := fmt.Sprintf("old-1-%d", attempt), fmt.Sprintf("old-2-%d", attempt), fmt.Sprintf("fresh-%d", attempt)
+			b.upsertRunner(t, old1)
+			b.awaitAge(t, b.upsertRunner(t, old2).HeartbeatAt, heartbeatTimeout)
+			fresh := b.upsertRunner(t, young)
+			require.Empty(t, b.expireRunners(t, time.Hour), "no heartbeat is an hour old")
+			expired := b.expireRunners(t, heartbeatTimeout)
+			again := b.expireRunners(t, heartbeatTimeout)
+			left := runnerIDs(b.runners(t))
+			if !b.fresh(t, fresh.HeartbeatAt) {
+				b.deleteRunners(t, left...)
+				return false
+			}
+			require.ElementsMatch(t, []string{old1, old2}, expired)
+			require.Empty(t, again, "nothing left to expire")
+			require.Equal(t, []string{young}, left)
+			return true
+		})
 	})
 
-	// Oldest first by start time, then by id; times come back in UTC.
+	// A timeout of zero or less would declare every runner dead: it is
+	// refused, with the fix in the message, and nothing is deleted.
+	t.Run("DeleteExpiredRefusesNonPositiveTimeout", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		b.upsertRunner(t, "r-1")
+		for _, d := range []time.Duration{0, -time.Second} {
+			b.inTx(t, func(tx driver.Tx) {
+				_, err := tx.RunnerDeleteExpired(b.ctx, &driver.RunnerDeleteExpiredParams{Timeout: d})
+				require.ErrorContains(t, err, "pass a positive Timeout", "timeout %s", d)
+			})
+		}
+		require.Equal(t, []string{"r-1"}, runnerIDs(b.runners(t)))
+	})
+
+	// Oldest first by start time (then by id); a refresh does not move a
+	// runner in the order. Times come back in UTC.
 	t.Run("ListOrder", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
-		b.upsertRunner(t, "c", b.at(time.Minute))
-		b.upsertRunner(t, "b", b.now)
-		b.upsertRunner(t, "a", b.at(time.Minute))
-		b.upsertRunner(t, "d", b.at(-time.Minute).In(time.FixedZone("UTC-7", -7*3600)))
-		// A refresh does not move a runner in the order.
-		b.upsertRunner(t, "d", b.at(time.Hour))
+		var last time.Time
+		for _, id := range []string{"c", "b", "a"} {
+			if !last.IsZero() {
+				b.awaitAge(t, last, 0) // a start time of its own
+			}
+			last = b.upsertRunner(t, id).StartedAt
+		}
+		b.awaitAge(t, last, 0)
+		refreshed := b.upsertRunner(t, "c")
 		rows := b.runners(t)
-		require.Equal(t, []string{"d", "b", "a", "c"}, runnerIDs(rows))
-		requireTime(t, b.at(-time.Minute), rows[0].StartedAt)
-		requireTime(t, b.at(time.Hour), rows[0].HeartbeatAt)
+		require.Equal(t, []string{"c", "b", "a"}, runnerIDs(rows))
+		requireTime(t, refreshed.HeartbeatAt, rows[0].HeartbeatAt)
+		require.True(t, rows[0].HeartbeatAt.After(rows[2].StartedAt))
+		for _, r := range rows {
+			require.Equal(t, time.UTC, r.StartedAt.Location())
+			require.Equal(t, time.UTC, r.HeartbeatAt.Location())
+		}
 	})
 }
 

@@ -4,11 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cloacina-go/cloacina/driver"
 )
+
+// The runner statements read the database's clock, clock_timestamp() as
+// the lease does (see lease.go): a heartbeat vouches for the moment it
+// runs, and expiry is measured back from the moment the sweep runs, so
+// that no runner's clock takes part in deciding who is alive.
 
 func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) error {
 	workflows, err := json.Marshal(p.Workflows)
@@ -16,10 +22,10 @@ func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParam
 		return err
 	}
 	_, err = e.db.Exec(ctx, `INSERT INTO `+e.q.schema+`.cloacina_runners (id, name, host, pid, workflows, started_at, heartbeat_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $6)
+		SELECT $1, $2, $3, $4, $5, clock.now, clock.now FROM (SELECT clock_timestamp() AS now) clock
 		ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, pid = excluded.pid,
 			workflows = excluded.workflows, heartbeat_at = excluded.heartbeat_at`,
-		p.ID, p.Name, p.Host, p.PID, string(workflows), p.Now.UTC())
+		p.ID, p.Name, p.Host, p.PID, string(workflows))
 	if err != nil {
 		return fmt.Errorf("postgres: register runner %s: %w", p.ID, mapError(err))
 	}
@@ -27,7 +33,7 @@ func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParam
 }
 
 func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (bool, error) {
-	tag, err := e.db.Exec(ctx, `UPDATE `+e.q.schema+`.cloacina_runners SET heartbeat_at = $1 WHERE id = $2`, p.Now.UTC(), p.ID)
+	tag, err := e.db.Exec(ctx, `UPDATE `+e.q.schema+`.cloacina_runners SET heartbeat_at = clock_timestamp() WHERE id = $1`, p.ID)
 	if err != nil {
 		return false, fmt.Errorf("postgres: heartbeat runner %s: %w", p.ID, mapError(err))
 	}
@@ -41,14 +47,30 @@ func (e *executor) RunnerDelete(ctx context.Context, p *driver.RunnerDeleteParam
 	return nil
 }
 
+// expiredBefore is the heartbeat cutoff, by the database's clock, for a
+// timeout passed as $1 in microseconds. As an uncorrelated subquery it is
+// read once per statement.
+const expiredBefore = `(SELECT clock_timestamp() - $1::float8 * interval '1 microsecond')`
+
+// checkTimeout refuses a timeout that would declare every runner dead.
+func checkTimeout(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("a timeout of %s declares every runner dead: pass a positive Timeout, how long a runner may go without a heartbeat", d)
+	}
+	return nil
+}
+
 func (e *executor) RunnerDeleteExpired(ctx context.Context, p *driver.RunnerDeleteExpiredParams) ([]string, error) {
+	if err := checkTimeout(p.Timeout); err != nil {
+		return nil, fmt.Errorf("postgres: delete expired runners: %w", err)
+	}
 	// SKIP LOCKED: a row held by a transaction that never ends (its process
 	// froze between heartbeat and commit) must not stop the sweep, which
 	// holds the leader lease meanwhile. That runner's tasks are found by
 	// their expired heartbeat all the same.
 	rows, err := e.db.Query(ctx, `DELETE FROM `+e.q.schema+`.cloacina_runners WHERE id IN (
-			SELECT id FROM `+e.q.schema+`.cloacina_runners WHERE heartbeat_at < $1 FOR UPDATE SKIP LOCKED)
-		RETURNING id`, p.HeartbeatBefore.UTC())
+			SELECT id FROM `+e.q.schema+`.cloacina_runners WHERE heartbeat_at < `+expiredBefore+` FOR UPDATE SKIP LOCKED)
+		RETURNING id`, p.Timeout.Microseconds())
 	if err != nil {
 		return nil, fmt.Errorf("postgres: delete expired runners: %w", mapError(err))
 	}
@@ -87,15 +109,21 @@ func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrpha
 	if limit <= 0 {
 		limit = 1000
 	}
-	q := `SELECT ` + taskColumns("t.", false) + ` FROM ` + e.q.taskTable + ` t
-		LEFT JOIN ` + e.q.schema + `.cloacina_runners r ON r.id = t.runner_id
-		WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < $1)
-		ORDER BY t.updated_at LIMIT $2`
-	args := []any{p.HeartbeatBefore.UTC(), limit}
+	var q string
+	var args []any
 	if p.RunnerID != "" {
 		q = `SELECT ` + taskColumns("t.", false) + ` FROM ` + e.q.taskTable + ` t
 			WHERE t.status = 'running' AND t.runner_id = $1 ORDER BY t.updated_at LIMIT $2`
 		args = []any{p.RunnerID, limit}
+	} else {
+		if err := checkTimeout(p.Timeout); err != nil {
+			return nil, fmt.Errorf("postgres: list orphaned tasks: %w", err)
+		}
+		q = `SELECT ` + taskColumns("t.", false) + ` FROM ` + e.q.taskTable + ` t
+			LEFT JOIN ` + e.q.schema + `.cloacina_runners r ON r.id = t.runner_id
+			WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < ` + expiredBefore + `)
+			ORDER BY t.updated_at LIMIT $2`
+		args = []any{p.Timeout.Microseconds(), limit}
 	}
 	rows, err := e.db.Query(ctx, q, args...)
 	if err != nil {

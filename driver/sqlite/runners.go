@@ -5,18 +5,23 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/cloacina-go/cloacina/driver"
 )
 
+// The runner statements read the database's clock, which is the host's
+// (see lease.go): every process sharing the file runs on the machine that
+// holds it, and no engine clock takes part in deciding who is alive.
+
 func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) error {
 	workflows, err := json.Marshal(p.Workflows)
 	if err != nil {
 		return err
 	}
-	now := formatTime(p.Now)
+	now := formatTime(time.Now())
 	_, err = e.db.ExecContext(ctx, `INSERT INTO cloacina_runners (id, name, host, pid, workflows, started_at, heartbeat_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, pid = excluded.pid,
@@ -29,7 +34,7 @@ func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParam
 }
 
 func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (bool, error) {
-	res, err := e.db.ExecContext(ctx, `UPDATE cloacina_runners SET heartbeat_at = ? WHERE id = ?`, formatTime(p.Now), p.ID)
+	res, err := e.db.ExecContext(ctx, `UPDATE cloacina_runners SET heartbeat_at = ? WHERE id = ?`, formatTime(time.Now()), p.ID)
 	if err != nil {
 		return false, fmt.Errorf("sqlite: heartbeat runner %s: %w", p.ID, mapError(err))
 	}
@@ -44,8 +49,21 @@ func (e *executor) RunnerDelete(ctx context.Context, p *driver.RunnerDeleteParam
 	return nil
 }
 
+// expiredBefore is the heartbeat cutoff for a timeout, by the host's
+// clock; a timeout that would declare every runner dead is refused.
+func expiredBefore(timeout time.Duration) (string, error) {
+	if timeout <= 0 {
+		return "", fmt.Errorf("a timeout of %s declares every runner dead: pass a positive Timeout, how long a runner may go without a heartbeat", timeout)
+	}
+	return formatTime(time.Now().Add(-timeout)), nil
+}
+
 func (e *executor) RunnerDeleteExpired(ctx context.Context, p *driver.RunnerDeleteExpiredParams) ([]string, error) {
-	rows, err := e.db.QueryContext(ctx, `DELETE FROM cloacina_runners WHERE heartbeat_at < ? RETURNING id`, formatTime(p.HeartbeatBefore))
+	before, err := expiredBefore(p.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: delete expired runners: %w", err)
+	}
+	rows, err := e.db.QueryContext(ctx, `DELETE FROM cloacina_runners WHERE heartbeat_at < ? RETURNING id`, before)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: delete expired runners: %w", mapError(err))
 	}
@@ -95,15 +113,22 @@ func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrpha
 		limit = 1000
 	}
 	cols := strings.ReplaceAll(taskSelect(false), "\n", " ")
-	q := `SELECT ` + prefixColumns(cols, "t.") + ` FROM task_executions t
-		LEFT JOIN cloacina_runners r ON r.id = t.runner_id
-		WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < ?)
-		ORDER BY t.updated_at LIMIT ?`
-	args := []any{formatTime(p.HeartbeatBefore), limit}
+	var q string
+	var args []any
 	if p.RunnerID != "" {
 		q = `SELECT ` + prefixColumns(cols, "t.") + ` FROM task_executions t
 			WHERE t.status = 'running' AND t.runner_id = ? ORDER BY t.updated_at LIMIT ?`
 		args = []any{p.RunnerID, limit}
+	} else {
+		before, err := expiredBefore(p.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: list orphaned tasks: %w", err)
+		}
+		q = `SELECT ` + prefixColumns(cols, "t.") + ` FROM task_executions t
+			LEFT JOIN cloacina_runners r ON r.id = t.runner_id
+			WHERE t.status = 'running' AND (r.id IS NULL OR r.heartbeat_at < ?)
+			ORDER BY t.updated_at LIMIT ?`
+		args = []any{before, limit}
 	}
 	out, err := collectTasks(e.db.QueryContext(ctx, q, args...))
 	if err != nil {
