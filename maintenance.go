@@ -49,11 +49,12 @@ func (r *Runner) rowStale() bool {
 // died. It does not sweep until it has been healthy (heartbeating without
 // error) for a whole RunnerTimeout: right after a restart or a database
 // outage every heartbeat looks stale, and resetting then would take work
-// away from runners that are alive.
+// away from runners that are alive. That time is measured on the
+// monotonic clock, which a step of the wall clock cannot move.
 func (r *Runner) heartbeatLoop(svc *services) {
 	defer svc.loops.Done()
 	ctx := svc.ctx
-	healthySince := r.now()
+	healthySince := time.Now()
 	leader := false
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
@@ -76,7 +77,7 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		if r.heartbeatFrozen.Load() {
 			continue
 		}
-		canSweep := leader && !healthySince.IsZero() && r.now().Sub(healthySince) >= r.cfg.RunnerTimeout
+		canSweep := leader && !healthySince.IsZero() && time.Since(healthySince) >= r.cfg.RunnerTimeout
 		held, dead, err := r.beat(ctx, canSweep)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -85,7 +86,7 @@ func (r *Runner) heartbeatLoop(svc *services) {
 			healthySince = time.Time{}
 			held = false
 		} else if healthySince.IsZero() {
-			healthySince = r.now()
+			healthySince = time.Now()
 		}
 		if held != leader {
 			leader = held

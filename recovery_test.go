@@ -796,3 +796,45 @@ func TestLivenessIgnoresRunnerClockSkew(t *testing.T) {
 		})
 	}
 }
+
+// The leader's grace after a start (no sweep until it has been healthy
+// for a whole RunnerTimeout) is measured on the monotonic clock. It was
+// measured on the wall clock, so a step forward of that clock — NTP
+// setting a VM's clock right after boot, a resume from suspend — ended the
+// grace at once, and a leader could reset the tasks of runners whose
+// heartbeats only looked stale because the database had just come back.
+func TestSweepGraceIgnoresWallClockSteps(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		// A grace far longer than the test: the leader must never sweep.
+		r := openRunner(t, url, &Config{HeartbeatInterval: 40 * time.Millisecond, RunnerTimeout: time.Hour})
+		var step atomic.Int64
+		r.now = func() time.Time { return time.Now().UTC().Add(time.Duration(step.Load())) }
+		leads := leadership(r)
+		beats := countBeats(r)
+		sweeps := make(chan error, 64)
+		hook := func(err error) {
+			select {
+			case sweeps <- err:
+			default:
+			}
+		}
+		r.sweepHook.Store(&hook)
+		require.NoError(t, r.Start(ctx))
+		waitLeader(t, leads, true)
+
+		step.Store(int64(2 * time.Hour))
+		// Two sweeps' worth of heartbeats (one every orphanSweepEvery):
+		// each sweep would run, and be seen, before the next heartbeat.
+		for range 2*orphanSweepEvery + 1 {
+			waitFor(t, beats, "a heartbeat of the leader")
+		}
+		select {
+		case err := <-sweeps:
+			t.Fatalf("the leader swept (error: %v) within its grace, after its wall clock stepped", err)
+		default:
+		}
+		require.True(t, r.IsLeader())
+	})
+}
