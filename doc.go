@@ -160,37 +160,42 @@
 // whose clocks disagree still agree on the leader. Once a term expires,
 // another runner takes the next one, even from a leader frozen in the
 // middle of its heartbeat (a long GC pause, a stopped process, a network
-// partition that leaves its transaction open); the old leader finds out
-// at its next heartbeat and stops leading, and what it did meanwhile is
-// fenced like every reset, so it cannot undo the new leader's work. The
-// leader removes runners whose heartbeat is older than
-// Config.RunnerTimeout and resets their
-// Running tasks to Ready for others (task_reset, recovery count + 1), or
-// abandons a task past Config.MaxRecoveries (task_abandoned, Failed, then
-// trigger rules and the run's end as usual). It does not sweep until it
-// has itself been healthy for one RunnerTimeout, so a restart or a
-// database outage does not take work from runners that are alive. A
-// runner with a fixed Config.RunnerID (a pod name, say) that crashed and
-// comes back under the same id resets what it left Running when it starts,
-// before it claims anything, instead of waiting for the timeout. A
-// runner that lost a claim (it was too slow to heartbeat and its task was
-// reset) learns it at its next heartbeat or fenced write: the task's
-// context is cancelled and nothing it reports is recorded. Transient
-// database errors (SQLite busy, serialization failures, deadlocks, lost
-// connections, a server restart, a statement timeout, a full disk) are
-// retried on every state write. A task's result is never dropped: one the
-// database refuses for another reason (a revoked privilege, say) is held
-// and written again, with a growing delay, until it is taken or the
-// runner stops; only a value the database cannot store at all fails the
-// attempt with the reason. Context values and names that PostgreSQL could
-// not store (a NUL character, say) are refused when they are set, on both
-// backends, so a workflow behaves the same on SQLite and PostgreSQL.
-// [Runner.Stop] lets running tasks finish, hands back those still running
-// at its deadline, and removes the runner's row. Execution is
-// at-least-once: a task whose runner died mid-way runs again elsewhere, so
-// make task bodies idempotent (use [TaskInfoFrom] for the run and task ids
-// and the attempt). [DeferUntil] lets a task wait on an outside condition
-// without holding a concurrency slot.
+// partition that leaves its transaction open); the old leader finds out at
+// its next heartbeat and stops leading, and what it did meanwhile is fenced
+// like every reset, so it cannot undo the new leader's work. The leader
+// removes runners whose heartbeat is older than Config.RunnerTimeout and
+// resets their Running tasks to Ready for others (task_reset, recovery
+// count + 1), or abandons a task past Config.MaxRecoveries (task_abandoned,
+// Failed, then trigger rules and the run's end as usual). Heartbeats, like
+// the lease, are stamped and judged by the database's clock, so a runner
+// whose clock is off is neither declared dead while it heartbeats nor kept
+// alive once it stops. (Due times — a retry's backoff, a task's readiness —
+// are still each runner's own clock: a runner whose clock runs ahead by d
+// makes the tasks it readies wait up to d for the other runners. Keep
+// clocks in sync.) The leader does not sweep until it has itself been
+// healthy for one RunnerTimeout, so a restart or a database outage does not
+// take work from runners that are alive. A runner with a fixed
+// Config.RunnerID (a pod name, say) that crashed and comes back under the
+// same id resets what it left Running when it starts, before it claims
+// anything, instead of waiting for the timeout. A runner that lost a claim
+// (it was too slow to heartbeat and its task was reset) learns it at its
+// next heartbeat or fenced write: the task's context is cancelled and
+// nothing it reports is recorded. Transient database errors (SQLite busy,
+// serialization failures, deadlocks, lost connections, a server restart, a
+// statement timeout, a full disk) are retried on every state write. A
+// task's result is never dropped: one the database refuses for another
+// reason (a revoked privilege, say) is held and written again, with a
+// growing delay, until it is taken or the runner stops; only a value the
+// database cannot store at all fails the attempt with the reason. Context
+// values and names that PostgreSQL could not store (a NUL character, say)
+// are refused when they are set, on both backends, so a workflow behaves
+// the same on SQLite and PostgreSQL. [Runner.Stop] lets running tasks
+// finish, hands back those still running at its deadline, and removes the
+// runner's row. Execution is at-least-once: a task whose runner died
+// mid-way runs again elsewhere, so make task bodies idempotent (use
+// [TaskInfoFrom] for the run and task ids and the attempt). [DeferUntil]
+// lets a task wait on an outside condition without holding a concurrency
+// slot.
 //
 // # Tenants
 //

@@ -81,9 +81,10 @@ type Config struct {
 	// RunnerTimeout is how long a runner may go without a heartbeat before
 	// the leader declares it dead and resets its running tasks for other
 	// runners, and how long a term of the leader lease lasts after its
-	// last renewal. It must exceed two heartbeats. On SQLite a heartbeat
-	// waits for the database write lock like any writer (up to the 10s
-	// busy timeout), so keep it well above that. Default: 30s.
+	// last renewal, both by the database's clock, so the runners' own
+	// clocks need not agree. It must exceed two heartbeats. On SQLite a
+	// heartbeat waits for the database write lock like any writer (up to
+	// the 10s busy timeout), so keep it well above that. Default: 30s.
 	RunnerTimeout time.Duration
 	// MaxRecoveries bounds how often one task is reset after its runner
 	// died; the next time it is abandoned (Failed, task_abandoned) instead,
@@ -126,7 +127,9 @@ type Runner struct {
 	id     string
 	name   string
 	logger *slog.Logger
-	now    func() time.Time
+	// now is this runner's clock, for the times it records (events, due
+	// times, durations); liveness and leadership never read it.
+	now func() time.Time
 
 	// lifecycleMu serialises Start and Stop (and Close's stop); mu is held
 	// only for the flags, since starting runs transactions that read them.

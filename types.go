@@ -127,7 +127,9 @@ type TaskResult struct {
 	SubStatus string
 }
 
-// RunnerInfo is a registered, heartbeating runner.
+// RunnerInfo is a registered, heartbeating runner. StartedAt and
+// HeartbeatAt are the database's clock (the server's on PostgreSQL), by
+// which liveness is judged, not the runner's.
 type RunnerInfo struct {
 	ID          string
 	Name        string
