@@ -14,8 +14,9 @@ import (
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
-// submitRuns creates n runs of workflow from 16 goroutines.
-func submitRuns(b *testing.B, r *Runner, workflow string, n int) {
+// submitRuns creates n runs of workflow from 16 goroutines; run i gets
+// input(i) as its input, or none when input is nil.
+func submitRuns(b *testing.B, r *Runner, workflow string, n int, input func(i int) (*Context, error)) {
 	b.Helper()
 	ctx := context.Background()
 	var next atomic.Int64
@@ -25,8 +26,20 @@ func submitRuns(b *testing.B, r *Runner, workflow string, n int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				if _, err := r.ExecuteAsync(ctx, workflow, nil); err != nil {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				var in *Context
+				if input != nil {
+					var err error
+					if in, err = input(i); err != nil {
+						errs <- err
+						return
+					}
+				}
+				if _, err := r.ExecuteAsync(ctx, workflow, in); err != nil {
 					errs <- err
 					return
 				}
@@ -52,7 +65,9 @@ func benchRunner(b *testing.B, url string, wf *Workflow) *Runner {
 
 // BenchmarkSingleTaskRuns burns down 10,000 runs of one task each: the runs
 // are created first, then the timer covers the runner working them off
-// (claim, execute, complete with every event). Reports tasks/s.
+// (claim, execute, complete with every event). Like the harness's
+// burn-down (bench/), run i gets {"i": i} and its task reads it, so the
+// contexts are decoded and encoded as they are there. Reports tasks/s.
 func BenchmarkSingleTaskRuns(b *testing.B) {
 	const runs = 10_000
 	for _, backend := range testdb.Backends() {
@@ -60,12 +75,15 @@ func BenchmarkSingleTaskRuns(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
 				var executed atomic.Int64
-				wf := MustWorkflow("single", Task{Name: "only", Run: func(context.Context, *Context) error {
+				wf := MustWorkflow("single", Task{Name: "only", Run: func(_ context.Context, tc *Context) error {
+					if _, err := Get[int](tc, "i"); err != nil {
+						return err
+					}
 					executed.Add(1)
 					return nil
 				}})
 				r := benchRunner(b, backend.URL(b), wf)
-				submitRuns(b, r, "single", runs)
+				submitRuns(b, r, "single", runs, func(i int) (*Context, error) { return ContextFrom(map[string]any{"i": i}) })
 				elapsed := burnDown(b, r, runs)
 				if executed.Load() != runs {
 					b.Fatalf("executed %d tasks, want %d", executed.Load(), runs)
@@ -121,7 +139,7 @@ func BenchmarkChainRuns(b *testing.B) {
 					tasks = append(tasks, t)
 				}
 				r := benchRunner(b, backend.URL(b), MustWorkflow("chain", tasks...))
-				submitRuns(b, r, "chain", runs)
+				submitRuns(b, r, "chain", runs, nil)
 				elapsed := burnDown(b, r, runs)
 				if len(starts) != runs*steps {
 					b.Fatalf("executed %d steps, want %d", len(starts), runs*steps)
