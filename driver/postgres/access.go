@@ -42,14 +42,16 @@ type schemaAccess struct {
 
 func (d *Driver) schemaAccess(ctx context.Context) (*schemaAccess, error) {
 	var a schemaAccess
-	// The UUID arrays are bound only to find out now, rather than at the
-	// first write, whether the pool can send them (see RegisterTypes).
+	// The arrays are bound only to find out now, rather than at the first
+	// write, whether the pool can send them (see RegisterTypes).
 	err := d.pool.QueryRow(ctx, `SELECT current_user, current_database(), n.oid IS NOT NULL,
 			COALESCE(has_schema_privilege(n.oid, 'USAGE'), false),
 			has_database_privilege(current_database(), 'CREATE'),
 			COALESCE(has_schema_privilege(n.oid, 'CREATE'), false)
-		FROM (SELECT cardinality($2::uuid[]) + cardinality($3::uuid[])) AS probe
-		LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1`, d.schema, []uuid.UUID{uuid.Nil}, []*uuid.UUID{nil}).
+		FROM (SELECT cardinality($2::uuid[]) + cardinality($3::uuid[]) + cardinality($4::uuid[]) + cardinality($5::text[])
+			+ cardinality($6::int[]) + cardinality($7::timestamptz[])) AS probe
+		LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1`, d.schema, []uuid.UUID{uuid.Nil}, []*uuid.UUID{nil},
+		make(uuidArray, 1), make(textArray, 1), make(int4Array, 1), make(timeArray, 1)).
 		Scan(&a.role, &a.database, &a.exists, &a.usage, &a.createDB, &a.createSch)
 	if err != nil && strings.Contains(err.Error(), "unable to encode") {
 		return nil, fmt.Errorf("postgres: the pool cannot send UUIDs in its query exec mode (%s): call postgres.RegisterTypes from the pool's AfterConnect hook: %w",

@@ -10,7 +10,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/cloacina-go/cloacina/driver"
 )
@@ -186,14 +185,6 @@ func newQueries(schema string) *queries {
 	}
 }
 
-func jsonText(m json.RawMessage) *string {
-	if m == nil {
-		return nil
-	}
-	s := string(m)
-	return &s
-}
-
 func utc(t time.Time) time.Time { return t.UTC() }
 
 func utcPtr(t *time.Time) *time.Time {
@@ -280,12 +271,17 @@ func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.Pipeline
 
 func pipelineInsertArgs(ps []*driver.PipelineInsertParams) []any {
 	n := len(ps)
-	ids := make([][16]byte, n)
-	names, versions, statuses, inputs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	nows := make([]time.Time, n)
+	ids := make(uuidArray, n)
+	names, versions, statuses := make(textArray, n), make(textArray, n), make(textArray, n)
+	nows := make(timeArray, n)
 	for i, p := range ps {
-		ids[i], names[i], versions[i], statuses[i] = p.ID, p.WorkflowName, p.WorkflowVersion, string(p.Status)
-		inputs[i], nows[i] = string(p.Input), p.Now.UTC()
+		ids[i], names[i], versions[i], statuses[i] = pgID(p.ID), pgText(p.WorkflowName), pgText(p.WorkflowVersion), pgText(string(p.Status))
+		nows[i] = pgTime(p.Now)
+	}
+	// A nil input is sent as the empty string, as string(nil) was.
+	inputs := jsonArray(n, func(i int) json.RawMessage { return ps[i].Input }, "")
+	for i := range inputs {
+		inputs[i].Valid = true
 	}
 	return []any{ids, names, versions, statuses, inputs, nows}
 }
@@ -313,11 +309,7 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 		where = append(where, "id = ANY("+a.add(pgIDs(p.IDs))+")")
 	}
 	if len(p.Statuses) > 0 {
-		ss := make([]string, len(p.Statuses))
-		for i, s := range p.Statuses {
-			ss[i] = string(s)
-		}
-		where = append(where, "status = ANY("+a.add(ss)+")")
+		where = append(where, "status = ANY("+a.add(textsOf(p.Statuses))+")")
 	}
 	if p.WorkflowName != "" {
 		where = append(where, "workflow_name = "+a.add(p.WorkflowName))
@@ -364,21 +356,19 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 func taskInsertArgs(tasks []driver.TaskInsert) []any {
 	n := len(tasks)
 	var (
-		ids, pids            = make([][16]byte, n), make([][16]byte, n)
-		wfs, names, statuses = make([]string, n), make([]string, n), make([]string, n)
-		pos, attempts, maxes = make([]int32, n), make([]int32, n), make([]int32, n)
-		inputs               = make([]*string, n)
-		errs                 = make([]string, n)
-		available            = make([]*time.Time, n)
-		nows                 = make([]time.Time, n)
-		runners              = make([]string, n)
+		ids, pids            = make(uuidArray, n), make(uuidArray, n)
+		wfs, names, statuses = make(textArray, n), make(textArray, n), make(textArray, n)
+		pos, attempts, maxes = make(int4Array, n), make(int4Array, n), make(int4Array, n)
+		errs, runners        = make(textArray, n), make(textArray, n)
+		available, nows      = make(timeArray, n), make(timeArray, n)
 	)
 	for i, t := range tasks {
-		ids[i], pids[i], wfs[i], names[i], statuses[i] = t.ID, t.PipelineID, t.WorkflowName, t.Name, string(t.Status)
-		pos[i], attempts[i], maxes[i] = int32(t.Position), int32(t.Attempt), int32(t.MaxAttempts)
-		inputs[i], errs[i], available[i], nows[i] = jsonText(t.Input), t.Error, utcPtr(t.AvailableAt), t.Now.UTC()
-		runners[i] = t.RunnerID
+		ids[i], pids[i], wfs[i], names[i], statuses[i] = pgID(t.ID), pgID(t.PipelineID), pgText(t.WorkflowName), pgText(t.Name), pgText(string(t.Status))
+		pos[i], attempts[i], maxes[i] = pgInt4(t.Position), pgInt4(t.Attempt), pgInt4(t.MaxAttempts)
+		errs[i], available[i], nows[i] = pgText(t.Error), pgTimePtr(t.AvailableAt), pgTime(t.Now)
+		runners[i] = pgText(t.RunnerID)
 	}
+	inputs := jsonArray(n, func(i int) json.RawMessage { return tasks[i].Input }, "")
 	return []any{ids, pids, wfs, names, pos, statuses, attempts, maxes, inputs, errs, available, nows, runners}
 }
 
@@ -417,7 +407,7 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	if len(p.Workflows) == 0 || p.Limit <= 0 {
 		return res, nil
 	}
-	rows, err := e.db.Query(ctx, e.q.taskClaim, p.Now.UTC(), p.Workflows, p.Limit, p.RunnerID)
+	rows, err := e.db.Query(ctx, e.q.taskClaim, p.Now.UTC(), textsOf(p.Workflows), p.Limit, p.RunnerID)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: claim tasks: %w", mapError(err))
 	}
@@ -452,26 +442,26 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParams) (*driver.TaskFinishResult, error) {
 	res := &driver.TaskFinishResult{}
 	n := len(p.Finishes)
-	var (
-		ids                     = make([][16]byte, n)
-		statuses, errs, runners = make([]string, n), make([]string, n), make([]string, n)
-		outputs                 = make([]*string, n)
-		attempts, fa, fr        = make([]int32, n), make([]int32, n), make([]int32, n)
-		recoveries              = make([]int32, n)
-		available               = make([]*time.Time, n)
-		nows                    = make([]time.Time, n)
-	)
-	for i, f := range p.Finishes {
-		ids[i], statuses[i], outputs[i], errs[i] = f.Fence.TaskID, string(f.Status), jsonText(f.Output), f.Error
-		attempts[i], available[i], nows[i] = int32(f.Attempt), utcPtr(f.AvailableAt), f.Now.UTC()
-		runners[i], fa[i], fr[i] = f.Fence.RunnerID, int32(f.Fence.Attempt), int32(f.Fence.RecoveryCount)
-		recoveries[i] = int32(f.RecoveryCount)
-	}
-	args := []any{ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries}
 	list := len(p.ListPipelineIDs) > 0
 	if n == 0 && !list && len(p.LockPipelineIDs) == 0 {
 		return res, nil
 	}
+	var (
+		ids                     = make(uuidArray, n)
+		statuses, errs, runners = make(textArray, n), make(textArray, n), make(textArray, n)
+		attempts, fa, fr        = make(int4Array, n), make(int4Array, n), make(int4Array, n)
+		recoveries              = make(int4Array, n)
+		available, nows         = make(timeArray, n), make(timeArray, n)
+	)
+	for i := range p.Finishes {
+		f := &p.Finishes[i]
+		ids[i], statuses[i], errs[i] = pgID(f.Fence.TaskID), pgText(string(f.Status)), pgText(f.Error)
+		attempts[i], available[i], nows[i] = pgInt4(f.Attempt), pgTimePtr(f.AvailableAt), pgTime(f.Now)
+		runners[i], fa[i], fr[i] = pgText(f.Fence.RunnerID), pgInt4(f.Fence.Attempt), pgInt4(f.Fence.RecoveryCount)
+		recoveries[i] = pgInt4(f.RecoveryCount)
+	}
+	outputs := jsonArray(n, func(i int) json.RawMessage { return p.Finishes[i].Output }, "")
+	args := []any{ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries}
 	// The lock, the finish and the read-back travel in one round trip; the
 	// server runs them in order.
 	b := &pgx.Batch{}
@@ -568,70 +558,66 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	}
 	if n := len(c.Tasks); n > 0 {
 		var (
-			ids                  = make([][16]byte, n)
-			from, statuses, errs = make([]string, n), make([]string, n), make([]string, n)
-			attempts             = make([]int32, n)
-			inputs               = make([]*string, n)
-			available            = make([]*time.Time, n)
-			nows                 = make([]time.Time, n)
-			runners              = make([]string, n)
+			ids                  = make(uuidArray, n)
+			from, statuses, errs = make(textArray, n), make(textArray, n), make(textArray, n)
+			attempts             = make(int4Array, n)
+			available, nows      = make(timeArray, n), make(timeArray, n)
+			runners              = make(textArray, n)
 		)
-		for i, u := range c.Tasks {
-			ids[i], from[i], statuses[i], attempts[i] = u.ID, string(u.FromStatus), string(u.Status), int32(u.Attempt)
-			inputs[i], errs[i], available[i], nows[i] = jsonText(u.Input), u.Error, utcPtr(u.AvailableAt), u.Now.UTC()
-			runners[i] = u.RunnerID
+		for i := range c.Tasks {
+			u := &c.Tasks[i]
+			ids[i], from[i], statuses[i], attempts[i] = pgID(u.ID), pgText(string(u.FromStatus)), pgText(string(u.Status)), pgInt4(u.Attempt)
+			errs[i], available[i], nows[i] = pgText(u.Error), pgTimePtr(u.AvailableAt), pgTime(u.Now)
+			runners[i] = pgText(u.RunnerID)
 		}
+		inputs := jsonArray(n, func(i int) json.RawMessage { return c.Tasks[i].Input }, "")
 		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows, n, runners)
 	}
 	if n := len(c.Outbox); n > 0 {
 		var (
-			ids       = make([][16]byte, n)
-			attempts  = make([]int32, n)
-			wfs       = make([]string, n)
-			available = make([]time.Time, n)
-			nows      = make([]time.Time, n)
+			ids             = make(uuidArray, n)
+			attempts        = make(int4Array, n)
+			wfs             = make(textArray, n)
+			available, nows = make(timeArray, n), make(timeArray, n)
 		)
-		for i, o := range c.Outbox {
-			ids[i], attempts[i], wfs[i], available[i], nows[i] = o.TaskID, int32(o.Attempt), o.WorkflowName, o.AvailableAt.UTC(), o.Now.UTC()
+		for i := range c.Outbox {
+			o := &c.Outbox[i]
+			ids[i], attempts[i], wfs[i], available[i], nows[i] = pgID(o.TaskID), pgInt4(o.Attempt), pgText(o.WorkflowName), pgTime(o.AvailableAt), pgTime(o.Now)
 		}
 		b.Queue(e.q.outboxInsert, ids, attempts, wfs, available, nows)
 	}
 	if n := len(c.Pipelines); n > 0 {
 		var (
-			ids                  = make([][16]byte, n)
-			from, statuses, errs = make([]string, n), make([]string, n), make([]string, n)
-			outputs              = make([]*string, n)
-			started, completed   = make([]*time.Time, n), make([]*time.Time, n)
-			nows                 = make([]time.Time, n)
+			ids                      = make(uuidArray, n)
+			from, statuses, errs     = make(textArray, n), make(textArray, n), make(textArray, n)
+			started, completed, nows = make(timeArray, n), make(timeArray, n), make(timeArray, n)
 		)
-		for i, u := range c.Pipelines {
-			ids[i], from[i], statuses[i], outputs[i], errs[i] = u.ID, string(u.FromStatus), string(u.Status), jsonText(u.Output), u.Error
-			started[i], completed[i], nows[i] = utcPtr(u.StartedAt), utcPtr(u.CompletedAt), u.Now.UTC()
+		for i := range c.Pipelines {
+			u := &c.Pipelines[i]
+			ids[i], from[i], statuses[i], errs[i] = pgID(u.ID), pgText(string(u.FromStatus)), pgText(string(u.Status)), pgText(u.Error)
+			started[i], completed[i], nows[i] = pgTimePtr(u.StartedAt), pgTimePtr(u.CompletedAt), pgTime(u.Now)
 		}
+		outputs := jsonArray(n, func(i int) json.RawMessage { return c.Pipelines[i].Output }, "")
 		b.Queue(e.q.pipelineUpdate, ids, from, statuses, outputs, errs, started, completed, nows, n)
 	}
 	if n := len(c.Events); n > 0 {
 		var (
-			ids, pids   = make([][16]byte, n), make([][16]byte, n)
-			tids        = make([]pgtype.UUID, n)
-			types, data = make([]string, n), make([]string, n)
-			workers     = make([]string, n)
-			created     = make([]time.Time, n)
+			ids, pids, tids = make(uuidArray, n), make(uuidArray, n), make(uuidArray, n)
+			types, workers  = make(textArray, n), make(textArray, n)
+			created         = make(timeArray, n)
 		)
-		for i, ev := range c.Events {
-			ids[i], pids[i], types[i], workers[i], created[i] = ev.ID, ev.PipelineID, string(ev.Type), ev.WorkerID, ev.CreatedAt.UTC()
+		for i := range c.Events {
+			ev := &c.Events[i]
+			ids[i], pids[i], types[i], workers[i], created[i] = pgID(ev.ID), pgID(ev.PipelineID), pgText(string(ev.Type)), pgText(ev.WorkerID), pgTime(ev.CreatedAt)
 			if ev.TaskID != nil {
 				tids[i] = pgID(*ev.TaskID)
 			}
-			data[i] = "{}"
-			if ev.Data != nil {
-				data[i] = string(ev.Data)
-			}
 		}
+		data := jsonArray(n, func(i int) json.RawMessage { return c.Events[i].Data }, "{}")
 		b.Queue(e.q.eventInsert, ids, pids, tids, types, data, workers, created)
 	}
 	if len(c.Notify) > 0 {
-		b.Queue(e.q.notify, e.channel, dedupe(c.Notify))
+		b.Queue(e.q.notify, e.channel, textsOf(dedupe(c.Notify)))
 	}
 	if b.Len() == 0 {
 		return nil
@@ -669,11 +655,7 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.task_execution_id = "+a.add(pgID(*p.TaskID)))
 	}
 	if len(p.Types) > 0 {
-		ts := make([]string, len(p.Types))
-		for i, t := range p.Types {
-			ts[i] = string(t)
-		}
-		where = append(where, "e.event_type = ANY("+a.add(ts)+")")
+		where = append(where, "e.event_type = ANY("+a.add(textsOf(p.Types))+")")
 	}
 	order, desc := "e.sequence_num", "e.sequence_num DESC"
 	if p.AfterSeq != 0 {

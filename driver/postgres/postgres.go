@@ -206,10 +206,14 @@ func RegisterTypes(m *pgtype.Map) {
 	m.RegisterDefaultPgType([]uuid.UUID{}, "_uuid")
 	m.RegisterDefaultPgType(&uuid.UUID{}, "uuid")
 	m.RegisterDefaultPgType([]*uuid.UUID{}, "_uuid")
-	// The hot paths hand pgx raw [16]byte ids (see uuids.go).
 	m.RegisterDefaultPgType([16]byte{}, "uuid")
 	m.RegisterDefaultPgType([][16]byte{}, "_uuid")
 	m.RegisterDefaultPgType([]pgtype.UUID{}, "_uuid")
+	// The hot paths bind arrays of pgtype values (see params.go).
+	m.RegisterDefaultPgType(uuidArray{}, "_uuid")
+	m.RegisterDefaultPgType(textArray{}, "_text")
+	m.RegisterDefaultPgType(int4Array{}, "_int4")
+	m.RegisterDefaultPgType(timeArray{}, "_timestamptz")
 }
 
 // channelName is the NOTIFY channel of a schema; it fits the 63-byte limit

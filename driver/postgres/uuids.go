@@ -10,19 +10,11 @@ import (
 
 // pgx encodes a github.com/google/uuid value through driver.Valuer: a
 // string, a failed binary encode, a text parse and a second encode, for
-// every element of every array. These conversions hand pgx [16]byte and
-// pgtype.UUID, which it encodes and scans directly; on the hot paths that
-// was over a third of the engine's CPU.
+// every element of every array. The backend hands pgx pgtype.UUID values
+// (arrays of them: see params.go), which it encodes and scans directly;
+// on the hot paths that was over a third of the engine's CPU.
 
 func pgID(id uuid.UUID) pgtype.UUID { return pgtype.UUID{Bytes: id, Valid: true} }
-
-func pgIDs(ids []uuid.UUID) [][16]byte {
-	out := make([][16]byte, len(ids))
-	for i, id := range ids {
-		out[i] = id
-	}
-	return out
-}
 
 // scanID scans a non-null uuid column into a uuid.UUID.
 type scanID struct{ dst *uuid.UUID }
