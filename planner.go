@@ -31,6 +31,8 @@ type changes struct {
 	// handoff, when set, lets this transaction claim for this runner the
 	// tasks it makes ready.
 	handoff *handoff
+	// eventData holds the encoded data of the change set's events.
+	eventData []byte
 }
 
 // handoff is a transaction's claim on the tasks it makes ready: a runner
@@ -78,11 +80,16 @@ func newChanges(r *Runner) *changes {
 func (c *changes) event(pid uuid.UUID, tid *uuid.UUID, typ EventType, data *EventData) {
 	var raw json.RawMessage
 	if data != nil {
-		b, err := json.Marshal(data)
+		// The change set's event data share one buffer: each event's data is
+		// a full slice of it, never written again (a buffer that grows
+		// leaves the earlier data where they were).
+		start := len(c.eventData)
+		b, err := data.appendJSON(c.eventData)
 		if err != nil {
 			panic(fmt.Sprintf("cloacina: encode event data: %v", err)) // EventData holds only plain values
 		}
-		raw = b
+		c.eventData = b
+		raw = b[start:len(b):len(b)]
 	}
 	c.cs.Events = append(c.cs.Events, driver.EventInsert{ID: newID(), PipelineID: pid, TaskID: tid, Type: typ,
 		Data: raw, WorkerID: c.worker, CreatedAt: c.now})
