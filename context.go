@@ -57,17 +57,17 @@ func ContextFrom(m map[string]any) (*Context, error) {
 
 // contextFromJSON decodes a stored context; null or empty is an empty one.
 func contextFromJSON(raw json.RawMessage) (*Context, error) {
-	c := NewContext()
 	if len(raw) == 0 || string(raw) == "null" {
-		return c, nil
+		return NewContext(), nil
 	}
-	if err := json.Unmarshal(raw, &c.values); err != nil {
+	values, err := jsonx.DecodeObject(raw)
+	if err != nil {
 		return nil, fmt.Errorf("decode context: %w", err)
 	}
-	if c.values == nil {
-		c.values = map[string]json.RawMessage{}
+	if values == nil {
+		values = map[string]json.RawMessage{}
 	}
-	return c, nil
+	return &Context{values: values}, nil
 }
 
 func encodeValue(key string, value any) (json.RawMessage, error) {
@@ -220,7 +220,7 @@ func (c *Context) MarshalJSON() ([]byte, error) {
 	if len(c.values) == 0 {
 		return []byte("{}"), nil
 	}
-	return json.Marshal(c.values)
+	return jsonx.EncodeObject(c.values)
 }
 
 // UnmarshalJSON replaces the context's contents with a JSON object. Each
@@ -317,13 +317,13 @@ func mergeContexts(parts []json.RawMessage) (json.RawMessage, error) {
 		if len(p) == 0 {
 			continue
 		}
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(p, &m); err != nil {
+		m, err := jsonx.DecodeObject(p)
+		if err != nil {
 			return nil, fmt.Errorf("decode context: %w", err)
 		}
 		if err := jsonx.Merge(merged, m); err != nil {
 			return nil, err
 		}
 	}
-	return json.Marshal(merged)
+	return jsonx.EncodeObject(merged)
 }

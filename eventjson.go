@@ -3,7 +3,8 @@ package cloacina
 import (
 	"strconv"
 	"time"
-	"unicode/utf8"
+
+	"github.com/cloacina-go/cloacina/internal/jsonx"
 )
 
 // appendJSON appends d encoded exactly as json.Marshal encodes it (the
@@ -29,7 +30,7 @@ func (d *EventData) appendJSON(b []byte) ([]byte, error) {
 	}
 	if d.Error != "" {
 		b = appendJSONKey(b, first, "error")
-		b = appendJSONString(b, d.Error)
+		b = jsonx.AppendString(b, d.Error)
 	}
 	if d.RetryAt != nil {
 		b = appendJSONKey(b, first, "retry_at")
@@ -44,7 +45,7 @@ func (d *EventData) appendJSON(b []byte) ([]byte, error) {
 	}
 	if d.Reason != "" {
 		b = appendJSONKey(b, first, "reason")
-		b = appendJSONString(b, d.Reason)
+		b = jsonx.AppendString(b, d.Reason)
 	}
 	if d.DurationMS != nil {
 		b = appendJSONKey(b, first, "duration_ms")
@@ -52,15 +53,15 @@ func (d *EventData) appendJSON(b []byte) ([]byte, error) {
 	}
 	if d.RunnerName != "" {
 		b = appendJSONKey(b, first, "runner_name")
-		b = appendJSONString(b, d.RunnerName)
+		b = jsonx.AppendString(b, d.RunnerName)
 	}
 	if d.Workflow != "" {
 		b = appendJSONKey(b, first, "workflow")
-		b = appendJSONString(b, d.Workflow)
+		b = jsonx.AppendString(b, d.Workflow)
 	}
 	if d.WorkflowVersion != "" {
 		b = appendJSONKey(b, first, "workflow_version")
-		b = appendJSONString(b, d.WorkflowVersion)
+		b = jsonx.AppendString(b, d.WorkflowVersion)
 	}
 	if d.RecoveryCount != 0 {
 		b = appendJSONKey(b, first, "recovery_count")
@@ -92,60 +93,4 @@ func appendJSONTime(b []byte, t time.Time) ([]byte, error) {
 		return nil, err
 	}
 	return append(b, '"'), nil
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string the way json.Marshal writes
-// one: '"' and '\\' escaped, control characters as \n, \r, \t, \b, \f or
-// \u00XX, '<', '>' and '&' as \u003c, \u003e and \u0026, U+2028 and
-// U+2029 as \u2028 and \u2029, and each byte of invalid UTF-8 as \ufffd.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0 // s[start:i] is still to be copied as it is
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }

@@ -183,17 +183,6 @@ func TestEventDataAppendJSONAppends(t *testing.T) {
 	require.Equal(t, `prefix{"attempt":1}`, string(b))
 }
 
-func FuzzAppendJSONString(f *testing.F) {
-	for _, s := range jsonStrings {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		want, err := json.Marshal(s)
-		require.NoError(t, err)
-		require.Equal(t, string(want), string(appendJSONString(nil, s)))
-	})
-}
-
 // The data of the five events of a single-task run, encoded as the engine
 // did (json.Marshal each) and as it does (appended to one buffer, which a
 // transaction of many tasks grows a few times in all).

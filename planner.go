@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/jsonx"
 )
 
 // changes accumulates the writes of one transaction: the engine decides,
@@ -256,8 +257,8 @@ func (s *runState) advance(c *changes) ([]*driver.Task, error) {
 		if err != nil {
 			return nil, fmt.Errorf("task %q: %w", def.Name, err)
 		}
-		var view map[string]json.RawMessage
-		if err := json.Unmarshal(input, &view); err != nil {
+		view, err := jsonx.DecodeObject(input)
+		if err != nil {
 			return nil, fmt.Errorf("task %q: decode input: %w", def.Name, err)
 		}
 		t.Input = input

@@ -39,11 +39,12 @@ func Merge(dst, src map[string]json.RawMessage) error {
 
 // MergeRaw deep-merges two JSON objects and returns the encoded result.
 func MergeRaw(a, b json.RawMessage) (json.RawMessage, error) {
-	var ma, mb map[string]json.RawMessage
-	if err := json.Unmarshal(a, &ma); err != nil {
+	ma, err := DecodeObject(a)
+	if err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(b, &mb); err != nil {
+	mb, err := DecodeObject(b)
+	if err != nil {
 		return nil, err
 	}
 	if ma == nil {
@@ -52,7 +53,7 @@ func MergeRaw(a, b json.RawMessage) (json.RawMessage, error) {
 	if err := Merge(ma, mb); err != nil {
 		return nil, err
 	}
-	return json.Marshal(ma)
+	return EncodeObject(ma)
 }
 
 // Decode decodes raw into a generic value (float64 numbers, maps, slices).
