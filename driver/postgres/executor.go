@@ -185,8 +185,6 @@ func newQueries(schema string) *queries {
 	}
 }
 
-func utc(t time.Time) time.Time { return t.UTC() }
-
 func utcPtr(t *time.Time) *time.Time {
 	if t == nil {
 		return nil
@@ -195,63 +193,21 @@ func utcPtr(t *time.Time) *time.Time {
 	return &u
 }
 
-func nilIfEmpty(m json.RawMessage) json.RawMessage {
-	if len(m) == 0 {
-		return nil
-	}
-	return m
-}
-
-func scanPipeline(row pgx.Row) (*driver.Pipeline, error) {
-	var p driver.Pipeline
-	var status string
-	if err := row.Scan(scanID{&p.ID}, &p.WorkflowName, &p.WorkflowVersion, &status, (*[]byte)(&p.Input), (*[]byte)(&p.Output), &p.Error,
-		&p.CreatedAt, &p.StartedAt, &p.CompletedAt, &p.UpdatedAt); err != nil {
-		return nil, mapError(err)
-	}
-	p.Status = driver.PipelineStatus(status)
-	p.Output = nilIfEmpty(p.Output)
-	p.CreatedAt, p.UpdatedAt = utc(p.CreatedAt), utc(p.UpdatedAt)
-	p.StartedAt, p.CompletedAt = utcPtr(p.StartedAt), utcPtr(p.CompletedAt)
-	return &p, nil
-}
-
 func collectPipelines(rows pgx.Rows, err error) ([]*driver.Pipeline, error) {
 	if err != nil {
 		return nil, mapError(err)
 	}
 	defer rows.Close()
 	var out []*driver.Pipeline
+	s := newPipelineScan()
 	for rows.Next() {
-		p, err := scanPipeline(rows)
+		p, err := s.scan(rows)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, p)
 	}
 	return out, mapError(rows.Err())
-}
-
-// JSON columns are scanned as []byte: pgx hands a json.RawMessage to
-// json.Unmarshal, which validates and copies every context again.
-
-// scanTask scans the task columns, between the extra columns a query
-// selects before and after them.
-func scanTask(row pgx.Row, before []any, after ...any) (*driver.Task, error) {
-	var t driver.Task
-	var status string
-	dest := append(before, scanID{&t.ID}, scanID{&t.PipelineID}, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
-		(*[]byte)(&t.Input), (*[]byte)(&t.Output), &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &t.AvailableAt, &t.CreatedAt, &t.StartedAt,
-		&t.CompletedAt, &t.UpdatedAt)
-	dest = append(dest, after...)
-	if err := row.Scan(dest...); err != nil {
-		return nil, mapError(err)
-	}
-	t.Status = driver.TaskStatus(status)
-	t.Input, t.Output = nilIfEmpty(t.Input), nilIfEmpty(t.Output)
-	t.CreatedAt, t.UpdatedAt = utc(t.CreatedAt), utc(t.UpdatedAt)
-	t.AvailableAt, t.StartedAt, t.CompletedAt = utcPtr(t.AvailableAt), utcPtr(t.StartedAt), utcPtr(t.CompletedAt)
-	return &t, nil
 }
 
 func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.PipelineInsertParams) ([]uuid.UUID, error) {
@@ -287,7 +243,7 @@ func pipelineInsertArgs(ps []*driver.PipelineInsertParams) []any {
 }
 
 func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
-	p, err := scanPipeline(e.db.QueryRow(ctx, e.q.pipelineGet, pgID(id)))
+	p, err := newPipelineScan().scan(e.db.QueryRow(ctx, e.q.pipelineGet, pgID(id)))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: get pipeline %s: %w", id, err)
 	}
@@ -392,8 +348,9 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	}
 	defer rows.Close()
 	var out []*driver.Task
+	s := newTaskScan(nil)
 	for rows.Next() {
-		t, err := scanTask(rows, nil)
+		t, err := s.scan(rows)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: list tasks: %w", err)
 		}
@@ -413,10 +370,11 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	}
 	defer rows.Close()
 	started, unstarted := map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
+	var outboxAttempt int
+	var runStarted, runUnstarted bool
+	s := newTaskScan([]any{&outboxAttempt}, &runStarted, &runUnstarted)
 	for rows.Next() {
-		var outboxAttempt int
-		var runStarted, runUnstarted bool
-		t, err := scanTask(rows, []any{&outboxAttempt}, &runStarted, &runUnstarted)
+		t, err := s.scan(rows)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: claim tasks: %w", err)
 		}
@@ -501,9 +459,10 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 	}
 	defer rows.Close()
+	var finished bool
+	s := newTaskScan([]any{&finished})
 	for rows.Next() {
-		var finished bool
-		t, err := scanTask(rows, []any{&finished})
+		t, err := s.scan(rows)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: finish tasks: %w", err)
 		}

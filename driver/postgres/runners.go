@@ -131,8 +131,9 @@ func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrpha
 	}
 	defer rows.Close()
 	var out []*driver.Task
+	s := newTaskScan(nil)
 	for rows.Next() {
-		t, err := scanTask(rows, nil)
+		t, err := s.scan(rows)
 		if err != nil {
 			return nil, fmt.Errorf("postgres: list orphaned tasks: %w", err)
 		}
