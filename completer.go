@@ -178,6 +178,8 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 	var claims attemptClaims
 	_, err = r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		defer r.offerHandoff(c, &claims)()
+		// Each result ends its task, and often its run.
+		c.expectEvents(2 * len(batch))
 		lost = append([]*taskResult(nil), dups...)
 		pids := make([]uuid.UUID, 0, len(batch))
 		for _, res := range batch {

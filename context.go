@@ -312,7 +312,7 @@ func abbreviate(raw json.RawMessage) string {
 // mergeContexts deep-merges JSON objects in order: later keys win, and
 // objects under the same key merge recursively.
 func mergeContexts(parts []json.RawMessage) (json.RawMessage, error) {
-	merged := map[string]json.RawMessage{}
+	var merged map[string]json.RawMessage
 	for _, p := range parts {
 		if len(p) == 0 {
 			continue
@@ -321,9 +321,20 @@ func mergeContexts(parts []json.RawMessage) (json.RawMessage, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decode context: %w", err)
 		}
+		if merged == nil && m != nil {
+			// The first object merged into nothing is itself; it is ours.
+			merged = m
+			continue
+		}
+		if merged == nil {
+			merged = map[string]json.RawMessage{}
+		}
 		if err := jsonx.Merge(merged, m); err != nil {
 			return nil, err
 		}
+	}
+	if merged == nil {
+		merged = map[string]json.RawMessage{}
 	}
 	return jsonx.EncodeObject(merged)
 }

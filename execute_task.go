@@ -34,9 +34,7 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task) (*taskResult, <-ch
 		res.err = err
 		res.finished = r.now()
 		res.cause = context.Cause(ctx)
-		done := make(chan struct{})
-		close(done)
-		return res, done
+		return res, returned
 	}
 	wf, err := r.workflow(t.WorkflowName)
 	if err != nil {
@@ -108,6 +106,14 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task) (*taskResult, <-ch
 	res.cause = context.Cause(ctx)
 	return res, done
 }
+
+// returned is the closed channel execute returns for a function that has
+// returned already.
+var returned = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // callTask runs a task function, turning a panic into an error.
 func callTask(ctx context.Context, fn TaskFunc, tc *Context) (err error) {

@@ -78,6 +78,17 @@ func newChanges(r *Runner) *changes {
 	return &changes{now: r.now(), worker: r.id, runnerName: r.name}
 }
 
+// expectEvents makes room for n more events, so that a transaction of
+// many tasks does not grow its event list (and their data) step by step.
+func (c *changes) expectEvents(n int) {
+	c.cs.Events = slices.Grow(c.cs.Events, n)
+	c.eventData = slices.Grow(c.eventData, n*eventDataSize)
+}
+
+// eventDataSize is about the size of an event's encoded data (an attempt
+// and a duration, or a runner name).
+const eventDataSize = 32
+
 func (c *changes) event(pid uuid.UUID, tid *uuid.UUID, typ EventType, data *EventData) {
 	var raw json.RawMessage
 	if data != nil {

@@ -332,6 +332,7 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 		}
 		unstarted = res.Unstarted
 		tasks := res.Tasks
+		c.expectEvents(len(res.Started) + 2*len(tasks))
 		workflowOf := make(map[uuid.UUID]string, len(tasks))
 		for _, t := range tasks {
 			workflowOf[t.PipelineID] = t.WorkflowName
