@@ -214,6 +214,7 @@ func RegisterTypes(m *pgtype.Map) {
 	m.RegisterDefaultPgType(textArray{}, "_text")
 	m.RegisterDefaultPgType(int4Array{}, "_int4")
 	m.RegisterDefaultPgType(timeArray{}, "_timestamptz")
+	registerArrayCodecs(m)
 }
 
 // channelName is the NOTIFY channel of a schema; it fits the 63-byte limit
