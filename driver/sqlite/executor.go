@@ -132,46 +132,15 @@ func stringArgs[T ~string](ss []T) []any {
 
 const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at`
 
-func scanPipeline(row interface{ Scan(...any) error }) (*driver.Pipeline, error) {
-	var (
-		p                                  driver.Pipeline
-		id, status, created, updated       string
-		output, started, completed, inputS sql.NullString
-	)
-	if err := row.Scan(&id, &p.WorkflowName, &p.WorkflowVersion, &status, &inputS, &output, &p.Error,
-		&created, &started, &completed, &updated); err != nil {
-		return nil, mapError(err)
-	}
-	var err error
-	if p.ID, err = uuid.Parse(id); err != nil {
-		return nil, fmt.Errorf("sqlite: bad pipeline id %q: %w", id, err)
-	}
-	p.Status = driver.PipelineStatus(status)
-	p.Input = jsonValue(inputS)
-	p.Output = jsonValue(output)
-	if p.CreatedAt, err = parseTime(created); err != nil {
-		return nil, err
-	}
-	if p.UpdatedAt, err = parseTime(updated); err != nil {
-		return nil, err
-	}
-	if p.StartedAt, err = parseTimePtr(started); err != nil {
-		return nil, err
-	}
-	if p.CompletedAt, err = parseTimePtr(completed); err != nil {
-		return nil, err
-	}
-	return &p, nil
-}
-
 func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
 	if err != nil {
 		return nil, mapError(err)
 	}
 	defer rows.Close()
 	var out []*driver.Pipeline
+	s := newPipelineScan()
 	for rows.Next() {
-		p, err := scanPipeline(rows)
+		p, err := s.scan(rows)
 		if err != nil {
 			return nil, err
 		}
@@ -211,7 +180,7 @@ func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.Pipeline
 }
 
 func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
-	p, err := scanPipeline(e.db.QueryRowContext(ctx, `SELECT `+pipelineColumns+` FROM pipeline_executions WHERE id = ?`, id.String()))
+	p, err := newPipelineScan().scan(e.db.QueryRowContext(ctx, `SELECT `+pipelineColumns+` FROM pipeline_executions WHERE id = ?`, id.String()))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: get pipeline %s: %w", id, err)
 	}
@@ -298,51 +267,18 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 const taskColumns = `id, pipeline_execution_id, workflow_name, task_name, position, status, attempt, max_attempts,
 	%s, error, runner_id, recovery_count, sub_status, available_at, created_at, started_at, completed_at, updated_at`
 
+// taskSelect returns the task columns, with the contexts or without.
 func taskSelect(withContexts bool) string {
 	if withContexts {
-		return fmt.Sprintf(taskColumns, "input, output")
+		return taskColumnsWithContexts
 	}
-	return fmt.Sprintf(taskColumns, "NULL, NULL")
+	return taskColumnsWithoutContexts
 }
 
-func scanTask(row interface{ Scan(...any) error }) (*driver.Task, error) {
-	var (
-		t                                 driver.Task
-		id, pid, status, created, updated string
-		input, output                     sql.NullString
-		available, started, completed     sql.NullString
-	)
-	if err := row.Scan(&id, &pid, &t.WorkflowName, &t.Name, &t.Position, &status, &t.Attempt, &t.MaxAttempts,
-		&input, &output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &available, &created, &started, &completed, &updated); err != nil {
-		return nil, mapError(err)
-	}
-	var err error
-	if t.ID, err = uuid.Parse(id); err != nil {
-		return nil, fmt.Errorf("sqlite: bad task id %q: %w", id, err)
-	}
-	if t.PipelineID, err = uuid.Parse(pid); err != nil {
-		return nil, fmt.Errorf("sqlite: bad pipeline id %q: %w", pid, err)
-	}
-	t.Status = driver.TaskStatus(status)
-	t.Input = jsonValue(input)
-	t.Output = jsonValue(output)
-	if t.AvailableAt, err = parseTimePtr(available); err != nil {
-		return nil, err
-	}
-	if t.CreatedAt, err = parseTime(created); err != nil {
-		return nil, err
-	}
-	if t.UpdatedAt, err = parseTime(updated); err != nil {
-		return nil, err
-	}
-	if t.StartedAt, err = parseTimePtr(started); err != nil {
-		return nil, err
-	}
-	if t.CompletedAt, err = parseTimePtr(completed); err != nil {
-		return nil, err
-	}
-	return &t, nil
-}
+var (
+	taskColumnsWithContexts    = fmt.Sprintf(taskColumns, "input, output")
+	taskColumnsWithoutContexts = fmt.Sprintf(taskColumns, "NULL, NULL")
+)
 
 func collectTasks(rows *sql.Rows, err error) ([]*driver.Task, error) {
 	if err != nil {
@@ -350,8 +286,9 @@ func collectTasks(rows *sql.Rows, err error) ([]*driver.Task, error) {
 	}
 	defer rows.Close()
 	var out []*driver.Task
+	s := newTaskScan()
 	for rows.Next() {
-		t, err := scanTask(rows)
+		t, err := s.scan(rows)
 		if err != nil {
 			return nil, err
 		}
