@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -259,6 +260,50 @@ func testChangeSetApply(t *testing.T, s *suite) {
 		requireJSON(t, `{"n":1}`, got[1].Data)
 		requireJSON(t, `{}`, got[3].Data, "an event without data reads back as {}")
 		require.Equal(t, driver.EventPipelineCompleted, got[4].Type)
+	})
+
+	// The events of one change set keep their own values where the
+	// values alternate or repeat from event to event (backends may bind
+	// a repeated value once).
+	t.Run("EventsOfOneChangeSet", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p, q := b.insertPipeline(t), b.insertPipeline(t)
+		t1, t2 := b.newTask(p, 0), b.newTask(q, 0)
+		b.insertTasks(t, t1, t2)
+		evs := []driver.EventInsert{
+			event(p.ID, &t1.ID, driver.EventTaskClaimed, b.now),
+			event(p.ID, &t1.ID, driver.EventTaskStarted, b.now),
+			event(q.ID, &t2.ID, driver.EventTaskClaimed, b.at(time.Second)),
+			event(p.ID, nil, driver.EventPipelineStarted, b.now),
+			event(q.ID, &t2.ID, driver.EventTaskStarted, b.at(time.Second)),
+			event(p.ID, &t1.ID, driver.EventTaskClaimed, b.now),
+		}
+		data := []string{`{"attempt":1}`, "", `{"a":"<&>"}`, `{}`, "", `{"runner_name":"w ✓","attempt":12}`}
+		workers := []string{"w1", "w1", "w2", "w1", "w2", "w1"}
+		for i := range evs {
+			evs[i].Data = nil
+			if data[i] != "" {
+				evs[i].Data = json.RawMessage(data[i])
+			}
+			evs[i].WorkerID = workers[i]
+		}
+		b.apply(t, &driver.ChangeSet{Events: evs})
+		got := b.events(t, &driver.EventListParams{})
+		require.Len(t, got, len(evs))
+		for i, ev := range evs {
+			require.Equal(t, ev.ID, got[i].ID)
+			require.Equal(t, ev.PipelineID, got[i].PipelineID, "event %d", i)
+			require.Equal(t, ev.TaskID, got[i].TaskID, "event %d", i)
+			require.Equal(t, ev.Type, got[i].Type, "event %d", i)
+			require.Equal(t, ev.WorkerID, got[i].WorkerID, "event %d", i)
+			requireTime(t, truncated(ev.CreatedAt), got[i].CreatedAt, "event %d", i)
+			want := data[i]
+			if want == "" {
+				want = `{}`
+			}
+			requireJSON(t, want, got[i].Data, fmt.Sprintf("event %d", i))
+		}
 	})
 
 	t.Run("ManyEvents", func(t *testing.T) {

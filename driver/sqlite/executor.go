@@ -114,6 +114,38 @@ func placeholders(n int) string {
 	return strings.Repeat("?,", n-1) + "?"
 }
 
+// boxed keeps the last value bound in one column of a multi-row statement
+// with its bind argument, so that a value that repeats from row to row is
+// formatted and boxed once.
+type boxed[K comparable] struct {
+	key K
+	arg any
+}
+
+// get returns key's bind argument, made by format unless key is the last
+// value got.
+func (b *boxed[K]) get(key K, format func(K) any) any {
+	if b.arg == nil || key != b.key {
+		b.key, b.arg = key, format(key)
+	}
+	return b.arg
+}
+
+func uuidArg(id uuid.UUID) any { return id.String() }
+func stringArg(s string) any   { return s }
+func timeArg(t time.Time) any  { return formatTime(t) }
+
+func textArg[S ~string](s S) any { return string(s) }
+
+// timePtrArg is the bind argument of a nullable time, boxed once in b
+// while it repeats.
+func timePtrArg(b *boxed[time.Time], t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return b.get(*t, timeArg)
+}
+
 func uuidArgs(ids []uuid.UUID) []any {
 	args := make([]any, len(ids))
 	for i, id := range ids {
@@ -337,9 +369,9 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	}
 	attempts := map[string]int{}
 	var ids []any
+	var id string
+	var attempt int
 	for rows.Next() {
-		var id string
-		var attempt int
 		if err := rows.Scan(&id, &attempt); err != nil {
 			rows.Close()
 			return nil, mapError(err)
@@ -410,19 +442,24 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 				completed_at = COALESCE(?, completed_at), runner_id = ?, recovery_count = ?, sub_status = '', updated_at = ?
 			WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`}
 	defer finish.close()
-	for _, f := range p.Finishes {
-		now := formatTime(f.Now)
+	var status boxed[driver.TaskStatus]
+	var runner boxed[string]
+	var now, available boxed[time.Time]
+	for i := range p.Finishes {
+		f := &p.Finishes[i]
+		nowArg := now.get(f.Now, timeArg)
 		var completed any
 		if f.Status.Terminal() {
-			completed = now
+			completed = nowArg
 		}
-		runner := f.Fence.RunnerID
+		fence := runner.get(f.Fence.RunnerID, stringArg)
+		newRunner := fence
 		if f.Status == driver.TaskReady {
-			runner = ""
+			newRunner = ""
 		}
 		r, err := finish.exec(ctx,
-			string(f.Status), jsonArg(f.Output), f.Error, f.Attempt, formatTimePtr(f.AvailableAt), completed, runner, f.RecoveryCount, now,
-			f.Fence.TaskID.String(), f.Fence.RunnerID, f.Fence.Attempt, f.Fence.RecoveryCount)
+			status.get(f.Status, textArg), jsonArg(f.Output), f.Error, f.Attempt, timePtrArg(&available, f.AvailableAt), completed, newRunner,
+			f.RecoveryCount, nowArg, f.Fence.TaskID.String(), fence, f.Fence.Attempt, f.Fence.RecoveryCount)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: finish task %s: %w", f.Fence.TaskID, mapError(err))
 		}
@@ -495,18 +532,22 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 				started_at = COALESCE(?, started_at), updated_at = ?
 			WHERE id = ? AND status = ?`}
 	defer taskUpdate.close()
-	for _, u := range c.Tasks {
-		now := formatTime(u.Now)
+	var status, from boxed[driver.TaskStatus]
+	var runners boxed[string]
+	var now, available boxed[time.Time]
+	for i := range c.Tasks {
+		u := &c.Tasks[i]
+		nowArg := now.get(u.Now, timeArg)
 		var completed, runner, started any
 		if u.Status.Terminal() {
-			completed = now
+			completed = nowArg
 		}
 		if u.Status == driver.TaskRunning {
-			runner, started = u.RunnerID, now
+			runner, started = runners.get(u.RunnerID, stringArg), nowArg
 		}
 		res, err := taskUpdate.exec(ctx,
-			string(u.Status), u.Attempt, jsonArg(u.Input), u.Error, formatTimePtr(u.AvailableAt), completed, runner, started, now,
-			u.ID.String(), string(u.FromStatus))
+			status.get(u.Status, textArg), u.Attempt, jsonArg(u.Input), u.Error, timePtrArg(&available, u.AvailableAt), completed, runner,
+			started, nowArg, u.ID.String(), from.get(u.FromStatus, textArg))
 		if err != nil {
 			return fmt.Errorf("sqlite: update task %s: %w", u.ID, mapError(err))
 		}
@@ -523,12 +564,16 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 			var sb strings.Builder
 			sb.WriteString(`INSERT INTO task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at) VALUES `)
 			args := make([]any, 0, len(part)*cols)
-			for i, o := range part {
+			var workflow boxed[string]
+			var available, now boxed[time.Time]
+			for i := range part {
+				o := &part[i]
 				if i > 0 {
 					sb.WriteByte(',')
 				}
 				sb.WriteString("(?,?,?,?,?)")
-				args = append(args, o.TaskID.String(), o.Attempt, o.WorkflowName, formatTime(o.AvailableAt), formatTime(o.Now))
+				args = append(args, o.TaskID.String(), o.Attempt, workflow.get(o.WorkflowName, stringArg),
+					available.get(o.AvailableAt, timeArg), now.get(o.Now, timeArg))
 			}
 			if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
 				return fmt.Errorf("sqlite: insert outbox rows: %w", mapError(err))
@@ -540,11 +585,13 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 				completed_at = COALESCE(?, completed_at), updated_at = ?
 			WHERE id = ? AND status = ?`}
 	defer pipelineUpdate.close()
-	for _, u := range c.Pipelines {
-		now := formatTime(u.Now)
+	var pstatus, pfrom boxed[driver.PipelineStatus]
+	var pnow, started, completed boxed[time.Time]
+	for i := range c.Pipelines {
+		u := &c.Pipelines[i]
 		res, err := pipelineUpdate.exec(ctx,
-			string(u.Status), jsonArg(u.Output), u.Error, formatTimePtr(u.StartedAt), formatTimePtr(u.CompletedAt), now,
-			u.ID.String(), string(u.FromStatus))
+			pstatus.get(u.Status, textArg), jsonArg(u.Output), u.Error, timePtrArg(&started, u.StartedAt), timePtrArg(&completed, u.CompletedAt),
+			pnow.get(u.Now, timeArg), u.ID.String(), pfrom.get(u.FromStatus, textArg))
 		if err != nil {
 			return fmt.Errorf("sqlite: update pipeline %s: %w", u.ID, mapError(err))
 		}
@@ -568,20 +615,43 @@ func (e *executor) eventInsertMany(ctx context.Context, events []driver.EventIns
 		var sb strings.Builder
 		sb.WriteString(`INSERT INTO execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at) VALUES `)
 		args := make([]any, 0, len(part)*cols)
-		for i, ev := range part {
+		// The events' data share one string; the values that repeat from
+		// event to event (the run, the task, the type, the runner, the
+		// time) are formatted and boxed once each.
+		var texts strings.Builder
+		for i := range part {
+			if part[i].Data == nil {
+				texts.WriteString("{}")
+			}
+			texts.Write(part[i].Data)
+		}
+		data := texts.String()
+		var pid, task boxed[uuid.UUID]
+		var worker boxed[string]
+		var created boxed[time.Time]
+		types := map[driver.EventType]any{}
+		for i := range part {
+			ev := &part[i]
 			if i > 0 {
 				sb.WriteByte(',')
 			}
 			sb.WriteString("(?,?,?,?,?,?,?)")
-			var task any
+			var taskArg any
 			if ev.TaskID != nil {
-				task = ev.TaskID.String()
+				taskArg = task.get(*ev.TaskID, uuidArg)
 			}
-			data := ev.Data
-			if data == nil {
-				data = json.RawMessage("{}")
+			typ, ok := types[ev.Type]
+			if !ok {
+				typ = string(ev.Type)
+				types[ev.Type] = typ
 			}
-			args = append(args, ev.ID.String(), ev.PipelineID.String(), task, string(ev.Type), string(data), ev.WorkerID, formatTime(ev.CreatedAt))
+			n := len(ev.Data)
+			if ev.Data == nil {
+				n = len("{}")
+			}
+			args = append(args, ev.ID.String(), pid.get(ev.PipelineID, uuidArg), taskArg, typ, data[:n],
+				worker.get(ev.WorkerID, stringArg), created.get(ev.CreatedAt, timeArg))
+			data = data[n:]
 		}
 		if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
 			return fmt.Errorf("sqlite: insert events: %w", mapError(err))
