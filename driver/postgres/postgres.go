@@ -191,11 +191,15 @@ func New(pool *pgxpool.Pool, opts *Opts) (*Driver, error) {
 }
 
 // RegisterTypes registers on a connection's type map the PostgreSQL types
-// of the Go values the backend binds (UUIDs and slices of them), which
-// pgx needs when it does not ask the server for parameter types: under
-// default_query_exec_mode exec or simple_protocol, as used behind a
-// transaction-pooling pooler. [Open] calls it for every connection; call
-// it from the AfterConnect hook of a pool passed to [New]:
+// of the Go values the backend binds (UUIDs, and arrays of UUIDs, text,
+// integers and times), which pgx needs when it does not ask the server
+// for parameter types: under default_query_exec_mode exec or
+// simple_protocol, as used behind a transaction-pooling pooler. It also
+// registers a codec that encodes the backend's array parameters in one
+// pass (every other value, and scanning, are left to pgx's codecs); a
+// pool without it works in the default mode, spending more memory and
+// CPU per statement. [Open] calls it for every connection; call it from
+// the AfterConnect hook of a pool passed to [New]:
 //
 //	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
 //		postgres.RegisterTypes(c.TypeMap())
