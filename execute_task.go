@@ -24,12 +24,12 @@ type taskResult struct {
 	recovery string
 }
 
-// execute runs one claimed task and returns its result, plus a channel
-// closed when the task function has returned: with a timeout the result
-// can be known (and recorded) before a function that ignores its context
-// gives up.
-func (r *Runner) execute(ctx context.Context, t *driver.Task) (*taskResult, <-chan struct{}) {
-	res := &taskResult{task: t, started: r.now()}
+// execute runs one claimed task and returns its result, in res, plus a
+// channel closed when the task function has returned: with a timeout the
+// result can be known (and recorded) before a function that ignores its
+// context gives up.
+func (r *Runner) execute(ctx context.Context, t *driver.Task, res *taskResult) (*taskResult, <-chan struct{}) {
+	*res = taskResult{task: t, started: r.now()}
 	finish := func(err error) (*taskResult, <-chan struct{}) {
 		res.err = err
 		res.finished = r.now()

@@ -66,6 +66,10 @@ type runningTask struct {
 	cancel    context.CancelCauseFunc
 	reported  atomic.Bool // the task's result has been handed to the completer
 	holdsSlot atomic.Bool // false while the task is deferred (DeferUntil)
+	// scope and result live with the running task: one allocation for
+	// the three.
+	scope  taskScope
+	result taskResult
 }
 
 // Start starts executing tasks of the registered workflows in the
@@ -492,13 +496,14 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 	ctx, cancel := context.WithCancelCause(svc.workCtx)
 	defer cancel(nil)
 	rt := &runningTask{task: t, cancel: cancel}
+	rt.scope = taskScope{r: r, svc: svc, rt: rt}
 	rt.holdsSlot.Store(true)
 	defer func() {
 		if rt.holdsSlot.Load() {
 			svc.releaseSlot()
 		}
 	}()
-	ctx = context.WithValue(ctx, taskScopeKey{}, &taskScope{r: r, svc: svc, rt: rt})
+	ctx = context.WithValue(ctx, taskScopeKey{}, &rt.scope)
 	r.runningMu.Lock()
 	r.running[t.ID] = rt
 	if at, ok := r.cancelledRuns[t.PipelineID]; ok && time.Since(at) <= cancelledRunMemory {
@@ -515,7 +520,7 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 		r.runningMu.Unlock()
 	}()
 
-	res, fnDone := r.execute(ctx, t)
+	res, fnDone := r.execute(ctx, t, &rt.result)
 	if rt.reported.CompareAndSwap(false, true) {
 		select {
 		case svc.results <- res:
