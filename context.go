@@ -317,7 +317,8 @@ func mergeContexts(parts []json.RawMessage) (json.RawMessage, error) {
 		if len(p) == 0 {
 			continue
 		}
-		m, err := jsonx.DecodeObject(p)
+		// The members only pass through to the encoded result.
+		m, err := jsonx.DecodeObjectShared(p)
 		if err != nil {
 			return nil, fmt.Errorf("decode context: %w", err)
 		}

@@ -268,7 +268,8 @@ func (s *runState) advance(c *changes) ([]*driver.Task, error) {
 		if err != nil {
 			return nil, fmt.Errorf("task %q: %w", def.Name, err)
 		}
-		view, err := jsonx.DecodeObject(input)
+		// The trigger rule only reads the members, while input stays.
+		view, err := jsonx.DecodeObjectShared(input)
 		if err != nil {
 			return nil, fmt.Errorf("task %q: decode input: %w", def.Name, err)
 		}

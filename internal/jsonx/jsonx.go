@@ -39,11 +39,12 @@ func Merge(dst, src map[string]json.RawMessage) error {
 
 // MergeRaw deep-merges two JSON objects and returns the encoded result.
 func MergeRaw(a, b json.RawMessage) (json.RawMessage, error) {
-	ma, err := DecodeObject(a)
+	// Both only pass through to the encoded result.
+	ma, err := DecodeObjectShared(a)
 	if err != nil {
 		return nil, err
 	}
-	mb, err := DecodeObject(b)
+	mb, err := DecodeObjectShared(b)
 	if err != nil {
 		return nil, err
 	}

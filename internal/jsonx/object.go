@@ -21,7 +21,18 @@ import (
 // whitespace around them) and the same errors. The values share one copy
 // of raw.
 func DecodeObject(raw []byte) (map[string]json.RawMessage, error) {
-	if m, ok := decodeObject(raw); ok {
+	return decode(raw, true)
+}
+
+// DecodeObjectShared is DecodeObject for a caller that only reads the
+// members while it uses them, and does not change raw meanwhile: the
+// values may be slices of raw rather than of a copy.
+func DecodeObjectShared(raw []byte) (map[string]json.RawMessage, error) {
+	return decode(raw, false)
+}
+
+func decode(raw []byte, copied bool) (map[string]json.RawMessage, error) {
+	if m, ok := decodeObject(raw, copied); ok {
 		return m, nil
 	}
 	var m map[string]json.RawMessage
@@ -32,14 +43,18 @@ func DecodeObject(raw []byte) (map[string]json.RawMessage, error) {
 }
 
 // decodeObject is DecodeObject for a valid object whose keys need no
-// unescaping; ok is false for any other input.
-func decodeObject(raw []byte) (m map[string]json.RawMessage, ok bool) {
+// unescaping, its values slices of a copy of raw or of raw itself; ok is
+// false for any other input.
+func decodeObject(raw []byte, copied bool) (m map[string]json.RawMessage, ok bool) {
 	i := skipSpace(raw, 0)
 	if i == len(raw) || raw[i] != '{' || !json.Valid(raw) {
 		return nil, false
 	}
 	// From here raw is valid JSON, so only the keys need checking.
-	buf := slices.Clone(raw)
+	buf := raw
+	if copied {
+		buf = slices.Clone(raw)
+	}
 	m = make(map[string]json.RawMessage)
 	i = skipSpace(buf, i+1)
 	if buf[i] == '}' {

@@ -33,14 +33,16 @@ func unmarshalMap(raw []byte) (map[string]json.RawMessage, error) {
 func requireDecodesAsUnmarshal(t *testing.T, raw []byte) {
 	t.Helper()
 	want, wantErr := unmarshalMap(raw)
-	got, err := DecodeObject(raw)
-	if wantErr != nil {
-		require.EqualError(t, err, wantErr.Error(), "%q", raw)
-		return
+	for _, decode := range []func([]byte) (map[string]json.RawMessage, error){DecodeObject, DecodeObjectShared} {
+		got, err := decode(raw)
+		if wantErr != nil {
+			require.EqualError(t, err, wantErr.Error(), "%q", raw)
+			continue
+		}
+		require.NoError(t, err, "%q", raw)
+		require.Equal(t, want, got, "%q", raw)
+		require.Equal(t, want == nil, got == nil, "%q", raw)
 	}
-	require.NoError(t, err, "%q", raw)
-	require.Equal(t, want, got, "%q", raw)
-	require.Equal(t, want == nil, got == nil, "%q", raw)
 }
 
 func requireEncodesAsMarshal(t *testing.T, m map[string]json.RawMessage) {
@@ -78,6 +80,17 @@ func TestDecodeObjectCopies(t *testing.T) {
 	copy(raw, strings.Repeat("#", len(raw)))
 	_ = append(m["a"], "zzzz"...)
 	require.Equal(t, `"x"`, string(m["a"]))
+	require.Equal(t, `"y"`, string(m["b"]))
+}
+
+// DecodeObjectShared's members are slices of its input.
+func TestDecodeObjectShares(t *testing.T) {
+	t.Parallel()
+	raw := []byte(`{"a":"x","b":"y"}`)
+	m, err := DecodeObjectShared(raw)
+	require.NoError(t, err)
+	copy(raw, `{"a":"z"`)
+	require.Equal(t, `"z"`, string(m["a"]))
 	require.Equal(t, `"y"`, string(m["b"]))
 }
 
