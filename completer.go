@@ -269,14 +269,16 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 				ids = append(ids, id)
 			}
 		}
-		states := map[uuid.UUID]*runState{}
-		for _, id := range ids {
+		states := make(map[uuid.UUID]*runState, len(ids))
+		runs := make([]runState, len(ids))
+		for i, id := range ids {
 			p := byID[id]
 			wf, err := r.workflow(p.WorkflowName)
 			if err != nil {
 				return err
 			}
-			states[id] = &runState{p: p, wf: wf, tasks: map[string]*driver.Task{}}
+			runs[i] = runState{p: p, wf: wf, tasks: make(map[string]*driver.Task, len(wf.tasks))}
+			states[id] = &runs[i]
 		}
 		for _, t := range finished.Tasks {
 			if st := states[t.PipelineID]; st != nil {
