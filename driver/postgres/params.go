@@ -112,8 +112,9 @@ func jsonArray(n int, doc func(i int) json.RawMessage, orNull string) textArray 
 // buffer: for the thousands of elements of a claim's or a completion's
 // arrays, most of the bytes the process allocated were those buffers'
 // copies. arrayCodec encodes an array[T] in binary in one pass into a
-// buffer grown once to its exact size, and leaves every other value, and
-// scanning, to pgx's codec. The bytes are pgx's (params_internal_test.go).
+// buffer grown at most once (appendArray), and leaves every other value,
+// and scanning, to pgx's codec. The bytes are pgx's
+// (params_internal_test.go).
 type arrayCodec struct {
 	*pgtype.ArrayCodec
 }
