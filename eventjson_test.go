@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -218,4 +219,36 @@ func BenchmarkEventDataEncode(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Every field of EventData is encoded: a value with each field set (by
+// reflection, so a field added later is set too) encodes as json.Marshal
+// encodes it.
+func TestEventDataAppendJSONCoversEveryField(t *testing.T) {
+	t.Parallel()
+	var d EventData
+	v := reflect.ValueOf(&d).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.Int, reflect.Int64:
+			f.SetInt(int64(i + 1))
+		case reflect.String:
+			f.SetString("field " + v.Type().Field(i).Name)
+		case reflect.Pointer:
+			p := reflect.New(f.Type().Elem())
+			switch p.Elem().Kind() {
+			case reflect.Int, reflect.Int64:
+				p.Elem().SetInt(int64(i + 1))
+			case reflect.Struct: // time.Time
+				p.Elem().Set(reflect.ValueOf(time.Date(2026, 11, 26, 12, 0, 0, i, time.UTC)))
+			default:
+				t.Fatalf("EventData.%s: set a %s in this test, and encode it in appendJSON", v.Type().Field(i).Name, f.Type())
+			}
+			f.Set(p)
+		default:
+			t.Fatalf("EventData.%s: set a %s in this test, and encode it in appendJSON", v.Type().Field(i).Name, f.Type())
+		}
+	}
+	requireSameJSON(t, &d)
 }
