@@ -261,3 +261,17 @@ func TestLeaseIgnoresRunnerClockSkew(t *testing.T) {
 		}
 	})
 }
+
+// A runner that finds the leader lease vacant leads from its start, not
+// from its first heartbeat a HeartbeatInterval later.
+func TestVacantLeaseTakenAtStart(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := openRunner(t, url, &Config{HeartbeatInterval: time.Hour, RunnerTimeout: 3 * time.Hour})
+		leads := leadership(r)
+		require.NoError(t, r.Start(ctx))
+		waitLeader(t, leads, true)
+		require.True(t, r.IsLeader())
+	})
+}

@@ -56,6 +56,31 @@ func (r *Runner) heartbeatLoop(svc *services) {
 	ctx := svc.ctx
 	healthySince := time.Now()
 	leader := false
+	setLeader := func(held bool) {
+		if held == leader {
+			return
+		}
+		leader = held
+		r.isLeader.Store(held)
+		r.logger.Info("leadership changed", "leader", held)
+		if hook := r.leaderHook.Load(); hook != nil {
+			(*hook)(held)
+		}
+	}
+	// A vacant lease is taken at once rather than at the first beat, a
+	// HeartbeatInterval away: the runner leads (and its sweep grace
+	// starts counting) from its start, and what an idle runner does is
+	// the same from its first beat on. A failure here is the first beat's
+	// to retry.
+	if !r.heartbeatFrozen.Load() {
+		if took, err := r.takeLease(ctx); err != nil {
+			if ctx.Err() == nil {
+				r.logger.Warn("take the vacant leader lease", "error", err)
+			}
+		} else {
+			setLeader(took)
+		}
+	}
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	for beats := 0; ; {
@@ -88,14 +113,7 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		} else if healthySince.IsZero() {
 			healthySince = time.Now()
 		}
-		if held != leader {
-			leader = held
-			r.isLeader.Store(held)
-			r.logger.Info("leadership changed", "leader", held)
-			if hook := r.leaderHook.Load(); hook != nil {
-				(*hook)(held)
-			}
-		}
+		setLeader(held)
 		if len(dead) > 0 {
 			r.logger.Info("removed dead runners", "runners", dead)
 		}
@@ -109,6 +127,20 @@ func (r *Runner) heartbeatLoop(svc *services) {
 			}
 		}
 	}
+}
+
+// takeLease takes the next term of the leader lease if it is vacant. It
+// runs outside the heartbeat's transaction: a new term left uncommitted
+// by a runner that froze would hold back every other taker.
+func (r *Runner) takeLease(ctx context.Context) (bool, error) {
+	took, err := r.drv.LeaseTakeover(ctx, &driver.LeaseTakeoverParams{Name: leaderLease, Holder: r.id, TTL: r.cfg.RunnerTimeout})
+	if err != nil {
+		return false, err
+	}
+	if took.Taken {
+		r.logger.Info("took the leader lease", "term", took.Term)
+	}
+	return took.Taken, nil
 }
 
 // beat records one heartbeat — one transaction however many tasks run,
@@ -154,16 +186,11 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 		leader = false
 	}
 	if vacant {
-		// Outside the heartbeat's transaction: a new term left uncommitted
-		// by a runner that froze would hold back every other taker.
-		took, err := r.drv.LeaseTakeover(ctx, &driver.LeaseTakeoverParams{Name: leaderLease, Holder: r.id, TTL: r.cfg.RunnerTimeout})
+		took, err := r.takeLease(ctx)
 		if err != nil {
 			return false, dead, err
 		}
-		if took.Taken {
-			leader = true
-			r.logger.Info("took the leader lease", "term", took.Term)
-		}
+		leader = leader || took
 	}
 	if !alive || r.rowStale() {
 		if !alive {
