@@ -31,6 +31,20 @@ func leadership(r *Runner) <-chan bool {
 	return ch
 }
 
+// sweepsOf returns a channel that receives the outcome of each of this
+// runner's sweeps from now on (dropping what a slow reader misses).
+func sweepsOf(r *Runner) <-chan error {
+	ch := make(chan error, 64)
+	hook := func(err error) {
+		select {
+		case ch <- err:
+		default:
+		}
+	}
+	r.sweepHook.Store(&hook)
+	return ch
+}
+
 func waitLeader(t *testing.T, ch <-chan bool, want bool) {
 	t.Helper()
 	for waitFor(t, ch, "a leadership change") != want {
@@ -751,14 +765,7 @@ func TestLivenessIgnoresRunnerClockSkew(t *testing.T) {
 				// heartbeat that removed expired runners); the first may
 				// have begun before the task started. The live runner
 				// keeps its task.
-				sweeps := make(chan error, 64)
-				hook := func(err error) {
-					select {
-					case sweeps <- err:
-					default:
-					}
-				}
-				leader.sweepHook.Store(&hook)
+				sweeps := sweepsOf(leader)
 				for range 4 {
 					require.NoError(t, waitFor(t, sweeps, "a sweep by the leader"))
 				}
@@ -813,14 +820,7 @@ func TestSweepGraceIgnoresWallClockSteps(t *testing.T) {
 		r.now = func() time.Time { return time.Now().UTC().Add(time.Duration(step.Load())) }
 		leads := leadership(r)
 		beats := countBeats(r)
-		sweeps := make(chan error, 64)
-		hook := func(err error) {
-			select {
-			case sweeps <- err:
-			default:
-			}
-		}
-		r.sweepHook.Store(&hook)
+		sweeps := sweepsOf(r)
 		require.NoError(t, r.Start(ctx))
 		waitLeader(t, leads, true)
 
