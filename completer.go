@@ -353,7 +353,9 @@ func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) (
 	}
 	switch {
 	case res.recovery != "":
-		f.RecoveryCount = t.RecoveryCount + 1
+		if !res.overCap {
+			f.RecoveryCount = t.RecoveryCount + 1
+		}
 		switch {
 		case p.Status == driver.PipelineCancelled:
 			f.Status, f.Error = driver.TaskFailed, res.recovery+"; the run was cancelled"
@@ -361,7 +363,8 @@ func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) (
 		case f.RecoveryCount > r.cfg.MaxRecoveries && plan != nil:
 			// Abandoning decides downstream readiness, which needs the
 			// workflow; a runner that does not know it resets instead and
-			// leaves the decision to one that does.
+			// leaves the decision to the next runner that claims the task
+			// (execute).
 			f.Status = driver.TaskFailed
 			f.Error = fmt.Sprintf("abandoned after %d recoveries: %s", t.RecoveryCount, res.recovery)
 			return f, finishAbandoned

@@ -166,7 +166,10 @@
 // removes runners whose heartbeat is older than Config.RunnerTimeout and
 // resets their Running tasks to Ready for others (task_reset, recovery
 // count + 1), or abandons a task past Config.MaxRecoveries (task_abandoned,
-// Failed, then trigger rules and the run's end as usual). Heartbeats, like
+// Failed, then trigger rules and the run's end as usual). A leader that
+// does not run the task's workflow cannot decide what follows, so it resets
+// the task instead, and the next runner that claims it abandons it rather
+// than run it again. Heartbeats, like
 // the lease, are stamped and judged by the database's clock, so a runner
 // whose clock is off is neither declared dead while it heartbeats nor kept
 // alive once it stops. (Due times — a retry's backoff, a task's readiness —

@@ -22,6 +22,10 @@ type taskResult struct {
 	// recovery is set, with the reason, when the result comes from the
 	// sweep: the task's runner died and the task did not finish.
 	recovery string
+	// overCap marks a recovery decided at claim: the task was reset more
+	// often than MaxRecoveries by a leader that could not abandon it (see
+	// execute), so it is abandoned without counting another recovery.
+	overCap bool
 }
 
 // execute runs one claimed task and returns its result, in res, plus a
@@ -44,6 +48,15 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task, res *taskResult) (
 	if def == nil {
 		return finish(Permanent(fmt.Errorf("task %q is not part of workflow %q as registered in this runner (version %.12s): the workflow changed shape under the same name",
 			t.Name, t.WorkflowName, wf.version)))
+	}
+	if t.RecoveryCount > r.cfg.MaxRecoveries {
+		// Abandoning decides downstream readiness, which needs the
+		// workflow, so a leader that does not run it resets the task past
+		// the cap instead: the first runner that does run it abandons it
+		// here, rather than run a task that keeps killing its runners.
+		res.recovery = fmt.Sprintf("runner %s claimed it past MaxRecoveries (%d)", r.id, r.cfg.MaxRecoveries)
+		res.overCap = true
+		return finish(errors.New(res.recovery))
 	}
 	tc, err := contextFromJSON(t.Input)
 	if err != nil {

@@ -3,6 +3,7 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -255,6 +256,75 @@ func TestRecoveryCapAbandonsTheTask(t *testing.T) {
 		after, err := leader.Get(ctx, res.ID)
 		require.NoError(t, err)
 		require.Equal(t, res.Tasks, after.Tasks)
+	})
+}
+
+// A leader that does not run a workflow cannot abandon a task of it past
+// MaxRecoveries (that decides the run's next steps, which needs the
+// workflow), so it resets the task; the next runner that claims it, and
+// does run the workflow, abandons it instead of running it again.
+func TestTaskPastTheCapIsAbandonedWhenALeaderCannot(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		s := newStall()
+		wf := MustWorkflow("cap",
+			Task{Name: "crashy", Run: s.run},
+			Task{Name: "next", DependsOn: []string{"crashy"}, Run: ok},
+			Task{Name: "cleanup", DependsOn: []string{"crashy"}, Trigger: Always(), Run: ok},
+		)
+		other := MustWorkflow("other", Task{Name: "x", Run: ok})
+		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{other}}))
+		require.NoError(t, leader.Start(ctx))
+		reset := onEvent(leader, eventOf(EventTaskReset))
+
+		// Two runners in turn take the task and die with it; the leader
+		// resets it each time, the second time past the cap.
+		cfg := fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1, MaxRecoveries: 1})
+		first := openRunner(t, url, cfg)
+		s.zombies[first.ID()] = true
+		require.NoError(t, first.Start(ctx))
+		exec, err := first.ExecuteAsync(ctx, "cap", nil)
+		require.NoError(t, err)
+		waitFor(t, s.started, "the first runner to start the task")
+		first.heartbeatFrozen.Store(true)
+		waitFor(t, reset, "the first recovery")
+
+		second := openRunner(t, url, cfg)
+		s.zombies[second.ID()] = true
+		require.NoError(t, second.Start(ctx))
+		waitFor(t, s.started, "the second runner to start the task")
+		second.heartbeatFrozen.Store(true)
+		ev := waitFor(t, reset, "the second recovery, past the cap")
+		var data EventData
+		require.NoError(t, jsonUnmarshal(ev.Data, &data))
+		require.Equal(t, 2, data.RecoveryCount)
+
+		healthy := openRunner(t, url, cfg)
+		abandoned := onEvent(healthy, eventOf(EventTaskAbandoned))
+		require.NoError(t, healthy.Start(ctx))
+		ev = waitFor(t, abandoned, "the claiming runner to abandon the task")
+		require.NoError(t, jsonUnmarshal(ev.Data, &data))
+		// (A loaded machine can make the healthy runner miss a heartbeat
+		// and the leader reset the task once more: the count is then 3.)
+		n := data.RecoveryCount
+		require.GreaterOrEqual(t, n, 2)
+
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		crashy := res.Task("crashy")
+		require.Equal(t, TaskStatusFailed, crashy.Status)
+		require.Equal(t, fmt.Sprintf("abandoned after %d recoveries: runner %s claimed it past MaxRecoveries (1)", n, healthy.ID()), crashy.Error)
+		require.Equal(t, n, crashy.Recoveries, "abandoning at claim is not another recovery")
+		require.Equal(t, TaskStatusSkipped, res.Task("next").Status)
+		require.Equal(t, TaskStatusCompleted, res.Task("cleanup").Status)
+
+		close(s.release)
+		waitFor(t, s.ended, "a zombie's task to return")
+		waitFor(t, s.ended, "a zombie's task to return")
+		require.NoError(t, first.Stop(ctx))
+		require.NoError(t, second.Stop(ctx))
 	})
 }
 

@@ -88,7 +88,9 @@ type Config struct {
 	RunnerTimeout time.Duration
 	// MaxRecoveries bounds how often one task is reset after its runner
 	// died; the next time it is abandoned (Failed, task_abandoned) instead,
-	// so a task that kills its runner cannot loop forever. Default: 3.
+	// so a task that kills its runner cannot loop forever — by the leader,
+	// or, when the leader does not run the task's workflow, by the next
+	// runner that claims it. Default: 3.
 	MaxRecoveries int
 }
 
