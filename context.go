@@ -84,14 +84,15 @@ func encodeValue(key string, value any) (json.RawMessage, error) {
 	return raw, nil
 }
 
-// checkEntry refuses a key or an encoded value that one of the backends
-// could not store (see unstorable).
+// checkEntry refuses a key that one of the backends could not store (see
+// unstorable), or an encoded value that PostgreSQL would store as json text
+// but could not read as a value (see jsonProblem).
 func checkEntry(key string, raw json.RawMessage) error {
 	if why := unstorable(key); why != "" {
 		return fmt.Errorf("context key %q %s: use a key of UTF-8 text without NUL characters", key, why)
 	}
 	if found, fix := jsonProblem(raw); found != "" {
-		return fmt.Errorf("context key %q: the value holds %s, which PostgreSQL cannot store: %s", key, found, fix)
+		return fmt.Errorf("context key %q: the value holds %s, which PostgreSQL's JSON functions cannot read: %s", key, found, fix)
 	}
 	return nil
 }

@@ -189,13 +189,14 @@
 // task's result is never dropped: one the database refuses for another
 // reason (a revoked privilege, say) is held and written again, with a
 // growing delay, until it is taken or the runner stops; only a value the
-// database cannot store at all fails the attempt with the reason. Context
-// values and names that PostgreSQL could not store (a NUL character, say)
-// are refused when they are set, on both backends, so a workflow behaves
-// the same on SQLite and PostgreSQL. [Runner.Stop] lets running tasks
-// finish, hands back those still running at its deadline, and removes the
-// runner's row. Execution is at-least-once: a task whose runner died
-// mid-way runs again elsewhere, so make task bodies idempotent (use
+// database cannot store at all fails the attempt with the reason. Names
+// that PostgreSQL could not store (a NUL character, say) and context values
+// that its JSON functions could not read (a \u0000 escape, a number beyond
+// numeric's range) are refused when they are set, on both backends, so a
+// workflow behaves the same on SQLite and PostgreSQL. [Runner.Stop] lets
+// running tasks finish, hands back those still running at its deadline, and
+// removes the runner's row. Execution is at-least-once: a task whose runner
+// died mid-way runs again elsewhere, so make task bodies idempotent (use
 // [TaskInfoFrom] for the run and task ids and the attempt). [DeferUntil]
 // lets a task wait on an outside condition without holding a concurrency
 // slot.

@@ -43,8 +43,9 @@ func storableText(s string) string {
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
-// jsonProblem says what PostgreSQL could not read as a value in valid
-// JSON text: a NUL character (\u0000), a lone UTF-16 surrogate escape, or
+// jsonProblem says what PostgreSQL's JSON functions could not read as a
+// value in valid JSON text (the json column keeps the text, but ->>, casts
+// to jsonb and numeric fail on it): a NUL character (\u0000), a lone UTF-16 surrogate escape, or
 // a number beyond the range of numeric. It returns what it found and how
 // to fix it, or "" when there is nothing.
 func jsonProblem(raw []byte) (found, fix string) {

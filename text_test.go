@@ -78,8 +78,8 @@ func TestContextRefusesWhatABackendCannotStore(t *testing.T) {
 
 	var fromJSON Context
 	require.ErrorContains(t, json.Unmarshal([]byte(`{"ok":1,"bad":"\u0000"}`), &fromJSON), `context key "bad": the value holds a NUL character`)
-	require.ErrorContains(t, json.Unmarshal([]byte(`{"s":"\ud800"}`), &fromJSON), `context key "s": the value holds a lone UTF-16 surrogate (\ud800), which PostgreSQL cannot store: encode the text as valid UTF-8`)
-	require.ErrorContains(t, json.Unmarshal([]byte(`{"x":1e999999}`), &fromJSON), `context key "x": the value holds the number 1e999999, which PostgreSQL cannot store: store it as a string`)
+	require.ErrorContains(t, json.Unmarshal([]byte(`{"s":"\ud800"}`), &fromJSON), `context key "s": the value holds a lone UTF-16 surrogate (\ud800), which PostgreSQL's JSON functions cannot read: encode the text as valid UTF-8`)
+	require.ErrorContains(t, json.Unmarshal([]byte(`{"x":1e999999}`), &fromJSON), `context key "x": the value holds the number 1e999999, which PostgreSQL's JSON functions cannot read: store it as a string`)
 	require.ErrorContains(t, json.Unmarshal([]byte(`{"a\u0000":1}`), &fromJSON), "contains a NUL character")
 	require.NoError(t, json.Unmarshal([]byte(`{"a":"\\u0000"}`), &fromJSON))
 }

@@ -68,8 +68,8 @@ func TestErrors(t *testing.T) {
 		{"far-off workflow", []string{"run", "payroll"}, nil, ExitUsage, `unknown workflow "payroll": the built-in workflows are demo`},
 		{"input not an object", []string{"run", "demo", "--input", "[1]"}, nil, ExitUsage, `invalid --input "[1]": pass a JSON object such as '{"n":3}'`},
 		{"input not JSON", []string{"run", "demo", "--input", "n=3"}, nil, ExitUsage, `invalid --input "n=3"`},
-		{"input PostgreSQL cannot store", []string{"run", "demo", "--input", `{"s":"\ud800"}`}, nil, ExitUsage,
-			`invalid --input: context key "s": the value holds a lone UTF-16 surrogate (\ud800), which PostgreSQL cannot store`},
+		{"input PostgreSQL cannot read", []string{"run", "demo", "--input", `{"s":"\ud800"}`}, nil, ExitUsage,
+			`invalid --input: context key "s": the value holds a lone UTF-16 surrogate (\ud800), which PostgreSQL's JSON functions cannot read`},
 
 		{"events list without database", []string{"events", "list"}, nil, ExitFailure, noDatabase},
 		{"dry-run cleanup without database", []string{"events", "cleanup", "--older-than", "30d", "--dry-run"}, nil, ExitFailure, noDatabase},
