@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
@@ -200,40 +201,63 @@ func TestLostClaimCancelsTheTaskAtTheNextHeartbeat(t *testing.T) {
 	})
 }
 
+// capWorkflow's first task stalls on the zombies of s; one successor runs
+// by the default rule, the other always.
+func capWorkflow(s *stall) *Workflow {
+	return MustWorkflow("cap",
+		Task{Name: "crashy", Run: s.run},
+		Task{Name: "next", DependsOn: []string{"crashy"}, Run: ok},
+		Task{Name: "cleanup", DependsOn: []string{"crashy"}, Trigger: Always(), Run: ok},
+	)
+}
+
+// dieTwice starts a run of capWorkflow, and two one-slot runners in turn
+// take its first task and die with it (heartbeat frozen, task function
+// stalled); it waits for the first recovery on reset, the second is the
+// caller's. release lets the stalled functions return and stops the two.
+func dieTwice(t *testing.T, url string, cfg *Config, s *stall, reset <-chan driver.EventInsert) (exec *Execution, release func()) {
+	t.Helper()
+	ctx := testContext(t)
+	cfg.MaxConcurrentTasks = 1
+	first := openRunner(t, url, cfg)
+	s.zombies[first.ID()] = true
+	require.NoError(t, first.Start(ctx))
+	exec, err := first.ExecuteAsync(ctx, "cap", nil)
+	require.NoError(t, err)
+	waitFor(t, s.started, "the first runner to start the task")
+	first.heartbeatFrozen.Store(true)
+	waitFor(t, reset, "the first recovery")
+
+	second := openRunner(t, url, cfg)
+	s.zombies[second.ID()] = true
+	require.NoError(t, second.Start(ctx))
+	waitFor(t, s.started, "the second runner to start the task")
+	second.heartbeatFrozen.Store(true)
+	return exec, func() {
+		close(s.release)
+		waitFor(t, s.ended, "a zombie's task to return")
+		waitFor(t, s.ended, "a zombie's task to return")
+		require.NoError(t, first.Stop(ctx))
+		require.NoError(t, second.Stop(ctx))
+	}
+}
+
 func TestRecoveryCapAbandonsTheTask(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
 		s := newStall()
-		wf := MustWorkflow("cap",
-			Task{Name: "crashy", Run: s.run},
-			Task{Name: "next", DependsOn: []string{"crashy"}, Run: ok},
-			Task{Name: "cleanup", DependsOn: []string{"crashy"}, Trigger: Always(), Run: ok},
-		)
-		cfg := func(n int) *Config {
-			return fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: n, MaxRecoveries: 1})
+		wf := capWorkflow(s)
+		cfg := func() *Config {
+			return fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxRecoveries: 1})
 		}
-		leader := openRunner(t, url, cfg(4))
+		leader := openRunner(t, url, cfg())
 		leader.claimsPaused.Store(true)
 		require.NoError(t, leader.Start(ctx))
 		reset := onEvent(leader, eventOf(EventTaskReset))
 		abandoned := onEvent(leader, eventOf(EventTaskAbandoned))
 
-		// Two runners in turn take the task and die with it.
-		first := openRunner(t, url, cfg(1))
-		s.zombies[first.ID()] = true
-		require.NoError(t, first.Start(ctx))
-		exec, err := first.ExecuteAsync(ctx, "cap", nil)
-		require.NoError(t, err)
-		waitFor(t, s.started, "the first runner to start the task")
-		first.heartbeatFrozen.Store(true)
-		waitFor(t, reset, "the first recovery")
-
-		second := openRunner(t, url, cfg(1))
-		s.zombies[second.ID()] = true
-		require.NoError(t, second.Start(ctx))
-		waitFor(t, s.started, "the second runner to start the task")
-		second.heartbeatFrozen.Store(true)
+		exec, release := dieTwice(t, url, cfg(), s, reset)
 		ev := waitFor(t, abandoned, "the task to be abandoned past MaxRecoveries")
 		var data EventData
 		require.NoError(t, jsonUnmarshal(ev.Data, &data))
@@ -248,11 +272,7 @@ func TestRecoveryCapAbandonsTheTask(t *testing.T) {
 		require.Equal(t, TaskStatusSkipped, res.Task("next").Status, "downstream handled by trigger rules")
 		require.Equal(t, TaskStatusCompleted, res.Task("cleanup").Status)
 
-		close(s.release)
-		waitFor(t, s.ended, "a zombie's task to return")
-		waitFor(t, s.ended, "a zombie's task to return")
-		require.NoError(t, first.Stop(ctx))
-		require.NoError(t, second.Stop(ctx))
+		release()
 		after, err := leader.Get(ctx, res.ID)
 		require.NoError(t, err)
 		require.Equal(t, res.Tasks, after.Tasks)
@@ -268,39 +288,23 @@ func TestTaskPastTheCapIsAbandonedWhenALeaderCannot(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
 		s := newStall()
-		wf := MustWorkflow("cap",
-			Task{Name: "crashy", Run: s.run},
-			Task{Name: "next", DependsOn: []string{"crashy"}, Run: ok},
-			Task{Name: "cleanup", DependsOn: []string{"crashy"}, Trigger: Always(), Run: ok},
-		)
+		wf := capWorkflow(s)
 		other := MustWorkflow("other", Task{Name: "x", Run: ok})
 		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{other}}))
 		require.NoError(t, leader.Start(ctx))
 		reset := onEvent(leader, eventOf(EventTaskReset))
 
-		// Two runners in turn take the task and die with it; the leader
-		// resets it each time, the second time past the cap.
-		cfg := fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1, MaxRecoveries: 1})
-		first := openRunner(t, url, cfg)
-		s.zombies[first.ID()] = true
-		require.NoError(t, first.Start(ctx))
-		exec, err := first.ExecuteAsync(ctx, "cap", nil)
-		require.NoError(t, err)
-		waitFor(t, s.started, "the first runner to start the task")
-		first.heartbeatFrozen.Store(true)
-		waitFor(t, reset, "the first recovery")
-
-		second := openRunner(t, url, cfg)
-		s.zombies[second.ID()] = true
-		require.NoError(t, second.Start(ctx))
-		waitFor(t, s.started, "the second runner to start the task")
-		second.heartbeatFrozen.Store(true)
+		// The leader resets the task each time, the second time past the cap.
+		cfg := func() *Config {
+			return fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxRecoveries: 1})
+		}
+		exec, release := dieTwice(t, url, cfg(), s, reset)
 		ev := waitFor(t, reset, "the second recovery, past the cap")
 		var data EventData
 		require.NoError(t, jsonUnmarshal(ev.Data, &data))
 		require.Equal(t, 2, data.RecoveryCount)
 
-		healthy := openRunner(t, url, cfg)
+		healthy := openRunner(t, url, cfg())
 		abandoned := onEvent(healthy, eventOf(EventTaskAbandoned))
 		require.NoError(t, healthy.Start(ctx))
 		ev = waitFor(t, abandoned, "the claiming runner to abandon the task")
@@ -319,12 +323,7 @@ func TestTaskPastTheCapIsAbandonedWhenALeaderCannot(t *testing.T) {
 		require.Equal(t, n, crashy.Recoveries, "abandoning at claim is not another recovery")
 		require.Equal(t, TaskStatusSkipped, res.Task("next").Status)
 		require.Equal(t, TaskStatusCompleted, res.Task("cleanup").Status)
-
-		close(s.release)
-		waitFor(t, s.ended, "a zombie's task to return")
-		waitFor(t, s.ended, "a zombie's task to return")
-		require.NoError(t, first.Stop(ctx))
-		require.NoError(t, second.Stop(ctx))
+		release()
 	})
 }
 
