@@ -31,6 +31,15 @@ func (e *Execution) ID() uuid.UUID { return e.id }
 // or Cancelled) and returns its result, or until ctx ends. It works
 // whichever runner, in whichever process, executes the tasks. For an
 // ExecuteTx run whose transaction rolled back it returns ErrRunNotFound.
+//
+// Called from a task function with the task's context, Wait waits as
+// DeferUntil does: the task gives its concurrency slot back while the run
+// is not finished, so that the run's own tasks can take it, and takes a
+// slot again before it returns; its sub-status is "deferred" meanwhile,
+// recorded as task_deferred (its reason names the run) and task_resumed.
+// When the task is cancelled (run cancelled, timeout, claim lost, runner
+// stopping), Wait returns the context's error at once, without a slot.
+// A run that has ended already is waited for without any of this.
 func (e *Execution) Wait(ctx context.Context) (*ExecutionResult, error) {
 	return e.r.wait(ctx, e.id)
 }
@@ -55,10 +64,15 @@ func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e
 // empty context) and blocks until it reaches a terminal status, Cancelled
 // included. A run that Failed or was Cancelled is not an error of Execute:
 // check the result's Status, or its Err method. Some runner, in this
-// process or another, must be started for the run to progress. A task
-// that calls Execute waits for the child run while holding its own slot:
-// with every slot of every runner so taken, the child never runs (use
-// ExecuteAsync and DeferUntil to wait without a slot).
+// process or another, must be started for the run to progress.
+//
+// A task function may call Execute, with its own context, to run a child
+// workflow and wait for it: while it waits it holds no concurrency slot
+// (see Execution.Wait), so parents waiting for children never take every
+// slot from the children. Cancelling the parent run ends its wait but not
+// the child run; cancel that too if it should stop (use ExecuteAsync for
+// its handle). Stop waits for a waiting parent like any running task: with
+// no other runner to run the child, give Stop a deadline.
 func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (*ExecutionResult, error) {
 	e, err := r.ExecuteAsync(ctx, workflow, input)
 	if err != nil {
@@ -234,10 +248,41 @@ func newPipeline(run *newRun, status driver.PipelineStatus, now time.Time) *driv
 		Status: status, Input: run.input, Now: now}
 }
 
-// wait blocks until run id is terminal: woken at once when this runner
-// ends it, and polling (quickly at first, then every PollInterval) for
-// runs ended elsewhere. Close ends it with ErrRunnerClosed.
+// wait blocks until run id is terminal. Called with a task's context (a
+// task waiting for a child run), it gives the task's slot back while it
+// blocks, as DeferUntil does: when every slot is held by a task waiting
+// for a child, the children could never run.
 func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, error) {
+	s, ok := ctx.Value(taskScopeKey{}).(*taskScope)
+	if !ok {
+		return r.waitRun(ctx, id, nil)
+	}
+	waiting := false
+	res, err := r.waitRun(ctx, id, func() error {
+		if err := s.beginWait(ctx, "waiting for run "+id.String()); err != nil {
+			return err
+		}
+		waiting = true
+		return nil
+	})
+	switch {
+	case !waiting:
+		return res, err
+	case ctx.Err() != nil:
+		s.abandonWait()
+		return nil, ctx.Err()
+	}
+	if werr := s.endWait(ctx); werr != nil {
+		return nil, werr
+	}
+	return res, err
+}
+
+// waitRun blocks until run id is terminal: woken at once when this runner
+// ends it, and polling (quickly at first, then every PollInterval) for
+// runs ended elsewhere. It calls block, unless nil, before it first
+// blocks. Close ends it with ErrRunnerClosed.
+func (r *Runner) waitRun(ctx context.Context, id uuid.UUID, block func() error) (*ExecutionResult, error) {
 	ch := r.subscribeRun(id)
 	defer r.unsubscribeRun(id, ch)
 	interval := 20 * time.Millisecond
@@ -259,6 +304,12 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 				break
 			}
 			return res, err
+		}
+		if block != nil {
+			if err := block(); err != nil {
+				return nil, err
+			}
+			block = nil
 		}
 		select {
 		case <-ctx.Done():

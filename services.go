@@ -62,12 +62,11 @@ type services struct {
 }
 
 type runningTask struct {
-	task      *driver.Task
-	cancel    context.CancelCauseFunc
-	reported  atomic.Bool // the task's result has been handed to the completer
-	holdsSlot atomic.Bool // false while the task is deferred (DeferUntil)
-	// scope and result live with the running task: one allocation for
-	// the three.
+	task     *driver.Task
+	cancel   context.CancelCauseFunc
+	reported atomic.Bool // the task's result has been handed to the completer
+	// scope (which holds the slot's state) and result live with the
+	// running task: one allocation for the three.
 	scope  taskScope
 	result taskResult
 }
@@ -496,13 +495,8 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 	ctx, cancel := context.WithCancelCause(svc.workCtx)
 	defer cancel(nil)
 	rt := &runningTask{task: t, cancel: cancel}
-	rt.scope = taskScope{r: r, svc: svc, rt: rt}
-	rt.holdsSlot.Store(true)
-	defer func() {
-		if rt.holdsSlot.Load() {
-			svc.releaseSlot()
-		}
-	}()
+	rt.scope = taskScope{r: r, svc: svc, rt: rt, holds: true}
+	defer rt.scope.taskReturned()
 	ctx = context.WithValue(ctx, taskScopeKey{}, &rt.scope)
 	r.runningMu.Lock()
 	r.running[t.ID] = rt

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -13,11 +14,24 @@ import (
 
 type taskScopeKey struct{}
 
-// taskScope is what a running task's context carries about the task.
+// taskScope is what a running task's context carries about the task, and
+// the state of its concurrency slot. A task gives its slot back while its
+// goroutines wait (DeferUntil, Execute, Execution.Wait): from the moment the
+// first one begins to wait until the last one is done.
 type taskScope struct {
 	r   *Runner
 	svc *services
 	rt  *runningTask
+
+	// mu guards the slot's state; it is never held while blocking.
+	mu       sync.Mutex
+	holds    bool // the task holds a slot
+	waits    int  // goroutines of the task waiting
+	returned bool // the task function returned: waits that outlive it take no slot
+	// subMu orders the sub-status writes of the task's waits and guards
+	// deferred, the sub-status recorded. Lock order: subMu, then mu.
+	subMu    sync.Mutex
+	deferred bool
 }
 
 // TaskInfo identifies the task attempt a task function is running.
@@ -57,7 +71,10 @@ var ErrNotInTask = errors.New("not called from a task: pass the context the task
 // either way; or the context's error, without a slot, when the task is
 // cancelled (run cancelled, timeout, claim lost, runner stopping): the
 // task should then return.
-// If cond holds at once, nothing is recorded.
+// If cond holds at once, nothing is recorded. When several goroutines of
+// one task wait at once (in DeferUntil, [Runner.Execute] or
+// [Execution.Wait]), the task holds no slot until the last of them is done
+// waiting, and that one takes the slot back.
 func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.Context) (bool, error)) error {
 	s, ok := ctx.Value(taskScopeKey{}).(*taskScope)
 	if !ok {
@@ -70,17 +87,15 @@ func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.C
 	if err != nil || done {
 		return err
 	}
-	if err := s.setSubStatus(ctx, "deferred", EventTaskDeferred); err != nil {
+	if err := s.beginWait(ctx, ""); err != nil {
 		return err
 	}
-	s.rt.holdsSlot.Store(false)
-	s.svc.releaseSlot()
-
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for !done {
 		select {
 		case <-ctx.Done():
+			s.abandonWait()
 			return ctx.Err()
 		case <-ticker.C:
 		}
@@ -88,23 +103,100 @@ func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.C
 			break
 		}
 	}
-	// The task goes on, whether cond held or failed: it takes a slot
-	// first, so that no more tasks work at once than MaxConcurrentTasks.
-	select {
-	case s.svc.slots <- struct{}{}:
-		s.rt.holdsSlot.Store(true)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if rerr := s.setSubStatus(ctx, "", EventTaskResumed); rerr != nil {
+	// The task goes on, whether cond held or failed.
+	if rerr := s.endWait(ctx); rerr != nil {
 		return rerr
 	}
 	return err
 }
 
+// beginWait gives the task's slot back as one of its goroutines begins to
+// wait, having recorded the deferred sub-status (task_deferred, with reason
+// saying what the task waits for) unless it is recorded already.
+func (s *taskScope) beginWait(ctx context.Context, reason string) error {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	if !s.deferred {
+		if err := s.setSubStatus(ctx, "deferred", EventTaskDeferred, reason); err != nil {
+			return err
+		}
+		s.deferred = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.waits++
+	if s.holds {
+		s.holds = false
+		s.svc.releaseSlot()
+	}
+	return nil
+}
+
+// endWait ends a goroutine's wait. The last of the task's waits to end takes
+// a slot again, so that no more tasks work at once than
+// MaxConcurrentTasks, and records the end of the deferred sub-status
+// (task_resumed); when ctx ends first, it returns ctx's error without a
+// slot.
+func (s *taskScope) endWait(ctx context.Context) error {
+	s.mu.Lock()
+	s.waits--
+	last := s.waits == 0
+	s.mu.Unlock()
+	if !last {
+		return nil
+	}
+	select {
+	case s.svc.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	s.mu.Lock()
+	// Meanwhile another goroutine of the task may have begun a wait, or
+	// ended one and taken a slot, or the task may have returned: then this
+	// slot is not the task's.
+	took := s.waits == 0 && !s.holds && !s.returned
+	if took {
+		s.holds = true
+	} else {
+		s.svc.releaseSlot()
+	}
+	s.mu.Unlock()
+	if !took || !s.deferred {
+		return nil
+	}
+	if err := s.setSubStatus(ctx, "", EventTaskResumed, ""); err != nil {
+		return err
+	}
+	s.deferred = false
+	return nil
+}
+
+// abandonWait ends a wait that the task's cancellation cut short: the
+// task should return, and takes no slot.
+func (s *taskScope) abandonWait() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.waits--
+}
+
+// taskReturned gives back the slot of a task whose function has returned,
+// if it holds one; waits it left running in goroutines of its own take
+// none afterwards.
+func (s *taskScope) taskReturned() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.returned = true
+	if s.holds {
+		s.holds = false
+		s.svc.releaseSlot()
+	}
+}
+
 // setSubStatus records a sub-status change and its event under the task's
 // claim. A lost claim cancels the task.
-func (s *taskScope) setSubStatus(ctx context.Context, sub string, typ EventType) error {
+func (s *taskScope) setSubStatus(ctx context.Context, sub string, typ EventType, reason string) error {
 	t := s.rt.task
 	_, err := s.r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		held, err := tx.TaskSubStatusSet(ctx, &driver.TaskSubStatusParams{Fence: fenceOf(t), SubStatus: sub, Now: c.now})
@@ -114,7 +206,7 @@ func (s *taskScope) setSubStatus(ctx context.Context, sub string, typ EventType)
 		if !held {
 			return errClaimLost
 		}
-		c.event(t.PipelineID, &t.ID, typ, &EventData{Attempt: t.Attempt})
+		c.event(t.PipelineID, &t.ID, typ, &EventData{Attempt: t.Attempt, Reason: reason})
 		return nil
 	})
 	if errors.Is(err, errClaimLost) {

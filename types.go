@@ -197,8 +197,8 @@ type EventData struct {
 	RetryAt *time.Time `json:"retry_at,omitempty"`
 	// DelayMS is the retry delay in milliseconds.
 	DelayMS *int64 `json:"delay_ms,omitempty"`
-	// Reason says why a task was skipped, reset or abandoned, or why a run
-	// was cancelled.
+	// Reason says why a task was skipped, reset or abandoned, why a run
+	// was cancelled, or which run a deferred task waits for.
 	Reason string `json:"reason,omitempty"`
 	// DurationMS is how long the attempt (or the run) took.
 	DurationMS *int64 `json:"duration_ms,omitempty"`
