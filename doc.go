@@ -134,6 +134,15 @@
 // [Runner.Pause] takes its queued tasks out of the outbox (they stay Ready;
 // running tasks finish) and [Runner.Resume] puts them back.
 //
+// A task may run a sub-workflow: it calls [Runner.Execute] (or
+// [Runner.ExecuteAsync] and [Execution.Wait]) with its own context. A
+// runner executes at most Config.MaxConcurrentTasks tasks at once, each
+// holding a slot; a task waiting for a child run gives its slot back until
+// the child ends and takes one again before it goes on, as [DeferUntil]
+// does, so parents that wait cannot take every slot from their children.
+// The wait shows as the task's "deferred" sub-status and as task_deferred
+// and task_resumed events.
+//
 // # Execution events
 //
 // Every transition appends an [Event] in the same transaction: run
@@ -198,8 +207,8 @@
 // removes the runner's row. Execution is at-least-once: a task whose runner
 // died mid-way runs again elsewhere, so make task bodies idempotent (use
 // [TaskInfoFrom] for the run and task ids and the attempt). [DeferUntil]
-// lets a task wait on an outside condition without holding a concurrency
-// slot.
+// lets a task wait on an outside condition, and [Runner.Execute] on a
+// child run, without holding a concurrency slot.
 //
 // # Tenants
 //

@@ -30,7 +30,9 @@ type Config struct {
 	// has registered.
 	Workflows []*Workflow
 	// MaxConcurrentTasks bounds the tasks this runner executes at once.
-	// Default: 10; at most 10,000.
+	// A task waiting in DeferUntil, or for another run (Execute,
+	// Execution.Wait), gives its slot back meanwhile. Default: 10; at most
+	// 10,000.
 	MaxConcurrentTasks int
 	// ClaimBatchSize bounds the tasks claimed in one transaction.
 	// Default: MaxConcurrentTasks, at most 100; at most 10,000 when set.
