@@ -350,3 +350,75 @@ func TestStopDrainsATaskWaitingForAChild(t *testing.T) {
 			EventTaskDeferred, EventTaskResumed, EventTaskCompleted}, taskEventTypes(t, r, res, "p"))
 	})
 }
+
+// Two goroutines of one task in DeferUntil give back the task's one slot,
+// not two: the slot of another task stays taken. The second used to give
+// back a slot the task did not hold.
+func TestConcurrentDeferUntilInOneTask(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		holdStarted, releaseHold := make(chan struct{}), make(chan struct{})
+		polling := make(chan struct{}, 2)
+		var ready atomic.Bool
+		hold := MustWorkflow("hold", Task{Name: "h", Run: func(context.Context, *Context) error {
+			close(holdStarted)
+			<-releaseHold
+			return nil
+		}})
+		fan := MustWorkflow("fan", Task{Name: "f", Run: func(ctx context.Context, _ *Context) error {
+			errs := make([]error, 2)
+			var wg sync.WaitGroup
+			for i := range errs {
+				wg.Go(func() {
+					calls := 0
+					errs[i] = DeferUntil(ctx, time.Millisecond, func(context.Context) (bool, error) {
+						if calls++; calls == 2 {
+							polling <- struct{}{} // past the first check: waiting
+						}
+						return ready.Load(), nil
+					})
+				})
+			}
+			wg.Wait()
+			return errors.Join(errs...)
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{hold, fan}, MaxConcurrentTasks: 2})
+		release := sync.OnceFunc(func() { close(releaseHold) })
+		t.Cleanup(release)
+		holdExec, err := r.ExecuteAsync(ctx, "hold", nil)
+		require.NoError(t, err)
+		waitFor(t, holdStarted, "the holding task to start")
+		fanExec, err := r.ExecuteAsync(ctx, "fan", nil)
+		require.NoError(t, err)
+		waitFor(t, polling, "the first wait")
+		waitFor(t, polling, "the second wait")
+		// The claimer holds free slots while it claims: stop it, and let it
+		// go idle twice (the second time in a turn begun after the stop), so
+		// that only tasks hold slots.
+		r.claimsPaused.Store(true)
+		idle := make(chan struct{}, 1)
+		hook := func(context.Context) {
+			select {
+			case idle <- struct{}{}:
+			default:
+			}
+		}
+		r.idleHook.Store(&hook)
+		waitFor(t, idle, "the claimer to go idle")
+		waitFor(t, idle, "the claimer to go idle again")
+		require.Len(t, r.services().slots, 1, "slots taken while one task works and one waits")
+
+		ready.Store(true)
+		release()
+		for _, e := range []*Execution{holdExec, fanExec} {
+			res, err := e.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+		}
+		res, err := r.Get(ctx, fanExec.ID())
+		require.NoError(t, err)
+		require.Equal(t, 1, requireWaitEvents(t, taskEventTypes(t, r, res, "f")), "one deferral for both waits")
+		slotsFree(t, r)
+	})
+}
