@@ -77,20 +77,24 @@ type dbtx interface {
 	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
-// stmtOnce is a statement run once per row by a loop: it is prepared on
-// first use and reused for the rest of the call, so SQLite parses it once
-// rather than once per row.
+// stmtOnce is a statement run once per row by a loop: it is taken from
+// the write transaction's statement cache, or prepared on first use and
+// reused for the rest of the call, so SQLite parses it once per connection
+// or at worst once per call rather than once per row.
 type stmtOnce struct {
-	db    dbtx
+	e     *executor
 	query string
 	stmt  *sql.Stmt
 }
 
 func (s *stmtOnce) exec(ctx context.Context, args ...any) (sql.Result, error) {
 	if s.stmt == nil {
-		st, err := s.db.PrepareContext(ctx, s.query)
-		if err != nil {
-			return nil, err
+		st := s.e.stmt(ctx, s.query)
+		if st == nil {
+			var err error
+			if st, err = s.e.db.PrepareContext(ctx, s.query); err != nil {
+				return nil, err
+			}
 		}
 		s.stmt = st
 	}
@@ -105,6 +109,10 @@ func (s *stmtOnce) close() {
 
 type executor struct {
 	db dbtx
+	// cache and tx are set on a write transaction's executor: its hot
+	// statements come from cache, bound to tx (which is db).
+	cache *stmtCache
+	tx    *sql.Tx
 }
 
 func placeholders(n int) string {
@@ -185,7 +193,7 @@ func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
 // here.
 func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.PipelineInsertParams) ([]uuid.UUID, error) {
 	var inserted []uuid.UUID
-	insert := &stmtOnce{db: e.db, query: `INSERT INTO pipeline_executions
+	insert := &stmtOnce{e: e, query: `INSERT INTO pipeline_executions
 			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`}
 	defer insert.close()
@@ -259,8 +267,8 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	out, err := collectPipelines(e.db.QueryContext(ctx, `SELECT `+pipelineColumns+` FROM pipeline_executions
-		WHERE id IN (`+placeholders(len(ids))+`) ORDER BY id`, uuidArgs(ids)...))
+	out, err := collectPipelines(e.hotQuery(ctx, `SELECT `+pipelineColumns+` FROM pipeline_executions
+		WHERE id IN (`+inList(len(ids))+`) ORDER BY id`, padIn(uuidArgs(ids), len(ids))...))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: lock pipelines: %w", err)
 	}
@@ -269,18 +277,11 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 
 func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert) error {
 	const cols = 15
-	const chunk = 500
-	for start := 0; start < len(tasks); start += chunk {
-		part := tasks[start:min(start+chunk, len(tasks))]
-		var sb strings.Builder
-		sb.WriteString(`INSERT INTO task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status,
-			attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at) VALUES `)
+	for start := 0; start < len(tasks); {
+		part := tasks[start : start+insertChunk(len(tasks)-start)]
+		start += len(part)
 		args := make([]any, 0, len(part)*cols)
-		for i, t := range part {
-			if i > 0 {
-				sb.WriteByte(',')
-			}
-			sb.WriteString("(" + placeholders(cols) + ")")
+		for _, t := range part {
 			now := formatTime(t.Now)
 			var started any
 			if t.Status == driver.TaskRunning {
@@ -289,7 +290,9 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 			args = append(args, t.ID.String(), t.PipelineID.String(), t.WorkflowName, t.Name, t.Position, string(t.Status),
 				t.Attempt, t.MaxAttempts, jsonArg(t.Input), t.Error, formatTimePtr(t.AvailableAt), t.RunnerID, started, now, now)
 		}
-		if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
+		q := valuesRows(`INSERT INTO task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status,
+			attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at) VALUES `, cols, len(part))
+		if _, err := e.hotExec(ctx, q, args...); err != nil {
 			return fmt.Errorf("sqlite: insert tasks: %w", mapError(err))
 		}
 	}
@@ -333,19 +336,19 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	var where []string
 	var args []any
 	if len(p.PipelineIDs) > 0 {
-		where = append(where, "pipeline_execution_id IN ("+placeholders(len(p.PipelineIDs))+")")
-		args = append(args, uuidArgs(p.PipelineIDs)...)
+		where = append(where, "pipeline_execution_id IN ("+inList(len(p.PipelineIDs))+")")
+		args = padIn(append(args, uuidArgs(p.PipelineIDs)...), len(p.PipelineIDs))
 	}
 	if len(p.IDs) > 0 {
-		where = append(where, "id IN ("+placeholders(len(p.IDs))+")")
-		args = append(args, uuidArgs(p.IDs)...)
+		where = append(where, "id IN ("+inList(len(p.IDs))+")")
+		args = padIn(append(args, uuidArgs(p.IDs)...), len(p.IDs))
 	}
 	if len(where) == 0 {
 		return nil, errors.New("sqlite: list tasks: give pipeline ids or task ids")
 	}
 	q := `SELECT ` + taskSelect(p.WithContexts) + ` FROM task_executions WHERE ` + strings.Join(where, " AND ") +
 		` ORDER BY pipeline_execution_id, position`
-	out, err := collectTasks(e.db.QueryContext(ctx, q, args...))
+	out, err := collectTasks(e.hotQuery(ctx, q, args...))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list tasks: %w", err)
 	}
@@ -358,10 +361,10 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 		return res, nil
 	}
 	now := formatTime(p.Now)
-	args := append([]any{now}, stringArgs(p.Workflows)...)
+	args := padIn(append([]any{now}, stringArgs(p.Workflows)...), len(p.Workflows))
 	args = append(args, p.Limit)
-	rows, err := e.db.QueryContext(ctx, `DELETE FROM task_outbox WHERE id IN (
-			SELECT id FROM task_outbox WHERE available_at <= ? AND workflow_name IN (`+placeholders(len(p.Workflows))+`)
+	rows, err := e.hotQuery(ctx, `DELETE FROM task_outbox WHERE id IN (
+			SELECT id FROM task_outbox WHERE available_at <= ? AND workflow_name IN (`+inList(len(p.Workflows))+`)
 			ORDER BY available_at, id LIMIT ?)
 		RETURNING task_execution_id, attempt`, args...)
 	if err != nil {
@@ -386,10 +389,10 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	if len(ids) == 0 {
 		return res, nil
 	}
-	args = append([]any{p.RunnerID, now, now}, ids...)
-	tasks, err := collectTasks(e.db.QueryContext(ctx, `UPDATE task_executions
+	args = padIn(append([]any{p.RunnerID, now, now}, ids...), len(ids))
+	tasks, err := collectTasks(e.hotQuery(ctx, `UPDATE task_executions
 		SET status = 'running', runner_id = ?, started_at = ?, updated_at = ?
-		WHERE id IN (`+placeholders(len(ids))+`) AND status = 'ready'
+		WHERE id IN (`+inList(len(ids))+`) AND status = 'ready'
 		RETURNING `+taskSelect(true), args...))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: claim tasks: %w", err)
@@ -408,8 +411,8 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	res.Tasks = tasks
 	// The write transaction holds the database lock: no run can be locked
 	// by anyone else, so every Pending run of these tasks starts.
-	rows, err = e.db.QueryContext(ctx, `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
-		WHERE id IN (`+placeholders(len(pids))+`) AND status = 'pending' RETURNING id`, append([]any{now, now}, pids...)...)
+	rows, err = e.hotQuery(ctx, `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
+		WHERE id IN (`+inList(len(pids))+`) AND status = 'pending' RETURNING id`, padIn(append([]any{now, now}, pids...), len(pids))...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: start pipelines: %w", mapError(err))
 	}
@@ -437,7 +440,7 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 		}
 		res.Pipelines = pipes
 	}
-	finish := &stmtOnce{db: e.db, query: `UPDATE task_executions
+	finish := &stmtOnce{e: e, query: `UPDATE task_executions
 			SET status = ?, output = COALESCE(?, output), error = ?, attempt = ?, available_at = ?,
 				completed_at = COALESCE(?, completed_at), runner_id = ?, recovery_count = ?, sub_status = '', updated_at = ?
 			WHERE id = ? AND status = 'running' AND runner_id = ? AND attempt = ? AND recovery_count = ?`}
@@ -526,7 +529,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	if err := e.TaskInsertMany(ctx, c.NewTasks); err != nil {
 		return err
 	}
-	taskUpdate := &stmtOnce{db: e.db, query: `UPDATE task_executions
+	taskUpdate := &stmtOnce{e: e, query: `UPDATE task_executions
 			SET status = ?, attempt = ?, input = COALESCE(?, input), error = ?, available_at = ?,
 				completed_at = COALESCE(?, completed_at), runner_id = COALESCE(?, runner_id),
 				started_at = COALESCE(?, started_at), updated_at = ?
@@ -559,28 +562,24 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	}
 	if len(c.Outbox) > 0 {
 		const cols = 5
-		for start := 0; start < len(c.Outbox); start += 1000 {
-			part := c.Outbox[start:min(start+1000, len(c.Outbox))]
-			var sb strings.Builder
-			sb.WriteString(`INSERT INTO task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at) VALUES `)
+		var workflow boxed[string]
+		var available, now boxed[time.Time]
+		for start := 0; start < len(c.Outbox); {
+			part := c.Outbox[start : start+insertChunk(len(c.Outbox)-start)]
+			start += len(part)
 			args := make([]any, 0, len(part)*cols)
-			var workflow boxed[string]
-			var available, now boxed[time.Time]
 			for i := range part {
 				o := &part[i]
-				if i > 0 {
-					sb.WriteByte(',')
-				}
-				sb.WriteString("(?,?,?,?,?)")
 				args = append(args, o.TaskID.String(), o.Attempt, workflow.get(o.WorkflowName, stringArg),
 					available.get(o.AvailableAt, timeArg), now.get(o.Now, timeArg))
 			}
-			if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
+			q := valuesRows(`INSERT INTO task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at) VALUES `, cols, len(part))
+			if _, err := e.hotExec(ctx, q, args...); err != nil {
 				return fmt.Errorf("sqlite: insert outbox rows: %w", mapError(err))
 			}
 		}
 	}
-	pipelineUpdate := &stmtOnce{db: e.db, query: `UPDATE pipeline_executions
+	pipelineUpdate := &stmtOnce{e: e, query: `UPDATE pipeline_executions
 			SET status = ?, output = COALESCE(?, output), error = ?, started_at = COALESCE(started_at, ?),
 				completed_at = COALESCE(?, completed_at), updated_at = ?
 			WHERE id = ? AND status = ?`}
@@ -609,11 +608,9 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 
 func (e *executor) eventInsertMany(ctx context.Context, events []driver.EventInsert) error {
 	const cols = 7
-	const chunk = 1000
-	for start := 0; start < len(events); start += chunk {
-		part := events[start:min(start+chunk, len(events))]
-		var sb strings.Builder
-		sb.WriteString(`INSERT INTO execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at) VALUES `)
+	for start := 0; start < len(events); {
+		part := events[start : start+insertChunk(len(events)-start)]
+		start += len(part)
 		args := make([]any, 0, len(part)*cols)
 		// The events' data share one string; the values that repeat from
 		// event to event (the run, the task, the type, the runner, the
@@ -632,10 +629,6 @@ func (e *executor) eventInsertMany(ctx context.Context, events []driver.EventIns
 		types := map[driver.EventType]any{}
 		for i := range part {
 			ev := &part[i]
-			if i > 0 {
-				sb.WriteByte(',')
-			}
-			sb.WriteString("(?,?,?,?,?,?,?)")
 			var taskArg any
 			if ev.TaskID != nil {
 				taskArg = task.get(*ev.TaskID, uuidArg)
@@ -653,7 +646,8 @@ func (e *executor) eventInsertMany(ctx context.Context, events []driver.EventIns
 				worker.get(ev.WorkerID, stringArg), created.get(ev.CreatedAt, timeArg))
 			data = data[n:]
 		}
-		if _, err := e.db.ExecContext(ctx, sb.String(), args...); err != nil {
+		q := valuesRows(`INSERT INTO execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at) VALUES `, cols, len(part))
+		if _, err := e.hotExec(ctx, q, args...); err != nil {
 			return fmt.Errorf("sqlite: insert events: %w", mapError(err))
 		}
 	}

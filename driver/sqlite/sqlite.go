@@ -56,6 +56,7 @@ func DSN(path string) string {
 type Driver struct {
 	writer *sql.DB     // nil when read-only
 	reader *sql.DB     // nil when read-only
+	stmts  *stmtCache  // the writer's hot statements; nil when read-only
 	ro     *readRouter // set by OpenReadOnly
 	owned  bool        // Close closes the pools
 	file   *file       // shared by every Driver of this process on the same file
@@ -100,7 +101,7 @@ func Open(path string) (*Driver, error) {
 		reader.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
 	}
-	return &Driver{writer: writer, reader: reader, owned: true, file: fileFor(abs), path: abs}, nil
+	return &Driver{writer: writer, reader: reader, stmts: newStmtCache(writer), owned: true, file: fileFor(abs), path: abs}, nil
 }
 
 // pingRetrying opens the first connection, retrying busy errors with
@@ -159,7 +160,7 @@ func New(db *sql.DB) (*Driver, error) {
 	if file != "" {
 		f = fileFor(file)
 	}
-	return &Driver{writer: db, reader: db, file: f, path: file}, nil
+	return &Driver{writer: db, reader: db, stmts: newStmtCache(db), file: f, path: file}, nil
 }
 
 // Name returns "sqlite".
@@ -190,14 +191,19 @@ func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: begin: %w", err)
 	}
-	return &sqliteTx{executor: executor{db: tx}, tx: tx, file: d.file}, nil
+	return &sqliteTx{executor: executor{db: tx, cache: d.stmts, tx: tx}, tx: tx, file: d.file}, nil
 }
 
 // beginWrite takes the process's write turn on the file, then the
 // database write lock. The caller releases the turn with d.file.unlock
-// once the transaction ends.
+// once the transaction ends. In between, while the writer connection is
+// idle, it prepares the statements earlier transactions ran unprepared.
 func (d *Driver) beginWrite(ctx context.Context) (*sql.Tx, error) {
 	if err := d.file.lock(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.stmts.prepareWanted(ctx); err != nil {
+		d.file.unlock()
 		return nil, err
 	}
 	tx, err := d.writer.BeginTx(ctx, nil)
@@ -234,15 +240,20 @@ func (d *Driver) Listen(ctx context.Context) (driver.Subscription, error) {
 	return d.file.hub.subscribe(), nil
 }
 
-// Close closes the connections Open made; a database handed to New is left open.
+// Close closes the statements the Driver prepared and the connections
+// Open made; a database handed to New is left open.
 func (d *Driver) Close() error {
+	var err error
+	if d.stmts != nil {
+		err = d.stmts.close()
+	}
 	switch {
 	case !d.owned:
-		return nil
+		return err
 	case d.ro != nil:
 		return d.ro.close()
 	}
-	return errors.Join(d.reader.Close(), d.writer.Close())
+	return errors.Join(err, d.reader.Close(), d.writer.Close())
 }
 
 type sqliteTx struct {

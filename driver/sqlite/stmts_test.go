@@ -1,0 +1,164 @@
+package sqlite_test
+
+import (
+	"context"
+	"database/sql"
+	sqldriver "database/sql/driver"
+	"encoding/json"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+
+	msqlite "modernc.org/sqlite"
+)
+
+// parseCounter counts the statements SQLite parses on the connections of
+// the "sqlite-counting" driver: each Prepare, and each Exec or Query run
+// as text (modernc prepares, runs and finalizes those every time).
+var parseCounter struct {
+	prepares, unprepared atomic.Int64
+}
+
+func init() { sql.Register("sqlite-counting", countingDriver{}) }
+
+// countingDriver is modernc's driver with its connections' statement
+// entry points counted; everything else is modernc's.
+type countingDriver struct{}
+
+func (countingDriver) Open(dsn string) (sqldriver.Conn, error) {
+	c, err := (&msqlite.Driver{}).Open(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{c.(conn)}, nil
+}
+
+// conn is what database/sql uses of a modernc connection.
+type conn interface {
+	sqldriver.Conn
+	sqldriver.ConnBeginTx
+	sqldriver.ConnPrepareContext
+	sqldriver.ExecerContext
+	sqldriver.QueryerContext
+	sqldriver.Pinger
+	sqldriver.SessionResetter
+	sqldriver.Validator
+}
+
+type countingConn struct{ conn }
+
+func (c *countingConn) Prepare(query string) (sqldriver.Stmt, error) {
+	return c.PrepareContext(context.Background(), query)
+}
+
+func (c *countingConn) PrepareContext(ctx context.Context, query string) (sqldriver.Stmt, error) {
+	parseCounter.prepares.Add(1)
+	return c.conn.PrepareContext(ctx, query)
+}
+
+func (c *countingConn) ExecContext(ctx context.Context, query string, args []sqldriver.NamedValue) (sqldriver.Result, error) {
+	parseCounter.unprepared.Add(1)
+	return c.conn.ExecContext(ctx, query, args)
+}
+
+func (c *countingConn) QueryContext(ctx context.Context, query string, args []sqldriver.NamedValue) (sqldriver.Rows, error) {
+	parseCounter.unprepared.Add(1)
+	return c.conn.QueryContext(ctx, query, args)
+}
+
+// TestHotStatementsParsedOnce runs the engine's cycle (create runs, claim
+// their tasks, finish them, end the runs) again and again on a single
+// writer connection, as Open sets it up, and checks that once each batch
+// size has been seen twice no statement is parsed any more: the hot
+// statements stay prepared on the connection from one transaction to the
+// next, and batch sizes map onto the same few statement texts.
+func TestHotStatementsParsedOnce(t *testing.T) {
+	// Not parallel: the counters are global.
+	ctx := t.Context()
+	db, err := sql.Open("sqlite-counting", sqlite.DSN(testdb.SQLitePath(t)))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	drv, err := sqlite.New(db)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	require.NoError(t, drv.Migrate(ctx))
+
+	now := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	inTx := func(fn func(tx driver.Tx) error) {
+		t.Helper()
+		tx, err := drv.Begin(ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(ctx)
+		require.NoError(t, fn(tx))
+		require.NoError(t, tx.Commit(ctx))
+	}
+	// cycle creates n runs of one task, claims and finishes the tasks and
+	// ends the runs, each step in a transaction of its own.
+	cycle := func(n int) {
+		t.Helper()
+		cs := &driver.ChangeSet{}
+		for range n {
+			pid, tid := uuid.New(), uuid.New()
+			cs.NewPipelines = append(cs.NewPipelines, &driver.PipelineInsertParams{ID: pid, WorkflowName: "wf",
+				WorkflowVersion: "v1", Status: driver.PipelinePending, Input: json.RawMessage(`{}`), Now: now})
+			cs.NewTasks = append(cs.NewTasks, driver.TaskInsert{ID: tid, PipelineID: pid, WorkflowName: "wf", Name: "only",
+				Status: driver.TaskReady, Attempt: 1, MaxAttempts: 1, Now: now})
+			cs.Outbox = append(cs.Outbox, driver.OutboxInsert{TaskID: tid, Attempt: 1, WorkflowName: "wf", AvailableAt: now, Now: now})
+			cs.Events = append(cs.Events, driver.EventInsert{ID: uuid.New(), PipelineID: pid, Type: driver.EventTaskCreated, CreatedAt: now})
+		}
+		inTx(func(tx driver.Tx) error { return tx.ChangeSetApply(ctx, cs) })
+		var claimed *driver.TaskClaimResult
+		inTx(func(tx driver.Tx) (err error) {
+			claimed, err = tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 100, Now: now})
+			return err
+		})
+		require.Len(t, claimed.Tasks, n)
+		require.Len(t, claimed.Started, n)
+		finish := &driver.TaskFinishParams{LockPipelineIDs: claimed.Started, ListPipelineIDs: claimed.Started}
+		end := &driver.ChangeSet{}
+		for _, task := range claimed.Tasks {
+			finish.Finishes = append(finish.Finishes, driver.TaskFinish{
+				Fence:  driver.Fence{TaskID: task.ID, RunnerID: "r", Attempt: 1},
+				Status: driver.TaskCompleted, Attempt: 1, Output: json.RawMessage(`{}`), Now: now})
+			end.Pipelines = append(end.Pipelines, driver.PipelineUpdate{ID: task.PipelineID, FromStatus: driver.PipelineRunning,
+				Status: driver.PipelineCompleted, CompletedAt: &now, Now: now})
+			end.Events = append(end.Events, driver.EventInsert{ID: uuid.New(), PipelineID: task.PipelineID, TaskID: &task.ID,
+				Type: driver.EventTaskCompleted, CreatedAt: now})
+		}
+		inTx(func(tx driver.Tx) error {
+			res, err := tx.TaskFinishMany(ctx, finish)
+			if err != nil {
+				return err
+			}
+			if len(res.Finished) != n || len(res.Pipelines) != n || len(res.Tasks) != n {
+				return fmt.Errorf("finished %d, locked %d runs, listed %d tasks; want %d each",
+					len(res.Finished), len(res.Pipelines), len(res.Tasks), n)
+			}
+			return tx.ChangeSetApply(ctx, end)
+		})
+	}
+
+	sizes := []int{1, 3, 7, 2}
+	for range 2 {
+		for _, n := range sizes {
+			cycle(n)
+		}
+	}
+	prepares, unprepared := parseCounter.prepares.Load(), parseCounter.unprepared.Load()
+	for range 3 {
+		for _, n := range sizes {
+			cycle(n)
+		}
+	}
+	require.Equal(t, prepares, parseCounter.prepares.Load(), "statements prepared again")
+	require.Equal(t, unprepared, parseCounter.unprepared.Load(), "statements run unprepared")
+}
