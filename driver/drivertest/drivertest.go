@@ -116,6 +116,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"TaskFenceCheck", testTaskFenceCheck},
 		{"ClaimOnReady", testClaimOnReady},
 		{"ReadOnly", testReadOnly},
+		{"BatchSizes", testBatchSizes},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
