@@ -267,7 +267,7 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	out, err := collectPipelines(e.hotQuery(ctx, `SELECT `+pipelineColumns+` FROM pipeline_executions
+	out, err := collectPipelines(e.queryIn(ctx, len(ids), `SELECT `+pipelineColumns+` FROM pipeline_executions
 		WHERE id IN (`+inList(len(ids))+`) ORDER BY id`, padIn(uuidArgs(ids), len(ids))...))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: lock pipelines: %w", err)
@@ -348,7 +348,7 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	}
 	q := `SELECT ` + taskSelect(p.WithContexts) + ` FROM task_executions WHERE ` + strings.Join(where, " AND ") +
 		` ORDER BY pipeline_execution_id, position`
-	out, err := collectTasks(e.hotQuery(ctx, q, args...))
+	out, err := collectTasks(e.queryIn(ctx, max(len(p.PipelineIDs), len(p.IDs)), q, args...))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list tasks: %w", err)
 	}
@@ -363,7 +363,7 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	now := formatTime(p.Now)
 	args := padIn(append([]any{now}, stringArgs(p.Workflows)...), len(p.Workflows))
 	args = append(args, p.Limit)
-	rows, err := e.hotQuery(ctx, `DELETE FROM task_outbox WHERE id IN (
+	rows, err := e.queryIn(ctx, len(p.Workflows), `DELETE FROM task_outbox WHERE id IN (
 			SELECT id FROM task_outbox WHERE available_at <= ? AND workflow_name IN (`+inList(len(p.Workflows))+`)
 			ORDER BY available_at, id LIMIT ?)
 		RETURNING task_execution_id, attempt`, args...)
@@ -390,7 +390,7 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 		return res, nil
 	}
 	args = padIn(append([]any{p.RunnerID, now, now}, ids...), len(ids))
-	tasks, err := collectTasks(e.hotQuery(ctx, `UPDATE task_executions
+	tasks, err := collectTasks(e.queryIn(ctx, len(ids), `UPDATE task_executions
 		SET status = 'running', runner_id = ?, started_at = ?, updated_at = ?
 		WHERE id IN (`+inList(len(ids))+`) AND status = 'ready'
 		RETURNING `+taskSelect(true), args...))
@@ -411,7 +411,7 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	res.Tasks = tasks
 	// The write transaction holds the database lock: no run can be locked
 	// by anyone else, so every Pending run of these tasks starts.
-	rows, err = e.hotQuery(ctx, `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
+	rows, err = e.queryIn(ctx, len(pids), `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
 		WHERE id IN (`+inList(len(pids))+`) AND status = 'pending' RETURNING id`, padIn(append([]any{now, now}, pids...), len(pids))...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: start pipelines: %w", mapError(err))

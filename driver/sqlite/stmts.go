@@ -136,6 +136,15 @@ func (e *executor) hotQuery(ctx context.Context, query string, args ...any) (*sq
 	return e.db.QueryContext(ctx, query, args...)
 }
 
+// queryIn is hotQuery for a statement with IN lists of up to n values:
+// one written at its own size, past maxInList, is not worth keeping.
+func (e *executor) queryIn(ctx context.Context, n int, query string, args ...any) (*sql.Rows, error) {
+	if n > maxInList {
+		return e.db.QueryContext(ctx, query, args...)
+	}
+	return e.hotQuery(ctx, query, args...)
+}
+
 // Fixed sizes. An IN list of n values is written with inSize(n)
 // placeholders, the values followed by NULLs: NULL is in no list, so the
 // padding changes neither the rows a statement matches nor the rows it

@@ -81,7 +81,7 @@ func (c *countingConn) QueryContext(ctx context.Context, query string, args []sq
 // statements stay prepared on the connection from one transaction to the
 // next, and batch sizes map onto the same few statement texts.
 func TestHotStatementsParsedOnce(t *testing.T) {
-	// Not parallel: the counters are global.
+	t.Parallel() // only this test opens sqlite-counting connections
 	ctx := t.Context()
 	db, err := sql.Open("sqlite-counting", sqlite.DSN(testdb.SQLitePath(t)))
 	require.NoError(t, err)
@@ -92,19 +92,39 @@ func TestHotStatementsParsedOnce(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, drv.Close()) })
 	require.NoError(t, drv.Migrate(ctx))
 
+	cycle := cycler(t, drv)
+	sizes := []int{1, 3, 7, 2}
+	for range 2 {
+		for _, n := range sizes {
+			cycle(n)
+		}
+	}
+	prepares, unprepared := parseCounter.prepares.Load(), parseCounter.unprepared.Load()
+	for range 3 {
+		for _, n := range sizes {
+			cycle(n)
+		}
+	}
+	require.Equal(t, prepares, parseCounter.prepares.Load(), "statements prepared again")
+	require.Equal(t, unprepared, parseCounter.unprepared.Load(), "statements run unprepared")
+}
+
+// cycler returns a function that creates n runs of one task, claims and
+// finishes the tasks and ends the runs, each step in a transaction of its
+// own, the way the engine does.
+func cycler(tb testing.TB, drv *sqlite.Driver) func(n int) {
+	ctx := tb.Context()
 	now := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 	inTx := func(fn func(tx driver.Tx) error) {
-		t.Helper()
+		tb.Helper()
 		tx, err := drv.Begin(ctx)
-		require.NoError(t, err)
+		require.NoError(tb, err)
 		defer tx.Rollback(ctx)
-		require.NoError(t, fn(tx))
-		require.NoError(t, tx.Commit(ctx))
+		require.NoError(tb, fn(tx))
+		require.NoError(tb, tx.Commit(ctx))
 	}
-	// cycle creates n runs of one task, claims and finishes the tasks and
-	// ends the runs, each step in a transaction of its own.
-	cycle := func(n int) {
-		t.Helper()
+	return func(n int) {
+		tb.Helper()
 		cs := &driver.ChangeSet{}
 		for range n {
 			pid, tid := uuid.New(), uuid.New()
@@ -121,8 +141,8 @@ func TestHotStatementsParsedOnce(t *testing.T) {
 			claimed, err = tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 100, Now: now})
 			return err
 		})
-		require.Len(t, claimed.Tasks, n)
-		require.Len(t, claimed.Started, n)
+		require.Len(tb, claimed.Tasks, n)
+		require.Len(tb, claimed.Started, n)
 		finish := &driver.TaskFinishParams{LockPipelineIDs: claimed.Started, ListPipelineIDs: claimed.Started}
 		end := &driver.ChangeSet{}
 		for _, task := range claimed.Tasks {
@@ -146,19 +166,27 @@ func TestHotStatementsParsedOnce(t *testing.T) {
 			return tx.ChangeSetApply(ctx, end)
 		})
 	}
+}
 
-	sizes := []int{1, 3, 7, 2}
-	for range 2 {
-		for _, n := range sizes {
+// BenchmarkHotPath runs the engine's cycle at fixed batch sizes and
+// reports the process's CPU time per run of one task, which other load on
+// the machine disturbs far less than the wall time.
+func BenchmarkHotPath(b *testing.B) {
+	for _, n := range []int{1, 3, 16} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			drv, err := sqlite.Open(testdb.SQLitePath(b))
+			require.NoError(b, err)
+			defer drv.Close()
+			require.NoError(b, drv.Migrate(b.Context()))
+			cycle := cycler(b, drv)
 			cycle(n)
-		}
-	}
-	prepares, unprepared := parseCounter.prepares.Load(), parseCounter.unprepared.Load()
-	for range 3 {
-		for _, n := range sizes {
 			cycle(n)
-		}
+			b.ResetTimer()
+			cpu := processCPU()
+			for range b.N {
+				cycle(n)
+			}
+			b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(b.N*n), "cpu-µs/task")
+		})
 	}
-	require.Equal(t, prepares, parseCounter.prepares.Load(), "statements prepared again")
-	require.Equal(t, unprepared, parseCounter.unprepared.Load(), "statements run unprepared")
 }
