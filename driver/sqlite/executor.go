@@ -410,9 +410,12 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	}
 	res.Tasks = tasks
 	// The write transaction holds the database lock: no run can be locked
-	// by anyone else, so every Pending run of these tasks starts.
+	// by anyone else, so every Pending run of these tasks starts. The
+	// unary + keeps SQLite from walking every Pending run through the
+	// status index, which it guesses is cheaper than two or more lookups
+	// by id.
 	rows, err = e.queryIn(ctx, len(pids), `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
-		WHERE id IN (`+inList(len(pids))+`) AND status = 'pending' RETURNING id`, padIn(append([]any{now, now}, pids...), len(pids))...)
+		WHERE id IN (`+inList(len(pids))+`) AND +status = 'pending' RETURNING id`, padIn(append([]any{now, now}, pids...), len(pids))...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: start pipelines: %w", mapError(err))
 	}

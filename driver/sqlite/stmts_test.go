@@ -6,6 +6,7 @@ import (
 	sqldriver "database/sql/driver"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,11 +21,49 @@ import (
 	msqlite "modernc.org/sqlite"
 )
 
-// parseCounter counts the statements SQLite parses on the connections of
-// the "sqlite-counting" driver: each Prepare, and each Exec or Query run
-// as text (modernc prepares, runs and finalizes those every time).
-var parseCounter struct {
+// parses counts the statements SQLite parses on the connections of the
+// "sqlite-counting" driver, by data source name: each Prepare, and each
+// Exec or Query run as text (modernc prepares, runs and finalizes those
+// every time).
+type parses struct {
 	prepares, unprepared atomic.Int64
+	mu                   sync.Mutex
+	texts                map[string]bool // every statement text parsed
+}
+
+var (
+	parsesMu sync.Mutex
+	parsesOf = map[string]*parses{}
+)
+
+// parsesFor returns the counts of the connections opened with dsn.
+func parsesFor(dsn string) *parses {
+	parsesMu.Lock()
+	defer parsesMu.Unlock()
+	p, ok := parsesOf[dsn]
+	if !ok {
+		p = &parses{texts: map[string]bool{}}
+		parsesOf[dsn] = p
+	}
+	return p
+}
+
+func (p *parses) count(n *atomic.Int64, query string) {
+	n.Add(1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.texts[query] = true
+}
+
+// seen returns every statement text parsed so far.
+func (p *parses) seen() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for q := range p.texts {
+		out = append(out, q)
+	}
+	return out
 }
 
 func init() { sql.Register("sqlite-counting", countingDriver{}) }
@@ -38,7 +77,7 @@ func (countingDriver) Open(dsn string) (sqldriver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countingConn{c.(conn)}, nil
+	return &countingConn{c.(conn), parsesFor(dsn)}, nil
 }
 
 // conn is what database/sql uses of a modernc connection.
@@ -53,25 +92,45 @@ type conn interface {
 	sqldriver.Validator
 }
 
-type countingConn struct{ conn }
+type countingConn struct {
+	conn
+	parses *parses
+}
 
 func (c *countingConn) Prepare(query string) (sqldriver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }
 
 func (c *countingConn) PrepareContext(ctx context.Context, query string) (sqldriver.Stmt, error) {
-	parseCounter.prepares.Add(1)
+	c.parses.count(&c.parses.prepares, query)
 	return c.conn.PrepareContext(ctx, query)
 }
 
 func (c *countingConn) ExecContext(ctx context.Context, query string, args []sqldriver.NamedValue) (sqldriver.Result, error) {
-	parseCounter.unprepared.Add(1)
+	c.parses.count(&c.parses.unprepared, query)
 	return c.conn.ExecContext(ctx, query, args)
 }
 
 func (c *countingConn) QueryContext(ctx context.Context, query string, args []sqldriver.NamedValue) (sqldriver.Rows, error) {
-	parseCounter.unprepared.Add(1)
+	c.parses.count(&c.parses.unprepared, query)
 	return c.conn.QueryContext(ctx, query, args)
+}
+
+// openCounting opens a Driver on a new database file through the
+// counting driver, with one connection as Open's writer has, and returns
+// the counts of its connections.
+func openCounting(t *testing.T) (*sqlite.Driver, *sql.DB, *parses) {
+	t.Helper()
+	dsn := sqlite.DSN(testdb.SQLitePath(t))
+	db, err := sql.Open("sqlite-counting", dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	drv, err := sqlite.New(db)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	require.NoError(t, drv.Migrate(t.Context()))
+	return drv, db, parsesFor(dsn)
 }
 
 // TestHotStatementsParsedOnce runs the engine's cycle (create runs, claim
@@ -81,17 +140,8 @@ func (c *countingConn) QueryContext(ctx context.Context, query string, args []sq
 // statements stay prepared on the connection from one transaction to the
 // next, and batch sizes map onto the same few statement texts.
 func TestHotStatementsParsedOnce(t *testing.T) {
-	t.Parallel() // only this test opens sqlite-counting connections
-	ctx := t.Context()
-	db, err := sql.Open("sqlite-counting", sqlite.DSN(testdb.SQLitePath(t)))
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	db.SetMaxOpenConns(1)
-	drv, err := sqlite.New(db)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, drv.Close()) })
-	require.NoError(t, drv.Migrate(ctx))
-
+	t.Parallel()
+	drv, _, parses := openCounting(t)
 	cycle := cycler(t, drv)
 	sizes := []int{1, 3, 7, 2}
 	for range 2 {
@@ -99,14 +149,14 @@ func TestHotStatementsParsedOnce(t *testing.T) {
 			cycle(n)
 		}
 	}
-	prepares, unprepared := parseCounter.prepares.Load(), parseCounter.unprepared.Load()
+	prepares, unprepared := parses.prepares.Load(), parses.unprepared.Load()
 	for range 3 {
 		for _, n := range sizes {
 			cycle(n)
 		}
 	}
-	require.Equal(t, prepares, parseCounter.prepares.Load(), "statements prepared again")
-	require.Equal(t, unprepared, parseCounter.unprepared.Load(), "statements run unprepared")
+	require.Equal(t, prepares, parses.prepares.Load(), "statements prepared again")
+	require.Equal(t, unprepared, parses.unprepared.Load(), "statements run unprepared")
 }
 
 // cycler returns a function that creates n runs of one task, claims and
