@@ -7,6 +7,8 @@
 // IMMEDIATE, which takes the database write lock up front: transactions of
 // one process queue on that connection, and those of other processes wait
 // on the busy timeout instead of failing halfway. Reads use a separate pool.
+// The writer keeps the statements of the engine's hot path prepared from
+// one transaction to the next (see stmts.go).
 //
 // Every Driver of one process on the same file (Open it twice, or Open and
 // New) shares one in-process write queue and one wake-up hub. Writers of
