@@ -83,6 +83,10 @@ func TestCompletionRetriedPastStatementTimeouts(t *testing.T) {
 	schema := testdb.NewSchema(t)
 	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
 	require.NoError(t, err)
+	// Migrate first, without the timeout: DDL on a loaded server can take
+	// longer than the 200 ms that completions are given below.
+	_, err = Migrate(testContext(t), u.String(), "")
+	require.NoError(t, err)
 	q := u.Query()
 	q.Set("statement_timeout", "200")
 	u.RawQuery = q.Encode()
