@@ -24,8 +24,9 @@ func (r *Runner) register(ctx context.Context) error {
 	r.mu.Unlock()
 	host, _ := os.Hostname()
 	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		return tx.RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
+		_, err := tx.RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
 			Workflows: workflows})
+		return err
 	})
 	if err != nil {
 		return err
@@ -155,10 +156,11 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 	var alive, vacant bool
 	var renewing time.Time
 	_, err = r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		var err error
-		if alive, err = tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id}); err != nil {
+		beat, err := tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id})
+		if err != nil {
 			return err
 		}
+		alive = beat.Alive
 		renewing = time.Now()
 		lease, err := tx.LeaseRenew(ctx, &driver.LeaseRenewParams{Name: leaderLease, Holder: r.id, TTL: r.cfg.RunnerTimeout})
 		if err != nil {

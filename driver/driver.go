@@ -12,6 +12,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -159,12 +160,13 @@ type Executor interface {
 	EventDelete(ctx context.Context, params *EventDeleteParams) (int64, error)
 
 	// RunnerUpsert registers a runner or refreshes its row, heartbeating
-	// it by the database's clock (see RunnerRow).
-	RunnerUpsert(ctx context.Context, params *RunnerUpsertParams) error
-	// RunnerHeartbeat records a heartbeat at the database's clock; false
-	// means the row is gone (the runner was declared dead) and must be
-	// registered again.
-	RunnerHeartbeat(ctx context.Context, params *RunnerHeartbeatParams) (bool, error)
+	// it by the database's clock (see RunnerRow), and returns the
+	// heartbeat it wrote.
+	RunnerUpsert(ctx context.Context, params *RunnerUpsertParams) (*RunnerUpsertResult, error)
+	// RunnerHeartbeat records a heartbeat at the database's clock and
+	// returns that clock's reading; Alive false means the row is gone (the
+	// runner was declared dead) and must be registered again.
+	RunnerHeartbeat(ctx context.Context, params *RunnerHeartbeatParams) (*RunnerHeartbeatResult, error)
 	// RunnerDelete removes a runner's row.
 	RunnerDelete(ctx context.Context, params *RunnerDeleteParams) error
 	// RunnerDeleteExpired removes the rows of runners whose heartbeat
@@ -172,6 +174,14 @@ type Executor interface {
 	RunnerDeleteExpired(ctx context.Context, params *RunnerDeleteExpiredParams) ([]string, error)
 	// RunnerList returns the registered runners, oldest first.
 	RunnerList(ctx context.Context) ([]*RunnerRow, error)
+	// ClockRead returns the database's clock now: PostgreSQL's
+	// clock_timestamp(), or on SQLite the host's clock, which every
+	// process sharing the file reads, with no statement at all. It is the
+	// clock RunnerUpsert and RunnerHeartbeat stamp heartbeats with, at the
+	// precision the backend stores times. The engine reads it to
+	// estimate its offset from the database's clock when no heartbeat has
+	// told it yet (a runner that writes without being started).
+	ClockRead(ctx context.Context) (time.Time, error)
 	// LeaseRenew extends the newest term of a lease if Holder holds it and
 	// it has not expired, and reports whether the lease is vacant (see
 	// LeaseRenewParams). It never waits on a lease row another

@@ -38,10 +38,30 @@ type RunnerUpsertParams struct {
 	Workflows []string
 }
 
+// RunnerUpsertResult is what a registration wrote.
+type RunnerUpsertResult struct {
+	// HeartbeatAt is the row's new heartbeat: the database's clock when
+	// the statement ran. The engine compares it with its own clock to
+	// estimate their offset (see ClockRead).
+	HeartbeatAt time.Time
+}
+
 // RunnerHeartbeatParams records that a runner is alive: its heartbeat
 // becomes the database's clock now.
 type RunnerHeartbeatParams struct {
 	ID string
+}
+
+// RunnerHeartbeatResult is what a heartbeat found.
+type RunnerHeartbeatResult struct {
+	// Alive reports that the runner's row exists and was heartbeated;
+	// false means the row is gone (the runner was declared dead) and must
+	// be registered again.
+	Alive bool
+	// Now is the database's clock when the statement ran, the row's new
+	// heartbeat when Alive, and set either way. The engine compares it
+	// with its own clock to estimate their offset (see ClockRead).
+	Now time.Time
 }
 
 // RunnerDeleteParams removes one runner's row.

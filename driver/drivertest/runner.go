@@ -17,8 +17,44 @@ import (
 func (b *bundle) upsertRunner(t *testing.T, id string) *driver.RunnerRow {
 	t.Helper()
 	p := &driver.RunnerUpsertParams{ID: id, Name: "name-" + id, Host: "host-1", PID: 4242, Workflows: []string{"wf"}}
-	b.inTx(t, func(tx driver.Tx) { require.NoError(t, tx.RunnerUpsert(b.ctx, p)) })
-	return b.runner(t, id)
+	var res *driver.RunnerUpsertResult
+	b.inTx(t, func(tx driver.Tx) {
+		var err error
+		res, err = tx.RunnerUpsert(b.ctx, p)
+		require.NoError(t, err)
+	})
+	row := b.runner(t, id)
+	requireTime(t, row.HeartbeatAt, res.HeartbeatAt, "an upsert returns the heartbeat it wrote")
+	return row
+}
+
+// heartbeat heartbeats runner id in its own transaction.
+func (b *bundle) heartbeat(t *testing.T, id string) *driver.RunnerHeartbeatResult {
+	t.Helper()
+	var res *driver.RunnerHeartbeatResult
+	b.inTx(t, func(tx driver.Tx) {
+		var err error
+		res, err = tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: id})
+		require.NoError(t, err)
+	})
+	return res
+}
+
+// clock reads the database's clock.
+func (b *bundle) clock(t *testing.T) time.Time {
+	t.Helper()
+	now, err := b.drv.Reader().ClockRead(b.ctx)
+	require.NoError(t, err)
+	require.Equal(t, time.UTC, now.Location(), "times are returned in UTC")
+	return now
+}
+
+// requireBetween checks that at is within [from, to]: a reading of the
+// database's clock taken between two others.
+func requireBetween(t *testing.T, from, at, to time.Time, msg string) {
+	t.Helper()
+	require.Falsef(t, at.Before(from) || at.After(to), "%s: %s is not within [%s, %s]", msg,
+		at.Format(time.RFC3339Nano), from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano))
 }
 
 func (b *bundle) runners(t *testing.T) []*driver.RunnerRow {
@@ -61,14 +97,10 @@ func runnerIDs(rows []*driver.RunnerRow) []string {
 // older than this by the database's clock has expired.
 const heartbeatTimeout = time.Second
 
-// dbNow reads the database's clock: the heartbeat of a probe runner,
-// whose row is removed again.
+// dbNow reads the database's clock, the one heartbeats are stamped with.
 func (b *bundle) dbNow(t *testing.T) time.Time {
 	t.Helper()
-	const probe = "clock-probe"
-	now := b.upsertRunner(t, probe).HeartbeatAt
-	b.deleteRunners(t, probe)
-	return now
+	return b.clock(t)
 }
 
 // awaitAge polls until the database's clock is more than age past at.
@@ -124,7 +156,10 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 		require.Empty(t, b.runners(t))
 		first := &driver.RunnerUpsertParams{ID: "r-1", Name: "billing ✓", Host: "host-a", PID: 17,
 			Workflows: []string{"etl", "report"}}
-		b.inTx(t, func(tx driver.Tx) { require.NoError(t, tx.RunnerUpsert(b.ctx, first)) })
+		b.inTx(t, func(tx driver.Tx) {
+			_, err := tx.RunnerUpsert(b.ctx, first)
+			require.NoError(t, err)
+		})
 		rows := b.runners(t)
 		require.Len(t, rows, 1)
 		got := rows[0]
@@ -142,8 +177,9 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 
 		b.awaitAge(t, started, 0)
 		b.inTx(t, func(tx driver.Tx) {
-			require.NoError(t, tx.RunnerUpsert(b.ctx, &driver.RunnerUpsertParams{ID: "r-1", Name: "renamed", Host: "host-b",
-				PID: 18, Workflows: []string{"other"}}))
+			_, err := tx.RunnerUpsert(b.ctx, &driver.RunnerUpsertParams{ID: "r-1", Name: "renamed", Host: "host-b",
+				PID: 18, Workflows: []string{"other"}})
+			require.NoError(t, err)
 		})
 		rows = b.runners(t)
 		require.Len(t, rows, 1, "an upsert of a known id adds no row")
@@ -156,8 +192,9 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 		require.True(t, got.HeartbeatAt.After(started), "an upsert is a heartbeat")
 
 		b.inTx(t, func(tx driver.Tx) {
-			require.NoError(t, tx.RunnerUpsert(b.ctx, &driver.RunnerUpsertParams{ID: "r-1", Name: "renamed", Host: "host-b",
-				Workflows: []string{}}))
+			_, err := tx.RunnerUpsert(b.ctx, &driver.RunnerUpsertParams{ID: "r-1", Name: "renamed", Host: "host-b",
+				Workflows: []string{}})
+			require.NoError(t, err)
 		})
 		require.Empty(t, b.runners(t)[0].Workflows, "no workflows round-trips as none")
 	})
@@ -169,13 +206,11 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 		b := s.setup(t)
 		beat := func(id string) bool {
 			t.Helper()
-			var ok bool
-			b.inTx(t, func(tx driver.Tx) {
-				var err error
-				ok, err = tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: id})
-				require.NoError(t, err)
-			})
-			return ok
+			res := b.heartbeat(t, id)
+			if res.Alive {
+				requireTime(t, b.runner(t, id).HeartbeatAt, res.Now, "a heartbeat returns the heartbeat it wrote")
+			}
+			return res.Alive
 		}
 		inTime(t, func(attempt int) bool {
 			beating, silent := fmt.Sprintf("beating-%d", attempt), fmt.Sprintf("silent-%d", attempt)
@@ -201,6 +236,47 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 		require.Empty(t, b.runners(t), "a heartbeat never creates a row")
 	})
 
+	// The times RunnerUpsert and RunnerHeartbeat return, and ClockRead,
+	// are readings of one clock, the database's, taken when the statement
+	// ran: the engine estimates its offset from that clock with them
+	// (the midpoint of the round trip against the reading), so a reading
+	// taken before the statement started or after it returned would skew
+	// every time the engine records. A heartbeat of a missing row reads
+	// the clock all the same.
+	t.Run("ClockReadings", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		first := b.clock(t)
+		// The test's clock and the database's agree within an hour on any
+		// machine that runs the suite: a zero time, or local time read as
+		// UTC, is further off.
+		require.WithinDuration(t, time.Now(), first, time.Hour, "the database's clock")
+		registered := b.upsertRunner(t, "r-1").HeartbeatAt
+		second := b.clock(t)
+		requireBetween(t, first, registered, second, "an upsert's heartbeat")
+		beaten := b.heartbeat(t, "r-1")
+		third := b.clock(t)
+		require.True(t, beaten.Alive)
+		requireBetween(t, second, beaten.Now, third, "a heartbeat's reading")
+		gone := b.heartbeat(t, "r-gone")
+		fourth := b.clock(t)
+		require.False(t, gone.Alive)
+		require.Equal(t, time.UTC, gone.Now.Location(), "times are returned in UTC")
+		requireBetween(t, third, gone.Now, fourth, "a heartbeat of a missing row still reads the clock")
+
+		// Inside a transaction too (the engine reads the clock in the
+		// application's transaction on ExecuteTx): the clock, not the
+		// transaction's start time.
+		b.inTx(t, func(tx driver.Tx) {
+			in1, err := tx.ClockRead(b.ctx)
+			require.NoError(t, err)
+			b.awaitAge(t, in1, time.Millisecond)
+			in2, err := tx.ClockRead(b.ctx)
+			require.NoError(t, err)
+			require.True(t, in2.After(in1), "a transaction reads the clock as it runs, not as the transaction began")
+		})
+	})
+
 	t.Run("Delete", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
@@ -212,9 +288,9 @@ func testRunnerRegistry(t *testing.T, s *suite) {
 		})
 		require.Equal(t, []string{"r-2"}, runnerIDs(b.runners(t)))
 		b.inTx(t, func(tx driver.Tx) {
-			ok, err := tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: "r-1"})
+			res, err := tx.RunnerHeartbeat(b.ctx, &driver.RunnerHeartbeatParams{ID: "r-1"})
 			require.NoError(t, err)
-			require.False(t, ok)
+			require.False(t, res.Alive)
 		})
 	})
 

@@ -16,28 +16,46 @@ import (
 // runs, and expiry is measured back from the moment the sweep runs, so
 // that no runner's clock takes part in deciding who is alive.
 
-func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) error {
+func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) (*driver.RunnerUpsertResult, error) {
 	workflows, err := json.Marshal(p.Workflows)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = e.db.Exec(ctx, `INSERT INTO `+e.q.schema+`.cloacina_runners (id, name, host, pid, workflows, started_at, heartbeat_at)
+	var res driver.RunnerUpsertResult
+	err = e.db.QueryRow(ctx, `INSERT INTO `+e.q.schema+`.cloacina_runners (id, name, host, pid, workflows, started_at, heartbeat_at)
 		SELECT $1, $2, $3, $4, $5, clock.now, clock.now FROM (SELECT clock_timestamp() AS now) clock
 		ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, pid = excluded.pid,
-			workflows = excluded.workflows, heartbeat_at = excluded.heartbeat_at`,
-		p.ID, p.Name, p.Host, p.PID, string(workflows))
+			workflows = excluded.workflows, heartbeat_at = excluded.heartbeat_at
+		RETURNING heartbeat_at`,
+		p.ID, p.Name, p.Host, p.PID, string(workflows)).Scan(&res.HeartbeatAt)
 	if err != nil {
-		return fmt.Errorf("postgres: register runner %s: %w", p.ID, mapError(err))
+		return nil, fmt.Errorf("postgres: register runner %s: %w", p.ID, mapError(err))
 	}
-	return nil
+	res.HeartbeatAt = res.HeartbeatAt.UTC()
+	return &res, nil
 }
 
-func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (bool, error) {
-	tag, err := e.db.Exec(ctx, `UPDATE `+e.q.schema+`.cloacina_runners SET heartbeat_at = clock_timestamp() WHERE id = $1`, p.ID)
+// RunnerHeartbeat reads the clock once, in a CTE (materialised, as it is
+// referenced twice), so that the time it returns is the heartbeat it
+// wrote, and is returned even when the row is gone.
+func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (*driver.RunnerHeartbeatResult, error) {
+	var res driver.RunnerHeartbeatResult
+	err := e.db.QueryRow(ctx, `WITH clock AS (SELECT clock_timestamp() AS now),
+		beat AS (UPDATE `+e.q.schema+`.cloacina_runners r SET heartbeat_at = clock.now FROM clock WHERE r.id = $1 RETURNING r.id)
+		SELECT clock.now, EXISTS (SELECT FROM beat) FROM clock`, p.ID).Scan(&res.Now, &res.Alive)
 	if err != nil {
-		return false, fmt.Errorf("postgres: heartbeat runner %s: %w", p.ID, mapError(err))
+		return nil, fmt.Errorf("postgres: heartbeat runner %s: %w", p.ID, mapError(err))
 	}
-	return tag.RowsAffected() == 1, nil
+	res.Now = res.Now.UTC()
+	return &res, nil
+}
+
+func (e *executor) ClockRead(ctx context.Context) (time.Time, error) {
+	var now time.Time
+	if err := e.db.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now); err != nil {
+		return time.Time{}, fmt.Errorf("postgres: read the database's clock: %w", mapError(err))
+	}
+	return now.UTC(), nil
 }
 
 func (e *executor) RunnerDelete(ctx context.Context, p *driver.RunnerDeleteParams) error {

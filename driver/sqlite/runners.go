@@ -16,30 +16,46 @@ import (
 // (see lease.go): every process sharing the file runs on the machine that
 // holds it, and no engine clock takes part in deciding who is alive.
 
-func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) error {
+func (e *executor) RunnerUpsert(ctx context.Context, p *driver.RunnerUpsertParams) (*driver.RunnerUpsertResult, error) {
 	workflows, err := json.Marshal(p.Workflows)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	now := formatTime(time.Now())
+	now := clockNow()
 	_, err = e.db.ExecContext(ctx, `INSERT INTO cloacina_runners (id, name, host, pid, workflows, started_at, heartbeat_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET name = excluded.name, host = excluded.host, pid = excluded.pid,
 			workflows = excluded.workflows, heartbeat_at = excluded.heartbeat_at`,
-		p.ID, p.Name, p.Host, p.PID, string(workflows), now, now)
+		p.ID, p.Name, p.Host, p.PID, string(workflows), formatTime(now), formatTime(now))
 	if err != nil {
-		return fmt.Errorf("sqlite: register runner %s: %w", p.ID, mapError(err))
+		return nil, fmt.Errorf("sqlite: register runner %s: %w", p.ID, mapError(err))
 	}
-	return nil
+	return &driver.RunnerUpsertResult{HeartbeatAt: now}, nil
 }
 
-func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (bool, error) {
-	res, err := e.db.ExecContext(ctx, `UPDATE cloacina_runners SET heartbeat_at = ? WHERE id = ?`, formatTime(time.Now()), p.ID)
+func (e *executor) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (*driver.RunnerHeartbeatResult, error) {
+	now := clockNow()
+	res, err := e.db.ExecContext(ctx, `UPDATE cloacina_runners SET heartbeat_at = ? WHERE id = ?`, formatTime(now), p.ID)
 	if err != nil {
-		return false, fmt.Errorf("sqlite: heartbeat runner %s: %w", p.ID, mapError(err))
+		return nil, fmt.Errorf("sqlite: heartbeat runner %s: %w", p.ID, mapError(err))
 	}
 	n, err := res.RowsAffected()
-	return n == 1, mapError(err)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: heartbeat runner %s: %w", p.ID, mapError(err))
+	}
+	return &driver.RunnerHeartbeatResult{Alive: n == 1, Now: now}, nil
+}
+
+// ClockRead needs no statement: SQLite has no clock of its own, and the
+// host's is the one the heartbeats are stamped with.
+func (e *executor) ClockRead(context.Context) (time.Time, error) {
+	return clockNow(), nil
+}
+
+// clockNow is the database's clock: the host's, in UTC, at the
+// microseconds the fixed-width text layout stores.
+func clockNow() time.Time {
+	return time.Now().UTC().Truncate(time.Microsecond)
 }
 
 func (e *executor) RunnerDelete(ctx context.Context, p *driver.RunnerDeleteParams) error {
