@@ -113,6 +113,7 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 	if err != nil {
 		return nil, fmt.Errorf("cloacina: ExecuteTx: %w", err)
 	}
+	r.syncClock(ctx, exec)
 	c := newChanges(r)
 	if err := r.createRuns(ctx, exec, c, []*newRun{run}, false); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)

@@ -23,10 +23,16 @@ func (r *Runner) register(ctx context.Context) error {
 	workflows, registered := r.workflowNamesLocked(), r.registered
 	r.mu.Unlock()
 	host, _ := os.Hostname()
-	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		_, err := tx.RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
-			Workflows: workflows})
-		return err
+	_, err := r.retryTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		// The registration is a sample of the database's clock.
+		return r.clock.sample(func() (time.Time, error) {
+			res, err := tx.RunnerUpsert(ctx, &driver.RunnerUpsertParams{ID: r.id, Name: r.name, Host: host, PID: os.Getpid(),
+				Workflows: workflows})
+			if err != nil {
+				return time.Time{}, err
+			}
+			return res.HeartbeatAt, nil
+		})
 	})
 	if err != nil {
 		return err
@@ -155,12 +161,20 @@ func (r *Runner) takeLease(ctx context.Context) (bool, error) {
 func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []string, err error) {
 	var alive, vacant bool
 	var renewing time.Time
-	_, err = r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		beat, err := tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id})
+	_, err = r.retryTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		// The heartbeat is a sample of the database's clock, at no extra
+		// statement.
+		err := r.clock.sample(func() (time.Time, error) {
+			beat, err := tx.RunnerHeartbeat(ctx, &driver.RunnerHeartbeatParams{ID: r.id})
+			if err != nil {
+				return time.Time{}, err
+			}
+			alive = beat.Alive
+			return beat.Now, nil
+		})
 		if err != nil {
 			return err
 		}
-		alive = beat.Alive
 		renewing = time.Now()
 		lease, err := tx.LeaseRenew(ctx, &driver.LeaseRenewParams{Name: leaderLease, Holder: r.id, TTL: r.cfg.RunnerTimeout})
 		if err != nil {

@@ -131,8 +131,12 @@ type Runner struct {
 	id     string
 	name   string
 	logger *slog.Logger
-	// now is this runner's clock, for the times it records (events, due
-	// times, durations); liveness and leadership never read it.
+	// clock is this runner's estimate of the database's clock (see
+	// dbClock); tests skew its local clock.
+	clock *dbClock
+	// now is the clock this runner records times by (events, due times,
+	// durations): clock.now. Liveness and leadership never read it. Tests
+	// replace it to record times that no sample corrects.
 	now func() time.Time
 
 	// lifecycleMu serialises Start and Stop (and Close's stop); mu is held
@@ -305,13 +309,14 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		id:            c.RunnerID,
 		name:          c.RunnerName,
 		logger:        c.Logger.With("runner_id", c.RunnerID),
-		now:           func() time.Time { return time.Now().UTC() },
+		clock:         newDBClock(),
 		workflows:     map[string]*Workflow{},
 		running:       map[uuid.UUID]*runningTask{},
 		cancelledRuns: map[uuid.UUID]time.Time{},
 		waiters:       map[uuid.UUID]map[chan struct{}]struct{}{},
 		done:          make(chan struct{}),
 	}
+	r.now = r.clock.now
 	for _, wf := range c.Workflows {
 		if err := r.Register(wf); err != nil {
 			return nil, err
@@ -531,6 +536,17 @@ type txFunc func(ctx context.Context, tx driver.Tx, c *changes) error
 // transaction on transient errors and conflicts up to attempts times (0
 // means until ctx is done). It returns the committed changes.
 func (r *Runner) withTx(ctx context.Context, attempts int, fn txFunc) (*changes, error) {
+	if err := r.checkWritable(""); err != nil {
+		return nil, err
+	}
+	r.syncClock(ctx, r.drv.Reader())
+	return r.retryTx(ctx, attempts, fn)
+}
+
+// retryTx is withTx without the clock sample on demand, for the
+// transactions that sample the database's clock themselves (registering,
+// heartbeating).
+func (r *Runner) retryTx(ctx context.Context, attempts int, fn txFunc) (*changes, error) {
 	if err := r.checkWritable(""); err != nil {
 		return nil, err
 	}
