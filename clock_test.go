@@ -1,0 +1,160 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+)
+
+// skewLocal sets a runner's own clock off the real one by skew, before it
+// starts; the times it records should follow the database's clock all
+// the same.
+func skewLocal(r *Runner, skew time.Duration) {
+	r.clock.local = func() time.Time { return time.Now().UTC().Add(skew) }
+}
+
+// dbNow reads the database's clock through a runner's backend.
+func dbNow(t *testing.T, r *Runner) time.Time {
+	t.Helper()
+	now, err := r.drv.Reader().ClockRead(testContext(t))
+	require.NoError(t, err)
+	return now
+}
+
+// requireRecordedByDBClock checks that every event runner by recorded in
+// run runID has a created_at within [from, to] widened by the error an
+// adopted offset may have (half the longest usable round trip).
+func requireRecordedByDBClock(t *testing.T, r, by *Runner, runID uuid.UUID, from, to time.Time) {
+	t.Helper()
+	events, err := r.RunEvents(testContext(t), runID)
+	require.NoError(t, err)
+	n := 0
+	for _, e := range events {
+		if e.WorkerID != by.ID() {
+			continue
+		}
+		n++
+		require.Falsef(t, e.CreatedAt.Before(from.Add(-maxClockRoundTrip)) || e.CreatedAt.After(to.Add(maxClockRoundTrip)),
+			"%s recorded at %s, while the database's clock read %s to %s", e.Type, e.CreatedAt.Format(time.RFC3339Nano),
+			from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano))
+	}
+	require.NotZero(t, n, "the runner recorded events of the run")
+}
+
+// A retry is due by the database's clock, whatever the clock of the
+// runner that scheduled it says. A runner whose clock ran an hour ahead
+// used to schedule the retry an hour late for every other runner (the
+// due time was its clock plus the backoff), and stamped its events an
+// hour in the future.
+func TestRetryDueByDatabaseClock(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var ahead *Runner
+		wf := MustWorkflow("skewed", Task{Name: "flaky",
+			Retry: &RetryPolicy{MaxAttempts: 2, Backoff: BackoffFixed, InitialDelay: 100 * time.Millisecond},
+			Run: func(ctx context.Context, tc *Context) error {
+				info, _ := TaskInfoFrom(ctx)
+				if info.RunnerID == ahead.ID() {
+					// Only the other runner may take the retry.
+					setClaiming(ahead, false)
+					return errors.New("the first attempt fails")
+				}
+				return tc.Set("ran_on", info.RunnerID)
+			}})
+		ahead = openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		skewLocal(ahead, time.Hour)
+		retried := onEvent(ahead, eventOf(EventTaskRetryScheduled))
+		from := dbNow(t, ahead)
+		require.NoError(t, ahead.Start(ctx))
+		exec, err := ahead.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		waitFor(t, retried, "the retry to be scheduled")
+
+		correct := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err, "the retry was not claimed by the runner whose clock is right")
+		to := dbNow(t, ahead)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 2, res.Task("flaky").Attempts)
+		ranOn, err := Get[string](res.Context, "ran_on")
+		require.NoError(t, err)
+		require.Equal(t, correct.ID(), ranOn)
+		requireRecordedByDBClock(t, correct, ahead, res.ID, from, to)
+
+		events, err := correct.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventTaskRetryScheduled}})
+		require.NoError(t, err)
+		require.Len(t, events, 1)
+		data, err := events[0].Payload()
+		require.NoError(t, err)
+		require.NotNil(t, data.RetryAt)
+		require.WithinDuration(t, events[0].CreatedAt.Add(100*time.Millisecond), *data.RetryAt, time.Millisecond,
+			"the retry is due the backoff after it was scheduled")
+	})
+}
+
+// A runner that writes without being started (a process that only
+// enqueues runs) reads the database's clock before its first write. One
+// whose clock ran an hour ahead used to make the tasks it enqueued wait an
+// hour before any runner could claim them.
+func TestEnqueueBeforeStartByDatabaseClock(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("enqueued", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+		enqueuer := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		skewLocal(enqueuer, time.Hour)
+		worker := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		from := dbNow(t, enqueuer)
+		exec, err := enqueuer.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err, "the run's first task was not claimed")
+		to := dbNow(t, enqueuer)
+		require.Equal(t, PipelineCompleted, res.Status)
+		requireRecordedByDBClock(t, worker, enqueuer, res.ID, from, to)
+	})
+}
+
+// The offset changes only when a sample proves it wrong: jitter between
+// samples that agree within their uncertainty does not make recorded
+// times step back and forth, a sample that disagrees is adopted (a
+// clock stepped meanwhile), and a sample whose round trip is too long to
+// be useful is ignored.
+func TestClockAdoptsWhatSamplesProve(t *testing.T) {
+	t.Parallel()
+	local := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	c := newDBClock()
+	c.local = func() time.Time { return local }
+	require.True(t, c.stale(), "never sampled")
+	require.Equal(t, local, c.now(), "the local clock until a sample says otherwise")
+
+	// The database read its clock an hour ahead of the midpoint of a
+	// 10ms round trip.
+	require.True(t, c.observe(local, 10*time.Millisecond, local.Add(time.Hour+5*time.Millisecond)))
+	require.False(t, c.stale())
+	require.Equal(t, local.Add(time.Hour), c.now())
+
+	// Within the sample's ±5ms: kept.
+	require.False(t, c.observe(local, 10*time.Millisecond, local.Add(time.Hour+9*time.Millisecond)))
+	require.False(t, c.observe(local, 10*time.Millisecond, local.Add(time.Hour+time.Millisecond)))
+	require.Equal(t, local.Add(time.Hour), c.now())
+
+	// A tighter sample that the offset lies outside of: adopted.
+	require.True(t, c.observe(local, 2*time.Millisecond, local.Add(time.Hour+4*time.Millisecond)))
+	require.Equal(t, local.Add(time.Hour+3*time.Millisecond), c.now())
+
+	// The local clock stepped meanwhile (the reading is an hour off what
+	// the offset predicts): the next sample corrects it.
+	require.True(t, c.observe(local, 2*time.Millisecond, local.Add(-time.Millisecond)))
+	require.Equal(t, local.Add(-2*time.Millisecond), c.now())
+
+	// Too long a round trip to be useful, or no reading: ignored.
+	require.False(t, c.observe(local, maxClockRoundTrip+time.Millisecond, local.Add(time.Hour)))
+	require.False(t, c.observe(local, 2*time.Millisecond, time.Time{}))
+	require.Equal(t, local.Add(-2*time.Millisecond), c.now())
+}
