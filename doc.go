@@ -181,10 +181,25 @@
 // than run it again. Heartbeats, like
 // the lease, are stamped and judged by the database's clock, so a runner
 // whose clock is off is neither declared dead while it heartbeats nor kept
-// alive once it stops. (Due times — a retry's backoff, a task's readiness —
-// are still each runner's own clock: a runner whose clock runs ahead by d
-// makes the tasks it readies wait up to d for the other runners. Keep
-// clocks in sync.) The leader does not sweep until it has itself been
+// alive once it stops. The times a runner records — a retry's due time and
+// a ready task's, the time a claim compares them with, events' created_at,
+// the start and end of tasks and runs — follow the database's clock too: a
+// runner estimates its offset from that clock from statements it makes
+// anyway (its registration and each heartbeat return the database's time;
+// the offset is the difference from the midpoint of the round trip) and
+// records by its own clock plus that offset, so a retry is due its backoff
+// after it was scheduled for every runner, whatever their clocks say, and
+// events of different runners sort by time as they happened. A sample
+// changes the offset only when it proves the offset wrong (the offset lies
+// outside the sample's uncertainty, half its round trip), so jitter never
+// makes recorded times step back and forth; a step of a machine's clock is
+// corrected at its next heartbeat; and samples with a round trip over a
+// second are ignored, so that the estimate is off by at most half a second
+// (plus what the clocks drift between heartbeats). A runner that writes
+// without being started (a process that only calls Execute, say) reads the
+// database's clock before its first write, and at most once a minute while
+// it goes on writing (on SQLite, whose clock is the host's, that read
+// costs no statement). The leader does not sweep until it has itself been
 // healthy for one RunnerTimeout, so a restart or a database outage does not
 // take work from runners that are alive. A runner with a fixed
 // Config.RunnerID (a pod name, say) that crashed and comes back under the

@@ -140,7 +140,9 @@ func TestEventQueries(t *testing.T) {
 			Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
 		)
 		// The first runner lives 40 days in the past, so its run's events
-		// are old enough for retention.
+		// are old enough for retention. Its recording clock is replaced
+		// outright: a skewed local clock would be corrected by the
+		// database's.
 		old := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
 		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
 		require.NoError(t, old.Start(ctx))

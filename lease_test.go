@@ -231,6 +231,11 @@ func TestLeadershipMovesPastALeaseLockedElsewhere(t *testing.T) {
 // clock ran ahead used to find the leader's lease expired and take it at
 // every heartbeat; a leader whose clock ran behind wrote a lease that had
 // expired already.
+//
+// The runners' recording clocks are replaced outright, so no sample of
+// the database's clock corrects them: leadership must not lean on that
+// correction either (it is missing before the first sample, and off
+// while samples are dropped).
 func TestLeaseIgnoresRunnerClockSkew(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {

@@ -225,7 +225,8 @@ type DeleteEventsOpts struct {
 // ctx ends midway, the batches already deleted stay deleted. It deletes by
 // age alone, runs still going included: Replay of what is left describes
 // only the tasks and runs whose events are still there, so choose a cutoff
-// older than your longest run.
+// older than your longest run. Events' times follow the database's clock
+// whichever runner recorded them (see Runner), so one cutoff suits them all.
 func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
 	batch := 1000
 	var progress func(int64)

@@ -794,6 +794,11 @@ func TestHeartbeatsPassALeaseLockedElsewhere(t *testing.T) {
 // heartbeat an hour old, remove it and reset its tasks (which then ran
 // twice, the live runner's work fenced out and lost); a leader whose clock
 // ran an hour behind found a dead runner alive for an hour.
+//
+// The leader's recording clock is replaced outright, so no sample of the
+// database's clock corrects it: liveness must not lean on that correction
+// either (it is missing before the first sample, and off while samples
+// are dropped).
 func TestLivenessIgnoresRunnerClockSkew(t *testing.T) {
 	t.Parallel()
 	for _, skew := range []struct {
@@ -885,6 +890,8 @@ func TestSweepGraceIgnoresWallClockSteps(t *testing.T) {
 		ctx := testContext(t)
 		// A grace far longer than the test: the leader must never sweep.
 		r := openRunner(t, url, &Config{HeartbeatInterval: 40 * time.Millisecond, RunnerTimeout: time.Hour})
+		// The recording clock steps, uncorrected (see
+		// TestLivenessIgnoresRunnerClockSkew).
 		var step atomic.Int64
 		r.now = func() time.Time { return time.Now().UTC().Add(time.Duration(step.Load())) }
 		leads := leadership(r)

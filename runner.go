@@ -78,13 +78,15 @@ type Config struct {
 	ReadOnly bool
 	// HeartbeatInterval is how often a started runner records that it is
 	// alive (one write per runner, however many tasks it runs), checks that
-	// it still holds its claims, and renews or seeks leadership. Default: 5s.
+	// it still holds its claims, renews or seeks leadership, and measures
+	// its offset from the database's clock (see Runner). Default: 5s.
 	HeartbeatInterval time.Duration
 	// RunnerTimeout is how long a runner may go without a heartbeat before
 	// the leader declares it dead and resets its running tasks for other
 	// runners, and how long a term of the leader lease lasts after its
 	// last renewal, both by the database's clock, so the runners' own
-	// clocks need not agree. It must exceed two heartbeats. On SQLite a
+	// clocks need not agree. (The times a runner records follow that clock
+	// too: see Runner.) It must exceed two heartbeats. On SQLite a
 	// heartbeat waits for the database write lock like any writer (up to
 	// the 10s busy timeout), so keep it well above that. Default: 30s.
 	RunnerTimeout time.Duration
@@ -124,6 +126,17 @@ const (
 // (or several, on different databases or schemas); any number of runners
 // in any number of processes can share a database. Every method is safe
 // for concurrent use.
+//
+// The times a runner records (due times of retries and ready tasks, the
+// time a claim compares them with, events' created_at, the start and end
+// of tasks and runs) are its own clock plus its estimate of the offset to
+// the database's clock, so that runners on machines whose clocks disagree
+// record times that agree. It measures the offset at Start (its
+// registration returns the database's time) and at every heartbeat, at no
+// extra statement; while it is not started it reads the database's clock
+// before its first write and at most once a minute after. The estimate is
+// off by at most half a second (half the longest round trip it accepts);
+// until the first measurement, a runner records by its own clock.
 type Runner struct {
 	drv    driver.Driver
 	owned  bool
