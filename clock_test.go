@@ -48,53 +48,62 @@ func requireRecordedByDBClock(t *testing.T, r, by *Runner, runID uuid.UUID, from
 // A retry is due by the database's clock, whatever the clock of the
 // runner that scheduled it says. A runner whose clock ran an hour ahead
 // used to schedule the retry an hour late for every other runner (the
-// due time was its clock plus the backoff), and stamped its events an
-// hour in the future.
+// due time was its clock plus the backoff), and one whose clock ran
+// behind made it claimable before its backoff ended; either stamped its
+// events an hour off.
 func TestRetryDueByDatabaseClock(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, url string) {
-		ctx := testContext(t)
-		var ahead *Runner
-		wf := MustWorkflow("skewed", Task{Name: "flaky",
-			Retry: &RetryPolicy{MaxAttempts: 2, Backoff: BackoffFixed, InitialDelay: 100 * time.Millisecond},
-			Run: func(ctx context.Context, tc *Context) error {
-				info, _ := TaskInfoFrom(ctx)
-				if info.RunnerID == ahead.ID() {
-					// Only the other runner may take the retry.
-					setClaiming(ahead, false)
-					return errors.New("the first attempt fails")
-				}
-				return tc.Set("ran_on", info.RunnerID)
-			}})
-		ahead = openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		skewLocal(ahead, time.Hour)
-		retried := onEvent(ahead, eventOf(EventTaskRetryScheduled))
-		from := dbNow(t, ahead)
-		require.NoError(t, ahead.Start(ctx))
-		exec, err := ahead.ExecuteAsync(ctx, wf.Name(), nil)
-		require.NoError(t, err)
-		waitFor(t, retried, "the retry to be scheduled")
+	for _, skew := range []struct {
+		name string
+		by   time.Duration
+	}{{"Ahead", time.Hour}, {"Behind", -time.Hour}} {
+		t.Run(skew.name, func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, url string) {
+				ctx := testContext(t)
+				var skewed *Runner
+				wf := MustWorkflow("skewed", Task{Name: "flaky",
+					Retry: &RetryPolicy{MaxAttempts: 2, Backoff: BackoffFixed, InitialDelay: 100 * time.Millisecond},
+					Run: func(ctx context.Context, tc *Context) error {
+						info, _ := TaskInfoFrom(ctx)
+						if info.RunnerID == skewed.ID() {
+							// Only the other runner may take the retry.
+							setClaiming(skewed, false)
+							return errors.New("the first attempt fails")
+						}
+						return tc.Set("ran_on", info.RunnerID)
+					}})
+				skewed = openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+				skewLocal(skewed, skew.by)
+				retried := onEvent(skewed, eventOf(EventTaskRetryScheduled))
+				from := dbNow(t, skewed)
+				require.NoError(t, skewed.Start(ctx))
+				exec, err := skewed.ExecuteAsync(ctx, wf.Name(), nil)
+				require.NoError(t, err)
+				waitFor(t, retried, "the retry to be scheduled")
 
-		correct := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		res, err := exec.Wait(ctx)
-		require.NoError(t, err, "the retry was not claimed by the runner whose clock is right")
-		to := dbNow(t, ahead)
-		require.Equal(t, PipelineCompleted, res.Status)
-		require.Equal(t, 2, res.Task("flaky").Attempts)
-		ranOn, err := Get[string](res.Context, "ran_on")
-		require.NoError(t, err)
-		require.Equal(t, correct.ID(), ranOn)
-		requireRecordedByDBClock(t, correct, ahead, res.ID, from, to)
+				correct := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+				res, err := exec.Wait(ctx)
+				require.NoError(t, err, "the retry was not claimed by the runner whose clock is right")
+				to := dbNow(t, skewed)
+				require.Equal(t, PipelineCompleted, res.Status)
+				require.Equal(t, 2, res.Task("flaky").Attempts)
+				ranOn, err := Get[string](res.Context, "ran_on")
+				require.NoError(t, err)
+				require.Equal(t, correct.ID(), ranOn)
+				requireRecordedByDBClock(t, correct, skewed, res.ID, from, to)
 
-		events, err := correct.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventTaskRetryScheduled}})
-		require.NoError(t, err)
-		require.Len(t, events, 1)
-		data, err := events[0].Payload()
-		require.NoError(t, err)
-		require.NotNil(t, data.RetryAt)
-		require.WithinDuration(t, events[0].CreatedAt.Add(100*time.Millisecond), *data.RetryAt, time.Millisecond,
-			"the retry is due the backoff after it was scheduled")
-	})
+				events, err := correct.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventTaskRetryScheduled}})
+				require.NoError(t, err)
+				require.Len(t, events, 1)
+				data, err := events[0].Payload()
+				require.NoError(t, err)
+				require.NotNil(t, data.RetryAt)
+				require.WithinDuration(t, events[0].CreatedAt.Add(100*time.Millisecond), *data.RetryAt, time.Millisecond,
+					"the retry is due the backoff after it was scheduled")
+			})
+		})
+	}
 }
 
 // A runner that writes without being started (a process that only
