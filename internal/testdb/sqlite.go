@@ -17,7 +17,13 @@ import (
 func SQLiteHotJournal(t testing.TB) string {
 	t.Helper()
 	src := SQLitePath(t)
-	db, err := sql.Open("sqlite", "file:"+src+"?_pragma=journal_mode(DELETE)&_pragma=cache_size(5)")
+	// With synchronous on, SQLite writes the journal's header zeroed and
+	// fills it in only when it syncs the journal, before the first page it
+	// spills into the database file; a journal whose first byte is zero is
+	// not hot. Whether the update below spilled before the copy is up to
+	// the page cache (under load it did not always), so synchronous is off:
+	// the header is then written whole at once.
+	db, err := sql.Open("sqlite", "file:"+src+"?_pragma=journal_mode(DELETE)&_pragma=synchronous(OFF)&_pragma=cache_size(5)")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,6 +43,13 @@ func SQLiteHotJournal(t testing.TB) string {
 		if _, err := conn.ExecContext(t.Context(), stmt); err != nil {
 			t.Fatalf("%s: %v", stmt, err)
 		}
+	}
+	journal, err := os.ReadFile(src + "-journal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(journal) == 0 || journal[0] == 0 {
+		t.Fatalf("the -journal of %s is not hot (%d bytes, header zeroed): SQLite would ignore it", src, len(journal))
 	}
 	dst := filepath.Join(t.TempDir(), "hot.db")
 	for _, suffix := range []string{"", "-journal"} {
