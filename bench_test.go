@@ -173,12 +173,12 @@ func burnDown(b *testing.B, r *Runner, runs int) (elapsed, cpu time.Duration) {
 	b.Helper()
 	finished := runsFinished(r, runs)
 	b.StartTimer()
-	start, cpuStart := time.Now(), processCPU()
+	start, cpuStart := time.Now(), testdb.ProcessCPU()
 	if err := r.Start(context.Background()); err != nil {
 		b.Fatal(err)
 	}
 	<-finished
-	elapsed, cpu = time.Since(start), processCPU()-cpuStart
+	elapsed, cpu = time.Since(start), testdb.ProcessCPU()-cpuStart
 	b.StopTimer()
 	if err := r.Close(); err != nil {
 		b.Fatal(err)

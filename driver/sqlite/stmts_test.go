@@ -232,11 +232,11 @@ func BenchmarkHotPath(b *testing.B) {
 			cycle(n)
 			cycle(n)
 			b.ResetTimer()
-			cpu := processCPU()
+			cpu := testdb.ProcessCPU()
 			for range b.N {
 				cycle(n)
 			}
-			b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(b.N*n), "cpu-µs/task")
+			b.ReportMetric(float64((testdb.ProcessCPU()-cpu).Microseconds())/float64(b.N*n), "cpu-µs/task")
 		})
 	}
 }
