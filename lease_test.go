@@ -111,7 +111,11 @@ func TestLeadershipMovesFromALeaderFrozenInItsHeartbeat(t *testing.T) {
 	reset := waitFor(t, resets, "the new leader to reset the frozen leader's task")
 	require.Equal(t, next.ID(), reset.WorkerID)
 	terms := leaseTerms(t, next)
-	require.Equal(t, leaseTerm{2, next.ID()}, terms[0], "the new leader holds the next term")
+	// The new leader holds a later term: the next one, or (on a loaded
+	// machine, where it can miss its own 300 ms expiry and take the
+	// lease again) one after that.
+	require.Equal(t, next.ID(), terms[0].holder, "the new leader holds the newest term")
+	require.GreaterOrEqual(t, terms[0].term, int64(2), "a term after the frozen leader's")
 	setClaiming(next, true)
 	res, err := exec.Wait(ctx)
 	require.NoError(t, err)
