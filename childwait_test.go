@@ -24,14 +24,6 @@ func (g *workGauge) enter() {
 
 func (g *workGauge) leave() { g.working.Add(-1) }
 
-// slotsFree waits until every slot of r is free again: a slot given back
-// twice, or taken and never given back, shows here.
-func slotsFree(t *testing.T, r *Runner) {
-	t.Helper()
-	svc := r.services()
-	require.Eventually(t, func() bool { return len(svc.slots) == 0 }, testTimeout, 5*time.Millisecond, "slots still taken")
-}
-
 // taskEventTypes returns the event types of a run's task, in order.
 func taskEventTypes(t *testing.T, r *Runner, res *ExecutionResult, task string) []EventType {
 	t.Helper()

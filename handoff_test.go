@@ -203,9 +203,7 @@ func TestClaimsOnReadyRespectTheSlots(t *testing.T) {
 		}
 		require.LessOrEqual(t, peak.Load(), int64(2), "never more tasks at once than slots")
 		require.Positive(t, commits.outboxRows(), "what did not fit waited in the outbox")
-		svc := r.services()
-		require.Eventually(t, func() bool { return len(svc.slots) == 0 }, testTimeout, time.Millisecond,
-			"every slot is free again")
+		slotsFree(t, r)
 	})
 }
 
@@ -360,8 +358,6 @@ func TestClaimsOnReadyOfAnUncertainCommit(t *testing.T) {
 				"task_completed b", "pipeline_completed",
 			}, eventTypes(t, r, exec.ID()), "one claim and one completion per task")
 		}
-		svc := r.services()
-		require.Eventually(t, func() bool { return len(svc.slots) == 0 }, testTimeout, time.Millisecond,
-			"no slot stays taken by a claim that did not hold")
+		slotsFree(t, r)
 	})
 }

@@ -133,3 +133,11 @@ func openRawSQLite(t *testing.T, path string) *sql.DB {
 	t.Cleanup(func() { db.Close() })
 	return db
 }
+
+// slotsFree waits until every slot of r is free again: a slot given back
+// twice, or taken and never given back, shows here.
+func slotsFree(t *testing.T, r *Runner) {
+	t.Helper()
+	svc := r.services()
+	require.Eventually(t, func() bool { return len(svc.slots) == 0 }, testTimeout, 5*time.Millisecond, "slots still taken")
+}
