@@ -24,6 +24,31 @@ func (g *workGauge) enter() {
 
 func (g *workGauge) leave() { g.working.Add(-1) }
 
+// runParents starts n runs of the "parent" workflow (input(i) is the
+// i-th run's input) and waits for them all: each completes, and its task
+// "p" records its waits for children as deferred and resumed events
+// (none for a child that ended before the wait began). It returns the
+// results in start order.
+func runParents(t *testing.T, r *Runner, n int, input func(i int) *Context) []*ExecutionResult {
+	t.Helper()
+	ctx := testContext(t)
+	execs := make([]*Execution, n)
+	for i := range execs {
+		e, err := r.ExecuteAsync(ctx, "parent", input(i))
+		require.NoError(t, err)
+		execs[i] = e
+	}
+	results := make([]*ExecutionResult, n)
+	for i, e := range execs {
+		res, err := e.Wait(ctx)
+		require.NoError(t, err, "parent %d", i)
+		require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+		require.LessOrEqual(t, requireWaitEvents(t, taskEventTypes(t, r, res, "p")), 1)
+		results[i] = res
+	}
+	return results
+}
+
 // taskEventTypes returns the event types of a run's task, in order.
 func taskEventTypes(t *testing.T, r *Runner, res *ExecutionResult, task string) []EventType {
 	t.Helper()
@@ -63,7 +88,6 @@ func requireWaitEvents(t *testing.T, types []EventType) (waits int) {
 func TestExecuteInATaskGivesItsSlotBack(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
-		ctx := testContext(t)
 		var r *Runner
 		child := MustWorkflow("child", Task{Name: "c", Run: func(_ context.Context, tc *Context) error {
 			n, err := Get[int](tc, "n")
@@ -96,24 +120,15 @@ func TestExecuteInATaskGivesItsSlotBack(t *testing.T) {
 		}})
 		const slots, parents = 2, 5
 		r = startRunner(t, url, &Config{Workflows: []*Workflow{parent, child}, MaxConcurrentTasks: slots})
-		execs := make([]*Execution, parents)
-		for i := range execs {
+		results := runParents(t, r, parents, func(i int) *Context {
 			in := NewContext()
 			require.NoError(t, in.Set("n", i))
-			e, err := r.ExecuteAsync(ctx, "parent", in)
-			require.NoError(t, err)
-			execs[i] = e
-		}
-		for i, e := range execs {
-			res, err := e.Wait(ctx)
-			require.NoError(t, err, "parent %d", i)
-			require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+			return in
+		})
+		for i, res := range results {
 			got, err := Get[int](res.Context, "child_said")
 			require.NoError(t, err)
 			require.Equal(t, 2*i, got)
-			// A child that ended before the wait began is waited for without
-			// a deferral.
-			require.LessOrEqual(t, requireWaitEvents(t, taskEventTypes(t, r, res, "p")), 1)
 		}
 		slotsFree(t, r)
 	})
@@ -125,7 +140,6 @@ func TestExecuteInATaskGivesItsSlotBack(t *testing.T) {
 func TestWaitingTasksKeepTheSlotBound(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
-		ctx := testContext(t)
 		var r *Runner
 		var g workGauge
 		work := func(context.Context, *Context) error {
@@ -160,20 +174,7 @@ func TestWaitingTasksKeepTheSlotBound(t *testing.T) {
 		}})
 		const slots, parents = 2, 6
 		r = startRunner(t, url, &Config{Workflows: []*Workflow{parent, child}, MaxConcurrentTasks: slots})
-		execs := make([]*Execution, parents)
-		for i := range execs {
-			e, err := r.ExecuteAsync(ctx, "parent", nil)
-			require.NoError(t, err)
-			execs[i] = e
-		}
-		for _, e := range execs {
-			res, err := e.Wait(ctx)
-			require.NoError(t, err)
-			require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
-			// A child that ended before the wait began is waited for without
-			// a deferral.
-			require.LessOrEqual(t, requireWaitEvents(t, taskEventTypes(t, r, res, "p")), 1)
-		}
+		runParents(t, r, parents, func(int) *Context { return nil })
 		require.LessOrEqual(t, g.peak.Load(), int32(slots), "task functions working at once")
 		slotsFree(t, r)
 	})
