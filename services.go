@@ -30,7 +30,16 @@ var (
 // completer, the wake-up listener and the cancellation watcher. They live
 // from Start to Stop.
 type services struct {
-	ctx    context.Context // cancelled by Stop: claimer, listener, watcher
+	// claimCtx ends the claimer: Stop cancels it first.
+	claimCtx    context.Context
+	claimCancel context.CancelFunc
+	claimerDone chan struct{}
+	// ctx ends the heartbeat, the wake-up listener and the cancellation
+	// watcher. Stop cancels it only once every task has returned and its
+	// result is recorded: while tasks finish, their runner must stay alive
+	// (or the sweep would hand its tasks to another runner as they run) and
+	// must still hear of their runs' cancellation.
+	ctx    context.Context
 	cancel context.CancelFunc
 	// workCtx is the parent of every task context; it is cancelled when
 	// Stop's deadline passes.
@@ -104,6 +113,8 @@ func (r *Runner) Start(ctx context.Context) error {
 		stopCompleter: make(chan struct{}),
 		completerDone: make(chan struct{}),
 	}
+	svc.claimCtx, svc.claimCancel = context.WithCancel(base)
+	svc.claimerDone = make(chan struct{})
 	svc.ctx, svc.cancel = context.WithCancel(base)
 	svc.workCtx, svc.workCancel = context.WithCancelCause(base)
 	svc.flushCtx, svc.flushCancel = context.WithCancel(base)
@@ -130,7 +141,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		svc.rowStale <- struct{}{}
 	}
 
-	svc.loops.Add(4)
+	svc.loops.Add(3)
 	go r.claimLoop(svc)
 	go r.listenLoop(svc)
 	go r.watchLoop(svc)
@@ -142,7 +153,10 @@ func (r *Runner) Start(ctx context.Context) error {
 }
 
 // Stop stops claiming, waits for running tasks to finish and their results
-// to be recorded, and stops the background loops. When ctx ends first, the
+// to be recorded, and stops the background loops. Until then the runner
+// stays what it was for its tasks: it heartbeats, so no other runner takes
+// them over as they finish, and it cancels those whose run is cancelled
+// meanwhile, from any process. When ctx ends first, the
 // remaining tasks' contexts are cancelled; tasks that still have not
 // returned a moment later are handed back (reset to Ready, task_reset) for
 // another runner, and Stop returns ctx's error. The runner can be started
@@ -165,8 +179,8 @@ func (r *Runner) stop(ctx context.Context) error {
 	svc.handoffMu.Lock()
 	svc.stopping = true
 	svc.handoffMu.Unlock()
-	svc.cancel()
-	svc.loops.Wait()
+	svc.claimCancel()
+	<-svc.claimerDone
 
 	tasksDone := make(chan struct{})
 	go func() { svc.tasks.Wait(); close(tasksDone) }()
@@ -198,6 +212,8 @@ func (r *Runner) stop(ctx context.Context) error {
 		svc.flushCancel()
 		<-svc.completerDone
 	}
+	svc.cancel()
+	svc.loops.Wait()
 	svc.workCancel(errShutdown)
 	svc.flushCancel()
 	r.deregister()
@@ -234,8 +250,8 @@ func (r *Runner) scheduleWake(at time.Time) {
 // exist: after a wake-up, after a full batch, and after a poll that found
 // claimable rows.
 func (r *Runner) claimLoop(svc *services) {
-	defer svc.loops.Done()
-	ctx := svc.ctx
+	defer close(svc.claimerDone)
+	ctx := svc.claimCtx
 	timer := time.NewTimer(r.cfg.PollInterval)
 	defer timer.Stop()
 	nextPoll := r.now().Add(r.cfg.PollInterval)
