@@ -65,8 +65,11 @@ type TaskListParams struct {
 type TaskClaimParams struct {
 	RunnerID  string
 	Workflows []string // only rows of these workflows are claimed
-	Limit     int
-	Now       time.Time
+	// RunIDs, when not empty, narrows the claim to tasks of these runs (a
+	// stopping runner finishing the child runs its tasks wait for).
+	RunIDs []uuid.UUID
+	Limit  int
+	Now    time.Time
 }
 
 // OutboxPeekParams asks whether claimable work exists without taking it.

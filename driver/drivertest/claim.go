@@ -129,6 +129,25 @@ func testTaskClaim(t *testing.T, s *suite) {
 		require.ElementsMatch(t, []uuid.UUID{ta.ID, tc.ID}, claim("a", "c", "other"))
 	})
 
+	t.Run("OnlyGivenRuns", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p1, p2, p3 := b.insertPipeline(t), b.insertPipeline(t), b.insertPipeline(t)
+		t1a, t1b, t2, t3 := b.readyTask(p1, 0), b.readyTask(p1, 1), b.readyTask(p2, 0), b.readyTask(p3, 0)
+		b.enqueue(t, b.now, t1a, t1b, t2, t3)
+		claim := func(limit int, runs ...uuid.UUID) []uuid.UUID {
+			return taskIDs(claimAt(t, b, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, RunIDs: runs,
+				Limit: limit, Now: b.now}))
+		}
+		require.Empty(t, claim(10, uuid.New()), "a run without queued tasks")
+		require.Equal(t, []uuid.UUID{t1a.ID}, claim(1, p1.ID), "the limit holds")
+		require.ElementsMatch(t, []uuid.UUID{t1b.ID, t3.ID}, claim(10, p3.ID, p1.ID, uuid.New()))
+		other := b.insertPipeline(t, withWorkflow("other"))
+		b.enqueue(t, b.now, b.readyTask(other, 0))
+		require.Empty(t, claim(10, other.ID), "only rows of the given workflows")
+		require.Equal(t, []uuid.UUID{t2.ID}, claim(10), "no runs: any run")
+	})
+
 	// An outbox row whose task is no longer Ready (a stale row) is
 	// consumed without claiming anything: it must neither flip the task
 	// nor stay claimable forever.

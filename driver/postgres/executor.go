@@ -65,6 +65,36 @@ const pipelineInsertSQL = `INSERT INTO {s}.pipeline_executions
 				AS u(id, wf, version, status, input, now)
 			ON CONFLICT (id) DO NOTHING`
 
+// claimSQL is the claim, its outbox rows narrowed by filter (a condition
+// beginning with AND, or "").
+func claimSQL(filter string) string {
+	return `WITH locked AS (
+				SELECT id FROM {s}.task_outbox
+				WHERE available_at <= $1 AND workflow_name = ANY($2)` + filter + `
+				ORDER BY available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
+			claimed AS (
+				DELETE FROM {s}.task_outbox o USING locked WHERE o.id = locked.id
+				RETURNING o.task_execution_id, o.attempt),
+			tasks AS (
+				UPDATE {s}.task_executions t SET status = 'running', runner_id = $4, started_at = $1, updated_at = $1
+				FROM claimed c WHERE t.id = c.task_execution_id AND t.status = 'ready'
+				RETURNING c.attempt AS outbox_attempt, ` + taskColumns("t.", true) + `),
+			pending AS (
+				SELECT p.id FROM {s}.pipeline_executions p
+				WHERE p.id IN (SELECT pipeline_execution_id FROM tasks) AND p.status = 'pending'
+				ORDER BY p.id FOR UPDATE SKIP LOCKED),
+			started AS (
+				UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $1, updated_at = $1
+				FROM pending WHERE p.id = pending.id RETURNING p.id)
+			SELECT tasks.outbox_attempt, ` + taskColumns("tasks.", true) + `,
+				EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id),
+				-- Pending but not started: pending skipped its locked row.
+				NOT EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id)
+					AND EXISTS (SELECT 1 FROM {s}.pipeline_executions p
+						WHERE p.id = tasks.pipeline_execution_id AND p.status = 'pending')
+			FROM tasks`
+}
+
 // queries holds the statements whose text depends on the schema, rendered
 // once per backend.
 type queries struct {
@@ -75,6 +105,7 @@ type queries struct {
 	pipelineLock       string
 	taskInsert         string
 	taskClaim          string
+	taskClaimRuns      string
 	taskFinish         string
 	taskFinishList     string
 	outboxPeek         string
@@ -112,31 +143,9 @@ func newQueries(schema string) *queries {
 			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::int[],
 				$9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[])
 				AS u(id, pid, wf, name, pos, status, attempt, max_attempts, input, error, available_at, now, runner)`),
-		taskClaim: r.Replace(`WITH locked AS (
-				SELECT id FROM {s}.task_outbox
-				WHERE available_at <= $1 AND workflow_name = ANY($2)
-				ORDER BY available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
-			claimed AS (
-				DELETE FROM {s}.task_outbox o USING locked WHERE o.id = locked.id
-				RETURNING o.task_execution_id, o.attempt),
-			tasks AS (
-				UPDATE {s}.task_executions t SET status = 'running', runner_id = $4, started_at = $1, updated_at = $1
-				FROM claimed c WHERE t.id = c.task_execution_id AND t.status = 'ready'
-				RETURNING c.attempt AS outbox_attempt, ` + taskColumns("t.", true) + `),
-			pending AS (
-				SELECT p.id FROM {s}.pipeline_executions p
-				WHERE p.id IN (SELECT pipeline_execution_id FROM tasks) AND p.status = 'pending'
-				ORDER BY p.id FOR UPDATE SKIP LOCKED),
-			started AS (
-				UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $1, updated_at = $1
-				FROM pending WHERE p.id = pending.id RETURNING p.id)
-			SELECT tasks.outbox_attempt, ` + taskColumns("tasks.", true) + `,
-				EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id),
-				-- Pending but not started: pending skipped its locked row.
-				NOT EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id)
-					AND EXISTS (SELECT 1 FROM {s}.pipeline_executions p
-						WHERE p.id = tasks.pipeline_execution_id AND p.status = 'pending')
-			FROM tasks`),
+		taskClaim: r.Replace(claimSQL("")),
+		taskClaimRuns: r.Replace(claimSQL(`
+					AND task_execution_id IN (SELECT id FROM {s}.task_executions WHERE pipeline_execution_id = ANY($5))`)),
 		taskFinish: r.Replace(finishSQL),
 
 		taskFinishList: r.Replace(`WITH fin AS (` + strings.Replace(finishSQL, "RETURNING t.id", "RETURNING "+taskColumns("t.", true), 1) + `)
@@ -364,7 +373,13 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	if len(p.Workflows) == 0 || p.Limit <= 0 {
 		return res, nil
 	}
-	rows, err := e.db.Query(ctx, e.q.taskClaim, p.Now.UTC(), textsOf(p.Workflows), p.Limit, p.RunnerID)
+	args := []any{p.Now.UTC(), textsOf(p.Workflows), p.Limit, p.RunnerID}
+	query := e.q.taskClaim
+	if len(p.RunIDs) > 0 {
+		query = e.q.taskClaimRuns
+		args = append(args, pgIDs(p.RunIDs))
+	}
+	rows, err := e.db.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: claim tasks: %w", mapError(err))
 	}

@@ -362,9 +362,14 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	}
 	now := formatTime(p.Now)
 	args := padIn(append([]any{now}, stringArgs(p.Workflows)...), len(p.Workflows))
+	filter := ""
+	if n := len(p.RunIDs); n > 0 {
+		filter = ` AND task_execution_id IN (SELECT id FROM task_executions WHERE pipeline_execution_id IN (` + inList(n) + `))`
+		args = padIn(append(args, uuidArgs(p.RunIDs)...), n)
+	}
 	args = append(args, p.Limit)
-	rows, err := e.queryIn(ctx, len(p.Workflows), `DELETE FROM task_outbox WHERE id IN (
-			SELECT id FROM task_outbox WHERE available_at <= ? AND workflow_name IN (`+inList(len(p.Workflows))+`)
+	rows, err := e.queryIn(ctx, max(len(p.Workflows), len(p.RunIDs)), `DELETE FROM task_outbox WHERE id IN (
+			SELECT id FROM task_outbox WHERE available_at <= ? AND workflow_name IN (`+inList(len(p.Workflows))+`)`+filter+`
 			ORDER BY available_at, id LIMIT ?)
 		RETURNING task_execution_id, attempt`, args...)
 	if err != nil {
