@@ -1,6 +1,7 @@
 package cloacina
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -91,5 +92,113 @@ func TestStoppingRunnerHearsCancellations(t *testing.T) {
 		res, err := other.Get(ctx, exec.ID())
 		require.NoError(t, err)
 		require.Equal(t, PipelineCancelled, res.Status)
+	})
+}
+
+// A lone runner stops while a task waits in Execute for a child run that
+// is still queued, and the child's task in turn waits for a grandchild:
+// Stop claims those runs' tasks, and only those, and returns once the
+// parent has completed with what its descendants returned. The claimer
+// used to end when Stop began, and the parent waited for a runner that
+// never came.
+func TestStopFinishesTheChildRunsItsTasksWaitFor(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var r *Runner
+		draining := make(chan struct{})
+		callChild := func(workflow, key string) TaskFunc {
+			return func(ctx context.Context, tc *Context) error {
+				res, err := r.Execute(ctx, workflow, nil)
+				if err != nil {
+					return err
+				}
+				if err := res.Err(); err != nil {
+					return err
+				}
+				got, err := Get[string](res.Context, key)
+				if err != nil {
+					return err
+				}
+				return tc.Set(workflow, got)
+			}
+		}
+		leaf := MustWorkflow("leaf", Task{Name: "l", Run: setKey("leaf", "from the leaf")})
+		middle := MustWorkflow("middle", Task{Name: "m", Run: callChild("leaf", "leaf")})
+		child := callChild("middle", "leaf")
+		top := MustWorkflow("top", Task{Name: "t", Run: func(ctx context.Context, tc *Context) error {
+			select {
+			case <-draining:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return child(ctx, tc)
+		}})
+		other := MustWorkflow("other", Task{Name: "o", Run: ok})
+		r = startRunner(t, url, &Config{Workflows: []*Workflow{top, middle, leaf, other}})
+		started := onEvent(r, eventOf(EventTaskStarted))
+		exec, err := r.ExecuteAsync(ctx, "top", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the parent task to start")
+
+		svc := r.services()
+		stopped := make(chan error, 1)
+		go func() { stopped <- r.Stop(ctx) }()
+		require.Eventually(t, svc.draining.Load, testTimeout, time.Millisecond, "Stop to begin")
+		// Work queued now that no task of this runner waits for is left
+		// for other runners.
+		unrelated, err := r.ExecuteAsync(ctx, "other", nil)
+		require.NoError(t, err)
+		close(draining)
+
+		require.NoError(t, waitFor(t, stopped, "Stop to return"))
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+		got, err := Get[string](res.Context, "middle")
+		require.NoError(t, err)
+		require.Equal(t, "from the leaf", got)
+		require.Equal(t, 1, requireWaitEvents(t, taskEventTypes(t, r, res, "t")))
+		status, err := unrelated.Status(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelinePending, status, "a stopping runner claimed a run no task of its waits for")
+	})
+}
+
+// Work that a stopping runner's completions make ready is announced to
+// the other runners (NOTIFY on PostgreSQL, the in-process hub on SQLite):
+// the stopping runner no longer claims it. It used to count its free slots
+// as its own and send no wake-up, so the work waited for other runners'
+// next poll.
+func TestStoppingRunnerWakesOthersForTheWorkItMakesReady(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		s := newStall()
+		wf := MustWorkflow("drain", Task{Name: "work", Run: s.run}, Task{Name: "next", DependsOn: []string{"work"}, Run: ok})
+		stopping, exec, stopped := drainSetup(t, url, wf, s)
+		require.Eventually(t, stopping.services().draining.Load, testTimeout, time.Millisecond, "Stop to begin")
+		notified := make(chan []string, 1)
+		hook := func(c *changes) {
+			for _, e := range c.cs.Events {
+				if e.Type == EventTaskMarkedReady {
+					select {
+					case notified <- c.cs.Notify:
+					default:
+					}
+				}
+			}
+		}
+		stopping.commitHook.Store(&hook)
+
+		close(s.release)
+		require.Contains(t, waitFor(t, notified, "the next task to be made ready"), workPayload(wf.Name()))
+		require.NoError(t, waitFor(t, stopped, "Stop to return"))
+
+		// Another runner, whose poll is an hour away, hears of it.
+		other := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
+		require.NoError(t, other.Start(testContext(t)))
+		res, err := other.wait(testContext(t), exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
 	})
 }

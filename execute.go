@@ -71,8 +71,9 @@ func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e
 // (see Execution.Wait), so parents waiting for children never take every
 // slot from the children. Cancelling the parent run ends its wait but not
 // the child run; cancel that too if it should stop (use ExecuteAsync for
-// its handle). Stop waits for a waiting parent like any running task: with
-// no other runner to run the child, give Stop a deadline.
+// its handle). Stop waits for a waiting parent like any running task, and
+// meanwhile still claims the tasks of the runs its tasks wait for (of the
+// workflows it runs), so that a lone runner can stop without a deadline.
 func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (*ExecutionResult, error) {
 	e, err := r.ExecuteAsync(ctx, workflow, input)
 	if err != nil {
@@ -258,6 +259,7 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 	if !ok {
 		return r.waitRun(ctx, id, nil)
 	}
+	defer r.await(s, id)()
 	waiting := false
 	res, err := r.waitRun(ctx, id, func() error {
 		if err := s.beginWait(ctx, "waiting for run "+id.String()); err != nil {

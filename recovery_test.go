@@ -648,7 +648,7 @@ func TestRestartUnderTheSameIDResetsItsOldClaims(t *testing.T) {
 		exec, err := crashed.ExecuteAsync(ctx, wf.Name(), nil)
 		require.NoError(t, err)
 		require.NoError(t, crashed.register(ctx))
-		claimed, err := crashed.claim(ctx, 10)
+		claimed, err := crashed.claim(ctx, 10, nil)
 		require.NoError(t, err)
 		require.Len(t, claimed, 1)
 		require.Equal(t, "pod-0", claimed[0].RunnerID)

@@ -632,7 +632,9 @@ func (r *Runner) addWakeups(c *changes) {
 	svc := r.services()
 	for workflow, n := range c.work {
 		local := false
-		if svc != nil && !r.claimsPaused.Load() {
+		// A stopping runner claims only tasks of the runs its own tasks
+		// wait for: others must hear of the rest.
+		if svc != nil && !r.claimsPaused.Load() && !svc.draining.Load() {
 			if _, err := r.workflow(workflow); err == nil {
 				local = cap(svc.slots)-len(svc.slots) >= n
 			}

@@ -64,8 +64,14 @@ type services struct {
 	tasks sync.WaitGroup
 	// handoffMu orders takeSlot with the start of Stop: once stopping is
 	// set no handoff takes a slot.
-	handoffMu     sync.Mutex
-	stopping      bool
+	handoffMu sync.Mutex
+	stopping  bool
+	// draining is set by Stop: the claimer then claims only tasks of the
+	// runs that this runner's tasks wait for (awaited), so that a task
+	// waiting for a child run can finish.
+	draining      atomic.Bool
+	awaitMu       sync.Mutex
+	awaited       map[uuid.UUID]int // run id → tasks of this runner waiting for it
 	stopCompleter chan struct{}
 	completerDone chan struct{}
 }
@@ -112,6 +118,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		results:       make(chan *taskResult, r.cfg.MaxConcurrentTasks),
 		stopCompleter: make(chan struct{}),
 		completerDone: make(chan struct{}),
+		awaited:       map[uuid.UUID]int{},
 	}
 	svc.claimCtx, svc.claimCancel = context.WithCancel(base)
 	svc.claimerDone = make(chan struct{})
@@ -156,7 +163,10 @@ func (r *Runner) Start(ctx context.Context) error {
 // to be recorded, and stops the background loops. Until then the runner
 // stays what it was for its tasks: it heartbeats, so no other runner takes
 // them over as they finish, and it cancels those whose run is cancelled
-// meanwhile, from any process. When ctx ends first, the
+// meanwhile, from any process. It claims no new work then, but for the
+// tasks of the child runs that its running tasks wait for (Execute or
+// Execution.Wait called with a task's context), which could otherwise
+// wait for a runner that never comes. When ctx ends first, the
 // remaining tasks' contexts are cancelled; tasks that still have not
 // returned a moment later are handed back (reset to Ready, task_reset) for
 // another runner, and Stop returns ctx's error. The runner can be started
@@ -179,16 +189,20 @@ func (r *Runner) stop(ctx context.Context) error {
 	svc.handoffMu.Lock()
 	svc.stopping = true
 	svc.handoffMu.Unlock()
-	svc.claimCancel()
-	<-svc.claimerDone
+	svc.draining.Store(true)
+	r.wakeClaimer()
 
 	tasksDone := make(chan struct{})
 	go func() { svc.tasks.Wait(); close(tasksDone) }()
 	var stopErr error
 	select {
 	case <-tasksDone:
+		svc.claimCancel()
+		<-svc.claimerDone
 	case <-ctx.Done():
 		stopErr = ctx.Err()
+		svc.claimCancel()
+		<-svc.claimerDone
 		svc.workCancel(errShutdown)
 		select {
 		case <-tasksDone:
@@ -265,12 +279,25 @@ func (r *Runner) claimLoop(svc *services) {
 		if pending && !r.claimsPaused.Load() {
 			n = svc.reserveSlots(r.cfg.ClaimBatchSize)
 		}
+		var runs []uuid.UUID
+		draining := svc.draining.Load()
+		if n > 0 && draining {
+			if runs = svc.beginDrainClaim(); runs == nil {
+				for range n {
+					<-svc.slots
+				}
+				n, pending = 0, false
+			}
+		}
 		if n > 0 {
-			tasks, err := r.claim(ctx, n)
+			tasks, err := r.claim(ctx, n, runs)
 			for i := len(tasks); i < n; i++ {
 				<-svc.slots
 			}
 			if err != nil {
+				if draining {
+					svc.tasks.Done() // beginDrainClaim's
+				}
 				if ctx.Err() != nil {
 					return
 				}
@@ -291,6 +318,9 @@ func (r *Runner) claimLoop(svc *services) {
 				}
 				svc.tasks.Add(1)
 				go r.runTask(svc, t)
+			}
+			if draining {
+				svc.tasks.Done() // beginDrainClaim's
 			}
 			pending = len(tasks) >= n
 			if pending {
@@ -313,7 +343,10 @@ func (r *Runner) claimLoop(svc *services) {
 			}
 		case <-timer.C:
 			next := r.now().Add(r.cfg.PollInterval)
-			if !pending {
+			if svc.draining.Load() {
+				// Few runs, briefly: claim rather than peek.
+				pending = true
+			} else if !pending {
 				res, err := r.drv.Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: r.workflowNames(), Now: r.now()})
 				switch {
 				case err != nil && ctx.Err() == nil:
@@ -335,7 +368,7 @@ func (r *Runner) claimLoop(svc *services) {
 // claim takes up to n ready tasks in one transaction: the outbox rows are
 // deleted, the tasks flipped to Running under this runner, their runs
 // started, and task_claimed/task_started recorded.
-func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
+func (r *Runner) claim(ctx context.Context, n int, runs []uuid.UUID) ([]*driver.Task, error) {
 	workflows := r.workflowNames()
 	if len(workflows) == 0 {
 		return nil, nil
@@ -345,7 +378,7 @@ func (r *Runner) claim(ctx context.Context, n int) ([]*driver.Task, error) {
 	_, err := r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		claims.retry()
 		unstarted = nil
-		res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, Limit: n, Now: c.now})
+		res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, RunIDs: runs, Limit: n, Now: c.now})
 		if err != nil || len(res.Tasks) == 0 {
 			return err
 		}
@@ -602,6 +635,58 @@ func (svc *services) takeSlot() bool {
 	default:
 		return false
 	}
+}
+
+// await records that task s waits for run id, until the returned function
+// is called: while Stop drains the runner, the claimer takes the tasks of
+// awaited runs (see beginDrainClaim). The record counts as a task of the
+// runner, so Stop also waits for a wait that a task left running in a
+// goroutine of its own (it ends with the task's context); a wait begun
+// after its task returned is not recorded.
+func (r *Runner) await(s *taskScope, id uuid.UUID) (done func()) {
+	svc := s.svc
+	s.mu.Lock()
+	if s.returned {
+		s.mu.Unlock()
+		return func() {}
+	}
+	// The task still counts (it stops counting after it is marked
+	// returned), so the count is not zero.
+	svc.tasks.Add(1)
+	s.mu.Unlock()
+	svc.awaitMu.Lock()
+	svc.awaited[id]++
+	svc.awaitMu.Unlock()
+	if svc.draining.Load() {
+		r.wakeClaimer()
+	}
+	return func() {
+		svc.awaitMu.Lock()
+		if svc.awaited[id]--; svc.awaited[id] == 0 {
+			delete(svc.awaited, id)
+		}
+		svc.awaitMu.Unlock()
+		svc.tasks.Done()
+	}
+}
+
+// beginDrainClaim returns the runs that tasks of this runner wait for, or
+// nil when none does. Unless nil, the claim about to take their tasks
+// counts as a task until the caller's svc.tasks.Done: Stop, which waits
+// for the tasks, cannot miss the ones it claims. (Each record of await
+// counts as a task until it is removed, so the count is not zero here.)
+func (svc *services) beginDrainClaim() []uuid.UUID {
+	svc.awaitMu.Lock()
+	defer svc.awaitMu.Unlock()
+	if len(svc.awaited) == 0 {
+		return nil
+	}
+	runs := make([]uuid.UUID, 0, len(svc.awaited))
+	for id := range svc.awaited {
+		runs = append(runs, id)
+	}
+	svc.tasks.Add(1)
+	return runs
 }
 
 // dropSlot gives back what takeSlot took, for a task that is not run.
