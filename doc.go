@@ -218,7 +218,8 @@
 // that its JSON functions could not read (a \u0000 escape, a number beyond
 // numeric's range) are refused when they are set, on both backends, so a
 // workflow behaves the same on SQLite and PostgreSQL. [Runner.Stop] lets
-// running tasks finish, hands back those still running at its deadline, and
+// running tasks finish (heartbeating meanwhile, and running the child runs
+// they wait for), hands back those still running at its deadline, and
 // removes the runner's row. Execution is at-least-once: a task whose runner
 // died mid-way runs again elsewhere, so make task bodies idempotent (use
 // [TaskInfoFrom] for the run and task ids and the attempt). [DeferUntil]
