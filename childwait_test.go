@@ -325,13 +325,7 @@ func TestStopDrainsATaskWaitingForAChild(t *testing.T) {
 		require.NoError(t, err)
 		waitFor(t, childStarted, "the child to start")
 		svc := r.services()
-		stopped := make(chan error, 1)
-		go func() { stopped <- r.Stop(ctx) }()
-		require.Eventually(t, func() bool {
-			svc.handoffMu.Lock()
-			defer svc.handoffMu.Unlock()
-			return svc.stopping
-		}, testTimeout, 5*time.Millisecond)
+		stopped := stopAsync(t, r)
 		release()
 		require.NoError(t, waitFor(t, stopped, "Stop to return"))
 		require.Empty(t, svc.slots, "slots taken after Stop")

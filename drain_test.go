@@ -20,9 +20,19 @@ func drainSetup(t *testing.T, url string, wf *Workflow, s *stall) (*Runner, *Exe
 	exec, err := stopping.ExecuteAsync(ctx, wf.Name(), nil)
 	require.NoError(t, err)
 	waitFor(t, s.started, "the task to start")
+	return stopping, exec, stopAsync(t, stopping)
+}
+
+// stopAsync calls r.Stop in the background and returns once Stop has
+// begun; the channel receives Stop's result.
+func stopAsync(t *testing.T, r *Runner) <-chan error {
+	t.Helper()
+	ctx := testContext(t)
+	svc := r.services()
 	stopped := make(chan error, 1)
-	go func() { stopped <- stopping.Stop(ctx) }()
-	return stopping, exec, stopped
+	go func() { stopped <- r.Stop(ctx) }()
+	require.Eventually(t, svc.draining.Load, testTimeout, time.Millisecond, "Stop to begin")
+	return stopped
 }
 
 // A runner that Stop is draining still heartbeats: the leader's sweeps,
@@ -141,10 +151,7 @@ func TestStopFinishesTheChildRunsItsTasksWaitFor(t *testing.T) {
 		require.NoError(t, err)
 		waitFor(t, started, "the parent task to start")
 
-		svc := r.services()
-		stopped := make(chan error, 1)
-		go func() { stopped <- r.Stop(ctx) }()
-		require.Eventually(t, svc.draining.Load, testTimeout, time.Millisecond, "Stop to begin")
+		stopped := stopAsync(t, r)
 		// Work queued now that no task of this runner waits for is left
 		// for other runners.
 		unrelated, err := r.ExecuteAsync(ctx, "other", nil)
@@ -176,7 +183,6 @@ func TestStoppingRunnerWakesOthersForTheWorkItMakesReady(t *testing.T) {
 		s := newStall()
 		wf := MustWorkflow("drain", Task{Name: "work", Run: s.run}, Task{Name: "next", DependsOn: []string{"work"}, Run: ok})
 		stopping, exec, stopped := drainSetup(t, url, wf, s)
-		require.Eventually(t, stopping.services().draining.Load, testTimeout, time.Millisecond, "Stop to begin")
 		notified := make(chan []string, 1)
 		hook := func(c *changes) {
 			for _, e := range c.cs.Events {
