@@ -18,6 +18,10 @@ type PipelineInsertParams struct {
 	Status          PipelineStatus
 	Input           json.RawMessage
 	Now             time.Time
+	// ParentPipelineID and ParentTaskID record the run and task that
+	// started this run; nil for a run without a parent.
+	ParentPipelineID *uuid.UUID
+	ParentTaskID     *uuid.UUID
 }
 
 // TaskInsert is one task row to create. A task created Running is claimed
@@ -43,6 +47,9 @@ type PipelineListParams struct {
 	IDs          []uuid.UUID
 	Statuses     []PipelineStatus
 	WorkflowName string
+	// ParentPipelineIDs keeps the children of these runs: the runs whose
+	// ParentPipelineID is one of them.
+	ParentPipelineIDs []uuid.UUID
 	// CreatedBefore and BeforeID page backwards through the list: when set,
 	// only runs created strictly before (CreatedBefore, BeforeID) are returned.
 	CreatedBefore *time.Time

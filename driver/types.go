@@ -96,6 +96,11 @@ type Pipeline struct {
 	StartedAt       *time.Time
 	CompletedAt     *time.Time
 	UpdatedAt       time.Time
+	// ParentPipelineID and ParentTaskID are the run and task that started
+	// this run from inside a task function; nil for a run started
+	// otherwise.
+	ParentPipelineID *uuid.UUID
+	ParentTaskID     *uuid.UUID
 }
 
 // Task is a stored task execution row.

@@ -95,6 +95,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"PipelineGet", testPipelineGet},
 		{"PipelineList", testPipelineList},
 		{"PipelineLock", testPipelineLock},
+		{"PipelineParent", testPipelineParent},
 		{"PipelineStart", testPipelineStart},
 		{"TaskInsertMany", testTaskInsertMany},
 		{"TaskList", testTaskList},
@@ -194,6 +195,10 @@ func withWorkflow(name string) pipelineOpt {
 
 func createdAt(at time.Time) pipelineOpt {
 	return func(p *driver.PipelineInsertParams) { p.Now = at }
+}
+
+func withParent(pipelineID, taskID uuid.UUID) pipelineOpt {
+	return func(p *driver.PipelineInsertParams) { p.ParentPipelineID, p.ParentTaskID = &pipelineID, &taskID }
 }
 
 func withPipelineID(id uuid.UUID) pipelineOpt {

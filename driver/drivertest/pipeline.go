@@ -389,3 +389,88 @@ func testPipelineStart(t *testing.T, s *suite) {
 		})
 	})
 }
+
+// A run started from inside a task records the run and task that started
+// it. Every way of creating a run keeps the link, every read returns it,
+// and a listing finds the children of runs.
+func testPipelineParent(t *testing.T, s *suite) {
+	requireParent := func(t *testing.T, p *driver.Pipeline, run, task uuid.UUID) {
+		t.Helper()
+		require.NotNil(t, p.ParentPipelineID, "run %s has a parent", p.ID)
+		require.NotNil(t, p.ParentTaskID, "run %s has a parent task", p.ID)
+		require.Equal(t, run, *p.ParentPipelineID)
+		require.Equal(t, task, *p.ParentTaskID)
+	}
+
+	t.Run("RoundTrip", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		root := b.insertPipeline(t)
+		task := uuid.New()
+		many := b.insertPipeline(t, withParent(root.ID, task))
+		// A fresh start writes its runs through the change set.
+		fresh := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
+			Status: driver.PipelineRunning, Input: json.RawMessage(`{}`), Now: b.now, ParentPipelineID: &many.ID, ParentTaskID: &task}
+		b.apply(t, &driver.ChangeSet{NewPipelines: []*driver.PipelineInsertParams{fresh}})
+
+		got := b.getPipeline(t, root.ID)
+		require.Nil(t, got.ParentPipelineID, "a run started outside a task has no parent")
+		require.Nil(t, got.ParentTaskID)
+		requireParent(t, b.getPipeline(t, many.ID), root.ID, task)
+		requireParent(t, b.getPipeline(t, fresh.ID), many.ID, task)
+
+		ps, err := b.drv.Reader().PipelineList(b.ctx, &driver.PipelineListParams{IDs: []uuid.UUID{root.ID, many.ID, fresh.ID}})
+		require.NoError(t, err)
+		byID := map[uuid.UUID]*driver.Pipeline{}
+		for _, p := range ps {
+			byID[p.ID] = p
+		}
+		require.Len(t, byID, 3)
+		require.Nil(t, byID[root.ID].ParentPipelineID)
+		requireParent(t, byID[many.ID], root.ID, task)
+		requireParent(t, byID[fresh.ID], many.ID, task)
+
+		b.inTx(t, func(tx driver.Tx) {
+			ps, err := tx.PipelineLock(b.ctx, []uuid.UUID{fresh.ID, root.ID})
+			require.NoError(t, err)
+			require.Len(t, ps, 2)
+			for _, p := range ps {
+				if p.ID == root.ID {
+					require.Nil(t, p.ParentPipelineID)
+					require.Nil(t, p.ParentTaskID)
+				} else {
+					requireParent(t, p, many.ID, task)
+				}
+			}
+		})
+	})
+
+	t.Run("ListChildren", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		a, c := b.insertPipeline(t).ID, b.insertPipeline(t).ID
+		ta, tc := uuid.New(), uuid.New()
+		a1 := b.insertPipeline(t, withParent(a, ta), createdAt(b.at(1*time.Second))).ID
+		a2 := b.insertPipeline(t, withParent(a, ta), createdAt(b.at(2*time.Second)), withStatus(driver.PipelineCompleted)).ID
+		a3 := b.insertPipeline(t, withParent(a, ta), createdAt(b.at(3*time.Second))).ID
+		c1 := b.insertPipeline(t, withParent(c, tc), createdAt(b.at(4*time.Second))).ID
+		grand := b.insertPipeline(t, withParent(a1, uuid.New()), createdAt(b.at(5*time.Second))).ID
+		list := func(params *driver.PipelineListParams) []uuid.UUID {
+			t.Helper()
+			ps, err := b.drv.Reader().PipelineList(b.ctx, params)
+			require.NoError(t, err)
+			return pipelineIDs(ps)
+		}
+		require.Equal(t, []uuid.UUID{a3, a2, a1}, list(&driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{a}}),
+			"children only, not grandchildren, newest first")
+		require.Equal(t, []uuid.UUID{grand, c1, a3, a2, a1}, list(&driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{a, c, a1}}))
+		require.Empty(t, list(&driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{a3, uuid.New()}}), "a run without children")
+		// The filter combines with the others, and pages.
+		require.Equal(t, []uuid.UUID{a3, a1}, list(&driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{a},
+			Statuses: []driver.PipelineStatus{driver.PipelinePending}}))
+		at := b.at(3 * time.Second)
+		require.Equal(t, []uuid.UUID{a2}, list(&driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{a},
+			CreatedBefore: &at, BeforeID: a3, Limit: 1}))
+		require.Len(t, list(&driver.PipelineListParams{}), 7, "without the filter every run is listed")
+	})
+}

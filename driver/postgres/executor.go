@@ -28,7 +28,8 @@ type executor struct {
 	channel string
 }
 
-const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at`
+const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at,
+	parent_pipeline_execution_id, parent_task_execution_id`
 
 const taskColumnsFmt = `%[1]sid, %[1]spipeline_execution_id, %[1]sworkflow_name, %[1]stask_name, %[1]sposition, %[1]sstatus,
 	%[1]sattempt, %[1]smax_attempts, %[2]s, %[1]serror, %[1]srunner_id, %[1]srecovery_count, %[1]ssub_status, %[1]savailable_at,
@@ -56,13 +57,14 @@ const finishSQL = `UPDATE {s}.task_executions t
 				AND t.attempt = f.fence_attempt AND t.recovery_count = f.fence_recovery
 			RETURNING t.id`
 
-// pipelineInsertSQL creates runs from parallel arrays ($1–$6), skipping
+// pipelineInsertSQL creates runs from parallel arrays ($1–$8), skipping
 // those that exist; a run created Running starts at its creation.
 const pipelineInsertSQL = `INSERT INTO {s}.pipeline_executions
-			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
-			SELECT id, wf, version, status, input::json, CASE WHEN status = 'running' THEN now END, now, now
-			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-				AS u(id, wf, version, status, input, now)
+			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at,
+				parent_pipeline_execution_id, parent_task_execution_id)
+			SELECT id, wf, version, status, input::json, CASE WHEN status = 'running' THEN now END, now, now, parent, parent_task
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[], $8::uuid[])
+				AS u(id, wf, version, status, input, now, parent, parent_task)
 			ON CONFLICT (id) DO NOTHING`
 
 // claimSQL is the claim, its outbox rows narrowed by filter (a condition
@@ -133,7 +135,7 @@ func newQueries(schema string) *queries {
 		// A fresh start's runs cannot exist yet: one that does fails the
 		// change set (ErrConflict) for the retry to see.
 		pipelineInsertNew: r.Replace(`WITH i AS (` + pipelineInsertSQL + ` RETURNING 1)
-			SELECT {s}.cloacina_expect_rows(count(*), $7, 'run') FROM i`),
+			SELECT {s}.cloacina_expect_rows(count(*), $9, 'run') FROM i`),
 		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
@@ -239,16 +241,18 @@ func pipelineInsertArgs(ps []*driver.PipelineInsertParams) []any {
 	ids := make(uuidArray, n)
 	names, versions, statuses := make(textArray, n), make(textArray, n), make(textArray, n)
 	nows := make(timeArray, n)
+	parents, parentTasks := make(uuidArray, n), make(uuidArray, n)
 	for i, p := range ps {
 		ids[i], names[i], versions[i], statuses[i] = pgID(p.ID), pgText(p.WorkflowName), pgText(p.WorkflowVersion), pgText(string(p.Status))
 		nows[i] = pgTime(p.Now)
+		parents[i], parentTasks[i] = pgOptID(p.ParentPipelineID), pgOptID(p.ParentTaskID)
 	}
 	// A nil input is sent as the empty string, as string(nil) was.
 	inputs := jsonArray(n, func(i int) json.RawMessage { return ps[i].Input }, "")
 	for i := range inputs {
 		inputs[i].Valid = true
 	}
-	return []any{ids, names, versions, statuses, inputs, nows}
+	return []any{ids, names, versions, statuses, inputs, nows, parents, parentTasks}
 }
 
 func (e *executor) PipelineGet(ctx context.Context, id uuid.UUID) (*driver.Pipeline, error) {
@@ -278,6 +282,11 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 	}
 	if p.WorkflowName != "" {
 		where = append(where, "workflow_name = "+a.add(p.WorkflowName))
+	}
+	if len(p.ParentPipelineIDs) > 0 {
+		// IS NOT NULL spells out the predicate of the partial index on
+		// parents, which a generic plan cannot infer from = ANY($n).
+		where = append(where, "parent_pipeline_execution_id IS NOT NULL AND parent_pipeline_execution_id = ANY("+a.add(pgIDs(p.ParentPipelineIDs))+")")
 	}
 	if p.CreatedBefore != nil {
 		where = append(where, "(created_at, id) < ("+a.add(p.CreatedBefore.UTC())+", "+a.add(pgID(p.BeforeID))+")")

@@ -138,3 +138,53 @@ func normNumbers(t *testing.T, v any) any {
 	}
 	return v
 }
+
+// Migration 8 adds the parent of a run and drops the lease table that
+// migration 7 replaced. A schema at version 7 keeps its runs, which have
+// no parent, and takes runs with parents afterwards.
+func TestMigrationToRunParentsKeepsRuns(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv, err := Open(ctx, testdb.PostgresURL(), &Opts{Schema: schema})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	require.NoError(t, drv.migrateTo(ctx, 7))
+	s := pgx.Identifier{schema}.Sanitize()
+	old := uuid.New()
+	_, err = drv.Pool().Exec(ctx, fmt.Sprintf(`
+		WITH p AS (INSERT INTO %[1]s.pipeline_executions (id, workflow_name, workflow_version, status, input, created_at, updated_at)
+			VALUES ($1, 'wf', 'v1', 'running', '{"a":1}', now(), now()))
+		INSERT INTO %[1]s.cloacina_leases (name, holder, expires_at) VALUES ('leader', 'r', now())`, s), old)
+	require.NoError(t, err)
+
+	require.NoError(t, drv.Migrate(ctx))
+	current, latest, err := drv.MigrationVersion(ctx)
+	require.NoError(t, err)
+	require.Equal(t, latest, current)
+
+	var table *string
+	require.NoError(t, drv.Pool().QueryRow(ctx, "SELECT to_regclass($1)::text", pgx.Identifier{schema, "cloacina_leases"}.Sanitize()).Scan(&table))
+	require.Nil(t, table, "the old lease table is gone")
+	p, err := drv.Reader().PipelineGet(ctx, old)
+	require.NoError(t, err)
+	require.Equal(t, driver.PipelineRunning, p.Status)
+	require.JSONEq(t, `{"a":1}`, string(p.Input))
+	require.Nil(t, p.ParentPipelineID, "a run from before the migration has no parent")
+	require.Nil(t, p.ParentTaskID)
+
+	task := uuid.New()
+	child := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1", Status: driver.PipelinePending,
+		Input: json.RawMessage(`{}`), Now: time.Now(), ParentPipelineID: &old, ParentTaskID: &task}
+	tx, err := drv.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(t.Context())
+	_, err = tx.PipelineInsertMany(ctx, []*driver.PipelineInsertParams{child})
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	children, err := drv.Reader().PipelineList(ctx, &driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{old}})
+	require.NoError(t, err)
+	require.Len(t, children, 1)
+	require.Equal(t, child.ID, children[0].ID)
+	require.Equal(t, task, *children[0].ParentTaskID)
+}

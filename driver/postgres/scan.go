@@ -166,13 +166,14 @@ type pipelineScan struct {
 	workflow, version, status, errText   text
 	input, output                        jsonCol
 	created, started, completed, updated pgtype.Timestamptz
+	parent, parentTask                   *uuid.UUID
 	dest                                 []any
 }
 
 func newPipelineScan() *pipelineScan {
 	s := &pipelineScan{}
 	s.dest = []any{scanID{&s.id}, &s.workflow, &s.version, &s.status, &s.input, &s.output, &s.errText,
-		&s.created, &s.started, &s.completed, &s.updated}
+		&s.created, &s.started, &s.completed, &s.updated, scanOptID{&s.parent}, scanOptID{&s.parentTask}}
 	return s
 }
 
@@ -190,6 +191,8 @@ func (s *pipelineScan) scan(row pgx.Row) (*driver.Pipeline, error) {
 	p := &a.p
 	p.ID, p.WorkflowName, p.WorkflowVersion = s.id, s.workflow.s, s.version.s
 	p.Status, p.Error = driver.PipelineStatus(s.status.s), s.errText.s
+	// scanOptID allocates each id it scans: the pointers are this row's.
+	p.ParentPipelineID, p.ParentTaskID = s.parent, s.parentTask
 	d := docs(&s.input, &s.output)
 	p.Input, p.Output = d[0], d[1]
 	var err error

@@ -16,6 +16,14 @@ import (
 
 func pgID(id uuid.UUID) pgtype.UUID { return pgtype.UUID{Bytes: id, Valid: true} }
 
+// pgOptID is pgID for a nullable id: nil is NULL.
+func pgOptID(id *uuid.UUID) pgtype.UUID {
+	if id == nil {
+		return pgtype.UUID{}
+	}
+	return pgID(*id)
+}
+
 // scanID scans a non-null uuid column into a uuid.UUID.
 type scanID struct{ dst *uuid.UUID }
 

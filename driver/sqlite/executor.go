@@ -154,6 +154,14 @@ func timePtrArg(b *boxed[time.Time], t *time.Time) any {
 	return b.get(*t, timeArg)
 }
 
+// optIDArg is the bind argument of a nullable id: nil is NULL.
+func optIDArg(id *uuid.UUID) any {
+	if id == nil {
+		return nil
+	}
+	return id.String()
+}
+
 func uuidArgs(ids []uuid.UUID) []any {
 	args := make([]any, len(ids))
 	for i, id := range ids {
@@ -170,7 +178,8 @@ func stringArgs[T ~string](ss []T) []any {
 	return args
 }
 
-const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at`
+const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at,
+	parent_pipeline_execution_id, parent_task_execution_id`
 
 func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
 	if err != nil {
@@ -194,8 +203,9 @@ func collectPipelines(rows *sql.Rows, err error) ([]*driver.Pipeline, error) {
 func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.PipelineInsertParams) ([]uuid.UUID, error) {
 	var inserted []uuid.UUID
 	insert := &stmtOnce{e: e, query: `INSERT INTO pipeline_executions
-			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`}
+			(id, workflow_name, workflow_version, status, input, started_at, created_at, updated_at,
+				parent_pipeline_execution_id, parent_task_execution_id)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`}
 	defer insert.close()
 	for _, p := range ps {
 		now := formatTime(p.Now)
@@ -204,7 +214,8 @@ func (e *executor) PipelineInsertMany(ctx context.Context, ps []*driver.Pipeline
 			started = now
 		}
 		res, err := insert.exec(ctx,
-			p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), started, now, now)
+			p.ID.String(), p.WorkflowName, p.WorkflowVersion, string(p.Status), string(p.Input), started, now, now,
+			optIDArg(p.ParentPipelineID), optIDArg(p.ParentTaskID))
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: insert pipeline %s: %w", p.ID, mapError(err))
 		}
@@ -241,6 +252,11 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 	if p.WorkflowName != "" {
 		where = append(where, "workflow_name = ?")
 		args = append(args, p.WorkflowName)
+	}
+	if len(p.ParentPipelineIDs) > 0 {
+		// IS NOT NULL spells out the partial index's predicate.
+		where = append(where, "parent_pipeline_execution_id IS NOT NULL AND parent_pipeline_execution_id IN ("+placeholders(len(p.ParentPipelineIDs))+")")
+		args = append(args, uuidArgs(p.ParentPipelineIDs)...)
 	}
 	if p.CreatedBefore != nil {
 		where = append(where, "(created_at, id) < (?, ?)")

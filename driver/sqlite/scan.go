@@ -83,6 +83,7 @@ func (s *taskScan) scan(row interface{ Scan(...any) error }) (*driver.Task, erro
 type pipelineScan struct {
 	id, status, created, updated      string
 	input, output, started, completed sql.NullString
+	parent, parentTask                sql.NullString
 	p                                 driver.Pipeline // scanned in place, copied out
 	dest                              []any
 }
@@ -91,7 +92,7 @@ func newPipelineScan() *pipelineScan {
 	s := &pipelineScan{}
 	p := &s.p
 	s.dest = []any{&s.id, &p.WorkflowName, &p.WorkflowVersion, &s.status, &s.input, &s.output, &p.Error,
-		&s.created, &s.started, &s.completed, &s.updated}
+		&s.created, &s.started, &s.completed, &s.updated, &s.parent, &s.parentTask}
 	return s
 }
 
@@ -126,7 +127,25 @@ func (s *pipelineScan) scan(row interface{ Scan(...any) error }) (*driver.Pipeli
 	if p.CompletedAt, err = parseTimeInto(s.completed, &a.times[1]); err != nil {
 		return nil, err
 	}
+	if p.ParentPipelineID, err = parseOptID(s.parent); err != nil {
+		return nil, fmt.Errorf("sqlite: pipeline %s: bad parent id: %w", p.ID, err)
+	}
+	if p.ParentTaskID, err = parseOptID(s.parentTask); err != nil {
+		return nil, fmt.Errorf("sqlite: pipeline %s: bad parent task id: %w", p.ID, err)
+	}
 	return p, nil
+}
+
+// parseOptID parses a nullable id column: nil for NULL.
+func parseOptID(ns sql.NullString) (*uuid.UUID, error) {
+	if !ns.Valid {
+		return nil, nil
+	}
+	id, err := uuid.Parse(ns.String)
+	if err != nil {
+		return nil, err
+	}
+	return &id, nil
 }
 
 // parseTimeInto parses a nullable time into slot and returns slot, or nil

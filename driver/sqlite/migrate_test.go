@@ -1,0 +1,57 @@
+package sqlite_test
+
+import (
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// Migration 8 adds the parent of a run and drops the lease table that
+// migration 7 replaced. A database at version 7 keeps its runs, which have
+// no parent, and takes runs with parents afterwards.
+func TestMigrationToRunParentsKeepsRuns(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	drv := open(t, testdb.SQLitePath(t))
+	require.NoError(t, sqlite.MigrateTo(ctx, drv, 7))
+	old := uuid.New()
+	_, err := drv.DB().ExecContext(ctx, `INSERT INTO pipeline_executions (id, workflow_name, workflow_version, status, input, created_at, updated_at)
+		VALUES (?, 'wf', 'v1', 'running', '{"a":1}', '2025-01-02T03:04:05.000000Z', '2025-01-02T03:04:05.000000Z')`, old.String())
+	require.NoError(t, err)
+	_, err = drv.DB().ExecContext(ctx, `INSERT INTO cloacina_leases (name, holder, expires_at) VALUES ('leader', 'r', '2025-01-02T03:04:05.000000Z')`)
+	require.NoError(t, err)
+
+	require.NoError(t, drv.Migrate(ctx))
+	current, latest, err := drv.MigrationVersion(ctx)
+	require.NoError(t, err)
+	require.Equal(t, latest, current)
+
+	var n int
+	require.NoError(t, drv.DB().QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE name = 'cloacina_leases'").Scan(&n))
+	require.Zero(t, n, "the old lease table is gone")
+	p, err := drv.Reader().PipelineGet(ctx, old)
+	require.NoError(t, err)
+	require.Equal(t, driver.PipelineRunning, p.Status)
+	require.JSONEq(t, `{"a":1}`, string(p.Input))
+	require.Nil(t, p.ParentPipelineID, "a run from before the migration has no parent")
+	require.Nil(t, p.ParentTaskID)
+
+	task := uuid.New()
+	child := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1", Status: driver.PipelinePending,
+		Input: []byte(`{}`), Now: p.CreatedAt, ParentPipelineID: &old, ParentTaskID: &task}
+	tx, err := drv.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.PipelineInsertMany(ctx, []*driver.PipelineInsertParams{child})
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	children, err := drv.Reader().PipelineList(ctx, &driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{old}})
+	require.NoError(t, err)
+	require.Len(t, children, 1)
+	require.Equal(t, child.ID, children[0].ID)
+	require.Equal(t, task, *children[0].ParentTaskID)
+}
