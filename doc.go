@@ -143,6 +143,14 @@
 // The wait shows as the task's "deferred" sub-status and as task_deferred
 // and task_resumed events.
 //
+// Runs started that way form a tree: the child records the run and task
+// that started it ([ExecutionResult.ParentRunID] and ParentTaskID, also in
+// [RunSummary]), and [ListOpts.ParentRunID] lists the children of a run.
+// Cancelling a run cancels its unfinished descendants in the same
+// transaction (their reason names the cancelled parent), and a task of a
+// cancelled run can start no more children. Pause and Resume act on the
+// one run they name: its children go on.
+//
 // # Execution events
 //
 // Every transition appends an [Event] in the same transaction: run

@@ -27,8 +27,9 @@ var (
 	// ErrRunNotFound is returned for a run id that does not exist (or whose
 	// ExecuteTx transaction has not committed).
 	ErrRunNotFound = errors.New("run not found")
-	// ErrRunFinished is returned when pausing or resuming a run that
-	// already reached a terminal status.
+	// ErrRunFinished is returned when cancelling, pausing or resuming a run
+	// that already reached a terminal status, and when a task of a finished
+	// (cancelled) run starts a child run.
 	ErrRunFinished = errors.New("run already finished")
 	// ErrInvalidURL is returned for a database URL that cannot be used.
 	ErrInvalidURL = errors.New("invalid database URL")

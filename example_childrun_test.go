@@ -89,3 +89,62 @@ func ExampleRunner_Execute_childRun() {
 	// task_deferred
 	// task_resumed
 }
+
+// Runs started from a task form a tree: the child records its parent, and
+// cancelling the parent cancels the child too, cancelling the context of
+// the child's running task.
+func ExampleRunner_Cancel_children() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "cloacina-example")
+	defer os.RemoveAll(dir)
+
+	var runner *cloacina.Runner
+	childRunning := make(chan struct{})
+	crawl := cloacina.MustWorkflow("crawl",
+		cloacina.Task{Name: "fetch", Run: func(ctx context.Context, _ *cloacina.Context) error {
+			close(childRunning)
+			<-ctx.Done() // told to stop when the parent run is cancelled
+			return ctx.Err()
+		}},
+	)
+	index := cloacina.MustWorkflow("index",
+		cloacina.Task{Name: "crawl_site", Run: func(ctx context.Context, _ *cloacina.Context) error {
+			_, err := runner.Execute(ctx, "crawl", nil)
+			return err
+		}},
+	)
+	runner, err := cloacina.Open(ctx, "sqlite://"+filepath.Join(dir, "cloacina.db"), &cloacina.Config{
+		Workflows: []*cloacina.Workflow{index, crawl},
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer runner.Close()
+	_ = runner.Start(ctx)
+
+	parent, err := runner.ExecuteAsync(ctx, "index", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	<-childRunning
+	parentID := parent.ID()
+	children, err := runner.List(ctx, &cloacina.ListOpts{ParentRunID: &parentID})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := parent.Cancel(ctx); err != nil {
+		log.Fatal(err)
+	}
+	child, err := runner.Get(ctx, children[0].ID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(child.Workflow, "is a child of the index run:", *child.ParentRunID == parentID)
+	fmt.Println(child.Workflow, "is", child.Status)
+	fmt.Println("its reason names the parent:", child.Error == "parent run "+parentID.String()+" cancelled")
+	// Output:
+	// crawl is a child of the index run: true
+	// crawl is cancelled
+	// its reason names the parent: true
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -69,11 +70,17 @@ func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e
 // A task function may call Execute, with its own context, to run a child
 // workflow and wait for it: while it waits it holds no concurrency slot
 // (see Execution.Wait), so parents waiting for children never take every
-// slot from the children. Cancelling the parent run ends its wait but not
-// the child run; cancel that too if it should stop (use ExecuteAsync for
-// its handle). Stop waits for a waiting parent like any running task, and
-// meanwhile still claims the tasks of the runs its tasks wait for (of the
-// workflows it runs), so that a lone runner can stop without a deadline.
+// slot from the children. The child records the task and its run as its
+// parent (ExecutionResult.ParentRunID and ParentTaskID; ListOpts.ParentRunID
+// lists a run's children). Cancelling the parent run ends the task's wait
+// and cancels the child run, and its own children, with it (see Cancel);
+// a task of a run that is cancelled already gets ErrRunFinished. Pause and
+// Resume are not passed on: a paused parent's children go on. A task may
+// also start a child with ExecuteAsync or ExecuteTx and not wait for it:
+// the child is linked and cancelled all the same. Stop waits for a waiting
+// parent like any running task, and meanwhile still claims the tasks of
+// the runs its tasks wait for (of the workflows it runs), so that a lone
+// runner can stop without a deadline.
 func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (*ExecutionResult, error) {
 	e, err := r.ExecuteAsync(ctx, workflow, input)
 	if err != nil {
@@ -90,7 +97,7 @@ func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (
 // may exist all the same (the commit went through): look it up (List)
 // before starting it again if duplicates matter.
 func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Context) (*Execution, error) {
-	run, err := r.prepareRun(workflow, input)
+	run, err := r.prepareRun(ctx, workflow, input)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +113,7 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // after committing. On PostgreSQL the commit wakes the runners (NOTIFY);
 // on SQLite the run is picked up by the next poll.
 func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {
-	run, err := r.prepareRun(workflow, input)
+	run, err := r.prepareRun(ctx, workflow, input)
 	if err != nil {
 		return nil, err
 	}
@@ -132,15 +139,20 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 }
 
 // newRun is a run about to be created: its id, workflow and encoded
-// input.
+// input, and the run and task that start it from inside a task (nil
+// otherwise).
 type newRun struct {
-	id    uuid.UUID
-	wf    *Workflow
-	input []byte
+	id         uuid.UUID
+	wf         *Workflow
+	input      []byte
+	parent     *uuid.UUID
+	parentTask *uuid.UUID
 }
 
 // prepareRun checks and encodes what a new run needs before any write.
-func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
+// Called with a task's context, it makes the run a child of that task's
+// run.
+func (r *Runner) prepareRun(ctx context.Context, workflow string, input *Context) (*newRun, error) {
 	if err := r.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -158,7 +170,50 @@ func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: encode input: %w", workflow, err)
 	}
-	return &newRun{id: newID(), wf: wf, input: raw}, nil
+	run := &newRun{id: newID(), wf: wf, input: raw}
+	if s, ok := ctx.Value(taskScopeKey{}).(*taskScope); ok {
+		pid, tid := s.rt.task.PipelineID, s.rt.task.ID
+		run.parent, run.parentTask = &pid, &tid
+	}
+	return run, nil
+}
+
+// lockParents locks the parent runs of runs, so that a run cancelled
+// meanwhile (Cancel locks it too) either sees its new children or refuses
+// them: a child of a finished run fails with ErrRunFinished. A parent this
+// database does not hold (a task of a runner on another database starting
+// a run here) is dropped: the run is started without one.
+func lockParents(ctx context.Context, exec driver.Executor, runs []*newRun) error {
+	var ids []uuid.UUID
+	for _, run := range runs {
+		if run.parent != nil && !slices.Contains(ids, *run.parent) {
+			ids = append(ids, *run.parent)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	ps, err := exec.PipelineLock(ctx, ids)
+	if err != nil {
+		return err
+	}
+	status := make(map[uuid.UUID]driver.PipelineStatus, len(ps))
+	for _, p := range ps {
+		status[p.ID] = p.Status
+	}
+	for _, run := range runs {
+		if run.parent == nil {
+			continue
+		}
+		st, ok := status[*run.parent]
+		switch {
+		case !ok:
+			run.parent, run.parentTask = nil, nil
+		case st.Terminal():
+			return fmt.Errorf("parent run %s is %s: %w: a task of a finished run cannot start child runs", *run.parent, st, ErrRunFinished)
+		}
+	}
+	return nil
 }
 
 // createRuns writes new runs: each pipeline, every task (roots Ready, or
@@ -173,7 +228,13 @@ func (r *Runner) prepareRun(workflow string, input *Context) (*newRun, error) {
 // with a conflict, for the retry to see. Only such a start may carry a
 // c.handoff: a run whose roots find free slots on this runner is created
 // Running (pipeline_started) with those roots claimed here.
+//
+// Child runs lock their parents first (lockParents): one extra statement,
+// for starts from inside a task only.
 func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *changes, runs []*newRun, fresh bool) error {
+	if err := lockParents(ctx, exec, runs); err != nil {
+		return err
+	}
 	inserted := make(map[uuid.UUID]bool, len(runs))
 	if fresh {
 		for _, run := range runs {
@@ -247,7 +308,7 @@ func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *change
 
 func newPipeline(run *newRun, status driver.PipelineStatus, now time.Time) *driver.PipelineInsertParams {
 	return &driver.PipelineInsertParams{ID: run.id, WorkflowName: run.wf.name, WorkflowVersion: run.wf.version,
-		Status: status, Input: run.input, Now: now}
+		Status: status, Input: run.input, Now: now, ParentPipelineID: run.parent, ParentTaskID: run.parentTask}
 }
 
 // wait blocks until run id is terminal. Called with a task's context (a

@@ -26,7 +26,8 @@ func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error
 		return nil, r.closedErr(err)
 	}
 	res := &ExecutionResult{ID: p.ID, Workflow: p.WorkflowName, WorkflowVersion: p.WorkflowVersion, Status: p.Status,
-		CreatedAt: p.CreatedAt, StartedAt: p.StartedAt, CompletedAt: p.CompletedAt, Error: p.Error}
+		CreatedAt: p.CreatedAt, StartedAt: p.StartedAt, CompletedAt: p.CompletedAt, Error: p.Error,
+		ParentRunID: p.ParentPipelineID, ParentTaskID: p.ParentTaskID}
 	if p.CompletedAt != nil {
 		res.Duration = p.CompletedAt.Sub(p.CreatedAt)
 	}
@@ -77,6 +78,9 @@ type ListOpts struct {
 	Statuses []PipelineStatus
 	// Workflow keeps runs of this workflow. Default: all.
 	Workflow string
+	// ParentRunID keeps the runs that tasks of this run started: its
+	// children, not their descendants. Default: all runs.
+	ParentRunID *uuid.UUID
 	// Limit bounds the runs returned. Default: 100.
 	Limit int
 	// After continues a listing after this run (the last of the previous
@@ -97,6 +101,9 @@ func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error
 	if params.Limit <= 0 {
 		params.Limit = 100
 	}
+	if opts.ParentRunID != nil {
+		params.ParentPipelineIDs = []uuid.UUID{*opts.ParentRunID}
+	}
 	if opts.After != nil {
 		params.CreatedBefore = &opts.After.CreatedAt
 		params.BeforeID = opts.After.ID
@@ -108,7 +115,8 @@ func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error
 	out := make([]*RunSummary, len(ps))
 	for i, p := range ps {
 		out[i] = &RunSummary{ID: p.ID, Workflow: p.WorkflowName, WorkflowVersion: p.WorkflowVersion, Status: p.Status,
-			CreatedAt: p.CreatedAt, StartedAt: p.StartedAt, CompletedAt: p.CompletedAt, Error: p.Error}
+			CreatedAt: p.CreatedAt, StartedAt: p.StartedAt, CompletedAt: p.CompletedAt, Error: p.Error,
+			ParentRunID: p.ParentPipelineID, ParentTaskID: p.ParentTaskID}
 	}
 	return out, nil
 }

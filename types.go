@@ -88,6 +88,11 @@ type ExecutionResult struct {
 	Duration time.Duration
 	// Error describes why the run failed or was cancelled.
 	Error string
+	// ParentRunID and ParentTaskID identify the run and task that started
+	// this run from inside a task function (see Runner.Execute); nil for a
+	// run started otherwise.
+	ParentRunID  *uuid.UUID
+	ParentTaskID *uuid.UUID
 }
 
 // Err returns a *RunError when the run Failed or was Cancelled, else nil.
@@ -150,6 +155,10 @@ type RunSummary struct {
 	StartedAt       *time.Time
 	CompletedAt     *time.Time
 	Error           string
+	// ParentRunID and ParentTaskID identify the run and task that started
+	// this run, as in ExecutionResult; nil for a run without a parent.
+	ParentRunID  *uuid.UUID
+	ParentTaskID *uuid.UUID
 }
 
 // Event is one entry of the execution event log.

@@ -22,7 +22,7 @@ var runStatuses = []string{
 func (a *app) runsCommand() *cobra.Command {
 	return groupCommand("runs", "List, inspect and control runs (from any process)",
 		a.runsListCommand(), a.runsGetCommand(),
-		a.runControlCommand("cancel", "Cancel a run: queued tasks are skipped, running tasks are told to stop",
+		a.runControlCommand("cancel", "Cancel a run and its unfinished child runs: queued tasks are skipped, running tasks are told to stop",
 			(*cloacina.Runner).Cancel),
 		a.runControlCommand("pause", "Pause a run: no new task of it starts until it is resumed",
 			(*cloacina.Runner).Pause),
@@ -33,20 +33,28 @@ func (a *app) runsCommand() *cobra.Command {
 
 func (a *app) runsListCommand() *cobra.Command {
 	statuses := &choiceFlag{kind: "status", allowed: runStatuses}
-	var workflow string
+	var workflow, parent string
 	limit := countFlag(defaultRunLimit)
 	cmd := &cobra.Command{
-		Use:     "list",
-		Short:   "List runs, newest first",
-		Example: `  cloacina runs list --status running --status paused`,
-		Args:    exactArgs(0, "no arguments"),
+		Use:   "list",
+		Short: "List runs, newest first",
+		Example: `  cloacina runs list --status running --status paused
+  cloacina runs list --parent <run-id>    # the runs that tasks of a run started`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := &cloacina.ListOpts{Workflow: workflow, Limit: int(limit)}
+			if parent != "" {
+				id, err := parseID(parent, "parent run")
+				if err != nil {
+					return usageErrorf(cmd, "--parent: %v", err)
+				}
+				opts.ParentRunID = &id
+			}
 			d, err := a.database(cmd)
 			if err != nil {
 				return err
 			}
 			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
-				opts := &cloacina.ListOpts{Workflow: workflow, Limit: int(limit)}
 				for _, s := range statuses.values {
 					opts.Statuses = append(opts.Statuses, cloacina.PipelineStatus(s))
 				}
@@ -58,13 +66,17 @@ func (a *app) runsListCommand() *cobra.Command {
 					_, err := fmt.Fprintln(a.stdout, "no runs")
 					return err
 				}
-				tb := newTable("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION", "ERROR").alignRight(4)
+				tb := newTable("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION", "PARENT", "ERROR").alignRight(4)
 				for _, run := range runs {
 					dur := "-"
 					if run.CompletedAt != nil {
 						dur = formatDuration(run.CompletedAt.Sub(run.CreatedAt))
 					}
-					tb.add(run.ID.String(), run.Workflow, string(run.Status), formatTime(run.CreatedAt), dur, firstLine(run.Error))
+					parent := "-"
+					if run.ParentRunID != nil {
+						parent = run.ParentRunID.String()
+					}
+					tb.add(run.ID.String(), run.Workflow, string(run.Status), formatTime(run.CreatedAt), dur, parent, firstLine(run.Error))
 				}
 				return tb.render(a.stdout)
 			})
@@ -72,6 +84,7 @@ func (a *app) runsListCommand() *cobra.Command {
 	}
 	cmd.Flags().Var(statuses, "status", "only runs in this status (repeatable, or comma-separated)")
 	cmd.Flags().StringVar(&workflow, "workflow", "", "only runs of this workflow")
+	cmd.Flags().StringVar(&parent, "parent", "", "only runs started by tasks of this run (its children)")
 	cmd.Flags().Var(&limit, "limit", "show at most this many runs")
 	return cmd
 }
@@ -95,16 +108,40 @@ func (a *app) runsGetCommand() *cobra.Command {
 				if err != nil {
 					return runError(id, err)
 				}
-				return writeRun(a, res)
+				var parent *cloacina.ExecutionResult
+				if res.ParentRunID != nil {
+					// The parent names the task; a parent removed by hand
+					// leaves just the ids.
+					if parent, err = r.Get(ctx, *res.ParentRunID); err != nil && !errors.Is(err, cloacina.ErrRunNotFound) {
+						return runError(*res.ParentRunID, err)
+					}
+				}
+				return writeRun(a, res, parent)
 			})
 		},
 	}
 }
 
-func writeRun(a *app, res *cloacina.ExecutionResult) error {
+// writeRun prints a run and its tasks; parent, if known, is the run that
+// started it.
+func writeRun(a *app, res, parent *cloacina.ExecutionResult) error {
 	fields := newTable()
 	fields.add("run", res.ID.String())
 	fields.add("workflow", fmt.Sprintf("%s (version %.12s)", res.Workflow, res.WorkflowVersion))
+	if res.ParentRunID != nil {
+		fields.add("parent", res.ParentRunID.String())
+	}
+	if res.ParentTaskID != nil {
+		task := res.ParentTaskID.String()
+		if parent != nil {
+			for _, t := range parent.Tasks {
+				if t.ID == *res.ParentTaskID {
+					task = t.Name + " (" + task + ")"
+				}
+			}
+		}
+		fields.add("parent task", task)
+	}
 	fields.add("status", string(res.Status))
 	fields.add("created", formatTime(res.CreatedAt))
 	fields.add("started", formatTimePtr(res.StartedAt))

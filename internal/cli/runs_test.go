@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -90,6 +91,57 @@ func TestRuns(t *testing.T) {
 				requireOneLineError(t, cli(t, "--database-url", url, "runs", cmd, missing), ExitFailure,
 					"no run "+missing+" in this database: list runs with `cloacina runs list`")
 			}
+		})
+	}
+}
+
+// A run started from inside a task shows its parent: a PARENT column in
+// the listing, --parent for the children of a run, and the parent run
+// and task in the run's detail.
+func TestRunsShowParents(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			url := b.URL(t)
+			var r *cloacina.Runner
+			child := cloacina.MustWorkflow("child", cloacina.Task{Name: "c", Run: func(context.Context, *cloacina.Context) error { return nil }})
+			parent := cloacina.MustWorkflow("parent", cloacina.Task{Name: "spawn", Run: func(ctx context.Context, _ *cloacina.Context) error {
+				res, err := r.Execute(ctx, "child", nil)
+				if err != nil {
+					return err
+				}
+				return res.Err()
+			}})
+			r, err := cloacina.Open(t.Context(), url, &cloacina.Config{Workflows: []*cloacina.Workflow{parent, child},
+				Logger: slog.New(slog.DiscardHandler)})
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, r.Close()) })
+			require.NoError(t, r.Start(t.Context()))
+			res, err := r.Execute(t.Context(), "parent", nil)
+			require.NoError(t, err)
+			require.NoError(t, res.Err())
+			pid := res.ID.String()
+
+			header, rows := parseTable(t, ok(t, url, "runs", "list"))
+			require.Equal(t, row{"ID", "WORKFLOW", "STATUS", "CREATED", "DURATION", "PARENT", "ERROR"}, header)
+			require.Len(t, rows, 2)
+			require.Equal(t, row{"child", "completed"}, rows[0][1:3])
+			require.Equal(t, pid, rows[0][5])
+			require.Equal(t, row{pid, "parent", "completed"}, rows[1][:3])
+			require.Equal(t, "-", rows[1][5], "a run started outside a task has no parent")
+			childID := rows[0][0]
+
+			_, rows = parseTable(t, ok(t, url, "runs", "list", "--parent", pid))
+			require.Len(t, rows, 1)
+			require.Equal(t, childID, rows[0][0])
+			require.Equal(t, "no runs\n", ok(t, url, "runs", "list", "--parent", childID))
+			requireOneLineError(t, cli(t, "--database-url", url, "runs", "list", "--parent", "nope"), ExitUsage, "--parent:")
+
+			out := ok(t, url, "runs", "get", childID)
+			require.Contains(t, out, "\nparent       "+pid+"\n")
+			require.Contains(t, out, "\nparent task  spawn ("+res.Task("spawn").ID.String()+")\n")
+			require.NotContains(t, ok(t, url, "runs", "get", pid), "\nparent ")
 		})
 	}
 }
