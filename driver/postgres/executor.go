@@ -284,8 +284,10 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 		where = append(where, "workflow_name = "+a.add(p.WorkflowName))
 	}
 	if len(p.ParentPipelineIDs) > 0 {
-		// IS NOT NULL spells out the predicate of the partial index on
-		// parents, which a generic plan cannot infer from = ANY($n).
+		// IS NOT NULL is implied, but spelled out it makes the planner
+		// count only runs with a parent: a generic plan, guessing that
+		// = ANY($n) keeps a tenth of all runs, walked every run newest
+		// first instead of using the partial index on parents.
 		where = append(where, "parent_pipeline_execution_id IS NOT NULL AND parent_pipeline_execution_id = ANY("+a.add(pgIDs(p.ParentPipelineIDs))+")")
 	}
 	if p.CreatedBefore != nil {

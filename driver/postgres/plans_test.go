@@ -128,3 +128,59 @@ func seqScans(t *testing.T, drv *postgres.Driver, schema string) map[string]int6
 	require.Len(t, out, 2)
 	return out
 }
+
+// Listing the children of runs (a run's children in the CLI, Cancel's walk
+// down a run tree) finds them through the partial parent index, also in a
+// generic plan. There PostgreSQL guesses that = ANY($n) keeps a tenth of
+// the table and, under a LIMIT, walked every run newest first instead;
+// the query's own IS NOT NULL lets it count only the runs with a parent.
+func TestChildListingUsesParentIndex(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv := open(t, schema, "pool_max_conns", "1", "plan_cache_mode", "force_generic_plan")
+	require.NoError(t, drv.Migrate(ctx))
+	parent := uuid.New()
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`INSERT INTO %s.pipeline_executions
+			(id, workflow_name, workflow_version, status, input, created_at, updated_at, parent_pipeline_execution_id)
+		SELECT gen_random_uuid(), 'wf', 'v1', 'completed', '{}', now() - i * interval '1 second', now(),
+			CASE WHEN i %% 100 = 0 THEN $1::uuid END
+		FROM generate_series(1, 50000) AS i`, pgx.Identifier{schema}.Sanitize()), parent)
+	require.NoError(t, err)
+	_, err = drv.Pool().Exec(ctx, "ANALYZE "+pgx.Identifier{schema, "pipeline_executions"}.Sanitize())
+	require.NoError(t, err)
+
+	scans := func() map[string]int64 {
+		t.Helper()
+		_, err := drv.Pool().Exec(ctx, "SELECT pg_stat_force_next_flush()")
+		require.NoError(t, err)
+		_, err = drv.Pool().Exec(ctx, "SELECT 1")
+		require.NoError(t, err)
+		admin, err := pgx.Connect(ctx, testdb.PostgresURL())
+		require.NoError(t, err)
+		defer admin.Close(context.WithoutCancel(ctx))
+		rows, err := admin.Query(ctx, `SELECT indexrelname, idx_scan FROM pg_stat_user_indexes
+			WHERE schemaname = $1 AND relname = 'pipeline_executions'`, schema)
+		require.NoError(t, err)
+		out := map[string]int64{}
+		for rows.Next() {
+			var name string
+			var n int64
+			require.NoError(t, rows.Scan(&name, &n))
+			out[name] = n
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	before := scans()
+	const lists = 3
+	for range lists {
+		ps, err := drv.Reader().PipelineList(ctx, &driver.PipelineListParams{ParentPipelineIDs: []uuid.UUID{parent, uuid.New()}, Limit: 100})
+		require.NoError(t, err)
+		require.Len(t, ps, 100)
+	}
+	after := scans()
+	// (A scan per array element, depending on the plan.)
+	require.GreaterOrEqual(t, after["pipeline_executions_parent_idx"], before["pipeline_executions_parent_idx"]+lists, "scans of the parent index")
+	require.Equal(t, before["pipeline_executions_created_idx"], after["pipeline_executions_created_idx"], "scans of the creation index")
+}

@@ -254,7 +254,8 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 		args = append(args, p.WorkflowName)
 	}
 	if len(p.ParentPipelineIDs) > 0 {
-		// IS NOT NULL spells out the partial index's predicate.
+		// IS NOT NULL is implied; it is spelled out as on PostgreSQL,
+		// where it steers the planner to the partial index on parents.
 		where = append(where, "parent_pipeline_execution_id IS NOT NULL AND parent_pipeline_execution_id IN ("+placeholders(len(p.ParentPipelineIDs))+")")
 		args = append(args, uuidArgs(p.ParentPipelineIDs)...)
 	}
