@@ -315,3 +315,42 @@ func TestCancelRacingChildStarts(t *testing.T) {
 		require.Len(t, all, len(kids), "every child run is linked to its parent")
 	})
 }
+
+// The cascade reaches a child whose task runs on another runner: its
+// context is cancelled there (PostgreSQL's NOTIFY, SQLite's poll for
+// cancelled runs), as for a run cancelled on its own.
+func TestCancelCascadeReachesAnotherRunner(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		childCause := make(chan error, 1)
+		childRunning := make(chan struct{})
+		release := make(chan struct{})
+		child := MustWorkflow("child", Task{Name: "c", Run: func(ctx context.Context, _ *Context) error {
+			close(childRunning)
+			select {
+			case <-ctx.Done():
+				childCause <- context.Cause(ctx)
+				return ctx.Err()
+			case <-release: // the test failed: let the runner close
+				return nil
+			}
+		}})
+		other := startRunner(t, url, &Config{Workflows: []*Workflow{child}})
+		parent := MustWorkflow("parent", Task{Name: "p", Run: func(ctx context.Context, _ *Context) error {
+			_, err := other.Execute(ctx, "child", nil)
+			return err
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{parent}})
+		t.Cleanup(sync.OnceFunc(func() { close(release) }))
+		exec, err := r.ExecuteAsync(ctx, "parent", nil)
+		require.NoError(t, err)
+		waitFor(t, childRunning, "the child's task to start on the other runner")
+		require.NoError(t, r.Cancel(ctx, exec.ID()))
+		require.ErrorIs(t, waitFor(t, childCause, "the child's task context to be cancelled"), errRunCancelled)
+		kids, err := r.List(ctx, &ListOpts{ParentRunID: ptr(exec.ID())})
+		require.NoError(t, err)
+		require.Len(t, kids, 1)
+		require.Equal(t, PipelineCancelled, kids[0].Status)
+	})
+}
