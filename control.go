@@ -32,7 +32,8 @@ func lockRun(ctx context.Context, tx driver.Tx, id uuid.UUID) (*driver.Pipeline,
 // Cancel cancels the run's unfinished descendants with it, in the same
 // transaction: the runs its tasks started (see Execute), the runs theirs
 // started, and so on. Each ends Cancelled as if cancelled on its own, its
-// reason naming the cancelled run above it ("parent run <id> cancelled").
+// reason naming the cancelled run above it: "parent run <id> cancelled"
+// ("ancestor run <id> cancelled" under a parent that had finished).
 // Descendants that finished already are left as they are, and so is the
 // run's own parent: cancelling a child does not touch the run that
 // started it. A run started from a task of a cancelled run fails with

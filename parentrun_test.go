@@ -354,3 +354,55 @@ func TestCancelCascadeReachesAnotherRunner(t *testing.T) {
 		require.Equal(t, PipelineCancelled, kids[0].Status)
 	})
 }
+
+// A child that finished without waiting for a run it started leaves that
+// grandchild running; cancelling the top run still reaches it, through
+// the finished child, which stays Completed.
+func TestCancelReachesPastAFinishedChild(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var r *Runner
+		grandRunning := make(chan uuid.UUID, 1)
+		release := make(chan struct{})
+		grandchild := MustWorkflow("grandchild", Task{Name: "g", Run: func(ctx context.Context, _ *Context) error {
+			info, _ := TaskInfoFrom(ctx)
+			grandRunning <- info.RunID
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-release: // the test failed: let the runner close
+				return nil
+			}
+		}})
+		child := MustWorkflow("child", Task{Name: "c", Run: func(ctx context.Context, _ *Context) error {
+			_, err := r.ExecuteAsync(ctx, "grandchild", nil) // and not waited for
+			return err
+		}})
+		parent := MustWorkflow("parent", Task{Name: "p", Run: func(ctx context.Context, _ *Context) error {
+			if _, err := r.Execute(ctx, "child", nil); err != nil {
+				return err
+			}
+			<-ctx.Done()
+			return ctx.Err()
+		}})
+		r = startRunner(t, url, &Config{Workflows: []*Workflow{parent, child, grandchild}})
+		t.Cleanup(sync.OnceFunc(func() { close(release) }))
+		exec, err := r.ExecuteAsync(ctx, "parent", nil)
+		require.NoError(t, err)
+		gid := waitFor(t, grandRunning, "the grandchild's task to start")
+		kids, err := r.List(ctx, &ListOpts{ParentRunID: ptr(exec.ID())})
+		require.NoError(t, err)
+		require.Len(t, kids, 1)
+
+		require.NoError(t, r.Cancel(ctx, exec.ID()))
+		res, err := r.Get(ctx, kids[0].ID)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, "the finished child is left alone")
+		res, err = r.Get(ctx, gid)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, res.Status)
+		require.Equal(t, kids[0].ID, *res.ParentRunID)
+		require.Equal(t, "ancestor run "+exec.ID().String()+" cancelled", res.Error)
+	})
+}
