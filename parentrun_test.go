@@ -379,10 +379,13 @@ func TestCancelReachesPastAFinishedChild(t *testing.T) {
 			_, err := r.ExecuteAsync(ctx, "grandchild", nil) // and not waited for
 			return err
 		}})
+		childDone := make(chan *ExecutionResult, 1)
 		parent := MustWorkflow("parent", Task{Name: "p", Run: func(ctx context.Context, _ *Context) error {
-			if _, err := r.Execute(ctx, "child", nil); err != nil {
+			res, err := r.Execute(ctx, "child", nil)
+			if err != nil {
 				return err
 			}
+			childDone <- res
 			<-ctx.Done()
 			return ctx.Err()
 		}})
@@ -391,6 +394,7 @@ func TestCancelReachesPastAFinishedChild(t *testing.T) {
 		exec, err := r.ExecuteAsync(ctx, "parent", nil)
 		require.NoError(t, err)
 		gid := waitFor(t, grandRunning, "the grandchild's task to start")
+		require.Equal(t, PipelineCompleted, waitFor(t, childDone, "the child to end").Status)
 		kids, err := r.List(ctx, &ListOpts{ParentRunID: ptr(exec.ID())})
 		require.NoError(t, err)
 		require.Len(t, kids, 1)
