@@ -70,6 +70,7 @@ type services struct {
 	// runs that this runner's tasks wait for (awaited), so that a task
 	// waiting for a child run can finish.
 	draining      atomic.Bool
+	claimMu       sync.Mutex // held by a claim round
 	awaitMu       sync.Mutex
 	awaited       map[uuid.UUID]int // run id → tasks of this runner waiting for it
 	stopCompleter chan struct{}
@@ -189,7 +190,9 @@ func (r *Runner) stop(ctx context.Context) error {
 	svc.handoffMu.Lock()
 	svc.stopping = true
 	svc.handoffMu.Unlock()
+	svc.claimMu.Lock() // after a claim round in progress (see claimRound)
 	svc.draining.Store(true)
+	svc.claimMu.Unlock()
 	r.wakeClaimer()
 
 	tasksDone := make(chan struct{})
@@ -272,32 +275,9 @@ func (r *Runner) claimLoop(svc *services) {
 	pending := true
 	failures := 0
 	for {
-		// Slots are taken before the claim: a completion claiming what it
-		// makes ready takes them too, and a task claimed here must not wait
-		// for one (it would sit Running, unstarted, under this runner).
-		n := 0
-		if pending && !r.claimsPaused.Load() {
-			n = svc.reserveSlots(r.cfg.ClaimBatchSize)
-		}
-		var runs []uuid.UUID
-		draining := svc.draining.Load()
-		if n > 0 && draining {
-			if runs = svc.beginDrainClaim(); runs == nil {
-				for range n {
-					<-svc.slots
-				}
-				n, pending = 0, false
-			}
-		}
+		n, got, err := r.claimRound(ctx, svc, pending)
 		if n > 0 {
-			tasks, err := r.claim(ctx, n, runs)
-			for i := len(tasks); i < n; i++ {
-				<-svc.slots
-			}
 			if err != nil {
-				if draining {
-					svc.tasks.Done() // beginDrainClaim's
-				}
 				if ctx.Err() != nil {
 					return
 				}
@@ -311,18 +291,7 @@ func (r *Runner) claimLoop(svc *services) {
 				continue
 			}
 			failures = 0
-			for i, t := range tasks {
-				if i >= n {
-					// Held after an uncertain commit, beyond the slots taken.
-					svc.slots <- struct{}{}
-				}
-				svc.tasks.Add(1)
-				go r.runTask(svc, t)
-			}
-			if draining {
-				svc.tasks.Done() // beginDrainClaim's
-			}
-			pending = len(tasks) >= n
+			pending = got >= n
 			if pending {
 				continue
 			}
@@ -363,6 +332,52 @@ func (r *Runner) claimLoop(svc *services) {
 			timer.Reset(max(next.Sub(r.now()), 0))
 		}
 	}
+}
+
+// claimRound, when work may be pending, reserves up to ClaimBatchSize
+// free slots, claims as many tasks and starts them; it returns the slots it
+// reserved and the tasks it claimed. Slots are taken before the claim: a
+// completion claiming what it makes ready takes them too, and a task
+// claimed here must not wait for one (it would sit Running, unstarted,
+// under this runner). While Stop drains the runner it claims only tasks of
+// the runs that this runner's tasks wait for. A round holds claimMu
+// throughout, and Stop sets draining under it: every task a round claimed
+// before is counted in svc.tasks when Stop begins to wait for them.
+func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n, got int, err error) {
+	svc.claimMu.Lock()
+	defer svc.claimMu.Unlock()
+	if !pending || r.claimsPaused.Load() {
+		return 0, 0, nil
+	}
+	if n = svc.reserveSlots(r.cfg.ClaimBatchSize); n == 0 {
+		return 0, 0, nil
+	}
+	var runs []uuid.UUID
+	if svc.draining.Load() {
+		if runs = svc.beginDrainClaim(); runs == nil {
+			for range n {
+				<-svc.slots
+			}
+			return 0, 0, nil
+		}
+		defer svc.tasks.Done() // beginDrainClaim's
+	}
+	tasks, err := r.claim(ctx, n, runs)
+	for i := len(tasks); i < n; i++ {
+		<-svc.slots
+	}
+	if err != nil {
+		return n, 0, err
+	}
+	for i, t := range tasks {
+		if i >= n {
+			// Held after an uncertain commit, beyond the slots taken.
+			svc.slots <- struct{}{}
+		}
+		svc.tasks.Add(1)
+		go r.runTask(svc, t)
+	}
+	return n, len(tasks), nil
 }
 
 // claim takes up to n ready tasks in one transaction: the outbox rows are
