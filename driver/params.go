@@ -264,6 +264,9 @@ type EventListParams struct {
 type EventCountParams struct {
 	PipelineID *uuid.UUID
 	Before     *time.Time // only events created strictly before this time
+	// ExcludeUnfinishedRuns leaves out the events of runs that are Pending,
+	// Running or Paused, as EventDeleteParams.ExcludeUnfinishedRuns does.
+	ExcludeUnfinishedRuns bool
 }
 
 // EventDeleteParams deletes up to Limit events created before Before,
@@ -271,4 +274,11 @@ type EventCountParams struct {
 type EventDeleteParams struct {
 	Before time.Time
 	Limit  int
+	// ExcludeUnfinishedRuns keeps the events of runs that are Pending,
+	// Running or Paused, however old: only events of Completed, Failed or
+	// Cancelled runs, and events whose run row no longer exists (events
+	// have no foreign key to their run), are deleted. A run's status is
+	// read by the statement that deletes, so a run that finishes between
+	// two batches loses its old events in the next one.
+	ExcludeUnfinishedRuns bool
 }

@@ -193,6 +193,81 @@ func testEventCount(t *testing.T, s *suite) {
 		early := b.at(-time.Hour)
 		require.Zero(t, count(&driver.EventCountParams{Before: &early}))
 	})
+
+	t.Run("ExcludeUnfinishedRuns", func(t *testing.T) {
+		t.Parallel()
+		f := runsInEveryStatus(t, s)
+		count := func(params *driver.EventCountParams) int64 {
+			t.Helper()
+			n, err := f.b.drv.Reader().EventCount(f.b.ctx, params)
+			require.NoError(t, err)
+			return n
+		}
+		later := f.b.at(time.Hour)
+		require.EqualValues(t, len(f.finished), count(&driver.EventCountParams{Before: &later, ExcludeUnfinishedRuns: true}))
+		require.EqualValues(t, len(f.finished)+len(f.unfinished), count(&driver.EventCountParams{Before: &later}))
+		require.EqualValues(t, len(f.finished), count(&driver.EventCountParams{ExcludeUnfinishedRuns: true}), "without a cutoff")
+		cut := f.b.at(3 * time.Second) // the first three events: pending's, running's, paused's
+		require.Zero(t, count(&driver.EventCountParams{Before: &cut, ExcludeUnfinishedRuns: true}))
+		cut = f.b.at(5 * time.Second)
+		require.EqualValues(t, 2, count(&driver.EventCountParams{Before: &cut, ExcludeUnfinishedRuns: true}), "the cutoff still holds")
+		running, completed := f.runs[driver.PipelineRunning], f.runs[driver.PipelineCompleted]
+		require.Zero(t, count(&driver.EventCountParams{PipelineID: &running, ExcludeUnfinishedRuns: true}))
+		require.EqualValues(t, eventsPerRun, count(&driver.EventCountParams{PipelineID: &completed, ExcludeUnfinishedRuns: true}))
+	})
+}
+
+// eventsPerRun is how many events runsInEveryStatus gives each run.
+const eventsPerRun = 3
+
+// everyStatusFixture holds one run in each status and one event stream
+// whose run row does not exist, with eventsPerRun events each.
+type everyStatusFixture struct {
+	b *bundle
+	// runs maps each status to its run; orphan has events but no row.
+	runs   map[driver.PipelineStatus]uuid.UUID
+	orphan uuid.UUID
+	// unfinished are the events of Pending, Running and Paused runs, and
+	// finished the others (those of the orphan included), each oldest
+	// first.
+	unfinished, finished []*driver.Event
+}
+
+// runsInEveryStatus makes an everyStatusFixture. The runs' events
+// interleave in time, one second apart: round i gives each run (in
+// unfinishedFirst order, then the orphan) its event i, so batches that go
+// oldest first cross runs.
+func runsInEveryStatus(t *testing.T, s *suite) *everyStatusFixture {
+	t.Helper()
+	b := s.setup(t)
+	f := &everyStatusFixture{b: b, runs: map[driver.PipelineStatus]uuid.UUID{}, orphan: uuid.New()}
+	order := []driver.PipelineStatus{driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused,
+		driver.PipelineCompleted, driver.PipelineFailed, driver.PipelineCancelled}
+	pids := make([]uuid.UUID, 0, len(order)+1)
+	for _, st := range order {
+		p := b.insertPipeline(t, withStatus(st))
+		f.runs[st] = p.ID
+		pids = append(pids, p.ID)
+	}
+	pids = append(pids, f.orphan)
+	var inserts []driver.EventInsert
+	for i := range eventsPerRun {
+		for j, pid := range pids {
+			inserts = append(inserts, event(pid, nil, driver.EventTaskCreated, b.at(time.Duration(i*len(pids)+j)*time.Second)))
+		}
+	}
+	b.apply(t, &driver.ChangeSet{Events: inserts})
+	all := b.events(t, &driver.EventListParams{})
+	require.Len(t, all, len(inserts))
+	for _, ev := range all {
+		switch ev.PipelineID {
+		case f.runs[driver.PipelinePending], f.runs[driver.PipelineRunning], f.runs[driver.PipelinePaused]:
+			f.unfinished = append(f.unfinished, ev)
+		default:
+			f.finished = append(f.finished, ev)
+		}
+	}
+	return f
 }
 
 func testEventDelete(t *testing.T, s *suite) {
@@ -237,17 +312,101 @@ func testEventDelete(t *testing.T, s *suite) {
 		require.Equal(t, eventIDs(all[:1]), eventIDs(b.events(t, &driver.EventListParams{})))
 	})
 
+	delFinished := func(t *testing.T, b *bundle, before time.Time, limit int) int64 {
+		t.Helper()
+		var n int64
+		b.inTx(t, func(tx driver.Tx) {
+			var err error
+			n, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: before, Limit: limit, ExcludeUnfinishedRuns: true})
+			require.NoError(t, err)
+		})
+		return n
+	}
+
+	// Retention keeps the events of runs still going, so a reader can
+	// still rebuild their tasks' statuses; those of Completed, Failed and
+	// Cancelled runs go, as do those whose run row is gone.
+	t.Run("ExcludeUnfinishedRuns", func(t *testing.T) {
+		t.Parallel()
+		f := runsInEveryStatus(t, s)
+		b := f.b
+		later := b.at(time.Hour)
+		count := func(exclude bool) int64 {
+			t.Helper()
+			n, err := b.drv.Reader().EventCount(b.ctx, &driver.EventCountParams{Before: &later, ExcludeUnfinishedRuns: exclude})
+			require.NoError(t, err)
+			return n
+		}
+		want := count(true)
+		require.EqualValues(t, len(f.finished), want)
+
+		// Batches of 5 go oldest first, skipping the unfinished runs' events.
+		require.Equal(t, int64(5), delFinished(t, b, later, 5))
+		left := append(append([]*driver.Event{}, f.unfinished...), f.finished[5:]...)
+		require.ElementsMatch(t, eventIDs(left), eventIDs(b.events(t, &driver.EventListParams{})))
+		var deleted int64 = 5
+		for {
+			n := delFinished(t, b, later, 5)
+			require.LessOrEqual(t, n, int64(5))
+			deleted += n
+			if n < 5 {
+				break
+			}
+		}
+		require.Equal(t, want, deleted, "the count is what the deletion deletes")
+		require.Equal(t, eventIDs(f.unfinished), eventIDs(b.events(t, &driver.EventListParams{})))
+		require.Zero(t, count(true))
+		require.Zero(t, delFinished(t, b, later, 5))
+
+		// Without the filter, the rest goes by age alone.
+		require.EqualValues(t, len(f.unfinished), count(false))
+		require.Equal(t, int64(len(f.unfinished)), del(t, b, later, 100))
+		require.Empty(t, b.events(t, &driver.EventListParams{}))
+	})
+
+	t.Run("ExcludeUnfinishedRunsKeepsTheCutoff", func(t *testing.T) {
+		t.Parallel()
+		f := runsInEveryStatus(t, s)
+		b := f.b
+		// Before 10s: events 0..9, of which 3, 4, 5, 6 (completed, failed,
+		// cancelled, orphan) and 0..2, 7..9 (pending, running, paused).
+		cut := b.at(10 * time.Second)
+		require.Equal(t, int64(4), delFinished(t, b, cut, 100))
+		left := append(append([]*driver.Event{}, f.unfinished...), f.finished[4:]...)
+		require.ElementsMatch(t, eventIDs(left), eventIDs(b.events(t, &driver.EventListParams{})))
+	})
+
+	// The status that counts is the run's when the batch runs: once a run
+	// finishes, the next batch deletes its old events.
+	t.Run("ExcludeUnfinishedRunsUntilTheRunEnds", func(t *testing.T) {
+		t.Parallel()
+		f := runsInEveryStatus(t, s)
+		b := f.b
+		later := b.at(time.Hour)
+		require.EqualValues(t, len(f.finished), delFinished(t, b, later, 100))
+		running := f.runs[driver.PipelineRunning]
+		b.apply(t, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{{ID: running,
+			FromStatus: driver.PipelineRunning, Status: driver.PipelineCompleted, CompletedAt: &later, Now: later}}})
+		require.EqualValues(t, eventsPerRun, delFinished(t, b, later, 100))
+		for _, ev := range b.events(t, &driver.EventListParams{}) {
+			require.NotEqual(t, running, ev.PipelineID)
+		}
+		require.Len(t, b.events(t, &driver.EventListParams{}), len(f.unfinished)-eventsPerRun)
+	})
+
 	t.Run("LimitMustBePositive", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
 		p := b.insertPipeline(t).ID
 		b.insertEventsAt(t, p, 0)
 		for _, limit := range []int{0, -1} {
-			tx, err := b.drv.Begin(b.ctx)
-			require.NoError(t, err)
-			_, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: b.at(time.Hour), Limit: limit})
-			require.Error(t, err, "limit %d: a delete without a batch size is refused, not unbounded", limit)
-			require.NoError(t, tx.Rollback(b.ctx))
+			for _, exclude := range []bool{false, true} {
+				tx, err := b.drv.Begin(b.ctx)
+				require.NoError(t, err)
+				_, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: b.at(time.Hour), Limit: limit, ExcludeUnfinishedRuns: exclude})
+				require.Error(t, err, "limit %d: a delete without a batch size is refused, not unbounded", limit)
+				require.NoError(t, tx.Rollback(b.ctx))
+			}
 		}
 		require.Len(t, b.events(t, &driver.EventListParams{}), 1)
 	})

@@ -118,6 +118,8 @@ type queries struct {
 	eventInsert        string
 	notify             string
 	eventDelete        string
+	eventDeleteEnded   string
+	eventNotUnfinished string
 	pipelineTable      string
 	taskTable          string
 	eventTable         string
@@ -193,8 +195,21 @@ func newQueries(schema string) *queries {
 		notify: `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`,
 		eventDelete: r.Replace(`DELETE FROM {s}.execution_events WHERE sequence_num IN (
 			SELECT sequence_num FROM {s}.execution_events WHERE created_at < $1 ORDER BY created_at LIMIT $2)`),
+		eventDeleteEnded: r.Replace(`DELETE FROM {s}.execution_events WHERE sequence_num IN (
+			SELECT sequence_num FROM {s}.execution_events e WHERE created_at < $1 AND ` + notOfUnfinishedRun + `
+			ORDER BY created_at LIMIT $2)`),
+		eventNotUnfinished: r.Replace(notOfUnfinishedRun),
 	}
 }
+
+// notOfUnfinishedRun holds for an event (aliased e) unless its run is
+// Pending, Running or Paused; it holds for an event whose run row is gone.
+// Few runs are unfinished, so PostgreSQL reads them once per statement
+// through pipeline_executions_status_idx and hashes them (a hash anti
+// join), whatever the size of the run table.
+var notOfUnfinishedRun = fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {s}.pipeline_executions p
+				WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))`,
+	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused)
 
 func utcPtr(t *time.Time) *time.Time {
 	if t == nil {
@@ -698,7 +713,10 @@ func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (
 	if p.Before != nil {
 		where = append(where, "created_at < "+a.add(p.Before.UTC()))
 	}
-	q := "SELECT count(*) FROM " + e.q.eventTable
+	if p.ExcludeUnfinishedRuns {
+		where = append(where, e.q.eventNotUnfinished)
+	}
+	q := "SELECT count(*) FROM " + e.q.eventTable + " e"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -713,7 +731,11 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 	if p.Limit <= 0 {
 		return 0, fmt.Errorf("postgres: delete events: limit must be positive")
 	}
-	tag, err := e.db.Exec(ctx, e.q.eventDelete, p.Before.UTC(), p.Limit)
+	q := e.q.eventDelete
+	if p.ExcludeUnfinishedRuns {
+		q = e.q.eventDeleteEnded
+	}
+	tag, err := e.db.Exec(ctx, q, p.Before.UTC(), p.Limit)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: delete events: %w", mapError(err))
 	}

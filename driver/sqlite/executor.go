@@ -764,7 +764,10 @@ func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (
 		where = append(where, "created_at < ?")
 		args = append(args, formatTime(*p.Before))
 	}
-	q := "SELECT count(*) FROM execution_events"
+	if p.ExcludeUnfinishedRuns {
+		where = append(where, notOfUnfinishedRun)
+	}
+	q := "SELECT count(*) FROM execution_events e"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -779,8 +782,12 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 	if p.Limit <= 0 {
 		return 0, errors.New("sqlite: delete events: limit must be positive")
 	}
+	filter := ""
+	if p.ExcludeUnfinishedRuns {
+		filter = " AND " + notOfUnfinishedRun
+	}
 	res, err := e.db.ExecContext(ctx, `DELETE FROM execution_events WHERE sequence_num IN (
-		SELECT sequence_num FROM execution_events WHERE created_at < ? ORDER BY created_at LIMIT ?)`,
+		SELECT sequence_num FROM execution_events e WHERE created_at < ?`+filter+` ORDER BY created_at LIMIT ?)`,
 		formatTime(p.Before), p.Limit)
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: delete events: %w", mapError(err))
@@ -788,3 +795,11 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 	n, err := res.RowsAffected()
 	return n, mapError(err)
 }
+
+// notOfUnfinishedRun holds for an event (aliased e) unless its run is
+// Pending, Running or Paused; it holds for an event whose run row is gone.
+// SQLite walks the old events in created_at order and looks each one's
+// run up by id, stopping at the batch's limit.
+var notOfUnfinishedRun = fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM pipeline_executions p
+		WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))`,
+	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused)
