@@ -230,13 +230,13 @@ func TestEventQueries(t *testing.T) {
 
 		// A cutoff beyond year 9999 covers every event (SQLite's text
 		// timestamps used to sort it before them).
-		everything, err := r.CountEventsBefore(ctx, time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC))
+		everything, err := r.CountEventsBefore(ctx, time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), nil)
 		require.NoError(t, err)
 		require.EqualValues(t, len(all), everything)
 
 		// Count and delete older than a cutoff, in batches.
 		cutoff := time.Now().UTC().Add(-30 * 24 * time.Hour)
-		oldCount, err := r.CountEventsBefore(ctx, cutoff)
+		oldCount, err := r.CountEventsBefore(ctx, cutoff, nil)
 		require.NoError(t, err)
 		require.Equal(t, int64(perRun[oldRun.ID]), oldCount)
 		var progress []int64

@@ -120,7 +120,7 @@ var closedCalls = map[string]func(ctx context.Context, r *Runner, x *closedTarge
 		return err
 	},
 	"Runner.CountEventsBefore": func(ctx context.Context, r *Runner, _ *closedTarget) error {
-		_, err := r.CountEventsBefore(ctx, time.Now())
+		_, err := r.CountEventsBefore(ctx, time.Now(), nil)
 		return err
 	},
 	"Runner.DeleteEventsBefore": func(ctx context.Context, r *Runner, _ *closedTarget) error {

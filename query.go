@@ -203,9 +203,18 @@ func (r *Runner) CountRunEvents(ctx context.Context, runID uuid.UUID) (int64, er
 	return r.countEvents(ctx, &driver.EventCountParams{PipelineID: &runID})
 }
 
-// CountEventsBefore counts the events created before cutoff.
-func (r *Runner) CountEventsBefore(ctx context.Context, cutoff time.Time) (int64, error) {
-	return r.countEvents(ctx, &driver.EventCountParams{Before: &cutoff})
+// CountEventsBefore counts the events DeleteEventsBefore would delete with
+// the same cutoff and opts, so a dry run reports what the real one
+// deletes: by default the events created before cutoff of finished runs
+// (Completed, Failed or Cancelled, or whose row is gone), with
+// opts.IncludeUnfinishedRuns every event created before cutoff. Of opts,
+// only IncludeUnfinishedRuns changes the count; a bad BatchSize fails it
+// as it fails the deletion. A nil *DeleteEventsOpts means defaults.
+func (r *Runner) CountEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
+	if _, err := opts.batchSize(); err != nil {
+		return 0, err
+	}
+	return r.countEvents(ctx, &driver.EventCountParams{Before: &cutoff, ExcludeUnfinishedRuns: !opts.includeUnfinished()})
 }
 
 func (r *Runner) countEvents(ctx context.Context, params *driver.EventCountParams) (int64, error) {
@@ -217,34 +226,56 @@ func (r *Runner) countEvents(ctx context.Context, params *driver.EventCountParam
 	return n, r.closedErr(err)
 }
 
-// DeleteEventsOpts tunes DeleteEventsBefore. A nil *DeleteEventsOpts means
-// defaults.
+// DeleteEventsOpts tunes DeleteEventsBefore and CountEventsBefore. A nil
+// *DeleteEventsOpts means defaults.
 type DeleteEventsOpts struct {
 	// BatchSize is how many events one transaction deletes, so retention
 	// never holds locks for long. Default: 1000.
 	BatchSize int
+	// IncludeUnfinishedRuns deletes by age alone: the old events of runs
+	// still Pending, Running or Paused go too, and Replay of what is left
+	// no longer describes those runs from their start. Default: false, such
+	// runs keep every event until they finish.
+	IncludeUnfinishedRuns bool
 	// Progress, if set, is called after each batch with the total deleted
 	// so far.
 	Progress func(deleted int64)
 }
 
-// DeleteEventsBefore deletes the events created before cutoff, oldest
-// first, one batch per transaction, and returns how many it deleted. If
-// ctx ends midway, the batches already deleted stay deleted. It deletes by
-// age alone, runs still going included: Replay of what is left describes
-// only the tasks and runs whose events are still there, so choose a cutoff
-// older than your longest run. Events' times follow the database's clock
-// whichever runner recorded them (see Runner), so one cutoff suits them all.
+// batchSize is the batch size o asks for, or the default.
+func (o *DeleteEventsOpts) batchSize() (int, error) {
+	switch {
+	case o == nil || o.BatchSize == 0:
+		return 1000, nil
+	case o.BatchSize < 0:
+		return 0, errors.New("cloacina: DeleteEventsOpts.BatchSize must be positive (or 0 for the default, 1000)")
+	}
+	return o.BatchSize, nil
+}
+
+func (o *DeleteEventsOpts) includeUnfinished() bool { return o != nil && o.IncludeUnfinishedRuns }
+
+// DeleteEventsBefore deletes old events, oldest first, one batch per
+// transaction, and returns how many it deleted. It keeps every event of a
+// run that is not finished (Pending, Running or Paused), however old, so
+// Replay of such a run still rebuilds the status of each of its tasks; it
+// deletes the events created before cutoff of runs that are Completed,
+// Failed or Cancelled, and of runs whose row no longer exists. A run that
+// finishes while the deletion goes on loses its old events in the next
+// batch. With opts.IncludeUnfinishedRuns it deletes by age alone, runs
+// still going included. CountEventsBefore with the same cutoff and opts
+// counts what it would delete. If ctx ends midway, the batches already
+// deleted stay deleted. Events' times follow the database's clock
+// whichever runner recorded them (see Runner), so one cutoff suits them
+// all.
 func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
-	batch := 1000
+	batch, err := opts.batchSize()
+	if err != nil {
+		return 0, err
+	}
+	params := &driver.EventDeleteParams{Before: cutoff, Limit: batch, ExcludeUnfinishedRuns: !opts.includeUnfinished()}
 	var progress func(int64)
 	if opts != nil {
-		if opts.BatchSize < 0 {
-			return 0, errors.New("cloacina: DeleteEventsOpts.BatchSize must be positive")
-		}
-		if opts.BatchSize > 0 {
-			batch = opts.BatchSize
-		}
 		progress = opts.Progress
 	}
 	var total int64
@@ -252,7 +283,7 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 		var n int64
 		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 			var err error
-			n, err = tx.EventDelete(ctx, &driver.EventDeleteParams{Before: cutoff, Limit: batch})
+			n, err = tx.EventDelete(ctx, params)
 			return err
 		})
 		if err != nil {

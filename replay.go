@@ -12,7 +12,10 @@ type Replayed struct {
 
 // Replay rebuilds run and task statuses from events in sequence order
 // (as Events returns them). It is the audit log's contract: the statuses
-// it returns equal those stored by the engine.
+// it returns equal those stored by the engine. Retention
+// ([Runner.DeleteEventsBefore]) keeps every event of a run until the run
+// finishes, unless told to delete by age alone, so Replay of an unfinished
+// run's events still gives each of its tasks' status.
 func Replay(events []*Event) *Replayed {
 	out := &Replayed{Runs: map[uuid.UUID]PipelineStatus{}, Tasks: map[uuid.UUID]TaskStatus{}}
 	for _, e := range events {

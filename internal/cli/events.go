@@ -101,7 +101,7 @@ With --dry-run it only counts what it would delete.`,
 			return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
 				cutoff := time.Now().UTC().Add(-olderThan.d)
 				what := fmt.Sprintf("older than %s (created before %s)", olderThan.raw, formatTime(cutoff))
-				total, err := r.CountEventsBefore(ctx, cutoff)
+				total, err := r.CountEventsBefore(ctx, cutoff, nil)
 				if err != nil {
 					return fmt.Errorf("count events: %w", err)
 				}

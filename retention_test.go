@@ -1,0 +1,132 @@
+package cloacina
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+)
+
+// Retention keeps every event of a run still going, however old, so Replay
+// of them still gives each of its tasks' status; the old events of a
+// finished run go. IncludeUnfinishedRuns deletes by age alone. The count
+// is, each time, what the deletion with the same options deletes.
+func TestRetentionKeepsUnfinishedRuns(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started, release := make(chan struct{}, 1), make(chan struct{})
+		releaseOnce := sync.OnceFunc(func() { close(release) })
+		long := MustWorkflow("long",
+			Task{Name: "hold", Run: func(ctx context.Context, _ *Context) error {
+				select {
+				case started <- struct{}{}:
+				default:
+				}
+				select {
+				case <-release:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}},
+			Task{Name: "after", DependsOn: []string{"hold"}, Run: ok},
+		)
+		quick := MustWorkflow("quick", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+
+		// The runner lives 40 days in the past (see TestEventQueries), so
+		// every event it records is old enough for retention. One slot: a
+		// second long run waits in the outbox while the first one holds it.
+		old := openRunner(t, url, &Config{Workflows: []*Workflow{long, quick}, MaxConcurrentTasks: 1})
+		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
+		t.Cleanup(releaseOnce) // runs before the runner closes, should the test fail
+		require.NoError(t, old.Start(ctx))
+		finished, err := old.Execute(ctx, "quick", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, finished.Status)
+		running, err := old.ExecuteAsync(ctx, "long", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the long run's first task to start")
+		paused, err := old.ExecuteAsync(ctx, "long", nil)
+		require.NoError(t, err)
+		require.NoError(t, old.Pause(ctx, paused.ID()))
+
+		// Another process prunes.
+		r := openRunner(t, url, nil)
+		eventsOf := func(id uuid.UUID) []*Event {
+			t.Helper()
+			evs, err := r.RunEvents(ctx, id)
+			require.NoError(t, err)
+			return evs
+		}
+		ids := func(evs []*Event) []uuid.UUID {
+			out := make([]uuid.UUID, len(evs))
+			for i, e := range evs {
+				out[i] = e.ID
+			}
+			return out
+		}
+		unfinished := map[uuid.UUID][]*Event{running.ID(): eventsOf(running.ID()), paused.ID(): eventsOf(paused.ID())}
+		finishedEvents := eventsOf(finished.ID)
+		require.NotEmpty(t, finishedEvents)
+
+		cutoff := time.Now().UTC().Add(-30 * 24 * time.Hour)
+		count, err := r.CountEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.EqualValues(t, len(finishedEvents), count)
+		deleted, err := r.DeleteEventsBefore(ctx, cutoff, &DeleteEventsOpts{BatchSize: 2})
+		require.NoError(t, err)
+		require.Equal(t, count, deleted)
+		require.Empty(t, eventsOf(finished.ID), "the finished run's old events")
+
+		// The unfinished runs keep every event, and Replay of them still
+		// gives each task the status the engine stored.
+		for id, before := range unfinished {
+			kept := eventsOf(id)
+			require.Equal(t, ids(before), ids(kept))
+			for _, e := range kept {
+				require.True(t, e.CreatedAt.Before(cutoff), "an event the old code would have deleted")
+			}
+			stored, err := r.Get(ctx, id)
+			require.NoError(t, err)
+			replayed := Replay(kept)
+			require.Equal(t, stored.Status, replayed.Runs[id])
+			require.Len(t, replayed.Tasks, len(stored.Tasks))
+			for _, tr := range stored.Tasks {
+				require.Equal(t, tr.Status, replayed.Tasks[tr.ID], tr.Name)
+			}
+		}
+		got, err := r.Get(ctx, running.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelineRunning, got.Status)
+		require.Equal(t, TaskStatusRunning, got.Task("hold").Status)
+		got, err = r.Get(ctx, paused.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelinePaused, got.Status)
+
+		// By age alone, the unfinished runs' old events go too.
+		everyOld := &DeleteEventsOpts{IncludeUnfinishedRuns: true, BatchSize: 2}
+		count, err = r.CountEventsBefore(ctx, cutoff, everyOld)
+		require.NoError(t, err)
+		require.EqualValues(t, len(unfinished[running.ID()])+len(unfinished[paused.ID()]), count)
+		deleted, err = r.DeleteEventsBefore(ctx, cutoff, everyOld)
+		require.NoError(t, err)
+		require.Equal(t, count, deleted)
+		require.Empty(t, eventsOf(running.ID()))
+		require.Empty(t, eventsOf(paused.ID()))
+
+		// Bad options fail the count as they fail the deletion.
+		_, err = r.CountEventsBefore(ctx, cutoff, &DeleteEventsOpts{BatchSize: -1})
+		require.ErrorContains(t, err, "DeleteEventsOpts.BatchSize must be positive")
+		_, err = r.DeleteEventsBefore(ctx, cutoff, &DeleteEventsOpts{BatchSize: -1})
+		require.ErrorContains(t, err, "DeleteEventsOpts.BatchSize must be positive")
+
+		releaseOnce()
+		res, err := running.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+	})
+}
