@@ -106,10 +106,17 @@ func listRuns(t *testing.T, url string) []*cloacina.RunSummary {
 	return runs
 }
 
-// insertOldEvents appends n events of a made-up run, created age ago,
-// through the driver seam, so retention can be tested on both backends
-// without waiting.
+// insertOldEvents appends n events of a made-up run that has no run row,
+// created age ago, through the driver seam, so retention can be tested on
+// both backends without waiting.
 func insertOldEvents(t *testing.T, url string, n int, age time.Duration) {
+	t.Helper()
+	insertOldRun(t, url, "", n, age)
+}
+
+// insertOldRun is insertOldEvents for a run whose row exists, in status
+// (no row if status is empty), and returns the run's id.
+func insertOldRun(t *testing.T, url string, status driver.PipelineStatus, n int, age time.Duration) uuid.UUID {
 	t.Helper()
 	ctx := context.Background()
 	drv := openRunner(t, url).Driver()
@@ -119,12 +126,17 @@ func insertOldEvents(t *testing.T, url string, n int, age time.Duration) {
 	run := uuid.Must(uuid.NewV7())
 	created := time.Now().UTC().Add(-age)
 	cs := &driver.ChangeSet{}
+	if status != "" {
+		cs.NewPipelines = []*driver.PipelineInsertParams{{ID: run, WorkflowName: "made-up", WorkflowVersion: "v1",
+			Status: status, Input: []byte(`{}`), Now: created}}
+	}
 	for i := range n {
 		cs.Events = append(cs.Events, driver.EventInsert{ID: uuid.Must(uuid.NewV7()), PipelineID: run, Type: driver.EventTaskStarted,
 			Data: []byte(`{"attempt":1}`), WorkerID: "test", CreatedAt: created.Add(time.Duration(i) * time.Millisecond)})
 	}
 	require.NoError(t, tx.ChangeSetApply(ctx, cs))
 	require.NoError(t, tx.Commit(ctx))
+	return run
 }
 
 // latestSchemaVersion is the newest migration this build knows.

@@ -72,9 +72,10 @@ those of one run, of one task execution, or of some types.`,
 
 func (a *app) eventsCleanupCommand() *cobra.Command {
 	var (
-		olderThan ageFlag
-		dryRun    bool
-		batchSize = countFlag(defaultCleanupBatch)
+		olderThan         ageFlag
+		dryRun            bool
+		includeUnfinished bool
+		batchSize         = countFlag(defaultCleanupBatch)
 	)
 	cmd := &cobra.Command{
 		Use:   "cleanup --older-than AGE",
@@ -82,9 +83,16 @@ func (a *app) eventsCleanupCommand() *cobra.Command {
 		Long: `cleanup deletes execution events created more than --older-than ago, in
 batches of --batch-size events, one transaction each, so it never holds
 locks for long. AGE is a Go duration that may start with days: 30d, 12h, 1d12h.
-With --dry-run it only counts what it would delete.`,
+
+By default it keeps every event of a run that is not finished (pending,
+running or paused), however old, so the event log still tells each of its
+tasks' status; it deletes the old events of completed, failed and cancelled
+runs (and of runs that no longer exist), and says how many old events it
+kept. With --include-unfinished it deletes by age alone, unfinished runs
+included. With --dry-run it only counts what the same command would delete.`,
 		Example: `  cloacina events cleanup --older-than 30d --dry-run
-  cloacina events cleanup --older-than 30d --batch-size 5000`,
+  cloacina events cleanup --older-than 30d --batch-size 5000
+  cloacina events cleanup --older-than 90d --include-unfinished`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("older-than") {
@@ -101,38 +109,59 @@ With --dry-run it only counts what it would delete.`,
 			return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
 				cutoff := time.Now().UTC().Add(-olderThan.d)
 				what := fmt.Sprintf("older than %s (created before %s)", olderThan.raw, formatTime(cutoff))
-				total, err := r.CountEventsBefore(ctx, cutoff, nil)
+				opts := &cloacina.DeleteEventsOpts{BatchSize: int(batchSize), IncludeUnfinishedRuns: includeUnfinished}
+				total, err := r.CountEventsBefore(ctx, cutoff, opts)
 				if err != nil {
 					return fmt.Errorf("count events: %w", err)
 				}
 				switch {
 				case dryRun:
-					_, err := fmt.Fprintf(a.stdout, "would delete %d events %s; nothing deleted (dry run)\n", total, what)
-					return err
+					_, err = fmt.Fprintf(a.stdout, "would delete %d events %s; nothing deleted (dry run)\n", total, what)
 				case total == 0:
-					_, err := fmt.Fprintf(a.stdout, "no events %s\n", what)
+					_, err = fmt.Fprintf(a.stdout, "no events %s to delete\n", what)
+				default:
+					var deleted int64
+					opts.Progress = func(n int64) {
+						// More may go than were counted: events may age past
+						// the cutoff, or a run finish, between count and delete.
+						fmt.Fprintf(a.stdout, "deleted %d of %d events\n", n, max(n, total))
+					}
+					deleted, err = r.DeleteEventsBefore(ctx, cutoff, opts)
+					if errors.Is(err, context.Canceled) {
+						return fmt.Errorf("interrupted after deleting %d of %d events; run the command again to continue", deleted, total)
+					}
+					if err != nil {
+						return fmt.Errorf("%w (%d events deleted before the error; run the command again to continue)", err, deleted)
+					}
+					_, err = fmt.Fprintf(a.stdout, "deleted %d events %s\n", deleted, what)
+				}
+				if err != nil || includeUnfinished {
 					return err
 				}
-				deleted, err := r.DeleteEventsBefore(ctx, cutoff, &cloacina.DeleteEventsOpts{
-					BatchSize: int(batchSize),
-					Progress: func(n int64) {
-						// Events may age past the cutoff between count and delete.
-						fmt.Fprintf(a.stdout, "deleted %d of %d events\n", n, max(n, total))
-					},
-				})
-				if errors.Is(err, context.Canceled) {
-					return fmt.Errorf("interrupted after deleting %d of %d events; run the command again to continue", deleted, total)
-				}
+				// Say how many old events the default leaves to unfinished
+				// runs, so nobody wonders why they stay: every event still
+				// older than the cutoff, less what a dry run would delete.
+				old, err := r.CountEventsBefore(ctx, cutoff, &cloacina.DeleteEventsOpts{IncludeUnfinishedRuns: true})
 				if err != nil {
-					return fmt.Errorf("%w (%d events deleted before the error; run the command again to continue)", err, deleted)
+					return fmt.Errorf("count events: %w", err)
 				}
-				_, err = fmt.Fprintf(a.stdout, "deleted %d events %s\n", deleted, what)
+				verb := "kept"
+				if dryRun {
+					old -= total
+					verb = "would keep"
+				}
+				if old <= 0 {
+					return nil
+				}
+				_, err = fmt.Fprintf(a.stdout, "%s %d older events of unfinished runs (pending, running or paused); --include-unfinished deletes them too\n", verb, old)
 				return err
 			})
 		},
 	}
 	cmd.Flags().Var(&olderThan, "older-than", "delete events older than this age, e.g. 30d or 12h (required)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count the events that would be deleted; delete nothing")
+	cmd.Flags().BoolVar(&includeUnfinished, "include-unfinished", false,
+		"delete old events of unfinished (pending, running, paused) runs too; by default they are kept until the run finishes")
 	cmd.Flags().Var(&batchSize, "batch-size", "events deleted per transaction")
 	return cmd
 }

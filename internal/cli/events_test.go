@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -111,11 +112,71 @@ func TestEventsCleanup(t *testing.T) {
 			require.Equal(t, 25, countAll())
 
 			// Recent events are untouched, and a second pass finds nothing.
-			require.Regexp(t, `^no events older than 1d12h \(created before [^)]+\)\n$`,
+			require.Regexp(t, `^no events older than 1d12h \(created before [^)]+\) to delete\n$`,
 				ok(t, url, "events", "cleanup", "--older-than", "1d12h"))
 			require.Regexp(t, `^would delete 0 events`, ok(t, url, "events", "cleanup", "--older-than", "720h", "--dry-run"))
 		})
 	}
+}
+
+// Cleanup keeps the old events of unfinished runs unless told otherwise,
+// says how many it kept, and its dry run counts what the same command
+// deletes, with the flag or without.
+func TestEventsCleanupKeepsUnfinishedRuns(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			url := b.URL(t)
+			ok(t, url, "run", "demo") // 25 recent events
+			const age = 40 * 24 * time.Hour
+			running := insertOldRun(t, url, driver.PipelineRunning, 7, age)
+			paused := insertOldRun(t, url, driver.PipelinePaused, 3, age)
+			pending := insertOldRun(t, url, driver.PipelinePending, 2, age)
+			insertOldRun(t, url, driver.PipelineCompleted, 5, age)
+			insertOldRun(t, url, driver.PipelineFailed, 2, age)
+			insertOldRun(t, url, driver.PipelineCancelled, 1, age)
+			insertOldEvents(t, url, 3, age) // of a run that no longer exists
+			countAll := func(args ...string) int {
+				_, rows := parseTable(t, ok(t, url, append([]string{"events", "list", "--limit", "1000"}, args...)...))
+				return len(rows)
+			}
+			require.Equal(t, 25+12+11, countAll())
+
+			out := ok(t, url, "events", "cleanup", "--older-than", "30d", "--dry-run")
+			require.Regexp(t, `^would delete 11 events older than 30d \(created before [^)]+\); nothing deleted \(dry run\)\n`+
+				`would keep 12 older events of unfinished runs \(pending, running or paused\); --include-unfinished deletes them too\n$`, out)
+			require.Equal(t, 25+12+11, countAll())
+
+			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--batch-size", "5")
+			require.Regexp(t, `^deleted 5 of 11 events\ndeleted 10 of 11 events\ndeleted 11 of 11 events\n`+
+				`deleted 11 events older than 30d \(created before [^)]+\)\n`+
+				`kept 12 older events of unfinished runs \(pending, running or paused\); --include-unfinished deletes them too\n$`, out)
+			require.Equal(t, 25+12, countAll())
+			require.Equal(t, 7, countAll("--run", running.String()))
+			require.Equal(t, 3, countAll("--run", paused.String()))
+			require.Equal(t, 2, countAll("--run", pending.String()))
+
+			// A second pass deletes nothing and still says what it keeps.
+			require.Regexp(t, `^no events older than 30d \(created before [^)]+\) to delete\n`+
+				`kept 12 older events`, ok(t, url, "events", "cleanup", "--older-than", "30d"))
+
+			// With the flag, by age alone: the dry run counts what goes.
+			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--include-unfinished", "--dry-run")
+			require.Regexp(t, `^would delete 12 events older than 30d \(created before [^)]+\); nothing deleted \(dry run\)\n$`, out)
+			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--include-unfinished")
+			require.Regexp(t, `^deleted 12 of 12 events\ndeleted 12 events older than 30d \(created before [^)]+\)\n$`, out)
+			require.Equal(t, 25, countAll())
+		})
+	}
+}
+
+func TestEventsCleanupHelpSaysTheDefault(t *testing.T) {
+	t.Parallel()
+	help := cli(t, "events", "cleanup", "--help")
+	require.Equal(t, ExitOK, help.code)
+	require.Contains(t, help.stdout, "By default it keeps every event of a run that is not finished")
+	require.Regexp(t, `--include-unfinished\s+delete old events of unfinished \(pending, running, paused\) runs too; by default they are kept until the run finishes`, help.stdout)
 }
 
 func TestParseAge(t *testing.T) {
