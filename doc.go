@@ -165,8 +165,10 @@
 // [EventQuery.Follow] on), [Runner.RunEvents],
 // [Runner.TaskEvents], [Runner.RecentEvents], and count or delete old ones
 // in batches with [Runner.CountEventsBefore] and
-// [Runner.DeleteEventsBefore]. [Replay] rebuilds every status from the
-// events alone.
+// [Runner.DeleteEventsBefore]. Retention keeps every event of a run that
+// is Pending, Running or Paused, however old, and deletes the old events
+// of finished runs; [DeleteEventsOpts.IncludeUnfinishedRuns] deletes by
+// age alone. [Replay] rebuilds every status from the events alone.
 //
 // # Crash safety and scale-out
 //
