@@ -184,3 +184,70 @@ func TestChildListingUsesParentIndex(t *testing.T) {
 	require.GreaterOrEqual(t, after["pipeline_executions_parent_idx"], before["pipeline_executions_parent_idx"]+lists, "scans of the parent index")
 	require.Equal(t, before["pipeline_executions_created_idx"], after["pipeline_executions_created_idx"], "scans of the creation index")
 }
+
+// Retention that keeps the events of unfinished runs reads the run table
+// once per statement, building a hash of the unfinished runs, never once
+// per event, even with a plan cached while the tables were nearly empty;
+// once statistics show a large run table with few unfinished runs, it
+// reads them through the status index and scans no run table at all.
+func TestRetentionReadsRunsOncePerBatch(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv := open(t, schema, "pool_max_conns", "1") // one connection: one plan cache
+	require.NoError(t, drv.Migrate(ctx))
+	later := time.Now().Add(time.Hour)
+	// prune runs two statements: one batch of the deletion and the count.
+	prune := func(t *testing.T) {
+		t.Helper()
+		inTx(t, drv, func(tx driver.Tx) error {
+			n, err := tx.EventDelete(ctx, &driver.EventDeleteParams{Before: later, Limit: 100, ExcludeUnfinishedRuns: true})
+			if err == nil && n == 0 {
+				err = fmt.Errorf("nothing deleted")
+			}
+			return err
+		})
+		_, err := drv.Reader().EventCount(ctx, &driver.EventCountParams{Before: &later, ExcludeUnfinishedRuns: true})
+		require.NoError(t, err)
+	}
+	// grow adds runs, every unfinishedEvery-th one Running and the others
+	// Completed, with eventsPerRun events each, a day old.
+	grow := func(t *testing.T, runs, unfinishedEvery, eventsPerRun int) {
+		t.Helper()
+		_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`
+			WITH p AS (INSERT INTO %[1]s.pipeline_executions (id, workflow_name, workflow_version, status, input, created_at, updated_at)
+				SELECT gen_random_uuid(), 'wf', 'v1', CASE WHEN i %% %[3]d = 0 THEN 'running' ELSE 'completed' END, '{}', now(), now()
+				FROM generate_series(1, %[2]d) AS i RETURNING id)
+			INSERT INTO %[1]s.execution_events (id, pipeline_execution_id, event_type, event_data, worker_id, created_at)
+				SELECT gen_random_uuid(), id, 'task_created', '{}', 'w', now() - interval '1 day' FROM p, generate_series(1, %[4]d)`,
+			pgx.Identifier{schema}.Sanitize(), runs, unfinishedEvery, eventsPerRun))
+		require.NoError(t, err)
+	}
+	runScans := func(t *testing.T) int64 {
+		t.Helper()
+		return seqScans(t, drv, schema)["pipeline_executions"]
+	}
+
+	for range 10 { // past the five custom plans after which PostgreSQL may keep a generic one
+		grow(t, 2, 2, 1)
+		prune(t)
+	}
+	// The tables grow behind the cached plans' back: 20,000 runs, 200 of
+	// them unfinished, and 40,000 events.
+	grow(t, 20000, 100, 2)
+	before := runScans(t)
+	const prunes = 3
+	for range prunes {
+		prune(t)
+	}
+	require.LessOrEqual(t, runScans(t)-before, int64(2*prunes), "scans of the run table: at most one per statement")
+
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`ANALYZE %[1]s.pipeline_executions; ANALYZE %[1]s.execution_events`,
+		pgx.Identifier{schema}.Sanitize()))
+	require.NoError(t, err)
+	before = runScans(t)
+	for range prunes {
+		prune(t)
+	}
+	require.Equal(t, before, runScans(t), "scans of the run table once analyzed")
+}

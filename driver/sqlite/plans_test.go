@@ -1,10 +1,16 @@
 package sqlite_test
 
 import (
+	"database/sql"
+	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
 )
 
 // Without statistics SQLite guesses that an equality on an indexed status
@@ -14,7 +20,6 @@ import (
 // tasks by the run's id), however many rows the table holds.
 func TestHotPathFindsRowsByID(t *testing.T) {
 	t.Parallel()
-	ctx := t.Context()
 	drv, db, parses := openCounting(t)
 	cycle := cycler(t, drv)
 	for _, n := range []int{1, 2, 3, 7} {
@@ -27,17 +32,7 @@ func TestHotPathFindsRowsByID(t *testing.T) {
 			strings.HasPrefix(strings.TrimSpace(q), "INSERT") || !strings.Contains(q, "?") {
 			continue
 		}
-		rows, err := db.QueryContext(ctx, "EXPLAIN QUERY PLAN "+q, make([]any, strings.Count(q, "?"))...)
-		require.NoError(t, err, q)
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			require.NoError(t, rows.Scan(&id, &parent, &unused, &detail))
-			plan = append(plan, detail)
-		}
-		require.NoError(t, rows.Err())
-		rows.Close()
+		plan := queryPlan(t, db, q)
 		for _, step := range plan {
 			if strings.Contains(step, "pipeline_executions") || strings.Contains(step, "task_executions") {
 				require.Truef(t, strings.Contains(step, "(id=?)") || strings.Contains(step, "(pipeline_execution_id=?)"),
@@ -47,4 +42,63 @@ func TestHotPathFindsRowsByID(t *testing.T) {
 		checked++
 	}
 	require.NotZero(t, checked)
+}
+
+// Retention that keeps the events of unfinished runs walks the old events
+// in created_at order and looks each one's run up by id: a batch stops at
+// its limit instead of reading the run table or every old event.
+func TestRetentionFindsRunsByID(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	drv, db, parses := openCounting(t)
+	now := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	cs := &driver.ChangeSet{}
+	for i, st := range []driver.PipelineStatus{driver.PipelineRunning, driver.PipelineCompleted} {
+		pid := uuid.New()
+		cs.NewPipelines = append(cs.NewPipelines, &driver.PipelineInsertParams{ID: pid, WorkflowName: "wf",
+			WorkflowVersion: "v1", Status: st, Input: json.RawMessage(`{}`), Now: now})
+		cs.Events = append(cs.Events, driver.EventInsert{ID: uuid.New(), PipelineID: pid, Type: driver.EventTaskCreated,
+			Data: json.RawMessage(`{}`), CreatedAt: now.Add(time.Duration(i) * time.Second)})
+	}
+	tx, err := drv.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	require.NoError(t, tx.ChangeSetApply(ctx, cs))
+	later := now.Add(time.Hour)
+	n, err := tx.EventCount(ctx, &driver.EventCountParams{Before: &later, ExcludeUnfinishedRuns: true})
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n)
+	n, err = tx.EventDelete(ctx, &driver.EventDeleteParams{Before: later, Limit: 10, ExcludeUnfinishedRuns: true})
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n)
+	require.NoError(t, tx.Commit(ctx))
+
+	checked := 0
+	for _, q := range parses.seen() {
+		if !strings.Contains(q, "FROM execution_events e") {
+			continue
+		}
+		plan := strings.Join(queryPlan(t, db, q), "; ")
+		require.Contains(t, plan, "SEARCH e USING INDEX execution_events_created_idx (created_at<?)", q)
+		require.Contains(t, plan, "SEARCH p USING INDEX sqlite_autoindex_pipeline_executions_1 (id=?)", q)
+		checked++
+	}
+	require.Equal(t, 2, checked, "the count and the delete")
+}
+
+// queryPlan is the EXPLAIN QUERY PLAN of q, one step a line.
+func queryPlan(t *testing.T, db *sql.DB, q string) []string {
+	t.Helper()
+	rows, err := db.QueryContext(t.Context(), "EXPLAIN QUERY PLAN "+q, make([]any, strings.Count(q, "?"))...)
+	require.NoError(t, err, q)
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		require.NoError(t, rows.Scan(&id, &parent, &unused, &detail))
+		plan = append(plan, detail)
+	}
+	require.NoError(t, rows.Err())
+	return plan
 }
