@@ -205,8 +205,10 @@ func newQueries(schema string) *queries {
 // notOfUnfinishedRun holds for an event (aliased e) unless its run is
 // Pending, Running or Paused; it holds for an event whose run row is gone.
 // Few runs are unfinished, so PostgreSQL reads them once per statement
-// through pipeline_executions_status_idx and hashes them (a hash anti
-// join), whatever the size of the run table.
+// and hashes them for a hash anti join: no lookup per event. A deletion
+// (in a transaction, so without sequential scans: txSettings) reads them
+// through pipeline_executions_status_idx; a count may scan the run table
+// instead while it is small or its cached plan was made when it was.
 var notOfUnfinishedRun = fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {s}.pipeline_executions p
 				WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))`,
 	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused)
