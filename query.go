@@ -255,8 +255,8 @@ func (o *DeleteEventsOpts) batchSize() (int, error) {
 
 func (o *DeleteEventsOpts) includeUnfinished() bool { return o != nil && o.IncludeUnfinishedRuns }
 
-// DeleteEventsBefore deletes old events, oldest first, one batch per
-// transaction, and returns how many it deleted. It keeps every event of a
+// DeleteEventsBefore deletes old events, the first recorded first, one
+// batch per transaction, and returns how many it deleted. It keeps every event of a
 // run that is not finished (Pending, Running or Paused), however old, so
 // Replay of such a run still rebuilds the status of each of its tasks; it
 // deletes the events created before cutoff of runs that are Completed,
@@ -265,9 +265,12 @@ func (o *DeleteEventsOpts) includeUnfinished() bool { return o != nil && o.Inclu
 // batch. With opts.IncludeUnfinishedRuns it deletes by age alone, runs
 // still going included. CountEventsBefore with the same cutoff and opts
 // counts what it would delete. If ctx ends midway, the batches already
-// deleted stay deleted. Events' times follow the database's clock
-// whichever runner recorded them (see Runner), so one cutoff suits them
-// all.
+// deleted stay deleted. Each batch costs about the same however many old
+// events there are: a pass walks the events in the order they were
+// recorded, up to the newest one created before cutoff when it began
+// (events recorded after that are left for the next pass). Events' times
+// follow the database's clock whichever runner recorded them (see
+// Runner), so one cutoff suits them all.
 func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
 	batch, err := opts.batchSize()
 	if err != nil {
@@ -282,6 +285,16 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 	for {
 		var n int64
 		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+			if params.UpTo == 0 {
+				// The pass ends at the newest event older than cutoff
+				// now: each batch then walks events in sequence order
+				// and stops there, not at the end of the table.
+				last, err := tx.EventLastBefore(ctx, cutoff)
+				if err != nil || last == 0 {
+					return err
+				}
+				params.UpTo = last
+			}
 			var err error
 			n, err = tx.EventDelete(ctx, params)
 			return err

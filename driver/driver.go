@@ -156,6 +156,10 @@ type Executor interface {
 	EventList(ctx context.Context, params *EventListParams) ([]*Event, error)
 	// EventCount counts events.
 	EventCount(ctx context.Context, params *EventCountParams) (int64, error)
+	// EventLastBefore returns the sequence number of the newest event
+	// created before t, or 0 when there is none: the bound of a retention
+	// pass (EventDeleteParams.UpTo).
+	EventLastBefore(ctx context.Context, t time.Time) (int64, error)
 	// EventDelete deletes one batch of old events and returns how many.
 	EventDelete(ctx context.Context, params *EventDeleteParams) (int64, error)
 

@@ -270,10 +270,17 @@ type EventCountParams struct {
 }
 
 // EventDeleteParams deletes up to Limit events created before Before,
-// oldest first.
+// the first recorded first: a batch walks the primary key (sequence
+// order) and stops at Limit, where ordering by creation time would sort
+// every old event again for each batch (PostgreSQL indexes created_at
+// with BRIN, which has no order).
 type EventDeleteParams struct {
 	Before time.Time
 	Limit  int
+	// UpTo, when positive, leaves events numbered above it alone: with
+	// EventLastBefore's result it bounds the walk of the last batch, which
+	// would otherwise go on through every newer event.
+	UpTo int64
 	// ExcludeUnfinishedRuns keeps the events of runs that are Pending,
 	// Running or Paused, however old: only events of Completed, Failed or
 	// Cancelled runs, and events whose run row no longer exists (events

@@ -299,17 +299,52 @@ func testEventDelete(t *testing.T, s *suite) {
 		require.Equal(t, eventIDs(all[5:]), eventIDs(b.events(t, &driver.EventListParams{})), "an event at the cutoff is kept")
 	})
 
-	// Oldest means created earliest, even when an event was appended
-	// after a later one (clocks of different runners).
-	t.Run("OldestByCreationTime", func(t *testing.T) {
+	// A batch takes the first recorded first, even when an event was
+	// recorded after a later-dated one (a transaction that began earlier,
+	// say): so a batch walks the primary key and stops at its limit.
+	t.Run("FirstRecordedFirst", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
 		p := b.insertPipeline(t).ID
-		all := b.insertEventsAt(t, p, 2*time.Second, 0, time.Second)
-		require.Equal(t, int64(1), del(t, b, b.at(time.Hour), 1))
-		require.Equal(t, eventIDs([]*driver.Event{all[0], all[2]}), eventIDs(b.events(t, &driver.EventListParams{})))
-		require.Equal(t, int64(1), del(t, b, b.at(time.Hour), 1))
-		require.Equal(t, eventIDs(all[:1]), eventIDs(b.events(t, &driver.EventListParams{})))
+		all := b.insertEventsAt(t, p, 2*time.Second, 0, time.Hour, time.Second)
+		cut := b.at(time.Minute)
+		require.Equal(t, int64(1), del(t, b, cut, 1))
+		require.Equal(t, eventIDs(all[1:]), eventIDs(b.events(t, &driver.EventListParams{})))
+		require.Equal(t, int64(2), del(t, b, cut, 5), "past an event at or after the cutoff")
+		require.Equal(t, eventIDs(all[2:3]), eventIDs(b.events(t, &driver.EventListParams{})))
+	})
+
+	t.Run("UpTo", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		all := b.insertEventsAt(t, p, 0, time.Second, 2*time.Second, time.Hour, 3*time.Second)
+		cut := b.at(time.Minute)
+		var last int64
+		b.inTx(t, func(tx driver.Tx) {
+			var err error
+			last, err = tx.EventLastBefore(b.ctx, cut)
+			require.NoError(t, err)
+		})
+		require.Equal(t, all[4].SequenceNum, last, "the newest event before the cutoff, not the newest recorded before it")
+		b.inTx(t, func(tx driver.Tx) {
+			n, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 10, UpTo: all[1].SequenceNum})
+			require.NoError(t, err)
+			require.Equal(t, int64(2), n, "none numbered above UpTo")
+		})
+		require.Equal(t, eventIDs(all[2:]), eventIDs(b.events(t, &driver.EventListParams{})))
+		b.inTx(t, func(tx driver.Tx) {
+			n, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 10, UpTo: last})
+			require.NoError(t, err)
+			require.Equal(t, int64(2), n)
+			none, err := tx.EventLastBefore(b.ctx, cut)
+			require.NoError(t, err)
+			require.Zero(t, none, "no event before the cutoff is left")
+			at, err := tx.EventLastBefore(b.ctx, b.at(time.Hour))
+			require.NoError(t, err)
+			require.Zero(t, at, "an event at the time given is not before it")
+		})
+		require.Equal(t, eventIDs(all[3:4]), eventIDs(b.events(t, &driver.EventListParams{})))
 	})
 
 	delFinished := func(t *testing.T, b *bundle, before time.Time, limit int) int64 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -119,6 +120,7 @@ type queries struct {
 	notify             string
 	eventDelete        string
 	eventDeleteEnded   string
+	eventLastBefore    string
 	eventNotUnfinished string
 	pipelineTable      string
 	taskTable          string
@@ -194,10 +196,12 @@ func newQueries(schema string) *queries {
 			ORDER BY ord`),
 		notify: `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`,
 		eventDelete: r.Replace(`DELETE FROM {s}.execution_events WHERE sequence_num IN (
-			SELECT sequence_num FROM {s}.execution_events WHERE created_at < $1 ORDER BY created_at LIMIT $2)`),
+			SELECT sequence_num FROM {s}.execution_events WHERE sequence_num <= $3 AND created_at < $1
+			ORDER BY sequence_num LIMIT $2)`),
 		eventDeleteEnded: r.Replace(`DELETE FROM {s}.execution_events WHERE sequence_num IN (
-			SELECT sequence_num FROM {s}.execution_events e WHERE created_at < $1 AND ` + notOfUnfinishedRun + `
-			ORDER BY created_at LIMIT $2)`),
+			SELECT sequence_num FROM {s}.execution_events e WHERE sequence_num <= $3 AND created_at < $1 AND ` + notOfUnfinishedRun + `
+			ORDER BY sequence_num LIMIT $2)`),
+		eventLastBefore:    r.Replace(`SELECT coalesce(max(sequence_num), 0) FROM {s}.execution_events WHERE created_at < $1`),
 		eventNotUnfinished: r.Replace(notOfUnfinishedRun),
 	}
 }
@@ -729,6 +733,14 @@ func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (
 	return n, nil
 }
 
+func (e *executor) EventLastBefore(ctx context.Context, t time.Time) (int64, error) {
+	var seq int64
+	if err := e.db.QueryRow(ctx, e.q.eventLastBefore, t.UTC()).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("postgres: find the last event before %s: %w", t.UTC().Format(time.RFC3339Nano), mapError(err))
+	}
+	return seq, nil
+}
+
 func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (int64, error) {
 	if p.Limit <= 0 {
 		return 0, fmt.Errorf("postgres: delete events: limit must be positive")
@@ -737,7 +749,11 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 	if p.ExcludeUnfinishedRuns {
 		q = e.q.eventDeleteEnded
 	}
-	tag, err := e.db.Exec(ctx, q, p.Before.UTC(), p.Limit)
+	upTo := p.UpTo
+	if upTo <= 0 {
+		upTo = math.MaxInt64
+	}
+	tag, err := e.db.Exec(ctx, q, p.Before.UTC(), p.Limit, upTo)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: delete events: %w", mapError(err))
 	}

@@ -186,8 +186,8 @@ func TestChildListingUsesParentIndex(t *testing.T) {
 }
 
 // Retention that keeps the events of unfinished runs reads the run table
-// once per statement, building a hash of the unfinished runs, never once
-// per event, even with a plan cached while the tables were nearly empty
+// by index, or scans it once per statement, never once per event, even
+// with a plan cached while the tables were nearly empty
 // (the count, outside a transaction, may then scan the run table; the
 // deletion never does); once statistics show a large run table with few
 // unfinished runs, neither scans it.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -778,6 +779,15 @@ func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (
 	return n, nil
 }
 
+func (e *executor) EventLastBefore(ctx context.Context, t time.Time) (int64, error) {
+	var seq int64
+	if err := e.db.QueryRowContext(ctx, `SELECT coalesce(max(sequence_num), 0) FROM execution_events WHERE created_at < ?`,
+		formatTime(t)).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("sqlite: find the last event before %s: %w", formatTime(t), mapError(err))
+	}
+	return seq, nil
+}
+
 func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (int64, error) {
 	if p.Limit <= 0 {
 		return 0, errors.New("sqlite: delete events: limit must be positive")
@@ -786,9 +796,16 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 	if p.ExcludeUnfinishedRuns {
 		filter = " AND " + notOfUnfinishedRun
 	}
+	upTo := p.UpTo
+	if upTo <= 0 {
+		upTo = math.MaxInt64
+	}
+	// The unary + keeps SQLite on the primary key: by the created_at index
+	// it would sort the old events for every batch.
 	res, err := e.db.ExecContext(ctx, `DELETE FROM execution_events WHERE sequence_num IN (
-		SELECT sequence_num FROM execution_events e WHERE created_at < ?`+filter+` ORDER BY created_at LIMIT ?)`,
-		formatTime(p.Before), p.Limit)
+		SELECT sequence_num FROM execution_events e WHERE sequence_num <= ? AND +created_at < ?`+filter+`
+		ORDER BY sequence_num LIMIT ?)`,
+		upTo, formatTime(p.Before), p.Limit)
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: delete events: %w", mapError(err))
 	}
@@ -798,8 +815,8 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 
 // notOfUnfinishedRun holds for an event (aliased e) unless its run is
 // Pending, Running or Paused; it holds for an event whose run row is gone.
-// SQLite walks the old events in created_at order and looks each one's
-// run up by id, stopping at the batch's limit.
+// SQLite looks each old event's run up by id: a deleting batch walks the
+// primary key and stops at its limit.
 var notOfUnfinishedRun = fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM pipeline_executions p
 		WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))`,
 	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused)
