@@ -23,11 +23,8 @@ import (
 func TestMigrationToVerbatimJSONKeepsData(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	schema := testdb.NewSchema(t)
-	drv, err := Open(ctx, testdb.PostgresURL(), &Opts{Schema: schema})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, drv.Close()) })
-	require.NoError(t, drv.migrateTo(ctx, 5))
+	drv, schema := openAtVersion(t, 5)
+	var err error
 
 	const (
 		input  = `{"b":{"yy":1,"x":[1e2,1.50]},"a":"\u00e9 <&>","big":12345678901234567890}`
@@ -145,11 +142,8 @@ func normNumbers(t *testing.T, v any) any {
 func TestMigrationToRunParentsKeepsRuns(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	schema := testdb.NewSchema(t)
-	drv, err := Open(ctx, testdb.PostgresURL(), &Opts{Schema: schema})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, drv.Close()) })
-	require.NoError(t, drv.migrateTo(ctx, 7))
+	drv, schema := openAtVersion(t, 7)
+	var err error
 	s := pgx.Identifier{schema}.Sanitize()
 	old := uuid.New()
 	_, err = drv.Pool().Exec(ctx, fmt.Sprintf(`
@@ -187,4 +181,15 @@ func TestMigrationToRunParentsKeepsRuns(t *testing.T) {
 	require.Len(t, children, 1)
 	require.Equal(t, child.ID, children[0].ID)
 	require.Equal(t, task, *children[0].ParentTaskID)
+}
+
+// openAtVersion opens a fresh schema migrated up to version v only.
+func openAtVersion(t *testing.T, v int) (*Driver, string) {
+	t.Helper()
+	schema := testdb.NewSchema(t)
+	drv, err := Open(t.Context(), testdb.PostgresURL(), &Opts{Schema: schema})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
+	require.NoError(t, drv.migrateTo(t.Context(), v))
+	return drv, schema
 }
