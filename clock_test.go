@@ -3,11 +3,15 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 // skewLocal sets a runner's own clock off the real one by skew, before it
@@ -166,4 +170,77 @@ func TestClockAdoptsWhatSamplesProve(t *testing.T) {
 	require.False(t, c.observe(local, maxClockRoundTrip+time.Millisecond, local.Add(time.Hour)))
 	require.False(t, c.observe(local, 2*time.Millisecond, time.Time{}))
 	require.Equal(t, local.Add(-2*time.Millisecond), c.now())
+}
+
+// beginSignal is a driver that reports each Begin before it waits for the
+// database.
+type beginSignal struct {
+	driver.Driver
+	begun chan struct{}
+}
+
+func (d *beginSignal) Begin(ctx context.Context) (driver.Tx, error) {
+	select {
+	case d.begun <- struct{}{}:
+	default:
+	}
+	return d.Driver.Begin(ctx)
+}
+
+// A transaction records the time at which it holds the database, not the
+// time it asked for it. On SQLite a writer waits for the write lock,
+// behind writers of this and other processes; its times used to be read
+// before that wait, so a run could be recorded as ended (or a task as
+// finished) before the transaction it had waited for — which might have
+// started a task of that run — committed: the audit log's times then
+// disagreed with its order.
+func TestTimesAreReadOnceTheDatabaseIsHeld(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	wf := MustWorkflow("held", Task{Name: "a", Run: func(context.Context, *Context) error { return nil }})
+	r := openRunner(t, testdb.SQLiteURL(t), &Config{Workflows: []*Workflow{wf}})
+	// The runner's clock jumps an hour ahead while it waits: the offset
+	// it learned from the database before does not correct that.
+	var ahead atomic.Int64
+	r.clock.local = func() time.Time { return time.Now().UTC().Add(time.Duration(ahead.Load())) }
+
+	// Another writer holds the database.
+	holder, err := r.drv.Begin(ctx)
+	require.NoError(t, err)
+	gate := &beginSignal{Driver: r.drv, begun: make(chan struct{}, 1)}
+	r.drv = gate
+
+	type started struct {
+		exec *Execution
+		err  error
+	}
+	done := make(chan started, 1)
+	go func() {
+		exec, err := r.ExecuteAsync(ctx, "held", nil)
+		done <- started{exec, err}
+	}()
+	select {
+	case <-gate.begun:
+	case <-ctx.Done():
+		t.Fatal("the runner never began its transaction")
+	}
+	// The runner waits for the database now; time passes before it gets it.
+	ahead.Store(int64(time.Hour))
+	held := time.Now().UTC().Add(time.Hour)
+	require.NoError(t, holder.Rollback(ctx))
+
+	var s started
+	select {
+	case s = <-done:
+	case <-ctx.Done():
+		t.Fatal("the run was never started")
+	}
+	require.NoError(t, s.err)
+	events, err := r.RunEvents(ctx, s.exec.ID())
+	require.NoError(t, err)
+	require.NotEmpty(t, events)
+	for _, e := range events {
+		require.Falsef(t, e.CreatedAt.Before(held), "%s recorded at %s, before the runner held the database (%s)",
+			e.Type, e.CreatedAt.Format(time.RFC3339Nano), held.Format(time.RFC3339Nano))
+	}
 }

@@ -591,6 +591,14 @@ func (r *Runner) tryTx(ctx context.Context, fn txFunc, c *changes) error {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
+	// The transaction's time is read once it holds the database: on
+	// SQLite, Begin waits for the write lock behind every other writer,
+	// and a time read before that wait would precede the commits it
+	// waited for (a run could be recorded as ended before a task of it
+	// that committed first had finished). On PostgreSQL, Begin takes no
+	// lock; the row locks taken later can still order a transaction's
+	// time a scheduling delay before a commit it waited for.
+	c.now = r.now()
 	if err := fn(ctx, tx, c); err != nil {
 		return err
 	}
