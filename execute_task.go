@@ -62,6 +62,9 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task, res *taskResult) (
 	if err != nil {
 		return finish(Permanent(fmt.Errorf("task %q: %w", t.Name, err)))
 	}
+	if err := r.claimHeld(ctx, t); err != nil {
+		return finish(err)
+	}
 	timeout := def.Timeout
 	if timeout == 0 {
 		timeout = r.cfg.TaskTimeout

@@ -23,6 +23,7 @@ func (r *Runner) register(ctx context.Context) error {
 	workflows, registered := r.workflowNamesLocked(), r.registered
 	r.mu.Unlock()
 	host, _ := os.Hostname()
+	sent := time.Since(clockEpoch)
 	_, err := r.retryTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		// The registration is a sample of the database's clock.
 		return r.clock.sample(func() (time.Time, error) {
@@ -37,6 +38,7 @@ func (r *Runner) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.noteBeat(sent)
 	r.mu.Lock()
 	r.rowWritten = registered
 	r.mu.Unlock()
@@ -161,6 +163,7 @@ func (r *Runner) takeLease(ctx context.Context) (bool, error) {
 func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []string, err error) {
 	var alive, vacant bool
 	var renewing time.Time
+	sent := time.Since(clockEpoch)
 	_, err = r.retryTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		// The heartbeat is a sample of the database's clock, at no extra
 		// statement.
@@ -192,6 +195,9 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 	})
 	if err != nil {
 		return false, nil, err
+	}
+	if alive {
+		r.noteBeat(sent)
 	}
 	if took := time.Since(renewing); leader && took >= r.cfg.RunnerTimeout {
 		// The renewal committed later than the term it renewed lasts (the
@@ -239,6 +245,67 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 		}
 	}
 	return leader, dead, nil
+}
+
+// noteBeat records that a heartbeat (or registration) sent at sent, since
+// clockEpoch, committed.
+func (r *Runner) noteBeat(sent time.Duration) {
+	for {
+		at := r.beatSent.Load()
+		if at > int64(sent) || r.beatSent.CompareAndSwap(at, int64(sent)+1) {
+			return
+		}
+	}
+}
+
+// claimInDoubt reports whether this runner may have been declared dead,
+// and its claims reset, by now: no heartbeat it sent within the last half
+// RunnerTimeout committed. Other runners declare it dead a RunnerTimeout
+// after its last heartbeat by the database's clock; half of it leaves
+// margin for the time between this check and what it guards. A runner
+// heartbeats at least twice per RunnerTimeout, so a healthy one is never
+// in doubt.
+func (r *Runner) claimInDoubt() bool {
+	at := r.beatSent.Load()
+	return at == 0 || time.Since(clockEpoch)-time.Duration(at-1) >= r.cfg.RunnerTimeout/2
+}
+
+// claimHeld is checked just before a claimed task's function is called.
+// A task whose context ended already (its run was cancelled, its claim
+// found lost, the runner stopping past its grace) is not called: it ends
+// with the context's error, as a function that heeds its context would.
+// A runner whose claims are in doubt — it stalled, or lost the database,
+// for longer than its heartbeats allow — reads whether it still holds
+// the claim, and does not call a task whose claim another runner took
+// (it could be running elsewhere, or its run be over). Once called, a
+// function whose claim is lost is cancelled at the next heartbeat, and
+// its completion is fenced out. A failed read runs the task: delivery is
+// at least once, and its completion is fenced all the same.
+func (r *Runner) claimHeld(ctx context.Context, t *driver.Task) error {
+	if err := ctx.Err(); err != nil {
+		if cause := context.Cause(ctx); cause != err {
+			return fmt.Errorf("not begun: %w (%w)", cause, err)
+		}
+		return fmt.Errorf("not begun: %w", err)
+	}
+	if !r.claimInDoubt() {
+		return nil
+	}
+	res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: []driver.Fence{fenceOf(t)}})
+	switch {
+	case err != nil:
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.logger.Warn("could not check a claim in doubt (no heartbeat for half of RunnerTimeout); running the task",
+			"task_id", t.ID, "task", t.Name, "run_id", t.PipelineID, "error", err)
+		return nil
+	case len(res.Lost) > 0:
+		r.logger.Warn("claim lost before the task began (no heartbeat for half of RunnerTimeout); not running it",
+			"task_id", t.ID, "task", t.Name, "run_id", t.PipelineID)
+		return errClaimLost
+	}
+	return nil
 }
 
 func fenceOf(t *driver.Task) driver.Fence {

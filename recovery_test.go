@@ -914,3 +914,61 @@ func TestSweepGraceIgnoresWallClockSteps(t *testing.T) {
 		require.True(t, r.IsLeader())
 	})
 }
+
+// A runner that stalls between claiming a task and starting it, for long
+// enough to be declared dead, does not start the task once it wakes: the
+// claim was reset and the task ran elsewhere — its run may be over. It
+// used to call the function anyway (its completion was fenced out, but
+// whatever the function did happened twice, after the run had ended).
+func TestStalledRunnerDoesNotStartATaskItLost(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var ranOn sync.Map
+		wf := MustWorkflow("stalled", Task{Name: "work", Run: func(ctx context.Context, tc *Context) error {
+			info, _ := TaskInfoFrom(ctx)
+			ranOn.Store(info.RunnerID, true)
+			return nil
+		}})
+		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+		leader.claimsPaused.Store(true)
+		require.NoError(t, leader.Start(ctx))
+		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+		claimed, release := make(chan struct{}, 1), make(chan struct{})
+		hook := func(*driver.Task) {
+			claimed <- struct{}{}
+			<-release
+		}
+		zombie.beginHook.Store(&hook)
+		require.NoError(t, zombie.Start(ctx))
+		reset := onEvent(leader, eventOf(EventTaskReset))
+
+		exec, err := zombie.ExecuteAsync(ctx, "stalled", nil)
+		require.NoError(t, err)
+		waitFor(t, claimed, "the zombie to claim the task")
+		zombie.heartbeatFrozen.Store(true)
+		waitFor(t, reset, "the leader to reset the zombie's task")
+		setClaiming(leader, true)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+
+		// The zombie wakes with its heartbeat still silent, and goes on.
+		close(release)
+		require.NoError(t, zombie.Stop(ctx)) // returns once the task's goroutine has
+		_, ran := ranOn.Load(zombie.ID())
+		require.False(t, ran, "the zombie ran the task after its claim was reset and the run ended")
+		_, ran = ranOn.Load(leader.ID())
+		require.True(t, ran, "the task ran on the leader")
+		events, err := leader.RunEvents(ctx, res.ID)
+		require.NoError(t, err)
+		completed := 0
+		for _, e := range events {
+			if e.Type == EventTaskCompleted {
+				completed++
+				require.Equal(t, leader.ID(), e.WorkerID)
+			}
+		}
+		require.Equal(t, 1, completed)
+	})
+}

@@ -192,9 +192,19 @@ type Runner struct {
 	// commitHook, when set, sees every committed change set; tests use it
 	// to wait for a transition instead of polling.
 	commitHook atomic.Pointer[func(*changes)]
+	// beginHook, when set, is called by a claimed task's goroutine before
+	// the task begins (a test hook; blocking in it models a runner that
+	// stalls between claim and start).
+	beginHook atomic.Pointer[func(*driver.Task)]
 	// heartbeatFrozen stops heartbeats, to test what happens to a runner
 	// that is alive but looks dead.
 	heartbeatFrozen atomic.Bool
+	// beatSent is when the last heartbeat (or registration) that
+	// committed was sent, as nanoseconds since clockEpoch plus one; zero
+	// means never. The heartbeat_at it wrote is no earlier, so until a
+	// RunnerTimeout after it no other runner can declare this one dead
+	// (see claimInDoubt).
+	beatSent atomic.Int64
 	// claimsPaused stops this runner claiming, so tests choose which
 	// runner gets a task.
 	claimsPaused atomic.Bool

@@ -379,9 +379,11 @@ func TestCancel(t *testing.T) {
 	})
 }
 
-// A task claimed just before its run is cancelled starts after Cancel
-// returned: its context is cancelled from the start, not at the next check
-// of the watch loop (an hour away here).
+// A task claimed just before its run is cancelled, whose goroutine
+// begins after Cancel returned, is not called at all: its context is
+// cancelled from the start, not at the next check of the watch loop (an
+// hour away here), and a function is not begun on a cancelled context.
+// (It used to be called, with its context cancelled already.)
 func TestCancelReachesATaskClaimedJustBefore(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
@@ -413,7 +415,18 @@ func TestCancelReachesATaskClaimedJustBefore(t *testing.T) {
 		res, err := exec.Wait(ctx)
 		require.NoError(t, err)
 		require.Equal(t, PipelineCancelled, res.Status)
-		require.ErrorIs(t, waitFor(t, entry, "the task to start"), errRunCancelled, "the task starts with its context cancelled")
+		require.NoError(t, r.Stop(ctx)) // returns once the task's goroutine has
+		select {
+		case cause := <-entry:
+			t.Fatalf("the task was called after its run was cancelled (its context's cause: %v)", cause)
+		default:
+		}
+		got, err := r.Get(ctx, res.ID)
+		require.NoError(t, err)
+		task := got.Task("slow")
+		require.NotNil(t, task)
+		require.Equal(t, driver.TaskFailed, task.Status)
+		require.Equal(t, "not begun: run cancelled (context canceled)", task.Error)
 	})
 }
 

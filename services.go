@@ -578,6 +578,9 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 		r.runningMu.Unlock()
 	}()
 
+	if hook := r.beginHook.Load(); hook != nil {
+		(*hook)(t)
+	}
 	res, fnDone := r.execute(ctx, t, &rt.result)
 	if rt.reported.CompareAndSwap(false, true) {
 		select {
