@@ -95,7 +95,12 @@ type checkOpts struct {
 //     particular no task has two task_completed events;
 //   - every task_completed has the execution record its attempt wrote,
 //     from the same runner;
-//   - no execution started after its run ended.
+//   - no execution started after its run ended, unless a reset had taken
+//     its runner's claim: a runner that stalls for longer than its
+//     heartbeats allow is declared dead while alive, and checks its claim
+//     before it begins a task, but a stall between that check and the
+//     call can still begin it late (delivery is at least once; its
+//     completion is fenced out).
 func checkInvariants(t *testing.T, snap *snapshot, opts checkOpts) {
 	t.Helper()
 	var v violations
@@ -180,6 +185,21 @@ func checkInvariants(t *testing.T, snap *snapshot, opts checkOpts) {
 	}
 	v.fail(t, "task event sequences")
 
+	lostClaims := map[attemptKey]bool{}
+	for id, events := range snap.byTask {
+		var claim attemptKey
+		for _, e := range events {
+			switch e.Type {
+			case cloacina.EventTaskClaimed:
+				claim = attemptKey{task: id, runnerID: e.WorkerID}
+				if d, err := e.Payload(); err == nil && d != nil {
+					claim.attempt = d.Attempt
+				}
+			case cloacina.EventTaskReset:
+				lostClaims[claim] = true
+			}
+		}
+	}
 	for _, ex := range snap.execs {
 		run := snap.runs[ex.RunID]
 		switch {
@@ -187,7 +207,7 @@ func checkInvariants(t *testing.T, snap *snapshot, opts checkOpts) {
 			v.add("execution of task %s names run %s, which is not stored", ex.TaskID, ex.RunID)
 		case snap.tasks[ex.TaskID] == nil:
 			v.add("execution names task %s, which is not stored", ex.TaskID)
-		case run.CompletedAt != nil && ex.StartedAt.After(*run.CompletedAt):
+		case run.CompletedAt != nil && ex.StartedAt.After(*run.CompletedAt) && !lostClaims[attemptKey{ex.TaskID, ex.Attempt, ex.RunnerID}]:
 			v.add("task %s (%s) attempt %d started at %s on runner %s (pid %d), after its run %s ended at %s",
 				ex.TaskID, ex.Task, ex.Attempt, ex.StartedAt.Format(time.RFC3339Nano), ex.RunnerID, ex.PID,
 				ex.RunID, run.CompletedAt.Format(time.RFC3339Nano))
