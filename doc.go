@@ -232,7 +232,12 @@
 // they wait for), hands back those still running at its deadline, and
 // removes the runner's row. Execution is at-least-once: a task whose runner
 // died mid-way runs again elsewhere, so make task bodies idempotent (use
-// [TaskInfoFrom] for the run and task ids and the attempt). [DeferUntil]
+// [TaskInfoFrom] for the run and task ids and the attempt). A runner that
+// is alive but stalls past its RunnerTimeout is declared dead too: it
+// reads its claim before it begins a task it claimed before the stall,
+// and does not begin one that was taken from it; a task it had begun is
+// cancelled at its next heartbeat, and its completion changes nothing.
+// A task whose run was cancelled before it began is not called. [DeferUntil]
 // lets a task wait on an outside condition, and [Runner.Execute] on a
 // child run, without holding a concurrency slot.
 //
