@@ -28,11 +28,12 @@ type taskResult struct {
 	overCap bool
 }
 
-// execute runs one claimed task and returns its result, in res, plus a
+// execute runs one claimed task, claimed by a transaction that began at
+// claimed (since clockEpoch), and returns its result, in res, plus a
 // channel closed when the task function has returned: with a timeout the
 // result can be known (and recorded) before a function that ignores its
 // context gives up.
-func (r *Runner) execute(ctx context.Context, t *driver.Task, res *taskResult) (*taskResult, <-chan struct{}) {
+func (r *Runner) execute(ctx context.Context, t *driver.Task, claimed time.Duration, res *taskResult) (*taskResult, <-chan struct{}) {
 	*res = taskResult{task: t, started: r.now()}
 	finish := func(err error) (*taskResult, <-chan struct{}) {
 		res.err = err
@@ -62,7 +63,7 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task, res *taskResult) (
 	if err != nil {
 		return finish(Permanent(fmt.Errorf("task %q: %w", t.Name, err)))
 	}
-	if err := r.claimHeld(ctx, t); err != nil {
+	if err := r.claimHeld(ctx, t, claimed); err != nil {
 		return finish(err)
 	}
 	timeout := def.Timeout

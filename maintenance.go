@@ -250,45 +250,55 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 // noteBeat records that a heartbeat (or registration) sent at sent, since
 // clockEpoch, committed.
 func (r *Runner) noteBeat(sent time.Duration) {
-	for {
-		at := r.beatSent.Load()
-		if at > int64(sent) || r.beatSent.CompareAndSwap(at, int64(sent)+1) {
-			return
-		}
+	r.beatMu.Lock()
+	defer r.beatMu.Unlock()
+	prev := r.beatSent.Load()
+	if prev > int64(sent) {
+		return
 	}
+	if prev != 0 && sent-time.Duration(prev-1) >= r.cfg.RunnerTimeout/2 {
+		// Stored first: a reader that sees the new beatSent sees the gap.
+		r.gapEnded.Store(int64(sent) + 1)
+	}
+	r.beatSent.Store(int64(sent) + 1)
 }
 
 // claimInDoubt reports whether this runner may have been declared dead,
-// and its claims reset, by now: no heartbeat it sent within the last half
-// RunnerTimeout committed. Other runners declare it dead a RunnerTimeout
-// after its last heartbeat by the database's clock; half of it leaves
-// margin for the time between this check and what it guards. A runner
-// heartbeats at least twice per RunnerTimeout, so a healthy one is never
-// in doubt.
-func (r *Runner) claimInDoubt() bool {
-	at := r.beatSent.Load()
-	return at == 0 || time.Since(clockEpoch)-time.Duration(at-1) >= r.cfg.RunnerTimeout/2
+// and a claim it took at claimed (since clockEpoch, before the claiming
+// transaction began) reset, by now: no heartbeat it sent within the last
+// half RunnerTimeout committed, or two committed heartbeats since the
+// claim were that far apart. Other runners declare it dead a
+// RunnerTimeout after its last heartbeat by the database's clock; half of
+// it leaves margin for the time between this check and what it guards. A
+// runner heartbeats at least twice per RunnerTimeout, so a healthy one is
+// never in doubt.
+func (r *Runner) claimInDoubt(claimed time.Duration) bool {
+	sent := r.beatSent.Load() // before gapEnded: see noteBeat
+	gap := r.gapEnded.Load()
+	return sent == 0 || time.Since(clockEpoch)-time.Duration(sent-1) >= r.cfg.RunnerTimeout/2 ||
+		(gap != 0 && time.Duration(gap-1) > claimed)
 }
 
 // claimHeld is checked just before a claimed task's function is called.
 // A task whose context ended already (its run was cancelled, its claim
 // found lost, the runner stopping past its grace) is not called: it ends
 // with the context's error, as a function that heeds its context would.
-// A runner whose claims are in doubt — it stalled, or lost the database,
-// for longer than its heartbeats allow — reads whether it still holds
-// the claim, and does not call a task whose claim another runner took
-// (it could be running elsewhere, or its run be over). Once called, a
-// function whose claim is lost is cancelled at the next heartbeat, and
-// its completion is fenced out. A failed read runs the task: delivery is
-// at least once, and its completion is fenced all the same.
-func (r *Runner) claimHeld(ctx context.Context, t *driver.Task) error {
+// A runner whose claim is in doubt — it stalled, or lost the database,
+// for longer than its heartbeats allow since it claimed — reads whether
+// it still holds the claim, and does not call a task whose claim another
+// runner took (it could be running elsewhere, or its run be over). Once
+// called, a function whose claim is lost is cancelled at the next
+// heartbeat, and its completion is fenced out. A failed read runs the
+// task: delivery is at least once, and its completion is fenced all the
+// same.
+func (r *Runner) claimHeld(ctx context.Context, t *driver.Task, claimed time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		if cause := context.Cause(ctx); cause != err {
 			return fmt.Errorf("not begun: %w (%w)", cause, err)
 		}
 		return fmt.Errorf("not begun: %w", err)
 	}
-	if !r.claimInDoubt() {
+	if !r.claimInDoubt(claimed) {
 		return nil
 	}
 	res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: []driver.Fence{fenceOf(t)}})
@@ -297,11 +307,11 @@ func (r *Runner) claimHeld(ctx context.Context, t *driver.Task) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		r.logger.Warn("could not check a claim in doubt (no heartbeat for half of RunnerTimeout); running the task",
+		r.logger.Warn("could not check a claim in doubt (heartbeats were late since it was taken); running the task",
 			"task_id", t.ID, "task", t.Name, "run_id", t.PipelineID, "error", err)
 		return nil
 	case len(res.Lost) > 0:
-		r.logger.Warn("claim lost before the task began (no heartbeat for half of RunnerTimeout); not running it",
+		r.logger.Warn("claim lost before the task began (heartbeats were late since it was taken); not running it",
 			"task_id", t.ID, "task", t.Name, "run_id", t.PipelineID)
 		return errClaimLost
 	}

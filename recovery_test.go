@@ -920,55 +920,83 @@ func TestSweepGraceIgnoresWallClockSteps(t *testing.T) {
 // claim was reset and the task ran elsewhere — its run may be over. It
 // used to call the function anyway (its completion was fenced out, but
 // whatever the function did happened twice, after the run had ended).
+// The task is in doubt whether the runner's heartbeats are still silent
+// when it wakes, or one got through first (re-registering the runner,
+// and finding no running task to cancel: the stalled one had not begun).
 func TestStalledRunnerDoesNotStartATaskItLost(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, url string) {
-		ctx := testContext(t)
-		var ranOn sync.Map
-		wf := MustWorkflow("stalled", Task{Name: "work", Run: func(ctx context.Context, tc *Context) error {
-			info, _ := TaskInfoFrom(ctx)
-			ranOn.Store(info.RunnerID, true)
-			return nil
-		}})
-		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
-		leader.claimsPaused.Store(true)
-		require.NoError(t, leader.Start(ctx))
-		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
-		claimed, release := make(chan struct{}, 1), make(chan struct{})
-		hook := func(*driver.Task) {
-			claimed <- struct{}{}
-			<-release
-		}
-		zombie.beginHook.Store(&hook)
-		require.NoError(t, zombie.Start(ctx))
-		reset := onEvent(leader, eventOf(EventTaskReset))
+	for _, beatFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("BeatFirst=%t", beatFirst), func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, url string) {
+				stalledStart(t, url, beatFirst)
+			})
+		})
+	}
+}
 
-		exec, err := zombie.ExecuteAsync(ctx, "stalled", nil)
-		require.NoError(t, err)
-		waitFor(t, claimed, "the zombie to claim the task")
-		zombie.heartbeatFrozen.Store(true)
-		waitFor(t, reset, "the leader to reset the zombie's task")
-		setClaiming(leader, true)
-		res, err := exec.Wait(ctx)
-		require.NoError(t, err)
-		require.Equal(t, PipelineCompleted, res.Status)
+func stalledStart(t *testing.T, url string, beatFirst bool) {
+	ctx := testContext(t)
+	var ranOn sync.Map
+	wf := MustWorkflow("stalled", Task{Name: "work", Run: func(ctx context.Context, tc *Context) error {
+		info, _ := TaskInfoFrom(ctx)
+		ranOn.Store(info.RunnerID, true)
+		return nil
+	}})
+	leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+	leader.claimsPaused.Store(true)
+	require.NoError(t, leader.Start(ctx))
+	zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+	claimed, release := make(chan struct{}, 1), make(chan struct{})
+	hook := func(*driver.Task) {
+		claimed <- struct{}{}
+		<-release
+	}
+	zombie.beginHook.Store(&hook)
+	require.NoError(t, zombie.Start(ctx))
+	reset := onEvent(leader, eventOf(EventTaskReset))
 
-		// The zombie wakes with its heartbeat still silent, and goes on.
-		close(release)
-		require.NoError(t, zombie.Stop(ctx)) // returns once the task's goroutine has
-		_, ran := ranOn.Load(zombie.ID())
-		require.False(t, ran, "the zombie ran the task after its claim was reset and the run ended")
-		_, ran = ranOn.Load(leader.ID())
-		require.True(t, ran, "the task ran on the leader")
-		events, err := leader.RunEvents(ctx, res.ID)
-		require.NoError(t, err)
-		completed := 0
-		for _, e := range events {
-			if e.Type == EventTaskCompleted {
-				completed++
-				require.Equal(t, leader.ID(), e.WorkerID)
+	exec, err := zombie.ExecuteAsync(ctx, "stalled", nil)
+	require.NoError(t, err)
+	waitFor(t, claimed, "the zombie to claim the task")
+	zombie.heartbeatFrozen.Store(true)
+	waitFor(t, reset, "the leader to reset the zombie's task")
+	setClaiming(leader, true)
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+
+	if beatFirst {
+		// Beats run one after another: once the second beat from now is
+		// under way, the first has committed and re-registered the runner.
+		beats := make(chan struct{}, 2)
+		beatHook := func() {
+			select {
+			case beats <- struct{}{}:
+			default:
 			}
 		}
-		require.Equal(t, 1, completed)
-	})
+		zombie.beatHook.Store(&beatHook)
+		zombie.heartbeatFrozen.Store(false)
+		waitFor(t, beats, "a heartbeat of the zombie")
+		waitFor(t, beats, "a second heartbeat of the zombie")
+		require.False(t, zombie.claimInDoubt(time.Since(clockEpoch)), "heartbeats are on time again")
+	}
+	// The zombie's task goroutine goes on.
+	close(release)
+	require.NoError(t, zombie.Stop(ctx)) // returns once the task's goroutine has
+	_, ran := ranOn.Load(zombie.ID())
+	require.False(t, ran, "the zombie ran the task after its claim was reset and the run ended")
+	_, ran = ranOn.Load(leader.ID())
+	require.True(t, ran, "the task ran on the leader")
+	events, err := leader.RunEvents(ctx, res.ID)
+	require.NoError(t, err)
+	completed := 0
+	for _, e := range events {
+		if e.Type == EventTaskCompleted {
+			completed++
+			require.Equal(t, leader.ID(), e.WorkerID)
+		}
+	}
+	require.Equal(t, 1, completed)
 }

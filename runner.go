@@ -192,19 +192,23 @@ type Runner struct {
 	// commitHook, when set, sees every committed change set; tests use it
 	// to wait for a transition instead of polling.
 	commitHook atomic.Pointer[func(*changes)]
-	// beginHook, when set, is called by a claimed task's goroutine before
-	// the task begins (a test hook; blocking in it models a runner that
-	// stalls between claim and start).
+	// beginHook, when set, is called first thing by a claimed task's
+	// goroutine (a test hook; blocking in it models a runner that stalls
+	// between claim and start).
 	beginHook atomic.Pointer[func(*driver.Task)]
 	// heartbeatFrozen stops heartbeats, to test what happens to a runner
 	// that is alive but looks dead.
 	heartbeatFrozen atomic.Bool
 	// beatSent is when the last heartbeat (or registration) that
-	// committed was sent, as nanoseconds since clockEpoch plus one; zero
-	// means never. The heartbeat_at it wrote is no earlier, so until a
-	// RunnerTimeout after it no other runner can declare this one dead
-	// (see claimInDoubt).
+	// committed was sent, and gapEnded when the last one was sent that
+	// followed the one before it by half a RunnerTimeout or more, each as
+	// nanoseconds since clockEpoch plus one (zero: never). The
+	// heartbeat_at a beat writes is no earlier than its sending, so no
+	// other runner can declare this one dead, and reset its claims, but
+	// in such a gap (see claimHeld). beatMu orders their updates.
+	beatMu   sync.Mutex
 	beatSent atomic.Int64
+	gapEnded atomic.Int64
 	// claimsPaused stops this runner claiming, so tests choose which
 	// runner gets a task.
 	claimsPaused atomic.Bool

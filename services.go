@@ -362,6 +362,7 @@ func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n
 		}
 		defer svc.tasks.Done() // beginDrainClaim's
 	}
+	claimed := time.Since(clockEpoch)
 	tasks, err := r.claim(ctx, n, runs)
 	for i := len(tasks); i < n; i++ {
 		<-svc.slots
@@ -375,7 +376,7 @@ func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n
 			svc.slots <- struct{}{}
 		}
 		svc.tasks.Add(1)
-		go r.runTask(svc, t)
+		go r.runTask(svc, t, claimed)
 	}
 	return n, len(tasks), nil
 }
@@ -461,10 +462,16 @@ type attemptClaims struct {
 	claimed   []*driver.Task // by the current attempt
 	uncertain []*driver.Task // by earlier attempts, which failed
 	svc       *services      // whose slots a handoff's claims hold
+	// began is when the first attempt began, since clockEpoch (see
+	// claimInDoubt); zero until then.
+	began time.Duration
 }
 
 // retry begins an attempt.
 func (a *attemptClaims) retry() {
+	if a.began == 0 {
+		a.began = time.Since(clockEpoch) + 1
+	}
 	a.uncertain = append(a.uncertain, a.claimed...)
 	a.claimed = nil
 }
@@ -554,8 +561,13 @@ func (r *Runner) verifyClaims(ctx context.Context, tasks []*driver.Task) ([]*dri
 	}
 }
 
-func (r *Runner) runTask(svc *services, t *driver.Task) {
+// runTask runs a task claimed by a transaction that began at claimed
+// (since clockEpoch), in its own goroutine.
+func (r *Runner) runTask(svc *services, t *driver.Task, claimed time.Duration) {
 	defer svc.tasks.Done()
+	if hook := r.beginHook.Load(); hook != nil {
+		(*hook)(t)
+	}
 	ctx, cancel := context.WithCancelCause(svc.workCtx)
 	defer cancel(nil)
 	rt := &runningTask{task: t, cancel: cancel}
@@ -578,10 +590,7 @@ func (r *Runner) runTask(svc *services, t *driver.Task) {
 		r.runningMu.Unlock()
 	}()
 
-	if hook := r.beginHook.Load(); hook != nil {
-		(*hook)(t)
-	}
-	res, fnDone := r.execute(ctx, t, &rt.result)
+	res, fnDone := r.execute(ctx, t, claimed, &rt.result)
 	if rt.reported.CompareAndSwap(false, true) {
 		select {
 		case svc.results <- res:
@@ -619,7 +628,7 @@ func (r *Runner) runHandoffs(ctx context.Context, claims *attemptClaims, err err
 		svc.dropSlot()
 	}
 	for _, t := range held {
-		go r.runTask(svc, t)
+		go r.runTask(svc, t, claims.began)
 	}
 }
 
