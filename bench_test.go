@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -199,4 +200,67 @@ func runsFinished(r *Runner, n int) <-chan struct{} {
 	}
 	r.commitHook.Store(&hook)
 	return ch
+}
+
+// BenchmarkDeleteEventsBefore times one retention pass over 200,000 old
+// events of a finished run, recorded after none or 20,000 old events of a
+// run still going, which retention keeps: the kept events come first in
+// sequence order, as those of a long-running run do. Run with -benchtime 1x; the
+// figure is the pass, not the set-up.
+func BenchmarkDeleteEventsBefore(b *testing.B) {
+	const deleted, perTx = 200_000, 5_000
+	for _, be := range testdb.Backends() {
+		for _, kept := range []int{0, 20_000} {
+			b.Run(fmt.Sprintf("%s/kept=%d", be.Name, kept), func(b *testing.B) {
+				ctx := context.Background()
+				r, err := Open(ctx, be.URL(b), &Config{Logger: quietLogger()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer r.Close()
+				at := time.Now().UTC().Add(-48 * time.Hour)
+				for b.Loop() {
+					b.StopTimer()
+					running, done := newID(), newID()
+					insert := func(pipeline uuid.UUID, n int) {
+						for i := 0; i < n; i += perTx {
+							cs := driver.ChangeSet{}
+							if i == 0 {
+								status := driver.PipelineRunning
+								if pipeline == done {
+									status = driver.PipelineCompleted
+								}
+								cs.NewPipelines = []*driver.PipelineInsertParams{{ID: pipeline, WorkflowName: "old",
+									WorkflowVersion: "v", Status: status, Input: []byte(`{}`), Now: at}}
+							}
+							for range min(perTx, n-i) {
+								cs.Events = append(cs.Events, driver.EventInsert{ID: newID(), PipelineID: pipeline,
+									Type: EventTaskCompleted, Data: []byte(`{"attempt":1}`), WorkerID: "w", CreatedAt: at})
+							}
+							if err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+								return tx.ChangeSetApply(ctx, &cs)
+							}); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
+					insert(running, kept)
+					insert(done, deleted)
+					b.StartTimer()
+					n, err := r.DeleteEventsBefore(ctx, time.Now().UTC().Add(-24*time.Hour), nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if n != deleted {
+						b.Fatalf("deleted %d events, want %d", n, deleted)
+					}
+					b.StopTimer()
+					if _, err := r.DeleteEventsBefore(ctx, time.Now().UTC().Add(-24*time.Hour), &DeleteEventsOpts{IncludeUnfinishedRuns: true}); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+			})
+		}
+	}
 }
