@@ -256,19 +256,21 @@ func (o *DeleteEventsOpts) batchSize() (int, error) {
 func (o *DeleteEventsOpts) includeUnfinished() bool { return o != nil && o.IncludeUnfinishedRuns }
 
 // DeleteEventsBefore deletes old events, the first recorded first, one
-// batch per transaction, and returns how many it deleted. It keeps every event of a
-// run that is not finished (Pending, Running or Paused), however old, so
-// Replay of such a run still rebuilds the status of each of its tasks; it
-// deletes the events created before cutoff of runs that are Completed,
-// Failed or Cancelled, and of runs whose row no longer exists. A run that
-// finishes while the deletion goes on loses its old events in the next
-// batch. With opts.IncludeUnfinishedRuns it deletes by age alone, runs
+// batch per transaction, and returns how many it deleted. It keeps every
+// event of a run that is not finished (Pending, Running or Paused),
+// however old, so Replay of such a run still rebuilds the status of each
+// of its tasks; it deletes the events created before cutoff of runs that
+// are Completed, Failed or Cancelled, and of runs whose row no longer
+// exists. With opts.IncludeUnfinishedRuns it deletes by age alone, runs
 // still going included. CountEventsBefore with the same cutoff and opts
 // counts what it would delete. If ctx ends midway, the batches already
 // deleted stay deleted. Each batch costs about the same however many old
-// events there are: a pass walks the events in the order they were
-// recorded, up to the newest one created before cutoff when it began
-// (events recorded after that are left for the next pass). Events' times
+// events there are, and however many of them are kept: a pass walks the
+// events once, in the order they were recorded, each batch starting where
+// the one before ended, up to the newest event created before cutoff when
+// the pass began. Events recorded after that, and the old events of a run
+// that finishes while the pass goes on that it had walked past, are left
+// for the next pass. Events' times
 // follow the database's clock whichever runner recorded them (see
 // Runner), so one cutoff suits them all.
 func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
@@ -283,24 +285,31 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 	}
 	var total int64
 	for {
-		var n int64
+		var n, last int64
 		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 			if params.UpTo == 0 {
 				// The pass ends at the newest event older than cutoff
 				// now: each batch then walks events in sequence order
 				// and stops there, not at the end of the table.
-				last, err := tx.EventLastBefore(ctx, cutoff)
-				if err != nil || last == 0 {
+				newest, err := tx.EventLastBefore(ctx, cutoff)
+				if err != nil || newest == 0 {
 					return err
 				}
-				params.UpTo = last
+				params.UpTo = newest
 			}
-			var err error
-			n, err = tx.EventDelete(ctx, params)
-			return err
+			res, err := tx.EventDelete(ctx, params)
+			if err != nil {
+				return err
+			}
+			n, last = res.Deleted, res.Last
+			return nil
 		})
 		if err != nil {
 			return total, fmt.Errorf("delete events: %w", err)
+		}
+		if last > 0 {
+			// The next batch starts after this one (once it committed).
+			params.After = last
 		}
 		total += n
 		if progress != nil && n > 0 {

@@ -160,8 +160,9 @@ type Executor interface {
 	// created before t, or 0 when there is none: the bound of a retention
 	// pass (EventDeleteParams.UpTo).
 	EventLastBefore(ctx context.Context, t time.Time) (int64, error)
-	// EventDelete deletes one batch of old events and returns how many.
-	EventDelete(ctx context.Context, params *EventDeleteParams) (int64, error)
+	// EventDelete deletes one batch of old events, the first recorded
+	// first, and returns how many and the last it deleted.
+	EventDelete(ctx context.Context, params *EventDeleteParams) (*EventDeleteResult, error)
 
 	// RunnerUpsert registers a runner or refreshes its row, heartbeating
 	// it by the database's clock (see RunnerRow), and returns the

@@ -281,11 +281,26 @@ type EventDeleteParams struct {
 	// EventLastBefore's result it bounds the walk of the last batch, which
 	// would otherwise go on through every newer event.
 	UpTo int64
+	// After, when positive, leaves events numbered at or below it alone:
+	// with the previous batch's Last, a batch starts where that one ended
+	// instead of walking again the old events it kept (those of unfinished
+	// runs) and, on PostgreSQL, the index entries of those it deleted,
+	// which stay until vacuum.
+	After int64
 	// ExcludeUnfinishedRuns keeps the events of runs that are Pending,
 	// Running or Paused, however old: only events of Completed, Failed or
 	// Cancelled runs, and events whose run row no longer exists (events
 	// have no foreign key to their run), are deleted. A run's status is
 	// read by the statement that deletes, so a run that finishes between
-	// two batches loses its old events in the next one.
+	// two batches loses, in the next one, its old events that batch walks.
 	ExcludeUnfinishedRuns bool
+}
+
+// EventDeleteResult is what one batch of EventDelete deleted.
+type EventDeleteResult struct {
+	// Deleted counts the events deleted.
+	Deleted int64
+	// Last is the highest sequence number deleted, 0 when none was: the
+	// next batch's After.
+	Last int64
 }

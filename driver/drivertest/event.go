@@ -275,9 +275,9 @@ func testEventDelete(t *testing.T, s *suite) {
 		t.Helper()
 		var n int64
 		b.inTx(t, func(tx driver.Tx) {
-			var err error
-			n, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: before, Limit: limit})
+			res, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: before, Limit: limit})
 			require.NoError(t, err)
+			n = res.Deleted
 		})
 		return n
 	}
@@ -328,15 +328,15 @@ func testEventDelete(t *testing.T, s *suite) {
 		})
 		require.Equal(t, all[4].SequenceNum, last, "the newest event before the cutoff, not the newest recorded before it")
 		b.inTx(t, func(tx driver.Tx) {
-			n, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 10, UpTo: all[1].SequenceNum})
+			res, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 10, UpTo: all[1].SequenceNum})
 			require.NoError(t, err)
-			require.Equal(t, int64(2), n, "none numbered above UpTo")
+			require.Equal(t, driver.EventDeleteResult{Deleted: 2, Last: all[1].SequenceNum}, *res, "none numbered above UpTo")
 		})
 		require.Equal(t, eventIDs(all[2:]), eventIDs(b.events(t, &driver.EventListParams{})))
 		b.inTx(t, func(tx driver.Tx) {
-			n, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 10, UpTo: last})
+			res, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 10, UpTo: last})
 			require.NoError(t, err)
-			require.Equal(t, int64(2), n)
+			require.Equal(t, driver.EventDeleteResult{Deleted: 2, Last: last}, *res)
 			none, err := tx.EventLastBefore(b.ctx, cut)
 			require.NoError(t, err)
 			require.Zero(t, none, "no event before the cutoff is left")
@@ -347,13 +347,35 @@ func testEventDelete(t *testing.T, s *suite) {
 		require.Equal(t, eventIDs(all[3:4]), eventIDs(b.events(t, &driver.EventListParams{})))
 	})
 
+	// A batch starts after the number it is given: a pass goes on where
+	// its previous batch ended, past the old events that batch kept.
+	t.Run("After", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		all := b.insertEventsAt(t, p, 0, time.Second, 2*time.Second, time.Hour, 3*time.Second, 4*time.Second)
+		cut := b.at(time.Minute)
+		b.inTx(t, func(tx driver.Tx) {
+			res, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 2, After: all[0].SequenceNum})
+			require.NoError(t, err)
+			require.Equal(t, driver.EventDeleteResult{Deleted: 2, Last: all[2].SequenceNum}, *res, "none numbered at or below After")
+			res, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 2, After: res.Last})
+			require.NoError(t, err)
+			require.Equal(t, driver.EventDeleteResult{Deleted: 2, Last: all[5].SequenceNum}, *res, "past an event at or after the cutoff")
+			res, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: cut, Limit: 2, After: res.Last})
+			require.NoError(t, err)
+			require.Equal(t, driver.EventDeleteResult{}, *res, "nothing deleted, nothing last")
+		})
+		require.Equal(t, eventIDs([]*driver.Event{all[0], all[3]}), eventIDs(b.events(t, &driver.EventListParams{})))
+	})
+
 	delFinished := func(t *testing.T, b *bundle, before time.Time, limit int) int64 {
 		t.Helper()
 		var n int64
 		b.inTx(t, func(tx driver.Tx) {
-			var err error
-			n, err = tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: before, Limit: limit, ExcludeUnfinishedRuns: true})
+			res, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: before, Limit: limit, ExcludeUnfinishedRuns: true})
 			require.NoError(t, err)
+			n = res.Deleted
 		})
 		return n
 	}

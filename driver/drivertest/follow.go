@@ -172,9 +172,9 @@ func testEventFollow(t *testing.T, s *suite) {
 		require.NoError(t, second.Commit(b.ctx))
 
 		b.inTx(t, func(tx driver.Tx) {
-			n, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: b.at(5 * time.Second), Limit: 100})
+			res, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: b.at(5 * time.Second), Limit: 100})
 			require.NoError(t, err)
-			require.EqualValues(t, 2, n, "base and the follower's last event")
+			require.EqualValues(t, 2, res.Deleted, "base and the follower's last event")
 		})
 		require.Equal(t, []uuid.UUID{late.ID}, eventIDs(b.follow(t, got[0].SequenceNum, 1)))
 	})

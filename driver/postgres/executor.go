@@ -195,12 +195,14 @@ func newQueries(schema string) *queries {
 				WITH ORDINALITY AS e(id, pid, tid, typ, data, worker, created, ord)
 			ORDER BY ord`),
 		notify: `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`,
-		eventDelete: r.Replace(`DELETE FROM {s}.execution_events WHERE sequence_num IN (
-			SELECT sequence_num FROM {s}.execution_events WHERE sequence_num <= $3 AND created_at < $1
-			ORDER BY sequence_num LIMIT $2)`),
-		eventDeleteEnded: r.Replace(`DELETE FROM {s}.execution_events WHERE sequence_num IN (
-			SELECT sequence_num FROM {s}.execution_events e WHERE sequence_num <= $3 AND created_at < $1 AND ` + notOfUnfinishedRun + `
-			ORDER BY sequence_num LIMIT $2)`),
+		eventDelete: r.Replace(`WITH d AS (DELETE FROM {s}.execution_events WHERE sequence_num IN (
+			SELECT sequence_num FROM {s}.execution_events WHERE sequence_num > $4 AND sequence_num <= $3 AND created_at < $1
+			ORDER BY sequence_num LIMIT $2) RETURNING sequence_num)
+			SELECT count(*), coalesce(max(sequence_num), 0) FROM d`),
+		eventDeleteEnded: r.Replace(`WITH d AS (DELETE FROM {s}.execution_events WHERE sequence_num IN (
+			SELECT sequence_num FROM {s}.execution_events e WHERE sequence_num > $4 AND sequence_num <= $3 AND created_at < $1 AND ` + notOfUnfinishedRun + `
+			ORDER BY sequence_num LIMIT $2) RETURNING sequence_num)
+			SELECT count(*), coalesce(max(sequence_num), 0) FROM d`),
 		eventLastBefore:    r.Replace(`SELECT coalesce(max(sequence_num), 0) FROM {s}.execution_events WHERE created_at < $1`),
 		eventNotUnfinished: r.Replace(notOfUnfinishedRun),
 	}
@@ -741,9 +743,9 @@ func (e *executor) EventLastBefore(ctx context.Context, t time.Time) (int64, err
 	return seq, nil
 }
 
-func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (int64, error) {
+func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (*driver.EventDeleteResult, error) {
 	if p.Limit <= 0 {
-		return 0, fmt.Errorf("postgres: delete events: limit must be positive")
+		return nil, fmt.Errorf("postgres: delete events: limit must be positive")
 	}
 	q := e.q.eventDelete
 	if p.ExcludeUnfinishedRuns {
@@ -753,9 +755,9 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 	if upTo <= 0 {
 		upTo = math.MaxInt64
 	}
-	tag, err := e.db.Exec(ctx, q, p.Before.UTC(), p.Limit, upTo)
-	if err != nil {
-		return 0, fmt.Errorf("postgres: delete events: %w", mapError(err))
+	var res driver.EventDeleteResult
+	if err := e.db.QueryRow(ctx, q, p.Before.UTC(), p.Limit, upTo, max(p.After, 0)).Scan(&res.Deleted, &res.Last); err != nil {
+		return nil, fmt.Errorf("postgres: delete events: %w", mapError(err))
 	}
-	return tag.RowsAffected(), nil
+	return &res, nil
 }

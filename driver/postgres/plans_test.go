@@ -202,8 +202,8 @@ func TestRetentionReadsRunsOncePerBatch(t *testing.T) {
 	prune := func(t *testing.T) {
 		t.Helper()
 		inTx(t, drv, func(tx driver.Tx) error {
-			n, err := tx.EventDelete(ctx, &driver.EventDeleteParams{Before: later, Limit: 100, ExcludeUnfinishedRuns: true})
-			if err == nil && n == 0 {
+			res, err := tx.EventDelete(ctx, &driver.EventDeleteParams{Before: later, Limit: 100, ExcludeUnfinishedRuns: true})
+			if err == nil && res.Deleted == 0 {
 				err = fmt.Errorf("nothing deleted")
 			}
 			return err

@@ -788,9 +788,9 @@ func (e *executor) EventLastBefore(ctx context.Context, t time.Time) (int64, err
 	return seq, nil
 }
 
-func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (int64, error) {
+func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (*driver.EventDeleteResult, error) {
 	if p.Limit <= 0 {
-		return 0, errors.New("sqlite: delete events: limit must be positive")
+		return nil, errors.New("sqlite: delete events: limit must be positive")
 	}
 	filter := ""
 	if p.ExcludeUnfinishedRuns {
@@ -802,15 +802,27 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 	}
 	// The unary + keeps SQLite on the primary key: by the created_at index
 	// it would sort the old events for every batch.
-	res, err := e.db.ExecContext(ctx, `DELETE FROM execution_events WHERE sequence_num IN (
-		SELECT sequence_num FROM execution_events e WHERE sequence_num <= ? AND +created_at < ?`+filter+`
-		ORDER BY sequence_num LIMIT ?)`,
-		upTo, formatTime(p.Before), p.Limit)
+	rows, err := e.db.QueryContext(ctx, `DELETE FROM execution_events WHERE sequence_num IN (
+		SELECT sequence_num FROM execution_events e WHERE sequence_num > ? AND sequence_num <= ? AND +created_at < ?`+filter+`
+		ORDER BY sequence_num LIMIT ?) RETURNING sequence_num`,
+		max(p.After, 0), upTo, formatTime(p.Before), p.Limit)
 	if err != nil {
-		return 0, fmt.Errorf("sqlite: delete events: %w", mapError(err))
+		return nil, fmt.Errorf("sqlite: delete events: %w", mapError(err))
 	}
-	n, err := res.RowsAffected()
-	return n, mapError(err)
+	defer rows.Close()
+	var res driver.EventDeleteResult
+	for rows.Next() {
+		var seq int64
+		if err := rows.Scan(&seq); err != nil {
+			return nil, fmt.Errorf("sqlite: delete events: %w", mapError(err))
+		}
+		res.Deleted++
+		res.Last = max(res.Last, seq)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: delete events: %w", mapError(err))
+	}
+	return &res, nil
 }
 
 // notOfUnfinishedRun holds for an event (aliased e) unless its run is
