@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -115,7 +116,7 @@ func seqScans(t *testing.T, drv *postgres.Driver, schema string) map[string]int6
 	require.NoError(t, err)
 	defer admin.Close(context.WithoutCancel(ctx))
 	rows, err := admin.Query(ctx, `SELECT relname, seq_scan FROM pg_stat_user_tables
-		WHERE schemaname = $1 AND relname IN ('pipeline_executions', 'task_executions')`, schema)
+		WHERE schemaname = $1 AND relname IN ('pipeline_executions', 'task_executions', 'execution_events')`, schema)
 	require.NoError(t, err)
 	out := map[string]int64{}
 	for rows.Next() {
@@ -125,7 +126,7 @@ func seqScans(t *testing.T, drv *postgres.Driver, schema string) map[string]int6
 		out[name] = n
 	}
 	require.NoError(t, rows.Err())
-	require.Len(t, out, 2)
+	require.Len(t, out, 3)
 	return out
 }
 
@@ -251,4 +252,38 @@ func TestRetentionReadsRunsOncePerBatch(t *testing.T) {
 		prune(t)
 	}
 	require.Equal(t, before, runScans(t), "scans of the run table once analyzed")
+}
+
+// A batch of retention deletes the events it picked by the primary key.
+// Deleting "WHERE sequence_num IN (the batch)" planned, once statistics
+// showed a table of some size, as a hash join over a scan of the whole
+// event table: every batch of a pass read every event.
+func TestRetentionBatchDeletesByPrimaryKey(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv := open(t, schema, "pool_max_conns", "1")
+	require.NoError(t, drv.Migrate(ctx))
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`
+		INSERT INTO %[1]s.execution_events (id, pipeline_execution_id, event_type, event_data, worker_id, created_at)
+			SELECT gen_random_uuid(), gen_random_uuid(), 'task_created', '{}', 'w', now() - interval '1 day'
+			FROM generate_series(1, 200000);
+		ANALYZE %[1]s.execution_events`, pgx.Identifier{schema}.Sanitize()))
+	require.NoError(t, err)
+	before := seqScans(t, drv, schema)["execution_events"]
+	params := &driver.EventDeleteParams{Before: time.Now(), Limit: 1000, UpTo: math.MaxInt64}
+	for _, exclude := range []bool{false, true} {
+		params.ExcludeUnfinishedRuns = exclude
+		for range 7 { // past the five custom plans after which PostgreSQL may keep a generic one
+			inTx(t, drv, func(tx driver.Tx) error {
+				res, err := tx.EventDelete(ctx, params)
+				if err == nil && res.Deleted != 1000 {
+					err = fmt.Errorf("deleted %d events, want 1000", res.Deleted)
+				}
+				params.After = res.Last
+				return err
+			})
+		}
+	}
+	require.Equal(t, before, seqScans(t, drv, schema)["execution_events"], "scans of the event table")
 }
