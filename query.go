@@ -268,11 +268,11 @@ func (o *DeleteEventsOpts) includeUnfinished() bool { return o != nil && o.Inclu
 // events there are, and however many of them are kept: a pass walks the
 // events once, in the order they were recorded, each batch starting where
 // the one before ended, up to the newest event created before cutoff when
-// the pass began. Events recorded after that, and the old events of a run
-// that finishes while the pass goes on that it had walked past, are left
-// for the next pass. Events' times
-// follow the database's clock whichever runner recorded them (see
-// Runner), so one cutoff suits them all.
+// the pass began. Events recorded after that are left for the next pass,
+// as are the old events of a run that finishes during the pass which the
+// pass had already walked past. Events' times follow the database's clock
+// whichever runner recorded them (see Runner), so one cutoff suits them
+// all.
 func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts *DeleteEventsOpts) (int64, error) {
 	batch, err := opts.batchSize()
 	if err != nil {
