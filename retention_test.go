@@ -2,12 +2,16 @@ package cloacina
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
 )
 
 // Retention keeps every event of a run still going, however old, so Replay
@@ -128,5 +132,79 @@ func TestRetentionKeepsUnfinishedRuns(t *testing.T) {
 		res, err := running.Wait(ctx)
 		require.NoError(t, err)
 		require.Equal(t, PipelineCompleted, res.Status)
+	})
+}
+
+// rollbackDriver makes the commit of a transaction that deleted events
+// fail, once it is armed, after skipping as many such commits as skip
+// says: the transaction rolls back and the caller hears a transient error.
+type rollbackDriver struct {
+	driver.Driver
+	skip, armed, failed atomic.Int64
+}
+
+func (d *rollbackDriver) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &rollbackTx{Tx: tx, d: d}, nil
+}
+
+type rollbackTx struct {
+	driver.Tx
+	d       *rollbackDriver
+	deletes bool
+}
+
+func (tx *rollbackTx) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (*driver.EventDeleteResult, error) {
+	tx.deletes = true
+	return tx.Tx.EventDelete(ctx, p)
+}
+
+func (tx *rollbackTx) Commit(ctx context.Context) error {
+	if tx.deletes && tx.d.skip.Add(-1) < 0 && tx.d.armed.Add(-1) >= 0 {
+		tx.d.failed.Add(1)
+		if err := tx.Tx.Rollback(ctx); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: the connection broke before COMMIT", driver.ErrTransient)
+	}
+	return tx.Tx.Commit(ctx)
+}
+
+// A batch whose transaction rolls back is deleted again by the retry: the
+// pass moves on past a batch only once it committed.
+func TestRetentionRetriesABatchThatRolledBack(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("old", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+		old := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
+		require.NoError(t, old.Start(ctx))
+		for range 3 {
+			res, err := old.Execute(ctx, "old", nil)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+		}
+		require.NoError(t, old.Stop(ctx))
+
+		r := openRunner(t, url, nil)
+		rollback := &rollbackDriver{Driver: r.drv}
+		r.drv = rollback
+		rollback.skip.Store(1)
+		rollback.armed.Store(2)
+		cutoff := time.Now().UTC().Add(-30 * 24 * time.Hour)
+		count, err := r.CountEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Greater(t, count, int64(6), "old events in several batches")
+		deleted, err := r.DeleteEventsBefore(ctx, cutoff, &DeleteEventsOpts{BatchSize: 3})
+		require.NoError(t, err)
+		require.EqualValues(t, 2, rollback.failed.Load(), "two commits failed")
+		require.Equal(t, count, deleted)
+		left, err := r.CountEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Zero(t, left, "no old event was skipped")
 	})
 }
