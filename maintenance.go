@@ -269,9 +269,11 @@ func (r *Runner) noteBeat(sent time.Duration) {
 // half RunnerTimeout committed, or two committed heartbeats since the
 // claim were that far apart. Other runners declare it dead a
 // RunnerTimeout after its last heartbeat by the database's clock; half of
-// it leaves margin for the time between this check and what it guards. A
-// runner heartbeats at least twice per RunnerTimeout, so a healthy one is
-// never in doubt.
+// it leaves margin for the time between this check and what it guards.
+// At the defaults (a heartbeat every 5s, RunnerTimeout 30s) a healthy
+// runner is never in doubt; with a RunnerTimeout near two heartbeats, a
+// beat late by a fraction of its interval puts the tasks begun meanwhile
+// in doubt, which costs each of them one read.
 func (r *Runner) claimInDoubt(claimed time.Duration) bool {
 	sent := r.beatSent.Load() // before gapEnded: see noteBeat
 	gap := r.gapEnded.Load()
