@@ -288,31 +288,31 @@ func (r *Runner) claimInDoubt(claimed time.Duration) bool {
 // A runner whose claim is in doubt — it stalled, or lost the database,
 // for longer than its heartbeats allow since it claimed — reads whether
 // it still holds the claim, and does not call a task whose claim another
-// runner took (it could be running elsewhere, or its run be over). Once
-// called, a function whose claim is lost is cancelled at the next
-// heartbeat, and its completion is fenced out. A failed read runs the
-// task: delivery is at least once, and its completion is fenced all the
-// same.
+// runner took (it could be running elsewhere, or its run be over). While
+// the database cannot answer, the task waits (retrying the read, as an
+// uncertain claim does; a heartbeat that finds the claim lost, or the
+// runner stopping past its grace, ends the wait): running it then would
+// most likely run it twice. Once called, a function whose claim is lost
+// is cancelled at the next heartbeat, and its completion is fenced out.
 func (r *Runner) claimHeld(ctx context.Context, t *driver.Task, claimed time.Duration) error {
-	if err := ctx.Err(); err != nil {
+	notBegun := func() error {
+		err := ctx.Err()
 		if cause := context.Cause(ctx); cause != err {
 			return fmt.Errorf("not begun: %w (%w)", cause, err)
 		}
 		return fmt.Errorf("not begun: %w", err)
 	}
+	if ctx.Err() != nil {
+		return notBegun()
+	}
 	if !r.claimInDoubt(claimed) {
 		return nil
 	}
-	res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: []driver.Fence{fenceOf(t)}})
+	held, err := r.verifyClaims(ctx, []*driver.Task{t})
 	switch {
 	case err != nil:
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.logger.Warn("could not check a claim in doubt (heartbeats were late since it was taken); running the task",
-			"task_id", t.ID, "task", t.Name, "run_id", t.PipelineID, "error", err)
-		return nil
-	case len(res.Lost) > 0:
+		return notBegun()
+	case len(held) == 0:
 		r.logger.Warn("claim lost before the task began (heartbeats were late since it was taken); not running it",
 			"task_id", t.ID, "task", t.Name, "run_id", t.PipelineID)
 		return errClaimLost

@@ -1000,3 +1000,58 @@ func stalledStart(t *testing.T, url string, beatFirst bool) {
 	}
 	require.Equal(t, 1, completed)
 }
+
+// fenceReadFailing fails, once armed, as many claim reads as fails says.
+type fenceReadFailing struct {
+	driver.Driver
+	fails, reads atomic.Int64
+}
+
+func (d *fenceReadFailing) Reader() driver.Executor {
+	return &fenceReadFailingReader{Executor: d.Driver.Reader(), d: d}
+}
+
+type fenceReadFailingReader struct {
+	driver.Executor
+	d *fenceReadFailing
+}
+
+func (x *fenceReadFailingReader) TaskFenceCheck(ctx context.Context, p *driver.TaskFenceCheckParams) (*driver.TaskFenceCheckResult, error) {
+	x.d.reads.Add(1)
+	if x.d.fails.Add(-1) >= 0 {
+		return nil, fmt.Errorf("%w: connection refused", driver.ErrTransient)
+	}
+	return x.Executor.TaskFenceCheck(ctx, p)
+}
+
+// A task whose claim is in doubt waits until the database answers whether
+// the claim still holds, and then runs (once) if it does: it is not run
+// on the chance that it does while the database cannot tell.
+func TestClaimInDoubtWaitsForTheDatabase(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		flaky := &fenceReadFailing{}
+		readsWhenRun := make(chan int64, 2)
+		wf := MustWorkflow("doubt", Task{Name: "work", Run: func(context.Context, *Context) error {
+			readsWhenRun <- flaky.reads.Load()
+			return nil
+		}})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		flaky.Driver = r.drv
+		r.drv = flaky
+		hook := func(*driver.Task) {
+			// As if a heartbeat had just got through after a long gap:
+			// every claim taken before now is in doubt.
+			flaky.fails.Store(3)
+			r.gapEnded.Store(int64(time.Since(clockEpoch)) + 1)
+		}
+		r.beginHook.Store(&hook)
+		require.NoError(t, r.Start(ctx))
+		res, err := r.Execute(ctx, "doubt", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, int64(4), waitFor(t, readsWhenRun, "the task to run"), "it ran once the fourth read answered")
+		require.Empty(t, readsWhenRun, "it ran once")
+	})
+}

@@ -528,7 +528,8 @@ func (r *Runner) settle(ctx context.Context, a *attemptClaims, err error) (held,
 	return append(held, verified...), dropped
 }
 
-// verifyClaims returns the tasks whose claim committed despite an error,
+// verifyClaims returns the tasks whose claim this runner holds (claims
+// that committed despite an error, or claims in doubt: see claimHeld),
 // retrying the read until it succeeds or ctx ends.
 func (r *Runner) verifyClaims(ctx context.Context, tasks []*driver.Task) ([]*driver.Task, error) {
 	fences := make([]driver.Fence, len(tasks))
