@@ -510,6 +510,9 @@ func (r *Runner) settle(ctx context.Context, a *attemptClaims, err error) (held,
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
 		defer cancel()
 	}
+	for _, t := range uncertain {
+		t.RunnerID = r.id // what a claim that committed wrote
+	}
 	verified, verr := r.verifyClaims(ctx, uncertain)
 	if verr != nil {
 		// They stay Running under this runner; when it stops, its row goes
@@ -530,11 +533,11 @@ func (r *Runner) settle(ctx context.Context, a *attemptClaims, err error) (held,
 
 // verifyClaims returns the tasks whose claim this runner holds (claims
 // that committed despite an error, or claims in doubt: see claimHeld),
-// retrying the read until it succeeds or ctx ends.
+// retrying the read until it succeeds or ctx ends. It only reads the
+// tasks, which running tasks' heartbeats read too.
 func (r *Runner) verifyClaims(ctx context.Context, tasks []*driver.Task) ([]*driver.Task, error) {
 	fences := make([]driver.Fence, len(tasks))
 	for i, t := range tasks {
-		t.RunnerID = r.id
 		fences[i] = fenceOf(t)
 	}
 	backoff := 50 * time.Millisecond
