@@ -262,8 +262,9 @@ func TestStartWithdrawnWhileWaiting(t *testing.T) {
 
 // A start whose caller gives up while its commit cannot be stopped any more
 // (here a deferred trigger makes COMMIT slow and ignores the cancel
-// requests that reach it when pgx closes the interrupted connection; they
-// come two at once, and with one handler a second one landing in it
+// requests that reach it when pgx closes the interrupted connection; more
+// than one can come at once (the server log showed a handler's own sleep
+// cancelled), and with one handler per sleep a second landing in it
 // aborted the COMMIT, about once in 80 runs on a loaded machine): the
 // run is written all the same, with its root claimed by this runner. The
 // runner must run that task. It used to check the claim before the commit
