@@ -949,7 +949,12 @@ func stalledStart(t *testing.T, url string, beatFirst bool) {
 	zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
 	claimed, release := make(chan struct{}, 1), make(chan struct{})
 	hook := func(*driver.Task) {
-		claimed <- struct{}{}
+		// Every claim the zombie takes stalls, the task's reset copy too
+		// should it claim that before the leader does.
+		select {
+		case claimed <- struct{}{}:
+		default:
+		}
 		<-release
 	}
 	zombie.beginHook.Store(&hook)
@@ -959,6 +964,7 @@ func stalledStart(t *testing.T, url string, beatFirst bool) {
 	exec, err := zombie.ExecuteAsync(ctx, "stalled", nil)
 	require.NoError(t, err)
 	waitFor(t, claimed, "the zombie to claim the task")
+	zombie.claimsPaused.Store(true)
 	zombie.heartbeatFrozen.Store(true)
 	waitFor(t, reset, "the leader to reset the zombie's task")
 	setClaiming(leader, true)
