@@ -123,6 +123,7 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 	}
 	r.syncClock(ctx, exec)
 	c := newChanges(r)
+	c.now = r.now()
 	if err := r.createRuns(ctx, exec, c, []*newRun{run}, false); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
 	}

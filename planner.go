@@ -74,8 +74,10 @@ func (c *changes) claimed(pid uuid.UUID, t *driver.Task) {
 	c.event(pid, &t.ID, EventTaskStarted, &EventData{Attempt: t.Attempt})
 }
 
+// newChanges begins the change set of one transaction; the caller sets its
+// time (now) once it holds the database (see tryTx).
 func newChanges(r *Runner) *changes {
-	return &changes{now: r.now(), worker: r.id, runnerName: r.name}
+	return &changes{worker: r.id, runnerName: r.name}
 }
 
 // expectEvents makes room for n more events, so that a transaction of
