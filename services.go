@@ -470,7 +470,7 @@ type attemptClaims struct {
 // retry begins an attempt.
 func (a *attemptClaims) retry() {
 	if a.began == 0 {
-		a.began = time.Since(clockEpoch) + 1
+		a.began = time.Since(clockEpoch)
 	}
 	a.uncertain = append(a.uncertain, a.claimed...)
 	a.claimed = nil
