@@ -50,6 +50,10 @@ type app struct {
 	logger *slog.Logger
 
 	databaseURL string // --database-url
+
+	// followPolled, when set, is called after each poll of events list
+	// --follow with the cursor it left (a test hook).
+	followPolled func(cursor int64)
 }
 
 // Main runs the cloacina command line args (without the program name),
@@ -64,6 +68,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 		// hear about trouble.
 		logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
+	return a.main(ctx, args)
+}
+
+// main is Main for an app the caller made (tests set its hooks).
+func (a *app) main(ctx context.Context, args []string) int {
+	stdout, stderr := a.stdout, a.stderr
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetIn(strings.NewReader(""))

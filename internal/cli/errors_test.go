@@ -86,6 +86,8 @@ func TestErrors(t *testing.T) {
 		{"cleanup zero batch", []string{"events", "cleanup", "--older-than", "30d", "--batch-size", "0"}, nil, ExitUsage, `"0" is not a count: use a whole number of 1 or more`},
 		{"zero limit", []string{"events", "list", "--limit", "0"}, nil, ExitUsage, `"0" is not a count`},
 		{"word limit", []string{"runs", "list", "--limit", "ten"}, nil, ExitUsage, `"ten" is not a count`},
+		{"interval without follow", []string{"events", "list", "--interval", "1s"}, nil, ExitUsage, "--interval is how often --follow polls: add --follow, or leave --interval out"},
+		{"zero interval", []string{"events", "list", "--follow", "--interval", "0s"}, nil, ExitUsage, `"0s" is not an interval: use a Go duration of 1ms or more`},
 		{"misspelt event type", []string{"events", "list", "--type", "task_faild"}, nil, ExitUsage, `unknown value "task_faild": did you mean "task_failed"?`},
 		{"unknown event type", []string{"events", "list", "--type", "started,zzz"}, nil, ExitUsage, `unknown value "started": use one of pipeline_started,`},
 		{"bad run id flag", []string{"events", "list", "--run", "nope"}, nil, ExitUsage, `"nope" is not a run id: ids are UUIDs`},

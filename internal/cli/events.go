@@ -36,27 +36,48 @@ func (a *app) eventsListCommand() *cobra.Command {
 	task := &idFlag{what: "task execution"}
 	types := &choiceFlag{kind: "type", allowed: eventTypeNames()}
 	limit := countFlag(defaultEventLimit)
+	var follow bool
+	interval := intervalFlag(defaultFollowInterval)
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List execution events, newest last",
 		Long: `list prints the most recent execution events (newest last), optionally only
-those of one run, of one task execution, or of some types.`,
+those of one run, of one task execution, or of some types.
+
+With --follow it prints them, then every new event as it is committed (polling
+every --interval), until interrupted; with --run or --task it ends by itself once
+that run has finished and every event it has is printed, so a script can watch a
+run to its end. Events come in commit order, none skipped and none repeated (if
+retention deletes the last event shown while the whole log is followed,
+PostgreSQL may show events again).`,
 		Example: `  cloacina events list --run 0199c3e1-…
-  cloacina events list --type task_failed --type task_retry_scheduled --limit 20`,
+  cloacina events list --type task_failed --type task_retry_scheduled --limit 20
+  cloacina events list --follow --type task_failed
+  cloacina events list --run 0199c3e1-… --follow`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("interval") && !follow {
+				return usageErrorf(cmd, "--interval is how often --follow polls: add --follow, or leave --interval out")
+			}
 			d, err := a.database(cmd)
 			if err != nil {
 				return err
 			}
+			filter := &eventFilter{run: run.id, task: task.id}
+			for _, t := range types.values {
+				filter.types = append(filter.types, cloacina.EventType(t))
+			}
 			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
-				q := &cloacina.EventQuery{RunID: run.id, TaskID: task.id, Newest: true, Limit: int(limit)}
-				for _, t := range types.values {
-					q.Types = append(q.Types, cloacina.EventType(t))
+				if follow {
+					f := &follower{r: r, filter: filter, backlog: int(limit), interval: time.Duration(interval),
+						out: newStream(a.stdout, newEventTable(), eventColumnWidths()...), polled: a.followPolled}
+					return f.run(ctx)
 				}
+				q := filter.query()
+				q.Newest, q.Limit = true, int(limit)
 				events, err := r.Events(ctx, q)
 				if err != nil {
-					return fmt.Errorf("list events: %w", err)
+					return listError(err)
 				}
 				slices.Reverse(events)
 				return writeEventList(a.stdout, events)
@@ -67,6 +88,8 @@ those of one run, of one task execution, or of some types.`,
 	cmd.Flags().Var(task, "task", "only events of this task execution (task ids are shown by 'cloacina runs get')")
 	cmd.Flags().Var(types, "type", "only events of this type (repeatable, or comma-separated)")
 	cmd.Flags().Var(&limit, "limit", "show at most this many of the most recent events")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events as they are committed")
+	cmd.Flags().Var(&interval, "interval", "how often --follow looks for new events")
 	return cmd
 }
 

@@ -137,3 +137,20 @@ func (f *countFlag) Set(s string) error {
 }
 
 func (f *countFlag) Type() string { return "n" }
+
+// intervalFlag is a positive Go duration of at least a millisecond (a
+// polling interval).
+type intervalFlag time.Duration
+
+func (f *intervalFlag) String() string { return time.Duration(*f).String() }
+
+func (f *intervalFlag) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || d < time.Millisecond {
+		return fmt.Errorf("%q is not an interval: use a Go duration of 1ms or more, such as 500ms or 2s", s)
+	}
+	*f = intervalFlag(d)
+	return nil
+}
+
+func (f *intervalFlag) Type() string { return "duration" }

@@ -49,22 +49,70 @@ func (t *table) render(w io.Writer) error {
 	}
 	var b strings.Builder
 	for _, row := range lines {
-		var line strings.Builder
-		for i, cell := range row {
-			if i > 0 {
-				line.WriteString("  ")
-			}
-			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell))
-			if t.numeric[i] {
-				line.WriteString(pad + cell)
-			} else {
-				line.WriteString(cell + pad)
-			}
-		}
-		b.WriteString(strings.TrimRight(line.String(), " "))
-		b.WriteByte('\n')
+		b.WriteString(formatRow(row, widths, t.numeric))
 	}
 	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// formatRow renders one row of cells padded to widths, two spaces apart,
+// right-aligning the numeric columns, with its trailing blanks trimmed and
+// a newline.
+func formatRow(cells []string, widths []int, numeric map[int]bool) string {
+	var line strings.Builder
+	for i, cell := range cells {
+		if i > 0 {
+			line.WriteString("  ")
+		}
+		pad := strings.Repeat(" ", max(widths[i]-utf8.RuneCountInString(cell), 0))
+		if numeric[i] {
+			line.WriteString(pad + cell)
+		} else {
+			line.WriteString(cell + pad)
+		}
+	}
+	return strings.TrimRight(line.String(), " ") + "\n"
+}
+
+// stream prints a table a row at a time, for output that grows while it
+// is read (events list --follow). The header is printed with the first
+// row. Column widths start at the widths given and only grow, so what is
+// printed stays aligned as long as values fit what came before.
+type stream struct {
+	w       io.Writer
+	header  []string
+	widths  []int
+	numeric map[int]bool
+	started bool
+}
+
+func newStream(w io.Writer, t *table, minWidths ...int) *stream {
+	s := &stream{w: w, header: t.header, numeric: t.numeric, widths: make([]int, len(t.header))}
+	for i, h := range t.header {
+		s.widths[i] = utf8.RuneCountInString(h)
+		if i < len(minWidths) {
+			s.widths[i] = max(s.widths[i], minWidths[i])
+		}
+	}
+	return s
+}
+
+// add prints rows (the header first, if it has not been printed yet).
+func (s *stream) add(rows ...[]string) error {
+	var b strings.Builder
+	for _, row := range rows {
+		for i, cell := range row {
+			s.widths[i] = max(s.widths[i], utf8.RuneCountInString(cell))
+		}
+	}
+	if !s.started && len(rows) > 0 {
+		s.started = true
+		b.WriteString(formatRow(s.header, s.widths, s.numeric))
+	}
+	for _, row := range rows {
+		b.WriteString(formatRow(row, s.widths, s.numeric))
+	}
+	_, err := io.WriteString(s.w, b.String())
 	return err
 }
 

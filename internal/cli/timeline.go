@@ -33,13 +33,23 @@ func writeEventList(w io.Writer, events []*cloacina.Event) error {
 		_, err := fmt.Fprintln(w, "no events")
 		return err
 	}
-	tb := newTable("SEQ", "TIME", "RUN", "EVENT", "TASK", "ATTEMPT", "DETAIL").alignRight(0, 5)
+	tb := newEventTable()
 	for _, e := range events {
-		d := payload(e)
-		tb.add(strconv.FormatInt(e.SequenceNum, 10), formatTime(e.CreatedAt), e.PipelineID.String(),
-			string(e.Type), dash(e.TaskName), attempt(d), eventDetail(e, d, formatTime))
+		tb.add(eventRow(e)...)
 	}
 	return tb.render(w)
+}
+
+// newEventTable is the table of writeEventList, without rows.
+func newEventTable() *table {
+	return newTable("SEQ", "TIME", "RUN", "EVENT", "TASK", "ATTEMPT", "DETAIL").alignRight(0, 5)
+}
+
+// eventRow is one event as a row of newEventTable.
+func eventRow(e *cloacina.Event) []string {
+	d := payload(e)
+	return []string{strconv.FormatInt(e.SequenceNum, 10), formatTime(e.CreatedAt), e.PipelineID.String(),
+		string(e.Type), dash(e.TaskName), attempt(d), eventDetail(e, d, formatTime)}
 }
 
 // payload decodes an event's data; an undecodable payload (written by a

@@ -1,0 +1,276 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloacina-go/cloacina"
+)
+
+const (
+	// defaultFollowInterval is how often events list --follow polls.
+	defaultFollowInterval = time.Second
+	// followPage bounds the events one poll reads; a full page is
+	// followed at once by the next.
+	followPage = 1000
+)
+
+// eventFilter is the selection of events list: zero fields do not filter.
+type eventFilter struct {
+	run, task *uuid.UUID
+	types     []cloacina.EventType
+}
+
+func (f *eventFilter) query() *cloacina.EventQuery {
+	return &cloacina.EventQuery{RunID: f.run, TaskID: f.task, Types: f.types}
+}
+
+// follower prints the events of events list --follow as they are
+// committed.
+type follower struct {
+	r        *cloacina.Runner
+	filter   *eventFilter
+	backlog  int           // how many existing events to print first
+	interval time.Duration // between polls that found nothing new
+	out      *stream
+	printed  bool
+	// polled, when set, is called after each poll with the cursor it left
+	// (a test hook).
+	polled func(cursor int64)
+}
+
+// eventColumnWidths are the widths a followed event table starts with, so
+// that its fixed-width columns line up from the first row on: the time,
+// the run id and the longest event type; task names get room for most.
+func eventColumnWidths() []int {
+	longest := 0
+	for _, t := range eventTypeNames() {
+		longest = max(longest, len(t))
+	}
+	return []int{0, len(timeLayout), len(uuid.UUID{}.String()), longest, 12}
+}
+
+// run follows until ctx ends, which is how a follower is meant to stop and
+// not an error, or — when it follows one run or one task — until that run
+// has finished and every event it has is printed.
+func (f *follower) run(ctx context.Context) error {
+	var err error
+	if f.filter.run != nil || f.filter.task != nil {
+		err = f.followRun(ctx)
+	} else {
+		err = f.followLog(ctx)
+	}
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (f *follower) print(events []*cloacina.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	f.printed = true
+	rows := make([][]string, len(events))
+	for i, e := range events {
+		rows[i] = eventRow(e)
+	}
+	return f.out.add(rows...)
+}
+
+// wait waits for the next poll; false means ctx ended.
+func (f *follower) wait(ctx context.Context) bool {
+	t := time.NewTimer(f.interval)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// followLog follows the whole log (or the events of some types) in the
+// order the library's EventQuery.Follow gives: commit order, nothing
+// skipped or repeated.
+func (f *follower) followLog(ctx context.Context) error {
+	head := func() (int64, error) {
+		evs, err := f.r.Events(ctx, &cloacina.EventQuery{Follow: true, Newest: true, Limit: 1})
+		if err != nil || len(evs) == 0 {
+			return 0, err
+		}
+		return evs[0].SequenceNum, nil
+	}
+	// The head is read before the backlog: every event that can still
+	// come is then after one or the other.
+	cursor, err := head()
+	if err != nil {
+		return listError(err)
+	}
+	q := f.filter.query()
+	q.Follow, q.Newest, q.Limit = true, true, f.backlog
+	backlog, err := f.r.Events(ctx, q)
+	if err != nil {
+		return listError(err)
+	}
+	slices.Reverse(backlog)
+	if err := f.print(backlog); err != nil {
+		return err
+	}
+	if len(backlog) > 0 {
+		cursor = backlog[len(backlog)-1].SequenceNum
+	}
+	filtered := len(f.filter.types) > 0
+	for {
+		if f.polled != nil {
+			f.polled(cursor)
+		}
+		if !f.wait(ctx) {
+			return nil
+		}
+		for {
+			// With a type filter the last event shown can be old, and
+			// retention may delete it; a cursor that names no event makes
+			// PostgreSQL follow from the start of the log again. So an
+			// empty poll moves the cursor to the head read before it:
+			// every matching event up to the head was in that poll.
+			var h int64
+			if filtered {
+				if h, err = head(); err != nil {
+					return listError(err)
+				}
+			}
+			q := f.filter.query()
+			q.AfterSeq, q.Follow, q.Limit = cursor, cursor == 0, followPage
+			page, err := f.r.Events(ctx, q)
+			if err != nil {
+				return listError(err)
+			}
+			if err := f.print(page); err != nil {
+				return err
+			}
+			switch {
+			case len(page) > 0:
+				cursor = page[len(page)-1].SequenceNum
+			case h != 0:
+				cursor = h
+			}
+			if len(page) < followPage {
+				break
+			}
+		}
+	}
+}
+
+// followRun follows the events of one run, or of one task execution, and
+// ends once the run has finished and no task of it is still running: a
+// cancelled run's running tasks still record how they ended. Events
+// stream in commit order as in followLog; what an open transaction
+// elsewhere holds back is printed before the follower ends, and none
+// twice.
+func (f *follower) followRun(ctx context.Context) error {
+	seen := map[int64]bool{}
+	unseen := func(events []*cloacina.Event) []*cloacina.Event {
+		var out []*cloacina.Event
+		for _, e := range events {
+			if !seen[e.SequenceNum] {
+				seen[e.SequenceNum] = true
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	runID := f.filter.run
+	if runID != nil {
+		if _, err := f.r.Get(ctx, *runID); err != nil {
+			return runError(*runID, err)
+		}
+	}
+	q := f.filter.query()
+	q.Follow, q.Newest = true, true
+	existing, err := f.r.Events(ctx, q)
+	if err != nil {
+		return listError(err)
+	}
+	slices.Reverse(existing)
+	var cursor int64
+	if len(existing) > 0 {
+		cursor = existing[len(existing)-1].SequenceNum
+		if runID == nil {
+			runID = &existing[0].PipelineID
+		}
+	}
+	if err := f.print(unseen(existing)[max(len(existing)-f.backlog, 0):]); err != nil {
+		return err
+	}
+	if runID == nil {
+		// Tasks are created with their run, and their events with them.
+		return fmt.Errorf("no events of task execution %s in this database: task ids are shown by `cloacina runs get`", *f.filter.task)
+	}
+	for {
+		// The run is read before its events: once it has finished, every
+		// event it will ever have is committed and read below.
+		res, err := f.r.Get(ctx, *runID)
+		if err != nil {
+			return runError(*runID, err)
+		}
+		done := finished(res)
+		q := f.filter.query()
+		q.AfterSeq, q.Follow, q.Limit = cursor, cursor == 0, followPage
+		page, err := f.r.Events(ctx, q)
+		if err != nil {
+			return listError(err)
+		}
+		if len(page) > 0 {
+			cursor = page[len(page)-1].SequenceNum
+		}
+		if err := f.print(unseen(page)); err != nil {
+			return err
+		}
+		if f.polled != nil {
+			f.polled(cursor)
+		}
+		if len(page) == followPage {
+			continue
+		}
+		if done {
+			// Following stops at the oldest transaction still open
+			// anywhere; the rest of this run's events are committed.
+			rest, err := f.r.Events(ctx, f.filter.query())
+			if err != nil {
+				return listError(err)
+			}
+			if err := f.print(unseen(rest)); err != nil {
+				return err
+			}
+			if !f.printed {
+				_, err = fmt.Fprintln(f.out.w, "no events")
+			}
+			return err
+		}
+		if !f.wait(ctx) {
+			return nil
+		}
+	}
+}
+
+// finished reports whether a run will record no more events: it has
+// ended and none of its tasks is still running or queued.
+func finished(res *cloacina.ExecutionResult) bool {
+	if !res.Status.Terminal() {
+		return false
+	}
+	for _, t := range res.Tasks {
+		if t.Status == cloacina.TaskStatusRunning || t.Status == cloacina.TaskStatusReady {
+			return false
+		}
+	}
+	return true
+}
+
+func listError(err error) error { return fmt.Errorf("list events: %w", err) }

@@ -1,0 +1,364 @@
+package cli
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// followDeadline bounds every wait of these tests: each waits for
+// something that is bound to happen, and a hang is a failure.
+const followDeadline = 30 * time.Second
+
+// outBuffer is an output writer that a test can wait on.
+type outBuffer struct {
+	mu      sync.Mutex
+	b       strings.Builder
+	changed chan struct{} // closed at the next write
+}
+
+func newOutBuffer() *outBuffer { return &outBuffer{changed: make(chan struct{})} }
+
+func (o *outBuffer) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.b.Write(p)
+	close(o.changed)
+	o.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (o *outBuffer) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
+
+// waitFor waits until the output satisfies ok.
+func (o *outBuffer) waitFor(t *testing.T, what string, ok func(out string) bool) {
+	t.Helper()
+	deadline := time.NewTimer(followDeadline)
+	defer deadline.Stop()
+	for {
+		o.mu.Lock()
+		out, changed := o.b.String(), o.changed
+		o.mu.Unlock()
+		if ok(out) {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("no %s in the output after %s:\n%s", what, followDeadline, out)
+		}
+	}
+}
+
+// follow is one `cloacina events list --follow` running in the background.
+type follow struct {
+	out, errs *outBuffer
+	polled    chan struct{} // a poll since the last receive
+	cursor    atomic.Int64  // where the last poll left the cursor
+	stop      context.CancelFunc
+	ended     chan struct{} // closed when the command returns
+	code      int           // its exit code, once ended
+}
+
+// startFollow runs `events list --follow --interval 10ms args…` against
+// url until it ends or the test does.
+func startFollow(t *testing.T, url string, args ...string) *follow {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	f := &follow{out: newOutBuffer(), errs: newOutBuffer(), polled: make(chan struct{}, 1), stop: stop, ended: make(chan struct{})}
+	a := &app{stdout: f.out, stderr: f.errs, getenv: func(string) string { return "" },
+		logger: slog.New(slog.NewTextHandler(f.errs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		followPolled: func(cursor int64) {
+			f.cursor.Store(cursor)
+			select {
+			case f.polled <- struct{}{}:
+			default:
+			}
+		}}
+	args = append([]string{"--database-url", url, "events", "list", "--follow", "--interval", "10ms"}, args...)
+	go func() {
+		defer close(f.ended)
+		f.code = a.main(ctx, args)
+	}()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case <-f.ended:
+		case <-time.After(followDeadline):
+			t.Errorf("the follower did not stop within %s of being interrupted", followDeadline)
+		}
+	})
+	return f
+}
+
+// wait waits for the follower to end by itself and returns its exit code.
+func (f *follow) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-f.ended:
+		return f.code
+	case <-time.After(followDeadline):
+		t.Fatalf("the follower did not end within %s; output:\n%s", followDeadline, f.out.String())
+		return 0
+	}
+}
+
+// interrupt stops the follower as Ctrl-C does and returns its exit code.
+func (f *follow) interrupt(t *testing.T) int {
+	t.Helper()
+	f.stop()
+	return f.wait(t)
+}
+
+// nextPoll waits for the follower to poll again, failing if it ends.
+func (f *follow) nextPoll(t *testing.T) {
+	t.Helper()
+	select {
+	case <-f.polled:
+	case <-f.ended:
+		t.Fatalf("the follower ended (exit code %d); output:\n%s", f.code, f.out.String())
+	case <-time.After(followDeadline):
+		t.Fatalf("the follower did not poll within %s", followDeadline)
+	}
+}
+
+// gate is a workflow whose first task waits for release, ignoring its
+// context as a task that cannot be interrupted does, and tells started
+// when it begins.
+func gate(started chan<- uuid.UUID, release <-chan struct{}) *cloacina.Workflow {
+	return cloacina.MustWorkflow("gate",
+		cloacina.Task{Name: "wait", Run: func(ctx context.Context, tc *cloacina.Context) error {
+			info, _ := cloacina.TaskInfoFrom(ctx)
+			started <- info.RunID
+			<-release
+			return nil
+		}},
+		cloacina.Task{Name: "after", DependsOn: []string{"wait"}, Run: func(context.Context, *cloacina.Context) error { return nil }},
+	)
+}
+
+var quick = cloacina.MustWorkflow("quick", cloacina.Task{Name: "only", Run: func(context.Context, *cloacina.Context) error { return nil }})
+
+// startGateRunner starts a runner for gate and quick on url. The gate's
+// tasks are released before the runner closes.
+func startGateRunner(t *testing.T, url string) (r *cloacina.Runner, started chan uuid.UUID, release func()) {
+	t.Helper()
+	started = make(chan uuid.UUID, 10)
+	ch := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	r, err := cloacina.Open(t.Context(), url, &cloacina.Config{Workflows: []*cloacina.Workflow{gate(started, ch), quick},
+		PollInterval: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, r.Close()) })
+	t.Cleanup(release) // before Close: cleanups run last first
+	require.NoError(t, r.Start(t.Context()))
+	return r, started, release
+}
+
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(followDeadline):
+		t.Fatalf("no %s within %s", what, followDeadline)
+		var zero T
+		return zero
+	}
+}
+
+// seqs returns the SEQ column of rows of an event table.
+func seqs(t *testing.T, rows []row) []int64 {
+	t.Helper()
+	out := make([]int64, len(rows))
+	for i, r := range rows {
+		n, err := strconv.ParseInt(r[0], 10, 64)
+		require.NoError(t, err)
+		out[i] = n
+	}
+	return out
+}
+
+func hasEvent(typ, task string) func(string) bool {
+	return func(out string) bool {
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l) // SEQ, TIME (two fields), RUN, EVENT, TASK, …
+			if len(f) > 5 && f[4] == typ && f[5] == task {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// Following one run prints its events as they happen and ends by itself
+// once the run is over: every event once, none missing. A cancelled run is
+// over only when its running tasks have returned, because their outcome
+// is still recorded.
+func TestEventsFollowRun(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		for _, cancel := range []bool{false, true} {
+			name := b.Name + "/completes"
+			if cancel {
+				name = b.Name + "/cancelled"
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				ctx := t.Context()
+				url := b.URL(t)
+				r, started, release := startGateRunner(t, url)
+				exec, err := r.ExecuteAsync(ctx, "gate", nil)
+				require.NoError(t, err)
+				require.Equal(t, exec.ID(), receive(t, started, "start of the gate task"))
+
+				f := startFollow(t, url, "--run", exec.ID().String())
+				f.out.waitFor(t, "task_started of wait", hasEvent("task_started", "wait"))
+				if cancel {
+					require.NoError(t, r.Cancel(ctx, exec.ID()))
+					f.out.waitFor(t, "pipeline_cancelled", hasEvent("pipeline_cancelled", "-"))
+					// A follower that took the cancelled run for over ends
+					// within a poll of printing its end.
+					for range 3 {
+						f.nextPoll(t)
+					}
+				}
+				release()
+				require.Equal(t, ExitOK, f.wait(t), "stderr: %s", f.errs.String())
+				require.Empty(t, f.errs.String())
+
+				header, rows := parseTable(t, f.out.String())
+				require.Equal(t, row{"SEQ", "TIME", "RUN", "EVENT", "TASK", "ATTEMPT"}, header[:6])
+				events, err := r.RunEvents(ctx, exec.ID())
+				require.NoError(t, err)
+				want := make([]int64, len(events))
+				for i, e := range events {
+					want[i] = e.SequenceNum
+				}
+				got := seqs(t, rows)
+				slices.Sort(got)
+				require.Equal(t, want, got, "every event of the run, each once")
+				for _, r := range rows {
+					require.Equal(t, exec.ID().String(), r[2])
+				}
+				last := rows[len(rows)-1]
+				if !cancel {
+					require.Equal(t, "pipeline_completed", last[3])
+					return
+				}
+				// The running task's end comes after the run's.
+				types := make([]string, len(rows))
+				for i, r := range rows {
+					types[i] = r[3] + " " + r[4]
+				}
+				at := slices.Index(types, "pipeline_cancelled -")
+				require.GreaterOrEqual(t, at, 0)
+				require.Contains(t, types[at+1:], "task_completed wait")
+			})
+		}
+	}
+}
+
+// Following the log by type prints the newest matching events, then each
+// new one once. Retention deleting the last event shown does not make it
+// print old events again: idle polls move the cursor to the head of the
+// log (on PostgreSQL a cursor that names no event would restart from the
+// start of the log).
+func TestEventsFollowLog(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			url := b.URL(t)
+			r, started, _ := startGateRunner(t, url)
+
+			// run0 stays unfinished, so retention keeps its events; run1
+			// finishes, so retention deletes its.
+			run0, err := r.ExecuteAsync(ctx, "gate", nil)
+			require.NoError(t, err)
+			receive(t, started, "start of the gate task")
+			run1, err := r.Execute(ctx, "quick", nil)
+			require.NoError(t, err)
+			require.Equal(t, cloacina.PipelineCompleted, run1.Status)
+			startedSeq := func(run uuid.UUID) int64 {
+				events, err := r.Events(ctx, &cloacina.EventQuery{RunID: &run, Types: []cloacina.EventType{cloacina.EventTaskStarted}})
+				require.NoError(t, err)
+				require.Len(t, events, 1)
+				return events[0].SequenceNum
+			}
+			s0, s1 := startedSeq(run0.ID()), startedSeq(run1.ID)
+
+			f := startFollow(t, url, "--type", "task_started", "--limit", "5")
+			f.out.waitFor(t, "the two task_started events", hasEvent("task_started", "only"))
+
+			// A newer event of another type; the follower's cursor moves to it.
+			require.NoError(t, r.Pause(ctx, run0.ID()))
+			paused, err := r.Events(ctx, &cloacina.EventQuery{RunID: ptr(run0.ID()), Types: []cloacina.EventType{cloacina.EventPipelinePaused}})
+			require.NoError(t, err)
+			require.Len(t, paused, 1)
+			for deadline := time.Now().Add(followDeadline); f.cursor.Load() != paused[0].SequenceNum; f.nextPoll(t) {
+				require.True(t, time.Now().Before(deadline), "the cursor stayed at %d, short of the head at %d", f.cursor.Load(), paused[0].SequenceNum)
+			}
+
+			// Retention takes the last event shown.
+			deleted, err := r.DeleteEventsBefore(ctx, paused[0].CreatedAt, nil)
+			require.NoError(t, err)
+			require.Positive(t, deleted)
+			gone, err := r.Events(ctx, &cloacina.EventQuery{RunID: &run1.ID})
+			require.NoError(t, err)
+			require.Empty(t, gone)
+
+			run3, err := r.Execute(ctx, "quick", nil)
+			require.NoError(t, err)
+			s3 := startedSeq(run3.ID)
+			f.out.waitFor(t, "run3's task_started", func(out string) bool {
+				return strings.Contains(out, run3.ID.String())
+			})
+			require.Equal(t, ExitOK, f.interrupt(t), "an interrupt is how following ends")
+			require.Empty(t, f.errs.String())
+
+			_, rows := parseTable(t, f.out.String())
+			require.Equal(t, []int64{s0, s1, s3}, seqs(t, rows), "each once, in order")
+			for _, r := range rows {
+				require.Equal(t, "task_started", r[3])
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Following a run or task that does not exist is an error that says so.
+func TestEventsFollowUnknown(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			url := b.URL(t)
+			ok(t, url, "migrate")
+			id := "0199c3e1-0000-7000-8000-000000000000"
+			res := cli(t, "--database-url", url, "events", "list", "--follow", "--run", id)
+			requireOneLineError(t, res, ExitFailure, "no run "+id+" in this database: list runs with `cloacina runs list`")
+			res = cli(t, "--database-url", url, "events", "list", "--follow", "--task", id)
+			requireOneLineError(t, res, ExitFailure, "no events of task execution "+id+" in this database: task ids are shown by `cloacina runs get`")
+		})
+	}
+}
