@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -55,7 +56,7 @@ func serveClaimer(raw string, open func(ctx context.Context, database string) (d
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	drv, err := open(ctx, job.Database)
+	drv, err := openRetrying(ctx, job.Database, open)
 	if err != nil {
 		return err
 	}
@@ -80,6 +81,26 @@ func serveClaimer(raw string, open func(ctx context.Context, database string) (d
 		}
 	})
 	return errors.Join(err, out.Flush())
+}
+
+// openRetrying opens the driver, retrying transient failures until ctx
+// ends: a PostgreSQL server busy with the rest of the suite can refuse a
+// connection for a moment ("too many clients"), which says nothing about
+// claiming.
+func openRetrying(ctx context.Context, database string, open func(ctx context.Context, database string) (driver.Driver, error)) (driver.Driver, error) {
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		drv, err := open(ctx, database)
+		if err == nil || !errors.Is(err, driver.ErrTransient) {
+			return drv, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // ClaimerProcess is a claimer running in another OS process.
