@@ -49,7 +49,8 @@ every --interval), until interrupted; with --run or --task it ends by itself onc
 that run has finished and every event it has is printed, so a script can watch a
 run to its end. Events come in commit order, none skipped and none repeated (if
 retention deletes the last event shown while the whole log is followed,
-PostgreSQL may show events again).`,
+PostgreSQL may show events again). While the database cannot be reached
+(a restart, a lost connection) it warns on stderr and keeps trying.`,
 		Example: `  cloacina events list --run 0199c3e1-…
   cloacina events list --type task_failed --type task_retry_scheduled --limit 20
   cloacina events list --follow --type task_failed
@@ -70,7 +71,7 @@ PostgreSQL may show events again).`,
 			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
 				if follow {
 					f := &follower{r: r, filter: filter, backlog: int(limit), interval: time.Duration(interval),
-						out: newStream(a.stdout, newEventTable(), eventColumnWidths()...), polled: a.followPolled}
+						out: newStream(a.stdout, newEventTable(), eventColumnWidths()...), logger: a.logger, polled: a.followPolled}
 					return f.run(ctx)
 				}
 				q := filter.query()

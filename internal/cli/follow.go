@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/cloacina-go/cloacina"
+	"github.com/cloacina-go/cloacina/driver"
 )
 
 const (
@@ -18,6 +20,9 @@ const (
 	// followPage bounds the events one poll reads; a full page is
 	// followed at once by the next.
 	followPage = 1000
+	// maxFollowBackoff caps the wait between reads while the database
+	// does not answer.
+	maxFollowBackoff = 5 * time.Second
 )
 
 // eventFilter is the selection of events list: zero fields do not filter.
@@ -38,7 +43,9 @@ type follower struct {
 	backlog  int           // how many existing events to print first
 	interval time.Duration // between polls that found nothing new
 	out      *stream
+	logger   *slog.Logger
 	printed  bool
+	outage   bool // reads are failing
 	// polled, when set, is called after each poll with the cursor it left
 	// (a test hook).
 	polled func(cursor int64)
@@ -71,6 +78,64 @@ func (f *follower) run(ctx context.Context) error {
 	return err
 }
 
+// events reads events, see read.
+func (f *follower) events(ctx context.Context, q *cloacina.EventQuery) ([]*cloacina.Event, error) {
+	var evs []*cloacina.Event
+	err := f.read(ctx, func() (err error) {
+		evs, err = f.r.Events(ctx, q)
+		return err
+	})
+	if err != nil {
+		return nil, listError(err)
+	}
+	return evs, nil
+}
+
+// get reads a run, see read.
+func (f *follower) get(ctx context.Context, id uuid.UUID) (*cloacina.ExecutionResult, error) {
+	var res *cloacina.ExecutionResult
+	err := f.read(ctx, func() (err error) {
+		res, err = f.r.Get(ctx, id)
+		return err
+	})
+	if err != nil {
+		return nil, runError(id, err)
+	}
+	return res, nil
+}
+
+// read runs a read of the database and retries it while the error is
+// transient (a lost connection, a server restarting, too many clients):
+// following is meant to outlast a database restart. It warns on stderr
+// once when reads start failing and once when they work again; any other
+// error ends the follower.
+func (f *follower) read(ctx context.Context, fn func() error) error {
+	for wait := f.interval; ; wait = min(2*wait, maxFollowBackoff) {
+		err := fn()
+		if err == nil {
+			if f.outage {
+				f.outage = false
+				f.logger.Warn("the database answers again; following on")
+			}
+			return nil
+		}
+		if !errors.Is(err, driver.ErrTransient) || ctx.Err() != nil {
+			return err
+		}
+		if !f.outage {
+			f.outage = true
+			f.logger.Warn("cannot read the event log; retrying until the database answers (interrupt to stop)", "error", oneLine(err.Error()))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
 func (f *follower) print(events []*cloacina.Event) error {
 	if len(events) == 0 {
 		return nil
@@ -100,7 +165,7 @@ func (f *follower) wait(ctx context.Context) bool {
 // skipped or repeated.
 func (f *follower) followLog(ctx context.Context) error {
 	head := func() (int64, error) {
-		evs, err := f.r.Events(ctx, &cloacina.EventQuery{Follow: true, Newest: true, Limit: 1})
+		evs, err := f.events(ctx, &cloacina.EventQuery{Follow: true, Newest: true, Limit: 1})
 		if err != nil || len(evs) == 0 {
 			return 0, err
 		}
@@ -110,13 +175,13 @@ func (f *follower) followLog(ctx context.Context) error {
 	// come is then after one or the other.
 	cursor, err := head()
 	if err != nil {
-		return listError(err)
+		return err
 	}
 	q := f.filter.query()
 	q.Follow, q.Newest, q.Limit = true, true, f.backlog
-	backlog, err := f.r.Events(ctx, q)
+	backlog, err := f.events(ctx, q)
 	if err != nil {
-		return listError(err)
+		return err
 	}
 	slices.Reverse(backlog)
 	if err := f.print(backlog); err != nil {
@@ -142,14 +207,14 @@ func (f *follower) followLog(ctx context.Context) error {
 			var h int64
 			if filtered {
 				if h, err = head(); err != nil {
-					return listError(err)
+					return err
 				}
 			}
 			q := f.filter.query()
 			q.AfterSeq, q.Follow, q.Limit = cursor, cursor == 0, followPage
-			page, err := f.r.Events(ctx, q)
+			page, err := f.events(ctx, q)
 			if err != nil {
-				return listError(err)
+				return err
 			}
 			if err := f.print(page); err != nil {
 				return err
@@ -187,15 +252,15 @@ func (f *follower) followRun(ctx context.Context) error {
 	}
 	runID := f.filter.run
 	if runID != nil {
-		if _, err := f.r.Get(ctx, *runID); err != nil {
-			return runError(*runID, err)
+		if _, err := f.get(ctx, *runID); err != nil {
+			return err
 		}
 	}
 	q := f.filter.query()
 	q.Follow, q.Newest = true, true
-	existing, err := f.r.Events(ctx, q)
+	existing, err := f.events(ctx, q)
 	if err != nil {
-		return listError(err)
+		return err
 	}
 	slices.Reverse(existing)
 	var cursor int64
@@ -215,16 +280,16 @@ func (f *follower) followRun(ctx context.Context) error {
 	for {
 		// The run is read before its events: once it has finished, every
 		// event it will ever have is committed and read below.
-		res, err := f.r.Get(ctx, *runID)
+		res, err := f.get(ctx, *runID)
 		if err != nil {
-			return runError(*runID, err)
+			return err
 		}
 		done := finished(res)
 		q := f.filter.query()
 		q.AfterSeq, q.Follow, q.Limit = cursor, cursor == 0, followPage
-		page, err := f.r.Events(ctx, q)
+		page, err := f.events(ctx, q)
 		if err != nil {
-			return listError(err)
+			return err
 		}
 		if len(page) > 0 {
 			cursor = page[len(page)-1].SequenceNum
@@ -241,9 +306,9 @@ func (f *follower) followRun(ctx context.Context) error {
 		if done {
 			// Following stops at the oldest transaction still open
 			// anywhere; the rest of this run's events are committed.
-			rest, err := f.r.Events(ctx, f.filter.query())
+			rest, err := f.events(ctx, f.filter.query())
 			if err != nil {
-				return listError(err)
+				return err
 			}
 			if err := f.print(unseen(rest)); err != nil {
 				return err

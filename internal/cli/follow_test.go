@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina"
@@ -361,4 +362,44 @@ func TestEventsFollowUnknown(t *testing.T) {
 			requireOneLineError(t, res, ExitFailure, "no events of task execution "+id+" in this database: task ids are shown by `cloacina runs get`")
 		})
 	}
+}
+
+// A follower outlasts lost connections (a database restart, a killed
+// backend): it warns once, retries and follows on, and says when the
+// database answers again. PostgreSQL only: a SQLite file has no connection
+// to lose.
+func TestEventsFollowOutlastsLostConnections(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := testdb.PostgresSchemaURL(t)
+	r, _, _ := startGateRunner(t, url)
+	app := "follow_" + strings.ReplaceAll(uuid.NewString(), "-", "")
+	f := startFollow(t, url+"&application_name="+app, "--type", "pipeline_completed")
+	f.nextPoll(t)
+
+	admin, err := pgx.Connect(ctx, testdb.PostgresURL())
+	require.NoError(t, err)
+	defer admin.Close(context.Background())
+	// A connection that was idle for a while is pinged, and replaced
+	// unseen, when the pool hands it out; so kill the follower's
+	// connections until one dies under it.
+	for deadline := time.Now().Add(followDeadline); !strings.Contains(f.errs.String(), "cannot read the event log"); {
+		require.True(t, time.Now().Before(deadline), "no read failed in %s of killing the follower's connections", followDeadline)
+		var killed int
+		require.NoError(t, admin.QueryRow(ctx, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", app).Scan(&killed))
+		f.nextPoll(t)
+		f.nextPoll(t)
+	}
+	res, err := r.Execute(ctx, "quick", nil)
+	require.NoError(t, err)
+	f.out.waitFor(t, "the new run's pipeline_completed", func(out string) bool { return strings.Contains(out, res.ID.String()) })
+	f.errs.waitFor(t, "the all-clear", func(out string) bool { return strings.Contains(out, "the database answers again; following on") })
+	require.Equal(t, ExitOK, f.interrupt(t))
+
+	warnings := strings.Split(strings.TrimSpace(f.errs.String()), "\n")
+	require.Contains(t, warnings[0], "level=WARN msg=\"cannot read the event log; retrying until the database answers (interrupt to stop)\"")
+	require.Contains(t, warnings[0], "transient database error")
+	_, rows := parseTable(t, f.out.String())
+	require.Len(t, rows, 1)
+	require.Equal(t, row{res.ID.String(), "pipeline_completed"}, rows[0][2:4])
 }
