@@ -163,7 +163,10 @@
 // across the database. Query them with [Runner.Events] (by run, task,
 // types, newest first, or following the log without gaps from
 // [EventQuery.Follow] on), [Runner.RunEvents],
-// [Runner.TaskEvents], [Runner.RecentEvents], and count or delete old ones
+// [Runner.TaskEvents], [Runner.RecentEvents]; stream them as they commit
+// with [Runner.StreamEvents], an iterator that polls the log, resumes from
+// a saved sequence number and rides out lost connections; and count or
+// delete old ones
 // in batches with [Runner.CountEventsBefore] and
 // [Runner.DeleteEventsBefore]. Retention keeps every event of a run that
 // is Pending, Running or Paused, however old, and deletes the old events

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cloacina-go/cloacina"
 )
@@ -97,4 +98,49 @@ func ExampleEventQuery_follow() {
 	// Output:
 	// 7 new events, the last pipeline_completed
 	// 7 new events, the last pipeline_completed
+}
+
+// StreamEvents delivers the log as it is committed, for as long as the
+// loop wants it: here every event of one run, until the run completes.
+func ExampleRunner_StreamEvents() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "cloacina-example")
+	defer os.RemoveAll(dir)
+
+	noop := func(context.Context, *cloacina.Context) error { return nil }
+	wf := cloacina.MustWorkflow("one", cloacina.Task{Name: "only", Run: noop})
+	runner, err := cloacina.Open(ctx, "sqlite://"+filepath.Join(dir, "cloacina.db"), &cloacina.Config{
+		Workflows: []*cloacina.Workflow{wf}, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer runner.Close()
+	_ = runner.Start(ctx)
+
+	exec, err := runner.ExecuteAsync(ctx, "one", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	id := exec.ID()
+	// Follow: from the start of the log (a run's first events may commit
+	// before the stream begins); without it, from now on.
+	query := &cloacina.EventQuery{RunID: &id, Follow: true}
+	for e, err := range runner.StreamEvents(ctx, query, &cloacina.StreamOpts{Interval: 10 * time.Millisecond}) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(strings.TrimSpace(fmt.Sprintf("%-20s %s", e.Type, e.TaskName)))
+		if e.Type == cloacina.EventPipelineCompleted {
+			break
+		}
+	}
+	// Output:
+	// task_created         only
+	// task_marked_ready    only
+	// pipeline_started
+	// task_claimed         only
+	// task_started         only
+	// task_completed       only
+	// pipeline_completed
 }

@@ -220,7 +220,10 @@ type Runner struct {
 	sweepHook atomic.Pointer[func(error)]
 	// leaderHook, when set, sees every change of leadership.
 	leaderHook atomic.Pointer[func(bool)]
-	isLeader   atomic.Bool
+	// streamPolled, when set, is called after each read of StreamEvents
+	// with the cursor it left.
+	streamPolled atomic.Pointer[func(int64)]
+	isLeader     atomic.Bool
 }
 
 // Open opens a runner on the database at url (see ParseDatabaseURL),

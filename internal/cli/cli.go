@@ -52,8 +52,8 @@ type app struct {
 	databaseURL string // --database-url
 
 	// followPolled, when set, is called after each poll of events list
-	// --follow with the cursor it left (a test hook).
-	followPolled func(cursor int64)
+	// --follow --run (or --task) (a test hook).
+	followPolled func()
 }
 
 // Main runs the cloacina command line args (without the program name),

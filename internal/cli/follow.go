@@ -17,8 +17,8 @@ import (
 const (
 	// defaultFollowInterval is how often events list --follow polls.
 	defaultFollowInterval = time.Second
-	// followPage bounds the events one poll reads; a full page is
-	// followed at once by the next.
+	// followPage bounds the events one poll of a run reads; a full page
+	// is followed at once by the next.
 	followPage = 1000
 	// maxFollowBackoff caps the wait between reads while the database
 	// does not answer.
@@ -46,9 +46,8 @@ type follower struct {
 	logger   *slog.Logger
 	printed  bool
 	outage   bool // reads are failing
-	// polled, when set, is called after each poll with the cursor it left
-	// (a test hook).
-	polled func(cursor int64)
+	// polled, when set, is called after each poll of a run (a test hook).
+	polled func()
 }
 
 // eventColumnWidths are the widths a followed event table starts with, so
@@ -160,20 +159,12 @@ func (f *follower) wait(ctx context.Context) bool {
 	}
 }
 
-// followLog follows the whole log (or the events of some types) in the
-// order the library's EventQuery.Follow gives: commit order, nothing
-// skipped or repeated.
+// followLog prints the newest events of the whole log (or of some
+// types), then streams the log from there with Runner.StreamEvents.
 func (f *follower) followLog(ctx context.Context) error {
-	head := func() (int64, error) {
-		evs, err := f.events(ctx, &cloacina.EventQuery{Follow: true, Newest: true, Limit: 1})
-		if err != nil || len(evs) == 0 {
-			return 0, err
-		}
-		return evs[0].SequenceNum, nil
-	}
 	// The head is read before the backlog: every event that can still
 	// come is then after one or the other.
-	cursor, err := head()
+	head, err := f.events(ctx, &cloacina.EventQuery{Follow: true, Newest: true, Limit: 1})
 	if err != nil {
 		return err
 	}
@@ -187,49 +178,24 @@ func (f *follower) followLog(ctx context.Context) error {
 	if err := f.print(backlog); err != nil {
 		return err
 	}
-	if len(backlog) > 0 {
-		cursor = backlog[len(backlog)-1].SequenceNum
+	q = f.filter.query()
+	switch {
+	case len(backlog) > 0:
+		q.AfterSeq = backlog[len(backlog)-1].SequenceNum
+	case len(head) > 0:
+		q.AfterSeq = head[0].SequenceNum
+	default:
+		q.Follow = true // an empty log: from its start
 	}
-	filtered := len(f.filter.types) > 0
-	for {
-		if f.polled != nil {
-			f.polled(cursor)
+	for e, err := range f.r.StreamEvents(ctx, q, &cloacina.StreamOpts{Interval: f.interval}) {
+		if err != nil {
+			return listError(err)
 		}
-		if !f.wait(ctx) {
-			return nil
-		}
-		for {
-			// With a type filter the last event shown can be old, and
-			// retention may delete it; a cursor that names no event makes
-			// PostgreSQL follow from the start of the log again. So an
-			// empty poll moves the cursor to the head read before it:
-			// every matching event up to the head was in that poll.
-			var h int64
-			if filtered {
-				if h, err = head(); err != nil {
-					return err
-				}
-			}
-			q := f.filter.query()
-			q.AfterSeq, q.Follow, q.Limit = cursor, cursor == 0, followPage
-			page, err := f.events(ctx, q)
-			if err != nil {
-				return err
-			}
-			if err := f.print(page); err != nil {
-				return err
-			}
-			switch {
-			case len(page) > 0:
-				cursor = page[len(page)-1].SequenceNum
-			case h != 0:
-				cursor = h
-			}
-			if len(page) < followPage {
-				break
-			}
+		if err := f.print([]*cloacina.Event{e}); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // followRun follows the events of one run, or of one task execution, and
@@ -298,7 +264,7 @@ func (f *follower) followRun(ctx context.Context) error {
 			return err
 		}
 		if f.polled != nil {
-			f.polled(cursor)
+			f.polled()
 		}
 		if len(page) == followPage {
 			continue

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,7 +70,6 @@ func (o *outBuffer) waitFor(t *testing.T, what string, ok func(out string) bool)
 type follow struct {
 	out, errs *outBuffer
 	polled    chan struct{} // a poll since the last receive
-	cursor    atomic.Int64  // where the last poll left the cursor
 	stop      context.CancelFunc
 	ended     chan struct{} // closed when the command returns
 	code      int           // its exit code, once ended
@@ -85,8 +83,7 @@ func startFollow(t *testing.T, url string, args ...string) *follow {
 	f := &follow{out: newOutBuffer(), errs: newOutBuffer(), polled: make(chan struct{}, 1), stop: stop, ended: make(chan struct{})}
 	a := &app{stdout: f.out, stderr: f.errs, getenv: func(string) string { return "" },
 		logger: slog.New(slog.NewTextHandler(f.errs, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		followPolled: func(cursor int64) {
-			f.cursor.Store(cursor)
+		followPolled: func() {
 			select {
 			case f.polled <- struct{}{}:
 			default:
@@ -277,11 +274,9 @@ func TestEventsFollowRun(t *testing.T) {
 	}
 }
 
-// Following the log by type prints the newest matching events, then each
-// new one once. Retention deleting the last event shown does not make it
-// print old events again: idle polls move the cursor to the head of the
-// log (on PostgreSQL a cursor that names no event would restart from the
-// start of the log).
+// Following the log by type prints the newest matching events (--limit),
+// then each new one once, in order, until interrupted. (Runner.StreamEvents,
+// which it follows with, has its own tests of retention and outages.)
 func TestEventsFollowLog(t *testing.T) {
 	t.Parallel()
 	for _, b := range testdb.Backends() {
@@ -289,63 +284,43 @@ func TestEventsFollowLog(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
 			url := b.URL(t)
-			r, started, _ := startGateRunner(t, url)
-
-			// run0 stays unfinished, so retention keeps its events; run1
-			// finishes, so retention deletes its.
-			run0, err := r.ExecuteAsync(ctx, "gate", nil)
-			require.NoError(t, err)
-			receive(t, started, "start of the gate task")
-			run1, err := r.Execute(ctx, "quick", nil)
-			require.NoError(t, err)
-			require.Equal(t, cloacina.PipelineCompleted, run1.Status)
+			r, _, _ := startGateRunner(t, url)
 			startedSeq := func(run uuid.UUID) int64 {
 				events, err := r.Events(ctx, &cloacina.EventQuery{RunID: &run, Types: []cloacina.EventType{cloacina.EventTaskStarted}})
 				require.NoError(t, err)
 				require.Len(t, events, 1)
 				return events[0].SequenceNum
 			}
-			s0, s1 := startedSeq(run0.ID()), startedSeq(run1.ID)
-
-			f := startFollow(t, url, "--type", "task_started", "--limit", "5")
-			f.out.waitFor(t, "the two task_started events", hasEvent("task_started", "only"))
-
-			// A newer event of another type; the follower's cursor moves to it.
-			require.NoError(t, r.Pause(ctx, run0.ID()))
-			paused, err := r.Events(ctx, &cloacina.EventQuery{RunID: ptr(run0.ID()), Types: []cloacina.EventType{cloacina.EventPipelinePaused}})
-			require.NoError(t, err)
-			require.Len(t, paused, 1)
-			for deadline := time.Now().Add(followDeadline); f.cursor.Load() != paused[0].SequenceNum; f.nextPoll(t) {
-				require.True(t, time.Now().Before(deadline), "the cursor stayed at %d, short of the head at %d", f.cursor.Load(), paused[0].SequenceNum)
+			var runs []uuid.UUID
+			for range 3 {
+				res, err := r.Execute(ctx, "quick", nil)
+				require.NoError(t, err)
+				runs = append(runs, res.ID)
 			}
 
-			// Retention takes the last event shown.
-			deleted, err := r.DeleteEventsBefore(ctx, paused[0].CreatedAt, nil)
-			require.NoError(t, err)
-			require.Positive(t, deleted)
-			gone, err := r.Events(ctx, &cloacina.EventQuery{RunID: &run1.ID})
-			require.NoError(t, err)
-			require.Empty(t, gone)
-
-			run3, err := r.Execute(ctx, "quick", nil)
-			require.NoError(t, err)
-			s3 := startedSeq(run3.ID)
-			f.out.waitFor(t, "run3's task_started", func(out string) bool {
-				return strings.Contains(out, run3.ID.String())
-			})
+			f := startFollow(t, url, "--type", "task_started", "--limit", "2")
+			f.out.waitFor(t, "the backlog", func(out string) bool { return strings.Contains(out, runs[2].String()) })
+			for range 2 {
+				res, err := r.Execute(ctx, "quick", nil)
+				require.NoError(t, err)
+				runs = append(runs, res.ID)
+			}
+			f.out.waitFor(t, "the new runs' task_started", func(out string) bool { return strings.Contains(out, runs[4].String()) })
 			require.Equal(t, ExitOK, f.interrupt(t), "an interrupt is how following ends")
 			require.Empty(t, f.errs.String())
 
 			_, rows := parseTable(t, f.out.String())
-			require.Equal(t, []int64{s0, s1, s3}, seqs(t, rows), "each once, in order")
+			var want []int64
+			for _, run := range runs[1:] {
+				want = append(want, startedSeq(run))
+			}
+			require.Equal(t, want, seqs(t, rows), "the newest two, then each new one once, in order")
 			for _, r := range rows {
 				require.Equal(t, "task_started", r[3])
 			}
 		})
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // Following a run or task that does not exist is an error that says so.
 func TestEventsFollowUnknown(t *testing.T) {
@@ -367,14 +342,18 @@ func TestEventsFollowUnknown(t *testing.T) {
 // A follower outlasts lost connections (a database restart, a killed
 // backend): it warns once, retries and follows on, and says when the
 // database answers again. PostgreSQL only: a SQLite file has no connection
-// to lose.
+// to lose. Following one run reads with the CLI's own retries; following
+// the log, with Runner.StreamEvents's (tested in the root package).
 func TestEventsFollowOutlastsLostConnections(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	url := testdb.PostgresSchemaURL(t)
-	r, _, _ := startGateRunner(t, url)
+	r, started, release := startGateRunner(t, url)
+	exec, err := r.ExecuteAsync(ctx, "gate", nil)
+	require.NoError(t, err)
+	receive(t, started, "start of the gate task")
 	app := "follow_" + strings.ReplaceAll(uuid.NewString(), "-", "")
-	f := startFollow(t, url+"&application_name="+app, "--type", "pipeline_completed")
+	f := startFollow(t, url+"&application_name="+app, "--run", exec.ID().String())
 	f.nextPoll(t)
 
 	admin, err := pgx.Connect(ctx, testdb.PostgresURL())
@@ -385,21 +364,26 @@ func TestEventsFollowOutlastsLostConnections(t *testing.T) {
 	// connections until one dies under it.
 	for deadline := time.Now().Add(followDeadline); !strings.Contains(f.errs.String(), "cannot read the event log"); {
 		require.True(t, time.Now().Before(deadline), "no read failed in %s of killing the follower's connections", followDeadline)
-		var killed int
-		require.NoError(t, admin.QueryRow(ctx, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", app).Scan(&killed))
-		f.nextPoll(t)
+		_, err := admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", app)
+		require.NoError(t, err)
 		f.nextPoll(t)
 	}
-	res, err := r.Execute(ctx, "quick", nil)
-	require.NoError(t, err)
-	f.out.waitFor(t, "the new run's pipeline_completed", func(out string) bool { return strings.Contains(out, res.ID.String()) })
-	f.errs.waitFor(t, "the all-clear", func(out string) bool { return strings.Contains(out, "the database answers again; following on") })
-	require.Equal(t, ExitOK, f.interrupt(t))
+	release()
+	require.Equal(t, ExitOK, f.wait(t), "the follower ends with the run")
 
 	warnings := strings.Split(strings.TrimSpace(f.errs.String()), "\n")
+	require.Len(t, warnings, 2, "stderr:\n%s", f.errs.String())
 	require.Contains(t, warnings[0], "level=WARN msg=\"cannot read the event log; retrying until the database answers (interrupt to stop)\"")
 	require.Contains(t, warnings[0], "transient database error")
+	require.Contains(t, warnings[1], "the database answers again; following on")
 	_, rows := parseTable(t, f.out.String())
-	require.Len(t, rows, 1)
-	require.Equal(t, row{res.ID.String(), "pipeline_completed"}, rows[0][2:4])
+	events, err := r.RunEvents(ctx, exec.ID())
+	require.NoError(t, err)
+	got := seqs(t, rows)
+	slices.Sort(got)
+	want := make([]int64, len(events))
+	for i, e := range events {
+		want[i] = e.SequenceNum
+	}
+	require.Equal(t, want, got, "every event of the run, each once")
 }
