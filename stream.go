@@ -46,7 +46,11 @@ type StreamOpts struct {
 //
 // While no event matches, the stream keeps its place at the newest event
 // of the whole log, so retention deleting the last matching event does
-// not make PostgreSQL follow from the start of the log again.
+// not make PostgreSQL follow from the start of the log again. Only a
+// retention pass that deletes the newest event of the whole log (a log
+// with no new event for longer than retention keeps them) can take the
+// place away; then events can repeat, none is skipped, as
+// EventQuery.AfterSeq describes.
 func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOpts) iter.Seq2[*Event, error] {
 	var filter EventQuery
 	if q != nil {
