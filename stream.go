@@ -35,8 +35,11 @@ type StreamOpts struct {
 //
 // It starts after the event numbered q.AfterSeq (the SequenceNum of the
 // last event a reader handled, saved to resume from), from the start of
-// the log with q.Follow, and otherwise with the first event committed
-// after the iteration begins. q.Newest and q.Limit must be zero.
+// the log with q.Follow, and otherwise after the newest event a follower
+// can have seen when the iteration begins (so, on PostgreSQL, events of
+// transactions that committed just before but were held back by another
+// transaction still open can come first). q.Newest and q.Limit must be
+// zero.
 //
 // The stream ends when ctx ends or the loop over it stops. Reads that fail
 // for a transient reason (a lost connection, a database restarting, too
