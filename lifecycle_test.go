@@ -3,6 +3,7 @@ package cloacina
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"maps"
 	"reflect"
 	"slices"
@@ -110,6 +111,12 @@ var closedCalls = map[string]func(ctx context.Context, r *Runner, x *closedTarge
 	"Runner.TaskEvents": func(ctx context.Context, r *Runner, x *closedTarget) error {
 		_, err := r.TaskEvents(ctx, x.taskID)
 		return err
+	},
+	"Runner.StreamEvents": func(ctx context.Context, r *Runner, _ *closedTarget) error {
+		for _, err := range r.StreamEvents(ctx, nil, nil) {
+			return err
+		}
+		return errors.New("the stream ended without a word")
 	},
 	"Runner.RecentEvents": func(ctx context.Context, r *Runner, _ *closedTarget) error {
 		_, err := r.RecentEvents(ctx, 10)
