@@ -125,12 +125,8 @@ func (f *follower) read(ctx context.Context, fn func() error) error {
 			f.outage = true
 			f.logger.Warn("cannot read the event log; retrying until the database answers (interrupt to stop)", "error", oneLine(err.Error()))
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !pause(ctx, wait) {
 			return ctx.Err()
-		case <-t.C:
 		}
 	}
 }
@@ -147,9 +143,9 @@ func (f *follower) print(events []*cloacina.Event) error {
 	return f.out.add(rows...)
 }
 
-// wait waits for the next poll; false means ctx ended.
-func (f *follower) wait(ctx context.Context) bool {
-	t := time.NewTimer(f.interval)
+// pause waits for d; false means ctx ended first.
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
@@ -284,7 +280,7 @@ func (f *follower) followRun(ctx context.Context) error {
 			}
 			return err
 		}
-		if !f.wait(ctx) {
+		if !pause(ctx, f.interval) {
 			return nil
 		}
 	}
