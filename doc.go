@@ -263,4 +263,13 @@
 // run side by side in one process. [ListTenants] and [DropTenant] complete
 // the set. Behind a transaction-pooling pooler such as PgBouncer, add
 // default_query_exec_mode=exec to the URL (see package driver/postgres).
+//
+// # Testing
+//
+// Package [github.com/cloacina-go/cloacina/cloacinatest] tests an
+// application's workflows against the real engine: a started runner on a
+// SQLite file, or a PostgreSQL schema, of the test's own, stopped and
+// removed when the test ends, and RunTask, which runs one task function
+// alone, as a runner runs it, and returns its output, the error it
+// returned and its events.
 package cloacina

@@ -73,6 +73,16 @@ func NewSchema(t testing.TB) string {
 	return schema
 }
 
+// UsesPostgres fails the test, naming the fix, when PostgreSQL is
+// unreachable, and records it among the tests that used PostgreSQL (see
+// EnvMarker): for tests that make their schemas by other means than
+// NewSchema.
+func UsesPostgres(t testing.TB) {
+	t.Helper()
+	requirePostgres(t)
+	mark(t)
+}
+
 // requirePostgres fails the test, naming the fix, when PostgreSQL is
 // unreachable.
 func requirePostgres(t testing.TB) {
