@@ -124,7 +124,9 @@
 // of Execute. [Runner.ExecuteAsync] returns an [Execution] handle with
 // Wait, Status and Cancel. [Runner.ExecuteTx] starts a run inside the
 // application's own transaction (pgx.Tx or *sql.Tx): the run exists only
-// if it commits. [Runner.Get] and [Runner.List] read runs from any process.
+// if it commits. [Runner.Get] and [Runner.List] read runs from any process;
+// [Runner.GetTask] reads one task with the context it received and the
+// one it produced.
 //
 // A run is Pending until its first task is claimed, then Running (a run
 // started by a started runner with a free slot is Running at once).

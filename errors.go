@@ -27,6 +27,8 @@ var (
 	// ErrRunNotFound is returned for a run id that does not exist (or whose
 	// ExecuteTx transaction has not committed).
 	ErrRunNotFound = errors.New("run not found")
+	// ErrTaskNotFound is returned for a task id that does not exist.
+	ErrTaskNotFound = errors.New("task not found")
 	// ErrRunFinished is returned when cancelling, pausing or resuming a run
 	// that already reached a terminal status, and when a task of a finished
 	// (cancelled) run starts a child run.

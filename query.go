@@ -31,6 +31,9 @@ func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error
 	if p.CompletedAt != nil {
 		res.Duration = p.CompletedAt.Sub(p.CreatedAt)
 	}
+	if res.Input, err = contextFromJSON(p.Input); err != nil {
+		return nil, fmt.Errorf("run %s: input %w", id, err)
+	}
 	if p.Output != nil {
 		if res.Context, err = contextFromJSON(p.Output); err != nil {
 			return nil, fmt.Errorf("run %s: final %w", id, err)
@@ -38,14 +41,54 @@ func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error
 	}
 	res.Tasks = make([]TaskResult, len(tasks))
 	for i, t := range tasks {
-		tr := TaskResult{ID: t.ID, Name: t.Name, Status: t.Status, Attempts: t.Attempt, StartedAt: t.StartedAt,
-			CompletedAt: t.CompletedAt, Error: t.Error, Recoveries: t.RecoveryCount, SubStatus: t.SubStatus}
-		if t.StartedAt != nil && t.CompletedAt != nil && t.Status != driver.TaskSkipped {
-			tr.Duration = t.CompletedAt.Sub(*t.StartedAt)
-		}
-		res.Tasks[i] = tr
+		res.Tasks[i] = newTaskResult(t)
 	}
 	return res, nil
+}
+
+func newTaskResult(t *driver.Task) TaskResult {
+	tr := TaskResult{ID: t.ID, Name: t.Name, Status: t.Status, Attempts: t.Attempt, StartedAt: t.StartedAt,
+		CompletedAt: t.CompletedAt, Error: t.Error, Recoveries: t.RecoveryCount, SubStatus: t.SubStatus}
+	if t.StartedAt != nil && t.CompletedAt != nil && t.Status != driver.TaskSkipped {
+		tr.Duration = t.CompletedAt.Sub(*t.StartedAt)
+	}
+	return tr
+}
+
+// GetTask returns one task of a run with the contexts it received and
+// produced, from any process; an unknown id is ErrTaskNotFound.
+func (r *Runner) GetTask(ctx context.Context, id uuid.UUID) (*TaskDetail, error) {
+	db, err := r.reader()
+	if err != nil {
+		return nil, err
+	}
+	tasks, err := db.TaskList(ctx, &driver.TaskListParams{IDs: []uuid.UUID{id}, WithContexts: true})
+	if err != nil {
+		return nil, r.closedErr(err)
+	}
+	if len(tasks) == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, id)
+	}
+	t := tasks[0]
+	d := &TaskDetail{TaskResult: newTaskResult(t), RunID: t.PipelineID, Workflow: t.WorkflowName,
+		MaxAttempts: t.MaxAttempts}
+	switch t.Status {
+	case driver.TaskRunning:
+		d.RunnerID = t.RunnerID
+	case driver.TaskReady:
+		d.DueAt = t.AvailableAt
+	}
+	if t.Input != nil {
+		if d.Input, err = contextFromJSON(t.Input); err != nil {
+			return nil, fmt.Errorf("task %s: input %w", id, err)
+		}
+	}
+	if t.Output != nil {
+		if d.Output, err = contextFromJSON(t.Output); err != nil {
+			return nil, fmt.Errorf("task %s: output %w", id, err)
+		}
+	}
+	return d, nil
 }
 
 // Runners returns the runners registered on the database (started and

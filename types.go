@@ -76,6 +76,8 @@ type ExecutionResult struct {
 	Workflow        string
 	WorkflowVersion string
 	Status          PipelineStatus
+	// Input is the context the run was started with.
+	Input *Context
 	// Context is the run's final context: the merge of its leaf tasks'
 	// outputs in declaration order. Nil until the run completes or fails.
 	Context   *Context
@@ -93,6 +95,30 @@ type ExecutionResult struct {
 	// run started otherwise.
 	ParentRunID  *uuid.UUID
 	ParentTaskID *uuid.UUID
+}
+
+// TaskDetail is one task with the contexts it received and produced,
+// returned by Runner.GetTask: what to look at when a task did not do what
+// was expected of it.
+type TaskDetail struct {
+	TaskResult
+	// RunID and Workflow identify the task's run.
+	RunID    uuid.UUID
+	Workflow string
+	// MaxAttempts is the retry policy's limit on attempts (Attempts counts
+	// those made).
+	MaxAttempts int
+	// Input is the context the task received: the run's input for a first
+	// task, else its dependencies' outputs merged. Nil until the task is
+	// first ready, and for a task that was skipped.
+	Input *Context
+	// Output is the context the task produced. Nil until it completes.
+	Output *Context
+	// RunnerID is the runner holding the task's claim while it is Running.
+	RunnerID string
+	// DueAt is when a Ready task may be claimed: a retry's due time. Nil
+	// for a task that is not Ready.
+	DueAt *time.Time
 }
 
 // Err returns a *RunError when the run Failed or was Cancelled, else nil.

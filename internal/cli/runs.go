@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
@@ -90,14 +91,20 @@ func (a *app) runsListCommand() *cobra.Command {
 }
 
 func (a *app) runsGetCommand() *cobra.Command {
-	return &cobra.Command{
+	var taskName string
+	cmd := &cobra.Command{
 		Use:   "get <run-id>",
-		Short: "Show a run and its tasks",
-		Args:  exactArgs(1, "one run id"),
+		Short: "Show a run and its tasks, or one task with its contexts (--task)",
+		Example: `  cloacina runs get 01a21b50-4738-760d-8530-6a5e209b874e
+  cloacina runs get 01a21b50-4738-760d-8530-6a5e209b874e --task transform_b   # what it received and produced`,
+		Args: exactArgs(1, "one run id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := parseID(args[0], "run")
 			if err != nil {
 				return usageErrorf(cmd, "%v", err)
+			}
+			if cmd.Flags().Changed("task") && taskName == "" {
+				return usageErrorf(cmd, "--task needs a task name, as `cloacina runs get %s` lists them", id)
 			}
 			d, err := a.database(cmd)
 			if err != nil {
@@ -107,6 +114,9 @@ func (a *app) runsGetCommand() *cobra.Command {
 				res, err := r.Get(ctx, id)
 				if err != nil {
 					return runError(id, err)
+				}
+				if taskName != "" {
+					return writeTaskOf(ctx, a, r, res, taskName)
 				}
 				var parent *cloacina.ExecutionResult
 				if res.ParentRunID != nil {
@@ -120,6 +130,57 @@ func (a *app) runsGetCommand() *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().StringVar(&taskName, "task", "", "show this task of the run: its state, the context it received and the one it produced")
+	return cmd
+}
+
+// writeTaskOf prints the named task of run res with its contexts.
+func writeTaskOf(ctx context.Context, a *app, r *cloacina.Runner, res *cloacina.ExecutionResult, name string) error {
+	tr := res.Task(name)
+	if tr == nil {
+		names := make([]string, len(res.Tasks))
+		for i, t := range res.Tasks {
+			names[i] = t.Name
+		}
+		return fmt.Errorf("run %s has no task %q: its tasks are %s", res.ID, name, strings.Join(names, ", "))
+	}
+	t, err := r.GetTask(ctx, tr.ID)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", tr.ID, err)
+	}
+	fields := newTable()
+	fields.add("task", t.Name+" ("+t.ID.String()+")")
+	fields.add("run", t.RunID.String()+" ("+t.Workflow+")")
+	fields.add("status", string(t.Status))
+	fields.add("attempts", fmt.Sprintf("%d of %d", t.Attempts, t.MaxAttempts))
+	if t.RunnerID != "" {
+		fields.add("runner", t.RunnerID)
+	}
+	if t.DueAt != nil {
+		fields.add("due", formatTime(*t.DueAt))
+	}
+	if t.Recoveries > 0 {
+		fields.add("recoveries", strconv.Itoa(t.Recoveries))
+	}
+	fields.add("started", formatTimePtr(t.StartedAt))
+	fields.add("completed", formatTimePtr(t.CompletedAt))
+	if t.StartedAt != nil && t.CompletedAt != nil && t.Status != cloacina.TaskStatusSkipped {
+		fields.add("duration", formatDuration(t.Duration))
+	}
+	if t.Error != "" {
+		fields.add("error", firstLine(t.Error))
+	}
+	fields.add("input", contextText(t.Input))
+	fields.add("output", contextText(t.Output))
+	return fields.render(a.stdout)
+}
+
+// contextText is a context as one line of JSON, or "-" for none.
+func contextText(c *cloacina.Context) string {
+	if c == nil {
+		return "-"
+	}
+	return c.String()
 }
 
 // writeRun prints a run and its tasks; parent, if known, is the run that
@@ -152,6 +213,7 @@ func writeRun(a *app, res, parent *cloacina.ExecutionResult) error {
 	if res.Error != "" {
 		fields.add("error", firstLine(res.Error))
 	}
+	fields.add("input", contextText(res.Input))
 	if res.Context != nil {
 		fields.add("context", res.Context.String())
 	}

@@ -45,6 +45,11 @@ func TestRuns(t *testing.T) {
 			require.Equal(t, row{held, "held", "pending"}, rows[0][:3], "newest first")
 			require.Equal(t, row{"demo", "completed"}, rows[1][1:3])
 			require.Regexp(t, `^(?:\d+ms|[0-9.]+s|\d+m[0-9.]+s)$`, rows[1][4], "a duration as formatDuration prints it (over a second on a loaded machine)")
+			demo := ok(t, url, "runs", "get", rows[1][0], "--task", "transform_b")
+			require.Contains(t, demo, "status     completed\n")
+			require.Contains(t, demo, "attempts   2 of 3\n", "the demo's transform_b fails once")
+			require.Contains(t, demo, "input      {\"n\":5,\"records\":[1,2,3,4,5]}\n")
+			require.Contains(t, demo, "output     {\"n\":5,\"records\":[1,2,3,4,5],\"sum_of_squares\":55}\n")
 			require.Len(t, list("--limit", "1"), 1)
 			require.Len(t, list("--workflow", "demo"), 1)
 			rows = list("--status", "pending,running", "--status", "paused")
@@ -67,6 +72,20 @@ func TestRuns(t *testing.T) {
 			require.Equal(t, row{"second", "not_started", "0", "-"}, taskRows[1][:4])
 			_, err = uuid.Parse(taskRows[0][4])
 			require.NoError(t, err)
+			require.Contains(t, fields, "input      {}\n")
+
+			// One task, with its contexts.
+			out = ok(t, url, "runs", "get", held, "--task", "first")
+			require.Contains(t, out, "task       first ("+taskRows[0][4]+")\n")
+			require.Contains(t, out, "run        "+held+" (held)\n")
+			require.Contains(t, out, "status     ready\n")
+			require.Contains(t, out, "attempts   1 of 1\n")
+			require.Contains(t, out, "input      {}\n")
+			require.Contains(t, out, "output     -\n")
+			requireOneLineError(t, cli(t, "--database-url", url, "runs", "get", held, "--task", "third"), ExitFailure,
+				"run "+held+` has no task "third": its tasks are first, second`)
+			requireOneLineError(t, cli(t, "--database-url", url, "runs", "get", held, "--task", ""), ExitUsage,
+				"--task needs a task name")
 
 			require.Equal(t, "run "+held+" is paused\n", ok(t, url, "runs", "pause", held))
 			require.Equal(t, "run "+held+" is paused\n", ok(t, url, "runs", "pause", held), "pausing twice is harmless")
