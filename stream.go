@@ -7,7 +7,7 @@ import (
 	"iter"
 	"time"
 
-	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/readretry"
 )
 
 const (
@@ -75,7 +75,12 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 			yield(nil, fmt.Errorf("cloacina: StreamOpts.Interval %s is negative: leave it zero for the default (1s)", interval))
 			return
 		}
-		s := &eventStream{r: r, interval: interval}
+		s := &eventStream{r: r, retry: readretry.Retrier{Initial: interval, Max: maxStreamBackoff,
+			Down: func(err error) {
+				r.logger.Warn("cannot read the event log; retrying until the database answers", "error", err)
+			},
+			Up: func() { r.logger.Warn("the database answers again; streaming events on") },
+		}}
 		cursor := filter.AfterSeq
 		if cursor == 0 && !filter.Follow {
 			head, err := s.head(ctx)
@@ -127,7 +132,7 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 			if len(page) == streamPage {
 				continue
 			}
-			if !s.wait(ctx, interval) {
+			if !readretry.Sleep(ctx, interval) {
 				return
 			}
 		}
@@ -136,9 +141,8 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 
 // eventStream is the state of one StreamEvents iteration.
 type eventStream struct {
-	r        *Runner
-	interval time.Duration
-	outage   bool // reads are failing
+	r     *Runner
+	retry readretry.Retrier
 }
 
 // head returns the number of the newest event a follower can have seen,
@@ -154,36 +158,10 @@ func (s *eventStream) head(ctx context.Context) (int64, error) {
 // read runs q, retrying it with backoff while it fails for a transient
 // reason.
 func (s *eventStream) read(ctx context.Context, q *EventQuery) ([]*Event, error) {
-	for wait := s.interval; ; wait = min(2*wait, maxStreamBackoff) {
-		evs, err := s.r.Events(ctx, q)
-		if err == nil {
-			if s.outage {
-				s.outage = false
-				s.r.logger.Warn("the database answers again; streaming events on")
-			}
-			return evs, nil
-		}
-		if !errors.Is(err, driver.ErrTransient) || ctx.Err() != nil {
-			return nil, err
-		}
-		if !s.outage {
-			s.outage = true
-			s.r.logger.Warn("cannot read the event log; retrying until the database answers", "error", err)
-		}
-		if !s.wait(ctx, wait) {
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// wait waits for d; false means ctx ended first.
-func (s *eventStream) wait(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	var evs []*Event
+	err := s.retry.Do(ctx, func() (err error) {
+		evs, err = s.r.Events(ctx, q)
+		return err
+	})
+	return evs, err
 }

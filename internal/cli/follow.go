@@ -11,7 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/cloacina-go/cloacina"
-	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/readretry"
 )
 
 const (
@@ -45,7 +45,7 @@ type follower struct {
 	out      *stream
 	logger   *slog.Logger
 	printed  bool
-	outage   bool // reads are failing
+	retry    readretry.Retrier
 	// polled, when set, is called after each poll of a run (a test hook).
 	polled func()
 }
@@ -65,6 +65,16 @@ func eventColumnWidths() []int {
 // not an error, or — when it follows one run or one task — until that run
 // has finished and every event it has is printed.
 func (f *follower) run(ctx context.Context) error {
+	// Reads are retried while the error is transient (a lost connection, a
+	// server restarting, too many clients): following is meant to outlast
+	// a database restart. It warns on stderr once when reads start failing
+	// and once when they work again; any other error ends the follower.
+	f.retry = readretry.Retrier{Initial: f.interval, Max: maxFollowBackoff,
+		Down: func(err error) {
+			f.logger.Warn("cannot read the event log; retrying until the database answers (interrupt to stop)", "error", oneLine(err.Error()))
+		},
+		Up: func() { f.logger.Warn("the database answers again; following on") },
+	}
 	var err error
 	if f.filter.run != nil || f.filter.task != nil {
 		err = f.followRun(ctx)
@@ -77,10 +87,10 @@ func (f *follower) run(ctx context.Context) error {
 	return err
 }
 
-// events reads events, see read.
+// events reads events, retrying through transient errors (see run).
 func (f *follower) events(ctx context.Context, q *cloacina.EventQuery) ([]*cloacina.Event, error) {
 	var evs []*cloacina.Event
-	err := f.read(ctx, func() (err error) {
+	err := f.retry.Do(ctx, func() (err error) {
 		evs, err = f.r.Events(ctx, q)
 		return err
 	})
@@ -90,10 +100,10 @@ func (f *follower) events(ctx context.Context, q *cloacina.EventQuery) ([]*cloac
 	return evs, nil
 }
 
-// get reads a run, see read.
+// get reads a run, retrying through transient errors (see run).
 func (f *follower) get(ctx context.Context, id uuid.UUID) (*cloacina.ExecutionResult, error) {
 	var res *cloacina.ExecutionResult
-	err := f.read(ctx, func() (err error) {
+	err := f.retry.Do(ctx, func() (err error) {
 		res, err = f.r.Get(ctx, id)
 		return err
 	})
@@ -101,34 +111,6 @@ func (f *follower) get(ctx context.Context, id uuid.UUID) (*cloacina.ExecutionRe
 		return nil, runError(id, err)
 	}
 	return res, nil
-}
-
-// read runs a read of the database and retries it while the error is
-// transient (a lost connection, a server restarting, too many clients):
-// following is meant to outlast a database restart. It warns on stderr
-// once when reads start failing and once when they work again; any other
-// error ends the follower.
-func (f *follower) read(ctx context.Context, fn func() error) error {
-	for wait := f.interval; ; wait = min(2*wait, maxFollowBackoff) {
-		err := fn()
-		if err == nil {
-			if f.outage {
-				f.outage = false
-				f.logger.Warn("the database answers again; following on")
-			}
-			return nil
-		}
-		if !errors.Is(err, driver.ErrTransient) || ctx.Err() != nil {
-			return err
-		}
-		if !f.outage {
-			f.outage = true
-			f.logger.Warn("cannot read the event log; retrying until the database answers (interrupt to stop)", "error", oneLine(err.Error()))
-		}
-		if !pause(ctx, wait) {
-			return ctx.Err()
-		}
-	}
 }
 
 func (f *follower) print(events []*cloacina.Event) error {
@@ -141,18 +123,6 @@ func (f *follower) print(events []*cloacina.Event) error {
 		rows[i] = eventRow(e)
 	}
 	return f.out.add(rows...)
-}
-
-// pause waits for d; false means ctx ended first.
-func pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // followLog prints the newest events of the whole log (or of some
@@ -280,7 +250,7 @@ func (f *follower) followRun(ctx context.Context) error {
 			}
 			return err
 		}
-		if !pause(ctx, f.interval) {
+		if !readretry.Sleep(ctx, f.interval) {
 			return nil
 		}
 	}
