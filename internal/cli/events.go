@@ -36,7 +36,7 @@ func (a *app) eventsListCommand() *cobra.Command {
 	task := &idFlag{what: "task execution"}
 	types := &choiceFlag{kind: "type", allowed: eventTypeNames()}
 	limit := countFlag(defaultEventLimit)
-	var follow bool
+	var follow, asJSON bool
 	interval := intervalFlag(defaultFollowInterval)
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -54,7 +54,8 @@ PostgreSQL may show events again). While the database cannot be reached
 		Example: `  cloacina events list --run 0199c3e1-…
   cloacina events list --type task_failed --type task_retry_scheduled --limit 20
   cloacina events list --follow --type task_failed
-  cloacina events list --run 0199c3e1-… --follow`,
+  cloacina events list --run 0199c3e1-… --follow
+  cloacina events list --follow --json | jq -c 'select(.type == "task_failed")'`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("interval") && !follow {
@@ -71,7 +72,10 @@ PostgreSQL may show events again). While the database cannot be reached
 			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
 				if follow {
 					f := &follower{r: r, filter: filter, backlog: int(limit), interval: time.Duration(interval),
-						out: newStream(a.stdout, newEventTable(), eventColumnWidths()...), logger: a.logger, polled: a.followPolled}
+						w: a.stdout, asJSON: asJSON, logger: a.logger, polled: a.followPolled}
+					if !asJSON {
+						f.out = newStream(a.stdout, newEventTable(), eventColumnWidths()...)
+					}
 					return f.run(ctx)
 				}
 				q := filter.query()
@@ -81,6 +85,9 @@ PostgreSQL may show events again). While the database cannot be reached
 					return listError(err)
 				}
 				slices.Reverse(events)
+				if asJSON {
+					return writeJSONLines(a.stdout, events, func(e *cloacina.Event) any { return newEventJSON(e) })
+				}
 				return writeEventList(a.stdout, events)
 			})
 		},
@@ -91,6 +98,7 @@ PostgreSQL may show events again). While the database cannot be reached
 	cmd.Flags().Var(&limit, "limit", "show at most this many of the most recent events")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events as they are committed")
 	cmd.Flags().Var(&interval, "interval", "how often --follow looks for new events")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one event a line (with --follow, each as it comes)")
 	return cmd
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"time"
@@ -42,7 +43,9 @@ type follower struct {
 	filter   *eventFilter
 	backlog  int           // how many existing events to print first
 	interval time.Duration // between polls that found nothing new
-	out      *stream
+	out      *stream       // the table, unless asJSON
+	w        io.Writer
+	asJSON   bool // JSON Lines instead of a table
 	logger   *slog.Logger
 	printed  bool
 	retry    readretry.Retrier
@@ -118,6 +121,9 @@ func (f *follower) print(events []*cloacina.Event) error {
 		return nil
 	}
 	f.printed = true
+	if f.asJSON {
+		return writeJSONLines(f.w, events, func(e *cloacina.Event) any { return newEventJSON(e) })
+	}
 	rows := make([][]string, len(events))
 	for i, e := range events {
 		rows[i] = eventRow(e)
@@ -245,8 +251,8 @@ func (f *follower) followRun(ctx context.Context) error {
 			if err := f.print(unseen(rest)); err != nil {
 				return err
 			}
-			if !f.printed {
-				_, err = fmt.Fprintln(f.out.w, "no events")
+			if !f.printed && !f.asJSON {
+				_, err = fmt.Fprintln(f.w, "no events")
 			}
 			return err
 		}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -35,12 +36,14 @@ func (a *app) runsCommand() *cobra.Command {
 func (a *app) runsListCommand() *cobra.Command {
 	statuses := &choiceFlag{kind: "status", allowed: runStatuses}
 	var workflow, parent string
+	var asJSON bool
 	limit := countFlag(defaultRunLimit)
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List runs, newest first",
 		Example: `  cloacina runs list --status running --status paused
-  cloacina runs list --parent <run-id>    # the runs that tasks of a run started`,
+  cloacina runs list --parent <run-id>    # the runs that tasks of a run started
+  cloacina runs list --status failed --json | jq -r .id`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := &cloacina.ListOpts{Workflow: workflow, Limit: int(limit)}
@@ -62,6 +65,9 @@ func (a *app) runsListCommand() *cobra.Command {
 				runs, err := r.List(ctx, opts)
 				if err != nil {
 					return fmt.Errorf("list runs: %w", err)
+				}
+				if asJSON {
+					return writeJSONLines(a.stdout, runs, func(r *cloacina.RunSummary) any { return newRunSummaryJSON(r) })
 				}
 				if len(runs) == 0 {
 					_, err := fmt.Fprintln(a.stdout, "no runs")
@@ -87,11 +93,15 @@ func (a *app) runsListCommand() *cobra.Command {
 	cmd.Flags().StringVar(&workflow, "workflow", "", "only runs of this workflow")
 	cmd.Flags().StringVar(&parent, "parent", "", "only runs started by tasks of this run (its children)")
 	cmd.Flags().Var(&limit, "limit", "show at most this many runs")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one run a line")
 	return cmd
 }
 
 func (a *app) runsGetCommand() *cobra.Command {
-	var taskName string
+	var (
+		taskName string
+		asJSON   bool
+	)
 	cmd := &cobra.Command{
 		Use:   "get <run-id>",
 		Short: "Show a run and its tasks, or one task with its contexts (--task)",
@@ -116,7 +126,10 @@ func (a *app) runsGetCommand() *cobra.Command {
 					return runError(id, err)
 				}
 				if taskName != "" {
-					return writeTaskOf(ctx, a, r, res, taskName)
+					return writeTaskOf(ctx, a, r, res, taskName, asJSON)
+				}
+				if asJSON {
+					return json.NewEncoder(a.stdout).Encode(newRunJSON(res))
 				}
 				var parent *cloacina.ExecutionResult
 				if res.ParentRunID != nil {
@@ -131,11 +144,12 @@ func (a *app) runsGetCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&taskName, "task", "", "show this task of the run: its state, the context it received and the one it produced")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the run (or the task) as one JSON object")
 	return cmd
 }
 
 // writeTaskOf prints the named task of run res with its contexts.
-func writeTaskOf(ctx context.Context, a *app, r *cloacina.Runner, res *cloacina.ExecutionResult, name string) error {
+func writeTaskOf(ctx context.Context, a *app, r *cloacina.Runner, res *cloacina.ExecutionResult, name string, asJSON bool) error {
 	tr := res.Task(name)
 	if tr == nil {
 		names := make([]string, len(res.Tasks))
@@ -147,6 +161,9 @@ func writeTaskOf(ctx context.Context, a *app, r *cloacina.Runner, res *cloacina.
 	t, err := r.GetTask(ctx, tr.ID)
 	if err != nil {
 		return fmt.Errorf("task %s: %w", tr.ID, err)
+	}
+	if asJSON {
+		return json.NewEncoder(a.stdout).Encode(newTaskDetailJSON(t))
 	}
 	fields := newTable()
 	fields.add("task", t.Name+" ("+t.ID.String()+")")
