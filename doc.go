@@ -126,7 +126,9 @@
 // application's own transaction (pgx.Tx or *sql.Tx): the run exists only
 // if it commits. [Runner.Get] and [Runner.List] read runs from any process;
 // [Runner.GetTask] reads one task with the context it received and the
-// one it produced.
+// one it produced. [Runner.Backlog] tells, per workflow, how many tasks
+// wait to be claimed and since when, how many run, and how many runs are
+// unfinished: whether the runners keep up; [Runner.Runners] lists them.
 //
 // A run is Pending until its first task is claimed, then Running (a run
 // started by a started runner with a free slot is Running at once).

@@ -92,6 +92,10 @@ var closedCalls = map[string]func(ctx context.Context, r *Runner, x *closedTarge
 		_, err := r.Get(ctx, x.exec.ID())
 		return err
 	},
+	"Runner.Backlog": func(ctx context.Context, r *Runner, _ *closedTarget) error {
+		_, err := r.Backlog(ctx)
+		return err
+	},
 	"Runner.GetTask": func(ctx context.Context, r *Runner, x *closedTarget) error {
 		_, err := r.GetTask(ctx, x.taskID)
 		return err

@@ -55,6 +55,28 @@ func newTaskResult(t *driver.Task) TaskResult {
 	return tr
 }
 
+// Backlog returns the unfinished work of every workflow that has any, by
+// workflow name, from any process: tasks waiting to be claimed and for
+// how long, tasks running, and runs not finished. It counts every
+// workflow in the database, not only those this runner registered.
+func (r *Runner) Backlog(ctx context.Context) ([]Backlog, error) {
+	db, err := r.reader()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.BacklogList(ctx, &driver.BacklogListParams{Now: r.now()})
+	if err != nil {
+		return nil, r.closedErr(err)
+	}
+	out := make([]Backlog, len(rows))
+	for i, b := range rows {
+		out[i] = Backlog{Workflow: b.Workflow, Ready: int(b.Ready), Delayed: int(b.Delayed), OldestReadyAt: b.OldestReadyAt,
+			Running: int(b.Running), Deferred: int(b.Deferred),
+			PendingRuns: int(b.PendingRuns), RunningRuns: int(b.RunningRuns), PausedRuns: int(b.PausedRuns)}
+	}
+	return out, nil
+}
+
 // GetTask returns one task of a run with the contexts it received and
 // produced, from any process; an unknown id is ErrTaskNotFound.
 func (r *Runner) GetTask(ctx context.Context, id uuid.UUID) (*TaskDetail, error) {

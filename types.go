@@ -121,6 +121,26 @@ type TaskDetail struct {
 	DueAt *time.Time
 }
 
+// Backlog is the unfinished work of one workflow, as Runner.Backlog
+// reports it: whether its runners keep up.
+type Backlog struct {
+	Workflow string
+	// Ready counts tasks that any runner of the workflow may claim now;
+	// Delayed counts Ready tasks whose retry delay has not passed yet. A
+	// paused run's Ready tasks are in neither: pausing holds them back.
+	Ready, Delayed int
+	// OldestReadyAt is when the longest-waiting claimable task became
+	// claimable; nil when Ready is 0. Its age is how far behind the
+	// workflow's runners are.
+	OldestReadyAt *time.Time
+	// Running counts Running tasks, and Deferred those of them waiting in
+	// DeferUntil without a concurrency slot.
+	Running, Deferred int
+	// PendingRuns, RunningRuns and PausedRuns count the workflow's runs
+	// that have not finished, by status.
+	PendingRuns, RunningRuns, PausedRuns int
+}
+
 // Err returns a *RunError when the run Failed or was Cancelled, else nil.
 func (r *ExecutionResult) Err() error {
 	if r.Status == PipelineFailed || r.Status == PipelineCancelled {

@@ -179,6 +179,9 @@ type Executor interface {
 	RunnerDeleteExpired(ctx context.Context, params *RunnerDeleteExpiredParams) ([]string, error)
 	// RunnerList returns the registered runners, oldest first.
 	RunnerList(ctx context.Context) ([]*RunnerRow, error)
+	// BacklogList returns the unfinished work of each workflow that has
+	// any, ordered by workflow name.
+	BacklogList(ctx context.Context, params *BacklogListParams) ([]*Backlog, error)
 	// ClockRead returns the database's clock now: PostgreSQL's
 	// clock_timestamp(), or on SQLite the host's clock, which every
 	// process sharing the file reads, with no statement at all. It is the

@@ -104,6 +104,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"TaskFinishMany", testTaskFinishMany},
 		{"OutboxPeek", testOutboxPeek},
 		{"OutboxDelete", testOutboxDelete},
+		{"BacklogList", testBacklogList},
 		{"ChangeSetApply", testChangeSetApply},
 		{"EventList", testEventList},
 		{"EventFollow", testEventFollow},

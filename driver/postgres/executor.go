@@ -112,6 +112,7 @@ type queries struct {
 	taskFinish         string
 	taskFinishList     string
 	outboxPeek         string
+	backlog            string
 	outboxDelete       string
 	taskUpdate         string
 	outboxInsert       string
@@ -161,6 +162,7 @@ func newQueries(schema string) *queries {
 				SELECT false, ` + taskColumns("t.", true) + ` FROM {s}.task_executions t
 				WHERE t.pipeline_execution_id = ANY($12) AND t.id NOT IN (SELECT id FROM fin)
 			) x ORDER BY pipeline_execution_id, position`),
+		backlog: r.Replace(backlogSQL),
 		outboxPeek: r.Replace(`SELECT
 			EXISTS (SELECT 1 FROM {s}.task_outbox WHERE available_at <= $1 AND workflow_name = ANY($2)),
 			(SELECT MIN(available_at) FROM {s}.task_outbox WHERE available_at > $1 AND workflow_name = ANY($2))`),

@@ -104,7 +104,7 @@ The database is --database-url, else $` + EnvDatabaseURL + `, else ` + DefaultDa
   sqlite://relative/path.db
   postgres://user:password@host:5432/database?sslmode=disable&schema=tenant_a
 
-Commands that only read (runs list, runs get, events list, events cleanup
+Commands that only read (runs list, runs get, status, events list, events cleanup
 --dry-run) open the database read-only and never change it.
 
 Start with:  cloacina demo`,
@@ -124,7 +124,7 @@ Start with:  cloacina demo`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageErrorf(cmd, "%v", err)
 	})
-	root.AddCommand(a.demoCommand(), a.runCommand(), a.migrateCommand(), a.eventsCommand(), a.runsCommand(), a.tenantCommand())
+	root.AddCommand(a.demoCommand(), a.runCommand(), a.migrateCommand(), a.eventsCommand(), a.runsCommand(), a.statusCommand(), a.tenantCommand())
 	return root
 }
 

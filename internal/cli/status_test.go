@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// status shows the live runner and the work waiting, running and paused,
+// as a table and as JSON.
+func TestStatus(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			url := b.URL(t)
+			ok(t, url, "migrate")
+			require.Equal(t, "no runners\n\nno unfinished work\n", ok(t, url, "status"))
+
+			r, started, _ := startGateRunner(t, url)
+			_, err := r.ExecuteAsync(ctx, "gate", nil)
+			require.NoError(t, err)
+			receive(t, started, "start of the gate task")
+			paused, err := openRunner(t, url, heldWorkflow()).ExecuteAsync(ctx, "held", nil)
+			require.NoError(t, err)
+			require.NoError(t, r.Pause(ctx, paused.ID()))
+			_, err = openRunner(t, url, heldWorkflow()).ExecuteAsync(ctx, "held", nil)
+			require.NoError(t, err)
+
+			out := ok(t, url, "status")
+			runnersOut, backlogOut, found := strings.Cut(out, "\n\n")
+			require.True(t, found, out)
+			header, rows := parseTable(t, runnersOut)
+			require.Equal(t, row{"RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "WORKFLOWS"}, header)
+			require.Len(t, rows, 1, "the started runner; runners that only submit are not registered")
+			require.Equal(t, r.ID(), rows[0][0])
+			require.Equal(t, "gate,quick", rows[0][6])
+
+			header, rows = parseTable(t, backlogOut)
+			require.Equal(t, row{"WORKFLOW", "READY", "OLDEST WAIT", "DELAYED", "RUNNING", "DEFERRED", "PENDING RUNS", "RUNNING RUNS", "PAUSED RUNS"}, header)
+			require.Len(t, rows, 2)
+			require.Equal(t, row{"gate", "0", "-", "0", "1", "0", "0", "1", "0"}, rows[0])
+			require.Equal(t, row{"held", "1", rows[1][2], "0", "0", "0", "1", "0", "1"}, rows[1],
+				"the pending run's first task waits (no runner runs held); the paused run's is held back")
+			require.Regexp(t, `^(?:\d+ms|[0-9.]+s|\d+m[0-9.]+s)$`, rows[1][2])
+
+			st := jsonObject(t, ok(t, url, "status", "--json"))
+			runners := st["runners"].([]any)
+			require.Len(t, runners, 1)
+			require.Equal(t, r.ID(), runners[0].(map[string]any)["id"])
+			backlog := st["backlog"].([]any)
+			require.Len(t, backlog, 2)
+			held := backlog[1].(map[string]any)
+			require.Equal(t, "held", held["workflow"])
+			require.Equal(t, float64(1), held["ready"])
+			require.Equal(t, float64(1), held["paused_runs"])
+			oldest, err := time.Parse(time.RFC3339Nano, held["oldest_ready_at"].(string))
+			require.NoError(t, err)
+			require.WithinDuration(t, time.Now(), oldest, time.Minute)
+		})
+	}
+}
