@@ -43,4 +43,3 @@ func (e *executor) BacklogList(ctx context.Context, p *driver.BacklogListParams)
 	}
 	return driver.MergeBacklogs(parts), nil
 }
-
