@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cloacina-go/cloacina"
 )
@@ -58,4 +59,39 @@ func ExampleRunner_GetTask() {
 	// total completed 1 of 1
 	// received: {"cents":[250,199],"currency":"EUR"}
 	// produced: {"cents":[250,199],"currency":"EUR","total":449}
+}
+
+// How far behind the runners are: tasks waiting for a claim, and since
+// when, per workflow. Here no runner is started, so the run's first task
+// waits.
+func ExampleRunner_Backlog() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "cloacina-example")
+	defer os.RemoveAll(dir)
+
+	wf := cloacina.MustWorkflow("nightly",
+		cloacina.Task{Name: "export", Run: func(ctx context.Context, tc *cloacina.Context) error { return nil }},
+	)
+	runner, err := cloacina.Open(ctx, "sqlite://"+filepath.Join(dir, "cloacina.db"), &cloacina.Config{
+		Workflows: []*cloacina.Workflow{wf}, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer runner.Close()
+	if _, err := runner.ExecuteAsync(ctx, "nightly", nil); err != nil { // not started: it only submits
+		log.Fatal(err)
+	}
+
+	backlog, err := runner.Backlog(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, b := range backlog {
+		waited := time.Since(*b.OldestReadyAt)
+		fmt.Printf("%s: %d ready (the oldest waiting under a minute: %t), %d running, %d pending runs\n",
+			b.Workflow, b.Ready, waited < time.Minute, b.Running, b.PendingRuns)
+	}
+	// Output:
+	// nightly: 1 ready (the oldest waiting under a minute: true), 0 running, 1 pending runs
 }
