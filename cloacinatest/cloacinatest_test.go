@@ -280,6 +280,30 @@ func TestRunTaskReportsPanicsAndTimeouts(t *testing.T) {
 	})
 }
 
+// A task that waits in DeferUntil runs under RunTask as under a runner:
+// its wait is recorded.
+func TestRunTaskRunsDeferUntil(t *testing.T) {
+	t.Parallel()
+	polls := 0
+	run := cloacinatest.RunTask(t, cloacina.Task{Name: "await", Run: func(ctx context.Context, tc *cloacina.Context) error {
+		err := cloacina.DeferUntil(ctx, time.Millisecond, func(context.Context) (bool, error) {
+			polls++
+			return polls >= 3, nil
+		})
+		if err != nil {
+			return err
+		}
+		return tc.Set("polls", polls)
+	}}, nil)
+	require.Equal(t, cloacina.TaskStatusCompleted, run.Result.Status, run.String())
+	got, err := cloacina.Get[int](run.Output, "polls")
+	require.NoError(t, err)
+	require.Equal(t, 3, got)
+	types := eventTypes(run.Events)
+	require.Equal(t, 1, count(types, cloacina.EventTaskDeferred), types)
+	require.Equal(t, 1, count(types, cloacina.EventTaskResumed), types)
+}
+
 func TestRunTaskRefusesWhatCannotRun(t *testing.T) {
 	t.Parallel()
 	msg := fatal(t, func(tb testing.TB) { cloacinatest.RunTask(tb, cloacina.Task{Name: "empty"}, nil) })
