@@ -88,6 +88,7 @@ func TestGetTaskShowsContextsAndClaims(t *testing.T) {
 		c := task("c")
 		require.Equal(t, TaskStatusSkipped, c.Status)
 		require.Nil(t, c.Output)
+		require.Equal(t, `{"in":"v","x":1}`, c.Input.String(), "what c would have received: b passes on its input")
 
 		d := task("d")
 		require.Equal(t, TaskStatusReady, d.Status)

@@ -109,8 +109,10 @@ type TaskDetail struct {
 	// those made).
 	MaxAttempts int
 	// Input is the context the task received: the run's input for a first
-	// task, else its dependencies' outputs merged. Nil until the task is
-	// first ready, and for a task that was skipped.
+	// task, else its dependencies' outputs merged (a dependency that failed
+	// or was skipped passes on its own input). For a skipped task it is
+	// the context the task would have received. Nil until the task is
+	// ready or skipped.
 	Input *Context
 	// Output is the context the task produced. Nil until it completes.
 	Output *Context
