@@ -331,3 +331,42 @@ func TestFollowFromTheStartSkipsNothing(t *testing.T) {
 	_, err = r.Events(ctx, &EventQuery{AfterSeq: -1})
 	require.ErrorContains(t, err, "use Follow to follow from the start")
 }
+
+// Since and Until select events by creation time, on both backends, and a
+// range that cannot match is refused with the fix.
+func TestEventsBetweenTimes(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("timed", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		first, err := r.Execute(ctx, "timed", nil)
+		require.NoError(t, err)
+		firstEvents, err := r.RunEvents(ctx, first.ID)
+		require.NoError(t, err)
+		// After every event of the first run, by the times recorded.
+		cut := firstEvents[len(firstEvents)-1].CreatedAt.Add(time.Microsecond)
+		second, err := r.Execute(ctx, "timed", nil)
+		require.NoError(t, err)
+		secondEvents, err := r.RunEvents(ctx, second.ID)
+		require.NoError(t, err)
+		require.True(t, secondEvents[0].CreatedAt.After(cut), "the runs are a round trip apart, recorded to the microsecond")
+
+		since, err := r.Events(ctx, &EventQuery{Since: cut})
+		require.NoError(t, err)
+		for _, e := range since {
+			require.Equal(t, second.ID, e.PipelineID, "an event of the first run came after the cut")
+		}
+		require.Len(t, since, len(secondEvents))
+		until, err := r.Events(ctx, &EventQuery{Until: cut})
+		require.NoError(t, err)
+		require.Len(t, until, len(firstEvents))
+		both, err := r.Events(ctx, &EventQuery{Since: firstEvents[0].CreatedAt, Until: cut, Types: []EventType{EventPipelineStarted}})
+		require.NoError(t, err)
+		require.Len(t, both, 1)
+		require.Equal(t, first.ID, both[0].PipelineID)
+
+		_, err = r.Events(ctx, &EventQuery{Since: cut, Until: cut})
+		require.ErrorContains(t, err, "is not before Until")
+	})
+}

@@ -210,6 +210,11 @@ type EventQuery struct {
 	// Limit 1 it returns the newest event a follower can have seen: its
 	// SequenceNum follows from now.
 	Follow bool
+	// Since keeps events created at or after it, and Until those created
+	// before it (the database's clock, see Runner). They select by time
+	// but do not change the order, which stays that of sequence numbers
+	// (or of following). The zero time does not filter.
+	Since, Until time.Time
 	// Newest returns the most recent events first.
 	Newest bool
 	// Limit bounds the events returned; 0 means all.
@@ -230,11 +235,22 @@ func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
 	if after < 0 {
 		return nil, fmt.Errorf("cloacina: EventQuery.AfterSeq %d: sequence numbers are positive (use Follow to follow from the start)", after)
 	}
+	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Since.Before(q.Until) {
+		return nil, fmt.Errorf("cloacina: EventQuery.Since %s is not before Until %s: no event can match; swap them or leave one zero",
+			q.Since.UTC().Format(time.RFC3339Nano), q.Until.UTC().Format(time.RFC3339Nano))
+	}
 	if q.Follow && after == 0 {
 		after = -1 // the driver's "follow from the start"
 	}
-	evs, err := db.EventList(ctx, &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
-		AfterSeq: after, Newest: q.Newest, Limit: q.Limit})
+	params := &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
+		AfterSeq: after, Newest: q.Newest, Limit: q.Limit}
+	if !q.Since.IsZero() {
+		params.CreatedFrom = &q.Since
+	}
+	if !q.Until.IsZero() {
+		params.CreatedBefore = &q.Until
+	}
+	evs, err := db.EventList(ctx, params)
 	if err != nil {
 		return nil, r.closedErr(err)
 	}

@@ -92,7 +92,8 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 			}
 			cursor = head
 		}
-		filtered := filter.RunID != nil || filter.TaskID != nil || len(filter.Types) > 0
+		filtered := filter.RunID != nil || filter.TaskID != nil || len(filter.Types) > 0 ||
+			!filter.Since.IsZero() || !filter.Until.IsZero()
 		for {
 			// The head is read before the page: every matching event up
 			// to it is then in the page, so an empty page can move the
@@ -108,6 +109,7 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 				}
 			}
 			page, err := s.read(ctx, &EventQuery{RunID: filter.RunID, TaskID: filter.TaskID, Types: filter.Types,
+				Since: filter.Since, Until: filter.Until,
 				AfterSeq: cursor, Follow: cursor == 0, Limit: streamPage})
 			if err != nil {
 				if ctx.Err() == nil {

@@ -258,6 +258,9 @@ type EventListParams struct {
 	// first), or reverse following order with AfterSeq.
 	Newest bool
 	Limit  int // 0 means no limit
+	// CreatedFrom keeps events created at or after it, CreatedBefore
+	// those created strictly before it; nil does not filter.
+	CreatedFrom, CreatedBefore *time.Time
 }
 
 // EventCountParams counts execution events. Zero fields do not filter.

@@ -121,6 +121,25 @@ func testEventList(t *testing.T, s *suite) {
 		require.Equal(t, pick(f, 6, 5, 4), list(t, f, &driver.EventListParams{Newest: true, AfterSeq: f.e[3].SequenceNum}))
 	})
 
+	t.Run("CreatedRange", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		f.b.waitFollowable(t)
+		from, before := f.b.at(2*time.Second), f.b.at(5*time.Second)
+		require.Equal(t, pick(f, 2, 3, 4), list(t, f, &driver.EventListParams{CreatedFrom: &from, CreatedBefore: &before}),
+			"from is inclusive, before exclusive")
+		require.Equal(t, pick(f, 2, 3, 4, 5, 6), list(t, f, &driver.EventListParams{CreatedFrom: &from}))
+		require.Equal(t, pick(f, 0, 1, 2, 3, 4), list(t, f, &driver.EventListParams{CreatedBefore: &before}))
+		require.Equal(t, pick(f, 6, 5), list(t, f, &driver.EventListParams{CreatedFrom: &from, Newest: true, Limit: 2}))
+		require.Equal(t, pick(f, 3), list(t, f, &driver.EventListParams{CreatedFrom: &from, CreatedBefore: &before, PipelineID: &f.p1}))
+		require.Equal(t, pick(f, 3, 4), list(t, f, &driver.EventListParams{CreatedFrom: &from, CreatedBefore: &before, AfterSeq: f.e[2].SequenceNum}),
+			"following within the range")
+		require.Empty(t, list(t, f, &driver.EventListParams{CreatedFrom: &before, CreatedBefore: &from}))
+		// Other time zones name the same instants.
+		east := from.In(time.FixedZone("UTC+9", 9*3600))
+		require.Equal(t, pick(f, 2, 3, 4, 5, 6), list(t, f, &driver.EventListParams{CreatedFrom: &east}))
+	})
+
 	t.Run("TaskName", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t)

@@ -671,6 +671,12 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	if len(p.Types) > 0 {
 		where = append(where, "e.event_type = ANY("+a.add(textsOf(p.Types))+")")
 	}
+	if p.CreatedFrom != nil {
+		where = append(where, "e.created_at >= "+a.add(p.CreatedFrom.UTC()))
+	}
+	if p.CreatedBefore != nil {
+		where = append(where, "e.created_at < "+a.add(p.CreatedBefore.UTC()))
+	}
 	order, desc := "e.sequence_num", "e.sequence_num DESC"
 	if p.AfterSeq != 0 {
 		// Following (migration 0003): transaction order, below the oldest

@@ -695,6 +695,14 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.event_type IN ("+placeholders(len(p.Types))+")")
 		args = append(args, stringArgs(p.Types)...)
 	}
+	if p.CreatedFrom != nil {
+		where = append(where, "e.created_at >= ?")
+		args = append(args, formatTime(*p.CreatedFrom))
+	}
+	if p.CreatedBefore != nil {
+		where = append(where, "e.created_at < ?")
+		args = append(args, formatTime(*p.CreatedBefore))
+	}
 	// One writer at a time: sequence order is commit order, so following
 	// needs no horizon here.
 	if p.AfterSeq != 0 {

@@ -37,6 +37,7 @@ func (a *app) eventsListCommand() *cobra.Command {
 	types := &choiceFlag{kind: "type", allowed: eventTypeNames()}
 	limit := countFlag(defaultEventLimit)
 	var follow, asJSON bool
+	var since, until timeFlag
 	interval := intervalFlag(defaultFollowInterval)
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -53,6 +54,7 @@ PostgreSQL may show events again). While the database cannot be reached
 (a restart, a lost connection) it warns on stderr and keeps trying.`,
 		Example: `  cloacina events list --run 0199c3e1-…
   cloacina events list --type task_failed --type task_retry_scheduled --limit 20
+  cloacina events list --type task_failed --since 1h
   cloacina events list --follow --type task_failed
   cloacina events list --run 0199c3e1-… --follow
   cloacina events list --follow --json | jq -c 'select(.type == "task_failed")'`,
@@ -65,7 +67,17 @@ PostgreSQL may show events again). While the database cannot be reached
 			if err != nil {
 				return err
 			}
+			now := time.Now()
 			filter := &eventFilter{run: run.id, task: task.id}
+			if cmd.Flags().Changed("since") {
+				filter.since = since.time(now)
+			}
+			if cmd.Flags().Changed("until") {
+				filter.until = until.time(now)
+			}
+			if !filter.since.IsZero() && !filter.until.IsZero() && !filter.since.Before(filter.until) {
+				return usageErrorf(cmd, "--since %s is not before --until %s: no event can match", since.raw, until.raw)
+			}
 			for _, t := range types.values {
 				filter.types = append(filter.types, cloacina.EventType(t))
 			}
@@ -98,6 +110,8 @@ PostgreSQL may show events again). While the database cannot be reached
 	cmd.Flags().Var(&limit, "limit", "show at most this many of the most recent events")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events as they are committed")
 	cmd.Flags().Var(&interval, "interval", "how often --follow looks for new events")
+	cmd.Flags().Var(&since, "since", "only events created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z)")
+	cmd.Flags().Var(&until, "until", "only events created before this time, or this long ago")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one event a line (with --follow, each as it comes)")
 	return cmd
 }

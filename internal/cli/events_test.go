@@ -81,6 +81,27 @@ func TestEventsList(t *testing.T) {
 				"task_retry_scheduled", "task_claimed", "task_started", "task_completed"}, types)
 
 			require.Equal(t, "no events\n", ok(t, url, "events", "list", "--type", "task_abandoned"))
+
+			// A time range, in the tables' format: from the second run's
+			// start on, then up to it.
+			runRows := list("--run", second)
+			start := runRows[0][1]
+			rows = list("--since", start, "--limit", "100")
+			require.Len(t, rows, 25, "the second run's events, none of the first's")
+			for _, r := range rows {
+				require.Equal(t, second, r[2])
+			}
+			rows = list("--until", start, "--limit", "100")
+			require.Len(t, rows, 25)
+			for _, r := range rows {
+				require.Equal(t, first, r[2])
+			}
+			require.Len(t, list("--since", "1h", "--limit", "100"), 50, "an age: everything here is younger")
+			require.Equal(t, "no events\n", ok(t, url, "events", "list", "--until", "1h"))
+			requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--since", "1h", "--until", "2h"), ExitUsage,
+				"--since 1h is not before --until 2h: no event can match")
+			requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--since", "yesterday"), ExitUsage,
+				`"yesterday" is neither an age nor a time`)
 		})
 	}
 }
@@ -177,6 +198,29 @@ func TestEventsCleanupHelpSaysTheDefault(t *testing.T) {
 	require.Equal(t, ExitOK, help.code)
 	require.Contains(t, help.stdout, "By default it keeps every event of a run that is not finished")
 	require.Regexp(t, `--include-unfinished\s+delete old events of unfinished \(pending, running, paused\) runs too; by default they are kept until the run finishes`, help.stdout)
+}
+
+func TestTimeFlag(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"90m":                       now.Add(-90 * time.Minute),
+		"1d":                        now.Add(-24 * time.Hour),
+		"2026-11-27T05:00:00Z":      time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC),
+		"2026-11-27T07:00:00+02:00": time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC),
+		"2026-11-27 05:00:00.250Z":  time.Date(2026, 11, 27, 5, 0, 0, 250e6, time.UTC),
+		"2026-11-27 05:00":          time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC),
+		"2026-11-27":                time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC),
+	} {
+		var f timeFlag
+		require.NoError(t, f.Set(in), in)
+		require.True(t, want.Equal(f.time(now)), "%s: got %s, want %s", in, f.time(now), want)
+		require.Equal(t, in, f.String())
+	}
+	for _, in := range []string{"", "yesterday", "-1h", "27/11/2026", "2026-13-01"} {
+		var f timeFlag
+		require.ErrorContains(t, f.Set(in), "is neither an age nor a time", in)
+	}
 }
 
 func TestParseAge(t *testing.T) {

@@ -122,6 +122,44 @@ func parseAge(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// timeFlag is a point in time: an age before now (30d, 90m, 1d12h), or
+// a time in RFC 3339 (2026-11-27T05:00:00Z) or as the tables print it
+// (2026-11-27 05:00:00.000Z); a time without a zone is UTC. The age is
+// resolved against now when the command runs.
+type timeFlag struct {
+	raw string
+	age time.Duration // > 0 for an age
+	at  time.Time
+}
+
+func (f *timeFlag) String() string { return f.raw }
+
+func (f *timeFlag) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if d, err := parseAge(s); err == nil {
+		f.raw, f.age, f.at = s, d, time.Time{}
+		return nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, timeLayout, "2006-01-02 15:04:05.000", "2006-01-02 15:04:05",
+		"2006-01-02T15:04:05", "2006-01-02 15:04", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			f.raw, f.age, f.at = s, 0, t
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is neither an age nor a time: use an age such as 90m or 1d, or a time such as 2026-11-27T05:00:00Z", s)
+}
+
+func (f *timeFlag) Type() string { return "time" }
+
+// time returns the flag's time, an age counted back from now.
+func (f *timeFlag) time(now time.Time) time.Time {
+	if f.age > 0 {
+		return now.Add(-f.age)
+	}
+	return f.at
+}
+
 // countFlag is a whole number of at least 1 (a limit, a batch size).
 type countFlag int
 

@@ -28,12 +28,13 @@ const (
 
 // eventFilter is the selection of events list: zero fields do not filter.
 type eventFilter struct {
-	run, task *uuid.UUID
-	types     []cloacina.EventType
+	run, task    *uuid.UUID
+	types        []cloacina.EventType
+	since, until time.Time
 }
 
 func (f *eventFilter) query() *cloacina.EventQuery {
-	return &cloacina.EventQuery{RunID: f.run, TaskID: f.task, Types: f.types}
+	return &cloacina.EventQuery{RunID: f.run, TaskID: f.task, Types: f.types, Since: f.since, Until: f.until}
 }
 
 // follower prints the events of events list --follow as they are
