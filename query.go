@@ -146,6 +146,9 @@ type ListOpts struct {
 	// ParentRunID keeps the runs that tasks of this run started: its
 	// children, not their descendants. Default: all runs.
 	ParentRunID *uuid.UUID
+	// Since keeps runs created at or after it, Until those created before
+	// it. Default (zero time): no bound.
+	Since, Until time.Time
 	// Limit bounds the runs returned. Default: 100.
 	Limit int
 	// After continues a listing after this run (the last of the previous
@@ -172,6 +175,16 @@ func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error
 	if opts.After != nil {
 		params.CreatedBefore = &opts.After.CreatedAt
 		params.BeforeID = opts.After.ID
+	}
+	if !opts.Since.IsZero() && !opts.Until.IsZero() && !opts.Since.Before(opts.Until) {
+		return nil, fmt.Errorf("cloacina: ListOpts.Since %s is not before Until %s: no run can match; swap them or leave one zero",
+			opts.Since.UTC().Format(time.RFC3339Nano), opts.Until.UTC().Format(time.RFC3339Nano))
+	}
+	if !opts.Since.IsZero() {
+		params.CreatedSince = &opts.Since
+	}
+	if !opts.Until.IsZero() {
+		params.CreatedUntil = &opts.Until
 	}
 	ps, err := db.PipelineList(ctx, params)
 	if err != nil {

@@ -549,3 +549,38 @@ func TestRunOfAChangedWorkflowFailsClearly(t *testing.T) {
 		})
 	}
 }
+
+// ListOpts.Since and Until select runs by creation time; an empty range
+// is refused with the fix.
+func TestListBetweenTimes(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("listed", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		first, err := r.Execute(ctx, "listed", nil)
+		require.NoError(t, err)
+		second, err := r.Execute(ctx, "listed", nil)
+		require.NoError(t, err)
+		require.True(t, second.CreatedAt.After(first.CreatedAt))
+
+		got, err := r.List(ctx, &ListOpts{Since: second.CreatedAt})
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		require.Equal(t, second.ID, got[0].ID, "since is inclusive")
+		got, err = r.List(ctx, &ListOpts{Until: second.CreatedAt})
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		require.Equal(t, first.ID, got[0].ID, "until is exclusive")
+		got, err = r.List(ctx, &ListOpts{Since: first.CreatedAt, Until: second.CreatedAt.Add(time.Microsecond), Limit: 1})
+		require.NoError(t, err)
+		require.Equal(t, second.ID, got[0].ID)
+		got, err = r.List(ctx, &ListOpts{Since: first.CreatedAt, Limit: 1, After: got[0]})
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		require.Equal(t, first.ID, got[0].ID, "paging within the range")
+
+		_, err = r.List(ctx, &ListOpts{Since: second.CreatedAt, Until: first.CreatedAt})
+		require.ErrorContains(t, err, "is not before Until")
+	})
+}

@@ -54,7 +54,10 @@ type PipelineListParams struct {
 	// only runs created strictly before (CreatedBefore, BeforeID) are returned.
 	CreatedBefore *time.Time
 	BeforeID      uuid.UUID
-	Limit         int // 0 means no limit
+	// CreatedSince keeps runs created at or after it, CreatedUntil those
+	// created strictly before it; nil does not filter.
+	CreatedSince, CreatedUntil *time.Time
+	Limit                      int // 0 means no limit
 }
 
 // TaskListParams selects tasks, ordered by pipeline and position.

@@ -180,6 +180,24 @@ func testPipelineList(t *testing.T, s *suite) {
 		require.Empty(t, list(t, b, &driver.PipelineListParams{}))
 	})
 
+	t.Run("CreatedRange", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		since, until := f.b.at(2*time.Second), f.b.at(4*time.Second)
+		require.Equal(t, []uuid.UUID{f.p3, f.p2}, list(t, f.b, &driver.PipelineListParams{CreatedSince: &since, CreatedUntil: &until}),
+			"since is inclusive, until exclusive")
+		require.Equal(t, f.all[:4], list(t, f.b, &driver.PipelineListParams{CreatedSince: &since}))
+		require.Equal(t, []uuid.UUID{f.p3}, list(t, f.b, &driver.PipelineListParams{CreatedSince: &since, CreatedUntil: &until, WorkflowName: "a"}))
+		require.Equal(t, []uuid.UUID{f.p2}, list(t, f.b, &driver.PipelineListParams{CreatedSince: &since,
+			Statuses: []driver.PipelineStatus{driver.PipelineRunning}}))
+		// Paging inside the range.
+		first := list(t, f.b, &driver.PipelineListParams{CreatedSince: &since, Limit: 3})
+		require.Equal(t, f.all[:3], first)
+		last := f.b.getPipeline(t, first[2])
+		require.Equal(t, []uuid.UUID{f.p2}, list(t, f.b, &driver.PipelineListParams{CreatedSince: &since,
+			CreatedBefore: &last.CreatedAt, BeforeID: last.ID}))
+	})
+
 	t.Run("NewestFirst", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t)

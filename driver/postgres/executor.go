@@ -322,6 +322,12 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 	if p.CreatedBefore != nil {
 		where = append(where, "(created_at, id) < ("+a.add(p.CreatedBefore.UTC())+", "+a.add(pgID(p.BeforeID))+")")
 	}
+	if p.CreatedSince != nil {
+		where = append(where, "created_at >= "+a.add(p.CreatedSince.UTC()))
+	}
+	if p.CreatedUntil != nil {
+		where = append(where, "created_at < "+a.add(p.CreatedUntil.UTC()))
+	}
 	q := `SELECT ` + pipelineColumns + ` FROM ` + e.q.pipelineTable
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")

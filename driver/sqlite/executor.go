@@ -264,6 +264,14 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 		where = append(where, "(created_at, id) < (?, ?)")
 		args = append(args, formatTime(*p.CreatedBefore), p.BeforeID.String())
 	}
+	if p.CreatedSince != nil {
+		where = append(where, "created_at >= ?")
+		args = append(args, formatTime(*p.CreatedSince))
+	}
+	if p.CreatedUntil != nil {
+		where = append(where, "created_at < ?")
+		args = append(args, formatTime(*p.CreatedUntil))
+	}
 	q := `SELECT ` + pipelineColumns + ` FROM pipeline_executions`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
@@ -37,16 +38,28 @@ func (a *app) runsListCommand() *cobra.Command {
 	statuses := &choiceFlag{kind: "status", allowed: runStatuses}
 	var workflow, parent string
 	var asJSON bool
+	var since, until timeFlag
 	limit := countFlag(defaultRunLimit)
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List runs, newest first",
 		Example: `  cloacina runs list --status running --status paused
   cloacina runs list --parent <run-id>    # the runs that tasks of a run started
+  cloacina runs list --status failed --since 1d
   cloacina runs list --status failed --json | jq -r .id`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := &cloacina.ListOpts{Workflow: workflow, Limit: int(limit)}
+			now := time.Now()
+			if cmd.Flags().Changed("since") {
+				opts.Since = since.time(now)
+			}
+			if cmd.Flags().Changed("until") {
+				opts.Until = until.time(now)
+			}
+			if !opts.Since.IsZero() && !opts.Until.IsZero() && !opts.Since.Before(opts.Until) {
+				return usageErrorf(cmd, "--since %s is not before --until %s: no run can match", since.raw, until.raw)
+			}
 			if parent != "" {
 				id, err := parseID(parent, "parent run")
 				if err != nil {
@@ -93,6 +106,8 @@ func (a *app) runsListCommand() *cobra.Command {
 	cmd.Flags().StringVar(&workflow, "workflow", "", "only runs of this workflow")
 	cmd.Flags().StringVar(&parent, "parent", "", "only runs started by tasks of this run (its children)")
 	cmd.Flags().Var(&limit, "limit", "show at most this many runs")
+	cmd.Flags().Var(&since, "since", "only runs created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z)")
+	cmd.Flags().Var(&until, "until", "only runs created before this time, or this long ago")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one run a line")
 	return cmd
 }

@@ -51,6 +51,18 @@ func TestRuns(t *testing.T) {
 			require.Contains(t, demo, "input      {\"n\":5,\"records\":[1,2,3,4,5]}\n")
 			require.Contains(t, demo, "output     {\"n\":5,\"records\":[1,2,3,4,5],\"sum_of_squares\":55}\n")
 			require.Len(t, list("--limit", "1"), 1)
+			rows = list()
+			created := rows[0][3] // held's, in the table's format
+			rows = list("--since", created)
+			require.Len(t, rows, 1)
+			require.Equal(t, held, rows[0][0])
+			rows = list("--until", created)
+			require.Len(t, rows, 1)
+			require.Equal(t, "demo", rows[0][1])
+			require.Len(t, list("--since", "1h"), 2)
+			require.Equal(t, "no runs\n", ok(t, url, "runs", "list", "--until", "1h"))
+			requireOneLineError(t, cli(t, "--database-url", url, "runs", "list", "--since", "1h", "--until", "1d"), ExitUsage,
+				"--since 1h is not before --until 1d: no run can match")
 			require.Len(t, list("--workflow", "demo"), 1)
 			rows = list("--status", "pending,running", "--status", "paused")
 			require.Len(t, rows, 1)
