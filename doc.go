@@ -165,13 +165,12 @@
 // due time; a final failure emits task_failed. Each event records the
 // runner that caused it and a sequence number that strictly increases
 // across the database. Query them with [Runner.Events] (by run, task,
-// types, newest first, or following the log without gaps from
-// [EventQuery.Follow] on), [Runner.RunEvents],
-// [Runner.TaskEvents], [Runner.RecentEvents]; stream them as they commit
-// with [Runner.StreamEvents], an iterator that polls the log, resumes from
-// a saved sequence number and rides out lost connections; and count or
-// delete old ones
-// in batches with [Runner.CountEventsBefore] and
+// types, creation time, newest first, or following the log without gaps
+// from [EventQuery.Follow] on), [Runner.RunEvents], [Runner.TaskEvents],
+// [Runner.RecentEvents]; stream them as they commit with
+// [Runner.StreamEvents], an iterator that polls the log, resumes from a
+// saved sequence number and rides out lost connections; and count or
+// delete old ones in batches with [Runner.CountEventsBefore] and
 // [Runner.DeleteEventsBefore]. Retention keeps every event of a run that
 // is Pending, Running or Paused, however old, and deletes the old events
 // of finished runs; [DeleteEventsOpts.IncludeUnfinishedRuns] deletes by
