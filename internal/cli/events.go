@@ -67,16 +67,9 @@ PostgreSQL may show events again). While the database cannot be reached
 			if err != nil {
 				return err
 			}
-			now := time.Now()
 			filter := &eventFilter{run: run.id, task: task.id}
-			if cmd.Flags().Changed("since") {
-				filter.since = since.time(now)
-			}
-			if cmd.Flags().Changed("until") {
-				filter.until = until.time(now)
-			}
-			if !filter.since.IsZero() && !filter.until.IsZero() && !filter.since.Before(filter.until) {
-				return usageErrorf(cmd, "--since %s is not before --until %s: no event can match", since.raw, until.raw)
+			if filter.since, filter.until, err = timeRange(cmd, &since, &until, "event"); err != nil {
+				return err
 			}
 			for _, t := range types.values {
 				filter.types = append(filter.types, cloacina.EventType(t))

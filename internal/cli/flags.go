@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/spf13/cobra"
 
 	"github.com/cloacina-go/cloacina/internal/dag"
 )
@@ -152,12 +153,25 @@ func (f *timeFlag) Set(s string) error {
 
 func (f *timeFlag) Type() string { return "time" }
 
-// time returns the flag's time, an age counted back from now.
+// time returns the flag's time, an age counted back from now; the zero
+// time when the flag was not given.
 func (f *timeFlag) time(now time.Time) time.Time {
 	if f.age > 0 {
 		return now.Add(-f.age)
 	}
 	return f.at
+}
+
+// timeRange resolves --since and --until against now (the zero time for
+// a flag not given); a range that cannot hold anything is a usage error
+// that says so of what.
+func timeRange(cmd *cobra.Command, since, until *timeFlag, what string) (from, to time.Time, err error) {
+	now := time.Now()
+	from, to = since.time(now), until.time(now)
+	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
+		return from, to, usageErrorf(cmd, "--since %s is not before --until %s: no %s can match", since.raw, until.raw, what)
+	}
+	return from, to, nil
 }
 
 // countFlag is a whole number of at least 1 (a limit, a batch size).

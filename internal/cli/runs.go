@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
@@ -50,15 +49,9 @@ func (a *app) runsListCommand() *cobra.Command {
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := &cloacina.ListOpts{Workflow: workflow, Limit: int(limit)}
-			now := time.Now()
-			if cmd.Flags().Changed("since") {
-				opts.Since = since.time(now)
-			}
-			if cmd.Flags().Changed("until") {
-				opts.Until = until.time(now)
-			}
-			if !opts.Since.IsZero() && !opts.Until.IsZero() && !opts.Since.Before(opts.Until) {
-				return usageErrorf(cmd, "--since %s is not before --until %s: no run can match", since.raw, until.raw)
+			var err error
+			if opts.Since, opts.Until, err = timeRange(cmd, &since, &until, "run"); err != nil {
+				return err
 			}
 			if parent != "" {
 				id, err := parseID(parent, "parent run")
