@@ -284,3 +284,38 @@ func TestVacantLeaseTakenAtStart(t *testing.T) {
 		require.True(t, r.IsLeader())
 	})
 }
+
+// Runners names the leader, from any runner's point of view, and the
+// next one once the lease has moved.
+func TestRunnersNameTheLeader(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		first := openRunner(t, url, &Config{HeartbeatInterval: time.Hour, RunnerTimeout: 3 * time.Hour})
+		leads := leadership(first)
+		require.NoError(t, first.Start(ctx))
+		waitLeader(t, leads, true)
+		second := openRunner(t, url, &Config{HeartbeatInterval: 20 * time.Millisecond, RunnerTimeout: time.Hour})
+		secondLeads := leadership(second)
+		require.NoError(t, second.Start(ctx))
+
+		leaders := func(r *Runner) map[string]bool {
+			t.Helper()
+			infos, err := r.Runners(ctx)
+			require.NoError(t, err)
+			out := map[string]bool{}
+			for _, info := range infos {
+				out[info.ID] = info.Leader
+			}
+			return out
+		}
+		want := map[string]bool{first.ID(): true, second.ID(): false}
+		require.Equal(t, want, leaders(first))
+		require.Equal(t, want, leaders(second))
+		require.Equal(t, want, leaders(openRunner(t, url, &Config{ReadOnly: true})), "a read-only runner sees it too")
+
+		require.NoError(t, first.Stop(ctx)) // gives the lease up
+		waitLeader(t, secondLeads, true)
+		require.Equal(t, map[string]bool{second.ID(): true}, leaders(second))
+	})
+}

@@ -124,10 +124,14 @@ func (r *Runner) Runners(ctx context.Context) ([]RunnerInfo, error) {
 	if err != nil {
 		return nil, r.closedErr(err)
 	}
+	lease, err := db.LeaseGet(ctx, &driver.LeaseGetParams{Name: leaderLease})
+	if err != nil {
+		return nil, r.closedErr(err)
+	}
 	out := make([]RunnerInfo, len(rows))
 	for i, row := range rows {
 		out[i] = RunnerInfo{ID: row.ID, Name: row.Name, Host: row.Host, PID: row.PID, Workflows: row.Workflows,
-			StartedAt: row.StartedAt, HeartbeatAt: row.HeartbeatAt}
+			StartedAt: row.StartedAt, HeartbeatAt: row.HeartbeatAt, Leader: lease != nil && lease.Holder == row.ID}
 	}
 	return out, nil
 }

@@ -191,6 +191,11 @@ type RunnerInfo struct {
 	Workflows   []string
 	StartedAt   time.Time
 	HeartbeatAt time.Time
+	// Leader reports that the runner holds the maintenance lease, by the
+	// database's clock: it is the one that sweeps for dead runners and
+	// resets their tasks. At most one runner is leader; between terms,
+	// none is.
+	Leader bool
 }
 
 // RunSummary is one run in a listing.

@@ -202,6 +202,10 @@ type Executor interface {
 	// waits on a locked lease row; a release that cannot apply leaves the
 	// term to expire.
 	LeaseRelease(ctx context.Context, params *LeaseReleaseParams) error
+	// LeaseGet returns the holder of a lease's newest term while it has not
+	// expired by the database's clock, or nil when the lease is vacant. It
+	// only reads, and never waits on a locked term.
+	LeaseGet(ctx context.Context, params *LeaseGetParams) (*LeaseGetResult, error)
 
 	// TaskListOrphaned returns Running tasks whose runner is gone (its
 	// heartbeat expired by the database's clock, or its row is missing),

@@ -127,6 +127,18 @@ type LeaseReleaseParams struct {
 	Holder string
 }
 
+// LeaseGetParams names the lease LeaseGet reads.
+type LeaseGetParams struct {
+	Name string
+}
+
+// LeaseGetResult is a lease's current term.
+type LeaseGetResult struct {
+	Holder    string
+	Term      int64
+	ExpiresAt time.Time
+}
+
 // TaskListOrphanedParams finds Running tasks whose runner is gone: its row
 // is missing or its last heartbeat is more than Timeout old by the
 // database's clock.

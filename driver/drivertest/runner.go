@@ -395,8 +395,23 @@ func (o leaseOps) release(name, holder string) {
 
 // requireHeld checks who may act on a lease: holder renews it, and
 // nobody else can renew or take it.
+// holder reads who holds the lease now, "" when it is vacant.
+func (o leaseOps) holder(name string) string {
+	o.t.Helper()
+	got, err := o.b.drv.Reader().LeaseGet(o.b.ctx, &driver.LeaseGetParams{Name: name})
+	require.NoError(o.t, err)
+	if got == nil {
+		return ""
+	}
+	require.NotEmpty(o.t, got.Holder)
+	require.Positive(o.t, got.Term)
+	require.False(o.t, got.ExpiresAt.IsZero())
+	return got.Holder
+}
+
 func (o leaseOps) requireHeld(name, holder string) {
 	o.t.Helper()
+	require.Equal(o.t, holder, o.holder(name), "LeaseGet names the holder")
 	require.Equal(o.t, &driver.LeaseRenewResult{Held: true}, o.renew(name, holder, time.Hour), "%s renews its term", holder)
 	require.Equal(o.t, &driver.LeaseRenewResult{}, o.renew(name, "someone-else", time.Hour), "held by %s: not vacant", holder)
 	require.False(o.t, o.take(o.b.drv, name, "someone-else", time.Hour).Taken, "held by %s: no takeover", holder)
@@ -421,6 +436,7 @@ func testLease(t *testing.T, s *suite) {
 		b := s.setup(t)
 		o := leaseOps{t, b}
 		const lease = "cloacina_leader"
+		require.Empty(t, o.holder(lease), "a lease never taken has no holder")
 		require.Equal(t, &driver.LeaseRenewResult{Vacant: true}, o.renew(lease, "a", time.Hour),
 			"a lease never taken is vacant, and renewing it takes nothing")
 		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 1}, o.take(b.drv, lease, "a", time.Hour))
@@ -432,6 +448,7 @@ func testLease(t *testing.T, s *suite) {
 		o.release(lease, "b")
 		o.requireHeld(lease, "a") // a release by another holder changes nothing
 		o.release(lease, "a")
+		require.Empty(t, o.holder(lease), "released: no holder")
 		require.Equal(t, &driver.LeaseRenewResult{Vacant: true}, o.renew(lease, "a", time.Hour),
 			"released: vacant at once, and its holder must take it anew")
 		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 2}, o.take(b.drv, lease, "b", time.Hour),
@@ -451,6 +468,7 @@ func testLease(t *testing.T, s *suite) {
 		require.True(t, o.take(b.drv, lease, "a", time.Hour).Taken)
 		require.Equal(t, &driver.LeaseRenewResult{Held: true}, o.renew(lease, "a", 0), "a renewal sets the expiry")
 		o.awaitVacant(lease)
+		require.Empty(t, o.holder(lease), "an expired term has no holder")
 		require.Equal(t, &driver.LeaseRenewResult{Vacant: true}, o.renew(lease, "a", time.Hour), "an expired term is not renewed")
 		require.Equal(t, &driver.LeaseTakeoverResult{Taken: true, Term: 2}, o.take(b.drv, lease, "b", time.Hour))
 		require.Equal(t, &driver.LeaseRenewResult{}, o.renew(lease, "a", time.Hour), "the old holder's renewal fails")

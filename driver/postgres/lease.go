@@ -40,6 +40,22 @@ func (e *executor) LeaseRenew(ctx context.Context, p *driver.LeaseRenewParams) (
 	return res, nil
 }
 
+func (e *executor) LeaseGet(ctx context.Context, p *driver.LeaseGetParams) (*driver.LeaseGetResult, error) {
+	t := e.q.schema + ".cloacina_lease_terms"
+	var res driver.LeaseGetResult
+	err := e.db.QueryRow(ctx, `SELECT holder, term, expires_at FROM `+t+`
+		WHERE name = $1 AND expires_at >= clock_timestamp() AND term = (SELECT max(term) FROM `+t+` WHERE name = $1)`,
+		p.Name).Scan(&res.Holder, &res.Term, &res.ExpiresAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read lease %s: %w", p.Name, mapError(err))
+	}
+	res.ExpiresAt = res.ExpiresAt.UTC()
+	return &res, nil
+}
+
 func (e *executor) LeaseRelease(ctx context.Context, p *driver.LeaseReleaseParams) error {
 	t := e.q.schema + ".cloacina_lease_terms"
 	if _, err := e.db.Exec(ctx, `UPDATE `+t+` SET expires_at = '-infinity' WHERE name = $1 AND term IN (

@@ -41,6 +41,24 @@ func (e *executor) LeaseRenew(ctx context.Context, p *driver.LeaseRenewParams) (
 	return res, nil
 }
 
+func (e *executor) LeaseGet(ctx context.Context, p *driver.LeaseGetParams) (*driver.LeaseGetResult, error) {
+	var res driver.LeaseGetResult
+	var expires string
+	err := e.db.QueryRowContext(ctx, `SELECT holder, term, expires_at FROM cloacina_lease_terms
+		WHERE name = ?1 AND expires_at >= ?2 AND term = (SELECT MAX(term) FROM cloacina_lease_terms WHERE name = ?1)`,
+		p.Name, formatTime(time.Now())).Scan(&res.Holder, &res.Term, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read lease %s: %w", p.Name, mapError(err))
+	}
+	if res.ExpiresAt, err = parseTime(expires); err != nil {
+		return nil, fmt.Errorf("sqlite: read lease %s: %w", p.Name, err)
+	}
+	return &res, nil
+}
+
 func (e *executor) LeaseRelease(ctx context.Context, p *driver.LeaseReleaseParams) error {
 	if _, err := e.db.ExecContext(ctx, `UPDATE cloacina_lease_terms SET expires_at = ?3
 		WHERE name = ?1 AND holder = ?2 AND term = (SELECT MAX(term) FROM cloacina_lease_terms WHERE name = ?1)`,

@@ -19,11 +19,14 @@ func (a *app) statusCommand() *cobra.Command {
 		Use:   "status",
 		Short: "Show the live runners and each workflow's unfinished work",
 		Long: `status lists the runners registered on the database (started and
-heartbeating, or dead and not yet swept) and, for each workflow with
-unfinished work, the tasks waiting to be claimed and how long the oldest has
-waited, the tasks delayed by a retry, the tasks running (deferred ones among
-them) and the unfinished runs by status. A growing OLDEST WAIT means the
-workflow's runners do not keep up, or that none runs it.`,
+heartbeating, or dead and not yet swept); LEADER marks the one that sweeps
+for dead runners.
+
+Then, for each workflow with unfinished work: the tasks waiting to be
+claimed and how long the oldest has waited, the tasks delayed by a retry,
+the tasks running (deferred ones among them) and the unfinished runs by
+status. A growing OLDEST WAIT means the workflow's runners do not keep up,
+or that none runs it.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := a.database(cmd)
@@ -56,10 +59,14 @@ func writeStatus(a *app, runners []cloacina.RunnerInfo, backlog []cloacina.Backl
 	if len(runners) == 0 {
 		fmt.Fprintln(a.stdout, "no runners")
 	} else {
-		tb := newTable("RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "WORKFLOWS").alignRight(3)
+		tb := newTable("RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "LEADER", "WORKFLOWS").alignRight(3)
 		for _, ri := range runners {
+			leader := "-"
+			if ri.Leader {
+				leader = "yes"
+			}
 			tb.add(ri.ID, ri.Name, ri.Host, strconv.Itoa(ri.PID), formatTime(ri.StartedAt), formatTime(ri.HeartbeatAt),
-				dash(strings.Join(ri.Workflows, ",")))
+				leader, dash(strings.Join(ri.Workflows, ",")))
 		}
 		if err := tb.render(a.stdout); err != nil {
 			return err
@@ -97,6 +104,7 @@ type runnerJSON struct {
 	Workflows   []string  `json:"workflows"`
 	StartedAt   time.Time `json:"started_at"`
 	HeartbeatAt time.Time `json:"heartbeat_at"`
+	Leader      bool      `json:"leader"`
 }
 
 type backlogJSON struct {
@@ -119,7 +127,7 @@ func newStatusJSON(runners []cloacina.RunnerInfo, backlog []cloacina.Backlog) st
 			workflows = []string{}
 		}
 		j.Runners[i] = runnerJSON{ID: ri.ID, Name: ri.Name, Host: ri.Host, PID: ri.PID, Workflows: workflows,
-			StartedAt: ri.StartedAt.UTC(), HeartbeatAt: ri.HeartbeatAt.UTC()}
+			StartedAt: ri.StartedAt.UTC(), HeartbeatAt: ri.HeartbeatAt.UTC(), Leader: ri.Leader}
 	}
 	for i, b := range backlog {
 		j.Backlog[i] = backlogJSON{Workflow: b.Workflow, Ready: b.Ready, OldestReadyAt: utc(b.OldestReadyAt), Delayed: b.Delayed,

@@ -23,6 +23,7 @@ func TestStatus(t *testing.T) {
 			require.Equal(t, "no runners\n\nno unfinished work\n", ok(t, url, "status"))
 
 			r, started, _ := startGateRunner(t, url)
+			require.Eventually(t, r.IsLeader, followDeadline, 5*time.Millisecond, "the only runner takes the vacant lease")
 			_, err := r.ExecuteAsync(ctx, "gate", nil)
 			require.NoError(t, err)
 			receive(t, started, "start of the gate task")
@@ -36,10 +37,10 @@ func TestStatus(t *testing.T) {
 			runnersOut, backlogOut, found := strings.Cut(out, "\n\n")
 			require.True(t, found, out)
 			header, rows := parseTable(t, runnersOut)
-			require.Equal(t, row{"RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "WORKFLOWS"}, header)
+			require.Equal(t, row{"RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "LEADER", "WORKFLOWS"}, header)
 			require.Len(t, rows, 1, "the started runner; runners that only submit are not registered")
 			require.Equal(t, r.ID(), rows[0][0])
-			require.Equal(t, "gate,quick", rows[0][6])
+			require.Equal(t, row{"yes", "gate,quick"}, rows[0][6:])
 
 			header, rows = parseTable(t, backlogOut)
 			require.Equal(t, row{"WORKFLOW", "READY", "OLDEST WAIT", "DELAYED", "RUNNING", "DEFERRED", "PENDING RUNS", "RUNNING RUNS", "PAUSED RUNS"}, header)
@@ -53,6 +54,7 @@ func TestStatus(t *testing.T) {
 			runners := st["runners"].([]any)
 			require.Len(t, runners, 1)
 			require.Equal(t, r.ID(), runners[0].(map[string]any)["id"])
+			require.Equal(t, true, runners[0].(map[string]any)["leader"])
 			backlog := st["backlog"].([]any)
 			require.Len(t, backlog, 2)
 			held := backlog[1].(map[string]any)
