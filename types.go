@@ -118,8 +118,8 @@ type TaskDetail struct {
 	Output *Context
 	// RunnerID is the runner holding the task's claim while it is Running.
 	RunnerID string
-	// DueAt is when a Ready task may be claimed: a retry's due time. Nil
-	// for a task that is not Ready.
+	// DueAt is when a Ready task may be claimed: a retry's due time, or
+	// when the task became ready. Nil for a task that is not Ready.
 	DueAt *time.Time
 }
 
