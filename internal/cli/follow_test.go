@@ -170,6 +170,16 @@ func startGateRunner(t *testing.T, url string) (r *cloacina.Runner, started chan
 	return r, started, release
 }
 
+// startGate starts a run of gate on r and waits until its first task
+// runs (and holds); it returns the run's handle.
+func startGate(t *testing.T, r *cloacina.Runner, started <-chan uuid.UUID) *cloacina.Execution {
+	t.Helper()
+	exec, err := r.ExecuteAsync(t.Context(), "gate", nil)
+	require.NoError(t, err)
+	require.Equal(t, exec.ID(), receive(t, started, "start of the gate task"))
+	return exec
+}
+
 func receive[T any](t *testing.T, ch <-chan T, what string) T {
 	t.Helper()
 	select {
@@ -223,9 +233,7 @@ func TestEventsFollowRun(t *testing.T) {
 				ctx := t.Context()
 				url := b.URL(t)
 				r, started, release := startGateRunner(t, url)
-				exec, err := r.ExecuteAsync(ctx, "gate", nil)
-				require.NoError(t, err)
-				require.Equal(t, exec.ID(), receive(t, started, "start of the gate task"))
+				exec := startGate(t, r, started)
 
 				f := startFollow(t, url, "--run", exec.ID().String())
 				f.out.waitFor(t, "task_started of wait", hasEvent("task_started", "wait"))
@@ -357,9 +365,7 @@ func TestEventsFollowOutlastsLostConnections(t *testing.T) {
 	ctx := t.Context()
 	url := testdb.PostgresSchemaURL(t)
 	r, started, release := startGateRunner(t, url)
-	exec, err := r.ExecuteAsync(ctx, "gate", nil)
-	require.NoError(t, err)
-	receive(t, started, "start of the gate task")
+	exec := startGate(t, r, started)
 	app := "follow_" + strings.ReplaceAll(uuid.NewString(), "-", "")
 	f := startFollow(t, url+"&application_name="+app, "--run", exec.ID().String())
 	f.nextPoll(t)

@@ -117,9 +117,7 @@ func TestJSONFollowRun(t *testing.T) {
 			ctx := t.Context()
 			url := b.URL(t)
 			r, started, release := startGateRunner(t, url)
-			exec, err := r.ExecuteAsync(ctx, "gate", nil)
-			require.NoError(t, err)
-			require.Equal(t, exec.ID(), receive(t, started, "start of the gate task"))
+			exec := startGate(t, r, started)
 
 			f := startFollow(t, url, "--run", exec.ID().String(), "--json")
 			f.out.waitFor(t, "task_started", func(out string) bool { return strings.Contains(out, `"type":"task_started"`) })

@@ -24,9 +24,7 @@ func TestStatus(t *testing.T) {
 
 			r, started, _ := startGateRunner(t, url)
 			require.Eventually(t, r.IsLeader, followDeadline, 5*time.Millisecond, "the only runner takes the vacant lease")
-			_, err := r.ExecuteAsync(ctx, "gate", nil)
-			require.NoError(t, err)
-			receive(t, started, "start of the gate task")
+			startGate(t, r, started)
 			paused, err := openRunner(t, url, heldWorkflow()).ExecuteAsync(ctx, "held", nil)
 			require.NoError(t, err)
 			require.NoError(t, r.Pause(ctx, paused.ID()))
