@@ -216,4 +216,25 @@ type Executor interface {
 	TaskSubStatusSet(ctx context.Context, params *TaskSubStatusParams) (bool, error)
 	// TaskFenceCheck reports which claims no longer hold.
 	TaskFenceCheck(ctx context.Context, params *TaskFenceCheckParams) (*TaskFenceCheckResult, error)
+
+	// ScheduleSync stores the definitions of the schedules a runner
+	// declares (see ScheduleSyncParams).
+	ScheduleSync(ctx context.Context, params *ScheduleSyncParams) error
+	// ScheduleList returns stored schedules, by name.
+	ScheduleList(ctx context.Context, params *ScheduleListParams) ([]*Schedule, error)
+	// ScheduleDue returns and locks the due schedules (see
+	// ScheduleDueParams), by name; call it in a write transaction.
+	ScheduleDue(ctx context.Context, params *ScheduleDueParams) ([]*Schedule, error)
+	// ScheduleFire records fired ticks and moves the schedule on (see
+	// ScheduleFireParams).
+	ScheduleFire(ctx context.Context, params *ScheduleFireParams) error
+	// SchedulePause pauses or resumes a schedule; it fails with
+	// ErrNotFound when there is none of that name.
+	SchedulePause(ctx context.Context, params *SchedulePauseParams) error
+	// ScheduleDelete removes a schedule and its recorded ticks (the runs
+	// they started stay); it fails with ErrNotFound when there is none of
+	// that name.
+	ScheduleDelete(ctx context.Context, name string) error
+	// ScheduleTickList returns the ticks a schedule fired, newest first.
+	ScheduleTickList(ctx context.Context, params *ScheduleTickListParams) ([]*ScheduleTickRow, error)
 }

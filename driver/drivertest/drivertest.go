@@ -119,6 +119,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"ClaimOnReady", testClaimOnReady},
 		{"ReadOnly", testReadOnly},
 		{"BatchSizes", testBatchSizes},
+		{"Schedules", testSchedules},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

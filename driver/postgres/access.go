@@ -28,6 +28,8 @@ var tables = []string{
 	"execution_events",
 	"cloacina_runners",
 	"cloacina_lease_terms",
+	"cloacina_schedules",
+	"cloacina_schedule_ticks",
 }
 
 // schemaAccess is what the connected role may do with the schema.
