@@ -142,9 +142,20 @@ var closedCalls = map[string]func(ctx context.Context, r *Runner, x *closedTarge
 		_, err := r.DeleteEventsBefore(ctx, time.Now(), nil)
 		return err
 	},
-	"Runner.Cancel": func(ctx context.Context, r *Runner, x *closedTarget) error { return r.Cancel(ctx, x.exec.ID()) },
-	"Runner.Pause":  func(ctx context.Context, r *Runner, x *closedTarget) error { return r.Pause(ctx, x.exec.ID()) },
-	"Runner.Resume": func(ctx context.Context, r *Runner, x *closedTarget) error { return r.Resume(ctx, x.exec.ID()) },
+	"Runner.Schedules": func(ctx context.Context, r *Runner, _ *closedTarget) error {
+		_, err := r.Schedules(ctx)
+		return err
+	},
+	"Runner.ScheduleTicks": func(ctx context.Context, r *Runner, _ *closedTarget) error {
+		_, err := r.ScheduleTicks(ctx, "s", 10)
+		return err
+	},
+	"Runner.PauseSchedule":  func(ctx context.Context, r *Runner, _ *closedTarget) error { return r.PauseSchedule(ctx, "s") },
+	"Runner.ResumeSchedule": func(ctx context.Context, r *Runner, _ *closedTarget) error { return r.ResumeSchedule(ctx, "s") },
+	"Runner.DeleteSchedule": func(ctx context.Context, r *Runner, _ *closedTarget) error { return r.DeleteSchedule(ctx, "s") },
+	"Runner.Cancel":         func(ctx context.Context, r *Runner, x *closedTarget) error { return r.Cancel(ctx, x.exec.ID()) },
+	"Runner.Pause":          func(ctx context.Context, r *Runner, x *closedTarget) error { return r.Pause(ctx, x.exec.ID()) },
+	"Runner.Resume":         func(ctx context.Context, r *Runner, x *closedTarget) error { return r.Resume(ctx, x.exec.ID()) },
 	"Execution.Wait": func(ctx context.Context, _ *Runner, x *closedTarget) error {
 		_, err := x.exec.Wait(ctx)
 		return err

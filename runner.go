@@ -96,6 +96,12 @@ type Config struct {
 	// or, when the leader does not run the task's workflow, by the next
 	// runner that claims it. Default: 3.
 	MaxRecoveries int
+	// Schedules start runs of the registered workflows on cron
+	// specifications while the runner is started (see Schedule). They
+	// are checked at Open and stored in the database at Start; runners
+	// in other processes may declare the same ones, and each tick fires
+	// once. Default: none.
+	Schedules []Schedule
 }
 
 const (
@@ -178,6 +184,9 @@ type Runner struct {
 
 	waitMu  sync.Mutex
 	waiters map[uuid.UUID]map[chan struct{}]struct{}
+
+	// schedules are the schedules this runner declares, by name.
+	schedules map[string]*compiledSchedule
 
 	// starts groups concurrent ExecuteAsync calls into one transaction.
 	starts startQueue
@@ -352,6 +361,11 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 			return nil, err
 		}
 	}
+	schedules, err := r.compileSchedules(c.Schedules)
+	if err != nil {
+		return nil, err
+	}
+	r.schedules = schedules
 	if c.SkipMigrations || c.ReadOnly {
 		current, latest, err := drv.MigrationVersion(ctx)
 		if err != nil {

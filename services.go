@@ -51,6 +51,8 @@ type services struct {
 
 	wake chan struct{}
 	due  chan time.Time
+	// scheduleWake asks the schedule loop for a pass now.
+	scheduleWake chan struct{}
 	// rowStale asks the heartbeat loop to write the runner's row now: a
 	// workflow was registered.
 	rowStale  chan struct{}
@@ -112,6 +114,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	base := context.WithoutCancel(ctx)
 	svc := &services{
 		wake:          make(chan struct{}, 1),
+		scheduleWake:  make(chan struct{}, 1),
 		due:           make(chan time.Time, 16),
 		rowStale:      make(chan struct{}, 1),
 		slots:         make(chan struct{}, r.cfg.MaxConcurrentTasks),
@@ -136,6 +139,10 @@ func (r *Runner) Start(ctx context.Context) error {
 		r.deregister()
 		return fmt.Errorf("cloacina: start runner: reset the claims left under runner id %s: %w", r.id, err)
 	}
+	if err := r.syncSchedules(ctx); err != nil {
+		r.deregister()
+		return err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.isClosed() {
@@ -155,6 +162,10 @@ func (r *Runner) Start(ctx context.Context) error {
 	go r.watchLoop(svc)
 	go r.heartbeatLoop(svc)
 	go r.completeLoop(svc)
+	if len(r.schedules) > 0 {
+		svc.loops.Add(1)
+		go r.scheduleLoop(svc)
+	}
 	r.logger.Info("runner started", "runner_name", r.name, "backend", r.drv.Name(), "workflows", len(r.workflows),
 		"max_concurrent_tasks", r.cfg.MaxConcurrentTasks)
 	return nil

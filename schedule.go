@@ -1,0 +1,631 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/robfig/cron/v3"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/dag"
+)
+
+// Schedule starts runs of a workflow on a cron specification: one run per
+// tick, from whichever started runner declares the schedule, exactly once
+// however many runners, in however many processes, declare it.
+//
+// The definition lives in the code (Config.Schedules); the schedule's
+// state — its next tick, whether it is paused, the ticks it fired — lives
+// in the database, under its Name. A runner that starts stores the
+// definitions it declares; a schedule whose Cron and Location are
+// unchanged keeps its next tick, so that ticks that passed while no runner
+// ran are found late and handled by CatchUp. One whose timing changed
+// starts over from the next tick after now. When runners declare different
+// definitions under one name (during a rolling deploy), the one stored
+// last is the one every runner fires by.
+//
+// A tick fires in one transaction that creates its run, records the tick
+// (the database refuses a tick recorded twice) and moves the schedule on,
+// so a crash either fires a tick with its run or leaves it due. A run
+// started by a tick has the schedule's Input plus two keys: "schedule"
+// (the schedule's name) and "scheduled_at" (the tick, RFC 3339 in UTC);
+// read them with ScheduledAt. Ticks are fired at most one PollInterval
+// late while the runner is idle between them, and usually within
+// milliseconds.
+type Schedule struct {
+	// Name identifies the schedule in the database (one namespace per
+	// database or PostgreSQL schema). Required.
+	Name string
+	// Workflow is the name of the workflow each tick runs; it must be
+	// registered in the same Config. Required.
+	Workflow string
+	// Cron is when ticks fall: five fields (minute, hour, day of month,
+	// month, day of week: "30 2 * * 1-5" is 02:30 on weekdays), six with
+	// a leading seconds field ("*/10 * * * * *"), or a descriptor:
+	// @yearly, @monthly, @weekly, @daily, @hourly, or "@every 1h30m"
+	// (intervals counted from the previous tick). Parsed by
+	// github.com/robfig/cron/v3. Required.
+	Cron string
+	// Location is the time zone Cron is read in, daylight saving time
+	// included: "0 9 * * *" in Europe/Paris fires at 09:00 Paris time
+	// all year. Default: UTC. time.Local is refused, since runners on
+	// other machines may not share it: name the zone
+	// (time.LoadLocation("Europe/Paris")).
+	Location *time.Location
+	// Input is each run's input context (nil: empty), to which a run adds
+	// the "schedule" and "scheduled_at" keys; Input must not set them.
+	Input *Context
+	// CatchUp says which of the ticks that passed while no runner fired
+	// them (every runner down, or all stopped) run when a runner finds
+	// them. Default: CatchUpLatest.
+	CatchUp CatchUp
+	// MaxLateness, when positive, drops ticks found more than this after
+	// their time instead of running them: with CatchUpLatest, a schedule
+	// that must not run late at all (a 09:00 reminder is no use at noon).
+	// Default: 0, no limit.
+	MaxLateness time.Duration
+}
+
+// CatchUp is what a schedule does with the ticks it finds late.
+type CatchUp string
+
+const (
+	// CatchUpLatest runs only the newest of the ticks found late: one run
+	// however long no runner fired the schedule.
+	CatchUpLatest CatchUp = "latest"
+	// CatchUpAll runs every tick found late, oldest first, each with its
+	// own scheduled_at: a schedule whose runs each process their own
+	// period (a day's data, say) misses none. At most maxCatchUpTicks are
+	// fired per transaction; the rest follow at once.
+	CatchUpAll CatchUp = "all"
+)
+
+// The keys a tick adds to its run's input.
+const (
+	scheduleKey    = "schedule"
+	scheduledAtKey = "scheduled_at"
+)
+
+// maxCatchUpTicks bounds the runs one schedule starts in one transaction.
+const maxCatchUpTicks = 100
+
+// ErrScheduleNotFound is returned for a schedule name the database does
+// not hold.
+var ErrScheduleNotFound = errors.New("schedule not found")
+
+// cronParser reads five fields, six with seconds first, or a descriptor.
+var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// ScheduledAt returns the tick that started the run a task belongs to, and
+// the schedule's name, from the task's context (keys "scheduled_at" and
+// "schedule"); ok is false for a run no schedule started. Root tasks
+// receive them with the run's input; others as long as their dependencies
+// pass them on.
+func ScheduledAt(tc *Context) (at time.Time, schedule string, ok bool) {
+	at, err := Get[time.Time](tc, scheduledAtKey)
+	if err != nil {
+		return time.Time{}, "", false
+	}
+	schedule, _ = Get[string](tc, scheduleKey)
+	return at, schedule, true
+}
+
+// compiledSchedule is a declared schedule, checked and encoded.
+type compiledSchedule struct {
+	def   driver.ScheduleDef
+	spec  cron.Schedule
+	input *Context
+}
+
+// parseCron parses a schedule's Cron in the zone named tz.
+func parseCron(spec, tz string) (cron.Schedule, error) {
+	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
+		return nil, fmt.Errorf("cron %q names a time zone: set Schedule.Location instead", spec)
+	}
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		return nil, fmt.Errorf("time zone %q: %w", tz, err)
+	}
+	s, err := cronParser.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("cron %q: %w: write five fields (minute hour day-of-month month day-of-week, as \"30 2 * * 1-5\"), "+
+			"six with seconds first, or a descriptor (@hourly, @daily, \"@every 10m\")", spec, err)
+	}
+	if ss, ok := s.(*cron.SpecSchedule); ok {
+		ss.Location = loc
+	}
+	return s, nil
+}
+
+// compileSchedules checks the declared schedules against the registered
+// workflows, before anything is written.
+func (r *Runner) compileSchedules(defs []Schedule) (map[string]*compiledSchedule, error) {
+	out := make(map[string]*compiledSchedule, len(defs))
+	for i, s := range defs {
+		fail := func(format string, args ...any) error {
+			return fmt.Errorf("cloacina: Config.Schedules[%d] (%q): %s", i, s.Name, fmt.Sprintf(format, args...))
+		}
+		switch {
+		case strings.TrimSpace(s.Name) == "":
+			return nil, fail("Name is empty: give the schedule a name to identify it in the database")
+		case out[s.Name] != nil:
+			return nil, fail("another schedule has this Name: names must be unique")
+		case s.MaxLateness < 0:
+			return nil, fail("MaxLateness %s is negative: use 0 for no limit", s.MaxLateness)
+		case s.Location == time.Local:
+			return nil, fail("Location is time.Local, which runners on other machines may not share: name the zone, as time.LoadLocation(\"Europe/Paris\")")
+		}
+		if s.Workflow == "" {
+			return nil, fail("Workflow is empty: name the workflow each tick runs")
+		}
+		if _, err := r.workflow(s.Workflow); err != nil {
+			return nil, fail("%v", err)
+		}
+		catchUp := s.CatchUp
+		if catchUp == "" {
+			catchUp = CatchUpLatest
+		}
+		if catchUp != CatchUpLatest && catchUp != CatchUpAll {
+			return nil, fail("CatchUp %q is unknown: use CatchUpLatest or CatchUpAll", s.CatchUp)
+		}
+		loc := s.Location
+		if loc == nil {
+			loc = time.UTC
+		}
+		spec, err := parseCron(s.Cron, loc.String())
+		if err != nil {
+			return nil, fail("%v", err)
+		}
+		input := NewContext()
+		if s.Input != nil {
+			input = s.Input.Clone()
+		}
+		for _, k := range []string{scheduleKey, scheduledAtKey} {
+			if _, ok := input.values[k]; ok {
+				return nil, fail("Input sets %q, which each run gets from its tick: use another key", k)
+			}
+		}
+		raw, err := input.MarshalJSON()
+		if err != nil {
+			return nil, fail("encode Input: %v", err)
+		}
+		out[s.Name] = &compiledSchedule{spec: spec, input: input, def: driver.ScheduleDef{Name: s.Name, WorkflowName: s.Workflow,
+			Cron: s.Cron, Timezone: loc.String(), Input: raw, CatchUp: string(catchUp), MaxLateness: s.MaxLateness}}
+	}
+	return out, nil
+}
+
+// syncSchedules stores the definitions of the schedules this runner
+// declares (see driver.ScheduleSyncParams).
+func (r *Runner) syncSchedules(ctx context.Context) error {
+	if len(r.schedules) == 0 {
+		return nil
+	}
+	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		p := &driver.ScheduleSyncParams{Now: c.now}
+		for _, name := range r.scheduleNames() {
+			s := r.schedules[name]
+			def := s.def
+			def.NextFireAt = s.spec.Next(c.now).UTC()
+			p.Schedules = append(p.Schedules, def)
+		}
+		return tx.ScheduleSync(ctx, p)
+	})
+	if err != nil {
+		return fmt.Errorf("cloacina: store schedules: %w", err)
+	}
+	return nil
+}
+
+func (r *Runner) scheduleNames() []string {
+	names := make([]string, 0, len(r.schedules))
+	for name := range r.schedules {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// dueTicks returns the ticks of spec to fire at now, when the next one due
+// was next, and the tick to fire after them. With CatchUpLatest only the
+// newest tick at or before now fires; with CatchUpAll every one, up to
+// maxCatchUpTicks (the tick after those is then due already). Ticks more
+// than maxLate before now (when positive) are dropped.
+func dueTicks(spec cron.Schedule, next, now time.Time, catchUp CatchUp, maxLate time.Duration) (fire []time.Time, after time.Time) {
+	if next.After(now) {
+		return nil, next
+	}
+	anchor := next
+	if maxLate > 0 {
+		if oldest := now.Add(-maxLate); next.Before(oldest) {
+			next = tickAfter(spec, anchor, oldest.Add(-time.Nanosecond))
+		}
+	}
+	if next.After(now) {
+		return nil, next
+	}
+	if catchUp == CatchUpAll {
+		t := next
+		for !t.After(now) && len(fire) < maxCatchUpTicks {
+			fire = append(fire, t)
+			t = tickAfter(spec, anchor, t)
+		}
+		return fire, t
+	}
+	last := latestTick(spec, anchor, next, now)
+	return []time.Time{last}, tickAfter(spec, anchor, last)
+}
+
+// tickAfter returns the first tick of spec after t. A cron specification's
+// ticks are fixed; an interval's ("@every 1h") are counted from the tick
+// anchor, one of them, rather than from t.
+func tickAfter(spec cron.Schedule, anchor, t time.Time) time.Time {
+	if d, ok := spec.(cron.ConstantDelaySchedule); ok {
+		if t.Before(anchor) {
+			return anchor
+		}
+		return anchor.Add((t.Sub(anchor)/d.Delay + 1) * d.Delay)
+	}
+	return spec.Next(t)
+}
+
+// latestTick returns the newest tick of spec in [from, now], from being a
+// tick at or before now, without walking every tick since from: it widens
+// a window back from now until a tick falls in it, then walks that window
+// only.
+func latestTick(spec cron.Schedule, anchor, from, now time.Time) time.Time {
+	if d, ok := spec.(cron.ConstantDelaySchedule); ok {
+		return anchor.Add(now.Sub(anchor) / d.Delay * d.Delay)
+	}
+	for d := time.Second; ; d *= 2 {
+		start := now.Add(-d)
+		if !start.After(from) {
+			start = from.Add(-time.Nanosecond)
+		}
+		if t := spec.Next(start); !t.After(now) {
+			for n := spec.Next(t); !n.After(now); n = spec.Next(n) {
+				t = n
+			}
+			return t
+		}
+		if !start.After(from) {
+			// Unreachable while from is a tick at or before now.
+			return from
+		}
+	}
+}
+
+// scheduleLoop fires this runner's schedules while it is started. It
+// reads when the earliest of them is due and sleeps until then, or a
+// PollInterval at most (another process may resume or change a
+// schedule), so that an idle runner costs one read per PollInterval; a
+// firing transaction is begun only for a due tick.
+func (r *Runner) scheduleLoop(svc *services) {
+	defer svc.loops.Done()
+	ctx := svc.claimCtx
+	names := r.scheduleNames()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-svc.scheduleWake:
+		}
+		if svc.draining.Load() {
+			return
+		}
+		wait := r.untilNextTick(ctx, names)
+		if wait <= 0 {
+			if moved, err := r.fireSchedules(ctx); err == nil && moved > 0 {
+				// More may be due (CatchUpAll fires in batches).
+				wait = 0
+			} else {
+				// Due but not fired: another runner is firing it, this one
+				// cannot (see fireSchedules), or the database failed.
+				wait = r.cfg.PollInterval
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// fireSchedules fires the due ticks of this runner's schedules in one
+// transaction and returns how many schedules it moved on.
+func (r *Runner) fireSchedules(ctx context.Context) (moved int, err error) {
+	names := r.scheduleNames()
+	var fired int
+	_, err = r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		moved, fired = 0, 0
+		due, err := tx.ScheduleDue(ctx, &driver.ScheduleDueParams{Names: names, Now: c.now})
+		if err != nil {
+			return err
+		}
+		var runs []*newRun
+		var fires []*driver.ScheduleFireParams
+		for _, s := range due {
+			ticks, after, err := r.planTicks(s, c.now)
+			if err != nil {
+				// A definition this runner cannot fire (stored by another
+				// version of the code): leave it to runners that can.
+				r.logger.Warn("schedule not fired", "schedule", s.Name, "error", err)
+				continue
+			}
+			f := &driver.ScheduleFireParams{Name: s.Name, Expect: s.NextFireAt, NextFireAt: after, Now: c.now}
+			for _, t := range ticks {
+				f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, PipelineID: t.run.id})
+				runs = append(runs, t.run)
+			}
+			if !s.NextFireAt.Equal(firstOr(ticks, after)) {
+				r.logger.Info("schedule skipped late ticks", "schedule", s.Name, "from", s.NextFireAt,
+					"catch_up", s.CatchUp, "max_lateness", s.MaxLateness)
+			}
+			fires = append(fires, f)
+		}
+		if err := r.createRuns(ctx, tx, c, runs, false); err != nil {
+			return err
+		}
+		for _, f := range fires {
+			if err := tx.ScheduleFire(ctx, f); err != nil {
+				return err
+			}
+		}
+		moved, fired = len(fires), len(runs)
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			r.logger.Warn("fire schedules", "error", err)
+		}
+		return 0, err
+	}
+	if fired > 0 {
+		r.logger.Debug("schedules fired", "runs", fired)
+	}
+	return moved, nil
+}
+
+// tick is a tick about to fire and the run it starts.
+type tick struct {
+	at  time.Time
+	run *newRun
+}
+
+func firstOr(ticks []tick, after time.Time) time.Time {
+	if len(ticks) > 0 {
+		return ticks[0].at
+	}
+	return after
+}
+
+// planTicks builds the runs of the ticks of s due at now, by the stored
+// definition, and returns the tick due after them.
+func (r *Runner) planTicks(s *driver.Schedule, now time.Time) ([]tick, time.Time, error) {
+	spec, err := parseCron(s.Cron, s.Timezone)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	wf, err := r.workflow(s.WorkflowName)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	input, err := contextFromJSON(s.Input)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("input: %w", err)
+	}
+	ats, after := dueTicks(spec, s.NextFireAt, now, CatchUp(s.CatchUp), s.MaxLateness)
+	ticks := make([]tick, len(ats))
+	for i, at := range ats {
+		in := input.Clone()
+		if err := in.Set(scheduleKey, s.Name); err != nil {
+			return nil, time.Time{}, err
+		}
+		if err := in.Set(scheduledAtKey, at.UTC()); err != nil {
+			return nil, time.Time{}, err
+		}
+		raw, err := in.MarshalJSON()
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		ticks[i] = tick{at: at.UTC(), run: &newRun{id: newID(), wf: wf, input: raw}}
+	}
+	return ticks, after.UTC(), nil
+}
+
+// untilNextTick reads when this runner's next tick falls and returns how
+// long to wait for it (zero or less: due now), a PollInterval at most.
+func (r *Runner) untilNextTick(ctx context.Context, names []string) time.Duration {
+	wait := r.cfg.PollInterval
+	rows, err := r.drv.Reader().ScheduleList(ctx, &driver.ScheduleListParams{Names: names})
+	if err != nil {
+		return wait
+	}
+	now := r.now()
+	for _, s := range rows {
+		if !s.Paused {
+			wait = min(wait, s.NextFireAt.Sub(now))
+		}
+	}
+	return wait
+}
+
+// wakeSchedules asks the schedule loop for a pass now.
+func (r *Runner) wakeSchedules() {
+	if svc := r.services(); svc != nil {
+		select {
+		case svc.scheduleWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// ScheduleInfo is a stored schedule: its definition, as the runner that
+// declared it last stored it, and its state.
+type ScheduleInfo struct {
+	Name        string
+	Workflow    string
+	Cron        string
+	Timezone    string
+	Input       *Context
+	CatchUp     CatchUp
+	MaxLateness time.Duration
+	Paused      bool
+	// NextFireAt is the next tick (while paused, the one it was at).
+	NextFireAt time.Time
+	// LastTickAt is the newest tick fired, LastRunID the run it started
+	// and LastFiredAt when it fired; nil before the first.
+	LastTickAt  *time.Time
+	LastRunID   *uuid.UUID
+	LastFiredAt *time.Time
+	// Fired counts the runs the schedule has started.
+	Fired     int64
+	CreatedAt time.Time
+	// UpdatedAt is when the definition last changed or the schedule was
+	// paused or resumed.
+	UpdatedAt time.Time
+}
+
+// ScheduleTick is a tick a schedule fired and the run it started.
+type ScheduleTick struct {
+	Schedule string
+	At       time.Time
+	RunID    uuid.UUID
+	FiredAt  time.Time
+}
+
+// Schedules returns the schedules stored in the database, by name: those
+// of every runner, not only this one's. It works on a read-only runner.
+func (r *Runner) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
+	db, err := r.reader()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.ScheduleList(ctx, &driver.ScheduleListParams{})
+	if err != nil {
+		return nil, r.closedErr(err)
+	}
+	out := make([]ScheduleInfo, len(rows))
+	for i, s := range rows {
+		input, err := contextFromJSON(s.Input)
+		if err != nil {
+			return nil, fmt.Errorf("schedule %q: input: %w", s.Name, err)
+		}
+		out[i] = ScheduleInfo{Name: s.Name, Workflow: s.WorkflowName, Cron: s.Cron, Timezone: s.Timezone, Input: input,
+			CatchUp: CatchUp(s.CatchUp), MaxLateness: s.MaxLateness, Paused: s.Paused, NextFireAt: s.NextFireAt,
+			LastTickAt: s.LastTickAt, LastRunID: s.LastRunID, LastFiredAt: s.LastFiredAt, Fired: s.Fired,
+			CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
+	}
+	return out, nil
+}
+
+// ScheduleTicks returns the newest ticks (at most limit; 100 when limit is
+// not positive) that the named schedule fired, newest first, with the runs
+// they started.
+func (r *Runner) ScheduleTicks(ctx context.Context, name string, limit int) ([]ScheduleTick, error) {
+	db, err := r.reader()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := r.scheduleRow(ctx, db, name); err != nil {
+		return nil, err
+	}
+	rows, err := db.ScheduleTickList(ctx, &driver.ScheduleTickListParams{Name: name, Limit: limit})
+	if err != nil {
+		return nil, r.closedErr(err)
+	}
+	out := make([]ScheduleTick, len(rows))
+	for i, t := range rows {
+		out[i] = ScheduleTick{Schedule: t.ScheduleName, At: t.At, RunID: t.PipelineID, FiredAt: t.FiredAt}
+	}
+	return out, nil
+}
+
+// PauseSchedule stops the named schedule from firing, from any process,
+// until ResumeSchedule: the runners that declare it keep it paused across
+// restarts. A run it started already goes on.
+func (r *Runner) PauseSchedule(ctx context.Context, name string) error {
+	if err := r.checkWritable(fmt.Sprintf("pause schedule %q", name)); err != nil {
+		return err
+	}
+	err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		return tx.SchedulePause(ctx, &driver.SchedulePauseParams{Name: name, Paused: true, Now: c.now})
+	})
+	return r.scheduleErr(name, err)
+}
+
+// ResumeSchedule lets a paused schedule fire again from its next tick
+// after now: the ticks that passed while it was paused do not run.
+// Resuming a schedule that is not paused moves nothing.
+func (r *Runner) ResumeSchedule(ctx context.Context, name string) error {
+	if err := r.checkWritable(fmt.Sprintf("resume schedule %q", name)); err != nil {
+		return err
+	}
+	err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		s, err := r.scheduleRow(ctx, tx, name)
+		if err != nil || !s.Paused {
+			return err
+		}
+		spec, err := parseCron(s.Cron, s.Timezone)
+		if err != nil {
+			return fmt.Errorf("cloacina: resume schedule %q: %w", name, err)
+		}
+		return tx.SchedulePause(ctx, &driver.SchedulePauseParams{Name: name, NextFireAt: spec.Next(c.now).UTC(), Now: c.now})
+	})
+	if err == nil {
+		r.wakeSchedules()
+	}
+	return r.scheduleErr(name, err)
+}
+
+// DeleteSchedule removes the named schedule and the record of its ticks
+// (the runs it started stay). A started runner that declares it stops
+// firing it, and stores it again, from its next tick after now, when it
+// next starts: remove it from Config.Schedules too.
+func (r *Runner) DeleteSchedule(ctx context.Context, name string) error {
+	if err := r.checkWritable(fmt.Sprintf("delete schedule %q", name)); err != nil {
+		return err
+	}
+	err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		return tx.ScheduleDelete(ctx, name)
+	})
+	return r.scheduleErr(name, err)
+}
+
+// scheduleRow reads one schedule, or fails with ErrScheduleNotFound.
+func (r *Runner) scheduleRow(ctx context.Context, db driver.Executor, name string) (*driver.Schedule, error) {
+	rows, err := db.ScheduleList(ctx, &driver.ScheduleListParams{Names: []string{name}})
+	if err != nil {
+		return nil, r.closedErr(err)
+	}
+	if len(rows) == 0 {
+		return nil, r.scheduleErr(name, driver.ErrNotFound)
+	}
+	return rows[0], nil
+}
+
+// scheduleErr maps a missing schedule to ErrScheduleNotFound, naming the
+// schedules there are.
+func (r *Runner) scheduleErr(name string, err error) error {
+	if !errors.Is(err, driver.ErrNotFound) {
+		return err
+	}
+	hint := "list them with Runner.Schedules or `cloacina schedules list`"
+	if db, rerr := r.reader(); rerr == nil {
+		if rows, lerr := db.ScheduleList(context.Background(), &driver.ScheduleListParams{}); lerr == nil {
+			names := make([]string, len(rows))
+			for i, s := range rows {
+				names[i] = s.Name
+			}
+			if c := dag.Closest(name, names); c != "" {
+				hint = fmt.Sprintf("did you mean %q?", c)
+			}
+		}
+	}
+	return fmt.Errorf("cloacina: %w: %q: %s", ErrScheduleNotFound, name, hint)
+}
