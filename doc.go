@@ -155,6 +155,26 @@
 // cancelled run can start no more children. Pause and Resume act on the
 // one run they name: its children go on.
 //
+// # Schedules
+//
+// A [Schedule] in Config.Schedules starts a run of a workflow at every
+// tick of a cron specification ("0 6 * * *", six fields with seconds, or
+// "@every 10m") in a time zone of its own, daylight saving time included:
+//
+//	Schedules: []cloacina.Schedule{{Name: "nightly", Workflow: "etl", Cron: "0 3 * * *", Location: paris}},
+//
+// The definition is in the code; the schedule's state is in the database,
+// so any number of runners, in any number of processes, may declare the
+// same schedule, and each tick fires once: one transaction creates the
+// tick's run, records the tick (which the database refuses twice) and
+// moves the schedule on. Ticks that pass while no runner runs fire when
+// one starts again, by the schedule's [CatchUp] policy (the latest only,
+// or every one) unless older than its MaxLateness. A run knows its tick
+// ([ScheduledAt]). [Runner.Schedules] and [Runner.ScheduleTicks] read
+// them from any process, [Runner.PauseSchedule] and
+// [Runner.ResumeSchedule] hold and release one for every runner, and
+// [Runner.DeleteSchedule] removes one.
+//
 // # Execution events
 //
 // Every transition appends an [Event] in the same transaction: run
