@@ -59,6 +59,7 @@ func TestMigrationToVerbatimJSONKeepsData(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.Equal(t, [][2]string{
+		{"cloacina_schedules.input", "json"},
 		{"execution_events.event_data", "json"},
 		{"pipeline_executions.input", "json"}, {"pipeline_executions.output", "json"},
 		{"task_executions.input", "json"}, {"task_executions.output", "json"},
