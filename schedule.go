@@ -609,8 +609,8 @@ func (r *Runner) scheduleRow(ctx context.Context, db driver.Executor, name strin
 	return rows[0], nil
 }
 
-// scheduleErr maps a missing schedule to ErrScheduleNotFound, naming the
-// schedules there are.
+// scheduleErr maps a missing schedule to ErrScheduleNotFound, with the
+// closest name the database holds, or what to do when it holds none.
 func (r *Runner) scheduleErr(name string, err error) error {
 	if !errors.Is(err, driver.ErrNotFound) {
 		return err
@@ -622,7 +622,9 @@ func (r *Runner) scheduleErr(name string, err error) error {
 			for i, s := range rows {
 				names[i] = s.Name
 			}
-			if c := dag.Closest(name, names); c != "" {
+			if len(names) == 0 {
+				hint = "the database holds none: declare schedules in Config.Schedules, and a runner stores them when it starts"
+			} else if c := dag.Closest(name, names); c != "" {
 				hint = fmt.Sprintf("did you mean %q?", c)
 			}
 		}

@@ -96,7 +96,7 @@ func (a *app) rootCommand() *cobra.Command {
 		Use:   "cloacina",
 		Short: "Run and operate Cloacina workflows",
 		Long: `cloacina runs the built-in demo workflow and operates a Cloacina database:
-migrations, runs and the execution event log.
+migrations, runs, cron schedules and the execution event log.
 
 The database is --database-url, else $` + EnvDatabaseURL + `, else ` + DefaultDatabaseURL + `
 (a SQLite file in the working directory). URLs look like
@@ -104,8 +104,9 @@ The database is --database-url, else $` + EnvDatabaseURL + `, else ` + DefaultDa
   sqlite://relative/path.db
   postgres://user:password@host:5432/database?sslmode=disable&schema=tenant_a
 
-Commands that only read (runs list, runs get, status, events list, events cleanup
---dry-run) open the database read-only and never change it.
+Commands that only read (runs list, runs get, status, schedules list, schedules
+get, events list, events cleanup --dry-run) open the database read-only and
+never change it.
 
 Start with:  cloacina demo`,
 		Args:          cobra.ArbitraryArgs,
@@ -124,7 +125,7 @@ Start with:  cloacina demo`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageErrorf(cmd, "%v", err)
 	})
-	root.AddCommand(a.demoCommand(), a.runCommand(), a.migrateCommand(), a.eventsCommand(), a.runsCommand(), a.statusCommand(), a.tenantCommand())
+	root.AddCommand(a.demoCommand(), a.runCommand(), a.migrateCommand(), a.eventsCommand(), a.runsCommand(), a.schedulesCommand(), a.statusCommand(), a.tenantCommand())
 	return root
 }
 
