@@ -34,9 +34,10 @@ import (
 // so a crash either fires a tick with its run or leaves it due. A run
 // started by a tick has the schedule's Input plus two keys: "schedule"
 // (the schedule's name) and "scheduled_at" (the tick, RFC 3339 in UTC);
-// read them with ScheduledAt. Ticks are fired at most one PollInterval
-// late while the runner is idle between them, and usually within
-// milliseconds.
+// read them with ScheduledAt. Overlap decides whether a tick starts a run
+// while the schedule's last run is unfinished. Ticks fire within
+// milliseconds of their time while a runner that declares the schedule is
+// started.
 type Schedule struct {
 	// Name identifies the schedule in the database (one namespace per
 	// database or PostgreSQL schema). Required.
@@ -69,7 +70,24 @@ type Schedule struct {
 	// that must not run late at all (a 09:00 reminder is no use at noon).
 	// Default: 0, no limit.
 	MaxLateness time.Duration
+	// Overlap says what a tick does while the run the schedule started
+	// last is unfinished. Default: OverlapAllow.
+	Overlap Overlap
 }
+
+// Overlap is what a schedule does with a tick that falls while its last
+// run is unfinished.
+type Overlap string
+
+const (
+	// OverlapAllow starts the tick's run all the same: runs of the
+	// schedule may overlap.
+	OverlapAllow Overlap = "allow"
+	// OverlapSkip starts no run for the tick and records it as skipped,
+	// with the unfinished run named (ScheduleTick.Skipped): a schedule
+	// whose runs take longer than its interval never piles them up.
+	OverlapSkip Overlap = "skip"
+)
 
 // CatchUp is what a schedule does with the ticks it finds late.
 type CatchUp string
@@ -173,6 +191,13 @@ func (r *Runner) compileSchedules(defs []Schedule) (map[string]*compiledSchedule
 		if catchUp != CatchUpLatest && catchUp != CatchUpAll {
 			return nil, fail("CatchUp %q is unknown: use CatchUpLatest or CatchUpAll", s.CatchUp)
 		}
+		overlap := s.Overlap
+		if overlap == "" {
+			overlap = OverlapAllow
+		}
+		if overlap != OverlapAllow && overlap != OverlapSkip {
+			return nil, fail("Overlap %q is unknown: use OverlapAllow or OverlapSkip", s.Overlap)
+		}
 		loc := s.Location
 		if loc == nil {
 			loc = time.UTC
@@ -195,7 +220,8 @@ func (r *Runner) compileSchedules(defs []Schedule) (map[string]*compiledSchedule
 			return nil, fail("encode Input: %v", err)
 		}
 		out[s.Name] = &compiledSchedule{spec: spec, input: input, def: driver.ScheduleDef{Name: s.Name, WorkflowName: s.Workflow,
-			Cron: s.Cron, Timezone: loc.String(), Input: raw, CatchUp: string(catchUp), MaxLateness: s.MaxLateness}}
+			Cron: s.Cron, Timezone: loc.String(), Input: raw, CatchUp: string(catchUp), MaxLateness: s.MaxLateness,
+			Overlap: string(overlap)}}
 	}
 	return out, nil
 }
@@ -350,7 +376,7 @@ func (r *Runner) fireSchedules(ctx context.Context) (moved int, err error) {
 		var runs []*newRun
 		var fires []*driver.ScheduleFireParams
 		for _, s := range due {
-			ticks, after, err := r.planTicks(s, c.now)
+			ticks, after, err := r.planTicks(ctx, tx, s, c.now)
 			if err != nil {
 				// A definition this runner cannot fire (stored by another
 				// version of the code): leave it to runners that can.
@@ -359,7 +385,12 @@ func (r *Runner) fireSchedules(ctx context.Context) (moved int, err error) {
 			}
 			f := &driver.ScheduleFireParams{Name: s.Name, Expect: s.NextFireAt, NextFireAt: after, Now: c.now}
 			for _, t := range ticks {
-				f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, PipelineID: t.run.id})
+				if t.run == nil {
+					f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, Skipped: t.skipped})
+					r.logger.Info("schedule skipped a tick", "schedule", s.Name, "tick", t.at, "reason", t.skipped)
+					continue
+				}
+				f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, PipelineID: &t.run.id})
 				runs = append(runs, t.run)
 			}
 			if !s.NextFireAt.Equal(firstOr(ticks, after)) {
@@ -391,10 +422,12 @@ func (r *Runner) fireSchedules(ctx context.Context) (moved int, err error) {
 	return moved, nil
 }
 
-// tick is a tick about to fire and the run it starts.
+// tick is a tick about to fire and the run it starts, or (run nil) why
+// it is skipped.
 type tick struct {
-	at  time.Time
-	run *newRun
+	at      time.Time
+	run     *newRun
+	skipped string
 }
 
 func firstOr(ticks []tick, after time.Time) time.Time {
@@ -405,8 +438,10 @@ func firstOr(ticks []tick, after time.Time) time.Time {
 }
 
 // planTicks builds the runs of the ticks of s due at now, by the stored
-// definition, and returns the tick due after them.
-func (r *Runner) planTicks(s *driver.Schedule, now time.Time) ([]tick, time.Time, error) {
+// definition, and returns the tick due after them. With OverlapSkip a
+// tick is skipped while the schedule's last run, read in tx, is
+// unfinished; so is every tick after the first run it starts.
+func (r *Runner) planTicks(ctx context.Context, tx driver.Executor, s *driver.Schedule, now time.Time) ([]tick, time.Time, error) {
 	spec, err := parseCron(s.Cron, s.Timezone)
 	if err != nil {
 		return nil, time.Time{}, err
@@ -420,8 +455,22 @@ func (r *Runner) planTicks(s *driver.Schedule, now time.Time) ([]tick, time.Time
 		return nil, time.Time{}, fmt.Errorf("input: %w", err)
 	}
 	ats, after := dueTicks(spec, s.NextFireAt, now, CatchUp(s.CatchUp), s.MaxLateness)
+	var busy *uuid.UUID
+	if Overlap(s.Overlap) == OverlapSkip && s.LastRunID != nil && len(ats) > 0 {
+		switch p, err := tx.PipelineGet(ctx, *s.LastRunID); {
+		case errors.Is(err, driver.ErrNotFound):
+		case err != nil:
+			return nil, time.Time{}, err
+		case !p.Status.Terminal():
+			busy = s.LastRunID
+		}
+	}
 	ticks := make([]tick, len(ats))
 	for i, at := range ats {
+		if busy != nil {
+			ticks[i] = tick{at: at.UTC(), skipped: fmt.Sprintf("run %s of the schedule is unfinished (OverlapSkip)", *busy)}
+			continue
+		}
 		in := input.Clone()
 		if err := in.Set(scheduleKey, s.Name); err != nil {
 			return nil, time.Time{}, err
@@ -434,6 +483,9 @@ func (r *Runner) planTicks(s *driver.Schedule, now time.Time) ([]tick, time.Time
 			return nil, time.Time{}, err
 		}
 		ticks[i] = tick{at: at.UTC(), run: &newRun{id: newID(), wf: wf, input: raw}}
+		if Overlap(s.Overlap) == OverlapSkip {
+			busy = &ticks[i].run.id
+		}
 	}
 	return ticks, after.UTC(), nil
 }
@@ -475,6 +527,7 @@ type ScheduleInfo struct {
 	Input       *Context
 	CatchUp     CatchUp
 	MaxLateness time.Duration
+	Overlap     Overlap
 	Paused      bool
 	// NextFireAt is the next tick (while paused, the one it was at).
 	NextFireAt time.Time
@@ -483,20 +536,25 @@ type ScheduleInfo struct {
 	LastTickAt  *time.Time
 	LastRunID   *uuid.UUID
 	LastFiredAt *time.Time
-	// Fired counts the runs the schedule has started.
+	// Fired counts the runs the schedule has started, Skipped the ticks
+	// it skipped (OverlapSkip).
 	Fired     int64
+	Skipped   int64
 	CreatedAt time.Time
 	// UpdatedAt is when the definition last changed or the schedule was
 	// paused or resumed.
 	UpdatedAt time.Time
 }
 
-// ScheduleTick is a tick a schedule fired and the run it started.
+// ScheduleTick is a tick a schedule fired and the run it started, or a
+// tick it skipped: RunID is then uuid.Nil and Skipped says why.
 type ScheduleTick struct {
 	Schedule string
 	At       time.Time
 	RunID    uuid.UUID
-	FiredAt  time.Time
+	Skipped  string
+	// FiredAt is when the tick fired (or was skipped).
+	FiredAt time.Time
 }
 
 // Schedules returns the schedules stored in the database, by name: those
@@ -517,8 +575,9 @@ func (r *Runner) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
 			return nil, fmt.Errorf("schedule %q: input: %w", s.Name, err)
 		}
 		out[i] = ScheduleInfo{Name: s.Name, Workflow: s.WorkflowName, Cron: s.Cron, Timezone: s.Timezone, Input: input,
-			CatchUp: CatchUp(s.CatchUp), MaxLateness: s.MaxLateness, Paused: s.Paused, NextFireAt: s.NextFireAt,
-			LastTickAt: s.LastTickAt, LastRunID: s.LastRunID, LastFiredAt: s.LastFiredAt, Fired: s.Fired,
+			CatchUp: CatchUp(s.CatchUp), MaxLateness: s.MaxLateness, Overlap: Overlap(s.Overlap), Paused: s.Paused,
+			NextFireAt: s.NextFireAt, LastTickAt: s.LastTickAt, LastRunID: s.LastRunID, LastFiredAt: s.LastFiredAt,
+			Fired: s.Fired, Skipped: s.Skipped,
 			CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	}
 	return out, nil
@@ -541,7 +600,10 @@ func (r *Runner) ScheduleTicks(ctx context.Context, name string, limit int) ([]S
 	}
 	out := make([]ScheduleTick, len(rows))
 	for i, t := range rows {
-		out[i] = ScheduleTick{Schedule: t.ScheduleName, At: t.At, RunID: t.PipelineID, FiredAt: t.FiredAt}
+		out[i] = ScheduleTick{Schedule: t.ScheduleName, At: t.At, Skipped: t.Skipped, FiredAt: t.FiredAt}
+		if t.PipelineID != nil {
+			out[i].RunID = *t.PipelineID
+		}
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/robfig/cron/v3"
 	"github.com/stretchr/testify/require"
 
@@ -126,6 +127,7 @@ func TestScheduleValidation(t *testing.T) {
 		{"local zone", []Schedule{with(func(s *Schedule) { s.Location = time.Local })}, `name the zone, as time.LoadLocation("Europe/Paris")`},
 		{"catch-up", []Schedule{with(func(s *Schedule) { s.CatchUp = "some" })}, `CatchUp "some" is unknown: use CatchUpLatest or CatchUpAll`},
 		{"lateness", []Schedule{with(func(s *Schedule) { s.MaxLateness = -time.Second })}, "MaxLateness -1s is negative: use 0 for no limit"},
+		{"overlap", []Schedule{with(func(s *Schedule) { s.Overlap = "queue" })}, `Overlap "queue" is unknown: use OverlapAllow or OverlapSkip`},
 		{"reserved input", []Schedule{with(func(s *Schedule) {
 			s.Input = NewContext()
 			require.NoError(t, s.Input.Set("scheduled_at", 1))
@@ -419,5 +421,60 @@ func TestScheduleRedefined(t *testing.T) {
 		require.True(t, info.NextFireAt.After(time.Now()), "not the old, missed tick")
 		require.Equal(t, 9, info.NextFireAt.In(tokyo).Hour())
 		require.Equal(t, 0, info.NextFireAt.In(tokyo).Minute())
+	})
+}
+
+// With OverlapSkip a tick that falls while the schedule's last run is
+// unfinished starts no run and is recorded as skipped, naming that run;
+// once it ends, the next tick fires again.
+func TestScheduleOverlapSkip(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		release := make(chan struct{})
+		wf := MustWorkflow("slow", Task{Name: "a", Run: func(ctx context.Context, _ *Context) error {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, Schedules: []Schedule{
+			{Name: "s", Workflow: "slow", Cron: "* * * * * *", Overlap: OverlapSkip},
+		}})
+		waitCommits(t, "two ticks skipped behind the first run", func() bool {
+			return findSchedule(t, r, "s").Skipped >= 2
+		}, r)
+		close(release)
+		waitCommits(t, "a second run once the first ended", func() bool {
+			return findSchedule(t, r, "s").Fired >= 2
+		}, r)
+		require.NoError(t, r.Stop(ctx))
+
+		ticks := scheduleTicks(t, r, "s")
+		slices.Reverse(ticks)
+		first := ticks[0]
+		require.NotEqual(t, uuid.Nil, first.RunID)
+		require.Empty(t, first.Skipped)
+		var skipped, fired int
+		for _, tk := range ticks[1:] {
+			if tk.Skipped != "" {
+				require.Zero(t, fired, "no tick is skipped after the first run ended and another fired")
+				require.Equal(t, uuid.Nil, tk.RunID)
+				require.Equal(t, "run "+first.RunID.String()+" of the schedule is unfinished (OverlapSkip)", tk.Skipped)
+				skipped++
+				continue
+			}
+			fired++
+		}
+		require.GreaterOrEqual(t, skipped, 2)
+		require.GreaterOrEqual(t, fired, 1)
+		info := findSchedule(t, r, "s")
+		require.Equal(t, int64(skipped), info.Skipped)
+		require.Equal(t, int64(fired+1), info.Fired)
+		require.Equal(t, OverlapSkip, info.Overlap)
+		runs, err := r.List(ctx, &ListOpts{Workflow: "slow", Limit: 1000})
+		require.NoError(t, err)
+		require.Len(t, runs, fired+1, "a skipped tick starts no run")
 	})
 }

@@ -25,17 +25,22 @@ type Schedule struct {
 	// MaxLateness drops ticks found more than this after their time; zero
 	// means no limit.
 	MaxLateness time.Duration
+	// Overlap is the policy for a tick that falls while the schedule's
+	// last run is unfinished: "allow" or "skip".
+	Overlap string
 
 	Paused bool
 	// NextFireAt is the next tick to fire, in UTC.
 	NextFireAt time.Time
 	// LastTickAt is the newest tick fired, LastRunID the run it started,
 	// LastFiredAt when; nil until the first tick. Fired counts the runs
-	// the schedule has started.
+	// the schedule has started, Skipped the ticks it skipped (see
+	// ScheduleTick).
 	LastTickAt  *time.Time
 	LastRunID   *uuid.UUID
 	LastFiredAt *time.Time
 	Fired       int64
+	Skipped     int64
 	CreatedAt   time.Time
 	// UpdatedAt is when the definition last changed, or the schedule was
 	// paused or resumed.
@@ -53,6 +58,7 @@ type ScheduleDef struct {
 	Input        []byte
 	CatchUp      string
 	MaxLateness  time.Duration
+	Overlap      string
 	NextFireAt   time.Time
 }
 
@@ -83,15 +89,19 @@ type ScheduleDueParams struct {
 	Now   time.Time
 }
 
-// ScheduleTick is one tick fired: its time and the run it started.
+// ScheduleTick is one tick fired: its time and the run it started; or
+// one skipped: no run, and Skipped says why.
 type ScheduleTick struct {
 	At         time.Time
-	PipelineID uuid.UUID
+	PipelineID *uuid.UUID
+	Skipped    string
 }
 
 // ScheduleFireParams records, in the transaction that created their runs,
-// the ticks of a schedule that fired (none when every due tick was
-// dropped as too late), and moves its NextFireAt on. It fails with
+// the ticks of a schedule that fired or were skipped (none when every due
+// tick was dropped as too late), and moves its NextFireAt on. The newest
+// tick that started a run becomes the schedule's last; Fired and Skipped
+// count them. It fails with
 // ErrConflict when a tick is recorded already or the schedule's
 // NextFireAt is no longer Expect: another transaction fired them.
 type ScheduleFireParams struct {
@@ -117,10 +127,12 @@ type ScheduleTickListParams struct {
 	Limit int
 }
 
-// ScheduleTickRow is a recorded tick.
+// ScheduleTickRow is a recorded tick: PipelineID is nil, and Skipped
+// non-empty, for a tick skipped.
 type ScheduleTickRow struct {
 	ScheduleName string
 	At           time.Time
-	PipelineID   uuid.UUID
+	PipelineID   *uuid.UUID
+	Skipped      string
 	FiredAt      time.Time
 }

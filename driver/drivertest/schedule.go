@@ -13,7 +13,7 @@ import (
 
 func (b *bundle) scheduleDef(name string) driver.ScheduleDef {
 	return driver.ScheduleDef{Name: name, WorkflowName: "wf", Cron: "0 * * * *", Timezone: "UTC",
-		Input: []byte(`{"k":1}`), CatchUp: "latest", NextFireAt: b.at(time.Hour)}
+		Input: []byte(`{"k":1}`), CatchUp: "latest", Overlap: "allow", NextFireAt: b.at(time.Hour)}
 }
 
 func (b *bundle) syncSchedules(t *testing.T, now time.Time, defs ...driver.ScheduleDef) {
@@ -44,7 +44,7 @@ func (b *bundle) fire(t *testing.T, name string, expect, next time.Time, ticks .
 	var runs []driver.ScheduleTick
 	for _, at := range ticks {
 		p := b.insertPipeline(t)
-		runs = append(runs, driver.ScheduleTick{At: at, PipelineID: p.ID})
+		runs = append(runs, driver.ScheduleTick{At: at, PipelineID: &p.ID})
 	}
 	tx, err := b.drv.Begin(b.ctx)
 	require.NoError(t, err)
@@ -66,12 +66,13 @@ func testSchedules(t *testing.T, s *suite) {
 		a, z := b.scheduleDef("a"), b.scheduleDef("z")
 		z.MaxLateness = 90 * time.Second
 		z.CatchUp = "all"
+		z.Overlap = "skip"
 		b.syncSchedules(t, b.now, z, a)
 		got := b.schedules(t)
 		require.Len(t, got, 2)
 		require.Equal(t, "a", got[0].Name, "by name")
 		require.Equal(t, &driver.Schedule{Name: "z", WorkflowName: "wf", Cron: "0 * * * *", Timezone: "UTC", Input: []byte(`{"k":1}`),
-			CatchUp: "all", MaxLateness: 90 * time.Second, NextFireAt: b.at(time.Hour), CreatedAt: b.now, UpdatedAt: b.now}, got[1])
+			CatchUp: "all", MaxLateness: 90 * time.Second, Overlap: "skip", NextFireAt: b.at(time.Hour), CreatedAt: b.now, UpdatedAt: b.now}, got[1])
 		require.Len(t, b.schedules(t, "z", "missing"), 1, "by names")
 	})
 
@@ -98,6 +99,15 @@ func testSchedules(t *testing.T, s *suite) {
 		require.JSONEq(t, `{"k":2}`, string(got.Input))
 		requireTime(t, b.at(time.Hour), got.NextFireAt)
 		requireTime(t, b.at(2*time.Hour), got.UpdatedAt)
+
+		// So do another overlap policy and another catch-up policy.
+		policy := in
+		policy.Overlap, policy.CatchUp = "skip", "all"
+		b.syncSchedules(t, b.at(2*time.Hour), policy)
+		got = b.schedule(t, "s")
+		require.Equal(t, "skip", got.Overlap)
+		require.Equal(t, "all", got.CatchUp)
+		requireTime(t, b.at(time.Hour), got.NextFireAt)
 
 		// Pausing survives a sync; a new cron takes the new next tick.
 		b.inTx(t, func(tx driver.Tx) {
@@ -169,7 +179,7 @@ func testSchedules(t *testing.T, s *suite) {
 		}
 		p := b.insertPipelineIn(t, tx1)
 		require.NoError(t, tx1.ScheduleFire(b.ctx, &driver.ScheduleFireParams{Name: "s", Expect: b.at(-time.Minute),
-			Ticks: []driver.ScheduleTick{{At: b.at(-time.Minute), PipelineID: p}}, NextFireAt: b.at(59 * time.Minute), Now: b.now}))
+			Ticks: []driver.ScheduleTick{{At: b.at(-time.Minute), PipelineID: &p}}, NextFireAt: b.at(59 * time.Minute), Now: b.now}))
 		require.NoError(t, tx1.Commit(b.ctx))
 
 		// Fired: no longer due, and the state says what fired.
@@ -231,6 +241,41 @@ func testSchedules(t *testing.T, s *suite) {
 		require.Len(t, b.ticks(t, "s", 2), 2, "limit")
 	})
 
+	t.Run("FireRecordsSkippedTicks", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		def := b.scheduleDef("s")
+		def.NextFireAt = b.at(-2 * time.Hour)
+		b.syncSchedules(t, b.now, def)
+		require.NoError(t, b.fire(t, "s", b.at(-2*time.Hour), b.at(-time.Hour), b.at(-2*time.Hour)))
+		fired := b.schedule(t, "s")
+
+		// A skipped tick: recorded with its reason and no run; the last
+		// tick stays the one that started a run.
+		b.inTx(t, func(tx driver.Tx) {
+			require.NoError(t, tx.ScheduleFire(b.ctx, &driver.ScheduleFireParams{Name: "s", Expect: b.at(-time.Hour),
+				Ticks: []driver.ScheduleTick{{At: b.at(-time.Hour), Skipped: "run x unfinished"}}, NextFireAt: b.now, Now: b.at(time.Second)}))
+		})
+		st := b.schedule(t, "s")
+		require.Equal(t, int64(1), st.Fired)
+		require.Equal(t, int64(1), st.Skipped)
+		requireTime(t, *fired.LastTickAt, *st.LastTickAt)
+		require.Equal(t, fired.LastRunID, st.LastRunID)
+		requireTime(t, *fired.LastFiredAt, *st.LastFiredAt)
+		requireTime(t, b.now, st.NextFireAt)
+
+		ticks := b.ticks(t, "s", 0)
+		require.Len(t, ticks, 2)
+		require.Nil(t, ticks[0].PipelineID)
+		require.Equal(t, "run x unfinished", ticks[0].Skipped)
+		requireTime(t, b.at(-time.Hour), ticks[0].At)
+		require.NotNil(t, ticks[1].PipelineID)
+		require.Empty(t, ticks[1].Skipped)
+		// A skipped tick is a tick: it cannot be recorded again either.
+		err := b.fire(t, "s", b.now, b.at(time.Hour), b.at(-time.Hour))
+		require.ErrorIs(t, err, driver.ErrConflict)
+	})
+
 	t.Run("PauseResumeDelete", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
@@ -260,7 +305,7 @@ func testSchedules(t *testing.T, s *suite) {
 		b.inTx(t, func(tx driver.Tx) { require.NoError(t, tx.ScheduleDelete(b.ctx, "s")) })
 		require.Empty(t, b.schedules(t))
 		require.Empty(t, b.ticks(t, "s", 0), "its ticks go with it")
-		require.Equal(t, run, b.getPipeline(t, run).ID, "the runs stay")
+		require.Equal(t, *run, b.getPipeline(t, *run).ID, "the runs stay")
 	})
 }
 

@@ -12,8 +12,8 @@ import (
 	"github.com/cloacina-go/cloacina/driver"
 )
 
-const scheduleColumns = `name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, paused, next_fire_at,
-	last_tick_at, last_run_id, last_fired_at, fired, created_at, updated_at`
+const scheduleColumns = `name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, overlap, paused, next_fire_at,
+	last_tick_at, last_run_id, last_fired_at, fired, skipped, created_at, updated_at`
 
 func (e *executor) ScheduleSync(ctx context.Context, p *driver.ScheduleSyncParams) error {
 	if len(p.Schedules) == 0 {
@@ -24,19 +24,20 @@ func (e *executor) ScheduleSync(ctx context.Context, p *driver.ScheduleSyncParam
 		// The timing columns are compared before they are overwritten:
 		// in an UPDATE's SET every column reads the row as it was.
 		b.Queue(`INSERT INTO `+e.q.schema+`.cloacina_schedules AS s
-				(name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, next_fire_at, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8, $9, $9)
+				(name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, overlap, next_fire_at, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5::json, $6, $7, $10, $8, $9, $9)
 			ON CONFLICT (name) DO UPDATE SET
 				workflow_name = excluded.workflow_name, cron = excluded.cron, timezone = excluded.timezone,
 				input = excluded.input, catch_up = excluded.catch_up, max_lateness_us = excluded.max_lateness_us,
+				overlap = excluded.overlap,
 				next_fire_at = CASE WHEN s.cron = excluded.cron AND s.timezone = excluded.timezone
 					THEN s.next_fire_at ELSE excluded.next_fire_at END,
 				updated_at = excluded.updated_at
-			WHERE (s.workflow_name, s.cron, s.timezone, s.input::text, s.catch_up, s.max_lateness_us)
+			WHERE (s.workflow_name, s.cron, s.timezone, s.input::text, s.catch_up, s.max_lateness_us, s.overlap)
 				IS DISTINCT FROM (excluded.workflow_name, excluded.cron, excluded.timezone, excluded.input::text,
-					excluded.catch_up, excluded.max_lateness_us)`,
+					excluded.catch_up, excluded.max_lateness_us, excluded.overlap)`,
 			s.Name, s.WorkflowName, s.Cron, s.Timezone, string(s.Input), s.CatchUp, s.MaxLateness.Microseconds(),
-			s.NextFireAt, p.Now)
+			s.NextFireAt, p.Now, s.Overlap)
 	}
 	if err := e.db.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("postgres: store schedules: %w", mapError(err))
@@ -64,9 +65,9 @@ func (e *executor) ScheduleDue(ctx context.Context, p *driver.ScheduleDueParams)
 }
 
 func (e *executor) ScheduleFire(ctx context.Context, p *driver.ScheduleFireParams) error {
-	ticks, runs := make([]time.Time, len(p.Ticks)), make(uuidArray, len(p.Ticks))
+	ticks, runs, skipped := make([]time.Time, len(p.Ticks)), make([]pgtype.UUID, len(p.Ticks)), make([]string, len(p.Ticks))
 	for i, t := range p.Ticks {
-		ticks[i], runs[i] = t.At, pgID(t.PipelineID)
+		ticks[i], runs[i], skipped[i] = t.At, pgOptID(t.PipelineID), t.Skipped
 	}
 	// One statement: the ticks go in (a tick recorded already is left
 	// out, and shows as a count short), and the schedule moves on only
@@ -74,22 +75,23 @@ func (e *executor) ScheduleFire(ctx context.Context, p *driver.ScheduleFireParam
 	var inserted int
 	var moved bool
 	err := e.db.QueryRow(ctx, `WITH t AS (
-			INSERT INTO `+e.q.schema+`.cloacina_schedule_ticks (schedule_name, tick_at, pipeline_execution_id, fired_at)
-			SELECT $1, tick, run, $5 FROM unnest($2::timestamptz[], $3::uuid[]) AS x (tick, run)
+			INSERT INTO `+e.q.schema+`.cloacina_schedule_ticks (schedule_name, tick_at, pipeline_execution_id, skipped, fired_at)
+			SELECT $1, tick, run, skip, $5 FROM unnest($2::timestamptz[], $3::uuid[], $7::text[]) AS x (tick, run, skip)
 			ON CONFLICT DO NOTHING
 			RETURNING tick_at, pipeline_execution_id),
-		last AS (SELECT tick_at, pipeline_execution_id FROM t ORDER BY tick_at DESC LIMIT 1),
+		last AS (SELECT tick_at, pipeline_execution_id FROM t WHERE pipeline_execution_id IS NOT NULL ORDER BY tick_at DESC LIMIT 1),
 		s AS (
 			UPDATE `+e.q.schema+`.cloacina_schedules s
 			SET next_fire_at = $4,
 				last_tick_at = COALESCE((SELECT tick_at FROM last), s.last_tick_at),
 				last_run_id = COALESCE((SELECT pipeline_execution_id FROM last), s.last_run_id),
 				last_fired_at = CASE WHEN EXISTS (SELECT FROM last) THEN $5 ELSE s.last_fired_at END,
-				fired = s.fired + (SELECT count(*) FROM t)
+				fired = s.fired + (SELECT count(*) FROM t WHERE pipeline_execution_id IS NOT NULL),
+				skipped = s.skipped + (SELECT count(*) FROM t WHERE pipeline_execution_id IS NULL)
 			WHERE s.name = $1 AND s.next_fire_at = $6
 			RETURNING 1)
 		SELECT (SELECT count(*) FROM t), EXISTS (SELECT FROM s)`,
-		p.Name, ticks, runs, p.NextFireAt, p.Now, p.Expect).Scan(&inserted, &moved)
+		p.Name, ticks, runs, p.NextFireAt, p.Now, p.Expect, skipped).Scan(&inserted, &moved)
 	if err != nil {
 		return fmt.Errorf("postgres: record ticks of schedule %q: %w", p.Name, mapError(err))
 	}
@@ -128,7 +130,7 @@ func (e *executor) ScheduleTickList(ctx context.Context, p *driver.ScheduleTickL
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := e.db.Query(ctx, `SELECT schedule_name, tick_at, pipeline_execution_id, fired_at
+	rows, err := e.db.Query(ctx, `SELECT schedule_name, tick_at, pipeline_execution_id, skipped, fired_at
 		FROM `+e.q.schema+`.cloacina_schedule_ticks WHERE schedule_name = $1 ORDER BY tick_at DESC LIMIT $2`, p.Name, limit)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: list ticks of schedule %q: %w", p.Name, mapError(err))
@@ -137,9 +139,11 @@ func (e *executor) ScheduleTickList(ctx context.Context, p *driver.ScheduleTickL
 	var out []*driver.ScheduleTickRow
 	for rows.Next() {
 		var t driver.ScheduleTickRow
-		if err := rows.Scan(&t.ScheduleName, &t.At, &t.PipelineID, &t.FiredAt); err != nil {
+		var run pgtype.UUID
+		if err := rows.Scan(&t.ScheduleName, &t.At, &run, &t.Skipped, &t.FiredAt); err != nil {
 			return nil, fmt.Errorf("postgres: list ticks of schedule %q: %w", p.Name, mapError(err))
 		}
+		t.PipelineID = optID(run)
 		t.At, t.FiredAt = t.At.UTC(), t.FiredAt.UTC()
 		out = append(out, &t)
 	}
@@ -159,8 +163,8 @@ func scanSchedules(rows pgx.Rows, what string) ([]*driver.Schedule, error) {
 		var lastTick, lastFired pgtype.Timestamptz
 		var lastRun pgtype.UUID
 		var lastTickT, lastFiredT time.Time
-		if err := rows.Scan(&s.Name, &s.WorkflowName, &s.Cron, &s.Timezone, &input, &s.CatchUp, &lateness, &s.Paused,
-			&s.NextFireAt, &lastTick, &lastRun, &lastFired, &s.Fired, &s.CreatedAt, &s.UpdatedAt); err != nil {
+		if err := rows.Scan(&s.Name, &s.WorkflowName, &s.Cron, &s.Timezone, &input, &s.CatchUp, &lateness, &s.Overlap, &s.Paused,
+			&s.NextFireAt, &lastTick, &lastRun, &lastFired, &s.Fired, &s.Skipped, &s.CreatedAt, &s.UpdatedAt); err != nil {
 			return nil, fmt.Errorf("postgres: %s: %w", what, mapError(err))
 		}
 		s.Input = input.b
@@ -172,14 +176,20 @@ func scanSchedules(rows pgx.Rows, what string) ([]*driver.Schedule, error) {
 		if err := optional(lastFired, &lastFiredT, &s.LastFiredAt); err != nil {
 			return nil, err
 		}
-		if lastRun.Valid {
-			id := uuid.UUID(lastRun.Bytes)
-			s.LastRunID = &id
-		}
+		s.LastRunID = optID(lastRun)
 		out = append(out, &s)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("postgres: %s: %w", what, mapError(err))
 	}
 	return out, nil
+}
+
+// optID is the id of a nullable uuid column, nil for NULL.
+func optID(u pgtype.UUID) *uuid.UUID {
+	if !u.Valid {
+		return nil
+	}
+	id := uuid.UUID(u.Bytes)
+	return &id
 }

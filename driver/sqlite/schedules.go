@@ -6,32 +6,33 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 
 	"github.com/cloacina-go/cloacina/driver"
 )
 
-const scheduleColumns = `name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, paused, next_fire_at,
-	last_tick_at, last_run_id, last_fired_at, fired, created_at, updated_at`
+const scheduleColumns = `name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, overlap, paused, next_fire_at,
+	last_tick_at, last_run_id, last_fired_at, fired, skipped, created_at, updated_at`
 
 func (e *executor) ScheduleSync(ctx context.Context, p *driver.ScheduleSyncParams) error {
 	for _, s := range p.Schedules {
 		// In an UPDATE's SET every column reads the row as it was, so the
 		// timing is compared before it is overwritten.
 		_, err := e.db.ExecContext(ctx, `INSERT INTO cloacina_schedules AS s
-				(name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, next_fire_at, created_at, updated_at)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+				(name, workflow_name, cron, timezone, input, catch_up, max_lateness_us, overlap, next_fire_at, created_at, updated_at)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?10, ?8, ?9, ?9)
 			ON CONFLICT (name) DO UPDATE SET
 				workflow_name = excluded.workflow_name, cron = excluded.cron, timezone = excluded.timezone,
 				input = excluded.input, catch_up = excluded.catch_up, max_lateness_us = excluded.max_lateness_us,
+				overlap = excluded.overlap,
 				next_fire_at = CASE WHEN s.cron = excluded.cron AND s.timezone = excluded.timezone
 					THEN s.next_fire_at ELSE excluded.next_fire_at END,
 				updated_at = excluded.updated_at
 			WHERE s.workflow_name IS NOT excluded.workflow_name OR s.cron IS NOT excluded.cron
 				OR s.timezone IS NOT excluded.timezone OR s.input IS NOT excluded.input
-				OR s.catch_up IS NOT excluded.catch_up OR s.max_lateness_us IS NOT excluded.max_lateness_us`,
+				OR s.catch_up IS NOT excluded.catch_up OR s.max_lateness_us IS NOT excluded.max_lateness_us
+				OR s.overlap IS NOT excluded.overlap`,
 			s.Name, s.WorkflowName, s.Cron, s.Timezone, string(s.Input), s.CatchUp, s.MaxLateness.Microseconds(),
-			formatTime(s.NextFireAt), formatTime(p.Now))
+			formatTime(s.NextFireAt), formatTime(p.Now), s.Overlap)
 		if err != nil {
 			return fmt.Errorf("sqlite: store schedule %q: %w", s.Name, mapError(err))
 		}
@@ -73,22 +74,25 @@ func (e *executor) ScheduleFire(ctx context.Context, p *driver.ScheduleFireParam
 		return fmt.Errorf("sqlite: record ticks of schedule %q: %w", p.Name, err)
 	}
 	var last *driver.ScheduleTick
+	skipped := 0
 	for i := range p.Ticks {
 		t := &p.Ticks[i]
-		res, err := e.db.ExecContext(ctx, `INSERT INTO cloacina_schedule_ticks (schedule_name, tick_at, pipeline_execution_id, fired_at)
-			VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`, p.Name, formatTime(t.At), t.PipelineID.String(), formatTime(p.Now))
+		res, err := e.db.ExecContext(ctx, `INSERT INTO cloacina_schedule_ticks (schedule_name, tick_at, pipeline_execution_id, skipped, fired_at)
+			VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, p.Name, formatTime(t.At), optIDArg(t.PipelineID), t.Skipped, formatTime(p.Now))
 		if err != nil {
 			return fail(mapError(err))
 		}
 		if n, err := res.RowsAffected(); err != nil || n != 1 {
 			return fail(fmt.Errorf("%w: tick %s fired by another transaction", driver.ErrConflict, formatTime(t.At)))
 		}
-		if last == nil || t.At.After(last.At) {
+		if t.PipelineID == nil {
+			skipped++
+		} else if last == nil || t.At.After(last.At) {
 			last = t
 		}
 	}
-	q := `UPDATE cloacina_schedules SET next_fire_at = ?, fired = fired + ?`
-	args := []any{formatTime(p.NextFireAt), len(p.Ticks)}
+	q := `UPDATE cloacina_schedules SET next_fire_at = ?, fired = fired + ?, skipped = skipped + ?`
+	args := []any{formatTime(p.NextFireAt), len(p.Ticks) - skipped, skipped}
 	if last != nil {
 		q += `, last_tick_at = ?, last_run_id = ?, last_fired_at = ?`
 		args = append(args, formatTime(last.At), last.PipelineID.String(), formatTime(p.Now))
@@ -138,7 +142,7 @@ func (e *executor) ScheduleTickList(ctx context.Context, p *driver.ScheduleTickL
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := e.db.QueryContext(ctx, `SELECT schedule_name, tick_at, pipeline_execution_id, fired_at
+	rows, err := e.db.QueryContext(ctx, `SELECT schedule_name, tick_at, pipeline_execution_id, skipped, fired_at
 		FROM cloacina_schedule_ticks WHERE schedule_name = ? ORDER BY tick_at DESC LIMIT ?`, p.Name, limit)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list ticks of schedule %q: %w", p.Name, mapError(err))
@@ -147,8 +151,9 @@ func (e *executor) ScheduleTickList(ctx context.Context, p *driver.ScheduleTickL
 	var out []*driver.ScheduleTickRow
 	for rows.Next() {
 		var t driver.ScheduleTickRow
-		var at, run, fired string
-		if err := rows.Scan(&t.ScheduleName, &at, &run, &fired); err != nil {
+		var at, fired string
+		var run sql.NullString
+		if err := rows.Scan(&t.ScheduleName, &at, &run, &t.Skipped, &fired); err != nil {
 			return nil, fmt.Errorf("sqlite: list ticks of schedule %q: %w", p.Name, mapError(err))
 		}
 		if t.At, err = parseTime(at); err != nil {
@@ -157,8 +162,8 @@ func (e *executor) ScheduleTickList(ctx context.Context, p *driver.ScheduleTickL
 		if t.FiredAt, err = parseTime(fired); err != nil {
 			return nil, err
 		}
-		if t.PipelineID, err = uuid.Parse(run); err != nil {
-			return nil, fmt.Errorf("sqlite: tick of schedule %q: bad run id %q: %w", p.Name, run, err)
+		if t.PipelineID, err = parseOptID(run); err != nil {
+			return nil, err
 		}
 		out = append(out, &t)
 	}
@@ -176,8 +181,8 @@ func scanSchedules(rows *sql.Rows, what string) ([]*driver.Schedule, error) {
 		var input, next, created, updated string
 		var lastTick, lastRun, lastFired sql.NullString
 		var lateness int64
-		if err := rows.Scan(&s.Name, &s.WorkflowName, &s.Cron, &s.Timezone, &input, &s.CatchUp, &lateness, &s.Paused,
-			&next, &lastTick, &lastRun, &lastFired, &s.Fired, &created, &updated); err != nil {
+		if err := rows.Scan(&s.Name, &s.WorkflowName, &s.Cron, &s.Timezone, &input, &s.CatchUp, &lateness, &s.Overlap, &s.Paused,
+			&next, &lastTick, &lastRun, &lastFired, &s.Fired, &s.Skipped, &created, &updated); err != nil {
 			return nil, fmt.Errorf("sqlite: %s: %w", what, mapError(err))
 		}
 		s.Input = []byte(input)

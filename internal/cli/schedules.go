@@ -125,7 +125,10 @@ with ` + "`cloacina runs get RUN`." + schedulesLong,
 				if asJSON {
 					j := scheduleDetailJSON{scheduleJSON: newScheduleJSON(s), Ticks: make([]tickJSON, len(ticks))}
 					for i, t := range ticks {
-						j.Ticks[i] = tickJSON{At: t.At.UTC(), RunID: t.RunID, FiredAt: t.FiredAt.UTC()}
+						j.Ticks[i] = tickJSON{At: t.At.UTC(), Skipped: t.Skipped, FiredAt: t.FiredAt.UTC()}
+						if t.Skipped == "" {
+							j.Ticks[i].RunID = &t.RunID
+						}
 					}
 					return json.NewEncoder(a.stdout).Encode(j)
 				}
@@ -149,6 +152,7 @@ func writeSchedule(a *app, s *cloacina.ScheduleInfo, ticks []cloacina.ScheduleTi
 	if s.MaxLateness > 0 {
 		fields.add("max lateness", s.MaxLateness.String())
 	}
+	fields.add("overlap", string(s.Overlap))
 	fields.add("state", scheduleState(s))
 	fields.add("next tick", formatTimePtr(nextTick(s)))
 	fields.add("last tick", formatTimePtr(s.LastTickAt))
@@ -159,6 +163,9 @@ func writeSchedule(a *app, s *cloacina.ScheduleInfo, ticks []cloacina.ScheduleTi
 	}
 	fields.add("last fired", formatTimePtr(s.LastFiredAt))
 	fields.add("fired", strconv.FormatInt(s.Fired, 10))
+	if s.Skipped > 0 {
+		fields.add("skipped", strconv.FormatInt(s.Skipped, 10))
+	}
 	fields.add("created", formatTime(s.CreatedAt))
 	fields.add("updated", formatTime(s.UpdatedAt))
 	fields.add("input", contextText(s.Input))
@@ -172,7 +179,11 @@ func writeSchedule(a *app, s *cloacina.ScheduleInfo, ticks []cloacina.ScheduleTi
 	}
 	tb := newTable("TICK", "RUN", "FIRED AT")
 	for _, t := range ticks {
-		tb.add(formatTime(t.At), t.RunID.String(), formatTime(t.FiredAt))
+		run := t.RunID.String()
+		if t.Skipped != "" {
+			run = "skipped: " + t.Skipped
+		}
+		tb.add(formatTime(t.At), run, formatTime(t.FiredAt))
 	}
 	return tb.render(a.stdout)
 }
@@ -301,12 +312,14 @@ type scheduleJSON struct {
 	Timezone      string            `json:"timezone"`
 	CatchUp       string            `json:"catch_up"`
 	MaxLatenessMS int64             `json:"max_lateness_ms"`
+	Overlap       string            `json:"overlap"`
 	State         string            `json:"state"`
 	NextFireAt    *time.Time        `json:"next_fire_at"`
 	LastTickAt    *time.Time        `json:"last_tick_at"`
 	LastRunID     *uuid.UUID        `json:"last_run_id"`
 	LastFiredAt   *time.Time        `json:"last_fired_at"`
 	Fired         int64             `json:"fired"`
+	Skipped       int64             `json:"skipped"`
 	CreatedAt     time.Time         `json:"created_at"`
 	UpdatedAt     time.Time         `json:"updated_at"`
 	Input         *cloacina.Context `json:"input"`
@@ -319,16 +332,18 @@ type scheduleDetailJSON struct {
 	Ticks []tickJSON `json:"ticks"`
 }
 
-// tickJSON is a tick a schedule fired and the run it started.
+// tickJSON is a tick a schedule fired and the run it started, or one it
+// skipped: run_id null and skipped the reason.
 type tickJSON struct {
-	At      time.Time `json:"at"`
-	RunID   uuid.UUID `json:"run_id"`
-	FiredAt time.Time `json:"fired_at"`
+	At      time.Time  `json:"at"`
+	RunID   *uuid.UUID `json:"run_id"`
+	Skipped string     `json:"skipped,omitempty"`
+	FiredAt time.Time  `json:"fired_at"`
 }
 
 func newScheduleJSON(s *cloacina.ScheduleInfo) scheduleJSON {
 	return scheduleJSON{Name: s.Name, Workflow: s.Workflow, Cron: s.Cron, Timezone: s.Timezone, CatchUp: string(s.CatchUp),
-		MaxLatenessMS: s.MaxLateness.Milliseconds(), State: scheduleState(s), NextFireAt: utc(nextTick(s)),
+		MaxLatenessMS: s.MaxLateness.Milliseconds(), Overlap: string(s.Overlap), State: scheduleState(s), NextFireAt: utc(nextTick(s)),
 		LastTickAt: utc(s.LastTickAt), LastRunID: s.LastRunID, LastFiredAt: utc(s.LastFiredAt), Fired: s.Fired,
-		CreatedAt: s.CreatedAt.UTC(), UpdatedAt: s.UpdatedAt.UTC(), Input: s.Input}
+		Skipped: s.Skipped, CreatedAt: s.CreatedAt.UTC(), UpdatedAt: s.UpdatedAt.UTC(), Input: s.Input}
 }

@@ -115,6 +115,8 @@ func TestSchedules(t *testing.T) {
 			require.Equal(t, "active", j["state"])
 			require.Equal(t, map[string]any{"region": "eu"}, j["input"])
 			require.Equal(t, float64(0), j["fired"])
+			require.Equal(t, float64(0), j["skipped"])
+			require.Equal(t, "allow", j["overlap"])
 			for _, k := range []string{"last_tick_at", "last_run_id", "last_fired_at"} {
 				require.Contains(t, j, k)
 				require.Nil(t, j[k], k)
@@ -135,6 +137,8 @@ func TestSchedules(t *testing.T) {
 			require.Contains(t, fields, "timezone      Europe/Paris\n")
 			require.Contains(t, fields, "catch up      latest\n")
 			require.Contains(t, fields, "max lateness  2h0m0s\n")
+			require.Contains(t, fields, "overlap       allow\n")
+			require.NotContains(t, fields, "skipped", "shown only when a tick was skipped")
 			require.Contains(t, fields, "state         active\n")
 			require.Contains(t, fields, "next tick     "+formatTime(nightly.NextFireAt)+"\n")
 			require.Contains(t, fields, "last run      -\n")
@@ -323,5 +327,71 @@ func TestSchedulesBadInput(t *testing.T) {
 			require.NoError(t, err)
 			require.Empty(t, entries, "a failed command must not create files")
 		})
+	}
+}
+
+// A tick skipped by OverlapSkip shows in get as such, with its reason,
+// and in JSON with no run.
+func TestScheduleSkippedTicks(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := "sqlite://" + testdb.SQLitePath(t)
+	release := make(chan struct{})
+	slow := cloacina.MustWorkflow("report", cloacina.Task{Name: "build", Run: func(ctx context.Context, _ *cloacina.Context) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}})
+	r, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{slow}, PollInterval: 10 * time.Millisecond,
+		Schedules: []cloacina.Schedule{{Name: "busy", Workflow: "report", Cron: "* * * * * *", Overlap: cloacina.OverlapSkip}},
+		Logger:    slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, r.Close()) })
+	require.NoError(t, r.Start(ctx))
+	var s cloacina.ScheduleInfo
+	require.Eventually(t, func() bool {
+		s = storedSchedule(t, url, "busy")
+		return s.Skipped >= 1
+	}, followDeadline, 10*time.Millisecond, "a tick skipped behind the first run")
+	close(release)
+	require.NoError(t, r.Stop(ctx))
+	ticks, err := r.ScheduleTicks(ctx, "busy", 0)
+	require.NoError(t, err)
+	s = storedSchedule(t, url, "busy")
+
+	out := ok(t, url, "schedules", "get", "busy")
+	fields, table, found := strings.Cut(out, "\n\n")
+	require.True(t, found, out)
+	require.Contains(t, fields+"\n", "overlap     skip\n")
+	require.Contains(t, fields+"\n", "skipped     "+jsonNumber(int(s.Skipped))+"\n")
+	_, rows := parseTable(t, table)
+	require.Len(t, rows, len(ticks))
+	oldest := ticks[len(ticks)-1]
+	require.Empty(t, oldest.Skipped, "the first tick fired")
+	skipped := 0
+	for i, tk := range ticks {
+		if tk.Skipped == "" {
+			continue
+		}
+		skipped++
+		require.Equal(t, row{formatTime(tk.At), "skipped: run " + oldest.RunID.String() + " of the schedule is unfinished (OverlapSkip)",
+			formatTime(tk.FiredAt)}, rows[i])
+	}
+	require.Equal(t, int(s.Skipped), skipped)
+
+	j := jsonObject(t, ok(t, url, "schedules", "get", "busy", "--json"))
+	require.Equal(t, "skip", j["overlap"])
+	require.Equal(t, float64(s.Skipped), j["skipped"])
+	for i, raw := range j["ticks"].([]any) {
+		tick := raw.(map[string]any)
+		if ticks[i].Skipped != "" {
+			require.Nil(t, tick["run_id"])
+			require.Equal(t, ticks[i].Skipped, tick["skipped"])
+		} else {
+			require.Equal(t, ticks[i].RunID.String(), tick["run_id"])
+			require.NotContains(t, tick, "skipped")
+		}
 	}
 }
