@@ -326,4 +326,3 @@ func (b *bundle) insertPipelineIn(t *testing.T, tx driver.Tx) uuid.UUID {
 	require.Len(t, ids, 1)
 	return p.ID
 }
-

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-
 	"github.com/cloacina-go/cloacina/driver"
 )
 
