@@ -37,6 +37,9 @@ type runnerSpec struct {
 	Poll          time.Duration `json:"poll"`
 	Heartbeat     time.Duration `json:"heartbeat"`
 	RunnerTimeout time.Duration `json:"runner_timeout"`
+	// Cron, if set, declares the ticker schedule (see tickerSchedule)
+	// firing on it.
+	Cron string `json:"cron,omitempty"`
 }
 
 // serveRunnerProcess turns the test binary into a runner process when
@@ -96,6 +99,10 @@ func openRunner(ctx context.Context, spec runnerSpec, logger *slog.Logger) (*clo
 		RunnerID:           spec.RunnerID,
 		RunnerName:         fmt.Sprintf("%s-%d", spec.Name, os.Getpid()),
 		Logger:             logger,
+	}
+	if spec.Cron != "" {
+		cfg.Workflows = []*cloacina.Workflow{tickerWorkflow()}
+		cfg.Schedules = []cloacina.Schedule{tickerSchedule(spec.Cron)}
 	}
 	var r *cloacina.Runner
 	var rec recorder
