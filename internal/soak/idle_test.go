@@ -41,6 +41,19 @@ import (
 // the traced statements plus the pings.)
 func TestIdleRunnerStatementsPostgres(t *testing.T) {
 	t.Parallel()
+	t.Run("no schedule", func(t *testing.T) {
+		t.Parallel()
+		idleRunner(t, nil)
+	})
+	// A runner that declares a schedule reads, once per poll interval,
+	// when its next tick falls; between ticks it begins no transaction.
+	t.Run("a schedule not due", func(t *testing.T) {
+		t.Parallel()
+		idleRunner(t, &cloacina.Schedule{Name: "yearly", Workflow: workflowName, Cron: "0 0 1 1 *"})
+	})
+}
+
+func idleRunner(t *testing.T, schedule *cloacina.Schedule) {
 	ctx := testContext(t, 2*time.Minute)
 	schema := testdb.NewSchema(t)
 	counter := newStatementCounter(pgx.Identifier{schema}.Sanitize())
@@ -64,6 +77,11 @@ func TestIdleRunnerStatementsPostgres(t *testing.T) {
 		RunnerTimeout: 11 * time.Second,
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
+	what := "one idle runner"
+	if schedule != nil {
+		cfg.Schedules = []cloacina.Schedule{*schedule}
+		what = fmt.Sprintf("one idle runner declaring a schedule not due (%q)", schedule.Cron)
+	}
 	r, err := cloacina.OpenPool(ctx, pool, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, r.Close()) })
@@ -86,9 +104,9 @@ func TestIdleRunnerStatementsPostgres(t *testing.T) {
 	secs := last.at.Sub(first.at).Seconds()
 	perSec := func(n int64) string { return fmt.Sprintf("%.2f/s", float64(n)/secs) }
 	lines := []string{
-		fmt.Sprintf("one idle runner, PostgreSQL, default poll and heartbeat (5s, 5s), leader, over %.1fs: %s statements (pgx tracer, BEGIN/COMMIT included), "+
+		fmt.Sprintf("%s, PostgreSQL, default poll and heartbeat (5s, 5s), leader, over %.1fs: %s statements (pgx tracer, BEGIN/COMMIT included), "+
 			"%s transactions (BEGIN…COMMIT blocks and statements outside them), plus %s pool pings",
-			secs, perSec(last.total-first.total), perSec(last.transactions-first.transactions), perSec(last.pings-first.pings)),
+			what, secs, perSec(last.total-first.total), perSec(last.transactions-first.transactions), perSec(last.pings-first.pings)),
 	}
 	var kinds []string
 	for k := range last.byStatement {
