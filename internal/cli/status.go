@@ -26,7 +26,11 @@ Then, for each workflow with unfinished work: the tasks waiting to be
 claimed and how long the oldest has waited, the tasks delayed by a retry,
 the tasks running (deferred ones among them) and the unfinished runs by
 status. A growing OLDEST WAIT means the workflow's runners do not keep up,
-or that none runs it.`,
+or that none runs it.
+
+Last, the stored schedules, if any: active or paused, the next tick, and
+how late it is. A tick late by more than moments means that no started
+runner declares the schedule (see ` + "`cloacina schedules list`" + `).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := a.database(cmd)
@@ -42,10 +46,14 @@ or that none runs it.`,
 				if err != nil {
 					return fmt.Errorf("read the backlog: %w", err)
 				}
-				if asJSON {
-					return json.NewEncoder(a.stdout).Encode(newStatusJSON(runners, backlog))
+				schedules, err := r.Schedules(ctx)
+				if err != nil {
+					return fmt.Errorf("list schedules: %w", err)
 				}
-				return writeStatus(a, runners, backlog, time.Now())
+				if asJSON {
+					return json.NewEncoder(a.stdout).Encode(newStatusJSON(runners, backlog, schedules, time.Now()))
+				}
+				return writeStatus(a, runners, backlog, schedules, time.Now())
 			})
 		},
 	}
@@ -53,9 +61,9 @@ or that none runs it.`,
 	return cmd
 }
 
-// writeStatus prints the runners, then the backlog, with waits measured
-// at now.
-func writeStatus(a *app, runners []cloacina.RunnerInfo, backlog []cloacina.Backlog, now time.Time) error {
+// writeStatus prints the runners, the backlog, then the schedules (if
+// any), with waits and lateness measured at now.
+func writeStatus(a *app, runners []cloacina.RunnerInfo, backlog []cloacina.Backlog, schedules []cloacina.ScheduleInfo, now time.Time) error {
 	if len(runners) == 0 {
 		fmt.Fprintln(a.stdout, "no runners")
 	} else {
@@ -73,6 +81,42 @@ func writeStatus(a *app, runners []cloacina.RunnerInfo, backlog []cloacina.Backl
 		}
 	}
 	fmt.Fprintln(a.stdout)
+	if err := writeBacklog(a, backlog, now); err != nil {
+		return err
+	}
+	if len(schedules) == 0 {
+		return nil
+	}
+	fmt.Fprintln(a.stdout)
+	tb := newTable("SCHEDULE", "WORKFLOW", "STATE", "NEXT TICK", "LATE").alignRight(4)
+	for i := range schedules {
+		s := &schedules[i]
+		tb.add(s.Name, s.Workflow, scheduleState(s), formatTimePtr(nextTick(s)), formatLate(s, now))
+	}
+	return tb.render(a.stdout)
+}
+
+// formatLate is how late an active schedule's next tick is at now, or
+// "-" when it is not due yet (or paused).
+func formatLate(s *cloacina.ScheduleInfo, now time.Time) string {
+	if late := scheduleLate(s, now); late > 0 {
+		return formatDuration(late)
+	}
+	return "-"
+}
+
+// scheduleLate is how long past its time an active schedule's next tick
+// is at now; zero when not due or paused.
+func scheduleLate(s *cloacina.ScheduleInfo, now time.Time) time.Duration {
+	if s.Paused {
+		return 0
+	}
+	return max(now.Sub(s.NextFireAt), 0)
+}
+
+// writeBacklog prints each workflow's unfinished work, with waits
+// measured at now.
+func writeBacklog(a *app, backlog []cloacina.Backlog, now time.Time) error {
 	if len(backlog) == 0 {
 		_, err := fmt.Fprintln(a.stdout, "no unfinished work")
 		return err
@@ -92,8 +136,19 @@ func writeStatus(a *app, runners []cloacina.RunnerInfo, backlog []cloacina.Backl
 
 // statusJSON is `status --json`.
 type statusJSON struct {
-	Runners []runnerJSON  `json:"runners"`
-	Backlog []backlogJSON `json:"backlog"`
+	Runners   []runnerJSON         `json:"runners"`
+	Backlog   []backlogJSON        `json:"backlog"`
+	Schedules []scheduleStatusJSON `json:"schedules"`
+}
+
+// scheduleStatusJSON is a schedule in `status --json`: next_fire_at is
+// null while it is paused; late_ms is how late its next tick is.
+type scheduleStatusJSON struct {
+	Name       string     `json:"name"`
+	Workflow   string     `json:"workflow"`
+	State      string     `json:"state"`
+	NextFireAt *time.Time `json:"next_fire_at"`
+	LateMS     int64      `json:"late_ms"`
 }
 
 type runnerJSON struct {
@@ -119,8 +174,14 @@ type backlogJSON struct {
 	PausedRuns    int        `json:"paused_runs"`
 }
 
-func newStatusJSON(runners []cloacina.RunnerInfo, backlog []cloacina.Backlog) statusJSON {
-	j := statusJSON{Runners: make([]runnerJSON, len(runners)), Backlog: make([]backlogJSON, len(backlog))}
+func newStatusJSON(runners []cloacina.RunnerInfo, backlog []cloacina.Backlog, schedules []cloacina.ScheduleInfo, now time.Time) statusJSON {
+	j := statusJSON{Runners: make([]runnerJSON, len(runners)), Backlog: make([]backlogJSON, len(backlog)),
+		Schedules: make([]scheduleStatusJSON, len(schedules))}
+	for i := range schedules {
+		s := &schedules[i]
+		j.Schedules[i] = scheduleStatusJSON{Name: s.Name, Workflow: s.Workflow, State: scheduleState(s), NextFireAt: utc(nextTick(s)),
+			LateMS: scheduleLate(s, now).Milliseconds()}
+	}
 	for i, ri := range runners {
 		workflows := ri.Workflows
 		if workflows == nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -64,4 +65,57 @@ func TestStatus(t *testing.T) {
 			require.WithinDuration(t, time.Now(), oldest, time.Minute)
 		})
 	}
+}
+
+// status ends with the stored schedules: active or paused, the next tick
+// and how late it is — a late tick means no started runner declares it.
+func TestStatusSchedules(t *testing.T) {
+	t.Parallel()
+	t.Run("stored", func(t *testing.T) {
+		t.Parallel()
+		url := "sqlite://" + testdb.SQLitePath(t)
+		twoSchedules(t, url)
+		ok(t, url, "schedules", "pause", "hourly")
+		nightly := storedSchedule(t, url, "nightly")
+
+		parts := strings.Split(ok(t, url, "status"), "\n\n")
+		require.Len(t, parts, 3)
+		require.Equal(t, "no runners", parts[0])
+		header, rows := parseTable(t, parts[2])
+		require.Equal(t, row{"SCHEDULE", "WORKFLOW", "STATE", "NEXT TICK", "LATE"}, header)
+		require.Equal(t, []row{
+			{"hourly", "report", "paused", "-", "-"},
+			{"nightly", "report", "active", formatTime(nightly.NextFireAt), "-"},
+		}, rows)
+
+		st := jsonObject(t, ok(t, url, "status", "--json"))
+		schedules := st["schedules"].([]any)
+		require.Len(t, schedules, 2)
+		require.Equal(t, map[string]any{"name": "hourly", "workflow": "report", "state": "paused", "next_fire_at": nil, "late_ms": float64(0)},
+			schedules[0])
+		require.Equal(t, "nightly", schedules[1].(map[string]any)["name"])
+		require.Equal(t, float64(0), schedules[1].(map[string]any)["late_ms"])
+	})
+
+	t.Run("late", func(t *testing.T) {
+		t.Parallel()
+		now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+		schedules := []cloacina.ScheduleInfo{
+			{Name: "due", Workflow: "w", NextFireAt: now.Add(-90 * time.Second)},
+			{Name: "paused", Workflow: "w", Paused: true, NextFireAt: now.Add(-time.Hour)},
+			{Name: "soon", Workflow: "w", NextFireAt: now.Add(time.Minute)},
+		}
+		var out strings.Builder
+		require.NoError(t, writeStatus(&app{stdout: &out}, nil, nil, schedules, now))
+		parts := strings.Split(out.String(), "\n\n")
+		require.Len(t, parts, 3)
+		_, rows := parseTable(t, parts[2])
+		require.Equal(t, []row{
+			{"due", "w", "active", formatTime(now.Add(-90 * time.Second)), formatDuration(90 * time.Second)},
+			{"paused", "w", "paused", "-", "-"},
+			{"soon", "w", "active", formatTime(now.Add(time.Minute)), "-"},
+		}, rows)
+		j := newStatusJSON(nil, nil, schedules, now)
+		require.Equal(t, []int64{90000, 0, 0}, []int64{j.Schedules[0].LateMS, j.Schedules[1].LateMS, j.Schedules[2].LateMS})
+	})
 }
