@@ -202,7 +202,13 @@ func TestScheduleFiresEveryTick(t *testing.T) {
 		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, Schedules: []Schedule{
 			{Name: "every-second", Workflow: "tick", Cron: "* * * * * *", Input: input, CatchUp: CatchUpAll},
 		}})
-		waitCommits(t, "three ticks", func() bool { return len(scheduleTicks(t, r, "every-second")) >= 3 }, r)
+		// Three runs' tasks ran (so three ticks fired); then nothing more
+		// is claimed.
+		for range 3 {
+			s := waitFor(t, got, "a task of a scheduled run")
+			require.Equal(t, "every-second", s.name)
+			require.Equal(t, "blue", s.color)
+		}
 		require.NoError(t, r.Stop(ctx))
 
 		ticks := scheduleTicks(t, r, "every-second")
@@ -222,11 +228,7 @@ func TestScheduleFiresEveryTick(t *testing.T) {
 			require.Equal(t, "every-second", name)
 			require.False(t, tk.FiredAt.Before(tk.At), "a tick fires at its time, not before")
 		}
-		for range ticks[:3] {
-			s := waitFor(t, got, "a task of a scheduled run")
-			require.Equal(t, "every-second", s.name)
-			require.Equal(t, "blue", s.color)
-		}
+		require.GreaterOrEqual(t, len(ticks), 3)
 		infos, err := r.Schedules(ctx)
 		require.NoError(t, err)
 		require.Len(t, infos, 1)
