@@ -196,6 +196,12 @@
 // of finished runs; [DeleteEventsOpts.IncludeUnfinishedRuns] deletes by
 // age alone. [Replay] rebuilds every status from the events alone.
 //
+// Runs have a retention of their own: [Runner.DeleteRunsBefore] deletes
+// the runs that finished before a cutoff, with their tasks and contexts,
+// in batches ([Runner.CountRunsBefore] counts them first). Their events
+// stay, for the event log's retention, which counts them as those of
+// finished runs.
+//
 // # Crash safety and scale-out
 //
 // A started runner registers a row and heartbeats it (one write per

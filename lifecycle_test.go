@@ -142,6 +142,14 @@ var closedCalls = map[string]func(ctx context.Context, r *Runner, x *closedTarge
 		_, err := r.DeleteEventsBefore(ctx, time.Now(), nil)
 		return err
 	},
+	"Runner.CountRunsBefore": func(ctx context.Context, r *Runner, _ *closedTarget) error {
+		_, err := r.CountRunsBefore(ctx, time.Now(), nil)
+		return err
+	},
+	"Runner.DeleteRunsBefore": func(ctx context.Context, r *Runner, _ *closedTarget) error {
+		_, err := r.DeleteRunsBefore(ctx, time.Now(), nil)
+		return err
+	},
 	"Runner.Schedules": func(ctx context.Context, r *Runner, _ *closedTarget) error {
 		_, err := r.Schedules(ctx)
 		return err

@@ -76,9 +76,13 @@ func TestReadOnlyRunner(t *testing.T) {
 				_, err := ro.ExecuteTx(ctx, nil, "ro", nil)
 				return err
 			},
-			"Cancel":         func() error { return ro.Cancel(ctx, second.ID) },
-			"Pause":          func() error { return ro.Pause(ctx, second.ID) },
-			"Resume":         func() error { return ro.Resume(ctx, second.ID) },
+			"Cancel": func() error { return ro.Cancel(ctx, second.ID) },
+			"Pause":  func() error { return ro.Pause(ctx, second.ID) },
+			"Resume": func() error { return ro.Resume(ctx, second.ID) },
+			"DeleteRunsBefore": func() error {
+				_, err := ro.DeleteRunsBefore(ctx, time.Now().Add(time.Hour), nil)
+				return err
+			},
 			"PauseSchedule":  func() error { return ro.PauseSchedule(ctx, "s") },
 			"ResumeSchedule": func() error { return ro.ResumeSchedule(ctx, "s") },
 			"DeleteSchedule": func() error { return ro.DeleteSchedule(ctx, "s") },

@@ -208,3 +208,71 @@ func TestRetentionRetriesABatchThatRolledBack(t *testing.T) {
 		require.Zero(t, left, "no old event was skipped")
 	})
 }
+
+// DeleteRunsBefore deletes finished runs with their tasks, in batches,
+// and keeps unfinished ones; the events of the deleted runs stay until
+// event retention, which then counts them as those of finished runs.
+func TestDeleteRunsBefore(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("r", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+		fails := MustWorkflow("f", Task{Name: "a", Retry: &RetryPolicy{MaxAttempts: 1}, Run: func(context.Context, *Context) error {
+			return errString("no")
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf, fails}})
+		var finished []*ExecutionResult
+		for range 5 {
+			res, err := r.Execute(ctx, "r", nil)
+			require.NoError(t, err)
+			finished = append(finished, res)
+		}
+		res, err := r.Execute(ctx, "f", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		finished = append(finished, res)
+		// An unfinished run, paused: kept however old.
+		writer := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		paused, err := writer.ExecuteAsync(ctx, "r", nil)
+		require.NoError(t, err)
+		require.NoError(t, writer.Pause(ctx, paused.ID()))
+
+		cutoff := time.Now().Add(time.Hour)
+		n, err := r.CountRunsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Equal(t, int64(6), n)
+		none, err := r.CountRunsBefore(ctx, finished[0].CreatedAt.Add(-time.Hour), nil)
+		require.NoError(t, err)
+		require.Zero(t, none, "nothing ended an hour before the first run")
+		eventsBefore, err := r.CountEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+
+		var progress []int64
+		deleted, err := r.DeleteRunsBefore(ctx, cutoff, &DeleteRunsOpts{BatchSize: 4, Progress: func(n int64) { progress = append(progress, n) }})
+		require.NoError(t, err)
+		require.Equal(t, int64(6), deleted)
+		require.Equal(t, []int64{4, 6}, progress, "in batches")
+		for _, res := range finished {
+			_, err := r.Get(ctx, res.ID)
+			require.ErrorIs(t, err, ErrRunNotFound)
+			_, err = r.GetTask(ctx, res.Tasks[0].ID)
+			require.ErrorIs(t, err, ErrTaskNotFound, "its tasks go with it")
+			events, err := r.RunEvents(ctx, res.ID)
+			require.NoError(t, err)
+			require.NotEmpty(t, events, "its events stay, for event retention")
+		}
+		st, err := paused.Status(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelinePaused, st)
+		runs, err := r.List(ctx, nil)
+		require.NoError(t, err)
+		require.Len(t, runs, 1)
+
+		eventsAfter, err := r.CountEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Equal(t, eventsBefore, eventsAfter, "the deleted runs' events count as those of finished runs")
+
+		_, err = r.DeleteRunsBefore(ctx, cutoff, &DeleteRunsOpts{BatchSize: -1})
+		require.ErrorContains(t, err, "DeleteRunsOpts.BatchSize must be positive")
+	})
+}

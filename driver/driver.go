@@ -217,6 +217,14 @@ type Executor interface {
 	// TaskFenceCheck reports which claims no longer hold.
 	TaskFenceCheck(ctx context.Context, params *TaskFenceCheckParams) (*TaskFenceCheckResult, error)
 
+	// PipelineDeleteFinished deletes old finished runs (see
+	// PipelineDeleteParams) and returns how many. On PostgreSQL a run
+	// another transaction has locked is skipped.
+	PipelineDeleteFinished(ctx context.Context, params *PipelineDeleteParams) (int, error)
+	// PipelineCountFinished counts the runs PipelineDeleteFinished would
+	// delete.
+	PipelineCountFinished(ctx context.Context, params *PipelineCountParams) (int64, error)
+
 	// ScheduleSync stores the definitions of the schedules a runner
 	// declares (see ScheduleSyncParams).
 	ScheduleSync(ctx context.Context, params *ScheduleSyncParams) error

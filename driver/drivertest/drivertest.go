@@ -120,6 +120,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"ReadOnly", testReadOnly},
 		{"BatchSizes", testBatchSizes},
 		{"Schedules", testSchedules},
+		{"PipelineDeleteFinished", testPipelineDeleteFinished},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

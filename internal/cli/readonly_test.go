@@ -30,6 +30,7 @@ func readCommands(run string) [][]string {
 		{"events", "list"},
 		{"events", "list", "--run", run},
 		{"events", "cleanup", "--older-than", "1d", "--dry-run"},
+		{"runs", "cleanup", "--older-than", "1d", "--dry-run"},
 	}
 }
 

@@ -30,6 +30,7 @@ func (a *app) runsCommand() *cobra.Command {
 			(*cloacina.Runner).Pause),
 		a.runControlCommand("resume", "Resume a paused run",
 			(*cloacina.Runner).Resume),
+		a.runsCleanupCommand(),
 	)
 }
 

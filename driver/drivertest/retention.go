@@ -1,0 +1,114 @@
+package drivertest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// endRun moves Pending run p to status, ended at at.
+func (b *bundle) endRun(t *testing.T, p *driver.PipelineInsertParams, status driver.PipelineStatus, at time.Time) {
+	t.Helper()
+	b.apply(t, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
+		{ID: p.ID, FromStatus: driver.PipelinePending, Status: status, StartedAt: &at, CompletedAt: &at, Now: at},
+	}})
+}
+
+func (b *bundle) countFinished(t *testing.T, before time.Time) int64 {
+	t.Helper()
+	n, err := b.drv.Reader().PipelineCountFinished(b.ctx, &driver.PipelineCountParams{Before: before})
+	require.NoError(t, err)
+	return n
+}
+
+func (b *bundle) deleteFinished(t *testing.T, before time.Time, limit int) int {
+	t.Helper()
+	var n int
+	b.inTx(t, func(tx driver.Tx) {
+		var err error
+		n, err = tx.PipelineDeleteFinished(b.ctx, &driver.PipelineDeleteParams{Before: before, Limit: limit})
+		require.NoError(t, err)
+	})
+	return n
+}
+
+// PipelineDeleteFinished deletes the runs that ended before the cutoff,
+// in batches, with their tasks, outbox rows and schedule ticks; it keeps
+// unfinished runs, runs that ended later, and runs with a task still
+// running. PipelineCountFinished counts the same runs.
+func testPipelineDeleteFinished(t *testing.T, s *suite) {
+	t.Run("DeletesOldFinishedRunsOnly", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		cutoff := b.at(-time.Hour)
+		old := createdAt(b.at(-3 * time.Hour))
+
+		var gone []*driver.PipelineInsertParams
+		for _, st := range []driver.PipelineStatus{driver.PipelineCompleted, driver.PipelineFailed, driver.PipelineCancelled} {
+			p := b.insertPipeline(t, old)
+			b.endRun(t, p, st, b.at(-2*time.Hour))
+			gone = append(gone, p)
+		}
+		// A task of each (a finished one, one skipped with an outbox row
+		// left over) and a tick of the first go with the runs.
+		done, left := b.newTask(gone[0], 0), b.readyTask(gone[1], 0)
+		done.Status = driver.TaskCompleted
+		b.insertTasks(t, done)
+		b.enqueue(t, b.now, left)
+		def := b.scheduleDef("s")
+		def.NextFireAt = b.at(-3 * time.Hour)
+		b.syncSchedules(t, b.now, def)
+		b.inTx(t, func(tx driver.Tx) {
+			require.NoError(t, tx.ScheduleFire(b.ctx, &driver.ScheduleFireParams{Name: "s", Expect: b.at(-3 * time.Hour),
+				Ticks: []driver.ScheduleTick{{At: b.at(-3 * time.Hour), PipelineID: &gone[0].ID}}, NextFireAt: b.now, Now: b.now}))
+		})
+
+		// Kept: an unfinished old run, a run that ended after the cutoff,
+		// a recent run, and a cancelled run whose task has not returned.
+		running := b.insertPipeline(t, old)
+		endedLate := b.insertPipeline(t, old)
+		b.endRun(t, endedLate, driver.PipelineCompleted, b.at(-30*time.Minute))
+		recent := b.insertPipeline(t)
+		b.endRun(t, recent, driver.PipelineCompleted, b.now)
+		cancelled := b.insertPipeline(t, old)
+		b.endRun(t, cancelled, driver.PipelineCancelled, b.at(-2*time.Hour))
+		stillRunning := b.newTask(cancelled, 0)
+		stillRunning.Status, stillRunning.Attempt, stillRunning.RunnerID = driver.TaskRunning, 1, "r1"
+		b.insertTasks(t, stillRunning)
+
+		require.Equal(t, int64(3), b.countFinished(t, cutoff))
+		require.Zero(t, b.countFinished(t, b.at(-3*time.Hour)), "nothing ended before that")
+		require.Equal(t, 2, b.deleteFinished(t, cutoff, 2), "one batch")
+		require.Equal(t, 1, b.deleteFinished(t, cutoff, 2))
+		require.Zero(t, b.deleteFinished(t, cutoff, 2))
+		require.Zero(t, b.countFinished(t, cutoff))
+
+		for _, p := range gone {
+			_, err := b.drv.Reader().PipelineGet(b.ctx, p.ID)
+			require.ErrorIs(t, err, driver.ErrNotFound)
+		}
+		tasks, err := b.drv.Reader().TaskList(b.ctx, &driver.TaskListParams{IDs: []uuid.UUID{done.ID, left.ID}})
+		require.NoError(t, err)
+		require.Empty(t, tasks, "their tasks go with them")
+		require.False(t, b.peek(t, b.now, "wf").Claimable, "and their outbox rows")
+		require.Empty(t, b.ticks(t, "s", 0), "and their ticks")
+		require.Len(t, b.schedules(t), 1, "not their schedule")
+		for _, p := range []*driver.PipelineInsertParams{running, endedLate, recent, cancelled} {
+			require.Equal(t, p.ID, b.getPipeline(t, p.ID).ID)
+		}
+		require.Equal(t, driver.TaskRunning, b.getTask(t, stillRunning.ID).Status)
+	})
+
+	t.Run("RefusesANonPositiveLimit", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		b.inTx(t, func(tx driver.Tx) {
+			_, err := tx.PipelineDeleteFinished(b.ctx, &driver.PipelineDeleteParams{Before: b.now})
+			require.ErrorContains(t, err, "pass a positive Limit")
+		})
+	})
+}

@@ -1,0 +1,37 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// finishedBefore selects the finished runs that ended before $1 and have
+// no task still running. created_at < $1 (a run ends after it is created)
+// keeps the scan to the status index's range of old runs.
+const finishedBefore = `q.status IN ('completed', 'failed', 'cancelled') AND q.created_at < $1 AND q.completed_at < $1
+	AND NOT EXISTS (SELECT FROM %[1]s.task_executions t WHERE t.pipeline_execution_id = q.id AND t.status = 'running')`
+
+func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.PipelineDeleteParams) (int, error) {
+	if p.Limit <= 0 {
+		return 0, fmt.Errorf("postgres: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
+	}
+	tag, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s.pipeline_executions WHERE id IN (
+			SELECT q.id FROM %[1]s.pipeline_executions q WHERE `+finishedBefore+` LIMIT $2 FOR UPDATE SKIP LOCKED)`, e.q.schema),
+		p.Before, p.Limit)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: delete finished runs: %w", mapError(err))
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+func (e *executor) PipelineCountFinished(ctx context.Context, p *driver.PipelineCountParams) (int64, error) {
+	var n int64
+	err := e.db.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %[1]s.pipeline_executions q WHERE `+finishedBefore, e.q.schema),
+		p.Before).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: count finished runs: %w", mapError(err))
+	}
+	return n, nil
+}

@@ -1,0 +1,89 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloacina-go/cloacina"
+)
+
+// defaultRunCleanupBatch is the runs one transaction of `runs cleanup`
+// deletes, each with its tasks.
+const defaultRunCleanupBatch = 500
+
+func (a *app) runsCleanupCommand() *cobra.Command {
+	var (
+		olderThan ageFlag
+		dryRun    bool
+		batchSize = countFlag(defaultRunCleanupBatch)
+	)
+	cmd := &cobra.Command{
+		Use:   "cleanup --older-than AGE",
+		Short: "Delete finished runs, with their tasks, that ended longer ago than an age",
+		Long: `cleanup deletes the runs that finished (completed, failed or cancelled) more
+than --older-than ago, with their tasks and contexts, in batches of
+--batch-size runs, one transaction each, so it never holds locks for long.
+AGE is a Go duration that may start with days: 30d, 12h, 1d12h.
+
+Unfinished runs (pending, running or paused) are kept however old, and so is
+a cancelled run while a task of it has not returned yet. The runs' events
+stay: the event log has a retention of its own, and ` + "`cloacina events cleanup`" + `
+deletes the events of deleted runs as those of finished ones. With --dry-run
+it only counts what the same command would delete.`,
+		Example: `  cloacina runs cleanup --older-than 90d --dry-run
+  cloacina runs cleanup --older-than 90d && cloacina events cleanup --older-than 90d`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("older-than") {
+				return usageErrorf(cmd, "--older-than is required, e.g. --older-than 90d")
+			}
+			d, err := a.database(cmd)
+			if err != nil {
+				return err
+			}
+			mode := openExisting
+			if dryRun {
+				mode = openReadOnly
+			}
+			return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
+				cutoff := time.Now().UTC().Add(-olderThan.d)
+				what := fmt.Sprintf("that ended more than %s ago (before %s)", olderThan.raw, formatTime(cutoff))
+				opts := &cloacina.DeleteRunsOpts{BatchSize: int(batchSize)}
+				total, err := r.CountRunsBefore(ctx, cutoff, opts)
+				if err != nil {
+					return fmt.Errorf("count runs: %w", err)
+				}
+				switch {
+				case dryRun:
+					_, err = fmt.Fprintf(a.stdout, "would delete %d finished runs %s; nothing deleted (dry run)\n", total, what)
+					return err
+				case total == 0:
+					_, err = fmt.Fprintf(a.stdout, "no finished runs %s to delete\n", what)
+					return err
+				}
+				opts.Progress = func(n int64) {
+					// More may go than were counted: runs may end, or age past
+					// the cutoff, between count and delete.
+					fmt.Fprintf(a.stdout, "deleted %d of %d runs\n", n, max(n, total))
+				}
+				deleted, err := r.DeleteRunsBefore(ctx, cutoff, opts)
+				if errors.Is(err, context.Canceled) {
+					return fmt.Errorf("interrupted after deleting %d of %d runs; run the command again to continue", deleted, total)
+				}
+				if err != nil {
+					return fmt.Errorf("%w (%d runs deleted before the error; run the command again to continue)", err, deleted)
+				}
+				_, err = fmt.Fprintf(a.stdout, "deleted %d finished runs %s; their events stay until `cloacina events cleanup`\n", deleted, what)
+				return err
+			})
+		},
+	}
+	cmd.Flags().Var(&olderThan, "older-than", "delete runs that ended longer ago than this age, e.g. 90d or 12h (required)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count the runs that would be deleted; delete nothing")
+	cmd.Flags().Var(&batchSize, "batch-size", "runs deleted per transaction")
+	return cmd
+}

@@ -1,0 +1,89 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cloacina-go/cloacina/driver"
+)
+
+// DeleteRunsOpts tunes DeleteRunsBefore and CountRunsBefore. A nil
+// *DeleteRunsOpts means defaults.
+type DeleteRunsOpts struct {
+	// BatchSize is how many runs one transaction deletes (each with its
+	// tasks), so retention never holds locks for long. Default: 500.
+	BatchSize int
+	// Progress, if set, is called after each batch with the total deleted
+	// so far.
+	Progress func(deleted int64)
+}
+
+// batchSize is the batch size o asks for, or the default.
+func (o *DeleteRunsOpts) batchSize() (int, error) {
+	switch {
+	case o == nil || o.BatchSize == 0:
+		return 500, nil
+	case o.BatchSize < 0:
+		return 0, errors.New("cloacina: DeleteRunsOpts.BatchSize must be positive (or 0 for the default, 500)")
+	}
+	return o.BatchSize, nil
+}
+
+// CountRunsBefore counts the runs DeleteRunsBefore would delete with the
+// same cutoff, so a dry run reports what the real one deletes. A bad
+// opts.BatchSize fails it as it fails the deletion.
+func (r *Runner) CountRunsBefore(ctx context.Context, cutoff time.Time, opts *DeleteRunsOpts) (int64, error) {
+	if _, err := opts.batchSize(); err != nil {
+		return 0, err
+	}
+	db, err := r.reader()
+	if err != nil {
+		return 0, err
+	}
+	n, err := db.PipelineCountFinished(ctx, &driver.PipelineCountParams{Before: cutoff})
+	return n, r.closedErr(err)
+}
+
+// DeleteRunsBefore deletes the runs that finished (Completed, Failed or
+// Cancelled) before cutoff, with their tasks and their contexts, one batch
+// per transaction, and returns how many it deleted. Unfinished runs
+// (Pending, Running or Paused) are kept however old, and so is a Cancelled
+// run while a task of it has not returned yet (its outcome is still to be
+// recorded). A run's events are not deleted with it: they are the audit
+// log, with a retention of their own, and DeleteEventsBefore deletes the
+// events of runs whose row is gone as those of finished runs. The ticks a
+// schedule fired record their runs, so deleting a run removes its tick's
+// record too (a schedule's Fired count stays). A child run is not deleted
+// with its parent; it keeps its parent's id. If ctx ends midway, the
+// batches already deleted stay deleted.
+func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *DeleteRunsOpts) (int64, error) {
+	batch, err := opts.batchSize()
+	if err != nil {
+		return 0, err
+	}
+	var progress func(int64)
+	if opts != nil {
+		progress = opts.Progress
+	}
+	var total int64
+	for {
+		var n int
+		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+			var err error
+			n, err = tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: cutoff, Limit: batch})
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("delete runs: %w", err)
+		}
+		total += int64(n)
+		if progress != nil && n > 0 {
+			progress(total)
+		}
+		if n < batch {
+			return total, nil
+		}
+	}
+}
