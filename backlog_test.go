@@ -17,7 +17,12 @@ func TestBacklogCountsWaitingAndRunningWork(t *testing.T) {
 		running := make(chan struct{}, 1)
 		release := make(chan struct{})
 		busy := MustWorkflow("busy", Task{Name: "hold", Run: func(ctx context.Context, tc *Context) error {
-			running <- struct{}{}
+			// Never blocks: once release is closed at cleanup, the other
+			// busy tasks may start before Stop, and nobody reads.
+			select {
+			case running <- struct{}{}:
+			default:
+			}
 			select {
 			case <-release:
 				return nil

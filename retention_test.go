@@ -231,9 +231,10 @@ func TestDeleteRunsBefore(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, PipelineFailed, res.Status)
 		finished = append(finished, res)
-		// An unfinished run, paused: kept however old.
-		writer := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		paused, err := writer.ExecuteAsync(ctx, "r", nil)
+		// An unfinished run, paused, of a workflow the started runner does
+		// not run (so it cannot finish first): kept however old.
+		writer := openRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("u", Task{Name: "a", Run: ok})}})
+		paused, err := writer.ExecuteAsync(ctx, "u", nil)
 		require.NoError(t, err)
 		require.NoError(t, writer.Pause(ctx, paused.ID()))
 
