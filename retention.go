@@ -53,11 +53,12 @@ func (r *Runner) CountRunsBefore(ctx context.Context, cutoff time.Time, opts *De
 // run while a task of it has not returned yet (its outcome is still to be
 // recorded). A run's events are not deleted with it: they are the audit
 // log, with a retention of their own, and DeleteEventsBefore deletes the
-// events of runs whose row is gone as those of finished runs. The ticks a
-// schedule fired record their runs, so deleting a run removes its tick's
-// record too (a schedule's Fired count stays). A child run is not deleted
-// with its parent; it keeps its parent's id. If ctx ends midway, the
-// batches already deleted stay deleted.
+// events of runs whose row is gone as those of finished runs. The record of
+// the schedule tick that started a run goes with it, and the records of
+// ticks skipped (OverlapSkip) before cutoff go too; a schedule's Fired and
+// Skipped counts stay. A child run is not deleted with its parent; it keeps
+// its parent's id. If ctx ends midway, the batches already deleted stay
+// deleted.
 func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *DeleteRunsOpts) (int64, error) {
 	batch, err := opts.batchSize()
 	if err != nil {
@@ -68,6 +69,8 @@ func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *D
 		progress = opts.Progress
 	}
 	var total int64
+	// Until a batch finds nothing: on PostgreSQL a batch skips the runs
+	// other transactions hold, so a short batch does not mean the end.
 	for {
 		var n int
 		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
@@ -78,11 +81,25 @@ func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *D
 		if err != nil {
 			return total, fmt.Errorf("delete runs: %w", err)
 		}
+		if n == 0 {
+			break
+		}
 		total += int64(n)
-		if progress != nil && n > 0 {
+		if progress != nil {
 			progress(total)
 		}
-		if n < batch {
+	}
+	for {
+		var n int
+		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+			var err error
+			n, err = tx.ScheduleTickDeleteSkipped(ctx, &driver.ScheduleTickDeleteParams{Before: cutoff, Limit: batch})
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("delete the records of skipped schedule ticks: %w", err)
+		}
+		if n == 0 {
 			return total, nil
 		}
 	}

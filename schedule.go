@@ -30,8 +30,9 @@ import (
 // last is the one every runner fires by.
 //
 // A tick fires in one transaction that creates its run, records the tick
-// (the database refuses a tick recorded twice) and moves the schedule on,
-// so a crash either fires a tick with its run or leaves it due. A run
+// and moves the schedule on from the tick it read (the database refuses
+// both a schedule moved on twice from one tick and a tick recorded
+// twice), so a crash either fires a tick with its run or leaves it due. A run
 // started by a tick has the schedule's Input plus two keys: "schedule"
 // (the schedule's name) and "scheduled_at" (the tick, RFC 3339 in UTC);
 // read them with ScheduledAt. Overlap decides whether a tick starts a run
@@ -54,16 +55,21 @@ type Schedule struct {
 	Cron string
 	// Location is the time zone Cron is read in, daylight saving time
 	// included: "0 9 * * *" in Europe/Paris fires at 09:00 Paris time
-	// all year. Default: UTC. time.Local is refused, since runners on
+	// all year. A wall-clock time that a change of offset skips does not
+	// tick that day ("30 2 * * *" in Paris on the last Sunday of March),
+	// and one it repeats ticks twice, an hour apart (the last Sunday of
+	// October): keep daily schedules out of the hours the zone shifts,
+	// or use UTC. Default: UTC. time.Local is refused, since runners on
 	// other machines may not share it: name the zone
 	// (time.LoadLocation("Europe/Paris")).
 	Location *time.Location
 	// Input is each run's input context (nil: empty), to which a run adds
 	// the "schedule" and "scheduled_at" keys; Input must not set them.
 	Input *Context
-	// CatchUp says which of the ticks that passed while no runner fired
-	// them (every runner down, or all stopped) run when a runner finds
-	// them. Default: CatchUpLatest.
+	// CatchUp says which ticks run when a runner finds several due at
+	// once: those that passed while no runner fired them (every runner
+	// down, or stopped), or — rarely — while the one that fires them fell
+	// behind by more than a tick. Default: CatchUpLatest.
 	CatchUp CatchUp
 	// MaxLateness, when positive, drops ticks found more than this after
 	// their time instead of running them: with CatchUpLatest, a schedule
@@ -140,14 +146,24 @@ type compiledSchedule struct {
 	input *Context
 }
 
-// parseCron parses a schedule's Cron in the zone named tz.
+// parseCron parses a schedule's Cron in the zone named tz, and refuses
+// what would not tick as written: an interval robfig/cron would round
+// ("@every 1500ms" ticks every second), or a specification with no tick
+// in the next five years ("0 0 30 2 *": February has no 30th).
 func parseCron(spec, tz string) (cron.Schedule, error) {
 	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
 		return nil, fmt.Errorf("cron %q names a time zone: set Schedule.Location instead", spec)
 	}
 	loc, err := time.LoadLocation(tz)
 	if err != nil {
-		return nil, fmt.Errorf("time zone %q: %w", tz, err)
+		return nil, fmt.Errorf("time zone %q: %w: use an IANA zone, as time.LoadLocation(\"Europe/Paris\") returns "+
+			"(a time.FixedZone cannot be loaded by the other runners)", tz, err)
+	}
+	if every, ok := strings.CutPrefix(spec, "@every "); ok {
+		d, err := time.ParseDuration(strings.TrimSpace(every))
+		if err == nil && (d < time.Second || d%time.Second != 0) {
+			return nil, fmt.Errorf("cron %q: an interval must be a whole number of seconds, at least 1s", spec)
+		}
 	}
 	s, err := cronParser.Parse(spec)
 	if err != nil {
@@ -158,6 +174,15 @@ func parseCron(spec, tz string) (cron.Schedule, error) {
 		ss.Location = loc
 	}
 	return s, nil
+}
+
+// checkTicks refuses a specification with no tick in the five years
+// after now: robfig/cron's Next returns the zero time for it.
+func checkTicks(spec cron.Schedule, cronSpec string, now time.Time) error {
+	if spec.Next(now).IsZero() {
+		return fmt.Errorf("cron %q never ticks (no such date in the next five years): check the day of month against the month", cronSpec)
+	}
+	return nil
 }
 
 // compileSchedules checks the declared schedules against the registered
@@ -203,6 +228,9 @@ func (r *Runner) compileSchedules(defs []Schedule) (map[string]*compiledSchedule
 			loc = time.UTC
 		}
 		spec, err := parseCron(s.Cron, loc.String())
+		if err == nil {
+			err = checkTicks(spec, s.Cron, time.Now())
+		}
 		if err != nil {
 			return nil, fail("%v", err)
 		}
@@ -279,7 +307,13 @@ func dueTicks(spec cron.Schedule, next, now time.Time, catchUp CatchUp, maxLate 
 		t := next
 		for !t.After(now) && len(fire) < maxCatchUpTicks {
 			fire = append(fire, t)
-			t = tickAfter(spec, anchor, t)
+			n := tickAfter(spec, anchor, t)
+			if !n.After(t) {
+				// No tick after t (a zero Next): fire what is due, and the
+				// schedule never again.
+				return fire, time.Time{}
+			}
+			t = n
 		}
 		return fire, t
 	}
@@ -313,8 +347,8 @@ func latestTick(spec cron.Schedule, anchor, from, now time.Time) time.Time {
 		if !start.After(from) {
 			start = from.Add(-time.Nanosecond)
 		}
-		if t := spec.Next(start); !t.After(now) {
-			for n := spec.Next(t); !n.After(now); n = spec.Next(n) {
+		if t := spec.Next(start); !t.After(now) && t.After(start) {
+			for n := spec.Next(t); !n.After(now) && n.After(t); n = spec.Next(n) {
 				t = n
 			}
 			return t
@@ -330,11 +364,16 @@ func latestTick(spec cron.Schedule, anchor, from, now time.Time) time.Time {
 // reads when the earliest of them is due and sleeps until then, or a
 // PollInterval at most (another process may resume or change a
 // schedule), so that an idle runner costs one read per PollInterval; a
-// firing transaction is begun only for a due tick.
+// firing transaction is begun only for a due tick, one per schedule, so
+// that a schedule that cannot fire holds back no other.
 func (r *Runner) scheduleLoop(svc *services) {
 	defer svc.loops.Done()
 	ctx := svc.claimCtx
 	names := r.scheduleNames()
+	// failed holds back, for a PollInterval, the schedules this runner
+	// failed to fire, so that they cost one attempt (and one warning) per
+	// PollInterval rather than one per tick of the others.
+	failed := map[string]time.Time{}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -347,79 +386,101 @@ func (r *Runner) scheduleLoop(svc *services) {
 		if svc.draining.Load() {
 			return
 		}
-		wait := r.untilNextTick(ctx, names)
-		if wait <= 0 {
-			if moved, err := r.fireSchedules(ctx); err == nil && moved > 0 {
+		wait, due := r.untilNextTick(ctx, names)
+		for _, name := range due {
+			if until, ok := failed[name]; ok && time.Now().Before(until) {
+				wait = min(wait, time.Until(until))
+				continue
+			}
+			delete(failed, name)
+			switch r.fireSchedule(ctx, name) {
+			case fireMoved:
 				// More may be due (CatchUpAll fires in batches).
 				wait = 0
-			} else {
-				// Due but not fired: another runner is firing it, this one
-				// cannot (see fireSchedules), or the database failed.
-				wait = r.cfg.PollInterval
+			case fireLocked:
+				// Another transaction holds it (another runner firing it,
+				// a pause, a runner storing it): look again shortly.
+				wait = min(wait, lockedRetry)
+			case fireFailed:
+				failed[name] = time.Now().Add(r.cfg.PollInterval)
 			}
 		}
-		timer.Reset(wait)
+		timer.Reset(max(wait, 0))
 	}
 }
 
-// fireSchedules fires the due ticks of this runner's schedules in one
-// transaction and returns how many schedules it moved on.
-func (r *Runner) fireSchedules(ctx context.Context) (moved int, err error) {
-	names := r.scheduleNames()
-	var fired int
-	_, err = r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		moved, fired = 0, 0
-		due, err := tx.ScheduleDue(ctx, &driver.ScheduleDueParams{Names: names, Now: c.now})
-		if err != nil {
+// lockedRetry is how soon the schedule loop looks again at a due schedule
+// whose row another transaction held.
+const lockedRetry = 50 * time.Millisecond
+
+// fireResult is what fireSchedule did with a due schedule.
+type fireResult int
+
+const (
+	// fireMoved: ticks fired (or were skipped or dropped) and the
+	// schedule moved on.
+	fireMoved fireResult = iota
+	// fireLocked: the schedule was not due, or its row was held by
+	// another transaction (SKIP LOCKED), when the transaction read it.
+	fireLocked
+	// fireFailed: it could not be fired (see the log); it stays due.
+	fireFailed
+)
+
+// fireSchedule fires the due ticks of one schedule in a transaction of
+// its own.
+func (r *Runner) fireSchedule(ctx context.Context, name string) fireResult {
+	res, fired := fireLocked, 0
+	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		res, fired = fireLocked, 0
+		due, err := tx.ScheduleDue(ctx, &driver.ScheduleDueParams{Names: []string{name}, Now: c.now})
+		if err != nil || len(due) == 0 {
 			return err
 		}
+		s := due[0]
+		ticks, after, err := r.planTicks(ctx, tx, s, c.now)
+		if err != nil {
+			// A definition this runner cannot fire (a workflow it does
+			// not run, a cron stored by another version of the code):
+			// leave it to runners that can.
+			res = fireFailed
+			r.logger.Warn("schedule not fired", "schedule", s.Name, "error", err)
+			return nil
+		}
+		f := &driver.ScheduleFireParams{Name: s.Name, Expect: s.NextFireAt, NextFireAt: after, Now: c.now}
 		var runs []*newRun
-		var fires []*driver.ScheduleFireParams
-		for _, s := range due {
-			ticks, after, err := r.planTicks(ctx, tx, s, c.now)
-			if err != nil {
-				// A definition this runner cannot fire (stored by another
-				// version of the code): leave it to runners that can.
-				r.logger.Warn("schedule not fired", "schedule", s.Name, "error", err)
+		for _, t := range ticks {
+			if t.run == nil {
+				f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, Skipped: t.skipped})
+				r.logger.Info("schedule skipped a tick", "schedule", s.Name, "tick", t.at, "reason", t.skipped)
 				continue
 			}
-			f := &driver.ScheduleFireParams{Name: s.Name, Expect: s.NextFireAt, NextFireAt: after, Now: c.now}
-			for _, t := range ticks {
-				if t.run == nil {
-					f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, Skipped: t.skipped})
-					r.logger.Info("schedule skipped a tick", "schedule", s.Name, "tick", t.at, "reason", t.skipped)
-					continue
-				}
-				f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, PipelineID: &t.run.id})
-				runs = append(runs, t.run)
-			}
-			if !s.NextFireAt.Equal(firstOr(ticks, after)) {
-				r.logger.Info("schedule skipped late ticks", "schedule", s.Name, "from", s.NextFireAt,
-					"catch_up", s.CatchUp, "max_lateness", s.MaxLateness)
-			}
-			fires = append(fires, f)
+			f.Ticks = append(f.Ticks, driver.ScheduleTick{At: t.at, PipelineID: &t.run.id})
+			runs = append(runs, t.run)
+		}
+		if !s.NextFireAt.Equal(firstOr(ticks, after)) {
+			r.logger.Info("schedule dropped late ticks", "schedule", s.Name, "from", s.NextFireAt,
+				"catch_up", s.CatchUp, "max_lateness", s.MaxLateness)
 		}
 		if err := r.createRuns(ctx, tx, c, runs, false); err != nil {
 			return err
 		}
-		for _, f := range fires {
-			if err := tx.ScheduleFire(ctx, f); err != nil {
-				return err
-			}
+		if err := tx.ScheduleFire(ctx, f); err != nil {
+			return err
 		}
-		moved, fired = len(fires), len(runs)
+		res, fired = fireMoved, len(runs)
 		return nil
 	})
 	if err != nil {
 		if ctx.Err() == nil {
-			r.logger.Warn("fire schedules", "error", err)
+			r.logger.Warn("fire schedule", "schedule", name, "error", err)
 		}
-		return 0, err
+		return fireFailed
 	}
 	if fired > 0 {
-		r.logger.Debug("schedules fired", "runs", fired)
+		r.logger.Debug("schedule fired", "schedule", name, "runs", fired)
 	}
-	return moved, nil
+	return res
 }
 
 // tick is a tick about to fire and the run it starts, or (run nil) why
@@ -455,6 +516,9 @@ func (r *Runner) planTicks(ctx context.Context, tx driver.Executor, s *driver.Sc
 		return nil, time.Time{}, fmt.Errorf("input: %w", err)
 	}
 	ats, after := dueTicks(spec, s.NextFireAt, now, CatchUp(s.CatchUp), s.MaxLateness)
+	if after.IsZero() || s.NextFireAt.IsZero() {
+		return nil, time.Time{}, fmt.Errorf("cron %q in %s has no tick after %s: change the schedule's Cron", s.Cron, s.Timezone, s.NextFireAt)
+	}
 	var busy *uuid.UUID
 	if Overlap(s.Overlap) == OverlapSkip && s.LastRunID != nil && len(ats) > 0 {
 		switch p, err := tx.PipelineGet(ctx, *s.LastRunID); {
@@ -490,21 +554,27 @@ func (r *Runner) planTicks(ctx context.Context, tx driver.Executor, s *driver.Sc
 	return ticks, after.UTC(), nil
 }
 
-// untilNextTick reads when this runner's next tick falls and returns how
-// long to wait for it (zero or less: due now), a PollInterval at most.
-func (r *Runner) untilNextTick(ctx context.Context, names []string) time.Duration {
+// untilNextTick reads this runner's schedules and returns those due now,
+// and how long to wait for the next tick of the others (a PollInterval at
+// most, and positive).
+func (r *Runner) untilNextTick(ctx context.Context, names []string) (time.Duration, []string) {
 	wait := r.cfg.PollInterval
 	rows, err := r.drv.Reader().ScheduleList(ctx, &driver.ScheduleListParams{Names: names})
 	if err != nil {
-		return wait
+		return wait, nil
 	}
 	now := r.now()
+	var due []string
 	for _, s := range rows {
-		if !s.Paused {
+		switch {
+		case s.Paused:
+		case !s.NextFireAt.After(now):
+			due = append(due, s.Name)
+		default:
 			wait = min(wait, s.NextFireAt.Sub(now))
 		}
 	}
-	return wait
+	return wait, due
 }
 
 // wakeSchedules asks the schedule loop for a pass now.
@@ -618,7 +688,7 @@ func (r *Runner) PauseSchedule(ctx context.Context, name string) error {
 	err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		return tx.SchedulePause(ctx, &driver.SchedulePauseParams{Name: name, Paused: true, Now: c.now})
 	})
-	return r.scheduleErr(name, err)
+	return r.scheduleErr(ctx, name, err)
 }
 
 // ResumeSchedule lets a paused schedule fire again from its next tick
@@ -634,6 +704,9 @@ func (r *Runner) ResumeSchedule(ctx context.Context, name string) error {
 			return err
 		}
 		spec, err := parseCron(s.Cron, s.Timezone)
+		if err == nil {
+			err = checkTicks(spec, s.Cron, c.now)
+		}
 		if err != nil {
 			return fmt.Errorf("cloacina: resume schedule %q: %w", name, err)
 		}
@@ -642,7 +715,7 @@ func (r *Runner) ResumeSchedule(ctx context.Context, name string) error {
 	if err == nil {
 		r.wakeSchedules()
 	}
-	return r.scheduleErr(name, err)
+	return r.scheduleErr(ctx, name, err)
 }
 
 // DeleteSchedule removes the named schedule and the record of its ticks
@@ -656,7 +729,7 @@ func (r *Runner) DeleteSchedule(ctx context.Context, name string) error {
 	err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		return tx.ScheduleDelete(ctx, name)
 	})
-	return r.scheduleErr(name, err)
+	return r.scheduleErr(ctx, name, err)
 }
 
 // scheduleRow reads one schedule, or fails with ErrScheduleNotFound.
@@ -666,20 +739,20 @@ func (r *Runner) scheduleRow(ctx context.Context, db driver.Executor, name strin
 		return nil, r.closedErr(err)
 	}
 	if len(rows) == 0 {
-		return nil, r.scheduleErr(name, driver.ErrNotFound)
+		return nil, r.scheduleErr(ctx, name, driver.ErrNotFound)
 	}
 	return rows[0], nil
 }
 
 // scheduleErr maps a missing schedule to ErrScheduleNotFound, with the
 // closest name the database holds, or what to do when it holds none.
-func (r *Runner) scheduleErr(name string, err error) error {
+func (r *Runner) scheduleErr(ctx context.Context, name string, err error) error {
 	if !errors.Is(err, driver.ErrNotFound) {
 		return err
 	}
 	hint := "list them with Runner.Schedules or `cloacina schedules list`"
 	if db, rerr := r.reader(); rerr == nil {
-		if rows, lerr := db.ScheduleList(context.Background(), &driver.ScheduleListParams{}); lerr == nil {
+		if rows, lerr := db.ScheduleList(ctx, &driver.ScheduleListParams{}); lerr == nil {
 			names := make([]string, len(rows))
 			for i, s := range rows {
 				names[i] = s.Name

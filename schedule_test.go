@@ -91,11 +91,33 @@ func TestDueTicks(t *testing.T) {
 		require.Equal(t, next.Add(270*time.Minute), after)
 	})
 
+	t.Run("a spec that stops ticking ends the walk", func(t *testing.T) {
+		last := utc("2026-05-01T12:00:00Z")
+		for _, catchUp := range []CatchUp{CatchUpLatest, CatchUpAll} {
+			fire, after := dueTicks(stopsTicking{last}, utc("2026-05-01T11:00:00Z"), now, catchUp, 0)
+			require.NotEmpty(t, fire, catchUp)
+			require.Equal(t, last, fire[len(fire)-1], catchUp)
+			require.True(t, after.IsZero(), "no tick after: %s", after)
+		}
+	})
+
 	t.Run("time zones follow daylight saving time", func(t *testing.T) {
 		paris := mustCron(t, "0 9 * * *", "Europe/Paris")
 		require.Equal(t, utc("2026-01-15T08:00:00Z"), paris.Next(utc("2026-01-15T00:00:00Z")).UTC(), "CET is UTC+1")
 		require.Equal(t, utc("2026-07-15T07:00:00Z"), paris.Next(utc("2026-07-15T00:00:00Z")).UTC(), "CEST is UTC+2")
 	})
+}
+
+// stopsTicking ticks every hour until last, then never (Next returns the
+// zero time, as robfig/cron's does for a date that does not come).
+type stopsTicking struct{ last time.Time }
+
+func (s stopsTicking) Next(t time.Time) time.Time {
+	n := t.Truncate(time.Hour).Add(time.Hour)
+	if n.After(s.last) {
+		return time.Time{}
+	}
+	return n
 }
 
 // Bad schedules fail Open with a message that names the fix, before
@@ -128,6 +150,10 @@ func TestScheduleValidation(t *testing.T) {
 		{"catch-up", []Schedule{with(func(s *Schedule) { s.CatchUp = "some" })}, `CatchUp "some" is unknown: use CatchUpLatest or CatchUpAll`},
 		{"lateness", []Schedule{with(func(s *Schedule) { s.MaxLateness = -time.Second })}, "MaxLateness -1s is negative: use 0 for no limit"},
 		{"overlap", []Schedule{with(func(s *Schedule) { s.Overlap = "queue" })}, `Overlap "queue" is unknown: use OverlapAllow or OverlapSkip`},
+		{"never ticks", []Schedule{with(func(s *Schedule) { s.Cron = "0 0 30 2 *" })}, `cron "0 0 30 2 *" never ticks (no such date in the next five years)`},
+		{"sub-second interval", []Schedule{with(func(s *Schedule) { s.Cron = "@every 500ms" })}, "an interval must be a whole number of seconds, at least 1s"},
+		{"fractional interval", []Schedule{with(func(s *Schedule) { s.Cron = "@every 1500ms" })}, "an interval must be a whole number of seconds"},
+		{"fixed zone", []Schedule{with(func(s *Schedule) { s.Location = time.FixedZone("UTC+1", 3600) })}, `use an IANA zone, as time.LoadLocation("Europe/Paris") returns`},
 		{"reserved input", []Schedule{with(func(s *Schedule) {
 			s.Input = NewContext()
 			require.NoError(t, s.Input.Set("scheduled_at", 1))
@@ -366,8 +392,7 @@ func TestSchedulePauseResumeDelete(t *testing.T) {
 		require.True(t, findSchedule(t, r, "yearly").Paused)
 		require.NoError(t, r.syncSchedules(ctx), "a restarting runner keeps it paused")
 		require.True(t, findSchedule(t, r, "yearly").Paused)
-		_, err := r.fireSchedules(ctx)
-		require.NoError(t, err)
+		require.Equal(t, fireLocked, r.fireSchedule(ctx, "yearly"), "not due while paused")
 		require.Empty(t, scheduleTicks(t, r, "yearly"), "a paused schedule does not fire, though due")
 
 		require.NoError(t, r.ResumeSchedule(ctx, "yearly"))
@@ -375,13 +400,12 @@ func TestSchedulePauseResumeDelete(t *testing.T) {
 		require.False(t, info.Paused)
 		require.Equal(t, time.Date(time.Now().UTC().Year()+1, 1, 1, 0, 0, 0, 0, time.UTC), info.NextFireAt,
 			"resumed from the next tick after now")
-		_, err = r.fireSchedules(ctx)
-		require.NoError(t, err)
+		require.Equal(t, fireLocked, r.fireSchedule(ctx, "yearly"), "not due")
 		require.Empty(t, scheduleTicks(t, r, "yearly"), "the tick missed while paused does not fire")
 		require.NoError(t, r.ResumeSchedule(ctx, "yearly"), "resuming an active schedule does nothing")
 		require.Equal(t, info.NextFireAt, findSchedule(t, r, "yearly").NextFireAt)
 
-		err = r.PauseSchedule(ctx, "yearyl")
+		err := r.PauseSchedule(ctx, "yearyl")
 		require.ErrorIs(t, err, ErrScheduleNotFound)
 		require.ErrorContains(t, err, `did you mean "yearly"?`)
 		_, err = r.ScheduleTicks(ctx, "nope", 1)
@@ -478,5 +502,36 @@ func TestScheduleOverlapSkip(t *testing.T) {
 		runs, err := r.List(ctx, &ListOpts{Workflow: "slow", Limit: 1000})
 		require.NoError(t, err)
 		require.Len(t, runs, fired+1, "a skipped tick starts no run")
+	})
+}
+
+// A schedule this runner cannot fire (stored by another version of the
+// code, with a workflow this runner does not have) stays due for runners
+// that can, and holds back none of this runner's other schedules.
+func TestScheduleThatCannotFireHoldsBackNoOther(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, Schedules: []Schedule{
+			{Name: "bad", Workflow: "w", Cron: "0 0 1 1 *"},
+			{Name: "good", Workflow: "w", Cron: "* * * * * *"},
+		}})
+		// Another deploy stores "bad" with a workflow this runner lacks,
+		// due an hour ago.
+		due := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+		def := r.schedules["bad"].def
+		def.WorkflowName, def.Cron, def.NextFireAt = "elsewhere", "@every 1h", due
+		_, err := r.withTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
+			return tx.ScheduleSync(ctx, &driver.ScheduleSyncParams{Schedules: []driver.ScheduleDef{def}, Now: c.now})
+		})
+		require.NoError(t, err)
+		r.wakeSchedules()
+
+		waitCommits(t, "two ticks of the good schedule", func() bool { return findSchedule(t, r, "good").Fired >= 2 }, r)
+		require.NoError(t, r.Stop(ctx))
+		bad := findSchedule(t, r, "bad")
+		require.Equal(t, due, bad.NextFireAt, "still due, for a runner that has its workflow")
+		require.Zero(t, bad.Fired)
 	})
 }

@@ -225,6 +225,10 @@ type Executor interface {
 	// delete.
 	PipelineCountFinished(ctx context.Context, params *PipelineCountParams) (int64, error)
 
+	// ScheduleTickDeleteSkipped deletes old records of skipped ticks (see
+	// ScheduleTickDeleteParams) and returns how many.
+	ScheduleTickDeleteSkipped(ctx context.Context, params *ScheduleTickDeleteParams) (int, error)
+
 	// ScheduleSync stores the definitions of the schedules a runner
 	// declares (see ScheduleSyncParams).
 	ScheduleSync(ctx context.Context, params *ScheduleSyncParams) error

@@ -19,3 +19,11 @@ type PipelineDeleteParams struct {
 type PipelineCountParams struct {
 	Before time.Time
 }
+
+// ScheduleTickDeleteParams selects the records of skipped ticks (no run:
+// see ScheduleTick) that fired before Before, at most Limit of them. The
+// records of ticks that started a run go with their run.
+type ScheduleTickDeleteParams struct {
+	Before time.Time
+	Limit  int
+}

@@ -103,11 +103,51 @@ func testPipelineDeleteFinished(t *testing.T, s *suite) {
 		require.Equal(t, driver.TaskRunning, b.getTask(t, stillRunning.ID).Status)
 	})
 
+	t.Run("SkippedTickRecords", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		def := b.scheduleDef("s")
+		def.NextFireAt = b.at(-3 * time.Hour)
+		b.syncSchedules(t, b.now, def)
+		run := b.insertPipeline(t)
+		fire := func(expect, next time.Time, firedAt time.Time, ticks ...driver.ScheduleTick) {
+			b.inTx(t, func(tx driver.Tx) {
+				require.NoError(t, tx.ScheduleFire(b.ctx, &driver.ScheduleFireParams{Name: "s", Expect: expect, Ticks: ticks,
+					NextFireAt: next, Now: firedAt}))
+			})
+		}
+		fire(b.at(-3*time.Hour), b.at(-2*time.Hour), b.at(-3*time.Hour),
+			driver.ScheduleTick{At: b.at(-3 * time.Hour), PipelineID: &run.ID})
+		fire(b.at(-2*time.Hour), b.now, b.at(-2*time.Hour),
+			driver.ScheduleTick{At: b.at(-2 * time.Hour), Skipped: "busy"}, driver.ScheduleTick{At: b.at(-90 * time.Minute), Skipped: "busy"})
+		fire(b.now, b.at(time.Hour), b.now, driver.ScheduleTick{At: b.now, Skipped: "busy"})
+
+		del := func(limit int) int {
+			var n int
+			b.inTx(t, func(tx driver.Tx) {
+				var err error
+				n, err = tx.ScheduleTickDeleteSkipped(b.ctx, &driver.ScheduleTickDeleteParams{Before: b.at(-time.Hour), Limit: limit})
+				require.NoError(t, err)
+			})
+			return n
+		}
+		require.Equal(t, 1, del(1))
+		require.Equal(t, 1, del(1))
+		require.Zero(t, del(1))
+		ticks := b.ticks(t, "s", 0)
+		require.Len(t, ticks, 2, "the recent skipped tick, and the one with a run (it goes with its run)")
+		requireTime(t, b.now, ticks[0].At)
+		require.Equal(t, &run.ID, ticks[1].PipelineID)
+		require.Equal(t, int64(3), b.schedule(t, "s").Skipped, "the counts stay")
+	})
+
 	t.Run("RefusesANonPositiveLimit", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
 		b.inTx(t, func(tx driver.Tx) {
 			_, err := tx.PipelineDeleteFinished(b.ctx, &driver.PipelineDeleteParams{Before: b.now})
+			require.ErrorContains(t, err, "pass a positive Limit")
+			_, err = tx.ScheduleTickDeleteSkipped(b.ctx, &driver.ScheduleTickDeleteParams{Before: b.now})
 			require.ErrorContains(t, err, "pass a positive Limit")
 		})
 	})

@@ -35,3 +35,16 @@ func (e *executor) PipelineCountFinished(ctx context.Context, p *driver.Pipeline
 	}
 	return n, nil
 }
+
+func (e *executor) ScheduleTickDeleteSkipped(ctx context.Context, p *driver.ScheduleTickDeleteParams) (int, error) {
+	if p.Limit <= 0 {
+		return 0, fmt.Errorf("postgres: delete skipped ticks: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
+	}
+	tag, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s.cloacina_schedule_ticks WHERE (schedule_name, tick_at) IN (
+			SELECT schedule_name, tick_at FROM %[1]s.cloacina_schedule_ticks
+			WHERE pipeline_execution_id IS NULL AND fired_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`, e.q.schema), p.Before, p.Limit)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: delete skipped ticks: %w", mapError(err))
+	}
+	return int(tag.RowsAffected()), nil
+}

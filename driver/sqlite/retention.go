@@ -37,3 +37,20 @@ func (e *executor) PipelineCountFinished(ctx context.Context, p *driver.Pipeline
 	}
 	return n, nil
 }
+
+func (e *executor) ScheduleTickDeleteSkipped(ctx context.Context, p *driver.ScheduleTickDeleteParams) (int, error) {
+	if p.Limit <= 0 {
+		return 0, fmt.Errorf("sqlite: delete skipped ticks: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
+	}
+	res, err := e.db.ExecContext(ctx, `DELETE FROM cloacina_schedule_ticks WHERE rowid IN (
+			SELECT rowid FROM cloacina_schedule_ticks WHERE pipeline_execution_id IS NULL AND fired_at < ? LIMIT ?)`,
+		formatTime(p.Before), p.Limit)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete skipped ticks: %w", mapError(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete skipped ticks: %w", mapError(err))
+	}
+	return int(n), nil
+}
