@@ -134,19 +134,7 @@ included. With --dry-run it only counts what the same command would delete.`,
   cloacina events cleanup --older-than 90d --include-unfinished`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !cmd.Flags().Changed("older-than") {
-				return usageErrorf(cmd, "--older-than is required, e.g. --older-than 30d")
-			}
-			d, err := a.database(cmd)
-			if err != nil {
-				return err
-			}
-			mode := openExisting
-			if dryRun {
-				mode = openReadOnly
-			}
-			return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
-				cutoff := time.Now().UTC().Add(-olderThan.d)
+			return a.withCleanup(cmd, olderThan, dryRun, "30d", func(ctx context.Context, r *cloacina.Runner, cutoff time.Time) error {
 				what := fmt.Sprintf("older than %s (created before %s)", olderThan.raw, formatTime(cutoff))
 				opts := &cloacina.DeleteEventsOpts{BatchSize: int(batchSize), IncludeUnfinishedRuns: includeUnfinished}
 				total, err := r.CountEventsBefore(ctx, cutoff, opts)
@@ -160,17 +148,12 @@ included. With --dry-run it only counts what the same command would delete.`,
 					_, err = fmt.Fprintf(a.stdout, "no events %s to delete\n", what)
 				default:
 					var deleted int64
-					opts.Progress = func(n int64) {
-						// More may go than were counted: events may age past
-						// the cutoff, or a run finish, between count and delete.
-						fmt.Fprintf(a.stdout, "deleted %d of %d events\n", n, max(n, total))
-					}
-					deleted, err = r.DeleteEventsBefore(ctx, cutoff, opts)
-					if errors.Is(err, context.Canceled) {
-						return fmt.Errorf("interrupted after deleting %d of %d events; run the command again to continue", deleted, total)
-					}
+					deleted, err = a.deleteInBatches("events", total, func(progress func(int64)) (int64, error) {
+						opts.Progress = progress
+						return r.DeleteEventsBefore(ctx, cutoff, opts)
+					})
 					if err != nil {
-						return fmt.Errorf("%w (%d events deleted before the error; run the command again to continue)", err, deleted)
+						return err
 					}
 					_, err = fmt.Fprintf(a.stdout, "deleted %d events %s\n", deleted, what)
 				}
@@ -203,6 +186,46 @@ included. With --dry-run it only counts what the same command would delete.`,
 		"delete old events of unfinished (pending, running, paused) runs too; by default they are kept until the run finishes")
 	cmd.Flags().Var(&batchSize, "batch-size", "events deleted per transaction")
 	return cmd
+}
+
+// withCleanup runs the body of a cleanup command: --older-than (as AGE,
+// for the message) is required, and fn gets a runner on the database,
+// opened read-only for a dry run, and the cutoff.
+func (a *app) withCleanup(cmd *cobra.Command, olderThan ageFlag, dryRun bool, example string,
+	fn func(ctx context.Context, r *cloacina.Runner, cutoff time.Time) error) error {
+	if !cmd.Flags().Changed("older-than") {
+		return usageErrorf(cmd, "--older-than is required, e.g. --older-than %s", example)
+	}
+	d, err := a.database(cmd)
+	if err != nil {
+		return err
+	}
+	mode := openExisting
+	if dryRun {
+		mode = openReadOnly
+	}
+	return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
+		return fn(ctx, r, time.Now().UTC().Add(-olderThan.d))
+	})
+}
+
+// deleteInBatches runs del, which deletes total counted noun in batches
+// and reports each batch to the progress function it is given, printing
+// a progress line per batch, and turns an interruption or an error into a
+// message that says how far it got.
+func (a *app) deleteInBatches(noun string, total int64, del func(progress func(int64)) (int64, error)) (int64, error) {
+	deleted, err := del(func(n int64) {
+		// More may go than were counted: what is deleted may change
+		// between the count and the deletion.
+		fmt.Fprintf(a.stdout, "deleted %d of %d %s\n", n, max(n, total), noun)
+	})
+	if errors.Is(err, context.Canceled) {
+		return deleted, fmt.Errorf("interrupted after deleting %d of %d %s; run the command again to continue", deleted, total, noun)
+	}
+	if err != nil {
+		return deleted, fmt.Errorf("%w (%d %s deleted before the error; run the command again to continue)", err, deleted, noun)
+	}
+	return deleted, nil
 }
 
 // withRunner opens an existing database (mode openExisting or

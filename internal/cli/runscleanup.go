@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -38,19 +37,7 @@ it only counts what the same command would delete.`,
   cloacina runs cleanup --older-than 90d && cloacina events cleanup --older-than 90d`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !cmd.Flags().Changed("older-than") {
-				return usageErrorf(cmd, "--older-than is required, e.g. --older-than 90d")
-			}
-			d, err := a.database(cmd)
-			if err != nil {
-				return err
-			}
-			mode := openExisting
-			if dryRun {
-				mode = openReadOnly
-			}
-			return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
-				cutoff := time.Now().UTC().Add(-olderThan.d)
+			return a.withCleanup(cmd, olderThan, dryRun, "90d", func(ctx context.Context, r *cloacina.Runner, cutoff time.Time) error {
 				what := fmt.Sprintf("that ended more than %s ago (before %s)", olderThan.raw, formatTime(cutoff))
 				opts := &cloacina.DeleteRunsOpts{BatchSize: int(batchSize)}
 				total, err := r.CountRunsBefore(ctx, cutoff, opts)
@@ -65,17 +52,12 @@ it only counts what the same command would delete.`,
 					_, err = fmt.Fprintf(a.stdout, "no finished runs %s to delete\n", what)
 					return err
 				}
-				opts.Progress = func(n int64) {
-					// More may go than were counted: runs may end, or age past
-					// the cutoff, between count and delete.
-					fmt.Fprintf(a.stdout, "deleted %d of %d runs\n", n, max(n, total))
-				}
-				deleted, err := r.DeleteRunsBefore(ctx, cutoff, opts)
-				if errors.Is(err, context.Canceled) {
-					return fmt.Errorf("interrupted after deleting %d of %d runs; run the command again to continue", deleted, total)
-				}
+				deleted, err := a.deleteInBatches("runs", total, func(progress func(int64)) (int64, error) {
+					opts.Progress = progress
+					return r.DeleteRunsBefore(ctx, cutoff, opts)
+				})
 				if err != nil {
-					return fmt.Errorf("%w (%d runs deleted before the error; run the command again to continue)", err, deleted)
+					return err
 				}
 				_, err = fmt.Fprintf(a.stdout, "deleted %d finished runs %s; their events stay until `cloacina events cleanup`\n", deleted, what)
 				return err
