@@ -300,7 +300,8 @@ func dueTicks(spec cron.Schedule, next, now time.Time, catchUp CatchUp, maxLate 
 			next = tickAfter(spec, anchor, oldest.Add(-time.Nanosecond))
 		}
 	}
-	if next.After(now) {
+	if next.After(now) || next.IsZero() {
+		// Nothing late enough to run (or no tick after oldest at all).
 		return nil, next
 	}
 	if catchUp == CatchUpAll {

@@ -98,6 +98,9 @@ func TestDueTicks(t *testing.T) {
 			require.NotEmpty(t, fire, catchUp)
 			require.Equal(t, last, fire[len(fire)-1], catchUp)
 			require.True(t, after.IsZero(), "no tick after: %s", after)
+			fire, after = dueTicks(stopsTicking{last}, utc("2026-05-01T11:00:00Z"), now, catchUp, time.Minute)
+			require.Empty(t, fire, "every tick too late, and none after: %s", catchUp)
+			require.True(t, after.IsZero())
 		}
 	})
 
