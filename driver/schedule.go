@@ -12,26 +12,10 @@ import (
 // state is the database's alone, so that any runner declaring it can fire
 // its next tick, and each tick fires once.
 type Schedule struct {
-	Name         string
-	WorkflowName string
-	// Cron is the specification as written; Timezone the IANA name of the
-	// zone it is read in.
-	Cron     string
-	Timezone string
-	// Input is each run's input context (a JSON object).
-	Input []byte
-	// CatchUp is the policy for ticks found late: "latest" or "all".
-	CatchUp string
-	// MaxLateness drops ticks found more than this after their time; zero
-	// means no limit.
-	MaxLateness time.Duration
-	// Overlap is the policy for a tick that falls while the schedule's
-	// last run is unfinished: "allow" or "skip".
-	Overlap string
-
+	// ScheduleDef is the definition as stored, with NextFireAt the next
+	// tick to fire, in UTC.
+	ScheduleDef
 	Paused bool
-	// NextFireAt is the next tick to fire, in UTC.
-	NextFireAt time.Time
 	// LastTickAt is the newest tick fired, LastRunID the run it started,
 	// LastFiredAt when; nil until the first tick. Fired counts the runs
 	// the schedule has started, Skipped the ticks it skipped (see
@@ -53,13 +37,21 @@ type Schedule struct {
 type ScheduleDef struct {
 	Name         string
 	WorkflowName string
-	Cron         string
-	Timezone     string
-	Input        []byte
-	CatchUp      string
-	MaxLateness  time.Duration
-	Overlap      string
-	NextFireAt   time.Time
+	// Cron is the specification as written; Timezone the IANA name of the
+	// zone it is read in.
+	Cron     string
+	Timezone string
+	// Input is each run's input context (a JSON object).
+	Input []byte
+	// CatchUp is the policy for ticks found late: "latest" or "all".
+	CatchUp string
+	// MaxLateness drops ticks found more than this after their time; zero
+	// means no limit.
+	MaxLateness time.Duration
+	// Overlap is the policy for a tick that falls while the schedule's
+	// last run is unfinished: "allow" or "skip".
+	Overlap    string
+	NextFireAt time.Time
 }
 
 // ScheduleSyncParams stores the definitions of schedules a runner

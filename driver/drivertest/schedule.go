@@ -71,8 +71,9 @@ func testSchedules(t *testing.T, s *suite) {
 		got := b.schedules(t)
 		require.Len(t, got, 2)
 		require.Equal(t, "a", got[0].Name, "by name")
-		require.Equal(t, &driver.Schedule{Name: "z", WorkflowName: "wf", Cron: "0 * * * *", Timezone: "UTC", Input: []byte(`{"k":1}`),
-			CatchUp: "all", MaxLateness: 90 * time.Second, Overlap: "skip", NextFireAt: b.at(time.Hour), CreatedAt: b.now, UpdatedAt: b.now}, got[1])
+		require.Equal(t, &driver.Schedule{ScheduleDef: driver.ScheduleDef{Name: "z", WorkflowName: "wf", Cron: "0 * * * *", Timezone: "UTC",
+			Input: []byte(`{"k":1}`), CatchUp: "all", MaxLateness: 90 * time.Second, Overlap: "skip", NextFireAt: b.at(time.Hour)},
+			CreatedAt: b.now, UpdatedAt: b.now}, got[1])
 		require.Len(t, b.schedules(t, "z", "missing"), 1, "by names")
 	})
 
