@@ -15,9 +15,10 @@ import (
 func TestParseDatabaseURL(t *testing.T) {
 	t.Parallel()
 	good := map[string]DatabaseURL{
-		"sqlite:///tmp/x.db":     {Backend: "sqlite", Path: "/tmp/x.db"},
-		"sqlite://rel/x.db":      {Backend: "sqlite", Path: "rel/x.db"},
-		"postgres://u@h:5432/db": {Backend: "postgres", DSN: "postgres://u@h:5432/db"},
+		"sqlite:///tmp/x.db":                                  {Backend: "sqlite", Path: "/tmp/x.db"},
+		"sqlite://rel/x.db":                                   {Backend: "sqlite", Path: "rel/x.db"},
+		"sqlite://team#1/%41.db":                              {Backend: "sqlite", Path: "team#1/%41.db"},
+		"postgres://u@h:5432/db":                              {Backend: "postgres", DSN: "postgres://u@h:5432/db"},
 		"postgresql://u@h/db?sslmode=disable&schema=tenant_a": {Backend: "postgres", DSN: "postgresql://u@h/db?sslmode=disable", Schema: "tenant_a"},
 	}
 	for raw, want := range good {
@@ -28,6 +29,7 @@ func TestParseDatabaseURL(t *testing.T) {
 	bad := map[string]string{
 		"":                                             "empty",
 		"cloacina.db":                                  "has no scheme",
+		"sqlite:data/x.db":                             "lacks the // after sqlite:, write sqlite://data/x.db",
 		"mysql://u@h/db":                               `unsupported scheme "mysql"`,
 		"sqlite://":                                    "names no file",
 		"sqlite://:memory:":                            "in-memory SQLite",

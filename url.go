@@ -35,6 +35,9 @@ const urlHelp = "use sqlite:///absolute/path.db, sqlite://relative.db or postgre
 //	postgres://user:pass@host:5432/db?sslmode=disable&schema=tenant_a
 //	postgresql://…                       (the same)
 //
+// A SQLite path is taken literally, without percent-decoding, so
+// sqlite://data/team#1.db is the file data/team#1.db; it cannot hold "?".
+//
 // The schema parameter selects the PostgreSQL schema; every other
 // parameter goes to pgx. A search_path parameter (or options setting
 // search_path) without schema is an error: Cloacina names its schema in
@@ -48,6 +51,9 @@ func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
 	}
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
+		if scheme, path, found := strings.Cut(raw, ":"); found && isSQLiteScheme(scheme) {
+			return nil, fmt.Errorf("%w: %q lacks the // after %s:, write %s://%s: %s", ErrInvalidURL, raw, scheme, scheme, path, urlHelp)
+		}
 		return nil, fmt.Errorf("%w: %q has no scheme: %s", ErrInvalidURL, redact(raw), urlHelp)
 	}
 	switch strings.ToLower(scheme) {
@@ -149,4 +155,9 @@ func openDriver(ctx context.Context, raw, schema string, readOnly bool) (driver.
 		}
 		return postgres.Open(ctx, u.DSN, &postgres.Opts{Schema: schema, ReadOnly: readOnly})
 	}
+}
+
+func isSQLiteScheme(s string) bool {
+	s = strings.ToLower(s)
+	return s == "sqlite" || s == "sqlite3"
 }

@@ -110,7 +110,7 @@ func readOnlyDSN(path string, immutable bool) string {
 		q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", BusyTimeout.Milliseconds()))
 	}
 	q.Add("_pragma", "query_only(1)")
-	return "file:" + path + "?" + q.Encode()
+	return fileURI(path) + "?" + q.Encode()
 }
 
 // sqliteHeader starts every SQLite database file.

@@ -28,6 +28,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,8 +52,17 @@ func DSN(path string) string {
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Set("_txlock", "immediate")
-	return "file:" + path + "?" + q.Encode()
+	return fileURI(path) + "?" + q.Encode()
 }
+
+// uriEscaper escapes what SQLite's URI filenames would read otherwise: a
+// "%" starts an escape, "?" the parameters and "#" a fragment, so a path
+// holding one of them would name another file (see
+// https://www.sqlite.org/uri.html).
+var uriEscaper = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+
+// fileURI is the SQLite URI filename of path, which is taken literally.
+func fileURI(path string) string { return "file:" + uriEscaper.Replace(path) }
 
 // Driver is the SQLite backend. It is safe for concurrent use.
 type Driver struct {

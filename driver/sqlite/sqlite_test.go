@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -192,4 +193,32 @@ func TestOpenErrors(t *testing.T) {
 	require.ErrorContains(t, err, "empty database path")
 	_, err = sqlite.Open(t.TempDir() + "/missing/dir/cloacina.db")
 	require.ErrorContains(t, err, "create the directory first")
+}
+
+// A path is taken literally: the characters SQLite's URI filenames give a
+// meaning to ("%", "?", "#") name no other file, so two such paths that
+// share a prefix are two databases, for writers and readers alike.
+func TestOpenPathsWithURICharacters(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	for i, dir := range []string{"team#1", "team#2", "100%41", "q?x", "a%3fb"} {
+		path := filepath.Join(root, dir, "cloacina.db")
+		require.NoError(t, os.Mkdir(filepath.Dir(path), 0o755))
+		drv := open(t, path)
+		require.NoError(t, drv.Migrate(t.Context()))
+		insertPipelines(t, drv, i+1)
+		_, err := os.Stat(path)
+		require.NoError(t, err, "Open(%q) must create that very file", path)
+
+		ro := openReadOnly(t, path)
+		require.Equal(t, i+1, countPipelines(t, ro), "%s holds the runs written to it and no others", path)
+		require.NoError(t, ro.Close())
+	}
+	entries, err := os.ReadDir(root)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.ElementsMatch(t, []string{"team#1", "team#2", "100%41", "q?x", "a%3fb"}, names, "no file was created beside the directories")
 }
