@@ -26,8 +26,10 @@ func mustLoadMigrations() []driver.Migration {
 
 // Migrate creates the schema if it is missing and applies pending
 // migrations in one transaction, holding an advisory lock keyed on the
-// schema so concurrent migrators apply each migration once. A backend
-// opened with Opts.ReadOnly returns [driver.ErrReadOnly].
+// schema so concurrent migrators apply each migration once. A role that
+// may not create tables in the schema can migrate it only when nothing is
+// pending (and it may read and write every table). A backend opened with
+// Opts.ReadOnly returns [driver.ErrReadOnly].
 func (d *Driver) Migrate(ctx context.Context) error {
 	if d.readOnly {
 		return readOnlyError("migrate", d.schema)
@@ -39,6 +41,12 @@ func (d *Driver) Migrate(ctx context.Context) error {
 // to check that a migration keeps existing data).
 func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
 	if err := d.checkMigratable(ctx); err != nil {
+		// A role that may use the tables but not create any (an
+		// application role of a schema its owner migrates) has nothing
+		// to do when the schema is up to date.
+		if current, _, verr := d.MigrationVersion(ctx); verr == nil && current >= upTo && current == len(migrations) {
+			return nil
+		}
 		return err
 	}
 	tx, err := d.pool.Begin(ctx)

@@ -194,3 +194,32 @@ func openAtVersion(t *testing.T, v int) (*Driver, string) {
 	require.NoError(t, drv.migrateTo(t.Context(), v))
 	return drv, schema
 }
+
+// An application role that may read and write the tables but create
+// nothing (the schema's owner migrates) can open with migrations when none
+// is pending; with one pending it is told to have the owner migrate, and
+// a role that may only read is refused even when nothing is pending.
+func TestMigrateAsARoleThatMayNotCreateTables(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	owner, schema := openAtVersion(t, len(migrations)-1)
+	migrateAs := func(roleURL string) error {
+		drv, err := Open(ctx, roleURL, &Opts{Schema: schema})
+		require.NoError(t, err)
+		defer drv.Close()
+		return drv.Migrate(ctx)
+	}
+	_, app := testdb.ReadWriteRoleURL(t, testdb.PostgresURL(), schema)
+	err := migrateAs(app)
+	require.ErrorIs(t, err, ErrSchemaAccess, "a migration is pending")
+	require.ErrorContains(t, err, "may not create tables in schema")
+
+	require.NoError(t, owner.Migrate(ctx))
+	_, app = testdb.ReadWriteRoleURL(t, testdb.PostgresURL(), schema) // grants cover the new tables
+	require.NoError(t, migrateAs(app), "nothing is pending")
+
+	_, reader := testdb.SelectOnlyRoleURL(t, testdb.PostgresURL(), schema)
+	err = migrateAs(reader)
+	require.ErrorIs(t, err, ErrSchemaAccess)
+	require.ErrorContains(t, err, "may not create tables in schema")
+}

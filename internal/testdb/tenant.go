@@ -100,6 +100,24 @@ func mark(t testing.TB) {
 // role as the user.
 func SelectOnlyRoleURL(t testing.TB, baseURL, schema string) (role, roleURL string) {
 	t.Helper()
+	return newRoleURL(t, baseURL, schema, "GRANT SELECT ON ALL TABLES IN SCHEMA %s TO %s")
+}
+
+// ReadWriteRoleURL is SelectOnlyRoleURL for a role that may also insert,
+// update and delete rows (and use the schema's sequences), but not create
+// anything in the schema: an application role of a schema its owner
+// migrates.
+func ReadWriteRoleURL(t testing.TB, baseURL, schema string) (role, roleURL string) {
+	t.Helper()
+	return newRoleURL(t, baseURL, schema,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO %s",
+		"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %s TO %s")
+}
+
+// newRoleURL creates a login role with USAGE on schema and the grants (each
+// a format taking the quoted schema and role), dropped when the test ends.
+func newRoleURL(t testing.TB, baseURL, schema string, grants ...string) (role, roleURL string) {
+	t.Helper()
 	role = NewTenantName(t)
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, PostgresURL())
@@ -108,11 +126,11 @@ func SelectOnlyRoleURL(t testing.TB, baseURL, schema string) (role, roleURL stri
 	}
 	defer conn.Close(ctx)
 	r, s := pgx.Identifier{role}.Sanitize(), pgx.Identifier{schema}.Sanitize()
-	for _, stmt := range []string{
-		"CREATE ROLE " + r + " LOGIN",
-		"GRANT USAGE ON SCHEMA " + s + " TO " + r,
-		"GRANT SELECT ON ALL TABLES IN SCHEMA " + s + " TO " + r,
-	} {
+	stmts := []string{"CREATE ROLE " + r + " LOGIN", "GRANT USAGE ON SCHEMA " + s + " TO " + r}
+	for _, g := range grants {
+		stmts = append(stmts, fmt.Sprintf(g, s, r))
+	}
+	for _, stmt := range stmts {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			t.Fatalf("testdb: %s: %v", stmt, err)
 		}
