@@ -92,13 +92,17 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task, claimed time.Durat
 	select {
 	case <-done:
 	case <-tctx.Done():
+		wait := timeoutGrace
 		if !errors.Is(context.Cause(tctx), errTimeout) {
-			<-done // cancelled for another reason: the function's own error tells
-			break
+			// Cancelled for another reason (the run cancelled, the runner
+			// stopping): the function's own error tells, unless it is
+			// still running when its timeout would have ended it.
+			deadline, _ := tctx.Deadline()
+			wait = time.Until(deadline) + timeoutGrace
 		}
 		select {
 		case <-done:
-		case <-time.After(timeoutGrace):
+		case <-time.After(wait):
 			// The function ignores its context: record the timeout now and
 			// keep the slot until it returns.
 			res.err = timedOut()

@@ -243,6 +243,36 @@ func TestTimeout(t *testing.T) {
 	})
 }
 
+// A task's timeout holds after its run is cancelled: a function that
+// ignores its context does not keep the task Running in the cancelled run
+// past the timeout (plus the grace it gets to return).
+func TestTimeoutOutlastsCancel(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{})
+		release := make(chan struct{})
+		wf := MustWorkflow("cancel_timeout", Task{Name: "a", Timeout: 100 * time.Millisecond, Run: func(context.Context, *Context) error {
+			close(started)
+			<-release // ignores its context
+			return errors.New("late")
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		t.Cleanup(func() { close(release) }) // runs before the runner's Close
+		failed := onEvent(r, eventOf(EventTaskFailed))
+		exec, err := r.ExecuteAsync(ctx, "cancel_timeout", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "task a to start")
+		require.NoError(t, r.Cancel(ctx, exec.ID()))
+		e := waitFor(t, failed, "task a's timeout to be recorded in the cancelled run")
+		require.Contains(t, string(e.Data), "timed out after 100ms")
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, res.Status)
+		require.Equal(t, TaskStatusFailed, res.Task("a").Status)
+	})
+}
+
 func TestPanickingTaskFails(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
