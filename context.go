@@ -32,7 +32,8 @@ import (
 // the same key are merged (see Context flow in the package docs), the
 // merged object is encoded anew, its keys sorted.
 //
-// A Context is safe for concurrent use by the goroutines of one task.
+// A Context is safe for concurrent use by the goroutines of one task. The
+// zero Context is empty and ready to use, like one from [NewContext].
 type Context struct {
 	mu     sync.RWMutex
 	values map[string]json.RawMessage
@@ -109,7 +110,7 @@ func (c *Context) Insert(key string, value any) error {
 	if _, ok := c.values[key]; ok {
 		return fmt.Errorf("context key %q: %w (use Update or Set to change it)", key, ErrKeyExists)
 	}
-	c.values[key] = raw
+	c.put(key, raw)
 	return nil
 }
 
@@ -137,8 +138,17 @@ func (c *Context) Set(key string, value any) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.values[key] = raw
+	c.put(key, raw)
 	return nil
+}
+
+// put stores raw under key, making the map of a zero Context; c.mu is
+// held.
+func (c *Context) put(key string, raw json.RawMessage) {
+	if c.values == nil {
+		c.values = map[string]json.RawMessage{}
+	}
+	c.values[key] = raw
 }
 
 // Get returns the value of key decoded into a generic Go value (numbers are

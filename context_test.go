@@ -42,6 +42,24 @@ func TestContextInsertUpdateSetDelete(t *testing.T) {
 	require.Equal(t, 1, c.Len())
 }
 
+// The zero Context is empty and takes values like one from NewContext.
+func TestZeroContextIsUsable(t *testing.T) {
+	t.Parallel()
+	var c Context
+	require.Zero(t, c.Len())
+	require.ErrorIs(t, c.Update("k", 1), ErrKeyNotFound)
+	require.NoError(t, c.Set("k", 1))
+	var z Context
+	require.NoError(t, z.Insert("k", 2))
+	require.ErrorIs(t, z.Insert("k", 3), ErrKeyExists)
+	v, err := Get[int](&z, "k")
+	require.NoError(t, err)
+	require.Equal(t, 2, v)
+	out, err := c.MarshalJSON()
+	require.NoError(t, err)
+	require.JSONEq(t, `{"k":1}`, string(out))
+}
+
 func TestContextRejectsNonJSONNamingTheKey(t *testing.T) {
 	t.Parallel()
 	c := NewContext()
