@@ -196,6 +196,8 @@ func (r *Runner) compileSchedules(defs []Schedule) (map[string]*compiledSchedule
 		switch {
 		case strings.TrimSpace(s.Name) == "":
 			return nil, fail("Name is empty: give the schedule a name to identify it in the database")
+		case nameProblem(s.Name) != "":
+			return nil, fail("Name %s", nameProblem(s.Name))
 		case out[s.Name] != nil:
 			return nil, fail("another schedule has this Name: names must be unique")
 		case s.MaxLateness < 0:

@@ -3,6 +3,7 @@ package cloacina
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,6 +145,8 @@ func TestScheduleValidation(t *testing.T) {
 	}{
 		{"no name", []Schedule{with(func(s *Schedule) { s.Name = " " })}, "Name is empty: give the schedule a name"},
 		{"duplicate", []Schedule{good, good}, "another schedule has this Name: names must be unique"},
+		{"NUL in the name", []Schedule{with(func(s *Schedule) { s.Name = "nightly\x00" })}, "Name contains a NUL character (\\x00), which PostgreSQL cannot store: use UTF-8 text"},
+		{"name too long", []Schedule{with(func(s *Schedule) { s.Name = strings.Repeat("n", 2000) })}, "Name is 2000 bytes long: use a name of at most 1024 bytes"},
 		{"no workflow", []Schedule{with(func(s *Schedule) { s.Workflow = "" })}, "Workflow is empty"},
 		{"unknown workflow", []Schedule{with(func(s *Schedule) { s.Workflow = "reprot" })}, `did you mean "report"?`},
 		{"bad cron", []Schedule{with(func(s *Schedule) { s.Cron = "0 3 * *" })}, `cron "0 3 * *": expected 5 to 6 fields`},

@@ -1,6 +1,7 @@
 package cloacina
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -31,6 +32,36 @@ func unstorable(s string) string {
 		return "is not valid UTF-8, which PostgreSQL cannot store"
 	}
 	return ""
+}
+
+// maxNameBytes bounds workflow, task and schedule names. PostgreSQL
+// indexes them, and an index entry has to fit in a third of a page (about
+// 2,700 bytes); a NOTIFY payload, which carries a workflow's name, in
+// 8,000.
+const maxNameBytes = 1024
+
+// nameProblem says what is wrong with a name and how to fix it, or returns
+// "" for a name every backend can store and index.
+func nameProblem(s string) string {
+	if why := unstorable(s); why != "" {
+		return why + ": use UTF-8 text without NUL characters"
+	}
+	if len(s) > maxNameBytes {
+		return fmt.Sprintf("is %d bytes long: use a name of at most %d bytes", len(s), maxNameBytes)
+	}
+	return ""
+}
+
+// shortName is s for an error message: its first 60 bytes when longer.
+func shortName(s string) string {
+	if len(s) <= 60 {
+		return strconv.Quote(s)
+	}
+	cut := 60
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "…"
 }
 
 // storableText returns s with each NUL character and invalid UTF-8 byte

@@ -140,7 +140,9 @@ func (c Condition) String() string {
 	return "invalid_condition"
 }
 
-// validate returns the problems of a rule on task, given its upstream set.
+// validate lists the rule's problems; upstream holds the names of the
+// task's upstream tasks, or is nil when they are unknown (then conditions
+// on a task's outcome are not checked).
 func (r TriggerRule) validate(task string, upstream map[string]bool) []string {
 	var problems []string
 	if (r.kind == ruleAll || r.kind == ruleAny || r.kind == ruleNone) && len(r.conds) == 0 {
@@ -149,7 +151,7 @@ func (r TriggerRule) validate(task string, upstream map[string]bool) []string {
 	for _, c := range r.conds {
 		switch c.kind {
 		case condTaskSuccess, condTaskFailed, condTaskSkipped:
-			if !upstream[c.task] {
+			if upstream != nil && !upstream[c.task] {
 				problems = append(problems, fmt.Sprintf("task %q has a trigger condition %s naming a task that is not upstream of %q: add %q to its dependencies (directly or through another task), or remove the condition",
 					task, c, task, c.task))
 			}

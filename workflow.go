@@ -68,8 +68,8 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 	problem := func(format string, args ...any) { verr.Problems = append(verr.Problems, fmt.Sprintf(format, args...)) }
 	if strings.TrimSpace(name) == "" {
 		problem("the workflow name is empty: give the workflow a name")
-	} else if why := unstorable(name); why != "" {
-		problem("the workflow name %q %s: use UTF-8 text without NUL characters", name, why)
+	} else if why := nameProblem(name); why != "" {
+		problem("the workflow name %s %s", shortName(name), why)
 	}
 	if len(tasks) == 0 {
 		problem("the workflow has no tasks: add at least one Task")
@@ -87,8 +87,8 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 		case wf.byName[t.Name] != nil:
 			problem("task name %q is used twice (tasks #%d and #%d): give each task a unique name", t.Name, wf.byName[t.Name].index+1, i+1)
 			continue
-		case unstorable(t.Name) != "":
-			problem("task name %q %s: use UTF-8 text without NUL characters", t.Name, unstorable(t.Name))
+		case nameProblem(t.Name) != "":
+			problem("task name %s %s", shortName(t.Name), nameProblem(t.Name))
 			continue
 		}
 		if t.Run == nil {
@@ -104,6 +104,7 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 		wf.tasks = append(wf.tasks, def)
 		names = append(names, t.Name)
 	}
+	unresolved := false // a dependency names no task
 	for _, def := range wf.tasks {
 		seen := map[string]bool{}
 		for _, d := range def.DependsOn {
@@ -113,6 +114,7 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 			case seen[d]:
 				problem("task %q lists dependency %q twice: list it once", def.Name, d)
 			case dep == nil:
+				unresolved = true
 				if s := dag.Closest(d, names); s != "" {
 					problem("task %q depends on %q, which is not a task of this workflow: did you mean %q?", def.Name, d, s)
 				} else {
@@ -123,9 +125,6 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 			}
 			seen[d] = true
 		}
-	}
-	if len(verr.Problems) > 0 {
-		return nil, verr
 	}
 	index := map[*taskDef]int{}
 	for i, def := range wf.tasks {
@@ -146,12 +145,17 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 			path[len(cycle)-1-i] = wf.tasks[n].Name
 		}
 		problem("dependency cycle %s: remove one of these dependencies", strings.Join(path, " → "))
-		return nil, verr
+		unresolved = true
 	}
+	// Every problem is reported at once; only whether a trigger rule's
+	// task is upstream waits for a graph without cycles or unknown names.
 	for i, def := range wf.tasks {
-		upstream := map[string]bool{}
-		for a := range g.Ancestors(i) {
-			upstream[wf.tasks[a].Name] = true
+		var upstream map[string]bool
+		if !unresolved {
+			upstream = map[string]bool{}
+			for a := range g.Ancestors(i) {
+				upstream[wf.tasks[a].Name] = true
+			}
 		}
 		verr.Problems = append(verr.Problems, def.Trigger.validate(def.Name, upstream)...)
 	}

@@ -31,6 +31,10 @@ func TestNewWorkflowValidation(t *testing.T) {
 		{"NUL in the workflow name", "w\x00", []Task{{Name: "a", Run: ok}}, `the workflow name "w\x00" contains a NUL character`},
 		{"task name not UTF-8", "w", []Task{{Name: "a\xff", Run: ok}}, `task name "a\xff" is not valid UTF-8, which PostgreSQL cannot store`},
 		{"task without name", "w", []Task{{Run: ok}}, "task #1 has no name: set Task.Name"},
+		{"workflow name too long", strings.Repeat("w", maxNameBytes+1), []Task{{Name: "a", Run: ok}},
+			`the workflow name "` + strings.Repeat("w", 60) + `"… is 1025 bytes long: use a name of at most 1024 bytes`},
+		{"task name too long", "w", []Task{{Name: strings.Repeat("é", 600), Run: ok}},
+			`task name "` + strings.Repeat("é", 30) + `"… is 1200 bytes long: use a name of at most 1024 bytes`},
 		{"task without function", "w", []Task{{Name: "a"}}, `task "a" has no function: set Task.Run`},
 		{"duplicate name", "w", []Task{{Name: "a", Run: ok}, {Name: "a", Run: ok}},
 			`task name "a" is used twice (tasks #1 and #2): give each task a unique name`},
@@ -93,6 +97,32 @@ func TestNewWorkflowReportsEveryProblem(t *testing.T) {
 	ps := problems(t, err)
 	require.Len(t, ps, 2)
 	require.Contains(t, err.Error(), "2 problems")
+}
+
+// A problem of one task does not hide those of the graph (a cycle) or of
+// trigger rules; only whether a rule's task is upstream is left unchecked
+// while the graph has a cycle or an unknown dependency.
+func TestNewWorkflowReportsGraphAndRuleProblemsBesideTaskProblems(t *testing.T) {
+	t.Parallel()
+	_, err := NewWorkflow("w",
+		Task{Name: "a"}, // no function
+		Task{Name: "b", Run: ok, DependsOn: []string{"c"}},
+		Task{Name: "c", Run: ok, DependsOn: []string{"b"}, Trigger: Any(TaskFailed("a"))},
+		Task{Name: "d", Run: ok, Trigger: All(ContextValue("k", "eq", 1))},
+	)
+	ps := problems(t, err)
+	require.Len(t, ps, 3, "%q", ps)
+	require.Contains(t, ps[0], `task "a" has no function`)
+	require.Contains(t, ps[1], "dependency cycle")
+	require.Contains(t, ps[2], `unknown operator "eq"`)
+
+	_, err = NewWorkflow("w",
+		Task{Name: "a", Run: ok},
+		Task{Name: "b", Run: ok, DependsOn: []string{"x"}, Trigger: Any(TaskFailed("a"), TaskSuccess("x"))},
+	)
+	ps = problems(t, err)
+	require.Len(t, ps, 1, "the rule's tasks are not judged against a graph with an unknown dependency: %q", ps)
+	require.Contains(t, ps[0], `task "b" depends on "x"`)
 }
 
 func TestTriggerMayNameATransitiveAncestor(t *testing.T) {
