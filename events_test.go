@@ -330,6 +330,8 @@ func TestFollowFromTheStartSkipsNothing(t *testing.T) {
 	require.Contains(t, seen, now[0].SequenceNum)
 	_, err = r.Events(ctx, &EventQuery{AfterSeq: -1})
 	require.ErrorContains(t, err, "use Follow to follow from the start")
+	_, err = r.Events(ctx, &EventQuery{Limit: -1})
+	require.ErrorContains(t, err, "EventQuery.Limit -1 is negative: use 0 for all events, or a positive bound")
 }
 
 // Since and Until select events by creation time, on both backends, and a

@@ -252,6 +252,9 @@ func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
 	if after < 0 {
 		return nil, fmt.Errorf("cloacina: EventQuery.AfterSeq %d: sequence numbers are positive (use Follow to follow from the start)", after)
 	}
+	if q.Limit < 0 {
+		return nil, fmt.Errorf("cloacina: EventQuery.Limit %d is negative: use 0 for all events, or a positive bound", q.Limit)
+	}
 	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Since.Before(q.Until) {
 		return nil, fmt.Errorf("cloacina: EventQuery.Since %s is not before Until %s: no event can match; swap them or leave one zero",
 			q.Since.UTC().Format(time.RFC3339Nano), q.Until.UTC().Format(time.RFC3339Nano))

@@ -310,3 +310,24 @@ type EventDeleteResult struct {
 	// next batch's After.
 	Last int64
 }
+
+// LatestTime and EarliestTime bound the times a backend stores and
+// compares with: year 9999 and year 1, in UTC. SQLite writes times as
+// fixed-width text and PostgreSQL's timestamptz ends in year 294276, so a
+// cutoff beyond them (a far-future "before", say) is taken as the bound on
+// both; see ClampTime.
+var (
+	LatestTime   = time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC)
+	EarliestTime = time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// ClampTime returns t in UTC, moved within [EarliestTime, LatestTime].
+func ClampTime(t time.Time) time.Time {
+	switch {
+	case t.After(LatestTime):
+		return LatestTime
+	case t.Before(EarliestTime):
+		return EarliestTime
+	}
+	return t.UTC()
+}

@@ -121,6 +121,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"BatchSizes", testBatchSizes},
 		{"Schedules", testSchedules},
 		{"PipelineDeleteFinished", testPipelineDeleteFinished},
+		{"TimeBounds", testTimeBounds},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -320,13 +320,13 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 		where = append(where, "parent_pipeline_execution_id IS NOT NULL AND parent_pipeline_execution_id = ANY("+a.add(pgIDs(p.ParentPipelineIDs))+")")
 	}
 	if p.CreatedBefore != nil {
-		where = append(where, "(created_at, id) < ("+a.add(p.CreatedBefore.UTC())+", "+a.add(pgID(p.BeforeID))+")")
+		where = append(where, "(created_at, id) < ("+a.add(driver.ClampTime(*p.CreatedBefore))+", "+a.add(pgID(p.BeforeID))+")")
 	}
 	if p.CreatedSince != nil {
-		where = append(where, "created_at >= "+a.add(p.CreatedSince.UTC()))
+		where = append(where, "created_at >= "+a.add(driver.ClampTime(*p.CreatedSince)))
 	}
 	if p.CreatedUntil != nil {
-		where = append(where, "created_at < "+a.add(p.CreatedUntil.UTC()))
+		where = append(where, "created_at < "+a.add(driver.ClampTime(*p.CreatedUntil)))
 	}
 	q := `SELECT ` + pipelineColumns + ` FROM ` + e.q.pipelineTable
 	if len(where) > 0 {
@@ -678,10 +678,10 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.event_type = ANY("+a.add(textsOf(p.Types))+")")
 	}
 	if p.CreatedFrom != nil {
-		where = append(where, "e.created_at >= "+a.add(p.CreatedFrom.UTC()))
+		where = append(where, "e.created_at >= "+a.add(driver.ClampTime(*p.CreatedFrom)))
 	}
 	if p.CreatedBefore != nil {
-		where = append(where, "e.created_at < "+a.add(p.CreatedBefore.UTC()))
+		where = append(where, "e.created_at < "+a.add(driver.ClampTime(*p.CreatedBefore)))
 	}
 	order, desc := "e.sequence_num", "e.sequence_num DESC"
 	if p.AfterSeq != 0 {
@@ -727,7 +727,10 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		ev.CreatedAt = ev.CreatedAt.UTC()
 		out = append(out, &ev)
 	}
-	return out, mapError(rows.Err())
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: list events: %w", mapError(err))
+	}
+	return out, nil
 }
 
 func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (int64, error) {
@@ -737,7 +740,7 @@ func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (
 		where = append(where, "pipeline_execution_id = "+a.add(pgID(*p.PipelineID)))
 	}
 	if p.Before != nil {
-		where = append(where, "created_at < "+a.add(p.Before.UTC()))
+		where = append(where, "created_at < "+a.add(driver.ClampTime(*p.Before)))
 	}
 	if p.ExcludeUnfinishedRuns {
 		where = append(where, e.q.eventNotUnfinished)
@@ -755,7 +758,7 @@ func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (
 
 func (e *executor) EventLastBefore(ctx context.Context, t time.Time) (int64, error) {
 	var seq int64
-	if err := e.db.QueryRow(ctx, e.q.eventLastBefore, t.UTC()).Scan(&seq); err != nil {
+	if err := e.db.QueryRow(ctx, e.q.eventLastBefore, driver.ClampTime(t)).Scan(&seq); err != nil {
 		return 0, fmt.Errorf("postgres: find the last event before %s: %w", t.UTC().Format(time.RFC3339Nano), mapError(err))
 	}
 	return seq, nil
@@ -774,7 +777,7 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 		upTo = math.MaxInt64
 	}
 	var res driver.EventDeleteResult
-	if err := e.db.QueryRow(ctx, q, p.Before.UTC(), p.Limit, upTo, max(p.After, 0)).Scan(&res.Deleted, &res.Last); err != nil {
+	if err := e.db.QueryRow(ctx, q, driver.ClampTime(p.Before), p.Limit, upTo, max(p.After, 0)).Scan(&res.Deleted, &res.Last); err != nil {
 		return nil, fmt.Errorf("postgres: delete events: %w", mapError(err))
 	}
 	return &res, nil

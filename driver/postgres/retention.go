@@ -19,7 +19,7 @@ func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.Pipelin
 	}
 	tag, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s.pipeline_executions WHERE id IN (
 			SELECT q.id FROM %[1]s.pipeline_executions q WHERE `+finishedBefore+` LIMIT $2 FOR UPDATE SKIP LOCKED)`, e.q.schema),
-		p.Before, p.Limit)
+		driver.ClampTime(p.Before), p.Limit)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: delete finished runs: %w", mapError(err))
 	}
@@ -29,7 +29,7 @@ func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.Pipelin
 func (e *executor) PipelineCountFinished(ctx context.Context, p *driver.PipelineCountParams) (int64, error) {
 	var n int64
 	err := e.db.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %[1]s.pipeline_executions q WHERE `+finishedBefore, e.q.schema),
-		p.Before).Scan(&n)
+		driver.ClampTime(p.Before)).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: count finished runs: %w", mapError(err))
 	}
@@ -42,7 +42,7 @@ func (e *executor) ScheduleTickDeleteSkipped(ctx context.Context, p *driver.Sche
 	}
 	tag, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s.cloacina_schedule_ticks WHERE (schedule_name, tick_at) IN (
 			SELECT schedule_name, tick_at FROM %[1]s.cloacina_schedule_ticks
-			WHERE pipeline_execution_id IS NULL AND fired_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`, e.q.schema), p.Before, p.Limit)
+			WHERE pipeline_execution_id IS NULL AND fired_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`, e.q.schema), driver.ClampTime(p.Before), p.Limit)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: delete skipped ticks: %w", mapError(err))
 	}

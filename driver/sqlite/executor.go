@@ -18,16 +18,11 @@ import (
 // timeLayout is fixed-width, so text order is time order.
 const timeLayout = "2006-01-02T15:04:05.000000Z"
 
-// latestTime is the last instant the fixed-width layout can write: a later
-// time (a cutoff far in the future, say) is written as it, so that text
-// order stays time order.
-var latestTime = time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC)
-
+// formatTime writes t in the fixed-width layout. A time beyond the range
+// it can write (a cutoff far in the future, say) is written as the bound
+// (driver.ClampTime), so that text order stays time order.
 func formatTime(t time.Time) string {
-	if t.After(latestTime) {
-		t = latestTime
-	}
-	return t.UTC().Format(timeLayout)
+	return driver.ClampTime(t).Format(timeLayout)
 }
 
 func formatTimePtr(t *time.Time) any {
