@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -119,4 +120,43 @@ func TestResultsAreHeldUntilTheDatabaseTakesThem(t *testing.T) {
 		_, err := admin.Exec(testContext(t), "GRANT UPDATE ON "+table+" TO "+role)
 		require.NoError(t, err)
 	})
+}
+
+// Stop keeps its deadline while a claim round retries against a database
+// that refuses it (here: the outbox locked past statement_timeout, as an
+// outage would): the round is ended instead of waited for. Stop used to
+// wait for it, and so for the database, however long.
+func TestStopKeepsItsDeadlineWhileAClaimRetries(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	schema := testdb.NewSchema(t)
+	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
+	require.NoError(t, err)
+	_, err = Migrate(ctx, u.String(), "")
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("statement_timeout", "200")
+	u.RawQuery = q.Encode()
+	logger, refused := refusalLogger()
+	r := startRunner(t, u.String(), &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})},
+		PollInterval: 50 * time.Millisecond, Logger: logger})
+
+	tx, err := adminConn(t).Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { tx.Rollback(context.Background()) }) // before the runner's Close
+	_, err = tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{schema, "task_outbox"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+	require.NoError(t, err)
+	waitFor(t, refused, "a claim to be retried")
+
+	stopCtx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Stop(stopCtx) }()
+	select {
+	case err := <-stopped:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(testTimeout):
+		require.NoError(t, tx.Rollback(context.Background()))
+		t.Fatalf("Stop waited for the claim round %s past its deadline; it returned %v once the lock went", testTimeout, <-stopped)
+	}
 }

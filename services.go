@@ -201,7 +201,17 @@ func (r *Runner) stop(ctx context.Context) error {
 	svc.handoffMu.Lock()
 	svc.stopping = true
 	svc.handoffMu.Unlock()
-	svc.claimMu.Lock() // after a claim round in progress (see claimRound)
+	// After a claim round in progress (see claimRound); one that retries
+	// past ctx (the database is unreachable, say) is ended, so that Stop
+	// keeps its deadline.
+	locked := make(chan struct{})
+	go func() { svc.claimMu.Lock(); close(locked) }()
+	select {
+	case <-locked:
+	case <-ctx.Done():
+		svc.claimCancel()
+		<-locked
+	}
 	svc.draining.Store(true)
 	svc.claimMu.Unlock()
 	r.wakeClaimer()
