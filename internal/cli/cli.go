@@ -125,6 +125,7 @@ Start with:  cloacina demo`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageErrorf(cmd, "%v", err)
 	})
+	root.SetHelpCommand(helpCommand())
 	root.AddCommand(a.demoCommand(), a.runCommand(), a.migrateCommand(), a.eventsCommand(), a.runsCommand(), a.schedulesCommand(), a.statusCommand(), a.tenantCommand())
 	return root
 }
@@ -146,6 +147,33 @@ func groupCommand(use, short string, subs ...*cobra.Command) *cobra.Command {
 	}
 	cmd.AddCommand(subs...)
 	return cmd
+}
+
+// helpCommand replaces cobra's help command, which prints the root's help
+// and succeeds for a topic it does not know: here an unknown topic fails
+// as the unknown command would.
+func helpCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		Long:  "help prints the help of a command: `cloacina help runs list` is `cloacina runs list --help`.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			topic, rest, err := cmd.Root().Find(args)
+			if err != nil {
+				return usageErrorf(cmd, "%v", err)
+			}
+			if len(rest) > 0 {
+				if !topic.HasAvailableSubCommands() {
+					name := strings.TrimPrefix(topic.CommandPath(), topic.Root().Name()+" ")
+					return usageErrorf(topic, "unknown command %q: %q has no subcommands", rest[0], name)
+				}
+				return unknownCommand(topic, rest[0])
+			}
+			topic.SetContext(cmd.Context())
+			topic.InitDefaultHelpFlag()
+			return topic.Help()
+		},
+	}
 }
 
 func subcommandNames(cmd *cobra.Command) []string {

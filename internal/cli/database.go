@@ -14,7 +14,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloacina-go/cloacina"
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/driver/sqlite"
 )
 
 // connectTimeout bounds a PostgreSQL connection attempt (pgx's
@@ -106,7 +108,10 @@ const (
 	// for commands whose purpose is to set up or use a database.
 	openOrCreate openMode = iota
 	// openExisting requires a database already migrated to this version:
-	// operator commands must never create or change a schema as a side effect.
+	// operator commands must never create or change a schema as a side
+	// effect. The version is checked through a read-only open before the
+	// database is opened for writing, so a command that fails on it
+	// changes nothing.
 	openExisting
 	// openReadOnly is openExisting for commands that only read: the
 	// database is opened read-only (cloacina.Config.ReadOnly), so a user
@@ -119,6 +124,12 @@ const (
 func (a *app) open(ctx context.Context, d *database, mode openMode, workflows ...*cloacina.Workflow) (*cloacina.Runner, error) {
 	if mode != openOrCreate {
 		if err := d.requireSQLiteFile(); err != nil {
+			return nil, err
+		}
+		// Opened for writing, a SQLite file is switched to WAL (its header
+		// rewritten) before the runner checks the schema: check it first
+		// through a read-only open, so a command that fails writes nothing.
+		if err := d.checkSchema(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -153,6 +164,45 @@ func (d *database) requireSQLiteFile() error {
 		// SQLite would take an empty file for an empty database and write
 		// its header on open.
 		return fmt.Errorf("database %s is an empty file: run `cloacina migrate` or `cloacina demo` first", path)
+	}
+	return nil
+}
+
+// checkSchema fails unless d holds Cloacina's tables at this version,
+// reading its schema version through a read-only backend as read
+// commands open it. Where a SQLite file can only be read by a writer (a
+// log without its index, an interrupted write) it leaves the verdict to
+// the open that follows.
+func (d *database) checkSchema(ctx context.Context) error {
+	p, err := cloacina.ParseDatabaseURL(d.url)
+	if err != nil {
+		return d.openError(err)
+	}
+	var drv driver.Driver
+	if p.Backend == "sqlite" {
+		if drv, err = sqlite.OpenReadOnly(p.Path); err != nil {
+			return nil
+		}
+	} else if drv, err = postgres.Open(ctx, p.DSN, &postgres.Opts{Schema: p.Schema, ReadOnly: true}); err != nil {
+		return d.openError(err)
+	}
+	defer drv.Close()
+	current, latest, err := drv.MigrationVersion(ctx)
+	switch {
+	case err != nil:
+		return d.openError(err)
+	case current == 0:
+		// Another application's file, or a misspelt schema: migrate would
+		// add Cloacina's tables to the one or create the other.
+		what := "check the path"
+		if p.Backend != "sqlite" {
+			what = "check the schema name"
+		}
+		return fmt.Errorf("database %s holds no Cloacina tables: %s, or run `cloacina migrate` to set it up", d, what)
+	case current < latest:
+		return d.openError(cloacina.ErrSchemaOutdated)
+	case current > latest:
+		return d.openError(cloacina.ErrSchemaTooNew)
 	}
 	return nil
 }

@@ -87,6 +87,8 @@ func TestErrors(t *testing.T) {
 		{"zero limit", []string{"events", "list", "--limit", "0"}, nil, ExitUsage, `"0" is not a count`},
 		{"word limit", []string{"runs", "list", "--limit", "ten"}, nil, ExitUsage, `"ten" is not a count`},
 		{"interval without follow", []string{"events", "list", "--interval", "1s"}, nil, ExitUsage, "--interval is how often --follow polls: add --follow, or leave --interval out"},
+		{"until with follow", []string{"events", "list", "--follow", "--until", "1h"}, nil, ExitUsage,
+			"--follow prints new events, and --until only older ones: leave out --until to follow, or --follow to list up to a time (see `cloacina events list --help`)"},
 		{"zero interval", []string{"events", "list", "--follow", "--interval", "0s"}, nil, ExitUsage, `"0s" is not an interval: use a Go duration of 1ms or more`},
 		{"misspelt event type", []string{"events", "list", "--type", "task_faild"}, nil, ExitUsage, `unknown value "task_faild": did you mean "task_failed"?`},
 		{"unknown event type", []string{"events", "list", "--type", "started,zzz"}, nil, ExitUsage, `unknown value "started": use one of pipeline_started,`},
@@ -98,6 +100,10 @@ func TestErrors(t *testing.T) {
 		{"extra argument", []string{"demo", "extra"}, nil, ExitUsage, `"demo" takes no arguments, got 1 argument`},
 		{"unknown command", []string{"demoo"}, nil, ExitUsage, `unknown command "demoo": did you mean "demo"? (see ` + "`cloacina --help`)"},
 		{"unknown subcommand", []string{"runs", "lst"}, nil, ExitUsage, `unknown command "lst": did you mean "list"?`},
+		{"unknown help topic", []string{"help", "nonexist"}, nil, ExitUsage, `unknown command "nonexist": use one of demo, events, migrate, run, runs, schedules, status, tenant (see ` + "`cloacina --help`)"},
+		{"misspelt help topic", []string{"help", "shedules"}, nil, ExitUsage, `unknown command "shedules": did you mean "schedules"? (see ` + "`cloacina --help`)"},
+		{"unknown help subtopic", []string{"help", "runs", "foo"}, nil, ExitUsage, `unknown command "foo": use one of cancel, cleanup, get, list, pause, resume (see ` + "`cloacina runs --help`)"},
+		{"help topic past a leaf", []string{"help", "runs", "list", "foo"}, nil, ExitUsage, `unknown command "foo": "runs list" has no subcommands (see ` + "`cloacina runs list --help`)"},
 		{"missing subcommand", []string{"events"}, nil, ExitUsage, "missing subcommand: use one of cleanup, list"},
 		{"unknown flag", []string{"--bogus"}, nil, ExitUsage, "unknown flag: --bogus"},
 		{"flag of another command", []string{"migrate", "--input", "{}"}, nil, ExitUsage, "unknown flag: --input"},
@@ -130,43 +136,116 @@ func hasFlag(args []string, flag string) bool {
 	return false
 }
 
-// TestErrorsUnmigrated covers databases that exist but were never
-// migrated: read-only commands must say so and leave them alone.
+// writeCommands are the commands that write, with arguments that name
+// nothing in particular: they fail before they look.
+func writeCommands() [][]string {
+	const id = "0199c3e1-0000-7000-8000-000000000000"
+	return [][]string{
+		{"runs", "cancel", id},
+		{"runs", "pause", id},
+		{"runs", "resume", id},
+		{"runs", "cleanup", "--older-than", "1d"},
+		{"events", "cleanup", "--older-than", "1d"},
+		{"schedules", "pause", "nightly"},
+		{"schedules", "resume", "nightly"},
+		{"schedules", "delete", "nightly", "--yes"},
+	}
+}
+
+// TestErrorsUnmigrated covers databases that exist but hold no Cloacina
+// tables, or older ones: every operator command, reading or writing, must
+// say so, without the advice to migrate where that would set up Cloacina
+// in another application's database, and leave the database alone.
 func TestErrorsUnmigrated(t *testing.T) {
 	t.Parallel()
-	const want = "is not set up for this version of cloacina: run `cloacina migrate` first"
-	t.Run("postgres", func(t *testing.T) {
+	const outdated = "is not set up for this version of cloacina: run `cloacina migrate` first"
+	operatorCommands := append(writeCommands(), readCommands("0199c3e1-0000-7000-8000-000000000000")...)
+	t.Run("postgres misspelt schema", func(t *testing.T) {
 		t.Parallel()
 		schema := testdb.NewSchema(t)
 		url := testdb.WithSchema(testdb.PostgresURL(), schema)
-		for _, args := range [][]string{{"events", "list"}, {"runs", "list"}, {"events", "cleanup", "--older-than", "1d", "--dry-run"}} {
+		for _, args := range operatorCommands {
 			requireOneLineError(t, cli(t, append([]string{"--database-url", url}, args...)...), ExitFailure,
-				"database PostgreSQL 127.0.0.1:5432/test (schema "+schema+") "+want)
+				"database PostgreSQL 127.0.0.1:5432/test (schema "+schema+") holds no Cloacina tables: check the schema name, or run `cloacina migrate` to set it up")
 		}
-		require.False(t, schemaExists(t, schema), "a read-only command created the schema")
+		require.False(t, schemaExists(t, schema), "a command created the schema")
 	})
-	t.Run("sqlite", func(t *testing.T) {
+	t.Run("postgres older schema", func(t *testing.T) {
+		t.Parallel()
+		url := testdb.PostgresSchemaURL(t)
+		ok(t, url, "migrate")
+		u, err := cloacina.ParseDatabaseURL(url)
+		require.NoError(t, err)
+		conn, err := pgx.Connect(t.Context(), testdb.PostgresURL())
+		require.NoError(t, err)
+		defer conn.Close(context.Background())
+		migrations := pgx.Identifier{u.Schema, "cloacina_migrations"}.Sanitize()
+		_, err = conn.Exec(t.Context(), "DELETE FROM "+migrations+" WHERE version = (SELECT max(version) FROM "+migrations+")")
+		require.NoError(t, err)
+		for _, args := range operatorCommands {
+			requireOneLineError(t, cli(t, append([]string{"--database-url", url}, args...)...), ExitFailure,
+				"database PostgreSQL 127.0.0.1:5432/test (schema "+u.Schema+") "+outdated)
+		}
+	})
+	// A file of another application, in rollback-journal mode as SQLite
+	// makes them: a write command that opened it for writing first would
+	// switch it to WAL, rewriting its header.
+	t.Run("sqlite another application's file", func(t *testing.T) {
 		t.Parallel()
 		path := testdb.SQLitePath(t)
 		db, err := sql.Open("sqlite", path)
 		require.NoError(t, err)
-		_, err = db.Exec("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+		_, err = db.Exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT); INSERT INTO orders (item) VALUES ('tea')")
 		require.NoError(t, err)
 		require.NoError(t, db.Close())
-		requireOneLineError(t, cli(t, "--database-url", "sqlite://"+path, "runs", "list"), ExitFailure, "database "+path+" "+want)
+		before := testdb.DirFiles(t, filepath.Dir(path))
+		for _, args := range operatorCommands {
+			res := cli(t, append([]string{"--database-url", "sqlite://" + path}, args...)...)
+			require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)), "cloacina %s changed the files", strings.Join(args, " "))
+			requireJournalMode(t, path, "delete")
+			requireOneLineError(t, res, ExitFailure, "database "+path+" holds no Cloacina tables: check the path, or run `cloacina migrate` to set it up")
+		}
+	})
+	t.Run("sqlite older schema", func(t *testing.T) {
+		t.Parallel()
+		path := testdb.SQLitePath(t)
+		ok(t, "sqlite://"+path, "migrate")
+		db, err := sql.Open("sqlite", path)
+		require.NoError(t, err)
+		_, err = db.Exec("DELETE FROM cloacina_migrations WHERE version = (SELECT max(version) FROM cloacina_migrations)")
+		require.NoError(t, err)
+		require.NoError(t, db.Close())
+		before := testdb.DirFiles(t, filepath.Dir(path))
+		for _, args := range operatorCommands {
+			requireOneLineError(t, cli(t, append([]string{"--database-url", "sqlite://" + path}, args...)...), ExitFailure,
+				"database "+path+" "+outdated)
+			require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)), "cloacina %s changed the files", strings.Join(args, " "))
+		}
 	})
 	t.Run("sqlite empty file", func(t *testing.T) {
 		t.Parallel()
 		path := testdb.SQLitePath(t)
 		require.NoError(t, os.WriteFile(path, nil, 0o644))
-		for _, args := range [][]string{{"events", "list"}, {"runs", "list"}} {
+		for _, args := range operatorCommands {
 			requireOneLineError(t, cli(t, append([]string{"--database-url", "sqlite://" + path}, args...)...), ExitFailure,
 				"database "+path+" is an empty file: run `cloacina migrate` or `cloacina demo` first")
 		}
 		info, err := os.Stat(path)
 		require.NoError(t, err)
-		require.Zero(t, info.Size(), "a read-only command wrote to the file")
+		require.Zero(t, info.Size(), "a command wrote to the file")
 	})
+}
+
+// requireJournalMode requires the SQLite database at path to be in the
+// journal mode want, reading it without changing it.
+func requireJournalMode(t *testing.T, path, want string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	require.NoError(t, err)
+	defer db.Close()
+	var mode string
+	require.NoError(t, db.QueryRow("PRAGMA journal_mode").Scan(&mode))
+	require.Equal(t, want, mode)
 }
 
 // A command that writes cannot use a SQLite file the user may not write:
@@ -197,7 +276,7 @@ func schemaExists(t *testing.T, schema string) bool {
 
 func TestHelp(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{}, {"--help"}, {"help"}, {"events", "list", "--help"}, {"help", "runs"}} {
+	for _, args := range [][]string{{}, {"--help"}, {"help"}, {"events", "list", "--help"}, {"help", "runs"}, {"help", "runs", "list"}, {"help", "help"}} {
 		res := cli(t, args...)
 		require.Equal(t, ExitOK, res.code, "%v: %s", args, res.stderr)
 		require.Contains(t, res.stdout, "Usage:", args)

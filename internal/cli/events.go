@@ -63,6 +63,11 @@ PostgreSQL may show events again). While the database cannot be reached
 			if cmd.Flags().Changed("interval") && !follow {
 				return usageErrorf(cmd, "--interval is how often --follow polls: add --follow, or leave --interval out")
 			}
+			if cmd.Flags().Changed("until") && follow {
+				// New events come after any --until: a follower would wait
+				// for ever and print nothing.
+				return usageErrorf(cmd, "--follow prints new events, and --until only older ones: leave out --until to follow, or --follow to list up to a time")
+			}
 			d, err := a.database(cmd)
 			if err != nil {
 				return err

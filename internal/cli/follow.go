@@ -117,6 +117,22 @@ func (f *follower) get(ctx context.Context, id uuid.UUID) (*cloacina.ExecutionRe
 	return res, nil
 }
 
+// getTask reads a task, retrying through transient errors (see run).
+func (f *follower) getTask(ctx context.Context, id uuid.UUID) (*cloacina.TaskDetail, error) {
+	var t *cloacina.TaskDetail
+	err := f.retry.Do(ctx, func() (err error) {
+		t, err = f.r.GetTask(ctx, id)
+		return err
+	})
+	if errors.Is(err, cloacina.ErrTaskNotFound) {
+		return nil, fmt.Errorf("no task execution %s in this database: task ids are shown by `cloacina runs get`", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("task execution %s: %w", id, err)
+	}
+	return t, nil
+}
+
 func (f *follower) print(events []*cloacina.Event) error {
 	if len(events) == 0 {
 		return nil
@@ -194,6 +210,14 @@ func (f *follower) followRun(ctx context.Context) error {
 		if _, err := f.get(ctx, *runID); err != nil {
 			return err
 		}
+	} else {
+		// The task's run, not its first event's: the filters may match
+		// none of its events yet.
+		t, err := f.getTask(ctx, *f.filter.task)
+		if err != nil {
+			return err
+		}
+		runID = &t.RunID
 	}
 	q := f.filter.query()
 	q.Follow, q.Newest = true, true
@@ -205,16 +229,9 @@ func (f *follower) followRun(ctx context.Context) error {
 	var cursor int64
 	if len(existing) > 0 {
 		cursor = existing[len(existing)-1].SequenceNum
-		if runID == nil {
-			runID = &existing[0].PipelineID
-		}
 	}
 	if err := f.print(unseen(existing)[max(len(existing)-f.backlog, 0):]); err != nil {
 		return err
-	}
-	if runID == nil {
-		// Tasks are created with their run, and their events with them.
-		return fmt.Errorf("no events of task execution %s in this database: task ids are shown by `cloacina runs get`", *f.filter.task)
 	}
 	for {
 		// The run is read before its events: once it has finished, every

@@ -350,7 +350,41 @@ func TestEventsFollowUnknown(t *testing.T) {
 			res := cli(t, "--database-url", url, "events", "list", "--follow", "--run", id)
 			requireOneLineError(t, res, ExitFailure, "no run "+id+" in this database: list runs with `cloacina runs list`")
 			res = cli(t, "--database-url", url, "events", "list", "--follow", "--task", id)
-			requireOneLineError(t, res, ExitFailure, "no events of task execution "+id+" in this database: task ids are shown by `cloacina runs get`")
+			requireOneLineError(t, res, ExitFailure, "no task execution "+id+" in this database: task ids are shown by `cloacina runs get`")
+		})
+	}
+}
+
+// Following a task with filters that match none of its events yet follows
+// it until its run has finished, as following its run does.
+func TestEventsFollowTaskFiltered(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			url := b.URL(t)
+			r, started, release := startGateRunner(t, url)
+			exec := startGate(t, r, started)
+			res, err := r.Get(ctx, exec.ID())
+			require.NoError(t, err)
+			var wait uuid.UUID
+			for _, task := range res.Tasks {
+				if task.Name == "wait" {
+					wait = task.ID
+				}
+			}
+			require.NotEqual(t, uuid.Nil, wait)
+
+			f := startFollow(t, url, "--task", wait.String(), "--type", "task_completed", "--since", "1h")
+			f.nextPoll(t)
+			f.nextPoll(t) // still following: nothing matches yet
+			release()
+			require.Equal(t, ExitOK, f.wait(t), "stderr: %s", f.errs.String())
+			require.Empty(t, f.errs.String())
+			_, rows := parseTable(t, f.out.String())
+			require.Len(t, rows, 1, "output:\n%s", f.out.String())
+			require.Equal(t, []string{exec.ID().String(), "task_completed", "wait"}, []string(rows[0][2:5]))
 		})
 	}
 }

@@ -146,7 +146,7 @@ func TestReadCommandsRefuse(t *testing.T) {
 	t.Run("log without its index", func(t *testing.T) {
 		t.Parallel()
 		src := testdb.SQLitePath(t)
-		_, err := openRunner(t, "sqlite://"+src, heldWorkflow()).ExecuteAsync(t.Context(), "held", nil)
+		exec, err := openRunner(t, "sqlite://"+src, heldWorkflow()).ExecuteAsync(t.Context(), "held", nil)
 		require.NoError(t, err)
 		path := copyFiles(t, src, t.TempDir(), "-wal")
 		before := testdb.DirFiles(t, filepath.Dir(path))
@@ -154,6 +154,9 @@ func TestReadCommandsRefuse(t *testing.T) {
 			"database "+path+" has a write-ahead log ("+path+"-wal) but no "+path+"-shm, and SQLite can read the log only by creating that file: "+
 				"copy the -shm file along with the other two, or checkpoint the database by opening it for writing once")
 		require.Equal(t, before, testdb.DirFiles(t, filepath.Dir(path)))
+		// A command that writes may create the index, and does.
+		ok(t, "sqlite://"+path, "runs", "cancel", exec.ID().String())
+		require.Contains(t, ok(t, "sqlite://"+path, "runs", "get", exec.ID().String()), "status     cancelled\n")
 	})
 	t.Run("interrupted write", func(t *testing.T) {
 		t.Parallel()

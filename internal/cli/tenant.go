@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
@@ -75,11 +76,14 @@ to the server only as a SCRAM-SHA-256 verifier.` + tenantLong,
 }
 
 func (a *app) tenantListCommand() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List tenants with their schema versions and row counts",
 		Long:  `list shows every registered tenant, its role, schema version and row counts.` + tenantLong,
-		Args:  exactArgs(0, "no arguments"),
+		Example: `  cloacina --database-url postgres://postgres@db:5432/app tenant list
+  cloacina --database-url postgres://postgres@db:5432/app tenant list --json | jq -r 'select(.problem != "") | .name'`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := a.adminDatabase(cmd)
 			if err != nil {
@@ -88,6 +92,9 @@ func (a *app) tenantListCommand() *cobra.Command {
 			tenants, err := cloacina.ListTenants(cmd.Context(), d.url)
 			if err != nil {
 				return d.tenantError(err)
+			}
+			if asJSON {
+				return writeJSONLines(a.stdout, tenants, func(t cloacina.TenantInfo) any { return newTenantJSON(&t) })
 			}
 			if len(tenants) == 0 {
 				_, err := fmt.Fprintln(a.stdout, "no tenants")
@@ -101,6 +108,28 @@ func (a *app) tenantListCommand() *cobra.Command {
 			return tb.render(a.stdout)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one tenant a line")
+	return cmd
+}
+
+// tenantJSON is a tenant in `tenant list --json`: queued counts its
+// outbox rows (the table's QUEUED), and problem is empty for a whole
+// tenant.
+type tenantJSON struct {
+	Name          string    `json:"name"`
+	Role          string    `json:"role"`
+	SchemaVersion int       `json:"schema_version"`
+	Runs          int64     `json:"runs"`
+	Tasks         int64     `json:"tasks"`
+	Events        int64     `json:"events"`
+	Queued        int64     `json:"queued"`
+	CreatedAt     time.Time `json:"created_at"`
+	Problem       string    `json:"problem"`
+}
+
+func newTenantJSON(t *cloacina.TenantInfo) tenantJSON {
+	return tenantJSON{Name: t.Schema, Role: t.Role, SchemaVersion: t.SchemaVersion, Runs: t.Runs, Tasks: t.Tasks,
+		Events: t.Events, Queued: t.Outbox, CreatedAt: t.CreatedAt.UTC(), Problem: t.Problem}
 }
 
 func (a *app) tenantDropCommand() *cobra.Command {

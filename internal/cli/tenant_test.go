@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -75,6 +76,23 @@ func TestTenantLifecycle(t *testing.T) {
 	require.Equal(t, "1", r[3], "one run")
 	require.Equal(t, "4", r[4], "the demo's four tasks")
 	require.Equal(t, "0", r[6], "nothing queued")
+
+	// The same as JSON Lines: snake_case keys, UTC times.
+	tenants := jsonLines(t, ok(t, admin, "tenant", "list", "--json"))
+	i = slices.IndexFunc(tenants, func(m map[string]any) bool { return m["name"] == name })
+	require.GreaterOrEqual(t, i, 0, tenants)
+	j := tenants[i]
+	require.Equal(t, name, j["role"])
+	require.Equal(t, float64(latestSchemaVersion(t)), j["schema_version"])
+	require.Equal(t, float64(1), j["runs"])
+	require.Equal(t, float64(4), j["tasks"])
+	require.Contains(t, j, "events")
+	require.Equal(t, float64(0), j["queued"])
+	require.Equal(t, "", j["problem"])
+	created, err := time.Parse(time.RFC3339Nano, j["created_at"].(string))
+	require.NoError(t, err)
+	require.Equal(t, time.UTC, created.Location())
+	require.Equal(t, r[7], formatTime(created), "the table's CREATED")
 
 	// The tenant's role cannot use another schema: a one-line error at open.
 	foreign := testdb.NewSchema(t)
