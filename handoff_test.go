@@ -361,3 +361,61 @@ func TestClaimsOnReadyOfAnUncertainCommit(t *testing.T) {
 		slotsFree(t, r)
 	})
 }
+
+// A runner that leaves new work to its own claimer (and sends no NOTIFY
+// for it) takes the free slots for it in the transaction, so two
+// transactions cannot both count on the same slot: here two runs resumed
+// while the claimer of A (one slot) is busy elsewhere. The first takes A's
+// slot, the second wakes B. Both used to count on A's one slot, and the
+// second task waited for A's task to end or for a poll.
+func TestWakeUpsCountEachFreeSlotOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		starts := make(chan string, 2)
+		release := make(chan struct{})
+		wf := MustWorkflow("slot", Task{Name: "hold", Run: func(ctx context.Context, _ *Context) error {
+			info, _ := TaskInfoFrom(ctx)
+			starts <- info.RunnerID
+			<-release
+			return nil
+		}})
+		a := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1, PollInterval: time.Hour})
+		b := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
+		t.Cleanup(func() { close(release) }) // before the runners' Close
+		a.claimsPaused.Store(true)
+		b.claimsPaused.Store(true)
+		require.NoError(t, a.Start(ctx))
+		require.NoError(t, b.Start(ctx))
+		var runs []*Execution
+		for range 2 {
+			exec, err := a.ExecuteAsync(ctx, "slot", nil)
+			require.NoError(t, err)
+			require.NoError(t, a.Pause(ctx, exec.ID()))
+			runs = append(runs, exec)
+		}
+		a.claimsPaused.Store(false)
+		b.claimsPaused.Store(false)
+
+		held, hold := make(chan struct{}, 1), make(chan struct{})
+		hook := func(ctx context.Context) {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+			select {
+			case <-hold:
+			case <-ctx.Done():
+			}
+		}
+		a.idleHook.Store(&hook)
+		a.wakeClaimer()
+		waitFor(t, held, "A's claimer to be held")
+		for _, exec := range runs {
+			require.NoError(t, a.Resume(ctx, exec.ID()))
+		}
+		a.idleHook.Store(nil)
+		close(hold)
+		got := []string{waitFor(t, starts, "a task to start"), waitFor(t, starts, "the other task to start while A's runs")}
+		require.ElementsMatch(t, []string{a.ID(), b.ID()}, got)
+	})
+}

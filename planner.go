@@ -27,6 +27,12 @@ type changes struct {
 	cancelled []uuid.UUID
 	// work counts, per workflow, the outbox rows claimable at once.
 	work map[string]int
+	// held counts the free slots of heldBy that addWakeups took for the
+	// work this runner will claim itself once the transaction commits (no
+	// NOTIFY for it): the claimer's next round uses them, and they are
+	// given back should the transaction fail.
+	held   int
+	heldBy *services
 	// nextDue is the earliest due time of a retry scheduled for later.
 	nextDue *time.Time
 	// handoff, when set, lets this transaction claim for this runner the

@@ -602,6 +602,7 @@ func (r *Runner) retryTx(ctx context.Context, attempts int, fn txFunc) (*changes
 			r.afterCommit(c)
 			return c, nil
 		}
+		c.releaseHeld()
 		retryable := errors.Is(err, driver.ErrTransient) || errors.Is(err, driver.ErrConflict)
 		if !retryable || ctx.Err() != nil || (attempts > 0 && attempt >= attempts) {
 			return nil, err
@@ -655,6 +656,9 @@ func (r *Runner) afterCommit(c *changes) {
 	for _, id := range c.finished {
 		r.signalRun(id)
 	}
+	if c.held > 0 {
+		c.heldBy.preheld.Add(int64(c.held))
+	}
 	if len(c.work) > 0 {
 		r.wakeClaimer()
 	}
@@ -666,7 +670,9 @@ func (r *Runner) afterCommit(c *changes) {
 // addWakeups asks the database to wake other runners for new work, unless
 // this runner will claim all of it itself as soon as the transaction
 // commits: then a NOTIFY (which PostgreSQL serialises at commit) would only
-// wake runners to find nothing.
+// wake runners to find nothing. The slots for that work are taken now and
+// handed to the claimer at commit, so that two transactions cannot both
+// count on the same free slot and leave a task to the next poll.
 func (r *Runner) addWakeups(c *changes) {
 	svc := r.services()
 	for workflow, n := range c.work {
@@ -675,12 +681,27 @@ func (r *Runner) addWakeups(c *changes) {
 		// wait for: others must hear of the rest.
 		if svc != nil && !r.claimsPaused.Load() && !svc.draining.Load() {
 			if _, err := r.workflow(workflow); err == nil {
-				local = cap(svc.slots)-len(svc.slots) >= n
+				got := svc.reserveSlots(n)
+				if local = got == n; local {
+					c.held += n
+					c.heldBy = svc
+				} else {
+					svc.releaseSlots(got)
+				}
 			}
 		}
 		if !local {
 			c.cs.Notify = append(c.cs.Notify, workPayload(workflow))
 		}
+	}
+}
+
+// releaseHeld gives back the slots addWakeups took for a transaction that
+// did not commit.
+func (c *changes) releaseHeld() {
+	if c.held > 0 {
+		c.heldBy.releaseSlots(c.held)
+		c.held = 0
 	}
 }
 

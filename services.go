@@ -59,6 +59,10 @@ type services struct {
 	slots     chan struct{}
 	slotFreed chan struct{}
 	results   chan *taskResult
+	// preheld counts slots taken for work that committed transactions
+	// left for this runner's claimer (see addWakeups); its next round
+	// claims with them.
+	preheld atomic.Int64
 
 	loops sync.WaitGroup
 	// tasks counts task goroutines; a slot taken for a handoff counts
@@ -370,7 +374,8 @@ func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n
 	if !pending || r.claimsPaused.Load() {
 		return 0, 0, nil
 	}
-	if n = svc.reserveSlots(r.cfg.ClaimBatchSize); n == 0 {
+	pre := int(svc.preheld.Swap(0))
+	if n = pre + svc.reserveSlots(r.cfg.ClaimBatchSize-pre); n == 0 {
 		return 0, 0, nil
 	}
 	var runs []uuid.UUID
@@ -747,11 +752,18 @@ func (svc *services) dropSlot() {
 	svc.releaseSlot()
 }
 
-func (svc *services) releaseSlot() {
-	<-svc.slots
-	select {
-	case svc.slotFreed <- struct{}{}:
-	default:
+func (svc *services) releaseSlot() { svc.releaseSlots(1) }
+
+// releaseSlots gives back n slots taken without a task.
+func (svc *services) releaseSlots(n int) {
+	for range n {
+		<-svc.slots
+	}
+	if n > 0 {
+		select {
+		case svc.slotFreed <- struct{}{}:
+		default:
+		}
 	}
 }
 
