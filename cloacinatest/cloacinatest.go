@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -26,6 +27,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cloacina-go/cloacina"
 )
@@ -41,13 +44,27 @@ const setupTimeout = 30 * time.Second
 // cfg.Logger is nil the runner logs warnings and errors to the test's
 // output.
 //
+// With cfg.ReadOnly, Open creates and migrates the file first, since a
+// read-only runner creates nothing, and then opens it read-only: the
+// runner reads an empty database (List finds no runs) and its writes
+// return cloacina.ErrReadOnly. To read what another runner wrote, open
+// that runner's URL with OpenURL instead.
+//
 // When the test ends, the runner is stopped and closed: the contexts of
 // tasks still running then are cancelled, as t.Context() is, and each
 // is given a moment to return before its claim is handed back. A test
 // that must see a run end waits for it (Runner.Execute, Execution.Wait).
 func Open(t testing.TB, cfg *cloacina.Config) *cloacina.Runner {
 	t.Helper()
-	return OpenURL(t, "sqlite://"+filepath.Join(t.TempDir(), "cloacina.db"), cfg)
+	dbURL := "sqlite://" + filepath.Join(t.TempDir(), "cloacina.db")
+	if cfg != nil && cfg.ReadOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+		defer cancel()
+		if _, err := cloacina.Migrate(ctx, dbURL, cfg.Schema); err != nil {
+			t.Fatalf("cloacinatest: create the database for a read-only runner: %v", err)
+		}
+	}
+	return OpenURL(t, dbURL, cfg)
 }
 
 // OpenURL is Open on the database at url: a SQLite URL, or a PostgreSQL
@@ -101,8 +118,12 @@ func testLogger(t testing.TB) *slog.Logger {
 // and migrated when a runner first opens the URL (OpenURL), so the role in
 // rawURL needs the CREATE privilege on the database.
 //
-// It fails the test, naming the fix, when the database does not answer,
-// so a suite that needs PostgreSQL cannot pass without it.
+// Parameters other than schema are read as the library reads them
+// (cloacina.ParseDatabaseURL), so pgxpool's pool_* parameters may stay in
+// rawURL. It fails the test, naming the fix, when the database does not
+// answer, so a suite that needs PostgreSQL cannot pass without it; when
+// the server answers but refuses the connection (no such database or
+// role, an unknown setting), it reports the server's error.
 func PostgresSchema(t testing.TB, rawURL string) string {
 	t.Helper()
 	u, err := url.Parse(rawURL)
@@ -117,11 +138,17 @@ func PostgresSchema(t testing.TB, rawURL string) string {
 
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, connURL.String())
-	if err != nil {
+	pool, err := connect(ctx, connURL.String())
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr):
+		t.Fatalf("cloacinatest: PostgreSQL at %s answered with an error: %v\ncheck the URL's database, role and parameters", redacted(rawURL), err)
+	case errors.Is(err, errBadURL):
+		t.Fatalf("cloacinatest: PostgresSchema: %v", err)
+	case err != nil:
 		t.Fatalf("cloacinatest: PostgreSQL does not answer at %s: %v\nstart it, or point the test at one that runs", redacted(rawURL), err)
 	}
-	_ = conn.Close(ctx)
+	pool.Close()
 	t.Cleanup(func() { dropSchema(t, connURL.String(), schema) })
 
 	q.Set("schema", schema)
@@ -129,17 +156,44 @@ func PostgresSchema(t testing.TB, rawURL string) string {
 	return u.String()
 }
 
+// errBadURL marks a URL that pgx does not accept.
+var errBadURL = errors.New("a URL pgx does not accept")
+
+// connect opens a one-connection pool on connURL and checks that the
+// server answers. It parses connURL as the library does
+// (pgxpool.ParseConfig), so pgxpool's own parameters such as
+// pool_max_conns are taken by the pool instead of being sent to the
+// server, where they are unknown settings.
+func connect(ctx context.Context, connURL string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(connURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadURL, err)
+	}
+	// One connection is all this needs; the pool's own size settings
+	// are for the runner that opens the URL.
+	cfg.MaxConns, cfg.MinConns, cfg.MinIdleConns = 1, 0, 0
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
 // dropSchema drops the schema a test used, with everything in it.
 func dropSchema(t testing.TB, connURL, schema string) {
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, connURL)
+	pool, err := connect(ctx, connURL)
 	if err != nil {
 		t.Errorf("cloacinatest: drop schema %s: %v", schema, err)
 		return
 	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
 		t.Errorf("cloacinatest: drop schema %s: %v", schema, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -85,6 +86,20 @@ func TestOpenReadOnlyDoesNotStart(t *testing.T) {
 	require.ErrorIs(t, ro.Start(testContext(t)), cloacina.ErrReadOnly)
 }
 
+// A read-only runner on a fresh file reads an empty, migrated database and
+// refuses writes.
+func TestOpenReadOnlyReadsAnEmptyDatabase(t *testing.T) {
+	t.Parallel()
+	cfg := &cloacina.Config{ReadOnly: true, Workflows: []*cloacina.Workflow{greet()}}
+	r := cloacinatest.Open(t, cfg)
+	runs, err := r.List(testContext(t), nil)
+	require.NoError(t, err)
+	require.Empty(t, runs)
+	_, err = r.Execute(testContext(t), "greet", nil)
+	require.ErrorIs(t, err, cloacina.ErrReadOnly)
+	require.ErrorIs(t, r.Start(testContext(t)), cloacina.ErrReadOnly)
+}
+
 // A task still running when its test ends has its context cancelled, and
 // the test's cleanup returns once it has returned.
 func TestTheEndOfATestCancelsItsRunningTasks(t *testing.T) {
@@ -150,6 +165,62 @@ func TestPostgresSchemaIsTheTestsOwnAndDroppedAfter(t *testing.T) {
 		require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_namespace WHERE nspname = $1", u.Schema).Scan(&n))
 		require.Zero(t, n, "schema %s outlived its test", u.Schema)
 	}
+}
+
+// PostgresSchema takes the URLs cloacina.Open takes, pgxpool's pool_*
+// parameters included, and drops its schema after them too.
+func TestPostgresSchemaTakesPoolParameters(t *testing.T) {
+	t.Parallel()
+	testdb.UsesPostgres(t)
+	base := testdb.PostgresURL()
+	var schema string
+	ok := t.Run("inner", func(t *testing.T) {
+		pooled := withParam(t, base, "pool_max_conns", "4")
+		u := cloacinatest.PostgresSchema(t, pooled)
+		require.Contains(t, u, "pool_max_conns=4")
+		r := cloacinatest.OpenURL(t, u, &cloacina.Config{Workflows: []*cloacina.Workflow{greet()}})
+		input, err := cloacina.ContextFrom(map[string]any{"name": "pool"})
+		require.NoError(t, err)
+		res, err := r.Execute(testContext(t), "greet", input)
+		require.NoError(t, err)
+		require.Equal(t, cloacina.PipelineCompleted, res.Status)
+		parsed, err := cloacina.ParseDatabaseURL(u)
+		require.NoError(t, err)
+		schema = parsed.Schema
+	})
+	require.True(t, ok, "the inner test failed, or its cleanup did")
+	ctx := testContext(t)
+	conn, err := pgx.Connect(ctx, base)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema).Scan(&n))
+	require.Zero(t, n, "schema %s outlived its test", schema)
+}
+
+// A server that answers with an error is reported as answering, with its
+// error, not as one that does not answer.
+func TestPostgresSchemaReportsTheServersError(t *testing.T) {
+	t.Parallel()
+	testdb.UsesPostgres(t)
+	u, err := url.Parse(testdb.PostgresURL())
+	require.NoError(t, err)
+	u.Path = "/cloacinatest_no_such_database"
+	msg := fatal(t, func(tb testing.TB) { cloacinatest.PostgresSchema(tb, u.String()) })
+	require.Contains(t, msg, "answered with an error")
+	require.Contains(t, msg, "cloacinatest_no_such_database")
+	require.Contains(t, msg, "3D000", "the server's error code")
+	require.NotContains(t, msg, "does not answer")
+}
+
+func withParam(t *testing.T, raw, key, value string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set(key, value)
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // fatalRecorder is a testing.TB whose Fatalf records the message and ends
