@@ -367,7 +367,7 @@ func TestClaimsOnReadyOfAnUncertainCommit(t *testing.T) {
 // transactions cannot both count on the same slot: here two runs resumed
 // while the claimer of A (one slot) is busy elsewhere. The first takes A's
 // slot, the second wakes B. Both used to count on A's one slot, and the
-// second task waited for A's task to end or for a poll.
+// second task waited for A's task to end or for a poll (an hour here).
 func TestWakeUpsCountEachFreeSlotOnce(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
@@ -415,7 +415,9 @@ func TestWakeUpsCountEachFreeSlotOnce(t *testing.T) {
 		}
 		a.idleHook.Store(nil)
 		close(hold)
+		// Whichever runner claims first, both tasks start while A's runs:
+		// B, once woken, may claim both.
 		got := []string{waitFor(t, starts, "a task to start"), waitFor(t, starts, "the other task to start while A's runs")}
-		require.ElementsMatch(t, []string{a.ID(), b.ID()}, got)
+		require.Contains(t, got, b.ID())
 	})
 }
