@@ -288,7 +288,9 @@
 // database, not Cloacina, keeps tenants apart: a tenant's role can use its
 // own schema and nothing of other tenants'. A runner whose role cannot use
 // the schema it is given fails to open with [ErrSchemaAccess]. Wake-ups
-// go out on a channel per schema. Runners for any number of tenants can
+// go out on a channel per schema whose name is drawn at random and kept in
+// the schema, so no other tenant's role can hear them or send false ones
+// (PostgreSQL's channels themselves are open to every role). Runners for any number of tenants can
 // run side by side in one process. [ListTenants] and [DropTenant] complete
 // the set. Behind a transaction-pooling pooler such as PgBouncer, add
 // default_query_exec_mode=exec to the URL (see package driver/postgres).

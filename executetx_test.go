@@ -86,9 +86,11 @@ func TestExecuteTxWakesRunnersOnPostgres(t *testing.T) {
 	d := r.Driver().(*postgres.Driver)
 	// The runner looks for work once it is subscribed, which would find the
 	// run without a NOTIFY: wait until its LISTEN is in place.
+	var channel string
+	require.NoError(t, d.Pool().QueryRow(ctx, "SELECT name FROM "+pgx.Identifier{d.Schema(), "cloacina_channel"}.Sanitize()).Scan(&channel))
 	require.Eventually(t, func() bool {
 		var n int
-		err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' || $1 || '%'`, d.Schema()).Scan(&n)
+		err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' || $1 || '%'`, channel).Scan(&n)
 		return err == nil && n > 0
 	}, testTimeout, 5*time.Millisecond, "the runner never subscribed")
 	shipInAppTx(t, r)

@@ -22,6 +22,7 @@ var ErrSchemaAccess = errors.New("schema not usable by this database role")
 // UPDATE and DELETE.
 var tables = []string{
 	"cloacina_migrations",
+	"cloacina_channel",
 	"pipeline_executions",
 	"task_executions",
 	"task_outbox",

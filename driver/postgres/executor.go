@@ -24,9 +24,8 @@ type dbtx interface {
 }
 
 type executor struct {
-	db      dbtx
-	q       *queries
-	channel string
+	db dbtx
+	q  *queries
 }
 
 const pipelineColumns = `id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, completed_at, updated_at,
@@ -119,6 +118,7 @@ type queries struct {
 	pipelineUpdate     string
 	eventInsert        string
 	notify             string
+	channel            string
 	eventDelete        string
 	eventDeleteEnded   string
 	eventLastBefore    string
@@ -196,7 +196,9 @@ func newQueries(schema string) *queries {
 			FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
 				WITH ORDINALITY AS e(id, pid, tid, typ, data, worker, created, ord)
 			ORDER BY ord`),
-		notify: `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`,
+		// The channel's name is the schema's secret (migration 10).
+		notify:  r.Replace(`SELECT pg_notify((SELECT name FROM {s}.cloacina_channel), p) FROM unnest($1::text[]) AS p`),
+		channel: r.Replace(`SELECT name FROM {s}.cloacina_channel`),
 		// A batch picks its events walking the primary key from where the
 		// last one ended, then deletes them by key: "= ANY(ARRAY(…))"
 		// rather than "IN (…)", which PostgreSQL, once statistics show
@@ -637,7 +639,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 		b.Queue(e.q.eventInsert, ids, pids, tids, types, data, workers, created)
 	}
 	if len(c.Notify) > 0 {
-		b.Queue(e.q.notify, e.channel, textsOf(dedupe(c.Notify)))
+		b.Queue(e.q.notify, textsOf(dedupe(c.Notify)))
 	}
 	if b.Len() == 0 {
 		return nil

@@ -4,8 +4,14 @@
 // Every statement names its schema explicitly (schema-qualified SQL), so the
 // backend never depends on search_path and can never fall back to another
 // schema through it. Claims use FOR UPDATE SKIP LOCKED; wake-ups are NOTIFY
-// on a channel named after the schema, sent inside the enqueuing
-// transaction and received on a dedicated connection outside the pool.
+// sent inside the enqueuing transaction and received on a dedicated
+// connection outside the pool. Their channel's name is drawn at random
+// when the schema is created and kept in it (cloacina_channel): channels
+// belong to the whole database and need no privilege, so a name derived
+// from the schema would let any role of the database, another tenant's
+// included, hear the schema's wake-ups (which name workflows and
+// cancelled runs) and send it false ones. A role that cannot read the
+// schema cannot learn the name.
 //
 // # Access checks
 //
@@ -53,8 +59,6 @@ package postgres
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -98,7 +102,6 @@ type Driver struct {
 	owned      bool
 	readOnly   bool
 	schema     string
-	channel    string
 	listenConf *pgx.ConnConfig
 	q          *queries
 }
@@ -184,7 +187,6 @@ func New(pool *pgxpool.Pool, opts *Opts) (*Driver, error) {
 		pool:       pool,
 		readOnly:   opts != nil && opts.ReadOnly,
 		schema:     schema,
-		channel:    channelName(schema),
 		listenConf: pool.Config().ConnConfig.Copy(),
 		q:          newQueries(schema),
 	}, nil
@@ -221,17 +223,6 @@ func RegisterTypes(m *pgtype.Map) {
 	registerArrayCodecs(m)
 }
 
-// channelName is the NOTIFY channel of a schema; it fits the 63-byte limit
-// on identifiers however long the schema name is.
-func channelName(schema string) string {
-	name := "cloacina_" + schema
-	if len(name) <= 63 {
-		return name
-	}
-	sum := sha256.Sum256([]byte(schema))
-	return name[:54] + "_" + hex.EncodeToString(sum[:4])
-}
-
 // Name returns "postgres".
 func (d *Driver) Name() string { return "postgres" }
 
@@ -255,13 +246,13 @@ func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
 		return nil, fmt.Errorf("postgres: begin: %w", mapError(err))
 	}
 	t := &pgTx{pool: d.pool, conn: conn}
-	t.executor = executor{db: t, q: d.q, channel: d.channel}
+	t.executor = executor{db: t, q: d.q}
 	return t, nil
 }
 
 // Reader returns an executor on the pool, outside transactions.
 func (d *Driver) Reader() driver.Executor {
-	return &executor{db: d.pool, q: d.q, channel: d.channel}
+	return &executor{db: d.pool, q: d.q}
 }
 
 // UnwrapTx returns an executor inside the application's pgx.Tx.
@@ -270,19 +261,25 @@ func (d *Driver) UnwrapTx(tx any) (driver.Executor, error) {
 	if !ok || pgxTx == nil {
 		return nil, fmt.Errorf("%w: the PostgreSQL backend needs a pgx.Tx, got %T", driver.ErrWrongTxType, tx)
 	}
-	return &executor{db: pgxTx, q: d.q, channel: d.channel}, nil
+	return &executor{db: pgxTx, q: d.q}, nil
 }
 
 // Listen opens a dedicated connection (outside the pool, so it never holds
-// a pooled connection idle) and listens on the schema's channel.
+// a pooled connection idle) and listens on the schema's channel, whose
+// name the schema keeps (see the package documentation).
 func (d *Driver) Listen(ctx context.Context) (driver.Subscription, error) {
 	conn, err := pgx.ConnectConfig(ctx, d.listenConf)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: listen: connect: %w", mapError(err))
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.channel}.Sanitize()); err != nil {
+	var channel string
+	if err := conn.QueryRow(ctx, d.q.channel).Scan(&channel); err != nil {
 		conn.Close(context.Background())
-		return nil, fmt.Errorf("postgres: listen on %s: %w", d.channel, mapError(err))
+		return nil, fmt.Errorf("postgres: listen: read the channel of schema %s (is it migrated?): %w", d.schema, mapError(err))
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("postgres: listen on the channel of schema %s: %w", d.schema, mapError(err))
 	}
 	return &subscription{conn: conn}, nil
 }

@@ -139,3 +139,55 @@ func TestApplicationPoolInExecMode(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, drv.Migrate(ctx))
 }
+
+// NOTIFY channels belong to the whole database and need no privilege, so
+// a tenant's channel name is a secret of its schema: another tenant's role
+// cannot read it, hears nothing on a name guessed from the schema, and
+// cannot reach the tenant's runners by sending on that name. (Checked with
+// sentinels sent after: a leaked or forged payload would arrive first.)
+func TestTenantChannelIsPrivate(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	admin := openAdmin(t)
+	a, b := newTenant(t, admin), newTenant(t, admin)
+	u, err := url.Parse(testdb.PostgresURL())
+	require.NoError(t, err)
+	u.User = url.UserPassword(b.Schema(), "unused-under-trust")
+	spy, err := pgx.Connect(ctx, u.String())
+	require.NoError(t, err)
+	defer spy.Close(context.Background())
+
+	var name string
+	err = spy.QueryRow(ctx, "SELECT name FROM "+pgx.Identifier{a.Schema(), "cloacina_channel"}.Sanitize()).Scan(&name)
+	require.ErrorContains(t, err, "42501", "B's role may not read A's channel name")
+
+	guessed := pgx.Identifier{"cloacina_" + a.Schema()}.Sanitize()
+	_, err = spy.Exec(ctx, "LISTEN "+guessed)
+	require.NoError(t, err)
+	_, err = spy.Exec(ctx, "LISTEN spy_sentinel")
+	require.NoError(t, err)
+	tx, err := a.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, tx.ChangeSetApply(ctx, &driver.ChangeSet{Notify: []string{"work:payroll", "cancel:0190b6a2-0000-7000-8000-000000000001"}}))
+	require.NoError(t, tx.Commit(ctx))
+	_, err = a.Pool().Exec(ctx, "NOTIFY spy_sentinel")
+	require.NoError(t, err)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := spy.WaitForNotification(wctx)
+	require.NoError(t, err)
+	require.Equal(t, "spy_sentinel", n.Channel, "B's role heard %q on %s", n.Payload, n.Channel)
+
+	subA, err := a.Listen(ctx)
+	require.NoError(t, err)
+	defer subA.Close()
+	_, err = spy.Exec(ctx, "SELECT pg_notify($1, 'cancel:forged')", "cloacina_"+a.Schema())
+	require.NoError(t, err)
+	tx, err = a.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, tx.ChangeSetApply(ctx, &driver.ChangeSet{Notify: []string{"sentinel"}}))
+	require.NoError(t, tx.Commit(ctx))
+	p, err := subA.Wait(wctx)
+	require.NoError(t, err)
+	require.Equal(t, "sentinel", p, "A's runners heard B's forged payload")
+}
