@@ -319,3 +319,72 @@ func TestRunnersNameTheLeader(t *testing.T) {
 		require.Equal(t, map[string]bool{second.ID(): true}, leaders(second))
 	})
 }
+
+// A renewal that commits after the term it renewed ran out steps down at
+// once, however little time it took: on PostgreSQL a takeover does not
+// wait for a renewal that has not committed, so another runner may hold
+// the next term by then. Here the leader renews with 300 ms left and
+// commits only once the other runner has taken over; it used to keep
+// leading until its next heartbeat (its renewal took less than the 2 s
+// RunnerTimeout), and could sweep beside the new leader meanwhile.
+// PostgreSQL only: SQLite's takeover waits for the renewal's write lock.
+func TestRenewalCommittedAfterItsTermStepsDown(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	url := testdb.PostgresSchemaURL(t)
+	cfg := func() *Config {
+		return &Config{HeartbeatInterval: 40 * time.Millisecond, RunnerTimeout: 2 * time.Second}
+	}
+	old := openRunner(t, url, cfg())
+	oldLeads := leadership(old)
+	require.NoError(t, old.Start(ctx))
+	waitLeader(t, oldLeads, true)
+	next := openRunner(t, url, cfg())
+	nextLeads := leadership(next)
+	require.NoError(t, next.Start(ctx))
+
+	// Stop the leader's heartbeats after one that renewed, then leave its
+	// term 300 ms: the next renewal comes late in the term.
+	stopped := make(chan struct{})
+	var stopOnce sync.Once
+	stopHook := func() { stopOnce.Do(func() { old.heartbeatFrozen.Store(true); close(stopped) }) }
+	old.beatHook.Store(&stopHook)
+	waitFor(t, stopped, "a renewal by the leader")
+	d := old.Driver().(*postgres.Driver)
+	_, err := d.Pool().Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_lease_terms"}.Sanitize()+
+		" SET expires_at = clock_timestamp() + interval '300 milliseconds' WHERE name = $1 AND holder = $2", leaderLease, old.ID())
+	require.NoError(t, err) // after that beat's commit: it holds the row until then
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var heldOnce, releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the runners close
+	lateHook := func() { heldOnce.Do(func() { close(held); <-release }) }
+	old.beatHook.Store(&lateHook)
+	old.heartbeatFrozen.Store(false)
+	waitFor(t, held, "the leader's renewal late in its term")
+	waitLeader(t, nextLeads, true) // once the old term has run out
+
+	var mu sync.Mutex
+	var seen []string
+	note := func(what string) {
+		mu.Lock()
+		seen = append(seen, what)
+		mu.Unlock()
+	}
+	stepDown := make(chan bool, 16)
+	leadHook := func(leader bool) {
+		note(fmt.Sprintf("leader=%v", leader))
+		stepDown <- leader
+	}
+	old.leaderHook.Store(&leadHook)
+	beatHook := func() { note("beat") }
+	old.beatHook.Store(&beatHook)
+	unblock()
+	waitLeader(t, stepDown, false)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, "leader=false", seen[0], "the late renewal's own beat stepped down (then: %v)", seen)
+	require.True(t, next.IsLeader())
+	require.Equal(t, next.ID(), leaseTerms(t, next)[0].holder)
+}

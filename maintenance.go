@@ -163,6 +163,7 @@ func (r *Runner) takeLease(ctx context.Context) (bool, error) {
 func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []string, err error) {
 	var alive, vacant bool
 	var renewing time.Time
+	var margin time.Duration
 	sent := time.Since(clockEpoch)
 	_, err = r.retryTx(ctx, 1, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		// The heartbeat is a sample of the database's clock, at no extra
@@ -183,7 +184,7 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 		if err != nil {
 			return err
 		}
-		leader, vacant = lease.Held, lease.Vacant
+		leader, vacant, margin = lease.Held, lease.Vacant, lease.Margin
 		if hook := r.beatHook.Load(); hook != nil {
 			(*hook)()
 		}
@@ -199,12 +200,13 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 	if alive {
 		r.noteBeat(sent)
 	}
-	if took := time.Since(renewing); leader && took >= r.cfg.RunnerTimeout {
-		// The renewal committed later than the term it renewed lasts (the
-		// process froze inside the transaction, say): another runner may
-		// have taken the next term meanwhile, which the renewal could not
-		// see. Lead again only once a renewal commits in time.
-		r.logger.Warn("the lease renewal took longer than RunnerTimeout to commit; not leading until one is on time", "took", took)
+	if took := time.Since(renewing); leader && took >= margin {
+		// The renewal committed after the term it renewed would have
+		// ended (the process froze inside the transaction, say): another
+		// runner may have taken the next term meanwhile, which the renewal
+		// could not see. Lead again only once a renewal commits in time.
+		r.logger.Warn("the lease renewal committed after the term it renewed had run out; not leading until one is on time",
+			"took", took, "term_left", margin)
 		leader = false
 	}
 	if vacant {

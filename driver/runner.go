@@ -101,6 +101,13 @@ type LeaseRenewResult struct {
 	// or the newest one expired (or was released). LeaseTakeover may take
 	// the next term.
 	Vacant bool
+	// Margin, when Held, is how long after the renewal's statement ran its
+	// transaction may commit and still hold the lease: no other runner
+	// can take the lease over before then. On PostgreSQL it is what the
+	// renewed term had left (a takeover does not wait for a renewal that
+	// has not committed); on SQLite the whole TTL (a takeover waits for
+	// the write lock the renewal holds).
+	Margin time.Duration
 }
 
 // LeaseTakeoverParams takes the next term of a vacant lease for Holder.

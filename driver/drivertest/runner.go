@@ -368,6 +368,15 @@ type leaseOps struct {
 
 func (o leaseOps) renew(name, holder string, ttl time.Duration) *driver.LeaseRenewResult {
 	o.t.Helper()
+	res := o.renewWithMargin(name, holder, ttl)
+	res.Margin = 0 // checked by renewWithMargin; the callers compare the rest
+	return res
+}
+
+// renewWithMargin is renew with the result's Margin, which it checks is
+// zero when the term was not renewed, and never negative.
+func (o leaseOps) renewWithMargin(name, holder string, ttl time.Duration) *driver.LeaseRenewResult {
+	o.t.Helper()
 	var res *driver.LeaseRenewResult
 	o.b.inTx(o.t, func(tx driver.Tx) {
 		var err error
@@ -375,6 +384,10 @@ func (o leaseOps) renew(name, holder string, ttl time.Duration) *driver.LeaseRen
 		require.NoError(o.t, err)
 		require.NotNil(o.t, res)
 	})
+	require.GreaterOrEqual(o.t, res.Margin, time.Duration(0))
+	if !res.Held {
+		require.Zero(o.t, res.Margin, "no renewal, no margin")
+	}
 	return res
 }
 
@@ -455,6 +468,19 @@ func testLease(t *testing.T, s *suite) {
 			"terms go on counting after a release")
 		o.requireHeld(lease, "b")
 		o.release("unknown", "a") // no error
+
+		// A renewal's margin is what the renewed term had left (on
+		// PostgreSQL, where a takeover does not wait for the renewal's
+		// commit) or its TTL (on SQLite, where it waits): never more than
+		// the term had left, measured from before the statement ran.
+		require.True(t, o.take(b.drv, "margin", "m", time.Minute).Taken)
+		before := time.Now()
+		m := o.renewWithMargin("margin", "m", time.Minute).Margin
+		require.LessOrEqual(t, m, time.Minute)
+		require.Greater(t, m, time.Minute-time.Since(before)-time.Second, "the term had most of its minute left")
+		m = o.renewWithMargin("margin", "m", time.Hour).Margin
+		require.LessOrEqual(t, m, time.Hour)
+		require.Greater(t, m, 59*time.Second)
 	})
 
 	// A term lasts TTL by the database's clock from its last renewal.

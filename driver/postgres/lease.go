@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -20,6 +21,9 @@ import (
 func (e *executor) LeaseRenew(ctx context.Context, p *driver.LeaseRenewParams) (*driver.LeaseRenewResult, error) {
 	t := e.q.schema + ".cloacina_lease_terms"
 	res := &driver.LeaseRenewResult{}
+	var marginUS int64
+	// newest is the term as this statement's snapshot has it, before the
+	// renewal: what it had left is the renewal's margin.
 	err := e.db.QueryRow(ctx, `WITH clock AS (SELECT clock_timestamp() AS now),
 		newest AS (SELECT term, expires_at FROM `+t+` WHERE name = $1 ORDER BY term DESC LIMIT 1),
 		mine AS (
@@ -32,11 +36,13 @@ func (e *executor) LeaseRenew(ctx context.Context, p *driver.LeaseRenewParams) (
 		collected AS (
 			DELETE FROM `+t+` WHERE name = $1 AND term IN (
 				SELECT term FROM `+t+` WHERE name = $1 AND term < (SELECT term FROM renewed) FOR UPDATE SKIP LOCKED))
-		SELECT EXISTS (SELECT FROM renewed), NOT EXISTS (SELECT FROM newest, clock WHERE newest.expires_at >= clock.now)`,
-		p.Name, p.Holder, p.TTL.Microseconds()).Scan(&res.Held, &res.Vacant)
+		SELECT EXISTS (SELECT FROM renewed), NOT EXISTS (SELECT FROM newest, clock WHERE newest.expires_at >= clock.now),
+			COALESCE((SELECT (extract(epoch FROM newest.expires_at - clock.now) * 1000000)::bigint FROM newest, clock, renewed), 0)`,
+		p.Name, p.Holder, p.TTL.Microseconds()).Scan(&res.Held, &res.Vacant, &marginUS)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: renew lease %s: %w", p.Name, mapError(err))
 	}
+	res.Margin = time.Duration(marginUS) * time.Microsecond
 	return res, nil
 }
 

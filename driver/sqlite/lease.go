@@ -38,6 +38,9 @@ func (e *executor) LeaseRenew(ctx context.Context, p *driver.LeaseRenewParams) (
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: renew lease %s: %w", p.Name, mapError(err))
 	}
+	if res.Held {
+		res.Margin = p.TTL // a takeover waits for this transaction's write lock
+	}
 	return res, nil
 }
 
