@@ -74,7 +74,8 @@ func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e
 // parent (ExecutionResult.ParentRunID and ParentTaskID; ListOpts.ParentRunID
 // lists a run's children). Cancelling the parent run ends the task's wait
 // and cancels the child run, and its own children, with it (see Cancel);
-// a task of a run that is cancelled already gets ErrRunFinished. Pause and
+// a task of a run that is cancelled already gets ErrRunFinished, or its
+// context's error once the cancel has reached the task's context. Pause and
 // Resume are not passed on: a paused parent's children go on. A task may
 // also start a child with ExecuteAsync or ExecuteTx and not wait for it:
 // the child is linked and cancelled all the same. Stop waits for a waiting
