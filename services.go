@@ -837,13 +837,13 @@ func (r *Runner) listenLoop(svc *services) {
 				}
 				break
 			}
-			r.handleWake(payload)
+			r.handleWake(ctx, payload)
 		}
 		sub.Close()
 	}
 }
 
-func (r *Runner) handleWake(payload string) {
+func (r *Runner) handleWake(ctx context.Context, payload string) {
 	kind, arg, _ := strings.Cut(payload, ":")
 	switch kind {
 	case "work":
@@ -851,8 +851,20 @@ func (r *Runner) handleWake(payload string) {
 			r.wakeClaimer()
 		}
 	case "cancel":
-		if id, err := uuid.Parse(arg); err == nil {
+		// A wake-up is a hint, not a fact: whoever knows the channel can
+		// send one (a role that may only read the schema can read its
+		// name). Only a run the database has cancelled is cancelled here;
+		// should the read fail, the watch loop looks again.
+		id, err := uuid.Parse(arg)
+		if err != nil {
+			return
+		}
+		p, err := r.drv.Reader().PipelineGet(ctx, id)
+		switch {
+		case err == nil && p.Status == driver.PipelineCancelled:
 			r.cancelLocal(id)
+		case err != nil && !errors.Is(err, driver.ErrNotFound) && ctx.Err() == nil:
+			r.logger.Warn("check a cancel wake-up against the database", "run_id", id, "error", err)
 		}
 	}
 }

@@ -632,3 +632,52 @@ func mustDatabase(t *testing.T) string {
 	require.NoError(t, err)
 	return cfg.Database
 }
+
+// A cancel wake-up is checked against the database before a runner
+// cancels anything: a role that may only read the schema can read the
+// channel's name and send on it, and its forged cancel:<run> used to
+// cancel that run's running tasks (which then failed the run). A genuine
+// cancel, sent after it by another runner, is a sentinel: once it has
+// arrived, the forged one was handled before it.
+func TestForgedCancelWakeUpCancelsNothing(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	schema := testdb.NewSchema(t)
+	url := testdb.WithSchema(testdb.PostgresURL(), schema)
+	started := make(chan string, 2)
+	ended := make(chan string, 2)
+	wf := MustWorkflow("w", Task{Name: "hold", Run: func(ctx context.Context, _ *Context) error {
+		info, _ := TaskInfoFrom(ctx)
+		started <- info.RunID.String()
+		<-ctx.Done()
+		ended <- info.RunID.String()
+		return ctx.Err()
+	}})
+	// An hour-long poll: only wake-ups reach this runner's watch for
+	// cancelled runs.
+	r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
+	victim, err := r.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	sentinel, err := r.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	waitFor(t, started, "a task to start")
+	waitFor(t, started, "the other task to start")
+
+	_, roleURL := testdb.SelectOnlyRoleURL(t, testdb.PostgresURL(), schema)
+	spy, err := pgx.Connect(ctx, roleURL)
+	require.NoError(t, err)
+	defer spy.Close(context.Background())
+	var channel string
+	require.NoError(t, spy.QueryRow(ctx, "SELECT name FROM "+pgx.Identifier{schema, "cloacina_channel"}.Sanitize()).Scan(&channel))
+	_, err = spy.Exec(ctx, "SELECT pg_notify($1, $2)", channel, "cancel:"+victim.ID().String())
+	require.NoError(t, err)
+
+	other := openRunner(t, url, nil)
+	require.NoError(t, other.Cancel(ctx, sentinel.ID()))
+	require.Equal(t, sentinel.ID().String(), waitFor(t, ended, "the genuine cancel to reach the task"), "the forged cancel ended no task")
+	status, err := victim.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineRunning, status)
+	require.NoError(t, r.Cancel(ctx, victim.ID()))
+	require.Equal(t, victim.ID().String(), waitFor(t, ended, "the victim's task to end once really cancelled"))
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -19,10 +20,11 @@ var ErrSchemaAccess = errors.New("schema not usable by this database role")
 
 // tables are the tables the engine reads and writes; every one must be in
 // the backend's schema and open to the connected role for SELECT, INSERT,
-// UPDATE and DELETE.
+// UPDATE and DELETE, but for channelTable, which a runner only reads (to
+// listen) and a read-only backend does not use.
 var tables = []string{
 	"cloacina_migrations",
-	"cloacina_channel",
+	channelTable,
 	"pipeline_executions",
 	"task_executions",
 	"task_outbox",
@@ -32,6 +34,9 @@ var tables = []string{
 	"cloacina_schedules",
 	"cloacina_schedule_ticks",
 }
+
+// channelTable keeps the name of the schema's NOTIFY channel (migration 10).
+const channelTable = "cloacina_channel"
 
 // schemaAccess is what the connected role may do with the schema.
 type schemaAccess struct {
@@ -118,13 +123,17 @@ func (d *Driver) checkUsableNow(ctx context.Context) error {
 // with readOnly), so that a missing grant fails here rather than at a
 // task's first write.
 func (d *Driver) verifyTables(ctx context.Context, readOnly bool) error {
+	names := tables
+	if readOnly {
+		names = slices.DeleteFunc(slices.Clone(tables), func(n string) bool { return n == channelTable })
+	}
 	rows, err := d.pool.Query(ctx, `SELECT t.name, c.oid IS NOT NULL,
-			COALESCE(has_table_privilege(c.oid, 'SELECT') AND ($3 OR (has_table_privilege(c.oid, 'INSERT')
+			COALESCE(has_table_privilege(c.oid, 'SELECT') AND ($3 OR t.name = $4 OR (has_table_privilege(c.oid, 'INSERT')
 				AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))), false)
 		FROM unnest($2::text[]) WITH ORDINALITY AS t(name, ord)
 		LEFT JOIN pg_catalog.pg_class c ON c.relname = t.name AND c.relkind IN ('r', 'p')
 			AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)
-		ORDER BY t.ord`, d.schema, tables, readOnly)
+		ORDER BY t.ord`, d.schema, names, readOnly, channelTable)
 	if err != nil {
 		return fmt.Errorf("postgres: check tables of schema %s: %w", d.schema, mapError(err))
 	}

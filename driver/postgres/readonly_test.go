@@ -77,3 +77,39 @@ func TestReadOnlyWithASelectOnlyRole(t *testing.T) {
 	require.ErrorIs(t, err, postgres.ErrSchemaAccess)
 	require.ErrorContains(t, err, `the connected role may not read table(s) execution_events in schema "`+schema+`": connect as a role that may, or grant SELECT on them`)
 }
+
+// The channel table is read, never written, by a runner, and not used by
+// a read-only backend: a writable backend's role needs only SELECT on it,
+// a read-only backend's role nothing at all.
+func TestChannelTableNeedsOnlySelect(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	writer := open(t, schema)
+	require.NoError(t, writer.Migrate(ctx))
+	conn, err := pgx.Connect(ctx, testdb.PostgresURL())
+	require.NoError(t, err)
+	defer conn.Close(context.WithoutCancel(ctx))
+	channel := pgx.Identifier{schema, "cloacina_channel"}.Sanitize()
+
+	app, appURL := testdb.ReadWriteRoleURL(t, testURL(t), schema)
+	_, err = conn.Exec(ctx, "REVOKE INSERT, UPDATE, DELETE ON "+channel+" FROM "+pgx.Identifier{app}.Sanitize())
+	require.NoError(t, err)
+	rw, err := postgres.Open(ctx, appURL, &postgres.Opts{Schema: schema})
+	require.NoError(t, err)
+	defer rw.Close()
+	_, _, err = rw.MigrationVersion(ctx)
+	require.NoError(t, err)
+	sub, err := rw.Listen(ctx)
+	require.NoError(t, err)
+	sub.Close()
+
+	reader, roURL := testdb.SelectOnlyRoleURL(t, testURL(t), schema)
+	_, err = conn.Exec(ctx, "REVOKE SELECT ON "+channel+" FROM "+pgx.Identifier{reader}.Sanitize())
+	require.NoError(t, err)
+	ro, err := postgres.Open(ctx, roURL, &postgres.Opts{Schema: schema, ReadOnly: true})
+	require.NoError(t, err)
+	defer ro.Close()
+	_, _, err = ro.MigrationVersion(ctx)
+	require.NoError(t, err)
+}
