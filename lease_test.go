@@ -3,6 +3,7 @@ package cloacina
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -52,6 +53,55 @@ func leaseTerms(t *testing.T, r *Runner) []leaseTerm {
 		t.Fatalf("no lease reader for %T", d)
 	}
 	return terms
+}
+
+// leadershipTimeline records, in order, a runner's heartbeats ("beat")
+// and leadership changes ("leader=true", "leader=false").
+type leadershipTimeline struct {
+	mu      sync.Mutex
+	seen    []string
+	changes chan bool     // each leadership change
+	beats   chan struct{} // each heartbeat, inside its transaction
+}
+
+// watchLeadership starts recording r's timeline, replacing its beat and
+// leader hooks.
+func watchLeadership(r *Runner) *leadershipTimeline {
+	tl := &leadershipTimeline{changes: make(chan bool, 16), beats: make(chan struct{}, 64)}
+	leadHook := func(leader bool) {
+		tl.note(fmt.Sprintf("leader=%v", leader))
+		tl.changes <- leader
+	}
+	r.leaderHook.Store(&leadHook)
+	beatHook := func() {
+		tl.note("beat")
+		select {
+		case tl.beats <- struct{}{}:
+		default:
+		}
+	}
+	r.beatHook.Store(&beatHook)
+	return tl
+}
+
+func (tl *leadershipTimeline) note(what string) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	tl.seen = append(tl.seen, what)
+}
+
+func (tl *leadershipTimeline) all() []string {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return slices.Clone(tl.seen)
+}
+
+// first is the first entry, "" before any.
+func (tl *leadershipTimeline) first() string {
+	if all := tl.all(); len(all) > 0 {
+		return all[0]
+	}
+	return ""
 }
 
 // countBeats returns a channel that receives a value at each heartbeat
@@ -125,35 +175,15 @@ func TestLeadershipMovesFromALeaderFrozenInItsHeartbeat(t *testing.T) {
 	// The old leader wakes: its heartbeat commits late, and it steps down
 	// at once, before another heartbeat (in which it could sweep), then
 	// finds its claim lost and cancels the task.
-	var mu sync.Mutex
-	var seen []string
-	note := func(what string) {
-		mu.Lock()
-		seen = append(seen, what)
-		mu.Unlock()
-	}
-	stepDown := make(chan bool, 16)
-	leadHook := func(leader bool) {
-		note(fmt.Sprintf("leader=%v", leader))
-		stepDown <- leader
-	}
-	old.leaderHook.Store(&leadHook)
-	beats := make(chan struct{}, 64)
-	beatHook := func() {
-		note("beat")
-		beats <- struct{}{}
-	}
-	old.beatHook.Store(&beatHook)
+	tl := watchLeadership(old)
 	unfreeze()
-	waitLeader(t, stepDown, false)
+	waitLeader(t, tl.changes, false)
 	require.ErrorIs(t, waitFor(t, s.ended, "the old leader's task to be cancelled"), errClaimLost)
 	for range 3 {
-		waitFor(t, beats, "a heartbeat of the old leader")
+		waitFor(t, tl.beats, "a heartbeat of the old leader")
 	}
 	require.False(t, old.IsLeader())
-	mu.Lock()
-	require.Equal(t, "leader=false", seen[0], "the old leader stepped down as it woke (then: %v)", seen)
-	mu.Unlock()
+	require.Equal(t, "leader=false", tl.first(), "the old leader stepped down as it woke (then: %v)", tl.all())
 	require.True(t, next.IsLeader())
 	select {
 	case <-nextLeads:
@@ -365,26 +395,10 @@ func TestRenewalCommittedAfterItsTermStepsDown(t *testing.T) {
 	waitFor(t, held, "the leader's renewal late in its term")
 	waitLeader(t, nextLeads, true) // once the old term has run out
 
-	var mu sync.Mutex
-	var seen []string
-	note := func(what string) {
-		mu.Lock()
-		seen = append(seen, what)
-		mu.Unlock()
-	}
-	stepDown := make(chan bool, 16)
-	leadHook := func(leader bool) {
-		note(fmt.Sprintf("leader=%v", leader))
-		stepDown <- leader
-	}
-	old.leaderHook.Store(&leadHook)
-	beatHook := func() { note("beat") }
-	old.beatHook.Store(&beatHook)
+	tl := watchLeadership(old)
 	unblock()
-	waitLeader(t, stepDown, false)
-	mu.Lock()
-	defer mu.Unlock()
-	require.Equal(t, "leader=false", seen[0], "the late renewal's own beat stepped down (then: %v)", seen)
+	waitLeader(t, tl.changes, false)
+	require.Equal(t, "leader=false", tl.first(), "the late renewal's own beat stepped down (then: %v)", tl.all())
 	require.True(t, next.IsLeader())
 	require.Equal(t, next.ID(), leaseTerms(t, next)[0].holder)
 }
