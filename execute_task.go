@@ -80,7 +80,7 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task, claimed time.Durat
 
 	tctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimeout)
 	done := make(chan struct{})
-	var fnErr error
+	fnErr := errTaskExited // unless callTask returns
 	go func() {
 		defer close(done)
 		defer cancel()
@@ -136,12 +136,34 @@ var returned = func() chan struct{} {
 	return ch
 }()
 
-// callTask runs a task function, turning a panic into an error.
+// callTask runs a task function, turning a panic into an error, and an
+// error the engine could not read (one whose Error method panics, as a
+// nil pointer of an error type can) into one it can.
 func callTask(ctx context.Context, fn TaskFunc, tc *Context) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("task panicked: %v\n%s", p, debug.Stack())
 		}
 	}()
-	return fn(ctx, tc)
+	return readableError(fn(ctx, tc))
 }
+
+// readableError returns err, or a plain error in its place when its Error
+// method panics: the completer reads the error outside the task's recover.
+func readableError(err error) (out error) {
+	if err == nil {
+		return nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			out = fmt.Errorf("the task returned a %T whose Error method panicked (%v): return a nil error for success, or an error value that can describe itself", err, p)
+		}
+	}()
+	_ = err.Error()
+	return err
+}
+
+// errTaskExited is the attempt's error when the task function ended its
+// goroutine without returning (runtime.Goexit, as testing's FailNow, Fatal
+// and SkipNow do).
+var errTaskExited = errors.New("the task function exited without returning (runtime.Goexit, as t.FailNow, t.Fatal and require do): return an error instead")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -282,6 +283,51 @@ func TestPanickingTaskFails(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, PipelineFailed, res.Status)
 		require.Contains(t, res.Task("p").Error, "task panicked: kaboom")
+	})
+}
+
+// nilErr is an error type whose Error method reads its receiver, so that
+// a nil *nilErr returned as an error panics when asked for its text.
+type nilErr struct{ msg string }
+
+func (e *nilErr) Error() string { return e.msg }
+
+// A task returning an error whose Error method panics (the classic typed
+// nil) fails its attempt; it used to crash the process from the
+// completer, which reads the error outside the task's recover.
+func TestTaskReturningAnUnreadableErrorFails(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("typed_nil", Task{Name: "a", Run: func(context.Context, *Context) error {
+			var err *nilErr
+			return err
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "typed_nil", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Contains(t, res.Task("a").Error, "returned a *cloacina.nilErr whose Error method panicked")
+	})
+}
+
+// A task function that ends its goroutine without returning
+// (runtime.Goexit, which t.FailNow and require call) fails its attempt,
+// with a timeout or without. It used to count as a success with a timeout
+// and to leave the task Running, and the run unfinished, without one.
+func TestTaskCallingGoexitFails(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		goexit := func(context.Context, *Context) error { runtime.Goexit(); return nil }
+		plain := MustWorkflow("goexit", Task{Name: "a", Run: goexit}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+		timed := MustWorkflow("goexit_timeout", Task{Name: "a", Run: goexit, Timeout: time.Minute}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{plain, timed}})
+		for _, name := range []string{"goexit", "goexit_timeout"} {
+			res, err := r.Execute(testContext(t), name, nil)
+			require.NoError(t, err)
+			require.Equal(t, PipelineFailed, res.Status, name)
+			require.Contains(t, res.Task("a").Error, "exited without returning (runtime.Goexit", name)
+			require.Equal(t, TaskStatusSkipped, res.Task("b").Status, name)
+		}
 	})
 }
 

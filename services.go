@@ -620,7 +620,21 @@ func (r *Runner) runTask(svc *services, t *driver.Task, claimed time.Duration) {
 		r.runningMu.Unlock()
 	}()
 
+	// A task function that ends this goroutine (runtime.Goexit) skips the
+	// rest: its attempt fails instead, before the slot is given back.
+	returned := false
+	defer func() {
+		if !returned && rt.reported.CompareAndSwap(false, true) {
+			res := &rt.result
+			res.err, res.finished, res.cause = errTaskExited, r.now(), context.Cause(ctx)
+			select {
+			case svc.results <- res:
+			case <-svc.completerDone:
+			}
+		}
+	}()
 	res, fnDone := r.execute(ctx, t, claimed, &rt.result)
+	returned = true
 	if rt.reported.CompareAndSwap(false, true) {
 		select {
 		case svc.results <- res:
