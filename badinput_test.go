@@ -78,7 +78,13 @@ func TestOpenBadInputWritesNothing(t *testing.T) {
 	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{RunnerID: "pod\x00-0"})
 	require.ErrorContains(t, err, `Config.RunnerID "pod\x00-0" contains a NUL character`)
 	_, err = NewRunner(ctx, nil, &Config{Workflows: []*Workflow{nil}})
-	require.ErrorContains(t, err, "Register(nil)")
+	require.ErrorIs(t, err, ErrInvalidWorkflow)
+	require.ErrorContains(t, err, "build the workflow with NewWorkflow")
+	// A zero Workflow was taken as a workflow named "" without tasks.
+	_, err = Open(ctx, testdb.SQLiteURL(t), &Config{Workflows: []*Workflow{{}}})
+	require.ErrorIs(t, err, ErrInvalidWorkflow)
+	r := openRunner(t, testdb.SQLiteURL(t), nil)
+	require.ErrorIs(t, r.Register(&Workflow{}), ErrInvalidWorkflow)
 }
 
 func TestUnknownWorkflowWritesNothing(t *testing.T) {

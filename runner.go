@@ -417,8 +417,8 @@ func (r *Runner) Driver() driver.Driver { return r.drv }
 // same workflow again is a no-op; another workflow under a registered
 // name is an error, started or not.
 func (r *Runner) Register(wf *Workflow) error {
-	if wf == nil {
-		return errors.New("cloacina: Register(nil): build the workflow with NewWorkflow")
+	if wf == nil || wf.version == "" {
+		return fmt.Errorf("cloacina: Register: %w: a nil or zero Workflow: build the workflow with NewWorkflow", ErrInvalidWorkflow)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -485,7 +485,9 @@ func (r *Runner) workflowNamesLocked() []string {
 // Execution handles — returns an error wrapping ErrRunnerClosed, whoever
 // owns the database; a call in progress either finishes or returns that
 // error (a Wait returns it at once). ID, Driver and IsLeader still answer,
-// and Stop and Close do nothing.
+// and Stop and Close do nothing. A task of this runner that calls Close
+// (or Stop) waits for itself: for the 30 s, after which its claim is
+// handed back, and its run goes on elsewhere or when a runner starts.
 func (r *Runner) Close() error {
 	r.mu.Lock()
 	if r.isClosed() {

@@ -79,7 +79,8 @@ type ExecutionResult struct {
 	// Input is the context the run was started with.
 	Input *Context
 	// Context is the run's final context: the merge of its leaf tasks'
-	// outputs in declaration order. Nil until the run completes or fails.
+	// outputs in declaration order (of those that completed). Nil until
+	// the run has finished: completed, failed or cancelled.
 	Context   *Context
 	Tasks     []TaskResult // in declaration order
 	CreatedAt time.Time
