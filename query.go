@@ -241,6 +241,21 @@ type EventQuery struct {
 // Events returns execution events in sequence order (newest first with
 // Newest), or in following order with AfterSeq or Follow.
 func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
+	evs, err := r.listEvents(ctx, q, 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Event, len(evs))
+	for i, e := range evs {
+		out[i] = eventFromDriver(e)
+	}
+	return out, nil
+}
+
+// listEvents is Events with the backend's events, which carry their place
+// in following order; afterTx is that of the event q.AfterSeq names, or 0
+// (see driver.EventListParams.AfterTx).
+func (r *Runner) listEvents(ctx context.Context, q *EventQuery, afterTx int64) ([]*driver.Event, error) {
 	db, err := r.reader()
 	if err != nil {
 		return nil, err
@@ -264,6 +279,9 @@ func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
 	}
 	params := &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
 		AfterSeq: after, Newest: q.Newest, Limit: q.Limit}
+	if after > 0 {
+		params.AfterTx = afterTx
+	}
 	if !q.Since.IsZero() {
 		params.CreatedFrom = &q.Since
 	}
@@ -274,11 +292,7 @@ func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
 	if err != nil {
 		return nil, r.closedErr(err)
 	}
-	out := make([]*Event, len(evs))
-	for i, e := range evs {
-		out[i] = eventFromDriver(e)
-	}
-	return out, nil
+	return evs, nil
 }
 
 // RunEvents returns every event of one run, in sequence order.

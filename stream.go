@@ -7,6 +7,7 @@ import (
 	"iter"
 	"time"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/internal/readretry"
 )
 
@@ -47,13 +48,13 @@ type StreamOpts struct {
 // log when they start failing and when they work again; any other error
 // is yielded once and ends the stream.
 //
-// While no event matches, the stream keeps its place at the newest event
-// of the whole log, so retention deleting the last matching event does
-// not make PostgreSQL follow from the start of the log again. Only a
-// retention pass that deletes the newest event of the whole log (a log
-// with no new event for longer than retention keeps them) can take the
-// place away; then events can repeat, none is skipped, as
-// EventQuery.AfterSeq describes.
+// The stream keeps its place in the log by the last event it read (or,
+// while no event matches, the newest event of the whole log) and, on
+// PostgreSQL, that event's transaction, so retention deleting that event
+// does not move it: nothing is repeated. A stream started from
+// q.AfterSeq finds that event's place at its first read; if retention
+// deleted it already, PostgreSQL follows from the start of the log then,
+// as EventQuery.AfterSeq describes (events can repeat, none is skipped).
 func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOpts) iter.Seq2[*Event, error] {
 	var filter EventQuery
 	if q != nil {
@@ -81,7 +82,11 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 			},
 			Up: func() { r.logger.Warn("the database answers again; streaming events on") },
 		}}
-		cursor := filter.AfterSeq
+		// The cursor is an event's place in following order: its number
+		// and, on PostgreSQL, its transaction, kept so that the place
+		// holds when retention deletes that event. A cursor given by
+		// number alone is looked up at the first read.
+		cursor, cursorTx := filter.AfterSeq, int64(0)
 		if cursor == 0 && !filter.Follow {
 			head, err := s.head(ctx)
 			if err != nil {
@@ -90,7 +95,7 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 				}
 				return
 			}
-			cursor = head
+			cursor, cursorTx = head.SequenceNum, head.TxID
 		}
 		filtered := filter.RunID != nil || filter.TaskID != nil || len(filter.Types) > 0 ||
 			!filter.Since.IsZero() || !filter.Until.IsZero()
@@ -98,7 +103,7 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 			// The head is read before the page: every matching event up
 			// to it is then in the page, so an empty page can move the
 			// cursor there.
-			var head int64
+			var head driver.Event
 			if filtered {
 				var err error
 				if head, err = s.head(ctx); err != nil {
@@ -110,7 +115,7 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 			}
 			page, err := s.read(ctx, &EventQuery{RunID: filter.RunID, TaskID: filter.TaskID, Types: filter.Types,
 				Since: filter.Since, Until: filter.Until,
-				AfterSeq: cursor, Follow: cursor == 0, Limit: streamPage})
+				AfterSeq: cursor, Follow: cursor == 0, Limit: streamPage}, cursorTx)
 			if err != nil {
 				if ctx.Err() == nil {
 					yield(nil, err)
@@ -118,15 +123,15 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 				return
 			}
 			for _, e := range page {
-				if !yield(e, nil) {
+				if !yield(eventFromDriver(e), nil) {
 					return
 				}
-				cursor = e.SequenceNum
+				cursor, cursorTx = e.SequenceNum, e.TxID
 			}
 			// Never backwards: if retention took the newest events of the
 			// log, its head can be older than the cursor.
-			if len(page) == 0 && head > cursor {
-				cursor = head
+			if len(page) == 0 && head.SequenceNum > cursor {
+				cursor, cursorTx = head.SequenceNum, head.TxID
 			}
 			if hook := r.streamPolled.Load(); hook != nil {
 				(*hook)(cursor)
@@ -147,22 +152,22 @@ type eventStream struct {
 	retry readretry.Retrier
 }
 
-// head returns the number of the newest event a follower can have seen,
-// or 0 if the log is empty.
-func (s *eventStream) head(ctx context.Context) (int64, error) {
-	evs, err := s.read(ctx, &EventQuery{Follow: true, Newest: true, Limit: 1})
+// head returns the newest event a follower can have seen, or the zero
+// event if the log is empty.
+func (s *eventStream) head(ctx context.Context) (driver.Event, error) {
+	evs, err := s.read(ctx, &EventQuery{Follow: true, Newest: true, Limit: 1}, 0)
 	if err != nil || len(evs) == 0 {
-		return 0, err
+		return driver.Event{}, err
 	}
-	return evs[0].SequenceNum, nil
+	return *evs[0], nil
 }
 
-// read runs q, retrying it with backoff while it fails for a transient
-// reason.
-func (s *eventStream) read(ctx context.Context, q *EventQuery) ([]*Event, error) {
-	var evs []*Event
+// read runs q (placed after afterTx, see Runner.listEvents), retrying it
+// with backoff while it fails for a transient reason.
+func (s *eventStream) read(ctx context.Context, q *EventQuery, afterTx int64) ([]*driver.Event, error) {
+	var evs []*driver.Event
 	err := s.retry.Do(ctx, func() (err error) {
-		evs, err = s.r.Events(ctx, q)
+		evs, err = s.r.listEvents(ctx, q, afterTx)
 		return err
 	})
 	return evs, err

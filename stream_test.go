@@ -282,3 +282,63 @@ func TestStreamEventsBadQuery(t *testing.T) {
 	require.Len(t, errs, 1)
 	require.ErrorContains(t, errs[0], "StreamOpts.Interval -1s is negative")
 }
+
+// A follower keeps its place when retention deletes the event it read
+// last but keeps older ones (here those of a run still going): on
+// PostgreSQL it used to look that event up, find nothing, and follow from
+// the start of the log again, repeating the events retention kept.
+func TestStreamKeepsItsPlaceWhenRetentionDeletesItsCursor(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started, release := make(chan struct{}), make(chan struct{})
+		var releaseOnce sync.Once
+		unblock := func() { releaseOnce.Do(func() { close(release) }) }
+		hold := MustWorkflow("hold", Task{Name: "a", Run: func(context.Context, *Context) error {
+			close(started)
+			<-release
+			return nil
+		}})
+		quick := MustWorkflow("quick", Task{Name: "a", Run: ok})
+		// This runner lives 40 days in the past: its events are old enough
+		// for retention, but for those of the run still going.
+		old := openRunner(t, url, &Config{Workflows: []*Workflow{hold, quick}})
+		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
+		require.NoError(t, old.Start(ctx))
+		t.Cleanup(unblock) // before the runner's Close
+		held, err := old.ExecuteAsync(ctx, "hold", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the held task to start")
+		for range 3 {
+			_, err := old.Execute(ctx, "quick", nil)
+			require.NoError(t, err)
+		}
+		all, err := old.Events(ctx, nil)
+		require.NoError(t, err)
+		kept, err := old.RunEvents(ctx, held.ID())
+		require.NoError(t, err)
+
+		r := openRunner(t, url, nil)
+		s := startStream(t, r, &EventQuery{Follow: true})
+		seen := map[int64]bool{}
+		var cursor int64
+		for _, e := range s.take(t, len(all)) {
+			seen[e.SequenceNum], cursor = true, e.SequenceNum
+		}
+		s.pollAt(t, cursor)
+		n, err := r.DeleteEventsBefore(ctx, time.Now().Add(-30*24*time.Hour), nil)
+		require.NoError(t, err)
+		require.EqualValues(t, len(all)-len(kept), n, "the quick runs' events, the follower's last among them")
+
+		unblock()
+		_, err = held.Wait(ctx)
+		require.NoError(t, err)
+		final, err := r.RunEvents(ctx, held.ID())
+		require.NoError(t, err)
+		for _, e := range s.take(t, len(final)-len(kept)) {
+			require.False(t, seen[e.SequenceNum], "event %d (%s) streamed twice", e.SequenceNum, e.Type)
+			require.Equal(t, held.ID(), e.PipelineID)
+			seen[e.SequenceNum] = true
+		}
+	})
+}

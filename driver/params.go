@@ -255,8 +255,14 @@ type EventListParams struct {
 	// AfterSeq that names no event (retention deleted it) cannot be placed
 	// in transaction order: PostgreSQL then follows from the start of the
 	// log, so events can come again but none is skipped; SQLite goes on
-	// after it.
+	// after it. AfterTx avoids that.
 	AfterSeq int64
+	// AfterTx, with AfterSeq, is the TxID of the event AfterSeq names, as
+	// EventList returned it: PostgreSQL then places the cursor at
+	// (AfterTx, AfterSeq) without looking the event up, so a cursor whose
+	// event retention deleted still holds its place. Zero looks it up;
+	// SQLite needs none.
+	AfterTx int64
 	// Newest reverses the order: descending sequence number (recent
 	// first), or reverse following order with AfterSeq.
 	Newest bool

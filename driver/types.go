@@ -139,6 +139,10 @@ type Event struct {
 	Data        json.RawMessage
 	WorkerID    string
 	CreatedAt   time.Time
+	// TxID is, on PostgreSQL, the transaction that wrote the event (its
+	// xid8): with SequenceNum, the event's place in following order
+	// (EventListParams.AfterTx). Zero on SQLite.
+	TxID int64
 }
 
 // Fence identifies one claim of a task. Every write for a claimed task is

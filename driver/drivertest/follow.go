@@ -179,6 +179,32 @@ func testEventFollow(t *testing.T, s *suite) {
 		require.Equal(t, []uuid.UUID{late.ID}, eventIDs(b.follow(t, got[0].SequenceNum, 1)))
 	})
 
+	// A follower that passes the TxID of its last event with its number
+	// keeps its place when retention deletes that event: PostgreSQL
+	// compares with the pair instead of looking the event up (without it,
+	// it would follow from the start and repeat the event kept below).
+	// Each event here is a transaction of its own; the first is created
+	// latest, so retention keeps it.
+	t.Run("CursorHeldByItsTransaction", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		b.insertEventsAt(t, p, 10*time.Second, time.Second, 2*time.Second, 6*time.Second, 7*time.Second)
+		all := b.follow(t, fromStart, 5)
+		cursor := all[2]
+		if s.opts.ConcurrentTx {
+			require.NotZero(t, cursor.TxID, "PostgreSQL reports each event's transaction")
+			require.Less(t, all[1].TxID, cursor.TxID)
+		}
+		b.inTx(t, func(tx driver.Tx) {
+			res, err := tx.EventDelete(b.ctx, &driver.EventDeleteParams{Before: b.at(5 * time.Second), Limit: 100})
+			require.NoError(t, err)
+			require.EqualValues(t, 2, res.Deleted, "the second and third events, the cursor among them")
+		})
+		got := b.events(t, &driver.EventListParams{AfterSeq: cursor.SequenceNum, AfterTx: cursor.TxID})
+		require.Equal(t, eventIDs(all[3:]), eventIDs(got), "the events after the cursor, none again")
+	})
+
 	// A follower paging through the log sees every event once, in order.
 	t.Run("Pages", func(t *testing.T) {
 		t.Parallel()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -694,13 +695,17 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		// yet read may be numbered below or above it, so only the start
 		// of the log is sure to skip none.
 		seq, ev := a.add(p.AfterSeq), e.q.eventTable
-		where = append(where, "e.tx_id < pg_snapshot_xmin(pg_current_snapshot())",
-			`(e.tx_id, e.sequence_num) > COALESCE((SELECT (tx_id, sequence_num) FROM `+ev+` WHERE sequence_num = `+seq+`),
+		where = append(where, "e.tx_id < pg_snapshot_xmin(pg_current_snapshot())")
+		if p.AfterTx != 0 {
+			where = append(where, `(e.tx_id, e.sequence_num) > (`+a.add(strconv.FormatInt(p.AfterTx, 10))+`::text::xid8, `+seq+`::bigint)`)
+		} else {
+			where = append(where, `(e.tx_id, e.sequence_num) > COALESCE((SELECT (tx_id, sequence_num) FROM `+ev+` WHERE sequence_num = `+seq+`),
 				('0'::xid8, 0::bigint))`)
+		}
 		order, desc = "e.tx_id, e.sequence_num", "e.tx_id DESC, e.sequence_num DESC"
 	}
 	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, ''),
-		e.event_type, e.event_data, e.worker_id, e.created_at
+		e.event_type, e.event_data, e.worker_id, e.created_at, e.tx_id::text::bigint
 		FROM ` + e.q.eventTable + ` e LEFT JOIN ` + e.q.taskTable + ` t ON t.id = e.task_execution_id`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
@@ -722,7 +727,7 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	for rows.Next() {
 		var ev driver.Event
 		var typ string
-		if err := rows.Scan(&ev.SequenceNum, scanID{&ev.ID}, scanID{&ev.PipelineID}, scanOptID{&ev.TaskID}, &ev.TaskName, &typ, (*[]byte)(&ev.Data), &ev.WorkerID, &ev.CreatedAt); err != nil {
+		if err := rows.Scan(&ev.SequenceNum, scanID{&ev.ID}, scanID{&ev.PipelineID}, scanOptID{&ev.TaskID}, &ev.TaskName, &typ, (*[]byte)(&ev.Data), &ev.WorkerID, &ev.CreatedAt, &ev.TxID); err != nil {
 			return nil, fmt.Errorf("postgres: list events: %w", mapError(err))
 		}
 		ev.Type = driver.EventType(typ)
