@@ -160,3 +160,47 @@ func TestStopKeepsItsDeadlineWhileAClaimRetries(t *testing.T) {
 		t.Fatalf("Stop waited for the claim round %s past its deadline; it returned %v once the lock went", testTimeout, <-stopped)
 	}
 }
+
+// warnHandler is a slog handler that closes seen at the first record at
+// WARN or above whose message starts with prefix.
+type warnHandler struct {
+	prefix string
+	seen   chan struct{}
+	once   *sync.Once
+}
+
+func (h warnHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h warnHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h warnHandler) WithGroup(string) slog.Handler            { return h }
+func (h warnHandler) Handle(_ context.Context, rec slog.Record) error {
+	if rec.Level >= slog.LevelWarn && strings.HasPrefix(rec.Message, h.prefix) {
+		h.once.Do(func() { close(h.seen) })
+	}
+	return nil
+}
+
+// A transaction that keeps failing is reported at WARN (here a claim
+// against an outbox locked past statement_timeout): retries used to be
+// logged at DEBUG only, however long they went on.
+func TestRetriesThatGoOnAreWarnedOf(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	schema := testdb.NewSchema(t)
+	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
+	require.NoError(t, err)
+	_, err = Migrate(ctx, u.String(), "")
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("statement_timeout", "100")
+	u.RawQuery = q.Encode()
+	warned := make(chan struct{})
+	logger := slog.New(warnHandler{prefix: "retrying transaction", seen: warned, once: &sync.Once{}})
+	startRunner(t, u.String(), &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})},
+		PollInterval: 50 * time.Millisecond, Logger: logger})
+	tx, err := adminConn(t).Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { tx.Rollback(context.Background()) }) // before the runner's Close
+	_, err = tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{schema, "task_outbox"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+	require.NoError(t, err)
+	waitFor(t, warned, "a warning that the claim keeps failing")
+}

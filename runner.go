@@ -609,7 +609,14 @@ func (r *Runner) retryTx(ctx context.Context, attempts int, fn txFunc) (*changes
 		if !retryable || ctx.Err() != nil || (attempts > 0 && attempt >= attempts) {
 			return nil, err
 		}
-		r.logger.Debug("retrying transaction", "attempt", attempt, "error", err)
+		// A retry or two is routine (a lock, a conflict); one that keeps
+		// failing is said at WARN, now and then, so an outage or a write
+		// the database keeps refusing is seen.
+		level := slog.LevelDebug
+		if attempt == 5 || attempt%50 == 0 {
+			level = slog.LevelWarn
+		}
+		r.logger.Log(ctx, level, "retrying transaction", "attempt", attempt, "error", err)
 		select {
 		case <-ctx.Done():
 			return nil, err

@@ -36,6 +36,12 @@ func TestMapErrorClasses(t *testing.T) {
 	require.ErrorIs(t, mapError(pg(conflictCode)), driver.ErrConflict)
 	require.ErrorIs(t, mapError(pgx.ErrNoRows), driver.ErrNotFound)
 	require.ErrorIs(t, mapError(io.ErrUnexpectedEOF), driver.ErrTransient)
+	// pgx's refusal of a message over 1 GB says it is safe to retry; a
+	// retry fails the same way, so it is a refused value, not transient.
+	tooLarge := mapError(fmt.Errorf("write failed: %w", errors.New("message body too large")))
+	require.ErrorIs(t, tooLarge, driver.ErrValueRejected)
+	require.NotErrorIs(t, tooLarge, driver.ErrTransient)
+	require.ErrorContains(t, tooLarge, "1 GB message limit")
 	require.Nil(t, mapError(nil))
 	require.False(t, errors.Is(mapError(errors.New("other")), driver.ErrTransient))
 }

@@ -353,6 +353,12 @@ func mapError(err error) error {
 		}
 		return err
 	}
+	// pgx refuses, before sending, a message over PostgreSQL's 1 GB limit
+	// (a statement whose values add up to that much); it reports the write
+	// as safe to retry, but every retry fails the same way.
+	if strings.Contains(err.Error(), "message body too large") {
+		return fmt.Errorf("%w: %w (a statement's values exceed PostgreSQL's 1 GB message limit: keep contexts smaller)", driver.ErrValueRejected, err)
+	}
 	var netErr net.Error
 	var connectErr *pgconn.ConnectError
 	if pgconn.SafeToRetry(err) || errors.As(err, &netErr) || errors.As(err, &connectErr) ||
