@@ -211,7 +211,8 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 				finishes[i], kinds[i] = r.finishFor(res, nil, c.now)
 			}
 			var err error
-			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: pids, LockPipelineIDs: pids})
+			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: pids, LockPipelineIDs: pids,
+				ListStatusOnly: true})
 			if err != nil {
 				return err
 			}
@@ -238,7 +239,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 					list = append(list, p.ID)
 				}
 			}
-			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list})
+			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list, ListStatusOnly: true})
 			if err != nil {
 				return err
 			}
@@ -271,18 +272,40 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		}
 		states := make(map[uuid.UUID]*runState, len(ids))
 		runs := make([]runState, len(ids))
+		// The runs' tasks come by status alone: their contexts, which grow
+		// with a run, are read only where a decision merges them (see
+		// runState.need), but for those of the tasks finished here, which
+		// are in memory.
+		load := func(ids []uuid.UUID) ([]*driver.Task, error) {
+			return tx.TaskList(ctx, &driver.TaskListParams{IDs: ids, WithContexts: true})
+		}
 		for i, id := range ids {
 			p := byID[id]
 			wf, err := r.workflow(p.WorkflowName)
 			if err != nil {
 				return err
 			}
-			runs[i] = runState{p: p, wf: wf, tasks: make(map[string]*driver.Task, len(wf.tasks))}
+			runs[i] = runState{p: p, wf: wf, tasks: make(map[string]*driver.Task, len(wf.tasks)),
+				unloaded: make(map[string]bool, len(wf.tasks)), load: load}
 			states[id] = &runs[i]
 		}
 		for _, t := range finished.Tasks {
 			if st := states[t.PipelineID]; st != nil {
 				st.tasks[t.Name] = t
+				st.unloaded[t.Name] = true
+			}
+		}
+		for i, res := range batch {
+			st := states[res.task.PipelineID]
+			if st == nil || !held[res.task.ID] {
+				continue
+			}
+			if t := st.tasks[res.task.Name]; t != nil && t.ID == res.task.ID {
+				t.Input = res.task.Input
+				if finishes[i].Status == driver.TaskCompleted {
+					t.Output = finishes[i].Output
+				}
+				st.loaded(t.Name)
 			}
 		}
 		for _, id := range ids {

@@ -139,6 +139,51 @@ type runState struct {
 	p     *driver.Pipeline
 	wf    *Workflow
 	tasks map[string]*driver.Task
+	// unloaded names the tasks read without their contexts, and load
+	// reads contexts by task id: a completion reads its run's tasks by
+	// status alone, and the contexts of the few it merges (the
+	// dependencies of a task it decides, the leaves when the run ends)
+	// when it needs them. A nil unloaded means every context is here.
+	unloaded map[string]bool
+	load     func(ids []uuid.UUID) ([]*driver.Task, error)
+}
+
+// need makes sure the contexts of the named tasks are here, reading
+// those that are not in one statement.
+func (s *runState) need(names []string) error {
+	if len(s.unloaded) == 0 {
+		return nil
+	}
+	var ids []uuid.UUID
+	for _, name := range names {
+		if t := s.tasks[name]; t != nil && s.unloaded[name] {
+			ids = append(ids, t.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	read, err := s.load(ids)
+	if err != nil {
+		return fmt.Errorf("read task contexts: %w", err)
+	}
+	for _, r := range read {
+		if t := s.tasks[r.Name]; t != nil && t.ID == r.ID {
+			t.Input, t.Output = r.Input, r.Output
+			delete(s.unloaded, r.Name)
+		}
+	}
+	for _, name := range names {
+		if s.unloaded[name] {
+			return fmt.Errorf("read task contexts: task %q was not found", name)
+		}
+	}
+	return nil
+}
+
+// loaded records that t's contexts are here (set in memory).
+func (s *runState) loaded(name string) {
+	delete(s.unloaded, name)
 }
 
 // shapeMismatch says how the run's tasks differ from the workflow as this
@@ -243,6 +288,15 @@ func (s *runState) inputFor(def *taskDef) (json.RawMessage, error) {
 	if len(def.deps) == 0 {
 		return s.p.Input, nil
 	}
+	if len(s.unloaded) > 0 {
+		names := make([]string, len(def.deps))
+		for i, d := range def.deps {
+			names[i] = d.Name
+		}
+		if err := s.need(names); err != nil {
+			return nil, err
+		}
+	}
 	parts := make([]json.RawMessage, 0, len(def.deps))
 	for _, d := range def.deps {
 		parts = append(parts, effectiveOutput(s.tasks[d.Name]))
@@ -282,6 +336,7 @@ func (s *runState) advance(c *changes) ([]*driver.Task, error) {
 			return nil, fmt.Errorf("task %q: decode input: %w", def.Name, err)
 		}
 		t.Input = input
+		s.loaded(def.Name)
 		run, reason := def.Trigger.evaluate(def.DependsOn, s.status, view)
 		if run {
 			t.Status = driver.TaskReady
@@ -319,6 +374,15 @@ func (s *runState) finalize(c *changes) error {
 		}
 		if t.Status == driver.TaskFailed {
 			failed = append(failed, fmt.Sprintf("task %q failed: %s", t.Name, t.Error))
+		}
+	}
+	if len(s.unloaded) > 0 {
+		names := make([]string, len(s.wf.leaves))
+		for i, leaf := range s.wf.leaves {
+			names[i] = leaf.Name
+		}
+		if err := s.need(names); err != nil {
+			return err
 		}
 	}
 	parts := make([]json.RawMessage, 0, len(s.wf.leaves))

@@ -119,6 +119,10 @@ type TaskFinishParams struct {
 	// ListPipelineIDs asks for every task of these runs, with contexts, as
 	// they are after the transitions.
 	ListPipelineIDs []uuid.UUID
+	// ListStatusOnly lists those tasks without Input and Output (left
+	// nil), as TaskList does without WithContexts: a run's contexts can
+	// be large, and a caller that needs a few of them reads those alone.
+	ListStatusOnly bool
 	// LockPipelineIDs locks these runs, as PipelineLock does, before the
 	// transitions (in the same round trip where the backend can); they come
 	// back in TaskFinishResult.Pipelines. For callers whose transitions do

@@ -247,6 +247,29 @@ func testTaskFinishMany(t *testing.T, s *suite) {
 		requireJSON(t, `{"pos":1}`, byID[tasks[1].ID].Input, "contexts are read")
 		require.Equal(t, driver.TaskRunning, byID[tasks[2].ID].Status)
 		require.Equal(t, driver.TaskNotStarted, byID[idle.ID].Status)
+
+		// ListStatusOnly reads the same rows without their contexts.
+		var lean *driver.TaskFinishResult
+		b.inTx(t, func(tx driver.Tx) {
+			var err error
+			lean, err = tx.TaskFinishMany(b.ctx, &driver.TaskFinishParams{
+				Finishes:        []driver.TaskFinish{{Fence: fenceOf(tasks[2]), Status: driver.TaskCompleted, Output: json.RawMessage(`{"done":3}`), Attempt: 1, Now: b.now}},
+				ListPipelineIDs: []uuid.UUID{tasks[0].PipelineID, other.ID}, ListStatusOnly: true,
+			})
+			require.NoError(t, err)
+		})
+		require.Equal(t, []uuid.UUID{tasks[2].ID}, lean.Finished)
+		require.Len(t, lean.Tasks, 4)
+		for _, task := range lean.Tasks {
+			require.Nil(t, task.Input, "status only: no input")
+			require.Nil(t, task.Output, "status only: no output")
+			want := byID[task.ID].Status
+			if task.ID == tasks[2].ID {
+				want = driver.TaskCompleted
+			}
+			require.Equal(t, want, task.Status)
+		}
+		require.Equal(t, "boom", lean.Tasks[slices.IndexFunc(lean.Tasks, func(x *driver.Task) bool { return x.ID == tasks[0].ID })].Error)
 	})
 
 	t.Run("Completed", func(t *testing.T) {

@@ -44,6 +44,18 @@ func taskColumns(prefix string, withContexts bool) string {
 	return fmt.Sprintf(taskColumnsFmt, prefix, ctxCols)
 }
 
+// taskFinishListSQL finishes tasks and reads back every task of the runs
+// $12, with their contexts or without.
+func taskFinishListSQL(withContexts bool) string {
+	return `WITH fin AS (` + strings.Replace(finishSQL, "RETURNING t.id", "RETURNING "+taskColumns("t.", withContexts), 1) + `)
+			SELECT * FROM (
+				SELECT true AS finished, fin.* FROM fin
+				UNION ALL
+				SELECT false, ` + taskColumns("t.", withContexts) + ` FROM {s}.task_executions t
+				WHERE t.pipeline_execution_id = ANY($12) AND t.id NOT IN (SELECT id FROM fin)
+			) x ORDER BY pipeline_execution_id, position`
+}
+
 // finishSQL applies fenced task transitions ($1–$11 are parallel arrays).
 const finishSQL = `UPDATE {s}.task_executions t
 			SET status = f.status, output = COALESCE(f.output::json, t.output), error = f.error, attempt = f.attempt,
@@ -111,6 +123,7 @@ type queries struct {
 	taskClaimRuns      string
 	taskFinish         string
 	taskFinishList     string
+	taskFinishListLean string // without contexts (ListStatusOnly)
 	outboxPeek         string
 	backlog            string
 	outboxDelete       string
@@ -156,14 +169,9 @@ func newQueries(schema string) *queries {
 					AND task_execution_id IN (SELECT id FROM {s}.task_executions WHERE pipeline_execution_id = ANY($5))`)),
 		taskFinish: r.Replace(finishSQL),
 
-		taskFinishList: r.Replace(`WITH fin AS (` + strings.Replace(finishSQL, "RETURNING t.id", "RETURNING "+taskColumns("t.", true), 1) + `)
-			SELECT * FROM (
-				SELECT true AS finished, fin.* FROM fin
-				UNION ALL
-				SELECT false, ` + taskColumns("t.", true) + ` FROM {s}.task_executions t
-				WHERE t.pipeline_execution_id = ANY($12) AND t.id NOT IN (SELECT id FROM fin)
-			) x ORDER BY pipeline_execution_id, position`),
-		backlog: r.Replace(backlogSQL),
+		taskFinishList:     r.Replace(taskFinishListSQL(true)),
+		taskFinishListLean: r.Replace(taskFinishListSQL(false)),
+		backlog:            r.Replace(backlogSQL),
 		outboxPeek: r.Replace(`SELECT
 			EXISTS (SELECT 1 FROM {s}.task_outbox WHERE available_at <= $1 AND workflow_name = ANY($2)),
 			(SELECT MIN(available_at) FROM {s}.task_outbox WHERE available_at > $1 AND workflow_name = ANY($2))`),
@@ -495,7 +503,11 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 		// One statement finishes and reads back: the rows it updated come
 		// from RETURNING (the table scan would see them as they were
 		// before).
-		b.Queue(e.q.taskFinishList, append(args, pgIDs(p.ListPipelineIDs))...)
+		q := e.q.taskFinishList
+		if p.ListStatusOnly {
+			q = e.q.taskFinishListLean
+		}
+		b.Queue(q, append(args, pgIDs(p.ListPipelineIDs))...)
 	case n > 0:
 		b.Queue(e.q.taskFinish, args...)
 	}

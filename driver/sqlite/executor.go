@@ -502,7 +502,7 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 		}
 	}
 	if len(p.ListPipelineIDs) > 0 {
-		tasks, err := e.TaskList(ctx, &driver.TaskListParams{PipelineIDs: p.ListPipelineIDs, WithContexts: true})
+		tasks, err := e.TaskList(ctx, &driver.TaskListParams{PipelineIDs: p.ListPipelineIDs, WithContexts: !p.ListStatusOnly})
 		if err != nil {
 			return nil, err
 		}
