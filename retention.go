@@ -12,21 +12,18 @@ import (
 // DeleteRunsOpts tunes DeleteRunsBefore and CountRunsBefore. A nil
 // *DeleteRunsOpts means defaults.
 type DeleteRunsOpts struct {
-	// BatchSize is how many runs one transaction deletes at most (each
-	// with its tasks), so retention never holds locks for long. Default:
-	// 500. A batch also stops before its runs' tasks pass 10,000 (but
-	// deletes one run, however wide): a batch's time grows with its
-	// tasks, and on SQLite, where it holds the one write lock that every
-	// runner waits for, 500 runs of a 1,000-task workflow took 3.2 s.
+	// BatchSize is how many runs one transaction deletes (each with its
+	// tasks), so retention never holds locks for long. Default: 500. A
+	// batch's time grows with its runs' tasks: on SQLite, where it holds
+	// the one write lock, 500 runs of a 1,000-task workflow (500,000 task
+	// rows) took 3.2 s on a 2-core machine, which every runner waits for;
+	// for wide workflows choose BatchSize so that a batch holds some
+	// thousands of tasks.
 	BatchSize int
 	// Progress, if set, is called after each batch with the total deleted
 	// so far.
 	Progress func(deleted int64)
 }
-
-// runDeleteMaxTasks bounds a batch of DeleteRunsBefore by its runs' tasks
-// (see DeleteRunsOpts.BatchSize).
-const runDeleteMaxTasks = 10_000
 
 // batchSize is the batch size o asks for, or the default.
 func (o *DeleteRunsOpts) batchSize() (int, error) {
@@ -83,7 +80,7 @@ func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *D
 		var n int
 		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 			var err error
-			n, err = tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: cutoff, Limit: batch, MaxTasks: runDeleteMaxTasks})
+			n, err = tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: cutoff, Limit: batch})
 			return err
 		})
 		if err != nil {

@@ -12,12 +12,6 @@ import "time"
 type PipelineDeleteParams struct {
 	Before time.Time
 	Limit  int
-	// MaxTasks, when positive, also bounds the batch by the runs' tasks:
-	// it stops before the tasks of the runs it deletes would exceed
-	// MaxTasks (but deletes one run, however many tasks that has), so
-	// that a batch of wide runs holds its locks no longer than one of
-	// narrow runs.
-	MaxTasks int
 }
 
 // PipelineCountParams counts the runs PipelineDeleteFinished would delete

@@ -103,39 +103,6 @@ func testPipelineDeleteFinished(t *testing.T, s *suite) {
 		require.Equal(t, driver.TaskRunning, b.getTask(t, stillRunning.ID).Status)
 	})
 
-	// MaxTasks bounds a batch by its runs' tasks, but never below one run.
-	t.Run("BoundedByTasks", func(t *testing.T) {
-		t.Parallel()
-		b := s.setup(t)
-		cutoff := b.at(-time.Hour)
-		old := createdAt(b.at(-3 * time.Hour))
-		for range 4 {
-			p := b.insertPipeline(t, old)
-			tasks := make([]driver.TaskInsert, 4)
-			for i := range tasks {
-				tasks[i] = b.newTask(p, i)
-				tasks[i].Status = driver.TaskCompleted
-			}
-			b.insertTasks(t, tasks...)
-			b.endRun(t, p, driver.PipelineCompleted, b.at(-2*time.Hour))
-		}
-		del := func(maxTasks int) int {
-			t.Helper()
-			var n int
-			b.inTx(t, func(tx driver.Tx) {
-				var err error
-				n, err = tx.PipelineDeleteFinished(b.ctx, &driver.PipelineDeleteParams{Before: cutoff, Limit: 10, MaxTasks: maxTasks})
-				require.NoError(t, err)
-			})
-			return n
-		}
-		require.Equal(t, 1, del(7), "a second run would make 8 tasks")
-		require.Equal(t, 2, del(8))
-		require.Equal(t, 1, del(1), "one run at least, however many tasks it has")
-		require.Zero(t, del(0), "nothing left")
-		require.Zero(t, b.countFinished(t, cutoff))
-	})
-
 	t.Run("SkippedTickRecords", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)

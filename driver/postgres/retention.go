@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"math"
 
 	"github.com/cloacina-go/cloacina/driver"
 )
@@ -18,15 +17,9 @@ func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.Pipelin
 	if p.Limit <= 0 {
 		return 0, fmt.Errorf("postgres: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
 	}
-	// The candidates are locked first (a window cannot be taken FOR
-	// UPDATE), then kept while their tasks add up to MaxTasks.
-	tag, err := e.db.Exec(ctx, fmt.Sprintf(`WITH c AS (
-			SELECT q.id FROM %[1]s.pipeline_executions q WHERE `+finishedBefore+` LIMIT $2 FOR UPDATE SKIP LOCKED),
-		w AS (
-			SELECT c.id, sum(k.n) OVER (ORDER BY c.id) AS acc, row_number() OVER (ORDER BY c.id) AS rn
-			FROM c CROSS JOIN LATERAL (SELECT count(*) AS n FROM %[1]s.task_executions t WHERE t.pipeline_execution_id = c.id) k)
-		DELETE FROM %[1]s.pipeline_executions WHERE id IN (SELECT id FROM w WHERE rn = 1 OR acc <= $3)`, e.q.schema),
-		driver.ClampTime(p.Before), p.Limit, maxTasks(p.MaxTasks))
+	tag, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s.pipeline_executions WHERE id IN (
+			SELECT q.id FROM %[1]s.pipeline_executions q WHERE `+finishedBefore+` LIMIT $2 FOR UPDATE SKIP LOCKED)`, e.q.schema),
+		driver.ClampTime(p.Before), p.Limit)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: delete finished runs: %w", mapError(err))
 	}
@@ -54,13 +47,4 @@ func (e *executor) ScheduleTickDeleteSkipped(ctx context.Context, p *driver.Sche
 		return 0, fmt.Errorf("postgres: delete skipped ticks: %w", mapError(err))
 	}
 	return int(tag.RowsAffected()), nil
-}
-
-// maxTasks is PipelineDeleteParams.MaxTasks as a bound: no bound when it
-// is not positive.
-func maxTasks(n int) int64 {
-	if n <= 0 {
-		return math.MaxInt64
-	}
-	return int64(n)
 }

@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"fmt"
-	"math"
 
 	"github.com/cloacina-go/cloacina/driver"
 )
@@ -18,17 +17,8 @@ func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.Pipelin
 	if p.Limit <= 0 {
 		return 0, fmt.Errorf("sqlite: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
 	}
-	bound := int64(math.MaxInt64)
-	if p.MaxTasks > 0 {
-		bound = int64(p.MaxTasks)
-	}
-	// The candidates are kept while their tasks add up to MaxTasks.
 	res, err := e.db.ExecContext(ctx, `DELETE FROM pipeline_executions WHERE id IN (
-			SELECT id FROM (
-				SELECT c.id, sum(c.n) OVER (ORDER BY c.id) AS acc, row_number() OVER (ORDER BY c.id) AS rn FROM (
-					SELECT q.id, (SELECT count(*) FROM task_executions t WHERE t.pipeline_execution_id = q.id) AS n
-					FROM pipeline_executions q WHERE `+finishedBefore+` LIMIT ?2) c)
-			WHERE rn = 1 OR acc <= ?3)`, formatTime(p.Before), p.Limit, bound)
+			SELECT q.id FROM pipeline_executions q WHERE `+finishedBefore+` LIMIT ?2)`, formatTime(p.Before), p.Limit)
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
 	}

@@ -25,8 +25,9 @@ func (a *app) runsCleanupCommand() *cobra.Command {
 		Short: "Delete finished runs, with their tasks, that ended longer ago than an age",
 		Long: `cleanup deletes the runs that finished (completed, failed or cancelled) more
 than --older-than ago, with their tasks and contexts, in batches of
---batch-size runs, one transaction each, so it never holds locks for long
-(a batch also stops before its runs' tasks pass 10,000).
+--batch-size runs, one transaction each, so it never holds locks for long.
+A batch's time grows with its runs' tasks: for workflows of hundreds of
+tasks, lower --batch-size so that a batch holds some thousands of tasks.
 AGE is a Go duration that may start with days: 30d, 12h, 1d12h.
 
 Unfinished runs (pending, running or paused) are kept however old, and so is
