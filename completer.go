@@ -300,7 +300,9 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			if st == nil || !held[res.task.ID] {
 				continue
 			}
-			if t := st.tasks[res.task.Name]; t != nil && t.ID == res.task.ID {
+			// A result of the recovery path comes from a listing without
+			// contexts: that task's are read when needed.
+			if t := st.tasks[res.task.Name]; t != nil && t.ID == res.task.ID && res.task.Input != nil {
 				t.Input = res.task.Input
 				if finishes[i].Status == driver.TaskCompleted {
 					t.Output = finishes[i].Output

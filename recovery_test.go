@@ -1061,3 +1061,52 @@ func TestClaimInDoubtWaitsForTheDatabase(t *testing.T) {
 		require.Empty(t, readsWhenRun, "it ran once")
 	})
 }
+
+// A task abandoned by the sweep (its runner died past MaxRecoveries) is
+// Failed and passes its own input on, as data flows through failed tasks:
+// its Always successor receives it, and the final context holds it. The
+// sweep's result carries no contexts (the orphans are listed without
+// them), and a completion that took its missing input for an empty one
+// passed {} downstream.
+func TestAbandonedTaskPassesItsInputOn(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		for _, withSuccessor := range []bool{true, false} {
+			ctx := testContext(t)
+			s := newStall()
+			tasks := []Task{
+				{Name: "seed", Run: setKey("a", 1)},
+				{Name: "crashy", DependsOn: []string{"seed"}, Run: s.run},
+			}
+			if withSuccessor {
+				tasks = append(tasks, Task{Name: "cleanup", DependsOn: []string{"crashy"}, Trigger: Always(), Run: ok})
+			}
+			wf := MustWorkflow("cap", tasks...)
+			cfg := func() *Config { return fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxRecoveries: 1}) }
+			leader := openRunner(t, url, cfg())
+			leader.claimsPaused.Store(true)
+			require.NoError(t, leader.Start(ctx))
+			reset := onEvent(leader, eventOf(EventTaskReset))
+			abandoned := onEvent(leader, eventOf(EventTaskAbandoned))
+			exec, release := dieTwice(t, url, cfg(), s, reset)
+			waitFor(t, abandoned, "the task to be abandoned")
+			setClaiming(leader, true)
+			res, err := exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, TaskStatusFailed, res.Task("crashy").Status)
+			if withSuccessor {
+				require.Equal(t, TaskStatusCompleted, res.Task("cleanup").Status)
+				d, err := leader.GetTask(ctx, res.Task("cleanup").ID)
+				require.NoError(t, err)
+				a, err := Get[float64](d.Input, "a")
+				require.NoError(t, err, "cleanup received the abandoned task's input")
+				require.Equal(t, 1.0, a)
+			}
+			a, err := Get[float64](res.Context, "a")
+			require.NoError(t, err, "the final context holds it (successor %v)", withSuccessor)
+			require.Equal(t, 1.0, a)
+			release()
+			require.NoError(t, leader.Close())
+		}
+	})
+}
