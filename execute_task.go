@@ -148,18 +148,27 @@ func callTask(ctx context.Context, fn TaskFunc, tc *Context) (err error) {
 	return readableError(fn(ctx, tc))
 }
 
-// readableError returns err, or a plain error in its place when its Error
-// method panics: the completer reads the error outside the task's recover.
+// readableError returns err, or a plain error in its place when asking
+// it what the completer asks (outside the task's recover) panics: its
+// text, and its chain as IsPermanent and IsTransient walk it (a nil
+// pointer of an error type does that, through Error or Unwrap).
 func readableError(err error) (out error) {
 	if err == nil {
 		return nil
 	}
+	text := ""
 	defer func() {
 		if p := recover(); p != nil {
-			out = fmt.Errorf("the task returned a %T whose Error method panicked (%v): return a nil error for success, or an error value that can describe itself", err, p)
+			if text == "" {
+				out = fmt.Errorf("the task returned a %T whose Error method panicked (%v): return a nil error for success, or an error value that can describe itself", err, p)
+			} else {
+				out = fmt.Errorf("%s (the task returned a %T whose error chain panicked when walked: %v)", text, err, p)
+			}
 		}
 	}()
-	_ = err.Error()
+	text = err.Error()
+	IsPermanent(err)
+	IsTransient(err)
 	return err
 }
 

@@ -310,6 +310,32 @@ func TestTaskReturningAnUnreadableErrorFails(t *testing.T) {
 	})
 }
 
+// unwrapErr is an error type whose Unwrap reads its receiver: a nil
+// *unwrapErr describes itself but panics when its chain is walked.
+type unwrapErr struct{ inner error }
+
+func (e *unwrapErr) Error() string { return "unwrap error" }
+func (e *unwrapErr) Unwrap() error { return e.inner }
+
+// The same for an error whose chain panics when walked (as IsPermanent
+// and IsTransient do to decide a retry): the attempt fails, keeping the
+// error's text.
+func TestTaskReturningAnUnwalkableErrorFails(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("typed_nil_unwrap", Task{Name: "a", Retry: &RetryPolicy{MaxAttempts: 2, InitialDelay: time.Millisecond},
+			Run: func(context.Context, *Context) error {
+				var err *unwrapErr
+				return err
+			}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "typed_nil_unwrap", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Contains(t, res.Task("a").Error, "unwrap error (the task returned a *cloacina.unwrapErr whose error chain panicked when walked")
+	})
+}
+
 // A task function that ends its goroutine without returning
 // (runtime.Goexit, which t.FailNow and require call) fails its attempt,
 // with a timeout or without. It used to count as a success with a timeout
