@@ -19,6 +19,7 @@ import (
 // whose message starts with one of prefixes.
 type signalHandler struct {
 	prefixes []string
+	minLevel slog.Level // records below it are ignored
 	seen     chan struct{}
 	once     *sync.Once
 }
@@ -28,13 +29,48 @@ type signalHandler struct {
 // record.
 func refusalLogger() (*slog.Logger, <-chan struct{}) {
 	seen := make(chan struct{})
-	return slog.New(signalHandler{prefixes: []string{"retrying transaction", "record task result"}, seen: seen, once: &sync.Once{}}), seen
+	return slog.New(signalHandler{prefixes: []string{"retrying transaction", "record task result"}, minLevel: slog.LevelDebug,
+		seen: seen, once: &sync.Once{}}), seen
+}
+
+// timeoutURL migrates a schema of its own and returns its URL with
+// statement_timeout set to ms milliseconds (after migrating: DDL on a
+// loaded server can take longer).
+func timeoutURL(t *testing.T, ms string) (schema, rawURL string) {
+	t.Helper()
+	schema = testdb.NewSchema(t)
+	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
+	require.NoError(t, err)
+	_, err = Migrate(testContext(t), u.String(), "")
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("statement_timeout", ms)
+	u.RawQuery = q.Encode()
+	return schema, u.String()
+}
+
+// lockTable locks a table of schema in a transaction of the administrator
+// until unlock (which the test's cleanup also calls: register it after the
+// runner's, so that it runs before the runner closes).
+func lockTable(t *testing.T, schema, table string) (unlock func()) {
+	t.Helper()
+	tx, err := adminConn(t).Begin(testContext(t))
+	require.NoError(t, err)
+	_, err = tx.Exec(testContext(t), "LOCK TABLE "+pgx.Identifier{schema, table}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
+	require.NoError(t, err)
+	var once sync.Once
+	unlock = func() { once.Do(func() { tx.Rollback(context.Background()) }) }
+	t.Cleanup(unlock)
+	return unlock
 }
 
 func (h signalHandler) Enabled(context.Context, slog.Level) bool { return true }
 func (h signalHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
 func (h signalHandler) WithGroup(string) slog.Handler            { return h }
 func (h signalHandler) Handle(_ context.Context, rec slog.Record) error {
+	if rec.Level < h.minLevel {
+		return nil
+	}
 	for _, p := range h.prefixes {
 		if strings.HasPrefix(rec.Message, p) {
 			h.once.Do(func() { close(h.seen) })
@@ -81,25 +117,9 @@ func whileRefused(t *testing.T, url string, block, unblock func()) {
 // lock goes.
 func TestCompletionRetriedPastStatementTimeouts(t *testing.T) {
 	t.Parallel()
-	schema := testdb.NewSchema(t)
-	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
-	require.NoError(t, err)
-	// Migrate first, without the timeout: DDL on a loaded server can take
-	// longer than the 200 ms that completions are given below.
-	_, err = Migrate(testContext(t), u.String(), "")
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("statement_timeout", "200")
-	u.RawQuery = q.Encode()
-	admin := adminConn(t)
-	var tx pgx.Tx
-	whileRefused(t, u.String(), func() {
-		var err error
-		tx, err = admin.Begin(testContext(t))
-		require.NoError(t, err)
-		_, err = tx.Exec(testContext(t), "LOCK TABLE "+pgx.Identifier{schema, "task_executions"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
-		require.NoError(t, err)
-	}, func() { require.NoError(t, tx.Rollback(testContext(t))) })
+	schema, url := timeoutURL(t, "200")
+	var unlock func()
+	whileRefused(t, url, func() { unlock = lockTable(t, schema, "task_executions") }, func() { unlock() })
 }
 
 // A result the database refuses for a reason that is not transient (here:
@@ -129,23 +149,11 @@ func TestResultsAreHeldUntilTheDatabaseTakesThem(t *testing.T) {
 func TestStopKeepsItsDeadlineWhileAClaimRetries(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	schema := testdb.NewSchema(t)
-	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
-	require.NoError(t, err)
-	_, err = Migrate(ctx, u.String(), "")
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("statement_timeout", "200")
-	u.RawQuery = q.Encode()
+	schema, url := timeoutURL(t, "200")
 	logger, refused := refusalLogger()
-	r := startRunner(t, u.String(), &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})},
+	r := startRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})},
 		PollInterval: 50 * time.Millisecond, Logger: logger})
-
-	tx, err := adminConn(t).Begin(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { tx.Rollback(context.Background()) }) // before the runner's Close
-	_, err = tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{schema, "task_outbox"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
-	require.NoError(t, err)
+	unlock := lockTable(t, schema, "task_outbox")
 	waitFor(t, refused, "a claim to be retried")
 
 	stopCtx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -156,27 +164,9 @@ func TestStopKeepsItsDeadlineWhileAClaimRetries(t *testing.T) {
 	case err := <-stopped:
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 	case <-time.After(testTimeout):
-		require.NoError(t, tx.Rollback(context.Background()))
+		unlock()
 		t.Fatalf("Stop waited for the claim round %s past its deadline; it returned %v once the lock went", testTimeout, <-stopped)
 	}
-}
-
-// warnHandler is a slog handler that closes seen at the first record at
-// WARN or above whose message starts with prefix.
-type warnHandler struct {
-	prefix string
-	seen   chan struct{}
-	once   *sync.Once
-}
-
-func (h warnHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h warnHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h warnHandler) WithGroup(string) slog.Handler            { return h }
-func (h warnHandler) Handle(_ context.Context, rec slog.Record) error {
-	if rec.Level >= slog.LevelWarn && strings.HasPrefix(rec.Message, h.prefix) {
-		h.once.Do(func() { close(h.seen) })
-	}
-	return nil
 }
 
 // A transaction that keeps failing is reported at WARN (here a claim
@@ -184,23 +174,11 @@ func (h warnHandler) Handle(_ context.Context, rec slog.Record) error {
 // logged at DEBUG only, however long they went on.
 func TestRetriesThatGoOnAreWarnedOf(t *testing.T) {
 	t.Parallel()
-	ctx := testContext(t)
-	schema := testdb.NewSchema(t)
-	u, err := url.Parse(testdb.WithSchema(testdb.PostgresURL(), schema))
-	require.NoError(t, err)
-	_, err = Migrate(ctx, u.String(), "")
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("statement_timeout", "100")
-	u.RawQuery = q.Encode()
+	schema, url := timeoutURL(t, "100")
 	warned := make(chan struct{})
-	logger := slog.New(warnHandler{prefix: "retrying transaction", seen: warned, once: &sync.Once{}})
-	startRunner(t, u.String(), &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})},
+	logger := slog.New(signalHandler{prefixes: []string{"retrying transaction"}, minLevel: slog.LevelWarn, seen: warned, once: &sync.Once{}})
+	startRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})},
 		PollInterval: 50 * time.Millisecond, Logger: logger})
-	tx, err := adminConn(t).Begin(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { tx.Rollback(context.Background()) }) // before the runner's Close
-	_, err = tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{schema, "task_outbox"}.Sanitize()+" IN ACCESS EXCLUSIVE MODE")
-	require.NoError(t, err)
+	lockTable(t, schema, "task_outbox")
 	waitFor(t, warned, "a warning that the claim keeps failing")
 }
