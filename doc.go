@@ -192,7 +192,8 @@
 // saved sequence number and rides out lost connections; and count or
 // delete old ones in batches with [Runner.CountEventsBefore] and
 // [Runner.DeleteEventsBefore]. Retention keeps every event of a run that
-// is Pending, Running or Paused, however old, and deletes the old events
+// is Pending, Running or Paused (or Cancelled with a task that has not
+// returned), however old, and deletes the old events
 // of finished runs; [DeleteEventsOpts.IncludeUnfinishedRuns] deletes by
 // age alone. [Replay] rebuilds every status from the events alone.
 //

@@ -372,8 +372,8 @@ func (o *DeleteEventsOpts) includeUnfinished() bool { return o != nil && o.Inclu
 
 // DeleteEventsBefore deletes old events, the first recorded first, one
 // batch per transaction, and returns how many it deleted. It keeps every
-// event of a run that is not finished (Pending, Running or Paused),
-// however old, so Replay of such a run still rebuilds the status of each
+// event of a run that is not finished (Pending, Running or Paused, or
+// Cancelled with a task that has not returned yet), however old, so Replay of such a run still rebuilds the status of each
 // of its tasks; it deletes the events created before cutoff of runs that
 // are Completed, Failed or Cancelled, and of runs whose row no longer
 // exists. With opts.IncludeUnfinishedRuns it deletes by age alone, runs

@@ -277,3 +277,47 @@ func TestDeleteRunsBefore(t *testing.T) {
 		require.ErrorContains(t, err, "DeleteRunsOpts.BatchSize must be positive")
 	})
 }
+
+// Event retention keeps the events of a cancelled run whose task has not
+// returned yet, as run retention keeps the run: its outcome is still to
+// be recorded. It used to delete them all, and the task's late
+// task_completed, alone in the log, replayed the run as Pending.
+func TestEventRetentionKeepsACancelledRunWithATaskRunning(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started, release := make(chan struct{}), make(chan struct{})
+		wf := MustWorkflow("slow_to_stop", Task{Name: "a", Run: func(context.Context, *Context) error {
+			close(started)
+			<-release // ignores the cancel for a while
+			return nil
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(unblock) // before the runner's Close
+		exec, err := r.ExecuteAsync(ctx, "slow_to_stop", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the task to start")
+		require.NoError(t, r.Cancel(ctx, exec.ID()))
+
+		later := time.Now().Add(time.Hour)
+		n, err := r.CountEventsBefore(ctx, later, nil)
+		require.NoError(t, err)
+		require.Zero(t, n, "nothing to delete while the task runs")
+		n, err = r.DeleteEventsBefore(ctx, later, nil)
+		require.NoError(t, err)
+		require.Zero(t, n)
+
+		ended := onEvent(r, eventOf(EventTaskCompleted))
+		unblock()
+		waitFor(t, ended, "the task's outcome to be recorded")
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, res.Status)
+		requireReplays(t, r, res)
+		n, err = r.DeleteEventsBefore(ctx, later, nil)
+		require.NoError(t, err)
+		require.Positive(t, n, "once the task has returned, the run's events go")
+	})
+}

@@ -280,8 +280,8 @@ type EventListParams struct {
 type EventCountParams struct {
 	PipelineID *uuid.UUID
 	Before     *time.Time // only events created strictly before this time
-	// ExcludeUnfinishedRuns leaves out the events of runs that are Pending,
-	// Running or Paused, as EventDeleteParams.ExcludeUnfinishedRuns does.
+	// ExcludeUnfinishedRuns leaves out the events of unfinished runs, as
+	// EventDeleteParams.ExcludeUnfinishedRuns does.
 	ExcludeUnfinishedRuns bool
 }
 
@@ -304,9 +304,11 @@ type EventDeleteParams struct {
 	// which stay until vacuum.
 	After int64
 	// ExcludeUnfinishedRuns keeps the events of runs that are Pending,
-	// Running or Paused, however old: only events of Completed, Failed or
-	// Cancelled runs, and events whose run row no longer exists (events
-	// have no foreign key to their run), are deleted. A run's status is
+	// Running or Paused, or have a task still Running (a Cancelled run
+	// whose task has not returned), however old: only events of the other
+	// Completed, Failed or Cancelled runs, and events whose run row no
+	// longer exists (events have no foreign key to their run), are
+	// deleted. A run's status is
 	// read by the statement that deletes, so a run that finishes between
 	// two batches loses, in the next one, its old events that batch walks.
 	ExcludeUnfinishedRuns bool

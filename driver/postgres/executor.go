@@ -226,15 +226,20 @@ func newQueries(schema string) *queries {
 }
 
 // notOfUnfinishedRun holds for an event (aliased e) unless its run is
-// Pending, Running or Paused; it holds for an event whose run row is gone.
-// Few runs are unfinished, so PostgreSQL reads them once per statement
-// and hashes them for a hash anti join: no lookup per event. A deletion
-// (in a transaction, so without sequential scans: txSettings) reads them
-// through pipeline_executions_status_idx; a count may scan the run table
-// instead while it is small or its cached plan was made when it was.
+// Pending, Running or Paused, or has a task still Running (a Cancelled run
+// whose task has not returned: its outcome is still to be recorded); it
+// holds for an event whose run row is gone. Few runs are unfinished and
+// few tasks run, so PostgreSQL reads each set once per statement and
+// hashes it for a hash anti join: no lookup per event. A deletion (in a
+// transaction, so without sequential scans: txSettings) reads them through
+// pipeline_executions_status_idx and the partial index of running tasks;
+// a count may scan the tables instead while they are small or its cached
+// plan was made when they were.
 var notOfUnfinishedRun = fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {s}.pipeline_executions p
-				WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))`,
-	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused)
+				WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))
+			AND NOT EXISTS (SELECT 1 FROM {s}.task_executions rt
+				WHERE rt.pipeline_execution_id = e.pipeline_execution_id AND rt.status = '%s')`,
+	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused, driver.TaskRunning)
 
 func utcPtr(t *time.Time) *time.Time {
 	if t == nil {

@@ -837,9 +837,13 @@ func (e *executor) EventDelete(ctx context.Context, p *driver.EventDeleteParams)
 }
 
 // notOfUnfinishedRun holds for an event (aliased e) unless its run is
-// Pending, Running or Paused; it holds for an event whose run row is gone.
+// Pending, Running or Paused, or has a task still Running (a Cancelled run
+// whose task has not returned); it holds for an event whose run row is
+// gone.
 // SQLite looks each old event's run up by id: a deleting batch walks the
 // primary key and stops at its limit.
 var notOfUnfinishedRun = fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM pipeline_executions p
-		WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))`,
-	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused)
+		WHERE p.id = e.pipeline_execution_id AND p.status IN ('%s', '%s', '%s'))
+	AND NOT EXISTS (SELECT 1 FROM task_executions rt
+		WHERE rt.pipeline_execution_id = e.pipeline_execution_id AND rt.status = '%s')`,
+	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused, driver.TaskRunning)
