@@ -91,7 +91,9 @@ const (
 	OverlapAllow Overlap = "allow"
 	// OverlapSkip starts no run for the tick and records it as skipped,
 	// with the unfinished run named (ScheduleTick.Skipped): a schedule
-	// whose runs take longer than its interval never piles them up.
+	// whose runs take longer than its interval never piles them up. A
+	// cancelled run counts as unfinished until its running tasks have
+	// returned.
 	OverlapSkip Overlap = "skip"
 )
 
@@ -504,7 +506,8 @@ func firstOr(ticks []tick, after time.Time) time.Time {
 // planTicks builds the runs of the ticks of s due at now, by the stored
 // definition, and returns the tick due after them. With OverlapSkip a
 // tick is skipped while the schedule's last run, read in tx, is
-// unfinished; so is every tick after the first run it starts.
+// unfinished (or cancelled with a task that has not returned yet); so is
+// every tick after the first run it starts.
 func (r *Runner) planTicks(ctx context.Context, tx driver.Executor, s *driver.Schedule, now time.Time) ([]tick, time.Time, error) {
 	spec, err := parseCron(s.Cron, s.Timezone)
 	if err != nil {
@@ -530,6 +533,18 @@ func (r *Runner) planTicks(ctx context.Context, tx driver.Executor, s *driver.Sc
 			return nil, time.Time{}, err
 		case !p.Status.Terminal():
 			busy = s.LastRunID
+		case p.Status == driver.PipelineCancelled:
+			// A cancelled run whose task has not returned yet still runs
+			// it: the next run would overlap that task.
+			tasks, err := tx.TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{p.ID}})
+			if err != nil {
+				return nil, time.Time{}, err
+			}
+			for _, t := range tasks {
+				if t.Status == driver.TaskRunning {
+					busy = s.LastRunID
+				}
+			}
 		}
 	}
 	ticks := make([]tick, len(ats))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -508,6 +509,46 @@ func TestScheduleOverlapSkip(t *testing.T) {
 		runs, err := r.List(ctx, &ListOpts{Workflow: "slow", Limit: 1000})
 		require.NoError(t, err)
 		require.Len(t, runs, fired+1, "a skipped tick starts no run")
+	})
+}
+
+// A cancelled run whose task has not returned yet still holds back an
+// OverlapSkip schedule: its task still runs, and the next run would
+// overlap it. Ticks used to fire as soon as the run was cancelled.
+func TestScheduleOverlapSkipWaitsForACancelledRunsTask(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started, release := make(chan struct{}, 8), make(chan struct{})
+		wf := MustWorkflow("stubborn", Task{Name: "a", Run: func(context.Context, *Context) error {
+			started <- struct{}{}
+			<-release // ignores the cancel
+			return nil
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, Schedules: []Schedule{
+			{Name: "s", Workflow: "stubborn", Cron: "* * * * * *", Overlap: OverlapSkip},
+		}})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(unblock) // before the runner's Close
+		waitFor(t, started, "the first run's task to start")
+		first := *findSchedule(t, r, "s").LastRunID
+		require.NoError(t, r.Cancel(ctx, first))
+		skippedBefore := findSchedule(t, r, "s").Skipped
+		waitCommits(t, "two ticks skipped behind the cancelled run", func() bool {
+			return findSchedule(t, r, "s").Skipped >= skippedBefore+2
+		}, r)
+		require.Equal(t, first, *findSchedule(t, r, "s").LastRunID, "no run started while its task ran")
+		require.Empty(t, started, "no second task ran beside the first")
+		unblock()
+		waitCommits(t, "a run once the cancelled run's task returned", func() bool {
+			return findSchedule(t, r, "s").Fired >= 2
+		}, r)
+		for _, tk := range scheduleTicks(t, r, "s") {
+			if tk.Skipped != "" {
+				require.Equal(t, "run "+first.String()+" of the schedule is unfinished (OverlapSkip)", tk.Skipped)
+			}
+		}
 	})
 }
 
