@@ -77,3 +77,26 @@ func mustBacklog(t *testing.T, r *Runner) []Backlog {
 	require.NoError(t, err)
 	return b
 }
+
+// A runner that is not started (a read-only one, a dashboard) judges due
+// times by the database's clock too: with its host's clock two hours
+// ahead, a retry due in an hour is still Delayed. It used to compare with
+// its own clock and count the retry as waiting to be claimed.
+func TestBacklogOfAnUnstartedRunnerUsesTheDatabasesClock(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("retrying", Task{Name: "flaky", Retry: &RetryPolicy{MaxAttempts: 2, InitialDelay: time.Hour},
+			Run: fail("503")})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		retried := onEvent(r, eventOf(EventTaskRetryScheduled))
+		_, err := r.ExecuteAsync(ctx, "retrying", nil)
+		require.NoError(t, err)
+		waitFor(t, retried, "the retry to be scheduled")
+		for _, readOnly := range []bool{false, true} {
+			o := openRunner(t, url, &Config{ReadOnly: readOnly})
+			skewLocal(o, 2*time.Hour)
+			require.Equal(t, []Backlog{{Workflow: "retrying", Delayed: 1, RunningRuns: 1}}, mustBacklog(t, o), "read-only %v", readOnly)
+		}
+	})
+}

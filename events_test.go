@@ -372,3 +372,38 @@ func TestEventsBetweenTimes(t *testing.T) {
 		require.ErrorContains(t, err, "is not before Until")
 	})
 }
+
+// A time bound finer than the microsecond the backends store selects what
+// the bound says: a run or event created at T is before T+1ns, and not at
+// or after it. The bound used to be cut down to T, which inverted both.
+func TestTimeBoundsBelowAMicrosecond(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})}})
+		res, err := r.Execute(ctx, "w", nil)
+		require.NoError(t, err)
+		runs, err := r.List(ctx, nil)
+		require.NoError(t, err)
+		require.Len(t, runs, 1)
+		created := runs[0].CreatedAt
+		just := created.Add(time.Nanosecond)
+		runs, err = r.List(ctx, &ListOpts{Until: just})
+		require.NoError(t, err)
+		require.Len(t, runs, 1, "created before Until")
+		runs, err = r.List(ctx, &ListOpts{Since: just})
+		require.NoError(t, err)
+		require.Empty(t, runs, "not created at or after Since")
+
+		events, err := r.RunEvents(ctx, res.ID)
+		require.NoError(t, err)
+		first := events[0]
+		evs, err := r.Events(ctx, &EventQuery{RunID: &res.ID, Until: first.CreatedAt.Add(time.Nanosecond)})
+		require.NoError(t, err)
+		require.NotEmpty(t, evs)
+		require.Equal(t, first.SequenceNum, evs[0].SequenceNum, "created before Until")
+		evs, err = r.Events(ctx, &EventQuery{RunID: &res.ID, Since: events[len(events)-1].CreatedAt.Add(time.Nanosecond)})
+		require.NoError(t, err)
+		require.Empty(t, evs, "none created at or after Since")
+	})
+}

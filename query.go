@@ -64,6 +64,10 @@ func (r *Runner) Backlog(ctx context.Context) ([]Backlog, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Due times are the database's clock: a runner that is not started
+	// (a read-only one, a dashboard) samples it here, or a clock of its
+	// host that runs ahead would count retries not yet due as waiting.
+	r.syncClock(ctx, db)
 	rows, err := db.BacklogList(ctx, &driver.BacklogListParams{Now: r.now()})
 	if err != nil {
 		return nil, r.closedErr(err)
@@ -185,10 +189,10 @@ func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error
 			opts.Since.UTC().Format(time.RFC3339Nano), opts.Until.UTC().Format(time.RFC3339Nano))
 	}
 	if !opts.Since.IsZero() {
-		params.CreatedSince = &opts.Since
+		params.CreatedSince = ptr(ceilMicro(opts.Since))
 	}
 	if !opts.Until.IsZero() {
-		params.CreatedUntil = &opts.Until
+		params.CreatedUntil = ptr(ceilMicro(opts.Until))
 	}
 	ps, err := db.PipelineList(ctx, params)
 	if err != nil {
@@ -283,10 +287,10 @@ func (r *Runner) listEvents(ctx context.Context, q *EventQuery, afterTx int64) (
 		params.AfterTx = afterTx
 	}
 	if !q.Since.IsZero() {
-		params.CreatedFrom = &q.Since
+		params.CreatedFrom = ptr(ceilMicro(q.Since))
 	}
 	if !q.Until.IsZero() {
-		params.CreatedBefore = &q.Until
+		params.CreatedBefore = ptr(ceilMicro(q.Until))
 	}
 	evs, err := db.EventList(ctx, params)
 	if err != nil {
@@ -434,4 +438,15 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 			return total, nil
 		}
 	}
+}
+
+// ceilMicro rounds t up to a whole microsecond. Both backends store times
+// to the microsecond, and cut a finer bound down: a bound rounded up
+// selects the same stored times as the bound itself, from ("at or after")
+// and until ("before") alike.
+func ceilMicro(t time.Time) time.Time {
+	if c := t.Truncate(time.Microsecond); !c.Equal(t) {
+		return c.Add(time.Microsecond)
+	}
+	return t
 }
