@@ -20,7 +20,8 @@
 // name, a dependency on a missing task (with the closest existing name), a
 // cycle (with its path), a trigger rule naming a task that is not
 // upstream. The workflow's [Workflow.Version] is a SHA-256 fingerprint of
-// its shape (names, edges, rules, policies, timeouts), recorded on every run.
+// its name and shape (task names, edges, rules, policies, timeouts),
+// recorded on every run.
 //
 // # Context flow
 //

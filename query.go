@@ -325,7 +325,8 @@ func (r *Runner) CountRunEvents(ctx context.Context, runID uuid.UUID) (int64, er
 // CountEventsBefore counts the events DeleteEventsBefore would delete with
 // the same cutoff and opts, so a dry run reports what the real one
 // deletes: by default the events created before cutoff of finished runs
-// (Completed, Failed or Cancelled, or whose row is gone), with
+// (Completed, Failed, or Cancelled with no task still running, or whose
+// row is gone), with
 // opts.IncludeUnfinishedRuns every event created before cutoff. Of opts,
 // only IncludeUnfinishedRuns changes the count; a bad BatchSize fails it
 // as it fails the deletion. A nil *DeleteEventsOpts means defaults.
@@ -352,7 +353,8 @@ type DeleteEventsOpts struct {
 	// never holds locks for long. Default: 1000.
 	BatchSize int
 	// IncludeUnfinishedRuns deletes by age alone: the old events of runs
-	// still Pending, Running or Paused go too, and Replay of what is left
+	// still Pending, Running or Paused (or Cancelled with a task that has
+	// not returned) go too, and Replay of what is left
 	// no longer describes those runs from their start. Default: false, such
 	// runs keep every event until they finish.
 	IncludeUnfinishedRuns bool

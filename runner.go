@@ -88,7 +88,8 @@ type Config struct {
 	// clocks need not agree. (The times a runner records follow that clock
 	// too: see Runner.) It must exceed two heartbeats. On SQLite a
 	// heartbeat waits for the database write lock like any writer (up to
-	// the 10s busy timeout), so keep it well above that. Default: 30s.
+	// the 10s busy timeout), so keep it well above that. Default: 30s, or
+	// three HeartbeatIntervals when that is longer.
 	RunnerTimeout time.Duration
 	// MaxRecoveries bounds how often one task is reset after its runner
 	// died; the next time it is abandoned (Failed, task_abandoned) instead,
@@ -412,7 +413,7 @@ func (r *Runner) Driver() driver.Driver { return r.drv }
 
 // Register adds a workflow, before or after Start. A started runner
 // claims the workflow's tasks from then on, those already queued
-// included, and lists it in its row (Runners, `cloacina runners`) at
+// included, and lists it in its row (Runners, `cloacina status`) at
 // once — or, if that write fails, with its next heartbeat. Registering the
 // same workflow again is a no-op; another workflow under a registered
 // name is an error, started or not.

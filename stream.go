@@ -24,8 +24,9 @@ const (
 
 // StreamOpts tunes StreamEvents. A nil *StreamOpts means defaults.
 type StreamOpts struct {
-	// Interval is how often the log is read for new events when the
-	// last read found none. Default: 1s.
+	// Interval is how long the stream waits before it reads the log
+	// again after a read that returned less than a full page (1,000
+	// events); after a full page it reads again at once. Default: 1s.
 	Interval time.Duration
 }
 

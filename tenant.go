@@ -80,8 +80,9 @@ type TenantInfo struct {
 //     and can apply later migrations when a newer runner opens.
 //
 // Names are checked before any SQL runs: 1–63 letters, digits and
-// underscores, not starting with a digit, not public, pg_* or
-// information_schema. The password never reaches the server in clear:
+// underscores, not starting with a digit, not public, cloacina_admin,
+// pg_* or information_schema (and, while the role takes the tenant's
+// name, not none, current_user, current_role or session_user). The password never reaches the server in clear:
 // CREATE ROLE receives a SCRAM-SHA-256 verifier computed here (CREATE
 // ROLE takes no bind parameters; the verifier's alphabet cannot break out
 // of its literal), and names are quoted as identifiers.

@@ -79,8 +79,8 @@ type ExecutionResult struct {
 	// Input is the context the run was started with.
 	Input *Context
 	// Context is the run's final context: the merge of its leaf tasks'
-	// outputs in declaration order (of those that completed). Nil until
-	// the run has finished: completed, failed or cancelled.
+	// outputs in declaration order. Set once the run has Completed or
+	// Failed; nil while it is unfinished, and a Cancelled run has none.
 	Context   *Context
 	Tasks     []TaskResult // in declaration order
 	CreatedAt time.Time

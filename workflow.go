@@ -193,9 +193,10 @@ func MustWorkflow(name string, tasks ...Task) *Workflow {
 // Name returns the workflow's name.
 func (w *Workflow) Name() string { return w.name }
 
-// Version returns the workflow's content fingerprint: a SHA-256 over task
-// names, dependency edges, trigger rules, retry policies and timeouts. It
-// is recorded on every run; it changes exactly when the shape changes.
+// Version returns the workflow's content fingerprint: a SHA-256 over its
+// name, task names, dependency edges, trigger rules, retry policies and
+// timeouts. It is recorded on every run, and changes when any of them
+// does.
 func (w *Workflow) Version() string { return w.version }
 
 // TaskNames returns the task names in declaration order.
