@@ -16,6 +16,7 @@ import (
 	"github.com/cloacina-go/cloacina"
 	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/driver/sqlite"
+	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 func TestMain(m *testing.M) {
@@ -41,6 +42,18 @@ func cliEnv(t *testing.T, env map[string]string, args ...string) result {
 	var stdout, stderr bytes.Buffer
 	code := Main(t.Context(), args, &stdout, &stderr, func(k string) string { return env[k] })
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
+}
+
+// eachBackend runs fn as a parallel subtest per backend, each with a
+// database URL of its own.
+func eachBackend(t *testing.T, fn func(t *testing.T, url string)) {
+	t.Helper()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, b.URL(t))
+		})
+	}
 }
 
 // ok runs args against url and requires success with a silent stderr.

@@ -9,135 +9,126 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
-	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 func TestEventsList(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			url := b.URL(t)
-			ok(t, url, "run", "demo")
-			ok(t, url, "run", "demo")
-			runs := listRuns(t, url)
-			require.Len(t, runs, 2)
-			first, second := runs[0].ID.String(), runs[1].ID.String()
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "run", "demo")
+		ok(t, url, "run", "demo")
+		runs := listRuns(t, url)
+		require.Len(t, runs, 2)
+		first, second := runs[0].ID.String(), runs[1].ID.String()
 
-			list := func(args ...string) []row {
-				t.Helper()
-				header, rows := parseTable(t, ok(t, url, append([]string{"events", "list"}, args...)...))
-				require.Equal(t, row{"SEQ", "TIME", "RUN", "EVENT", "TASK", "ATTEMPT"}, header[:6])
-				return rows
+		list := func(args ...string) []row {
+			t.Helper()
+			header, rows := parseTable(t, ok(t, url, append([]string{"events", "list"}, args...)...))
+			require.Equal(t, row{"SEQ", "TIME", "RUN", "EVENT", "TASK", "ATTEMPT"}, header[:6])
+			return rows
+		}
+		requireNewestLast := func(rows []row) {
+			t.Helper()
+			for i := 1; i < len(rows); i++ {
+				prev, _ := strconv.Atoi(rows[i-1][0])
+				cur, _ := strconv.Atoi(rows[i][0])
+				require.Less(t, prev, cur)
 			}
-			requireNewestLast := func(rows []row) {
-				t.Helper()
-				for i := 1; i < len(rows); i++ {
-					prev, _ := strconv.Atoi(rows[i-1][0])
-					cur, _ := strconv.Atoi(rows[i][0])
-					require.Less(t, prev, cur)
-				}
-			}
+		}
 
-			// Default: the 50 most recent events, which here are all of them.
-			rows := list()
-			require.Len(t, rows, 50)
-			requireNewestLast(rows)
+		// Default: the 50 most recent events, which here are all of them.
+		rows := list()
+		require.Len(t, rows, 50)
+		requireNewestLast(rows)
 
-			rows = list("--limit", "3")
-			require.Len(t, rows, 3)
-			requireNewestLast(rows)
-			require.Equal(t, second, rows[2][2])
-			require.Equal(t, "pipeline_completed", rows[2][3])
+		rows = list("--limit", "3")
+		require.Len(t, rows, 3)
+		requireNewestLast(rows)
+		require.Equal(t, second, rows[2][2])
+		require.Equal(t, "pipeline_completed", rows[2][3])
 
-			rows = list("--run", first)
-			require.Len(t, rows, 25)
-			requireNewestLast(rows)
-			for _, r := range rows {
-				require.Equal(t, first, r[2])
-			}
+		rows = list("--run", first)
+		require.Len(t, rows, 25)
+		requireNewestLast(rows)
+		for _, r := range rows {
+			require.Equal(t, first, r[2])
+		}
 
-			rows = list("--type", "task_retry_scheduled")
-			require.Len(t, rows, 2)
-			for _, r := range rows {
-				require.Equal(t, row{"task_retry_scheduled", "transform_b", "1"}, r[3:6])
-			}
+		rows = list("--type", "task_retry_scheduled")
+		require.Len(t, rows, 2)
+		for _, r := range rows {
+			require.Equal(t, row{"task_retry_scheduled", "transform_b", "1"}, r[3:6])
+		}
 
-			// Types repeat or combine with commas, and combine with --run.
-			rows = list("--run", first, "--type", "task_completed,pipeline_completed", "--type", "pipeline_started")
-			require.Len(t, rows, 6)
-			require.Equal(t, "pipeline_started", rows[0][3])
-			require.Equal(t, "pipeline_completed", rows[5][3])
+		// Types repeat or combine with commas, and combine with --run.
+		rows = list("--run", first, "--type", "task_completed,pipeline_completed", "--type", "pipeline_started")
+		require.Len(t, rows, 6)
+		require.Equal(t, "pipeline_started", rows[0][3])
+		require.Equal(t, "pipeline_completed", rows[5][3])
 
-			run, err := openRunner(t, url).Get(t.Context(), runs[0].ID)
-			require.NoError(t, err)
-			rows = list("--task", run.Task("transform_b").ID.String())
-			var types []string
-			for _, r := range rows {
-				require.Equal(t, "transform_b", r[4])
-				types = append(types, r[3])
-			}
-			require.Equal(t, []string{"task_created", "task_marked_ready", "task_claimed", "task_started",
-				"task_retry_scheduled", "task_claimed", "task_started", "task_completed"}, types)
+		run, err := openRunner(t, url).Get(t.Context(), runs[0].ID)
+		require.NoError(t, err)
+		rows = list("--task", run.Task("transform_b").ID.String())
+		var types []string
+		for _, r := range rows {
+			require.Equal(t, "transform_b", r[4])
+			types = append(types, r[3])
+		}
+		require.Equal(t, []string{"task_created", "task_marked_ready", "task_claimed", "task_started",
+			"task_retry_scheduled", "task_claimed", "task_started", "task_completed"}, types)
 
-			require.Equal(t, "no events\n", ok(t, url, "events", "list", "--type", "task_abandoned"))
+		require.Equal(t, "no events\n", ok(t, url, "events", "list", "--type", "task_abandoned"))
 
-			// A time range, in the tables' format: from the second run's
-			// start on, then up to it.
-			runRows := list("--run", second)
-			start := runRows[0][1]
-			rows = list("--since", start, "--limit", "100")
-			require.Len(t, rows, 25, "the second run's events, none of the first's")
-			for _, r := range rows {
-				require.Equal(t, second, r[2])
-			}
-			rows = list("--until", start, "--limit", "100")
-			require.Len(t, rows, 25)
-			for _, r := range rows {
-				require.Equal(t, first, r[2])
-			}
-			require.Len(t, list("--since", "1h", "--limit", "100"), 50, "an age: everything here is younger")
-			require.Equal(t, "no events\n", ok(t, url, "events", "list", "--until", "1h"))
-			requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--since", "1h", "--until", "2h"), ExitUsage,
-				"--since 1h is not before --until 2h: no event can match")
-			requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--since", "yesterday"), ExitUsage,
-				`"yesterday" is neither an age nor a time`)
-		})
-	}
+		// A time range, in the tables' format: from the second run's
+		// start on, then up to it.
+		runRows := list("--run", second)
+		start := runRows[0][1]
+		rows = list("--since", start, "--limit", "100")
+		require.Len(t, rows, 25, "the second run's events, none of the first's")
+		for _, r := range rows {
+			require.Equal(t, second, r[2])
+		}
+		rows = list("--until", start, "--limit", "100")
+		require.Len(t, rows, 25)
+		for _, r := range rows {
+			require.Equal(t, first, r[2])
+		}
+		require.Len(t, list("--since", "1h", "--limit", "100"), 50, "an age: everything here is younger")
+		require.Equal(t, "no events\n", ok(t, url, "events", "list", "--until", "1h"))
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--since", "1h", "--until", "2h"), ExitUsage,
+			"--since 1h is not before --until 2h: no event can match")
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--since", "yesterday"), ExitUsage,
+			`"yesterday" is neither an age nor a time`)
+	})
 }
 
 func TestEventsCleanup(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			url := b.URL(t)
-			ok(t, url, "run", "demo") // 25 recent events
-			insertOldEvents(t, url, 53, 40*24*time.Hour)
-			countAll := func() int {
-				_, rows := parseTable(t, ok(t, url, "events", "list", "--limit", "1000"))
-				return len(rows)
-			}
-			require.Equal(t, 78, countAll())
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "run", "demo") // 25 recent events
+		insertOldEvents(t, url, 53, 40*24*time.Hour)
+		countAll := func() int {
+			_, rows := parseTable(t, ok(t, url, "events", "list", "--limit", "1000"))
+			return len(rows)
+		}
+		require.Equal(t, 78, countAll())
 
-			out := ok(t, url, "events", "cleanup", "--older-than", "30d", "--dry-run")
-			require.Regexp(t, `^would delete 53 events older than 30d \(created before \d{4}-\d\d-\d\d [0-9:.]+Z\); nothing deleted \(dry run\)\n$`, out)
-			require.Equal(t, 78, countAll())
+		out := ok(t, url, "events", "cleanup", "--older-than", "30d", "--dry-run")
+		require.Regexp(t, `^would delete 53 events older than 30d \(created before \d{4}-\d\d-\d\d [0-9:.]+Z\); nothing deleted \(dry run\)\n$`, out)
+		require.Equal(t, 78, countAll())
 
-			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--batch-size", "20")
-			require.Regexp(t, fmt.Sprintf(`^%s%s%s%s$`,
-				`deleted 20 of 53 events\n`,
-				`deleted 40 of 53 events\n`,
-				`deleted 53 of 53 events\n`,
-				`deleted 53 events older than 30d \(created before [^)]+\)\n`), out)
-			require.Equal(t, 25, countAll())
+		out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--batch-size", "20")
+		require.Regexp(t, fmt.Sprintf(`^%s%s%s%s$`,
+			`deleted 20 of 53 events\n`,
+			`deleted 40 of 53 events\n`,
+			`deleted 53 of 53 events\n`,
+			`deleted 53 events older than 30d \(created before [^)]+\)\n`), out)
+		require.Equal(t, 25, countAll())
 
-			// Recent events are untouched, and a second pass finds nothing.
-			require.Regexp(t, `^no events older than 1d12h \(created before [^)]+\) to delete\n$`,
-				ok(t, url, "events", "cleanup", "--older-than", "1d12h"))
-			require.Regexp(t, `^would delete 0 events`, ok(t, url, "events", "cleanup", "--older-than", "720h", "--dry-run"))
-		})
-	}
+		// Recent events are untouched, and a second pass finds nothing.
+		require.Regexp(t, `^no events older than 1d12h \(created before [^)]+\) to delete\n$`,
+			ok(t, url, "events", "cleanup", "--older-than", "1d12h"))
+		require.Regexp(t, `^would delete 0 events`, ok(t, url, "events", "cleanup", "--older-than", "720h", "--dry-run"))
+	})
 }
 
 // Cleanup keeps the old events of unfinished runs unless told otherwise,
@@ -145,51 +136,47 @@ func TestEventsCleanup(t *testing.T) {
 // deletes, with the flag or without.
 func TestEventsCleanupKeepsUnfinishedRuns(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			url := b.URL(t)
-			ok(t, url, "run", "demo") // 25 recent events
-			const age = 40 * 24 * time.Hour
-			running := insertOldRun(t, url, driver.PipelineRunning, 7, age)
-			paused := insertOldRun(t, url, driver.PipelinePaused, 3, age)
-			pending := insertOldRun(t, url, driver.PipelinePending, 2, age)
-			insertOldRun(t, url, driver.PipelineCompleted, 5, age)
-			insertOldRun(t, url, driver.PipelineFailed, 2, age)
-			insertOldRun(t, url, driver.PipelineCancelled, 1, age)
-			insertOldEvents(t, url, 3, age) // of a run that no longer exists
-			countAll := func(args ...string) int {
-				_, rows := parseTable(t, ok(t, url, append([]string{"events", "list", "--limit", "1000"}, args...)...))
-				return len(rows)
-			}
-			require.Equal(t, 25+12+11, countAll())
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "run", "demo") // 25 recent events
+		const age = 40 * 24 * time.Hour
+		running := insertOldRun(t, url, driver.PipelineRunning, 7, age)
+		paused := insertOldRun(t, url, driver.PipelinePaused, 3, age)
+		pending := insertOldRun(t, url, driver.PipelinePending, 2, age)
+		insertOldRun(t, url, driver.PipelineCompleted, 5, age)
+		insertOldRun(t, url, driver.PipelineFailed, 2, age)
+		insertOldRun(t, url, driver.PipelineCancelled, 1, age)
+		insertOldEvents(t, url, 3, age) // of a run that no longer exists
+		countAll := func(args ...string) int {
+			_, rows := parseTable(t, ok(t, url, append([]string{"events", "list", "--limit", "1000"}, args...)...))
+			return len(rows)
+		}
+		require.Equal(t, 25+12+11, countAll())
 
-			out := ok(t, url, "events", "cleanup", "--older-than", "30d", "--dry-run")
-			require.Regexp(t, `^would delete 11 events older than 30d \(created before [^)]+\); nothing deleted \(dry run\)\n`+
-				`would keep 12 older events of unfinished runs \(pending, running or paused\); --include-unfinished deletes them too\n$`, out)
-			require.Equal(t, 25+12+11, countAll())
+		out := ok(t, url, "events", "cleanup", "--older-than", "30d", "--dry-run")
+		require.Regexp(t, `^would delete 11 events older than 30d \(created before [^)]+\); nothing deleted \(dry run\)\n`+
+			`would keep 12 older events of unfinished runs \(pending, running or paused\); --include-unfinished deletes them too\n$`, out)
+		require.Equal(t, 25+12+11, countAll())
 
-			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--batch-size", "5")
-			require.Regexp(t, `^deleted 5 of 11 events\ndeleted 10 of 11 events\ndeleted 11 of 11 events\n`+
-				`deleted 11 events older than 30d \(created before [^)]+\)\n`+
-				`kept 12 older events of unfinished runs \(pending, running or paused\); --include-unfinished deletes them too\n$`, out)
-			require.Equal(t, 25+12, countAll())
-			require.Equal(t, 7, countAll("--run", running.String()))
-			require.Equal(t, 3, countAll("--run", paused.String()))
-			require.Equal(t, 2, countAll("--run", pending.String()))
+		out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--batch-size", "5")
+		require.Regexp(t, `^deleted 5 of 11 events\ndeleted 10 of 11 events\ndeleted 11 of 11 events\n`+
+			`deleted 11 events older than 30d \(created before [^)]+\)\n`+
+			`kept 12 older events of unfinished runs \(pending, running or paused\); --include-unfinished deletes them too\n$`, out)
+		require.Equal(t, 25+12, countAll())
+		require.Equal(t, 7, countAll("--run", running.String()))
+		require.Equal(t, 3, countAll("--run", paused.String()))
+		require.Equal(t, 2, countAll("--run", pending.String()))
 
-			// A second pass deletes nothing and still says what it keeps.
-			require.Regexp(t, `^no events older than 30d \(created before [^)]+\) to delete\n`+
-				`kept 12 older events`, ok(t, url, "events", "cleanup", "--older-than", "30d"))
+		// A second pass deletes nothing and still says what it keeps.
+		require.Regexp(t, `^no events older than 30d \(created before [^)]+\) to delete\n`+
+			`kept 12 older events`, ok(t, url, "events", "cleanup", "--older-than", "30d"))
 
-			// With the flag, by age alone: the dry run counts what goes.
-			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--include-unfinished", "--dry-run")
-			require.Regexp(t, `^would delete 12 events older than 30d \(created before [^)]+\); nothing deleted \(dry run\)\n$`, out)
-			out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--include-unfinished")
-			require.Regexp(t, `^deleted 12 of 12 events\ndeleted 12 events older than 30d \(created before [^)]+\)\n$`, out)
-			require.Equal(t, 25, countAll())
-		})
-	}
+		// With the flag, by age alone: the dry run counts what goes.
+		out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--include-unfinished", "--dry-run")
+		require.Regexp(t, `^would delete 12 events older than 30d \(created before [^)]+\); nothing deleted \(dry run\)\n$`, out)
+		out = ok(t, url, "events", "cleanup", "--older-than", "30d", "--include-unfinished")
+		require.Regexp(t, `^deleted 12 of 12 events\ndeleted 12 events older than 30d \(created before [^)]+\)\n$`, out)
+		require.Equal(t, 25, countAll())
+	})
 }
 
 func TestEventsCleanupHelpSaysTheDefault(t *testing.T) {

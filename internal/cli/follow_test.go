@@ -287,106 +287,94 @@ func TestEventsFollowRun(t *testing.T) {
 // which it follows with, has its own tests of retention and outages.)
 func TestEventsFollowLog(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			ctx := t.Context()
-			url := b.URL(t)
-			r, _, _ := startGateRunner(t, url)
-			startedSeq := func(run uuid.UUID) int64 {
-				events, err := r.Events(ctx, &cloacina.EventQuery{RunID: &run, Types: []cloacina.EventType{cloacina.EventTaskStarted}})
-				require.NoError(t, err)
-				require.Len(t, events, 1)
-				return events[0].SequenceNum
-			}
-			var runs []uuid.UUID
-			for range 3 {
-				res, err := r.Execute(ctx, "quick", nil)
-				require.NoError(t, err)
-				runs = append(runs, res.ID)
-			}
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		r, _, _ := startGateRunner(t, url)
+		startedSeq := func(run uuid.UUID) int64 {
+			events, err := r.Events(ctx, &cloacina.EventQuery{RunID: &run, Types: []cloacina.EventType{cloacina.EventTaskStarted}})
+			require.NoError(t, err)
+			require.Len(t, events, 1)
+			return events[0].SequenceNum
+		}
+		var runs []uuid.UUID
+		for range 3 {
+			res, err := r.Execute(ctx, "quick", nil)
+			require.NoError(t, err)
+			runs = append(runs, res.ID)
+		}
 
-			f := startFollow(t, url, "--type", "task_started", "--limit", "2")
-			f.out.waitFor(t, "the backlog", func(out string) bool { return strings.Contains(out, runs[2].String()) })
-			for range 2 {
-				res, err := r.Execute(ctx, "quick", nil)
-				require.NoError(t, err)
-				runs = append(runs, res.ID)
-			}
-			f.out.waitFor(t, "the new runs' task_started", func(out string) bool { return strings.Contains(out, runs[4].String()) })
-			require.Equal(t, ExitOK, f.interrupt(t), "an interrupt is how following ends")
-			require.Empty(t, f.errs.String())
+		f := startFollow(t, url, "--type", "task_started", "--limit", "2")
+		f.out.waitFor(t, "the backlog", func(out string) bool { return strings.Contains(out, runs[2].String()) })
+		for range 2 {
+			res, err := r.Execute(ctx, "quick", nil)
+			require.NoError(t, err)
+			runs = append(runs, res.ID)
+		}
+		f.out.waitFor(t, "the new runs' task_started", func(out string) bool { return strings.Contains(out, runs[4].String()) })
+		require.Equal(t, ExitOK, f.interrupt(t), "an interrupt is how following ends")
+		require.Empty(t, f.errs.String())
 
-			_, rows := parseTable(t, f.out.String())
-			var all []int64
-			for _, run := range runs {
-				all = append(all, startedSeq(run))
-			}
-			// The backlog is the newest two events a follower can have
-			// seen: on PostgreSQL a transaction open anywhere on the server
-			// (another test's) can hold the third run's event back, and
-			// then the backlog is the first two runs' and the third's
-			// follows. Either way: a tail of the log, each event once, in
-			// order.
-			got := seqs(t, rows)
-			require.Contains(t, []int{4, 5}, len(got), "rows: %v of %v", got, all)
-			require.Equal(t, all[len(all)-len(got):], got, "each once, in order")
-			for _, r := range rows {
-				require.Equal(t, "task_started", r[3])
-			}
-		})
-	}
+		_, rows := parseTable(t, f.out.String())
+		var all []int64
+		for _, run := range runs {
+			all = append(all, startedSeq(run))
+		}
+		// The backlog is the newest two events a follower can have
+		// seen: on PostgreSQL a transaction open anywhere on the server
+		// (another test's) can hold the third run's event back, and
+		// then the backlog is the first two runs' and the third's
+		// follows. Either way: a tail of the log, each event once, in
+		// order.
+		got := seqs(t, rows)
+		require.Contains(t, []int{4, 5}, len(got), "rows: %v of %v", got, all)
+		require.Equal(t, all[len(all)-len(got):], got, "each once, in order")
+		for _, r := range rows {
+			require.Equal(t, "task_started", r[3])
+		}
+	})
 }
 
 // Following a run or task that does not exist is an error that says so.
 func TestEventsFollowUnknown(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			url := b.URL(t)
-			ok(t, url, "migrate")
-			id := "0199c3e1-0000-7000-8000-000000000000"
-			res := cli(t, "--database-url", url, "events", "list", "--follow", "--run", id)
-			requireOneLineError(t, res, ExitFailure, "no run "+id+" in this database: list runs with `cloacina runs list`")
-			res = cli(t, "--database-url", url, "events", "list", "--follow", "--task", id)
-			requireOneLineError(t, res, ExitFailure, "no task execution "+id+" in this database: task ids are shown by `cloacina runs get`")
-		})
-	}
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "migrate")
+		id := "0199c3e1-0000-7000-8000-000000000000"
+		res := cli(t, "--database-url", url, "events", "list", "--follow", "--run", id)
+		requireOneLineError(t, res, ExitFailure, "no run "+id+" in this database: list runs with `cloacina runs list`")
+		res = cli(t, "--database-url", url, "events", "list", "--follow", "--task", id)
+		requireOneLineError(t, res, ExitFailure, "no task execution "+id+" in this database: task ids are shown by `cloacina runs get`")
+	})
 }
 
 // Following a task with filters that match none of its events yet follows
 // it until its run has finished, as following its run does.
 func TestEventsFollowTaskFiltered(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			ctx := t.Context()
-			url := b.URL(t)
-			r, started, release := startGateRunner(t, url)
-			exec := startGate(t, r, started)
-			res, err := r.Get(ctx, exec.ID())
-			require.NoError(t, err)
-			var wait uuid.UUID
-			for _, task := range res.Tasks {
-				if task.Name == "wait" {
-					wait = task.ID
-				}
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		r, started, release := startGateRunner(t, url)
+		exec := startGate(t, r, started)
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		var wait uuid.UUID
+		for _, task := range res.Tasks {
+			if task.Name == "wait" {
+				wait = task.ID
 			}
-			require.NotEqual(t, uuid.Nil, wait)
+		}
+		require.NotEqual(t, uuid.Nil, wait)
 
-			f := startFollow(t, url, "--task", wait.String(), "--type", "task_completed", "--since", "1h")
-			f.nextPoll(t)
-			f.nextPoll(t) // still following: nothing matches yet
-			release()
-			require.Equal(t, ExitOK, f.wait(t), "stderr: %s", f.errs.String())
-			require.Empty(t, f.errs.String())
-			_, rows := parseTable(t, f.out.String())
-			require.Len(t, rows, 1, "output:\n%s", f.out.String())
-			require.Equal(t, []string{exec.ID().String(), "task_completed", "wait"}, []string(rows[0][2:5]))
-		})
-	}
+		f := startFollow(t, url, "--task", wait.String(), "--type", "task_completed", "--since", "1h")
+		f.nextPoll(t)
+		f.nextPoll(t) // still following: nothing matches yet
+		release()
+		require.Equal(t, ExitOK, f.wait(t), "stderr: %s", f.errs.String())
+		require.Empty(t, f.errs.String())
+		_, rows := parseTable(t, f.out.String())
+		require.Len(t, rows, 1, "output:\n%s", f.out.String())
+		require.Equal(t, []string{exec.ID().String(), "task_completed", "wait"}, []string(rows[0][2:5]))
+	})
 }
 
 // A follower outlasts lost connections (a database restart, a killed

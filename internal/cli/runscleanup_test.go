@@ -6,54 +6,49 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina"
-	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 // runs cleanup deletes finished runs older than the age, keeps unfinished
 // ones, and leaves the events to events cleanup; --dry-run only counts.
 func TestRunsCleanup(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			ctx := t.Context()
-			url := b.URL(t)
-			r, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{quick, heldWorkflow()}})
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		r, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{quick, heldWorkflow()}})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, r.Close()) })
+		require.NoError(t, r.Start(ctx))
+		for range 3 {
+			res, err := r.Execute(ctx, "quick", nil)
 			require.NoError(t, err)
-			t.Cleanup(func() { require.NoError(t, r.Close()) })
-			require.NoError(t, r.Start(ctx))
-			for range 3 {
-				res, err := r.Execute(ctx, "quick", nil)
-				require.NoError(t, err)
-				require.Equal(t, cloacina.PipelineCompleted, res.Status)
-			}
-			require.NoError(t, r.Stop(ctx))
-			// Not started again: this run stays pending.
-			pending, err := r.ExecuteAsync(ctx, "held", nil)
-			require.NoError(t, err)
+			require.Equal(t, cloacina.PipelineCompleted, res.Status)
+		}
+		require.NoError(t, r.Stop(ctx))
+		// Not started again: this run stays pending.
+		pending, err := r.ExecuteAsync(ctx, "held", nil)
+		require.NoError(t, err)
 
-			require.Regexp(t, `^no finished runs that ended more than 1h ago \(before .*\) to delete\n$`,
-				ok(t, url, "runs", "cleanup", "--older-than", "1h"))
-			require.Regexp(t, `^would delete 3 finished runs that ended more than 1ms ago \(before .*\); nothing deleted \(dry run\)\n$`,
-				ok(t, url, "runs", "cleanup", "--older-than", "1ms", "--dry-run"))
-			_, rows := parseTable(t, ok(t, url, "runs", "list"))
-			require.Len(t, rows, 4, "a dry run deletes nothing")
+		require.Regexp(t, `^no finished runs that ended more than 1h ago \(before .*\) to delete\n$`,
+			ok(t, url, "runs", "cleanup", "--older-than", "1h"))
+		require.Regexp(t, `^would delete 3 finished runs that ended more than 1ms ago \(before .*\); nothing deleted \(dry run\)\n$`,
+			ok(t, url, "runs", "cleanup", "--older-than", "1ms", "--dry-run"))
+		_, rows := parseTable(t, ok(t, url, "runs", "list"))
+		require.Len(t, rows, 4, "a dry run deletes nothing")
 
-			require.Regexp(t, `^deleted 2 of 3 runs\ndeleted 3 of 3 runs\n`+
-				`deleted 3 finished runs that ended more than 1ms ago \(before .*\); their events stay until `+"`cloacina events cleanup`"+`\n$`,
-				ok(t, url, "runs", "cleanup", "--older-than", "1ms", "--batch-size", "2"))
-			_, rows = parseTable(t, ok(t, url, "runs", "list"))
-			require.Len(t, rows, 1)
-			require.Equal(t, pending.ID().String(), rows[0][0], "the unfinished run stays")
+		require.Regexp(t, `^deleted 2 of 3 runs\ndeleted 3 of 3 runs\n`+
+			`deleted 3 finished runs that ended more than 1ms ago \(before .*\); their events stay until `+"`cloacina events cleanup`"+`\n$`,
+			ok(t, url, "runs", "cleanup", "--older-than", "1ms", "--batch-size", "2"))
+		_, rows = parseTable(t, ok(t, url, "runs", "list"))
+		require.Len(t, rows, 1)
+		require.Equal(t, pending.ID().String(), rows[0][0], "the unfinished run stays")
 
-			// The deleted runs' events are old events of finished runs now.
-			require.Contains(t, ok(t, url, "events", "cleanup", "--older-than", "1ms", "--dry-run"), "would delete ")
-			require.NotContains(t, ok(t, url, "events", "cleanup", "--older-than", "1ms", "--dry-run"), "would delete 0 ")
+		// The deleted runs' events are old events of finished runs now.
+		require.Contains(t, ok(t, url, "events", "cleanup", "--older-than", "1ms", "--dry-run"), "would delete ")
+		require.NotContains(t, ok(t, url, "events", "cleanup", "--older-than", "1ms", "--dry-run"), "would delete 0 ")
 
-			requireOneLineError(t, cli(t, "--database-url", url, "runs", "cleanup"), ExitUsage,
-				"--older-than is required, e.g. --older-than 90d")
-			requireOneLineError(t, cli(t, "--database-url", url, "runs", "cleanup", "--older-than", "1d", "--batch-size", "0"), ExitUsage,
-				`"0" is not a count`)
-		})
-	}
+		requireOneLineError(t, cli(t, "--database-url", url, "runs", "cleanup"), ExitUsage,
+			"--older-than is required, e.g. --older-than 90d")
+		requireOneLineError(t, cli(t, "--database-url", url, "runs", "cleanup", "--older-than", "1d", "--batch-size", "0"), ExitUsage,
+			`"0" is not a count`)
+	})
 }

@@ -73,190 +73,182 @@ func twoSchedules(t *testing.T, url string) {
 // delete change what they show, and delete needs --yes.
 func TestSchedules(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			url := b.URL(t)
-			ok(t, url, "migrate")
-			require.Equal(t, noSchedules+"\n", ok(t, url, "schedules", "list"))
-			require.Empty(t, ok(t, url, "schedules", "list", "--json"), "no schedules is no lines")
-			requireOneLineError(t, cli(t, "--database-url", url, "schedules", "pause", "nightly"), ExitFailure,
-				`schedule not found: "nightly": the database holds none: declare schedules in Config.Schedules, and a runner stores them when it starts`)
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "migrate")
+		require.Equal(t, noSchedules+"\n", ok(t, url, "schedules", "list"))
+		require.Empty(t, ok(t, url, "schedules", "list", "--json"), "no schedules is no lines")
+		requireOneLineError(t, cli(t, "--database-url", url, "schedules", "pause", "nightly"), ExitFailure,
+			`schedule not found: "nightly": the database holds none: declare schedules in Config.Schedules, and a runner stores them when it starts`)
 
-			twoSchedules(t, url)
-			nightly := storedSchedule(t, url, "nightly")
-			hourly := storedSchedule(t, url, "hourly")
-			list := func() []row {
-				t.Helper()
-				header, rows := parseTable(t, ok(t, url, "schedules", "list"))
-				require.Equal(t, row{"NAME", "WORKFLOW", "CRON", "TIMEZONE", "CATCH UP", "STATE", "NEXT TICK", "LAST TICK", "LAST RUN", "FIRED"}, header)
-				return rows
-			}
-			rows := list()
-			require.Len(t, rows, 2)
-			require.Equal(t, row{"hourly", "report", "@hourly", "UTC", "all", "active", formatTime(hourly.NextFireAt), "-", "-", "0"}, rows[0], "by name")
-			require.Equal(t, row{"nightly", "report", "0 3 * * *", "Europe/Paris", "latest", "active", formatTime(nightly.NextFireAt), "-", "-", "0"}, rows[1])
-			paris, err := time.LoadLocation("Europe/Paris")
-			require.NoError(t, err)
-			next := nightly.NextFireAt.In(paris)
-			require.Equal(t, 3, next.Hour(), "03:00 Paris time")
-			require.WithinDuration(t, time.Now(), next, 25*time.Hour)
+		twoSchedules(t, url)
+		nightly := storedSchedule(t, url, "nightly")
+		hourly := storedSchedule(t, url, "hourly")
+		list := func() []row {
+			t.Helper()
+			header, rows := parseTable(t, ok(t, url, "schedules", "list"))
+			require.Equal(t, row{"NAME", "WORKFLOW", "CRON", "TIMEZONE", "CATCH UP", "STATE", "NEXT TICK", "LAST TICK", "LAST RUN", "FIRED"}, header)
+			return rows
+		}
+		rows := list()
+		require.Len(t, rows, 2)
+		require.Equal(t, row{"hourly", "report", "@hourly", "UTC", "all", "active", formatTime(hourly.NextFireAt), "-", "-", "0"}, rows[0], "by name")
+		require.Equal(t, row{"nightly", "report", "0 3 * * *", "Europe/Paris", "latest", "active", formatTime(nightly.NextFireAt), "-", "-", "0"}, rows[1])
+		paris, err := time.LoadLocation("Europe/Paris")
+		require.NoError(t, err)
+		next := nightly.NextFireAt.In(paris)
+		require.Equal(t, 3, next.Hour(), "03:00 Paris time")
+		require.WithinDuration(t, time.Now(), next, 25*time.Hour)
 
-			lines := jsonLines(t, ok(t, url, "schedules", "list", "--json"))
-			require.Len(t, lines, 2)
-			require.Equal(t, "hourly", lines[0]["name"])
-			j := lines[1]
-			require.Equal(t, "nightly", j["name"])
-			require.Equal(t, "report", j["workflow"])
-			require.Equal(t, "0 3 * * *", j["cron"])
-			require.Equal(t, "Europe/Paris", j["timezone"])
-			require.Equal(t, "latest", j["catch_up"])
-			require.Equal(t, float64(2*time.Hour/time.Millisecond), j["max_lateness_ms"])
-			require.Equal(t, "active", j["state"])
-			require.Equal(t, map[string]any{"region": "eu"}, j["input"])
-			require.Equal(t, float64(0), j["fired"])
-			require.Equal(t, float64(0), j["skipped"])
-			require.Equal(t, "allow", j["overlap"])
-			for _, k := range []string{"last_tick_at", "last_run_id", "last_fired_at"} {
-				require.Contains(t, j, k)
-				require.Nil(t, j[k], k)
-			}
-			at, err := time.Parse(time.RFC3339Nano, j["next_fire_at"].(string))
-			require.NoError(t, err)
-			require.Equal(t, time.UTC, at.Location())
-			require.True(t, nightly.NextFireAt.Equal(at), "%s, want %s", at, nightly.NextFireAt)
-			require.Equal(t, float64(0), lines[0]["max_lateness_ms"], "no limit")
+		lines := jsonLines(t, ok(t, url, "schedules", "list", "--json"))
+		require.Len(t, lines, 2)
+		require.Equal(t, "hourly", lines[0]["name"])
+		j := lines[1]
+		require.Equal(t, "nightly", j["name"])
+		require.Equal(t, "report", j["workflow"])
+		require.Equal(t, "0 3 * * *", j["cron"])
+		require.Equal(t, "Europe/Paris", j["timezone"])
+		require.Equal(t, "latest", j["catch_up"])
+		require.Equal(t, float64(2*time.Hour/time.Millisecond), j["max_lateness_ms"])
+		require.Equal(t, "active", j["state"])
+		require.Equal(t, map[string]any{"region": "eu"}, j["input"])
+		require.Equal(t, float64(0), j["fired"])
+		require.Equal(t, float64(0), j["skipped"])
+		require.Equal(t, "allow", j["overlap"])
+		for _, k := range []string{"last_tick_at", "last_run_id", "last_fired_at"} {
+			require.Contains(t, j, k)
+			require.Nil(t, j[k], k)
+		}
+		at, err := time.Parse(time.RFC3339Nano, j["next_fire_at"].(string))
+		require.NoError(t, err)
+		require.Equal(t, time.UTC, at.Location())
+		require.True(t, nightly.NextFireAt.Equal(at), "%s, want %s", at, nightly.NextFireAt)
+		require.Equal(t, float64(0), lines[0]["max_lateness_ms"], "no limit")
 
-			out := ok(t, url, "schedules", "get", "nightly")
-			fields, ticks, found := strings.Cut(out, "\n\n")
-			require.True(t, found, out)
-			fields += "\n"
-			require.Contains(t, fields, "schedule      nightly\n")
-			require.Contains(t, fields, "workflow      report\n")
-			require.Contains(t, fields, "cron          0 3 * * *\n")
-			require.Contains(t, fields, "timezone      Europe/Paris\n")
-			require.Contains(t, fields, "catch up      latest\n")
-			require.Contains(t, fields, "max lateness  2h0m0s\n")
-			require.Contains(t, fields, "overlap       allow\n")
-			require.NotContains(t, fields, "skipped", "shown only when a tick was skipped")
-			require.Contains(t, fields, "state         active\n")
-			require.Contains(t, fields, "next tick     "+formatTime(nightly.NextFireAt)+"\n")
-			require.Contains(t, fields, "last run      -\n")
-			require.Contains(t, fields, "fired         0\n")
-			require.Contains(t, fields, "input         {\"region\":\"eu\"}\n")
-			require.Equal(t, "no ticks fired yet\n", ticks)
-			require.NotContains(t, ok(t, url, "schedules", "get", "hourly"), "max lateness", "shown only when set")
-			detail := jsonObject(t, ok(t, url, "schedules", "get", "nightly", "--json"))
-			require.Equal(t, "nightly", detail["name"])
-			require.Equal(t, map[string]any{"region": "eu"}, detail["input"])
-			require.Equal(t, []any{}, detail["ticks"])
+		out := ok(t, url, "schedules", "get", "nightly")
+		fields, ticks, found := strings.Cut(out, "\n\n")
+		require.True(t, found, out)
+		fields += "\n"
+		require.Contains(t, fields, "schedule      nightly\n")
+		require.Contains(t, fields, "workflow      report\n")
+		require.Contains(t, fields, "cron          0 3 * * *\n")
+		require.Contains(t, fields, "timezone      Europe/Paris\n")
+		require.Contains(t, fields, "catch up      latest\n")
+		require.Contains(t, fields, "max lateness  2h0m0s\n")
+		require.Contains(t, fields, "overlap       allow\n")
+		require.NotContains(t, fields, "skipped", "shown only when a tick was skipped")
+		require.Contains(t, fields, "state         active\n")
+		require.Contains(t, fields, "next tick     "+formatTime(nightly.NextFireAt)+"\n")
+		require.Contains(t, fields, "last run      -\n")
+		require.Contains(t, fields, "fired         0\n")
+		require.Contains(t, fields, "input         {\"region\":\"eu\"}\n")
+		require.Equal(t, "no ticks fired yet\n", ticks)
+		require.NotContains(t, ok(t, url, "schedules", "get", "hourly"), "max lateness", "shown only when set")
+		detail := jsonObject(t, ok(t, url, "schedules", "get", "nightly", "--json"))
+		require.Equal(t, "nightly", detail["name"])
+		require.Equal(t, map[string]any{"region": "eu"}, detail["input"])
+		require.Equal(t, []any{}, detail["ticks"])
 
-			require.Equal(t, "schedule nightly is paused: no tick fires until it is resumed\n", ok(t, url, "schedules", "pause", "nightly"))
-			require.Equal(t, "schedule nightly is paused: no tick fires until it is resumed\n", ok(t, url, "schedules", "pause", "nightly"),
-				"pausing twice is harmless")
-			require.True(t, storedSchedule(t, url, "nightly").Paused)
-			rows = list()
-			require.Equal(t, row{"nightly", "report", "0 3 * * *", "Europe/Paris", "latest", "paused", "-", "-", "-", "0"}, rows[1],
-				"no next tick while paused")
-			require.Equal(t, "active", rows[0][5], "only nightly is paused")
-			lines = jsonLines(t, ok(t, url, "schedules", "list", "--json"))
-			require.Equal(t, "paused", lines[1]["state"])
-			require.Nil(t, lines[1]["next_fire_at"])
-			require.Contains(t, ok(t, url, "schedules", "get", "nightly"), "state         paused\nnext tick     -\n")
+		require.Equal(t, "schedule nightly is paused: no tick fires until it is resumed\n", ok(t, url, "schedules", "pause", "nightly"))
+		require.Equal(t, "schedule nightly is paused: no tick fires until it is resumed\n", ok(t, url, "schedules", "pause", "nightly"),
+			"pausing twice is harmless")
+		require.True(t, storedSchedule(t, url, "nightly").Paused)
+		rows = list()
+		require.Equal(t, row{"nightly", "report", "0 3 * * *", "Europe/Paris", "latest", "paused", "-", "-", "-", "0"}, rows[1],
+			"no next tick while paused")
+		require.Equal(t, "active", rows[0][5], "only nightly is paused")
+		lines = jsonLines(t, ok(t, url, "schedules", "list", "--json"))
+		require.Equal(t, "paused", lines[1]["state"])
+		require.Nil(t, lines[1]["next_fire_at"])
+		require.Contains(t, ok(t, url, "schedules", "get", "nightly"), "state         paused\nnext tick     -\n")
 
-			out = ok(t, url, "schedules", "resume", "nightly")
-			nightly = storedSchedule(t, url, "nightly")
-			require.False(t, nightly.Paused)
-			require.Equal(t, "schedule nightly is active: next tick "+formatTime(nightly.NextFireAt)+"\n", out)
-			require.Equal(t, row{"nightly", "report", "0 3 * * *", "Europe/Paris", "latest", "active", formatTime(nightly.NextFireAt)}, list()[1][:7])
+		out = ok(t, url, "schedules", "resume", "nightly")
+		nightly = storedSchedule(t, url, "nightly")
+		require.False(t, nightly.Paused)
+		require.Equal(t, "schedule nightly is active: next tick "+formatTime(nightly.NextFireAt)+"\n", out)
+		require.Equal(t, row{"nightly", "report", "0 3 * * *", "Europe/Paris", "latest", "active", formatTime(nightly.NextFireAt)}, list()[1][:7])
 
-			// Unknown names: one line, with the closest name when there is one.
-			for _, cmd := range [][]string{{"get"}, {"pause"}, {"resume"}, {"delete", "--yes"}} {
-				args := append([]string{"--database-url", url, "schedules", cmd[0], "nightli"}, cmd[1:]...)
-				requireOneLineError(t, cli(t, args...), ExitFailure, `schedule not found: "nightli": did you mean "nightly"?`)
-				args = append([]string{"--database-url", url, "schedules", cmd[0], "weekly_cleanup"}, cmd[1:]...)
-				requireOneLineError(t, cli(t, args...), ExitFailure,
-					`schedule not found: "weekly_cleanup": list them with Runner.Schedules or `+"`cloacina schedules list`")
-			}
+		// Unknown names: one line, with the closest name when there is one.
+		for _, cmd := range [][]string{{"get"}, {"pause"}, {"resume"}, {"delete", "--yes"}} {
+			args := append([]string{"--database-url", url, "schedules", cmd[0], "nightli"}, cmd[1:]...)
+			requireOneLineError(t, cli(t, args...), ExitFailure, `schedule not found: "nightli": did you mean "nightly"?`)
+			args = append([]string{"--database-url", url, "schedules", cmd[0], "weekly_cleanup"}, cmd[1:]...)
+			requireOneLineError(t, cli(t, args...), ExitFailure,
+				`schedule not found: "weekly_cleanup": list them with Runner.Schedules or `+"`cloacina schedules list`")
+		}
 
-			// Without --yes nothing is deleted.
-			requireOneLineError(t, cli(t, "--database-url", url, "schedules", "delete", "nightly"), ExitUsage,
-				"deleting schedule nightly removes it and the record of its ticks for good (the runs it started stay): add --yes to confirm")
-			require.Len(t, list(), 2)
+		// Without --yes nothing is deleted.
+		requireOneLineError(t, cli(t, "--database-url", url, "schedules", "delete", "nightly"), ExitUsage,
+			"deleting schedule nightly removes it and the record of its ticks for good (the runs it started stay): add --yes to confirm")
+		require.Len(t, list(), 2)
 
-			require.Equal(t, "schedule nightly deleted: remove it from Config.Schedules too, or a runner that declares it stores it again when it starts\n",
-				ok(t, url, "schedules", "delete", "nightly", "--yes"))
-			rows = list()
-			require.Len(t, rows, 1)
-			require.Equal(t, "hourly", rows[0][0])
-			requireOneLineError(t, cli(t, "--database-url", url, "schedules", "get", "nightly"), ExitFailure,
-				`schedule not found: "nightly"`)
-			requireOneLineError(t, cli(t, "--database-url", url, "schedules", "delete", "nightly", "--yes"), ExitFailure,
-				`schedule not found: "nightly"`)
-		})
-	}
+		require.Equal(t, "schedule nightly deleted: remove it from Config.Schedules too, or a runner that declares it stores it again when it starts\n",
+			ok(t, url, "schedules", "delete", "nightly", "--yes"))
+		rows = list()
+		require.Len(t, rows, 1)
+		require.Equal(t, "hourly", rows[0][0])
+		requireOneLineError(t, cli(t, "--database-url", url, "schedules", "get", "nightly"), ExitFailure,
+			`schedule not found: "nightly"`)
+		requireOneLineError(t, cli(t, "--database-url", url, "schedules", "delete", "nightly", "--yes"), ExitFailure,
+			`schedule not found: "nightly"`)
+	})
 }
 
 // get shows the ticks a schedule fired, newest first, with the runs they
 // started; list shows the newest of them.
 func TestScheduleTicks(t *testing.T) {
 	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			ctx := t.Context()
-			url := b.URL(t)
-			r := startScheduler(t, url, cloacina.Schedule{Name: "every_second", Workflow: "report", Cron: "* * * * * *"})
-			require.Eventually(t, func() bool {
-				ticks, err := r.ScheduleTicks(ctx, "every_second", 0)
-				return err == nil && len(ticks) >= 2
-			}, followDeadline, 10*time.Millisecond, "two ticks of a schedule that fires every second")
-			require.NoError(t, r.Stop(ctx)) // no more ticks
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		r := startScheduler(t, url, cloacina.Schedule{Name: "every_second", Workflow: "report", Cron: "* * * * * *"})
+		require.Eventually(t, func() bool {
 			ticks, err := r.ScheduleTicks(ctx, "every_second", 0)
-			require.NoError(t, err)
-			s := storedSchedule(t, url, "every_second")
-			require.Equal(t, int64(len(ticks)), s.Fired)
+			return err == nil && len(ticks) >= 2
+		}, followDeadline, 10*time.Millisecond, "two ticks of a schedule that fires every second")
+		require.NoError(t, r.Stop(ctx)) // no more ticks
+		ticks, err := r.ScheduleTicks(ctx, "every_second", 0)
+		require.NoError(t, err)
+		s := storedSchedule(t, url, "every_second")
+		require.Equal(t, int64(len(ticks)), s.Fired)
 
-			out := ok(t, url, "schedules", "get", "every_second")
-			fields, table, found := strings.Cut(out, "\n\n")
-			require.True(t, found, out)
-			fields += "\n"
-			require.Contains(t, fields, "last tick   "+formatTime(ticks[0].At)+"\n")
-			require.Contains(t, fields, "last run    "+ticks[0].RunID.String()+"\n")
-			require.Contains(t, fields, "last fired  "+formatTime(ticks[0].FiredAt)+"\n")
-			require.Contains(t, fields, "fired       "+jsonNumber(len(ticks))+"\n")
-			header, rows := parseTable(t, table)
-			require.Equal(t, row{"TICK", "RUN", "FIRED AT"}, header)
-			require.Len(t, rows, len(ticks))
-			for i, tk := range ticks {
-				require.Equal(t, row{formatTime(tk.At), tk.RunID.String(), formatTime(tk.FiredAt)}, rows[i], "newest first")
-			}
-			require.True(t, ticks[0].At.After(ticks[1].At))
+		out := ok(t, url, "schedules", "get", "every_second")
+		fields, table, found := strings.Cut(out, "\n\n")
+		require.True(t, found, out)
+		fields += "\n"
+		require.Contains(t, fields, "last tick   "+formatTime(ticks[0].At)+"\n")
+		require.Contains(t, fields, "last run    "+ticks[0].RunID.String()+"\n")
+		require.Contains(t, fields, "last fired  "+formatTime(ticks[0].FiredAt)+"\n")
+		require.Contains(t, fields, "fired       "+jsonNumber(len(ticks))+"\n")
+		header, rows := parseTable(t, table)
+		require.Equal(t, row{"TICK", "RUN", "FIRED AT"}, header)
+		require.Len(t, rows, len(ticks))
+		for i, tk := range ticks {
+			require.Equal(t, row{formatTime(tk.At), tk.RunID.String(), formatTime(tk.FiredAt)}, rows[i], "newest first")
+		}
+		require.True(t, ticks[0].At.After(ticks[1].At))
 
-			_, rows = parseTable(t, strings.SplitN(ok(t, url, "schedules", "get", "every_second", "--limit", "1"), "\n\n", 2)[1])
-			require.Equal(t, []row{{formatTime(ticks[0].At), ticks[0].RunID.String(), formatTime(ticks[0].FiredAt)}}, rows)
+		_, rows = parseTable(t, strings.SplitN(ok(t, url, "schedules", "get", "every_second", "--limit", "1"), "\n\n", 2)[1])
+		require.Equal(t, []row{{formatTime(ticks[0].At), ticks[0].RunID.String(), formatTime(ticks[0].FiredAt)}}, rows)
 
-			_, rows = parseTable(t, ok(t, url, "schedules", "list"))
-			require.Equal(t, row{formatTime(ticks[0].At), ticks[0].RunID.String(), jsonNumber(len(ticks))}, rows[0][7:])
+		_, rows = parseTable(t, ok(t, url, "schedules", "list"))
+		require.Equal(t, row{formatTime(ticks[0].At), ticks[0].RunID.String(), jsonNumber(len(ticks))}, rows[0][7:])
 
-			j := jsonObject(t, ok(t, url, "schedules", "get", "every_second", "--limit", "1", "--json"))
-			require.Equal(t, ticks[0].RunID.String(), j["last_run_id"])
-			require.Equal(t, float64(len(ticks)), j["fired"])
-			jt := j["ticks"].([]any)
-			require.Len(t, jt, 1)
-			tick := jt[0].(map[string]any)
-			require.Equal(t, ticks[0].RunID.String(), tick["run_id"])
-			at, err := time.Parse(time.RFC3339Nano, tick["at"].(string))
-			require.NoError(t, err)
-			require.True(t, ticks[0].At.Equal(at))
-			require.Equal(t, time.UTC, at.Location())
+		j := jsonObject(t, ok(t, url, "schedules", "get", "every_second", "--limit", "1", "--json"))
+		require.Equal(t, ticks[0].RunID.String(), j["last_run_id"])
+		require.Equal(t, float64(len(ticks)), j["fired"])
+		jt := j["ticks"].([]any)
+		require.Len(t, jt, 1)
+		tick := jt[0].(map[string]any)
+		require.Equal(t, ticks[0].RunID.String(), tick["run_id"])
+		at, err := time.Parse(time.RFC3339Nano, tick["at"].(string))
+		require.NoError(t, err)
+		require.True(t, ticks[0].At.Equal(at))
+		require.Equal(t, time.UTC, at.Location())
 
-			// The tick's run is an ordinary run, whose input names its tick.
-			run := ok(t, url, "runs", "get", ticks[0].RunID.String())
-			require.Contains(t, run, "workflow   report (version ")
-			require.Contains(t, run, `"schedule":"every_second"`)
-		})
-	}
+		// The tick's run is an ordinary run, whose input names its tick.
+		run := ok(t, url, "runs", "get", ticks[0].RunID.String())
+		require.Contains(t, run, "workflow   report (version ")
+		require.Contains(t, run, `"schedule":"every_second"`)
+	})
 }
 
 // list and get only read: on SQLite they leave the files as they were,
