@@ -132,7 +132,9 @@
 // unfinished: whether the runners keep up; [Runner.Runners] lists them.
 //
 // A run is Pending until its first task is claimed, then Running (a run
-// started by a started runner with a free slot is Running at once).
+// started by a started runner with a free slot is Running at once; one
+// paused as its first task was claimed stays Paused, with its start
+// recorded, until Resume).
 // [Runner.Cancel] removes its queued tasks (marked Skipped), makes it
 // Cancelled at once and cancels the contexts of its running tasks wherever
 // they run; their outcome is still recorded when they return.

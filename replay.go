@@ -22,7 +22,11 @@ func Replay(events []*Event) *Replayed {
 		if e.TaskID == nil {
 			switch e.Type {
 			case EventPipelineStarted:
-				out.Runs[e.PipelineID] = PipelineRunning
+				// A run paused while its first claim committed starts
+				// Paused (its claimed task runs; no other is claimed).
+				if out.Runs[e.PipelineID] != PipelinePaused {
+					out.Runs[e.PipelineID] = PipelineRunning
+				}
 			case EventPipelineCompleted:
 				out.Runs[e.PipelineID] = PipelineCompleted
 			case EventPipelineFailed:

@@ -11,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -406,6 +408,77 @@ func TestPauseResume(t *testing.T) {
 		replayed := Replay(mustEvents(t, r, final))
 		require.Equal(t, PipelineCompleted, replayed.Runs[final.ID])
 	})
+}
+
+// TestPauseDuringFirstClaimStartsTheRun: on PostgreSQL a claim skips a
+// run another transaction holds and starts it after its commit. When that
+// other transaction is a Pause, the claimed task runs under a paused run,
+// which must still count as started: Resume used to make it Pending again
+// ("no task claimed yet") after its task had run, with no start time and
+// no pipeline_started in its log. (SQLite has one writer: a claim never
+// meets a Pause in flight.)
+func TestPauseDuringFirstClaimStartsTheRun(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	running, release := make(chan struct{}), make(chan struct{})
+	wf := MustWorkflow("w",
+		Task{Name: "a", Run: func(context.Context, *Context) error { close(running); <-release; return nil }},
+		Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
+	)
+	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
+	exec, err := r.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	d := r.Driver().(*postgres.Driver)
+	pipelines := pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions" // as the driver's statements name it
+
+	// Another transaction holds the run's row, so that Pause, then the
+	// runner's start of the run, queue behind it in this order.
+	holder, err := d.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, "SELECT 1 FROM "+pipelines+" WHERE id = $1 FOR UPDATE", exec.ID())
+	require.NoError(t, err)
+	waiters := func(n int) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			var got int
+			err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+				WHERE wait_event_type = 'Lock' AND position($1 in query) > 0 AND query LIKE '%FOR UPDATE%'`, pipelines).Scan(&got)
+			return err == nil && got >= n
+		}, testTimeout, 5*time.Millisecond, "%d transactions waiting for the run's row", n)
+	}
+	paused := make(chan error, 1)
+	go func() { paused <- r.Pause(ctx, exec.ID()) }()
+	waiters(1)
+	claimed := onEvent(r, eventOf(EventTaskClaimed))
+	completed := onEvent(r, eventOf(EventTaskCompleted))
+	require.NoError(t, r.Start(ctx))
+	waitFor(t, claimed, "the claim of task a")
+	waiters(2)
+	require.NoError(t, holder.Commit(ctx))
+	require.NoError(t, waitFor(t, paused, "Pause to return"))
+	waitFor(t, running, "task a to run")
+	close(release)
+	waitFor(t, completed, "task a's completion")
+
+	res, err := r.Get(ctx, exec.ID())
+	require.NoError(t, err)
+	require.Equal(t, PipelinePaused, res.Status, "paused, and b is held back")
+	require.NotNil(t, res.StartedAt, "its task ran: the run has started")
+	require.Equal(t, TaskStatusReady, res.Task("b").Status)
+	require.Equal(t, PipelinePaused, Replay(mustEvents(t, r, res)).Runs[res.ID])
+
+	require.NoError(t, r.Resume(ctx, exec.ID()))
+	res, err = r.Get(ctx, exec.ID())
+	require.NoError(t, err)
+	require.NotEqual(t, PipelinePending, res.Status, "a run whose task ran is not Pending")
+	final, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, final.Status)
+	requireReplays(t, r, final)
+	starts, err := r.Events(ctx, &EventQuery{RunID: &final.ID, Types: []EventType{EventPipelineStarted}})
+	require.NoError(t, err)
+	require.Len(t, starts, 1)
 }
 
 func mustEvents(t *testing.T, r *Runner, res *ExecutionResult) []*Event {

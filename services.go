@@ -467,11 +467,23 @@ func (r *Runner) startClaimedRuns(ctx context.Context, ids []uuid.UUID) {
 			return err
 		}
 		for _, p := range runs {
-			if p.Status != driver.PipelinePending || p.StartedAt != nil {
+			if p.StartedAt != nil {
 				continue
 			}
-			c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: p.ID, FromStatus: driver.PipelinePending,
-				Status: driver.PipelineRunning, StartedAt: ptr(c.now), Now: c.now})
+			switch p.Status {
+			case driver.PipelinePending:
+				c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: p.ID, FromStatus: driver.PipelinePending,
+					Status: driver.PipelineRunning, StartedAt: ptr(c.now), Now: c.now})
+			case driver.PipelinePaused:
+				// Paused between the claim's commit and this transaction
+				// (the claim skipped the run because Pause held it): the
+				// task runs all the same, so the run has started, and it
+				// stays Paused; Resume makes it Running.
+				c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: p.ID, FromStatus: driver.PipelinePaused,
+					Status: driver.PipelinePaused, StartedAt: ptr(c.now), Now: c.now})
+			default:
+				continue
+			}
 			c.runStarted(p.ID, p.WorkflowName, p.WorkflowVersion)
 		}
 		return nil
