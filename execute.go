@@ -47,7 +47,7 @@ func (e *Execution) Wait(ctx context.Context) (*ExecutionResult, error) {
 
 // Status returns the run's current status.
 func (e *Execution) Status(ctx context.Context) (PipelineStatus, error) {
-	db, err := e.r.reader()
+	db, err := e.r.reader(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -155,7 +155,7 @@ type newRun struct {
 // Called with a task's context, it makes the run a child of that task's
 // run.
 func (r *Runner) prepareRun(ctx context.Context, workflow string, input *Context) (*newRun, error) {
-	if err := r.checkOpen(); err != nil {
+	if err := r.checkOpen(ctx); err != nil {
 		return nil, err
 	}
 	if err := r.checkWritable(fmt.Sprintf("start run of workflow %q", workflow)); err != nil {
@@ -347,13 +347,18 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 // waitRun blocks until run id is terminal: woken at once when this runner
 // ends it, and polling (quickly at first, then every PollInterval) for
 // runs ended elsewhere. It calls block, unless nil, before it first
-// blocks. Close ends it with ErrRunnerClosed.
+// blocks. Close ends it with ErrRunnerClosed, unless ctx is a task's of
+// this runner.
 func (r *Runner) waitRun(ctx context.Context, id uuid.UUID, block func() error) (*ExecutionResult, error) {
 	ch := r.subscribeRun(id)
 	defer r.unsubscribeRun(id, ch)
+	closing := r.done
+	if r.ownTask(ctx) {
+		closing = nil // Close drains it, as Stop does (see checkOpen)
+	}
 	interval := 20 * time.Millisecond
 	for {
-		db, err := r.reader()
+		db, err := r.reader(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -381,7 +386,7 @@ func (r *Runner) waitRun(ctx context.Context, id uuid.UUID, block func() error) 
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-ch:
-		case <-r.done:
+		case <-closing:
 		case <-time.After(interval):
 			interval = min(interval*2, r.cfg.PollInterval, maxWaitPoll)
 		}

@@ -13,7 +13,7 @@ import (
 
 // Get returns the current state of a run, from any process.
 func (r *Runner) Get(ctx context.Context, id uuid.UUID) (*ExecutionResult, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +60,7 @@ func newTaskResult(t *driver.Task) TaskResult {
 // how long, tasks running, and runs not finished. It counts every
 // workflow in the database, not only those this runner registered.
 func (r *Runner) Backlog(ctx context.Context) ([]Backlog, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +84,7 @@ func (r *Runner) Backlog(ctx context.Context) ([]Backlog, error) {
 // GetTask returns one task of a run with the contexts it received and
 // produced, from any process; an unknown id is ErrTaskNotFound.
 func (r *Runner) GetTask(ctx context.Context, id uuid.UUID) (*TaskDetail, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +120,7 @@ func (r *Runner) GetTask(ctx context.Context, id uuid.UUID) (*TaskDetail, error)
 // Runners returns the runners registered on the database (started and
 // heartbeating, or dead and not yet swept), oldest first.
 func (r *Runner) Runners(ctx context.Context) ([]RunnerInfo, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +166,7 @@ type ListOpts struct {
 
 // List returns runs, newest first.
 func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +260,7 @@ func (r *Runner) Events(ctx context.Context, q *EventQuery) ([]*Event, error) {
 // in following order; afterTx is that of the event q.AfterSeq names, or 0
 // (see driver.EventListParams.AfterTx).
 func (r *Runner) listEvents(ctx context.Context, q *EventQuery, afterTx int64) ([]*driver.Event, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -338,7 +338,7 @@ func (r *Runner) CountEventsBefore(ctx context.Context, cutoff time.Time, opts *
 }
 
 func (r *Runner) countEvents(ctx context.Context, params *driver.EventCountParams) (int64, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -43,7 +43,7 @@ func (r *Runner) CountRunsBefore(ctx context.Context, cutoff time.Time, opts *De
 	if _, err := opts.batchSize(); err != nil {
 		return 0, err
 	}
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -171,8 +171,11 @@ type Runner struct {
 	rowWritten uint64
 	started    bool
 	// done is closed by Close: calls check it, and a Wait in progress
-	// returns on it.
-	done chan struct{}
+	// returns on it. closed is closed when Close has returned, with
+	// closeErr its result.
+	done     chan struct{}
+	closed   chan struct{}
+	closeErr error
 	// svc holds the background services while the runner is started.
 	svc atomic.Pointer[services]
 
@@ -355,6 +358,7 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		cancelledRuns: map[uuid.UUID]time.Time{},
 		waiters:       map[uuid.UUID]map[chan struct{}]struct{}{},
 		done:          make(chan struct{}),
+		closed:        make(chan struct{}),
 	}
 	r.now = r.clock.now
 	for _, wf := range c.Workflows {
@@ -485,29 +489,39 @@ func (r *Runner) workflowNamesLocked() []string {
 // the database — Start, Register and Execute* included, and those of its
 // Execution handles — returns an error wrapping ErrRunnerClosed, whoever
 // owns the database; a call in progress either finishes or returns that
-// error (a Wait returns it at once). ID, Driver and IsLeader still answer,
-// and Stop and Close do nothing. A task of this runner that calls Close
+// error (a Wait returns it at once). The runner's own running tasks are
+// the exception while Close stops them: their calls (a child run started
+// and waited for, say) go on as they would under Stop. ID, Driver and
+// IsLeader still answer, and Stop does nothing. A second Close waits for
+// the first and returns its result. A task of this runner that calls Close
 // (or Stop) waits for itself: for the 30 s, after which its claim is
 // handed back, and its run goes on elsewhere or when a runner starts.
 func (r *Runner) Close() error {
 	r.mu.Lock()
 	if r.isClosed() {
 		r.mu.Unlock()
-		return nil
+		<-r.closed
+		return r.closeErr
 	}
 	close(r.done)
+	r.mu.Unlock()
+	defer close(r.closed)
+	// A Start in progress finishes first (it sees the runner closed and
+	// withdraws), so the database is not closed under it.
+	r.lifecycleMu.Lock()
+	r.mu.Lock()
 	started := r.started
 	r.mu.Unlock()
-	var stopErr error
+	r.lifecycleMu.Unlock()
 	if started {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		stopErr = r.stop(ctx)
+		r.closeErr = r.stop(ctx)
 		cancel()
 	}
 	if r.owned {
-		return errors.Join(stopErr, r.drv.Close())
+		r.closeErr = errors.Join(r.closeErr, r.drv.Close())
 	}
-	return stopErr
+	return r.closeErr
 }
 
 func (r *Runner) isClosed() bool {
@@ -519,12 +533,22 @@ func (r *Runner) isClosed() bool {
 	}
 }
 
-// checkOpen is ErrRunnerClosed once Close has begun.
-func (r *Runner) checkOpen() error {
-	if r.isClosed() {
+// checkOpen is ErrRunnerClosed once Close has begun, but for a call
+// made with the context of a task this runner runs (see ownTask).
+func (r *Runner) checkOpen(ctx context.Context) error {
+	if r.isClosed() && !r.ownTask(ctx) {
 		return ErrRunnerClosed
 	}
 	return nil
+}
+
+// ownTask reports whether ctx is the context of a task this runner runs.
+// Close stops the runner as Stop does, and its tasks' calls are part of
+// that stop (a child run the task waits for is drained with it), so they
+// are not refused as a caller's calls are once Close has begun.
+func (r *Runner) ownTask(ctx context.Context) bool {
+	s, ok := ctx.Value(taskScopeKey{}).(*taskScope)
+	return ok && s.r == r
 }
 
 // closedErr wraps err with ErrRunnerClosed when the runner was closed
@@ -534,8 +558,8 @@ func (r *Runner) closedErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	if cerr := r.checkOpen(); cerr != nil && !errors.Is(err, cerr) {
-		return fmt.Errorf("%w (%w)", cerr, err)
+	if r.isClosed() && !errors.Is(err, ErrRunnerClosed) {
+		return fmt.Errorf("%w (%w)", ErrRunnerClosed, err)
 	}
 	return err
 }
@@ -543,9 +567,9 @@ func (r *Runner) closedErr(err error) error {
 // reader is where a caller's call reads the database: ErrRunnerClosed
 // once Close has begun, since a runner on the application's database
 // (OpenDB, OpenPool) would otherwise go on answering. Errors of the reads
-// go through closedErr.
-func (r *Runner) reader() (driver.Executor, error) {
-	if err := r.checkOpen(); err != nil {
+// go through closedErr. ctx is the call's: see checkOpen.
+func (r *Runner) reader(ctx context.Context) (driver.Executor, error) {
+	if err := r.checkOpen(ctx); err != nil {
 		return nil, err
 	}
 	return r.drv.Reader(), nil
@@ -556,7 +580,7 @@ func (r *Runner) reader() (driver.Executor, error) {
 // runner's own work (results, heartbeats, the stop inside Close) uses
 // withTx, which a closing runner still needs.
 func (r *Runner) apiTx(ctx context.Context, fn txFunc) error {
-	if err := r.checkOpen(); err != nil {
+	if err := r.checkOpen(ctx); err != nil {
 		return err
 	}
 	_, err := r.withTx(ctx, apiTxAttempts, fn)

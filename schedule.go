@@ -648,7 +648,7 @@ type ScheduleTick struct {
 // Schedules returns the schedules stored in the database, by name: those
 // of every runner, not only this one's. It works on a read-only runner.
 func (r *Runner) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -675,7 +675,7 @@ func (r *Runner) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
 // not positive) that the named schedule fired, newest first, with the runs
 // they started.
 func (r *Runner) ScheduleTicks(ctx context.Context, name string, limit int) ([]ScheduleTick, error) {
-	db, err := r.reader()
+	db, err := r.reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -769,7 +769,7 @@ func (r *Runner) scheduleErr(ctx context.Context, name string, err error) error 
 		return err
 	}
 	hint := "list them with Runner.Schedules or `cloacina schedules list`"
-	if db, rerr := r.reader(); rerr == nil {
+	if db, rerr := r.reader(ctx); rerr == nil {
 		if rows, lerr := db.ScheduleList(ctx, &driver.ScheduleListParams{}); lerr == nil {
 			names := make([]string, len(rows))
 			for i, s := range rows {
