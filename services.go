@@ -396,11 +396,7 @@ func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n
 	if err != nil {
 		return n, 0, err
 	}
-	for i, t := range tasks {
-		if i >= n {
-			// Held after an uncertain commit, beyond the slots taken.
-			svc.slots <- struct{}{}
-		}
+	for _, t := range tasks { // at most n: see claim
 		svc.tasks.Add(1)
 		go r.runTask(svc, t, claimed)
 	}
@@ -409,7 +405,9 @@ func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n
 
 // claim takes up to n ready tasks in one transaction: the outbox rows are
 // deleted, the tasks flipped to Running under this runner, their runs
-// started, and task_claimed/task_started recorded.
+// started, and task_claimed/task_started recorded. It returns at most n
+// tasks: a retry claims no more than the earlier attempts left, since
+// their claims may have committed (settle keeps those that did).
 func (r *Runner) claim(ctx context.Context, n int, runs []uuid.UUID) ([]*driver.Task, error) {
 	workflows := r.workflowNames()
 	if len(workflows) == 0 {
@@ -417,10 +415,18 @@ func (r *Runner) claim(ctx context.Context, n int, runs []uuid.UUID) ([]*driver.
 	}
 	var claims attemptClaims
 	var unstarted []uuid.UUID
+	maybeHeld := map[uuid.UUID]bool{}
 	_, err := r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		claims.retry()
 		unstarted = nil
-		res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, RunIDs: runs, Limit: n, Now: c.now})
+		for _, t := range claims.uncertain {
+			maybeHeld[t.ID] = true
+		}
+		limit := n - len(maybeHeld)
+		if limit <= 0 {
+			return nil
+		}
+		res, err := tx.TaskClaim(ctx, &driver.TaskClaimParams{RunnerID: r.id, Workflows: workflows, RunIDs: runs, Limit: limit, Now: c.now})
 		if err != nil || len(res.Tasks) == 0 {
 			return err
 		}
@@ -457,9 +463,9 @@ func (r *Runner) claim(ctx context.Context, n int, runs []uuid.UUID) ([]*driver.
 // startClaimedRuns starts runs whose tasks a claim took while another
 // transaction held the run (see driver.TaskClaimResult.Unstarted), before
 // those tasks run: waiting for that transaction inside the claim could
-// deadlock with it. A run the other transaction paused or cancelled is
-// left as it is; one that fails to start here is still started (late)
-// when it ends.
+// deadlock with it. A run the other transaction paused is started and
+// stays Paused; one it cancelled is left as it is; one that fails to start
+// here is still started (late) when it ends.
 func (r *Runner) startClaimedRuns(ctx context.Context, ids []uuid.UUID) {
 	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		runs, err := tx.PipelineLock(ctx, ids)
