@@ -577,8 +577,8 @@ func (r *Runner) settle(ctx context.Context, a *attemptClaims, err error) (held,
 
 // verifyClaims returns the tasks whose claim this runner holds (claims
 // that committed despite an error, or claims in doubt: see claimHeld),
-// retrying the read until it succeeds or ctx ends. It only reads the
-// tasks, which running tasks' heartbeats read too.
+// retrying the read while it fails transiently, until ctx ends. It only
+// reads the tasks, which running tasks' heartbeats read too.
 func (r *Runner) verifyClaims(ctx context.Context, tasks []*driver.Task) ([]*driver.Task, error) {
 	fences := make([]driver.Fence, len(tasks))
 	for i, t := range tasks {
@@ -599,6 +599,11 @@ func (r *Runner) verifyClaims(ctx context.Context, tasks []*driver.Task) ([]*dri
 				}
 			}
 			return held, nil
+		}
+		if !errors.Is(err, driver.ErrTransient) {
+			// The read itself is refused (the schema is gone, access was
+			// revoked): asking again would wait out ctx for nothing.
+			return nil, err
 		}
 		select {
 		case <-ctx.Done():

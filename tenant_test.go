@@ -681,3 +681,40 @@ func TestForgedCancelWakeUpCancelsNothing(t *testing.T) {
 	require.NoError(t, r.Cancel(ctx, victim.ID()))
 	require.Equal(t, victim.ID().String(), waitFor(t, ended, "the victim's task to end once really cancelled"))
 }
+
+// A started runner whose tenant loses its tables (DropTenant while the
+// runner is up) or its access to them (USAGE revoked) fails ExecuteAsync
+// with the database's error. It used to block until ctx ended: the start
+// transaction had claimed the run's first task for this runner (hand-off),
+// its commit failed, and the check of that claim retried the same
+// permanent error until ctx was done — forever with context.Background().
+func TestExecuteAfterTenantLostReturnsTheError(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"drop tenant", "revoke usage"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			tn := newTenant(t)
+			wf := MustWorkflow("wf", Task{Name: "t", Run: ok})
+			r := startRunner(t, tn.URL, &Config{Workflows: []*Workflow{wf}})
+			_, err := r.Execute(ctx, "wf", nil)
+			require.NoError(t, err)
+			switch how {
+			case "drop tenant":
+				require.NoError(t, DropTenant(ctx, testdb.PostgresURL(), tn.Schema))
+			case "revoke usage":
+				schema := pgx.Identifier{tn.Schema}.Sanitize()
+				_, err := adminConn(t).Exec(ctx, "REVOKE USAGE ON SCHEMA "+schema+" FROM "+pgx.Identifier{tn.Role}.Sanitize())
+				require.NoError(t, err)
+				// The schema's owner keeps its rights: take ownership away too.
+				_, err = adminConn(t).Exec(ctx, "ALTER SCHEMA "+schema+" OWNER TO CURRENT_USER")
+				require.NoError(t, err)
+			}
+			ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err = r.ExecuteAsync(ectx, "wf", nil)
+			require.Error(t, err)
+			require.NotErrorIs(t, err, context.DeadlineExceeded, "ExecuteAsync waited for ctx instead of returning the database's error")
+		})
+	}
+}
