@@ -266,10 +266,24 @@ func (r *Runner) syncSchedules(ctx context.Context) error {
 	}
 	_, err := r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		p := &driver.ScheduleSyncParams{Now: c.now}
-		for _, name := range r.scheduleNames() {
+		names := r.scheduleNames()
+		stored, err := tx.ScheduleList(ctx, &driver.ScheduleListParams{Names: names})
+		if err != nil {
+			return err
+		}
+		byName := make(map[string]*driver.Schedule, len(stored))
+		for _, s := range stored {
+			byName[s.Name] = s
+		}
+		for _, name := range names {
 			s := r.schedules[name]
 			def := s.def
-			def.NextFireAt = s.spec.Next(c.now).UTC()
+			// Used where the stored timing changed (see ScheduleSync).
+			from, err := tickFloor(ctx, tx, byName[name], c.now)
+			if err != nil {
+				return err
+			}
+			def.NextFireAt = s.spec.Next(from).UTC()
 			p.Schedules = append(p.Schedules, def)
 		}
 		return tx.ScheduleSync(ctx, p)
@@ -728,7 +742,11 @@ func (r *Runner) ResumeSchedule(ctx context.Context, name string) error {
 		if err != nil {
 			return fmt.Errorf("cloacina: resume schedule %q: %w", name, err)
 		}
-		return tx.SchedulePause(ctx, &driver.SchedulePauseParams{Name: name, NextFireAt: spec.Next(c.now).UTC(), Now: c.now})
+		from, err := tickFloor(ctx, tx, s, c.now)
+		if err != nil {
+			return err
+		}
+		return tx.SchedulePause(ctx, &driver.SchedulePauseParams{Name: name, NextFireAt: spec.Next(from).UTC(), Now: c.now})
 	})
 	if err == nil {
 		r.wakeSchedules()
@@ -751,6 +769,31 @@ func (r *Runner) DeleteSchedule(ctx context.Context, name string) error {
 }
 
 // scheduleRow reads one schedule, or fails with ErrScheduleNotFound.
+// tickFloor is the time the next tick of a stored schedule s (nil when
+// none is stored) is counted from when its timing is set anew (resumed, or
+// its cron changed): now, or its newest tick when that is later. Runners
+// record by their estimates of the database's clock, which differ by a
+// little: counted from a lagging now, the next tick could be one fired
+// already, which must not fire twice (and whose record would refuse it).
+func tickFloor(ctx context.Context, tx driver.Executor, s *driver.Schedule, now time.Time) (time.Time, error) {
+	if s == nil {
+		return now, nil
+	}
+	from := now
+	if s.LastTickAt != nil && s.LastTickAt.After(from) {
+		from = *s.LastTickAt
+	}
+	// A skipped tick is recorded without moving LastTickAt.
+	newest, err := tx.ScheduleTickList(ctx, &driver.ScheduleTickListParams{Name: s.Name, Limit: 1})
+	if err != nil {
+		return time.Time{}, err
+	}
+	if len(newest) > 0 && newest[0].At.After(from) {
+		from = newest[0].At
+	}
+	return from, nil
+}
+
 func (r *Runner) scheduleRow(ctx context.Context, db driver.Executor, name string) (*driver.Schedule, error) {
 	rows, err := db.ScheduleList(ctx, &driver.ScheduleListParams{Names: []string{name}})
 	if err != nil {

@@ -582,3 +582,49 @@ func TestScheduleThatCannotFireHoldsBackNoOther(t *testing.T) {
 		require.Zero(t, bad.Fired)
 	})
 }
+
+// Runners record by their estimates of the database's clock, which may
+// differ by a little. A runner whose estimate lags resuming a schedule
+// just after another fired a tick used to set the next tick to the one
+// fired already: firing it then conflicted with its record, and the
+// schedule never moved on again. Resumed, or given a new cron, a schedule
+// counts its next tick from its newest tick when that is later than now.
+func TestScheduleTimingSetBehindAFiredTick(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+		sched := Schedule{Name: "s", Workflow: "w", Cron: "* * * * * *"}
+		tick := time.Now().UTC().Truncate(time.Second).Add(time.Hour)
+		a := pastSchedule(t, url, wf, sched, tick)
+		a.now = func() time.Time { return tick.Add(20 * time.Millisecond) }
+		lagging := func(cron string) *Runner {
+			s := sched
+			s.Cron = cron
+			r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, Schedules: []Schedule{s}})
+			r.now = func() time.Time { return tick.Add(-180 * time.Millisecond) }
+			return r
+		}
+		require.Equal(t, fireMoved, a.fireSchedule(ctx, "s"))
+		require.Equal(t, tick, *findSchedule(t, a, "s").LastTickAt)
+
+		b := lagging(sched.Cron)
+		require.NoError(t, b.PauseSchedule(ctx, "s"))
+		require.NoError(t, b.ResumeSchedule(ctx, "s"))
+		require.Equal(t, tick.Add(time.Second), findSchedule(t, a, "s").NextFireAt, "resumed: the tick after the one fired")
+
+		// The same for a cron changed by a lagging runner's start.
+		c := lagging("*/1 * * * * *")
+		require.NoError(t, c.syncSchedules(ctx))
+		require.Equal(t, tick.Add(time.Second), findSchedule(t, a, "s").NextFireAt, "new cron: the tick after the one fired")
+
+		a.now = func() time.Time { return tick.Add(time.Second + 20*time.Millisecond) }
+		require.Equal(t, fireMoved, a.fireSchedule(ctx, "s"), "the schedule moves on")
+		var fired []time.Time
+		for _, tk := range scheduleTicks(t, a, "s") {
+			fired = append(fired, tk.At)
+		}
+		slices.SortFunc(fired, time.Time.Compare)
+		require.Equal(t, []time.Time{tick, tick.Add(time.Second)}, fired)
+	})
+}
