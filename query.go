@@ -334,6 +334,7 @@ func (r *Runner) CountEventsBefore(ctx context.Context, cutoff time.Time, opts *
 	if _, err := opts.batchSize(); err != nil {
 		return 0, err
 	}
+	cutoff = ceilMicro(cutoff)
 	return r.countEvents(ctx, &driver.EventCountParams{Before: &cutoff, ExcludeUnfinishedRuns: !opts.includeUnfinished()})
 }
 
@@ -399,6 +400,7 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 	if err != nil {
 		return 0, err
 	}
+	cutoff = ceilMicro(cutoff) // see ceilMicro: "before" a finer cutoff
 	params := &driver.EventDeleteParams{Before: cutoff, Limit: batch, ExcludeUnfinishedRuns: !opts.includeUnfinished()}
 	var progress func(int64)
 	if opts != nil {

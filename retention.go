@@ -47,7 +47,7 @@ func (r *Runner) CountRunsBefore(ctx context.Context, cutoff time.Time, opts *De
 	if err != nil {
 		return 0, err
 	}
-	n, err := db.PipelineCountFinished(ctx, &driver.PipelineCountParams{Before: cutoff})
+	n, err := db.PipelineCountFinished(ctx, &driver.PipelineCountParams{Before: ceilMicro(cutoff)})
 	return n, r.closedErr(err)
 }
 
@@ -69,6 +69,7 @@ func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *D
 	if err != nil {
 		return 0, err
 	}
+	cutoff = ceilMicro(cutoff) // see ceilMicro: "before" a finer cutoff
 	var progress func(int64)
 	if opts != nil {
 		progress = opts.Progress

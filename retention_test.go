@@ -321,3 +321,43 @@ func TestEventRetentionKeepsACancelledRunWithATaskRunning(t *testing.T) {
 		require.Positive(t, n, "once the task has returned, the run's events go")
 	})
 }
+
+// Retention's cutoffs are "before cutoff" at full precision, as List's and
+// Events' bounds are: the backends store microseconds and used to cut a
+// finer cutoff down, so the run and the newest event, stored half a
+// microsecond before it, were kept.
+func TestRetentionCutoffFinerThanAMicrosecond(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(ctx, "w", nil)
+		require.NoError(t, err)
+		require.NoError(t, r.Stop(ctx))
+		events, err := r.RunEvents(ctx, res.ID)
+		require.NoError(t, err)
+		newest := events[0].CreatedAt
+		for _, e := range events {
+			if e.CreatedAt.After(newest) {
+				newest = e.CreatedAt
+			}
+		}
+		require.Zero(t, newest.Nanosecond()%1000, "stored to the microsecond")
+
+		runCutoff := res.CompletedAt.Add(500 * time.Nanosecond)
+		n, err := r.CountRunsBefore(ctx, runCutoff, nil)
+		require.NoError(t, err)
+		require.EqualValues(t, 1, n, "the run finished before the cutoff")
+		evCutoff := newest.Add(500 * time.Nanosecond)
+		n, err = r.CountEventsBefore(ctx, evCutoff, nil)
+		require.NoError(t, err)
+		require.EqualValues(t, len(events), n, "every event was created before the cutoff")
+		n, err = r.DeleteEventsBefore(ctx, evCutoff, nil)
+		require.NoError(t, err)
+		require.EqualValues(t, len(events), n)
+		n, err = r.DeleteRunsBefore(ctx, runCutoff, nil)
+		require.NoError(t, err)
+		require.EqualValues(t, 1, n)
+	})
+}
