@@ -59,8 +59,10 @@ type Schedule struct {
 	// tick that day ("30 2 * * *" in Paris on the last Sunday of March),
 	// and one it repeats ticks twice, an hour apart (the last Sunday of
 	// October): keep daily schedules out of the hours the zone shifts,
-	// or use UTC. Default: UTC. time.Local is refused, since runners on
-	// other machines may not share it: name the zone
+	// or use UTC. Default: UTC. Runners load the zone by its name, so
+	// time.Local is refused, since runners on other machines may not share
+	// it, and so is a time.FixedZone (other runners could not load it, or
+	// would load another zone by its name): name the zone
 	// (time.LoadLocation("Europe/Paris")).
 	Location *time.Location
 	// Input is each run's input context (nil: empty), to which a run adds
@@ -148,6 +150,35 @@ type compiledSchedule struct {
 	input *Context
 }
 
+// zoneProblem says why loc cannot be stored by its name, or returns "":
+// runners load a schedule's zone by name, and a time.FixedZone named ""
+// or "Local" (or named like an IANA zone it is not) would load as another
+// zone (UTC, each machine's own). A name that does not load at all is
+// parseCron's to report.
+func zoneProblem(loc *time.Location) string {
+	const fix = "name an IANA zone, as time.LoadLocation(\"Europe/Paris\") returns"
+	name := loc.String()
+	if name == "Local" {
+		return fmt.Sprintf("Location is named %q, which runners read as their machine's own zone: %s", name, fix)
+	}
+	loaded, err := time.LoadLocation(name)
+	if err != nil {
+		return ""
+	}
+	// Twenty-four months cross every daylight-saving change of a zone.
+	start := time.Now().UTC()
+	for i := range 24 {
+		at := time.Date(start.Year(), start.Month()+time.Month(i), 15, 12, 0, 0, 0, time.UTC)
+		_, given := at.In(loc).Zone()
+		if _, read := at.In(loaded).Zone(); read != given {
+			return fmt.Sprintf("Location %q is not the zone its name loads (a time.FixedZone?): other runners would read it "+
+				"as that zone, UTC%+.1fh on %s where this one is UTC%+.1fh; %s", name, float64(read)/3600, at.Format(time.DateOnly),
+				float64(given)/3600, fix)
+		}
+	}
+	return ""
+}
+
 // parseCron parses a schedule's Cron in the zone named tz, and refuses
 // what would not tick as written: an interval robfig/cron would round
 // ("@every 1500ms" ticks every second), or a specification with no tick
@@ -230,6 +261,9 @@ func (r *Runner) compileSchedules(defs []Schedule) (map[string]*compiledSchedule
 		loc := s.Location
 		if loc == nil {
 			loc = time.UTC
+		}
+		if why := zoneProblem(loc); why != "" {
+			return nil, fail("%s", why)
 		}
 		spec, err := parseCron(s.Cron, loc.String())
 		if err == nil {

@@ -161,6 +161,14 @@ func TestScheduleValidation(t *testing.T) {
 		{"sub-second interval", []Schedule{with(func(s *Schedule) { s.Cron = "@every 500ms" })}, "an interval must be a whole number of seconds, at least 1s"},
 		{"fractional interval", []Schedule{with(func(s *Schedule) { s.Cron = "@every 1500ms" })}, "an interval must be a whole number of seconds"},
 		{"fixed zone", []Schedule{with(func(s *Schedule) { s.Location = time.FixedZone("UTC+1", 3600) })}, `use an IANA zone, as time.LoadLocation("Europe/Paris") returns`},
+		// Fixed zones whose names load, as another zone: UTC, each
+		// machine's own, Paris's summer offset.
+		{"fixed zone named empty", []Schedule{with(func(s *Schedule) { s.Location = time.FixedZone("", 3600) })},
+			`Location "" is not the zone its name loads (a time.FixedZone?)`},
+		{"fixed zone named Local", []Schedule{with(func(s *Schedule) { s.Location = time.FixedZone("Local", 0) })},
+			`Location is named "Local", which runners read as their machine's own zone`},
+		{"fixed zone named like an IANA zone", []Schedule{with(func(s *Schedule) { s.Location = time.FixedZone("Europe/Paris", 3600) })},
+			`Location "Europe/Paris" is not the zone its name loads`},
 		{"reserved input", []Schedule{with(func(s *Schedule) {
 			s.Input = NewContext()
 			require.NoError(t, s.Input.Set("scheduled_at", 1))
