@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -170,4 +172,25 @@ func TestRunnerLifecycleErrors(t *testing.T) {
 	require.ErrorIs(t, err, ErrRunnerClosed, "a handle outliving its runner says why it cannot read")
 	_, err = r.Get(ctx, exec.ID())
 	require.ErrorIs(t, err, ErrRunnerClosed)
+}
+
+// Query filters that can only be typos are refused with the fix, as the
+// CLI refuses them: a negative ListOpts.Limit used to list 100 runs, and
+// an unknown status or event type matched nothing, silently.
+func TestQueryFiltersRefuseUnknownValues(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	r := openRunner(t, testdb.SQLiteURL(t), nil)
+	_, err := r.List(ctx, &ListOpts{Limit: -1})
+	require.ErrorContains(t, err, "ListOpts.Limit -1 is negative: use 0 for the default (100), or a positive bound")
+	_, err = r.List(ctx, &ListOpts{Statuses: []PipelineStatus{PipelineFailed, "complete"}})
+	require.ErrorContains(t, err, `ListOpts.Statuses has "complete", which is none of them: did you mean "completed"?`)
+	_, err = r.List(ctx, &ListOpts{Statuses: []PipelineStatus{"zzzzzzzz"}})
+	require.ErrorContains(t, err, "use one of pending, running, paused, completed, failed, cancelled")
+	_, err = r.Events(ctx, &EventQuery{Types: []EventType{"task_complete"}})
+	require.ErrorContains(t, err, `EventQuery.Types has "task_complete", which is none of them: did you mean "task_completed"?`)
+	_, err = r.List(ctx, &ListOpts{Statuses: runStatuses, Limit: 0})
+	require.NoError(t, err, "every status is known")
+	_, err = r.Events(ctx, &EventQuery{Types: slices.Clone(driver.EventTypes)})
+	require.NoError(t, err, "every event type is known")
 }

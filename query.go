@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/dag"
 )
 
 // Get returns the current state of a run, from any process.
@@ -147,7 +150,8 @@ func (r *Runner) IsLeader() bool { return r.isLeader.Load() }
 // ListOpts filters and pages a run listing. A nil *ListOpts lists the 100
 // newest runs.
 type ListOpts struct {
-	// Statuses keeps runs in any of these statuses. Default: all.
+	// Statuses keeps runs in any of these statuses (one that is not a
+	// PipelineStatus constant is refused). Default: all.
 	Statuses []PipelineStatus
 	// Workflow keeps runs of this workflow. Default: all.
 	Workflow string
@@ -157,7 +161,8 @@ type ListOpts struct {
 	// Since keeps runs created at or after it, Until those created before
 	// it. Default (zero time): no bound.
 	Since, Until time.Time
-	// Limit bounds the runs returned. Default: 100.
+	// Limit bounds the runs returned. Default (0): 100; negative is
+	// refused.
 	Limit int
 	// After continues a listing after this run (the last of the previous
 	// page). Default: start from the newest.
@@ -173,8 +178,14 @@ func (r *Runner) List(ctx context.Context, opts *ListOpts) ([]*RunSummary, error
 	if opts == nil {
 		opts = &ListOpts{}
 	}
+	if opts.Limit < 0 {
+		return nil, fmt.Errorf("cloacina: ListOpts.Limit %d is negative: use 0 for the default (100), or a positive bound", opts.Limit)
+	}
+	if err := checkKnown("ListOpts.Statuses", opts.Statuses, runStatuses); err != nil {
+		return nil, err
+	}
 	params := &driver.PipelineListParams{Statuses: opts.Statuses, WorkflowName: opts.Workflow, Limit: opts.Limit}
-	if params.Limit <= 0 {
+	if params.Limit == 0 {
 		params.Limit = 100
 	}
 	if opts.ParentRunID != nil {
@@ -213,7 +224,8 @@ type EventQuery struct {
 	RunID *uuid.UUID
 	// TaskID keeps the events of one task execution.
 	TaskID *uuid.UUID
-	// Types keeps events of these types.
+	// Types keeps events of these types (one that is not an EventType
+	// constant is refused).
 	Types []EventType
 	// AfterSeq follows the log after the event with this sequence number:
 	// pass the SequenceNum of the last event of each read as the next
@@ -273,6 +285,9 @@ func (r *Runner) listEvents(ctx context.Context, q *EventQuery, afterTx int64) (
 	}
 	if q.Limit < 0 {
 		return nil, fmt.Errorf("cloacina: EventQuery.Limit %d is negative: use 0 for all events, or a positive bound", q.Limit)
+	}
+	if err := checkKnown("EventQuery.Types", q.Types, driver.EventTypes); err != nil {
+		return nil, err
 	}
 	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Since.Before(q.Until) {
 		return nil, fmt.Errorf("cloacina: EventQuery.Since %s is not before Until %s: no event can match; swap them or leave one zero",
@@ -442,6 +457,29 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 			return total, nil
 		}
 	}
+}
+
+// runStatuses lists every run status.
+var runStatuses = []PipelineStatus{PipelinePending, PipelineRunning, PipelinePaused, PipelineCompleted, PipelineFailed,
+	PipelineCancelled}
+
+// checkKnown refuses a filter value that is none of known (a typo would
+// match nothing, silently), naming the closest one or all of them.
+func checkKnown[T ~string](field string, values, known []T) error {
+	for _, v := range values {
+		if slices.Contains(known, v) {
+			continue
+		}
+		names := make([]string, len(known))
+		for i, k := range known {
+			names[i] = string(k)
+		}
+		if c := dag.Closest(string(v), names); c != "" {
+			return fmt.Errorf("cloacina: %s has %q, which is none of them: did you mean %q?", field, v, c)
+		}
+		return fmt.Errorf("cloacina: %s has %q, which is none of them: use one of %s", field, v, strings.Join(names, ", "))
+	}
+	return nil
 }
 
 // ceilMicro rounds t up to a whole microsecond. Both backends store times
