@@ -147,6 +147,9 @@ func numericFits(n string) bool {
 		}
 		e = v
 	}
+	if e >= 1<<30-1 || e <= -(1<<30-1) {
+		return false // numeric refuses the exponent itself (INT_MAX/2), even on zero
+	}
 	scale := len(frac) - e // digits after the point, trailing zeros included
 	if strings.Trim(intPart+frac, "0") == "" {
 		return scale <= 16383 // zero has no digits before the point

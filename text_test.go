@@ -24,8 +24,13 @@ func TestJSONProblem(t *testing.T) {
 		`"\ude00"`:              `a lone UTF-16 surrogate (\ude00)`,
 		`"\ud800x"`:             `a lone UTF-16 surrogate (\ud800)`,
 		`[1, -2.5, 1e400, 0e200000, 1e131071, 0e-16383]`: "", // wider than float64, as numeric is
-		`[0e-16384]`:               "the number 0e-16384",
-		`[1e131072]`:               "the number 1e131072",
+		`[0e-16384]`: "the number 0e-16384",
+		`[1e131072]`: "the number 1e131072",
+		// PostgreSQL 15 reads 0e1073741822 and refuses 0e1073741823
+		// ("value overflows numeric format"): the exponent's own limit.
+		`[0e1073741822]`:           "",
+		`[0e1073741823]`:           "the number 0e1073741823",
+		`[-0.0E+1073741823]`:       "the number -0.0E+1073741823",
 		`{"x":1e999999}`:           "the number 1e999999",
 		`[1e-20000]`:               "the number 1e-20000",
 		`[123.456e-16381]`:         "the number 123.456e-16381",
