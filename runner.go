@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -692,6 +694,11 @@ func (r *Runner) afterCommit(c *changes) {
 	}
 	if c.held > 0 {
 		c.heldBy.preheld.Add(int64(c.held))
+		if c.heldBy.draining.Load() {
+			// Stop began after addWakeups counted on this runner's slots:
+			// its draining claimer will not claim this work.
+			r.wakeOthers(context.Background(), slices.Collect(maps.Keys(c.work)))
+		}
 	}
 	if len(c.work) > 0 {
 		r.wakeClaimer()
@@ -727,6 +734,28 @@ func (r *Runner) addWakeups(c *changes) {
 		if !local {
 			c.cs.Notify = append(c.cs.Notify, workPayload(workflow))
 		}
+	}
+}
+
+// wakeOthers wakes the other runners for work of the named workflows that
+// this runner had counted on claiming itself (see addWakeups) but will not,
+// as it is stopping: the NOTIFY its transaction left out, sent on its own.
+// Without it the work would wait for another runner's poll.
+func (r *Runner) wakeOthers(ctx context.Context, workflows []string) {
+	if len(workflows) == 0 {
+		return
+	}
+	slices.Sort(workflows)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := r.withTx(ctx, apiTxAttempts, func(_ context.Context, _ driver.Tx, c *changes) error {
+		for _, wf := range workflows {
+			c.cs.Notify = append(c.cs.Notify, workPayload(wf))
+		}
+		return nil
+	})
+	if err != nil {
+		r.logger.Warn("wake other runners for work this stopping runner leaves: they find it by their poll", "workflows", workflows, "error", err)
 	}
 }
 

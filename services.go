@@ -384,6 +384,11 @@ func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n
 			for range n {
 				<-svc.slots
 			}
+			if pre > 0 {
+				// Work committed as Stop began, counted on these slots
+				// (see addWakeups): others must hear of it.
+				r.wakeOthers(ctx, r.workflowNames())
+			}
 			return 0, 0, nil
 		}
 		defer svc.tasks.Done() // beginDrainClaim's
