@@ -1,6 +1,7 @@
 package cloacina
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -116,7 +117,9 @@ const maxParentsPerList = 500
 // descendants after could deadlock with a completion holding a
 // descendant and waiting for the root. A child started between that read
 // and the locks is found by reading the tree again once they are held
-// (its start locked its parent before ours, so it has committed);
+// (its start locked its parent before ours, so it has committed) and
+// locked too when its id comes after every id locked, else the
+// transaction begins again (ErrConflict) to lock the tree in order;
 // after that no run of the tree can gain a child, since a start locks the
 // parent and then refuses a cancelled one (lockParents).
 func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error) {
@@ -148,6 +151,17 @@ func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error)
 		}
 		if len(ids) == 0 {
 			return tree, nil
+		}
+		for lid := range tree.locked {
+			for _, rid := range ids {
+				if bytes.Compare(rid[:], lid[:]) < 0 {
+					// Locking it now, on top of a later id, would break the
+					// order and could deadlock with a completion or a start
+					// locking both: begin again, and lock the whole tree,
+					// as read then, in one call.
+					return nil, fmt.Errorf("cancel run %s: child run %s started while the tree was being locked: %w", id, rid, driver.ErrConflict)
+				}
+			}
 		}
 		ps, err := tx.PipelineLock(ctx, ids)
 		if err != nil {
