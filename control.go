@@ -163,7 +163,7 @@ func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error)
 				}
 			}
 		}
-		ps, err := tx.PipelineLock(ctx, ids)
+		ps, err := tx.PipelineLockFor(ctx, ids, driver.LockTree)
 		if err != nil {
 			return nil, err
 		}
