@@ -124,8 +124,9 @@
 // Cancelled; a failed run is a result ([ExecutionResult.Err]), not an error
 // of Execute. [Runner.ExecuteAsync] returns an [Execution] handle with
 // Wait, Status and Cancel. [Runner.ExecuteTx] starts a run inside the
-// application's own transaction (pgx.Tx or *sql.Tx): the run exists only
-// if it commits. [Runner.Get] and [Runner.List] read runs from any process;
+// application's own transaction (pgx.Tx or *sql.Tx) on the runner's
+// database: the run exists only if it commits; a transaction on another
+// database or file is refused ([ErrWrongDatabase]). [Runner.Get] and [Runner.List] read runs from any process;
 // [Runner.GetTask] reads one task with the context it received and the
 // one it produced. [Runner.Backlog] tells, per workflow, how many tasks
 // wait to be claimed and since when, how many run, and how many runs are

@@ -54,6 +54,10 @@ var (
 	// ErrReadOnly is returned by the calls that write of a runner opened
 	// with Config.ReadOnly.
 	ErrReadOnly = driver.ErrReadOnly
+	// ErrWrongDatabase is returned by ExecuteTx for a transaction on
+	// another database than the runner's: another SQLite file, another
+	// PostgreSQL database or server.
+	ErrWrongDatabase = driver.ErrWrongDatabase
 )
 
 // ValidationError lists everything wrong with a workflow definition. Each

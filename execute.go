@@ -109,16 +109,29 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 }
 
 // ExecuteTx starts a run inside a transaction the application owns — a
-// pgx.Tx on PostgreSQL, a *sql.Tx on SQLite (on the same database file) —
-// so the run exists only if that transaction commits. Wait on the handle
-// after committing. On PostgreSQL the commit wakes the runners (NOTIFY);
-// on SQLite the run is picked up by the next poll.
+// pgx.Tx on PostgreSQL, a *sql.Tx on SQLite — so the run exists only if
+// that transaction commits. Wait on the handle after committing. On
+// PostgreSQL the commit wakes the runners (NOTIFY); on SQLite the run is
+// picked up by the next poll.
+//
+// The transaction must be on the runner's database: begin it on
+// Driver().(*sqlite.Driver).DB(), or another *sql.DB on the same file; on
+// Driver().(*postgres.Driver).Pool(), or another connection to the same
+// server and database (the run goes to the runner's schema, whatever the
+// transaction's search_path). ExecuteTx checks this first, with one
+// statement in tx — on SQLite, that the transaction's main database file
+// is the runner's, by whatever path or link; on PostgreSQL, the server's
+// system identifier and the database's name — and fails with
+// ErrWrongDatabase otherwise: for another SQLite file (another tenant's,
+// say), another PostgreSQL database or server, or a database that is no
+// Cloacina database. A refused transaction has nothing written in it and
+// stays usable (on PostgreSQL it is not aborted).
 func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {
 	run, err := r.prepareRun(ctx, workflow, input)
 	if err != nil {
 		return nil, err
 	}
-	exec, err := r.drv.UnwrapTx(tx)
+	exec, err := r.drv.UnwrapTx(ctx, tx)
 	if err != nil {
 		return nil, fmt.Errorf("cloacina: ExecuteTx: %w", err)
 	}

@@ -3,6 +3,8 @@ package cloacina
 import (
 	"context"
 	"database/sql"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,7 +17,9 @@ import (
 )
 
 // appTx begins a transaction of the application's own, on the same
-// database as the runner, with one row of application data in it.
+// database as the runner, with one row of application data in it. A
+// transaction still open when the test ends is rolled back before the
+// runner closes.
 func appTx(t *testing.T, r *Runner) (tx any, commit, rollback func() error, appRows func() int) {
 	t.Helper()
 	ctx := testContext(t)
@@ -26,6 +30,7 @@ func appTx(t *testing.T, r *Runner) (tx any, commit, rollback func() error, appR
 		require.NoError(t, err)
 		ptx, err := d.Pool().Begin(ctx)
 		require.NoError(t, err)
+		t.Cleanup(func() { ptx.Rollback(context.Background()) })
 		_, err = ptx.Exec(ctx, "INSERT INTO "+table+" DEFAULT VALUES")
 		require.NoError(t, err)
 		return ptx, func() error { return ptx.Commit(ctx) }, func() error { return ptx.Rollback(ctx) }, func() int {
@@ -38,6 +43,7 @@ func appTx(t *testing.T, r *Runner) (tx any, commit, rollback func() error, appR
 		require.NoError(t, err)
 		stx, err := d.DB().BeginTx(ctx, nil)
 		require.NoError(t, err)
+		t.Cleanup(func() { stx.Rollback() })
 		_, err = stx.ExecContext(ctx, "INSERT INTO orders DEFAULT VALUES")
 		require.NoError(t, err)
 		return stx, stx.Commit, stx.Rollback, func() int {
@@ -130,4 +136,176 @@ func TestExecuteTxWrongTransactionType(t *testing.T) {
 		_, err := r.ExecuteTx(testContext(t), wrong, "ship", nil)
 		require.ErrorContains(t, err, "transaction type does not match the database backend")
 	})
+}
+
+func TestExecuteTxOnAnotherSQLiteFile(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+	a := openRunner(t, testdb.SQLiteURL(t), &Config{Workflows: []*Workflow{wf}})
+	b := openRunner(t, testdb.SQLiteURL(t), &Config{Workflows: []*Workflow{wf}})
+	tx, err := b.Driver().(*sqlite.Driver).DB().BeginTx(ctx, nil)
+	require.NoError(t, err)
+	exec, err := a.ExecuteTx(ctx, tx, "ship", nil)
+	if err == nil {
+		require.NoError(t, tx.Commit())
+		_, getErr := a.Get(ctx, exec.ID())
+		runsB, _ := b.List(ctx, nil)
+		t.Logf("runner a's Get: %v; runs in b's file: %d", getErr, len(runsB))
+	} else {
+		_ = tx.Rollback()
+	}
+	require.Error(t, err, "ExecuteTx accepted a transaction on another database file")
+}
+
+func TestExecuteTxOnUnmigratedSQLiteFile(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+	a := openRunner(t, testdb.SQLiteURL(t), &Config{Workflows: []*Workflow{wf}})
+	db := openRawSQLite(t, testdb.SQLitePath(t))
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	_, err = a.ExecuteTx(ctx, tx, "ship", nil)
+	t.Logf("error: %v", err)
+	require.Error(t, err)
+	require.ErrorIs(t, err, ErrWrongDatabase)
+	require.ErrorContains(t, err, "which is not a Cloacina database")
+	require.ErrorContains(t, err, "begin the transaction on the backend's database")
+	require.ErrorContains(t, err, "Runner.Driver().(*sqlite.Driver).DB()")
+	require.NotContains(t, err.Error(), "no such table")
+}
+
+// otherDatabaseURL is the URL of another database than r's for a runner
+// like r: a SQLite file of its own, or r's schema in another PostgreSQL
+// database of the server.
+func otherDatabaseURL(t *testing.T, r *Runner) string {
+	t.Helper()
+	if d, ok := r.Driver().(*postgres.Driver); ok {
+		return testdb.WithSchema(testdb.OtherDatabaseURL(t, d.Schema()), d.Schema())
+	}
+	return testdb.SQLiteURL(t)
+}
+
+// unmigratedTx begins a transaction on another database than r's that
+// Cloacina never touched: a new SQLite file, or another PostgreSQL
+// database that has no schema of r's name.
+func unmigratedTx(t *testing.T, r *Runner) (tx any, commit func() error) {
+	t.Helper()
+	ctx := testContext(t)
+	if d, ok := r.Driver().(*postgres.Driver); ok {
+		conn, err := pgx.Connect(ctx, testdb.OtherDatabaseURL(t, d.Schema()))
+		require.NoError(t, err)
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		ptx, err := conn.Begin(ctx)
+		require.NoError(t, err)
+		t.Cleanup(func() { ptx.Rollback(context.Background()) })
+		return ptx, func() error { return ptx.Commit(ctx) }
+	}
+	stx, err := openRawSQLite(t, testdb.SQLitePath(t)).BeginTx(ctx, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { stx.Rollback() })
+	return stx, stx.Commit
+}
+
+// requireWrongDatabase checks that err refuses a transaction on another
+// database, in words naming where it is and the fix.
+func requireWrongDatabase(t *testing.T, r *Runner, err error, migrated bool) {
+	t.Helper()
+	require.ErrorIs(t, err, ErrWrongDatabase)
+	require.ErrorContains(t, err, "begin the transaction on the backend's database")
+	switch d := r.Driver().(type) {
+	case *postgres.Driver:
+		require.ErrorContains(t, err, "Runner.Driver().(*postgres.Driver).Pool()")
+		require.ErrorContains(t, err, `the transaction is on database "`+testdb.OtherDatabase+`"`)
+		if migrated {
+			require.ErrorContains(t, err, `which has Cloacina tables of its own in schema "`+d.Schema()+`"`)
+		} else {
+			require.ErrorContains(t, err, `which has no Cloacina tables in schema "`+d.Schema()+`"`)
+		}
+	case *sqlite.Driver:
+		require.ErrorContains(t, err, "Runner.Driver().(*sqlite.Driver).DB()")
+		require.ErrorContains(t, err, "this backend's database is "+d.Path())
+		if migrated {
+			require.ErrorContains(t, err, "another Cloacina database")
+		} else {
+			require.ErrorContains(t, err, "which is not a Cloacina database")
+		}
+	}
+}
+
+// requireNoRuns checks that r's database holds no run and no event.
+func requireNoRuns(t *testing.T, r *Runner) {
+	t.Helper()
+	ctx := testContext(t)
+	runs, err := r.List(ctx, nil)
+	require.NoError(t, err)
+	require.Empty(t, runs)
+	evs, err := r.Events(ctx, nil)
+	require.NoError(t, err)
+	require.Empty(t, evs)
+}
+
+// A transaction on another Cloacina database (another tenant's SQLite
+// file; the same schema in another PostgreSQL database) is refused: the
+// run would be written there, where this runner never finds it and that
+// database's runners run it. Nothing is written, and the application's
+// transaction goes on.
+func TestExecuteTxOnAnotherDatabase(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+		a := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		b := openRunner(t, otherDatabaseURL(t, a), &Config{Workflows: []*Workflow{wf}})
+		tx, commit, _, appRows := appTx(t, b)
+		exec, err := a.ExecuteTx(ctx, tx, "ship", nil)
+		requireWrongDatabase(t, a, err, true)
+		require.Nil(t, exec)
+		require.NoError(t, commit(), "the refused transaction stays usable")
+		require.Equal(t, 1, appRows())
+		requireNoRuns(t, a)
+		requireNoRuns(t, b)
+	})
+}
+
+// A transaction on a database Cloacina never migrated is refused as being
+// elsewhere, rather than failing on a missing table.
+func TestExecuteTxOnUnmigratedDatabase(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+		a := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		tx, commit := unmigratedTx(t, a)
+		_, err := a.ExecuteTx(testContext(t), tx, "ship", nil)
+		requireWrongDatabase(t, a, err, false)
+		require.NotContains(t, err.Error(), "does not exist")
+		require.NotContains(t, err.Error(), "no such table")
+		require.NoError(t, commit(), "the refused transaction stays usable")
+		requireNoRuns(t, a)
+	})
+}
+
+// The runner's file reached by another path (a symbolic link to its
+// directory, whose name holds characters SQLite URIs escape) is the same
+// database: ExecuteTx accepts a transaction on it.
+func TestExecuteTxOnSQLiteFileByAnotherPath(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	dir := filepath.Join(t.TempDir(), "team#1 %41?x")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	link := filepath.Join(t.TempDir(), "link")
+	require.NoError(t, os.Symlink(dir, link))
+	wf := MustWorkflow("ship", Task{Name: "a", Run: ok})
+	r := startRunner(t, "sqlite://"+filepath.Join(link, "cloacina.db"), &Config{Workflows: []*Workflow{wf}})
+	tx, err := openRawSQLite(t, filepath.Join(dir, "cloacina.db")).BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit())
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
 }

@@ -40,6 +40,10 @@ var (
 	ErrValueRejected = errors.New("the database refused a value")
 	// ErrWrongTxType is returned by UnwrapTx for a transaction of another backend.
 	ErrWrongTxType = errors.New("transaction type does not match the database backend")
+	// ErrWrongDatabase is returned by UnwrapTx for a transaction on
+	// another database than the backend's: another SQLite file, another
+	// PostgreSQL database or server.
+	ErrWrongDatabase = errors.New("transaction is not on the backend's database")
 	// ErrReadOnly is returned by Begin and Migrate of a backend opened
 	// read-only (sqlite.OpenReadOnly, postgres.Opts.ReadOnly).
 	ErrReadOnly = errors.New("database opened read-only")
@@ -56,11 +60,15 @@ type Driver interface {
 	// for reads only.
 	Reader() Executor
 	// UnwrapTx returns an Executor that runs inside a transaction the
-	// application owns (pgx.Tx on Postgres, *sql.Tx on SQLite). The caller
-	// commits or rolls it back; wake-ups requested in it are delivered by
-	// the database on commit where the backend can (Postgres), or found by
-	// the next poll otherwise.
-	UnwrapTx(tx any) (Executor, error)
+	// application owns (pgx.Tx on Postgres, *sql.Tx on SQLite). It first
+	// checks, reading in tx, that tx is on the backend's own database (the
+	// same SQLite file; the same PostgreSQL server and database), and
+	// fails with ErrWrongDatabase otherwise, having written nothing and
+	// left tx usable. The caller commits or
+	// rolls it back; wake-ups requested in it are delivered by the
+	// database on commit where the backend can (Postgres), or found by the
+	// next poll otherwise.
+	UnwrapTx(ctx context.Context, tx any) (Executor, error)
 	// Listen subscribes to wake-ups sent by ChangeSet.Notify in committed
 	// transactions. The subscription ends with an error when its connection
 	// is lost; the caller subscribes again.

@@ -43,6 +43,11 @@ type Options struct {
 	// drv's database, the way an application calling ExecuteTx would, and
 	// rolls it back when t ends if it is still open. Required.
 	BeginAppTx func(t *testing.T, drv driver.Driver) *AppTx
+	// OpenElsewhere opens a Driver of the same backend on another,
+	// empty database than drv's (another SQLite file; a schema of the same
+	// name in another PostgreSQL database), and closes it and removes
+	// that database when t ends. Required.
+	OpenElsewhere func(t *testing.T, drv driver.Driver) driver.Driver
 	// RecordMigration marks migration version as applied in drv's
 	// migrations table, so that the database poses as one migrated by a
 	// newer release. Required.
@@ -80,6 +85,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 	require.NotNil(t, opts, "drivertest.Run needs Options")
 	require.NotNil(t, opts.OpenSibling, "drivertest.Options.OpenSibling is required")
 	require.NotNil(t, opts.BeginAppTx, "drivertest.Options.BeginAppTx is required")
+	require.NotNil(t, opts.OpenElsewhere, "drivertest.Options.OpenElsewhere is required")
 	require.NotNil(t, opts.RecordMigration, "drivertest.Options.RecordMigration is required")
 	require.NotNil(t, opts.OpenReadOnly, "drivertest.Options.OpenReadOnly is required")
 	s := &suite{newDriver: newDriver, opts: *opts}

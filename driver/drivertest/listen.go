@@ -89,7 +89,7 @@ func testListen(t *testing.T, s *suite) {
 		b := s.setup(t)
 		sub := b.subscribe(t, b.drv)
 		app := s.opts.BeginAppTx(t, b.drv)
-		exec, err := b.drv.UnwrapTx(app.Tx)
+		exec, err := b.drv.UnwrapTx(b.ctx, app.Tx)
 		require.NoError(t, err)
 		require.NoError(t, exec.ChangeSetApply(b.ctx, &driver.ChangeSet{Notify: []string{"app"}}))
 		require.NoError(t, app.Rollback(b.ctx))

@@ -78,7 +78,7 @@ func testUnwrapTx(t *testing.T, s *suite) {
 		t.Parallel()
 		b := s.setup(t)
 		for _, tx := range []any{nil, "tx", 42, &struct{}{}, b.drv} {
-			exec, err := b.drv.UnwrapTx(tx)
+			exec, err := b.drv.UnwrapTx(b.ctx, tx)
 			require.ErrorIs(t, err, driver.ErrWrongTxType, "UnwrapTx(%T)", tx)
 			require.Nil(t, exec)
 		}
@@ -89,7 +89,7 @@ func testUnwrapTx(t *testing.T, s *suite) {
 		b := s.setup(t)
 		for _, commit := range []bool{true, false} {
 			app := s.opts.BeginAppTx(t, b.drv)
-			exec, err := b.drv.UnwrapTx(app.Tx)
+			exec, err := b.drv.UnwrapTx(b.ctx, app.Tx)
 			require.NoError(t, err)
 			p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
 				Status: driver.PipelinePending, Input: []byte(`{"app":true}`), Now: b.now}
@@ -129,12 +129,47 @@ func testUnwrapTx(t *testing.T, s *suite) {
 		}
 	})
 
+	// A transaction on another database is refused before anything is
+	// written there (the run would land where none of this database's
+	// runners look), and is left usable.
+	t.Run("OtherDatabase", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		other := s.opts.OpenElsewhere(t, b.drv)
+		for _, migrated := range []bool{false, true} {
+			if migrated {
+				require.NoError(t, other.Migrate(b.ctx))
+			}
+			app := s.opts.BeginAppTx(t, other)
+			exec, err := b.drv.UnwrapTx(b.ctx, app.Tx)
+			require.ErrorIs(t, err, driver.ErrWrongDatabase, "migrated: %v", migrated)
+			require.ErrorContains(t, err, "begin the transaction on the backend's database")
+			require.Nil(t, exec)
+			if !migrated {
+				require.NoError(t, app.Commit(b.ctx), "the refused transaction stays usable")
+				continue
+			}
+			own, err := other.UnwrapTx(b.ctx, app.Tx)
+			require.NoError(t, err)
+			p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
+				Status: driver.PipelinePending, Input: []byte(`{}`), Now: b.now}
+			_, err = insertOne(b.ctx, own, p)
+			require.NoError(t, err, "the refused transaction stays usable")
+			require.NoError(t, app.Commit(b.ctx))
+			for drv, want := range map[driver.Driver]int{b.drv: 0, other: 1} {
+				pipes, err := drv.Reader().PipelineList(b.ctx, &driver.PipelineListParams{})
+				require.NoError(t, err)
+				require.Len(t, pipes, want)
+			}
+		}
+	})
+
 	t.Run("ConflictInsideAppTx", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)
 		p := b.insertPipeline(t)
 		app := s.opts.BeginAppTx(t, b.drv)
-		exec, err := b.drv.UnwrapTx(app.Tx)
+		exec, err := b.drv.UnwrapTx(b.ctx, app.Tx)
 		require.NoError(t, err)
 		err = exec.ChangeSetApply(b.ctx, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
 			{ID: p.ID, FromStatus: driver.PipelineRunning, Status: driver.PipelineCompleted, Now: b.now}}})
@@ -147,7 +182,7 @@ func testUnwrapTx(t *testing.T, s *suite) {
 		t.Parallel()
 		b := s.setup(t)
 		app := s.opts.BeginAppTx(t, b.drv)
-		exec, err := b.drv.UnwrapTx(app.Tx)
+		exec, err := b.drv.UnwrapTx(b.ctx, app.Tx)
 		require.NoError(t, err)
 		_, err = exec.PipelineGet(b.ctx, uuid.New())
 		require.ErrorIs(t, err, driver.ErrNotFound)

@@ -42,25 +42,47 @@ const channelTable = "cloacina_channel"
 type schemaAccess struct {
 	role      string
 	database  string
+	system    int64 // the server's system identifier; 0 when the role may not read it
 	exists    bool
 	usage     bool
 	createDB  bool // may create schemas in the database
 	createSch bool // may create tables in the schema
 }
 
+// schemaAccessQuery reads a schemaAccess; %s is the server's system
+// identifier.
+const schemaAccessQuery = `SELECT current_user, current_database(), %s, n.oid IS NOT NULL,
+		COALESCE(has_schema_privilege(n.oid, 'USAGE'), false),
+		has_database_privilege(current_database(), 'CREATE'),
+		COALESCE(has_schema_privilege(n.oid, 'CREATE'), false)
+	FROM (SELECT cardinality($2::uuid[]) + cardinality($3::uuid[]) + cardinality($4::uuid[]) + cardinality($5::text[])
+		+ cardinality($6::int[]) + cardinality($7::timestamptz[])) AS probe
+	LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1`
+
+// schemaAccess reads what the connected role may do with the schema, and
+// records where the pool is connected (see UnwrapTx).
 func (d *Driver) schemaAccess(ctx context.Context) (*schemaAccess, error) {
+	a, err := d.readSchemaAccess(ctx, systemIdentifier)
+	if noSystemIdentifier(err) {
+		a, err = d.readSchemaAccess(ctx, "0::bigint")
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.setLocation(location{system: a.system, database: a.database})
+	return a, nil
+}
+
+func (d *Driver) readSchemaAccess(ctx context.Context, system string) (*schemaAccess, error) {
 	var a schemaAccess
 	// The arrays are bound only to find out now, rather than at the first
 	// write, whether the pool can send them (see RegisterTypes).
-	err := d.pool.QueryRow(ctx, `SELECT current_user, current_database(), n.oid IS NOT NULL,
-			COALESCE(has_schema_privilege(n.oid, 'USAGE'), false),
-			has_database_privilege(current_database(), 'CREATE'),
-			COALESCE(has_schema_privilege(n.oid, 'CREATE'), false)
-		FROM (SELECT cardinality($2::uuid[]) + cardinality($3::uuid[]) + cardinality($4::uuid[]) + cardinality($5::text[])
-			+ cardinality($6::int[]) + cardinality($7::timestamptz[])) AS probe
-		LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1`, d.schema, []uuid.UUID{uuid.Nil}, []*uuid.UUID{nil},
+	err := d.pool.QueryRow(ctx, fmt.Sprintf(schemaAccessQuery, system), d.schema, []uuid.UUID{uuid.Nil}, []*uuid.UUID{nil},
 		make(uuidArray, 1), make(textArray, 1), make(int4Array, 1), make(timeArray, 1)).
-		Scan(&a.role, &a.database, &a.exists, &a.usage, &a.createDB, &a.createSch)
+		Scan(&a.role, &a.database, &a.system, &a.exists, &a.usage, &a.createDB, &a.createSch)
+	if noSystemIdentifier(err) {
+		return nil, err
+	}
 	if err != nil && strings.Contains(err.Error(), "unable to encode") {
 		return nil, fmt.Errorf("postgres: the pool cannot send UUIDs in its query exec mode (%s): call postgres.RegisterTypes from the pool's AfterConnect hook: %w",
 			d.pool.Config().ConnConfig.DefaultQueryExecMode, err)

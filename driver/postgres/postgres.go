@@ -65,6 +65,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -104,6 +105,9 @@ type Driver struct {
 	schema     string
 	listenConf *pgx.ConnConfig
 	q          *queries
+
+	whereMu sync.Mutex
+	where   *location // the pool's, recorded by schemaAccess
 }
 
 var schemaName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
@@ -255,11 +259,23 @@ func (d *Driver) Reader() driver.Executor {
 	return &executor{db: d.pool, q: d.q}
 }
 
-// UnwrapTx returns an executor inside the application's pgx.Tx.
-func (d *Driver) UnwrapTx(tx any) (driver.Executor, error) {
+// UnwrapTx returns an executor inside the application's pgx.Tx, once one
+// statement in tx shows that tx is on the backend's server (by its system
+// identifier, which its streaming replicas share) and database. Every
+// statement names the backend's schema, so a transaction on another
+// database would write there, should that database hold a schema of the
+// same name (such as public), or fail with an error that names neither
+// database; it fails with [driver.ErrWrongDatabase] instead, leaving tx
+// as it was, not aborted. The pool's location is read when the backend
+// opens (by Migrate or MigrationVersion); a backend that ran neither
+// reads it at its first UnwrapTx, on another connection of the pool.
+func (d *Driver) UnwrapTx(ctx context.Context, tx any) (driver.Executor, error) {
 	pgxTx, ok := tx.(pgx.Tx)
 	if !ok || pgxTx == nil {
 		return nil, fmt.Errorf("%w: the PostgreSQL backend needs a pgx.Tx, got %T", driver.ErrWrongTxType, tx)
+	}
+	if err := d.checkTxLocation(ctx, pgxTx); err != nil {
+		return nil, err
 	}
 	return &executor{db: pgxTx, q: d.q}, nil
 }

@@ -46,7 +46,13 @@ func openWith(t *testing.T, opts *postgres.Opts, params ...string) *postgres.Dri
 // pairs) added.
 func testURL(t *testing.T, params ...string) string {
 	t.Helper()
-	u, err := url.Parse(testdb.PostgresURL())
+	return withParams(t, testdb.PostgresURL(), params...)
+}
+
+// withParams is raw with a small pool and params (in pairs) added.
+func withParams(t *testing.T, raw string, params ...string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
 	require.NoError(t, err)
 	q := u.Query()
 	q.Set("pool_max_conns", "4")
@@ -82,6 +88,13 @@ func conformanceOptions(params ...string) *drivertest.Options {
 			require.NoError(t, err)
 			t.Cleanup(func() { tx.Rollback(context.Background()) })
 			return &drivertest.AppTx{Tx: tx, Commit: tx.Commit, Rollback: tx.Rollback}
+		},
+		OpenElsewhere: func(t *testing.T, drv driver.Driver) driver.Driver {
+			schema := drv.(*postgres.Driver).Schema()
+			other, err := postgres.Open(t.Context(), withParams(t, testdb.OtherDatabaseURL(t, schema), params...), &postgres.Opts{Schema: schema})
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, other.Close()) })
+			return other
 		},
 		RecordMigration: func(t *testing.T, drv driver.Driver, version int) {
 			d := drv.(*postgres.Driver)
@@ -198,7 +211,7 @@ func TestSerializationFailureIsTransient(t *testing.T) {
 	app, err := drv.Pool().BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
 	require.NoError(t, err)
 	defer app.Rollback(context.Background())
-	exec, err := drv.UnwrapTx(app)
+	exec, err := drv.UnwrapTx(ctx, app)
 	require.NoError(t, err)
 	_, err = exec.PipelineGet(ctx, id)
 	require.NoError(t, err)
@@ -301,4 +314,28 @@ func insertPipeline(t *testing.T, drv *postgres.Driver) uuid.UUID {
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(t.Context()))
 	return p.ID
+}
+
+// UnwrapTx checks the transaction's database against the pool's, which
+// the backend read when it opened: it takes no other connection, so an
+// application holding the pool's last one in its transaction does not
+// wait for itself.
+func TestUnwrapTxOnItsPoolsLastConnection(t *testing.T) {
+	t.Parallel()
+	drv := open(t, testdb.NewSchema(t), "pool_max_conns", "1")
+	require.NoError(t, drv.Migrate(t.Context()))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	app, err := drv.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer app.Rollback(context.Background())
+	exec, err := drv.UnwrapTx(ctx, app)
+	require.NoError(t, err)
+	p := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
+		Status: driver.PipelinePending, Input: []byte(`{}`), Now: time.Now()}
+	_, err = exec.PipelineInsertMany(ctx, []*driver.PipelineInsertParams{p})
+	require.NoError(t, err)
+	require.NoError(t, app.Commit(ctx))
+	_, err = drv.Reader().PipelineGet(ctx, p.ID)
+	require.NoError(t, err)
 }

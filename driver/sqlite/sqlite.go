@@ -151,23 +151,10 @@ func New(db *sql.DB) (*Driver, error) {
 	if busy == 0 {
 		return nil, errors.New("sqlite: busy_timeout is 0 on this database, so concurrent writers fail at once: open it with sqlite.DSN(path)")
 	}
-	var file string
-	rows, err := db.QueryContext(ctx, "PRAGMA database_list")
+	file, err := mainFile(ctx, db)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: check database: %w", mapError(err))
+		return nil, fmt.Errorf("sqlite: check database: %w", err)
 	}
-	for rows.Next() {
-		var seq int
-		var name, f string
-		if err := rows.Scan(&seq, &name, &f); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("sqlite: check database: %w", err)
-		}
-		if name == "main" {
-			file = f
-		}
-	}
-	rows.Close()
 	f := newFile()
 	if file != "" {
 		f = fileFor(file)
@@ -237,13 +224,84 @@ func (d *Driver) reads() dbtx {
 	return d.reader
 }
 
-// UnwrapTx returns an executor inside the application's *sql.Tx.
-func (d *Driver) UnwrapTx(tx any) (driver.Executor, error) {
+// UnwrapTx returns an executor inside the application's *sql.Tx, once
+// PRAGMA database_list in tx shows that tx is on the Driver's database
+// file. A transaction on any other file (another tenant's, one that is no
+// Cloacina database) fails with [driver.ErrWrongDatabase]: SQLite opens
+// whatever file a *sql.DB names, so the run would otherwise be written to
+// that file. Of in-memory and temporary databases, which have no file, it
+// can only tell that they are not a file.
+func (d *Driver) UnwrapTx(ctx context.Context, tx any) (driver.Executor, error) {
 	sqlTx, ok := tx.(*sql.Tx)
 	if !ok || sqlTx == nil {
 		return nil, fmt.Errorf("%w: the SQLite backend needs a *sql.Tx, got %T", driver.ErrWrongTxType, tx)
 	}
+	file, err := mainFile(ctx, sqlTx)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: check the transaction's database: %w", err)
+	}
+	if !sameFile(file, d.path) {
+		return nil, fmt.Errorf("sqlite: %w: the transaction is on %s; this backend's database is %s: "+
+			"begin the transaction on the backend's database, Driver.DB() (from a runner: Runner.Driver().(*sqlite.Driver).DB())",
+			driver.ErrWrongDatabase, describeFile(ctx, sqlTx, file), describePath(d.path))
+	}
 	return &executor{db: sqlTx}, nil
+}
+
+// mainFile returns the path of the main database file of q's connection,
+// as SQLite resolved it: absolute, its URI escapes decoded. It is "" for
+// an in-memory or temporary database.
+func mainFile(ctx context.Context, q dbtx) (string, error) {
+	var file string
+	err := q.QueryRowContext(ctx, "SELECT file FROM pragma_database_list WHERE name = 'main'").Scan(&file)
+	return file, mapError(err)
+}
+
+// sameFile reports whether the database paths a and b name one file: the
+// same path, or two paths (through a symbolic or hard link, or a case
+// the file system ignores) of one file. Two databases without a file
+// ("") cannot be told apart, so they count as the same.
+func sameFile(a, b string) bool {
+	if a == b {
+		return true
+	}
+	if a == "" || b == "" {
+		return false
+	}
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	sb, err := os.Stat(b)
+	return err == nil && os.SameFile(sa, sb)
+}
+
+// describeFile names the main database file of tx for an error, saying
+// whether it is a Cloacina database.
+func describeFile(ctx context.Context, tx *sql.Tx, file string) string {
+	if file == "" {
+		return describePath(file)
+	}
+	var migrated bool
+	err := tx.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cloacina_migrations')").Scan(&migrated)
+	switch {
+	case err != nil:
+		return file
+	case migrated:
+		return file + ", another Cloacina database"
+	}
+	return file + ", which is not a Cloacina database"
+}
+
+// describePath names a database path for an error.
+func describePath(file string) string {
+	if file == "" {
+		return "an in-memory or temporary database"
+	}
+	return file
 }
 
 // Listen subscribes to wake-ups committed by any Driver of this process on

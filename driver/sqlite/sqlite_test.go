@@ -51,6 +51,9 @@ func TestConformance(t *testing.T) {
 				Rollback: func(context.Context) error { return tx.Rollback() },
 			}
 		},
+		OpenElsewhere: func(t *testing.T, drv driver.Driver) driver.Driver {
+			return open(t, testdb.SQLitePath(t))
+		},
 		RecordMigration: func(t *testing.T, drv driver.Driver, version int) {
 			_, err := drv.(*sqlite.Driver).DB().ExecContext(t.Context(),
 				"INSERT INTO cloacina_migrations (version, name, applied_at) VALUES (?, 'from_the_future', ?)",
@@ -221,4 +224,77 @@ func TestOpenPathsWithURICharacters(t *testing.T) {
 		names = append(names, e.Name())
 	}
 	require.ElementsMatch(t, []string{"team#1", "team#2", "100%41", "q?x", "a%3fb"}, names, "no file was created beside the directories")
+}
+
+// UnwrapTx accepts a transaction on the Driver's file, by whatever path it
+// was opened, and refuses one on any other, however close its name.
+func TestUnwrapTxChecksTheFile(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	root := t.TempDir()
+	begin := func(db *sql.DB) *sql.Tx {
+		tx, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { tx.Rollback() })
+		return tx
+	}
+	// Pairs of names that one URI decoding apart would make one file.
+	drvs := map[string]*sqlite.Driver{}
+	for _, dir := range []string{"100%41", "100A", "a%3fb", "a?b"} {
+		path := filepath.Join(root, dir, "cloacina.db")
+		require.NoError(t, os.Mkdir(filepath.Dir(path), 0o755))
+		drvs[dir] = open(t, path)
+		require.NoError(t, drvs[dir].Migrate(ctx))
+	}
+	for dir, drv := range drvs {
+		for other, o := range drvs {
+			tx := begin(o.DB())
+			exec, err := drv.UnwrapTx(ctx, tx)
+			if other == dir {
+				require.NoError(t, err, "%s: its own transaction", dir)
+				require.NotNil(t, exec)
+			} else {
+				require.ErrorIs(t, err, driver.ErrWrongDatabase, "%s: a transaction on %s", dir, other)
+				require.ErrorContains(t, err, o.Path()+", another Cloacina database; this backend's database is "+drv.Path())
+			}
+			require.NoError(t, tx.Rollback())
+		}
+	}
+
+	// The same file through a symbolic link, by a *sql.DB of the
+	// application's.
+	drv := drvs["100%41"]
+	link := filepath.Join(root, "link.db")
+	require.NoError(t, os.Symlink(drv.Path(), link))
+	db, err := sql.Open("sqlite", sqlite.DSN(link))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	tx := begin(db)
+	_, err = drv.UnwrapTx(ctx, tx)
+	require.NoError(t, err)
+	require.NoError(t, tx.Rollback())
+
+	// An in-memory database has no file: it is told apart from files
+	// only.
+	mem, err := sql.Open("sqlite", sqlite.DSN(":memory:"))
+	require.NoError(t, err)
+	mem.SetMaxOpenConns(1)
+	t.Cleanup(func() { mem.Close() })
+	memDrv, err := sqlite.New(mem)
+	require.NoError(t, err)
+	t.Cleanup(func() { memDrv.Close() })
+	require.Empty(t, memDrv.Path())
+	require.NoError(t, memDrv.Migrate(ctx))
+	tx = begin(mem)
+	_, err = memDrv.UnwrapTx(ctx, tx)
+	require.NoError(t, err)
+	_, err = drv.UnwrapTx(ctx, tx)
+	require.ErrorIs(t, err, driver.ErrWrongDatabase)
+	require.ErrorContains(t, err, "the transaction is on an in-memory or temporary database")
+	require.NoError(t, tx.Rollback())
+	tx = begin(drv.DB())
+	_, err = memDrv.UnwrapTx(ctx, tx)
+	require.ErrorIs(t, err, driver.ErrWrongDatabase)
+	require.ErrorContains(t, err, "this backend's database is an in-memory or temporary database")
+	require.NoError(t, tx.Rollback())
 }

@@ -99,9 +99,41 @@ func requirePostgres(t testing.TB) {
 
 // DropSchema drops a schema and everything in it.
 func DropSchema(t testing.TB, schema string) {
+	dropSchemaAt(t, PostgresURL(), schema)
+}
+
+// OtherDatabase is the database of the test server that tests use as
+// another database than the one PostgresURL names: initdb creates it in
+// every cluster.
+const OtherDatabase = "postgres"
+
+// OtherDatabaseURL returns the test URL moved to OtherDatabase (select
+// the schema with WithSchema, or the backend's options) and drops schema
+// there, with everything in it, when the test ends. It fails the test when PostgreSQL is unreachable or
+// PostgresURL names OtherDatabase already.
+func OtherDatabaseURL(t testing.TB, schema string) string {
+	t.Helper()
+	requirePostgres(t)
+	mark(t)
+	u, err := url.Parse(PostgresURL())
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	if strings.TrimPrefix(u.Path, "/") == OtherDatabase {
+		t.Fatalf("testdb: %s names database %q, which tests use as another database: point it at another one", EnvURL, OtherDatabase)
+	}
+	u.Path = "/" + OtherDatabase
+	base := u.String()
+	t.Cleanup(func() { dropSchemaAt(t, base, schema) })
+	return base
+}
+
+// dropSchemaAt drops a schema and everything in it from the database at
+// url.
+func dropSchemaAt(t testing.TB, url, schema string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, PostgresURL())
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Errorf("drop schema %s: %v", schema, err)
 		return
