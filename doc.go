@@ -205,7 +205,8 @@
 // the runs that finished before a cutoff, with their tasks and contexts,
 // in batches ([Runner.CountRunsBefore] counts them first). Their events
 // stay, for the event log's retention, which counts them as those of
-// finished runs.
+// finished runs, and still name their tasks: each task's name is copied
+// into its run's events as the task is deleted.
 //
 // # Crash safety and scale-out
 //

@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -275,6 +276,33 @@ func TestDeleteRunsBefore(t *testing.T) {
 
 		_, err = r.DeleteRunsBefore(ctx, cutoff, &DeleteRunsOpts{BatchSize: -1})
 		require.ErrorContains(t, err, "DeleteRunsOpts.BatchSize must be positive")
+	})
+}
+
+// The events a run keeps after run retention still name their task: the
+// audit log of a task_failed says which task failed. Reads named an
+// event's task by joining its row, which run retention deletes, so the
+// kept events had lost their task names.
+func TestEventsKeepTaskNamesAfterRunRetention(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("w", Task{Name: "charge_card", Run: func(context.Context, *Context) error { return errors.New("declined") }})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(ctx, "w", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		before, err := r.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventTaskFailed}})
+		require.NoError(t, err)
+		require.Len(t, before, 1)
+		require.Equal(t, "charge_card", before[0].TaskName)
+		n, err := r.DeleteRunsBefore(ctx, time.Now().Add(time.Hour), nil)
+		require.NoError(t, err)
+		require.EqualValues(t, 1, n)
+		after, err := r.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventTaskFailed}})
+		require.NoError(t, err)
+		require.Len(t, after, 1, "the run's events stay")
+		require.Equal(t, "charge_card", after[0].TaskName, "the audit log no longer names the task that failed")
 	})
 }
 

@@ -222,7 +222,11 @@ type Event struct {
 	ID          uuid.UUID
 	PipelineID  uuid.UUID
 	// TaskID is nil for pipeline events.
-	TaskID   *uuid.UUID
+	TaskID *uuid.UUID
+	// TaskName is the name of the event's task, "" for pipeline events.
+	// It outlives the task: run retention (DeleteRunsBefore) keeps it on
+	// the events of the runs it deletes. (The events of runs deleted
+	// before that, by a version without migration 11, have none.)
 	TaskName string
 	Type     EventType
 	// Data is the event's JSON payload: EventData as encoding/json encodes

@@ -229,8 +229,9 @@ type Executor interface {
 	TaskFenceCheck(ctx context.Context, params *TaskFenceCheckParams) (*TaskFenceCheckResult, error)
 
 	// PipelineDeleteFinished deletes old finished runs (see
-	// PipelineDeleteParams) and returns how many. On PostgreSQL a run
-	// another transaction has locked is skipped.
+	// PipelineDeleteParams), keeping their tasks' names on their events,
+	// and returns how many. On PostgreSQL a run another transaction has
+	// locked is skipped.
 	PipelineDeleteFinished(ctx context.Context, params *PipelineDeleteParams) (int, error)
 	// PipelineCountFinished counts the runs PipelineDeleteFinished would
 	// delete.

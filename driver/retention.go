@@ -8,7 +8,9 @@ import "time"
 // whose outcome is still to be recorded. At most Limit are deleted, in no
 // particular order. Their tasks, outbox rows and schedule ticks go with
 // them; their events do not (see EventDeleteParams.ExcludeUnfinishedRuns:
-// the events of a run whose row is gone count as finished).
+// the events of a run whose row is gone count as finished), and before its
+// tasks go each task's name is copied into the run's events that name none
+// yet, so that EventList still names their task (Event.TaskName).
 type PipelineDeleteParams struct {
 	Before time.Time
 	Limit  int

@@ -134,7 +134,7 @@ type Event struct {
 	ID          uuid.UUID
 	PipelineID  uuid.UUID
 	TaskID      *uuid.UUID
-	TaskName    string // joined from task_executions; empty for pipeline events
+	TaskName    string // from task_executions, else kept on the event by run retention; empty for pipeline events
 	Type        EventType
 	Data        json.RawMessage
 	WorkerID    string

@@ -739,7 +739,9 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		}
 		order, desc = "e.tx_id, e.sequence_num", "e.tx_id DESC, e.sequence_num DESC"
 	}
-	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, ''),
+	// A task's name comes from its row while it exists, then from the
+	// copy run retention keeps on its events (migration 11).
+	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, e.task_name, ''),
 		e.event_type, e.event_data, e.worker_id, e.created_at, e.tx_id::text::bigint
 		FROM ` + e.q.eventTable + ` e LEFT JOIN ` + e.q.taskTable + ` t ON t.id = e.task_execution_id`
 	if len(where) > 0 {

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -182,6 +183,74 @@ func TestMigrationToRunParentsKeepsRuns(t *testing.T) {
 	require.Len(t, children, 1)
 	require.Equal(t, child.ID, children[0].ID)
 	require.Equal(t, task, *children[0].ParentTaskID)
+}
+
+// Migration 11 adds the task name that run retention keeps on events. A
+// schema at version 10 keeps its events, unnamed, without a rewrite of the
+// event table (the column is nullable, with no default), and they take
+// their name from their task while it exists. Roles granted the tables
+// before the migration need no grant for the column: the role an
+// application runs retention as names the events of the runs it deletes,
+// and a role that may only read reads the names.
+func TestMigrationToEventTaskNamesKeepsEvents(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	drv, schema := openAtVersion(t, 10)
+	s := pgx.Identifier{schema}.Sanitize()
+	pid, tid := uuid.New(), uuid.New()
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`
+		WITH p AS (INSERT INTO %[1]s.pipeline_executions (id, workflow_name, workflow_version, status, input, created_at, completed_at, updated_at)
+				VALUES ($1, 'wf', 'v1', 'failed', '{}', now() - interval '2 days', now() - interval '2 days', now())),
+			t AS (INSERT INTO %[1]s.task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status,
+					attempt, max_attempts, created_at, updated_at)
+				VALUES ($2, $1, 'wf', 'charge_card', 0, 'failed', 1, 1, now(), now()))
+		INSERT INTO %[1]s.execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
+			VALUES (gen_random_uuid(), $1, NULL, 'pipeline_started', '{}', 'w', now()),
+				(gen_random_uuid(), $1, $2, 'task_failed', '{}', 'w', now())`, s), pid, tid)
+	require.NoError(t, err)
+	_, app := testdb.ReadWriteRoleURL(t, testdb.PostgresURL(), schema)
+	_, reader := testdb.SelectOnlyRoleURL(t, testdb.PostgresURL(), schema)
+	file := func() (f uint32) {
+		require.NoError(t, drv.Pool().QueryRow(ctx, "SELECT relfilenode FROM pg_class WHERE oid = $1::regclass",
+			pgx.Identifier{schema, "execution_events"}.Sanitize()).Scan(&f))
+		return f
+	}
+	before := file()
+
+	require.NoError(t, drv.Migrate(ctx))
+	require.Equal(t, before, file(), "the event table is not rewritten")
+	var unnamed int
+	require.NoError(t, drv.Pool().QueryRow(ctx, "SELECT count(*) FROM "+s+".execution_events WHERE task_name IS NULL").Scan(&unnamed))
+	require.Equal(t, 2, unnamed, "existing events stay unnamed")
+
+	names := func(d *Driver) []string {
+		t.Helper()
+		events, err := d.Reader().EventList(ctx, &driver.EventListParams{PipelineID: &pid})
+		require.NoError(t, err)
+		var out []string
+		for _, ev := range events {
+			out = append(out, ev.TaskName)
+		}
+		return out
+	}
+	require.Equal(t, []string{"", "charge_card"}, names(drv), "named by their task")
+
+	appDrv, err := Open(ctx, app, &Opts{Schema: schema})
+	require.NoError(t, err)
+	defer appDrv.Close()
+	require.NoError(t, appDrv.Migrate(ctx), "nothing is pending")
+	tx, err := appDrv.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 10})
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.NoError(t, tx.Commit(ctx))
+
+	readDrv, err := Open(ctx, reader, &Opts{Schema: schema, ReadOnly: true})
+	require.NoError(t, err)
+	defer readDrv.Close()
+	require.Equal(t, []string{"", "charge_card"}, names(readDrv), "named by the copy on the event, once the task is gone")
 }
 
 // openAtVersion opens a fresh schema migrated up to version v only.

@@ -287,3 +287,48 @@ func TestRetentionBatchDeletesByPrimaryKey(t *testing.T) {
 	}
 	require.Equal(t, before, seqScans(t, drv, schema)["execution_events"], "scans of the event table")
 }
+
+// A batch of run retention finds the events whose task names it keeps
+// through the event table's index by run, and their tasks by primary key,
+// also with a plan cached once statistics show large tables: it never
+// scans the event table, which holds every run's events, nor the task
+// table.
+func TestRunRetentionNamesEventsThroughIndexes(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv := open(t, schema, "pool_max_conns", "1") // one connection: one plan cache
+	require.NoError(t, drv.Migrate(ctx))
+	s := pgx.Identifier{schema}.Sanitize()
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`
+		WITH p AS (INSERT INTO %[1]s.pipeline_executions (id, workflow_name, workflow_version, status, input, created_at, completed_at, updated_at)
+				SELECT gen_random_uuid(), 'wf', 'v1', 'completed', '{}', now() - interval '2 days', now() - interval '2 days', now()
+				FROM generate_series(1, 5000) RETURNING id),
+			t AS (INSERT INTO %[1]s.task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status, max_attempts, created_at, updated_at)
+				SELECT gen_random_uuid(), p.id, 'wf', 'task' || i, i, 'completed', 1, now(), now() FROM p, generate_series(0, 1) AS i
+				RETURNING id, pipeline_execution_id),
+			e AS (INSERT INTO %[1]s.execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
+				SELECT gen_random_uuid(), t.pipeline_execution_id, t.id, 'task_completed', '{}', 'w', now() FROM t, generate_series(1, 3))
+		INSERT INTO %[1]s.execution_events (id, pipeline_execution_id, event_type, event_data, worker_id, created_at)
+			SELECT gen_random_uuid(), p.id, 'pipeline_completed', '{}', 'w', now() FROM p`, s))
+	require.NoError(t, err)
+	_, err = drv.Pool().Exec(ctx, fmt.Sprintf(`ANALYZE %[1]s.pipeline_executions; ANALYZE %[1]s.task_executions; ANALYZE %[1]s.execution_events`, s))
+	require.NoError(t, err)
+
+	before := seqScans(t, drv, schema)
+	for range 7 { // past the five custom plans after which PostgreSQL may keep a generic one
+		inTx(t, drv, func(tx driver.Tx) error {
+			n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 100})
+			if err == nil && n != 100 {
+				err = fmt.Errorf("deleted %d runs, want 100", n)
+			}
+			return err
+		})
+	}
+	require.Equal(t, before, seqScans(t, drv, schema), "sequential scans by run retention")
+	var unnamed, named int
+	require.NoError(t, drv.Pool().QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FILTER (WHERE task_name IS NULL), count(*) FILTER (WHERE task_name IS NOT NULL)
+		FROM %s.execution_events WHERE task_execution_id IS NOT NULL`, s)).Scan(&unnamed, &named))
+	require.Equal(t, 7*100*2*3, named, "the deleted runs' task events name their tasks")
+	require.Equal(t, (5000-7*100)*2*3, unnamed, "the others' still take the name from the task")
+}

@@ -13,17 +13,33 @@ import (
 const finishedBefore = `q.status IN ('completed', 'failed', 'cancelled') AND q.created_at < $1 AND q.completed_at < $1
 	AND NOT EXISTS (SELECT FROM %[1]s.task_executions t WHERE t.pipeline_execution_id = q.id AND t.status = 'running')`
 
+// pipelineDeleteFinishedSQL deletes a batch of runs (their tasks, outbox
+// rows and ticks go by cascade) and first copies each task's name into the
+// run's events (migration 11), which stay, so that they still name their
+// task once its row is gone. Both happen in one statement, on the runs
+// the batch locked: the copy reads the tasks before the cascade deletes
+// them. The events are found by run through execution_events_pipeline_idx,
+// each task by its primary key.
+const pipelineDeleteFinishedSQL = `WITH runs AS (
+			SELECT q.id FROM %[1]s.pipeline_executions q WHERE ` + finishedBefore + ` LIMIT $2 FOR UPDATE SKIP LOCKED),
+		named AS (
+			UPDATE %[1]s.execution_events e SET task_name = t.task_name FROM %[1]s.task_executions t
+			WHERE e.pipeline_execution_id = ANY(ARRAY(SELECT id FROM runs)) AND e.task_execution_id = t.id
+				AND t.pipeline_execution_id = e.pipeline_execution_id AND e.task_name IS NULL),
+		deleted AS (
+			DELETE FROM %[1]s.pipeline_executions WHERE id IN (SELECT id FROM runs) RETURNING 1)
+		SELECT count(*) FROM deleted`
+
 func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.PipelineDeleteParams) (int, error) {
 	if p.Limit <= 0 {
 		return 0, fmt.Errorf("postgres: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
 	}
-	tag, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s.pipeline_executions WHERE id IN (
-			SELECT q.id FROM %[1]s.pipeline_executions q WHERE `+finishedBefore+` LIMIT $2 FOR UPDATE SKIP LOCKED)`, e.q.schema),
-		driver.ClampTime(p.Before), p.Limit)
+	var n int
+	err := e.db.QueryRow(ctx, fmt.Sprintf(pipelineDeleteFinishedSQL, e.q.schema), driver.ClampTime(p.Before), p.Limit).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: delete finished runs: %w", mapError(err))
 	}
-	return int(tag.RowsAffected()), nil
+	return n, nil
 }
 
 func (e *executor) PipelineCountFinished(ctx context.Context, p *driver.PipelineCountParams) (int64, error) {

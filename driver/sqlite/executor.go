@@ -757,7 +757,9 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.sequence_num > ?")
 		args = append(args, p.AfterSeq)
 	}
-	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, ''),
+	// A task's name comes from its row while it exists, then from the
+	// copy run retention keeps on its events (migration 11).
+	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, e.task_name, ''),
 		e.event_type, e.event_data, e.worker_id, e.created_at
 		FROM execution_events e LEFT JOIN task_executions t ON t.id = e.task_execution_id`
 	if len(where) > 0 {

@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -54,4 +55,53 @@ func TestMigrationToRunParentsKeepsRuns(t *testing.T) {
 	require.Len(t, children, 1)
 	require.Equal(t, child.ID, children[0].ID)
 	require.Equal(t, task, *children[0].ParentTaskID)
+}
+
+// Migration 11 adds the task name that run retention keeps on events. A
+// database at version 10 keeps its events, unnamed; they take their name
+// from their task while it exists, and from the copy once run retention
+// deletes the task.
+func TestMigrationToEventTaskNamesKeepsEvents(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	drv := open(t, testdb.SQLitePath(t))
+	require.NoError(t, sqlite.MigrateTo(ctx, drv, 10))
+	pid, tid := uuid.New(), uuid.New()
+	const at = "2025-01-02T03:04:05.000000Z"
+	for _, q := range []string{
+		`INSERT INTO pipeline_executions (id, workflow_name, workflow_version, status, input, created_at, completed_at, updated_at)
+			VALUES (?1, 'wf', 'v1', 'failed', '{}', ?3, ?3, ?3)`,
+		`INSERT INTO task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status, attempt, max_attempts, created_at, updated_at)
+			VALUES (?2, ?1, 'wf', 'charge_card', 0, 'failed', 1, 1, ?3, ?3)`,
+		`INSERT INTO execution_events (id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
+			VALUES (lower(hex(randomblob(16))), ?1, NULL, 'pipeline_started', '{}', 'w', ?3),
+				(lower(hex(randomblob(16))), ?1, ?2, 'task_failed', '{}', 'w', ?3)`,
+	} {
+		_, err := drv.DB().ExecContext(ctx, q, pid.String(), tid.String(), at)
+		require.NoError(t, err)
+	}
+
+	require.NoError(t, drv.Migrate(ctx))
+	var unnamed int
+	require.NoError(t, drv.DB().QueryRowContext(ctx, "SELECT count(*) FROM execution_events WHERE task_name IS NULL").Scan(&unnamed))
+	require.Equal(t, 2, unnamed, "existing events stay unnamed")
+	names := func() []string {
+		t.Helper()
+		events, err := drv.Reader().EventList(ctx, &driver.EventListParams{PipelineID: &pid})
+		require.NoError(t, err)
+		var out []string
+		for _, ev := range events {
+			out = append(out, ev.TaskName)
+		}
+		return out
+	}
+	require.Equal(t, []string{"", "charge_card"}, names(), "named by their task")
+
+	tx, err := drv.Begin(ctx)
+	require.NoError(t, err)
+	n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 10})
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.NoError(t, tx.Commit(ctx))
+	require.Equal(t, []string{"", "charge_card"}, names(), "named by the copy on the event, once the task is gone")
 }

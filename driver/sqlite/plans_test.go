@@ -95,6 +95,57 @@ func TestRetentionFindsRunsByID(t *testing.T) {
 	require.Equal(t, 2, checked, "the count and the delete")
 }
 
+// A batch of run retention finds the events whose task names it keeps by
+// their run, each task by its id, and the runs it deletes by their ids:
+// no statement reads a whole table.
+func TestRunRetentionFindsEventsByRun(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	drv, db, parses := openCounting(t)
+	now := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	pid, tid := uuid.New(), uuid.New()
+	tx, err := drv.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	require.NoError(t, tx.ChangeSetApply(ctx, &driver.ChangeSet{
+		NewPipelines: []*driver.PipelineInsertParams{{ID: pid, WorkflowName: "wf", WorkflowVersion: "v1",
+			Status: driver.PipelinePending, Input: json.RawMessage(`{}`), Now: now}},
+		NewTasks: []driver.TaskInsert{{ID: tid, PipelineID: pid, WorkflowName: "wf", Name: "only",
+			Status: driver.TaskCompleted, Attempt: 1, MaxAttempts: 1, Now: now}},
+		Pipelines: []driver.PipelineUpdate{{ID: pid, FromStatus: driver.PipelinePending, Status: driver.PipelineCompleted,
+			StartedAt: &now, CompletedAt: &now, Now: now}},
+		Events: []driver.EventInsert{{ID: uuid.New(), PipelineID: pid, TaskID: &tid, Type: driver.EventTaskCompleted,
+			Data: json.RawMessage(`{}`), CreatedAt: now}},
+	}))
+	n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: now.Add(time.Hour), Limit: 10})
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.NoError(t, tx.Commit(ctx))
+
+	checked := 0
+	for _, q := range parses.seen() {
+		q = strings.TrimSpace(q)
+		var want []string
+		switch {
+		case strings.HasPrefix(q, "UPDATE execution_events"):
+			want = []string{"SEARCH e USING INDEX execution_events_pipeline_idx (pipeline_execution_id=?)",
+				"SEARCH t USING INDEX sqlite_autoindex_task_executions_1 (id=?)"}
+		case strings.HasPrefix(q, "DELETE FROM pipeline_executions"):
+			want = []string{"SEARCH pipeline_executions USING COVERING INDEX sqlite_autoindex_pipeline_executions_1 (id=?)"}
+		default:
+			continue
+		}
+		plan := strings.Join(queryPlan(t, db, q), "; ")
+		for _, w := range want {
+			require.Contains(t, plan, w, q)
+		}
+		require.NotContains(t, plan, "SCAN e", q)
+		require.NotContains(t, plan, "SCAN t", q)
+		checked++
+	}
+	require.Equal(t, 2, checked, "the naming and the deletion")
+}
+
 // queryPlan is the EXPLAIN QUERY PLAN of q, one step a line.
 func queryPlan(t *testing.T, db *sql.DB, q string) []string {
 	t.Helper()

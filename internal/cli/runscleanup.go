@@ -26,14 +26,16 @@ func (a *app) runsCleanupCommand() *cobra.Command {
 		Long: `cleanup deletes the runs that finished (completed, failed or cancelled) more
 than --older-than ago, with their tasks and contexts, in batches of
 --batch-size runs, one transaction each, so it never holds locks for long.
-A batch's time grows with its runs' tasks: for workflows of hundreds of
-tasks, lower --batch-size so that a batch holds some thousands of tasks.
+A batch's time grows with its runs' tasks and their events: for workflows of
+hundreds of tasks, lower --batch-size so that a batch holds some thousands of
+tasks.
 AGE is a Go duration that may start with days: 30d, 12h, 1d12h.
 
 Unfinished runs (pending, running or paused) are kept however old, and so is
 a cancelled run while a task of it has not returned yet. The runs' events
-stay: the event log has a retention of its own, and ` + "`cloacina events cleanup`" + `
-deletes the events of deleted runs as those of finished ones. With --dry-run
+stay, still naming their tasks in ` + "`cloacina events list`" + `: the event log has a
+retention of its own, and ` + "`cloacina events cleanup`" + ` deletes the events of
+deleted runs as those of finished ones. With --dry-run
 it only counts what the same command would delete.`,
 		Example: `  cloacina runs cleanup --older-than 90d --dry-run
   cloacina runs cleanup --older-than 90d && cloacina events cleanup --older-than 90d`,

@@ -9,7 +9,8 @@ import (
 )
 
 // runs cleanup deletes finished runs older than the age, keeps unfinished
-// ones, and leaves the events to events cleanup; --dry-run only counts.
+// ones, and leaves the events to events cleanup, still naming their tasks
+// in events list; --dry-run only counts.
 func TestRunsCleanup(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, url string) {
@@ -18,10 +19,14 @@ func TestRunsCleanup(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { require.NoError(t, r.Close()) })
 		require.NoError(t, r.Start(ctx))
+		var first *cloacina.ExecutionResult
 		for range 3 {
 			res, err := r.Execute(ctx, "quick", nil)
 			require.NoError(t, err)
 			require.Equal(t, cloacina.PipelineCompleted, res.Status)
+			if first == nil {
+				first = res
+			}
 		}
 		require.NoError(t, r.Stop(ctx))
 		// Not started again: this run stays pending.
@@ -41,6 +46,12 @@ func TestRunsCleanup(t *testing.T) {
 		_, rows = parseTable(t, ok(t, url, "runs", "list"))
 		require.Len(t, rows, 1)
 		require.Equal(t, pending.ID().String(), rows[0][0], "the unfinished run stays")
+
+		// The deleted runs' events stay, and still name their task.
+		header, rows := parseTable(t, ok(t, url, "events", "list", "--run", first.ID.String(), "--type", "task_completed"))
+		require.Len(t, rows, 1)
+		require.Equal(t, "TASK", header[4])
+		require.Equal(t, "only", rows[0][4], "the task's name outlives its row")
 
 		// The deleted runs' events are old events of finished runs now.
 		require.Contains(t, ok(t, url, "events", "cleanup", "--older-than", "1ms", "--dry-run"), "would delete ")

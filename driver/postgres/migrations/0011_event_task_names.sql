@@ -1,0 +1,16 @@
+-- The name of an event's task, kept for when the task is gone. Reads
+-- name an event's task by joining its row in task_executions, which run
+-- retention (Runner.DeleteRunsBefore) deletes while the run's events stay
+-- as the audit log: a task_failed kept after its run was deleted no
+-- longer said which task failed. Run retention now copies each task's
+-- name into its run's events in the transaction that deletes the task,
+-- and reads take the name from the task row while it exists, else from
+-- the event. Events are not written with the name: the event insert is
+-- the hottest write, and most events are read (or deleted) while their
+-- task still exists.
+--
+-- Nullable with no default: adding the column does not rewrite the table,
+-- and existing rows stay NULL (their tasks, where they still exist, name
+-- them; the events of runs deleted before this migration stay unnamed).
+-- Roles are granted whole tables, so the column needs no grant of its own.
+ALTER TABLE {{schema}}.execution_events ADD COLUMN task_name text;
