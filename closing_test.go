@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 )
 
@@ -138,5 +139,36 @@ func TestSecondCloseWaitsForTheFirst(t *testing.T) {
 		require.NoError(t, waitFor(t, first, "the first Close"))
 		require.NoError(t, waitFor(t, second, "the second Close"))
 		require.Zero(t, running.Load())
+	})
+}
+
+// A call made after Close with a context that keeps a task's values
+// (context.WithoutCancel of it, or a goroutine the task left running) is
+// refused like any caller's: only the runner's own tasks, while Close
+// drains them, get through.
+func TestTaskContextCallAfterCloseIsRefused(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		owner := openRunner(t, url, nil) // owns the database; never started
+		kept := make(chan context.Context, 1)
+		wf := MustWorkflow("w", Task{Name: "a", Run: func(ctx context.Context, _ *Context) error {
+			kept <- context.WithoutCancel(ctx)
+			return nil
+		}})
+		r, err := NewRunner(ctx, owner.drv, &Config{Workflows: []*Workflow{wf}, Logger: quietLogger()})
+		require.NoError(t, err)
+		require.NoError(t, r.Start(ctx))
+		_, err = r.ExecuteAsync(ctx, "w", nil)
+		require.NoError(t, err)
+		taskCtx := waitFor(t, kept, "the task to run")
+		require.NoError(t, r.Close())
+
+		_, err = r.ExecuteAsync(taskCtx, "w", nil)
+		require.ErrorIs(t, err, ErrRunnerClosed)
+		_, err = r.List(taskCtx, nil)
+		require.ErrorIs(t, err, ErrRunnerClosed)
+		_, err = (&Execution{r: r, id: uuid.New()}).Wait(taskCtx)
+		require.ErrorIs(t, err, ErrRunnerClosed)
 	})
 }

@@ -544,13 +544,19 @@ func (r *Runner) checkOpen(ctx context.Context) error {
 	return nil
 }
 
-// ownTask reports whether ctx is the context of a task this runner runs.
+// ownTask reports whether ctx is the context of a task this runner runs
+// (started by its current Start, not returned yet).
 // Close stops the runner as Stop does, and its tasks' calls are part of
 // that stop (a child run the task waits for is drained with it), so they
 // are not refused as a caller's calls are once Close has begun.
 func (r *Runner) ownTask(ctx context.Context) bool {
 	s, ok := ctx.Value(taskScopeKey{}).(*taskScope)
-	return ok && s.r == r
+	if !ok || s.r != r || r.services() != s.svc {
+		return false // another runner's, or of a run of this one that has stopped
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.returned
 }
 
 // closedErr wraps err with ErrRunnerClosed when the runner was closed
