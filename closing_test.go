@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -170,5 +171,52 @@ func TestTaskContextCallAfterCloseIsRefused(t *testing.T) {
 		require.ErrorIs(t, err, ErrRunnerClosed)
 		_, err = (&Execution{r: r, id: uuid.New()}).Wait(taskCtx)
 		require.ErrorIs(t, err, ErrRunnerClosed)
+	})
+}
+
+// A Close that comes while a Stop without a deadline drains the runner
+// bounds that Stop by its own wait (closeWait): a task waiting for a child
+// run that cannot finish meanwhile is handed back, and Close returns.
+// Close used to wait for the Stop for ever, once it no longer woke such a
+// task with ErrRunnerClosed (which failed its run).
+func TestCloseBoundsAStopInProgress(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		childTried := make(chan struct{}, 4)
+		child := MustWorkflow("child", Task{Name: "c", Run: func(context.Context, *Context) error {
+			childTried <- struct{}{}
+			return errors.New("fails; retried in an hour")
+		}, Retry: &RetryPolicy{MaxAttempts: 2, InitialDelay: time.Hour, MaxDelay: time.Hour}})
+		var r *Runner
+		parent := MustWorkflow("parent", Task{Name: "p", Run: func(ctx context.Context, _ *Context) error {
+			_, err := r.Execute(ctx, "child", nil)
+			return err
+		}})
+		var err error
+		r, err = Open(ctx, url, &Config{Workflows: []*Workflow{parent, child}, Logger: quietLogger()})
+		require.NoError(t, err)
+		r.closeWait = 300 * time.Millisecond
+		retried := onEvent(r, eventOf(EventTaskRetryScheduled))
+		require.NoError(t, r.Start(ctx))
+		exec, err := r.ExecuteAsync(ctx, "parent", nil)
+		require.NoError(t, err)
+		waitFor(t, childTried, "the child's first attempt")
+		waitFor(t, retried, "the child's retry, an hour away")
+
+		svc := r.services()
+		stopped := make(chan error, 1)
+		go func() { stopped <- r.Stop(context.Background()) }()
+		require.Eventually(t, svc.draining.Load, testTimeout, time.Millisecond, "Stop to begin")
+		closed := make(chan error, 1)
+		go func() { closed <- r.Close() }()
+		require.ErrorIs(t, waitFor(t, stopped, "Stop, bounded by Close"), context.DeadlineExceeded)
+		require.NoError(t, waitFor(t, closed, "Close"))
+
+		other := openRunner(t, url, &Config{Workflows: []*Workflow{parent, child}})
+		res, err := other.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.NotEqual(t, PipelineFailed, res.Status, "%v", res.Err())
+		require.Equal(t, TaskStatusReady, res.Task("p").Status, "handed back for another runner")
 	})
 }

@@ -129,6 +129,8 @@ const (
 	// contexts were cancelled, for tasks to return before handing their
 	// claims back.
 	stopGrace = 2 * time.Second
+	// closeWait is how long Close lets running tasks finish (see Close).
+	closeWait = 30 * time.Second
 )
 
 // Runner executes workflows against one database. Open one per process
@@ -178,6 +180,8 @@ type Runner struct {
 	done     chan struct{}
 	closed   chan struct{}
 	closeErr error
+	// closeWait is the constant closeWait; tests shorten it.
+	closeWait time.Duration
 	// svc holds the background services while the runner is started.
 	svc atomic.Pointer[services]
 
@@ -361,6 +365,7 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		waiters:       map[uuid.UUID]map[chan struct{}]struct{}{},
 		done:          make(chan struct{}),
 		closed:        make(chan struct{}),
+		closeWait:     closeWait,
 	}
 	r.now = r.clock.now
 	for _, wf := range c.Workflows {
@@ -516,14 +521,39 @@ func (r *Runner) Close() error {
 	r.mu.Unlock()
 	r.lifecycleMu.Unlock()
 	if started {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		r.closeErr = r.stop(ctx)
-		cancel()
+		r.closeErr = r.stop(context.Background()) // bounded by closeWait: see boundByClose
 	}
 	if r.owned {
 		r.closeErr = errors.Join(r.closeErr, r.drv.Close())
 	}
 	return r.closeErr
+}
+
+// boundByClose returns ctx ended, with context.DeadlineExceeded as its
+// cause, closeWait after Close begins: a Stop, with a deadline or none,
+// keeps Close's once Close comes (Close itself stops the runner with no
+// deadline of its own). The returned function releases it.
+func (r *Runner) boundByClose(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	released := make(chan struct{})
+	go func() {
+		select {
+		case <-r.done:
+		case <-released:
+			return
+		}
+		timer := time.NewTimer(r.closeWait)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+			cancel(context.DeadlineExceeded)
+		case <-released:
+		}
+	}()
+	return ctx, func() {
+		close(released)
+		cancel(nil)
+	}
 }
 
 func (r *Runner) isClosed() bool {

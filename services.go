@@ -185,13 +185,16 @@ func (r *Runner) Start(ctx context.Context) error {
 // wait for a runner that never comes. When ctx ends first, the
 // remaining tasks' contexts are cancelled; tasks that still have not
 // returned a moment later are handed back (reset to Ready, task_reset) for
-// another runner, and Stop returns ctx's error. The runner can be started
-// again afterwards.
+// another runner, and Stop returns ctx's error. A Close that comes
+// meanwhile bounds Stop by its own wait, as if ctx ended then. The runner
+// can be started again afterwards.
 func (r *Runner) Stop(ctx context.Context) error {
 	return r.stop(ctx)
 }
 
 func (r *Runner) stop(ctx context.Context) error {
+	ctx, release := r.boundByClose(ctx)
+	defer release()
 	r.lifecycleMu.Lock()
 	defer r.lifecycleMu.Unlock()
 	r.mu.Lock()
@@ -228,7 +231,7 @@ func (r *Runner) stop(ctx context.Context) error {
 		svc.claimCancel()
 		<-svc.claimerDone
 	case <-ctx.Done():
-		stopErr = ctx.Err()
+		stopErr = context.Cause(ctx)
 		svc.claimCancel()
 		<-svc.claimerDone
 		svc.workCancel(errShutdown)
