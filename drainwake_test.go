@@ -2,12 +2,14 @@ package cloacina
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
 // gateDriver holds every transaction that records a resumed run, just
@@ -82,4 +84,100 @@ func TestWorkCommittedAsStopBeginsWakesOtherRunners(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, PipelineCompleted, final.Status)
 	})
+}
+
+// hookDriver calls onResume inside every transaction that records a
+// resumed run, after addWakeups, before its changes are applied.
+type hookDriver struct {
+	driver.Driver
+	onResume func()
+}
+
+func (d *hookDriver) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &hookTx{Tx: tx, d: d}, nil
+}
+
+type hookTx struct {
+	driver.Tx
+	d *hookDriver
+}
+
+func (tx *hookTx) ChangeSetApply(ctx context.Context, cs *driver.ChangeSet) error {
+	for _, e := range cs.Events {
+		if e.Type == EventPipelineResumed && tx.d.onResume != nil {
+			tx.d.onResume()
+		}
+	}
+	return tx.Tx.ChangeSetApply(ctx, cs)
+}
+
+// The same as TestWorkCommittedAsStopBeginsWakesOtherRunners, when the
+// slots counted on reach a draining claimer that claims for a task
+// waiting for a child run: that claim takes only the child's tasks, so
+// other runners must still hear of the work.
+func TestWorkCommittedAsStopBeginsWakesOthersWhileATaskAwaitsAChild(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	url := testdb.PostgresSchemaURL(t)
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce)
+	childStarted := make(chan struct{}, 1)
+	wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+	child := MustWorkflow("child", Task{Name: "c", Run: func(ctx context.Context, _ *Context) error {
+		childStarted <- struct{}{}
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}})
+	var a *Runner
+	parent := MustWorkflow("parent", Task{Name: "p", Run: func(ctx context.Context, _ *Context) error {
+		_, err := a.Execute(ctx, "child", nil)
+		return err
+	}})
+	a = openRunner(t, url, &Config{Workflows: []*Workflow{wf, child, parent}, PollInterval: time.Hour})
+	b := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
+	hd := &hookDriver{Driver: a.drv}
+	a.drv = hd
+	b.claimsPaused.Store(true)
+	require.NoError(t, a.Start(ctx))
+	require.NoError(t, b.Start(ctx))
+	_, err := a.ExecuteAsync(ctx, "parent", nil)
+	require.NoError(t, err)
+	waitFor(t, childStarted, "the child task to start on A")
+	svc := a.services()
+	require.Eventually(t, func() bool {
+		svc.awaitMu.Lock()
+		defer svc.awaitMu.Unlock()
+		return len(svc.awaited) == 1
+	}, testTimeout, time.Millisecond, "the parent to wait for its child")
+
+	a.claimsPaused.Store(true)
+	exec, err := a.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	require.NoError(t, a.Pause(ctx, exec.ID()))
+	a.claimsPaused.Store(false)
+	b.claimsPaused.Store(false)
+	claimedByB := onEvent(b, eventOf(EventTaskClaimed))
+	// The resume counts on A's slot; A's claimer then holds off until
+	// Stop has begun.
+	hd.onResume = func() { a.claimsPaused.Store(true) }
+	require.NoError(t, a.Resume(ctx, exec.ID()))
+	require.Equal(t, int64(1), svc.preheld.Load(), "the resume's work is counted on A's slot")
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.Stop(ctx) }()
+	require.Eventually(t, svc.draining.Load, testTimeout, time.Millisecond, "Stop to begin")
+	a.claimsPaused.Store(false)
+	a.wakeClaimer()
+	waitFor(t, claimedByB, "runner B to be woken and claim the resumed run's task")
+	releaseOnce()
+	require.NoError(t, waitFor(t, stopped, "Stop"))
 }

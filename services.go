@@ -383,14 +383,16 @@ func (r *Runner) claimRound(ctx context.Context, svc *services, pending bool) (n
 	}
 	var runs []uuid.UUID
 	if svc.draining.Load() {
+		if pre > 0 {
+			// Work committed as Stop began, counted on these slots (see
+			// addWakeups), which a draining round does not claim (it
+			// claims at most the tasks of runs its tasks wait for):
+			// others must hear of it.
+			defer r.wakeOthers(ctx, r.workflowNames())
+		}
 		if runs = svc.beginDrainClaim(); runs == nil {
 			for range n {
 				<-svc.slots
-			}
-			if pre > 0 {
-				// Work committed as Stop began, counted on these slots
-				// (see addWakeups): others must hear of it.
-				r.wakeOthers(ctx, r.workflowNames())
 			}
 			return 0, 0, nil
 		}
