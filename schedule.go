@@ -569,8 +569,21 @@ func (r *Runner) planTicks(ctx context.Context, tx driver.Executor, s *driver.Sc
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("input: %w", err)
 	}
-	ats, after := dueTicks(spec, s.NextFireAt, now, CatchUp(s.CatchUp), s.MaxLateness)
-	if after.IsZero() || s.NextFireAt.IsZero() {
+	next := s.NextFireAt
+	// A next tick set anew (resumed, cron changed) by a runner that read
+	// the schedule just before another fired that tick, or whose clock
+	// lagged, is one fired already: fire from the tick after the newest
+	// one recorded. Firing holds the schedule's row, so this read is
+	// current.
+	floor, err := tickFloor(ctx, tx, s, time.Time{})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if !next.IsZero() && !next.After(floor) {
+		next = tickAfter(spec, next, floor)
+	}
+	ats, after := dueTicks(spec, next, now, CatchUp(s.CatchUp), s.MaxLateness)
+	if after.IsZero() || next.IsZero() {
 		return nil, time.Time{}, fmt.Errorf("cron %q in %s has no tick after %s: change the schedule's Cron", s.Cron, s.Timezone, s.NextFireAt)
 	}
 	var busy *uuid.UUID
@@ -802,7 +815,6 @@ func (r *Runner) DeleteSchedule(ctx context.Context, name string) error {
 	return r.scheduleErr(ctx, name, err)
 }
 
-// scheduleRow reads one schedule, or fails with ErrScheduleNotFound.
 // tickFloor is the time the next tick of a stored schedule s (nil when
 // none is stored) is counted from when its timing is set anew (resumed, or
 // its cron changed): now, or its newest tick when that is later. Runners
@@ -828,6 +840,7 @@ func tickFloor(ctx context.Context, tx driver.Executor, s *driver.Schedule, now 
 	return from, nil
 }
 
+// scheduleRow reads one schedule, or fails with ErrScheduleNotFound.
 func (r *Runner) scheduleRow(ctx context.Context, db driver.Executor, name string) (*driver.Schedule, error) {
 	rows, err := db.ScheduleList(ctx, &driver.ScheduleListParams{Names: []string{name}})
 	if err != nil {

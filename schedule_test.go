@@ -636,3 +636,65 @@ func TestScheduleTimingSetBehindAFiredTick(t *testing.T) {
 		require.Equal(t, []time.Time{tick, tick.Add(time.Second)}, fired)
 	})
 }
+
+// scheduleSyncHook runs beforeSync once, inside the transaction that
+// stores the schedules, before it writes them.
+type scheduleSyncHook struct {
+	driver.Driver
+	beforeSync func()
+}
+
+func (d *scheduleSyncHook) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &scheduleSyncHookTx{Tx: tx, d: d}, nil
+}
+
+type scheduleSyncHookTx struct {
+	driver.Tx
+	d *scheduleSyncHook
+}
+
+func (tx *scheduleSyncHookTx) ScheduleSync(ctx context.Context, p *driver.ScheduleSyncParams) error {
+	if f := tx.d.beforeSync; f != nil {
+		tx.d.beforeSync = nil
+		f()
+	}
+	return tx.Tx.ScheduleSync(ctx, p)
+}
+
+// A cron changed by a runner that read the schedule just before another
+// runner fired its next tick (PostgreSQL runs the two side by side) sets
+// the next tick to the one fired already; firing it then used to conflict
+// with its record for ever. The firing runner now moves past a next tick
+// that was fired already.
+func TestScheduleRetimedWhileATickFires(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	url := testdb.PostgresSchemaURL(t)
+	wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+	sched := Schedule{Name: "s", Workflow: "w", Cron: "* * * * * *", CatchUp: CatchUpAll}
+	tick := time.Now().UTC().Truncate(time.Second).Add(time.Hour)
+	a := pastSchedule(t, url, wf, sched, tick)
+	a.now = func() time.Time { return tick.Add(20 * time.Millisecond) }
+	changed := sched
+	changed.Cron = "*/1 * * * * *" // a new cron: the next tick is set anew
+	c := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, Schedules: []Schedule{changed}})
+	c.now = func() time.Time { return tick.Add(-180 * time.Millisecond) }
+	fired := make(chan fireResult, 1)
+	c.drv = &scheduleSyncHook{Driver: c.drv, beforeSync: func() { fired <- a.fireSchedule(ctx, "s") }}
+	require.NoError(t, c.syncSchedules(ctx))
+	require.Equal(t, fireMoved, waitFor(t, fired, "A to fire the tick"))
+	require.Equal(t, tick, findSchedule(t, a, "s").NextFireAt, "set anew behind the tick fired")
+
+	a.now = func() time.Time { return tick.Add(time.Second + 20*time.Millisecond) }
+	require.Equal(t, fireMoved, a.fireSchedule(ctx, "s"), "the schedule moves on")
+	var fired2 []time.Time
+	for _, tk := range scheduleTicks(t, a, "s") {
+		fired2 = append(fired2, tk.At)
+	}
+	slices.SortFunc(fired2, time.Time.Compare)
+	require.Equal(t, []time.Time{tick, tick.Add(time.Second)}, fired2, "each tick once")
+}
