@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -282,11 +283,23 @@ func (r *Runner) Resume(ctx context.Context, id uuid.UUID) error {
 			n++
 		}
 		to := driver.PipelineRunning
+		var startedAt *time.Time
 		if p.StartedAt == nil {
 			to = driver.PipelinePending
+			for _, t := range tasks {
+				if t.StartedAt != nil {
+					// A task was claimed, and the deferred start of the run
+					// did not happen (see startClaimedRuns): it starts now.
+					to, startedAt = driver.PipelineRunning, ptr(c.now)
+					break
+				}
+			}
 		}
-		c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: id, FromStatus: p.Status, Status: to, Now: c.now})
+		c.cs.Pipelines = append(c.cs.Pipelines, driver.PipelineUpdate{ID: id, FromStatus: p.Status, Status: to, StartedAt: startedAt, Now: c.now})
 		c.event(id, nil, EventPipelineResumed, &EventData{OutboxRows: &n})
+		if startedAt != nil {
+			c.runStarted(id, p.WorkflowName, p.WorkflowVersion)
+		}
 		return nil
 	})
 }

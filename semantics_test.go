@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
@@ -758,4 +759,90 @@ func TestListBetweenTimes(t *testing.T) {
 		_, err = r.List(ctx, &ListOpts{Since: second.CreatedAt, Until: first.CreatedAt})
 		require.ErrorContains(t, err, "is not before Until")
 	})
+}
+
+// failLockDriver fails the next PipelineLock of a transaction once armed.
+type failLockDriver struct {
+	driver.Driver
+	armed atomic.Bool
+}
+
+func (d *failLockDriver) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &failLockTx{Tx: tx, d: d}, nil
+}
+
+type failLockTx struct {
+	driver.Tx
+	d *failLockDriver
+}
+
+func (tx *failLockTx) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	if tx.d.armed.CompareAndSwap(true, false) {
+		return nil, errors.New("refused by the test")
+	}
+	return tx.Tx.PipelineLock(ctx, ids)
+}
+
+// When the deferred start of a run paused as its first task was claimed
+// fails too (it is only logged), Resume starts the run: a run whose task
+// was claimed does not go back to Pending.
+func TestResumeStartsARunWhoseDeferredStartFailed(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	running, release := make(chan struct{}), make(chan struct{})
+	wf := MustWorkflow("w",
+		Task{Name: "a", Run: func(context.Context, *Context) error { close(running); <-release; return nil }},
+		Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
+	)
+	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
+	fd := &failLockDriver{Driver: r.drv}
+	r.drv = fd
+	exec, err := r.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	d := fd.Driver.(*postgres.Driver)
+	pipelines := pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions"
+	holder, err := d.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, "SELECT 1 FROM "+pipelines+" WHERE id = $1 FOR UPDATE", exec.ID())
+	require.NoError(t, err)
+
+	// The claim skips the held run; its deferred start then fails.
+	claimed := onEvent(r, eventOf(EventTaskClaimed))
+	hook := r.commitHook.Load()
+	armed := func(c *changes) {
+		(*hook)(c)
+		for _, e := range c.cs.Events {
+			if e.Type == EventTaskClaimed {
+				fd.armed.Store(true)
+			}
+		}
+	}
+	r.commitHook.Store(&armed)
+	completed := onEvent(r, eventOf(EventTaskCompleted))
+	require.NoError(t, r.Start(ctx))
+	waitFor(t, claimed, "the claim of task a")
+	require.NoError(t, holder.Rollback(ctx))
+	waitFor(t, running, "task a to run")
+	require.NoError(t, r.Pause(ctx, exec.ID()))
+	close(release)
+	waitFor(t, completed, "task a's completion")
+	res, err := r.Get(ctx, exec.ID())
+	require.NoError(t, err)
+	require.Nil(t, res.StartedAt, "the deferred start failed")
+	require.Equal(t, PipelinePaused, res.Status)
+
+	require.NoError(t, r.Resume(ctx, exec.ID()))
+	res, err = r.Get(ctx, exec.ID())
+	require.NoError(t, err)
+	require.NotEqual(t, PipelinePending, res.Status, "a run whose task ran is not Pending")
+	require.NotNil(t, res.StartedAt)
+	final, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, final.Status)
+	requireReplays(t, r, final)
 }
