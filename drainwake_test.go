@@ -16,17 +16,8 @@ import (
 // before its changes are applied (after addWakeups decided who hears of
 // the work, before the commit), until gate is closed.
 type gateDriver struct {
-	driver.Driver
 	reached chan struct{}
 	gate    chan struct{}
-}
-
-func (d *gateDriver) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &gateTx{Tx: tx, d: d}, nil
 }
 
 type gateTx struct {
@@ -56,8 +47,8 @@ func TestWorkCommittedAsStopBeginsWakesOtherRunners(t *testing.T) {
 		wf := MustWorkflow("w", Task{Name: "a", Run: ok})
 		a := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
 		b := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
-		gd := &gateDriver{Driver: a.drv, reached: make(chan struct{}), gate: make(chan struct{})}
-		a.drv = gd
+		gd := &gateDriver{reached: make(chan struct{}), gate: make(chan struct{})}
+		a.drv = hookTxs(a.drv, func(tx driver.Tx) driver.Tx { return &gateTx{Tx: tx, d: gd} })
 		a.claimsPaused.Store(true)
 		b.claimsPaused.Store(true)
 		require.NoError(t, a.Start(ctx))
@@ -89,16 +80,7 @@ func TestWorkCommittedAsStopBeginsWakesOtherRunners(t *testing.T) {
 // hookDriver calls onResume inside every transaction that records a
 // resumed run, after addWakeups, before its changes are applied.
 type hookDriver struct {
-	driver.Driver
 	onResume func()
-}
-
-func (d *hookDriver) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &hookTx{Tx: tx, d: d}, nil
 }
 
 type hookTx struct {
@@ -144,8 +126,8 @@ func TestWorkCommittedAsStopBeginsWakesOthersWhileATaskAwaitsAChild(t *testing.T
 	}})
 	a = openRunner(t, url, &Config{Workflows: []*Workflow{wf, child, parent}, PollInterval: time.Hour})
 	b := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
-	hd := &hookDriver{Driver: a.drv}
-	a.drv = hd
+	hd := &hookDriver{}
+	a.drv = hookTxs(a.drv, func(tx driver.Tx) driver.Tx { return &hookTx{Tx: tx, d: hd} })
 	b.claimsPaused.Store(true)
 	require.NoError(t, a.Start(ctx))
 	require.NoError(t, b.Start(ctx))

@@ -276,17 +276,8 @@ func TestStopWhileClaimingOnReady(t *testing.T) {
 // a transaction that claims tasks where they became ready: the reply to
 // COMMIT was lost, the commit was not.
 type lyingDriver struct {
-	driver.Driver
 	armed atomic.Int64 // commits left to lie about
 	lied  atomic.Int64
-}
-
-func (d *lyingDriver) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &lyingTx{Tx: tx, d: d}, nil
 }
 
 type lyingTx struct {
@@ -333,8 +324,8 @@ func TestClaimsOnReadyOfAnUncertainCommit(t *testing.T) {
 		}
 		wf := MustWorkflow("chain", Task{Name: "a", Run: count("a")}, Task{Name: "b", Run: count("b"), DependsOn: []string{"a"}})
 		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		lying := &lyingDriver{Driver: r.drv}
-		r.drv = lying
+		lying := &lyingDriver{}
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &lyingTx{Tx: tx, d: lying} })
 		startWithoutClaimer(t, r)
 		lying.armed.Store(4)
 

@@ -86,6 +86,26 @@ func setKey(key string, value any) TaskFunc {
 	return func(_ context.Context, tc *Context) error { return tc.Set(key, value) }
 }
 
+// hookTxs returns drv with every transaction wrapped by wrap: a test's
+// hook into the engine's transactions (a commit reported lost, a write
+// held at a gate, a failure injected).
+func hookTxs(drv driver.Driver, wrap func(driver.Tx) driver.Tx) driver.Driver {
+	return &txHooks{Driver: drv, wrap: wrap}
+}
+
+type txHooks struct {
+	driver.Driver
+	wrap func(driver.Tx) driver.Tx
+}
+
+func (d *txHooks) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return d.wrap(tx), nil
+}
+
 // onEvent returns a channel that receives every event this runner commits
 // from now on that matches pred: a signal to wait on instead of polling.
 func onEvent(r *Runner, pred func(e driver.EventInsert) bool) <-chan driver.EventInsert {

@@ -17,17 +17,8 @@ import (
 // claimed tasks as failed although it committed (the reply to COMMIT was
 // lost).
 type claimLiar struct {
-	driver.Driver
 	armed atomic.Int64
 	lied  atomic.Int64
-}
-
-func (d *claimLiar) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &claimLiarTx{Tx: tx, d: d}, nil
 }
 
 type claimLiarTx struct {
@@ -83,8 +74,8 @@ func TestUncertainClaimRetryStaysWithinItsSlots(t *testing.T) {
 			}
 		}})
 		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 2})
-		liar := &claimLiar{Driver: r.drv}
-		r.drv = liar
+		liar := &claimLiar{}
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &claimLiarTx{Tx: tx, d: liar} })
 		for range 4 { // queued before Start: the claimer takes them from the outbox
 			_, err := r.ExecuteAsync(ctx, "w", nil)
 			require.NoError(t, err)

@@ -140,16 +140,7 @@ func TestRetentionKeepsUnfinishedRuns(t *testing.T) {
 // fail, once it is armed, after skipping as many such commits as skip
 // says: the transaction rolls back and the caller hears a transient error.
 type rollbackDriver struct {
-	driver.Driver
 	skip, armed, failed atomic.Int64
-}
-
-func (d *rollbackDriver) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &rollbackTx{Tx: tx, d: d}, nil
 }
 
 type rollbackTx struct {
@@ -192,8 +183,8 @@ func TestRetentionRetriesABatchThatRolledBack(t *testing.T) {
 		require.NoError(t, old.Stop(ctx))
 
 		r := openRunner(t, url, nil)
-		rollback := &rollbackDriver{Driver: r.drv}
-		r.drv = rollback
+		rollback := &rollbackDriver{}
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &rollbackTx{Tx: tx, d: rollback} })
 		rollback.skip.Store(1)
 		rollback.armed.Store(2)
 		cutoff := time.Now().UTC().Add(-30 * 24 * time.Hour)

@@ -640,16 +640,7 @@ func TestScheduleTimingSetBehindAFiredTick(t *testing.T) {
 // scheduleSyncHook runs beforeSync once, inside the transaction that
 // stores the schedules, before it writes them.
 type scheduleSyncHook struct {
-	driver.Driver
 	beforeSync func()
-}
-
-func (d *scheduleSyncHook) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &scheduleSyncHookTx{Tx: tx, d: d}, nil
 }
 
 type scheduleSyncHookTx struct {
@@ -684,7 +675,8 @@ func TestScheduleRetimedWhileATickFires(t *testing.T) {
 	c := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, Schedules: []Schedule{changed}})
 	c.now = func() time.Time { return tick.Add(-180 * time.Millisecond) }
 	fired := make(chan fireResult, 1)
-	c.drv = &scheduleSyncHook{Driver: c.drv, beforeSync: func() { fired <- a.fireSchedule(ctx, "s") }}
+	hook := &scheduleSyncHook{beforeSync: func() { fired <- a.fireSchedule(ctx, "s") }}
+	c.drv = hookTxs(c.drv, func(tx driver.Tx) driver.Tx { return &scheduleSyncHookTx{Tx: tx, d: hook} })
 	require.NoError(t, c.syncSchedules(ctx))
 	require.Equal(t, fireMoved, waitFor(t, fired, "A to fire the tick"))
 	require.Equal(t, tick, findSchedule(t, a, "s").NextFireAt, "set anew behind the tick fired")

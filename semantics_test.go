@@ -411,6 +411,20 @@ func TestPauseResume(t *testing.T) {
 	})
 }
 
+// holdRun begins a transaction on d that holds run id's row (FOR UPDATE)
+// until the test commits or rolls it back, or ends.
+func holdRun(t *testing.T, d *postgres.Driver, id uuid.UUID) pgx.Tx {
+	t.Helper()
+	ctx := testContext(t)
+	tx, err := d.Pool().Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	runs := pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions"
+	_, err = tx.Exec(ctx, "SELECT 1 FROM "+runs+" WHERE id = $1 FOR UPDATE", id)
+	require.NoError(t, err)
+	return tx
+}
+
 // TestPauseDuringFirstClaimStartsTheRun: on PostgreSQL a claim skips a
 // run another transaction holds and starts it after its commit. When that
 // other transaction is a Pause, the claimed task runs under a paused run,
@@ -434,11 +448,7 @@ func TestPauseDuringFirstClaimStartsTheRun(t *testing.T) {
 
 	// Another transaction holds the run's row, so that Pause, then the
 	// runner's start of the run, queue behind it in this order.
-	holder, err := d.Pool().Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = holder.Rollback(ctx) }()
-	_, err = holder.Exec(ctx, "SELECT 1 FROM "+pipelines+" WHERE id = $1 FOR UPDATE", exec.ID())
-	require.NoError(t, err)
+	holder := holdRun(t, d, exec.ID())
 	waiters := func(n int) {
 		t.Helper()
 		require.Eventually(t, func() bool {
@@ -763,16 +773,7 @@ func TestListBetweenTimes(t *testing.T) {
 
 // failLockDriver fails the next PipelineLock of a transaction once armed.
 type failLockDriver struct {
-	driver.Driver
 	armed atomic.Bool
-}
-
-func (d *failLockDriver) Begin(ctx context.Context) (driver.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &failLockTx{Tx: tx, d: d}, nil
 }
 
 type failLockTx struct {
@@ -799,17 +800,12 @@ func TestResumeStartsARunWhoseDeferredStartFailed(t *testing.T) {
 		Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
 	)
 	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
-	fd := &failLockDriver{Driver: r.drv}
-	r.drv = fd
+	d := r.Driver().(*postgres.Driver)
+	fd := &failLockDriver{}
+	r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &failLockTx{Tx: tx, d: fd} })
 	exec, err := r.ExecuteAsync(ctx, "w", nil)
 	require.NoError(t, err)
-	d := fd.Driver.(*postgres.Driver)
-	pipelines := pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions"
-	holder, err := d.Pool().Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = holder.Rollback(ctx) }()
-	_, err = holder.Exec(ctx, "SELECT 1 FROM "+pipelines+" WHERE id = $1 FOR UPDATE", exec.ID())
-	require.NoError(t, err)
+	holder := holdRun(t, d, exec.ID())
 
 	// The claim skips the held run; its deferred start then fails.
 	claimed := onEvent(r, eventOf(EventTaskClaimed))
