@@ -164,7 +164,7 @@ func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error)
 				}
 			}
 		}
-		ps, err := tx.PipelineLockFor(ctx, ids, driver.LockTree)
+		ps, err := tx.PipelineLock(ctx, ids)
 		if err != nil {
 			return nil, err
 		}

@@ -195,10 +195,7 @@ func (r *Runner) prepareRun(ctx context.Context, workflow string, input *Context
 
 // lockParents locks the parent runs of runs, so that a run cancelled
 // meanwhile (Cancel locks it too) either sees its new children or refuses
-// them: a child of a finished run fails with ErrRunFinished. The lock
-// (LockChild) holds back nothing but a Cancel: an application transaction
-// that starts a child (ExecuteTx from a task) and stays open keeps no
-// completion, claim or other start of the parent waiting. A parent this
+// them: a child of a finished run fails with ErrRunFinished. A parent this
 // database does not hold (a task of a runner on another database starting
 // a run here) is dropped: the run is started without one.
 func lockParents(ctx context.Context, exec driver.Executor, runs []*newRun) error {
@@ -211,7 +208,7 @@ func lockParents(ctx context.Context, exec driver.Executor, runs []*newRun) erro
 	if len(ids) == 0 {
 		return nil
 	}
-	ps, err := exec.PipelineLockFor(ctx, ids, driver.LockChild)
+	ps, err := exec.PipelineLock(ctx, ids)
 	if err != nil {
 		return err
 	}

@@ -454,7 +454,7 @@ func TestPauseDuringFirstClaimStartsTheRun(t *testing.T) {
 		require.Eventually(t, func() bool {
 			var got int
 			err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-				WHERE wait_event_type = 'Lock' AND position($1 in query) > 0 AND query LIKE '%FOR %UPDATE%'`, pipelines).Scan(&got)
+				WHERE wait_event_type = 'Lock' AND position($1 in query) > 0 AND query LIKE '%FOR UPDATE%'`, pipelines).Scan(&got)
 			return err == nil && got >= n
 		}, testTimeout, 5*time.Millisecond, "%d transactions waiting for the run's row", n)
 	}

@@ -122,12 +122,9 @@ type Executor interface {
 	PipelineGet(ctx context.Context, id uuid.UUID) (*Pipeline, error)
 	// PipelineList returns pipelines, newest first.
 	PipelineList(ctx context.Context, params *PipelineListParams) ([]*Pipeline, error)
-	// PipelineLock locks the given pipelines for a change of their state,
-	// in id order so that concurrent lockers cannot deadlock, and returns
-	// them: PipelineLockFor with LockState.
+	// PipelineLock locks the given pipelines for update, in id order so
+	// that concurrent lockers cannot deadlock, and returns them.
 	PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*Pipeline, error)
-	// PipelineLockFor is PipelineLock with the strength mode asks for.
-	PipelineLockFor(ctx context.Context, ids []uuid.UUID, mode LockMode) ([]*Pipeline, error)
 
 	// TaskInsertMany creates task rows.
 	TaskInsertMany(ctx context.Context, tasks []TaskInsert) error

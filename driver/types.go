@@ -154,24 +154,3 @@ type Fence struct {
 	Attempt       int
 	RecoveryCount int
 }
-
-// LockMode is how strongly PipelineLockFor locks runs. It matters where
-// transactions run side by side (PostgreSQL); a backend whose write
-// transactions are serialised (SQLite) treats every mode alike.
-type LockMode int
-
-const (
-	// LockState serialises changes of a run's state (completions, claims,
-	// pause, resume) and does not wait for the start of a child run
-	// (LockChild), which may be held by an application's open transaction
-	// (ExecuteTx from a task). On PostgreSQL: FOR NO KEY UPDATE.
-	LockState LockMode = iota
-	// LockChild is taken on a parent run by the start of a child run: it
-	// holds back LockTree until the start commits, and nothing else. On
-	// PostgreSQL: FOR KEY SHARE.
-	LockChild
-	// LockTree is a cancel's: it waits for the starts of children in flight
-	// (LockChild), so that it sees every child, and for state changes. On
-	// PostgreSQL: FOR UPDATE.
-	LockTree
-)

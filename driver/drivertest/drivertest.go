@@ -101,7 +101,6 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"PipelineGet", testPipelineGet},
 		{"PipelineList", testPipelineList},
 		{"PipelineLock", testPipelineLock},
-		{"PipelineLockModes", testPipelineLockModes},
 		{"PipelineParent", testPipelineParent},
 		{"PipelineStart", testPipelineStart},
 		{"TaskInsertMany", testTaskInsertMany},

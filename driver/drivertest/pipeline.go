@@ -319,52 +319,6 @@ func testPipelineLock(t *testing.T, s *suite) {
 	})
 }
 
-// testPipelineLockModes pins what each LockMode holds back: the start of
-// a child (LockChild, held by an application's open transaction, say)
-// holds back a cancel (LockTree) and no change of the run's state
-// (LockState), nor another child's start.
-func testPipelineLockModes(t *testing.T, s *suite) {
-	if !s.opts.ConcurrentTx {
-		t.Skip("write transactions of this backend are serialised: a lock is never contended")
-	}
-	b := s.setup(t)
-	p := b.insertPipeline(t)
-	ids := []uuid.UUID{p.ID}
-	begin := func() driver.Tx {
-		tx, err := b.drv.Begin(b.ctx)
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = tx.Rollback(context.WithoutCancel(b.ctx)) })
-		return tx
-	}
-	starting := begin()
-	_, err := starting.PipelineLockFor(b.ctx, ids, driver.LockChild)
-	require.NoError(t, err)
-	for _, mode := range []driver.LockMode{driver.LockState, driver.LockChild} {
-		tx := begin()
-		ps, err := tx.PipelineLockFor(b.ctx, ids, mode)
-		require.NoError(t, err, "mode %d does not wait for a child's start", mode)
-		require.Len(t, ps, 1)
-		if mode == driver.LockState {
-			require.NoError(t, tx.ChangeSetApply(b.ctx, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
-				{ID: p.ID, FromStatus: driver.PipelinePending, Status: driver.PipelinePaused, Now: b.now}}}))
-		}
-		require.NoError(t, tx.Commit(b.ctx))
-	}
-	// A cancel's lock waits for the child's start: bounded here by a
-	// deadline, which only proves that it waits.
-	cancelling := begin()
-	short, cancel := context.WithTimeout(b.ctx, 300*time.Millisecond)
-	defer cancel()
-	_, err = cancelling.PipelineLockFor(short, ids, driver.LockTree)
-	require.Error(t, err, "LockTree waits for LockChild")
-	require.ErrorIs(t, short.Err(), context.DeadlineExceeded)
-	require.NoError(t, starting.Rollback(b.ctx))
-	tree := begin()
-	ps, err := tree.PipelineLockFor(b.ctx, ids, driver.LockTree)
-	require.NoError(t, err)
-	require.Equal(t, driver.PipelinePaused, ps[0].Status, "the state change committed")
-}
-
 // testPipelineStart pins how a claim starts runs: the first claim of a
 // Pending run makes it Running.
 func testPipelineStart(t *testing.T, s *suite) {

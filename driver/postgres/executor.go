@@ -97,7 +97,7 @@ func claimSQL(filter string) string {
 			pending AS (
 				SELECT p.id FROM {s}.pipeline_executions p
 				WHERE p.id IN (SELECT pipeline_execution_id FROM tasks) AND p.status = 'pending'
-				ORDER BY p.id FOR NO KEY UPDATE SKIP LOCKED),
+				ORDER BY p.id FOR UPDATE SKIP LOCKED),
 			started AS (
 				UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $1, updated_at = $1
 				FROM pending WHERE p.id = pending.id RETURNING p.id)
@@ -117,9 +117,7 @@ type queries struct {
 	pipelineInsertMany string
 	pipelineInsertNew  string
 	pipelineGet        string
-	pipelineLock       string // LockState
-	pipelineLockChild  string
-	pipelineLockTree   string
+	pipelineLock       string
 	taskInsert         string
 	taskClaim          string
 	taskClaimRuns      string
@@ -157,10 +155,8 @@ func newQueries(schema string) *queries {
 		// change set (ErrConflict) for the retry to see.
 		pipelineInsertNew: r.Replace(`WITH i AS (` + pipelineInsertSQL + ` RETURNING 1)
 			SELECT {s}.cloacina_expect_rows(count(*), $9, 'run') FROM i`),
-		pipelineGet:       r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
-		pipelineLock:      r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`),
-		pipelineLockChild: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR KEY SHARE`),
-		pipelineLockTree:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
+		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
+		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
 				status, attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at)
 			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::json, error, available_at,
@@ -364,24 +360,10 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 }
 
 func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
-	return e.PipelineLockFor(ctx, ids, driver.LockState)
-}
-
-func (e *executor) PipelineLockFor(ctx context.Context, ids []uuid.UUID, mode driver.LockMode) ([]*driver.Pipeline, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	q := e.q.pipelineLock
-	switch mode {
-	case driver.LockState:
-	case driver.LockChild:
-		q = e.q.pipelineLockChild
-	case driver.LockTree:
-		q = e.q.pipelineLockTree
-	default:
-		return nil, fmt.Errorf("postgres: lock pipelines: unknown lock mode %d", mode)
-	}
-	out, err := collectPipelines(e.db.Query(ctx, q, pgIDs(ids)))
+	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLock, pgIDs(ids)))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: lock pipelines: %w", err)
 	}

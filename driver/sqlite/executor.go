@@ -321,12 +321,6 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 	return out, nil
 }
 
-// PipelineLockFor is PipelineLock whatever the mode: the write lock
-// serialises every write transaction.
-func (e *executor) PipelineLockFor(ctx context.Context, ids []uuid.UUID, _ driver.LockMode) ([]*driver.Pipeline, error) {
-	return e.PipelineLock(ctx, ids)
-}
-
 // PipelineLock needs no row locks on SQLite: the IMMEDIATE transaction
 // already holds the database write lock.
 func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
