@@ -99,3 +99,83 @@ func TestCancelLocksALateChildInIDOrder(t *testing.T) {
 		require.Equal(t, PipelineCancelled, res.Status, "run %s", id)
 	}
 }
+
+// A stream of child starts that commit while Cancel locks the tree, each
+// child with an id before the parent's (drawn earlier, or by a runner
+// whose clock lags): Cancel locks each late child without waiting instead
+// of beginning again, which gave up after eight such starts with
+// ErrConflict, the run not cancelled.
+func TestCancelOutlastsLateChildStarts(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
+	d := r.Driver().(*postgres.Driver)
+	runs := pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions"
+	start := func() uuid.UUID {
+		e, err := r.ExecuteAsync(ctx, "w", nil)
+		require.NoError(t, err)
+		return e.ID()
+	}
+	var late []uuid.UUID // ids before the parent's
+	for range 12 {
+		late = append(late, start())
+	}
+	parent := start()
+	admin := adminConn(t)
+	cancelWaits := func() bool {
+		var n int
+		err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND position($1 in query) > 0 AND query LIKE '%FOR UPDATE%'`, runs).Scan(&n)
+		return err == nil && n > 0
+	}
+	// A child's start as lockParents makes it: the parent locked, the
+	// child linked to it; open until committed.
+	begin := func(child uuid.UUID) (pgx.Tx, error) {
+		tx, err := d.Pool().Begin(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, "SELECT id FROM "+runs+" WHERE id = $1 FOR UPDATE", parent); err != nil {
+			_ = tx.Rollback(ctx)
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE "+runs+" SET parent_pipeline_execution_id = $1 WHERE id = $2", parent, child); err != nil {
+			_ = tx.Rollback(ctx)
+			return nil, err
+		}
+		return tx, nil
+	}
+	cur, err := begin(late[0])
+	require.NoError(t, err)
+	cancelled := make(chan error, 1)
+	go func() { cancelled <- r.Cancel(ctx, parent) }()
+	for k := 1; k < len(late); k++ {
+		require.Eventually(t, func() bool { return cancelWaits() || len(cancelled) > 0 }, testTimeout, time.Millisecond)
+		if len(cancelled) > 0 {
+			break
+		}
+		// The next start queues behind Cancel's attempt, as a start that
+		// began a moment later would.
+		next := make(chan pgx.Tx, 1)
+		go func(child uuid.UUID) {
+			tx, err := begin(child)
+			if err != nil {
+				tx = nil
+			}
+			next <- tx
+		}(late[k])
+		require.NoError(t, cur.Commit(ctx))
+		cur = waitFor(t, next, "the next start")
+		if cur == nil {
+			break // refused: the parent was cancelled meanwhile
+		}
+	}
+	if cur != nil {
+		require.NoError(t, cur.Commit(ctx))
+	}
+	require.NoError(t, waitFor(t, cancelled, "Cancel"))
+	got, err := r.Get(ctx, parent)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCancelled, got.Status)
+}

@@ -119,8 +119,8 @@ const maxParentsPerList = 500
 // descendant and waiting for the root. A child started between that read
 // and the locks is found by reading the tree again once they are held
 // (its start locked its parent before ours, so it has committed) and
-// locked too when its id comes after every id locked, else the
-// transaction begins again (ErrConflict) to lock the tree in order;
+// locked too: in order when its id comes after every id locked, else
+// without waiting (see below);
 // after that no run of the tree can gain a child, since a start locks the
 // parent and then refuses a cancelled one (lockParents).
 func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error) {
@@ -153,21 +153,29 @@ func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error)
 		if len(ids) == 0 {
 			return tree, nil
 		}
-		for lid := range tree.locked {
-			for _, rid := range ids {
-				if bytes.Compare(rid[:], lid[:]) < 0 {
-					// Locking it now, on top of a later id, would break the
-					// order and could deadlock with a completion or a start
-					// locking both: begin again, and lock the whole tree,
-					// as read then, in one call.
-					return nil, fmt.Errorf("cancel run %s: child run %s started while the tree was being locked: %w", id, rid, driver.ErrConflict)
-				}
+		// A child found now whose id comes before one locked would be
+		// locked out of id order, and could close a deadlock with a
+		// completion or a start locking both in order: it is locked
+		// without waiting (a lock that never waits closes no deadlock),
+		// and when another transaction holds it, Cancel begins again
+		// (the error is transient). The rest are locked in order.
+		var early, later []uuid.UUID
+		for _, rid := range ids {
+			if tree.before(rid) {
+				early = append(early, rid)
+			} else {
+				later = append(later, rid)
 			}
 		}
-		ps, err := tx.PipelineLock(ctx, ids)
+		ps, err := tx.PipelineLockNoWait(ctx, early)
 		if err != nil {
 			return nil, err
 		}
+		rest, err := tx.PipelineLock(ctx, later)
+		if err != nil {
+			return nil, err
+		}
+		ps = append(ps, rest...)
 		for _, p := range ps {
 			tree.locked[p.ID], tree.runs[p.ID] = p, p
 		}
@@ -175,6 +183,17 @@ func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error)
 			return nil, fmt.Errorf("%w: %s", ErrRunNotFound, id)
 		}
 	}
+}
+
+// before reports whether id comes before a run the tree has locked, in
+// the order in which runs are locked.
+func (t *runTree) before(id uuid.UUID) bool {
+	for lid := range t.locked {
+		if bytes.Compare(id[:], lid[:]) < 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // read (re)reads the descendants of the tree's root, level by level.

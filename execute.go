@@ -126,6 +126,14 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // say), another PostgreSQL database or server, or a database that is no
 // Cloacina database. A refused transaction has nothing written in it and
 // stays usable (on PostgreSQL it is not aborted).
+//
+// Called with a task's context, the run is a child of the task's run, and
+// on PostgreSQL the start locks the parent run's row until tx ends (so a
+// Cancel racing with the start either sees the child or refuses it). Keep
+// such a transaction short: while it is open, the recording of the parent
+// run's other results — and with it this runner's other completions —
+// and other starts of its children wait; a second start of a child from
+// the same task before tx commits waits for tx, until ctx ends.
 func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {
 	run, err := r.prepareRun(ctx, workflow, input)
 	if err != nil {

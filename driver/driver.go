@@ -125,6 +125,11 @@ type Executor interface {
 	// PipelineLock locks the given pipelines for update, in id order so
 	// that concurrent lockers cannot deadlock, and returns them.
 	PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*Pipeline, error)
+	// PipelineLockNoWait is PipelineLock failing at once, with an error
+	// wrapping ErrTransient, where another transaction holds one of the
+	// pipelines, instead of waiting: a lock that never waits cannot close a
+	// deadlock, so it may be taken out of id order.
+	PipelineLockNoWait(ctx context.Context, ids []uuid.UUID) ([]*Pipeline, error)
 
 	// TaskInsertMany creates task rows.
 	TaskInsertMany(ctx context.Context, tasks []TaskInsert) error

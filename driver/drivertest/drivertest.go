@@ -101,6 +101,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"PipelineGet", testPipelineGet},
 		{"PipelineList", testPipelineList},
 		{"PipelineLock", testPipelineLock},
+		{"PipelineLockNoWait", testPipelineLockNoWait},
 		{"PipelineParent", testPipelineParent},
 		{"PipelineStart", testPipelineStart},
 		{"TaskInsertMany", testTaskInsertMany},

@@ -319,6 +319,32 @@ func testPipelineLock(t *testing.T, s *suite) {
 	})
 }
 
+// testPipelineLockNoWait pins that PipelineLockNoWait locks like
+// PipelineLock when nothing holds the runs, and fails at once, with a
+// transient error, when another transaction holds one.
+func testPipelineLockNoWait(t *testing.T, s *suite) {
+	b := s.setup(t)
+	p, q := b.insertPipeline(t), b.insertPipeline(t)
+	b.inTx(t, func(tx driver.Tx) {
+		ps, err := tx.PipelineLockNoWait(b.ctx, []uuid.UUID{q.ID, p.ID})
+		require.NoError(t, err)
+		require.Len(t, ps, 2)
+	})
+	if !s.opts.ConcurrentTx {
+		t.Skip("write transactions of this backend are serialised: a lock is never contended")
+	}
+	holder, err := b.drv.Begin(b.ctx)
+	require.NoError(t, err)
+	defer holder.Rollback(context.WithoutCancel(b.ctx))
+	_, err = holder.PipelineLock(b.ctx, []uuid.UUID{p.ID})
+	require.NoError(t, err)
+	tx, err := b.drv.Begin(b.ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(context.WithoutCancel(b.ctx))
+	_, err = tx.PipelineLockNoWait(b.ctx, []uuid.UUID{p.ID, q.ID})
+	require.ErrorIs(t, err, driver.ErrTransient, "held by another transaction: refused at once")
+}
+
 // testPipelineStart pins how a claim starts runs: the first claim of a
 // Pending run makes it Running.
 func testPipelineStart(t *testing.T, s *suite) {

@@ -118,6 +118,7 @@ type queries struct {
 	pipelineInsertNew  string
 	pipelineGet        string
 	pipelineLock       string
+	pipelineLockNoWait string
 	taskInsert         string
 	taskClaim          string
 	taskClaimRuns      string
@@ -157,6 +158,8 @@ func newQueries(schema string) *queries {
 			SELECT {s}.cloacina_expect_rows(count(*), $9, 'run') FROM i`),
 		pipelineGet:  r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = $1`),
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
+		pipelineLockNoWait: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1)
+			ORDER BY id FOR UPDATE NOWAIT`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
 				status, attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at)
 			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::json, error, available_at,
@@ -366,6 +369,17 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLock, pgIDs(ids)))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: lock pipelines: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) PipelineLockNoWait(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLockNoWait, pgIDs(ids)))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: lock pipelines without waiting: %w", mapError(err))
 	}
 	return out, nil
 }

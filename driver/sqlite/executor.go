@@ -321,6 +321,12 @@ func (e *executor) PipelineList(ctx context.Context, p *driver.PipelineListParam
 	return out, nil
 }
 
+// PipelineLockNoWait is PipelineLock: the write lock the transaction holds
+// serialises every writer, so nothing is waited for.
+func (e *executor) PipelineLockNoWait(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	return e.PipelineLock(ctx, ids)
+}
+
 // PipelineLock needs no row locks on SQLite: the IMMEDIATE transaction
 // already holds the database write lock.
 func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
