@@ -39,9 +39,20 @@ const txLocationQuery = `SELECT pg_catalog.current_database(), %s,
 		WHERE n.nspname = $1 AND c.relname = 'pipeline_executions')`
 
 var (
-	txLocationWithSystem = fmt.Sprintf(txLocationQuery, systemIdentifier)
-	txLocationNoSystem   = fmt.Sprintf(txLocationQuery, "0::bigint")
+	// The transaction's role may not be the pool's (SET ROLE), and a
+	// refused pg_control_system would abort the transaction: the
+	// identifier is read only where the role may, 0 otherwise.
+	txLocationWithSystem = fmt.Sprintf(txLocationQuery, `CASE WHEN pg_catalog.has_function_privilege(
+		'pg_catalog.pg_control_system()', 'EXECUTE') THEN `+systemIdentifier+` ELSE 0 END`)
+	txLocationNoSystem = fmt.Sprintf(txLocationQuery, "0::bigint")
 )
+
+// sameLocation reports whether a and b are the same server and database,
+// by database name alone where either side could not read the server's
+// system identifier.
+func sameLocation(a, b location) bool {
+	return a.database == b.database && (a.system == b.system || a.system == 0 || b.system == 0)
+}
 
 // checkTxLocation fails with driver.ErrWrongDatabase unless tx is on the
 // pool's server and database.
@@ -59,7 +70,7 @@ func (d *Driver) checkTxLocation(ctx context.Context, tx pgx.Tx) error {
 	if err := tx.QueryRow(ctx, query, d.schema).Scan(&got.database, &got.system, &tables); err != nil {
 		return fmt.Errorf("postgres: check the transaction's database: %w", mapError(err))
 	}
-	if got == own {
+	if sameLocation(got, own) {
 		return nil
 	}
 	// The pool may have moved to another server since its location was
@@ -67,11 +78,11 @@ func (d *Driver) checkTxLocation(ctx context.Context, tx pgx.Tx) error {
 	if own, err = d.location(ctx, true); err != nil {
 		return err
 	}
-	if got == own {
+	if sameLocation(got, own) {
 		return nil
 	}
 	where := fmt.Sprintf("database %q", got.database)
-	if got.system != own.system {
+	if got.system != own.system && got.system != 0 && own.system != 0 {
 		where += fmt.Sprintf(" of another server (system identifier %d, this backend's is %d)", got.system, own.system)
 	}
 	if tables {
