@@ -15,24 +15,34 @@ import (
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
+// runsToCancel opens a runner on a PostgreSQL schema of its own and
+// returns it, its driver, the runs table as its statements name it, and
+// a function that starts a one-task run (unclaimed: the runner is not
+// started) and returns its id.
+func runsToCancel(t *testing.T) (*Runner, *postgres.Driver, string, func() uuid.UUID) {
+	t.Helper()
+	wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
+	d := r.Driver().(*postgres.Driver)
+	start := func() uuid.UUID {
+		e, err := r.ExecuteAsync(testContext(t), "w", nil)
+		require.NoError(t, err)
+		return e.ID()
+	}
+	return r, d, pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions", start
+}
+
 // Cancel locks a run tree in id order, in one call, like every other
 // locker of several runs. A child whose start committed after Cancel's
 // first (unlocked) read of the tree is found by a second read, once the
 // first locks are held; locked then on top of a later id, it broke that
 // order and deadlocked (40P01) with a transaction locking both children
-// in order, as a completion does. Cancel now begins again instead.
+// in order, as a completion does. Cancel now locks such a child without
+// waiting, and begins again when another transaction holds it, as here.
 func TestCancelLocksALateChildInIDOrder(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	wf := MustWorkflow("w", Task{Name: "a", Run: ok})
-	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
-	d := r.Driver().(*postgres.Driver)
-	runs := pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions"
-	start := func() uuid.UUID {
-		e, err := r.ExecuteAsync(ctx, "w", nil)
-		require.NoError(t, err)
-		return e.ID()
-	}
+	r, d, runs, start := runsToCancel(t)
 	parent := start()
 	late := start() // a child whose start commits after Cancel's first read: the lower id
 	seen := start() // a child Cancel's first read finds
@@ -108,15 +118,7 @@ func TestCancelLocksALateChildInIDOrder(t *testing.T) {
 func TestCancelOutlastsLateChildStarts(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	wf := MustWorkflow("w", Task{Name: "a", Run: ok})
-	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
-	d := r.Driver().(*postgres.Driver)
-	runs := pgx.Identifier{d.Schema()}.Sanitize() + ".pipeline_executions"
-	start := func() uuid.UUID {
-		e, err := r.ExecuteAsync(ctx, "w", nil)
-		require.NoError(t, err)
-		return e.ID()
-	}
+	r, d, runs, start := runsToCancel(t)
 	var late []uuid.UUID // ids before the parent's
 	for range 12 {
 		late = append(late, start())

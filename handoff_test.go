@@ -273,8 +273,8 @@ func TestStopWhileClaimingOnReady(t *testing.T) {
 }
 
 // lyingDriver reports a failure after committing, once it is armed, for
-// a transaction that claims tasks where they became ready: the reply to
-// COMMIT was lost, the commit was not.
+// a transaction that claims tasks (from the outbox, or where they became
+// ready): the reply to COMMIT was lost, the commit was not.
 type lyingDriver struct {
 	armed atomic.Int64 // commits left to lie about
 	lied  atomic.Int64
@@ -284,6 +284,12 @@ type lyingTx struct {
 	driver.Tx
 	d      *lyingDriver
 	claims bool
+}
+
+func (tx *lyingTx) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*driver.TaskClaimResult, error) {
+	res, err := tx.Tx.TaskClaim(ctx, p)
+	tx.claims = tx.claims || (err == nil && len(res.Tasks) > 0)
+	return res, err
 }
 
 func (tx *lyingTx) ChangeSetApply(ctx context.Context, cs *driver.ChangeSet) error {

@@ -2,7 +2,6 @@ package cloacina
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,39 +11,6 @@ import (
 
 	"github.com/cloacina-go/cloacina/driver"
 )
-
-// claimLiar reports, once armed, the commit of a claim transaction that
-// claimed tasks as failed although it committed (the reply to COMMIT was
-// lost).
-type claimLiar struct {
-	armed atomic.Int64
-	lied  atomic.Int64
-}
-
-type claimLiarTx struct {
-	driver.Tx
-	d       *claimLiar
-	claimed bool
-}
-
-func (tx *claimLiarTx) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*driver.TaskClaimResult, error) {
-	res, err := tx.Tx.TaskClaim(ctx, p)
-	if err == nil && len(res.Tasks) > 0 {
-		tx.claimed = true
-	}
-	return res, err
-}
-
-func (tx *claimLiarTx) Commit(ctx context.Context) error {
-	if err := tx.Tx.Commit(ctx); err != nil {
-		return err
-	}
-	if tx.claimed && tx.d.armed.Add(-1) >= 0 {
-		tx.d.lied.Add(1)
-		return fmt.Errorf("%w: connection lost while reading the reply to COMMIT", driver.ErrTransient)
-	}
-	return nil
-}
 
 // A claim whose first attempt committed although its commit reported a
 // failure must not claim as many tasks again on its retry: the claims it
@@ -74,8 +40,8 @@ func TestUncertainClaimRetryStaysWithinItsSlots(t *testing.T) {
 			}
 		}})
 		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 2})
-		liar := &claimLiar{}
-		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &claimLiarTx{Tx: tx, d: liar} })
+		liar := &lyingDriver{}
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &lyingTx{Tx: tx, d: liar} })
 		for range 4 { // queued before Start: the claimer takes them from the outbox
 			_, err := r.ExecuteAsync(ctx, "w", nil)
 			require.NoError(t, err)
