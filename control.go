@@ -169,7 +169,7 @@ func lockTree(ctx context.Context, tx driver.Tx, id uuid.UUID) (*runTree, error)
 		}
 		ps, err := tx.PipelineLockNoWait(ctx, early)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("cancel run %s: child runs %v, started meanwhile, are held by another transaction: %w", id, early, err)
 		}
 		rest, err := tx.PipelineLock(ctx, later)
 		if err != nil {

@@ -3,11 +3,13 @@ package cloacina
 import (
 	"context"
 	"database/sql"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
@@ -308,4 +310,55 @@ func TestExecuteTxOnSQLiteFileByAnotherPath(t *testing.T) {
 	res, err := exec.Wait(ctx)
 	require.NoError(t, err)
 	require.Equal(t, PipelineCompleted, res.Status)
+}
+
+// An application transaction under a role that may not call
+// pg_control_system (SET ROLE, in a database where the function's right
+// was revoked) is checked by database name alone: ExecuteTx works and
+// leaves the transaction usable. The check used to call the function in
+// any case, which failed and aborted the application's transaction.
+func TestExecuteTxUnderARoleThatMayNotReadTheServerID(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	admin := adminConn(t)
+	db := pgx.Identifier{"cloacina_norole_" + uuid.NewString()[:8]}
+	role := pgx.Identifier{"cloacina_norole_" + uuid.NewString()[:8]}
+	_, err := admin.Exec(ctx, "CREATE DATABASE "+db.Sanitize())
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db.Sanitize()+" WITH (FORCE)")
+		_, _ = admin.Exec(context.Background(), "DROP ROLE IF EXISTS "+role.Sanitize())
+	})
+	_, err = admin.Exec(ctx, "CREATE ROLE "+role.Sanitize())
+	require.NoError(t, err)
+
+	u, err := url.Parse(testdb.PostgresURL())
+	require.NoError(t, err)
+	u.Path = "/" + db[0]
+	q := u.Query()
+	q.Set("schema", "app")
+	u.RawQuery = q.Encode()
+	r := openRunner(t, u.String(), &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})}})
+	pool := r.Driver().(*postgres.Driver).Pool()
+	for _, stmt := range []string{
+		"REVOKE EXECUTE ON FUNCTION pg_catalog.pg_control_system() FROM PUBLIC", // in this database only
+		"GRANT USAGE ON SCHEMA app TO " + role.Sanitize(),
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO " + role.Sanitize(),
+	} {
+		_, err := pool.Exec(ctx, stmt)
+		require.NoError(t, err, stmt)
+	}
+
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(context.Background())
+	_, err = tx.Exec(ctx, "SET LOCAL ROLE "+role.Sanitize())
+	require.NoError(t, err)
+	exec, err := r.ExecuteTx(ctx, tx, "w", nil)
+	require.NoError(t, err)
+	var one int
+	require.NoError(t, tx.QueryRow(ctx, "SELECT 1").Scan(&one), "the transaction is still usable")
+	require.NoError(t, tx.Commit(ctx))
+	_, err = r.Get(ctx, exec.ID())
+	require.NoError(t, err)
 }

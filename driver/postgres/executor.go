@@ -379,7 +379,7 @@ func (e *executor) PipelineLockNoWait(ctx context.Context, ids []uuid.UUID) ([]*
 	}
 	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLockNoWait, pgIDs(ids)))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: lock pipelines without waiting: %w", mapError(err))
+		return nil, fmt.Errorf("postgres: lock pipelines without waiting: %w", err)
 	}
 	return out, nil
 }

@@ -39,13 +39,16 @@ const txLocationQuery = `SELECT pg_catalog.current_database(), %s,
 		WHERE n.nspname = $1 AND c.relname = 'pipeline_executions')`
 
 var (
-	// The transaction's role may not be the pool's (SET ROLE), and a
-	// refused pg_control_system would abort the transaction: the
-	// identifier is read only where the role may, 0 otherwise.
-	txLocationWithSystem = fmt.Sprintf(txLocationQuery, `CASE WHEN pg_catalog.has_function_privilege(
-		'pg_catalog.pg_control_system()', 'EXECUTE') THEN `+systemIdentifier+` ELSE 0 END`)
-	txLocationNoSystem = fmt.Sprintf(txLocationQuery, "0::bigint")
+	txLocationWithSystem = fmt.Sprintf(txLocationQuery, systemIdentifier)
+	txLocationNoSystem   = fmt.Sprintf(txLocationQuery, "0::bigint")
 )
+
+// txMayReadSystem asks whether the transaction's role may call
+// pg_control_system. Its role may not be the pool's (SET ROLE), and a
+// statement calling the function without the right fails, and aborts the
+// transaction, whatever guards it: PostgreSQL checks the right when it
+// plans the call.
+const txMayReadSystem = `SELECT pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')`
 
 // sameLocation reports whether a and b are the same server and database,
 // by database name alone where either side could not read the server's
@@ -61,9 +64,15 @@ func (d *Driver) checkTxLocation(ctx context.Context, tx pgx.Tx) error {
 	if err != nil {
 		return err
 	}
-	query := txLocationWithSystem
-	if own.system == 0 {
-		query = txLocationNoSystem
+	query := txLocationNoSystem
+	if own.system != 0 {
+		var may bool
+		if err := tx.QueryRow(ctx, txMayReadSystem).Scan(&may); err != nil {
+			return fmt.Errorf("postgres: check the transaction's database: %w", mapError(err))
+		}
+		if may {
+			query = txLocationWithSystem
+		}
 	}
 	var got location
 	var tables bool
