@@ -40,6 +40,12 @@ func lockRun(ctx context.Context, tx driver.Tx, id uuid.UUID) (*driver.Pipeline,
 // run's own parent: cancelling a child does not touch the run that
 // started it. A run started from a task of a cancelled run fails with
 // ErrRunFinished, so no child escapes a cancel that races with its start.
+// A child started while Cancel locks the tree, which another transaction
+// then holds, makes Cancel begin again; if that keeps happening (an
+// application transaction that started a grandchild with ExecuteTx and
+// stays open, say), Cancel gives up after a few attempts with an error
+// naming the run and the children, having cancelled nothing: call it
+// again.
 func (r *Runner) Cancel(ctx context.Context, id uuid.UUID) error {
 	return r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		tree, err := lockTree(ctx, tx, id)
@@ -270,7 +276,9 @@ func (r *Runner) Pause(ctx context.Context, id uuid.UUID) error {
 }
 
 // Resume puts a paused run's Ready tasks back in the outbox (each at its
-// original due time) and lets the run continue. Resuming a run that is not
+// original due time) and lets the run continue. A run paused as its
+// first task was claimed becomes Running, its start recorded now
+// (pipeline_started) if it was not yet. Resuming a run that is not
 // paused does nothing; resuming a finished run is ErrRunFinished. Like
 // Pause, it acts on this run alone, not on its children.
 func (r *Runner) Resume(ctx context.Context, id uuid.UUID) error {

@@ -84,7 +84,9 @@
 // database migrated by a newer Cloacina. [OpenPool] and [OpenDB] open on a
 // *pgxpool.Pool or *sql.DB the application already has, which
 // [Runner.Close] leaves open; either way, every later call on a closed
-// runner that would use the database returns [ErrRunnerClosed]. Any number of
+// runner that would use the database returns [ErrRunnerClosed] (but the
+// calls of the runner's own tasks while Close stops them: see
+// [Runner.Close]). Any number of
 // runners in any number of processes may share a PostgreSQL database, or a
 // SQLite file: PostgreSQL is the coordination engine, there is no broker.
 //
@@ -263,8 +265,8 @@
 // growing delay, until it is taken or the runner stops; only a value the
 // database cannot store at all fails the attempt with the reason. Names
 // that PostgreSQL could not store (a NUL character, say) and context values
-// that its JSON functions could not read (a \u0000 escape, a number beyond
-// numeric's range) are refused when they are set, on both backends, so a
+// that its JSON functions could not read (a \u0000 escape, a number
+// numeric cannot hold) are refused when they are set, on both backends, so a
 // workflow behaves the same on SQLite and PostgreSQL. [Runner.Stop] lets
 // running tasks finish (heartbeating meanwhile, and running the child runs
 // they wait for), hands back those still running at its deadline, and

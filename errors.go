@@ -48,15 +48,17 @@ var (
 	// (Register accepts workflows before and after Start.)
 	ErrRunnerStarted = errors.New("runner already started")
 	// ErrRunnerClosed is wrapped by the error of every call on a closed
-	// runner that would use its database (see Runner.Close), whether or
-	// not the runner opened that database.
+	// runner that would use its database (see Runner.Close, which lets
+	// its own tasks' calls through while it stops them), whether or not
+	// the runner opened that database.
 	ErrRunnerClosed = errors.New("runner closed")
 	// ErrReadOnly is returned by the calls that write of a runner opened
 	// with Config.ReadOnly.
 	ErrReadOnly = driver.ErrReadOnly
 	// ErrWrongDatabase is returned by ExecuteTx for a transaction on
 	// another database than the runner's: another SQLite file, another
-	// PostgreSQL database or server.
+	// PostgreSQL database or server (see ExecuteTx for how a server is
+	// told apart).
 	ErrWrongDatabase = driver.ErrWrongDatabase
 )
 

@@ -118,22 +118,28 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // Driver().(*sqlite.Driver).DB(), or another *sql.DB on the same file; on
 // Driver().(*postgres.Driver).Pool(), or another connection to the same
 // server and database (the run goes to the runner's schema, whatever the
-// transaction's search_path). ExecuteTx checks this first, with one
-// statement in tx — on SQLite, that the transaction's main database file
-// is the runner's, by whatever path or link; on PostgreSQL, the server's
-// system identifier and the database's name — and fails with
+// transaction's search_path). ExecuteTx checks this first, reading in tx
+// — on SQLite (one statement), that the transaction's main database file
+// is the runner's, by whatever path or link; on PostgreSQL (at most two),
+// the server's system identifier and the database's name — and fails with
 // ErrWrongDatabase otherwise: for another SQLite file (another tenant's,
 // say), another PostgreSQL database or server, or a database that is no
-// Cloacina database. A refused transaction has nothing written in it and
-// stays usable (on PostgreSQL it is not aborted).
+// Cloacina database. The server is told apart by its identifier where both
+// the runner's role and the transaction's may call pg_control_system (the
+// default); otherwise by the database's name alone, so a database of the
+// same name on another server is then not told apart. A refused
+// transaction has nothing written in it and stays usable (on PostgreSQL it
+// is not aborted).
 //
 // Called with a task's context, the run is a child of the task's run, and
 // on PostgreSQL the start locks the parent run's row until tx ends (so a
 // Cancel racing with the start either sees the child or refuses it). Keep
 // such a transaction short: while it is open, the recording of the parent
-// run's other results — and with it this runner's other completions —
-// and other starts of its children wait; a second start of a child from
-// the same task before tx commits waits for tx, until ctx ends.
+// run's other results — and with it the other completions of the runner
+// recording them — other starts of its children, and Pause, Resume and
+// Cancel of it wait; a second start of a child from the same task before
+// tx commits waits for tx, until ctx ends. (On SQLite any open write
+// transaction holds the file's write lock, and every writer waits.)
 func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {
 	run, err := r.prepareRun(ctx, workflow, input)
 	if err != nil {

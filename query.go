@@ -250,7 +250,7 @@ type EventQuery struct {
 	Since, Until time.Time
 	// Newest returns the most recent events first.
 	Newest bool
-	// Limit bounds the events returned; 0 means all.
+	// Limit bounds the events returned; 0 means all; negative is refused.
 	Limit int
 }
 

@@ -502,9 +502,10 @@ func (r *Runner) workflowNamesLocked() []string {
 // IsLeader still answer, and Stop does nothing. A second Close waits for
 // the first and returns its result. A task of this runner that calls Close
 // (or Stop), whether or not a Close is already in progress, waits for
-// itself: for the 30 s, after which its claim is handed back, and its run
-// goes on elsewhere or when a runner starts. Have the task signal the
-// code that owns the runner instead.
+// itself — Close for its 30 s, Stop until its ctx ends (or a Close bounds
+// it) — after which its claim is handed back, and its run goes on
+// elsewhere or when a runner starts. Have the task signal the code that
+// owns the runner instead.
 func (r *Runner) Close() error {
 	r.mu.Lock()
 	if r.isClosed() {

@@ -25,7 +25,8 @@ import (
 // definitions it declares; a schedule whose Cron and Location are
 // unchanged keeps its next tick, so that ticks that passed while no runner
 // ran are found late and handled by CatchUp. One whose timing changed
-// starts over from the next tick after now. When runners declare different
+// starts over from the next tick after now (or after the newest tick it
+// fired, if that is later: a tick never fires twice). When runners declare different
 // definitions under one name (during a rolling deploy), the one stored
 // last is the one every runner fires by.
 //
@@ -61,8 +62,9 @@ type Schedule struct {
 	// October): keep daily schedules out of the hours the zone shifts,
 	// or use UTC. Default: UTC. Runners load the zone by its name, so
 	// time.Local is refused, since runners on other machines may not share
-	// it, and so is a time.FixedZone (other runners could not load it, or
-	// would load another zone by its name): name the zone
+	// it, and so is a time.FixedZone whose name does not load as that
+	// same zone (other runners could not load it, or would load another
+	// zone by its name): name the zone
 	// (time.LoadLocation("Europe/Paris")).
 	Location *time.Location
 	// Input is each run's input context (nil: empty), to which a run adds
@@ -771,7 +773,9 @@ func (r *Runner) PauseSchedule(ctx context.Context, name string) error {
 }
 
 // ResumeSchedule lets a paused schedule fire again from its next tick
-// after now: the ticks that passed while it was paused do not run.
+// after now (or after the newest tick it fired, if that is later: a tick
+// never fires twice): the ticks that passed while it was paused do not
+// run.
 // Resuming a schedule that is not paused moves nothing.
 func (r *Runner) ResumeSchedule(ctx context.Context, name string) error {
 	if err := r.checkWritable(fmt.Sprintf("resume schedule %q", name)); err != nil {

@@ -185,9 +185,10 @@ func (r *Runner) Start(ctx context.Context) error {
 // wait for a runner that never comes. When ctx ends first, the
 // remaining tasks' contexts are cancelled; tasks that still have not
 // returned a moment later are handed back (reset to Ready, task_reset) for
-// another runner, and Stop returns ctx's error. A Close that comes
-// meanwhile bounds Stop by its own wait, as if ctx ended then. The runner
-// can be started again afterwards.
+// another runner, and Stop returns context.Cause(ctx) (ctx.Err() unless
+// ctx was cancelled with a cause). A Close that comes meanwhile bounds
+// Stop by its own wait, as if ctx ended then, and Stop returns
+// context.DeadlineExceeded. The runner can be started again afterwards.
 func (r *Runner) Stop(ctx context.Context) error {
 	return r.stop(ctx)
 }

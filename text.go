@@ -17,7 +17,8 @@ import (
 // Contexts are stored in json columns, which keep any valid JSON text as
 // written. Some valid JSON is still no value PostgreSQL can read: its JSON
 // operators (->>), jsonb and numeric refuse the escape \u0000, a lone
-// UTF-16 surrogate and numbers beyond numeric's range (and Go decodes a
+// UTF-16 surrogate and numbers numeric cannot hold — beyond its range, or
+// with an exponent of 1073741823 or more, even on zero (and Go decodes a
 // lone surrogate as U+FFFD, not as written). Contexts are refused with
 // them on both backends, so that what a run stores stays readable by SQL
 // and by Go alike.
@@ -77,7 +78,8 @@ func storableText(s string) string {
 // jsonProblem says what PostgreSQL's JSON functions could not read as a
 // value in valid JSON text (the json column keeps the text, but ->>, casts
 // to jsonb and numeric fail on it): a NUL character (\u0000), a lone UTF-16 surrogate escape, or
-// a number beyond the range of numeric. It returns what it found and how
+// a number numeric cannot hold (beyond its range, or with an exponent of
+// 1073741823 or more, even on zero). It returns what it found and how
 // to fix it, or "" when there is nothing.
 func jsonProblem(raw []byte) (found, fix string) {
 	for i := 0; i < len(raw); i++ {

@@ -259,9 +259,11 @@ func (d *Driver) Reader() driver.Executor {
 	return &executor{db: d.pool, q: d.q}
 }
 
-// UnwrapTx returns an executor inside the application's pgx.Tx, once one
-// statement in tx shows that tx is on the backend's server (by its system
-// identifier, which its streaming replicas share) and database. Every
+// UnwrapTx returns an executor inside the application's pgx.Tx, once a
+// read in tx (one or two statements) shows that tx is on the backend's
+// server (by its system identifier, which its streaming replicas share,
+// where the roles may read it; else by the database's name alone) and
+// database. Every
 // statement names the backend's schema, so a transaction on another
 // database would write there, should that database hold a schema of the
 // same name (such as public), or fail with an error that names neither

@@ -34,7 +34,8 @@ func (a *app) schedulesCommand() *cobra.Command {
 it stays paused when its runners restart. Runs it started already go on.`,
 			pauseSchedule),
 		a.scheduleControlCommand("resume", "Resume a paused schedule from its next tick after now",
-			`resume lets paused schedule NAME fire again from its next tick after now: the
+			`resume lets paused schedule NAME fire again from its next tick after now (or
+after the newest tick it fired, if that is later: a tick never fires twice): the
 ticks that passed while it was paused do not run. Resuming a schedule that is
 not paused changes nothing.`,
 			resumeSchedule),
