@@ -49,15 +49,25 @@ func TestWorkCommittedAsStopBeginsWakesOtherRunners(t *testing.T) {
 		b := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
 		gd := &gateDriver{reached: make(chan struct{}), gate: make(chan struct{})}
 		a.drv = hookTxs(a.drv, func(tx driver.Tx) driver.Tx { return &gateTx{Tx: tx, d: gd} })
-		a.claimsPaused.Store(true)
-		b.claimsPaused.Store(true)
-		require.NoError(t, a.Start(ctx))
-		require.NoError(t, b.Start(ctx))
 		exec, err := a.ExecuteAsync(ctx, "w", nil)
 		require.NoError(t, err)
 		require.NoError(t, a.Pause(ctx, exec.ID()))
-		a.claimsPaused.Store(false)
-		b.claimsPaused.Store(false)
+		// Both claimers idle before the resume: a claim round in flight
+		// would wait (on SQLite) for the resume held at its gate, and Stop
+		// for that round, so Stop could not begin.
+		for _, r := range []*Runner{a, b} {
+			idle := make(chan struct{}, 1)
+			hook := func(context.Context) {
+				select {
+				case idle <- struct{}{}:
+				default:
+				}
+			}
+			r.idleHook.Store(&hook)
+			require.NoError(t, r.Start(ctx))
+			waitFor(t, idle, "the claimer to be idle")
+			r.idleHook.Store(nil)
+		}
 		claimedByB := onEvent(b, eventOf(EventTaskClaimed))
 
 		resumed := make(chan error, 1)
