@@ -55,19 +55,8 @@ func TestWorkCommittedAsStopBeginsWakesOtherRunners(t *testing.T) {
 		// Both claimers idle before the resume: a claim round in flight
 		// would wait (on SQLite) for the resume held at its gate, and Stop
 		// for that round, so Stop could not begin.
-		for _, r := range []*Runner{a, b} {
-			idle := make(chan struct{}, 1)
-			hook := func(context.Context) {
-				select {
-				case idle <- struct{}{}:
-				default:
-				}
-			}
-			r.idleHook.Store(&hook)
-			require.NoError(t, r.Start(ctx))
-			waitFor(t, idle, "the claimer to be idle")
-			r.idleHook.Store(nil)
-		}
+		waitStartedIdle(t, a)
+		waitStartedIdle(t, b)
 		claimedByB := onEvent(b, eventOf(EventTaskClaimed))
 
 		resumed := make(chan error, 1)

@@ -273,14 +273,7 @@ func TestRegisterAfterStartClaimsAtOnce(t *testing.T) {
 		first := MustWorkflow("first", Task{Name: "a", Run: ok})
 		late := MustWorkflow("late", Task{Name: "a", Run: setKey("ran", true)})
 		worker := openRunner(t, url, &Config{Workflows: []*Workflow{first}, PollInterval: time.Hour})
-		idle := make(chan struct{}, 16)
-		hook := func(context.Context) {
-			select {
-			case idle <- struct{}{}:
-			default:
-			}
-		}
-		worker.idleHook.Store(&hook)
+		idle := claimerIdle(worker)
 		// Queued before the worker listens, so no wake-up reaches it.
 		submitter := openRunner(t, url, &Config{Workflows: []*Workflow{late}})
 		exec, err := submitter.ExecuteAsync(ctx, "late", nil)

@@ -106,6 +106,33 @@ func (d *txHooks) Begin(ctx context.Context) (driver.Tx, error) {
 	return d.wrap(tx), nil
 }
 
+// claimerIdle returns a channel that receives each time r's claimer has
+// claimed what it could and is about to wait (missed signals are dropped
+// past 16).
+func claimerIdle(r *Runner) <-chan struct{} {
+	idle := make(chan struct{}, 16)
+	hook := func(context.Context) {
+		select {
+		case idle <- struct{}{}:
+		default:
+		}
+	}
+	r.idleHook.Store(&hook)
+	return idle
+}
+
+// waitStartedIdle starts r and waits until its claimer has looked for
+// work once as it started and once more with its wake-up subscription in
+// place: it then waits for a wake-up or its poll.
+func waitStartedIdle(t *testing.T, r *Runner) {
+	t.Helper()
+	idle := claimerIdle(r)
+	require.NoError(t, r.Start(testContext(t)))
+	waitFor(t, idle, "the first claim")
+	waitFor(t, idle, "the claim after subscribing to wake-ups")
+	r.idleHook.Store(nil)
+}
+
 // onEvent returns a channel that receives every event this runner commits
 // from now on that matches pred: a signal to wait on instead of polling.
 func onEvent(r *Runner, pred func(e driver.EventInsert) bool) <-chan driver.EventInsert {
