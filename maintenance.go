@@ -123,6 +123,9 @@ func (r *Runner) heartbeatLoop(svc *services) {
 			healthySince = time.Now()
 		}
 		setLeader(held)
+		if err == nil {
+			r.resetStrays(ctx)
+		}
 		if len(dead) > 0 {
 			r.logger.Info("removed dead runners", "runners", dead)
 		}
@@ -375,6 +378,39 @@ func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphane
 			return nil
 		}
 	}
+}
+
+// resetStrays resets the claims this runner may hold without running them
+// (see Runner.strays): Ready again, recovery count +1, each fenced on its
+// claim, so one that never committed changes nothing. It is bounded by a
+// heartbeat interval, and what it cannot record waits for the next beat.
+func (r *Runner) resetStrays(ctx context.Context) {
+	r.runningMu.Lock()
+	strays := r.strays
+	r.strays = nil
+	r.runningMu.Unlock()
+	if len(strays) == 0 {
+		return
+	}
+	why := fmt.Sprintf("runner %s could not confirm its claim after a failed commit", r.id)
+	batch := make([]*taskResult, len(strays))
+	for i, t := range strays {
+		batch[i] = &taskResult{task: t, recovery: why, err: errors.New(why)}
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
+	defer cancel()
+	lost, err := r.complete(ctx, batch)
+	if err != nil {
+		r.runningMu.Lock()
+		r.strays = append(r.strays, strays...)
+		r.runningMu.Unlock()
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			r.logger.Warn("reset claims not verified after a failed commit; trying again at the next heartbeat",
+				"tasks", len(strays), "error", err)
+		}
+		return
+	}
+	r.logger.Info("reset claims not verified after a failed commit", "tasks", len(strays)-len(lost), "not_held", len(lost))
 }
 
 // deregister removes this runner's row and gives up leadership, conditional

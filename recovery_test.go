@@ -1007,10 +1007,12 @@ func stalledStart(t *testing.T, url string, beatFirst bool) {
 	require.Equal(t, 1, completed)
 }
 
-// fenceReadFailing fails, once armed, as many claim reads as fails says.
+// fenceReadFailing fails, once armed, as many claim reads as fails says:
+// with a transient error, or a permanent one when permanent is set.
 type fenceReadFailing struct {
 	driver.Driver
 	fails, reads atomic.Int64
+	permanent    atomic.Bool
 }
 
 func (d *fenceReadFailing) Reader() driver.Executor {
@@ -1025,6 +1027,9 @@ type fenceReadFailingReader struct {
 func (x *fenceReadFailingReader) TaskFenceCheck(ctx context.Context, p *driver.TaskFenceCheckParams) (*driver.TaskFenceCheckResult, error) {
 	x.d.reads.Add(1)
 	if x.d.fails.Add(-1) >= 0 {
+		if x.d.permanent.Load() {
+			return nil, errors.New("permission denied for table task_executions")
+		}
 		return nil, fmt.Errorf("%w: connection refused", driver.ErrTransient)
 	}
 	return x.Executor.TaskFenceCheck(ctx, p)

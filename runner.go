@@ -191,6 +191,10 @@ type Runner struct {
 	// runner's eyes, for tasks claimed before the cancel that start after
 	// it (see cancelLocal).
 	cancelledRuns map[uuid.UUID]time.Time
+	// strays are claims this runner may hold but does not run: those of a
+	// commit that reported a failure, which it could not then verify (see
+	// settle). The heartbeat loop resets them (resetStrays).
+	strays []*driver.Task
 
 	waitMu  sync.Mutex
 	waiters map[uuid.UUID]map[chan struct{}]struct{}

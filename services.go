@@ -570,9 +570,15 @@ func (r *Runner) settle(ctx context.Context, a *attemptClaims, err error) (held,
 	}
 	verified, verr := r.verifyClaims(ctx, uncertain)
 	if verr != nil {
-		// They stay Running under this runner; when it stops, its row goes
-		// and the leader resets them.
-		r.logger.Error("could not verify claims after a failed commit", "tasks", len(uncertain), "error", verr)
+		// They are not run (the claims may not have committed), and may
+		// stay Running under this runner: the heartbeat loop resets them,
+		// fenced on the claims, once the database lets it; if the runner
+		// stops first, its row goes and the leader's sweep resets them.
+		r.logger.Error("could not verify claims after a failed commit; resetting them at the next heartbeat",
+			"tasks", len(uncertain), "error", verr)
+		r.runningMu.Lock()
+		r.strays = append(r.strays, uncertain...)
+		r.runningMu.Unlock()
 	}
 	kept := make(map[uuid.UUID]bool, len(verified))
 	for _, t := range verified {
