@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -193,4 +194,33 @@ func TestQueryFiltersRefuseUnknownValues(t *testing.T) {
 	require.NoError(t, err, "every status is known")
 	_, err = r.Events(ctx, &EventQuery{Types: slices.Clone(driver.EventTypes)})
 	require.NoError(t, err, "every event type is known")
+}
+
+// A Config that Open refuses must leave no database behind: opening a
+// SQLite file creates it (an empty database in WAL mode, which operator
+// commands would then take for a database to inspect).
+func TestOpenBadConfigCreatesNoFile(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tenant.db")
+	for _, c := range []*Config{
+		{MaxConcurrentTasks: -1},
+		{MaxConcurrentTasks: 40000},
+		{HeartbeatInterval: 20 * time.Second, RunnerTimeout: 30 * time.Second},
+		{RunnerID: "pod\x00-0"},
+		{Workflows: []*Workflow{{}}},
+		{Schedules: []Schedule{{Name: "nightly", Workflow: "unregistered", Cron: "0 3 * * *"}}},
+	} {
+		_, err := Open(ctx, "sqlite://"+path, c)
+		require.Error(t, err, "%+v", c)
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		require.Empty(t, entries, "Open(%+v) refused the Config but created files", c)
+	}
+	// NewRunner checks the Config before it needs a backend.
+	_, err := NewRunner(ctx, nil, &Config{MaxRecoveries: -1})
+	require.ErrorContains(t, err, "negative")
+	_, err = NewRunner(ctx, nil, nil)
+	require.ErrorContains(t, err, "NewRunner needs a backend")
 }

@@ -251,18 +251,28 @@ type Runner struct {
 
 // Open opens a runner on the database at url (see ParseDatabaseURL),
 // creating a SQLite file if missing, and applies migrations (neither with
-// Config.ReadOnly).
+// Config.ReadOnly). The Config is checked first: one it refuses opens,
+// and creates, nothing.
 func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 	var c Config
 	if cfg != nil {
 		c = *cfg
 	}
+	u, err := ParseDatabaseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	// Check the Config before opening anything: opening a SQLite file
+	// creates it, and a Config error must leave no empty database behind.
+	r, err := newRunner(u.Backend, &c)
+	if err != nil {
+		return nil, err
+	}
 	drv, err := openDriver(ctx, url, c.Schema, c.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
-	r, err := NewRunner(ctx, drv, &c)
-	if err != nil {
+	if err := r.attach(ctx, drv); err != nil {
 		drv.Close()
 		return nil, err
 	}
@@ -302,6 +312,27 @@ func OpenDB(ctx context.Context, db *sql.DB, cfg *Config) (*Runner, error) {
 // Config.ReadOnly; a backend opened read-only needs Config.ReadOnly.
 // Closing the runner does not close drv.
 func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, error) {
+	backend := ""
+	if drv != nil {
+		backend = drv.Name()
+	}
+	r, err := newRunner(backend, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if drv == nil {
+		return nil, errors.New("cloacina: NewRunner needs a backend: open one with driver/sqlite or driver/postgres, or use Open")
+	}
+	if err := r.attach(ctx, drv); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// newRunner checks cfg, fills in its defaults (PollInterval's depends on
+// backend, "sqlite" or "postgres") and returns a runner without a
+// backend, touching no database; attach gives it one.
+func newRunner(backend string, cfg *Config) (*Runner, error) {
 	var c Config
 	if cfg != nil {
 		c = *cfg
@@ -342,7 +373,7 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = defaultPollInterval
-		if drv != nil && drv.Name() == "postgres" {
+		if backend == "postgres" {
 			c.PollInterval = defaultPGPoll
 		}
 	}
@@ -357,7 +388,6 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		c.Logger = slog.Default()
 	}
 	r := &Runner{
-		drv:           drv,
 		cfg:           c,
 		id:            c.RunnerID,
 		name:          c.RunnerName,
@@ -382,10 +412,18 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		return nil, err
 	}
 	r.schedules = schedules
+	return r, nil
+}
+
+// attach gives a runner made by newRunner its backend, after applying
+// migrations (or, with Config.SkipMigrations or Config.ReadOnly, checking
+// the schema version).
+func (r *Runner) attach(ctx context.Context, drv driver.Driver) error {
+	c := &r.cfg
 	if c.SkipMigrations || c.ReadOnly {
 		current, latest, err := drv.MigrationVersion(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("cloacina: %w", err)
+			return fmt.Errorf("cloacina: %w", err)
 		}
 		fix := "run `cloacina migrate` or open without SkipMigrations"
 		if c.ReadOnly {
@@ -393,16 +431,17 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 		}
 		switch {
 		case current > latest:
-			return nil, fmt.Errorf("cloacina: %w: database at version %d, code knows %d: upgrade cloacina", ErrSchemaTooNew, current, latest)
+			return fmt.Errorf("cloacina: %w: database at version %d, code knows %d: upgrade cloacina", ErrSchemaTooNew, current, latest)
 		case current < latest:
-			return nil, fmt.Errorf("cloacina: %w: database at version %d, code needs %d: %s", ErrSchemaOutdated, current, latest, fix)
+			return fmt.Errorf("cloacina: %w: database at version %d, code needs %d: %s", ErrSchemaOutdated, current, latest, fix)
 		}
 	} else if err := drv.Migrate(ctx); errors.Is(err, driver.ErrReadOnly) {
-		return nil, fmt.Errorf("cloacina: %w: the backend was opened read-only: set Config.ReadOnly", err)
+		return fmt.Errorf("cloacina: %w: the backend was opened read-only: set Config.ReadOnly", err)
 	} else if err != nil {
-		return nil, fmt.Errorf("cloacina: %w", err)
+		return fmt.Errorf("cloacina: %w", err)
 	}
-	return r, nil
+	r.drv = drv
+	return nil
 }
 
 // Migrate applies pending migrations to the database at url and returns
