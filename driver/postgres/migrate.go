@@ -28,7 +28,9 @@ func mustLoadMigrations() []driver.Migration {
 // migrations in one transaction, holding an advisory lock keyed on the
 // schema so concurrent migrators apply each migration once. A role that
 // may not create tables in the schema can migrate it only when nothing is
-// pending (and it may read and write every table). A backend opened with
+// pending (and it may read and write every table). A schema a newer
+// release migrated fails with [driver.ErrSchemaTooNew], whoever migrates.
+// A backend opened with
 // Opts.ReadOnly returns [driver.ErrReadOnly].
 func (d *Driver) Migrate(ctx context.Context) error {
 	if d.readOnly {
@@ -43,8 +45,13 @@ func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
 	if err := d.checkMigratable(ctx); err != nil {
 		// A role that may use the tables but not create any (an
 		// application role of a schema its owner migrates) has nothing
-		// to do when the schema is up to date.
-		if current, _, verr := d.MigrationVersion(ctx); verr == nil && current >= upTo && current == len(migrations) {
+		// to do when the schema is up to date; one a newer release
+		// migrated is too new for it, as for its owner.
+		current, _, verr := d.MigrationVersion(ctx)
+		switch {
+		case verr == nil && current > len(migrations):
+			return d.tooNew(current)
+		case verr == nil && current >= upTo && current == len(migrations):
 			return nil
 		}
 		return err
@@ -79,9 +86,8 @@ func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
 	if err := tx.QueryRow(ctx, "SELECT COALESCE(MAX(version), 0) FROM "+quoted+".cloacina_migrations").Scan(&current); err != nil {
 		return fmt.Errorf("postgres: migrate: %w", mapError(err))
 	}
-	if latest := len(migrations); current > latest {
-		return fmt.Errorf("postgres: %w: schema %s is at version %d, this code knows up to %d: upgrade cloacina",
-			driver.ErrSchemaTooNew, d.schema, current, latest)
+	if current > len(migrations) {
+		return d.tooNew(current)
 	}
 	for _, m := range migrations[min(current, upTo):upTo] {
 		if _, err := tx.Exec(ctx, strings.ReplaceAll(m.SQL, "{{schema}}", quoted)); err != nil {
@@ -98,6 +104,13 @@ func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
 		return nil // a test's older schema: the tables of later versions are missing by design
 	}
 	return d.verifyTables(ctx, false)
+}
+
+// tooNew is the error of a schema at version current, which a newer
+// release migrated.
+func (d *Driver) tooNew(current int) error {
+	return fmt.Errorf("postgres: %w: schema %s is at version %d, this code knows up to %d: upgrade cloacina",
+		driver.ErrSchemaTooNew, d.schema, current, len(migrations))
 }
 
 // MigrationVersion reports the applied and the newest known schema version.

@@ -292,3 +292,23 @@ func TestMigrateAsARoleThatMayNotCreateTables(t *testing.T) {
 	require.ErrorIs(t, err, ErrSchemaAccess)
 	require.ErrorContains(t, err, "may not create tables in schema")
 }
+
+// A schema a newer release migrated is refused as too new whoever opens
+// it, an application role that may not create tables included: telling
+// that role to have the owner migrate (and to skip migrations) sent
+// users the wrong way.
+func TestSchemaTooNewForARoleThatMayNotCreateTables(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	owner, schema := openAtVersion(t, len(migrations))
+	_, err := owner.pool.Exec(ctx, "INSERT INTO "+pgx.Identifier{schema}.Sanitize()+".cloacina_migrations (version, name) VALUES ($1, 'future')", len(migrations)+1)
+	require.NoError(t, err)
+	_, app := testdb.ReadWriteRoleURL(t, testdb.PostgresURL(), schema)
+	drv, err := Open(ctx, app, &Opts{Schema: schema})
+	require.NoError(t, err)
+	defer drv.Close()
+	err = drv.Migrate(ctx)
+	require.ErrorIs(t, err, driver.ErrSchemaTooNew)
+	require.ErrorContains(t, err, "upgrade cloacina")
+	require.NotErrorIs(t, err, ErrSchemaAccess)
+}
