@@ -30,8 +30,7 @@ func mustLoadMigrations() []driver.Migration {
 // may not create tables in the schema can migrate it only when nothing is
 // pending (and it may read and write every table). A schema a newer
 // release migrated fails with [driver.ErrSchemaTooNew], whoever migrates.
-// A backend opened with
-// Opts.ReadOnly returns [driver.ErrReadOnly].
+// A backend opened with Opts.ReadOnly returns [driver.ErrReadOnly].
 func (d *Driver) Migrate(ctx context.Context) error {
 	if d.readOnly {
 		return readOnlyError("migrate", d.schema)
