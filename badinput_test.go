@@ -47,6 +47,12 @@ func TestParseDatabaseURL(t *testing.T) {
 		"postgres://u:secret@h/db?sslmode=bogus":       "sslmode is invalid",
 		"postgres://u@h/db?pool_max_conns=0":           "pool_max_conns",
 		"postgres://u:secret@h/db?connect_timeout=abc": "connect_timeout",
+		// Without "://" the password cannot be found to be hidden: the
+		// text was repeated whole.
+		"host=h user=u password=secret dbname=db": "a key=value connection string is not a URL",
+		"postgres:/u:secret@h/db":                 "lacks the // after postgres:",
+		"postgres//u:secret@h/db":                 "has no scheme",
+		"u:secret@h:5432/db":                      "has no scheme",
 	}
 	for raw, want := range bad {
 		_, err := ParseDatabaseURL(raw)

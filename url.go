@@ -51,10 +51,22 @@ func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
 	}
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
-		if scheme, path, found := strings.Cut(raw, ":"); found && isSQLiteScheme(scheme) {
+		scheme, path, found := strings.Cut(raw, ":")
+		if found && isSQLiteScheme(scheme) {
 			return nil, fmt.Errorf("%w: %q lacks the // after %s:, write %s://%s: %s", ErrInvalidURL, raw, scheme, scheme, path, urlHelp)
 		}
-		return nil, fmt.Errorf("%w: %q has no scheme: %s", ErrInvalidURL, redact(raw), urlHelp)
+		// Without "://" no parser finds the password to hide, so the text
+		// is repeated only when it cannot hold one.
+		switch {
+		case found && isPostgresScheme(scheme):
+			return nil, fmt.Errorf("%w: the URL lacks the // after %s: (its text is not repeated, as it may hold a password): %s", ErrInvalidURL, scheme, urlHelp)
+		case strings.Contains(raw, "="):
+			return nil, fmt.Errorf("%w: a key=value connection string is not a URL (its text is not repeated, as it may hold a password): write it as a URL, passing other settings as query parameters (postgres://user:password@host:5432/database?sslmode=require): %s",
+				ErrInvalidURL, urlHelp)
+		case strings.ContainsAny(raw, "@:"):
+			return nil, fmt.Errorf("%w: the URL has no scheme (its text is not repeated, as it may hold a password): %s", ErrInvalidURL, urlHelp)
+		}
+		return nil, fmt.Errorf("%w: %q has no scheme: %s", ErrInvalidURL, raw, urlHelp)
 	}
 	switch strings.ToLower(scheme) {
 	case "sqlite", "sqlite3":
@@ -155,6 +167,11 @@ func openDriver(ctx context.Context, raw, schema string, readOnly bool) (driver.
 		}
 		return postgres.Open(ctx, u.DSN, &postgres.Opts{Schema: schema, ReadOnly: readOnly})
 	}
+}
+
+func isPostgresScheme(s string) bool {
+	s = strings.ToLower(s)
+	return s == "postgres" || s == "postgresql"
 }
 
 func isSQLiteScheme(s string) bool {
