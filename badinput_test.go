@@ -72,6 +72,10 @@ func TestOpenBadInputWritesNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, entries, "nothing created")
 
+	// A directory, such as a path with a trailing slash.
+	_, err = Open(ctx, "sqlite://"+dir+"/", nil)
+	require.ErrorContains(t, err, "is a directory: give the path of a database file")
+
 	_, err = Open(ctx, "sqlite://"+filepath.Join(dir, "x.db"), &Config{Schema: "tenant"})
 	require.ErrorContains(t, err, "SQLite has no schemas")
 	_, err = Open(ctx, "postgres://postgres@127.0.0.1:1/test?connect_timeout=2", nil)

@@ -90,6 +90,10 @@ func Open(path string) (*Driver, error) {
 			return nil, fmt.Errorf("sqlite: directory of database file %q: %w (create the directory first)", abs, err)
 		}
 	}
+	if info, err := os.Stat(abs); err == nil && info.IsDir() {
+		// SQLite would only say "unable to open database file".
+		return nil, fmt.Errorf("sqlite: database %s is a directory: give the path of a database file", abs)
+	}
 	writer, err := sql.Open("sqlite", DSN(abs))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
