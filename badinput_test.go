@@ -234,3 +234,30 @@ func TestOpenBadConfigCreatesNoFile(t *testing.T) {
 	_, err = NewRunner(ctx, nil, nil)
 	require.ErrorContains(t, err, "NewRunner needs a backend")
 }
+
+// An interval below a millisecond is a missing unit (PollInterval: 5 is
+// five nanoseconds): it used to be taken, and an idle runner then polled
+// the database without pause. Open refuses it with the fix.
+func TestOpenRefusesIntervalsWithoutAUnit(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	for _, c := range []struct {
+		cfg   Config
+		field string
+	}{
+		{Config{PollInterval: 5}, "PollInterval"},
+		{Config{HeartbeatInterval: 500 * time.Microsecond, RunnerTimeout: time.Second}, "HeartbeatInterval"},
+		{Config{TaskTimeout: 30}, "TaskTimeout"},
+	} {
+		_, err := Open(ctx, testdb.SQLiteURL(t), &c.cfg)
+		require.ErrorContains(t, err, "Config."+c.field, "%+v", c.cfg)
+		require.ErrorContains(t, err, "time.Second", "the error names the fix")
+	}
+	r := openRunner(t, testdb.SQLiteURL(t), &Config{PollInterval: time.Millisecond, HeartbeatInterval: time.Millisecond, TaskTimeout: time.Millisecond})
+	require.Equal(t, time.Millisecond, r.cfg.PollInterval, "a millisecond is taken")
+	// A task's own Timeout likewise.
+	_, err := NewWorkflow("w", Task{Name: "a", Run: ok, Timeout: 30})
+	require.ErrorContains(t, err, "below a millisecond")
+	_, err = NewWorkflow("w", Task{Name: "a", Run: ok, Timeout: time.Millisecond})
+	require.NoError(t, err)
+}

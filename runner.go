@@ -44,6 +44,8 @@ type Config struct {
 	// missed notifications, retries that fell due) and for runs cancelled
 	// elsewhere. Default: 1s on SQLite; 5s on PostgreSQL, where NOTIFY
 	// wakes runners at once and the poll only catches what it missed.
+	// At least a millisecond when set, as are HeartbeatInterval and
+	// TaskTimeout: a shorter one is refused as a number without its unit.
 	PollInterval time.Duration
 	// TaskTimeout bounds one attempt of a task without its own Timeout.
 	// Default: 0, no timeout.
@@ -112,7 +114,10 @@ const (
 	maxClaimBatch        = 100
 	maxConcurrency       = 10000
 	defaultPollInterval  = time.Second
-	defaultPGPoll        = 5 * time.Second
+	// minInterval is the shortest interval or timeout a Config or Task
+	// takes: anything shorter is a number that lost its unit.
+	minInterval   = time.Millisecond
+	defaultPGPoll = 5 * time.Second
 	// orphanSweepEvery is how many heartbeats apart the leader also looks
 	// for Running tasks whose runner row is gone (a leader that died
 	// between removing dead runners and resetting their tasks).
@@ -340,6 +345,15 @@ func newRunner(backend string, cfg *Config) (*Runner, error) {
 	if c.MaxConcurrentTasks < 0 || c.ClaimBatchSize < 0 || c.PollInterval < 0 || c.TaskTimeout < 0 ||
 		c.HeartbeatInterval < 0 || c.RunnerTimeout < 0 || c.MaxRecoveries < 0 {
 		return nil, errors.New("cloacina: Config has a negative count or duration: use 0 for the default or a positive value")
+	}
+	for _, f := range []struct {
+		name  string
+		value time.Duration
+	}{{"PollInterval", c.PollInterval}, {"HeartbeatInterval", c.HeartbeatInterval}, {"TaskTimeout", c.TaskTimeout}} {
+		if f.value > 0 && f.value < minInterval {
+			return nil, fmt.Errorf("cloacina: Config.%s %s is below a millisecond, most likely a missing unit: write it as a time.Duration, such as 5 * time.Second",
+				f.name, f.value)
+		}
 	}
 	for _, f := range []struct{ name, value string }{{"RunnerID", c.RunnerID}, {"RunnerName", c.RunnerName}} {
 		if why := unstorable(f.value); why != "" {

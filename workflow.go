@@ -37,6 +37,7 @@ type Task struct {
 	Retry *RetryPolicy
 	// Timeout bounds one attempt; past it the task's context is cancelled
 	// and the attempt fails with ErrTaskTimeout. Default: Config.TaskTimeout.
+	// At least a millisecond when set.
 	Timeout time.Duration
 }
 
@@ -96,6 +97,8 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 		}
 		if t.Timeout < 0 {
 			problem("task %q has a negative Timeout %s: use 0 (the runner's default) or a positive duration", t.Name, t.Timeout)
+		} else if t.Timeout > 0 && t.Timeout < minInterval {
+			problem("task %q has a Timeout of %s, below a millisecond, most likely a missing unit: write it as a time.Duration, such as 30 * time.Second", t.Name, t.Timeout)
 		}
 		plan, retryProblems := t.Retry.plan(t.Name)
 		verr.Problems = append(verr.Problems, retryProblems...)
