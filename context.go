@@ -17,7 +17,10 @@ import (
 // output. Values are encoded to JSON when they are set, so a value that
 // cannot be stored is rejected at once, naming its key. That includes text
 // holding a NUL character (and keys that are not UTF-8): SQLite would keep
-// it, PostgreSQL cannot, and a workflow behaves the same on both.
+// it, PostgreSQL cannot, and a workflow behaves the same on both. So is a
+// value that nests arrays and objects more than 9,999 levels deep, which
+// the context holding it would take beyond the 10,000 levels that
+// encoding/json reads.
 //
 // Each value is kept as JSON text, and a run reads back the same bytes on
 // every backend. The text is the value as encoding/json encodes it (a
@@ -86,16 +89,50 @@ func encodeValue(key string, value any) (json.RawMessage, error) {
 }
 
 // checkEntry refuses a key that one of the backends could not store (see
-// unstorable), or an encoded value that PostgreSQL would store as json text
-// but could not read as a value (see jsonProblem).
+// unstorable), a value nested too deeply for a context to hold (see
+// maxValueDepth), or an encoded value that PostgreSQL would store as json
+// text but could not read as a value (see jsonProblem).
 func checkEntry(key string, raw json.RawMessage) error {
 	if why := unstorable(key); why != "" {
 		return fmt.Errorf("context key %q %s: use a key of UTF-8 text without NUL characters", key, why)
+	}
+	if nestedTooDeep(raw) {
+		return fmt.Errorf("context key %q: the value is nested more than %d levels deep, which a context cannot hold (encoding/json reads at most %d levels, the context itself being one): flatten it, or store it as a string",
+			key, maxValueDepth, maxValueDepth+1)
 	}
 	if found, fix := jsonProblem(raw); found != "" {
 		return fmt.Errorf("context key %q: the value holds %s, which PostgreSQL's JSON functions cannot read: %s", key, found, fix)
 	}
 	return nil
+}
+
+// maxValueDepth is how deeply a context value may nest arrays and
+// objects: encoding/json decodes at most 10,000 levels, and the context
+// holding the value is one of them. A deeper value would be stored, and
+// then no task could receive it and no run could merge it.
+const maxValueDepth = 9999
+
+// nestedTooDeep reports whether the valid JSON text raw nests arrays and
+// objects more than maxValueDepth levels deep.
+func nestedTooDeep(raw []byte) bool {
+	depth := 0
+	for i := 0; i < len(raw); i++ {
+		switch raw[i] {
+		case '"':
+			for i++; i < len(raw) && raw[i] != '"'; i++ {
+				if raw[i] == '\\' {
+					i++
+				}
+			}
+		case '[', '{':
+			if depth++; depth > maxValueDepth {
+				return true
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return false
 }
 
 // Insert adds a new key. It fails with ErrKeyExists when the key is already

@@ -1,0 +1,79 @@
+package cloacina
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// deepest is the deepest nesting a context value may have: encoding/json
+// reads 10,000 levels, and the context holding the value is one of them.
+const deepest = 9999
+
+// nested returns JSON text nesting arrays depth levels deep.
+func nested(depth int) json.RawMessage {
+	return json.RawMessage(strings.Repeat("[", depth) + strings.Repeat("]", depth))
+}
+
+// nestedAny returns a Go value nesting slices depth levels deep.
+func nestedAny(depth int) any {
+	var v any = []any{}
+	for range depth - 1 {
+		v = []any{v}
+	}
+	return v
+}
+
+// A context is itself one level of JSON, and encoding/json reads no more
+// than 10,000: a value nested 10,000 deep would be stored as a task's
+// output, and then no run could merge it or hand it on. Set refuses it
+// at once, naming the key, like any other value a context cannot hold.
+func TestContextRefusesValuesNestedTooDeep(t *testing.T) {
+	t.Parallel()
+	c := NewContext()
+	require.NoError(t, c.Set("ok", nested(deepest)))
+	require.NoError(t, c.Set("ok_go", nestedAny(deepest)))
+	out, err := c.MarshalJSON()
+	require.NoError(t, err)
+	back := NewContext()
+	require.NoError(t, back.UnmarshalJSON(out), "a context holding the deepest allowed value reads back")
+
+	for name, v := range map[string]any{"raw": nested(deepest + 1), "go": nestedAny(deepest + 1),
+		"in_object": map[string]any{"k": nested(deepest)}} {
+		err := c.Set(name, v)
+		require.ErrorContains(t, err, `context key "`+name+`"`)
+		require.ErrorContains(t, err, "nested more than 9999 levels deep")
+		require.False(t, c.Has(name))
+	}
+	// Brackets inside strings are text, not nesting.
+	require.NoError(t, c.Set("text", strings.Repeat("[{", deepest+1)))
+}
+
+// A task that tries to hand on a value nested too deeply fails with the
+// reason, and its run ends; before, the value was accepted, and the
+// completion that merged it for the next task failed on every try, so
+// the run never ended. The deepest value allowed flows through.
+func TestTooDeepValueFailsTheTaskNotTheRun(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("deep",
+			Task{Name: "a", Run: setKey("deep", nested(deepest+1))},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
+			Task{Name: "c", Run: setKey("deepest", nested(deepest))},
+			Task{Name: "d", DependsOn: []string{"c"}, Trigger: All(ContextValue("deepest", OpExists, nil)), Run: ok},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "deep", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Equal(t, TaskStatusFailed, res.Task("a").Status)
+		require.Contains(t, res.Task("a").Error, `context key "deep": the value is nested more than 9999 levels deep`)
+		require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
+		require.Equal(t, TaskStatusCompleted, res.Task("d").Status)
+		raw, found := res.Context.Raw("deepest")
+		require.True(t, found)
+		require.Equal(t, string(nested(deepest)), string(raw))
+	})
+}
