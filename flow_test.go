@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 
@@ -76,4 +77,27 @@ func TestTooDeepValueFailsTheTaskNotTheRun(t *testing.T) {
 		require.True(t, found)
 		require.Equal(t, string(nested(deepest)), string(raw))
 	})
+}
+
+// Go encodes a float64 negative zero as -0: its value is the integer 0,
+// which Get decodes into an unsigned type as it does -0.0 and 0e0.
+func TestGetNegativeZeroIntoUnsigned(t *testing.T) {
+	t.Parallel()
+	c := NewContext()
+	require.NoError(t, c.Set("z", math.Copysign(0, -1)))
+	raw, _ := c.Raw("z")
+	require.Equal(t, "-0", string(raw))
+	u, err := Get[uint](c, "z")
+	require.NoError(t, err)
+	require.Equal(t, uint(0), u)
+	require.NoError(t, c.UnmarshalJSON([]byte(`{"z":-0,"zf":-0.0,"in":{"n":-0}}`)))
+	u8, err := Get[uint8](c, "zf")
+	require.NoError(t, err)
+	require.Equal(t, uint8(0), u8)
+	in, err := Get[struct{ N uint }](c, "in")
+	require.NoError(t, err)
+	require.Equal(t, uint(0), in.N)
+	u, err = Get[uint](c, "z")
+	require.NoError(t, err, "-0 as written in JSON text")
+	require.Equal(t, uint(0), u)
 }

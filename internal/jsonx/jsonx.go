@@ -188,7 +188,8 @@ const maxIntegerDigits = 20
 
 // IntegerForms rewrites every number in the valid JSON text raw whose
 // value is an integer but that is written with a fraction or an exponent
-// (1e2, 100.0, -1.50E+2) as a plain integer (100, 100, -150), and reports
+// (1e2, 100.0, -1.50E+2), or as -0, as a plain integer (100, 100, -150,
+// 0), and reports
 // whether it changed anything. encoding/json decodes only plain integers
 // into integer types; after this, every integral value decodes. Numbers
 // of more than 20 digits, which no Go integer holds, stay as written.
@@ -222,10 +223,14 @@ func IntegerForms(raw []byte) ([]byte, bool) {
 }
 
 // integerForm returns the JSON number n as a plain integer when it is
-// written with a fraction or an exponent, its value is an integer, and
-// that integer has at most maxIntegerDigits digits.
+// written with a fraction or an exponent, or as -0 (Go's encoding of a
+// negative zero, which unsigned types refuse), its value is an integer,
+// and that integer has at most maxIntegerDigits digits.
 func integerForm(n string) (string, bool) {
 	if !strings.ContainsAny(n, ".eE") {
+		if n == "-0" {
+			return "0", true
+		}
 		return "", false
 	}
 	neg := strings.HasPrefix(n, "-")
