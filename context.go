@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"sort"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/cloacina-go/cloacina/internal/jsonx"
 )
@@ -16,11 +17,11 @@ import (
 // its own results; what it holds when the task returns is the task's
 // output. Values are encoded to JSON when they are set, so a value that
 // cannot be stored is rejected at once, naming its key. That includes text
-// holding a NUL character (and keys that are not UTF-8): SQLite would keep
-// it, PostgreSQL cannot, and a workflow behaves the same on both. So is a
-// value that nests arrays and objects more than 9,999 levels deep, which
-// the context holding it would take beyond the 10,000 levels that
-// encoding/json reads.
+// holding a NUL character, and keys and text (in a [json.RawMessage]) that
+// are not UTF-8: SQLite would keep them, PostgreSQL cannot, and a workflow
+// behaves the same on both. So is a value that nests arrays and objects
+// more than 9,999 levels deep, which the context holding it would take
+// beyond the 10,000 levels that encoding/json reads.
 //
 // Each value is kept as JSON text, and a run reads back the same bytes on
 // every backend. The text is the value as encoding/json encodes it (a
@@ -89,12 +90,17 @@ func encodeValue(key string, value any) (json.RawMessage, error) {
 }
 
 // checkEntry refuses a key that one of the backends could not store (see
-// unstorable), a value nested too deeply for a context to hold (see
+// unstorable), a value holding text that is not UTF-8 (json.Marshal
+// replaces invalid bytes in a Go string, but keeps those of a
+// json.RawMessage), a value nested too deeply for a context to hold (see
 // maxValueDepth), or an encoded value that PostgreSQL would store as json
 // text but could not read as a value (see jsonProblem).
 func checkEntry(key string, raw json.RawMessage) error {
 	if why := unstorable(key); why != "" {
 		return fmt.Errorf("context key %q %s: use a key of UTF-8 text without NUL characters", key, why)
+	}
+	if !utf8.Valid(raw) {
+		return fmt.Errorf("context key %q: the value holds text that is not valid UTF-8, which PostgreSQL cannot store: encode text as UTF-8 (json.Marshal does so for a Go string), or store binary data as []byte (encoded as base64)", key)
 	}
 	if nestedTooDeep(raw) {
 		return fmt.Errorf("context key %q: the value is nested more than %d levels deep, which a context cannot hold (encoding/json reads at most %d levels, the context itself being one): flatten it, or store it as a string",

@@ -265,8 +265,9 @@
 // growing delay, until it is taken or the runner stops; only a value the
 // database cannot store at all fails the attempt with the reason. Names
 // that PostgreSQL could not store (a NUL character, say) and context values
-// that its JSON functions could not read (a \u0000 escape, a number
-// numeric cannot hold) are refused when they are set, on both backends, so a
+// that it could not store or its JSON functions could not read (text that
+// is not UTF-8, a \u0000 escape, a number numeric cannot hold) are refused
+// when they are set, on both backends, so a
 // workflow behaves the same on SQLite and PostgreSQL. [Runner.Stop] lets
 // running tasks finish (heartbeating meanwhile, and running the child runs
 // they wait for), hands back those still running at its deadline, and

@@ -101,3 +101,41 @@ func TestGetNegativeZeroIntoUnsigned(t *testing.T) {
 	require.NoError(t, err, "-0 as written in JSON text")
 	require.Equal(t, uint(0), u)
 }
+
+// json.Marshal replaces invalid UTF-8 in a Go string, but a
+// json.RawMessage (or a context read with UnmarshalJSON) keeps its bytes:
+// SQLite stored them and PostgreSQL refused them, so the same task
+// completed on one and failed on the other. Set refuses them at once,
+// naming the key, on both.
+func TestContextRefusesTextThatIsNotUTF8(t *testing.T) {
+	t.Parallel()
+	c := NewContext()
+	for name, v := range map[string]any{"raw": json.RawMessage("\"a\xffb\""), "nested": json.RawMessage("{\"k\":[\"\xc3\"]}"),
+		"key": json.RawMessage("{\"k\xff\":1}")} {
+		err := c.Set(name, v)
+		require.ErrorContains(t, err, `context key "`+name+`": the value holds text that is not valid UTF-8`)
+		require.False(t, c.Has(name))
+	}
+	require.ErrorContains(t, c.UnmarshalJSON([]byte("{\"k\":\"a\xffb\"}")), "not valid UTF-8")
+	// A Go string is encoded with its invalid bytes replaced.
+	require.NoError(t, c.Set("s", "a\xffb"))
+	require.NoError(t, c.Set("u", json.RawMessage(`"é😀"`)))
+}
+
+// A task that writes such text fails the same way on every backend.
+func TestTaskWritingTextThatIsNotUTF8FailsOnEveryBackend(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("utf8",
+			Task{Name: "a", Run: setKey("k", json.RawMessage("\"a\xffb\""))},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: ok},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "utf8", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Equal(t, TaskStatusFailed, res.Task("a").Status)
+		require.Contains(t, res.Task("a").Error, `context key "k": the value holds text that is not valid UTF-8`)
+		require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
+	})
+}
