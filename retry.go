@@ -39,7 +39,8 @@ type RetryPolicy struct {
 	Backoff Backoff
 	// InitialDelay is the first retry's delay. Default: 1s.
 	InitialDelay time.Duration
-	// MaxDelay caps every delay, jitter included. Default: 5m.
+	// MaxDelay caps every delay, jitter included. Default: 5m, or
+	// InitialDelay when that is longer.
 	MaxDelay time.Duration
 	// Multiplier is the exponential growth factor. Default: 2.
 	Multiplier float64
