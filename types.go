@@ -80,7 +80,9 @@ type ExecutionResult struct {
 	Input *Context
 	// Context is the run's final context: the merge of its leaf tasks'
 	// outputs in declaration order. Set once the run has Completed or
-	// Failed; nil while it is unfinished, and a Cancelled run has none.
+	// Failed; nil while it is unfinished. A Cancelled run has none, nor
+	// has a run failed because its workflow changed shape under its name
+	// (its leaves are not this code's to merge).
 	Context   *Context
 	Tasks     []TaskResult // in declaration order
 	CreatedAt time.Time
