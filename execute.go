@@ -39,7 +39,10 @@ func (e *Execution) ID() uuid.UUID { return e.id }
 // slot again before it returns; its sub-status is "deferred" meanwhile,
 // recorded as task_deferred (its reason names the run) and task_resumed.
 // When the task is cancelled (run cancelled, timeout, claim lost, runner
-// stopping), Wait returns the context's error at once, without a slot.
+// stopping), Wait returns the context's error at once, without a slot;
+// when only a context the task derived for the wait ends (a deadline of
+// its own), Wait returns its error having taken a slot again, since the
+// task goes on.
 // A run that has ended already is waited for without any of this.
 func (e *Execution) Wait(ctx context.Context) (*ExecutionResult, error) {
 	return e.r.wait(ctx, e.id)
@@ -362,10 +365,9 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 	case !waiting:
 		return res, err
 	case ctx.Err() != nil:
-		s.abandonWait()
-		return nil, ctx.Err()
+		return nil, s.cutShort(ctx)
 	}
-	if werr := s.endWait(ctx); werr != nil {
+	if werr := s.endWait(s.taskCtx(ctx)); werr != nil {
 		return nil, werr
 	}
 	return res, err

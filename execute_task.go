@@ -70,7 +70,11 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task, claimed time.Durat
 	if timeout == 0 {
 		timeout = r.cfg.TaskTimeout
 	}
+	scope, _ := ctx.Value(taskScopeKey{}).(*taskScope)
 	if timeout <= 0 {
+		if scope != nil {
+			scope.fnCtx = ctx
+		}
 		err := callTask(ctx, def.Run, tc)
 		if err == nil {
 			res.output, err = tc.MarshalJSON()
@@ -79,6 +83,9 @@ func (r *Runner) execute(ctx context.Context, t *driver.Task, claimed time.Durat
 	}
 
 	tctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimeout)
+	if scope != nil {
+		scope.fnCtx = tctx
+	}
 	done := make(chan struct{})
 	fnErr := errTaskExited // unless callTask returns
 	go func() {

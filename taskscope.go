@@ -22,6 +22,10 @@ type taskScope struct {
 	r   *Runner
 	svc *services
 	rt  *runningTask
+	// fnCtx is the context the task function receives (set before it is
+	// called): a wait ends without a slot only when it ends, not when a
+	// context the task derived for the wait ends (see cutShort).
+	fnCtx context.Context
 
 	// mu guards the slot's state; it is never held while blocking.
 	mu       sync.Mutex
@@ -70,7 +74,9 @@ var ErrNotInTask = errors.New("not called from a task: pass the context the task
 // cond held, or cond's error if it failed, having taken a slot again
 // either way; or the context's error, without a slot, when the task is
 // cancelled (run cancelled, timeout, claim lost, runner stopping): the
-// task should then return.
+// task should then return. When ctx is one the task derived for the wait
+// (a deadline of its own) and only that ends, DeferUntil returns its
+// error having taken a slot again: the task goes on, as when cond failed.
 // If cond holds at once, nothing is recorded. When several goroutines of
 // one task wait at once (in DeferUntil, [Runner.Execute] or
 // [Execution.Wait]), the task holds no slot until the last of them is done
@@ -95,8 +101,7 @@ func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.C
 	for !done {
 		select {
 		case <-ctx.Done():
-			s.abandonWait()
-			return ctx.Err()
+			return s.cutShort(ctx)
 		case <-ticker.C:
 		}
 		if done, err = cond(ctx); err != nil {
@@ -104,7 +109,7 @@ func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.C
 		}
 	}
 	// The task goes on, whether cond held or failed.
-	if rerr := s.endWait(ctx); rerr != nil {
+	if rerr := s.endWait(s.taskCtx(ctx)); rerr != nil {
 		return rerr
 	}
 	return err
@@ -173,12 +178,33 @@ func (s *taskScope) endWait(ctx context.Context) error {
 	return nil
 }
 
-// abandonWait ends a wait that the task's cancellation cut short: the
-// task should return, and takes no slot.
-func (s *taskScope) abandonWait() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.waits--
+// taskCtx is the task function's context, or ctx, a context of the task,
+// if the function has none recorded.
+func (s *taskScope) taskCtx(ctx context.Context) context.Context {
+	if s.fnCtx != nil {
+		return s.fnCtx
+	}
+	return ctx
+}
+
+// cutShort ends a wait that the end of ctx, the waiter's context, cut
+// short, and returns ctx's error. When the task is cancelled (its
+// function's context ended) the task should return, and takes no slot.
+// When only ctx ended — a context the task derived to bound its wait —
+// the task goes on: it takes a slot again first (task_resumed), as a wait
+// that ends does, until the task is cancelled.
+func (s *taskScope) cutShort(ctx context.Context) error {
+	tctx := s.taskCtx(ctx)
+	if tctx.Err() != nil {
+		s.mu.Lock()
+		s.waits--
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+	if err := s.endWait(tctx); err != nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 // taskReturned gives back the slot of a task whose function has returned,

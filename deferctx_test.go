@@ -1,0 +1,113 @@
+package cloacina
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A task that bounds a wait with a context of its own (a deadline for the
+// condition, or for a child run) and goes on when that context ends —
+// fallback work — goes on holding a slot, like one whose condition held:
+// with one slot, a task started meanwhile waits for it. The wait ends
+// with task_resumed. Such a task used to go on without a slot, and
+// "deferred", so that two tasks worked at once on one slot.
+func TestWaitBoundedByTheTasksOwnContextTakesASlotBack(t *testing.T) {
+	t.Parallel()
+	for _, wait := range []string{"DeferUntil", "Wait"} {
+		t.Run(wait, func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, url string) {
+				ctx := testContext(t)
+				var r *Runner
+				var gauge workGauge
+				endWait, fallback, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+				waitErr := make(chan error, 1)
+				var releaseChild chan struct{}
+				// The child waits too, holding no slot, until the test ends.
+				child := MustWorkflow("child", Task{Name: "c", Run: func(ctx context.Context, _ *Context) error {
+					return DeferUntil(ctx, time.Millisecond, func(context.Context) (bool, error) {
+						select {
+						case <-releaseChild:
+							return true, nil
+						default:
+							return false, nil
+						}
+					})
+				}})
+				waiting := MustWorkflow("waiting", Task{Name: "d", Run: func(ctx context.Context, _ *Context) error {
+					wctx, cancel := context.WithCancel(ctx)
+					defer cancel()
+					go func() {
+						<-endWait
+						cancel()
+					}()
+					var err error
+					if wait == "DeferUntil" {
+						err = DeferUntil(wctx, time.Millisecond, func(context.Context) (bool, error) { return false, nil })
+					} else {
+						var e *Execution
+						if e, err = r.ExecuteAsync(ctx, "child", nil); err != nil {
+							return err
+						}
+						_, err = e.Wait(wctx)
+					}
+					waitErr <- err
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					gauge.enter() // fallback work
+					defer gauge.leave()
+					close(fallback)
+					<-release
+					return nil
+				}})
+				other := MustWorkflow("other", Task{Name: "o", Run: func(context.Context, *Context) error {
+					gauge.enter()
+					defer gauge.leave()
+					return nil
+				}})
+				releaseChild = make(chan struct{})
+				r = startRunner(t, url, &Config{Workflows: []*Workflow{waiting, other, child}, MaxConcurrentTasks: 1})
+				// Before the runner closes, should the test fail.
+				letChildGo, letGo := sync.OnceFunc(func() { close(releaseChild) }), sync.OnceFunc(func() { close(release) })
+				t.Cleanup(letChildGo)
+				t.Cleanup(letGo)
+				deferred := onEvent(r, eventOf(EventTaskDeferred))
+				exec, err := r.ExecuteAsync(ctx, "waiting", nil)
+				require.NoError(t, err)
+				waitFor(t, deferred, "the task to defer")
+				close(endWait)
+				require.ErrorIs(t, waitFor(t, waitErr, "the wait to end"), context.Canceled)
+				waitFor(t, fallback, "the fallback work to begin")
+
+				otherExec, err := r.ExecuteAsync(ctx, "other", nil)
+				require.NoError(t, err)
+				got, err := r.Get(ctx, otherExec.ID())
+				require.NoError(t, err)
+				require.Equal(t, TaskStatusReady, got.Task("o").Status,
+					"another task was claimed while the only slot belongs to a task doing its fallback work")
+				got, err = r.Get(ctx, exec.ID())
+				require.NoError(t, err)
+				require.Empty(t, got.Task("d").SubStatus, "the task works again: it is not deferred")
+
+				letGo()
+				for _, e := range []*Execution{exec, otherExec} {
+					res, err := e.Wait(ctx)
+					require.NoError(t, err)
+					require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+				}
+				require.EqualValues(t, 1, gauge.peak.Load(), "tasks working at once")
+				letChildGo()
+				res, err := r.Get(ctx, exec.ID())
+				require.NoError(t, err)
+				require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted,
+					EventTaskDeferred, EventTaskResumed, EventTaskCompleted}, taskEventTypes(t, r, res, "d"))
+				slotsFree(t, r)
+			})
+		})
+	}
+}
