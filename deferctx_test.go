@@ -111,3 +111,78 @@ func TestWaitBoundedByTheTasksOwnContextTakesASlotBack(t *testing.T) {
 		})
 	}
 }
+
+// A condition that panics ends the wait like one that fails: the panic
+// goes on up, and a task that recovers from it and goes on holds a slot
+// again, and is no longer deferred. The task used to go on without a
+// slot, deferred, and later waits of the task gave no slot back nor took
+// one.
+func TestDeferUntilConditionPanicTakesASlotBack(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var gauge workGauge
+		panicNow, fallback, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		recovered := make(chan any, 1)
+		waiting := MustWorkflow("waiting", Task{Name: "d", Run: func(ctx context.Context, _ *Context) error {
+			func() {
+				defer func() { recovered <- recover() }()
+				_ = DeferUntil(ctx, time.Millisecond, func(context.Context) (bool, error) {
+					select {
+					case <-panicNow:
+						panic("condition source broke")
+					default:
+						return false, nil
+					}
+				})
+			}()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			gauge.enter() // fallback work
+			defer gauge.leave()
+			close(fallback)
+			<-release
+			// A later wait still gives the slot back and takes it again.
+			return DeferUntil(ctx, time.Millisecond, func(context.Context) (bool, error) { return true, nil })
+		}})
+		other := MustWorkflow("other", Task{Name: "o", Run: func(context.Context, *Context) error {
+			gauge.enter()
+			defer gauge.leave()
+			return nil
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{waiting, other}, MaxConcurrentTasks: 1})
+		letGo := sync.OnceFunc(func() { close(release) })
+		t.Cleanup(letGo) // before the runner closes, should the test fail
+		deferred := onEvent(r, eventOf(EventTaskDeferred))
+		exec, err := r.ExecuteAsync(ctx, "waiting", nil)
+		require.NoError(t, err)
+		waitFor(t, deferred, "the task to defer")
+		close(panicNow)
+		require.Equal(t, "condition source broke", waitFor(t, recovered, "the panic"))
+		waitFor(t, fallback, "the fallback work to begin")
+
+		otherExec, err := r.ExecuteAsync(ctx, "other", nil)
+		require.NoError(t, err)
+		got, err := r.Get(ctx, otherExec.ID())
+		require.NoError(t, err)
+		require.Equal(t, TaskStatusReady, got.Task("o").Status,
+			"another task was claimed while the only slot belongs to a task doing its fallback work")
+		got, err = r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Empty(t, got.Task("d").SubStatus, "the task works again: it is not deferred")
+
+		letGo()
+		for _, e := range []*Execution{exec, otherExec} {
+			res, err := e.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+		}
+		require.EqualValues(t, 1, gauge.peak.Load(), "tasks working at once")
+		res, err := r.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted,
+			EventTaskDeferred, EventTaskResumed, EventTaskCompleted}, taskEventTypes(t, r, res, "d"))
+		slotsFree(t, r)
+	})
+}

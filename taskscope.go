@@ -77,10 +77,11 @@ var ErrNotInTask = errors.New("not called from a task: pass the context the task
 // task should then return. When ctx is one the task derived for the wait
 // (a deadline of its own) and only that ends, DeferUntil returns its
 // error having taken a slot again: the task goes on, as when cond failed.
-// If cond holds at once, nothing is recorded. When several goroutines of
-// one task wait at once (in DeferUntil, [Runner.Execute] or
-// [Execution.Wait]), the task holds no slot until the last of them is done
-// waiting, and that one takes the slot back.
+// A panic in cond ends the wait as a failure does, a slot taken again,
+// and goes on up. If cond holds at once, nothing is recorded. When
+// several goroutines of one task wait at once (in DeferUntil,
+// [Runner.Execute] or [Execution.Wait]), the task holds no slot until the
+// last of them is done waiting, and that one takes the slot back.
 func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.Context) (bool, error)) error {
 	s, ok := ctx.Value(taskScopeKey{}).(*taskScope)
 	if !ok {
@@ -96,11 +97,20 @@ func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.C
 	if err := s.beginWait(ctx, ""); err != nil {
 		return err
 	}
+	waiting := true
+	defer func() {
+		if waiting {
+			// cond panicked: the panic goes on up, and a task that
+			// recovers from it goes on, as when cond failed.
+			s.endWait(s.taskCtx(ctx))
+		}
+	}()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for !done {
 		select {
 		case <-ctx.Done():
+			waiting = false
 			return s.cutShort(ctx)
 		case <-ticker.C:
 		}
@@ -109,6 +119,7 @@ func DeferUntil(ctx context.Context, interval time.Duration, cond func(context.C
 		}
 	}
 	// The task goes on, whether cond held or failed.
+	waiting = false
 	if rerr := s.endWait(s.taskCtx(ctx)); rerr != nil {
 		return rerr
 	}
