@@ -2,11 +2,15 @@ package cloacina
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
 )
 
 // A task that bounds a wait with a context of its own (a deadline for the
@@ -184,5 +188,57 @@ func TestDeferUntilConditionPanicTakesASlotBack(t *testing.T) {
 		require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted,
 			EventTaskDeferred, EventTaskResumed, EventTaskCompleted}, taskEventTypes(t, r, res, "d"))
 		slotsFree(t, r)
+	})
+}
+
+// subStatusFailing fails the next fails writes of a task's sub-status
+// with a transient error, as a database that restarts does.
+type subStatusFailing struct {
+	driver.Tx
+	fails *atomic.Int32
+}
+
+func (tx *subStatusFailing) TaskSubStatusSet(ctx context.Context, p *driver.TaskSubStatusParams) (bool, error) {
+	if tx.fails.Add(-1) >= 0 {
+		return false, fmt.Errorf("%w: connection refused", driver.ErrTransient)
+	}
+	return tx.Tx.TaskSubStatusSet(ctx, p)
+}
+
+// A database outage when a long wait ends (a restart, a failover: seconds
+// of transient errors) delays the end of the wait until the database
+// answers again; it does not fail the task, whose condition held. The
+// write of task_resumed used to give up after a few tries, about a
+// second, and DeferUntil returned the error.
+func TestDeferUntilRidesOutATransientOutage(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var fails atomic.Int32
+		ready := make(chan struct{})
+		wf := MustWorkflow("waiting", Task{Name: "d", Run: func(ctx context.Context, _ *Context) error {
+			return DeferUntil(ctx, time.Millisecond, func(context.Context) (bool, error) {
+				select {
+				case <-ready:
+					return true, nil
+				default:
+					return false, nil
+				}
+			})
+		}})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &subStatusFailing{Tx: tx, fails: &fails} })
+		require.NoError(t, r.Start(ctx))
+		deferred := onEvent(r, eventOf(EventTaskDeferred))
+		exec, err := r.ExecuteAsync(ctx, "waiting", nil)
+		require.NoError(t, err)
+		waitFor(t, deferred, "the task to defer")
+		fails.Store(apiTxAttempts + 1) // past the retries of a caller's call
+		close(ready)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+		require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted,
+			EventTaskDeferred, EventTaskResumed, EventTaskCompleted}, taskEventTypes(t, r, res, "d"))
 	})
 }

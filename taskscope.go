@@ -232,10 +232,12 @@ func (s *taskScope) taskReturned() {
 }
 
 // setSubStatus records a sub-status change and its event under the task's
-// claim. A lost claim cancels the task.
+// claim, retrying transient errors until ctx ends, as the task's other
+// writes do: a database restart delays a wait's start or end, and does not
+// fail a task that waited for days. A lost claim cancels the task.
 func (s *taskScope) setSubStatus(ctx context.Context, sub string, typ EventType, reason string) error {
 	t := s.rt.task
-	_, err := s.r.withTx(ctx, apiTxAttempts, func(ctx context.Context, tx driver.Tx, c *changes) error {
+	_, err := s.r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		held, err := tx.TaskSubStatusSet(ctx, &driver.TaskSubStatusParams{Fence: fenceOf(t), SubStatus: sub, Now: c.now})
 		if err != nil {
 			return err
