@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cloacina-go/cloacina/driver"
@@ -235,13 +236,15 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 	for i, rt := range running {
 		fences[i] = fenceOf(rt.task)
 	}
-	res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: fences})
-	if err != nil {
-		return leader, dead, err
-	}
 	lost := map[string]bool{}
-	for _, id := range res.Lost {
-		lost[id.String()] = true
+	for part := range slices.Chunk(fences, maxIDsPerRead) {
+		res, err := r.drv.Reader().TaskFenceCheck(ctx, &driver.TaskFenceCheckParams{Fences: part})
+		if err != nil {
+			return leader, dead, err
+		}
+		for _, id := range res.Lost {
+			lost[id.String()] = true
+		}
 	}
 	for _, rt := range running {
 		if lost[rt.task.ID.String()] {
@@ -324,6 +327,12 @@ func (r *Runner) claimHeld(ctx context.Context, t *driver.Task, claimed time.Dur
 	}
 	return nil
 }
+
+// maxIDsPerRead bounds the tasks or runs one read of every running task
+// (or its run) names. Tasks that wait (DeferUntil, a child run) hold no
+// slot, so a runner may run far more tasks than MaxConcurrentTasks: more
+// than SQLite binds values in one statement.
+const maxIDsPerRead = 1024
 
 func fenceOf(t *driver.Task) driver.Fence {
 	return driver.Fence{TaskID: t.ID, RunnerID: t.RunnerID, Attempt: t.Attempt, RecoveryCount: t.RecoveryCount}

@@ -361,8 +361,9 @@ func newRunner(backend string, cfg *Config) (*Runner, error) {
 		}
 	}
 	if c.MaxConcurrentTasks > maxConcurrency || c.ClaimBatchSize > maxConcurrency {
-		// Statements list a batch's (or every running task's) ids, and
-		// SQLite binds at most 32,766 values per statement.
+		// Statements list a batch's ids, and SQLite binds at most 32,766
+		// values per statement. (Reads of every running task, which
+		// waiting tasks make unbounded, go in parts: see maxIDsPerRead.)
 		return nil, fmt.Errorf("cloacina: Config.MaxConcurrentTasks %d / ClaimBatchSize %d: use at most %d each (run more runners for more)",
 			c.MaxConcurrentTasks, c.ClaimBatchSize, maxConcurrency)
 	}

@@ -935,28 +935,33 @@ func (r *Runner) watchLoop(svc *services) {
 			return
 		case <-ticker.C:
 		}
-		running := r.runningTasks()
-		if len(running) == 0 {
-			continue
+		if err := r.cancelCancelledRuns(svc.ctx); err != nil && svc.ctx.Err() == nil {
+			r.logger.Warn("check for cancelled runs", "error", err)
 		}
-		seen := map[uuid.UUID]bool{}
-		var ids []uuid.UUID
-		for _, rt := range running {
-			if !seen[rt.task.PipelineID] {
-				seen[rt.task.PipelineID] = true
-				ids = append(ids, rt.task.PipelineID)
-			}
+	}
+}
+
+// cancelCancelledRuns cancels this runner's tasks of the runs that are
+// cancelled in the database, reading them in parts (see maxIDsPerRead).
+func (r *Runner) cancelCancelledRuns(ctx context.Context) error {
+	running := r.runningTasks()
+	seen := map[uuid.UUID]bool{}
+	var ids []uuid.UUID
+	for _, rt := range running {
+		if !seen[rt.task.PipelineID] {
+			seen[rt.task.PipelineID] = true
+			ids = append(ids, rt.task.PipelineID)
 		}
-		cancelled, err := r.drv.Reader().PipelineList(svc.ctx, &driver.PipelineListParams{IDs: ids,
+	}
+	for part := range slices.Chunk(ids, maxIDsPerRead) {
+		cancelled, err := r.drv.Reader().PipelineList(ctx, &driver.PipelineListParams{IDs: part,
 			Statuses: []driver.PipelineStatus{driver.PipelineCancelled}})
 		if err != nil {
-			if svc.ctx.Err() == nil {
-				r.logger.Warn("check for cancelled runs", "error", err)
-			}
-			continue
+			return err
 		}
 		for _, p := range cancelled {
 			r.cancelLocal(p.ID)
 		}
 	}
+	return nil
 }
