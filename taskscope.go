@@ -234,10 +234,24 @@ func (s *taskScope) taskReturned() {
 // setSubStatus records a sub-status change and its event under the task's
 // claim, retrying transient errors until ctx ends, as the task's other
 // writes do: a database restart delays a wait's start or end, and does not
-// fail a task that waited for days. A lost claim cancels the task.
+// fail a task that waited for days. A lost claim cancels the task. A retry
+// first checks whether an earlier attempt committed after all (its commit
+// reported lost): the sub-status is then set already, and its event
+// recorded, once.
 func (s *taskScope) setSubStatus(ctx context.Context, sub string, typ EventType, reason string) error {
 	t := s.rt.task
+	retry := false
 	_, err := s.r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
+		if retry {
+			cur, err := tx.TaskList(ctx, &driver.TaskListParams{IDs: []uuid.UUID{t.ID}})
+			if err != nil {
+				return err
+			}
+			if len(cur) == 1 && cur[0].SubStatus == sub && fenceOf(cur[0]) == fenceOf(t) && cur[0].Status == driver.TaskRunning {
+				return nil
+			}
+		}
+		retry = true
 		held, err := tx.TaskSubStatusSet(ctx, &driver.TaskSubStatusParams{Fence: fenceOf(t), SubStatus: sub, Now: c.now})
 		if err != nil {
 			return err
