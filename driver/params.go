@@ -252,7 +252,11 @@ type EventListParams struct {
 	// later-numbered one; following there returns events in transaction
 	// order (sequence order within a transaction, so an event can come
 	// after one numbered higher), and only events of transactions older
-	// than every transaction still running. The cost: any transaction that
+	// than every transaction still running. A transaction's place
+	// (Event.TxID) is at least that of every transaction that had ended
+	// when it wrote its events, so one that waited for another's lock
+	// comes after it: the events of one run or task come in the order
+	// their transactions changed it. The cost: any transaction that
 	// writes, anywhere in the database cluster, holds followers back for as
 	// long as it stays open (a session idle in transaction stalls them
 	// until it ends); reads that do not follow are not affected. An

@@ -139,9 +139,10 @@ type Event struct {
 	Data        json.RawMessage
 	WorkerID    string
 	CreatedAt   time.Time
-	// TxID is, on PostgreSQL, the transaction that wrote the event (its
-	// xid8): with SequenceNum, the event's place in following order
-	// (EventListParams.AfterTx). Zero on SQLite.
+	// TxID is, on PostgreSQL, the place of the transaction that wrote the
+	// event (an xid8: its own id, or the newest that had ended when it
+	// wrote the event if that is greater): with SequenceNum, the event's
+	// place in following order (EventListParams.AfterTx). Zero on SQLite.
 	TxID int64
 }
 

@@ -202,9 +202,11 @@ func newQueries(schema string) *queries {
 				AS u(id, from_status, status, output, error, started_at, completed_at, now)
 			WHERE p.id = u.id AND p.status = u.from_status RETURNING 1)
 			SELECT {s}.cloacina_expect_rows(count(*), $9, 'run') FROM u`),
+		// tx_id places the events in following order (migration 0003):
+		// see eventTxID.
 		eventInsert: r.Replace(`INSERT INTO {s}.execution_events
-				(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
-			SELECT id, pid, tid, typ, data::json, worker, created
+				(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at, tx_id)
+			SELECT id, pid, tid, typ, data::json, worker, created, (` + eventTxID + `)
 			FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
 				WITH ORDINALITY AS e(id, pid, tid, typ, data, worker, created, ord)
 			ORDER BY ord`),
@@ -227,6 +229,23 @@ func newQueries(schema string) *queries {
 		eventNotUnfinished: r.Replace(notOfUnfinishedRun),
 	}
 }
+
+// eventTxID is the tx_id of the events an insert writes: the greater of
+// the transaction's id and the newest transaction id that had ended when
+// the insert's statement began. Following reads in (tx_id, sequence_num)
+// order, only below the xmin of its snapshot (migration 0003), which
+// needs tx_id at least the writer's id: any transaction still open, or
+// still to begin, then writes a tx_id at least that of every event a
+// follower has read, and sequence numbers break the tie. The id alone
+// is taken when the transaction first writes or locks, and a transaction
+// can wait after that for a run (or task) that another one, with a larger
+// id, changes and commits: its own change of that run comes after, but
+// its id, alone, would place its events before, and a follower would
+// rebuild the run's status from the two in the wrong order. An insert
+// comes after every lock its transaction waited for, so the other
+// transaction had ended and its events' tx_id is at most this one.
+const eventTxID = `SELECT greatest(pg_current_xact_id(),
+				(pg_snapshot_xmax(pg_current_snapshot())::text::bigint - 1)::text::xid8)`
 
 // notOfUnfinishedRun holds for an event (aliased e) unless its run is
 // Pending, Running or Paused, or has a task still Running (a Cancelled run
