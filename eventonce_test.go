@@ -2,11 +2,15 @@ package cloacina
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
@@ -76,5 +80,153 @@ func TestDeferUntilRecordsEachTransitionOnceWhenACommitIsReportedLost(t *testing
 		require.Equal(t, []string{"task_created await", "task_marked_ready await", "pipeline_started",
 			"task_claimed await", "task_started await", "task_deferred await", "task_resumed await",
 			"task_completed await", "pipeline_completed"}, eventTypes(t, r, res.ID))
+	})
+}
+
+// Several runners work many runs while they are paused, resumed and
+// cancelled at random: once every run has ended and every task returned,
+// the log alone, listed or followed as it was written, replays to the
+// stored status of every run and task, each run has one pipeline_started
+// at most and one terminal event, last, and sequence numbers never repeat.
+func TestReplayMatchesUnderControlChurn(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var flaky sync.Map
+		retry := &RetryPolicy{MaxAttempts: 3, Backoff: BackoffFixed, InitialDelay: 5 * time.Millisecond}
+		wf := MustWorkflow("churn",
+			Task{Name: "a", Run: ok},
+			Task{Name: "b", DependsOn: []string{"a"}, Retry: retry, Run: func(ctx context.Context, _ *Context) error {
+				info, _ := TaskInfoFrom(ctx)
+				if _, again := flaky.LoadOrStore(info.RunID, true); !again {
+					return errors.New("first attempt fails")
+				}
+				return nil
+			}},
+			Task{Name: "c", DependsOn: []string{"a"}, Run: func(ctx context.Context, _ *Context) error {
+				polls := 0
+				return DeferUntil(ctx, 2*time.Millisecond, func(context.Context) (bool, error) { polls++; return polls > 2, nil })
+			}},
+			Task{Name: "d", DependsOn: []string{"b", "c"}, Run: ok},
+		)
+		var runners []*Runner
+		for range 3 {
+			runners = append(runners, startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 4}))
+		}
+		// Two followers, from the start of the log: all of it, and the
+		// completions only.
+		all := startStream(t, runners[1], &EventQuery{Follow: true})
+		completions := startStream(t, runners[2], &EventQuery{Follow: true, Types: []EventType{EventTaskCompleted}})
+		const n = 30
+		ids := make([]uuid.UUID, n)
+		for i := range ids {
+			exec, err := runners[i%len(runners)].ExecuteAsync(ctx, "churn", nil)
+			require.NoError(t, err)
+			ids[i] = exec.ID()
+		}
+		rnd := rand.New(rand.NewPCG(1, 2))
+		var wg sync.WaitGroup
+		for w := range 3 {
+			r := runners[w]
+			ops := make([]int, 40)
+			for i := range ops {
+				ops[i] = rnd.IntN(n * 3)
+			}
+			wg.Go(func() {
+				for _, op := range ops {
+					id := ids[op%n]
+					var err error
+					switch op / n {
+					case 0:
+						err = r.Pause(ctx, id)
+					case 1:
+						err = r.Resume(ctx, id)
+					default:
+						if op%5 == 0 {
+							err = r.Cancel(ctx, id)
+						} else {
+							err = r.Resume(ctx, id)
+						}
+					}
+					if err != nil && !errors.Is(err, ErrRunFinished) {
+						t.Errorf("control of run %s: %v", id, err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		// Whatever is still paused goes on.
+		for _, id := range ids {
+			if err := runners[0].Resume(ctx, id); err != nil && !errors.Is(err, ErrRunFinished) {
+				require.NoError(t, err)
+			}
+		}
+		results := make(map[uuid.UUID]*ExecutionResult, n)
+		require.Eventually(t, func() bool {
+			for _, id := range ids {
+				res, err := runners[0].Get(ctx, id)
+				require.NoError(t, err)
+				if !res.Status.Terminal() {
+					return false
+				}
+				for _, tr := range res.Tasks {
+					if tr.Status == TaskStatusRunning {
+						return false
+					}
+				}
+				results[id] = res
+			}
+			return true
+		}, testTimeout, 20*time.Millisecond, "every run ended with no task running")
+
+		events, err := runners[0].Events(ctx, nil)
+		require.NoError(t, err)
+		seen := map[int64]bool{}
+		for _, e := range events {
+			require.False(t, seen[e.SequenceNum], "sequence number %d twice", e.SequenceNum)
+			seen[e.SequenceNum] = true
+		}
+		var want []int64
+		for _, e := range events {
+			if e.Type == EventTaskCompleted {
+				want = append(want, e.SequenceNum)
+			}
+		}
+		gotAll := all.take(t, len(events))
+		gotCompletions := completions.take(t, len(want))
+		require.ElementsMatch(t, seqsOf(events), seqsOf(gotAll), "the followed log is the log")
+		require.ElementsMatch(t, want, seqsOf(gotCompletions), "the followed completions are the log's")
+		replayed, streamed := Replay(events), Replay(gotAll)
+		for _, id := range ids {
+			res := results[id]
+			require.Equal(t, res.Status, replayed.Runs[id], "run %s", id)
+			require.Equal(t, res.Status, streamed.Runs[id], "run %s, from the followed log", id)
+			for _, tr := range res.Tasks {
+				require.Equal(t, tr.Status, replayed.Tasks[tr.ID], "task %s of run %s", tr.Name, id)
+				require.Equal(t, tr.Status, streamed.Tasks[tr.ID], "task %s of run %s, from the followed log", tr.Name, id)
+			}
+			var started, terminal int
+			var runEvents []*Event
+			for _, e := range events {
+				if e.PipelineID == id {
+					runEvents = append(runEvents, e)
+				}
+			}
+			for i, e := range runEvents {
+				switch e.Type {
+				case EventPipelineStarted:
+					started++
+				case EventPipelineCompleted, EventPipelineFailed, EventPipelineCancelled:
+					terminal++
+					// Only the outcomes of tasks that were running may follow.
+					for _, later := range runEvents[i+1:] {
+						require.Contains(t, []EventType{EventTaskCompleted, EventTaskFailed, EventTaskDeferred, EventTaskResumed},
+							later.Type, "run %s: %s after its end", id, later.Type)
+					}
+				}
+			}
+			require.LessOrEqual(t, started, 1, "run %s started twice", id)
+			require.Equal(t, 1, terminal, "run %s ended once", id)
+		}
 	})
 }
