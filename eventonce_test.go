@@ -230,3 +230,31 @@ func TestReplayMatchesUnderControlChurn(t *testing.T) {
 		}
 	})
 }
+
+// A run claimed by a runner whose definition of its workflow differs (a
+// rolling deploy that changed a timeout) records, in pipeline_started, the
+// workflow version the run was started with: the one stored with it.
+func TestPipelineStartedNamesTheRunsWorkflowVersion(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		before := MustWorkflow("deploy", Task{Name: "a", Run: ok})
+		after := MustWorkflow("deploy", Task{Name: "a", Run: ok, Timeout: time.Minute})
+		require.NotEqual(t, before.Version(), after.Version())
+		old := openRunner(t, url, &Config{Workflows: []*Workflow{before}}) // not started: it only starts runs
+		exec, err := old.ExecuteAsync(ctx, "deploy", nil)
+		require.NoError(t, err)
+		current := startRunner(t, url, &Config{Workflows: []*Workflow{after}})
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, before.Version(), res.WorkflowVersion)
+		evs, err := current.Events(ctx, &EventQuery{RunID: &res.ID, Types: []EventType{EventPipelineStarted}})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		data, err := evs[0].Payload()
+		require.NoError(t, err)
+		require.Equal(t, res.Workflow, data.Workflow)
+		require.Equal(t, res.WorkflowVersion, data.WorkflowVersion, "the run's version, not the claimer's")
+	})
+}

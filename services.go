@@ -448,10 +448,12 @@ func (r *Runner) claim(ctx context.Context, n int, runs []uuid.UUID) ([]*driver.
 		for _, t := range tasks {
 			workflowOf[t.PipelineID] = t.WorkflowName
 		}
-		for _, pid := range res.Started {
+		// The version the run was started with, not this runner's: they
+		// differ while a changed workflow rolls out.
+		for i, pid := range res.Started {
 			version := ""
-			if wf, err := r.workflow(workflowOf[pid]); err == nil {
-				version = wf.version
+			if i < len(res.StartedVersions) {
+				version = res.StartedVersions[i]
 			}
 			c.runStarted(pid, workflowOf[pid], version)
 		}

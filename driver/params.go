@@ -225,6 +225,10 @@ type TaskClaimResult struct {
 	Tasks []*Task
 	// Started are the runs this claim moved from Pending to Running.
 	Started []uuid.UUID
+	// StartedVersions holds, for each run of Started in the same order,
+	// the workflow version stored with it (the one it was started with,
+	// which the claimer's definition of the workflow may not be).
+	StartedVersions []string
 	// Unstarted are runs of claimed tasks that were Pending but that the
 	// claim could not start, because another transaction held the run's
 	// row (a control operation, say) and the claim does not wait for it.

@@ -71,6 +71,7 @@ func testBatchSizes(t *testing.T, s *suite) {
 			})
 			require.ElementsMatch(t, tids, taskIDs(claimed.Tasks), "every task claimed, once")
 			require.ElementsMatch(t, pids, claimed.Started, "every run started, once")
+			require.Len(t, claimed.StartedVersions, len(claimed.Started), "a version for each run started")
 
 			finish := &driver.TaskFinishParams{LockPipelineIDs: pids, ListPipelineIDs: pids}
 			end := &driver.ChangeSet{}

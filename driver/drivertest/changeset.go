@@ -111,6 +111,7 @@ func testChangeSetApply(t *testing.T, s *suite) {
 			res, err := tx.TaskClaim(b.ctx, &driver.TaskClaimParams{RunnerID: "r", Workflows: []string{"wf"}, Limit: 10, Now: started})
 			require.NoError(t, err)
 			require.Equal(t, []uuid.UUID{q.ID}, res.Started)
+			require.Equal(t, []string{q.WorkflowVersion}, res.StartedVersions, "the version stored with each run started")
 		})
 		b.apply(t, &driver.ChangeSet{Pipelines: []driver.PipelineUpdate{
 			{ID: q.ID, FromStatus: driver.PipelineRunning, Status: driver.PipelineCompleted, StartedAt: &again, CompletedAt: &again, Now: again}}})

@@ -100,9 +100,10 @@ func claimSQL(filter string) string {
 				ORDER BY p.id FOR UPDATE SKIP LOCKED),
 			started AS (
 				UPDATE {s}.pipeline_executions p SET status = 'running', started_at = $1, updated_at = $1
-				FROM pending WHERE p.id = pending.id RETURNING p.id)
+				FROM pending WHERE p.id = pending.id RETURNING p.id, p.workflow_version)
 			SELECT tasks.outbox_attempt, ` + taskColumns("tasks.", true) + `,
-				EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id),
+				-- The version of a run started here; NULL otherwise.
+				(SELECT started.workflow_version FROM started WHERE started.id = tasks.pipeline_execution_id),
 				-- Pending but not started: pending skipped its locked row.
 				NOT EXISTS (SELECT 1 FROM started WHERE started.id = tasks.pipeline_execution_id)
 					AND EXISTS (SELECT 1 FROM {s}.pipeline_executions p
@@ -481,8 +482,9 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	defer rows.Close()
 	started, unstarted := map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
 	var outboxAttempt int
-	var runStarted, runUnstarted bool
-	s := newTaskScan([]any{&outboxAttempt}, &runStarted, &runUnstarted)
+	var startedVersion *string
+	var runUnstarted bool
+	s := newTaskScan([]any{&outboxAttempt}, &startedVersion, &runUnstarted)
 	for rows.Next() {
 		t, err := s.scan(rows)
 		if err != nil {
@@ -491,9 +493,10 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 		if outboxAttempt != t.Attempt {
 			return nil, fmt.Errorf("postgres: claim task %s: outbox attempt %d does not match task attempt %d", t.ID, outboxAttempt, t.Attempt)
 		}
-		if runStarted && !started[t.PipelineID] {
+		if startedVersion != nil && !started[t.PipelineID] {
 			started[t.PipelineID] = true
 			res.Started = append(res.Started, t.PipelineID)
+			res.StartedVersions = append(res.StartedVersions, *startedVersion)
 		}
 		if runUnstarted && !unstarted[t.PipelineID] {
 			unstarted[t.PipelineID] = true

@@ -486,14 +486,14 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 	// status index, which it guesses is cheaper than two or more lookups
 	// by id.
 	rows, err = e.queryIn(ctx, len(pids), `UPDATE pipeline_executions SET status = 'running', started_at = ?, updated_at = ?
-		WHERE id IN (`+inList(len(pids))+`) AND +status = 'pending' RETURNING id`, padIn(append([]any{now, now}, pids...), len(pids))...)
+		WHERE id IN (`+inList(len(pids))+`) AND +status = 'pending' RETURNING id, workflow_version`, padIn(append([]any{now, now}, pids...), len(pids))...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: start pipelines: %w", mapError(err))
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		var id, version string
+		if err := rows.Scan(&id, &version); err != nil {
 			return nil, mapError(err)
 		}
 		pid, err := uuid.Parse(id)
@@ -501,6 +501,7 @@ func (e *executor) TaskClaim(ctx context.Context, p *driver.TaskClaimParams) (*d
 			return nil, err
 		}
 		res.Started = append(res.Started, pid)
+		res.StartedVersions = append(res.StartedVersions, version)
 	}
 	return res, mapError(rows.Err())
 }
