@@ -273,7 +273,9 @@
 // they wait for), hands back those still running at its deadline, and
 // removes the runner's row. Execution is at-least-once: a task whose runner
 // died mid-way runs again elsewhere, so make task bodies idempotent (use
-// [TaskInfoFrom] for the run and task ids and the attempt). A runner that
+// [TaskInfoFrom] for the run and task ids and the attempt; a later attempt
+// of a task that started a child run can find it and wait for it with
+// [Runner.Execution] rather than start another). A runner that
 // is alive but stalls past its RunnerTimeout is declared dead too: it
 // reads its claim before it begins a task it claimed before the stall,
 // and does not begin one that was taken from it; a task it had begun is

@@ -19,11 +19,21 @@ const apiTxAttempts = 8
 // process ended.
 const maxWaitPoll = 500 * time.Millisecond
 
-// Execution is a handle on a run started by ExecuteAsync or ExecuteTx.
+// Execution is a handle on a run: one started by ExecuteAsync or
+// ExecuteTx, or any run by its id (Runner.Execution).
 type Execution struct {
 	r  *Runner
 	id uuid.UUID
 }
+
+// Execution returns a handle on the run with this id, whichever runner or
+// process started it: a run id kept from an earlier ExecuteAsync, say, or
+// found with List. It reads nothing; Wait and Status return
+// ErrRunNotFound when no such run exists. A task re-attaches this way to
+// a child run that an earlier attempt of it started (its children are
+// the runs List finds with ListOpts.ParentRunID whose ParentTaskID is the
+// task's id), rather than start another.
+func (r *Runner) Execution(id uuid.UUID) *Execution { return &Execution{r: r, id: id} }
 
 // ID returns the run's id.
 func (e *Execution) ID() uuid.UUID { return e.id }

@@ -112,3 +112,32 @@ func TestGetTaskShowsContextsAndClaims(t *testing.T) {
 		require.Equal(t, `{"in":"v"}`, final.Input.String(), "Wait's result carries the input")
 	})
 }
+
+// Runner.Execution is a handle on any run by its id: one another runner
+// started, waited for here, and one that does not exist.
+func TestExecutionHandleByID(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("w", Task{Name: "a", Run: setKey("done", true)})
+		starter := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		worker := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		exec, err := starter.ExecuteAsync(ctx, "w", nil)
+		require.NoError(t, err)
+
+		handle := worker.Execution(exec.ID())
+		require.Equal(t, exec.ID(), handle.ID())
+		res, err := handle.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		status, err := handle.Status(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, status)
+
+		missing := worker.Execution(newID())
+		_, err = missing.Wait(ctx)
+		require.ErrorIs(t, err, ErrRunNotFound)
+		_, err = missing.Status(ctx)
+		require.ErrorIs(t, err, ErrRunNotFound)
+	})
+}
