@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -152,12 +153,29 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 	}
 	// Every problem is reported at once; only whether a trigger rule's
 	// task is upstream waits for a graph without cycles or unknown names.
+	// A rule usually names a direct dependency; the descendants of a task
+	// named further up are found once, however many rules name it, so a
+	// large workflow validates in time linear in its size.
+	descendants := map[*taskDef][]bool{}
 	for i, def := range wf.tasks {
 		var upstream map[string]bool
 		if !unresolved {
 			upstream = map[string]bool{}
-			for a := range g.Ancestors(i) {
-				upstream[wf.tasks[a].Name] = true
+			for _, c := range def.Trigger.conds {
+				named := wf.byName[c.task]
+				if c.task == "" || named == nil || upstream[c.task] {
+					continue
+				}
+				if slices.Contains(def.deps, named) {
+					upstream[c.task] = true
+					continue
+				}
+				below, ok := descendants[named]
+				if !ok {
+					below = g.Descendants(index[named])
+					descendants[named] = below
+				}
+				upstream[c.task] = below[i]
 			}
 		}
 		verr.Problems = append(verr.Problems, def.Trigger.validate(def.Name, upstream)...)

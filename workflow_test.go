@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -171,4 +172,44 @@ func TestWorkflowAccessors(t *testing.T) {
 	require.Equal(t, []string{"a"}, wf.Dependencies("b"))
 	require.Nil(t, wf.Dependencies("zz"))
 	require.Panics(t, func() { MustWorkflow("w") })
+}
+
+// Validating a large workflow takes time in proportion to its size: a
+// chain of 10,000 tasks (each with every task before it upstream), with
+// trigger rules naming its first task, validates well within the deadline
+// (the ancestry of every task, built in full, took time in the square of
+// the chain's length: seconds at 10,000).
+func TestLargeWorkflowValidatesInLinearTime(t *testing.T) {
+	t.Parallel()
+	const n = 10_000
+	chain := make([]Task, n)
+	ruled := make([]Task, n)
+	for i := range chain {
+		chain[i] = Task{Name: fmt.Sprintf("t%d", i), Run: ok}
+		if i > 0 {
+			chain[i].DependsOn = []string{fmt.Sprintf("t%d", i-1)}
+		}
+		ruled[i] = chain[i]
+		if i > 1 {
+			ruled[i].Trigger = Any(TaskSuccess(fmt.Sprintf("t%d", i-1)), TaskFailed("t0"))
+		}
+	}
+	done := make(chan error, 2)
+	go func() {
+		for _, tasks := range [][]Task{chain, ruled} {
+			wf, err := NewWorkflow("big", tasks...)
+			if err == nil && len(wf.TaskNames()) != n {
+				err = fmt.Errorf("%d tasks", len(wf.TaskNames()))
+			}
+			done <- err
+		}
+	}()
+	for range 2 {
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("validating a workflow of 10,000 tasks took longer than 5 s")
+		}
+	}
 }

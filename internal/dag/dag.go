@@ -1,12 +1,15 @@
 // Package dag holds the graph algorithms behind workflow validation:
-// cycle detection with the cycle's path, topological order, ancestry, and
+// cycle detection with the cycle's path, topological order, descendants, and
 // the closest-name suggestion for a misspelt dependency.
 package dag
+
+import "container/heap"
 
 // Graph is a directed graph of named nodes; an edge from a node to each of
 // its dependencies. Nodes are addressed by index in the order given.
 type Graph struct {
-	deps [][]int
+	deps       [][]int
+	dependents [][]int // the reverse edges, built on first use
 }
 
 // New returns a graph of n nodes where deps[i] lists the nodes i depends on.
@@ -71,47 +74,54 @@ func (g *Graph) TopoOrder() []int {
 			dependents[d] = append(dependents[d], i)
 		}
 	}
-	var order []int
-	ready := make([]bool, n)
+	order := make([]int, 0, n)
+	ready := &minHeap{}
 	for i := range indegree {
-		ready[i] = indegree[i] == 0
+		if indegree[i] == 0 {
+			heap.Push(ready, i)
+		}
 	}
-	for len(order) < n {
-		next := -1
-		for i := range ready {
-			if ready[i] {
-				next = i
-				break
-			}
-		}
-		if next < 0 {
-			panic("dag: TopoOrder on a graph with a cycle")
-		}
-		ready[next] = false
+	for ready.Len() > 0 {
+		next := heap.Pop(ready).(int)
 		order = append(order, next)
 		for _, m := range dependents[next] {
 			indegree[m]--
 			if indegree[m] == 0 {
-				ready[m] = true
+				heap.Push(ready, m)
 			}
 		}
+	}
+	if len(order) < n {
+		panic("dag: TopoOrder on a graph with a cycle")
 	}
 	return order
 }
 
-// Ancestors returns every node n depends on, directly or transitively.
-func (g *Graph) Ancestors(n int) map[int]bool {
-	seen := map[int]bool{}
-	var walk func(int)
-	walk = func(i int) {
-		for _, d := range g.deps[i] {
-			if !seen[d] {
-				seen[d] = true
-				walk(d)
+// Descendants returns, indexed by node, whether the node depends on n,
+// directly or transitively: the nodes of which n is an ancestor. It walks
+// each edge once, without recursion, so that asking it for the few nodes
+// trigger rules name keeps validation linear in the graph's size.
+func (g *Graph) Descendants(n int) []bool {
+	if g.dependents == nil {
+		g.dependents = make([][]int, len(g.deps))
+		for i, ds := range g.deps {
+			for _, d := range ds {
+				g.dependents[d] = append(g.dependents[d], i)
 			}
 		}
 	}
-	walk(n)
+	seen := make([]bool, len(g.deps))
+	stack := []int{n}
+	for len(stack) > 0 {
+		i := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, m := range g.dependents[i] {
+			if !seen[m] {
+				seen[m] = true
+				stack = append(stack, m)
+			}
+		}
+	}
 	return seen
 }
 
@@ -152,4 +162,18 @@ func distance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(rb)]
+}
+
+// minHeap holds the nodes free to come next in TopoOrder, lowest first.
+type minHeap []int
+
+func (h minHeap) Len() int           { return len(h) }
+func (h minHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h minHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *minHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *minHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }

@@ -28,11 +28,13 @@ func TestTopoOrder(t *testing.T) {
 	require.Equal(t, []int{1, 0, 2}, New([][]int{{1}, {}, {}}).TopoOrder())
 }
 
-func TestAncestors(t *testing.T) {
+func TestDescendants(t *testing.T) {
 	t.Parallel()
-	g := New([][]int{{}, {0}, {1}, {}})
-	require.Equal(t, map[int]bool{0: true, 1: true}, g.Ancestors(2))
-	require.Empty(t, g.Ancestors(3))
+	// 1 depends on 0, 2 on 1 and 3 on 0; 4 stands alone.
+	g := New([][]int{{}, {0}, {1}, {0}, {}})
+	require.Equal(t, []bool{false, true, true, true, false}, g.Descendants(0))
+	require.Equal(t, []bool{false, false, true, false, false}, g.Descendants(1))
+	require.Equal(t, []bool{false, false, false, false, false}, g.Descendants(4))
 }
 
 func TestClosest(t *testing.T) {
