@@ -410,13 +410,24 @@ func (r *Runner) finishFor(res *taskResult, p *driver.Pipeline, now time.Time) (
 		ready(now)
 		f.Error = ""
 		return f, finishHandBack
-	case plan != nil && plan.shouldRetry(res.err, t.Attempt):
+	case plan != nil && plan.shouldRetryWithin(res.err, t.Attempt, budget(t, plan)):
 		f.Attempt = t.Attempt + 1
 		ready(now.Add(plan.delay(t.Attempt)))
 		return f, finishRetry
 	}
 	f.Status = driver.TaskFailed
 	return f, finishFailed
+}
+
+// budget is task t's attempt budget: the MaxAttempts recorded when its
+// run was created (what its events, GetTask and TaskInfo report), even
+// when this runner's version of the workflow has another; plan's for a
+// task without one.
+func budget(t *driver.Task, plan *retryPlan) int {
+	if t.MaxAttempts > 0 {
+		return t.MaxAttempts
+	}
+	return plan.maxAttempts
 }
 
 // recordFinish emits the event (and outbox row) of a transition whose

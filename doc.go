@@ -23,6 +23,14 @@
 // its name and shape (task names, edges, rules, policies, timeouts),
 // recorded on every run.
 //
+// Runners of two versions of a workflow may share a database, as in a
+// rolling deployment. A task runs as the version of the runner that
+// claims it (its function, timeout, retry delays and conditions), within
+// the attempt budget (MaxAttempts) recorded when its run started; a run
+// whose task names differ from the claiming runner's version (a task
+// added, removed or renamed) fails with a reason that says so. Give a
+// workflow whose tasks change a new name to let runs of both go on.
+//
 // # Context flow
 //
 // A run starts with an input [Context] (JSON key/value). A root task

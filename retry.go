@@ -167,7 +167,14 @@ func (p *RetryPolicy) plan(task string) (*retryPlan, []string) {
 
 // shouldRetry decides whether the failure of attempt (1-based) is retried.
 func (rp *retryPlan) shouldRetry(err error, attempt int) bool {
-	if attempt >= rp.maxAttempts || IsPermanent(err) {
+	return rp.shouldRetryWithin(err, attempt, rp.maxAttempts)
+}
+
+// shouldRetryWithin is shouldRetry with an attempt budget of its own: the
+// one a task was created with, which a workflow changed since (another
+// MaxAttempts) does not change.
+func (rp *retryPlan) shouldRetryWithin(err error, attempt, maxAttempts int) bool {
+	if attempt >= maxAttempts || IsPermanent(err) {
 		return false
 	}
 	for _, c := range rp.conds {
