@@ -63,8 +63,9 @@ type taskDef struct {
 // NewWorkflow validates tasks and returns the workflow. Every problem is
 // reported at once in a *ValidationError (errors.Is ErrInvalidWorkflow):
 // an empty workflow, a task without name or function, a duplicate name, a
-// dependency on a missing task (with the closest existing name), a cycle
-// (with its path), and a trigger rule naming a task that is not upstream.
+// dependency on a missing task (with the closest existing name, for the
+// first 20 such dependencies), a cycle (with its path), and a trigger rule
+// naming a task that is not upstream.
 func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 	verr := &ValidationError{Workflow: name}
 	problem := func(format string, args ...any) { verr.Problems = append(verr.Problems, fmt.Sprintf(format, args...)) }
@@ -109,6 +110,7 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 		names = append(names, t.Name)
 	}
 	unresolved := false // a dependency names no task
+	suggested := 0      // unknown dependencies given the closest name
 	for _, def := range wf.tasks {
 		seen := map[string]bool{}
 		for _, d := range def.DependsOn {
@@ -119,10 +121,15 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 				problem("task %q lists dependency %q twice: list it once", def.Name, d)
 			case dep == nil:
 				unresolved = true
-				if s := dag.Closest(d, names); s != "" {
+				s := ""
+				if suggested < maxSuggestions {
+					suggested++
+					s = dag.Closest(d, names)
+				}
+				if s != "" {
 					problem("task %q depends on %q, which is not a task of this workflow: did you mean %q?", def.Name, d, s)
 				} else {
-					problem("task %q depends on %q, which is not a task of this workflow: declare it or fix the name (tasks: %s)", def.Name, d, strings.Join(names, ", "))
+					problem("task %q depends on %q, which is not a task of this workflow: declare it or fix the name (tasks: %s)", def.Name, d, someNames(names))
 				}
 			default:
 				def.deps = append(def.deps, dep)
@@ -199,6 +206,25 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 	}
 	wf.version = wf.fingerprint()
 	return wf, nil
+}
+
+// maxSuggestions bounds the unknown dependencies that NewWorkflow gives
+// the closest task name (each costs a pass over every name), and
+// maxListedNames the task names a problem lists: a large generated
+// workflow whose names are all wrong is refused at once, with problems
+// that stay readable.
+const (
+	maxSuggestions = 20
+	maxListedNames = 20
+)
+
+// someNames lists names, the first maxListedNames of them and a count of
+// the rest.
+func someNames(names []string) string {
+	if len(names) <= maxListedNames {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:maxListedNames], ", "), len(names)-maxListedNames)
 }
 
 // MustWorkflow is NewWorkflow for package-level workflow variables: it

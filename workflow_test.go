@@ -213,3 +213,44 @@ func TestLargeWorkflowValidatesInLinearTime(t *testing.T) {
 		}
 	}
 }
+
+// A large workflow whose dependencies are all misspelt (generated names,
+// "step-1" for "step_1") is refused with every problem, in bounded time
+// and with messages of bounded size. Each unknown dependency used to be
+// compared with every task name, and a message without a suggestion
+// listed every task: at 10,000 tasks, half a minute and a gigabyte.
+func TestLargeWorkflowWithUnknownDependenciesIsRefusedPromptly(t *testing.T) {
+	t.Parallel()
+	const n = 10_000
+	for name, dep := range map[string]string{"close": "step-%d", "far": "completely-other-%d"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			tasks := make([]Task, n)
+			for i := range tasks {
+				tasks[i] = Task{Name: fmt.Sprintf("step_%d", i), Run: ok}
+				if i > 0 {
+					tasks[i].DependsOn = []string{fmt.Sprintf(dep, i-1)}
+				}
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := NewWorkflow("big", tasks...)
+				done <- err
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("refusing a workflow of 10,000 tasks took longer than 5 s")
+			}
+			ps := problems(t, err)
+			require.Len(t, ps, n-1, "every unknown dependency is reported")
+			for _, p := range ps {
+				require.Less(t, len(p), 1000, "a problem of bounded size: %.200s…", p)
+			}
+			if name == "close" {
+				require.Equal(t, `task "step_1" depends on "step-0", which is not a task of this workflow: did you mean "step_0"?`, ps[0])
+			}
+		})
+	}
+}

@@ -3,7 +3,10 @@
 // the closest-name suggestion for a misspelt dependency.
 package dag
 
-import "container/heap"
+import (
+	"container/heap"
+	"slices"
+)
 
 // Graph is a directed graph of named nodes; an edge from a node to each of
 // its dependencies. Nodes are addressed by index in the order given.
@@ -126,42 +129,66 @@ func (g *Graph) Descendants(n int) []bool {
 }
 
 // Closest returns the candidate nearest to name by edit distance, or ""
-// when none is close enough to be a plausible typo.
+// when none is close enough to be a plausible typo. Candidates whose
+// length alone puts them out of reach are not compared, and a comparison
+// stops once it cannot come within reach, so that a long list costs
+// little more than reading it.
 func Closest(name string, candidates []string) string {
-	best, bestDist := "", -1
+	rn := []rune(name)
+	limit := max(len(rn)/2, 2)
+	best, bestDist := "", limit+1
+	var rc []rune
+	var prev, cur []int
 	for _, c := range candidates {
-		d := distance(name, c)
-		if bestDist < 0 || d < bestDist {
+		if len(c) > 4*(len(rn)+bestDist) {
+			continue // too many bytes for runes within reach
+		}
+		rc = append(rc[:0], []rune(c)...)
+		if abs(len(rc)-len(rn)) >= bestDist {
+			continue
+		}
+		var d int
+		d, prev, cur = distance(rn, rc, bestDist, prev, cur)
+		if d < bestDist {
 			best, bestDist = c, d
 		}
-	}
-	limit := max(len([]rune(name))/2, 2)
-	if bestDist < 0 || bestDist > limit {
-		return ""
 	}
 	return best
 }
 
-// distance is the Levenshtein edit distance between a and b.
-func distance(a, b string) int {
-	ra, rb := []rune(a), []rune(b)
-	prev := make([]int, len(rb)+1)
-	cur := make([]int, len(rb)+1)
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
+
+// distance is the Levenshtein edit distance between a and b, or a value
+// of at least bound once it is sure to be that far or farther. prev and
+// cur are scratch rows, returned for the next call.
+func distance(a, b []rune, bound int, prev, cur []int) (int, []int, []int) {
+	prev = slices.Grow(prev[:0], len(b)+1)[:len(b)+1]
+	cur = slices.Grow(cur[:0], len(b)+1)[:len(b)+1]
 	for j := range prev {
 		prev[j] = j
 	}
-	for i := 1; i <= len(ra); i++ {
+	for i := 1; i <= len(a); i++ {
 		cur[0] = i
-		for j := 1; j <= len(rb); j++ {
+		rowMin := cur[0]
+		for j := 1; j <= len(b); j++ {
 			cost := 1
-			if ra[i-1] == rb[j-1] {
+			if a[i-1] == b[j-1] {
 				cost = 0
 			}
 			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			rowMin = min(rowMin, cur[j])
 		}
 		prev, cur = cur, prev
+		if rowMin >= bound {
+			return rowMin, prev, cur
+		}
 	}
-	return prev[len(rb)]
+	return prev[len(b)], prev, cur
 }
 
 // minHeap holds the nodes free to come next in TopoOrder, lowest first.
