@@ -88,23 +88,7 @@ func TestWaitBoundedByTheTasksOwnContextTakesASlotBack(t *testing.T) {
 				require.ErrorIs(t, waitFor(t, waitErr, "the wait to end"), context.Canceled)
 				waitFor(t, fallback, "the fallback work to begin")
 
-				otherExec, err := r.ExecuteAsync(ctx, "other", nil)
-				require.NoError(t, err)
-				got, err := r.Get(ctx, otherExec.ID())
-				require.NoError(t, err)
-				require.Equal(t, TaskStatusReady, got.Task("o").Status,
-					"another task was claimed while the only slot belongs to a task doing its fallback work")
-				got, err = r.Get(ctx, exec.ID())
-				require.NoError(t, err)
-				require.Empty(t, got.Task("d").SubStatus, "the task works again: it is not deferred")
-
-				letGo()
-				for _, e := range []*Execution{exec, otherExec} {
-					res, err := e.Wait(ctx)
-					require.NoError(t, err)
-					require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
-				}
-				require.EqualValues(t, 1, gauge.peak.Load(), "tasks working at once")
+				requireSlotKept(t, r, exec, &gauge, letGo)
 				letChildGo()
 				res, err := r.Get(ctx, exec.ID())
 				require.NoError(t, err)
@@ -166,23 +150,7 @@ func TestDeferUntilConditionPanicTakesASlotBack(t *testing.T) {
 		require.Equal(t, "condition source broke", waitFor(t, recovered, "the panic"))
 		waitFor(t, fallback, "the fallback work to begin")
 
-		otherExec, err := r.ExecuteAsync(ctx, "other", nil)
-		require.NoError(t, err)
-		got, err := r.Get(ctx, otherExec.ID())
-		require.NoError(t, err)
-		require.Equal(t, TaskStatusReady, got.Task("o").Status,
-			"another task was claimed while the only slot belongs to a task doing its fallback work")
-		got, err = r.Get(ctx, exec.ID())
-		require.NoError(t, err)
-		require.Empty(t, got.Task("d").SubStatus, "the task works again: it is not deferred")
-
-		letGo()
-		for _, e := range []*Execution{exec, otherExec} {
-			res, err := e.Wait(ctx)
-			require.NoError(t, err)
-			require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
-		}
-		require.EqualValues(t, 1, gauge.peak.Load(), "tasks working at once")
+		requireSlotKept(t, r, exec, &gauge, letGo)
 		res, err := r.Get(ctx, exec.ID())
 		require.NoError(t, err)
 		require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted,
@@ -241,4 +209,30 @@ func TestDeferUntilRidesOutATransientOutage(t *testing.T) {
 		require.Equal(t, []EventType{EventTaskCreated, EventTaskMarkedReady, EventTaskClaimed, EventTaskStarted,
 			EventTaskDeferred, EventTaskResumed, EventTaskCompleted}, taskEventTypes(t, r, res, "d"))
 	})
+}
+
+// requireSlotKept checks that the task "d" of exec, working again after a
+// wait on a runner of one slot, holds that slot: a run of "other" started
+// now stays Ready until letGo lets d end, and then both complete, never
+// more than one task working at once.
+func requireSlotKept(t *testing.T, r *Runner, exec *Execution, gauge *workGauge, letGo func()) {
+	t.Helper()
+	ctx := testContext(t)
+	otherExec, err := r.ExecuteAsync(ctx, "other", nil)
+	require.NoError(t, err)
+	got, err := r.Get(ctx, otherExec.ID())
+	require.NoError(t, err)
+	require.Equal(t, TaskStatusReady, got.Task("o").Status,
+		"another task was claimed while the only slot belongs to a task doing its fallback work")
+	got, err = r.Get(ctx, exec.ID())
+	require.NoError(t, err)
+	require.Empty(t, got.Task("d").SubStatus, "the task works again: it is not deferred")
+
+	letGo()
+	for _, e := range []*Execution{exec, otherExec} {
+		res, err := e.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, "%v", res.Err())
+	}
+	require.EqualValues(t, 1, gauge.peak.Load(), "tasks working at once")
 }
