@@ -142,7 +142,10 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // default); otherwise by the database's name alone, so a database of the
 // same name on another server is then not told apart. A refused
 // transaction has nothing written in it and stays usable (on PostgreSQL it
-// is not aborted).
+// is not aborted). A start that fails later, as its writes are refused or
+// ctx ends, leaves nothing of the run in tx either: on SQLite tx stays
+// usable, and committing it commits no part of the run; on PostgreSQL the
+// failed statement has aborted tx.
 //
 // Called with a task's context, the run is a child of the task's run, and
 // on PostgreSQL the start locks the parent run's row until tx ends (so a
@@ -165,7 +168,9 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 	r.syncClock(ctx, exec)
 	c := newChanges(r)
 	c.now = r.now()
-	if err := r.createRuns(ctx, exec, c, []*newRun{run}, false); err != nil {
+	// Fresh: the whole run goes in one ChangeSetApply, which writes all of
+	// it or nothing that tx could commit.
+	if err := r.createRuns(ctx, exec, c, []*newRun{run}, true); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
 	}
 	// The application commits, so nothing here can wake a claimer after
@@ -265,9 +270,10 @@ func lockParents(ctx context.Context, exec driver.Executor, runs []*newRun) erro
 // was unknown) is left as it is.
 //
 // With fresh, the runs cannot exist yet (their transaction's first
-// attempt): their rows join c's change set, which a backend can send
-// together with the commit, and an existing run fails the transaction
-// with a conflict, for the retry to see. Only such a start may carry a
+// attempt, or the application's transaction of ExecuteTx): their rows
+// join c's change set, which a backend can send together with the commit,
+// and an existing run fails the transaction with a conflict, for the
+// retry to see. Only such a start may carry a
 // c.handoff: a run whose roots find free slots on this runner is created
 // Running (pipeline_started) with those roots claimed here.
 //

@@ -362,3 +362,53 @@ func TestExecuteTxUnderARoleThatMayNotReadTheServerID(t *testing.T) {
 	_, err = r.Get(ctx, exec.ID())
 	require.NoError(t, err)
 }
+
+// refuseTask makes r's database refuse to insert a task named name, from
+// whatever connection: it stands for any write of a start the database
+// refuses part way (a disk full, the caller's context ending between two
+// statements).
+func refuseTask(t *testing.T, r *Runner, name string) {
+	t.Helper()
+	ctx := testContext(t)
+	switch d := r.Driver().(type) {
+	case *postgres.Driver:
+		s := pgx.Identifier{d.Schema()}.Sanitize()
+		_, err := d.Pool().Exec(ctx, `CREATE FUNCTION `+s+`.refuse_task() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+				RAISE EXCEPTION 'task refused'; END $$;
+			CREATE TRIGGER refuse_task BEFORE INSERT ON `+s+`.task_executions
+				FOR EACH ROW WHEN (NEW.task_name = '`+name+`') EXECUTE FUNCTION `+s+`.refuse_task()`)
+		require.NoError(t, err)
+	case *sqlite.Driver:
+		_, err := d.DB().ExecContext(ctx, `CREATE TRIGGER refuse_task BEFORE INSERT ON task_executions
+			WHEN NEW.task_name = '`+name+`' BEGIN SELECT RAISE(ABORT, 'task refused'); END`)
+		require.NoError(t, err)
+	}
+}
+
+// A start the database refuses part way leaves nothing of the run in the
+// application's transaction: an application that commits its own rows all
+// the same (on SQLite a refused statement leaves the transaction usable;
+// PostgreSQL aborts it) must not commit half a run, a run row without its
+// tasks that stays Pending forever. ExecuteTx used to write the run in
+// several statements with nothing to take back the first when a later one
+// failed.
+func TestExecuteTxRefusedLeavesNothingInTheTransaction(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("ship", Task{Name: "a", Run: ok}, Task{Name: "refused", Run: ok, DependsOn: []string{"a"}})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		refuseTask(t, r, "refused")
+		tx, commit, _, appRows := appTx(t, r)
+		exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
+		require.ErrorContains(t, err, "task refused")
+		require.Nil(t, exec)
+		if err := commit(); err != nil {
+			t.Logf("commit after the refused start: %v", err) // PostgreSQL: aborted
+		}
+		requireNoRuns(t, r)
+		if _, isSQLite := r.Driver().(*sqlite.Driver); isSQLite {
+			require.Equal(t, 1, appRows(), "the application's own rows commit")
+		}
+	})
+}

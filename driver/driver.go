@@ -64,7 +64,9 @@ type Driver interface {
 	// checks, reading in tx, that tx is on the backend's own database (the
 	// same SQLite file; the same PostgreSQL server and database), and
 	// fails with ErrWrongDatabase otherwise, having written nothing and
-	// left tx usable. The caller commits or
+	// left tx usable. A ChangeSetApply in it that fails leaves nothing of
+	// its writes for tx to commit (on SQLite, where tx stays usable, it
+	// writes under a savepoint; PostgreSQL aborts tx). The caller commits or
 	// rolls it back; wake-ups requested in it are delivered by the
 	// database on commit where the backend can (Postgres), or found by the
 	// next poll otherwise.

@@ -249,7 +249,36 @@ func (d *Driver) UnwrapTx(ctx context.Context, tx any) (driver.Executor, error) 
 			"begin the transaction on the backend's database, Driver.DB() (from a runner: Runner.Driver().(*sqlite.Driver).DB())",
 			driver.ErrWrongDatabase, describeFile(ctx, sqlTx, file), describePath(d.path))
 	}
-	return &executor{db: sqlTx}, nil
+	return &appTxExecutor{executor{db: sqlTx}}, nil
+}
+
+// appTxExecutor runs inside an application's transaction (UnwrapTx). Its
+// ChangeSetApply writes under a savepoint and takes every write back when
+// one fails: SQLite leaves a transaction usable after a failed statement,
+// so an application that commits all the same would otherwise commit the
+// first half of a change set (a run without its tasks).
+type appTxExecutor struct{ executor }
+
+func (e *appTxExecutor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) error {
+	if _, err := e.db.ExecContext(ctx, "SAVEPOINT cloacina_apply"); err != nil {
+		return fmt.Errorf("sqlite: begin a savepoint: %w", mapError(err))
+	}
+	// The savepoint is ended even when ctx has (its end is what a
+	// cancelled write needs).
+	end := context.WithoutCancel(ctx)
+	if err := e.executor.ChangeSetApply(ctx, c); err != nil {
+		if _, rerr := e.db.ExecContext(end, "ROLLBACK TO cloacina_apply"); rerr != nil {
+			return errors.Join(err, fmt.Errorf("sqlite: roll back to the savepoint: %w", mapError(rerr)))
+		}
+		if _, rerr := e.db.ExecContext(end, "RELEASE cloacina_apply"); rerr != nil {
+			return errors.Join(err, fmt.Errorf("sqlite: release the savepoint: %w", mapError(rerr)))
+		}
+		return err
+	}
+	if _, err := e.db.ExecContext(end, "RELEASE cloacina_apply"); err != nil {
+		return fmt.Errorf("sqlite: release the savepoint: %w", mapError(err))
+	}
+	return nil
 }
 
 // mainFile returns the path of the main database file of q's connection,
