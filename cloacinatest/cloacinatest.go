@@ -80,6 +80,13 @@ func OpenURL(t testing.TB, url string, cfg *cloacina.Config) *cloacina.Runner {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
+	if _, fresh := freshSchemas.Load(url); fresh && c.ReadOnly {
+		// A read-only runner creates nothing: create and migrate the
+		// schema first, as a runner that writes would.
+		if _, err := cloacina.Migrate(ctx, url, c.Schema); err != nil {
+			t.Fatalf("cloacinatest: create the schema for a read-only runner: %v", err)
+		}
+	}
 	r, err := cloacina.Open(ctx, url, &c)
 	if err != nil {
 		t.Fatalf("cloacinatest: open a runner: %v", err)
@@ -115,7 +122,8 @@ func testLogger(t testing.TB) *slog.Logger {
 // PostgresSchema returns rawURL, a PostgreSQL URL, with a schema of the
 // test's own as its schema parameter (replacing any there), and drops that
 // schema, with everything in it, when the test ends. The schema is created
-// and migrated when a runner first opens the URL (OpenURL), so the role in
+// and migrated when a runner first opens the URL (OpenURL; a read-only
+// runner reads it empty, as Open's reads its new file), so the role in
 // rawURL needs the CREATE privilege on the database.
 //
 // Parameters other than schema are read as the library reads them
@@ -149,12 +157,21 @@ func PostgresSchema(t testing.TB, rawURL string) string {
 		t.Fatalf("cloacinatest: PostgreSQL does not answer at %s: %v\nstart it, or point the test at one that runs", redacted(rawURL), err)
 	}
 	pool.Close()
-	t.Cleanup(func() { dropSchema(t, connURL.String(), schema) })
 
 	q.Set("schema", schema)
 	u.RawQuery = q.Encode()
-	return u.String()
+	schemaURL := u.String()
+	freshSchemas.Store(schemaURL, struct{}{})
+	t.Cleanup(func() {
+		freshSchemas.Delete(schemaURL)
+		dropSchema(t, connURL.String(), schema)
+	})
+	return schemaURL
 }
+
+// freshSchemas holds the URLs PostgresSchema returned, of schemas whose
+// tests still run: OpenURL creates such a schema for a read-only runner.
+var freshSchemas sync.Map
 
 // errBadURL marks a URL that pgx does not accept.
 var errBadURL = errors.New("a URL pgx does not accept")

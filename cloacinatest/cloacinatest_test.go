@@ -167,6 +167,31 @@ func TestPostgresSchemaIsTheTestsOwnAndDroppedAfter(t *testing.T) {
 	}
 }
 
+// A read-only runner opened on a schema of PostgresSchema reads it empty,
+// as Open's read-only runner reads its new file: the schema is created and
+// migrated when a runner first opens the URL, a read-only one included.
+// OpenURL used to fail the test instead ("database at version 0").
+func TestPostgresSchemaOpensReadOnly(t *testing.T) {
+	t.Parallel()
+	testdb.UsesPostgres(t)
+	u := cloacinatest.PostgresSchema(t, testdb.PostgresURL())
+	r := cloacinatest.OpenURL(t, u, &cloacina.Config{ReadOnly: true, Workflows: []*cloacina.Workflow{greet()}})
+	runs, err := r.List(testContext(t), nil)
+	require.NoError(t, err)
+	require.Empty(t, runs)
+	_, err = r.Execute(testContext(t), "greet", nil)
+	require.ErrorIs(t, err, cloacina.ErrReadOnly)
+
+	w := cloacinatest.OpenURL(t, u, &cloacina.Config{Workflows: []*cloacina.Workflow{greet()}})
+	input, err := cloacina.ContextFrom(map[string]any{"name": "ro"})
+	require.NoError(t, err)
+	res, err := w.Execute(testContext(t), "greet", input)
+	require.NoError(t, err)
+	got, err := r.Get(testContext(t), res.ID)
+	require.NoError(t, err, "the read-only runner reads what the other wrote")
+	require.Equal(t, cloacina.PipelineCompleted, got.Status)
+}
+
 // PostgresSchema takes the URLs cloacina.Open takes, pgxpool's pool_*
 // parameters included, and drops its schema after them too.
 func TestPostgresSchemaTakesPoolParameters(t *testing.T) {
