@@ -242,8 +242,9 @@ type TaskRun struct {
 	// Err is the error the task function returned on its last attempt,
 	// as it returned it, so errors.Is and errors.As see through it; nil
 	// when the task completed. It is also nil when the last attempt
-	// panicked, or ran past its timeout and returned nil: Result.Error
-	// holds what the runner recorded for those.
+	// panicked, or ran past its timeout and returned nil or had not
+	// returned when the run ended: Result.Error holds what the runner
+	// recorded for those.
 	Err error
 	// Events is the task's event log, oldest first: task_created,
 	// task_marked_ready, task_claimed, task_started, then task_completed;
@@ -273,17 +274,25 @@ func RunTask(t testing.TB, task cloacina.Task, input *cloacina.Context) *TaskRun
 		task.Name = "task"
 	}
 	var (
-		mu      sync.Mutex
-		lastErr error
+		mu          sync.Mutex
+		lastAttempt int
+		lastErr     error
 	)
 	fn := task.Run
 	task.Run = func(ctx context.Context, tc *cloacina.Context) error {
+		info, _ := cloacina.TaskInfoFrom(ctx)
 		mu.Lock()
-		lastErr = nil // a panic leaves it nil
+		if info.Attempt >= lastAttempt {
+			lastAttempt, lastErr = info.Attempt, nil // a panic leaves it nil
+		}
 		mu.Unlock()
 		err := fn(ctx, tc)
 		mu.Lock()
-		lastErr = err
+		// An earlier attempt that ran past its timeout can return while a
+		// later one runs: its error is not the last attempt's.
+		if info.Attempt == lastAttempt {
+			lastErr = err
+		}
 		mu.Unlock()
 		return err
 	}

@@ -376,6 +376,40 @@ func TestRunTaskReportsPanicsAndTimeouts(t *testing.T) {
 	})
 }
 
+var errFirstAttempt = errors.New("the first attempt's error")
+
+// An attempt that ran past its timeout and returns late, while the next
+// attempt runs, does not pass its error off as the last attempt's: here
+// the last attempt times out too and has not returned when the run ends,
+// so TaskRun.Err is nil, as documented. RunTask used to keep whichever
+// attempt returned last, the first one's error.
+func TestRunTaskKeepsTheLastAttemptsErrorOnly(t *testing.T) {
+	t.Parallel()
+	second := make(chan struct{})
+	release := make(chan struct{})
+	defer close(release) // before the runner closes, which waits for the task
+	run := cloacinatest.RunTask(t, cloacina.Task{
+		Name:    "stuck",
+		Timeout: 50 * time.Millisecond,
+		Retry:   &cloacina.RetryPolicy{MaxAttempts: 2, Backoff: cloacina.BackoffFixed, InitialDelay: time.Millisecond},
+		Run: func(ctx context.Context, tc *cloacina.Context) error {
+			info, _ := cloacina.TaskInfoFrom(ctx)
+			if info.Attempt == 1 {
+				<-second // past its timeout: the second attempt has begun
+				return errFirstAttempt
+			}
+			close(second)
+			<-release // past its timeout, and past the run's end
+			return nil
+		},
+	}, nil)
+	require.Equal(t, cloacina.TaskStatusFailed, run.Result.Status, run.String())
+	require.Equal(t, 2, run.Result.Attempts)
+	require.Contains(t, run.Result.Error, cloacina.ErrTaskTimeout.Error())
+	require.NotErrorIs(t, run.Err, errFirstAttempt, "the first attempt's error, returned late, stands for the last attempt's")
+	require.NoError(t, run.Err)
+}
+
 // A task that waits in DeferUntil runs under RunTask as under a runner:
 // its wait is recorded.
 func TestRunTaskRunsDeferUntil(t *testing.T) {
