@@ -3,7 +3,6 @@ package cloacina
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -16,17 +15,11 @@ import (
 	"github.com/cloacina-go/cloacina/driver"
 )
 
-// subStatusLiar reports a failure after committing a transaction that set a
-// task's sub-status, while armed: the reply to COMMIT was lost, the commit
-// was not.
-type subStatusLiar struct {
-	armed atomic.Int64
-	lied  atomic.Int64
-}
-
+// subStatusLiarTx lies (see lyingDriver) about the commit of a
+// transaction that set a task's sub-status.
 type subStatusLiarTx struct {
 	driver.Tx
-	d   *subStatusLiar
+	d   *lyingDriver
 	set bool
 }
 
@@ -36,16 +29,7 @@ func (tx *subStatusLiarTx) TaskSubStatusSet(ctx context.Context, p *driver.TaskS
 	return held, err
 }
 
-func (tx *subStatusLiarTx) Commit(ctx context.Context) error {
-	if err := tx.Tx.Commit(ctx); err != nil {
-		return err
-	}
-	if tx.set && tx.d.armed.Add(-1) >= 0 {
-		tx.d.lied.Add(1)
-		return fmt.Errorf("%w: connection lost while reading the reply to COMMIT", driver.ErrTransient)
-	}
-	return nil
-}
+func (tx *subStatusLiarTx) Commit(ctx context.Context) error { return tx.d.commit(ctx, tx.Tx, tx.set) }
 
 // A deferral whose commit is reported lost, though it committed, is
 // retried; the retry records nothing again: one task_deferred and one
@@ -59,7 +43,7 @@ func TestDeferUntilRecordsEachTransitionOnceWhenACommitIsReportedLost(t *testing
 			return DeferUntil(ctx, 5*time.Millisecond, func(context.Context) (bool, error) { return ready.Load(), nil })
 		}})
 		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		liar := &subStatusLiar{}
+		liar := &lyingDriver{}
 		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &subStatusLiarTx{Tx: tx, d: liar} })
 		require.NoError(t, r.Start(ctx))
 		liar.armed.Store(2) // the deferral and the resumption

@@ -302,12 +302,16 @@ func (tx *lyingTx) ChangeSetApply(ctx context.Context, cs *driver.ChangeSet) err
 	return tx.Tx.ChangeSetApply(ctx, cs)
 }
 
-func (tx *lyingTx) Commit(ctx context.Context) error {
-	if err := tx.Tx.Commit(ctx); err != nil {
+func (tx *lyingTx) Commit(ctx context.Context) error { return tx.d.commit(ctx, tx.Tx, tx.claims) }
+
+// commit commits tx and, when the transaction is one to lie about and the
+// driver is armed, reports that the reply to COMMIT was lost.
+func (d *lyingDriver) commit(ctx context.Context, tx driver.Tx, lie bool) error {
+	if err := tx.Commit(ctx); err != nil {
 		return err
 	}
-	if tx.claims && tx.d.armed.Add(-1) >= 0 {
-		tx.d.lied.Add(1)
+	if lie && d.armed.Add(-1) >= 0 {
+		d.lied.Add(1)
 		return fmt.Errorf("%w: connection lost while reading the reply to COMMIT", driver.ErrTransient)
 	}
 	return nil
