@@ -263,8 +263,9 @@ type TaskRun struct {
 // a trigger rule belongs to the workflow.
 //
 // It fails the test if the task cannot be run at all (an invalid
-// definition, the test's deadline); a task that fails is a result, in
-// TaskRun.Result and TaskRun.Err.
+// definition, a database error); a task that fails is a result, in
+// TaskRun.Result and TaskRun.Err. It does not bound the task: give it a
+// Timeout, or go test's -timeout ends a task that hangs.
 func RunTask(t testing.TB, task cloacina.Task, input *cloacina.Context) *TaskRun {
 	t.Helper()
 	if task.Run == nil {
