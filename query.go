@@ -401,7 +401,9 @@ func (o *DeleteEventsOpts) includeUnfinished() bool { return o != nil && o.Inclu
 // exists. With opts.IncludeUnfinishedRuns it deletes by age alone, runs
 // still going included. CountEventsBefore with the same cutoff and opts
 // counts what it would delete. If ctx ends midway, the batches already
-// deleted stay deleted. Each batch costs about the same however many old
+// deleted stay deleted. A batch whose commit was reported failed is
+// counted if it committed all the same (its reply lost), and deleted
+// again if not. Each batch costs about the same however many old
 // events there are, and however many of them are kept: a pass walks the
 // events once, in the order they were recorded, each batch starting where
 // the one before ended, up to the newest event created before cutoff when
@@ -424,7 +426,12 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 	var total int64
 	for {
 		var n, last int64
+		// tried is what an attempt of this batch deleted before its
+		// commit failed; redo says this attempt deleted it again.
+		var tried *driver.EventDeleteResult
+		redo := false
 		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
+			redo = false
 			if params.UpTo == 0 {
 				// The pass ends at the newest event older than cutoff
 				// now: each batch then walks events in sequence order
@@ -435,11 +442,28 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 				}
 				params.UpTo = newest
 			}
-			res, err := tx.EventDelete(ctx, params)
+			p := params
+			if tried != nil {
+				// A failed commit may have committed all the same (its
+				// reply lost): the events of that attempt's range are
+				// then gone, and the batch is counted, not replaced by
+				// the next one. Otherwise this deletes them again.
+				again := *params
+				again.UpTo = tried.Last
+				p, redo = &again, true
+			}
+			res, err := tx.EventDelete(ctx, p)
 			if err != nil {
 				return err
 			}
+			if redo && res.Deleted == 0 {
+				n, last = tried.Deleted, tried.Last
+				return nil
+			}
 			n, last = res.Deleted, res.Last
+			if n > 0 {
+				tried = res
+			}
 			return nil
 		})
 		if err != nil {
@@ -453,7 +477,9 @@ func (r *Runner) DeleteEventsBefore(ctx context.Context, cutoff time.Time, opts 
 		if progress != nil && n > 0 {
 			progress(total)
 		}
-		if n < int64(batch) {
+		// A batch deleted again stops at the range it had deleted, so a
+		// short one is not the end of the pass.
+		if n < int64(batch) && !redo {
 			return total, nil
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/cloacina-go/cloacina/driver"
 )
 
@@ -66,7 +68,8 @@ func (r *Runner) CountRunsBefore(ctx context.Context, cutoff time.Time, opts *De
 // ticks skipped (OverlapSkip) before cutoff go too; a schedule's Fired and
 // Skipped counts stay. A child run is not deleted with its parent; it keeps
 // its parent's id. If ctx ends midway, the batches already deleted stay
-// deleted.
+// deleted. A batch whose commit was reported failed is counted if it
+// committed all the same (its reply lost), and deleted again if not.
 func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *DeleteRunsOpts) (int64, error) {
 	batch, err := opts.batchSize()
 	if err != nil {
@@ -82,10 +85,27 @@ func (r *Runner) DeleteRunsBefore(ctx context.Context, cutoff time.Time, opts *D
 	// other transactions hold, so a short batch does not mean the end.
 	for {
 		var n int
+		var tried []uuid.UUID // what an attempt deleted before its commit failed
 		err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
-			var err error
-			n, err = tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: cutoff, Limit: batch})
-			return err
+			if len(tried) > 0 {
+				// A failed commit may have committed all the same (its
+				// reply lost): its runs are then gone, and the batch is
+				// counted, not replaced by the next one.
+				left, err := tx.PipelineList(ctx, &driver.PipelineListParams{IDs: tried, Limit: 1})
+				if err != nil {
+					return err
+				}
+				if len(left) == 0 {
+					n = len(tried)
+					return nil
+				}
+			}
+			ids, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: cutoff, Limit: batch})
+			if err != nil {
+				return err
+			}
+			n, tried = len(ids), ids
+			return nil
 		})
 		if err != nil {
 			return total, fmt.Errorf("delete runs: %w", err)

@@ -380,3 +380,111 @@ func TestRetentionCutoffFinerThanAMicrosecond(t *testing.T) {
 		require.EqualValues(t, 1, n)
 	})
 }
+
+// lostReplyDriver reports a transient failure after committing a
+// transaction that deleted events or runs, once it is armed, after
+// skipping as many such commits as skip says: the commit's reply was lost.
+type lostReplyDriver struct {
+	skip, armed, lied atomic.Int64
+}
+
+type lostReplyTx struct {
+	driver.Tx
+	d       *lostReplyDriver
+	deletes bool
+}
+
+func (tx *lostReplyTx) EventDelete(ctx context.Context, p *driver.EventDeleteParams) (*driver.EventDeleteResult, error) {
+	res, err := tx.Tx.EventDelete(ctx, p)
+	tx.deletes = tx.deletes || (err == nil && res.Deleted > 0)
+	return res, err
+}
+
+func (tx *lostReplyTx) PipelineDeleteFinished(ctx context.Context, p *driver.PipelineDeleteParams) ([]uuid.UUID, error) {
+	ids, err := tx.Tx.PipelineDeleteFinished(ctx, p)
+	tx.deletes = tx.deletes || (err == nil && len(ids) > 0)
+	return ids, err
+}
+
+func (tx *lostReplyTx) Commit(ctx context.Context) error {
+	if err := tx.Tx.Commit(ctx); err != nil {
+		return err
+	}
+	if tx.deletes && tx.d.skip.Add(-1) < 0 && tx.d.armed.Add(-1) >= 0 {
+		tx.d.lied.Add(1)
+		return fmt.Errorf("%w: connection lost while reading the reply to COMMIT", driver.ErrTransient)
+	}
+	return nil
+}
+
+// A batch whose commit reply is lost was deleted all the same: the total
+// DeleteEventsBefore returns, and its progress, count it. The retry used
+// to delete the next batch and return its count alone, so the total
+// omitted the batch that had committed.
+func TestRetentionCountsABatchWhoseCommitReplyWasLost(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("old", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+		old := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
+		require.NoError(t, old.Start(ctx))
+		for range 3 {
+			res, err := old.Execute(ctx, "old", nil)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+		}
+		require.NoError(t, old.Stop(ctx))
+
+		r := openRunner(t, url, nil)
+		lost := &lostReplyDriver{}
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &lostReplyTx{Tx: tx, d: lost} })
+		lost.skip.Store(1)
+		lost.armed.Store(1)
+		cutoff := time.Now().UTC().Add(-30 * 24 * time.Hour)
+		count, err := r.CountEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Greater(t, count, int64(9), "old events in several batches")
+		var progress []int64
+		deleted, err := r.DeleteEventsBefore(ctx, cutoff, &DeleteEventsOpts{BatchSize: 3, Progress: func(n int64) { progress = append(progress, n) }})
+		require.NoError(t, err)
+		require.EqualValues(t, 1, lost.lied.Load(), "a commit's reply was lost")
+		left, err := r.CountEventsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Zero(t, left, "every old event was deleted")
+		require.Equal(t, count, deleted, "the total counts every batch deleted")
+		require.Equal(t, count, progress[len(progress)-1])
+	})
+}
+
+// A batch of runs whose commit reply is lost was deleted all the same:
+// DeleteRunsBefore counts it.
+func TestRunRetentionCountsABatchWhoseCommitReplyWasLost(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("r", Task{Name: "a", Run: ok})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		for range 7 {
+			res, err := r.Execute(ctx, "r", nil)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+		}
+		require.NoError(t, r.Stop(ctx))
+		lost := &lostReplyDriver{}
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &lostReplyTx{Tx: tx, d: lost} })
+		lost.skip.Store(1)
+		lost.armed.Store(1)
+		cutoff := time.Now().Add(time.Hour)
+		count, err := r.CountRunsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.EqualValues(t, 7, count)
+		deleted, err := r.DeleteRunsBefore(ctx, cutoff, &DeleteRunsOpts{BatchSize: 2})
+		require.NoError(t, err)
+		require.EqualValues(t, 1, lost.lied.Load(), "a commit's reply was lost")
+		left, err := r.CountRunsBefore(ctx, cutoff, nil)
+		require.NoError(t, err)
+		require.Zero(t, left)
+		require.Equal(t, count, deleted, "the total counts every batch deleted")
+	})
+}

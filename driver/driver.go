@@ -234,9 +234,11 @@ type Executor interface {
 
 	// PipelineDeleteFinished deletes old finished runs (see
 	// PipelineDeleteParams), keeping their tasks' names on their events,
-	// and returns how many. On PostgreSQL a run another transaction has
-	// locked is skipped.
-	PipelineDeleteFinished(ctx context.Context, params *PipelineDeleteParams) (int, error)
+	// and returns their ids, in no particular order: a caller whose
+	// commit failed can tell whether it happened all the same (a reply
+	// lost) by whether they are gone. On PostgreSQL a run another
+	// transaction has locked is skipped.
+	PipelineDeleteFinished(ctx context.Context, params *PipelineDeleteParams) ([]uuid.UUID, error)
 	// PipelineCountFinished counts the runs PipelineDeleteFinished would
 	// delete.
 	PipelineCountFinished(ctx context.Context, params *PipelineCountParams) (int64, error)

@@ -30,9 +30,17 @@ func (b *bundle) deleteFinished(t *testing.T, before time.Time, limit int) int {
 	t.Helper()
 	var n int
 	b.inTx(t, func(tx driver.Tx) {
-		var err error
-		n, err = tx.PipelineDeleteFinished(b.ctx, &driver.PipelineDeleteParams{Before: before, Limit: limit})
+		ids, err := tx.PipelineDeleteFinished(b.ctx, &driver.PipelineDeleteParams{Before: before, Limit: limit})
 		require.NoError(t, err)
+		n = len(ids)
+		// The ids returned are those of the runs deleted, each once.
+		seen := map[uuid.UUID]bool{}
+		for _, id := range ids {
+			require.False(t, seen[id], "run %s returned twice", id)
+			seen[id] = true
+			_, err := tx.PipelineGet(b.ctx, id)
+			require.ErrorIs(t, err, driver.ErrNotFound, "a run returned as deleted")
+		}
 	})
 	return n
 }

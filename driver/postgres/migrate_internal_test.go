@@ -242,9 +242,9 @@ func TestMigrationToEventTaskNamesKeepsEvents(t *testing.T) {
 	tx, err := appDrv.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 10})
+	ids, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 10})
 	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	require.Len(t, ids, 1)
 	require.NoError(t, tx.Commit(ctx))
 
 	readDrv, err := Open(ctx, reader, &Opts{Schema: schema, ReadOnly: true})

@@ -318,9 +318,9 @@ func TestRunRetentionNamesEventsThroughIndexes(t *testing.T) {
 	before := seqScans(t, drv, schema)
 	for range 7 { // past the five custom plans after which PostgreSQL may keep a generic one
 		inTx(t, drv, func(tx driver.Tx) error {
-			n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 100})
-			if err == nil && n != 100 {
-				err = fmt.Errorf("deleted %d runs, want 100", n)
+			ids, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 100})
+			if err == nil && len(ids) != 100 {
+				err = fmt.Errorf("deleted %d runs, want 100", len(ids))
 			}
 			return err
 		})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/google/uuid"
+
 	"github.com/cloacina-go/cloacina/driver"
 )
 
@@ -27,19 +29,19 @@ const pipelineDeleteFinishedSQL = `WITH runs AS (
 			WHERE e.pipeline_execution_id = ANY(ARRAY(SELECT id FROM runs)) AND e.task_execution_id = t.id
 				AND t.pipeline_execution_id = e.pipeline_execution_id AND e.task_name IS NULL),
 		deleted AS (
-			DELETE FROM %[1]s.pipeline_executions WHERE id IN (SELECT id FROM runs) RETURNING 1)
-		SELECT count(*) FROM deleted`
+			DELETE FROM %[1]s.pipeline_executions WHERE id IN (SELECT id FROM runs) RETURNING id)
+		SELECT coalesce(array_agg(id), '{}'::uuid[]) FROM deleted`
 
-func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.PipelineDeleteParams) (int, error) {
+func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.PipelineDeleteParams) ([]uuid.UUID, error) {
 	if p.Limit <= 0 {
-		return 0, fmt.Errorf("postgres: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
+		return nil, fmt.Errorf("postgres: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
 	}
-	var n int
-	err := e.db.QueryRow(ctx, fmt.Sprintf(pipelineDeleteFinishedSQL, e.q.schema), driver.ClampTime(p.Before), p.Limit).Scan(&n)
+	var ids []uuid.UUID
+	err := e.db.QueryRow(ctx, fmt.Sprintf(pipelineDeleteFinishedSQL, e.q.schema), driver.ClampTime(p.Before), p.Limit).Scan(&ids)
 	if err != nil {
-		return 0, fmt.Errorf("postgres: delete finished runs: %w", mapError(err))
+		return nil, fmt.Errorf("postgres: delete finished runs: %w", mapError(err))
 	}
-	return n, nil
+	return ids, nil
 }
 
 func (e *executor) PipelineCountFinished(ctx context.Context, p *driver.PipelineCountParams) (int64, error) {

@@ -99,9 +99,9 @@ func TestMigrationToEventTaskNamesKeepsEvents(t *testing.T) {
 
 	tx, err := drv.Begin(ctx)
 	require.NoError(t, err)
-	n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 10})
+	ids, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: time.Now(), Limit: 10})
 	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	require.Len(t, ids, 1)
 	require.NoError(t, tx.Commit(ctx))
 	require.Equal(t, []string{"", "charge_card"}, names(), "named by the copy on the event, once the task is gone")
 }

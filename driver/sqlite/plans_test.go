@@ -117,9 +117,9 @@ func TestRunRetentionFindsEventsByRun(t *testing.T) {
 		Events: []driver.EventInsert{{ID: uuid.New(), PipelineID: pid, TaskID: &tid, Type: driver.EventTaskCompleted,
 			Data: json.RawMessage(`{}`), CreatedAt: now}},
 	}))
-	n, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: now.Add(time.Hour), Limit: 10})
+	ids, err := tx.PipelineDeleteFinished(ctx, &driver.PipelineDeleteParams{Before: now.Add(time.Hour), Limit: 10})
 	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	require.Len(t, ids, 1)
 	require.NoError(t, tx.Commit(ctx))
 
 	checked := 0

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/google/uuid"
+
 	"github.com/cloacina-go/cloacina/driver"
 )
 
@@ -22,49 +24,52 @@ const finishedBefore = `q.status IN ('completed', 'failed', 'cancelled') AND q.c
 // statements; it travels as one JSON array, whatever its size. The events
 // are found by run through execution_events_pipeline_idx, each task by
 // its primary key.
-func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.PipelineDeleteParams) (int, error) {
+func (e *executor) PipelineDeleteFinished(ctx context.Context, p *driver.PipelineDeleteParams) ([]uuid.UUID, error) {
 	if p.Limit <= 0 {
-		return 0, fmt.Errorf("sqlite: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
+		return nil, fmt.Errorf("sqlite: delete finished runs: a limit of %d deletes nothing: pass a positive Limit", p.Limit)
 	}
 	rows, err := e.db.QueryContext(ctx, `SELECT q.id FROM pipeline_executions q WHERE `+finishedBefore+` LIMIT ?2`,
 		formatTime(p.Before), p.Limit)
 	if err != nil {
-		return 0, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
+		return nil, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
 	}
 	var ids []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
 			rows.Close()
-			return 0, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
+			return nil, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
 		}
 		ids = append(ids, id)
 	}
 	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
+		return nil, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
 	}
 	if len(ids) == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	batch, err := json.Marshal(ids)
 	if err != nil {
-		return 0, fmt.Errorf("sqlite: delete finished runs: %w", err)
+		return nil, fmt.Errorf("sqlite: delete finished runs: %w", err)
 	}
 	if _, err := e.db.ExecContext(ctx, `UPDATE execution_events AS e
 		SET task_name = (SELECT t.task_name FROM task_executions t WHERE t.id = e.task_execution_id)
 		WHERE e.pipeline_execution_id IN (SELECT value FROM json_each(?)) AND e.task_execution_id IS NOT NULL
 			AND e.task_name IS NULL`, string(batch)); err != nil {
-		return 0, fmt.Errorf("sqlite: delete finished runs: name their events' tasks: %w", mapError(err))
+		return nil, fmt.Errorf("sqlite: delete finished runs: name their events' tasks: %w", mapError(err))
 	}
-	res, err := e.db.ExecContext(ctx, `DELETE FROM pipeline_executions WHERE id IN (SELECT value FROM json_each(?))`, string(batch))
-	if err != nil {
-		return 0, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
+	if _, err := e.db.ExecContext(ctx, `DELETE FROM pipeline_executions WHERE id IN (SELECT value FROM json_each(?))`, string(batch)); err != nil {
+		return nil, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("sqlite: delete finished runs: %w", mapError(err))
+	// The write transaction holds the database: every run picked is
+	// deleted.
+	out := make([]uuid.UUID, len(ids))
+	for i, id := range ids {
+		if out[i], err = uuid.Parse(id); err != nil {
+			return nil, fmt.Errorf("sqlite: delete finished runs: %w", err)
+		}
 	}
-	return int(n), nil
+	return out, nil
 }
 
 func (e *executor) PipelineCountFinished(ctx context.Context, p *driver.PipelineCountParams) (int64, error) {
