@@ -50,6 +50,8 @@ func (r *Runner) completeLoop(svc *services) {
 				case <-svc.flushCtx.Done():
 					r.logger.Error("stopped with task results not recorded: their tasks are recovered by the dead-runner sweep, or when this runner starts again",
 						"results", len(h.results))
+					svc.unrecorded = fmt.Errorf("cloacina: stopped with %d task results not recorded (their tasks stay Running until their claims are recovered, and run again): %w",
+						len(h.results), cmp.Or(h.err, svc.flushCtx.Err()))
 					return
 				}
 			}
@@ -63,6 +65,7 @@ type heldResults struct {
 	results []*taskResult
 	delay   time.Duration
 	retry   <-chan time.Time // fires when they are due again; nil when none are held
+	err     error            // why the last of them could not be recorded
 }
 
 func (h *heldResults) take() []*taskResult {
@@ -87,6 +90,9 @@ func (r *Runner) hold(h *heldResults, again []*taskResult, err error, retried bo
 		return
 	}
 	h.results = append(h.results, again...)
+	if !errors.Is(err, context.Canceled) || h.err == nil {
+		h.err = err
+	}
 	if retried || h.delay == 0 {
 		h.delay = min(max(2*h.delay, firstHoldDelay), maxHoldDelay)
 	}

@@ -136,6 +136,9 @@ const (
 	stopGrace = 2 * time.Second
 	// closeWait is how long Close lets running tasks finish (see Close).
 	closeWait = 30 * time.Second
+	// flushWait is how long Stop, once every task has returned or been
+	// handed back, lets the completer record their results.
+	flushWait = 10 * time.Second
 )
 
 // Runner executes workflows against one database. Open one per process
@@ -187,6 +190,8 @@ type Runner struct {
 	closeErr error
 	// closeWait is the constant closeWait; tests shorten it.
 	closeWait time.Duration
+	// flushWait is the constant flushWait; tests shorten it.
+	flushWait time.Duration
 	// svc holds the background services while the runner is started.
 	svc atomic.Pointer[services]
 
@@ -415,6 +420,7 @@ func newRunner(backend string, cfg *Config) (*Runner, error) {
 		done:          make(chan struct{}),
 		closed:        make(chan struct{}),
 		closeWait:     closeWait,
+		flushWait:     flushWait,
 	}
 	r.now = r.clock.now
 	for _, wf := range c.Workflows {

@@ -81,6 +81,9 @@ type services struct {
 	awaited       map[uuid.UUID]int // run id → tasks of this runner waiting for it
 	stopCompleter chan struct{}
 	completerDone chan struct{}
+	// unrecorded is set by the completer, before completerDone closes,
+	// when it stopped with task results it could not record.
+	unrecorded error
 }
 
 type runningTask struct {
@@ -188,7 +191,11 @@ func (r *Runner) Start(ctx context.Context) error {
 // another runner, and Stop returns context.Cause(ctx) (ctx.Err() unless
 // ctx was cancelled with a cause). A Close that comes meanwhile bounds
 // Stop by its own wait, as if ctx ended then, and Stop returns
-// context.DeadlineExceeded. The runner can be started again afterwards.
+// context.DeadlineExceeded. Results are given 10 s more to be recorded
+// once every task has returned or been handed back; those the database
+// still refuses then are given up (their tasks stay Running until their
+// claims are recovered, and run again), and Stop's error says how many
+// (joined with ctx's, if any). The runner can be started again afterwards.
 func (r *Runner) Stop(ctx context.Context) error {
 	return r.stop(ctx)
 }
@@ -251,13 +258,14 @@ func (r *Runner) stop(ctx context.Context) error {
 	close(svc.stopCompleter)
 	select {
 	case <-svc.completerDone:
-	case <-time.After(10 * time.Second):
+	case <-time.After(r.flushWait):
 		// The database is unreachable; give up recording the last results.
 		// Their claims are recovered by the dead-runner sweep, or by this
 		// runner when it starts again (recoverOwn).
 		svc.flushCancel()
 		<-svc.completerDone
 	}
+	stopErr = errors.Join(stopErr, svc.unrecorded)
 	svc.cancel()
 	svc.loops.Wait()
 	svc.workCancel(errShutdown)
