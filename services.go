@@ -234,6 +234,9 @@ func (r *Runner) stop(ctx context.Context) error {
 	tasksDone := make(chan struct{})
 	go func() { svc.tasks.Wait(); close(tasksDone) }()
 	var stopErr error
+	// flushed ends the completer's time to record the last results; it
+	// starts once every task has returned or been handed back.
+	var flushed <-chan time.Time
 	select {
 	case <-tasksDone:
 		svc.claimCancel()
@@ -248,17 +251,30 @@ func (r *Runner) stop(ctx context.Context) error {
 		case <-time.After(stopGrace):
 			// Tasks that ignore their context: hand their claims back now;
 			// whatever they return later is dropped (and would be fenced out).
+			flushed = time.After(r.flushWait)
 			for _, rt := range r.runningTasks() {
 				if rt.reported.CompareAndSwap(false, true) {
-					svc.results <- &taskResult{task: rt.task, err: errShutdown, cause: errShutdown, finished: r.now()}
+					res := &taskResult{task: rt.task, err: errShutdown, cause: errShutdown, finished: r.now()}
+					select {
+					case svc.results <- res:
+					case <-flushed:
+						// The completer is still retrying earlier results
+						// (the database is unreachable): it gives them up,
+						// and so takes this one at once.
+						svc.flushCancel()
+						svc.results <- res
+					}
 				}
 			}
 		}
 	}
 	close(svc.stopCompleter)
+	if flushed == nil {
+		flushed = time.After(r.flushWait)
+	}
 	select {
 	case <-svc.completerDone:
-	case <-time.After(r.flushWait):
+	case <-flushed:
 		// The database is unreachable; give up recording the last results.
 		// Their claims are recovered by the dead-runner sweep, or by this
 		// runner when it starts again (recoverOwn).

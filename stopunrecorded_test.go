@@ -3,6 +3,8 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -60,5 +62,82 @@ func TestStopReportsResultsItCouldNotRecord(t *testing.T) {
 		res, err := r.Get(ctx, exec.ID())
 		require.NoError(t, err)
 		require.Equal(t, TaskStatusRunning, res.Task("a").Status, "the result was not recorded")
+	})
+}
+
+// failingTx makes every TaskFinishMany fail with a transient error while
+// fail is set: the database is down for completions, which are retried.
+type failingTx struct {
+	driver.Tx
+	fail *atomic.Bool
+}
+
+func (tx *failingTx) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParams) (*driver.TaskFinishResult, error) {
+	if tx.fail.Load() {
+		return nil, fmt.Errorf("%w: connection refused", driver.ErrTransient)
+	}
+	return tx.Tx.TaskFinishMany(ctx, p)
+}
+
+// Stop keeps its deadline when the database fails every completion while
+// results wait for the completer and a task ignores its cancelled
+// context: the task is handed back, and the results given up, when
+// Stop's wait for the completer ends. Stop used to wait for ever to hand
+// the task back to a completer that was retrying an earlier result,
+// behind a full queue of results.
+func TestStopHandsBackPastAStuckCompleter(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		// Tasks return at once until the completer is stuck retrying a
+		// result and the queue behind it is full; the next one waits,
+		// ignoring its context.
+		logger, retried := refusalLogger()
+		var r *Runner
+		stuck := func() bool {
+			select {
+			case <-retried:
+				svc := r.services()
+				return len(svc.results) == cap(svc.results)
+			default:
+				return false
+			}
+		}
+		blocked, release := make(chan struct{}), make(chan struct{})
+		wf := MustWorkflow("w", Task{Name: "a", Run: func(context.Context, *Context) error {
+			if !stuck() {
+				return nil
+			}
+			close(blocked)
+			<-release // ignores its context
+			return nil
+		}})
+		r = openRunner(t, url, &Config{Workflows: []*Workflow{wf}, Logger: logger, MaxConcurrentTasks: 1})
+		var fail atomic.Bool
+		fail.Store(true)
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &failingTx{Tx: tx, fail: &fail} })
+		r.flushWait = 300 * time.Millisecond
+		var unblock sync.Once
+		cleanup := func() { unblock.Do(func() { fail.Store(false); close(release) }) }
+		t.Cleanup(cleanup) // before the runner's Close
+		require.NoError(t, r.Start(ctx))
+		for range 10 {
+			_, err := r.ExecuteAsync(ctx, "w", nil)
+			require.NoError(t, err)
+		}
+		waitFor(t, blocked, "a task to start behind the stuck completer")
+
+		stopCtx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		stopped := make(chan error, 1)
+		go func() { stopped <- r.Stop(stopCtx) }()
+		select {
+		case err := <-stopped:
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			require.ErrorContains(t, err, "task results not recorded")
+		case <-time.After(testTimeout):
+			cleanup()
+			t.Fatalf("Stop hung past its deadline; it returned %v once the database came back", <-stopped)
+		}
 	})
 }
