@@ -178,7 +178,7 @@ var closedCalls = map[string]func(ctx context.Context, r *Runner, x *closedTarge
 // noIOMethods are the methods that keep working on a closed runner: they
 // read nothing from the database. Closing again and stopping a closed
 // (hence stopped) runner do nothing.
-var noIOMethods = []string{"Runner.ID", "Runner.Driver", "Runner.IsLeader", "Runner.Close", "Runner.Stop", "Execution.ID"}
+var noIOMethods = []string{"Runner.ID", "Runner.Driver", "Runner.IsLeader", "Runner.Close", "Runner.Stop", "Execution.ID", "Runner.Execution"}
 
 // Every method is either in closedCalls or in noIOMethods, so a method
 // added later cannot be forgotten.
