@@ -76,26 +76,6 @@ func TestWorkCommittedAsStopBeginsWakesOtherRunners(t *testing.T) {
 	})
 }
 
-// hookDriver calls onResume inside every transaction that records a
-// resumed run, after addWakeups, before its changes are applied.
-type hookDriver struct {
-	onResume func()
-}
-
-type hookTx struct {
-	driver.Tx
-	d *hookDriver
-}
-
-func (tx *hookTx) ChangeSetApply(ctx context.Context, cs *driver.ChangeSet) error {
-	for _, e := range cs.Events {
-		if e.Type == EventPipelineResumed && tx.d.onResume != nil {
-			tx.d.onResume()
-		}
-	}
-	return tx.Tx.ChangeSetApply(ctx, cs)
-}
-
 // The same as TestWorkCommittedAsStopBeginsWakesOtherRunners, when the
 // slots counted on reach a draining claimer that claims for a task
 // waiting for a child run: that claim takes only the child's tasks, so
@@ -125,8 +105,6 @@ func TestWorkCommittedAsStopBeginsWakesOthersWhileATaskAwaitsAChild(t *testing.T
 	}})
 	a = openRunner(t, url, &Config{Workflows: []*Workflow{wf, child, parent}, PollInterval: time.Hour})
 	b := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
-	hd := &hookDriver{}
-	a.drv = hookTxs(a.drv, func(tx driver.Tx) driver.Tx { return &hookTx{Tx: tx, d: hd} })
 	b.claimsPaused.Store(true)
 	require.NoError(t, a.Start(ctx))
 	require.NoError(t, b.Start(ctx))
@@ -144,20 +122,36 @@ func TestWorkCommittedAsStopBeginsWakesOthersWhileATaskAwaitsAChild(t *testing.T
 	exec, err := a.ExecuteAsync(ctx, "w", nil)
 	require.NoError(t, err)
 	require.NoError(t, a.Pause(ctx, exec.ID()))
+	// A's claimer is held where it waits for work, from before the resume
+	// until Stop has begun: the resume counts on A's slot, and no round of
+	// the claimer (one woken earlier, say) takes the work meanwhile.
+	held, hold := make(chan struct{}, 1), make(chan struct{})
+	holdOnce := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(holdOnce)
+	hook := func(ctx context.Context) {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		select {
+		case <-hold:
+		case <-ctx.Done():
+		}
+	}
+	a.idleHook.Store(&hook)
+	a.wakeClaimer()
+	waitFor(t, held, "A's claimer to be held")
 	a.claimsPaused.Store(false)
 	b.claimsPaused.Store(false)
 	claimedByB := onEvent(b, eventOf(EventTaskClaimed))
-	// The resume counts on A's slot; A's claimer then holds off until
-	// Stop has begun.
-	hd.onResume = func() { a.claimsPaused.Store(true) }
 	require.NoError(t, a.Resume(ctx, exec.ID()))
 	require.Equal(t, int64(1), svc.preheld.Load(), "the resume's work is counted on A's slot")
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- a.Stop(ctx) }()
 	require.Eventually(t, svc.draining.Load, testTimeout, time.Millisecond, "Stop to begin")
-	a.claimsPaused.Store(false)
-	a.wakeClaimer()
+	a.idleHook.Store(nil)
+	holdOnce()
 	waitFor(t, claimedByB, "runner B to be woken and claim the resumed run's task")
 	releaseOnce()
 	require.NoError(t, waitFor(t, stopped, "Stop"))
