@@ -221,9 +221,13 @@ func (r *Runner) stop(ctx context.Context) error {
 	// keeps its deadline.
 	locked := make(chan struct{})
 	go func() { svc.claimMu.Lock(); close(locked) }()
+	var stopErr error
 	select {
 	case <-locked:
 	case <-ctx.Done():
+		// The deadline passed while a round held on: Stop says so, even
+		// when no task is left to wait for.
+		stopErr = context.Cause(ctx)
 		svc.claimCancel()
 		<-locked
 	}
@@ -233,7 +237,6 @@ func (r *Runner) stop(ctx context.Context) error {
 
 	tasksDone := make(chan struct{})
 	go func() { svc.tasks.Wait(); close(tasksDone) }()
-	var stopErr error
 	// flushed ends the completer's time to record the last results; it
 	// starts once every task has returned or been handed back.
 	var flushed <-chan time.Time
