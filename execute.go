@@ -124,8 +124,12 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // ExecuteTx starts a run inside a transaction the application owns — a
 // pgx.Tx on PostgreSQL, a *sql.Tx on SQLite — so the run exists only if
 // that transaction commits. Wait on the handle after committing. On
-// PostgreSQL the commit wakes the runners (NOTIFY); on SQLite the run is
-// picked up by the next poll.
+// PostgreSQL the commit wakes the runners (NOTIFY). On SQLite, which has
+// no NOTIFY, this runner (when started) looks for the work at short,
+// growing intervals (2 ms doubling to 250 ms) for up to 5 s or its
+// PollInterval: a transaction committed within that time has its run
+// picked up at the next look, one committed later at the next poll.
+// Other runners find it by their poll.
 //
 // The transaction must be on the runner's database: begin it on
 // Driver().(*sqlite.Driver).DB(), or another *sql.DB on the same file; on
@@ -181,6 +185,9 @@ func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *
 	}
 	if err := exec.ChangeSetApply(ctx, &c.cs); err != nil {
 		return nil, fmt.Errorf("start run of workflow %q: %w", workflow, err)
+	}
+	if len(c.work) > 0 && r.drv.Name() == "sqlite" {
+		r.watchAppCommit()
 	}
 	return &Execution{r: r, id: run.id}, nil
 }

@@ -104,6 +104,32 @@ func TestExecuteTxWakesRunnersOnPostgres(t *testing.T) {
 	shipInAppTx(t, r)
 }
 
+// On SQLite, which has no NOTIFY, the runner that started a run in the
+// application's transaction looks for its work at short intervals after
+// ExecuteTx: with an hour-long poll, only those looks can get it run. It
+// used to wait for the poll. The second run is committed after its
+// transaction stayed open for a while, as the runner's looks go on.
+func TestExecuteTxOnSQLiteIsPickedUpSoonAfterTheCommit(t *testing.T) {
+	t.Parallel()
+	wf := MustWorkflow("ship", Task{Name: "a", Run: setKey("shipped", true)})
+	r := openRunner(t, testdb.SQLiteURL(t), &Config{Workflows: []*Workflow{wf}, PollInterval: time.Hour})
+	waitStartedIdle(t, r)
+	shipInAppTx(t, r)
+
+	ctx := testContext(t)
+	idle := claimerIdle(r)
+	tx, commit, _, _ := appTx(t, r)
+	exec, err := r.ExecuteTx(ctx, tx, "ship", nil)
+	require.NoError(t, err)
+	for range 3 { // the claimer looked, found nothing, and waits again
+		waitFor(t, idle, "the claimer to look for the work")
+	}
+	require.NoError(t, commit())
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+}
+
 func TestExecuteTxRollback(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {

@@ -63,6 +63,9 @@ type services struct {
 	// left for this runner's claimer (see addWakeups); its next round
 	// claims with them.
 	preheld atomic.Int64
+	// watchUntil (since clockEpoch) ends a spell of quick polls for work
+	// an application's transaction may commit (see watchAppCommit).
+	watchUntil atomic.Int64
 
 	loops sync.WaitGroup
 	// tasks counts task goroutines; a slot taken for a handoff counts
@@ -310,6 +313,31 @@ func (r *Runner) wakeClaimer() {
 	}
 }
 
+// appCommitWatch bounds the quick polls after an ExecuteTx on SQLite
+// (see watchAppCommit); the regular poll takes over after it.
+const appCommitWatch = 5 * time.Second
+
+// watchAppCommit makes the claimer look for work at short, growing
+// intervals for a while (appCommitWatch, or PollInterval if shorter):
+// ExecuteTx on SQLite wrote work in a transaction the application
+// commits, whose commit nothing here can hook, and SQLite sends no
+// NOTIFY. Each look is one read; work found is claimed at once.
+func (r *Runner) watchAppCommit() {
+	svc := r.services()
+	if svc == nil {
+		return
+	}
+	svc.watchUntil.Store(int64(time.Since(clockEpoch) + min(appCommitWatch, r.cfg.PollInterval)))
+	r.scheduleWake(r.now().Add(firstAppCommitPoll))
+}
+
+// firstAppCommitPoll is the first interval of a watch (watchAppCommit);
+// each next one doubles, up to maxAppCommitPoll.
+const (
+	firstAppCommitPoll = 2 * time.Millisecond
+	maxAppCommitPoll   = 250 * time.Millisecond
+)
+
 func (r *Runner) scheduleWake(at time.Time) {
 	if svc := r.services(); svc != nil {
 		select {
@@ -330,6 +358,7 @@ func (r *Runner) claimLoop(svc *services) {
 	nextPoll := r.now().Add(r.cfg.PollInterval)
 	pending := true
 	failures := 0
+	watchPoll := time.Duration(0) // the interval of a watch's next look (watchAppCommit)
 	for {
 		n, got, err := r.claimRound(ctx, svc, pending)
 		if n > 0 {
@@ -362,6 +391,7 @@ func (r *Runner) claimLoop(svc *services) {
 			pending = true
 		case <-svc.slotFreed:
 		case at := <-svc.due:
+			watchPoll = 0 // a watch (watchAppCommit) begun now starts over
 			if at.Before(nextPoll) {
 				nextPoll = at
 				timer.Reset(max(at.Sub(r.now()), 0))
@@ -383,6 +413,14 @@ func (r *Runner) claimLoop(svc *services) {
 						next = *res.NextAvailableAt
 					}
 				}
+			}
+			if !pending && time.Since(clockEpoch) < time.Duration(svc.watchUntil.Load()) {
+				watchPoll = min(max(2*watchPoll, firstAppCommitPoll), maxAppCommitPoll)
+				if at := r.now().Add(watchPoll); at.Before(next) {
+					next = at
+				}
+			} else {
+				watchPoll = 0
 			}
 			nextPoll = next
 			timer.Reset(max(next.Sub(r.now()), 0))
