@@ -10,8 +10,9 @@
 // The writer keeps the statements of the engine's hot path prepared from
 // one transaction to the next (see stmts.go).
 //
-// Every Driver of one process on the same file (Open it twice, or Open and
-// New) shares one in-process write queue and one wake-up hub. Writers of
+// Every Driver of one process on the same file (Open it twice, by one path
+// or through a symbolic link, or Open and New) shares one in-process write
+// queue and one wake-up hub. Writers of
 // the process queue in order instead of polling through SQLite's busy
 // handler, which favours whoever released the lock last and can starve a
 // waiter until its busy timeout expires.
@@ -435,7 +436,15 @@ var (
 	files   = map[string]*file{}
 )
 
+// fileFor returns what the Drivers of this process on the database file
+// at path share. The path is taken with its symbolic links resolved, as
+// SQLite, which locks the file and not the path, resolves them: Drivers
+// opened through a link and through the file's own path (or, with New,
+// on a *sql.DB opened through either) share one write queue and one hub.
 func fileFor(path string) *file {
+	if resolved, err := filepath.EvalSymlinks(path); err == nil {
+		path = resolved
+	}
 	filesMu.Lock()
 	defer filesMu.Unlock()
 	f, ok := files[path]

@@ -135,6 +135,49 @@ func TestNewSharesWakeUpsWithOpen(t *testing.T) {
 	require.Equal(t, "work:wf", got)
 }
 
+// Drivers opened on one file through a symbolic link and through its own
+// path (and New on a *sql.DB opened through the link, whose path SQLite
+// resolves) share wake-ups, and with them the write queue: they are one
+// database to SQLite.
+func TestSymlinkedPathSharesWakeUps(t *testing.T) {
+	t.Parallel()
+	path := testdb.SQLitePath(t)
+	direct := open(t, path)
+	require.NoError(t, direct.Migrate(t.Context()))
+	link := filepath.Join(t.TempDir(), "link.db")
+	require.NoError(t, os.Symlink(path, link))
+	viaLink := open(t, link)
+	db, err := sql.Open("sqlite", sqlite.DSN(link))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	appDrv, err := sqlite.New(db)
+	require.NoError(t, err)
+
+	for _, c := range []struct {
+		name     string
+		from, to *sqlite.Driver
+	}{
+		{"link to path", viaLink, direct},
+		{"path to link", direct, viaLink},
+		{"New to link", appDrv, viaLink},
+	} {
+		sub, err := c.to.Listen(t.Context())
+		require.NoError(t, err)
+		tx, err := c.from.Begin(t.Context())
+		require.NoError(t, err)
+		require.NoError(t, tx.ChangeSetApply(t.Context(), &driver.ChangeSet{Notify: []string{"work:" + c.name}}))
+		require.NoError(t, tx.Commit(t.Context()))
+		// A wake-up is published at commit, so it is buffered by now.
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		got, err := sub.Wait(ctx)
+		cancel()
+		require.NoError(t, sub.Close())
+		require.NoError(t, err, c.name)
+		require.Equal(t, "work:"+c.name, got)
+	}
+}
+
 // A write lock held by another process (here: a connection no Driver
 // knows about) makes Begin fail with ErrTransient once the busy timeout
 // runs out.
