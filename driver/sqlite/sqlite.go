@@ -26,11 +26,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cloacina-go/cloacina/driver"
@@ -77,7 +79,10 @@ type Driver struct {
 }
 
 // Open opens (creating if missing) the SQLite database file at path with
-// the pragmas of [DSN]: one writer connection and a small reader pool.
+// the pragmas of [DSN]: one writer connection and a small reader pool. A
+// file this process may not write (a read-only file system, no write
+// permission on the file or its directory) is an error that says so; open
+// such a file with [OpenReadOnly].
 func Open(path string) (*Driver, error) {
 	if path == "" {
 		return nil, errors.New("sqlite: empty database path: give a file path such as sqlite://cloacina.db")
@@ -94,6 +99,9 @@ func Open(path string) (*Driver, error) {
 	if info, err := os.Stat(abs); err == nil && info.IsDir() {
 		// SQLite would only say "unable to open database file".
 		return nil, fmt.Errorf("sqlite: database %s is a directory: give the path of a database file", abs)
+	}
+	if err := checkWritable(abs); err != nil {
+		return nil, err
 	}
 	writer, err := sql.Open("sqlite", DSN(abs))
 	if err != nil {
@@ -116,9 +124,40 @@ func Open(path string) (*Driver, error) {
 	if err := pingRetrying(writer); err != nil {
 		writer.Close()
 		reader.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+		return nil, fmt.Errorf("sqlite: open %s: %w%s", abs, err, notWritable(err))
 	}
 	return &Driver{writer: writer, reader: reader, stmts: newStmtCache(writer), owned: true, file: fileFor(abs), path: abs}, nil
+}
+
+// notWritableHint names the fix for a database this process may not
+// write.
+const notWritableHint = " (this process cannot write the database file, or create its -wal and -shm files in its directory: " +
+	"a read-only file system, or no write permission): open it as a user who may write both, " +
+	"or, to read it, open it read-only with sqlite.OpenReadOnly (cloacina's Config.ReadOnly)"
+
+// checkWritable fails, naming the fix, when the file at path exists and
+// this process may not open it for writing. SQLite would open it
+// read-only instead and fail at the first write, or, on a read-only
+// file system, say only that it cannot open the file.
+func checkWritable(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err == nil {
+		return f.Close()
+	}
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		return fmt.Errorf("sqlite: %w%s", err, notWritableHint) // err names the path
+	}
+	return nil // a missing file is created; anything else, SQLite reports
+}
+
+// notWritable is notWritableHint for an error of SQLite's that says the
+// database cannot be written (its directory cannot, say), or "".
+func notWritable(err error) string {
+	var se *msqlite.Error
+	if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY {
+		return notWritableHint
+	}
+	return ""
 }
 
 // pingRetrying opens the first connection, retrying busy errors with

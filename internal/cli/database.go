@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
@@ -220,7 +222,8 @@ func (d *database) openError(err error) error {
 		!strings.HasPrefix(err.Error(), "sqlite: open ") && strings.Contains(err.Error(), d.sqlitePath()):
 		// The backend's own checks name the file and the fix.
 		return errors.New(strings.TrimPrefix(err.Error(), "sqlite: "))
-	case d.parsed.Backend == "sqlite" && strings.Contains(err.Error(), "readonly database"):
+	case d.parsed.Backend == "sqlite" && (strings.Contains(err.Error(), "readonly database") ||
+		errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS)):
 		return fmt.Errorf("cannot write database %s: this command changes the database, and SQLite may not write the file: "+
 			"run it as a user who may write the file and its directory (commands that only read, such as `cloacina runs list`, need read access only)", d)
 	case errors.Is(err, cloacina.ErrSchemaOutdated):

@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -260,6 +262,12 @@ func TestOpenErrorReadOnlySQLite(t *testing.T) {
 	err = d.openError(errors.New("sqlite: open /srv/cloacina.db: attempt to write a readonly database (8)"))
 	require.ErrorContains(t, err, "cannot write database /srv/cloacina.db: this command changes the database, and SQLite may not write the file: "+
 		"run it as a user who may write the file and its directory (commands that only read, such as `cloacina runs list`, need read access only)")
+	// A file the process may not open for writing, or one on a read-only
+	// file system, is refused by sqlite.Open before SQLite opens it.
+	for _, cause := range []error{fs.ErrPermission, syscall.EROFS} {
+		err = d.openError(fmt.Errorf("sqlite: %w (this process cannot write the database file)", &fs.PathError{Op: "open", Path: "/srv/cloacina.db", Err: cause}))
+		require.ErrorContains(t, err, "cannot write database /srv/cloacina.db: this command changes the database", cause.Error())
+	}
 }
 
 func schemaExists(t *testing.T, schema string) bool {
