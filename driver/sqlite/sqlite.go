@@ -17,6 +17,11 @@
 // handler, which favours whoever released the lock last and can starve a
 // waiter until its busy timeout expires.
 //
+// A Driver whose database file is deleted, or replaced by another file
+// (a backup moved into its place), while it has the file open refuses to
+// write from then on, rather than go on writing a file that no process
+// opening the path will see: open the database again.
+//
 // [OpenReadOnly] opens a database for reading only, without changing its
 // journal mode or creating any file.
 package sqlite
@@ -76,6 +81,7 @@ type Driver struct {
 	owned  bool        // Close closes the pools
 	file   *file       // shared by every Driver of this process on the same file
 	path   string      // absolute path, or "" for a database handed to New
+	opened os.FileInfo // the file at path when the Driver opened it; nil when unknown
 }
 
 // Open opens (creating if missing) the SQLite database file at path with
@@ -126,7 +132,8 @@ func Open(path string) (*Driver, error) {
 		reader.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w%s", abs, err, notWritable(err))
 	}
-	return &Driver{writer: writer, reader: reader, stmts: newStmtCache(writer), owned: true, file: fileFor(abs), path: abs}, nil
+	opened, _ := os.Stat(abs)
+	return &Driver{writer: writer, reader: reader, stmts: newStmtCache(writer), owned: true, file: fileFor(abs), path: abs, opened: opened}, nil
 }
 
 // notWritableHint names the fix for a database this process may not
@@ -200,10 +207,12 @@ func New(db *sql.DB) (*Driver, error) {
 		return nil, fmt.Errorf("sqlite: check database: %w", err)
 	}
 	f := newFile()
+	var opened os.FileInfo
 	if file != "" {
 		f = fileFor(file)
+		opened, _ = os.Stat(file)
 	}
-	return &Driver{writer: db, reader: db, stmts: newStmtCache(db), file: f, path: file}, nil
+	return &Driver{writer: db, reader: db, stmts: newStmtCache(db), file: f, path: file, opened: opened}, nil
 }
 
 // Name returns "sqlite".
@@ -242,6 +251,9 @@ func (d *Driver) Begin(ctx context.Context) (driver.Tx, error) {
 // once the transaction ends. In between, while the writer connection is
 // idle, it prepares the statements earlier transactions ran unprepared.
 func (d *Driver) beginWrite(ctx context.Context) (*sql.Tx, error) {
+	if err := d.checkMoved(); err != nil {
+		return nil, err
+	}
 	if err := d.file.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -255,6 +267,26 @@ func (d *Driver) beginWrite(ctx context.Context) (*sql.Tx, error) {
 		return nil, mapError(err)
 	}
 	return tx, nil
+}
+
+// checkMoved fails when the file at the Driver's path is no longer the
+// file it opened: deleted, or another moved into its place (a backup
+// restored over it, say). SQLite would go on writing the file it has open
+// (it checks this only in rollback-journal mode), and no process that
+// opens the path would ever see those writes.
+func (d *Driver) checkMoved() error {
+	if d.opened == nil {
+		return nil
+	}
+	info, err := os.Stat(d.path)
+	switch {
+	case err == nil && os.SameFile(info, d.opened):
+		return nil
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return nil // the file may still be there: let SQLite find out
+	}
+	return fmt.Errorf("database file %s was deleted or replaced since it was opened, so writes would go to a file "+
+		"no process opening the path sees: close the Driver (the runner) and open the database again", d.path)
 }
 
 // Reader returns an executor on the read pool.

@@ -341,3 +341,45 @@ func TestUnwrapTxChecksTheFile(t *testing.T) {
 	require.ErrorContains(t, err, "this backend's database is an in-memory or temporary database")
 	require.NoError(t, tx.Rollback())
 }
+
+// A database file deleted, or replaced by another (a backup moved into
+// its place), while a Driver has it open is refused for writing: SQLite
+// would go on writing the file it opened, which no process opening the
+// path sees again, so every later write would be lost.
+func TestWriteToMovedFileRefused(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		move func(t *testing.T, path string)
+	}{
+		{"deleted", func(t *testing.T, path string) {
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				require.NoError(t, os.Remove(path+suffix))
+			}
+		}},
+		{"replaced", func(t *testing.T, path string) {
+			other := testdb.SQLitePath(t)
+			drv, err := sqlite.Open(other)
+			require.NoError(t, err)
+			require.NoError(t, drv.Migrate(t.Context()))
+			require.NoError(t, drv.Close())
+			require.NoError(t, os.Rename(other, path))
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			path := testdb.SQLitePath(t)
+			drv := open(t, path)
+			require.NoError(t, drv.Migrate(t.Context()))
+			tx, err := drv.Begin(t.Context())
+			require.NoError(t, err)
+			require.NoError(t, tx.Commit(t.Context()))
+
+			c.move(t, path)
+			_, err = drv.Begin(t.Context())
+			require.ErrorContains(t, err, path)
+			require.ErrorContains(t, err, "deleted or replaced")
+			require.NotErrorIs(t, err, driver.ErrTransient, "waiting does not bring the file back")
+		})
+	}
+}
