@@ -41,6 +41,17 @@ func (d *Driver) Migrate(ctx context.Context) error {
 // migrateTo is Migrate up to version upTo (tests stop short of the newest
 // to check that a migration keeps existing data).
 func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
+	// A database already there takes no write lock, which another process
+	// may hold for longer than the busy timeout (an application's long
+	// transaction): a read tells. Anything else is decided under the lock.
+	if current, latest, err := d.MigrationVersion(ctx); err == nil {
+		if current > latest {
+			return fmt.Errorf("sqlite: %w: database is at version %d, this code knows up to %d: upgrade cloacina", driver.ErrSchemaTooNew, current, latest)
+		}
+		if current >= upTo {
+			return nil
+		}
+	}
 	tx, err := d.beginWrite(ctx)
 	if err != nil {
 		return fmt.Errorf("sqlite: migrate: %w", err)

@@ -1,6 +1,8 @@
 package sqlite_test
 
 import (
+	"context"
+	"database/sql"
 	"testing"
 	"time"
 
@@ -104,4 +106,36 @@ func TestMigrationToEventTaskNamesKeepsEvents(t *testing.T) {
 	require.Len(t, ids, 1)
 	require.NoError(t, tx.Commit(ctx))
 	require.Equal(t, []string{"", "charge_card"}, names(), "named by the copy on the event, once the task is gone")
+}
+
+// Opening a database that is up to date takes no write lock: another
+// process may hold it for longer than the busy timeout (an application's
+// long transaction), and an open used to wait for it and then fail with
+// "database is locked".
+func TestMigrateUpToDateTakesNoWriteLock(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	path := testdb.SQLitePath(t)
+	first := open(t, path)
+	require.NoError(t, first.Migrate(ctx))
+
+	db, err := sql.Open("sqlite", sqlite.DSN(path))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = conn.ExecContext(ctx, "BEGIN IMMEDIATE")
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.ExecContext(context.Background(), "ROLLBACK") })
+
+	second := open(t, path)
+	migrated := make(chan error, 1)
+	go func() { migrated <- second.Migrate(ctx) }()
+	select {
+	case err := <-migrated:
+		require.NoError(t, err)
+	case <-time.After(sqlite.BusyTimeout / 2):
+		t.Fatalf("Migrate of an up-to-date database waited for the write lock another connection holds")
+	}
 }
