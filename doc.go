@@ -216,7 +216,9 @@
 // in batches ([Runner.CountRunsBefore] counts them first). Their events
 // stay, for the event log's retention, which counts them as those of
 // finished runs, and still name their tasks: each task's name is copied
-// into its run's events as the task is deleted.
+// into its run's events as the task is deleted. Space freed by either
+// retention is reused by later writes; on SQLite the file does not shrink
+// (VACUUM it, with no runner writing, to give the space back).
 //
 // # Crash safety and scale-out
 //
