@@ -93,6 +93,7 @@ func (r *Runner) heartbeatLoop(svc *services) {
 	}
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
+	sweepAgain := false
 	for beats := 0; ; {
 		select {
 		case <-ctx.Done():
@@ -130,10 +131,19 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		if len(dead) > 0 {
 			r.logger.Info("removed dead runners", "runners", dead)
 		}
-		if leader && canSweep && (len(dead) > 0 || beats%orphanSweepEvery == 0) {
-			err := r.sweep(ctx)
-			if err != nil && ctx.Err() == nil {
-				r.logger.Error("sweep for dead runners", "error", err)
+		if leader && canSweep && (len(dead) > 0 || sweepAgain || beats%orphanSweepEvery == 0) {
+			// The sweep runs between two beats, and is bounded so that the
+			// next beat is not held back: a run locked by another
+			// transaction (or a write the database keeps refusing as
+			// transient) used to keep it waiting, and this runner stopped
+			// heartbeating until it looked dead itself. What it could not
+			// reset is tried again at the next beat.
+			sweepCtx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
+			err := r.sweep(sweepCtx)
+			cancel()
+			sweepAgain = err != nil && ctx.Err() == nil
+			if sweepAgain {
+				r.logger.Error("sweep for dead runners; trying again at the next heartbeat", "error", err)
 			}
 			if hook := r.sweepHook.Load(); hook != nil {
 				(*hook)(err)

@@ -1,0 +1,236 @@
+package cloacina
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/postgres"
+	"github.com/cloacina-go/cloacina/internal/testdb"
+)
+
+// everyNthLiar reports the reply to COMMIT lost, though the commit went
+// through, for every nth transaction of any kind.
+type everyNthLiar struct {
+	n     int64
+	count atomic.Int64
+	lied  atomic.Int64
+	off   atomic.Bool
+}
+
+type everyNthTx struct {
+	driver.Tx
+	d *everyNthLiar
+}
+
+func (tx *everyNthTx) Commit(ctx context.Context) error {
+	if err := tx.Tx.Commit(ctx); err != nil {
+		return err
+	}
+	if !tx.d.off.Load() && tx.d.count.Add(1)%tx.d.n == 0 {
+		tx.d.lied.Add(1)
+		return fmt.Errorf("%w: connection lost while reading the reply to COMMIT", driver.ErrTransient)
+	}
+	return nil
+}
+
+// Every kind of transaction (start, claim, completion, retry, deferral,
+// pause, resume, cancel, heartbeat, lease, sweep) sees its commit reported
+// lost now and then, though it committed: each is retried, and the log
+// still records each transition once and replays to the stored statuses.
+func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var flaky sync.Map
+		retry := &RetryPolicy{MaxAttempts: 3, Backoff: BackoffFixed, InitialDelay: 5 * time.Millisecond}
+		wf := MustWorkflow("chaos",
+			Task{Name: "a", Run: ok},
+			Task{Name: "b", DependsOn: []string{"a"}, Retry: retry, Run: func(ctx context.Context, _ *Context) error {
+				info, _ := TaskInfoFrom(ctx)
+				if _, again := flaky.LoadOrStore(info.RunID, true); !again {
+					return errors.New("first attempt fails")
+				}
+				return nil
+			}},
+			Task{Name: "c", DependsOn: []string{"a"}, Run: func(ctx context.Context, _ *Context) error {
+				polls := 0
+				return DeferUntil(ctx, 2*time.Millisecond, func(context.Context) (bool, error) { polls++; return polls > 2, nil })
+			}},
+			Task{Name: "d", DependsOn: []string{"b", "c"}, Run: ok},
+		)
+		liar := &everyNthLiar{n: 2}
+		var runners []*Runner
+		for range 2 {
+			r := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 4}))
+			r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &everyNthTx{Tx: tx, d: liar} })
+			require.NoError(t, r.Start(ctx))
+			runners = append(runners, r)
+		}
+		const n = 20
+		ids := make([]uuid.UUID, n)
+		for i := range ids {
+			exec, err := runners[i%len(runners)].ExecuteAsync(ctx, "chaos", nil)
+			require.NoError(t, err)
+			ids[i] = exec.ID()
+		}
+		rnd := rand.New(rand.NewPCG(3, 4))
+		var wg sync.WaitGroup
+		for w := range runners {
+			r := runners[w]
+			ops := make([]int, 30)
+			for i := range ops {
+				ops[i] = rnd.IntN(n * 3)
+			}
+			wg.Go(func() {
+				for _, op := range ops {
+					id := ids[op%n]
+					var err error
+					switch op / n {
+					case 0:
+						err = r.Pause(ctx, id)
+					case 1:
+						err = r.Resume(ctx, id)
+					default:
+						if op%5 == 0 {
+							err = r.Cancel(ctx, id)
+						} else {
+							err = r.Resume(ctx, id)
+						}
+					}
+					if err != nil && !errors.Is(err, ErrRunFinished) {
+						t.Errorf("control of run %s: %v", id, err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for _, id := range ids {
+			if err := runners[0].Resume(ctx, id); err != nil && !errors.Is(err, ErrRunFinished) {
+				require.NoError(t, err)
+			}
+		}
+		results := make(map[uuid.UUID]*ExecutionResult, n)
+		require.Eventually(t, func() bool {
+			for _, id := range ids {
+				res, err := runners[0].Get(ctx, id)
+				require.NoError(t, err)
+				if !res.Status.Terminal() {
+					return false
+				}
+				for _, tr := range res.Tasks {
+					if tr.Status == TaskStatusRunning {
+						return false
+					}
+				}
+				results[id] = res
+			}
+			return true
+		}, testTimeout, 20*time.Millisecond, "every run ended with no task running")
+		liar.off.Store(true)
+		require.Positive(t, liar.lied.Load())
+		t.Logf("lied about %d commits", liar.lied.Load())
+
+		events, err := runners[0].Events(ctx, nil)
+		require.NoError(t, err)
+		replayed := Replay(events)
+		for _, id := range ids {
+			res := results[id]
+			require.Equal(t, res.Status, replayed.Runs[id], "run %s", id)
+			for _, tr := range res.Tasks {
+				require.Equal(t, tr.Status, replayed.Tasks[tr.ID], "task %s of run %s", tr.Name, id)
+			}
+			var started, terminal int
+			perTask := map[string]int{}
+			for _, e := range events {
+				if e.PipelineID != id {
+					continue
+				}
+				switch e.Type {
+				case EventPipelineStarted:
+					started++
+				case EventPipelineCompleted, EventPipelineFailed, EventPipelineCancelled:
+					terminal++
+				case EventTaskCompleted, EventTaskFailed, EventTaskSkipped, EventTaskAbandoned, EventTaskCreated:
+					perTask[string(e.Type)+" "+e.TaskName]++
+				}
+			}
+			require.LessOrEqual(t, started, 1, "run %s started twice", id)
+			require.Equal(t, 1, terminal, "run %s ended once", id)
+			for k, v := range perTask {
+				require.Equal(t, 1, v, "run %s: %s recorded %d times", id, k, v)
+			}
+		}
+	})
+}
+
+// A run row held by another transaction (an application transaction that
+// started a child run of it with ExecuteTx and stays open, say) must not
+// stop the leader's heartbeats while its sweep waits to reset an orphaned
+// task of that run: the leader would soon look dead itself, and have its
+// own tasks reset under it. PostgreSQL only: SQLite has one writer.
+func TestLeaderHeartbeatsWhileItsSweepWaitsOnALockedRun(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	url := testdb.PostgresSchemaURL(t)
+	s := newStall()
+	wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
+	leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+	leader.claimsPaused.Store(true)
+	led := leadership(leader)
+	require.NoError(t, leader.Start(ctx))
+	waitLeader(t, led, true)
+	zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
+	s.zombies[zombie.ID()] = true
+	require.NoError(t, zombie.Start(ctx))
+	exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
+	require.NoError(t, err)
+	waitFor(t, s.started, "the task to start on the zombie")
+
+	d := leader.Driver().(*postgres.Driver)
+	stranded, err := d.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer stranded.Rollback(context.WithoutCancel(ctx))
+	_, err = stranded.Exec(ctx, "SELECT 1 FROM "+pgx.Identifier{d.Schema(), "pipeline_executions"}.Sanitize()+
+		" WHERE id = $1 FOR UPDATE", exec.ID())
+	require.NoError(t, err)
+	zombie.heartbeatFrozen.Store(true)
+
+	heartbeat := func() time.Time {
+		var at time.Time
+		require.NoError(t, d.Pool().QueryRow(ctx, "SELECT heartbeat_at FROM "+pgx.Identifier{d.Schema(), "cloacina_runners"}.Sanitize()+
+			" WHERE id = $1", leader.ID()).Scan(&at))
+		return at
+	}
+	// The zombie's row goes first (it expires), then the sweep waits on
+	// the run; the leader must go on heartbeating for longer than a
+	// RunnerTimeout all the same.
+	require.Eventually(t, func() bool {
+		runners, err := leader.Runners(ctx)
+		require.NoError(t, err)
+		return len(runners) == 1
+	}, testTimeout, 10*time.Millisecond, "the zombie to be removed")
+	from := heartbeat()
+	require.Eventually(t, func() bool { return heartbeat().After(from.Add(2 * leader.cfg.RunnerTimeout)) }, 5*time.Second, 10*time.Millisecond,
+		"the leader's heartbeat stopped while its sweep waited on a locked run")
+
+	reset := onEvent(leader, eventOf(EventTaskReset))
+	require.NoError(t, stranded.Rollback(ctx))
+	waitFor(t, reset, "the zombie's task to be reset once the run is free")
+	setClaiming(leader, true)
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+	close(s.release)
+	waitFor(t, s.ended, "the zombie's task to return")
+}
