@@ -269,7 +269,9 @@
 // next heartbeat or fenced write: the task's context is cancelled and
 // nothing it reports is recorded. Transient database errors (SQLite busy,
 // serialization failures, deadlocks, lost connections, a server restart, a
-// statement timeout, a full disk) are retried on every state write. A
+// statement timeout, a full disk, a write refused by a read-only session
+// such as a standby's after a failover, which is closed rather than
+// reused) are retried on every state write. A
 // task's result is never dropped: one the database refuses for another
 // reason (a revoked privilege, say) is held and written again, with a
 // growing delay, until it is taken or the runner stops; only a value the

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -233,4 +235,74 @@ func TestLeaderHeartbeatsWhileItsSweepWaitsOnALockedRun(t *testing.T) {
 	require.Equal(t, PipelineCompleted, res.Status)
 	close(s.release)
 	waitFor(t, s.ended, "the zombie's task to return")
+}
+
+// errorLogger signals the first time the runner logs an error that
+// contains text.
+type errorLogger struct {
+	text string
+	seen chan struct{}
+	once *sync.Once
+}
+
+func (h errorLogger) Enabled(context.Context, slog.Level) bool { return true }
+func (h errorLogger) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h errorLogger) WithGroup(string) slog.Handler            { return h }
+func (h errorLogger) Handle(_ context.Context, rec slog.Record) error {
+	rec.Attrs(func(a slog.Attr) bool {
+		if strings.Contains(a.Value.String(), h.text) {
+			h.once.Do(func() { close(h.seen) })
+			return false
+		}
+		return true
+	})
+	return nil
+}
+
+// A database that turns read-only under the runner (its sessions dropped
+// and reopened on a hot standby during a failover; here the role's
+// default_transaction_read_only, set while the runner runs) refuses the
+// runner's writes; once it takes writes again, the runner goes on. Its
+// sessions opened while the database was read-only stayed so, and the
+// runner used to retry on them, in vain, until its pool closed them (an
+// hour later by default).
+func TestRunnerRecoversWhenTheDatabaseTakesWritesAgain(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	tn := newTenant(t)
+	admin := adminConn(t)
+	started, release := make(chan struct{}, 2), make(chan struct{})
+	wf := MustWorkflow("w", Task{Name: "a", Run: func(_ context.Context, c *Context) error {
+		started <- struct{}{}
+		<-release
+		return c.Set("done", true)
+	}}, Task{Name: "b", DependsOn: []string{"a"}, Run: setKey("b", 1)})
+	refused := make(chan struct{})
+	logger := slog.New(errorLogger{text: "read-only transaction", seen: refused, once: &sync.Once{}})
+	// A pool of two sessions: read-only ones are not outnumbered by new
+	// ones the runner's concurrent work happens to open.
+	r := startRunner(t, tn.URL+"&pool_max_conns=2", &Config{Workflows: []*Workflow{wf}, Logger: logger})
+	exec, err := r.ExecuteAsync(ctx, "w", nil)
+	require.NoError(t, err)
+	waitFor(t, started, "task a to start")
+
+	role := pgx.Identifier{tn.Role}.Sanitize()
+	_, err = admin.Exec(ctx, "ALTER ROLE "+role+" SET default_transaction_read_only = on")
+	require.NoError(t, err)
+	t.Cleanup(func() { admin.Exec(context.Background(), "ALTER ROLE "+role+" RESET default_transaction_read_only") })
+	_, err = admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", tn.Role)
+	require.NoError(t, err)
+	close(release)
+	waitFor(t, refused, "the completion to be refused as read-only")
+	_, err = admin.Exec(ctx, "ALTER ROLE "+role+" RESET default_transaction_read_only")
+	require.NoError(t, err)
+
+	res, err := exec.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status, "a: %q, b: %q", res.Task("a").Error, res.Task("b").Error)
+	require.Equal(t, 1, res.Task("a").Attempts)
+	requireReplays(t, r, res)
+	again, err := r.Execute(ctx, "w", nil)
+	require.NoError(t, err, "a run started now")
+	require.Equal(t, PipelineCompleted, again.Status, "a: %q, b: %q", again.Task("a").Error, again.Task("b").Error)
 }

@@ -24,7 +24,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrTransient marks an error worth retrying: SQLite busy, locked or
 	// out of disk space; Postgres serialization failure, deadlock,
-	// statement timeout or out of disk space or memory; a lost connection.
+	// statement timeout or out of disk space or memory, a write refused by
+	// a read-only session (a standby's); a lost connection.
 	ErrTransient = errors.New("transient database error")
 	// ErrSchemaTooNew is returned when the database was migrated by a newer
 	// version of Cloacina than the running code knows.

@@ -20,7 +20,7 @@ import (
 func TestMapErrorClasses(t *testing.T) {
 	t.Parallel()
 	pg := func(code string) error { return fmt.Errorf("exec: %w", &pgconn.PgError{Code: code}) }
-	for _, code := range []string{"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03", "57P05", "25P03", "57014", "53100", "53200", "08006"} {
+	for _, code := range []string{"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03", "57P05", "25P03", "25006", "57014", "53100", "53200", "08006"} {
 		require.ErrorIs(t, mapError(pg(code)), driver.ErrTransient, code)
 	}
 	for _, code := range []string{"22008", "22P02", "54000"} {

@@ -360,6 +360,7 @@ func mapError(err error) error {
 			pgErr.Code == "57P03",               // cannot_connect_now
 			pgErr.Code == "57P05",               // idle_session_timeout: the session is gone, a new one will do
 			pgErr.Code == "25P03",               // idle_in_transaction_session_timeout: likewise
+			pgErr.Code == "25006",               // read_only_sql_transaction: a standby's session, closed on release (pgTx.release); a new one may be the primary's
 			pgErr.Code == "57014",               // query_canceled: statement_timeout (our own cancellations return above)
 			pgErr.Code == "53100",               // disk_full
 			pgErr.Code == "53200",               // out_of_memory

@@ -141,7 +141,7 @@ func (t *pgTx) Commit(ctx context.Context) error {
 	release := func() {
 		if !released {
 			released = true
-			t.conn.Release()
+			t.release()
 		}
 	}
 	defer release()
@@ -208,7 +208,7 @@ func (t *pgTx) Rollback(ctx context.Context) error {
 		return nil
 	}
 	t.done = true
-	defer t.conn.Release()
+	defer t.release()
 	if !t.begun || t.conn.Conn().IsClosed() {
 		return nil
 	}
@@ -216,6 +216,28 @@ func (t *pgTx) Rollback(ctx context.Context) error {
 		return fmt.Errorf("postgres: rollback: %w", mapError(err))
 	}
 	return nil
+}
+
+// release returns the transaction's connection to the pool, or closes it
+// when its session is read-only (see sessionReadOnly): a session opened
+// on a standby during a failover, or while the database or role had
+// default_transaction_read_only set, stays read-only for its life, and
+// the pool would hand it out again, every write on it refused, long after
+// the database took writes again. The pool opens a new session instead.
+func (t *pgTx) release() {
+	if c := t.conn.Conn(); !c.IsClosed() && sessionReadOnly(c.PgConn()) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c.Close(ctx)
+		cancel()
+	}
+	t.conn.Release()
+}
+
+// sessionReadOnly reports whether the server said (PostgreSQL 14 and
+// later report both settings to the client) that the session refuses
+// writes: a hot standby, or default_transaction_read_only on.
+func sessionReadOnly(c *pgconn.PgConn) bool {
+	return c.ParameterStatus("in_hot_standby") == "on" || c.ParameterStatus("default_transaction_read_only") == "on"
 }
 
 // batchRows closes the batch its rows came from.
