@@ -106,7 +106,10 @@ func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (
 // ExecuteAsync starts a run and returns at once with a handle to it. The
 // run is written in its own transaction, or — when other goroutines start
 // runs at the same moment — in one transaction with theirs: the run
-// exists when ExecuteAsync returns without an error. When ctx ends while
+// exists when ExecuteAsync returns without an error. A start whose
+// commit failed though it went through (its reply lost) returns the
+// handle: ExecuteAsync looks the run up before it reports a failure. When
+// ctx ends while
 // that transaction commits, ExecuteAsync returns ctx's error and the run
 // may exist all the same (the commit went through): look it up (List)
 // before starting it again if duplicates matter.

@@ -53,6 +53,67 @@ func (tx *everyNthTx) Commit(ctx context.Context) error {
 func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
+		liar := &everyNthLiar{n: 2}
+		churnUnderFaults(t, url, func(r *Runner) {
+			r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &everyNthTx{Tx: tx, d: liar} })
+		}, func() {}, func() { liar.off.Store(true) })
+		require.Positive(t, liar.lied.Load())
+	})
+}
+
+// Every kind of transaction has its connection terminated by the server
+// now and then (pg_terminate_backend, as a restart or a proxy's failover
+// does), at whatever point it has reached, COMMIT included: each is
+// retried, and the log still records each transition once and replays to
+// the stored statuses.
+func TestTerminatedConnectionsOnEveryWritePath(t *testing.T) {
+	t.Parallel()
+	schema := testdb.NewSchema(t)
+	url := testdb.WithSchema(testdb.PostgresURL(), schema) + "&application_name=" + schema
+	admin := adminConn(t)
+	stop := make(chan struct{})
+	killed := make(chan int, 1)
+	kill := func() {
+		n := 0
+		defer func() { killed <- n }()
+		tick := time.NewTicker(30 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			var k int
+			if err := admin.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE application_name = $1 AND pid <> pg_backend_pid() AND state <> 'idle'`, schema).Scan(&k); err == nil {
+				n += k
+			}
+		}
+	}
+	n := -1
+	end := func() {
+		if n < 0 {
+			close(stop)
+			n = <-killed
+		}
+	}
+	defer end() // before the runners close
+	churnUnderFaults(t, url, nil, func() { go kill() }, end)
+	t.Logf("terminated %d sessions", n)
+	require.Positive(t, n)
+}
+
+// churnUnderFaults runs many runs of a workflow with a retry, a deferral
+// and a join on two runners (each first passed to hook, unless nil) while
+// they are paused, resumed and cancelled at random, calling begin once
+// the runs are started; once every run has
+// ended with no task running, it calls calm and checks the log: it
+// replays to the stored statuses, and records each run's start and end,
+// and each task's creation and end, once.
+func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin, calm func()) {
+	t.Helper()
+	{
 		ctx := testContext(t)
 		var flaky sync.Map
 		retry := &RetryPolicy{MaxAttempts: 3, Backoff: BackoffFixed, InitialDelay: 5 * time.Millisecond}
@@ -71,11 +132,12 @@ func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 			}},
 			Task{Name: "d", DependsOn: []string{"b", "c"}, Run: ok},
 		)
-		liar := &everyNthLiar{n: 2}
 		var runners []*Runner
 		for range 2 {
 			r := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 4}))
-			r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &everyNthTx{Tx: tx, d: liar} })
+			if hook != nil {
+				hook(r)
+			}
 			require.NoError(t, r.Start(ctx))
 			runners = append(runners, r)
 		}
@@ -86,6 +148,7 @@ func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 			require.NoError(t, err)
 			ids[i] = exec.ID()
 		}
+		begin()
 		rnd := rand.New(rand.NewPCG(3, 4))
 		var wg sync.WaitGroup
 		for w := range runners {
@@ -110,7 +173,9 @@ func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 							err = r.Resume(ctx, id)
 						}
 					}
-					if err != nil && !errors.Is(err, ErrRunFinished) {
+					// A call the faults failed past its retries reports
+					// it: the test goes on with the next.
+					if err != nil && !errors.Is(err, ErrRunFinished) && !errors.Is(err, driver.ErrTransient) {
 						t.Errorf("control of run %s: %v", id, err)
 					}
 				}
@@ -126,6 +191,9 @@ func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 		require.Eventually(t, func() bool {
 			for _, id := range ids {
 				res, err := runners[0].Get(ctx, id)
+				if errors.Is(err, driver.ErrTransient) {
+					return false // a read the faults ended: look again
+				}
 				require.NoError(t, err)
 				if !res.Status.Terminal() {
 					return false
@@ -139,9 +207,7 @@ func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 			}
 			return true
 		}, testTimeout, 20*time.Millisecond, "every run ended with no task running")
-		liar.off.Store(true)
-		require.Positive(t, liar.lied.Load())
-		t.Logf("lied about %d commits", liar.lied.Load())
+		calm()
 
 		events, err := runners[0].Events(ctx, nil)
 		require.NoError(t, err)
@@ -173,7 +239,7 @@ func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 				require.Equal(t, 1, v, "run %s: %s recorded %d times", id, k, v)
 			}
 		}
-	})
+	}
 }
 
 // A run row held by another transaction (an application transaction that
@@ -305,4 +371,31 @@ func TestRunnerRecoversWhenTheDatabaseTakesWritesAgain(t *testing.T) {
 	again, err := r.Execute(ctx, "w", nil)
 	require.NoError(t, err, "a run started now")
 	require.Equal(t, PipelineCompleted, again.Status, "a: %q, b: %q", again.Task("a").Error, again.Task("b").Error)
+}
+
+// A start whose every commit is reported lost, though the first went
+// through (a connection that drops each time at COMMIT), has written the
+// run: ExecuteAsync returns its handle rather than an error that would
+// have the caller start it a second time.
+func TestStartWhoseCommitsAreAllReportedLost(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("w", Task{Name: "a", Run: ok})
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		liar := &everyNthLiar{n: 1}
+		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &everyNthTx{Tx: tx, d: liar} })
+		exec, err := r.ExecuteAsync(ctx, "w", nil)
+		liar.off.Store(true)
+		require.Equal(t, int64(apiTxAttempts), liar.lied.Load(), "every attempt's commit reported lost")
+		runs, lerr := r.List(ctx, nil)
+		require.NoError(t, lerr)
+		require.Len(t, runs, 1, "the run was written")
+		require.NoError(t, err, "the run was written, yet its start failed")
+		require.Equal(t, runs[0].ID, exec.ID())
+		require.NoError(t, r.Start(ctx))
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+	})
 }

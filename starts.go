@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/google/uuid"
+
 	"github.com/cloacina-go/cloacina/driver"
 )
 
@@ -156,6 +158,13 @@ func (r *Runner) writeStarts(batch []*startReq) {
 		r.writeStarts(batch[mid:])
 		return
 	}
+	if err != nil && ctx.Err() == nil && r.startWritten(ctx, runs[0].id) {
+		// An attempt's commit went through though it was reported failed
+		// (the reply to COMMIT lost), and no later attempt could confirm
+		// it: the runs exist, all of them (each attempt writes the whole
+		// batch), and a caller told otherwise would start them again.
+		err = nil
+	}
 	for _, req := range batch {
 		if err != nil && req.ctx.Err() != nil {
 			req.done <- req.ctx.Err()
@@ -163,6 +172,15 @@ func (r *Runner) writeStarts(batch []*startReq) {
 		}
 		req.done <- err
 	}
+}
+
+// startWritten reports whether the run id was written, by a start
+// transaction that then failed: once its failed commit has returned, the
+// outcome is final (see the driver's Commit), and the run exists only if
+// it committed.
+func (r *Runner) startWritten(ctx context.Context, id uuid.UUID) bool {
+	_, err := r.drv.Reader().PipelineGet(ctx, id)
+	return err == nil
 }
 
 // batchContext is cancelled when every caller in the batch has given up:
