@@ -244,3 +244,30 @@ func TestTimesAreReadOnceTheDatabaseIsHeld(t *testing.T) {
 			e.Type, e.CreatedAt.Format(time.RFC3339Nano), held.Format(time.RFC3339Nano))
 	}
 }
+
+// Runners' estimates of the database's clock disagree by up to a second
+// (each is off by at most half of one). Work that a runner whose estimate
+// runs ahead makes ready is due, by the estimate of a runner woken for it,
+// a moment later: the woken runner used to find nothing to claim and go
+// back to sleep until its next poll (PollInterval, 5s by default on
+// PostgreSQL), however idle it was. It now polls again at once, and claims
+// the work as it falls due.
+func TestWorkDueByAnEstimateAheadIsClaimedWhenDue(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("ahead", Task{Name: "a", Run: ok})
+		enqueuer := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		// Within the bound the docs give for an estimate's error.
+		enqueuer.now = func() time.Time { return enqueuer.clock.now().Add(300 * time.Millisecond) }
+		// A poll that would come too late for the test.
+		worker := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, PollInterval: 2 * testTimeout})
+		waitStartedIdle(t, worker)
+		exec, err := enqueuer.ExecuteAsync(testContext(t), wf.Name(), nil)
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(testContext(t), 10*time.Second)
+		defer cancel()
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err, "the woken runner did not claim the task once it fell due")
+		require.Equal(t, PipelineCompleted, res.Status)
+	})
+}

@@ -359,6 +359,8 @@ func (r *Runner) claimLoop(svc *services) {
 	pending := true
 	failures := 0
 	watchPoll := time.Duration(0) // the interval of a watch's next look (watchAppCommit)
+	// woken is set while the round a wake-up asked for is pending.
+	woken := false
 	for {
 		n, got, err := r.claimRound(ctx, svc, pending)
 		if n > 0 {
@@ -376,6 +378,17 @@ func (r *Runner) claimLoop(svc *services) {
 				continue
 			}
 			failures = 0
+			if woken && got == 0 {
+				// Woken for work and found none claimable: another runner
+				// took it, or it is due a moment from now by this runner's
+				// estimate of the database's clock, which may lag the
+				// enqueuer's by up to a second (see Runner). Poll now, so
+				// that such work is claimed when it falls due rather than
+				// a PollInterval later.
+				nextPoll = r.now()
+				timer.Reset(0)
+			}
+			woken = false
 			pending = got >= n
 			if pending {
 				continue
@@ -388,7 +401,7 @@ func (r *Runner) claimLoop(svc *services) {
 		case <-ctx.Done():
 			return
 		case <-svc.wake:
-			pending = true
+			pending, woken = true, true
 		case <-svc.slotFreed:
 		case at := <-svc.due:
 			watchPoll = 0 // a watch (watchAppCommit) begun now starts over
