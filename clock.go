@@ -24,6 +24,13 @@ const (
 	// started (whose heartbeats would keep its offset fresh) samples the
 	// database's clock again.
 	clockSampleEvery = time.Minute
+	// clockStepTolerance is how far the runner's own clock may move
+	// against the monotonic clock since the last usable sample before it
+	// is taken to have been stepped (NTP stepping it, the machine resumed
+	// from a suspend), and the offset to be read again before the next
+	// write. NTP slews smaller errors; the monotonic and the wall clock
+	// drift apart by far less than this in the minute between samples.
+	clockStepTolerance = 100 * time.Millisecond
 )
 
 // clockEpoch anchors dbClock.sampledAt on the monotonic clock.
@@ -45,10 +52,13 @@ var clockEpoch = time.Now()
 // sample proves it wrong: jitter between samples that agree never makes
 // recorded times step back and forth, and an offset consistent with a
 // sample of uncertainty u is within 2u of the truth, so tight samples
-// keep it accurate without being adopted. A local clock stepped by NTP
-// (or a database failover to a server whose clock differs) is corrected
-// at the next sample. Samples whose round trip exceeds maxClockRoundTrip
-// are dropped.
+// keep it accurate without being adopted. A database failover to a
+// server whose clock differs is corrected at the next sample. A local
+// clock stepped by NTP is noticed, against the monotonic clock, before
+// the next write, which samples first (see stepped): corrected only at
+// the next heartbeat, a step ahead would make every task the runner made
+// ready meanwhile wait, for every runner, as long as the step. Samples
+// whose round trip exceeds maxClockRoundTrip are dropped.
 type dbClock struct {
 	// local is the runner's own clock; tests skew it.
 	local func() time.Time
@@ -57,6 +67,13 @@ type dbClock struct {
 	// sampledAt is when the last sample (usable or not) was taken, as
 	// nanoseconds since clockEpoch plus one; zero means never.
 	sampledAt atomic.Int64
+	// ref is local minus the monotonic clock (since clockEpoch), in
+	// nanoseconds, when the last usable sample was sent; refSet says
+	// whether one was. lastUsable says whether the last sample taken was
+	// usable.
+	ref        atomic.Int64
+	refSet     atomic.Bool
+	lastUsable atomic.Bool
 	// syncMu lets one caller at a time take a sample on demand (sync).
 	syncMu sync.Mutex
 	// mu orders the adoption of samples.
@@ -80,8 +97,21 @@ func (c *dbClock) sample(read func() (time.Time, error)) error {
 	if err != nil {
 		return err
 	}
-	c.observe(sent, time.Since(start), db)
+	rtt := time.Since(start)
+	c.observe(sent, rtt, db)
+	usable := usableSample(rtt, db)
+	if usable {
+		c.ref.Store(sent.UnixNano() - int64(start.Sub(clockEpoch)))
+		c.refSet.Store(true)
+	}
+	c.lastUsable.Store(usable)
 	return nil
+}
+
+// usableSample reports whether a reading db taken in a round trip rtt
+// tells the offset closely enough to be used.
+func usableSample(rtt time.Duration, db time.Time) bool {
+	return rtt >= 0 && rtt <= maxClockRoundTrip && !db.IsZero()
 }
 
 // observe learns from a reading db of the database's clock by a statement
@@ -91,7 +121,7 @@ func (c *dbClock) observe(sent time.Time, rtt time.Duration, db time.Time) bool 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sampledAt.Store(int64(time.Since(clockEpoch)) + 1)
-	if rtt < 0 || rtt > maxClockRoundTrip || db.IsZero() {
+	if !usableSample(rtt, db) {
 		return false
 	}
 	offset := db.Sub(sent.Add(rtt / 2))
@@ -104,10 +134,26 @@ func (c *dbClock) observe(sent time.Time, rtt time.Duration, db time.Time) bool 
 }
 
 // stale reports whether the last sample is older than clockSampleEvery,
-// or none was taken.
+// or none was taken, or the local clock was stepped since the last usable
+// one (once a second at most while samples are not usable).
 func (c *dbClock) stale() bool {
 	at := c.sampledAt.Load()
-	return at == 0 || time.Since(clockEpoch)-time.Duration(at-1) > clockSampleEvery
+	if at == 0 {
+		return true
+	}
+	age := time.Since(clockEpoch) - time.Duration(at-1)
+	return age > clockSampleEvery || (c.stepped() && (c.lastUsable.Load() || age > maxClockRoundTrip))
+}
+
+// stepped reports whether the local clock moved against the monotonic
+// clock by more than clockStepTolerance since the last usable sample:
+// the offset learned then no longer holds.
+func (c *dbClock) stepped() bool {
+	if !c.refSet.Load() {
+		return false
+	}
+	moved := time.Duration(c.local().UnixNano() - int64(time.Since(clockEpoch)) - c.ref.Load())
+	return moved > clockStepTolerance || moved < -clockStepTolerance
 }
 
 // sync samples the database's clock through ex if the last sample is
@@ -133,9 +179,11 @@ func (c *dbClock) sync(ctx context.Context, ex driver.Executor) error {
 // only enqueues runs), this costs one ClockRead, and one a minute after
 // that while it keeps writing: a local clock an hour ahead would
 // otherwise make the tasks it enqueues wait an hour before any runner
-// claims them.
+// claims them. A runner, started or not, whose local clock was stepped
+// since its last sample reads the database's clock again before it
+// writes, for the same reason.
 func (r *Runner) syncClock(ctx context.Context, ex driver.Executor) {
-	if r.services() != nil {
+	if r.services() != nil && !r.clock.stepped() {
 		return
 	}
 	if err := r.clock.sync(ctx, ex); err != nil && ctx.Err() == nil {

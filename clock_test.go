@@ -271,3 +271,93 @@ func TestWorkDueByAnEstimateAheadIsClaimedWhenDue(t *testing.T) {
 		require.Equal(t, PipelineCompleted, res.Status)
 	})
 }
+
+// A runner's clock stepped while it runs (NTP stepping it, a VM resumed)
+// is noticed before the runner records a time: it reads the database's
+// clock again rather than wait for its next heartbeat. The next task of a
+// run whose task ended just after the runner's clock jumped an hour ahead
+// used to be due an hour later for every runner, so the run stalled for
+// an hour; the events of the transition were stamped an hour ahead.
+func TestClockStepNoticedBeforeTheNextWrite(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var stepped *Runner
+		var idle <-chan struct{}
+		var step atomic.Int64
+		wf := MustWorkflow("stepped", Task{Name: "a", Run: func(ctx context.Context, tc *Context) error {
+			// Only the other runner may take b: once a claim round that
+			// began before the pause is over, this runner claims nothing.
+			setClaiming(stepped, false)
+			for drained := false; !drained; {
+				select {
+				case <-idle:
+				default:
+					drained = true
+				}
+			}
+			stepped.wakeClaimer()
+			select {
+			case <-idle:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			step.Store(int64(time.Hour))
+			return nil
+		}}, Task{Name: "b", DependsOn: []string{"a"}, Run: func(ctx context.Context, tc *Context) error {
+			info, _ := TaskInfoFrom(ctx)
+			return tc.Set("ran_on", info.RunnerID)
+		}})
+		// No heartbeat comes to correct the step.
+		cfg := &Config{Workflows: []*Workflow{wf}, HeartbeatInterval: time.Hour, RunnerTimeout: 3 * time.Hour}
+		stepped = openRunner(t, url, cfg)
+		stepped.clock.local = func() time.Time { return time.Now().UTC().Add(time.Duration(step.Load())) }
+		from := dbNow(t, stepped)
+		idle = claimerIdle(stepped)
+		require.NoError(t, stepped.Start(ctx))
+		exec, err := stepped.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		other := openRunner(t, url, cfg)
+		require.NoError(t, other.Start(ctx))
+
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		res, err := exec.Wait(wctx)
+		require.NoError(t, err, "b was not claimed: it is due an hour late")
+		to := dbNow(t, stepped)
+		require.Equal(t, PipelineCompleted, res.Status)
+		ranOn, err := Get[string](res.Context, "ran_on")
+		require.NoError(t, err)
+		require.Equal(t, other.ID(), ranOn)
+		requireRecordedByDBClock(t, other, stepped, res.ID, from, to)
+	})
+}
+
+// A step of the local clock against the monotonic one makes the offset
+// stale until a usable sample is taken; unusable samples are retried at
+// most once a second.
+func TestClockNoticesAStep(t *testing.T) {
+	t.Parallel()
+	var step atomic.Int64
+	c := newDBClock()
+	c.local = func() time.Time { return time.Now().UTC().Add(time.Duration(step.Load())) }
+	db := func() (time.Time, error) { return time.Now().UTC(), nil }
+	require.NoError(t, c.sample(db))
+	require.False(t, c.stepped())
+	require.False(t, c.stale())
+
+	step.Store(int64(time.Hour))
+	require.True(t, c.stepped())
+	require.True(t, c.stale(), "a step makes the offset stale")
+	require.WithinDuration(t, time.Now().Add(time.Hour), c.now(), time.Minute, "until a sample corrects it")
+
+	// An unusable sample leaves it stepped, and is not retried at once.
+	require.NoError(t, c.sample(func() (time.Time, error) { return time.Time{}, nil }))
+	require.True(t, c.stepped())
+	require.False(t, c.stale(), "retried a second later")
+
+	require.NoError(t, c.sample(db))
+	require.False(t, c.stepped())
+	require.False(t, c.stale())
+	require.WithinDuration(t, time.Now(), c.now(), time.Second, "the sample corrected the step")
+}
