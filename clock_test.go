@@ -361,3 +361,49 @@ func TestClockNoticesAStep(t *testing.T) {
 	require.False(t, c.stale())
 	require.WithinDuration(t, time.Now(), c.now(), time.Second, "the sample corrected the step")
 }
+
+// A runner whose clock steps back after it scheduled a retry claims the
+// retry when it falls due. The claimer's wait for the retry was computed
+// from the stepped clock, and nothing corrected it: it slept an hour,
+// polling for nothing else meanwhile, while its own retry waited.
+func TestClockStepBackDoesNotPutTheClaimerToSleep(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		wf := MustWorkflow("stepback", Task{Name: "flaky",
+			Retry: &RetryPolicy{MaxAttempts: 2, Backoff: BackoffFixed, InitialDelay: 100 * time.Millisecond},
+			Run: func(ctx context.Context, tc *Context) error {
+				if info, _ := TaskInfoFrom(ctx); info.Attempt == 1 {
+					return errors.New("the first attempt fails")
+				}
+				return nil
+			}})
+		// No heartbeat, and no poll, comes to the rescue.
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, HeartbeatInterval: time.Hour, RunnerTimeout: 3 * time.Hour,
+			PollInterval: 2 * testTimeout})
+		var step atomic.Int64
+		r.clock.local = func() time.Time { return time.Now().UTC().Add(time.Duration(step.Load())) }
+		// The clock steps back an hour as the retry commits.
+		prev := r.commitHook.Load()
+		hook := func(c *changes) {
+			if prev != nil {
+				(*prev)(c)
+			}
+			for _, e := range c.cs.Events {
+				if e.Type == EventTaskRetryScheduled {
+					step.Store(int64(-time.Hour))
+				}
+			}
+		}
+		r.commitHook.Store(&hook)
+		require.NoError(t, r.Start(ctx))
+		exec, err := r.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		res, err := exec.Wait(wctx)
+		require.NoError(t, err, "the retry was not claimed when due")
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 2, res.Task("flaky").Attempts)
+	})
+}

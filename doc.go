@@ -253,10 +253,9 @@
 // changes the offset only when it proves the offset wrong (the offset lies
 // outside the sample's uncertainty, half its round trip), so jitter never
 // makes recorded times step back and forth; a step of a machine's clock is
-// noticed against the monotonic clock and corrected before the runner's
-// next write (reads that compare due times with it, such as a claimer's
-// poll, may follow the stepped clock until then, and the write they lead
-// to corrects it); and samples with a round trip over a second are
+// noticed against the monotonic clock and corrected before the runner
+// next writes, or reads what is due (its claimer's poll, its schedules);
+// and samples with a round trip over a second are
 // ignored, so that the estimate is off by at most half a second (plus
 // what the clocks drift between heartbeats). A runner that writes
 // without being started (a process that only calls Execute, say) reads the

@@ -154,8 +154,8 @@ const (
 // registration returns the database's time) and at every heartbeat, at no
 // extra statement; while it is not started it reads the database's clock
 // before its first write and at most once a minute after; and, started or
-// not, before the first write after its own clock was stepped (against
-// the monotonic clock). The estimate is off by at most half a second (half
+// not, before it writes or reads what is due once its own clock was
+// stepped (against the monotonic clock). The estimate is off by at most half a second (half
 // the longest round trip it accepts); until the first measurement, a
 // runner records by its own clock.
 type Runner struct {

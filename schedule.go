@@ -644,6 +644,7 @@ func (r *Runner) untilNextTick(ctx context.Context, names []string) (time.Durati
 	if err != nil {
 		return wait, nil
 	}
+	r.syncClock(ctx, r.drv.Reader())
 	now := r.now()
 	var due []string
 	for _, s := range rows {

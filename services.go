@@ -407,9 +407,15 @@ func (r *Runner) claimLoop(svc *services) {
 			watchPoll = 0 // a watch (watchAppCommit) begun now starts over
 			if at.Before(nextPoll) {
 				nextPoll = at
-				timer.Reset(max(at.Sub(r.now()), 0))
+				// A wait read off a clock stepped since the last sample
+				// would be off by the step: sample first (see
+				// Runner.syncClock), and poll in a PollInterval at most
+				// all the same.
+				r.syncClock(ctx, r.drv.Reader())
+				timer.Reset(min(max(at.Sub(r.now()), 0), r.cfg.PollInterval))
 			}
 		case <-timer.C:
+			r.syncClock(ctx, r.drv.Reader())
 			next := r.now().Add(r.cfg.PollInterval)
 			if svc.draining.Load() {
 				// Few runs, briefly: claim rather than peek.
