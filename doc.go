@@ -255,10 +255,9 @@
 // makes recorded times step back and forth; a step of a machine's clock is
 // noticed against the monotonic clock and corrected before the runner
 // next writes, or reads what is due (its claimer's poll, its schedules);
-// and samples with a round trip over a second are
-// ignored, so that the estimate is off by at most half a second (plus
-// what the clocks drift between heartbeats). A runner that writes
-// without being started (a process that only calls Execute, say) reads the
+// and samples with a round trip over a second are ignored, so that the
+// estimate is off by at most half a second (plus what the clocks drift
+// between heartbeats). A runner that writes without being started (a process that only calls Execute, say) reads the
 // database's clock before its first write, and at most once a minute while
 // it goes on writing (on SQLite, whose clock is the host's, that read
 // costs no statement). The leader does not sweep until it has itself been
