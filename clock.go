@@ -74,6 +74,18 @@ type dbClock struct {
 	ref        atomic.Int64
 	refSet     atomic.Bool
 	lastUsable atomic.Bool
+	// dbRef is the database's clock minus the monotonic clock (since
+	// clockEpoch) at the midpoint of the last usable sample, and dbRefErr
+	// that sample's uncertainty, in nanoseconds; dbRefSet says whether
+	// one was taken. dbJumped is set by a usable sample that finds the
+	// database's clock moved ahead of the monotonic one since, by more than
+	// clockStepTolerance beyond the two samples' uncertainty: the
+	// database's clock was stepped (or this machine suspended), and every
+	// heartbeat stamped before looks older than it is (see jumped).
+	dbRef    atomic.Int64
+	dbRefErr atomic.Int64
+	dbRefSet atomic.Bool
+	dbJumped atomic.Bool
 	// syncMu lets one caller at a time take a sample on demand (sync).
 	syncMu sync.Mutex
 	// mu orders the adoption of samples.
@@ -103,9 +115,26 @@ func (c *dbClock) sample(read func() (time.Time, error)) error {
 	if usable {
 		c.ref.Store(sent.UnixNano() - int64(start.Sub(clockEpoch)))
 		c.refSet.Store(true)
+		dbRef, dbRefErr := db.UnixNano()-int64(start.Sub(clockEpoch)+rtt/2), int64(rtt/2+clockResolution)
+		if c.dbRefSet.Load() && dbRef-c.dbRef.Load() > c.dbRefErr.Load()+dbRefErr+int64(clockStepTolerance) {
+			c.dbJumped.Store(true)
+		}
+		c.dbRef.Store(dbRef)
+		c.dbRefErr.Store(dbRefErr)
+		c.dbRefSet.Store(true)
 	}
 	c.lastUsable.Store(usable)
 	return nil
+}
+
+// jumped reports whether a sample found the database's clock stepped
+// ahead since the one before (see dbJumped), and clears the report when
+// clear is set.
+func (c *dbClock) jumped(clear bool) bool {
+	if clear {
+		return c.dbJumped.Swap(false)
+	}
+	return c.dbJumped.Load()
 }
 
 // usableSample reports whether a reading db taken in a round trip rtt

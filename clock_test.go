@@ -3,14 +3,17 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
+	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -405,5 +408,109 @@ func TestClockStepBackDoesNotPutTheClaimerToSleep(t *testing.T) {
 		require.NoError(t, err, "the retry was not claimed when due")
 		require.Equal(t, PipelineCompleted, res.Status)
 		require.Equal(t, 2, res.Task("flaky").Attempts)
+	})
+}
+
+// shiftedBeat is a transaction whose heartbeats read the database's clock
+// shifted by shift: the database's clock as a runner sees it after the
+// clock was stepped.
+type shiftedBeat struct {
+	driver.Tx
+	shift *atomic.Int64
+}
+
+func (s *shiftedBeat) RunnerHeartbeat(ctx context.Context, p *driver.RunnerHeartbeatParams) (*driver.RunnerHeartbeatResult, error) {
+	res, err := s.Tx.RunnerHeartbeat(ctx, p)
+	if err == nil {
+		res.Now = res.Now.Add(time.Duration(s.shift.Load()))
+	}
+	return res, err
+}
+
+// backdateHeartbeat moves runner id's last heartbeat an hour back, as a
+// step of the database's clock an hour ahead makes it look.
+func backdateHeartbeat(t *testing.T, url string, r *Runner, id string) {
+	t.Helper()
+	ctx := testContext(t)
+	if d, ok := r.Driver().(*postgres.Driver); ok {
+		_, err := d.Pool().Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_runners"}.Sanitize()+
+			" SET heartbeat_at = heartbeat_at - interval '1 hour' WHERE id = $1", id)
+		require.NoError(t, err)
+		return
+	}
+	db := openRawSQLite(t, strings.TrimPrefix(url, "sqlite://"))
+	_, err := db.ExecContext(ctx, "UPDATE cloacina_runners SET heartbeat_at = ? WHERE id = ?",
+		time.Now().UTC().Add(-time.Hour).Format("2006-01-02T15:04:05.000000Z"), id)
+	require.NoError(t, err)
+}
+
+// A step of the database's clock ahead (NTP on the database's server, or
+// on the SQLite host) makes every heartbeat stamped before it look older
+// than it is. The leader, reading that clock at every heartbeat, sees it
+// jump against its monotonic clock, and holds off sweeping for a
+// RunnerTimeout, as after a restart: every live runner beats meanwhile.
+// It used to declare every runner that had not beaten since the step dead
+// at once, and reset their running tasks, to run a second time.
+func TestDatabaseClockStepDeclaresNoRunnerDead(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started, release := make(chan struct{}, 1), make(chan struct{})
+		wf := MustWorkflow("long", Task{Name: "work", Run: func(ctx context.Context, _ *Context) error {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}})
+		liveness := func(cfg *Config) *Config {
+			cfg.HeartbeatInterval, cfg.RunnerTimeout = 40*time.Millisecond, time.Second
+			return cfg
+		}
+		leader := openRunner(t, url, liveness(&Config{}))
+		var shift atomic.Int64
+		leader.drv = hookTxs(leader.drv, func(tx driver.Tx) driver.Tx { return &shiftedBeat{Tx: tx, shift: &shift} })
+		leads, sweeps, beats := leadership(leader), sweepsOf(leader), countBeats(leader)
+		resets := onEvent(leader, eventOf(EventTaskReset))
+		require.NoError(t, leader.Start(ctx))
+		waitLeader(t, leads, true)
+		waitFor(t, sweeps, "the leader's first sweep, once its grace is over")
+
+		worker := startRunner(t, url, liveness(&Config{Workflows: []*Workflow{wf}}))
+		exec, err := worker.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the task to start on the worker")
+
+		// The database's clock steps an hour ahead right after the
+		// worker's last heartbeat.
+		worker.heartbeatFrozen.Store(true)
+		backdateHeartbeat(t, url, worker, worker.ID())
+		shift.Store(int64(time.Hour))
+		for len(beats) > 0 {
+			<-beats
+		}
+		waitFor(t, beats, "a heartbeat of the leader")
+		waitFor(t, beats, "the next heartbeat of the leader, the first one done")
+		worker.heartbeatFrozen.Store(false)
+		// Past the grace the step began: the leader sweeps again.
+		for len(sweeps) > 0 {
+			<-sweeps
+		}
+		require.NoError(t, waitFor(t, sweeps, "a sweep of the leader after the step"))
+		select {
+		case e := <-resets:
+			t.Fatalf("the leader reset the task of a live runner (%s)", e.Data)
+		default:
+		}
+		close(release)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 0, res.Task("work").Recoveries)
 	})
 }

@@ -262,7 +262,11 @@
 // it goes on writing (on SQLite, whose clock is the host's, that read
 // costs no statement). The leader does not sweep until it has itself been
 // healthy for one RunnerTimeout, so a restart or a database outage does not
-// take work from runners that are alive. A runner with a fixed
+// take work from runners that are alive; nor for one RunnerTimeout after
+// its heartbeat finds the database's clock stepped ahead against its
+// monotonic clock (NTP on the database's server, or on the SQLite host),
+// which makes every heartbeat stamped before the step look older than it
+// is. A runner with a fixed
 // Config.RunnerID (a pod name, say) that crashed and comes back under the
 // same id resets what it left Running when it starts, before it claims
 // anything, instead of waiting for the timeout. A runner that lost a claim

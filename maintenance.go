@@ -124,6 +124,15 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		} else if healthySince.IsZero() {
 			healthySince = time.Now()
 		}
+		if r.clock.jumped(true) {
+			// The database's clock stepped ahead (see beat): every
+			// heartbeat stamped before the step looks older than it is.
+			// Sweep again only once every live runner has beaten since,
+			// as after a restart.
+			r.logger.Warn("the database's clock stepped ahead; not sweeping for dead runners for a RunnerTimeout")
+			healthySince = time.Now()
+			canSweep = false
+		}
 		setLeader(held)
 		if err == nil {
 			r.resetStrays(ctx)
@@ -202,7 +211,9 @@ func (r *Runner) beat(ctx context.Context, sweep bool) (leader bool, dead []stri
 		if hook := r.beatHook.Load(); hook != nil {
 			(*hook)()
 		}
-		if !leader || !sweep {
+		// A step ahead of the database's clock, seen by this heartbeat's
+		// reading, makes the runners that beat before it look dead.
+		if !leader || !sweep || r.clock.jumped(false) {
 			return nil
 		}
 		dead, err = tx.RunnerDeleteExpired(ctx, &driver.RunnerDeleteExpiredParams{Timeout: r.cfg.RunnerTimeout})
