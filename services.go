@@ -355,7 +355,11 @@ func (r *Runner) claimLoop(svc *services) {
 	ctx := svc.claimCtx
 	timer := time.NewTimer(r.cfg.PollInterval)
 	defer timer.Stop()
-	nextPoll := r.now().Add(r.cfg.PollInterval)
+	// pollAt is when the timer fires, on the monotonic clock: a due time
+	// compared with it is turned into a wait first, so that a step of the
+	// runner's clock between the two readings cannot make a due retry
+	// look later than the poll.
+	pollAt := time.Now().Add(r.cfg.PollInterval)
 	pending := true
 	failures := 0
 	watchPoll := time.Duration(0) // the interval of a watch's next look (watchAppCommit)
@@ -385,7 +389,7 @@ func (r *Runner) claimLoop(svc *services) {
 				// enqueuer's by up to a second (see Runner). Poll now, so
 				// that such work is claimed when it falls due rather than
 				// a PollInterval later.
-				nextPoll = r.now()
+				pollAt = time.Now()
 				timer.Reset(0)
 			}
 			woken = false
@@ -405,44 +409,43 @@ func (r *Runner) claimLoop(svc *services) {
 		case <-svc.slotFreed:
 		case at := <-svc.due:
 			watchPoll = 0 // a watch (watchAppCommit) begun now starts over
-			if at.Before(nextPoll) {
-				nextPoll = at
-				// A wait read off a clock stepped since the last sample
-				// would be off by the step: sample first (see
-				// Runner.syncClock), and poll in a PollInterval at most
-				// all the same.
-				r.syncClock(ctx, r.drv.Reader())
-				timer.Reset(min(max(at.Sub(r.now()), 0), r.cfg.PollInterval))
+			// A wait read off a clock stepped since the last sample would
+			// be off by the step: sample first (see Runner.syncClock), and
+			// poll in a PollInterval at most all the same.
+			r.syncClock(ctx, r.drv.Reader())
+			wait := min(max(at.Sub(r.now()), 0), r.cfg.PollInterval)
+			if until := time.Now().Add(wait); until.Before(pollAt) {
+				pollAt = until
+				timer.Reset(wait)
 			}
 		case <-timer.C:
 			r.syncClock(ctx, r.drv.Reader())
-			next := r.now().Add(r.cfg.PollInterval)
+			now := r.now()
+			wait := r.cfg.PollInterval
 			if svc.draining.Load() {
 				// Few runs, briefly: claim rather than peek.
 				pending = true
 			} else if !pending {
-				res, err := r.drv.Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: r.workflowNames(), Now: r.now()})
+				res, err := r.drv.Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: r.workflowNames(), Now: now})
 				switch {
 				case err != nil && ctx.Err() == nil:
 					r.logger.Warn("poll for work", "error", err)
 					pending = true
 				case err == nil:
 					pending = res.Claimable
-					if res.NextAvailableAt != nil && res.NextAvailableAt.Before(next) {
-						next = *res.NextAvailableAt
+					if res.NextAvailableAt != nil {
+						wait = min(wait, max(res.NextAvailableAt.Sub(now), 0))
 					}
 				}
 			}
 			if !pending && time.Since(clockEpoch) < time.Duration(svc.watchUntil.Load()) {
 				watchPoll = min(max(2*watchPoll, firstAppCommitPoll), maxAppCommitPoll)
-				if at := r.now().Add(watchPoll); at.Before(next) {
-					next = at
-				}
+				wait = min(wait, watchPoll)
 			} else {
 				watchPoll = 0
 			}
-			nextPoll = next
-			timer.Reset(max(next.Sub(r.now()), 0))
+			pollAt = time.Now().Add(wait)
+			timer.Reset(wait)
 		}
 	}
 }
