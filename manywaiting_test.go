@@ -79,6 +79,8 @@ func TestWatchFindsCancelledRunsAmongManyWaitingTasks(t *testing.T) {
 		ctx := testContext(t)
 		wf := MustWorkflow("w", Task{Name: "a", Run: ok})
 		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		// The run must still be unfinished when it is cancelled.
+		setClaiming(r, false)
 		submitter := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
 		exec, err := submitter.ExecuteAsync(ctx, "w", nil)
 		require.NoError(t, err)
