@@ -234,7 +234,29 @@ func testEventFollow(t *testing.T, s *suite) {
 // id at once (by inserting a run), second then inserts numberedFirst
 // (created at the offset createdFirst), and first inserts numberedSecond.
 // The caller commits them; both roll back when the test ends.
+//
+// Where following is in transaction order, numberedSecond comes first:
+// first's place is its own id, below second's. A transaction's place is
+// also at least the newest id that had ended when it wrote its events
+// (EventListParams.AfterTx), so a transaction of another test that got
+// its id after second and ended before first wrote can place first after
+// second: the two transactions then roll back and it begins again.
 func (b *bundle) outOfOrder(t *testing.T, p uuid.UUID, createdFirst, createdSecond time.Duration) (first, second driver.Tx,
+	numberedFirst, numberedSecond driver.EventInsert) {
+	t.Helper()
+	for try := 1; ; try++ {
+		first, second, numberedFirst, numberedSecond = b.tryOutOfOrder(t, p, createdFirst, createdSecond)
+		placeFirst, placeSecond := b.ownTxID(t, second, p, numberedFirst.ID), b.ownTxID(t, first, p, numberedSecond.ID)
+		if placeSecond < placeFirst {
+			return first, second, numberedFirst, numberedSecond
+		}
+		require.NoError(t, first.Rollback(b.ctx))
+		require.NoError(t, second.Rollback(b.ctx))
+		require.Less(t, try, 50, "the two transactions never took the places the test needs")
+	}
+}
+
+func (b *bundle) tryOutOfOrder(t *testing.T, p uuid.UUID, createdFirst, createdSecond time.Duration) (first, second driver.Tx,
 	numberedFirst, numberedSecond driver.EventInsert) {
 	t.Helper()
 	first, err := b.drv.Begin(b.ctx)
@@ -252,6 +274,21 @@ func (b *bundle) outOfOrder(t *testing.T, p uuid.UUID, createdFirst, createdSeco
 	numberedSecond = event(p, nil, driver.EventTaskCreated, b.at(createdSecond))
 	applyNow(t, b, first, &driver.ChangeSet{Events: []driver.EventInsert{numberedSecond}})
 	return first, second, numberedFirst, numberedSecond
+}
+
+// ownTxID reads, inside tx, the place (Event.TxID) of the event id that
+// tx wrote on run p.
+func (b *bundle) ownTxID(t *testing.T, tx driver.Tx, p, id uuid.UUID) int64 {
+	t.Helper()
+	evs, err := tx.EventList(b.ctx, &driver.EventListParams{PipelineID: &p})
+	require.NoError(t, err)
+	for _, e := range evs {
+		if e.ID == id {
+			return e.TxID
+		}
+	}
+	require.Failf(t, "event not found", "event %s of run %s, in the transaction that wrote it", id, p)
+	return 0
 }
 
 // applyNow applies a change set inside tx and makes sure its rows are
