@@ -76,23 +76,7 @@ func TestReplayMatchesUnderControlChurn(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
-		var flaky sync.Map
-		retry := &RetryPolicy{MaxAttempts: 3, Backoff: BackoffFixed, InitialDelay: 5 * time.Millisecond}
-		wf := MustWorkflow("churn",
-			Task{Name: "a", Run: ok},
-			Task{Name: "b", DependsOn: []string{"a"}, Retry: retry, Run: func(ctx context.Context, _ *Context) error {
-				info, _ := TaskInfoFrom(ctx)
-				if _, again := flaky.LoadOrStore(info.RunID, true); !again {
-					return errors.New("first attempt fails")
-				}
-				return nil
-			}},
-			Task{Name: "c", DependsOn: []string{"a"}, Run: func(ctx context.Context, _ *Context) error {
-				polls := 0
-				return DeferUntil(ctx, 2*time.Millisecond, func(context.Context) (bool, error) { polls++; return polls > 2, nil })
-			}},
-			Task{Name: "d", DependsOn: []string{"b", "c"}, Run: ok},
-		)
+		wf := churnWorkflow("churn")
 		var runners []*Runner
 		for range 3 {
 			runners = append(runners, startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 4}))
@@ -241,4 +225,27 @@ func TestPipelineStartedNamesTheRunsWorkflowVersion(t *testing.T) {
 		require.Equal(t, res.Workflow, data.Workflow)
 		require.Equal(t, res.WorkflowVersion, data.WorkflowVersion, "the run's version, not the claimer's")
 	})
+}
+
+// churnWorkflow is a workflow whose runs retry (b fails its first
+// attempt), wait (c defers twice) and join (d): every kind of transition
+// a churn test exercises.
+func churnWorkflow(name string) *Workflow {
+	var flaky sync.Map
+	retry := &RetryPolicy{MaxAttempts: 3, Backoff: BackoffFixed, InitialDelay: 5 * time.Millisecond}
+	return MustWorkflow(name,
+		Task{Name: "a", Run: ok},
+		Task{Name: "b", DependsOn: []string{"a"}, Retry: retry, Run: func(ctx context.Context, _ *Context) error {
+			info, _ := TaskInfoFrom(ctx)
+			if _, again := flaky.LoadOrStore(info.RunID, true); !again {
+				return errors.New("first attempt fails")
+			}
+			return nil
+		}},
+		Task{Name: "c", DependsOn: []string{"a"}, Run: func(ctx context.Context, _ *Context) error {
+			polls := 0
+			return DeferUntil(ctx, 2*time.Millisecond, func(context.Context) (bool, error) { polls++; return polls > 2, nil })
+		}},
+		Task{Name: "d", DependsOn: []string{"b", "c"}, Run: ok},
+	)
 }

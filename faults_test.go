@@ -115,23 +115,7 @@ func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin, calm 
 	t.Helper()
 	{
 		ctx := testContext(t)
-		var flaky sync.Map
-		retry := &RetryPolicy{MaxAttempts: 3, Backoff: BackoffFixed, InitialDelay: 5 * time.Millisecond}
-		wf := MustWorkflow("chaos",
-			Task{Name: "a", Run: ok},
-			Task{Name: "b", DependsOn: []string{"a"}, Retry: retry, Run: func(ctx context.Context, _ *Context) error {
-				info, _ := TaskInfoFrom(ctx)
-				if _, again := flaky.LoadOrStore(info.RunID, true); !again {
-					return errors.New("first attempt fails")
-				}
-				return nil
-			}},
-			Task{Name: "c", DependsOn: []string{"a"}, Run: func(ctx context.Context, _ *Context) error {
-				polls := 0
-				return DeferUntil(ctx, 2*time.Millisecond, func(context.Context) (bool, error) { polls++; return polls > 2, nil })
-			}},
-			Task{Name: "d", DependsOn: []string{"b", "c"}, Run: ok},
-		)
+		wf := churnWorkflow("chaos")
 		var runners []*Runner
 		for range 2 {
 			r := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 4}))

@@ -171,16 +171,7 @@ func TestRetentionRetriesABatchThatRolledBack(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
-		wf := MustWorkflow("old", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
-		old := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
-		require.NoError(t, old.Start(ctx))
-		for range 3 {
-			res, err := old.Execute(ctx, "old", nil)
-			require.NoError(t, err)
-			require.Equal(t, PipelineCompleted, res.Status)
-		}
-		require.NoError(t, old.Stop(ctx))
+		seedOldRuns(t, url, 3)
 
 		r := openRunner(t, url, nil)
 		rollback := &rollbackDriver{}
@@ -425,16 +416,7 @@ func TestRetentionCountsABatchWhoseCommitReplyWasLost(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx := testContext(t)
-		wf := MustWorkflow("old", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
-		old := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
-		old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
-		require.NoError(t, old.Start(ctx))
-		for range 3 {
-			res, err := old.Execute(ctx, "old", nil)
-			require.NoError(t, err)
-			require.Equal(t, PipelineCompleted, res.Status)
-		}
-		require.NoError(t, old.Stop(ctx))
+		seedOldRuns(t, url, 3)
 
 		r := openRunner(t, url, nil)
 		lost := &lostReplyDriver{}
@@ -487,4 +469,22 @@ func TestRunRetentionCountsABatchWhoseCommitReplyWasLost(t *testing.T) {
 		require.Zero(t, left)
 		require.Equal(t, count, deleted, "the total counts every batch deleted")
 	})
+}
+
+// seedOldRuns completes n runs of a two-task workflow "old" by a runner
+// that lives 40 days in the past (see TestEventQueries): their events are
+// old enough for retention.
+func seedOldRuns(t *testing.T, url string, n int) {
+	t.Helper()
+	ctx := testContext(t)
+	wf := MustWorkflow("old", Task{Name: "a", Run: ok}, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+	old := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+	old.now = func() time.Time { return time.Now().UTC().Add(-40 * 24 * time.Hour) }
+	require.NoError(t, old.Start(ctx))
+	for range n {
+		res, err := old.Execute(ctx, "old", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+	}
+	require.NoError(t, old.Stop(ctx))
 }
