@@ -92,37 +92,7 @@ func TestReplayMatchesUnderControlChurn(t *testing.T) {
 			require.NoError(t, err)
 			ids[i] = exec.ID()
 		}
-		rnd := rand.New(rand.NewPCG(1, 2))
-		var wg sync.WaitGroup
-		for w := range 3 {
-			r := runners[w]
-			ops := make([]int, 40)
-			for i := range ops {
-				ops[i] = rnd.IntN(n * 3)
-			}
-			wg.Go(func() {
-				for _, op := range ops {
-					id := ids[op%n]
-					var err error
-					switch op / n {
-					case 0:
-						err = r.Pause(ctx, id)
-					case 1:
-						err = r.Resume(ctx, id)
-					default:
-						if op%5 == 0 {
-							err = r.Cancel(ctx, id)
-						} else {
-							err = r.Resume(ctx, id)
-						}
-					}
-					if err != nil && !errors.Is(err, ErrRunFinished) {
-						t.Errorf("control of run %s: %v", id, err)
-					}
-				}
-			})
-		}
-		wg.Wait()
+		controlChurn(t, runners, ids, 1, 40, func(err error) bool { return errors.Is(err, ErrRunFinished) })
 		// Whatever is still paused goes on.
 		for _, id := range ids {
 			if err := runners[0].Resume(ctx, id); err != nil && !errors.Is(err, ErrRunFinished) {
@@ -248,4 +218,43 @@ func churnWorkflow(name string) *Workflow {
 		}},
 		Task{Name: "d", DependsOn: []string{"b", "c"}, Run: ok},
 	)
+}
+
+// controlChurn has each runner Pause, Resume and Cancel (one call in
+// fifteen) ops of the runs ids picked at random (seeded by seed), at once,
+// and fails the test on an error that expected does not allow.
+func controlChurn(t *testing.T, runners []*Runner, ids []uuid.UUID, seed uint64, ops int, expected func(error) bool) {
+	t.Helper()
+	ctx := testContext(t)
+	n := len(ids)
+	rnd := rand.New(rand.NewPCG(seed, seed+1))
+	var wg sync.WaitGroup
+	for _, r := range runners {
+		picks := make([]int, ops)
+		for i := range picks {
+			picks[i] = rnd.IntN(n * 3)
+		}
+		wg.Go(func() {
+			for _, op := range picks {
+				id := ids[op%n]
+				var err error
+				switch op / n {
+				case 0:
+					err = r.Pause(ctx, id)
+				case 1:
+					err = r.Resume(ctx, id)
+				default:
+					if op%5 == 0 {
+						err = r.Cancel(ctx, id)
+					} else {
+						err = r.Resume(ctx, id)
+					}
+				}
+				if err != nil && !expected(err) {
+					t.Errorf("control of run %s: %v", id, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -133,39 +132,11 @@ func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin, calm 
 			ids[i] = exec.ID()
 		}
 		begin()
-		rnd := rand.New(rand.NewPCG(3, 4))
-		var wg sync.WaitGroup
-		for w := range runners {
-			r := runners[w]
-			ops := make([]int, 30)
-			for i := range ops {
-				ops[i] = rnd.IntN(n * 3)
-			}
-			wg.Go(func() {
-				for _, op := range ops {
-					id := ids[op%n]
-					var err error
-					switch op / n {
-					case 0:
-						err = r.Pause(ctx, id)
-					case 1:
-						err = r.Resume(ctx, id)
-					default:
-						if op%5 == 0 {
-							err = r.Cancel(ctx, id)
-						} else {
-							err = r.Resume(ctx, id)
-						}
-					}
-					// A call the faults failed past its retries reports
-					// it: the test goes on with the next.
-					if err != nil && !errors.Is(err, ErrRunFinished) && !errors.Is(err, driver.ErrTransient) {
-						t.Errorf("control of run %s: %v", id, err)
-					}
-				}
-			})
-		}
-		wg.Wait()
+		// A call the faults failed past its retries reports it: the test
+		// goes on with the next.
+		controlChurn(t, runners, ids, 3, 30, func(err error) bool {
+			return errors.Is(err, ErrRunFinished) || errors.Is(err, driver.ErrTransient)
+		})
 		for _, id := range ids {
 			if err := runners[0].Resume(ctx, id); err != nil && !errors.Is(err, ErrRunFinished) {
 				require.NoError(t, err)
