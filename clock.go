@@ -2,6 +2,7 @@ package cloacina
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,4 +219,27 @@ func (r *Runner) syncClock(ctx context.Context, ex driver.Executor) {
 	if err := r.clock.sync(ctx, ex); err != nil && ctx.Err() == nil {
 		r.logger.Warn("read the database's clock; recording times by this runner's clock meanwhile", "error", err)
 	}
+}
+
+// Now returns the database's current time as this runner estimates it:
+// its own clock corrected by the offset it measured against the
+// database's clock (see Runner), reading that clock first when the
+// estimate is missing or stale, as it does before a write. Cutoffs for
+// DeleteEventsBefore and DeleteRunsBefore, and ages of what the runner
+// records, are best taken from it: a host whose clock is off by an hour
+// would otherwise delete, or report as late, an hour's worth too much.
+// On a closed runner it returns ErrRunnerClosed; when the database's
+// clock cannot be read, the runner's own clock (corrected by its last
+// measurement, if any) and the error.
+func (r *Runner) Now(ctx context.Context) (time.Time, error) {
+	db, err := r.reader(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if r.services() == nil || r.clock.stepped() {
+		if err := r.clock.sync(ctx, db); err != nil {
+			return r.now(), fmt.Errorf("cloacina: read the database's clock: %w", err)
+		}
+	}
+	return r.now(), nil
 }

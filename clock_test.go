@@ -514,3 +514,26 @@ func TestDatabaseClockStepDeclaresNoRunnerDead(t *testing.T) {
 		require.Equal(t, 0, res.Task("work").Recoveries)
 	})
 }
+
+// Now is the database's time, not the host's: a runner whose own clock is
+// an hour off, started or not, reports the database's time within the
+// estimate's bound (half a second, plus this test's own reading).
+func TestNowIsTheDatabasesTime(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		for _, started := range []bool{false, true} {
+			r := openRunner(t, url, nil)
+			skewLocal(r, time.Hour)
+			if started {
+				require.NoError(t, r.Start(ctx))
+			}
+			now, err := r.Now(ctx)
+			require.NoError(t, err)
+			require.WithinDuration(t, dbNow(t, r), now, 2*time.Second, "started %v", started)
+			require.NoError(t, r.Close())
+			_, err = r.Now(ctx)
+			require.ErrorIs(t, err, ErrRunnerClosed)
+		}
+	})
+}

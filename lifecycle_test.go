@@ -108,6 +108,10 @@ var closedCalls = map[string]func(ctx context.Context, r *Runner, x *closedTarge
 		_, err := r.Runners(ctx)
 		return err
 	},
+	"Runner.Now": func(ctx context.Context, r *Runner, _ *closedTarget) error {
+		_, err := r.Now(ctx)
+		return err
+	},
 	"Runner.Events": func(ctx context.Context, r *Runner, _ *closedTarget) error {
 		_, err := r.Events(ctx, nil)
 		return err

@@ -210,7 +210,13 @@ func (a *app) withCleanup(cmd *cobra.Command, olderThan ageFlag, dryRun bool, ex
 		mode = openReadOnly
 	}
 	return a.withRunner(cmd.Context(), d, mode, func(ctx context.Context, r *cloacina.Runner) error {
-		return fn(ctx, r, time.Now().UTC().Add(-olderThan.d))
+		// The cutoff is by the database's clock, which recorded the
+		// times: a host clock an hour ahead would delete an hour too much.
+		now, err := r.Now(ctx)
+		if err != nil {
+			return err
+		}
+		return fn(ctx, r, now.UTC().Add(-olderThan.d))
 	})
 }
 

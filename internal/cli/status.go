@@ -50,10 +50,15 @@ runner declares the schedule (see ` + "`cloacina schedules list`" + `).`,
 				if err != nil {
 					return fmt.Errorf("list schedules: %w", err)
 				}
-				if asJSON {
-					return json.NewEncoder(a.stdout).Encode(newStatusJSON(runners, backlog, schedules, time.Now()))
+				// Ages by the database's clock, which recorded the times.
+				now, err := r.Now(ctx)
+				if err != nil {
+					return err
 				}
-				return writeStatus(a, runners, backlog, schedules, time.Now())
+				if asJSON {
+					return json.NewEncoder(a.stdout).Encode(newStatusJSON(runners, backlog, schedules, now))
+				}
+				return writeStatus(a, runners, backlog, schedules, now)
 			})
 		},
 	}
