@@ -125,22 +125,7 @@ func TestWorkCommittedAsStopBeginsWakesOthersWhileATaskAwaitsAChild(t *testing.T
 	// A's claimer is held where it waits for work, from before the resume
 	// until Stop has begun: the resume counts on A's slot, and no round of
 	// the claimer (one woken earlier, say) takes the work meanwhile.
-	held, hold := make(chan struct{}, 1), make(chan struct{})
-	holdOnce := sync.OnceFunc(func() { close(hold) })
-	t.Cleanup(holdOnce)
-	hook := func(ctx context.Context) {
-		select {
-		case held <- struct{}{}:
-		default:
-		}
-		select {
-		case <-hold:
-		case <-ctx.Done():
-		}
-	}
-	a.idleHook.Store(&hook)
-	a.wakeClaimer()
-	waitFor(t, held, "A's claimer to be held")
+	letGo := holdClaimer(t, a)
 	a.claimsPaused.Store(false)
 	b.claimsPaused.Store(false)
 	claimedByB := onEvent(b, eventOf(EventTaskClaimed))
@@ -150,8 +135,7 @@ func TestWorkCommittedAsStopBeginsWakesOthersWhileATaskAwaitsAChild(t *testing.T
 	stopped := make(chan error, 1)
 	go func() { stopped <- a.Stop(ctx) }()
 	require.Eventually(t, svc.draining.Load, testTimeout, time.Millisecond, "Stop to begin")
-	a.idleHook.Store(nil)
-	holdOnce()
+	letGo()
 	waitFor(t, claimedByB, "runner B to be woken and claim the resumed run's task")
 	releaseOnce()
 	require.NoError(t, waitFor(t, stopped, "Stop"))

@@ -99,23 +99,7 @@ func TestReplayMatchesUnderControlChurn(t *testing.T) {
 				require.NoError(t, err)
 			}
 		}
-		results := make(map[uuid.UUID]*ExecutionResult, n)
-		require.Eventually(t, func() bool {
-			for _, id := range ids {
-				res, err := runners[0].Get(ctx, id)
-				require.NoError(t, err)
-				if !res.Status.Terminal() {
-					return false
-				}
-				for _, tr := range res.Tasks {
-					if tr.Status == TaskStatusRunning {
-						return false
-					}
-				}
-				results[id] = res
-			}
-			return true
-		}, testTimeout, 20*time.Millisecond, "every run ended with no task running")
+		results := waitRunsEnded(t, runners[0], ids)
 
 		events, err := runners[0].Events(ctx, nil)
 		require.NoError(t, err)
@@ -257,4 +241,33 @@ func controlChurn(t *testing.T, runners []*Runner, ids []uuid.UUID, seed uint64,
 		})
 	}
 	wg.Wait()
+}
+
+// waitRunsEnded waits until every run of ids has ended with no task
+// running, and returns their results. A read that fails transiently (a
+// fault test's) is tried again.
+func waitRunsEnded(t *testing.T, r *Runner, ids []uuid.UUID) map[uuid.UUID]*ExecutionResult {
+	t.Helper()
+	ctx := testContext(t)
+	results := make(map[uuid.UUID]*ExecutionResult, len(ids))
+	require.Eventually(t, func() bool {
+		for _, id := range ids {
+			res, err := r.Get(ctx, id)
+			if errors.Is(err, driver.ErrTransient) {
+				return false
+			}
+			require.NoError(t, err)
+			if !res.Status.Terminal() {
+				return false
+			}
+			for _, tr := range res.Tasks {
+				if tr.Status == TaskStatusRunning {
+					return false
+				}
+			}
+			results[id] = res
+		}
+		return true
+	}, testTimeout, 20*time.Millisecond, "every run ended with no task running")
+	return results
 }

@@ -142,26 +142,7 @@ func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin, calm 
 				require.NoError(t, err)
 			}
 		}
-		results := make(map[uuid.UUID]*ExecutionResult, n)
-		require.Eventually(t, func() bool {
-			for _, id := range ids {
-				res, err := runners[0].Get(ctx, id)
-				if errors.Is(err, driver.ErrTransient) {
-					return false // a read the faults ended: look again
-				}
-				require.NoError(t, err)
-				if !res.Status.Terminal() {
-					return false
-				}
-				for _, tr := range res.Tasks {
-					if tr.Status == TaskStatusRunning {
-						return false
-					}
-				}
-				results[id] = res
-			}
-			return true
-		}, testTimeout, 20*time.Millisecond, "every run ended with no task running")
+		results := waitRunsEnded(t, runners[0], ids)
 		calm()
 
 		events, err := runners[0].Events(ctx, nil)

@@ -397,25 +397,11 @@ func TestWakeUpsCountEachFreeSlotOnce(t *testing.T) {
 		a.claimsPaused.Store(false)
 		b.claimsPaused.Store(false)
 
-		held, hold := make(chan struct{}, 1), make(chan struct{})
-		hook := func(ctx context.Context) {
-			select {
-			case held <- struct{}{}:
-			default:
-			}
-			select {
-			case <-hold:
-			case <-ctx.Done():
-			}
-		}
-		a.idleHook.Store(&hook)
-		a.wakeClaimer()
-		waitFor(t, held, "A's claimer to be held")
+		letGo := holdClaimer(t, a)
 		for _, exec := range runs {
 			require.NoError(t, a.Resume(ctx, exec.ID()))
 		}
-		a.idleHook.Store(nil)
-		close(hold)
+		letGo()
 		// Whichever runner claims first, both tasks start while A's runs:
 		// B, once woken, may claim both.
 		got := []string{waitFor(t, starts, "a task to start"), waitFor(t, starts, "the other task to start while A's runs")}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,4 +188,31 @@ func slotsFree(t *testing.T, r *Runner) {
 	t.Helper()
 	svc := r.services()
 	require.Eventually(t, func() bool { return len(svc.slots) == 0 }, testTimeout, 5*time.Millisecond, "slots still taken")
+}
+
+// holdClaimer wakes r's claimer and holds it where it waits for work, so
+// that no round of it claims anything, until the returned function (also
+// called when the test ends) lets it go.
+func holdClaimer(t *testing.T, r *Runner) (letGo func()) {
+	t.Helper()
+	held, hold := make(chan struct{}, 1), make(chan struct{})
+	hook := func(ctx context.Context) {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		select {
+		case <-hold:
+		case <-ctx.Done():
+		}
+	}
+	r.idleHook.Store(&hook)
+	r.wakeClaimer()
+	waitFor(t, held, "the claimer to be held")
+	letGo = sync.OnceFunc(func() {
+		r.idleHook.Store(nil)
+		close(hold)
+	})
+	t.Cleanup(letGo)
+	return letGo
 }
