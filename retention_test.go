@@ -372,16 +372,11 @@ func TestRetentionCutoffFinerThanAMicrosecond(t *testing.T) {
 	})
 }
 
-// lostReplyDriver reports a transient failure after committing a
-// transaction that deleted events or runs, once it is armed, after
-// skipping as many such commits as skip says: the commit's reply was lost.
-type lostReplyDriver struct {
-	skip, armed, lied atomic.Int64
-}
-
+// lostReplyTx lies (see lyingDriver) about the commit of a transaction
+// that deleted events or runs.
 type lostReplyTx struct {
 	driver.Tx
-	d       *lostReplyDriver
+	d       *lyingDriver
 	deletes bool
 }
 
@@ -397,16 +392,7 @@ func (tx *lostReplyTx) PipelineDeleteFinished(ctx context.Context, p *driver.Pip
 	return ids, err
 }
 
-func (tx *lostReplyTx) Commit(ctx context.Context) error {
-	if err := tx.Tx.Commit(ctx); err != nil {
-		return err
-	}
-	if tx.deletes && tx.d.skip.Add(-1) < 0 && tx.d.armed.Add(-1) >= 0 {
-		tx.d.lied.Add(1)
-		return fmt.Errorf("%w: connection lost while reading the reply to COMMIT", driver.ErrTransient)
-	}
-	return nil
-}
+func (tx *lostReplyTx) Commit(ctx context.Context) error { return tx.d.commit(ctx, tx.Tx, tx.deletes) }
 
 // A batch whose commit reply is lost was deleted all the same: the total
 // DeleteEventsBefore returns, and its progress, count it. The retry used
@@ -419,7 +405,7 @@ func TestRetentionCountsABatchWhoseCommitReplyWasLost(t *testing.T) {
 		seedOldRuns(t, url, 3)
 
 		r := openRunner(t, url, nil)
-		lost := &lostReplyDriver{}
+		lost := &lyingDriver{}
 		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &lostReplyTx{Tx: tx, d: lost} })
 		lost.skip.Store(1)
 		lost.armed.Store(1)
@@ -453,7 +439,7 @@ func TestRunRetentionCountsABatchWhoseCommitReplyWasLost(t *testing.T) {
 			require.Equal(t, PipelineCompleted, res.Status)
 		}
 		require.NoError(t, r.Stop(ctx))
-		lost := &lostReplyDriver{}
+		lost := &lyingDriver{}
 		r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &lostReplyTx{Tx: tx, d: lost} })
 		lost.skip.Store(1)
 		lost.armed.Store(1)
