@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -41,18 +42,29 @@ func TestOpenNotWritable(t *testing.T) {
 
 	t.Run("permissions", func(t *testing.T) {
 		t.Parallel()
-		if os.Geteuid() == 0 {
-			t.Skip("root may write any file")
+		if path := os.Getenv(asNobodyEnv); path != "" {
+			// The child process below: not root, the file not its own.
+			refused(t, path)
+			return
 		}
 		path := testdb.SQLitePath(t)
 		migrated(t, path)
-		require.NoError(t, os.Chmod(path, 0o444))
-		refused(t, path)
-		require.NoError(t, os.Chmod(path, 0o644))
 		dir := filepath.Dir(path)
+		check := func() {
+			t.Helper()
+			if os.Geteuid() == 0 {
+				// Root may write any file: look as an unprivileged user.
+				asNobody(t, path)
+			} else {
+				refused(t, path)
+			}
+		}
+		require.NoError(t, os.Chmod(path, 0o444))
+		check()
+		require.NoError(t, os.Chmod(path, 0o644))
 		require.NoError(t, os.Chmod(dir, 0o555))
 		t.Cleanup(func() { os.Chmod(dir, 0o755) })
-		refused(t, path)
+		check()
 	})
 
 	t.Run("read-only file system", func(t *testing.T) {
@@ -67,4 +79,36 @@ func TestOpenNotWritable(t *testing.T) {
 		require.NoError(t, syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""))
 		refused(t, path)
 	})
+}
+
+// asNobodyEnv names, in the child process asNobody starts, the database
+// to look at.
+const asNobodyEnv = "CLOACINA_TEST_NOT_WRITABLE_AS_NOBODY"
+
+// asNobody runs the permissions subtest again in a child process as the
+// unprivileged user nobody, on path: root may write any file, so a
+// process running as root cannot see the refusal itself. The test binary
+// is copied where nobody may run it, and the directories leading to path
+// are opened for traversal.
+func asNobody(t *testing.T, path string) {
+	t.Helper()
+	self, err := os.Executable()
+	require.NoError(t, err)
+	bin := filepath.Join(t.TempDir(), "sqlite.test")
+	data, err := os.ReadFile(self)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, data, 0o755))
+	for _, d := range []string{filepath.Dir(bin), filepath.Dir(filepath.Dir(bin)), filepath.Dir(filepath.Dir(path))} {
+		require.NoError(t, os.Chmod(d, 0o755))
+	}
+	if info, err := os.Stat(filepath.Dir(path)); err == nil && info.Mode().Perm()&0o005 == 0 {
+		require.NoError(t, os.Chmod(filepath.Dir(path), info.Mode().Perm()|0o005))
+	}
+	cmd := exec.CommandContext(t.Context(), bin, "-test.run", "^TestOpenNotWritable$/^permissions$", "-test.count", "1", "-test.v")
+	cmd.Env = append(os.Environ(), asNobodyEnv+"="+path)
+	cmd.Dir = filepath.Dir(bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "the check as nobody failed:\n%s", out)
+	require.Contains(t, string(out), "--- PASS: TestOpenNotWritable/permissions", "the check ran in the child:\n%s", out)
 }
