@@ -129,9 +129,10 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // that transaction commits. Wait on the handle after committing. On
 // PostgreSQL the commit wakes the runners (NOTIFY). On SQLite, which has
 // no NOTIFY, this runner (when started) looks for the work at short,
-// growing intervals (2 ms doubling to 250 ms) for up to 5 s or its
-// PollInterval: a transaction committed within that time has its run
-// picked up at the next look, one committed later at the next poll.
+// growing intervals (2 ms doubling to 250 ms) for 5 s, or for its
+// PollInterval if that is shorter: a transaction committed within that
+// time has its run picked up at the next look, one committed later at
+// the next poll.
 // Other runners find it by their poll.
 //
 // The transaction must be on the runner's database: begin it on
