@@ -40,9 +40,10 @@ type Config struct {
 	// Default: MaxConcurrentTasks, at most 100; at most 10,000 when set.
 	ClaimBatchSize int
 	// PollInterval is how often an idle runner looks for work it was not
-	// woken for (work from other SQLite processes, ExecuteTx on SQLite,
-	// missed notifications, retries that fell due) and for runs cancelled
-	// elsewhere. Default: 1s on SQLite; 5s on PostgreSQL, where NOTIFY
+	// woken for (work from other SQLite processes, ExecuteTx on SQLite
+	// once the quick looks that follow it are over (see
+	// Runner.ExecuteTx), missed notifications, retries that fell due)
+	// and for runs cancelled elsewhere. Default: 1s on SQLite; 5s on PostgreSQL, where NOTIFY
 	// wakes runners at once and the poll only catches what it missed.
 	// At least a millisecond when set, as are HeartbeatInterval and
 	// TaskTimeout: a shorter one is refused as a number without its unit.
