@@ -17,11 +17,11 @@
 //
 // [NewWorkflow] validates the definition and reports every problem at once
 // with its fix: no tasks, a task without name or function, a duplicate
-// name, a dependency on a missing task (with the closest existing name), a
-// cycle (with its path), a trigger rule naming a task that is not
-// upstream. The workflow's [Workflow.Version] is a SHA-256 fingerprint of
-// its name and shape (task names, edges, rules, policies, timeouts),
-// recorded on every run.
+// name, a dependency on a missing task (with the closest existing name,
+// for the first 20 such dependencies), a cycle (with its path), a trigger
+// rule naming a task that is not upstream. The workflow's
+// [Workflow.Version] is a SHA-256 fingerprint of its name and shape (task
+// names, edges, rules, policies, timeouts), recorded on every run.
 //
 // Runners of two versions of a workflow may share a database, as in a
 // rolling deployment. A task runs as the version of the runner that
