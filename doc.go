@@ -288,7 +288,10 @@
 // workflow behaves the same on SQLite and PostgreSQL. [Runner.Stop] lets
 // running tasks finish (heartbeating meanwhile, and running the child runs
 // they wait for), hands back those still running at its deadline, and
-// removes the runner's row. Execution is at-least-once: a task whose runner
+// removes the runner's row; results the database still refuses 10 s
+// after the last task returned or was handed back are given up (their
+// tasks run again once their claims are recovered), and Stop's error
+// says how many. Execution is at-least-once: a task whose runner
 // died mid-way runs again elsewhere, so make task bodies idempotent (use
 // [TaskInfoFrom] for the run and task ids and the attempt; a later attempt
 // of a task that started a child run can find it and wait for it with
