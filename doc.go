@@ -218,7 +218,10 @@
 // finished runs, and still name their tasks: each task's name is copied
 // into its run's events as the task is deleted. Space freed by either
 // retention is reused by later writes; on SQLite the file does not shrink
-// (VACUUM it, with no runner writing, to give the space back).
+// (VACUUM it, with no runner writing, to give the space back). Take either
+// cutoff from [Runner.Now], the database's time, which recorded the times
+// it is compared with: a host whose clock is ahead would otherwise delete
+// too much.
 //
 // # Crash safety and scale-out
 //
