@@ -126,7 +126,8 @@ func (a *app) eventsCleanupCommand() *cobra.Command {
 		Short: "Delete execution events older than an age",
 		Long: `cleanup deletes execution events created more than --older-than ago, in
 batches of --batch-size events, one transaction each, so it never holds
-locks for long. AGE is a Go duration that may start with days: 30d, 12h, 1d12h.
+locks for long. AGE is a Go duration that may start with days: 30d, 12h, 1d12h,
+counted back from the database's clock, which recorded the events' times.
 
 By default it keeps every event of a run that is not finished (pending,
 running or paused), however old, so the event log still tells each of its

@@ -29,7 +29,8 @@ than --older-than ago, with their tasks and contexts, in batches of
 A batch's time grows with its runs' tasks and their events: for workflows of
 hundreds of tasks, lower --batch-size so that a batch holds some thousands of
 tasks.
-AGE is a Go duration that may start with days: 30d, 12h, 1d12h.
+AGE is a Go duration that may start with days: 30d, 12h, 1d12h, counted back
+from the database's clock, which recorded the runs' times.
 
 Unfinished runs (pending, running or paused) are kept however old, and so is
 a cancelled run while a task of it has not returned yet. The runs' events

@@ -26,7 +26,8 @@ Then, for each workflow with unfinished work: the tasks waiting to be
 claimed and how long the oldest has waited, the tasks delayed by a retry,
 the tasks running (deferred ones among them) and the unfinished runs by
 status. A growing OLDEST WAIT means the workflow's runners do not keep up,
-or that none runs it.
+or that none runs it. Ages and lateness are by the database's clock, which
+recorded the times.
 
 Last, the stored schedules, if any: active or paused, the next tick, and
 how late it is. A tick late by more than moments means that no started
