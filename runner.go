@@ -559,7 +559,9 @@ func (r *Runner) workflowNamesLocked() []string {
 
 // Close stops the runner if it is running (waiting up to 30 s for running
 // tasks) and closes the database if the runner opened it (Open; not
-// OpenDB, OpenPool or NewRunner). Afterwards every method that would use
+// OpenDB, OpenPool or NewRunner). It returns that stop's error (see
+// Stop: tasks handed back, results given up) joined with the database's
+// Close error. Afterwards every method that would use
 // the database — Start, Register and Execute* included, and those of its
 // Execution handles — returns an error wrapping ErrRunnerClosed, whoever
 // owns the database; a call in progress either finishes or returns that
