@@ -97,6 +97,10 @@
 // [Runner.Close]). Any number of
 // runners in any number of processes may share a PostgreSQL database, or a
 // SQLite file: PostgreSQL is the coordination engine, there is no broker.
+// A runner whose SQLite file is deleted, or replaced (a backup moved into
+// its place), while it has it open refuses to write from then on rather
+// than write a file no process opening the path sees: open it again (see
+// package driver/sqlite).
 //
 // A dashboard or any tool that must not change the database opens a
 // runner with Config.ReadOnly: its queries (Get, List, Events, Runners…)
