@@ -29,8 +29,11 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS cloacina_migrations (
 )`
 
 // Migrate applies pending migrations in one IMMEDIATE transaction, so two
-// processes migrating at once apply each migration once. A Driver opened
-// with [OpenReadOnly] returns [driver.ErrReadOnly].
+// processes migrating at once apply each migration once. A database
+// already up to date (or migrated by a newer release, which is refused
+// with [driver.ErrSchemaTooNew]) is only read, without the write lock, so
+// opening it does not wait behind another process's long transaction. A
+// Driver opened with [OpenReadOnly] returns [driver.ErrReadOnly].
 func (d *Driver) Migrate(ctx context.Context) error {
 	if d.ro != nil {
 		return readOnlyError("migrate")
