@@ -80,6 +80,9 @@ PostgreSQL may show events again). While the database cannot be reached
 				filter.types = append(filter.types, cloacina.EventType(t))
 			}
 			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
+				if filter.since, filter.until, err = atDatabaseTime(ctx, r, &since, &until, filter.since, filter.until); err != nil {
+					return err
+				}
 				if follow {
 					f := &follower{r: r, filter: filter, backlog: int(limit), interval: time.Duration(interval),
 						w: a.stdout, asJSON: asJSON, logger: a.logger, polled: a.followPolled}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
+	"github.com/cloacina-go/cloacina"
 	"github.com/cloacina-go/cloacina/internal/dag"
 )
 
@@ -160,6 +162,21 @@ func (f *timeFlag) time(now time.Time) time.Time {
 		return now.Add(-f.age)
 	}
 	return f.at
+}
+
+// atDatabaseTime resolves again, against the database's clock
+// (Runner.Now), those of since and until given as ages: the times they
+// are compared with were recorded by that clock, and the host's may be
+// off. from and to (timeRange's) are returned when neither is an age.
+func atDatabaseTime(ctx context.Context, r *cloacina.Runner, since, until *timeFlag, from, to time.Time) (time.Time, time.Time, error) {
+	if since.age == 0 && until.age == 0 {
+		return from, to, nil
+	}
+	now, err := r.Now(ctx)
+	if err != nil {
+		return from, to, err
+	}
+	return since.time(now), until.time(now), nil
 }
 
 // timeRange resolves --since and --until against now (the zero time for

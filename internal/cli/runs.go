@@ -66,6 +66,9 @@ func (a *app) runsListCommand() *cobra.Command {
 				return err
 			}
 			return a.withRunner(cmd.Context(), d, openReadOnly, func(ctx context.Context, r *cloacina.Runner) error {
+				if opts.Since, opts.Until, err = atDatabaseTime(ctx, r, &since, &until, opts.Since, opts.Until); err != nil {
+					return err
+				}
 				for _, s := range statuses.values {
 					opts.Statuses = append(opts.Statuses, cloacina.PipelineStatus(s))
 				}
