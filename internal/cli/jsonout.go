@@ -12,31 +12,36 @@ import (
 
 // The shapes of --json output: snake_case keys that stay stable across
 // versions, times in RFC 3339 with nanoseconds (UTC), contexts and event
-// data as the JSON objects they are, and absent values as null. Lists are
-// JSON Lines, one object a line, so a follower's output can be piped as it
-// comes.
+// data as the JSON objects they are, and absent values as null (texts as
+// ""): an object has the same keys whatever the state of what it shows, so
+// a script can rely on the shape it once saw. Lists are JSON Lines, one
+// object a line, so a follower's output can be piped as it comes.
 
-// runJSON is a run in `runs list --json` and, with its input, context and
-// tasks, in `runs get --json`.
+// runJSON is a run in `runs list --json`.
 type runJSON struct {
-	ID              uuid.UUID         `json:"id"`
-	Workflow        string            `json:"workflow"`
-	WorkflowVersion string            `json:"workflow_version"`
-	Status          string            `json:"status"`
-	CreatedAt       time.Time         `json:"created_at"`
-	StartedAt       *time.Time        `json:"started_at"`
-	CompletedAt     *time.Time        `json:"completed_at"`
-	DurationMS      *int64            `json:"duration_ms"`
-	Error           string            `json:"error"`
-	ParentRunID     *uuid.UUID        `json:"parent_run_id"`
-	ParentTaskID    *uuid.UUID        `json:"parent_task_id"`
-	Input           *cloacina.Context `json:"input,omitempty"`
-	Context         *cloacina.Context `json:"context,omitempty"`
-	Tasks           []taskJSON        `json:"tasks,omitempty"`
+	ID              uuid.UUID  `json:"id"`
+	Workflow        string     `json:"workflow"`
+	WorkflowVersion string     `json:"workflow_version"`
+	Status          string     `json:"status"`
+	CreatedAt       time.Time  `json:"created_at"`
+	StartedAt       *time.Time `json:"started_at"`
+	CompletedAt     *time.Time `json:"completed_at"`
+	DurationMS      *int64     `json:"duration_ms"`
+	Error           string     `json:"error"`
+	ParentRunID     *uuid.UUID `json:"parent_run_id"`
+	ParentTaskID    *uuid.UUID `json:"parent_task_id"`
 }
 
-// taskJSON is a task of `runs get --json`, and with its run, contexts and
-// claim, `runs get --task NAME --json`.
+// runDetailJSON is a run in `runs get --json`: with its input, its final
+// context (null until it has finished) and its tasks.
+type runDetailJSON struct {
+	runJSON
+	Input   *cloacina.Context `json:"input"`
+	Context *cloacina.Context `json:"context"`
+	Tasks   []taskJSON        `json:"tasks"`
+}
+
+// taskJSON is a task of `runs get --json`.
 type taskJSON struct {
 	ID          uuid.UUID  `json:"id"`
 	Name        string     `json:"name"`
@@ -47,15 +52,21 @@ type taskJSON struct {
 	DurationMS  *int64     `json:"duration_ms"`
 	Error       string     `json:"error"`
 	Recoveries  int        `json:"recoveries"`
-	SubStatus   string     `json:"sub_status,omitempty"`
+	SubStatus   string     `json:"sub_status"`
+}
 
-	RunID       *uuid.UUID        `json:"run_id,omitempty"`
-	Workflow    string            `json:"workflow,omitempty"`
-	MaxAttempts int               `json:"max_attempts,omitempty"`
-	RunnerID    string            `json:"runner_id,omitempty"`
-	DueAt       *time.Time        `json:"due_at,omitempty"`
-	Input       *cloacina.Context `json:"input,omitempty"`
-	Output      *cloacina.Context `json:"output,omitempty"`
+// taskDetailJSON is `runs get --task NAME --json`: the task with its run,
+// its claim (runner_id "" and due_at null when there is none) and its
+// contexts (null until it has received or produced one).
+type taskDetailJSON struct {
+	taskJSON
+	RunID       uuid.UUID         `json:"run_id"`
+	Workflow    string            `json:"workflow"`
+	MaxAttempts int               `json:"max_attempts"`
+	RunnerID    string            `json:"runner_id"`
+	DueAt       *time.Time        `json:"due_at"`
+	Input       *cloacina.Context `json:"input"`
+	Output      *cloacina.Context `json:"output"`
 }
 
 // eventJSON is an event of `events list --json`.
@@ -95,10 +106,10 @@ func newRunSummaryJSON(r *cloacina.RunSummary) runJSON {
 	return j
 }
 
-func newRunJSON(res *cloacina.ExecutionResult) runJSON {
-	j := runJSON{ID: res.ID, Workflow: res.Workflow, WorkflowVersion: res.WorkflowVersion, Status: string(res.Status),
+func newRunJSON(res *cloacina.ExecutionResult) runDetailJSON {
+	j := runDetailJSON{runJSON: runJSON{ID: res.ID, Workflow: res.Workflow, WorkflowVersion: res.WorkflowVersion, Status: string(res.Status),
 		CreatedAt: res.CreatedAt.UTC(), StartedAt: utc(res.StartedAt), CompletedAt: utc(res.CompletedAt), Error: res.Error,
-		ParentRunID: res.ParentRunID, ParentTaskID: res.ParentTaskID, Input: res.Input, Context: res.Context,
+		ParentRunID: res.ParentRunID, ParentTaskID: res.ParentTaskID}, Input: res.Input, Context: res.Context,
 		Tasks: make([]taskJSON, len(res.Tasks))}
 	if res.CompletedAt != nil {
 		j.DurationMS = millis(res.Duration)
@@ -118,11 +129,9 @@ func newTaskJSON(t *cloacina.TaskResult) taskJSON {
 	return j
 }
 
-func newTaskDetailJSON(t *cloacina.TaskDetail) taskJSON {
-	j := newTaskJSON(&t.TaskResult)
-	j.RunID, j.Workflow, j.MaxAttempts = &t.RunID, t.Workflow, t.MaxAttempts
-	j.RunnerID, j.DueAt, j.Input, j.Output = t.RunnerID, utc(t.DueAt), t.Input, t.Output
-	return j
+func newTaskDetailJSON(t *cloacina.TaskDetail) taskDetailJSON {
+	return taskDetailJSON{taskJSON: newTaskJSON(&t.TaskResult), RunID: t.RunID, Workflow: t.Workflow, MaxAttempts: t.MaxAttempts,
+		RunnerID: t.RunnerID, DueAt: utc(t.DueAt), Input: t.Input, Output: t.Output}
 }
 
 func newEventJSON(e *cloacina.Event) eventJSON {

@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +124,46 @@ func TestJSONFollowRun(t *testing.T) {
 			require.Equal(t, float64(e.SequenceNum), lines[i]["seq"], "each event once, in order")
 			require.Equal(t, string(e.Type), lines[i]["type"])
 		}
+	})
+}
+
+// keys returns the sorted keys of a decoded JSON object.
+func keys(m map[string]any) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A --json object has the same keys whatever the state of what it shows:
+// a value not there yet (an unfinished run's context, the output of a task
+// that has not run) is null, not a missing key, so a script can rely on
+// the shape it saw once.
+func TestJSONShapeStable(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		r, started, release := startGateRunner(t, url)
+		exec := startGate(t, r, started)
+		id := exec.ID().String()
+
+		runBefore := jsonObject(t, ok(t, url, "runs", "get", id, "--json"))
+		waitBefore := jsonObject(t, ok(t, url, "runs", "get", id, "--task", "wait", "--json"))
+		afterBefore := jsonObject(t, ok(t, url, "runs", "get", id, "--task", "after", "--json"))
+		require.Nil(t, runBefore["context"], "an unfinished run has no context yet")
+		require.Nil(t, afterBefore["input"], "a task not started has no input yet")
+
+		release()
+		_, err := exec.Wait(t.Context())
+		require.NoError(t, err)
+		runAfter := jsonObject(t, ok(t, url, "runs", "get", id, "--json"))
+		waitAfter := jsonObject(t, ok(t, url, "runs", "get", id, "--task", "wait", "--json"))
+		afterAfter := jsonObject(t, ok(t, url, "runs", "get", id, "--task", "after", "--json"))
+
+		require.Equal(t, keys(runAfter), keys(runBefore), "runs get --json of a running and of a finished run")
+		require.Equal(t, keys(waitAfter), keys(waitBefore), "runs get --task --json of a running and of a completed task")
+		require.Equal(t, keys(afterAfter), keys(afterBefore), "runs get --task --json of a waiting and of a completed task")
+		require.Equal(t, keys(waitAfter), keys(afterBefore), "runs get --task --json of any task")
 	})
 }
