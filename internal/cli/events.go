@@ -47,8 +47,8 @@ those of one run, of one task execution, or of some types.
 
 With --follow it prints them, then every new event as it is committed (polling
 every --interval), until interrupted; with --run or --task it ends by itself once
-that run has finished and every event it has is printed, so a script can watch a
-run to its end. Events come in commit order, none skipped and none repeated (if
+that run has finished (or been deleted by ` + "`cloacina runs cleanup`" + `) and every
+event it has is printed, so a script can watch a run to its end. Events come in commit order, none skipped and none repeated (if
 retention deletes the last event shown while the whole log is followed,
 PostgreSQL may show events again). While the database cannot be reached
 (a restart, a lost connection) it warns on stderr and keeps trying.`,

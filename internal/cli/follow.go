@@ -104,20 +104,36 @@ func (f *follower) events(ctx context.Context, q *cloacina.EventQuery) ([]*cloac
 	return evs, nil
 }
 
-// get reads a run, retrying through transient errors (see run).
+// get reads a run, retrying through transient errors (see run); a run
+// that does not exist is nil, without error.
 func (f *follower) get(ctx context.Context, id uuid.UUID) (*cloacina.ExecutionResult, error) {
 	var res *cloacina.ExecutionResult
 	err := f.retry.Do(ctx, func() (err error) {
 		res, err = f.r.Get(ctx, id)
 		return err
 	})
+	if errors.Is(err, cloacina.ErrRunNotFound) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, runError(id, err)
 	}
 	return res, nil
 }
 
-// getTask reads a task, retrying through transient errors (see run).
+// logged reads one event of a run or of a task execution (the one the
+// query selects) from the whole log, or nil when the log has none.
+func (f *follower) logged(ctx context.Context, q *cloacina.EventQuery) (*cloacina.Event, error) {
+	q.Limit = 1
+	evs, err := f.events(ctx, q)
+	if err != nil || len(evs) == 0 {
+		return nil, err
+	}
+	return evs[0], nil
+}
+
+// getTask reads a task, retrying through transient errors (see run); a
+// task that does not exist is nil, without error.
 func (f *follower) getTask(ctx context.Context, id uuid.UUID) (*cloacina.TaskDetail, error) {
 	var t *cloacina.TaskDetail
 	err := f.retry.Do(ctx, func() (err error) {
@@ -125,7 +141,7 @@ func (f *follower) getTask(ctx context.Context, id uuid.UUID) (*cloacina.TaskDet
 		return err
 	})
 	if errors.Is(err, cloacina.ErrTaskNotFound) {
-		return nil, fmt.Errorf("no task execution %s in this database: task ids are shown by `cloacina runs get`", id)
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("task execution %s: %w", id, err)
@@ -205,10 +221,25 @@ func (f *follower) followRun(ctx context.Context) error {
 		}
 		return out
 	}
+	// A run (or task) that run retention deleted has finished, and the
+	// log may still hold its events: they are printed as for any finished
+	// run. One the log does not know either is a mistaken id.
+	var gone bool
 	runID := f.filter.run
 	if runID != nil {
-		if _, err := f.get(ctx, *runID); err != nil {
+		res, err := f.get(ctx, *runID)
+		if err != nil {
 			return err
+		}
+		if res == nil {
+			e, err := f.logged(ctx, &cloacina.EventQuery{RunID: runID})
+			if err != nil {
+				return err
+			}
+			if e == nil {
+				return runError(*runID, cloacina.ErrRunNotFound)
+			}
+			gone = true
 		}
 	} else {
 		// The task's run, not its first event's: the filters may match
@@ -217,7 +248,18 @@ func (f *follower) followRun(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		runID = &t.RunID
+		if t != nil {
+			runID = &t.RunID
+		} else {
+			e, err := f.logged(ctx, &cloacina.EventQuery{TaskID: f.filter.task})
+			if err != nil {
+				return err
+			}
+			if e == nil {
+				return fmt.Errorf("no task execution %s in this database: task ids are shown by `cloacina runs get`", *f.filter.task)
+			}
+			runID, gone = &e.PipelineID, true
+		}
 	}
 	q := f.filter.query()
 	q.Follow, q.Newest = true, true
@@ -236,11 +278,15 @@ func (f *follower) followRun(ctx context.Context) error {
 	for {
 		// The run is read before its events: once it has finished, every
 		// event it will ever have is committed and read below.
-		res, err := f.get(ctx, *runID)
-		if err != nil {
-			return err
+		done := gone
+		if !done {
+			res, err := f.get(ctx, *runID)
+			if err != nil {
+				return err
+			}
+			// Deleted since (by run retention): it had finished.
+			done = res == nil || finished(res)
 		}
-		done := finished(res)
 		q := f.filter.query()
 		q.AfterSeq, q.Follow, q.Limit = cursor, cursor == 0, followPage
 		page, err := f.events(ctx, q)

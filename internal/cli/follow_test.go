@@ -423,3 +423,50 @@ func TestEventsFollowOutlastsLostConnections(t *testing.T) {
 	}
 	require.Equal(t, want, got, "every event of the run, each once")
 }
+
+// --follow --run (or --task) of a run that run retention deleted prints
+// the events the log still holds and ends, as for any finished run, as
+// the listing without --follow does; an id the log does not know either
+// stays an error.
+func TestFollowDeletedRun(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		r, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{quick}, Logger: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, r.Close()) })
+		require.NoError(t, r.Start(ctx))
+		res, err := r.Execute(ctx, "quick", nil)
+		require.NoError(t, err)
+		events, err := r.RunEvents(ctx, res.ID)
+		require.NoError(t, err)
+		taskID := res.Task("only").ID
+		require.NoError(t, r.Stop(ctx))
+		require.Contains(t, ok(t, url, "runs", "cleanup", "--older-than", "1ms"), "deleted 1 finished runs")
+		_, rows := parseTable(t, ok(t, url, "events", "list", "--run", res.ID.String()))
+		require.Len(t, rows, len(events), "the log keeps the deleted run's events")
+
+		for _, args := range [][]string{{"--run", res.ID.String()}, {"--task", taskID.String()}} {
+			f := startFollow(t, url, args...)
+			select {
+			case <-f.ended:
+			case <-time.After(followDeadline):
+				t.Fatalf("%v: the follower of a deleted run did not end within %s", args, followDeadline)
+			}
+			require.Equal(t, ExitOK, f.code, "%v: stderr: %s", args, f.errs.String())
+			_, rows := parseTable(t, f.out.String())
+			want := 0
+			for _, e := range events {
+				if args[0] == "--run" || (e.TaskID != nil && *e.TaskID == taskID) {
+					want++
+				}
+			}
+			require.Len(t, rows, want, "%v: every event the log holds", args)
+		}
+
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--follow", "--run", uuid.Must(uuid.NewV7()).String()), ExitFailure,
+			"no run ")
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--follow", "--task", uuid.Must(uuid.NewV7()).String()), ExitFailure,
+			"no task execution ")
+	})
+}
