@@ -105,8 +105,8 @@ The database is --database-url, else $` + EnvDatabaseURL + `, else ` + DefaultDa
   postgres://user:password@host:5432/database?sslmode=disable&schema=tenant_a
 
 Commands that only read (runs list, runs get, status, schedules list, schedules
-get, events list, events cleanup --dry-run) open the database read-only and
-never change it.
+get, events list, runs cleanup --dry-run, events cleanup --dry-run) open the
+database read-only and never change it.
 
 Start with:  cloacina demo`,
 		Args:          cobra.ArbitraryArgs,

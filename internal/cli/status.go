@@ -63,7 +63,7 @@ runner declares the schedule (see ` + "`cloacina schedules list`" + `).`,
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object with the runners and the backlog")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object with the runners, the backlog and the schedules")
 	return cmd
 }
 
