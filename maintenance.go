@@ -147,7 +147,7 @@ func (r *Runner) heartbeatLoop(svc *services) {
 			// transient) used to keep it waiting, and this runner stopped
 			// heartbeating until it looked dead itself. What it could not
 			// reset is tried again at the next beat.
-			sweepCtx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
+			sweepCtx, cancel := context.WithTimeout(ctx, r.maintenanceBound())
 			err := r.sweep(sweepCtx)
 			cancel()
 			sweepAgain = err != nil && ctx.Err() == nil
@@ -410,10 +410,21 @@ func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphane
 	}
 }
 
+// maintenanceBound bounds a write the heartbeat loop makes between two
+// beats (a sweep, a reset of strays), so that the next beat is never
+// later than half a RunnerTimeout: RunnerTimeout/2 less a heartbeat
+// interval, which is positive since RunnerTimeout exceeds two of them,
+// and at least one interval. A bound of one interval alone (40 ms in the
+// tests' fast liveness) was shorter than a reset takes on a loaded
+// machine, and the sweep never got through.
+func (r *Runner) maintenanceBound() time.Duration {
+	return max(r.cfg.HeartbeatInterval, r.cfg.RunnerTimeout/2-r.cfg.HeartbeatInterval)
+}
+
 // resetStrays resets the claims this runner may hold without running them
 // (see Runner.strays): Ready again, recovery count +1, each fenced on its
-// claim, so one that never committed changes nothing. It is bounded by a
-// heartbeat interval, and what it cannot record waits for the next beat.
+// claim, so one that never committed changes nothing. It is bounded (see
+// maintenanceBound), and what it cannot record waits for the next beat.
 func (r *Runner) resetStrays(ctx context.Context) {
 	r.runningMu.Lock()
 	strays := r.strays
@@ -427,7 +438,7 @@ func (r *Runner) resetStrays(ctx context.Context) {
 	for i, t := range strays {
 		batch[i] = &taskResult{task: t, recovery: why, err: errors.New(why)}
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
+	ctx, cancel := context.WithTimeout(ctx, r.maintenanceBound())
 	defer cancel()
 	lost, err := r.complete(ctx, batch)
 	if err != nil {

@@ -92,20 +92,23 @@ func TestStopHandsBackPastAStuckCompleter(t *testing.T) {
 		// Tasks return at once until the completer is stuck retrying a
 		// result and the queue behind it is full; the next one waits,
 		// ignoring its context.
+		// The first task's result is the one the completer retries; the
+		// second returns once it does, and fills the queue (one slot, so
+		// one result); the third then waits, ignoring its context.
 		logger, retried := refusalLogger()
 		var r *Runner
-		stuck := func() bool {
+		var began atomic.Int32
+		blocked, release := make(chan struct{}), make(chan struct{})
+		wf := MustWorkflow("w", Task{Name: "a", Run: func(ctx context.Context, _ *Context) error {
+			if began.Add(1) == 1 {
+				return nil
+			}
 			select {
 			case <-retried:
-				svc := r.services()
-				return len(svc.results) == cap(svc.results)
-			default:
-				return false
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-		}
-		blocked, release := make(chan struct{}), make(chan struct{})
-		wf := MustWorkflow("w", Task{Name: "a", Run: func(context.Context, *Context) error {
-			if !stuck() {
+			if svc := r.services(); len(svc.results) < cap(svc.results) {
 				return nil
 			}
 			close(blocked)
