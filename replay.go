@@ -18,10 +18,14 @@ type Replayed struct {
 // run's events still gives each of its tasks' status.
 func Replay(events []*Event) *Replayed {
 	out := &Replayed{Runs: map[uuid.UUID]PipelineStatus{}, Tasks: map[uuid.UUID]TaskStatus{}}
+	// started holds the runs whose pipeline_started came already: a
+	// resume makes those Running again, the others Pending.
+	started := map[uuid.UUID]bool{}
 	for _, e := range events {
 		if e.TaskID == nil {
 			switch e.Type {
 			case EventPipelineStarted:
+				started[e.PipelineID] = true
 				// A run paused while its first claim committed starts
 				// Paused (its claimed task runs; no other is claimed).
 				if out.Runs[e.PipelineID] != PipelinePaused {
@@ -38,7 +42,10 @@ func Replay(events []*Event) *Replayed {
 			case EventPipelineResumed:
 				// A run resumed before any task was claimed is Pending again.
 				if out.Runs[e.PipelineID] == PipelinePaused {
-					out.Runs[e.PipelineID] = resumedStatus(events, e)
+					out.Runs[e.PipelineID] = PipelinePending
+					if started[e.PipelineID] {
+						out.Runs[e.PipelineID] = PipelineRunning
+					}
 				}
 			}
 			continue
@@ -63,18 +70,4 @@ func Replay(events []*Event) *Replayed {
 		}
 	}
 	return out
-}
-
-// resumedStatus is Running when the run had started before resume, else
-// Pending.
-func resumedStatus(events []*Event, resumed *Event) PipelineStatus {
-	for _, e := range events {
-		if e.SequenceNum >= resumed.SequenceNum {
-			break
-		}
-		if e.PipelineID == resumed.PipelineID && e.TaskID == nil && e.Type == EventPipelineStarted {
-			return PipelineRunning
-		}
-	}
-	return PipelinePending
 }
