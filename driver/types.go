@@ -2,6 +2,8 @@ package driver
 
 import (
 	"encoding/json"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -76,6 +78,39 @@ var EventTypes = []EventType{
 	EventPipelinePaused, EventPipelineResumed, EventTaskCreated, EventTaskMarkedReady,
 	EventTaskClaimed, EventTaskStarted, EventTaskDeferred, EventTaskResumed, EventTaskCompleted,
 	EventTaskFailed, EventTaskRetryScheduled, EventTaskSkipped, EventTaskAbandoned, EventTaskReset,
+}
+
+// IndexedEventTypes lists the event types that migration 12's partial
+// index on (event_type, sequence_num) holds: those not written for every
+// task, and those the engine does not write. A read by type finds the
+// others quickly by walking the log (each task writes them), these
+// through the index.
+var IndexedEventTypes = []EventType{
+	EventPipelineFailed, EventPipelineCancelled, EventPipelinePaused, EventPipelineResumed, EventTaskCreated,
+	EventTaskStarted, EventTaskDeferred, EventTaskResumed, EventTaskFailed, EventTaskRetryScheduled, EventTaskSkipped,
+	EventTaskAbandoned, EventTaskReset,
+}
+
+// IndexedEventTypesFilter returns the predicate of migration 12's index
+// on column (event_type, or an alias's) when every type of types is one
+// of IndexedEventTypes, else "". A read by those types adds it to its
+// WHERE: the planner uses a partial index only when the query's own
+// terms imply the index's predicate, which a placeholder (PostgreSQL's
+// generic plans, SQLite's every plan) does not show.
+func IndexedEventTypesFilter(column string, types []EventType) string {
+	if len(types) == 0 {
+		return ""
+	}
+	for _, t := range types {
+		if !slices.Contains(IndexedEventTypes, t) {
+			return ""
+		}
+	}
+	quoted := make([]string, len(IndexedEventTypes))
+	for i, t := range IndexedEventTypes {
+		quoted[i] = "'" + string(t) + "'"
+	}
+	return column + " IN (" + strings.Join(quoted, ", ") + ")"
 }
 
 // Pipeline is a stored pipeline execution row.

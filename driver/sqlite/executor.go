@@ -743,6 +743,12 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	if len(p.Types) > 0 {
 		where = append(where, "e.event_type IN ("+placeholders(len(p.Types))+")")
 		args = append(args, stringArgs(p.Types)...)
+		if f := driver.IndexedEventTypesFilter("e.event_type", p.Types); f != "" {
+			// Implied already; spelled out it lets SQLite use the partial
+			// index on types (migration 12), which it does only for a
+			// query that has the index's own terms.
+			where = append(where, f)
+		}
 	}
 	if p.CreatedFrom != nil {
 		where = append(where, "e.created_at >= ?")

@@ -162,3 +162,32 @@ func queryPlan(t *testing.T, db *sql.DB, q string) []string {
 	require.NoError(t, rows.Err())
 	return plan
 }
+
+// Events of a type that tasks do not each write (a failure, a retry) are
+// found through the partial type index (migration 12), not by walking
+// the whole log.
+func TestEventsByRareTypeUseTypeIndex(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	drv, db, parses := openCounting(t)
+	for _, q := range []*driver.EventListParams{
+		{Types: []driver.EventType{driver.EventTaskFailed}, Newest: true, Limit: 100},
+		{Types: []driver.EventType{driver.EventTaskFailed, driver.EventPipelineFailed}, Newest: true, Limit: 100},
+		{Types: []driver.EventType{driver.EventTaskAbandoned}},
+	} {
+		_, err := drv.Reader().EventList(ctx, q)
+		require.NoError(t, err)
+	}
+	checked := 0
+	for _, q := range parses.seen() {
+		if !strings.Contains(q, "FROM execution_events e LEFT JOIN") || !strings.Contains(q, "event_type IN") {
+			continue
+		}
+		plan := strings.Join(queryPlan(t, db, q), "; ")
+		require.Contains(t, plan, "USING INDEX execution_events_type_idx", q)
+		require.NotContains(t, plan, "SCAN e", q)
+		checked++
+	}
+	require.Equal(t, 3, checked)
+
+}
