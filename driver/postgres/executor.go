@@ -732,6 +732,12 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	}
 	if len(p.Types) > 0 {
 		where = append(where, "e.event_type = ANY("+a.add(textsOf(p.Types))+")")
+		if f := driver.IndexedEventTypesFilter("e.event_type", p.Types); f != "" {
+			// Implied already; spelled out it shows the planner that the
+			// partial index on types (migration 12) serves, also in a
+			// generic plan.
+			where = append(where, f)
+		}
 	}
 	if p.CreatedFrom != nil {
 		where = append(where, "e.created_at >= "+a.add(driver.ClampTime(*p.CreatedFrom)))
@@ -752,16 +758,25 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		if p.AfterTx != 0 {
 			where = append(where, `(e.tx_id, e.sequence_num) > (`+a.add(strconv.FormatInt(p.AfterTx, 10))+`::text::xid8, `+seq+`::bigint)`)
 		} else {
-			where = append(where, `(e.tx_id, e.sequence_num) > COALESCE((SELECT (tx_id, sequence_num) FROM `+ev+` WHERE sequence_num = `+seq+`),
-				('0'::xid8, 0::bigint))`)
+			// Two scalars, each computed once, not a record: compared
+			// with a row of scalars, (tx_id, sequence_num) starts the
+			// follow index scan at the cursor; compared with a record
+			// it was a filter, and every read walked the log from its
+			// start.
+			cursor := `(SELECT tx_id FROM ` + ev + ` WHERE sequence_num = ` + seq + `)`
+			where = append(where, `(e.tx_id, e.sequence_num) > (COALESCE(`+cursor+`, '0'::xid8),
+				CASE WHEN `+cursor+` IS NULL THEN 0 ELSE `+seq+`::bigint END)`)
 		}
 		order, desc = "e.tx_id, e.sequence_num", "e.tx_id DESC, e.sequence_num DESC"
 	}
 	// A task's name comes from its row while it exists, then from the
-	// copy run retention keeps on its events (migration 11).
-	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, e.task_name, ''),
+	// copy run retention keeps on its events (migration 11). Each row is
+	// looked up by id: a join let the planner hash the whole task table
+	// for the events of one large run.
+	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id,
+		COALESCE((SELECT t.task_name FROM ` + e.q.taskTable + ` t WHERE t.id = e.task_execution_id), e.task_name, ''),
 		e.event_type, e.event_data, e.worker_id, e.created_at, e.tx_id::text::bigint
-		FROM ` + e.q.eventTable + ` e LEFT JOIN ` + e.q.taskTable + ` t ON t.id = e.task_execution_id`
+		FROM ` + e.q.eventTable + ` e`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
