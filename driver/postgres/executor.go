@@ -731,7 +731,14 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.task_execution_id = "+a.add(pgID(*p.TaskID)))
 	}
 	if len(p.Types) > 0 {
-		where = append(where, "e.event_type = ANY("+a.add(textsOf(p.Types))+")")
+		if len(p.Types) == 1 {
+			// One type: the type index then yields events in sequence
+			// order and a limit stops it early; with = ANY PostgreSQL
+			// (before 17) reads every event of the type and sorts them.
+			where = append(where, "e.event_type = "+a.add(string(p.Types[0])))
+		} else {
+			where = append(where, "e.event_type = ANY("+a.add(textsOf(p.Types))+")")
+		}
 		if f := driver.IndexedEventTypesFilter("e.event_type", p.Types); f != "" {
 			// Implied already; spelled out it shows the planner that the
 			// partial index on types (migration 12) serves, also in a
