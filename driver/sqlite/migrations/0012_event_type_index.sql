@@ -10,7 +10,9 @@
 -- (failures, retries, cancels, pauses, skips, deferrals, recoveries) and
 -- those the engine does not write: the event insert pays for it only on
 -- those, and the hot path (pipeline_started, task_marked_ready,
--- task_claimed, task_completed, pipeline_completed) not at all. The list
+-- task_created, task_claimed, task_started, task_completed,
+-- pipeline_completed) not at
+-- all. The list
 -- is driver.IndexedEventTypes, which a read adds to its filter verbatim
 -- when it asks only for such types, so the planner (PostgreSQL with a
 -- generic plan, SQLite always) can use the index.
@@ -18,6 +20,6 @@
 -- Building it reads the whole table once while holding off event inserts
 -- (a few seconds per million events).
 CREATE INDEX execution_events_type_idx ON execution_events (event_type, sequence_num)
-    WHERE event_type IN ('pipeline_failed', 'pipeline_cancelled', 'pipeline_paused', 'pipeline_resumed', 'task_created',
-        'task_started', 'task_deferred', 'task_resumed', 'task_failed', 'task_retry_scheduled', 'task_skipped',
+    WHERE event_type IN ('pipeline_failed', 'pipeline_cancelled', 'pipeline_paused', 'pipeline_resumed',
+        'task_deferred', 'task_resumed', 'task_failed', 'task_retry_scheduled', 'task_skipped',
         'task_abandoned', 'task_reset');
