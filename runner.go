@@ -202,8 +202,10 @@ type Runner struct {
 	running   map[uuid.UUID]*runningTask
 	// cancelledRuns remembers for a while the runs cancelled under this
 	// runner's eyes, for tasks claimed before the cancel that start after
-	// it (see cancelLocal).
-	cancelledRuns map[uuid.UUID]time.Time
+	// it (see cancelLocal). cancelledPruneAt is the size at which
+	// cancelLocal next drops the expired ones.
+	cancelledRuns    map[uuid.UUID]time.Time
+	cancelledPruneAt int
 	// strays are claims this runner may hold but does not run: those of a
 	// commit that reported a failure, which it could not then verify (see
 	// settle). The heartbeat loop resets them (resetStrays).
@@ -411,19 +413,20 @@ func newRunner(backend string, cfg *Config) (*Runner, error) {
 		c.Logger = slog.Default()
 	}
 	r := &Runner{
-		cfg:           c,
-		id:            c.RunnerID,
-		name:          c.RunnerName,
-		logger:        c.Logger.With("runner_id", c.RunnerID),
-		clock:         newDBClock(),
-		workflows:     map[string]*Workflow{},
-		running:       map[uuid.UUID]*runningTask{},
-		cancelledRuns: map[uuid.UUID]time.Time{},
-		waiters:       map[uuid.UUID]map[chan struct{}]struct{}{},
-		done:          make(chan struct{}),
-		closed:        make(chan struct{}),
-		closeWait:     closeWait,
-		flushWait:     flushWait,
+		cfg:              c,
+		id:               c.RunnerID,
+		name:             c.RunnerName,
+		logger:           c.Logger.With("runner_id", c.RunnerID),
+		clock:            newDBClock(),
+		workflows:        map[string]*Workflow{},
+		running:          map[uuid.UUID]*runningTask{},
+		cancelledRuns:    map[uuid.UUID]time.Time{},
+		cancelledPruneAt: minCancelledPrune,
+		waiters:          map[uuid.UUID]map[chan struct{}]struct{}{},
+		done:             make(chan struct{}),
+		closed:           make(chan struct{}),
+		closeWait:        closeWait,
+		flushWait:        flushWait,
 	}
 	r.now = r.clock.now
 	for _, wf := range c.Workflows {

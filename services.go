@@ -924,6 +924,10 @@ func (r *Runner) runningTasks() []*runningTask {
 // tasks that start late; the watch loop covers anything later.
 const cancelledRunMemory = time.Minute
 
+// minCancelledPrune is the fewest remembered cancelled runs at which
+// cancelLocal looks for expired ones.
+const minCancelledPrune = 256
+
 // cancelLocal cancels the contexts of this runner's tasks of a cancelled
 // run. A task claimed before the cancel committed may not be running yet
 // (its goroutine starts after the claim's commit): the run is remembered,
@@ -933,12 +937,8 @@ func (r *Runner) cancelLocal(pipelineID uuid.UUID) {
 	now := time.Now()
 	r.runningMu.Lock()
 	defer r.runningMu.Unlock()
-	if len(r.cancelledRuns) >= 256 {
-		for id, at := range r.cancelledRuns {
-			if now.Sub(at) > cancelledRunMemory {
-				delete(r.cancelledRuns, id)
-			}
-		}
+	if len(r.cancelledRuns) >= r.cancelledPruneAt {
+		r.pruneCancelledLocked(now)
 	}
 	r.cancelledRuns[pipelineID] = now
 	for _, rt := range r.running {
@@ -946,6 +946,42 @@ func (r *Runner) cancelLocal(pipelineID uuid.UUID) {
 			rt.cancel(errRunCancelled)
 		}
 	}
+}
+
+// pruneCancelled forgets the cancelled runs remembered for longer than
+// cancelledRunMemory. The watch loop calls it every PollInterval, so that
+// a burst of cancels is forgotten a minute later even when no cancel
+// follows it.
+func (r *Runner) pruneCancelled() {
+	now := time.Now()
+	r.runningMu.Lock()
+	defer r.runningMu.Unlock()
+	r.pruneCancelledLocked(now)
+}
+
+// pruneCancelledLocked drops the expired cancelled runs; the caller holds
+// runningMu. The next prune by cancelLocal waits until the map has
+// doubled, so that a burst of cancels costs a scan per doubling rather
+// than one per cancel; a map that lost most of its entries is copied,
+// since a map keeps the storage of its largest size.
+func (r *Runner) pruneCancelledLocked(now time.Time) {
+	before := len(r.cancelledRuns)
+	if before == 0 {
+		return
+	}
+	for id, at := range r.cancelledRuns {
+		if now.Sub(at) > cancelledRunMemory {
+			delete(r.cancelledRuns, id)
+		}
+	}
+	if n := len(r.cancelledRuns); n < before/2 {
+		kept := make(map[uuid.UUID]time.Time, n)
+		for id, at := range r.cancelledRuns {
+			kept[id] = at
+		}
+		r.cancelledRuns = kept
+	}
+	r.cancelledPruneAt = max(minCancelledPrune, 2*len(r.cancelledRuns))
 }
 
 // listenLoop receives wake-ups (work for a workflow, a cancelled run),
@@ -1024,6 +1060,7 @@ func (r *Runner) watchLoop(svc *services) {
 			return
 		case <-ticker.C:
 		}
+		r.pruneCancelled()
 		if err := r.cancelCancelledRuns(svc.ctx); err != nil && svc.ctx.Err() == nil {
 			r.logger.Warn("check for cancelled runs", "error", err)
 		}
