@@ -2,14 +2,17 @@ package cloacina
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -178,4 +181,62 @@ func BenchmarkCancelLocalBurst(b *testing.B) {
 	for _, id := range ids {
 		r.cancelLocal(id)
 	}
+}
+
+// TestStartQueueKeepsNoCallers checks that the start queue lets go of the
+// calls it has written: their requests hold the callers' contexts and the
+// runs' inputs, which a queue that kept them in the spare capacity of its
+// slice held on to until later starts filled it — after a burst, as many
+// as the burst.
+func TestStartQueueKeepsNoCallers(t *testing.T) {
+	const queued = 150 // more than one start transaction takes (maxStartBatch)
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{mustWorkflow(t, "one", Task{Name: "t", Run: ok})}})
+		// A burst first, unmarked: a pool connection keeps the values of
+		// the context that made it (pgx), and the marked burst should find
+		// the connections it needs made.
+		var warm sync.WaitGroup
+		for range queued {
+			warm.Go(func() {
+				_, err := r.ExecuteAsync(ctx, "one", nil)
+				require.NoError(t, err)
+			})
+		}
+		warm.Wait()
+		committed := holdFirstStart(t, r, queued)
+		type marker struct{ _ [64]byte }
+		type markerKey struct{}
+		callers := make([]weak.Pointer[marker], queued+1)
+		start := func(i int) {
+			m := &marker{}
+			callers[i] = weak.Make(m)
+			_, err := r.ExecuteAsync(context.WithValue(ctx, markerKey{}, m), "one", NewContext())
+			require.NoError(t, err)
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() { start(0) })
+		waitFor(t, committed, "the first start to commit")
+		for i := 1; i <= queued; i++ {
+			wg.Go(func() { start(i) })
+		}
+		wg.Wait()
+		r.startHook.Store(nil)
+		r.commitHook.Store(nil)
+		runtime.GC()
+		runtime.GC()
+		kept := 0
+		for _, p := range callers {
+			if p.Value() != nil {
+				kept++
+			}
+		}
+		// A pgx connection keeps the context of its last statement until
+		// its next one: at most one per connection of the pool.
+		bound := 0
+		if pg, isPG := r.drv.(*postgres.Driver); isPG {
+			bound = int(pg.Pool().Stat().TotalConns())
+		}
+		require.LessOrEqual(t, kept, bound, "contexts of ExecuteAsync calls that returned, still held")
+	})
 }

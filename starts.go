@@ -98,8 +98,15 @@ func (q *startQueue) withdraw(req *startReq) bool {
 func (q *startQueue) writeNext(r *Runner) {
 	q.mu.Lock()
 	n := min(len(q.pending), maxStartBatch)
-	batch := q.pending[:n:n]
+	batch := slices.Clone(q.pending[:n])
+	// The queue's array keeps no request it has handed on: one would hold
+	// its caller's context and its run's input until later starts refilled
+	// the array (after a burst, as many as the burst).
+	clear(q.pending[:n])
 	q.pending = q.pending[n:]
+	if len(q.pending) == 0 {
+		q.pending = nil
+	}
 	q.mu.Unlock()
 
 	// A run whose caller has given up before its transaction began is not
