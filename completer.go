@@ -216,8 +216,11 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			for i, res := range batch {
 				finishes[i], kinds[i] = r.finishFor(res, nil, c.now)
 			}
+			// Runs of a workflow decided narrowly are not read back
+			// whole (see advanceFrom).
+			list := slices.DeleteFunc(slices.Clone(pids), func(id uuid.UUID) bool { return r.narrowRun(batch, id) })
 			var err error
-			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: pids, LockPipelineIDs: pids,
+			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list, LockPipelineIDs: pids,
 				ListStatusOnly: true})
 			if err != nil {
 				return err
@@ -241,7 +244,8 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			// decided on them.
 			var list []uuid.UUID
 			for i, f := range finishes {
-				if p := byID[batch[i].task.PipelineID]; f.Status.Terminal() && !p.Status.Terminal() && !slices.Contains(list, p.ID) {
+				if p := byID[batch[i].task.PipelineID]; f.Status.Terminal() && !p.Status.Terminal() && !slices.Contains(list, p.ID) &&
+					!r.narrowRun(batch, p.ID) {
 					list = append(list, p.ID)
 				}
 			}
@@ -277,6 +281,8 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 		}
 		states := make(map[uuid.UUID]*runState, len(ids))
+		narrow := make(map[uuid.UUID]bool, len(ids))
+		ended := map[uuid.UUID][]string{}
 		runs := make([]runState, len(ids))
 		// The runs' tasks come by status alone: their contexts, which grow
 		// with a run, are read only where a decision merges them (see
@@ -284,6 +290,10 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		// are in memory.
 		load := func(ids []uuid.UUID) ([]*driver.Task, error) {
 			return tx.TaskList(ctx, &driver.TaskListParams{IDs: ids, WithContexts: true})
+		}
+		listed := make(map[uuid.UUID]bool, len(finished.Tasks))
+		for _, t := range finished.Tasks {
+			listed[t.PipelineID] = true
 		}
 		for i, id := range ids {
 			p := byID[id]
@@ -293,10 +303,23 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 			runs[i] = runState{p: p, wf: wf, tasks: make(map[string]*driver.Task, len(wf.tasks)),
 				unloaded: make(map[string]bool, len(wf.tasks)), load: load}
+			runs[i].list = func(names []string) ([]*driver.Task, error) {
+				return tx.TaskList(ctx, &driver.TaskListParams{PipelineIDs: []uuid.UUID{id}, Names: names})
+			}
+			narrow[id] = wf.narrow() && p.WorkflowVersion == wf.version
+			if !narrow[id] && !listed[id] {
+				// Not read back with the results: a run of a narrowly
+				// decided workflow that another version of it started.
+				all, err := runs[i].list(nil)
+				if err != nil {
+					return err
+				}
+				finished.Tasks = append(finished.Tasks, all...)
+			}
 			states[id] = &runs[i]
 		}
 		for _, t := range finished.Tasks {
-			if st := states[t.PipelineID]; st != nil {
+			if st := states[t.PipelineID]; st != nil && st.tasks[t.Name] == nil {
 				st.tasks[t.Name] = t
 				st.unloaded[t.Name] = true
 			}
@@ -305,6 +328,18 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			st := states[res.task.PipelineID]
 			if st == nil || !held[res.task.ID] {
 				continue
+			}
+			if narrow[st.p.ID] && st.tasks[res.task.Name] == nil {
+				// The task as this result leaves it.
+				t := *res.task
+				f := &finishes[i]
+				t.Status, t.Attempt, t.Error, t.RecoveryCount = f.Status, f.Attempt, f.Error, f.RecoveryCount
+				t.Output, t.Input = nil, nil
+				st.tasks[t.Name] = &t
+				st.unloaded[t.Name] = true
+				if f.Status.Terminal() {
+					ended[st.p.ID] = append(ended[st.p.ID], t.Name)
+				}
 			}
 			// A result of the recovery path comes from a listing without
 			// contexts: that task's are read when needed.
@@ -318,6 +353,19 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		}
 		for _, id := range ids {
 			st := states[id]
+			if narrow[id] {
+				changed, leafEnded, err := st.advanceFrom(c, ended[id])
+				if err != nil {
+					return fmt.Errorf("run %s: %w", id, err)
+				}
+				taskUpdates(c, changed)
+				if leafEnded {
+					if err := st.endFrom(c); err != nil {
+						return fmt.Errorf("run %s: %w", id, err)
+					}
+				}
+				continue
+			}
 			if why := st.shapeMismatch(); why != "" {
 				if err := st.abort(ctx, tx, c, why); err != nil {
 					return err
@@ -464,4 +512,18 @@ func (r *Runner) recordFinish(c *changes, res *taskResult, f *driver.TaskFinish,
 		next.Attempt = f.Attempt
 		c.enqueue(&next, *f.AvailableAt)
 	}
+}
+
+// narrowRun reports whether run pid, of a task of batch, is of a workflow
+// whose runs are decided narrowly (see advanceFrom), so that its tasks need
+// not be read back with the results. A run that another version of the
+// workflow started is read whole later.
+func (r *Runner) narrowRun(batch []*taskResult, pid uuid.UUID) bool {
+	for _, res := range batch {
+		if res.task.PipelineID == pid {
+			wf, err := r.workflow(res.task.WorkflowName)
+			return err == nil && wf.narrow()
+		}
+	}
+	return false
 }

@@ -350,9 +350,13 @@ func (r *Runner) createRuns(ctx context.Context, exec driver.Executor, c *change
 			return err
 		}
 		for i, t := range tasks {
+			open := 0
+			if t.Status == driver.TaskNotStarted {
+				open = openDeps(wf, wf.tasks[i], st.status)
+			}
 			inserts = append(inserts, driver.TaskInsert{ID: t.ID, PipelineID: id, WorkflowName: wf.name, Name: t.Name, Position: i, Status: t.Status,
 				Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt,
-				RunnerID: t.RunnerID, Now: c.now})
+				RunnerID: t.RunnerID, OpenDeps: open, Now: c.now})
 		}
 	}
 	if fresh {

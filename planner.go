@@ -1,6 +1,7 @@
 package cloacina
 
 import (
+	"container/heap"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -146,6 +147,9 @@ type runState struct {
 	// when it needs them. A nil unloaded means every context is here.
 	unloaded map[string]bool
 	load     func(ids []uuid.UUID) ([]*driver.Task, error)
+	// list reads the run's tasks of the given names (all of them for
+	// nil) without their contexts, for a run decided narrowly.
+	list func(names []string) ([]*driver.Task, error)
 }
 
 // need makes sure the contexts of the named tasks are here, reading
@@ -326,37 +330,243 @@ func (s *runState) advance(c *changes) ([]*driver.Task, error) {
 		if !ended {
 			continue
 		}
-		input, err := s.inputFor(def)
-		if err != nil {
-			return nil, fmt.Errorf("task %q: %w", def.Name, err)
-		}
-		// The trigger rule only reads the members, while input stays.
-		view, err := jsonx.DecodeObjectShared(input)
-		if err != nil {
-			return nil, fmt.Errorf("task %q: decode input: %w", def.Name, err)
-		}
-		t.Input = input
-		s.loaded(def.Name)
-		run, reason := def.Trigger.evaluate(def.DependsOn, s.status, view)
-		if run {
-			t.Status = driver.TaskReady
-			t.Attempt = 1
-			t.AvailableAt = ptr(c.now)
-			c.event(s.p.ID, &t.ID, EventTaskMarkedReady, &EventData{Attempt: 1, MaxAttempts: t.MaxAttempts})
-			switch {
-			case s.p.Status == driver.PipelineRunning && c.handoff != nil && c.handoff.take():
-				c.claim(s.p, t)
-			case s.p.Status != driver.PipelinePaused:
-				c.enqueue(t, c.now)
-			}
-		} else {
-			t.Status = driver.TaskSkipped
-			t.Error = reason
-			c.event(s.p.ID, &t.ID, EventTaskSkipped, &EventData{Reason: reason})
+		if err := s.decide(c, def, t); err != nil {
+			return nil, err
 		}
 		changed = append(changed, t)
 	}
+	// A count of open dependencies kept by runners of the run's version
+	// (see advanceFrom) is not kept here: it is dropped, and counted again
+	// by the next of them to meet the task.
+	for _, t := range s.tasks {
+		if t.Status == driver.TaskNotStarted && t.OpenDeps != 0 {
+			t.OpenDeps = 0
+			changed = append(changed, t)
+		}
+	}
 	return changed, nil
+}
+
+// decide makes NotStarted task t (of def), whose dependencies have all
+// ended, Ready (with an outbox row unless the run is paused; claimed at
+// once when c has a handoff with a free slot) or Skipped, by its trigger
+// rule.
+func (s *runState) decide(c *changes, def *taskDef, t *driver.Task) error {
+	input, err := s.inputFor(def)
+	if err != nil {
+		return fmt.Errorf("task %q: %w", def.Name, err)
+	}
+	// The trigger rule only reads the members, while input stays.
+	view, err := jsonx.DecodeObjectShared(input)
+	if err != nil {
+		return fmt.Errorf("task %q: decode input: %w", def.Name, err)
+	}
+	t.Input = input
+	t.OpenDeps = 0
+	s.loaded(def.Name)
+	run, reason := def.Trigger.evaluate(def.DependsOn, s.status, view)
+	if run {
+		t.Status = driver.TaskReady
+		t.Attempt = 1
+		t.AvailableAt = ptr(c.now)
+		c.event(s.p.ID, &t.ID, EventTaskMarkedReady, &EventData{Attempt: 1, MaxAttempts: t.MaxAttempts})
+		switch {
+		case s.p.Status == driver.PipelineRunning && c.handoff != nil && c.handoff.take():
+			c.claim(s.p, t)
+		case s.p.Status != driver.PipelinePaused:
+			c.enqueue(t, c.now)
+		}
+		return nil
+	}
+	t.Status = driver.TaskSkipped
+	t.Error = reason
+	c.event(s.p.ID, &t.ID, EventTaskSkipped, &EventData{Reason: reason})
+	return nil
+}
+
+// narrowMin is the number of tasks above which a workflow's runs are
+// decided narrowly (advanceFrom, endFrom) by runners of the run's version:
+// a completion reads the tasks it may decide, not every task of its run.
+// Below it, reading the whole run in the round trip that records the
+// results costs less than reading a few of its tasks in another.
+const narrowMin = 32
+
+// narrow reports whether the runs of wf are decided narrowly.
+func (wf *Workflow) narrow() bool { return len(wf.tasks) > narrowMin }
+
+// openDeps is the count of open dependencies a task of a narrowly decided
+// workflow is created with (see driver.Task.OpenDeps): 0, not counted,
+// for a task with one dependency or none, which its dependency's end
+// decides.
+func openDeps(wf *Workflow, def *taskDef, status func(string) driver.TaskStatus) int {
+	if !wf.narrow() || len(def.deps) < 2 {
+		return 0
+	}
+	open := 0
+	for _, d := range def.deps {
+		if !status(d.Name).Terminal() {
+			open++
+		}
+	}
+	return open
+}
+
+// read brings the named tasks of the run that are not here, without their
+// contexts, in one statement.
+func (s *runState) read(names []string) error {
+	var missing []string
+	for _, name := range names {
+		if s.tasks[name] == nil && !slices.Contains(missing, name) {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	got, err := s.list(missing)
+	if err != nil {
+		return fmt.Errorf("read tasks: %w", err)
+	}
+	s.add(got)
+	for _, name := range missing {
+		if s.tasks[name] == nil {
+			return fmt.Errorf("read tasks: task %q of run %s was not found", name, s.p.ID)
+		}
+	}
+	return nil
+}
+
+// add keeps the tasks read that are not here already (those here may
+// have changed in this transaction), as read without their contexts.
+func (s *runState) add(tasks []*driver.Task) {
+	for _, t := range tasks {
+		if s.tasks[t.Name] == nil {
+			s.tasks[t.Name] = t
+			s.unloaded[t.Name] = true
+		}
+	}
+}
+
+// advanceFrom decides, in a run of a narrowly decided workflow, what the
+// end of the tasks named in ended makes decidable: their dependents, and
+// through skips theirs, in topological order (the order advance decides
+// them in). It reads those tasks, and the dependencies of the ones it
+// decides, not the run's other tasks. A task with several dependencies
+// keeps a count of those open: each end of one writes it down, and the
+// task is decided, once its dependencies are read and have all ended
+// indeed, when it reaches zero or was not counted (else it is counted
+// again). It returns the tasks it changed and whether a leaf ended.
+func (s *runState) advanceFrom(c *changes, ended []string) (changed []*driver.Task, leafEnded bool, err error) {
+	done := make(map[string]bool, len(ended))
+	queued := map[*taskDef]bool{}
+	var queue taskHeap
+	var unread []string
+	push := func(name string) {
+		done[name] = true
+		def := s.wf.byName[name]
+		if len(def.dependents) == 0 {
+			leafEnded = true
+		}
+		for _, d := range def.dependents {
+			if !queued[d] {
+				queued[d] = true
+				heap.Push(&queue, d)
+				if s.tasks[d.Name] == nil {
+					unread = append(unread, d.Name)
+				}
+			}
+		}
+	}
+	for _, name := range ended {
+		push(name)
+	}
+	for queue.Len() > 0 {
+		if len(unread) > 0 {
+			if err := s.read(unread); err != nil {
+				return nil, false, err
+			}
+			unread = unread[:0]
+		}
+		def := heap.Pop(&queue).(*taskDef)
+		t := s.tasks[def.Name]
+		if t.Status != driver.TaskNotStarted {
+			continue
+		}
+		if len(def.deps) > 1 && t.OpenDeps > 0 {
+			n := 0
+			for _, d := range def.deps {
+				if done[d.Name] {
+					n++
+				}
+			}
+			if t.OpenDeps > n {
+				t.OpenDeps -= n
+				changed = append(changed, t)
+				continue
+			}
+		}
+		if err := s.read(def.reads); err != nil {
+			return nil, false, err
+		}
+		open := 0
+		for _, d := range def.deps {
+			if !s.tasks[d.Name].Status.Terminal() {
+				open++
+			}
+		}
+		if open > 0 {
+			t.OpenDeps = open
+			changed = append(changed, t)
+			continue
+		}
+		if err := s.decide(c, def, t); err != nil {
+			return nil, false, err
+		}
+		changed = append(changed, t)
+		if t.Status.Terminal() {
+			push(def.Name)
+		}
+	}
+	return changed, leafEnded, nil
+}
+
+// endFrom ends, by finalize, a run of a narrowly decided workflow where a
+// leaf ended. A task ends after its dependencies, so every task has ended
+// once every leaf has: the leaves are read, and only when they have all
+// ended the run's other tasks.
+func (s *runState) endFrom(c *changes) error {
+	names := make([]string, len(s.wf.leaves))
+	for i, leaf := range s.wf.leaves {
+		names[i] = leaf.Name
+	}
+	if err := s.read(names); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if !s.tasks[name].Status.Terminal() {
+			return nil
+		}
+	}
+	all, err := s.list(nil)
+	if err != nil {
+		return fmt.Errorf("read tasks: %w", err)
+	}
+	s.add(all)
+	return s.finalize(c)
+}
+
+// taskHeap orders task definitions topologically.
+type taskHeap []*taskDef
+
+func (h taskHeap) Len() int           { return len(h) }
+func (h taskHeap) Less(i, j int) bool { return h[i].topoIndex < h[j].topoIndex }
+func (h taskHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *taskHeap) Push(x any)        { *h = append(*h, x.(*taskDef)) }
+func (h *taskHeap) Pop() any {
+	old := *h
+	d := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return d
 }
 
 // finalize ends the run when every task has ended: Completed when none
@@ -408,10 +618,12 @@ func (s *runState) finalize(c *changes) error {
 	return nil
 }
 
-// taskUpdates turns tasks changed by advance into conditional updates.
+// taskUpdates turns tasks changed by advance (or advanceFrom) into
+// conditional updates; a task still NotStarted has its count rewritten.
 func taskUpdates(c *changes, changed []*driver.Task) {
 	for _, t := range changed {
 		c.cs.Tasks = append(c.cs.Tasks, driver.TaskUpdate{ID: t.ID, FromStatus: driver.TaskNotStarted, Status: t.Status,
-			Attempt: t.Attempt, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, RunnerID: t.RunnerID, Now: c.now})
+			Attempt: t.Attempt, Input: t.Input, Error: t.Error, AvailableAt: t.AvailableAt, RunnerID: t.RunnerID,
+			OpenDeps: t.OpenDeps, Now: c.now})
 	}
 }

@@ -58,6 +58,13 @@ type taskDef struct {
 	index int
 	deps  []*taskDef
 	retry *retryPlan
+	// dependents are the tasks that depend on this one, in topological
+	// order, and topoIndex is this task's place in that order.
+	dependents []*taskDef
+	topoIndex  int
+	// reads names the tasks whose status deciding this one reads: its
+	// dependencies and the tasks its trigger conditions name.
+	reads []string
 }
 
 // NewWorkflow validates tasks and returns the workflow. Every problem is
@@ -202,6 +209,20 @@ func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 	for _, def := range wf.tasks {
 		if !hasDependents[def] {
 			wf.leaves = append(wf.leaves, def)
+		}
+	}
+	for i, def := range wf.topo {
+		def.topoIndex = i
+		for _, dep := range def.deps {
+			dep.dependents = append(dep.dependents, def)
+		}
+		for _, dep := range def.deps {
+			def.reads = append(def.reads, dep.Name)
+		}
+		for _, c := range def.Trigger.conds {
+			if c.task != "" && !slices.Contains(def.reads, c.task) {
+				def.reads = append(def.reads, c.task)
+			}
 		}
 	}
 	wf.version = wf.fingerprint()

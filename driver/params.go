@@ -39,6 +39,7 @@ type TaskInsert struct {
 	Error        string          // skip reason for tasks created Skipped
 	AvailableAt  *time.Time
 	RunnerID     string // for tasks created Running
+	OpenDeps     int    // see Task.OpenDeps; 0 stores NULL
 	Now          time.Time
 }
 
@@ -64,6 +65,9 @@ type PipelineListParams struct {
 type TaskListParams struct {
 	PipelineIDs []uuid.UUID
 	IDs         []uuid.UUID
+	// Names, with PipelineIDs, narrows the listing to the tasks of those
+	// names (for one run: the few of a wide run a decision reads).
+	Names []string
 	// WithContexts loads Input and Output; without it they are left nil,
 	// which keeps status-only reads cheap.
 	WithContexts bool
@@ -159,7 +163,11 @@ type TaskUpdate struct {
 	Error       string          // skip reason for Skipped
 	AvailableAt *time.Time
 	RunnerID    string // for Running
-	Now         time.Time
+	// OpenDeps replaces the task's count of open dependencies (see
+	// Task.OpenDeps; 0 stores NULL). An update from NotStarted to
+	// NotStarted writes the count alone.
+	OpenDeps int
+	Now      time.Time
 }
 
 // OutboxInsert is one outbox row: a claimable unit of work.

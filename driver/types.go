@@ -163,6 +163,10 @@ type Task struct {
 	StartedAt   *time.Time // start of the latest attempt
 	CompletedAt *time.Time
 	UpdatedAt   time.Time
+	// OpenDeps is, for a NotStarted task, how many of its dependencies
+	// had not ended when they were last counted; 0 when they were not
+	// counted (stored as NULL). The engine keeps it under the run's lock.
+	OpenDeps int
 }
 
 // Event is one stored execution event.

@@ -34,7 +34,7 @@ const pipelineColumns = `id, workflow_name, workflow_version, status, input, out
 
 const taskColumnsFmt = `%[1]sid, %[1]spipeline_execution_id, %[1]sworkflow_name, %[1]stask_name, %[1]sposition, %[1]sstatus,
 	%[1]sattempt, %[1]smax_attempts, %[2]s, %[1]serror, %[1]srunner_id, %[1]srecovery_count, %[1]ssub_status, %[1]savailable_at,
-	%[1]screated_at, %[1]sstarted_at, %[1]scompleted_at, %[1]supdated_at`
+	%[1]screated_at, %[1]sstarted_at, %[1]scompleted_at, %[1]supdated_at, COALESCE(%[1]sopen_deps, 0) AS open_deps`
 
 func taskColumns(prefix string, withContexts bool) string {
 	ctxCols := "NULL::json, NULL::json"
@@ -162,12 +162,12 @@ func newQueries(schema string) *queries {
 		pipelineLockNoWait: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1)
 			ORDER BY id FOR UPDATE NOWAIT`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
-				status, attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at)
+				status, attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at, open_deps)
 			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::json, error, available_at,
-				runner, CASE WHEN status = 'running' THEN now END, now, now
+				runner, CASE WHEN status = 'running' THEN now END, now, now, NULLIF(open_deps, 0)
 			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::int[],
-				$9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[])
-				AS u(id, pid, wf, name, pos, status, attempt, max_attempts, input, error, available_at, now, runner)`),
+				$9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[], $14::int[])
+				AS u(id, pid, wf, name, pos, status, attempt, max_attempts, input, error, available_at, now, runner, open_deps)`),
 		taskClaim: r.Replace(claimSQL("")),
 		taskClaimRuns: r.Replace(claimSQL(`
 					AND task_execution_id IN (SELECT id FROM {s}.task_executions WHERE pipeline_execution_id = ANY($5))`)),
@@ -187,10 +187,10 @@ func newQueries(schema string) *queries {
 				completed_at = CASE WHEN u.status IN ('completed', 'failed', 'skipped') THEN u.now ELSE t.completed_at END,
 				runner_id = CASE WHEN u.status = 'running' THEN u.runner_id ELSE t.runner_id END,
 				started_at = CASE WHEN u.status = 'running' THEN u.now ELSE t.started_at END,
-				updated_at = u.now
+				updated_at = u.now, open_deps = NULLIF(u.open_deps, 0)
 			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[],
-				$10::text[])
-				AS u(id, from_status, status, attempt, input, error, available_at, now, runner_id)
+				$10::text[], $11::int[])
+				AS u(id, from_status, status, attempt, input, error, available_at, now, runner_id, open_deps)
 			WHERE t.id = u.id AND t.status = u.from_status RETURNING 1)
 			SELECT {s}.cloacina_expect_rows(count(*), $9, 'task') FROM u`),
 		outboxInsert: r.Replace(`INSERT INTO {s}.task_outbox (task_execution_id, attempt, workflow_name, available_at, created_at)
@@ -422,15 +422,16 @@ func taskInsertArgs(tasks []driver.TaskInsert) []any {
 		pos, attempts, maxes = make(int4Array, n), make(int4Array, n), make(int4Array, n)
 		errs, runners        = make(textArray, n), make(textArray, n)
 		available, nows      = make(timeArray, n), make(timeArray, n)
+		open                 = make(int4Array, n)
 	)
 	for i, t := range tasks {
 		ids[i], pids[i], wfs[i], names[i], statuses[i] = pgID(t.ID), pgID(t.PipelineID), pgText(t.WorkflowName), pgText(t.Name), pgText(string(t.Status))
 		pos[i], attempts[i], maxes[i] = pgInt4(t.Position), pgInt4(t.Attempt), pgInt4(t.MaxAttempts)
 		errs[i], available[i], nows[i] = pgText(t.Error), pgTimePtr(t.AvailableAt), pgTime(t.Now)
-		runners[i] = pgText(t.RunnerID)
+		runners[i], open[i] = pgText(t.RunnerID), pgInt4(t.OpenDeps)
 	}
 	inputs := jsonArray(n, func(i int) json.RawMessage { return tasks[i].Input }, "")
-	return []any{ids, pids, wfs, names, pos, statuses, attempts, maxes, inputs, errs, available, nows, runners}
+	return []any{ids, pids, wfs, names, pos, statuses, attempts, maxes, inputs, errs, available, nows, runners, open}
 }
 
 func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*driver.Task, error) {
@@ -442,7 +443,10 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 	if len(p.IDs) > 0 {
 		where = append(where, "id = ANY("+a.add(pgIDs(p.IDs))+")")
 	}
-	if len(where) == 0 {
+	if len(p.Names) > 0 {
+		where = append(where, "task_name = ANY("+a.add(p.Names)+")")
+	}
+	if len(where) == 0 || len(p.Names) > 0 && len(p.PipelineIDs) == 0 {
 		return nil, fmt.Errorf("postgres: list tasks: give pipeline ids or task ids")
 	}
 	q := `SELECT ` + taskColumns("", p.WithContexts) + ` FROM ` + e.q.taskTable + ` WHERE ` + strings.Join(where, " AND ") +
@@ -639,15 +643,16 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 			attempts             = make(int4Array, n)
 			available, nows      = make(timeArray, n), make(timeArray, n)
 			runners              = make(textArray, n)
+			open                 = make(int4Array, n)
 		)
 		for i := range c.Tasks {
 			u := &c.Tasks[i]
 			ids[i], from[i], statuses[i], attempts[i] = pgID(u.ID), pgText(string(u.FromStatus)), pgText(string(u.Status)), pgInt4(u.Attempt)
 			errs[i], available[i], nows[i] = pgText(u.Error), pgTimePtr(u.AvailableAt), pgTime(u.Now)
-			runners[i] = pgText(u.RunnerID)
+			runners[i], open[i] = pgText(u.RunnerID), pgInt4(u.OpenDeps)
 		}
 		inputs := jsonArray(n, func(i int) json.RawMessage { return c.Tasks[i].Input }, "")
-		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows, n, runners)
+		b.Queue(e.q.taskUpdate, ids, from, statuses, attempts, inputs, errs, available, nows, n, runners, open)
 	}
 	if n := len(c.Outbox); n > 0 {
 		var (

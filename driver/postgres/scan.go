@@ -104,7 +104,7 @@ func optional(ts pgtype.Timestamptz, slot *time.Time, dst **time.Time) error {
 type taskScan struct {
 	id, pid                                         uuid.UUID
 	workflow, name, status, errText, runner, sub    text
-	position, attempt, maxAttempts, recovery        int
+	position, attempt, maxAttempts, recovery, open  int
 	input, output                                   jsonCol
 	available, created, started, completed, updated pgtype.Timestamptz
 	dest                                            []any
@@ -116,7 +116,7 @@ func newTaskScan(before []any, after ...any) *taskScan {
 	s := &taskScan{}
 	s.dest = append(before, scanID{&s.id}, scanID{&s.pid}, &s.workflow, &s.name, &s.position, &s.status, &s.attempt,
 		&s.maxAttempts, &s.input, &s.output, &s.errText, &s.runner, &s.recovery, &s.sub, &s.available, &s.created,
-		&s.started, &s.completed, &s.updated)
+		&s.started, &s.completed, &s.updated, &s.open)
 	s.dest = append(s.dest, after...)
 	return s
 }
@@ -136,7 +136,7 @@ func (s *taskScan) scan(row pgx.Row) (*driver.Task, error) {
 	t := &a.task
 	t.ID, t.PipelineID = s.id, s.pid
 	t.WorkflowName, t.Name, t.Status = s.workflow.s, s.name.s, driver.TaskStatus(s.status.s)
-	t.Position, t.Attempt, t.MaxAttempts, t.RecoveryCount = s.position, s.attempt, s.maxAttempts, s.recovery
+	t.Position, t.Attempt, t.MaxAttempts, t.RecoveryCount, t.OpenDeps = s.position, s.attempt, s.maxAttempts, s.recovery, s.open
 	t.Error, t.RunnerID, t.SubStatus = s.errText.s, s.runner.s, s.sub.s
 	d := docs(&s.input, &s.output)
 	t.Input, t.Output = d[0], d[1]

@@ -342,7 +342,7 @@ func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver
 }
 
 func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert) error {
-	const cols = 15
+	const cols = 16
 	for start := 0; start < len(tasks); {
 		part := tasks[start : start+insertChunk(len(tasks)-start)]
 		start += len(part)
@@ -354,10 +354,11 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 				started = now
 			}
 			args = append(args, t.ID.String(), t.PipelineID.String(), t.WorkflowName, t.Name, t.Position, string(t.Status),
-				t.Attempt, t.MaxAttempts, jsonArg(t.Input), t.Error, formatTimePtr(t.AvailableAt), t.RunnerID, started, now, now)
+				t.Attempt, t.MaxAttempts, jsonArg(t.Input), t.Error, formatTimePtr(t.AvailableAt), t.RunnerID, started, now, now,
+				openDepsArg(t.OpenDeps))
 		}
 		q := valuesRows(`INSERT INTO task_executions (id, pipeline_execution_id, workflow_name, task_name, position, status,
-			attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at) VALUES `, cols, len(part))
+			attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at, open_deps) VALUES `, cols, len(part))
 		if _, err := e.hotExec(ctx, q, args...); err != nil {
 			return fmt.Errorf("sqlite: insert tasks: %w", mapError(err))
 		}
@@ -366,7 +367,8 @@ func (e *executor) TaskInsertMany(ctx context.Context, tasks []driver.TaskInsert
 }
 
 const taskColumns = `id, pipeline_execution_id, workflow_name, task_name, position, status, attempt, max_attempts,
-	%s, error, runner_id, recovery_count, sub_status, available_at, created_at, started_at, completed_at, updated_at`
+	%s, error, runner_id, recovery_count, sub_status, available_at, created_at, started_at, completed_at, updated_at,
+	COALESCE(open_deps, 0)`
 
 // taskSelect returns the task columns, with the contexts or without.
 func taskSelect(withContexts bool) string {
@@ -409,12 +411,16 @@ func (e *executor) TaskList(ctx context.Context, p *driver.TaskListParams) ([]*d
 		where = append(where, "id IN ("+inList(len(p.IDs))+")")
 		args = padIn(append(args, uuidArgs(p.IDs)...), len(p.IDs))
 	}
-	if len(where) == 0 {
+	if len(p.Names) > 0 {
+		where = append(where, "task_name IN ("+inList(len(p.Names))+")")
+		args = padIn(append(args, stringArgs(p.Names)...), len(p.Names))
+	}
+	if len(where) == 0 || len(p.Names) > 0 && len(p.PipelineIDs) == 0 {
 		return nil, errors.New("sqlite: list tasks: give pipeline ids or task ids")
 	}
 	q := `SELECT ` + taskSelect(p.WithContexts) + ` FROM task_executions WHERE ` + strings.Join(where, " AND ") +
 		` ORDER BY pipeline_execution_id, position`
-	out, err := collectTasks(e.queryIn(ctx, max(len(p.PipelineIDs), len(p.IDs)), q, args...))
+	out, err := collectTasks(e.queryIn(ctx, max(len(p.PipelineIDs), len(p.IDs), len(p.Names)), q, args...))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list tasks: %w", err)
 	}
@@ -607,7 +613,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 	taskUpdate := &stmtOnce{e: e, query: `UPDATE task_executions
 			SET status = ?, attempt = ?, input = COALESCE(?, input), error = ?, available_at = ?,
 				completed_at = COALESCE(?, completed_at), runner_id = COALESCE(?, runner_id),
-				started_at = COALESCE(?, started_at), updated_at = ?
+				started_at = COALESCE(?, started_at), updated_at = ?, open_deps = ?
 			WHERE id = ? AND status = ?`}
 	defer taskUpdate.close()
 	var status, from boxed[driver.TaskStatus]
@@ -625,7 +631,7 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 		}
 		res, err := taskUpdate.exec(ctx,
 			status.get(u.Status, textArg), u.Attempt, jsonArg(u.Input), u.Error, timePtrArg(&available, u.AvailableAt), completed, runner,
-			started, nowArg, u.ID.String(), from.get(u.FromStatus, textArg))
+			started, nowArg, openDepsArg(u.OpenDeps), u.ID.String(), from.get(u.FromStatus, textArg))
 		if err != nil {
 			return fmt.Errorf("sqlite: update task %s: %w", u.ID, mapError(err))
 		}
@@ -901,3 +907,11 @@ var notOfUnfinishedRun = fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM pipeline_executi
 	AND NOT EXISTS (SELECT 1 FROM task_executions rt
 		WHERE rt.pipeline_execution_id = e.pipeline_execution_id AND rt.status = '%s')`,
 	driver.PipelinePending, driver.PipelineRunning, driver.PipelinePaused, driver.TaskRunning)
+
+// openDepsArg stores a count of open dependencies, 0 as NULL (not counted).
+func openDepsArg(n int) any {
+	if n == 0 {
+		return nil
+	}
+	return n
+}

@@ -156,15 +156,19 @@ func (e *executor) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrpha
 // prefixColumns qualifies a column list with a table alias; NULL
 // placeholders stay as they are.
 func prefixColumns(cols, prefix string) string {
-	parts := strings.Split(cols, ",")
+	parts := strings.Split(strings.ReplaceAll(cols, ", 0)", "|0)"), ",")
 	for i, c := range parts {
 		c = strings.TrimSpace(c)
-		if c != "NULL" {
+		switch {
+		case c == "NULL":
+		case strings.HasPrefix(c, "COALESCE("):
+			c = "COALESCE(" + prefix + strings.TrimPrefix(c, "COALESCE(")
+		default:
 			c = prefix + c
 		}
 		parts[i] = c
 	}
-	return strings.Join(parts, ", ")
+	return strings.ReplaceAll(strings.Join(parts, ", "), "|0)", ", 0)")
 }
 
 func (e *executor) TaskSubStatusSet(ctx context.Context, p *driver.TaskSubStatusParams) (bool, error) {

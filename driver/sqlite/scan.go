@@ -33,7 +33,7 @@ func newTaskScan() *taskScan {
 	t := &s.t
 	s.dest = []any{&s.id, &s.pid, &t.WorkflowName, &t.Name, &t.Position, &s.status, &t.Attempt, &t.MaxAttempts,
 		&s.input, &s.output, &t.Error, &t.RunnerID, &t.RecoveryCount, &t.SubStatus, &s.available, &s.created,
-		&s.started, &s.completed, &s.updated}
+		&s.started, &s.completed, &s.updated, &t.OpenDeps}
 	return s
 }
 

@@ -1,0 +1,16 @@
+-- The number of a NotStarted task's dependencies that had not ended when
+-- it was last counted. A completion decides only the dependents of the
+-- tasks it ends: a task with several dependencies is decided when its
+-- count reaches zero, and until then each completion of one of them
+-- writes the count down, rather than reading back the statuses of every
+-- dependency (which, for the last task of a wide fan-in, made a run's
+-- completions cost the square of its width).
+--
+-- NULL means not counted: tasks created before this migration, tasks with
+-- fewer than two dependencies, and tasks of small workflows, which are
+-- decided on the statuses of their run's tasks as before. The engine
+-- counts a NULL task's dependencies when it meets it, and never trusts a
+-- count of zero without reading them.
+--
+-- Nullable with no default: adding the column does not rewrite the table.
+ALTER TABLE {{schema}}.task_executions ADD COLUMN open_deps integer;
