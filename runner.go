@@ -25,7 +25,9 @@ import (
 )
 
 // Config configures a Runner. The zero value is usable: every field
-// documents its default.
+// documents its default. No field bounds how long Open waits for a
+// database that fails transiently (one starting up, say): Open retries
+// until its ctx ends (see Open).
 type Config struct {
 	// Workflows are registered at open; more can be added with Register,
 	// before or after Start. A runner only claims tasks of workflows it
@@ -268,6 +270,19 @@ type Runner struct {
 // creating a SQLite file if missing, and applies migrations (neither with
 // Config.ReadOnly). The Config is checked first: one it refuses opens,
 // and creates, nothing.
+//
+// A transient failure (a PostgreSQL server starting up or restarting, a
+// connection refused or dropped, a deadlock or serialization failure or
+// session timeout while migrating, a SQLite database locked beyond its
+// busy timeout) is retried, opening afterwards from scratch, with a backoff
+// growing to 2 s, until ctx ends: then Open returns the last failure,
+// which still wraps driver.ErrTransient. Retries are logged (Config.Logger)
+// at debug level, and now and then at warn. Give ctx a deadline to bound
+// how long a process waits for its database; with context.Background(),
+// Open waits for as long as the database stays unreachable. Other
+// failures (a bad URL, authentication refused, a database or schema that
+// does not exist, a schema too new, a file that cannot be written) are
+// returned at once.
 func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 	var c Config
 	if cfg != nil {
@@ -283,16 +298,64 @@ func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	drv, err := openDriver(ctx, url, c.Schema, c.ReadOnly)
+	err = r.retryOpen(ctx, func() error {
+		drv, err := openDriver(ctx, url, c.Schema, c.ReadOnly)
+		if err != nil {
+			return err
+		}
+		if err := r.attach(ctx, drv); err != nil {
+			drv.Close()
+			return err
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	if err := r.attach(ctx, drv); err != nil {
-		drv.Close()
 		return nil, err
 	}
 	r.owned = true
 	return r, nil
+}
+
+// retryOpen runs open until it succeeds, fails for a reason that is not
+// transient, or ctx ends (see Open). When ctx ends after a transient
+// failure, the error is that failure, saying what to fix.
+func (r *Runner) retryOpen(ctx context.Context, open func() error) error {
+	backoff := 10 * time.Millisecond
+	var last error // the last transient failure
+	for attempt := 1; ; attempt++ {
+		err := open()
+		if err == nil {
+			if last != nil {
+				r.logger.Info("database reachable again: opened", "attempts", attempt)
+			}
+			return nil
+		}
+		transient := errors.Is(err, driver.ErrTransient)
+		if transient {
+			last = err
+		}
+		if ctx.Err() != nil && last != nil {
+			// An attempt that ctx cut short says only that ctx ended: the
+			// failure that kept Open retrying says what to fix.
+			return fmt.Errorf("%w (gave up after %d attempts as the context ended: %w): "+
+				"check that the database is up and reachable, or give Open a context with a longer deadline", last, attempt, context.Cause(ctx))
+		}
+		if !transient {
+			return err
+		}
+		level := slog.LevelDebug
+		if attempt == 5 || attempt%50 == 0 {
+			level = slog.LevelWarn
+		}
+		r.logger.Log(ctx, level, "open: retrying a transient failure", "attempt", attempt, "error", err)
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+		timer.Stop()
+		backoff = min(backoff*2, 2*time.Second)
+	}
 }
 
 // OpenPool opens a runner on a pgx pool the application already has;
@@ -325,7 +388,9 @@ func OpenDB(ctx context.Context, db *sql.DB, cfg *Config) (*Runner, error) {
 // NewRunner returns a runner on a backend (see driver/sqlite and
 // driver/postgres). It applies migrations unless Config.SkipMigrations or
 // Config.ReadOnly; a backend opened read-only needs Config.ReadOnly.
-// Closing the runner does not close drv.
+// Transient failures of the migration (or of the version check) are
+// retried until ctx ends, as Open retries them. Closing the runner does
+// not close drv.
 func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, error) {
 	backend := ""
 	if drv != nil {
@@ -338,7 +403,7 @@ func NewRunner(ctx context.Context, drv driver.Driver, cfg *Config) (*Runner, er
 	if drv == nil {
 		return nil, errors.New("cloacina: NewRunner needs a backend: open one with driver/sqlite or driver/postgres, or use Open")
 	}
-	if err := r.attach(ctx, drv); err != nil {
+	if err := r.retryOpen(ctx, func() error { return r.attach(ctx, drv) }); err != nil {
 		return nil, err
 	}
 	return r, nil

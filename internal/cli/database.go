@@ -135,6 +135,16 @@ func (a *app) open(ctx context.Context, d *database, mode openMode, workflows ..
 			return nil, err
 		}
 	}
+	if mode == openOrCreate && d.parsed.Backend != "sqlite" {
+		// cloacina.Open retries a server that does not answer until ctx
+		// ends, which for a command is an interrupt: try once first, so a
+		// wrong URL or a server that is down fails the command at once.
+		drv, err := postgres.Open(ctx, d.parsed.DSN, &postgres.Opts{Schema: d.parsed.Schema})
+		if err != nil {
+			return nil, d.openError(err)
+		}
+		drv.Close()
+	}
 	r, err := cloacina.Open(ctx, d.url, &cloacina.Config{
 		Workflows:      workflows,
 		Logger:         a.logger,
