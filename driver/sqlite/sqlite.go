@@ -82,6 +82,8 @@ type Driver struct {
 	file   *file       // shared by every Driver of this process on the same file
 	path   string      // absolute path, or "" for a database handed to New
 	opened os.FileInfo // the file at path when the Driver opened it; nil when unknown
+	// released gives the Driver's share of file back, once (see Close).
+	released sync.Once
 }
 
 // Open opens (creating if missing) the SQLite database file at path with
@@ -416,8 +418,11 @@ func (d *Driver) Listen(ctx context.Context) (driver.Subscription, error) {
 }
 
 // Close closes the statements the Driver prepared and the connections
-// Open made; a database handed to New is left open.
+// Open made; a database handed to New is left open. What the Drivers of
+// this process share on the file (its write queue and wake-up hub) goes
+// with the last of them to close.
 func (d *Driver) Close() error {
+	d.released.Do(func() { releaseFile(d.file) })
 	var err error
 	if d.stmts != nil {
 		err = d.stmts.close()
@@ -495,7 +500,14 @@ func mapError(err error) error {
 }
 
 // file is what every Driver of this process on one database file shares.
+// It stays in files while Drivers hold it (refs), and no longer, so that a
+// process that opens and closes many files (one per tenant, say) does not
+// keep one for every file it ever opened.
 type file struct {
+	// key is its key in files ("" for a database without a file), and
+	// refs the Drivers holding it; both are guarded by filesMu.
+	key  string
+	refs int
 	// write holds a token while a Driver of this process has a write
 	// transaction open on the file. Waiting senders are served in order.
 	write chan struct{}
@@ -521,9 +533,25 @@ func fileFor(path string) *file {
 	f, ok := files[path]
 	if !ok {
 		f = newFile()
+		f.key = path
 		files[path] = f
 	}
+	f.refs++
 	return f
+}
+
+// releaseFile gives back a Driver's hold on f (from fileFor): the last
+// Driver of the process on the file removes it from files, and the next
+// Driver to open the file gets a new one.
+func releaseFile(f *file) {
+	if f == nil || f.key == "" {
+		return
+	}
+	filesMu.Lock()
+	defer filesMu.Unlock()
+	if f.refs--; f.refs == 0 && files[f.key] == f {
+		delete(files, f.key)
+	}
 }
 
 func newFile() *file {

@@ -383,3 +383,61 @@ func TestWriteToMovedFileRefused(t *testing.T) {
 		})
 	}
 }
+
+// A process that opens and closes many database files (one per tenant,
+// say) keeps nothing for those it closed: what the Drivers of one file
+// share goes with the last of them.
+func TestClosedFilesAreForgotten(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for i := range 20 {
+		path := filepath.Join(dir, fmt.Sprintf("tenant%d.db", i))
+		drv, err := sqlite.Open(path)
+		require.NoError(t, err)
+		require.NoError(t, drv.Migrate(t.Context()))
+		again, err := sqlite.Open(path)
+		require.NoError(t, err)
+		require.Equal(t, 1, sqlite.FilesUnder(dir), "two Drivers on one file share one entry")
+		require.NoError(t, drv.Close())
+		require.Equal(t, 1, sqlite.FilesUnder(dir), "kept while a Driver holds it")
+		require.NoError(t, again.Close())
+		if i%2 == 0 {
+			ro, err := sqlite.OpenReadOnly(path)
+			require.NoError(t, err)
+			require.NoError(t, ro.Close())
+		}
+	}
+	require.Zero(t, sqlite.FilesUnder(dir))
+}
+
+// Drivers on one file share wake-ups as long as one of them is open: one
+// opened after another closed (through a link, here) still shares them
+// with the one that stayed open.
+func TestWakeUpsSharedUntilTheLastClose(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "shared.db")
+	first, err := sqlite.Open(path)
+	require.NoError(t, err)
+	require.NoError(t, first.Migrate(t.Context()))
+	stays := open(t, path)
+	require.NoError(t, first.Close())
+	link := filepath.Join(dir, "link.db")
+	require.NoError(t, os.Symlink(path, link))
+	later := open(t, link)
+	require.Equal(t, 1, sqlite.FilesUnder(dir))
+
+	sub, err := stays.Listen(t.Context())
+	require.NoError(t, err)
+	defer sub.Close()
+	tx, err := later.Begin(t.Context())
+	require.NoError(t, err)
+	require.NoError(t, tx.ChangeSetApply(t.Context(), &driver.ChangeSet{Notify: []string{"work:wf"}}))
+	require.NoError(t, tx.Commit(t.Context()))
+	// A wake-up is published at commit, so it is buffered by now.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	got, err := sub.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "work:wf", got)
+}
