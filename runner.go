@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"reflect"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -637,21 +639,55 @@ func (r *Runner) workflowNamesLocked() []string {
 // the exception while Close stops them: their calls (a child run started
 // and waited for, say) go on as they would under Stop. ID, Driver and
 // IsLeader still answer, and Stop does nothing. A second Close waits for
-// the first and returns its result. A task of this runner that calls Close
-// (or Stop), whether or not a Close is already in progress, waits for
-// itself — Close for its 30 s, Stop until its ctx ends (or a Close bounds
-// it) — after which its claim is handed back, and its run goes on
-// elsewhere or when a runner starts. Have the task signal the code that
-// owns the runner instead.
+// the first and returns its result.
+//
+// Close called from a task function of this runner, on the goroutine
+// running it, cannot wait for the stop, which waits for the task: it
+// closes the runner for callers as above, then stops and closes in the
+// background and returns nil at once. The task should return: its result
+// is recorded as any other's before the database closes. (A task that
+// goes on running is waited for, and handed back, as any other.) The
+// outcome is logged; a later Close from outside waits for it and returns
+// it. Close takes no context, so it knows a task by its caller's stack,
+// which shows a task function but not whose, with two limits. From a
+// goroutine the task started, it waits for the task like any caller, for
+// 30 s, after which the task's claim is handed back (reset to Ready, to
+// run again elsewhere or when a runner starts): such a goroutine should
+// call Stop with the task's context, which works from any goroutine,
+// before Close. And from a task of another runner of the process, while
+// this one runs tasks, it returns at once as well, the close going on in
+// the background.
 func (r *Runner) Close() error {
+	fromTask := r.callingTask(context.Background()) != nil
 	r.mu.Lock()
 	if r.isClosed() {
 		r.mu.Unlock()
-		<-r.closed
+		select {
+		case <-r.closed:
+		default:
+			if fromTask {
+				return nil // the close in progress waits for this task
+			}
+			<-r.closed
+		}
 		return r.closeErr
 	}
 	close(r.done)
 	r.mu.Unlock()
+	if fromTask {
+		go func() {
+			if err := r.finishClose(); err != nil {
+				r.logger.Warn("close called from a task", "error", err)
+			}
+		}()
+		return nil
+	}
+	return r.finishClose()
+}
+
+// finishClose is Close once it marked the runner closed: it stops the
+// runner and closes the database.
+func (r *Runner) finishClose() error {
 	defer close(r.closed)
 	// A Start in progress finishes first (it sees the runner closed and
 	// withdraws), so the database is not closed under it.
@@ -727,6 +763,64 @@ func (r *Runner) ownTask(ctx context.Context) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return !s.returned
+}
+
+// callingTask returns the services running the caller, when the caller
+// is a task function of this runner's current Start: ctx is its context
+// (see ownTask), or, for Close, which has no context, the calling
+// goroutine is running a task function (see inTaskFunction) while this
+// runner runs tasks. Otherwise it returns nil.
+func (r *Runner) callingTask(ctx context.Context) *services {
+	if r.ownTask(ctx) {
+		return ctx.Value(taskScopeKey{}).(*taskScope).svc
+	}
+	svc := r.services()
+	if svc == nil || !inTaskFunction() {
+		return nil
+	}
+	for _, rt := range r.runningTasks() {
+		s := &rt.scope
+		if s.svc != svc {
+			continue
+		}
+		s.mu.Lock()
+		returned := s.returned
+		s.mu.Unlock()
+		if !returned {
+			return svc
+		}
+	}
+	return nil
+}
+
+// taskCaller is the function that calls task functions (on the goroutine
+// that runs them), as the runtime names it.
+var taskCaller = runtime.FuncForPC(reflect.ValueOf(callTask).Pointer()).Name()
+
+// inTaskFunction reports whether the calling goroutine is running a task
+// function of some runner of this process: whether callTask is on its
+// stack. Go gives goroutines no identity to know a task by; reading one
+// off runtime.Stack for every task would add some 10 µs to each, where
+// the stack costs nothing until Close asks.
+func inTaskFunction() bool {
+	pcs := make([]uintptr, 64)
+	for {
+		n := runtime.Callers(2, pcs)
+		frames := runtime.CallersFrames(pcs[:n])
+		for {
+			f, more := frames.Next()
+			if f.Function == taskCaller {
+				return true
+			}
+			if !more {
+				break
+			}
+		}
+		if n < len(pcs) {
+			return false
+		}
+		pcs = make([]uintptr, 2*len(pcs)) // a deep stack: look at all of it
+	}
 }
 
 // closedErr wraps err with ErrRunnerClosed when the runner was closed

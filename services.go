@@ -199,18 +199,54 @@ func (r *Runner) Start(ctx context.Context) error {
 // still refuses then are given up (their tasks stay Running until their
 // claims are recovered, and run again), and Stop's error says how many
 // (joined with ctx's, if any). The runner can be started again afterwards.
+//
+// A task of this runner that calls Stop (with its context, or any context
+// from the goroutine running the task function: see Close for how that is
+// told, and its limits) cannot wait for the stop,
+// which waits for the task: Stop then begins stopping in the background
+// and returns nil at once. The task should return: its result is recorded
+// as any other's, and the stop ends as described above, ctx's deadline
+// bounding it but not ctx's cancellation (a task's context is cancelled
+// as it returns). Its outcome is logged; a later Stop, or Close, waits
+// for it. A goroutine the task started that calls Stop with a context of
+// its own is an ordinary caller: Stop waits for the task.
 func (r *Runner) Stop(ctx context.Context) error {
+	if svc := r.callingTask(ctx); svc != nil {
+		ctx, cancel := detachContext(ctx)
+		go func() {
+			defer cancel()
+			if err := r.stopServices(ctx, svc); err != nil {
+				r.logger.Warn("stop called from a task", "error", err)
+			}
+		}()
+		return nil
+	}
 	return r.stop(ctx)
 }
 
-func (r *Runner) stop(ctx context.Context) error {
+// detachContext returns ctx with its values and deadline, but not its
+// cancellation.
+func detachContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	detached := context.WithoutCancel(ctx)
+	if deadline, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(detached, deadline)
+	}
+	return context.WithCancel(detached)
+}
+
+func (r *Runner) stop(ctx context.Context) error { return r.stopServices(ctx, nil) }
+
+// stopServices stops the runner (see Stop) if it runs the services want,
+// or any services when want is nil: a stop asked for by a task ends the
+// services that ran the task, and no later Start's.
+func (r *Runner) stopServices(ctx context.Context, want *services) error {
 	ctx, release := r.boundByClose(ctx)
 	defer release()
 	r.lifecycleMu.Lock()
 	defer r.lifecycleMu.Unlock()
 	r.mu.Lock()
 	svc := r.svc.Load()
-	if !r.started || svc == nil {
+	if !r.started || svc == nil || (want != nil && svc != want) {
 		r.mu.Unlock()
 		return nil
 	}
