@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -227,4 +228,22 @@ func (h messageHandler) Handle(_ context.Context, rec slog.Record) error {
 		}
 	}
 	return nil
+}
+
+// Without a deadline on ctx, Open retries for Config.OpenRetry and then
+// gives up, saying which setting waits longer; a negative OpenRetry does
+// not retry at all.
+func TestOpenRetryBoundsAContextWithoutDeadline(t *testing.T) {
+	t.Parallel()
+	p := newFlakyProxy(t, 1<<40, 0)
+	logger, retried := messageLogger("open: retrying a transient failure")
+	_, err := Open(context.Background(), p.url(testdb.PostgresSchemaURL(t)), &Config{Logger: logger, OpenRetry: 100 * time.Millisecond})
+	require.ErrorIs(t, err, driver.ErrTransient)
+	require.ErrorContains(t, err, "Config.OpenRetry")
+	require.NotEmpty(t, retried, "it retried before giving up")
+
+	logger, retried = messageLogger("open: retrying a transient failure")
+	_, err = Open(context.Background(), p.url(testdb.PostgresSchemaURL(t)), &Config{Logger: logger, OpenRetry: -1})
+	require.ErrorIs(t, err, driver.ErrTransient)
+	require.Empty(t, retried, "no retry")
 }

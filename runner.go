@@ -1,6 +1,7 @@
 package cloacina
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -27,9 +28,7 @@ import (
 )
 
 // Config configures a Runner. The zero value is usable: every field
-// documents its default. No field bounds how long Open waits for a
-// database that fails transiently (one starting up, say): Open retries
-// until its ctx ends (see Open).
+// documents its default.
 type Config struct {
 	// Workflows are registered at open; more can be added with Register,
 	// before or after Start. A runner only claims tasks of workflows it
@@ -112,6 +111,11 @@ type Config struct {
 	// in other processes may declare the same ones, and each tick fires
 	// once. Default: none.
 	Schedules []Schedule
+	// OpenRetry bounds how long Open, OpenPool, OpenDB and NewRunner go
+	// on retrying transient failures (a database starting up, say) when
+	// their ctx has no deadline; a deadline on ctx bounds them instead.
+	// Negative: no retry. Default: 30s.
+	OpenRetry time.Duration
 }
 
 const (
@@ -123,6 +127,8 @@ const (
 	// takes: anything shorter is a number that lost its unit.
 	minInterval   = time.Millisecond
 	defaultPGPoll = 5 * time.Second
+	// defaultOpenRetry is Config.OpenRetry's default.
+	defaultOpenRetry = 30 * time.Second
 	// orphanSweepEvery is how many heartbeats apart the leader also looks
 	// for Running tasks whose runner row is gone (a leader that died
 	// between removing dead runners and resetting their tasks).
@@ -277,11 +283,11 @@ type Runner struct {
 // connection refused or dropped, a deadlock or serialization failure or
 // session timeout while migrating, a SQLite database locked beyond its
 // busy timeout) is retried, opening afterwards from scratch, with a backoff
-// growing to 2 s, until ctx ends: then Open returns the last failure,
+// growing to 2 s, until ctx ends or, when ctx has no deadline, for
+// Config.OpenRetry (30s by default): then Open returns the last failure,
 // which still wraps driver.ErrTransient. Retries are logged (Config.Logger)
-// at debug level, and now and then at warn. Give ctx a deadline to bound
-// how long a process waits for its database; with context.Background(),
-// Open waits for as long as the database stays unreachable. Other
+// at debug level, and now and then at warn. Give ctx a longer deadline to
+// wait longer for a database that is starting. Other
 // failures (a bad URL, authentication refused, a database or schema that
 // does not exist, a schema too new, a file that cannot be written) are
 // returned at once.
@@ -324,6 +330,10 @@ func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 func (r *Runner) retryOpen(ctx context.Context, open func() error) error {
 	backoff := 10 * time.Millisecond
 	var last error // the last transient failure
+	var giveUp time.Time
+	if _, ok := ctx.Deadline(); !ok {
+		giveUp = time.Now().Add(cmp.Or(r.cfg.OpenRetry, defaultOpenRetry))
+	}
 	for attempt := 1; ; attempt++ {
 		err := open()
 		if err == nil {
@@ -344,6 +354,10 @@ func (r *Runner) retryOpen(ctx context.Context, open func() error) error {
 		}
 		if !transient {
 			return err
+		}
+		if !giveUp.IsZero() && !time.Now().Add(backoff).Before(giveUp) {
+			return fmt.Errorf("%w (gave up after %d attempts over Config.OpenRetry, %s): check that the database is up and reachable, "+
+				"or set a longer Config.OpenRetry, or give Open a context with a deadline", err, attempt, cmp.Or(r.cfg.OpenRetry, defaultOpenRetry))
 		}
 		level := slog.LevelDebug
 		if attempt == 5 || attempt%50 == 0 {
