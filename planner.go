@@ -388,8 +388,11 @@ func (s *runState) decide(c *changes, def *taskDef, t *driver.Task) error {
 // decided narrowly (advanceFrom, endFrom) by runners of the run's version:
 // a completion reads the tasks it may decide, not every task of its run.
 // Below it, reading the whole run in the round trip that records the
-// results costs less than reading a few of its tasks in another.
-const narrowMin = 32
+// results costs less than reading a few of its tasks in another. A
+// variable only so that the test suite can run every workflow narrowly
+// (CLOACINA_TEST_NARROW=all, see main_test.go): set once, before any
+// runner opens.
+var narrowMin = 32
 
 // narrow reports whether the runs of wf are decided narrowly.
 func (wf *Workflow) narrow() bool { return len(wf.tasks) > narrowMin }
