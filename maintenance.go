@@ -399,7 +399,7 @@ func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphane
 			why := reason(t)
 			batch[i] = &taskResult{task: t, recovery: why, err: errors.New(why)}
 		}
-		lost, _, err := r.complete(ctx, batch, false)
+		lost, err := r.complete(ctx, batch)
 		if err != nil {
 			return err
 		}
@@ -440,7 +440,7 @@ func (r *Runner) resetStrays(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.maintenanceBound())
 	defer cancel()
-	lost, _, err := r.complete(ctx, batch, false)
+	lost, err := r.complete(ctx, batch)
 	if err != nil {
 		r.runningMu.Lock()
 		r.strays = append(r.strays, strays...)

@@ -132,16 +132,6 @@ type TaskFinishParams struct {
 	// back in TaskFinishResult.Pipelines. For callers whose transitions do
 	// not depend on the runs' state.
 	LockPipelineIDs []uuid.UUID
-	// SkipLocked locks the runs of LockPipelineIDs that no other
-	// transaction holds, instead of waiting for those another one holds:
-	// a run skipped is missing from Pipelines, and the Finishes of its
-	// tasks are not applied (missing from Finished, as a fence that failed;
-	// callers put the run of every Finish in LockPipelineIDs). A completion batch uses it so that one run held elsewhere
-	// (an open ExecuteTx, a cancel, another runner's completion) does not
-	// hold back the results of every other run. PostgreSQL skips row locks
-	// held elsewhere (FOR UPDATE SKIP LOCKED); on SQLite the write
-	// transaction holds every run, so nothing is ever skipped.
-	SkipLocked bool
 }
 
 // TaskFinishResult is what TaskFinishMany did and read.
@@ -152,9 +142,7 @@ type TaskFinishResult struct {
 	// ordered by run then position.
 	Tasks []*Task
 	// Pipelines holds the runs of LockPipelineIDs, as PipelineLock returns
-	// them: in id order, as they were before the transitions. With
-	// SkipLocked, only those locked; the run of every task in Finished is
-	// among them.
+	// them: in id order, as they were before the transitions.
 	Pipelines []*Pipeline
 }
 

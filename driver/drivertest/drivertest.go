@@ -109,7 +109,6 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"TaskClaim", testTaskClaim},
 		{"TaskClaimConcurrent", testTaskClaimConcurrent},
 		{"TaskFinishMany", testTaskFinishMany},
-		{"TaskFinishSkipLocked", testTaskFinishSkipLocked},
 		{"OutboxPeek", testOutboxPeek},
 		{"OutboxDelete", testOutboxDelete},
 		{"BacklogList", testBacklogList},

@@ -1,12 +1,10 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,8 +46,8 @@ func taskColumns(prefix string, withContexts bool) string {
 
 // taskFinishListSQL finishes tasks and reads back every task of the runs
 // $12, with their contexts or without.
-func taskFinishListSQL(withContexts bool, finish string) string {
-	return `WITH fin AS (` + strings.Replace(finish, "RETURNING t.id", "RETURNING "+taskColumns("t.", withContexts), 1) + `)
+func taskFinishListSQL(withContexts bool) string {
+	return `WITH fin AS (` + strings.Replace(finishSQL, "RETURNING t.id", "RETURNING "+taskColumns("t.", withContexts), 1) + `)
 			SELECT * FROM (
 				SELECT true AS finished, fin.* FROM fin
 				UNION ALL
@@ -71,16 +69,6 @@ const finishSQL = `UPDATE {s}.task_executions t
 			WHERE t.id = f.id AND t.status = 'running' AND t.runner_id = f.runner_id
 				AND t.attempt = f.fence_attempt AND t.recovery_count = f.fence_recovery
 			RETURNING t.id`
-
-// finishSkipLockedSQL is finishSQL applied only to the tasks of the runs
-// of param that this transaction holds or can lock without waiting
-// (SkipLocked): a run another transaction holds keeps its tasks as they
-// are.
-func finishSkipLockedSQL(param string) string {
-	return strings.Replace(finishSQL, "AND t.recovery_count = f.fence_recovery", `AND t.recovery_count = f.fence_recovery
-				AND t.pipeline_execution_id IN (
-					SELECT id FROM {s}.pipeline_executions WHERE id = ANY(`+param+`) FOR UPDATE SKIP LOCKED)`, 1)
-}
 
 // pipelineInsertSQL creates runs from parallel arrays ($1–$8), skipping
 // those that exist; a run created Running starts at its creation.
@@ -138,27 +126,22 @@ type queries struct {
 	taskFinish         string
 	taskFinishList     string
 	taskFinishListLean string // without contexts (ListStatusOnly)
-	// The same with SkipLocked.
-	pipelineLockSkip       string
-	taskFinishSkip         string
-	taskFinishListSkip     string
-	taskFinishListLeanSkip string
-	outboxPeek             string
-	backlog                string
-	outboxDelete           string
-	taskUpdate             string
-	outboxInsert           string
-	pipelineUpdate         string
-	eventInsert            string
-	notify                 string
-	channel                string
-	eventDelete            string
-	eventDeleteEnded       string
-	eventLastBefore        string
-	eventNotUnfinished     string
-	pipelineTable          string
-	taskTable              string
-	eventTable             string
+	outboxPeek         string
+	backlog            string
+	outboxDelete       string
+	taskUpdate         string
+	outboxInsert       string
+	pipelineUpdate     string
+	eventInsert        string
+	notify             string
+	channel            string
+	eventDelete        string
+	eventDeleteEnded   string
+	eventLastBefore    string
+	eventNotUnfinished string
+	pipelineTable      string
+	taskTable          string
+	eventTable         string
 }
 
 func newQueries(schema string) *queries {
@@ -190,15 +173,9 @@ func newQueries(schema string) *queries {
 					AND task_execution_id IN (SELECT id FROM {s}.task_executions WHERE pipeline_execution_id = ANY($5))`)),
 		taskFinish: r.Replace(finishSQL),
 
-		taskFinishList:     r.Replace(taskFinishListSQL(true, finishSQL)),
-		taskFinishListLean: r.Replace(taskFinishListSQL(false, finishSQL)),
-		pipelineLockSkip: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1)
-			ORDER BY id FOR UPDATE SKIP LOCKED`),
-		// It returns each finished task's run too.
-		taskFinishSkip:         r.Replace(strings.Replace(finishSkipLockedSQL("$12"), "RETURNING t.id", "RETURNING t.id, t.pipeline_execution_id", 1)),
-		taskFinishListSkip:     r.Replace(taskFinishListSQL(true, finishSkipLockedSQL("$13"))),
-		taskFinishListLeanSkip: r.Replace(taskFinishListSQL(false, finishSkipLockedSQL("$13"))),
-		backlog:                r.Replace(backlogSQL),
+		taskFinishList:     r.Replace(taskFinishListSQL(true)),
+		taskFinishListLean: r.Replace(taskFinishListSQL(false)),
+		backlog:            r.Replace(backlogSQL),
 		outboxPeek: r.Replace(`SELECT
 			EXISTS (SELECT 1 FROM {s}.task_outbox WHERE available_at <= $1 AND workflow_name = ANY($2)),
 			(SELECT MIN(available_at) FROM {s}.task_outbox WHERE available_at > $1 AND workflow_name = ANY($2))`),
@@ -562,14 +539,9 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 	args := []any{ids, statuses, outputs, errs, attempts, available, nows, runners, fa, fr, recoveries}
 	// The lock, the finish and the read-back travel in one round trip; the
 	// server runs them in order.
-	skip := p.SkipLocked && len(p.LockPipelineIDs) > 0
 	b := &pgx.Batch{}
 	if len(p.LockPipelineIDs) > 0 {
-		q := e.q.pipelineLock
-		if skip {
-			q = e.q.pipelineLockSkip
-		}
-		b.Queue(q, pgIDs(p.LockPipelineIDs))
+		b.Queue(e.q.pipelineLock, pgIDs(p.LockPipelineIDs))
 	}
 	switch {
 	case list:
@@ -577,120 +549,54 @@ func (e *executor) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParam
 		// from RETURNING (the table scan would see them as they were
 		// before).
 		q := e.q.taskFinishList
-		switch {
-		case skip && p.ListStatusOnly:
-			q = e.q.taskFinishListLeanSkip
-		case skip:
-			q = e.q.taskFinishListSkip
-		case p.ListStatusOnly:
+		if p.ListStatusOnly {
 			q = e.q.taskFinishListLean
 		}
-		args = append(args, pgIDs(p.ListPipelineIDs))
-		if skip {
-			args = append(args, pgIDs(p.LockPipelineIDs))
-		}
-		b.Queue(q, args...)
-	case n > 0 && skip:
-		b.Queue(e.q.taskFinishSkip, append(args, pgIDs(p.LockPipelineIDs))...)
+		b.Queue(q, append(args, pgIDs(p.ListPipelineIDs))...)
 	case n > 0:
 		b.Queue(e.q.taskFinish, args...)
 	}
-	// With SkipLocked, the runs of the tasks finished (finishedRuns) are
-	// held by this transaction: one the lock skipped and the finish could
-	// lock (its holder ended in between) is read afterwards.
-	var finishedRuns []uuid.UUID
-	if err := func() error {
-		br := e.db.SendBatch(ctx, b)
-		defer br.Close()
-		if len(p.LockPipelineIDs) > 0 {
-			pipes, err := collectPipelines(br.Query())
-			if err != nil {
-				return fmt.Errorf("postgres: lock pipelines: %w", err)
-			}
-			res.Pipelines = pipes
+	br := e.db.SendBatch(ctx, b)
+	defer br.Close()
+	if len(p.LockPipelineIDs) > 0 {
+		pipes, err := collectPipelines(br.Query())
+		if err != nil {
+			return nil, fmt.Errorf("postgres: lock pipelines: %w", err)
 		}
-		switch {
-		case !list && n > 0 && skip:
-			rows, err := br.Query()
-			if err != nil {
-				return finishErr(err)
-			}
-			defer rows.Close()
-			for rows.Next() {
-				var id, run uuid.UUID
-				if err := rows.Scan(scanID{&id}, scanID{&run}); err != nil {
-					return finishErr(err)
-				}
-				res.Finished = append(res.Finished, id)
-				finishedRuns = append(finishedRuns, run)
-			}
-			if err := rows.Err(); err != nil {
-				return finishErr(err)
-			}
-			rows.Close()
-		case !list && n > 0:
+		res.Pipelines = pipes
+	}
+	if !list {
+		if n > 0 {
 			done, err := collectIDs(br.Query())
 			if err != nil {
-				return finishErr(err)
+				return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 			}
 			res.Finished = done
-		case list:
-			rows, err := br.Query()
-			if err != nil {
-				return finishErr(err)
-			}
-			defer rows.Close()
-			var finished bool
-			s := newTaskScan([]any{&finished})
-			for rows.Next() {
-				t, err := s.scan(rows)
-				if err != nil {
-					return fmt.Errorf("postgres: finish tasks: %w", err)
-				}
-				if finished {
-					res.Finished = append(res.Finished, t.ID)
-					finishedRuns = append(finishedRuns, t.PipelineID)
-				}
-				res.Tasks = append(res.Tasks, t)
-			}
-			if err := rows.Err(); err != nil {
-				return finishErr(err)
-			}
-			rows.Close()
 		}
-		return finishErr(br.Close())
-	}(); err != nil {
-		return nil, err
+		return res, finishErr(br.Close())
 	}
-	if skip {
-		if err := e.lockedLate(ctx, res, finishedRuns); err != nil {
-			return nil, err
-		}
-	}
-	return res, nil
-}
-
-// lockedLate adds to res.Pipelines the runs among runs (those of the tasks
-// a SkipLocked finish applied) that its lock skipped: their holder ended
-// between the lock and the finish, which locked them. Rare; this
-// transaction holds them, so reading them again does not wait.
-func (e *executor) lockedLate(ctx context.Context, res *driver.TaskFinishResult, runs []uuid.UUID) error {
-	var late []uuid.UUID
-	for _, id := range runs {
-		if !slices.ContainsFunc(res.Pipelines, func(p *driver.Pipeline) bool { return p.ID == id }) && !slices.Contains(late, id) {
-			late = append(late, id)
-		}
-	}
-	if len(late) == 0 {
-		return nil
-	}
-	pipes, err := e.PipelineLock(ctx, late)
+	rows, err := br.Query()
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
 	}
-	res.Pipelines = append(res.Pipelines, pipes...)
-	slices.SortFunc(res.Pipelines, func(a, b *driver.Pipeline) int { return bytes.Compare(a.ID[:], b.ID[:]) })
-	return nil
+	defer rows.Close()
+	var finished bool
+	s := newTaskScan([]any{&finished})
+	for rows.Next() {
+		t, err := s.scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: finish tasks: %w", err)
+		}
+		if finished {
+			res.Finished = append(res.Finished, t.ID)
+		}
+		res.Tasks = append(res.Tasks, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: finish tasks: %w", mapError(err))
+	}
+	rows.Close()
+	return res, finishErr(br.Close())
 }
 
 func finishErr(err error) error {

@@ -31,9 +31,7 @@ func TestHotPathKeepsIndexPlansAsTablesGrow(t *testing.T) {
 	now := time.Now()
 
 	// cycle starts a run of two tasks, claims the first, completes it and
-	// makes the second Running in the completion, as the engine does (its
-	// completion skips runs held elsewhere, and reads their tasks without
-	// contexts).
+	// makes the second Running in the completion, as the engine does.
 	cycle := func(t *testing.T) {
 		t.Helper()
 		run := &driver.PipelineInsertParams{ID: uuid.New(), WorkflowName: "wf", WorkflowVersion: "v1",
@@ -60,7 +58,7 @@ func TestHotPathKeepsIndexPlansAsTablesGrow(t *testing.T) {
 			res, err := tx.TaskFinishMany(ctx, &driver.TaskFinishParams{
 				Finishes: []driver.TaskFinish{{Fence: driver.Fence{TaskID: claimed.ID, RunnerID: "r", Attempt: 1},
 					Status: driver.TaskCompleted, Attempt: 1, Now: now}},
-				ListPipelineIDs: []uuid.UUID{run.ID}, LockPipelineIDs: []uuid.UUID{run.ID}, ListStatusOnly: true, SkipLocked: true})
+				ListPipelineIDs: []uuid.UUID{run.ID}, LockPipelineIDs: []uuid.UUID{run.ID}})
 			if err != nil {
 				return err
 			}
