@@ -107,6 +107,16 @@ func inTx(t *testing.T, drv driver.Driver, fn func(tx driver.Tx) error) {
 // after the driver's connection has flushed its statistics.
 func seqScans(t *testing.T, drv *postgres.Driver, schema string) map[string]int64 {
 	t.Helper()
+	out := tableStats(t, drv, schema, `SELECT relname, seq_scan FROM pg_stat_user_tables
+		WHERE schemaname = $1 AND relname IN ('pipeline_executions', 'task_executions', 'execution_events')`)
+	require.Len(t, out, 3)
+	return out
+}
+
+// tableStats runs query, which takes the schema as $1 and returns names and
+// counts, once the driver's connection has flushed its statistics.
+func tableStats(t *testing.T, drv *postgres.Driver, schema, query string) map[string]int64 {
+	t.Helper()
 	ctx := t.Context()
 	// The one connection reports its pending counts once it is idle.
 	_, err := drv.Pool().Exec(ctx, "SELECT pg_stat_force_next_flush()")
@@ -116,8 +126,7 @@ func seqScans(t *testing.T, drv *postgres.Driver, schema string) map[string]int6
 	admin, err := pgx.Connect(ctx, testdb.PostgresURL())
 	require.NoError(t, err)
 	defer admin.Close(context.WithoutCancel(ctx))
-	rows, err := admin.Query(ctx, `SELECT relname, seq_scan FROM pg_stat_user_tables
-		WHERE schemaname = $1 AND relname IN ('pipeline_executions', 'task_executions', 'execution_events')`, schema)
+	rows, err := admin.Query(ctx, query, schema)
 	require.NoError(t, err)
 	out := map[string]int64{}
 	for rows.Next() {
@@ -127,7 +136,6 @@ func seqScans(t *testing.T, drv *postgres.Driver, schema string) map[string]int6
 		out[name] = n
 	}
 	require.NoError(t, rows.Err())
-	require.Len(t, out, 3)
 	return out
 }
 
@@ -405,28 +413,10 @@ func TestEventsByRareTypeUseTypeIndex(t *testing.T) {
 // the driver's connection has flushed its statistics.
 func indexStats(t *testing.T, drv *postgres.Driver, schema string) map[string]int64 {
 	t.Helper()
-	ctx := t.Context()
-	_, err := drv.Pool().Exec(ctx, "SELECT pg_stat_force_next_flush()")
-	require.NoError(t, err)
-	_, err = drv.Pool().Exec(ctx, "SELECT 1")
-	require.NoError(t, err)
-	admin, err := pgx.Connect(ctx, testdb.PostgresURL())
-	require.NoError(t, err)
-	defer admin.Close(context.WithoutCancel(ctx))
-	rows, err := admin.Query(ctx, `SELECT indexrelname || '.tup_read', idx_tup_read FROM pg_stat_user_indexes
+	return tableStats(t, drv, schema, `SELECT indexrelname || '.tup_read', idx_tup_read FROM pg_stat_user_indexes
 			WHERE schemaname = $1 AND relname IN ('execution_events', 'task_executions')
 		UNION ALL SELECT relname || '.seq_scan', seq_scan FROM pg_stat_user_tables
-			WHERE schemaname = $1 AND relname IN ('execution_events', 'task_executions')`, schema)
-	require.NoError(t, err)
-	out := map[string]int64{}
-	for rows.Next() {
-		var name string
-		var n int64
-		require.NoError(t, rows.Scan(&name, &n))
-		out[name] = n
-	}
-	require.NoError(t, rows.Err())
-	return out
+			WHERE schemaname = $1 AND relname IN ('execution_events', 'task_executions')`)
 }
 
 // Following from a sequence number (EventQuery.AfterSeq with no
