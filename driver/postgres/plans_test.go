@@ -162,25 +162,8 @@ func TestChildListingUsesParentIndex(t *testing.T) {
 
 	scans := func() map[string]int64 {
 		t.Helper()
-		_, err := drv.Pool().Exec(ctx, "SELECT pg_stat_force_next_flush()")
-		require.NoError(t, err)
-		_, err = drv.Pool().Exec(ctx, "SELECT 1")
-		require.NoError(t, err)
-		admin, err := pgx.Connect(ctx, testdb.PostgresURL())
-		require.NoError(t, err)
-		defer admin.Close(context.WithoutCancel(ctx))
-		rows, err := admin.Query(ctx, `SELECT indexrelname, idx_scan FROM pg_stat_user_indexes
-			WHERE schemaname = $1 AND relname = 'pipeline_executions'`, schema)
-		require.NoError(t, err)
-		out := map[string]int64{}
-		for rows.Next() {
-			var name string
-			var n int64
-			require.NoError(t, rows.Scan(&name, &n))
-			out[name] = n
-		}
-		require.NoError(t, rows.Err())
-		return out
+		return tableStats(t, drv, schema, `SELECT indexrelname, idx_scan FROM pg_stat_user_indexes
+			WHERE schemaname = $1 AND relname = 'pipeline_executions'`)
 	}
 	before := scans()
 	const lists = 3
@@ -366,17 +349,9 @@ func TestEventsByRareTypeUseTypeIndex(t *testing.T) {
 
 	stats := func() (seq, typeIdx int64) {
 		t.Helper()
-		_, err := drv.Pool().Exec(ctx, "SELECT pg_stat_force_next_flush()")
-		require.NoError(t, err)
-		_, err = drv.Pool().Exec(ctx, "SELECT 1")
-		require.NoError(t, err)
-		admin, err := pgx.Connect(ctx, testdb.PostgresURL())
-		require.NoError(t, err)
-		defer admin.Close(context.WithoutCancel(ctx))
-		require.NoError(t, admin.QueryRow(ctx, `SELECT t.seq_scan, coalesce(i.idx_scan, 0) FROM pg_stat_user_tables t
-			LEFT JOIN pg_stat_user_indexes i ON i.relid = t.relid AND i.indexrelname = 'execution_events_type_idx'
-			WHERE t.schemaname = $1 AND t.relname = 'execution_events'`, schema).Scan(&seq, &typeIdx))
-		return seq, typeIdx
+		st := tableStats(t, drv, schema, `SELECT 'seq', seq_scan FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'execution_events'
+			UNION ALL SELECT 'type', idx_scan FROM pg_stat_user_indexes WHERE schemaname = $1 AND indexrelname = 'execution_events_type_idx'`)
+		return st["seq"], st["type"]
 	}
 	seqBefore, idxBefore := stats()
 	reads := []*driver.EventListParams{
