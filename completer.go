@@ -218,7 +218,10 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 			// Runs of a workflow decided narrowly are not read back
 			// whole (see advanceFrom).
-			list := slices.DeleteFunc(slices.Clone(pids), func(id uuid.UUID) bool { return r.narrowRun(batch, id) })
+			list := pids
+			if narrow := r.narrowRuns(batch); narrow != nil {
+				list = slices.DeleteFunc(slices.Clone(pids), func(id uuid.UUID) bool { return narrow[id] })
+			}
 			var err error
 			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list, LockPipelineIDs: pids,
 				ListStatusOnly: true})
@@ -243,9 +246,10 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			// where a task ends: their readiness and the run's end are
 			// decided on them.
 			var list []uuid.UUID
+			narrow := r.narrowRuns(batch)
 			for i, f := range finishes {
 				if p := byID[batch[i].task.PipelineID]; f.Status.Terminal() && !p.Status.Terminal() && !slices.Contains(list, p.ID) &&
-					!r.narrowRun(batch, p.ID) {
+					!narrow[p.ID] {
 					list = append(list, p.ID)
 				}
 			}
@@ -514,16 +518,28 @@ func (r *Runner) recordFinish(c *changes, res *taskResult, f *driver.TaskFinish,
 	}
 }
 
-// narrowRun reports whether run pid, of a task of batch, is of a workflow
-// whose runs are decided narrowly (see advanceFrom), so that its tasks need
-// not be read back with the results. A run that another version of the
-// workflow started is read whole later.
-func (r *Runner) narrowRun(batch []*taskResult, pid uuid.UUID) bool {
+// narrowRuns returns the runs of batch's tasks whose workflow is decided
+// narrowly (see advanceFrom), so that their tasks need not be read back
+// with the results; nil when there is none, as for every batch of small
+// workflows. A run that another version of the workflow started is read
+// whole later. Each workflow is looked up once.
+func (r *Runner) narrowRuns(batch []*taskResult) map[uuid.UUID]bool {
+	var narrow map[uuid.UUID]bool
+	seen := map[string]bool{}
 	for _, res := range batch {
-		if res.task.PipelineID == pid {
-			wf, err := r.workflow(res.task.WorkflowName)
-			return err == nil && wf.narrow()
+		name := res.task.WorkflowName
+		is, ok := seen[name]
+		if !ok {
+			wf, err := r.workflow(name)
+			is = err == nil && wf.narrow()
+			seen[name] = is
+		}
+		if is {
+			if narrow == nil {
+				narrow = map[uuid.UUID]bool{}
+			}
+			narrow[res.task.PipelineID] = true
 		}
 	}
-	return false
+	return narrow
 }
