@@ -147,9 +147,18 @@ func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin, calm 
 		controlChurn(t, runners, ids, 3, 30, func(err error) bool {
 			return errors.Is(err, ErrRunFinished) || errors.Is(err, driver.ErrTransient)
 		})
+		// Resume is idempotent: one that the faults failed past its
+		// retries (every attempt's connection terminated) is called
+		// again, as a caller would, until it gets through.
 		for _, id := range ids {
-			if err := runners[0].Resume(ctx, id); err != nil && !errors.Is(err, ErrRunFinished) {
-				require.NoError(t, err)
+			for {
+				err := runners[0].Resume(ctx, id)
+				if err == nil || errors.Is(err, ErrRunFinished) {
+					break
+				}
+				if !errors.Is(err, driver.ErrTransient) || ctx.Err() != nil {
+					require.NoError(t, err)
+				}
 			}
 		}
 		results := waitRunsEnded(t, runners[0], ids)
