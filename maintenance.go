@@ -93,9 +93,31 @@ func (r *Runner) heartbeatLoop(svc *services) {
 	}
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
+	// The sweep runs beside the heartbeats, one at a time (see below).
 	sweepAgain := false
+	sweeping := false
+	sweepFailures := 0
+	swept := make(chan error, 1)
+	defer func() {
+		if sweeping {
+			<-swept // ctx has ended, and the sweep with it
+		}
+	}()
 	for beats := 0; ; {
 		select {
+		case err := <-swept:
+			sweeping = false
+			sweepAgain = err != nil && ctx.Err() == nil
+			if sweepAgain {
+				sweepFailures++
+				r.logger.Error("sweep for dead runners; trying again at the next heartbeat", "error", err)
+			} else {
+				sweepFailures = 0
+			}
+			if hook := r.sweepHook.Load(); hook != nil {
+				(*hook)(err)
+			}
+			continue
 		case <-ctx.Done():
 			return
 		case <-svc.rowStale:
@@ -140,25 +162,31 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		if len(dead) > 0 {
 			r.logger.Info("removed dead runners", "runners", dead)
 		}
-		if leader && canSweep && (len(dead) > 0 || sweepAgain || beats%orphanSweepEvery == 0) {
-			// The sweep runs between two beats, and is bounded so that the
-			// next beat is not held back: a run locked by another
-			// transaction (or a write the database keeps refusing as
-			// transient) used to keep it waiting, and this runner stopped
-			// heartbeating until it looked dead itself. What it could not
-			// reset is tried again at the next beat.
-			sweepCtx, cancel := context.WithTimeout(ctx, r.maintenanceBound())
-			err := r.sweep(sweepCtx)
-			cancel()
-			sweepAgain = err != nil && ctx.Err() == nil
-			if sweepAgain {
-				r.logger.Error("sweep for dead runners; trying again at the next heartbeat", "error", err)
-			}
-			if hook := r.sweepHook.Load(); hook != nil {
-				(*hook)(err)
-			}
+		if leader && canSweep && !sweeping && (len(dead) > 0 || sweepAgain || beats%orphanSweepEvery == 0) {
+			// The sweep runs beside the heartbeats: a run locked by
+			// another transaction (or a write the database keeps refusing
+			// as transient) used to hold back the next beat while the
+			// sweep waited, and this runner stopped heartbeating until it
+			// looked dead itself. It is bounded all the same, so that
+			// what it can reset is not held back for long by one run it
+			// cannot; what it could not reset is tried again at the next
+			// beat, each time with a longer bound, so that a sweep that
+			// merely takes long (on a loaded machine) gets through.
+			sweeping = true
+			bound := sweepBound(r.cfg.RunnerTimeout, sweepFailures)
+			go func() {
+				sweepCtx, cancel := context.WithTimeout(ctx, bound)
+				defer cancel()
+				swept <- r.sweep(sweepCtx)
+			}()
 		}
 	}
+}
+
+// sweepBound bounds a sweep that follows failures consecutive failed
+// ones: a RunnerTimeout, doubled after each failure up to 16 of them.
+func sweepBound(timeout time.Duration, failures int) time.Duration {
+	return timeout << min(failures, 4)
 }
 
 // takeLease takes the next term of the leader lease if it is vacant. It
@@ -411,12 +439,11 @@ func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphane
 }
 
 // maintenanceBound bounds a write the heartbeat loop makes between two
-// beats (a sweep, a reset of strays), so that the next beat is never
-// later than half a RunnerTimeout: RunnerTimeout/2 less a heartbeat
-// interval, which is positive since RunnerTimeout exceeds two of them,
-// and at least one interval. A bound of one interval alone (40 ms in the
-// tests' fast liveness) was shorter than a reset takes on a loaded
-// machine, and the sweep never got through.
+// beats (a reset of strays), so that the next beat is never later than
+// half a RunnerTimeout: RunnerTimeout/2 less a heartbeat interval, which
+// is positive since RunnerTimeout exceeds two of them, and at least one
+// interval. (The sweep, which this bounded too, runs beside the beats:
+// under a loaded machine it kept running out of this bound.)
 func (r *Runner) maintenanceBound() time.Duration {
 	return max(r.cfg.HeartbeatInterval, r.cfg.RunnerTimeout/2-r.cfg.HeartbeatInterval)
 }

@@ -1115,3 +1115,72 @@ func TestAbandonedTaskPassesItsInputOn(t *testing.T) {
 		}
 	})
 }
+
+// slowOrphans is a driver whose listing of orphaned tasks (the sweep's
+// first read) takes delay, as on a loaded database, or fails when its ctx
+// ends first.
+type slowOrphans struct {
+	driver.Driver
+	delay time.Duration
+}
+
+func (d *slowOrphans) Reader() driver.Executor {
+	return &slowOrphansReader{Executor: d.Driver.Reader(), delay: d.delay}
+}
+
+type slowOrphansReader struct {
+	driver.Executor
+	delay time.Duration
+}
+
+func (e *slowOrphansReader) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrphanedParams) ([]*driver.Task, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(e.delay):
+	}
+	return e.Executor.TaskListOrphaned(ctx, p)
+}
+
+// A sweep that takes longer than its bound (a slow database, a loaded
+// machine) is tried again with a longer one until it gets through. It was
+// bounded at a fraction of a RunnerTimeout, every time, so that it would
+// not hold back the next heartbeat; on a loaded CI machine it never got
+// through, and a dead runner's task was never reset.
+func TestSlowSweepGetsThrough(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		s := newStall()
+		wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
+		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+		leader.claimsPaused.Store(true)
+		leader.drv = &slowOrphans{Driver: leader.drv, delay: 2 * leader.cfg.RunnerTimeout}
+		sweeps := sweepsOf(leader)
+		require.NoError(t, leader.Start(ctx))
+		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
+		s.zombies[zombie.ID()] = true
+		require.NoError(t, zombie.Start(ctx))
+		reset := onEvent(leader, eventOf(EventTaskReset))
+		exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		waitFor(t, s.started, "the task to start on the zombie")
+		zombie.heartbeatFrozen.Store(true)
+		waitFor(t, reset, "the leader to reset the zombie's task")
+		failed := 0
+		for {
+			if err := waitFor(t, sweeps, "a sweep to end"); err == nil {
+				break
+			}
+			failed++
+		}
+		require.Positive(t, failed, "no sweep ran out of its first bound")
+
+		setClaiming(leader, true)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		close(s.release)
+		waitFor(t, s.ended, "the zombie's task to return")
+	})
+}
