@@ -53,11 +53,20 @@ func waitLeader(t *testing.T, ch <-chan bool, want bool) {
 	}
 }
 
-// setClaiming lets a runner claim again (or stops it) and wakes it.
+// setClaiming lets a runner claim again and wakes it, or stops it
+// claiming and waits for a claim round under way to end.
 func setClaiming(r *Runner, on bool) {
 	r.claimsPaused.Store(!on)
 	if on {
 		r.wakeClaimer()
+		return
+	}
+	// A claim round that began before the pause may still claim, however
+	// late its query runs (a loaded machine delayed one past a retry's
+	// backoff, and the paused runner took the retry): wait for it to end.
+	if svc := r.services(); svc != nil {
+		svc.claimMu.Lock()
+		svc.claimMu.Unlock()
 	}
 }
 
