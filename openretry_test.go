@@ -247,3 +247,27 @@ func TestOpenRetryBoundsAContextWithoutDeadline(t *testing.T) {
 	require.ErrorIs(t, err, driver.ErrTransient)
 	require.Empty(t, retried, "no retry")
 }
+
+// Migrate retries as Open does: a connection lost while the schema is
+// migrated, then a server that refuses connections for a while.
+func TestMigrateRetriesTransientFailures(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	base := testdb.PostgresSchemaURL(t)
+	p := newFlakyProxy(t, 0, 4096)
+	current, err := Migrate(ctx, p.url(base), "")
+	require.NoError(t, err)
+	require.EqualValues(t, 1, p.cut.Load(), "the first connection was cut")
+	r, err := Open(ctx, base, &Config{Logger: quietLogger(), SkipMigrations: true})
+	require.NoError(t, err)
+	_, latest, err := r.Driver().MigrationVersion(ctx)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	require.Equal(t, latest, current)
+
+	p = newFlakyProxy(t, 3, 0)
+	again, err := Migrate(ctx, p.url(base), "")
+	require.NoError(t, err)
+	require.Equal(t, current, again)
+	require.EqualValues(t, 3, p.refused.Load())
+}

@@ -324,21 +324,29 @@ func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 	return r, nil
 }
 
-// retryOpen runs open until it succeeds, fails for a reason that is not
-// transient, or ctx ends (see Open). When ctx ends after a transient
-// failure, the error is that failure, saying what to fix.
+// retryOpen is openRetrying with the runner's Config.OpenRetry and logger.
 func (r *Runner) retryOpen(ctx context.Context, open func() error) error {
+	return openRetrying(ctx, r.cfg.OpenRetry, r.logger, open)
+}
+
+// openRetrying runs open until it succeeds, fails for a reason that is not
+// transient, or ctx ends — or, when ctx has no deadline, until limit
+// (Config.OpenRetry; 0 means its default) has passed (see Open). When it
+// gives up after a transient failure, the error is that failure, saying
+// what to fix.
+func openRetrying(ctx context.Context, limit time.Duration, logger *slog.Logger, open func() error) error {
+	limit = cmp.Or(limit, defaultOpenRetry)
 	backoff := 10 * time.Millisecond
 	var last error // the last transient failure
 	var giveUp time.Time
 	if _, ok := ctx.Deadline(); !ok {
-		giveUp = time.Now().Add(cmp.Or(r.cfg.OpenRetry, defaultOpenRetry))
+		giveUp = time.Now().Add(limit)
 	}
 	for attempt := 1; ; attempt++ {
 		err := open()
 		if err == nil {
 			if last != nil {
-				r.logger.Info("database reachable again: opened", "attempts", attempt)
+				logger.Info("database reachable again: opened", "attempts", attempt)
 			}
 			return nil
 		}
@@ -357,13 +365,13 @@ func (r *Runner) retryOpen(ctx context.Context, open func() error) error {
 		}
 		if !giveUp.IsZero() && !time.Now().Add(backoff).Before(giveUp) {
 			return fmt.Errorf("%w (gave up after %d attempts over Config.OpenRetry, %s): check that the database is up and reachable, "+
-				"or set a longer Config.OpenRetry, or give Open a context with a deadline", err, attempt, cmp.Or(r.cfg.OpenRetry, defaultOpenRetry))
+				"or set a longer Config.OpenRetry, or give Open a context with a deadline", err, attempt, limit)
 		}
 		level := slog.LevelDebug
 		if attempt == 5 || attempt%50 == 0 {
 			level = slog.LevelWarn
 		}
-		r.logger.Log(ctx, level, "open: retrying a transient failure", "attempt", attempt, "error", err)
+		logger.Log(ctx, level, "open: retrying a transient failure", "attempt", attempt, "error", err)
 		timer := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -553,18 +561,29 @@ func (r *Runner) attach(ctx context.Context, drv driver.Driver) error {
 }
 
 // Migrate applies pending migrations to the database at url and returns
-// the schema version it is at afterwards.
+// the schema version it is at afterwards. Like Open, it retries transient
+// failures (a server starting up, a connection lost mid-migration, whose
+// transaction then rolled back) until ctx ends or, when ctx has no
+// deadline, for Config.OpenRetry's default; it logs its retries with
+// slog's default logger.
 func Migrate(ctx context.Context, url string, schema string) (int, error) {
-	drv, err := openDriver(ctx, url, schema, false)
+	var current int
+	err := openRetrying(ctx, 0, slog.Default(), func() error {
+		drv, err := openDriver(ctx, url, schema, false)
+		if err != nil {
+			return err
+		}
+		defer drv.Close()
+		if err := drv.Migrate(ctx); err != nil {
+			return err
+		}
+		current, _, err = drv.MigrationVersion(ctx)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
-	defer drv.Close()
-	if err := drv.Migrate(ctx); err != nil {
-		return 0, err
-	}
-	current, _, err := drv.MigrationVersion(ctx)
-	return current, err
+	return current, nil
 }
 
 // ID returns the runner's id, recorded as worker_id on its events.
