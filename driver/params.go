@@ -283,6 +283,11 @@ type EventListParams struct {
 	// event retention deleted still holds its place. Zero looks it up;
 	// SQLite needs none.
 	AfterTx int64
+	// BeforeSeq, when positive, keeps the events numbered below it: with
+	// Newest and Limit, the page before the one whose oldest event it
+	// names. It bounds numbers, not following order (package cloacina
+	// does not combine it with AfterSeq).
+	BeforeSeq int64
 	// Newest reverses the order: descending sequence number (recent
 	// first), or reverse following order with AfterSeq.
 	Newest bool

@@ -121,6 +121,38 @@ func testEventList(t *testing.T, s *suite) {
 		require.Equal(t, pick(f, 6, 5, 4), list(t, f, &driver.EventListParams{Newest: true, AfterSeq: f.e[3].SequenceNum}))
 	})
 
+	// Paging back: the oldest event of each newest-first page bounds the
+	// next, through the whole log or with any filter.
+	t.Run("BeforeSeq", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		seq := func(i int) int64 { return f.e[i].SequenceNum }
+		require.Equal(t, pick(f, 3, 2, 1), list(t, f, &driver.EventListParams{BeforeSeq: seq(4), Newest: true, Limit: 3}))
+		require.Equal(t, pick(f, 0, 1, 2, 3), list(t, f, &driver.EventListParams{BeforeSeq: seq(4)}), "in sequence order without Newest")
+		require.Empty(t, list(t, f, &driver.EventListParams{BeforeSeq: seq(0)}))
+		var got []uuid.UUID
+		var before int64
+		for range 10 {
+			page := f.b.events(t, &driver.EventListParams{BeforeSeq: before, Newest: true, Limit: 3})
+			if len(page) == 0 {
+				break
+			}
+			got = append(got, eventIDs(page)...)
+			before = page[len(page)-1].SequenceNum
+		}
+		require.Equal(t, pick(f, 6, 5, 4, 3, 2, 1, 0), got)
+
+		require.Equal(t, pick(f, 3, 1), list(t, f, &driver.EventListParams{PipelineID: &f.p1, BeforeSeq: seq(5), Newest: true, Limit: 2}))
+		require.Equal(t, pick(f, 1), list(t, f, &driver.EventListParams{TaskID: &f.a, BeforeSeq: seq(3), Newest: true}))
+		require.Equal(t, pick(f, 2, 0), list(t, f, &driver.EventListParams{
+			Types: []driver.EventType{driver.EventPipelineStarted}, BeforeSeq: seq(5), Newest: true}))
+		skipped := []driver.EventType{driver.EventTaskSkipped} // one of the indexed types
+		require.Equal(t, pick(f, 5), list(t, f, &driver.EventListParams{Types: skipped, BeforeSeq: seq(6), Newest: true}))
+		require.Empty(t, list(t, f, &driver.EventListParams{Types: skipped, BeforeSeq: seq(5), Newest: true}))
+		from := f.b.at(2 * time.Second)
+		require.Equal(t, pick(f, 3, 2), list(t, f, &driver.EventListParams{CreatedFrom: &from, BeforeSeq: seq(4), Newest: true}))
+	})
+
 	t.Run("CreatedRange", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t)

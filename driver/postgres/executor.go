@@ -757,6 +757,9 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	if p.CreatedBefore != nil {
 		where = append(where, "e.created_at < "+a.add(driver.ClampTime(*p.CreatedBefore)))
 	}
+	if p.BeforeSeq > 0 {
+		where = append(where, "e.sequence_num < "+a.add(p.BeforeSeq))
+	}
 	order, desc := "e.sequence_num", "e.sequence_num DESC"
 	if p.AfterSeq != 0 {
 		// Following (migration 0003): transaction order, below the oldest

@@ -478,3 +478,52 @@ func TestRunEventsLookUpTasksByID(t *testing.T) {
 	after := indexStats(t, drv, schema)
 	require.Equal(t, before["task_executions.seq_scan"], after["task_executions.seq_scan"], "sequential scans of the task table")
 }
+
+// A page of the log before a sequence number (EventListParams.BeforeSeq)
+// starts at that number in whichever index serves the rest of the filter,
+// also in a generic plan: the primary key, the index by run, or by rare
+// type. It reads about a page of entries, not every event above the bound.
+func TestEventPagesStartAtTheirBound(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	drv := open(t, schema, "pool_max_conns", "1", "plan_cache_mode", "force_generic_plan")
+	require.NoError(t, drv.Migrate(ctx))
+	run := uuid.New()
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`INSERT INTO %s.execution_events
+			(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
+		SELECT gen_random_uuid(), CASE WHEN i %% 10 = 0 THEN $1 ELSE gen_random_uuid() END, gen_random_uuid(),
+			CASE WHEN i %% 50 = 5 THEN 'task_failed' WHEN i %% 2 = 0 THEN 'task_claimed' ELSE 'task_completed' END,
+			'{}', 'w', now() - (50000 - i) * interval '1 second'
+		FROM generate_series(1, 50000) AS i`, pgx.Identifier{schema}.Sanitize()), run)
+	require.NoError(t, err)
+	_, err = drv.Pool().Exec(ctx, "ANALYZE "+pgx.Identifier{schema, "execution_events"}.Sanitize())
+	require.NoError(t, err)
+	var bound int64
+	require.NoError(t, drv.Pool().QueryRow(ctx, fmt.Sprintf(`SELECT sequence_num FROM %s.execution_events
+		ORDER BY sequence_num OFFSET 10000 LIMIT 1`, pgx.Identifier{schema}.Sanitize())).Scan(&bound))
+
+	for _, q := range []*driver.EventListParams{
+		{},
+		{PipelineID: &run},
+		{Types: []driver.EventType{driver.EventTaskFailed}},
+	} {
+		q.BeforeSeq, q.Newest, q.Limit = bound, true, 100
+		before := indexStats(t, drv, schema)
+		for range 3 {
+			evs, err := drv.Reader().EventList(ctx, q)
+			require.NoError(t, err)
+			require.Len(t, evs, 100)
+			require.Less(t, evs[0].SequenceNum, bound)
+		}
+		after := indexStats(t, drv, schema)
+		require.Equal(t, before["execution_events.seq_scan"], after["execution_events.seq_scan"], "%+v", q)
+		var read int64
+		for _, idx := range []string{"execution_events_pkey", "execution_events_pipeline_idx", "execution_events_type_idx"} {
+			read += after[idx+".tup_read"] - before[idx+".tup_read"]
+		}
+		// Three pages of 100: not the 40,000 events above the bound.
+		require.Positive(t, read, "%+v", q)
+		require.Less(t, read, int64(1000), "entries of the event indexes read for %+v", q)
+	}
+}

@@ -764,6 +764,10 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.created_at < ?")
 		args = append(args, formatTime(*p.CreatedBefore))
 	}
+	if p.BeforeSeq > 0 {
+		where = append(where, "e.sequence_num < ?")
+		args = append(args, p.BeforeSeq)
+	}
 	// One writer at a time: sequence order is commit order, so following
 	// needs no horizon here.
 	if p.AfterSeq != 0 {

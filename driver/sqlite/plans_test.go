@@ -191,3 +191,43 @@ func TestEventsByRareTypeUseTypeIndex(t *testing.T) {
 	require.Equal(t, 3, checked)
 
 }
+
+// A page of the log before a sequence number (EventListParams.BeforeSeq)
+// starts at that number in whichever index serves the rest of the filter:
+// the primary key, the index by run, by task or by rare type. It neither
+// walks down from the newest event nor sorts.
+func TestEventPagesStartAtTheirBound(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	drv, db, parses := openCounting(t)
+	run, task := uuid.New(), uuid.New()
+	reads := map[string]*driver.EventListParams{
+		"(rowid<?)": {},
+		"execution_events_pipeline_idx (pipeline_execution_id=? AND sequence_num<?)": {PipelineID: &run},
+		"execution_events_task_idx (task_execution_id=? AND sequence_num<?)":         {TaskID: &task},
+		"execution_events_type_idx (event_type=? AND sequence_num<?)":                {Types: []driver.EventType{driver.EventTaskFailed}},
+	}
+	for _, q := range reads {
+		q.BeforeSeq, q.Newest, q.Limit = 1000, true, 100
+		_, err := drv.Reader().EventList(ctx, q)
+		require.NoError(t, err)
+	}
+	checked := 0
+	for _, q := range parses.seen() {
+		if !strings.Contains(q, "FROM execution_events e LEFT JOIN") || !strings.Contains(q, "e.sequence_num < ?") {
+			continue
+		}
+		plan := strings.Join(queryPlan(t, db, q), "; ")
+		found := 0
+		for want := range reads {
+			if strings.Contains(plan, want) {
+				found++
+			}
+		}
+		require.Equal(t, 1, found, "%s\nplan: %s", q, plan)
+		require.NotContains(t, plan, "SCAN e", q)
+		require.NotContains(t, plan, "TEMP B-TREE", q)
+		checked++
+	}
+	require.Equal(t, len(reads), checked)
+}
