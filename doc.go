@@ -203,8 +203,9 @@
 // due time; a final failure emits task_failed. Each event records the
 // runner that caused it and a sequence number that strictly increases
 // across the database. Query them with [Runner.Events] (by run, task,
-// types, creation time, newest first, or following the log without gaps
-// from [EventQuery.Follow] on), [Runner.RunEvents], [Runner.TaskEvents],
+// types, creation time, newest first and page by page back with
+// [EventQuery.BeforeSeq], or following the log without gaps from
+// [EventQuery.Follow] on), [Runner.RunEvents], [Runner.TaskEvents],
 // [Runner.RecentEvents]; stream them as they commit with
 // [Runner.StreamEvents], an iterator that polls the log, resumes from a
 // saved sequence number and rides out lost connections; and count or

@@ -373,6 +373,56 @@ func TestEventsBetweenTimes(t *testing.T) {
 	})
 }
 
+// Newest-first pages, each bounded by the oldest event of the one
+// before (BeforeSeq), go back through the whole log once, alone or with a
+// filter; a bound that cannot page is refused with the fix.
+func TestEventsPageBack(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{MustWorkflow("w", Task{Name: "a", Run: ok})}})
+		first, err := r.Execute(ctx, "w", nil)
+		require.NoError(t, err)
+		_, err = r.Execute(ctx, "w", nil)
+		require.NoError(t, err)
+		seqs := func(evs []*Event) []int64 {
+			out := make([]int64, len(evs))
+			for i, e := range evs {
+				out[i] = e.SequenceNum
+			}
+			return out
+		}
+		pages := func(q EventQuery) []int64 {
+			t.Helper()
+			var got []int64
+			for {
+				page, err := r.Events(ctx, &q)
+				require.NoError(t, err)
+				if len(page) == 0 {
+					return got
+				}
+				require.LessOrEqual(t, len(page), q.Limit)
+				got = append(got, seqs(page)...)
+				q.BeforeSeq = page[len(page)-1].SequenceNum
+			}
+		}
+		for _, q := range []EventQuery{{}, {RunID: &first.ID}, {Types: []EventType{EventTaskClaimed, EventPipelineCompleted}}} {
+			all, err := r.Events(ctx, &EventQuery{RunID: q.RunID, Types: q.Types, Newest: true})
+			require.NoError(t, err)
+			require.NotEmpty(t, all)
+			q.Newest, q.Limit = true, 3
+			require.Equal(t, seqs(all), pages(q), "%+v", q)
+		}
+
+		_, err = r.Events(ctx, &EventQuery{BeforeSeq: -1})
+		require.ErrorContains(t, err, "EventQuery.BeforeSeq -1 is negative: pass the SequenceNum of the oldest event read so far, or 0 for no bound")
+		for _, q := range []*EventQuery{{BeforeSeq: 5, AfterSeq: 1}, {BeforeSeq: 5, Follow: true}} {
+			_, err = r.Events(ctx, q)
+			require.ErrorContains(t, err, "leave out BeforeSeq to follow, or AfterSeq and Follow to page back")
+		}
+	})
+}
+
 // A time bound finer than the microsecond the backends store selects what
 // the bound says: a run or event created at T is before T+1ns, and not at
 // or after it. The bound used to be cut down to T, which inverted both.

@@ -100,6 +100,47 @@ func ExampleEventQuery_follow() {
 	// 7 new events, the last pipeline_completed
 }
 
+// Newest-first pages go back through the log: the oldest event of each
+// page bounds the next with BeforeSeq.
+func ExampleEventQuery_pageBack() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "cloacina-example")
+	defer os.RemoveAll(dir)
+
+	noop := func(context.Context, *cloacina.Context) error { return nil }
+	wf := cloacina.MustWorkflow("one", cloacina.Task{Name: "only", Run: noop})
+	runner, err := cloacina.Open(ctx, "sqlite://"+filepath.Join(dir, "cloacina.db"), &cloacina.Config{
+		Workflows: []*cloacina.Workflow{wf}, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer runner.Close()
+	_ = runner.Start(ctx)
+	for range 2 {
+		if _, err := runner.Execute(ctx, "one", nil); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	query := &cloacina.EventQuery{Newest: true, Limit: 5}
+	for {
+		page, err := runner.Events(ctx, query)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		fmt.Println(len(page), "events, from", page[0].Type, "back to", page[len(page)-1].Type)
+		query.BeforeSeq = page[len(page)-1].SequenceNum
+	}
+	// Output:
+	// 5 events, from pipeline_completed back to pipeline_started
+	// 5 events, from task_marked_ready back to task_started
+	// 4 events, from task_claimed back to task_created
+}
+
 // StreamEvents delivers the log as it is committed, for as long as the
 // loop wants it: here every event of one run, until the run completes.
 func ExampleRunner_StreamEvents() {

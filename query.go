@@ -248,6 +248,15 @@ type EventQuery struct {
 	// but do not change the order, which stays that of sequence numbers
 	// (or of following). The zero time does not filter.
 	Since, Until time.Time
+	// BeforeSeq keeps the events numbered below it, to page back through
+	// the log: with Newest and Limit, pass the SequenceNum of the last
+	// (oldest) event of a page as the next BeforeSeq. Zero does not bound;
+	// negative is refused. It pages in sequence order, so it does not
+	// combine with AfterSeq or Follow, which follow in commit order. On
+	// PostgreSQL an event that commits after a page was read but is
+	// numbered within it (a number is taken at insert, not at commit) is
+	// in no page: to see every event, follow the log.
+	BeforeSeq int64
 	// Newest returns the most recent events first.
 	Newest bool
 	// Limit bounds the events returned; 0 means all; negative is refused.
@@ -286,6 +295,12 @@ func (r *Runner) listEvents(ctx context.Context, q *EventQuery, afterTx int64) (
 	if q.Limit < 0 {
 		return nil, fmt.Errorf("cloacina: EventQuery.Limit %d is negative: use 0 for all events, or a positive bound", q.Limit)
 	}
+	switch {
+	case q.BeforeSeq < 0:
+		return nil, fmt.Errorf("cloacina: EventQuery.BeforeSeq %d is negative: pass the SequenceNum of the oldest event read so far, or 0 for no bound", q.BeforeSeq)
+	case q.BeforeSeq > 0 && (after != 0 || q.Follow):
+		return nil, errors.New("cloacina: EventQuery.BeforeSeq pages back in sequence order, and AfterSeq and Follow follow the log in commit order: leave out BeforeSeq to follow, or AfterSeq and Follow to page back")
+	}
 	if err := checkKnown("EventQuery.Types", q.Types, driver.EventTypes); err != nil {
 		return nil, err
 	}
@@ -297,7 +312,7 @@ func (r *Runner) listEvents(ctx context.Context, q *EventQuery, afterTx int64) (
 		after = -1 // the driver's "follow from the start"
 	}
 	params := &driver.EventListParams{PipelineID: q.RunID, TaskID: q.TaskID, Types: q.Types,
-		AfterSeq: after, Newest: q.Newest, Limit: q.Limit}
+		AfterSeq: after, BeforeSeq: q.BeforeSeq, Newest: q.Newest, Limit: q.Limit}
 	if after > 0 {
 		params.AfterTx = afterTx
 	}

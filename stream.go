@@ -40,8 +40,8 @@ type StreamOpts struct {
 // the log with q.Follow, and otherwise after the newest event a follower
 // can have seen when the iteration begins (so, on PostgreSQL, events of
 // transactions that committed just before but were held back by another
-// transaction still open can come first). q.Newest and q.Limit must be
-// zero.
+// transaction still open can come first). q.Newest, q.Limit and
+// q.BeforeSeq must be zero.
 //
 // The stream ends when ctx ends or the loop over it stops. Reads that fail
 // for a transient reason (a lost connection, a database restarting, too
@@ -72,6 +72,9 @@ func (r *Runner) StreamEvents(ctx context.Context, q *EventQuery, opts *StreamOp
 			return
 		case filter.AfterSeq < 0:
 			yield(nil, fmt.Errorf("cloacina: EventQuery.AfterSeq %d: sequence numbers are positive (use Follow to stream from the start)", filter.AfterSeq))
+			return
+		case filter.BeforeSeq != 0:
+			yield(nil, errors.New("cloacina: StreamEvents follows the log forward: leave EventQuery.BeforeSeq zero (it pages back with Events)"))
 			return
 		case interval < 0:
 			yield(nil, fmt.Errorf("cloacina: StreamOpts.Interval %s is negative: leave it zero for the default (1s)", interval))

@@ -266,6 +266,7 @@ func TestStreamEventsBadQuery(t *testing.T) {
 		{Newest: true}: "leave EventQuery.Newest and Limit zero",
 		{Limit: 5}:     "leave EventQuery.Newest and Limit zero",
 		{AfterSeq: -1}: "sequence numbers are positive",
+		{BeforeSeq: 5}: "leave EventQuery.BeforeSeq zero",
 	} {
 		var errs []error
 		for e, err := range r.StreamEvents(testContext(t), q, nil) {
