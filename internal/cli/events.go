@@ -38,12 +38,15 @@ func (a *app) eventsListCommand() *cobra.Command {
 	limit := countFlag(defaultEventLimit)
 	var follow, asJSON bool
 	var since, until timeFlag
+	var before seqFlag
 	interval := intervalFlag(defaultFollowInterval)
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List execution events, newest last",
 		Long: `list prints the most recent execution events (newest last), optionally only
-those of one run, of one task execution, or of some types.
+those of one run, of one task execution, or of some types. With --before it
+prints those numbered below a SEQ instead: pass the SEQ of the first event
+shown to page back.
 
 With --follow it prints them, then every new event as it is committed (polling
 every --interval), until interrupted; with --run or --task it ends by itself once
@@ -55,6 +58,7 @@ PostgreSQL may show events again). While the database cannot be reached
 		Example: `  cloacina events list --run 0199c3e1-…
   cloacina events list --type task_failed --type task_retry_scheduled --limit 20
   cloacina events list --type task_failed --since 1h
+  cloacina events list --limit 100 --before 52731
   cloacina events list --follow --type task_failed
   cloacina events list --run 0199c3e1-… --follow
   cloacina events list --follow --json | jq -c 'select(.type == "task_failed")'`,
@@ -67,6 +71,9 @@ PostgreSQL may show events again). While the database cannot be reached
 				// New events come after any --until: a follower would wait
 				// for ever and print nothing.
 				return usageErrorf(cmd, "--follow prints new events, and --until only older ones: leave out --until to follow, or --follow to list up to a time")
+			}
+			if cmd.Flags().Changed("before") && follow {
+				return usageErrorf(cmd, "--follow prints new events, and --before pages back through older ones: leave out one of them")
 			}
 			d, err := a.database(cmd)
 			if err != nil {
@@ -92,7 +99,7 @@ PostgreSQL may show events again). While the database cannot be reached
 					return f.run(ctx)
 				}
 				q := filter.query()
-				q.Newest, q.Limit = true, int(limit)
+				q.Newest, q.Limit, q.BeforeSeq = true, int(limit), int64(before)
 				events, err := r.Events(ctx, q)
 				if err != nil {
 					return listError(err)
@@ -113,6 +120,7 @@ PostgreSQL may show events again). While the database cannot be reached
 	cmd.Flags().Var(&interval, "interval", "how often --follow looks for new events")
 	cmd.Flags().Var(&since, "since", "only events created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z)")
 	cmd.Flags().Var(&until, "until", "only events created before this time, or this long ago")
+	cmd.Flags().Var(&before, "before", "only events numbered below this SEQ (the first SEQ shown pages back)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one event a line (with --follow, each as it comes)")
 	return cmd
 }

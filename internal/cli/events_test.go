@@ -78,6 +78,19 @@ func TestEventsList(t *testing.T) {
 
 		require.Equal(t, "no events\n", ok(t, url, "events", "list", "--type", "task_abandoned"))
 
+		// Paging back: the first SEQ shown bounds the next page.
+		all := list("--limit", "8")
+		page := list("--limit", "4")
+		require.Equal(t, all[4:], page)
+		require.Equal(t, all[:4], list("--limit", "4", "--before", page[0][0]))
+		rows = list("--run", second, "--limit", "100", "--before", page[0][0])
+		require.Len(t, rows, 25-4, "the second run's events but the 4 newest")
+		requireNewestLast(rows)
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--before", "0"), ExitUsage,
+			`"0" is not a sequence number: use an event's SEQ, a whole number of 1 or more`)
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--follow", "--before", "5"), ExitUsage,
+			"--follow prints new events, and --before pages back through older ones: leave out one of them")
+
 		// A time range, in the tables' format: from the second run's
 		// start on, then up to it.
 		runRows := list("--run", second)

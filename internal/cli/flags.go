@@ -207,6 +207,28 @@ func (f *countFlag) Set(s string) error {
 
 func (f *countFlag) Type() string { return "n" }
 
+// seqFlag is an event's sequence number (the SEQ column), at least 1; 0
+// when the flag was not given.
+type seqFlag int64
+
+func (f *seqFlag) String() string {
+	if *f == 0 {
+		return ""
+	}
+	return strconv.FormatInt(int64(*f), 10)
+}
+
+func (f *seqFlag) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n < 1 {
+		return fmt.Errorf("%q is not a sequence number: use an event's SEQ, a whole number of 1 or more", s)
+	}
+	*f = seqFlag(n)
+	return nil
+}
+
+func (f *seqFlag) Type() string { return "seq" }
+
 // intervalFlag is a positive Go duration of at least a millisecond (a
 // polling interval).
 type intervalFlag time.Duration
