@@ -293,7 +293,11 @@ type EventListParams struct {
 	Newest bool
 	Limit  int // 0 means no limit
 	// CreatedFrom keeps events created at or after it, CreatedBefore
-	// those created strictly before it; nil does not filter.
+	// those created strictly before it; nil does not filter. Without
+	// PipelineID, TaskID and AfterSeq, a backend reads a window that
+	// EventSpan.Bound picks through the range of numbers its events span,
+	// found in the same statement: the events returned are still exactly
+	// those the filter selects.
 	CreatedFrom, CreatedBefore *time.Time
 }
 

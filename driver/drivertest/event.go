@@ -1,6 +1,7 @@
 package drivertest
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -170,6 +171,77 @@ func testEventList(t *testing.T, s *suite) {
 		// Other time zones name the same instants.
 		east := from.In(time.FixedZone("UTC+9", 9*3600))
 		require.Equal(t, pick(f, 2, 3, 4, 5, 6), list(t, f, &driver.EventListParams{CreatedFrom: &east}))
+	})
+
+	// A listing by creation time returns exactly the events the time
+	// filter selects, in sequence order, however creation times and
+	// sequence numbers disagree: a clock that stepped, a transaction that
+	// numbered its events long after it timed them. A backend may first
+	// place the window among sequence numbers (driver.EventSpan); these
+	// events sit just outside that place, or far from it, on both sides of
+	// each bound.
+	t.Run("CreatedRangeOutOfOrder", func(t *testing.T) {
+		t.Parallel()
+		b := s.setup(t)
+		p := b.insertPipeline(t).ID
+		sec := func(n float64) time.Duration { return time.Duration(n * float64(time.Second)) }
+		offsets := make([]time.Duration, 300)
+		for i := range offsets {
+			offsets[i] = sec(float64(i))
+		}
+		for i, off := range map[int]time.Duration{
+			1: sec(295), 3: sec(105), 50: sec(100), // far early in the log, timed late
+			97: sec(101), 98: sec(100), 99: sec(110) - time.Microsecond, // before the window, timed in it
+			100: sec(99), 101: sec(110), 103: sec(100), 109: sec(95), 110: sec(100.5), // at its edges
+			200: sec(4), 250: sec(104), 260: sec(105), // late, timed early
+			299: 0,
+		} {
+			offsets[i] = off
+		}
+		var inserts []driver.EventInsert
+		for i, off := range offsets {
+			typ := driver.EventTaskClaimed
+			if i%7 == 3 {
+				typ = driver.EventTaskFailed // one of the indexed types
+			}
+			inserts = append(inserts, event(p, nil, typ, b.at(off)))
+		}
+		b.apply(t, &driver.ChangeSet{Events: inserts})
+		all := b.events(t, &driver.EventListParams{})
+		require.Len(t, all, len(inserts))
+
+		at := func(n float64) *time.Time { v := b.at(sec(n)); return &v }
+		windows := [][2]*time.Time{
+			{at(100), at(110)}, {at(150), at(150.000001)}, {at(0), at(5)}, {at(290), at(310)},
+			{at(280), nil}, {nil, at(20)}, {at(1000), at(2000)}, {at(-10), at(400)}, {at(104), at(106)},
+		}
+		for _, w := range windows {
+			for _, newest := range []bool{false, true} {
+				for _, limit := range []int{0, 3} {
+					for _, types := range [][]driver.EventType{nil, {driver.EventTaskFailed}} {
+						for _, below := range []int64{0, all[105].SequenceNum} {
+							params := &driver.EventListParams{CreatedFrom: w[0], CreatedBefore: w[1], Newest: newest, Limit: limit,
+								Types: types, BeforeSeq: below}
+							want := []uuid.UUID{}
+							for _, e := range all {
+								if (w[0] == nil || !e.CreatedAt.Before(*w[0])) && (w[1] == nil || e.CreatedAt.Before(*w[1])) &&
+									(types == nil || e.Type == types[0]) && (below == 0 || e.SequenceNum < below) {
+									want = append(want, e.ID)
+								}
+							}
+							if newest {
+								slices.Reverse(want)
+							}
+							if limit > 0 && len(want) > limit {
+								want = want[:limit]
+							}
+							require.Equal(t, want, eventIDs(b.events(t, params)), "from %v before %v newest %v limit %d types %v below %d",
+								w[0], w[1], newest, limit, types, below)
+						}
+					}
+				}
+			}
+		}
 	})
 
 	t.Run("TaskName", func(t *testing.T) {

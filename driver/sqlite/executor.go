@@ -756,17 +756,46 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 			where = append(where, f)
 		}
 	}
+	// The time bounds, without the alias. The listing itself tests them
+	// unindexed (+): by the created_at index SQLite would sort every event
+	// of the window, all 2 M of a wide one, for the newest few.
+	var window []string
+	var windowArgs []any
 	if p.CreatedFrom != nil {
-		where = append(where, "e.created_at >= ?")
-		args = append(args, formatTime(*p.CreatedFrom))
+		window = append(window, "created_at >= ?")
+		windowArgs = append(windowArgs, formatTime(*p.CreatedFrom))
 	}
 	if p.CreatedBefore != nil {
-		where = append(where, "e.created_at < ?")
-		args = append(args, formatTime(*p.CreatedBefore))
+		window = append(window, "created_at < ?")
+		windowArgs = append(windowArgs, formatTime(*p.CreatedBefore))
 	}
+	for _, w := range window {
+		where = append(where, "+e."+w)
+	}
+	args = append(args, windowArgs...)
 	if p.BeforeSeq > 0 {
 		where = append(where, "e.sequence_num < ?")
 		args = append(args, p.BeforeSeq)
+	}
+	with := ""
+	if len(window) > 0 && p.PipelineID == nil && p.TaskID == nil && p.AfterSeq == 0 {
+		// A walk of the primary key skips every event outside the window;
+		// when that is more than the window holds, read the window's
+		// events first, through the created_at index, for the range of
+		// numbers they span, then read that range. The range is of the
+		// events that match, read in the same statement, so the result is
+		// what the time filter alone returns, however creation times and
+		// numbers disagree.
+		span, err := e.eventSpan(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		if span.Bound(p.Newest, p.Limit) {
+			with = `WITH w AS MATERIALIZED (SELECT min(sequence_num) AS lo, max(sequence_num) AS hi FROM execution_events WHERE ` +
+				strings.Join(window, " AND ") + `) `
+			where = append(where, "e.sequence_num >= (SELECT lo FROM w)", "e.sequence_num <= (SELECT hi FROM w)")
+			args = append(append([]any{}, windowArgs...), args...)
+		}
 	}
 	// One writer at a time: sequence order is commit order, so following
 	// needs no horizon here.
@@ -776,7 +805,7 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 	}
 	// A task's name comes from its row while it exists, then from the
 	// copy run retention keeps on its events (migration 11).
-	q := `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, e.task_name, ''),
+	q := with + `SELECT e.sequence_num, e.id, e.pipeline_execution_id, e.task_execution_id, COALESCE(t.task_name, e.task_name, ''),
 		e.event_type, e.event_data, e.worker_id, e.created_at
 		FROM execution_events e LEFT JOIN task_executions t ON t.id = e.task_execution_id`
 	if len(where) > 0 {
@@ -827,6 +856,44 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		out = append(out, &ev)
 	}
 	return out, mapError(rows.Err())
+}
+
+// eventSpan places p's time window among the sequence numbers of the
+// events p may list (driver.EventSpan): each bound is the number of the
+// earliest event at or after it in the created_at index.
+func (e *executor) eventSpan(ctx context.Context, p *driver.EventListParams) (driver.EventSpan, error) {
+	below := int64(math.MaxInt64)
+	if p.BeforeSeq > 0 {
+		below = p.BeforeSeq
+	}
+	at := func(t *time.Time) (string, []any) {
+		if t == nil {
+			return "NULL", nil
+		}
+		return "(SELECT sequence_num FROM execution_events WHERE created_at >= ? ORDER BY created_at LIMIT 1)", []any{formatTime(*t)}
+	}
+	fromQ, fromArgs := at(p.CreatedFrom)
+	beforeQ, beforeArgs := at(p.CreatedBefore)
+	var first, last, from, before sql.NullInt64
+	if err := e.db.QueryRowContext(ctx, `SELECT (SELECT min(sequence_num) FROM execution_events),
+			(SELECT max(sequence_num) FROM execution_events WHERE sequence_num < ?), `+fromQ+`, `+beforeQ,
+		append(append([]any{below}, fromArgs...), beforeArgs...)...).Scan(&first, &last, &from, &before); err != nil {
+		return driver.EventSpan{}, fmt.Errorf("sqlite: list events: place the time window: %w", mapError(err))
+	}
+	if !last.Valid {
+		return driver.EventSpan{First: 1}, nil // no event: Last < First
+	}
+	s := driver.EventSpan{First: first.Int64, Last: last.Int64, From: first.Int64, Before: last.Int64 + 1}
+	switch {
+	case !from.Valid && p.CreatedFrom != nil:
+		s.From = s.Before // no event at or after the start
+	case from.Valid:
+		s.From = min(from.Int64, s.Before)
+	}
+	if before.Valid {
+		s.Before = min(before.Int64, s.Before)
+	}
+	return s, nil
 }
 
 func (e *executor) EventCount(ctx context.Context, p *driver.EventCountParams) (int64, error) {
