@@ -246,7 +246,10 @@ type EventQuery struct {
 	// Since keeps events created at or after it, and Until those created
 	// before it (the database's clock, see Runner). They select by time
 	// but do not change the order, which stays that of sequence numbers
-	// (or of following). The zero time does not filter.
+	// (or of following). The zero time does not filter. A narrow window is
+	// quick to read anywhere in the log; a wide one read from its far end
+	// (Until long ago with Newest, Since long ago without) walks every
+	// event in between.
 	Since, Until time.Time
 	// BeforeSeq keeps the events numbered below it, to page back through
 	// the log: with Newest and Limit, pass the SequenceNum of the last
