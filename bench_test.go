@@ -306,3 +306,35 @@ func BenchmarkWideRun(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBurnDownAsTheLogGrows burns down 20,000 single-task runs five
+// times over on one database, each round with a new runner, the earlier
+// rounds' runs and events kept: throughput should not fall as the tables
+// grow. Reports tasks/s of the first and the last round, and their ratio.
+func BenchmarkBurnDownAsTheLogGrows(b *testing.B) {
+	const runs, rounds = 20_000, 5
+	for _, backend := range testdb.Backends() {
+		b.Run(backend.Name, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				url := backend.URL(b)
+				wf := MustWorkflow("single", Task{Name: "only", Run: ok})
+				var first, last float64
+				for round := range rounds {
+					r := benchRunner(b, url, wf)
+					submitRuns(b, r, "single", runs, nil)
+					elapsed, _ := burnDown(b, r, runs)
+					rate := float64(runs) / elapsed.Seconds()
+					b.Logf("round %d: %.0f tasks/s over %d earlier runs", round+1, rate, round*runs)
+					if round == 0 {
+						first = rate
+					}
+					last = rate
+				}
+				b.ReportMetric(first, "first-tasks/s")
+				b.ReportMetric(last, "last-tasks/s")
+				b.ReportMetric(last/first, "last/first")
+			}
+		})
+	}
+}
