@@ -87,6 +87,9 @@ type dbClock struct {
 	dbRefErr atomic.Int64
 	dbRefSet atomic.Bool
 	dbJumped atomic.Bool
+	// jumps counts the samples that set dbJumped, never cleared: a sweep
+	// compares it before and after its listing (see Runner.sweep).
+	jumps atomic.Int64
 	// syncMu lets one caller at a time take a sample on demand (sync).
 	syncMu sync.Mutex
 	// mu orders the adoption of samples.
@@ -119,6 +122,7 @@ func (c *dbClock) sample(read func() (time.Time, error)) error {
 		dbRef, dbRefErr := db.UnixNano()-int64(start.Sub(clockEpoch)+rtt/2), int64(rtt/2+clockResolution)
 		if c.dbRefSet.Load() && dbRef-c.dbRef.Load() > c.dbRefErr.Load()+dbRefErr+int64(clockStepTolerance) {
 			c.dbJumped.Store(true)
+			c.jumps.Add(1)
 		}
 		c.dbRef.Store(dbRef)
 		c.dbRefErr.Store(dbRefErr)

@@ -548,3 +548,121 @@ func TestNowIsTheDatabasesTime(t *testing.T) {
 		}
 	})
 }
+
+// steppedDB is a backend whose clock, as the runner reads it (heartbeats,
+// clock reads), is shifted by shift, and whose next listing of orphaned
+// tasks for a sweep, once armed, waits at a gate.
+type steppedDB struct {
+	driver.Driver
+	shift   atomic.Int64
+	armed   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (d *steppedDB) Begin(ctx context.Context) (driver.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &shiftedBeat{Tx: tx, shift: &d.shift}, nil
+}
+
+func (d *steppedDB) Reader() driver.Executor {
+	return &steppedReader{Executor: d.Driver.Reader(), d: d}
+}
+
+type steppedReader struct {
+	driver.Executor
+	d *steppedDB
+}
+
+func (e *steppedReader) ClockRead(ctx context.Context) (time.Time, error) {
+	now, err := e.Executor.ClockRead(ctx)
+	return now.Add(time.Duration(e.d.shift.Load())), err
+}
+
+func (e *steppedReader) TaskListOrphaned(ctx context.Context, p *driver.TaskListOrphanedParams) ([]*driver.Task, error) {
+	if p.RunnerID == "" && e.d.armed.CompareAndSwap(true, false) {
+		e.d.entered <- struct{}{}
+		select {
+		case <-e.d.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return e.Executor.TaskListOrphaned(ctx, p)
+}
+
+// A sweep under way when the database's clock steps ahead, its listing
+// after the step, takes a live runner whose last heartbeat came before the
+// step for dead. It reads the clock once its listing found orphans, sees
+// the step, and resets nothing; it used to reset the live runner's task,
+// to run a second time.
+func TestSweepUnderWayWhenTheClockStepsResetsNothing(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started, release := make(chan struct{}, 1), make(chan struct{})
+		wf := MustWorkflow("long", Task{Name: "work", Run: func(ctx context.Context, _ *Context) error {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}})
+		liveness := func(cfg *Config) *Config {
+			cfg.HeartbeatInterval, cfg.RunnerTimeout = 40*time.Millisecond, time.Second
+			return cfg
+		}
+		leader := openRunner(t, url, liveness(&Config{}))
+		db := &steppedDB{Driver: leader.drv, entered: make(chan struct{}, 1), release: make(chan struct{})}
+		leader.drv = db
+		leads, sweeps := leadership(leader), sweepsOf(leader)
+		resets := onEvent(leader, eventOf(EventTaskReset))
+		require.NoError(t, leader.Start(ctx))
+		waitLeader(t, leads, true)
+		waitFor(t, sweeps, "the leader's first sweep, once its grace is over")
+
+		worker := startRunner(t, url, liveness(&Config{Workflows: []*Workflow{wf}}))
+		exec, err := worker.ExecuteAsync(ctx, wf.Name(), nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the task to start on the worker")
+
+		// A sweep begins; the database's clock steps an hour ahead right
+		// after the worker's last heartbeat (the leader's readings shift
+		// first: a beat in between must not take the backdated worker
+		// for dead on the clock it has not seen step); then the sweep
+		// lists.
+		db.armed.Store(true)
+		waitFor(t, db.entered, "a sweep to begin its listing")
+		worker.heartbeatFrozen.Store(true)
+		db.shift.Store(int64(time.Hour))
+		backdateHeartbeat(t, url, worker, worker.ID())
+		for len(sweeps) > 0 {
+			<-sweeps
+		}
+		close(db.release)
+		require.NoError(t, waitFor(t, sweeps, "the sweep under way at the step to end"), "the sweep did not list")
+		worker.heartbeatFrozen.Store(false)
+		// Past the grace the step began: the leader sweeps again.
+		for waitFor(t, sweeps, "a sweep of the leader after the step") != nil {
+			// one that failed is tried again at the next beat
+		}
+		select {
+		case e := <-resets:
+			t.Fatalf("the leader reset the task of a live runner (%s)", e.Data)
+		default:
+		}
+		close(release)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status)
+		require.Equal(t, 0, res.Task("work").Recoveries)
+	})
+}

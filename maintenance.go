@@ -393,8 +393,25 @@ func fenceOf(t *driver.Task) driver.Fence {
 // runner's clock, however far it is off, plays no part. The transitions
 // are fenced on the dead runner's claim, so a runner that was only slow
 // loses nothing it has not already lost.
+//
+// A step of the database's clock ahead while the sweep runs, after the
+// heartbeat before it, would make its listing take live runners for dead
+// (see heartbeatLoop): the sweep reads the clock once its listing found
+// orphans, and resets nothing if that reading, or any other since the
+// sweep began, found the clock stepped.
 func (r *Runner) sweep(ctx context.Context) error {
-	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{Timeout: r.cfg.RunnerTimeout}, func(t *driver.Task) string {
+	jumps := r.clock.jumps.Load()
+	steady := func(ctx context.Context) (bool, error) {
+		if err := r.clock.sample(func() (time.Time, error) { return r.drv.Reader().ClockRead(ctx) }); err != nil {
+			return false, err
+		}
+		if r.clock.jumps.Load() != jumps {
+			r.logger.Warn("the database's clock stepped ahead while sweeping for dead runners; resetting nothing until every live runner has beaten since")
+			return false, nil
+		}
+		return true, nil
+	}
+	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{Timeout: r.cfg.RunnerTimeout}, steady, func(t *driver.Task) string {
 		return fmt.Sprintf("runner %s stopped heartbeating", t.RunnerID)
 	})
 }
@@ -405,14 +422,17 @@ func (r *Runner) sweep(ctx context.Context) error {
 // results. Nothing runs them — this runner has not started a task yet —
 // and the sweep never would, because the id heartbeats again.
 func (r *Runner) recoverOwn(ctx context.Context) error {
-	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{RunnerID: r.id}, func(*driver.Task) string {
+	return r.recoverClaims(ctx, &driver.TaskListOrphanedParams{RunnerID: r.id}, nil, func(*driver.Task) string {
 		return fmt.Sprintf("runner %s restarted without finishing the task", r.id)
 	})
 }
 
 // recoverClaims resets the tasks the listing finds, a batch at a time,
-// each fenced on its claim as listed.
-func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphanedParams, reason func(*driver.Task) string) error {
+// each fenced on its claim as listed. steady, unless nil, is asked after
+// each listing that found tasks whether they may be reset; when it says
+// no, recoverClaims resets nothing more.
+func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphanedParams,
+	steady func(context.Context) (bool, error), reason func(*driver.Task) string) error {
 	list.Limit = completionBatch
 	for {
 		orphans, err := r.drv.Reader().TaskListOrphaned(ctx, list)
@@ -421,6 +441,11 @@ func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphane
 		}
 		if len(orphans) == 0 {
 			return nil
+		}
+		if steady != nil {
+			if ok, err := steady(ctx); !ok {
+				return err
+			}
 		}
 		batch := make([]*taskResult, len(orphans))
 		for i, t := range orphans {
