@@ -454,76 +454,115 @@ func backdateHeartbeat(t *testing.T, url string, r *Runner, id string) {
 func TestDatabaseClockStepDeclaresNoRunnerDead(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
-		ctx := testContext(t)
-		started, release := make(chan struct{}, 1), make(chan struct{})
-		wf := MustWorkflow("long", Task{Name: "work", Run: func(ctx context.Context, _ *Context) error {
-			select {
-			case started <- struct{}{}:
-			default:
-			}
-			select {
-			case <-release:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}})
-		liveness := func(cfg *Config) *Config {
-			cfg.HeartbeatInterval, cfg.RunnerTimeout = 40*time.Millisecond, time.Second
-			return cfg
+		c := newClockStep(t, url)
+		// The step comes right after a sweep of the leader: the next is
+		// orphanSweepEvery beats away, and the leader sees the step at
+		// its next beat. (A sweep under way at the step is
+		// TestSweepUnderWayWhenTheClockStepsResetsNothing's.)
+		for len(c.sweeps) > 0 {
+			<-c.sweeps
 		}
-		leader := openRunner(t, url, liveness(&Config{}))
-		var shift atomic.Int64
-		leader.drv = hookTxs(leader.drv, func(tx driver.Tx) driver.Tx { return &shiftedBeat{Tx: tx, shift: &shift} })
-		leads, sweeps, beats := leadership(leader), sweepsOf(leader), countBeats(leader)
-		resets := onEvent(leader, eventOf(EventTaskReset))
-		require.NoError(t, leader.Start(ctx))
-		waitLeader(t, leads, true)
-		waitFor(t, sweeps, "the leader's first sweep, once its grace is over")
-
-		worker := startRunner(t, url, liveness(&Config{Workflows: []*Workflow{wf}}))
-		exec, err := worker.ExecuteAsync(ctx, wf.Name(), nil)
-		require.NoError(t, err)
-		waitFor(t, started, "the task to start on the worker")
-
-		// The database's clock steps an hour ahead right after the
-		// worker's last heartbeat, and right after a sweep of the leader:
-		// the next is orphanSweepEvery beats away, and the leader sees
-		// the step at its next beat. (A sweep under way at the step, its
-		// listing after it, would reset the task: that is not what this
-		// test is about. CI saw it once, the sweep running beside the
-		// beats.)
-		for len(sweeps) > 0 {
-			<-sweeps
-		}
-		for waitFor(t, sweeps, "a sweep of the leader before the step") != nil {
+		for waitFor(t, c.sweeps, "a sweep of the leader before the step") != nil {
 			// one that failed is tried again at the next beat
 		}
-		worker.heartbeatFrozen.Store(true)
-		backdateHeartbeat(t, url, worker, worker.ID())
-		shift.Store(int64(time.Hour))
-		for len(beats) > 0 {
-			<-beats
+		c.step(t)
+		for len(c.beats) > 0 {
+			<-c.beats
 		}
-		waitFor(t, beats, "a heartbeat of the leader")
-		waitFor(t, beats, "the next heartbeat of the leader, the first one done")
-		worker.heartbeatFrozen.Store(false)
-		// Past the grace the step began: the leader sweeps again.
-		for len(sweeps) > 0 {
-			<-sweeps
-		}
-		require.NoError(t, waitFor(t, sweeps, "a sweep of the leader after the step"))
+		waitFor(t, c.beats, "a heartbeat of the leader")
+		waitFor(t, c.beats, "the next heartbeat of the leader, the first one done")
+		c.end(t)
+	})
+}
+
+// clockStep is a leader and a worker whose one task runs until released,
+// the leader's readings of the database's clock going through db: set up
+// for a step of that clock while the task runs.
+type clockStep struct {
+	url            string
+	db             *steppedDB
+	leader, worker *Runner
+	exec           *Execution
+	sweeps         <-chan error
+	beats          <-chan struct{}
+	resets         <-chan driver.EventInsert
+	release        chan struct{}
+}
+
+// newClockStep starts the leader, waits for its first sweep (its grace
+// over), and starts the worker's task.
+func newClockStep(t *testing.T, url string) *clockStep {
+	t.Helper()
+	ctx := testContext(t)
+	started := make(chan struct{}, 1)
+	c := &clockStep{url: url, release: make(chan struct{})}
+	wf := MustWorkflow("long", Task{Name: "work", Run: func(ctx context.Context, _ *Context) error {
 		select {
-		case e := <-resets:
-			t.Fatalf("the leader reset the task of a live runner (%s)", e.Data)
+		case started <- struct{}{}:
 		default:
 		}
-		close(release)
-		res, err := exec.Wait(ctx)
-		require.NoError(t, err)
-		require.Equal(t, PipelineCompleted, res.Status)
-		require.Equal(t, 0, res.Task("work").Recoveries)
-	})
+		select {
+		case <-c.release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}})
+	liveness := func(cfg *Config) *Config {
+		cfg.HeartbeatInterval, cfg.RunnerTimeout = 40*time.Millisecond, time.Second
+		return cfg
+	}
+	c.leader = openRunner(t, url, liveness(&Config{}))
+	c.db = &steppedDB{Driver: c.leader.drv, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	c.leader.drv = c.db
+	leads := leadership(c.leader)
+	c.sweeps, c.beats = sweepsOf(c.leader), countBeats(c.leader)
+	c.resets = onEvent(c.leader, eventOf(EventTaskReset))
+	require.NoError(t, c.leader.Start(ctx))
+	waitLeader(t, leads, true)
+	waitFor(t, c.sweeps, "the leader's first sweep, once its grace is over")
+
+	c.worker = startRunner(t, url, liveness(&Config{Workflows: []*Workflow{wf}}))
+	var err error
+	c.exec, err = c.worker.ExecuteAsync(ctx, wf.Name(), nil)
+	require.NoError(t, err)
+	waitFor(t, started, "the task to start on the worker")
+	return c
+}
+
+// step steps the database's clock an hour ahead right after the worker's
+// last heartbeat, which freezes. The leader's readings shift first: a beat
+// in between must not take the backdated worker for dead on a clock it has
+// not seen step.
+func (c *clockStep) step(t *testing.T) {
+	t.Helper()
+	c.worker.heartbeatFrozen.Store(true)
+	c.db.shift.Store(int64(time.Hour))
+	backdateHeartbeat(t, c.url, c.worker, c.worker.ID())
+}
+
+// end lets the worker beat again and, once the leader has swept past the
+// grace the step began, checks that it reset nothing; the task then ends,
+// and its run completes with no recovery.
+func (c *clockStep) end(t *testing.T) {
+	t.Helper()
+	c.worker.heartbeatFrozen.Store(false)
+	for len(c.sweeps) > 0 {
+		<-c.sweeps
+	}
+	for waitFor(t, c.sweeps, "a sweep of the leader after the step") != nil {
+		// one that failed is tried again at the next beat
+	}
+	select {
+	case e := <-c.resets:
+		t.Fatalf("the leader reset the task of a live runner (%s)", e.Data)
+	default:
+	}
+	close(c.release)
+	res, err := c.exec.Wait(testContext(t))
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status)
+	require.Equal(t, 0, res.Task("work").Recoveries)
 }
 
 // Now is the database's time, not the host's: a runner whose own clock is
@@ -602,67 +641,16 @@ func (e *steppedReader) TaskListOrphaned(ctx context.Context, p *driver.TaskList
 func TestSweepUnderWayWhenTheClockStepsResetsNothing(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
-		ctx := testContext(t)
-		started, release := make(chan struct{}, 1), make(chan struct{})
-		wf := MustWorkflow("long", Task{Name: "work", Run: func(ctx context.Context, _ *Context) error {
-			select {
-			case started <- struct{}{}:
-			default:
-			}
-			select {
-			case <-release:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}})
-		liveness := func(cfg *Config) *Config {
-			cfg.HeartbeatInterval, cfg.RunnerTimeout = 40*time.Millisecond, time.Second
-			return cfg
+		c := newClockStep(t, url)
+		// A sweep begins; the clock steps; then the sweep lists.
+		c.db.armed.Store(true)
+		waitFor(t, c.db.entered, "a sweep to begin its listing")
+		c.step(t)
+		for len(c.sweeps) > 0 {
+			<-c.sweeps
 		}
-		leader := openRunner(t, url, liveness(&Config{}))
-		db := &steppedDB{Driver: leader.drv, entered: make(chan struct{}, 1), release: make(chan struct{})}
-		leader.drv = db
-		leads, sweeps := leadership(leader), sweepsOf(leader)
-		resets := onEvent(leader, eventOf(EventTaskReset))
-		require.NoError(t, leader.Start(ctx))
-		waitLeader(t, leads, true)
-		waitFor(t, sweeps, "the leader's first sweep, once its grace is over")
-
-		worker := startRunner(t, url, liveness(&Config{Workflows: []*Workflow{wf}}))
-		exec, err := worker.ExecuteAsync(ctx, wf.Name(), nil)
-		require.NoError(t, err)
-		waitFor(t, started, "the task to start on the worker")
-
-		// A sweep begins; the database's clock steps an hour ahead right
-		// after the worker's last heartbeat (the leader's readings shift
-		// first: a beat in between must not take the backdated worker
-		// for dead on the clock it has not seen step); then the sweep
-		// lists.
-		db.armed.Store(true)
-		waitFor(t, db.entered, "a sweep to begin its listing")
-		worker.heartbeatFrozen.Store(true)
-		db.shift.Store(int64(time.Hour))
-		backdateHeartbeat(t, url, worker, worker.ID())
-		for len(sweeps) > 0 {
-			<-sweeps
-		}
-		close(db.release)
-		require.NoError(t, waitFor(t, sweeps, "the sweep under way at the step to end"), "the sweep did not list")
-		worker.heartbeatFrozen.Store(false)
-		// Past the grace the step began: the leader sweeps again.
-		for waitFor(t, sweeps, "a sweep of the leader after the step") != nil {
-			// one that failed is tried again at the next beat
-		}
-		select {
-		case e := <-resets:
-			t.Fatalf("the leader reset the task of a live runner (%s)", e.Data)
-		default:
-		}
-		close(release)
-		res, err := exec.Wait(ctx)
-		require.NoError(t, err)
-		require.Equal(t, PipelineCompleted, res.Status)
-		require.Equal(t, 0, res.Task("work").Recoveries)
+		close(c.db.release)
+		require.NoError(t, waitFor(t, c.sweeps, "the sweep under way at the step to end"), "the sweep did not list")
+		c.end(t)
 	})
 }

@@ -105,16 +105,28 @@ func (s *stall) run(ctx context.Context, tc *Context) error {
 // alive, but dead to the others) and waits until the leader has reset its
 // task.
 func zombieSetup(t *testing.T, url string, wf *Workflow, s *stall) (leader, zombie *Runner, exec *Execution) {
-	return zombieSetupWith(t, url, wf, s, nil)
+	return zombieSetupWith(t, url, wf, s, zombieHooks{})
 }
 
-// zombieSetupWith is zombieSetup calling beforeFreeze (unless nil) once the
-// task runs on the zombie, before its heartbeat freezes.
-func zombieSetupWith(t *testing.T, url string, wf *Workflow, s *stall, beforeFreeze func(leader, zombie *Runner)) (leader, zombie *Runner, exec *Execution) {
+// zombieHooks are zombieSetupWith's hooks, each called unless nil.
+type zombieHooks struct {
+	// beforeStart sees the leader before it starts (to wrap its backend,
+	// say).
+	beforeStart func(leader *Runner)
+	// beforeFreeze sees both runners once the task runs on the zombie,
+	// before the zombie's heartbeat freezes.
+	beforeFreeze func(leader, zombie *Runner)
+}
+
+// zombieSetupWith is zombieSetup calling hooks.
+func zombieSetupWith(t *testing.T, url string, wf *Workflow, s *stall, hooks zombieHooks) (leader, zombie *Runner, exec *Execution) {
 	t.Helper()
 	ctx := testContext(t)
 	leader = openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
 	leader.claimsPaused.Store(true)
+	if hooks.beforeStart != nil {
+		hooks.beforeStart(leader)
+	}
 	require.NoError(t, leader.Start(ctx))
 	zombie = openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
 	s.zombies[zombie.ID()] = true
@@ -124,8 +136,8 @@ func zombieSetupWith(t *testing.T, url string, wf *Workflow, s *stall, beforeFre
 	exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
 	require.NoError(t, err)
 	waitFor(t, s.started, "the task to start on the zombie")
-	if beforeFreeze != nil {
-		beforeFreeze(leader, zombie)
+	if hooks.beforeFreeze != nil {
+		hooks.beforeFreeze(leader, zombie)
 	}
 	zombie.heartbeatFrozen.Store(true)
 	waitFor(t, reset, "the leader to reset the zombie's task")
@@ -739,7 +751,7 @@ func TestSweepPassesARunnerRowLockedElsewhere(t *testing.T) {
 	s := newStall()
 	wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
 	var stranded pgx.Tx
-	leader, _, exec := zombieSetupWith(t, url, wf, s, func(leader, zombie *Runner) {
+	leader, _, exec := zombieSetupWith(t, url, wf, s, zombieHooks{beforeFreeze: func(leader, zombie *Runner) {
 		d := leader.Driver().(*postgres.Driver)
 		var err error
 		stranded, err = d.Pool().Begin(ctx)
@@ -748,7 +760,7 @@ func TestSweepPassesARunnerRowLockedElsewhere(t *testing.T) {
 		_, err = stranded.Exec(ctx, "UPDATE "+pgx.Identifier{d.Schema(), "cloacina_runners"}.Sanitize()+
 			" SET heartbeat_at = heartbeat_at WHERE id = $1", zombie.ID())
 		require.NoError(t, err)
-	})
+	}})
 	setClaiming(leader, true)
 	res, err := exec.Wait(ctx)
 	require.NoError(t, err)
@@ -1162,20 +1174,11 @@ func TestSlowSweepGetsThrough(t *testing.T) {
 		ctx := testContext(t)
 		s := newStall()
 		wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
-		leader := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
-		leader.claimsPaused.Store(true)
-		leader.drv = &slowOrphans{Driver: leader.drv, delay: 2 * leader.cfg.RunnerTimeout}
-		sweeps := sweepsOf(leader)
-		require.NoError(t, leader.Start(ctx))
-		zombie := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1}))
-		s.zombies[zombie.ID()] = true
-		require.NoError(t, zombie.Start(ctx))
-		reset := onEvent(leader, eventOf(EventTaskReset))
-		exec, err := zombie.ExecuteAsync(ctx, wf.Name(), nil)
-		require.NoError(t, err)
-		waitFor(t, s.started, "the task to start on the zombie")
-		zombie.heartbeatFrozen.Store(true)
-		waitFor(t, reset, "the leader to reset the zombie's task")
+		var sweeps <-chan error
+		leader, _, exec := zombieSetupWith(t, url, wf, s, zombieHooks{beforeStart: func(leader *Runner) {
+			leader.drv = &slowOrphans{Driver: leader.drv, delay: 2 * leader.cfg.RunnerTimeout}
+			sweeps = sweepsOf(leader)
+		}})
 		failed := 0
 		for {
 			if err := waitFor(t, sweeps, "a sweep to end"); err == nil {
