@@ -326,15 +326,15 @@ func Open(ctx context.Context, url string, cfg *Config) (*Runner, error) {
 
 // retryOpen is openRetrying with the runner's Config.OpenRetry and logger.
 func (r *Runner) retryOpen(ctx context.Context, open func() error) error {
-	return openRetrying(ctx, r.cfg.OpenRetry, r.logger, open)
+	return openRetrying(ctx, "Open", r.cfg.OpenRetry, r.logger, open)
 }
 
-// openRetrying runs open until it succeeds, fails for a reason that is not
-// transient, or ctx ends — or, when ctx has no deadline, until limit
-// (Config.OpenRetry; 0 means its default) has passed (see Open). When it
-// gives up after a transient failure, the error is that failure, saying
-// what to fix.
-func openRetrying(ctx context.Context, limit time.Duration, logger *slog.Logger, open func() error) error {
+// openRetrying runs open for caller (Open or Migrate) until it succeeds,
+// fails for a reason that is not transient, or ctx ends — or, when ctx
+// has no deadline, until limit (Config.OpenRetry; 0 means its default)
+// has passed (see Open). When it gives up after a transient failure, the
+// error is that failure, saying what to fix.
+func openRetrying(ctx context.Context, caller string, limit time.Duration, logger *slog.Logger, open func() error) error {
 	limit = cmp.Or(limit, defaultOpenRetry)
 	backoff := 10 * time.Millisecond
 	var last error // the last transient failure
@@ -358,12 +358,16 @@ func openRetrying(ctx context.Context, limit time.Duration, logger *slog.Logger,
 			// An attempt that ctx cut short says only that ctx ended: the
 			// failure that kept Open retrying says what to fix.
 			return fmt.Errorf("%w (gave up after %d attempts as the context ended: %w): "+
-				"check that the database is up and reachable, or give Open a context with a longer deadline", last, attempt, context.Cause(ctx))
+				"check that the database is up and reachable, or give %s a context with a longer deadline", last, attempt, context.Cause(ctx), caller)
 		}
 		if !transient {
 			return err
 		}
 		if !giveUp.IsZero() && !time.Now().Add(backoff).Before(giveUp) {
+			if caller != "Open" {
+				return fmt.Errorf("%w (gave up after %d attempts over %s): check that the database is up and reachable, "+
+					"or give %s a context with a deadline", err, attempt, limit, caller)
+			}
 			return fmt.Errorf("%w (gave up after %d attempts over Config.OpenRetry, %s): check that the database is up and reachable, "+
 				"or set a longer Config.OpenRetry, or give Open a context with a deadline", err, attempt, limit)
 		}
@@ -568,7 +572,7 @@ func (r *Runner) attach(ctx context.Context, drv driver.Driver) error {
 // slog's default logger.
 func Migrate(ctx context.Context, url string, schema string) (int, error) {
 	var current int
-	err := openRetrying(ctx, 0, slog.Default(), func() error {
+	err := openRetrying(ctx, "Migrate", 0, slog.Default(), func() error {
 		drv, err := openDriver(ctx, url, schema, false)
 		if err != nil {
 			return err
