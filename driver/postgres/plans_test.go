@@ -571,3 +571,37 @@ func TestEventWindowReadsItsRange(t *testing.T) {
 		}
 	}
 }
+
+// Retention finds the newest event before its cutoff without walking the
+// events after it: in its steady state few events are older than the
+// cutoff and most are newer, and the primary key, walked back from the
+// newest, read every newer event (430 ms for 1.9 M of them on 2 M). The
+// maximum is of the older events, found through the BRIN index.
+func TestRetentionFindsItsCutoffWithoutWalkingNewerEvents(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	schema := testdb.NewSchema(t)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	drv := open(t, schema, "pool_max_conns", "1")
+	require.NoError(t, drv.Migrate(ctx))
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`INSERT INTO %s.execution_events
+			(id, pipeline_execution_id, event_type, event_data, worker_id, created_at)
+		SELECT gen_random_uuid(), gen_random_uuid(), 'task_completed', '{}', 'w', $1::timestamptz + i * interval '1 second'
+		FROM generate_series(1, 50000) AS i`, pgx.Identifier{schema}.Sanitize()), start)
+	require.NoError(t, err)
+	// As autovacuum would have by now: statistics, and the BRIN index's
+	// ranges summarised.
+	_, err = drv.Pool().Exec(ctx, "VACUUM ANALYZE "+pgx.Identifier{schema, "execution_events"}.Sanitize())
+	require.NoError(t, err)
+
+	before := indexStats(t, drv, schema)
+	var last int64
+	inTx(t, drv, func(tx driver.Tx) error {
+		last, err = tx.EventLastBefore(ctx, start.Add(1000*time.Second+time.Millisecond))
+		return err
+	})
+	require.Equal(t, int64(1000), last)
+	after := indexStats(t, drv, schema)
+	read := after["execution_events_pkey.tup_read"] - before["execution_events_pkey.tup_read"]
+	require.Less(t, read, int64(1000), "entries of the primary key read to find the cutoff")
+}
