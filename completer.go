@@ -364,7 +364,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 				}
 				taskUpdates(c, changed)
 				if leafEnded {
-					if err := st.endFrom(c); err != nil {
+					if err := st.endFrom(c, &r.leafHints); err != nil {
 						return fmt.Errorf("run %s: %w", id, err)
 					}
 				}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -537,7 +538,21 @@ func (s *runState) advanceFrom(c *changes, ended []string) (changed []*driver.Ta
 // leaf ended. A task ends after its dependencies, so every task has ended
 // once every leaf has: the leaves are read, and only when they have all
 // ended the run's other tasks.
-func (s *runState) endFrom(c *changes) error {
+//
+// hints, unless nil, remembers for each run a leaf last found open: it is
+// read first, and while it stays open no other is. A 1→W fan-out with no
+// join read its W leaves at every batch that ended one of them; now one.
+// A hint is only where to look: the leaf's status is read under the run's
+// lock, in this transaction, before it says the run goes on.
+func (s *runState) endFrom(c *changes, hints *leafHints) error {
+	if name, ok := hints.get(s.p.ID); ok {
+		if err := s.read([]string{name}); err != nil {
+			return err
+		}
+		if !s.tasks[name].Status.Terminal() {
+			return nil
+		}
+	}
 	names := make([]string, len(s.wf.leaves))
 	for i, leaf := range s.wf.leaves {
 		names[i] = leaf.Name
@@ -545,17 +560,64 @@ func (s *runState) endFrom(c *changes) error {
 	if err := s.read(names); err != nil {
 		return err
 	}
-	for _, name := range names {
+	// The last open leaf in declaration order is the hint: tasks are
+	// claimed in about that order, so it is likely to end last.
+	for _, name := range slices.Backward(names) {
 		if !s.tasks[name].Status.Terminal() {
+			hints.set(s.p.ID, name)
 			return nil
 		}
 	}
+	hints.drop(s.p.ID)
 	all, err := s.list(nil)
 	if err != nil {
 		return fmt.Errorf("read tasks: %w", err)
 	}
 	s.add(all)
 	return s.finalize(c)
+}
+
+// leafHints remembers, for runs decided narrowly, a leaf last found open
+// (see endFrom). It is bounded: past maxLeafHints runs it forgets them
+// all, which costs each of those runs one read of its leaves. A nil
+// *leafHints remembers nothing.
+type leafHints struct {
+	mu sync.Mutex
+	m  map[uuid.UUID]string
+}
+
+// maxLeafHints bounds the runs a leafHints remembers.
+const maxLeafHints = 4096
+
+func (h *leafHints) get(run uuid.UUID) (string, bool) {
+	if h == nil {
+		return "", false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	name, ok := h.m[run]
+	return name, ok
+}
+
+func (h *leafHints) set(run uuid.UUID, leaf string) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m == nil || len(h.m) >= maxLeafHints {
+		h.m = make(map[uuid.UUID]string)
+	}
+	h.m[run] = leaf
+}
+
+func (h *leafHints) drop(run uuid.UUID) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.m, run)
 }
 
 // taskHeap orders task definitions topologically.

@@ -216,6 +216,9 @@ type Runner struct {
 	// cancelLocal next drops the expired ones.
 	cancelledRuns    map[uuid.UUID]time.Time
 	cancelledPruneAt int
+	// leafHints remembers an open leaf of runs decided narrowly (see
+	// runState.endFrom).
+	leafHints leafHints
 	// strays are claims this runner may hold but does not run: those of a
 	// commit that reported a failure, which it could not then verify (see
 	// settle). The heartbeat loop resets them (resetStrays).

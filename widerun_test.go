@@ -85,3 +85,47 @@ func TestWideRunDecidedNarrowly(t *testing.T) {
 		})
 	})
 }
+
+// A run with many leaves ends once all of them have, whatever order they
+// end in. Its completions remember a leaf they found open and read it
+// first (runState.endFrom): here each leaf waits for the one declared
+// after it, so the leaf remembered ends while others are still open, at
+// every turn, and the run must not end before its first leaf does.
+func TestManyLeavesEndInAnyOrder(t *testing.T) {
+	t.Parallel()
+	const width = 40
+	forEachBackend(t, func(t *testing.T, url string) {
+		ended := make([]chan struct{}, width+1)
+		for i := range ended {
+			ended[i] = make(chan struct{})
+		}
+		close(ended[width])
+		tasks := []Task{{Name: "root", Run: ok}}
+		for i := range width {
+			name := fmt.Sprintf("leaf%02d", i)
+			tasks = append(tasks, Task{Name: name, DependsOn: []string{"root"}, Run: func(ctx context.Context, tc *Context) error {
+				select {
+				case <-ended[i+1]:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				defer close(ended[i])
+				return tc.Set(name, i)
+			}})
+		}
+		wf := MustWorkflow("leaves", tasks...)
+		require.True(t, wf.narrow(), "the test workflow must be decided narrowly")
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: width})
+		res, err := r.Execute(testContext(t), "leaves", nil)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, res.Error)
+		for i := range width {
+			got, found := res.Context.Raw(fmt.Sprintf("leaf%02d", i))
+			require.True(t, found, "the run's context merges every leaf's output")
+			require.Equal(t, fmt.Sprint(i), string(got))
+		}
+		events, err := r.RunEvents(testContext(t), res.ID)
+		require.NoError(t, err)
+		require.Equal(t, EventPipelineCompleted, events[len(events)-1].Type, "the run ends after every task")
+	})
+}
