@@ -43,3 +43,17 @@ func (s EventSpan) Bound(newest bool, limit int) bool {
 	}
 	return 2*window < walk
 }
+
+// Windowed reports whether a listing of p may be read through its time
+// window's range of sequence numbers (see EventSpan): it filters by time,
+// and neither by run or task (their indexes bound the read already) nor
+// follows the log. A walk of the primary key skips every event outside
+// the window, as the planners take its events to be spread over the log;
+// when that is more than the window holds (EventSpan.Bound), a backend
+// reads the lowest and highest numbers of the events that match through
+// its index on creation times, then that range only. The range is read in
+// the same statement as the listing, so the result is what the time
+// filter alone returns, however creation times and numbers disagree.
+func (p *EventListParams) Windowed() bool {
+	return (p.CreatedFrom != nil || p.CreatedBefore != nil) && p.PipelineID == nil && p.TaskID == nil && p.AfterSeq == 0
+}

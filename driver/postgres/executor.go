@@ -789,16 +789,10 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		where = append(where, "e.sequence_num < "+a.add(p.BeforeSeq))
 	}
 	with := ""
-	if len(window) > 0 && p.PipelineID == nil && p.TaskID == nil && p.AfterSeq == 0 {
-		// A walk of the primary key skips every event outside the window
-		// (the planner takes the window's events to be spread over the
-		// log); when that is more than the window holds, read the
-		// window's events first, through the BRIN index on created_at,
-		// for the range of numbers they span, then read that range. The
-		// range is of the events that match, in the same snapshot, so the
-		// result is what the time filter alone returns, however creation
-		// times and numbers disagree. (+ 0: a min or max of the key
-		// would walk the key.)
+	if p.Windowed() {
+		// The window's range is read through the BRIN index on
+		// created_at, in the listing's snapshot. (+ 0: a min or max of
+		// the key would walk the key.)
 		span, err := e.eventSpan(ctx, p)
 		if err != nil {
 			return nil, err

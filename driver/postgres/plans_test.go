@@ -537,17 +537,8 @@ func TestEventPagesStartAtTheirBound(t *testing.T) {
 func TestEventWindowReadsItsRange(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	schema := testdb.NewSchema(t)
-	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	drv := open(t, schema, "pool_max_conns", "1")
-	require.NoError(t, drv.Migrate(ctx))
-	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`INSERT INTO %s.execution_events
-			(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
-		SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'task_completed', '{}', 'w', $1::timestamptz + i * interval '1 second'
-		FROM generate_series(1, 50000) AS i`, pgx.Identifier{schema}.Sanitize()), start)
-	require.NoError(t, err)
-	_, err = drv.Pool().Exec(ctx, "ANALYZE "+pgx.Identifier{schema, "execution_events"}.Sanitize())
-	require.NoError(t, err)
+	schema, start := testdb.NewSchema(t), time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	drv := secondApartEvents(t, schema, start)
 	at := func(s int) *time.Time { v := start.Add(time.Duration(s) * time.Second); return &v }
 
 	generic := open(t, schema, "pool_max_conns", "1", "plan_cache_mode", "force_generic_plan")
@@ -580,22 +571,12 @@ func TestEventWindowReadsItsRange(t *testing.T) {
 func TestRetentionFindsItsCutoffWithoutWalkingNewerEvents(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	schema := testdb.NewSchema(t)
-	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	drv := open(t, schema, "pool_max_conns", "1")
-	require.NoError(t, drv.Migrate(ctx))
-	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`INSERT INTO %s.execution_events
-			(id, pipeline_execution_id, event_type, event_data, worker_id, created_at)
-		SELECT gen_random_uuid(), gen_random_uuid(), 'task_completed', '{}', 'w', $1::timestamptz + i * interval '1 second'
-		FROM generate_series(1, 50000) AS i`, pgx.Identifier{schema}.Sanitize()), start)
-	require.NoError(t, err)
-	// As autovacuum would have by now: statistics, and the BRIN index's
-	// ranges summarised.
-	_, err = drv.Pool().Exec(ctx, "VACUUM ANALYZE "+pgx.Identifier{schema, "execution_events"}.Sanitize())
-	require.NoError(t, err)
+	schema, start := testdb.NewSchema(t), time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	drv := secondApartEvents(t, schema, start)
 
 	before := indexStats(t, drv, schema)
 	var last int64
+	var err error
 	inTx(t, drv, func(tx driver.Tx) error {
 		last, err = tx.EventLastBefore(ctx, start.Add(1000*time.Second+time.Millisecond))
 		return err
@@ -604,4 +585,23 @@ func TestRetentionFindsItsCutoffWithoutWalkingNewerEvents(t *testing.T) {
 	after := indexStats(t, drv, schema)
 	read := after["execution_events_pkey.tup_read"] - before["execution_events_pkey.tup_read"]
 	require.Less(t, read, int64(1000), "entries of the primary key read to find the cutoff")
+}
+
+// secondApartEvents migrates schema and fills its log with 50,000 events,
+// each of its own run and task, created a second apart after start (event
+// i at start + i s), then vacuums and analyzes it as autovacuum would have
+// by now (statistics, the BRIN index's ranges summarised).
+func secondApartEvents(t *testing.T, schema string, start time.Time) *postgres.Driver {
+	t.Helper()
+	ctx := t.Context()
+	drv := open(t, schema, "pool_max_conns", "1")
+	require.NoError(t, drv.Migrate(ctx))
+	_, err := drv.Pool().Exec(ctx, fmt.Sprintf(`INSERT INTO %s.execution_events
+			(id, pipeline_execution_id, task_execution_id, event_type, event_data, worker_id, created_at)
+		SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'task_completed', '{}', 'w', $1::timestamptz + i * interval '1 second'
+		FROM generate_series(1, 50000) AS i`, pgx.Identifier{schema}.Sanitize()), start)
+	require.NoError(t, err)
+	_, err = drv.Pool().Exec(ctx, "VACUUM ANALYZE "+pgx.Identifier{schema, "execution_events"}.Sanitize())
+	require.NoError(t, err)
+	return drv
 }

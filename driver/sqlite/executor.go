@@ -778,14 +778,8 @@ func (e *executor) EventList(ctx context.Context, p *driver.EventListParams) ([]
 		args = append(args, p.BeforeSeq)
 	}
 	with := ""
-	if len(window) > 0 && p.PipelineID == nil && p.TaskID == nil && p.AfterSeq == 0 {
-		// A walk of the primary key skips every event outside the window;
-		// when that is more than the window holds, read the window's
-		// events first, through the created_at index, for the range of
-		// numbers they span, then read that range. The range is of the
-		// events that match, read in the same statement, so the result is
-		// what the time filter alone returns, however creation times and
-		// numbers disagree.
+	if p.Windowed() {
+		// The window's range is read through the created_at index.
 		span, err := e.eventSpan(ctx, p)
 		if err != nil {
 			return nil, err
