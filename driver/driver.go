@@ -27,6 +27,10 @@ var (
 	// statement timeout or out of disk space or memory, a write refused by
 	// a read-only session (a standby's); a lost connection.
 	ErrTransient = errors.New("transient database error")
+	// ErrLockWait marks a statement that gave up waiting for a row lock
+	// another transaction held: past Tx.LimitLockWait's bound, or at once
+	// for PipelineLockNoWait. Such an error wraps ErrTransient too.
+	ErrLockWait = errors.New("row lock held by another transaction")
 	// ErrSchemaTooNew is returned when the database was migrated by a newer
 	// version of Cloacina than the running code knows.
 	ErrSchemaTooNew = errors.New("database schema is newer than this version of cloacina")
@@ -101,6 +105,15 @@ type Driver interface {
 // Tx is a write transaction begun by the engine.
 type Tx interface {
 	Executor
+	// LimitLockWait bounds how long each later statement of the
+	// transaction waits for a row lock another transaction holds: a
+	// statement that would wait longer fails with an error wrapping
+	// ErrLockWait (and ErrTransient), and the transaction must be rolled
+	// back. Call it before the transaction's first statement (PostgreSQL
+	// sends the bound with BEGIN, at no cost of its own). SQLite's write
+	// transaction holds the whole database and never waits for a row:
+	// there it does nothing.
+	LimitLockWait(d time.Duration)
 	Commit(ctx context.Context) error
 	Rollback(ctx context.Context) error
 }
@@ -133,6 +146,12 @@ type Executor interface {
 	// pipelines, instead of waiting: a lock that never waits cannot close a
 	// deadlock, so it may be taken out of id order.
 	PipelineLockNoWait(ctx context.Context, ids []uuid.UUID) ([]*Pipeline, error)
+	// PipelineLockSkipLocked locks, in id order, those of the given
+	// pipelines that no other transaction holds, and returns them: one
+	// another transaction holds (or that does not exist) is missing from
+	// the result, not waited for. SQLite's write transaction holds every
+	// row, so there it is PipelineLock.
+	PipelineLockSkipLocked(ctx context.Context, ids []uuid.UUID) ([]*Pipeline, error)
 
 	// TaskInsertMany creates task rows.
 	TaskInsertMany(ctx context.Context, tasks []TaskInsert) error

@@ -109,6 +109,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver, opts *Options
 		{"TaskClaim", testTaskClaim},
 		{"TaskClaimConcurrent", testTaskClaimConcurrent},
 		{"TaskFinishMany", testTaskFinishMany},
+		{"HeldRuns", testHeldRuns},
 		{"OutboxPeek", testOutboxPeek},
 		{"OutboxDelete", testOutboxDelete},
 		{"BacklogList", testBacklogList},

@@ -120,6 +120,7 @@ type queries struct {
 	pipelineGet        string
 	pipelineLock       string
 	pipelineLockNoWait string
+	pipelineLockSkip   string
 	taskInsert         string
 	taskClaim          string
 	taskClaimRuns      string
@@ -162,6 +163,8 @@ func newQueries(schema string) *queries {
 		pipelineLock: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1) ORDER BY id FOR UPDATE`),
 		pipelineLockNoWait: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1)
 			ORDER BY id FOR UPDATE NOWAIT`),
+		pipelineLockSkip: r.Replace(`SELECT ` + pipelineColumns + ` FROM {s}.pipeline_executions WHERE id = ANY($1)
+			ORDER BY id FOR UPDATE SKIP LOCKED`),
 		taskInsert: r.Replace(`INSERT INTO {s}.task_executions (id, pipeline_execution_id, workflow_name, task_name, position,
 				status, attempt, max_attempts, input, error, available_at, runner_id, started_at, created_at, updated_at, open_deps)
 			SELECT id, pid, wf, name, pos, status, attempt, max_attempts, input::json, error, available_at,
@@ -424,6 +427,17 @@ func (e *executor) PipelineLockNoWait(ctx context.Context, ids []uuid.UUID) ([]*
 	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLockNoWait, pgIDs(ids)))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: lock pipelines without waiting: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) PipelineLockSkipLocked(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	out, err := collectPipelines(e.db.Query(ctx, e.q.pipelineLockSkip, pgIDs(ids)))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: lock pipelines not held elsewhere: %w", err)
 	}
 	return out, nil
 }

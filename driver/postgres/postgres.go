@@ -350,10 +350,12 @@ func mapError(err error) error {
 		if pgErr.Code == conflictCode {
 			return fmt.Errorf("%w: %w", driver.ErrConflict, err)
 		}
+		if pgErr.Code == "55P03" { // lock_not_available: NOWAIT, or lock_timeout passed
+			return fmt.Errorf("%w: %w: %w", driver.ErrTransient, driver.ErrLockWait, err)
+		}
 		switch {
 		case pgErr.Code == "40001", // serialization_failure
 			pgErr.Code == "40P01",               // deadlock_detected
-			pgErr.Code == "55P03",               // lock_not_available
 			pgErr.Code == "53300",               // too_many_connections
 			pgErr.Code == "57P01",               // admin_shutdown
 			pgErr.Code == "57P02",               // crash_shutdown

@@ -1,9 +1,11 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,6 +37,20 @@ type pgTx struct {
 	begun    bool
 	done     bool
 	deferred []*pgx.QueuedQuery // ChangeSetApply's writes not yet sent
+	settings string             // sent with BEGIN: txSettings, and a lock wait bound if one is set
+}
+
+// LimitLockWait sets lock_timeout for the rest of the transaction: sent
+// with BEGIN, in the statement of txSettings, so the bound costs no
+// statement of its own. Set later, it goes with the next statement.
+func (t *pgTx) LimitLockWait(d time.Duration) {
+	ms := max(d.Milliseconds(), 1)
+	if !t.begun {
+		t.settings = fmt.Sprintf("%s, set_config('lock_timeout', '%dms', true)", txSettings, ms)
+		return
+	}
+	t.deferred = append(t.deferred, &pgx.QueuedQuery{SQL: "SELECT set_config('lock_timeout', $1, true)",
+		Arguments: []any{strconv.FormatInt(ms, 10) + "ms"}})
 }
 
 // prefixed returns the statements to send before the next one: BEGIN if
@@ -51,7 +67,7 @@ type pgTx struct {
 func (t *pgTx) prefixed() []*pgx.QueuedQuery {
 	var pre []*pgx.QueuedQuery
 	if !t.begun {
-		pre = append(pre, &pgx.QueuedQuery{SQL: "BEGIN"}, &pgx.QueuedQuery{SQL: txSettings})
+		pre = append(pre, &pgx.QueuedQuery{SQL: "BEGIN"}, &pgx.QueuedQuery{SQL: cmp.Or(t.settings, txSettings)})
 		t.begun = true
 	}
 	pre = append(pre, t.deferred...)

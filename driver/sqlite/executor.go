@@ -327,6 +327,12 @@ func (e *executor) PipelineLockNoWait(ctx context.Context, ids []uuid.UUID) ([]*
 	return e.PipelineLock(ctx, ids)
 }
 
+// PipelineLockSkipLocked is PipelineLock: no other transaction can hold a
+// row while this one holds the database.
+func (e *executor) PipelineLockSkipLocked(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	return e.PipelineLock(ctx, ids)
+}
+
 // PipelineLock needs no row locks on SQLite: the IMMEDIATE transaction
 // already holds the database write lock.
 func (e *executor) PipelineLock(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {

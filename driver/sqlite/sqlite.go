@@ -465,6 +465,10 @@ func (t *sqliteTx) Commit(ctx context.Context) error {
 	return nil
 }
 
+// LimitLockWait does nothing: the write transaction holds the whole
+// database, so its statements never wait for a row another holds.
+func (t *sqliteTx) LimitLockWait(time.Duration) {}
+
 func (t *sqliteTx) Rollback(ctx context.Context) error {
 	if t.settled {
 		return nil
