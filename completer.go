@@ -18,45 +18,279 @@ import (
 // the previous batch was being written goes into the next transaction.
 // Results the database cannot take now are held and tried again, with a
 // growing delay, and never dropped while the runner runs; Stop gives them
-// until its flush deadline.
+// until its flush deadline. A batch waits for a run another transaction
+// holds at most runLockWait: past it, that run's results are parked (see
+// parkedResults) while the batch goes on.
 func (r *Runner) completeLoop(svc *services) {
 	defer close(svc.completerDone)
 	h := &heldResults{}
-	for {
-		select {
-		case first := <-svc.results:
-			again, err := r.flush(svc.flushCtx, r.drain(svc, first))
-			r.hold(h, again, err, false)
-		case <-h.retry:
-			again, err := r.flush(svc.flushCtx, h.take())
-			r.hold(h, again, err, true)
-		case <-svc.stopCompleter:
-			// Tasks have all returned (or been handed back): drain, then
-			// keep trying what is held until the flush deadline.
-			for draining := true; draining; {
-				select {
-				case res := <-svc.results:
-					again, err := r.flush(svc.flushCtx, r.drain(svc, res))
-					r.hold(h, again, err, false)
-				default:
-					draining = false
-				}
-			}
-			for len(h.results) > 0 {
-				select {
-				case <-h.retry:
-					again, err := r.flush(svc.flushCtx, h.take())
-					r.hold(h, again, err, true)
-				case <-svc.flushCtx.Done():
-					r.logger.Error("stopped with task results not recorded: their tasks are recovered by the dead-runner sweep, or when this runner starts again",
-						"results", len(h.results))
-					svc.unrecorded = fmt.Errorf("cloacina: stopped with %d task results not recorded (their tasks stay Running until their claims are recovered, and run again): %w",
-						len(h.results), cmp.Or(h.err, svc.flushCtx.Err()))
-					return
-				}
-			}
+	p := newParkedResults()
+	defer p.stopTimer()
+	stopping := false
+	write := func(batch []*taskResult, mode completeMode, retried bool) {
+		if len(batch) == 0 {
 			return
 		}
+		again, skipped, err := r.flush(svc.flushCtx, batch, mode)
+		r.hold(h, again, err, retried)
+		p.park(r, skipped, stopping)
+	}
+	// writeDue writes again, without waiting, the parked results that are
+	// due, and hands to waiting writes those that have missed enough.
+	writeDue := func() {
+		for batch := p.due(r, svc, stopping); len(batch) > 0; batch = p.due(r, svc, stopping) {
+			write(batch, skipHeld, false)
+		}
+		p.sweep()
+	}
+	for !stopping {
+		select {
+		case first := <-svc.results:
+			write(p.admit(r.drain(svc, first)), waitBounded, false)
+		case <-h.retry:
+			write(p.admit(h.take()), waitBounded, true)
+		case <-p.timerC():
+		case w := <-p.done:
+			p.written(w)
+		case <-svc.stopCompleter:
+			stopping = true
+		}
+		writeDue()
+	}
+	// Tasks have all returned (or been handed back): drain, then keep
+	// trying what is held until the flush deadline. Parked results are
+	// written by transactions that wait now: nothing is left to keep fast.
+	for draining := true; draining; {
+		select {
+		case res := <-svc.results:
+			write(p.admit(r.drain(svc, res)), waitBounded, false)
+		default:
+			draining = false
+		}
+	}
+	writeDue()
+	for len(h.results) > 0 || p.pending() {
+		select {
+		case <-h.retry:
+			write(p.admit(h.take()), waitBounded, true)
+		case <-p.timerC():
+		case w := <-p.done:
+			p.written(w)
+		case <-svc.flushCtx.Done():
+			// The waiting writes in flight end with the context.
+			for p.inFlight > 0 {
+				p.written(<-p.done)
+			}
+			n := len(h.results) + p.count()
+			r.logger.Error("stopped with task results not recorded: their tasks are recovered by the dead-runner sweep, or when this runner starts again",
+				"results", n)
+			svc.unrecorded = fmt.Errorf("cloacina: stopped with %d task results not recorded (their tasks stay Running until their claims are recovered, and run again): %w",
+				n, cmp.Or(h.err, p.err, svc.flushCtx.Err()))
+			return
+		}
+		writeDue()
+	}
+}
+
+// parkedResults are results whose run another transaction held when their
+// batch was written (an ExecuteTx left open, a cancel, another runner's
+// completion). They are tried again without waiting, a few times, with a
+// short growing delay; then a transaction of their own, off the
+// completer's path, waits for the run. A run's results keep their order:
+// one arriving while earlier ones of its run are parked is parked behind
+// them.
+type parkedResults struct {
+	runs     map[uuid.UUID]*parkedRun
+	order    []uuid.UUID // parked runs, oldest first
+	timer    *time.Timer
+	armed    bool
+	done     chan waitedWrite
+	inFlight int   // waiting writes not yet returned
+	err      error // why the last waiting write failed
+}
+
+// parkedRun is what is parked of one run.
+type parkedRun struct {
+	results []*taskResult
+	misses  int       // writes that found the run held
+	due     time.Time // when to try them again
+	waiting bool      // a waiting write has earlier results of the run
+}
+
+// waitedWrite is what a waiting write could not record.
+type waitedWrite struct {
+	run   uuid.UUID
+	again []*taskResult
+	err   error
+}
+
+const (
+	// parkMisses is how many writes that skip a held run a result sees
+	// before a write of its own waits for the run.
+	parkMisses = 3
+	// firstParkDelay is the delay before a parked result is tried again,
+	// doubled at each miss.
+	firstParkDelay = 10 * time.Millisecond
+)
+
+func newParkedResults() *parkedResults {
+	return &parkedResults{runs: map[uuid.UUID]*parkedRun{}, done: make(chan waitedWrite)}
+}
+
+// pending reports whether results are parked or being written by a
+// waiting write.
+func (p *parkedResults) pending() bool { return len(p.runs) > 0 || p.inFlight > 0 }
+
+// count is the number of results parked or in a waiting write.
+func (p *parkedResults) count() int {
+	n := 0
+	for _, pr := range p.runs {
+		n += len(pr.results)
+	}
+	return n
+}
+
+// admit returns batch less the results of runs that have results parked,
+// which are parked behind those.
+func (p *parkedResults) admit(batch []*taskResult) []*taskResult {
+	if len(p.runs) == 0 {
+		return batch
+	}
+	return slices.DeleteFunc(batch, func(res *taskResult) bool {
+		pr := p.runs[res.task.PipelineID]
+		if pr != nil {
+			pr.results = append(pr.results, res)
+		}
+		return pr != nil
+	})
+}
+
+// park parks the results a write skipped, counting a miss for their runs.
+func (p *parkedResults) park(r *Runner, skipped []*taskResult, stopping bool) {
+	if len(skipped) == 0 {
+		return
+	}
+	var missed []uuid.UUID
+	for _, res := range skipped {
+		id := res.task.PipelineID
+		pr := p.runs[id]
+		if pr == nil {
+			pr = &parkedRun{}
+			p.runs[id] = pr
+			p.order = append(p.order, id)
+		}
+		if !slices.Contains(missed, id) {
+			missed = append(missed, id)
+		}
+		pr.results = append(pr.results, res)
+	}
+	now := time.Now()
+	for _, id := range missed {
+		pr := p.runs[id]
+		pr.misses++
+		pr.due = now.Add(firstParkDelay << (pr.misses - 1))
+		if stopping {
+			pr.due = now
+		}
+	}
+	r.logger.Debug("task results parked: their run is held by another transaction", "results", len(skipped), "runs", len(missed))
+}
+
+// due takes the parked results that are due: those of runs that have
+// missed parkMisses times (any, when stopping) go to waiting writes; the
+// others are returned, to be written again without waiting. It arms the
+// timer for the next to be due.
+func (p *parkedResults) due(r *Runner, svc *services, stopping bool) []*taskResult {
+	if len(p.runs) == 0 {
+		p.stopTimer()
+		return nil
+	}
+	var batch []*taskResult
+	var next time.Time
+	now := time.Now()
+	for _, id := range slices.Clone(p.order) {
+		pr := p.runs[id]
+		switch {
+		case pr.waiting || len(pr.results) == 0:
+		case pr.due.After(now):
+			if next.IsZero() || pr.due.Before(next) {
+				next = pr.due
+			}
+		case stopping || pr.misses >= parkMisses:
+			p.wait(r, svc, id, pr)
+		default:
+			// The run stays, with its misses, until sweep.
+			batch = append(batch, pr.results...)
+			pr.results = nil
+		}
+	}
+	p.stopTimer()
+	if !next.IsZero() {
+		p.timer = time.NewTimer(next.Sub(now))
+		p.armed = true
+	}
+	return batch
+}
+
+// wait hands the run's parked results to a write that waits for the run,
+// off the completer's path; results of the run arriving meanwhile are
+// parked behind them.
+func (p *parkedResults) wait(r *Runner, svc *services, id uuid.UUID, pr *parkedRun) {
+	batch := pr.results
+	pr.results, pr.waiting = nil, true
+	p.inFlight++
+	go func() {
+		again, _, err := r.flush(svc.flushCtx, batch, waitAll)
+		p.done <- waitedWrite{run: id, again: again, err: err}
+	}()
+}
+
+// written takes back what a waiting write could not record, ahead of the
+// run's results parked since: they are written again, waiting, after a
+// delay. When it recorded everything, the run's later results, if any, are
+// due at once, to be written without waiting: the run is likely free now.
+func (p *parkedResults) written(w waitedWrite) {
+	p.inFlight--
+	pr := p.runs[w.run]
+	pr.waiting = false
+	switch {
+	case len(w.again) > 0:
+		p.err = w.err
+		pr.results = append(w.again, pr.results...)
+		pr.misses, pr.due = parkMisses, time.Now().Add(maxHoldDelay)
+	case len(pr.results) == 0:
+		p.remove(w.run)
+	default:
+		pr.misses, pr.due = 0, time.Now()
+	}
+}
+
+// sweep forgets the runs that have nothing parked any more.
+func (p *parkedResults) sweep() {
+	for _, id := range slices.Clone(p.order) {
+		if pr := p.runs[id]; len(pr.results) == 0 && !pr.waiting {
+			p.remove(id)
+		}
+	}
+}
+
+func (p *parkedResults) remove(id uuid.UUID) {
+	delete(p.runs, id)
+	p.order = slices.DeleteFunc(p.order, func(o uuid.UUID) bool { return o == id })
+}
+
+// timerC fires when parked results are due; nil when none is armed.
+func (p *parkedResults) timerC() <-chan time.Time {
+	if !p.armed {
+		return nil
+	}
+	return p.timer.C
+}
+
+func (p *parkedResults) stopTimer() {
+	if p.armed {
+		p.timer.Stop()
+		p.armed = false
 	}
 }
 
@@ -119,27 +353,62 @@ func (r *Runner) drain(svc *services, first *taskResult) []*taskResult {
 	return batch
 }
 
+// completeMode is how a completion treats runs that other transactions
+// hold (an ExecuteTx left open that starts a child of the run, a cancel,
+// another runner's completion of the same run).
+type completeMode int
+
+const (
+	// waitBounded waits for each run at most runLockWait; past it, the
+	// transaction rolls back and the batch is written again with
+	// skipHeld. The common case pays nothing for it: the bound travels
+	// with BEGIN.
+	waitBounded completeMode = iota
+	// skipHeld first locks the runs no other transaction holds, without
+	// waiting, and leaves the results of the others out, returned as
+	// skipped, for a later write (see parkedResults).
+	skipHeld
+	// waitAll waits for every run as long as it takes: the recovery
+	// paths, and a parked run's own write, off the completer's path.
+	waitAll
+)
+
+// runLockWait bounds how long a completion batch waits for one run that
+// another transaction holds before it leaves that run's results for
+// later. A completion of the same run by another runner holds it for a
+// few milliseconds, and is waited for; a longer hold (an ExecuteTx left
+// open, a cancel of a large tree, a loaded server) costs the batch's other
+// results this much, once.
+const runLockWait = 200 * time.Millisecond
+
+// errRunHeld ends a transaction of waitBounded whose run lock waited past
+// runLockWait. It is not transient, so that withTx does not retry the
+// same wait: complete writes the batch again with skipHeld.
+var errRunHeld = errors.New("a run of the batch is held by another transaction")
+
 // flush writes a batch of results in one transaction; complete retries
 // transient failures itself. A batch that fails for another reason is
 // split, so one bad result cannot hold back the others, and flush returns
 // the results that could not be recorded now, with the error, for the
-// caller to try again: a write error never discards a result.
-func (r *Runner) flush(ctx context.Context, batch []*taskResult) (again []*taskResult, err error) {
-	lost, err := r.complete(ctx, batch)
+// caller to try again: a write error never discards a result. Unless mode
+// is waitAll, it may leave out the results of runs other transactions
+// hold: it returns them as skipped (see complete).
+func (r *Runner) flush(ctx context.Context, batch []*taskResult, mode completeMode) (again, skipped []*taskResult, err error) {
+	lost, skipped, err := r.complete(ctx, batch, mode)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
-		return batch, err
+		return batch, nil, err
 	case len(batch) > 1:
 		mid := len(batch) / 2
-		a, errA := r.flush(ctx, batch[:mid])
-		b, errB := r.flush(ctx, batch[mid:])
-		return append(a, b...), cmp.Or(errA, errB)
+		a, skipA, errA := r.flush(ctx, batch[:mid], mode)
+		b, skipB, errB := r.flush(ctx, batch[mid:], mode)
+		return append(a, b...), append(skipA, skipB...), cmp.Or(errA, errB)
 	case errors.Is(err, driver.ErrNotFound):
 		// The run is gone (its schema dropped, say): nothing to record.
 		r.logger.Warn("task result dropped: its run no longer exists", "task_id", batch[0].task.ID, "task", batch[0].task.Name,
 			"run_id", batch[0].task.PipelineID, "error", err)
-		return nil, nil
+		return nil, nil, nil
 	case errors.Is(err, driver.ErrValueRejected):
 		// The outcome itself cannot be stored (an output the database
 		// refuses, say): record the attempt as failed, with the reason,
@@ -151,29 +420,51 @@ func (r *Runner) flush(ctx context.Context, batch []*taskResult) (again []*taskR
 		}
 		res.output = nil
 		res.err = Permanent(fmt.Errorf("could not record the task's %s: %w", what, err))
-		if lost, err = r.complete(ctx, []*taskResult{&res}); err != nil {
-			return []*taskResult{&res}, err
+		if lost, skipped, err = r.complete(ctx, []*taskResult{&res}, mode); err != nil {
+			return []*taskResult{&res}, nil, err
 		}
 	default:
-		return batch, err
+		return batch, nil, err
 	}
 	for _, res := range lost {
 		r.logger.Warn("task result not recorded: the claim is no longer held (the task was reset, or an earlier try of this write committed)",
 			"task_id", res.task.ID, "task", res.task.Name, "run_id", res.task.PipelineID, "attempt", res.task.Attempt)
 	}
-	return nil, nil
+	return nil, skipped, nil
 }
 
 // complete records a batch of results and everything they cause, in one
 // transaction: fenced task transitions and their events, retries, the
 // readiness of downstream tasks, and the end of runs. It returns the
-// results whose claim had been lost (recorded nowhere).
-func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*taskResult, err error) {
+// results whose claim had been lost (recorded nowhere), and, unless mode
+// is waitAll, those left out because another transaction held their run
+// (skipped, for a later write).
+func (r *Runner) complete(ctx context.Context, batch []*taskResult, mode completeMode) (lost, skipped []*taskResult, err error) {
+	lost, skipped, err = r.completeOnce(ctx, batch, mode)
+	if errors.Is(err, errRunHeld) {
+		r.logger.Debug("a run held by another transaction: writing the batch without it", "results", len(batch))
+		lost, skipped, err = r.completeOnce(ctx, batch, skipHeld)
+	}
+	return lost, skipped, err
+}
+
+// runsOf returns the runs of batch's tasks, in id order (the order in
+// which runs are locked), each once.
+func runsOf(batch []*taskResult) []uuid.UUID {
+	pids := make([]uuid.UUID, 0, len(batch))
+	for _, res := range batch {
+		pids = append(pids, res.task.PipelineID)
+	}
+	slices.SortFunc(pids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	return slices.Compact(pids)
+}
+
+func (r *Runner) completeOnce(ctx context.Context, all []*taskResult, mode completeMode) (lost, skipped []*taskResult, err error) {
 	// A task has one result per claim; a second one in the batch (a task
 	// that ran twice under one claim) is fenced out like a lost claim.
-	seen := make(map[uuid.UUID]bool, len(batch))
+	seen := make(map[uuid.UUID]bool, len(all))
 	var dups []*taskResult
-	batch = slices.DeleteFunc(slices.Clone(batch), func(res *taskResult) bool {
+	all = slices.DeleteFunc(slices.Clone(all), func(res *taskResult) bool {
 		if seen[res.task.ID] {
 			dups = append(dups, res)
 			return true
@@ -184,15 +475,45 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 	var claims attemptClaims
 	_, err = r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		defer r.offerHandoff(c, &claims)()
+		lost, skipped = append([]*taskResult(nil), dups...), nil
+		batch := all
+		pids := runsOf(batch)
+		switch mode {
+		case waitBounded:
+			tx.LimitLockWait(runLockWait)
+		case skipHeld:
+			// The runs held elsewhere (or gone: the write that waits
+			// finds out) leave the batch; those locked here are locked
+			// again below, which does not wait.
+			locked, err := tx.PipelineLockSkipLocked(ctx, pids)
+			if err != nil {
+				return err
+			}
+			held := make(map[uuid.UUID]bool, len(locked))
+			for _, p := range locked {
+				held[p.ID] = true
+			}
+			batch = slices.DeleteFunc(slices.Clone(batch), func(res *taskResult) bool {
+				if !held[res.task.PipelineID] {
+					skipped = append(skipped, res)
+					return true
+				}
+				return false
+			})
+			if len(batch) == 0 {
+				return nil
+			}
+			pids = runsOf(batch)
+		}
+		// The run locks below wait at most runLockWait with waitBounded.
+		heldElsewhere := func(err error) error {
+			if mode == waitBounded && errors.Is(err, driver.ErrLockWait) {
+				return fmt.Errorf("%w: %v", errRunHeld, err)
+			}
+			return err
+		}
 		// Each result ends its task, and often its run.
 		c.expectEvents(2 * len(batch))
-		lost = append([]*taskResult(nil), dups...)
-		pids := make([]uuid.UUID, 0, len(batch))
-		for _, res := range batch {
-			pids = append(pids, res.task.PipelineID)
-		}
-		slices.SortFunc(pids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
-		pids = slices.Compact(pids)
 		finishes := make([]driver.TaskFinish, len(batch))
 		kinds := make([]finishKind, len(batch))
 		var byID map[uuid.UUID]*driver.Pipeline
@@ -226,7 +547,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list, LockPipelineIDs: pids,
 				ListStatusOnly: true})
 			if err != nil {
-				return err
+				return heldElsewhere(err)
 			}
 			if err := index(finished.Pipelines); err != nil {
 				return err
@@ -234,7 +555,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		} else {
 			pipes, err := tx.PipelineLock(ctx, pids)
 			if err != nil {
-				return err
+				return heldElsewhere(err)
 			}
 			if err := index(pipes); err != nil {
 				return err
@@ -255,7 +576,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 			}
 			finished, err = tx.TaskFinishMany(ctx, &driver.TaskFinishParams{Finishes: finishes, ListPipelineIDs: list, ListStatusOnly: true})
 			if err != nil {
-				return err
+				return heldElsewhere(err)
 			}
 		}
 		held := make(map[uuid.UUID]bool, len(finished.Finished))
@@ -388,7 +709,7 @@ func (r *Runner) complete(ctx context.Context, batch []*taskResult) (lost []*tas
 		return nil
 	})
 	r.runHandoffs(ctx, &claims, err)
-	return lost, err
+	return lost, skipped, err
 }
 
 // allCompleted reports whether every result in batch completes its task:

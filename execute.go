@@ -159,9 +159,9 @@ func (r *Runner) ExecuteAsync(ctx context.Context, workflow string, input *Conte
 // on PostgreSQL the start locks the parent run's row until tx ends (so a
 // Cancel racing with the start either sees the child or refuses it). Keep
 // such a transaction short: while it is open, the recording of the parent
-// run's other results — and with it the other completions of the runner
-// recording them — other starts of its children, and Pause, Resume and
-// Cancel of it wait; a second start of a child from the same task before
+// run's other results, other starts of its children, and Pause, Resume
+// and Cancel of it wait (a runner's completions of other runs wait for it
+// at most a fifth of a second, then go on without the parent's results); a second start of a child from the same task before
 // tx commits waits for tx, until ctx ends. (On SQLite any open write
 // transaction holds the file's write lock, and every writer waits.)
 func (r *Runner) ExecuteTx(ctx context.Context, tx any, workflow string, input *Context) (*Execution, error) {

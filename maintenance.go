@@ -452,7 +452,7 @@ func (r *Runner) recoverClaims(ctx context.Context, list *driver.TaskListOrphane
 			why := reason(t)
 			batch[i] = &taskResult{task: t, recovery: why, err: errors.New(why)}
 		}
-		lost, err := r.complete(ctx, batch)
+		lost, _, err := r.complete(ctx, batch, waitAll)
 		if err != nil {
 			return err
 		}
@@ -492,7 +492,7 @@ func (r *Runner) resetStrays(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.maintenanceBound())
 	defer cancel()
-	lost, err := r.complete(ctx, batch)
+	lost, _, err := r.complete(ctx, batch, waitAll)
 	if err != nil {
 		r.runningMu.Lock()
 		r.strays = append(r.strays, strays...)
