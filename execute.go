@@ -49,7 +49,9 @@ func (e *Execution) ID() uuid.UUID { return e.id }
 // slot again before it returns; its sub-status is "deferred" meanwhile,
 // recorded as task_deferred (its reason names the run) and task_resumed.
 // When the task is cancelled (run cancelled, timeout, claim lost, runner
-// stopping), Wait returns the context's error at once, without a slot;
+// stopping), Wait returns the context's error at once, without a slot —
+// also when the awaited run was cancelled with the task's own run (a
+// cancel cascades to child runs) and Wait reads its end first;
 // when only a context the task derived for the wait ends (a deadline of
 // its own), Wait returns its error having taken a slot again, since the
 // task goes on.
@@ -392,8 +394,19 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 		waiting = true
 		return nil
 	})
+	if err == nil && res.Status == PipelineCancelled && r.ownRunCancelled(ctx, s) {
+		// The awaited run was cancelled with the task's own run (a cancel
+		// cascades to descendants in one transaction), and the wait read
+		// its end before the cancel reached the task's context: cancel
+		// the task now, as the cancel's wake-up is about to, so that a
+		// cascade always ends the wait with the context's error.
+		s.rt.cancel(errRunCancelled)
+	}
 	switch {
 	case !waiting:
+		if err == nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return res, err
 	case ctx.Err() != nil:
 		return nil, s.cutShort(ctx)
@@ -402,6 +415,17 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 		return nil, werr
 	}
 	return res, err
+}
+
+// ownRunCancelled reports whether the run of the task in scope s has been
+// cancelled (read from the database; false when it cannot be read).
+func (r *Runner) ownRunCancelled(ctx context.Context, s *taskScope) bool {
+	db, err := r.reader(ctx)
+	if err != nil {
+		return false
+	}
+	p, err := db.PipelineGet(ctx, s.rt.task.PipelineID)
+	return err == nil && p.Status == PipelineCancelled
 }
 
 // waitRun blocks until run id is terminal: woken at once when this runner

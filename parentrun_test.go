@@ -3,12 +3,15 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -107,12 +110,9 @@ func TestCancelCascadesToDescendants(t *testing.T) {
 		}
 		require.ErrorIs(t, waitFor(t, grandCause, "the grandchild's task context to be cancelled"), errRunCancelled)
 		// The cancel reaches the child task's context just after it
-		// commits; a wait that read the grandchild's end in between
-		// returns its (Cancelled) result instead. Either way the wait
-		// ends (CI's narrow rerun saw the second once).
-		if err := waitFor(t, childWait, "the child's wait to end"); err != nil {
-			require.ErrorIs(t, err, context.Canceled)
-		}
+		// commits; a wait that reads the grandchild's end in between
+		// finds its own run cancelled too, and ends the same way.
+		require.ErrorIs(t, waitFor(t, childWait, "the child's wait to end"), context.Canceled)
 
 		parentRes, err := exec.Wait(ctx)
 		require.NoError(t, err)
@@ -415,4 +415,90 @@ func TestCancelReachesPastAFinishedChild(t *testing.T) {
 		require.Equal(t, kids[0].ID, *res.ParentRunID)
 		require.Equal(t, "ancestor run "+exec.ID().String()+" cancelled", res.Error)
 	})
+}
+
+// A task waiting on a child run whose cancel cascaded from its own run
+// ends its wait with the context's error, even when the wait reads the
+// child's Cancelled end before the cancel reaches the task's context. It
+// used to return the child's result (Cancelled, nil error) then. Here
+// the cancel comes from another runner, and the task's runner drops
+// cancel wake-ups, so it would learn of the cancel only by its poll (a
+// minute), while the wait polls the child every few milliseconds.
+func TestWaitOnAChildCancelledWithItsOwnRunEndsWithTheContext(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		var r *Runner
+		childStarted := make(chan uuid.UUID, 1)
+		waited := make(chan error, 1)
+		release := make(chan struct{})
+		child := MustWorkflow("child", Task{Name: "c", Run: func(ctx context.Context, _ *Context) error {
+			// Its runner hears of the cancel a minute later: the test
+			// lets it go at its end, so that the runner can close.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-release:
+				return nil
+			}
+		}})
+		parent := MustWorkflow("parent", Task{Name: "p", Run: func(ctx context.Context, _ *Context) error {
+			e, err := r.ExecuteAsync(ctx, "child", nil)
+			if err != nil {
+				return err
+			}
+			childStarted <- e.ID()
+			_, err = e.Wait(ctx)
+			waited <- err
+			return err
+		}})
+		cfg := &Config{Workflows: []*Workflow{parent, child}, PollInterval: time.Minute}
+		r = openRunner(t, url, cfg)
+		r.drv = &wakeupFilter{Driver: r.drv, drop: "cancel:"}
+		require.NoError(t, r.Start(ctx))
+		t.Cleanup(func() { close(release) }) // before the runners close
+		other := openRunner(t, url, cfg)
+
+		exec, err := r.ExecuteAsync(ctx, "parent", nil)
+		require.NoError(t, err)
+		childID := waitFor(t, childStarted, "the child run to start")
+		require.NoError(t, other.Cancel(ctx, exec.ID()))
+		res, err := other.Get(ctx, childID)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, res.Status, "cancelled with its parent")
+		require.ErrorIs(t, waitFor(t, waited, "the parent task's wait to end"), context.Canceled)
+		parentRes, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, parentRes.Status)
+	})
+}
+
+// wakeupFilter is a driver whose subscriptions never deliver the wake-ups
+// that start with drop: a runner on it learns of those events only by
+// polling.
+type wakeupFilter struct {
+	driver.Driver
+	drop string
+}
+
+func (d *wakeupFilter) Listen(ctx context.Context) (driver.Subscription, error) {
+	sub, err := d.Driver.Listen(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &filteredSubscription{Subscription: sub, drop: d.drop}, nil
+}
+
+type filteredSubscription struct {
+	driver.Subscription
+	drop string
+}
+
+func (s *filteredSubscription) Wait(ctx context.Context) (string, error) {
+	for {
+		payload, err := s.Subscription.Wait(ctx)
+		if err != nil || !strings.HasPrefix(payload, s.drop) {
+			return payload, err
+		}
+	}
 }
