@@ -54,6 +54,9 @@ type app struct {
 	// followPolled, when set, is called after each poll of events list
 	// --follow --run (or --task) (a test hook).
 	followPolled func()
+	// eventPage, when positive, replaces eventPage: how many events
+	// events list reads at once (a test hook).
+	eventPage int
 }
 
 // Main runs the cloacina command line args (without the program name),

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -46,7 +47,9 @@ func (a *app) eventsListCommand() *cobra.Command {
 		Long: `list prints the most recent execution events (newest last), optionally only
 those of one run, of one task execution, or of some types. With --before it
 prints those numbered below a SEQ instead: pass the SEQ of the first event
-shown to page back.
+shown to page back. A listing of more than 1000 events is read 1000 at a time
+(twice: first newest first, to find where each page starts) and printed as it
+goes, so a large --limit does not hold the whole listing in memory.
 
 With --follow it prints them, then every new event as it is committed (polling
 every --interval), until interrupted; with --run or --task it ends by itself once
@@ -98,17 +101,7 @@ PostgreSQL may show events again). While the database cannot be reached
 					}
 					return f.run(ctx)
 				}
-				q := filter.query()
-				q.Newest, q.Limit, q.BeforeSeq = true, int(limit), int64(before)
-				events, err := r.Events(ctx, q)
-				if err != nil {
-					return listError(err)
-				}
-				slices.Reverse(events)
-				if asJSON {
-					return writeJSONLines(a.stdout, events, func(e *cloacina.Event) any { return newEventJSON(e) })
-				}
-				return writeEventList(a.stdout, events)
+				return a.listEvents(ctx, r, filter, int(limit), int64(before), asJSON)
 			})
 		},
 	}
@@ -123,6 +116,101 @@ PostgreSQL may show events again). While the database cannot be reached
 	cmd.Flags().Var(&before, "before", "only events numbered below this SEQ (the first SEQ shown pages back)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one event a line (with --follow, each as it comes)")
 	return cmd
+}
+
+// eventPage is how many events listEvents reads, and holds, at once.
+const eventPage = 1000
+
+// lateEvents is how many events listEvents makes room for that commit,
+// below a page's bounds, between its two reads.
+const lateEvents = 100
+
+// listEvents prints the newest limit events of filter numbered below
+// before (0: no bound), oldest first. Up to eventPage of them are read in
+// one query and printed as one table. A longer listing holds one page at
+// a time, not the whole listing: it is read twice, newest first to find
+// where each page of it starts, then page by page from the oldest, and
+// printed as a stream with the columns of events list --follow.
+func (a *app) listEvents(ctx context.Context, r *cloacina.Runner, filter *eventFilter, limit int, before int64, asJSON bool) error {
+	read := func(below int64, n int) ([]*cloacina.Event, error) {
+		q := filter.query()
+		q.Newest, q.Limit, q.BeforeSeq = true, n, below
+		events, err := r.Events(ctx, q)
+		if err != nil {
+			return nil, listError(err)
+		}
+		return events, nil
+	}
+	pageSize := cmp.Or(a.eventPage, eventPage)
+	writeJSON := func(events []*cloacina.Event) error {
+		return writeJSONLines(a.stdout, events, func(e *cloacina.Event) any { return newEventJSON(e) })
+	}
+	if limit <= pageSize {
+		events, err := read(before, limit)
+		if err != nil {
+			return err
+		}
+		slices.Reverse(events)
+		if asJSON {
+			return writeJSON(events)
+		}
+		return writeEventList(a.stdout, events)
+	}
+	// A page is the events from its oldest to below its bound.
+	type page struct{ below, oldest int64 }
+	var pages []page
+	for below, left := before, limit; left > 0; {
+		asked := min(left, pageSize)
+		events, err := read(below, asked)
+		if err != nil {
+			return err
+		}
+		if len(events) == 0 {
+			break
+		}
+		if below == 0 {
+			// Events written from now on stay out of the listing.
+			below = events[0].SequenceNum + 1
+		}
+		oldest := events[len(events)-1].SequenceNum
+		pages = append(pages, page{below: below, oldest: oldest})
+		below, left = oldest, left-len(events)
+		if len(events) < asked {
+			break // no older events
+		}
+	}
+	if len(pages) == 0 {
+		if asJSON {
+			return nil
+		}
+		return writeEventList(a.stdout, nil)
+	}
+	out := newStream(a.stdout, newEventTable(), eventColumnWidths()...)
+	for i := len(pages) - 1; i >= 0; i-- {
+		// Read again, with room for events that committed since below the
+		// page's bound (a higher number reserved earlier, retention's
+		// deletions aside), so none seen the first time is pushed out.
+		p := pages[i]
+		events, err := read(p.below, pageSize+lateEvents)
+		if err != nil {
+			return err
+		}
+		events = slices.DeleteFunc(events, func(e *cloacina.Event) bool { return e.SequenceNum < p.oldest })
+		slices.Reverse(events)
+		if asJSON {
+			err = writeJSON(events)
+		} else {
+			for _, e := range events {
+				if err = out.add(eventRow(e)); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *app) eventsCleanupCommand() *cobra.Command {

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"testing"
 	"time"
@@ -237,4 +239,47 @@ func TestParseAge(t *testing.T) {
 		_, err := parseAge(in)
 		require.ErrorContains(t, err, "use a positive duration such as 30d", in)
 	}
+}
+
+// A listing longer than a page holds one page at a time: it is read newest
+// first to find the pages, then printed page by page from the oldest. It
+// prints what one read of the whole listing prints: the same rows in the
+// same order (as a stream, with --follow's columns), and the same JSON
+// Lines byte for byte.
+func TestEventsListPagesALongListing(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "run", "demo")
+		ok(t, url, "run", "demo")
+		run := listRuns(t, url)[1].ID.String()
+		paged := func(page int, args ...string) string {
+			t.Helper()
+			var stdout, stderr bytes.Buffer
+			a := &app{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" },
+				logger: slog.New(slog.NewTextHandler(&stderr, nil)), eventPage: page}
+			code := a.main(t.Context(), append([]string{"--database-url", url, "events", "list"}, args...))
+			require.Equal(t, ExitOK, code, "stderr:\n%s", stderr.String())
+			require.Empty(t, stderr.String())
+			return stdout.String()
+		}
+		for _, args := range [][]string{
+			{"--limit", "40"},
+			{"--limit", "35"},  // a multiple of the page
+			{"--limit", "500"}, // more than there are
+			{"--limit", "30", "--before", "45"},
+			{"--limit", "20", "--run", run},
+			{"--limit", "20", "--type", "task_completed,pipeline_completed"},
+		} {
+			whole := ok(t, url, append([]string{"events", "list"}, args...)...)
+			header, want := parseTable(t, whole)
+			gotHeader, got := parseTable(t, paged(7, args...))
+			require.Equal(t, header, gotHeader, "%v", args)
+			require.Equal(t, want, got, "%v", args)
+
+			json := append([]string{"--json"}, args...)
+			require.Equal(t, ok(t, url, append([]string{"events", "list"}, json...)...), paged(7, json...), "%v", json)
+		}
+		require.Equal(t, "no events\n", paged(7, "--limit", "20", "--type", "task_abandoned"))
+		require.Empty(t, paged(7, "--limit", "20", "--type", "task_abandoned", "--json"))
+	})
 }
