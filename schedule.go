@@ -205,8 +205,10 @@ func parseCron(spec, tz string) (cron.Schedule, error) {
 		return nil, fmt.Errorf("cron %q: %w: write five fields (minute hour day-of-month month day-of-week, as \"30 2 * * 1-5\"), "+
 			"six with seconds first, or a descriptor (@hourly, @daily, \"@every 10m\")", spec, err)
 	}
+	// An interval ("@every 1h") is one of absolute time, and stays so; a
+	// specification is read in the zone's wall-clock time.
 	if ss, ok := s.(*cron.SpecSchedule); ok {
-		ss.Location = loc
+		return newZonedSchedule(ss, loc), nil
 	}
 	return s, nil
 }
