@@ -61,7 +61,7 @@ func (z *zonedSchedule) Next(t time.Time) time.Time {
 	in, after := t.In(z.loc), t
 	for {
 		_, off := in.Zone()
-		_, end := in.ZoneBounds()
+		end := zoneEnd(in)
 		offset := time.Duration(off) * time.Second
 		w := z.wall.Next(after.UTC().Add(offset))
 		if w.IsZero() {
@@ -75,4 +75,25 @@ func (z *zonedSchedule) Next(t time.Time) time.Time {
 		}
 		in, after = end, end.Add(-time.Nanosecond)
 	}
+}
+
+// zoneEnd returns the end of the period of constant offset that t (a time
+// in the zone) falls in, as time.ZoneBounds does, or the zero time when
+// the offset never changes. An end may be no change at all (Go ends
+// periods at each new year where a zone's rule string, not its list of
+// changes, gives its offsets).
+//
+// For the last UTC day of a leap year read by the rule string,
+// ZoneBounds returns an end before t, a day before the year's end
+// (https://go.dev/issue/81583): 2028 already with Go's own zone database
+// (time/tzdata, $GOROOT/lib/time), which lists few future changes, and
+// 2040 with system zone files that list them up to 2037. Next would then
+// search that period for ever; the year's end, which ZoneBounds means,
+// is returned instead.
+func zoneEnd(t time.Time) time.Time {
+	_, end := t.ZoneBounds()
+	if end.IsZero() || end.After(t) {
+		return end
+	}
+	return time.Date(t.UTC().Year()+1, time.January, 1, 0, 0, 0, 0, time.UTC).In(t.Location())
 }
