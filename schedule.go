@@ -58,8 +58,8 @@ type Schedule struct {
 	// included: "0 9 * * *" in Europe/Paris fires at 09:00 Paris time
 	// all year. A wall-clock time that a change of offset skips does not
 	// tick that day ("30 2 * * *" in Paris on the last Sunday of March),
-	// and one it repeats ticks twice, an hour apart (the last Sunday of
-	// October): keep daily schedules out of the hours the zone shifts,
+	// and one it repeats ticks twice, the shift apart (an hour in Paris,
+	// on the last Sunday of October; half an hour in Australia/Lord_Howe): keep daily schedules out of the hours the zone shifts,
 	// or use UTC. Default: UTC. Runners load the zone by its name, so
 	// time.Local is refused, since runners on other machines may not share
 	// it, and so is a time.FixedZone whose name does not load as that
@@ -181,10 +181,10 @@ func zoneProblem(loc *time.Location) string {
 	return ""
 }
 
-// parseCron parses a schedule's Cron in the zone named tz, and refuses
-// what would not tick as written: an interval robfig/cron would round
-// ("@every 1500ms" ticks every second), or a specification with no tick
-// in the next five years ("0 0 30 2 *": February has no 30th).
+// parseCron parses a schedule's Cron in the zone named tz (see
+// zonedSchedule), and refuses an interval that would not tick as written:
+// robfig/cron would round "@every 1500ms" to every second. checkTicks
+// refuses a specification with no tick at all.
 func parseCron(spec, tz string) (cron.Schedule, error) {
 	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
 		return nil, fmt.Errorf("cron %q names a time zone: set Schedule.Location instead", spec)
@@ -214,7 +214,8 @@ func parseCron(spec, tz string) (cron.Schedule, error) {
 }
 
 // checkTicks refuses a specification with no tick in the five years
-// after now: robfig/cron's Next returns the zero time for it.
+// after now ("0 0 30 2 *": February has no 30th), for which Next returns
+// the zero time.
 func checkTicks(spec cron.Schedule, cronSpec string, now time.Time) error {
 	if spec.Next(now).IsZero() {
 		return fmt.Errorf("cron %q never ticks (no such date in the next five years): check the day of month against the month", cronSpec)
