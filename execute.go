@@ -394,7 +394,8 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 		waiting = true
 		return nil
 	})
-	if err == nil && res.Status == PipelineCancelled && r.ownRunCancelled(ctx, s) {
+	cascaded := err == nil && res.Status == PipelineCancelled && r.ownRunCancelled(ctx, s)
+	if cascaded {
 		// The awaited run was cancelled with the task's own run (a cancel
 		// cascades to descendants in one transaction), and the wait read
 		// its end before the cancel reached the task's context: cancel
@@ -404,7 +405,9 @@ func (r *Runner) wait(ctx context.Context, id uuid.UUID) (*ExecutionResult, erro
 	}
 	switch {
 	case !waiting:
-		if err == nil && ctx.Err() != nil {
+		// A run found ended at once is returned as it is, but for the
+		// cascade above.
+		if cascaded && ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		return res, err
