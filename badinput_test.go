@@ -239,6 +239,30 @@ func TestOpenBadConfigCreatesNoFile(t *testing.T) {
 	require.ErrorContains(t, err, "NewRunner needs a backend")
 }
 
+// A negative count or duration in Config is refused by its name: the
+// error used to say only that some field was negative, leaving the reader
+// to find which of seven.
+func TestOpenNamesTheNegativeConfigField(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{MaxConcurrentTasks: -1}, "Config.MaxConcurrentTasks -1 is negative"},
+		{Config{ClaimBatchSize: -5}, "Config.ClaimBatchSize -5 is negative"},
+		{Config{PollInterval: -time.Second}, "Config.PollInterval -1s is negative"},
+		{Config{TaskTimeout: -time.Minute}, "Config.TaskTimeout -1m0s is negative"},
+		{Config{HeartbeatInterval: -time.Second}, "Config.HeartbeatInterval -1s is negative"},
+		{Config{RunnerTimeout: -time.Second}, "Config.RunnerTimeout -1s is negative"},
+		{Config{MaxRecoveries: -2}, "Config.MaxRecoveries -2 is negative"},
+	} {
+		_, err := NewRunner(ctx, nil, &c.cfg)
+		require.ErrorContains(t, err, c.want, "%+v", c.cfg)
+		require.ErrorContains(t, err, "use 0 for the default or a positive value", "the error names the fix")
+	}
+}
+
 // An interval below a millisecond is a missing unit (PollInterval: 5 is
 // five nanoseconds): it used to be taken, and an idle runner then polled
 // the database without pause. Open refuses it with the fix.

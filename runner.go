@@ -448,9 +448,22 @@ func newRunner(backend string, cfg *Config) (*Runner, error) {
 	if cfg != nil {
 		c = *cfg
 	}
-	if c.MaxConcurrentTasks < 0 || c.ClaimBatchSize < 0 || c.PollInterval < 0 || c.TaskTimeout < 0 ||
-		c.HeartbeatInterval < 0 || c.RunnerTimeout < 0 || c.MaxRecoveries < 0 {
-		return nil, errors.New("cloacina: Config has a negative count or duration: use 0 for the default or a positive value")
+	for _, f := range []struct {
+		name     string
+		negative bool
+		value    any
+	}{
+		{"MaxConcurrentTasks", c.MaxConcurrentTasks < 0, c.MaxConcurrentTasks},
+		{"ClaimBatchSize", c.ClaimBatchSize < 0, c.ClaimBatchSize},
+		{"PollInterval", c.PollInterval < 0, c.PollInterval},
+		{"TaskTimeout", c.TaskTimeout < 0, c.TaskTimeout},
+		{"HeartbeatInterval", c.HeartbeatInterval < 0, c.HeartbeatInterval},
+		{"RunnerTimeout", c.RunnerTimeout < 0, c.RunnerTimeout},
+		{"MaxRecoveries", c.MaxRecoveries < 0, c.MaxRecoveries},
+	} {
+		if f.negative {
+			return nil, fmt.Errorf("cloacina: Config.%s %v is negative: use 0 for the default or a positive value", f.name, f.value)
+		}
 	}
 	for _, f := range []struct {
 		name  string
