@@ -247,6 +247,29 @@ func TestTimeout(t *testing.T) {
 	})
 }
 
+// A task function can tell its timeout from other cancellations by the
+// context's cause, which is ErrTaskTimeout to errors.Is. It used to be an
+// unexported error of its own ("task timeout") that only looked like it.
+func TestTimeoutCauseIsErrTaskTimeout(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		causes := make(chan error, 1)
+		wf := MustWorkflow("timeout_cause", Task{Name: "a", Timeout: 20 * time.Millisecond, Run: func(ctx context.Context, _ *Context) error {
+			<-ctx.Done()
+			causes <- context.Cause(ctx)
+			return context.Cause(ctx)
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "timeout_cause", nil)
+		require.NoError(t, err)
+		cause := waitFor(t, causes, "the task to see its timeout")
+		require.ErrorIs(t, cause, ErrTaskTimeout)
+		require.True(t, IsTransient(cause), "a timeout is transient, as the recorded failure is")
+		require.Equal(t, TaskStatusFailed, res.Task("a").Status)
+		require.Contains(t, res.Task("a").Error, `task "a": task timed out after 20ms`)
+	})
+}
+
 // A task's timeout holds after its run is cancelled: a function that
 // ignores its context does not keep the task Running in the cancelled run
 // past the timeout (plus the grace it gets to return).

@@ -19,11 +19,12 @@ import (
 // interrupted by its caller.
 const verifyTimeout = 10 * time.Second
 
-// Causes of a task context's cancellation.
+// Causes of a task context's cancellation. A task function reads them
+// with context.Cause: its timeout is ErrTaskTimeout to errors.Is.
 var (
 	errRunCancelled = errors.New("run cancelled")
 	errShutdown     = errors.New("runner stopped before the task returned")
-	errTimeout      = errors.New("task timeout")
+	errTimeout      = fmt.Errorf("%w", ErrTaskTimeout)
 )
 
 // services are the background loops of a started runner: the claimer, the

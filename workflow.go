@@ -15,7 +15,8 @@ import (
 
 // TaskFunc is the body of a task. ctx is cancelled when the run is
 // cancelled, when the task's timeout passes, or when the runner loses the
-// task's claim; a task should return promptly then. tc holds the context
+// task's claim; a task should return promptly then. When the timeout ended
+// it, context.Cause(ctx) is ErrTaskTimeout to errors.Is. tc holds the context
 // the task received; what it holds when the function returns nil is the
 // task's output. A returned error fails the attempt; wrap it with Permanent
 // to skip remaining retries.
