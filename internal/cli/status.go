@@ -17,10 +17,12 @@ func (a *app) statusCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the live runners and each workflow's unfinished work",
+		Short: "Show the runners and each workflow's unfinished work",
 		Long: `status lists the runners registered on the database (started and
-heartbeating, or dead and not yet swept); LEADER marks the one that sweeps
-for dead runners.
+heartbeating, or dead and not yet swept), with how long ago each last
+heartbeated: one silent for longer than its RunnerTimeout (30s by default)
+is dead, and stays listed until a leader sweeps it; LEADER marks the one
+that sweeps for dead runners.
 
 Then, for each workflow with unfinished work: the tasks waiting to be
 claimed and how long the oldest has waited, the tasks delayed by a retry,
@@ -73,14 +75,14 @@ func writeStatus(a *app, runners []cloacina.RunnerInfo, backlog []cloacina.Backl
 	if len(runners) == 0 {
 		fmt.Fprintln(a.stdout, "no runners")
 	} else {
-		tb := newTable("RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "LEADER", "WORKFLOWS").alignRight(3)
+		tb := newTable("RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "HEARTBEAT AGE", "LEADER", "WORKFLOWS").alignRight(3, 6)
 		for _, ri := range runners {
 			leader := "-"
 			if ri.Leader {
 				leader = "yes"
 			}
 			tb.add(ri.ID, ri.Name, ri.Host, strconv.Itoa(ri.PID), formatTime(ri.StartedAt), formatTime(ri.HeartbeatAt),
-				leader, dash(strings.Join(ri.Workflows, ",")))
+				formatDuration(max(now.Sub(ri.HeartbeatAt), 0)), leader, dash(strings.Join(ri.Workflows, ",")))
 		}
 		if err := tb.render(a.stdout); err != nil {
 			return err

@@ -33,10 +33,11 @@ func TestStatus(t *testing.T) {
 		runnersOut, backlogOut, found := strings.Cut(out, "\n\n")
 		require.True(t, found, out)
 		header, rows := parseTable(t, runnersOut)
-		require.Equal(t, row{"RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "LEADER", "WORKFLOWS"}, header)
+		require.Equal(t, row{"RUNNER", "NAME", "HOST", "PID", "STARTED", "HEARTBEAT", "HEARTBEAT AGE", "LEADER", "WORKFLOWS"}, header)
 		require.Len(t, rows, 1, "the started runner; runners that only submit are not registered")
 		require.Equal(t, r.ID(), rows[0][0])
-		require.Equal(t, row{"yes", "gate,quick"}, rows[0][6:])
+		require.Regexp(t, `^(?:\d+ms|[0-9.]+s|\d+m[0-9.]+s)$`, rows[0][6], "how long ago it heartbeated")
+		require.Equal(t, row{"yes", "gate,quick"}, rows[0][7:])
 
 		header, rows = parseTable(t, backlogOut)
 		require.Equal(t, row{"WORKFLOW", "READY", "OLDEST WAIT", "DELAYED", "RUNNING", "DEFERRED", "PENDING RUNS", "RUNNING RUNS", "PAUSED RUNS"}, header)
