@@ -340,7 +340,7 @@ func Get[T any](c *Context, key string) (T, error) {
 		}
 	}
 	if err != nil || (string(raw) == "null" && !nullable(reflect.TypeFor[T]())) {
-		return zero, fmt.Errorf("context key %q holds %s, which is not a %s: %w", key, abbreviate(raw), reflect.TypeFor[T](), ErrTypeMismatch)
+		return zero, fmt.Errorf("context key %q holds %s, which does not decode as %s: %w", key, abbreviate(raw), reflect.TypeFor[T](), ErrTypeMismatch)
 	}
 	return v, nil
 }

@@ -83,7 +83,7 @@ func TestGetNull(t *testing.T) {
 	require.NoError(t, c.Set("n", nil))
 	_, err := Get[int](c, "n")
 	require.ErrorIs(t, err, ErrTypeMismatch)
-	require.ErrorContains(t, err, `context key "n" holds null, which is not a int`)
+	require.ErrorContains(t, err, `context key "n" holds null, which does not decode as int`)
 	_, err = Get[string](c, "n")
 	require.ErrorIs(t, err, ErrTypeMismatch)
 	p, err := Get[*int](c, "n")
@@ -117,7 +117,7 @@ func TestGetTyped(t *testing.T) {
 
 	_, err = Get[int](c, "s")
 	require.ErrorIs(t, err, ErrTypeMismatch)
-	require.Contains(t, err.Error(), `context key "s" holds "hi", which is not a int`)
+	require.Contains(t, err.Error(), `context key "s" holds "hi", which does not decode as int`)
 	_, err = Get[string](c, "missing")
 	require.ErrorIs(t, err, ErrKeyNotFound)
 
@@ -184,7 +184,7 @@ func TestGetIntegralNumbers(t *testing.T) {
 	require.ErrorIs(t, err, ErrTypeMismatch, "-150 does not fit int8")
 	_, err = Get[uint](c, "neg")
 	require.ErrorIs(t, err, ErrTypeMismatch, "-150 is no uint")
-	require.ErrorContains(t, err, `context key "neg" holds -1.50E+2, which is not a uint`)
+	require.ErrorContains(t, err, `context key "neg" holds -1.50E+2, which does not decode as uint`)
 }
 
 func TestContextJSONRoundTrip(t *testing.T) {

@@ -36,7 +36,7 @@ func ExampleContext() {
 	// true
 	// true
 	// ada 36
-	// context key "user" holds {"age":36,"name":"ada"}, which is not a int: type mismatch
+	// context key "user" holds {"age":36,"name":"ada"}, which does not decode as int: type mismatch
 	// true
 	// {"attempts":2,"user":{"age":36,"name":"ada"}}
 }
