@@ -249,8 +249,11 @@ func (t *runTree) reason(id uuid.UUID) string {
 
 // Pause stops new tasks of a run from being claimed: its queued tasks stay
 // Ready but leave the outbox; running tasks finish, and tasks they make
-// ready wait too. Pausing a paused run does nothing; pausing a finished run
-// is ErrRunFinished. Unlike Cancel, Pause acts on this run alone: runs its
+// ready wait too. A paused run still ends when its running tasks leave
+// nothing to wait for (the last ones complete, or fail and their
+// dependants are skipped): it becomes Completed or Failed, and Resume is
+// then ErrRunFinished. Pausing a paused run does nothing; pausing a
+// finished run is ErrRunFinished. Unlike Cancel, Pause acts on this run alone: runs its
 // tasks started go on (pause them too if they should wait), and its
 // running tasks may still start children.
 func (r *Runner) Pause(ctx context.Context, id uuid.UUID) error {

@@ -434,6 +434,46 @@ func TestPauseResume(t *testing.T) {
 	})
 }
 
+// A paused run still ends when its running tasks leave nothing to wait
+// for: the last one completing completes it, and one failing fails it
+// (skipping its dependants), paused or not; Resume is then ErrRunFinished.
+// Pause's doc used to leave a reader expecting the run to stay Paused.
+func TestPausedRunEndsWhenItsRunningTasksEndIt(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		for _, c := range []struct {
+			name string
+			err  error
+			want PipelineStatus
+		}{
+			{"completes", nil, PipelineCompleted},
+			{"fails", errors.New("boom"), PipelineFailed},
+		} {
+			started := make(chan struct{})
+			release := make(chan struct{})
+			a := Task{Name: "a", Run: func(context.Context, *Context) error { close(started); <-release; return c.err }}
+			// When a completes it is the run's last task; when it fails,
+			// b's default rule skips b.
+			wf := MustWorkflow("paused_"+c.name, a)
+			if c.err != nil {
+				wf = MustWorkflow("paused_"+c.name, a, Task{Name: "b", DependsOn: []string{"a"}, Run: ok})
+			}
+			r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+			exec, err := r.ExecuteAsync(ctx, wf.Name(), nil)
+			require.NoError(t, err)
+			waitFor(t, started, "task a to start")
+			require.NoError(t, r.Pause(ctx, exec.ID()))
+			close(release)
+			res, err := exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, c.want, res.Status, c.name)
+			require.ErrorIs(t, r.Resume(ctx, exec.ID()), ErrRunFinished, c.name)
+			require.Equal(t, c.want, Replay(mustEvents(t, r, res)).Runs[res.ID], c.name)
+		}
+	})
+}
+
 // holdRun begins a transaction on d that holds run id's row (FOR UPDATE)
 // until the test commits or rolls it back, or ends.
 func holdRun(t *testing.T, d *postgres.Driver, id uuid.UUID) pgx.Tx {
