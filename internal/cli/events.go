@@ -47,7 +47,9 @@ func (a *app) eventsListCommand() *cobra.Command {
 		Long: `list prints the most recent execution events (newest last), optionally only
 those of one run, of one task execution, or of some types. With --before it
 prints those numbered below a SEQ instead: pass the SEQ of the first event
-shown to page back. A listing of more than 1000 events is read 1000 at a time
+shown to page back. When --limit leaves older matching events out (it is 50
+unless given: a long run has more), a line on stderr says so and gives that
+SEQ. A listing of more than 1000 events is read 1000 at a time
 (twice: first newest first, to find where each page starts) and printed as it
 goes, so a large --limit does not hold the whole listing in memory.
 
@@ -145,6 +147,21 @@ func (a *app) listEvents(ctx context.Context, r *cloacina.Runner, filter *eventF
 	writeJSON := func(events []*cloacina.Event) error {
 		return writeJSONLines(a.stdout, events, func(e *cloacina.Event) any { return newEventJSON(e) })
 	}
+	// noteOlder tells, on stderr, that the listing stopped at its limit
+	// with older events left out: a run's listing otherwise starts mid-way
+	// through its story without a sign.
+	noteOlder := func(shown int, oldest int64) error {
+		if shown < limit {
+			return nil
+		}
+		older, err := read(oldest, 1)
+		if err != nil || len(older) == 0 {
+			return err
+		}
+		_, err = fmt.Fprintf(a.stderr, "cloacina: %d events shown, older ones left out: page back with --before %d, or raise --limit\n",
+			shown, oldest)
+		return err
+	}
 	if limit <= pageSize {
 		events, err := read(before, limit)
 		if err != nil {
@@ -152,9 +169,14 @@ func (a *app) listEvents(ctx context.Context, r *cloacina.Runner, filter *eventF
 		}
 		slices.Reverse(events)
 		if asJSON {
-			return writeJSON(events)
+			err = writeJSON(events)
+		} else {
+			err = writeEventList(a.stdout, events)
 		}
-		return writeEventList(a.stdout, events)
+		if err != nil || len(events) == 0 {
+			return err
+		}
+		return noteOlder(len(events), events[0].SequenceNum)
 	}
 	// A page is the events from its oldest to below its bound.
 	type page struct{ below, oldest int64 }
@@ -186,6 +208,7 @@ func (a *app) listEvents(ctx context.Context, r *cloacina.Runner, filter *eventF
 		return writeEventList(a.stdout, nil)
 	}
 	out := newStream(a.stdout, newEventTable(), eventColumnWidths()...)
+	shown := 0
 	for i := len(pages) - 1; i >= 0; i-- {
 		// Read again, with room for events that committed since below the
 		// page's bound (a higher number reserved earlier, retention's
@@ -197,6 +220,7 @@ func (a *app) listEvents(ctx context.Context, r *cloacina.Runner, filter *eventF
 		}
 		events = slices.DeleteFunc(events, func(e *cloacina.Event) bool { return e.SequenceNum < p.oldest })
 		slices.Reverse(events)
+		shown += len(events)
 		if asJSON {
 			err = writeJSON(events)
 		} else {
@@ -210,7 +234,7 @@ func (a *app) listEvents(ctx context.Context, r *cloacina.Runner, filter *eventF
 			return err
 		}
 	}
-	return nil
+	return noteOlder(shown, pages[len(pages)-1].oldest)
 }
 
 func (a *app) eventsCleanupCommand() *cobra.Command {

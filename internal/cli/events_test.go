@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +27,8 @@ func TestEventsList(t *testing.T) {
 
 		list := func(args ...string) []row {
 			t.Helper()
-			header, rows := parseTable(t, ok(t, url, append([]string{"events", "list"}, args...)...))
+			out, _ := listed(t, url, args...)
+			header, rows := parseTable(t, out)
 			require.Equal(t, row{"SEQ", "TIME", "RUN", "EVENT", "TASK", "ATTEMPT"}, header[:6])
 			return rows
 		}
@@ -252,15 +256,17 @@ func TestEventsListPagesALongListing(t *testing.T) {
 		ok(t, url, "run", "demo")
 		ok(t, url, "run", "demo")
 		run := listRuns(t, url)[1].ID.String()
-		paged := func(page int, args ...string) string {
+		paged := func(page int, args ...string) (string, string) {
 			t.Helper()
 			var stdout, stderr bytes.Buffer
 			a := &app{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" },
 				logger: slog.New(slog.NewTextHandler(&stderr, nil)), eventPage: page}
 			code := a.main(t.Context(), append([]string{"--database-url", url, "events", "list"}, args...))
 			require.Equal(t, ExitOK, code, "stderr:\n%s", stderr.String())
-			require.Empty(t, stderr.String())
-			return stdout.String()
+			if stderr.Len() > 0 {
+				require.Regexp(t, olderEventsNote, stderr.String())
+			}
+			return stdout.String(), stderr.String()
 		}
 		for _, args := range [][]string{
 			{"--limit", "40"},
@@ -270,16 +276,80 @@ func TestEventsListPagesALongListing(t *testing.T) {
 			{"--limit", "20", "--run", run},
 			{"--limit", "20", "--type", "task_completed,pipeline_completed"},
 		} {
-			whole := ok(t, url, append([]string{"events", "list"}, args...)...)
+			whole, wholeNote := listed(t, url, args...)
 			header, want := parseTable(t, whole)
-			gotHeader, got := parseTable(t, paged(7, args...))
+			out, note := paged(7, args...)
+			gotHeader, got := parseTable(t, out)
 			require.Equal(t, header, gotHeader, "%v", args)
 			require.Equal(t, want, got, "%v", args)
+			require.Equal(t, wholeNote, note, "the same note on older events left out, %v", args)
 
 			json := append([]string{"--json"}, args...)
-			require.Equal(t, ok(t, url, append([]string{"events", "list"}, json...)...), paged(7, json...), "%v", json)
+			wholeJSON, wholeNote := listed(t, url, json...)
+			out, note = paged(7, json...)
+			require.Equal(t, wholeJSON, out, "%v", json)
+			require.Equal(t, wholeNote, note, "%v", json)
 		}
-		require.Equal(t, "no events\n", paged(7, "--limit", "20", "--type", "task_abandoned"))
-		require.Empty(t, paged(7, "--limit", "20", "--type", "task_abandoned", "--json"))
+		out, note := paged(7, "--limit", "20", "--type", "task_abandoned")
+		require.Equal(t, "no events\n", out)
+		require.Empty(t, note)
+		out, note = paged(7, "--limit", "20", "--type", "task_abandoned", "--json")
+		require.Empty(t, out)
+		require.Empty(t, note)
+	})
+}
+
+// olderEventsNote is the line events list writes on stderr when it stops
+// at its limit with older matching events left out.
+var olderEventsNote = regexp.MustCompile(`^cloacina: \d+ events shown, older ones left out: page back with --before \d+, or raise --limit\n$`)
+
+// listed runs events list with args against url and requires success,
+// with nothing on stderr but, maybe, the note on older events left out,
+// which it returns.
+func listed(t *testing.T, url string, args ...string) (stdout, note string) {
+	t.Helper()
+	res := cli(t, append([]string{"--database-url", url, "events", "list"}, args...)...)
+	require.Equal(t, ExitOK, res.code, "events list %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), res.stdout, res.stderr)
+	if res.stderr != "" {
+		require.Regexp(t, olderEventsNote, res.stderr)
+	}
+	return res.stdout, res.stderr
+}
+
+// A listing that stops at its limit says so on stderr, with the SEQ to
+// page back from: events list --run used to show the newest 50 events of
+// a longer run, starting mid-way through its story, without a sign that
+// its start was left out. A listing that holds every matching event says
+// nothing.
+func TestEventsListSaysWhenOlderEventsAreLeftOut(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "run", "demo")
+		ok(t, url, "run", "demo")
+		run := listRuns(t, url)[0].ID.String()
+
+		for _, args := range [][]string{{"--run", run, "--limit", "10"}, {"--run", run, "--limit", "10", "--json"}} {
+			out, note := listed(t, url, args...)
+			require.NotEmpty(t, note, "%v", args)
+			// The note's SEQ pages back to the rest of the run's events.
+			before := regexp.MustCompile(`--before (\d+)`).FindStringSubmatch(note)[1]
+			require.Contains(t, note, "cloacina: 10 events shown")
+			if !slices.Contains(args, "--json") {
+				_, rows := parseTable(t, out)
+				require.Equal(t, before, rows[0][0], "the oldest SEQ shown")
+			}
+			rest, restNote := listed(t, url, "--run", run, "--limit", "100", "--before", before)
+			require.Empty(t, restNote, "nothing older is left out")
+			_, rows := parseTable(t, rest)
+			require.Len(t, rows, 25-10)
+		}
+		out, note := listed(t, url, "--run", run)
+		require.Empty(t, note, "the run's 25 events are all shown")
+		_, rows := parseTable(t, out)
+		require.Len(t, rows, 25)
+		_, note = listed(t, url, "--run", run, "--limit", "25")
+		require.Empty(t, note, "a listing that reaches its limit with every event in it says nothing")
+		_, note = listed(t, url, "--limit", "30")
+		require.Regexp(t, `^cloacina: 30 events shown`, note, "the whole log holds 50")
 	})
 }
