@@ -158,8 +158,8 @@ func (a *app) listEvents(ctx context.Context, r *cloacina.Runner, filter *eventF
 		if err != nil || len(older) == 0 {
 			return err
 		}
-		_, err = fmt.Fprintf(a.stderr, "cloacina: %d events shown, older ones left out: page back with --before %d, or raise --limit\n",
-			shown, oldest)
+		_, err = fmt.Fprintf(a.stderr, "cloacina: %s shown, older ones left out: page back with --before %d, or raise --limit\n",
+			plural(shown, "event"), oldest)
 		return err
 	}
 	if limit <= pageSize {

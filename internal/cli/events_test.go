@@ -301,7 +301,7 @@ func TestEventsListPagesALongListing(t *testing.T) {
 
 // olderEventsNote is the line events list writes on stderr when it stops
 // at its limit with older matching events left out.
-var olderEventsNote = regexp.MustCompile(`^cloacina: \d+ events shown, older ones left out: page back with --before \d+, or raise --limit\n$`)
+var olderEventsNote = regexp.MustCompile(`^cloacina: (?:1 event|\d+ events) shown, older ones left out: page back with --before \d+, or raise --limit\n$`)
 
 // listed runs events list with args against url and requires success,
 // with nothing on stderr but, maybe, the note on older events left out,

@@ -43,6 +43,10 @@ func (a *app) runsListCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List runs, newest first",
+		Long: `list prints the newest runs first, at most --limit of them (50 unless
+given), optionally only those in some statuses, of one workflow, started by
+tasks of one run, or created in a time range. When --limit leaves older
+matching runs out, a line on stderr says so.`,
 		Example: `  cloacina runs list --status running --status paused
   cloacina runs list --parent <run-id>    # the runs that tasks of a run started
   cloacina runs list --status failed --since 1d
@@ -76,8 +80,29 @@ func (a *app) runsListCommand() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("list runs: %w", err)
 				}
+				// noteOlder tells, on stderr, that the limit left older
+				// matching runs out.
+				noteOlder := func() error {
+					if len(runs) < opts.Limit {
+						return nil
+					}
+					next := *opts
+					next.Limit, next.After = 1, runs[len(runs)-1]
+					older, err := r.List(ctx, &next)
+					if err != nil {
+						return fmt.Errorf("list runs: %w", err)
+					}
+					if len(older) == 0 {
+						return nil
+					}
+					_, err = fmt.Fprintf(a.stderr, "cloacina: %s shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n", plural(len(runs), "run"))
+					return err
+				}
 				if asJSON {
-					return writeJSONLines(a.stdout, runs, func(r *cloacina.RunSummary) any { return newRunSummaryJSON(r) })
+					if err := writeJSONLines(a.stdout, runs, func(r *cloacina.RunSummary) any { return newRunSummaryJSON(r) }); err != nil {
+						return err
+					}
+					return noteOlder()
 				}
 				if len(runs) == 0 {
 					_, err := fmt.Fprintln(a.stdout, "no runs")
@@ -95,7 +120,10 @@ func (a *app) runsListCommand() *cobra.Command {
 					}
 					tb.add(run.ID.String(), run.Workflow, string(run.Status), formatTime(run.CreatedAt), dur, parent, firstLine(run.Error))
 				}
-				return tb.render(a.stdout)
+				if err := tb.render(a.stdout); err != nil {
+					return err
+				}
+				return noteOlder()
 			})
 		},
 	}

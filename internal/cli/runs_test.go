@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -32,7 +33,14 @@ func TestRuns(t *testing.T) {
 
 		list := func(args ...string) []row {
 			t.Helper()
-			header, rows := parseTable(t, ok(t, url, append([]string{"runs", "list"}, args...)...))
+			res := cli(t, append([]string{"--database-url", url, "runs", "list"}, args...)...)
+			require.Equal(t, ExitOK, res.code, "stderr:\n%s", res.stderr)
+			if slices.Contains(args, "--limit") {
+				require.Regexp(t, `^(?:cloacina: (?:1 run|\d+ runs) shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n)?$`, res.stderr)
+			} else {
+				require.Empty(t, res.stderr, "every run is shown")
+			}
+			header, rows := parseTable(t, res.stdout)
 			require.Equal(t, row{"ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"}, header[:5])
 			return rows
 		}
@@ -165,5 +173,34 @@ func TestRunsShowParents(t *testing.T) {
 		require.Contains(t, out, "\nparent       "+pid+"\n")
 		require.Contains(t, out, "\nparent task  spawn ("+res.Task("spawn").ID.String()+")\n")
 		require.NotContains(t, ok(t, url, "runs", "get", pid), "\nparent ")
+	})
+}
+
+// A listing that stops at its limit says so on stderr, as events list
+// does: runs list used to show the newest 50 runs (a schedule ticking
+// every few seconds makes that a few minutes' worth) with no sign of the
+// rest. A listing that holds every matching run says nothing.
+func TestRunsListSaysWhenOlderRunsAreLeftOut(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		ok(t, url, "run", "demo")
+		ok(t, url, "run", "demo")
+		ok(t, url, "run", "demo")
+		note := "cloacina: 2 runs shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n"
+		for _, json := range []bool{false, true} {
+			args := []string{"--database-url", url, "runs", "list", "--limit", "2"}
+			if json {
+				args = append(args, "--json")
+			}
+			res := cli(t, args...)
+			require.Equal(t, ExitOK, res.code, res.stderr)
+			require.Equal(t, note, res.stderr, "json %t", json)
+			require.Len(t, strings.Split(strings.TrimSpace(res.stdout), "\n"), map[bool]int{false: 3, true: 2}[json], "json %t", json)
+		}
+		require.Empty(t, cli(t, "--database-url", url, "runs", "list", "--limit", "3").stderr, "every run is shown")
+		res := cli(t, "--database-url", url, "runs", "list", "--limit", "1", "--workflow", "demo", "--since", "1h")
+		require.Equal(t, "cloacina: 1 run shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n", res.stderr,
+			"the filters apply to the runs left out too")
+		require.Empty(t, cli(t, "--database-url", url, "runs", "list", "--limit", "1", "--workflow", "nope").stderr)
 	})
 }
