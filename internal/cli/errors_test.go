@@ -95,7 +95,7 @@ func TestErrors(t *testing.T) {
 		{"misspelt event type", []string{"events", "list", "--type", "task_faild"}, nil, ExitUsage, `unknown value "task_faild": did you mean "task_failed"?`},
 		{"unknown event type", []string{"events", "list", "--type", "started,zzz"}, nil, ExitUsage, `unknown value "started": use one of pipeline_started,`},
 		{"bad run id flag", []string{"events", "list", "--run", "nope"}, nil, ExitUsage, `"nope" is not a run id: ids are UUIDs`},
-		{"bad task id flag", []string{"events", "list", "--task", "nope"}, nil, ExitUsage, `"nope" is not a task execution id`},
+		{"task name without run", []string{"events", "list", "--task", "nope"}, nil, ExitUsage, `--task "nope" is a task name, which needs --run with its run's id: add --run, or pass the task execution's id`},
 		{"misspelt status", []string{"runs", "list", "--status", "runing"}, nil, ExitUsage, `unknown value "runing": did you mean "running"?`},
 		{"bad run id", []string{"runs", "get", "nope"}, nil, ExitUsage, `"nope" is not a run id`},
 		{"missing run id", []string{"runs", "cancel"}, nil, ExitUsage, `"runs cancel" takes one run id, got none`},

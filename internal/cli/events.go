@@ -34,7 +34,7 @@ func eventTypeNames() []string {
 
 func (a *app) eventsListCommand() *cobra.Command {
 	run := &idFlag{what: "run"}
-	task := &idFlag{what: "task execution"}
+	task := &taskFlag{}
 	types := &choiceFlag{kind: "type", allowed: eventTypeNames()}
 	limit := countFlag(defaultEventLimit)
 	var follow, asJSON bool
@@ -80,6 +80,9 @@ PostgreSQL may show events again). While the database cannot be reached
 			if cmd.Flags().Changed("before") && follow {
 				return usageErrorf(cmd, "--follow prints new events, and --before pages back through older ones: leave out one of them")
 			}
+			if task.name != "" && run.id == nil {
+				return usageErrorf(cmd, "--task %q is a task name, which needs --run with its run's id: add --run, or pass the task execution's id (shown by `cloacina runs get`)", task.name)
+			}
 			d, err := a.database(cmd)
 			if err != nil {
 				return err
@@ -95,6 +98,17 @@ PostgreSQL may show events again). While the database cannot be reached
 				if filter.since, filter.until, err = atDatabaseTime(ctx, r, &since, &until, filter.since, filter.until); err != nil {
 					return err
 				}
+				if task.name != "" {
+					res, err := r.Get(ctx, *run.id)
+					if err != nil {
+						return runError(*run.id, err)
+					}
+					tr, err := taskOf(res, task.name)
+					if err != nil {
+						return err
+					}
+					filter.task = &tr.ID
+				}
 				if follow {
 					f := &follower{r: r, filter: filter, backlog: int(limit), interval: time.Duration(interval),
 						w: a.stdout, asJSON: asJSON, logger: a.logger, polled: a.followPolled}
@@ -108,7 +122,7 @@ PostgreSQL may show events again). While the database cannot be reached
 		},
 	}
 	cmd.Flags().Var(run, "run", "only events of this run (id)")
-	cmd.Flags().Var(task, "task", "only events of this task execution (task ids are shown by 'cloacina runs get')")
+	cmd.Flags().Var(task, "task", "only events of this task execution: its id (shown by 'cloacina runs get'), or its name with --run")
 	cmd.Flags().Var(types, "type", "only events of this type (repeatable, or comma-separated)")
 	cmd.Flags().Var(&limit, "limit", "show at most this many of the most recent events")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events as they are committed")

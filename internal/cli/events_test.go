@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cloacina-go/cloacina/driver"
@@ -83,6 +84,14 @@ func TestEventsList(t *testing.T) {
 			"task_retry_scheduled", "task_claimed", "task_started", "task_completed"}, types)
 
 		require.Equal(t, "no events\n", ok(t, url, "events", "list", "--type", "task_abandoned"))
+
+		// With --run, --task takes the task's name, as runs get --task does.
+		byID := ok(t, url, "events", "list", "--task", run.Task("transform_b").ID.String())
+		require.Equal(t, byID, ok(t, url, "events", "list", "--run", runs[0].ID.String(), "--task", "transform_b"))
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--run", runs[0].ID.String(), "--task", "transfrom_b"), ExitFailure,
+			`has no task "transfrom_b": its tasks are fetch, transform_a, transform_b`)
+		requireOneLineError(t, cli(t, "--database-url", url, "events", "list", "--run", uuid.NewString(), "--task", "transform_b"), ExitFailure,
+			"no run")
 
 		// Paging back: the first SEQ shown bounds the next page.
 		all := list("--limit", "8")

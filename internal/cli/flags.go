@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -42,6 +43,35 @@ func (f *idFlag) Set(s string) error {
 }
 
 func (f *idFlag) Type() string { return "id" }
+
+// taskFlag is a task execution's id, or, with --run, a task's name in
+// that run (as runs get --task takes it).
+type taskFlag struct {
+	id   *uuid.UUID
+	name string
+}
+
+func (f *taskFlag) String() string {
+	if f.id != nil {
+		return f.id.String()
+	}
+	return f.name
+}
+
+func (f *taskFlag) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return errors.New("empty task: give a task execution id, or a task name with --run")
+	}
+	if id, err := uuid.Parse(s); err == nil {
+		f.id, f.name = &id, ""
+		return nil
+	}
+	f.id, f.name = nil, s
+	return nil
+}
+
+func (f *taskFlag) Type() string { return "id|name" }
 
 func parseID(s, what string) (uuid.UUID, error) {
 	id, err := uuid.Parse(strings.TrimSpace(s))

@@ -188,15 +188,23 @@ func (a *app) runsGetCommand() *cobra.Command {
 	return cmd
 }
 
+// taskOf returns the named task of run res, or an error naming its tasks.
+func taskOf(res *cloacina.ExecutionResult, name string) (*cloacina.TaskResult, error) {
+	if tr := res.Task(name); tr != nil {
+		return tr, nil
+	}
+	names := make([]string, len(res.Tasks))
+	for i, t := range res.Tasks {
+		names[i] = t.Name
+	}
+	return nil, fmt.Errorf("run %s has no task %q: its tasks are %s", res.ID, name, strings.Join(names, ", "))
+}
+
 // writeTaskOf prints the named task of run res with its contexts.
 func writeTaskOf(ctx context.Context, a *app, r *cloacina.Runner, res *cloacina.ExecutionResult, name string, asJSON bool) error {
-	tr := res.Task(name)
-	if tr == nil {
-		names := make([]string, len(res.Tasks))
-		for i, t := range res.Tasks {
-			names[i] = t.Name
-		}
-		return fmt.Errorf("run %s has no task %q: its tasks are %s", res.ID, name, strings.Join(names, ", "))
+	tr, err := taskOf(res, name)
+	if err != nil {
+		return err
 	}
 	t, err := r.GetTask(ctx, tr.ID)
 	if err != nil {
