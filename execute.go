@@ -80,7 +80,11 @@ func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e
 // empty context) and blocks until it reaches a terminal status, Cancelled
 // included. A run that Failed or was Cancelled is not an error of Execute:
 // check the result's Status, or its Err method. Some runner, in this
-// process or another, must be started for the run to progress.
+// process or another, must be started for the run to progress. When ctx
+// ends first, Execute returns ctx's error and the run goes on without it
+// (ctx bounds the wait, not the run): to keep the run's id, to wait for it
+// again or cancel it, start it with ExecuteAsync and wait with
+// Execution.Wait.
 //
 // A task function may call Execute, with its own context, to run a child
 // workflow and wait for it: while it waits it holds no concurrency slot

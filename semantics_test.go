@@ -247,6 +247,37 @@ func TestTimeout(t *testing.T) {
 	})
 }
 
+// Execute's ctx bounds the wait, not the run: when it ends first, Execute
+// returns its error and the run goes on to its end. (Its doc did not say
+// which; a caller whose request timed out could take the run for
+// abandoned.)
+func TestExecuteContextBoundsTheWaitNotTheRun(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{})
+		release := make(chan struct{})
+		wf := MustWorkflow("outlives_wait", Task{Name: "a", Run: func(context.Context, *Context) error {
+			close(started)
+			<-release
+			return nil
+		}})
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		waitCtx, cancel := context.WithCancel(ctx)
+		go func() { <-started; cancel() }()
+		res, err := r.Execute(waitCtx, "outlives_wait", nil)
+		require.ErrorIs(t, err, context.Canceled)
+		require.Nil(t, res)
+		close(release)
+		runs, err := r.List(ctx, &ListOpts{Workflow: "outlives_wait"})
+		require.NoError(t, err)
+		require.Len(t, runs, 1)
+		final, err := r.Execution(runs[0].ID).Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, final.Status, "the run went on after Execute returned")
+	})
+}
+
 // A task function can tell its timeout from other cancellations by the
 // context's cause, which is ErrTaskTimeout to errors.Is. It used to be an
 // unexported error of its own ("task timeout") that only looked like it.
