@@ -19,7 +19,8 @@
 // with its fix: no tasks, a task without name or function, a duplicate
 // name, a dependency on a missing task (with the closest existing name,
 // for the first 20 such dependencies), a cycle (with its path), a trigger
-// rule naming a task that is not upstream. The workflow's
+// rule naming a task that is not upstream (checked once the dependencies
+// resolve without a cycle). The workflow's
 // [Workflow.Version] is a SHA-256 fingerprint of its name and shape (task
 // names, edges, rules, policies, timeouts), recorded on every run.
 //

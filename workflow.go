@@ -73,7 +73,10 @@ type taskDef struct {
 // an empty workflow, a task without name or function, a duplicate name, a
 // dependency on a missing task (with the closest existing name, for the
 // first 20 such dependencies), a cycle (with its path), and a trigger rule
-// naming a task that is not upstream.
+// naming a task that is not upstream. That last one alone waits for the
+// dependencies to resolve: while one names a missing task, or they form a
+// cycle, what is upstream of what is unknown, so the rule is checked once
+// they are fixed.
 func NewWorkflow(name string, tasks ...Task) (*Workflow, error) {
 	verr := &ValidationError{Workflow: name}
 	problem := func(format string, args ...any) { verr.Problems = append(verr.Problems, fmt.Sprintf(format, args...)) }
