@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -331,10 +332,16 @@ func RunTask(t testing.TB, task cloacina.Task, input *cloacina.Context) *TaskRun
 	return run
 }
 
-// String describes the run in one line, for test failure messages.
+// String describes the run in one line, for test failure messages: with
+// the first line of Result.Error when it has several (a panic's is
+// followed by its stack), marked as cut.
 func (r *TaskRun) String() string {
 	if r.Result.Error != "" {
-		return fmt.Sprintf("%s after %d attempt(s): %s", r.Result.Status, r.Result.Attempts, r.Result.Error)
+		msg, rest, cut := strings.Cut(r.Result.Error, "\n")
+		if cut && strings.TrimSpace(rest) != "" {
+			msg += " [more lines in Result.Error]"
+		}
+		return fmt.Sprintf("%s after %d attempt(s): %s", r.Result.Status, r.Result.Attempts, msg)
 	}
 	return fmt.Sprintf("%s after %d attempt(s)", r.Result.Status, r.Result.Attempts)
 }

@@ -363,6 +363,9 @@ func TestRunTaskReportsPanicsAndTimeouts(t *testing.T) {
 		require.Equal(t, cloacina.TaskStatusFailed, run.Result.Status)
 		require.NoError(t, run.Err, "a panic returned no error")
 		require.Contains(t, run.Result.Error, "task panicked: nil map")
+		require.Contains(t, run.Result.Error, "goroutine", "the stack is recorded")
+		// String is one line: it printed the whole stack.
+		require.Equal(t, "failed after 1 attempt(s): task panicked: nil map [more lines in Result.Error]", run.String())
 	})
 	t.Run("timeout", func(t *testing.T) {
 		t.Parallel()
