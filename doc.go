@@ -59,12 +59,12 @@
 // When all of a task's dependencies have ended, its [TriggerRule] decides
 // whether it runs. The default runs it only if every dependency Completed
 // and otherwise skips it with the reason ("upstream task "x" failed"),
-// which cascades. [Always] runs it regardless (clean-up); [All], [Any] and
-// [None] combine conditions on upstream outcomes ([TaskSuccess],
-// [TaskFailed], [TaskSkipped]) and on the context the task would receive
-// ([ContextValue] with equals, not_equals, greater_than, less_than,
-// contains, not_contains, exists, not_exists). Conditions may name any
-// upstream task, direct or transitive.
+// which cascades. [Always] runs it regardless (clean-up, though not in a
+// cancelled run); [All], [Any] and [None] combine conditions on upstream
+// outcomes ([TaskSuccess], [TaskFailed], [TaskSkipped]) and on the context
+// the task would receive ([ContextValue] with equals, not_equals,
+// greater_than, less_than, contains, not_contains, exists, not_exists).
+// Conditions may name any upstream task, direct or transitive.
 //
 // # Retries and timeouts
 //

@@ -247,6 +247,41 @@ func TestTimeout(t *testing.T) {
 	})
 }
 
+// An Always task is no clean-up hook for a cancel: a cancelled run starts
+// no more tasks, so the Always task after a cancelled one is Skipped with
+// the cancel's reason. (Its doc said only "whatever its dependencies'
+// outcome", which a reader could take to cover a cancel.)
+func TestCancelSkipsAnAlwaysTask(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{})
+		var cleaned atomic.Bool
+		wf := MustWorkflow("cancel_always",
+			Task{Name: "work", Run: func(ctx context.Context, _ *Context) error {
+				close(started)
+				<-ctx.Done()
+				return ctx.Err()
+			}},
+			Task{Name: "cleanup", DependsOn: []string{"work"}, Trigger: Always(), Run: func(context.Context, *Context) error {
+				cleaned.Store(true)
+				return nil
+			}},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		exec, err := r.ExecuteAsync(ctx, "cancel_always", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "task work to start")
+		require.NoError(t, exec.Cancel(ctx))
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCancelled, res.Status)
+		require.Equal(t, TaskStatusSkipped, res.Task("cleanup").Status)
+		require.Equal(t, "run cancelled", res.Task("cleanup").Error)
+		require.False(t, cleaned.Load())
+	})
+}
+
 // Execute's ctx bounds the wait, not the run: when it ends first, Execute
 // returns its error and the run goes on to its end. (Its doc did not say
 // which; a caller whose request timed out could take the run for

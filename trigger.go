@@ -30,7 +30,9 @@ const (
 
 var ruleNames = map[ruleKind]string{ruleAllSuccess: "all_success", ruleAlways: "always", ruleAll: "all", ruleAny: "any", ruleNone: "none"}
 
-// Always runs the task whatever its dependencies' outcome.
+// Always runs the task whatever its dependencies' outcome. It does not
+// outlast a cancel: a cancelled run starts no more tasks, so an Always
+// task that had not started is Skipped ("run cancelled") like the rest.
 func Always() TriggerRule { return TriggerRule{kind: ruleAlways} }
 
 // All runs the task when every condition holds.
