@@ -33,7 +33,7 @@ func (r *Runner) completeLoop(svc *services) {
 		}
 		again, skipped, err := r.flush(svc.flushCtx, batch, mode)
 		r.hold(h, again, err, retried)
-		p.park(r, skipped, stopping)
+		p.park(r, skipped)
 	}
 	// writeDue writes again, without waiting, the parked results that are
 	// due, and hands to waiting writes those that have missed enough.
@@ -99,6 +99,14 @@ func (r *Runner) completeLoop(svc *services) {
 // completer's path, waits for the run. A run's results keep their order:
 // one arriving while earlier ones of its run are parked is parked behind
 // them.
+//
+// A waiting write holds a connection for as long as its run is held, so
+// at most maxWaitingWrites are in flight: the results of other held runs
+// are meanwhile tried again without waiting, at a delay growing to
+// maxParkDelay, and take the next free waiting write. (One waiting write
+// per run let as many held runs as the pool had connections take them
+// all: the runner's other results, its heartbeat and its API calls then
+// waited for the pool as long as the runs were held.)
 type parkedResults struct {
 	runs     map[uuid.UUID]*parkedRun
 	order    []uuid.UUID // parked runs, oldest first
@@ -129,8 +137,13 @@ const (
 	// before a write of its own waits for the run.
 	parkMisses = 3
 	// firstParkDelay is the delay before a parked result is tried again,
-	// doubled at each miss.
+	// doubled at each miss up to maxParkDelay.
 	firstParkDelay = 10 * time.Millisecond
+	maxParkDelay   = time.Second
+	// maxWaitingWrites bounds the waiting writes in flight, each holding
+	// a connection while its run is held: as many as a plain FOR UPDATE
+	// of the completer's own would hold.
+	maxWaitingWrites = 1
 )
 
 func newParkedResults() *parkedResults {
@@ -166,7 +179,7 @@ func (p *parkedResults) admit(batch []*taskResult) []*taskResult {
 }
 
 // park parks the results a write skipped, counting a miss for their runs.
-func (p *parkedResults) park(r *Runner, skipped []*taskResult, stopping bool) {
+func (p *parkedResults) park(r *Runner, skipped []*taskResult) {
 	if len(skipped) == 0 {
 		return
 	}
@@ -188,18 +201,16 @@ func (p *parkedResults) park(r *Runner, skipped []*taskResult, stopping bool) {
 	for _, id := range missed {
 		pr := p.runs[id]
 		pr.misses++
-		pr.due = now.Add(firstParkDelay << (pr.misses - 1))
-		if stopping {
-			pr.due = now
-		}
+		pr.due = now.Add(min(firstParkDelay<<min(pr.misses-1, 16), maxParkDelay))
 	}
 	r.logger.Debug("task results parked: their run is held by another transaction", "results", len(skipped), "runs", len(missed))
 }
 
 // due takes the parked results that are due: those of runs that have
-// missed parkMisses times (any, when stopping) go to waiting writes; the
-// others are returned, to be written again without waiting. It arms the
-// timer for the next to be due.
+// missed parkMisses times (any, when stopping, due or not) go to a waiting
+// write while fewer than maxWaitingWrites are in flight; the others are
+// returned, to be written again without waiting. It arms the timer for
+// the next to be due.
 func (p *parkedResults) due(r *Runner, svc *services, stopping bool) []*taskResult {
 	if len(p.runs) == 0 {
 		p.stopTimer()
@@ -210,14 +221,15 @@ func (p *parkedResults) due(r *Runner, svc *services, stopping bool) []*taskResu
 	now := time.Now()
 	for _, id := range slices.Clone(p.order) {
 		pr := p.runs[id]
+		canWait := p.inFlight < maxWaitingWrites
 		switch {
 		case pr.waiting || len(pr.results) == 0:
+		case canWait && (stopping || pr.misses >= parkMisses && !pr.due.After(now)):
+			p.wait(r, svc, id, pr)
 		case pr.due.After(now):
 			if next.IsZero() || pr.due.Before(next) {
 				next = pr.due
 			}
-		case stopping || pr.misses >= parkMisses:
-			p.wait(r, svc, id, pr)
 		default:
 			// The run stays, with its misses, until sweep.
 			batch = append(batch, pr.results...)
