@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
 
@@ -97,6 +99,12 @@ type parkCounter struct {
 	n    int64
 }
 
+func (h *parkCounter) count() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n
+}
+
 func (h *parkCounter) Enabled(context.Context, slog.Level) bool { return true }
 func (h *parkCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
 func (h *parkCounter) WithGroup(string) slog.Handler            { return h }
@@ -117,4 +125,150 @@ func (h *parkCounter) Handle(_ context.Context, rec slog.Record) error {
 		return true
 	})
 	return nil
+}
+
+// Runs held by other transactions past runLockWait, again and again, at
+// random, while two runners complete, retry, defer and join their tasks
+// and runs are paused, resumed and cancelled (and, in the second case,
+// every third commit's reply is reported lost): results are parked, tried
+// again and written by waiting writes; the log still records each
+// transition once and replays to the stored statuses.
+func TestChurnWhileRunsAreHeldElsewhere(t *testing.T) {
+	t.Parallel()
+	t.Run("held", func(t *testing.T) { t.Parallel(); churnWhileHeld(t, false) })
+	t.Run("held and commits reported lost", func(t *testing.T) { t.Parallel(); churnWhileHeld(t, true) })
+}
+
+func churnWhileHeld(t *testing.T, lie bool) {
+	schema := testdb.NewSchema(t)
+	url := testdb.WithSchema(testdb.PostgresURL(), schema)
+	admin := adminConn(t)
+	stop, stopped := make(chan struct{}), make(chan int, 1)
+	hold := func() {
+		holds := 0
+		defer func() { stopped <- holds }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tx, err := admin.Begin(context.Background())
+			if err != nil {
+				return
+			}
+			var n int
+			err = tx.QueryRow(context.Background(), `WITH h AS (SELECT id FROM "`+schema+`".pipeline_executions
+				WHERE status IN ('pending', 'running', 'paused') ORDER BY random() LIMIT 3 FOR UPDATE SKIP LOCKED)
+				SELECT count(*) FROM h`).Scan(&n)
+			if err == nil && n > 0 {
+				holds++
+				select {
+				case <-stop:
+				case <-time.After(runLockWait + time.Duration(holds%4)*150*time.Millisecond):
+				}
+			}
+			_ = tx.Rollback(context.Background())
+			if n == 0 {
+				select {
+				case <-stop:
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+		}
+	}
+	holds := -1
+	end := func() {
+		if holds < 0 {
+			close(stop)
+			holds = <-stopped
+		}
+	}
+	defer end()
+	parked := &parkCounter{want: 1, seen: make(chan struct{})}
+	liar := &everyNthLiar{n: 3}
+	churnUnderFaults(t, url, func(r *Runner) {
+		r.logger = slog.New(parked)
+		if lie {
+			r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &everyNthTx{Tx: tx, d: liar} })
+		}
+	}, func() { go hold() }, func() { end(); liar.off.Store(true) })
+	t.Logf("held runs %d times; parked %d results; %d commits reported lost", holds, parked.count(), liar.lied.Load())
+	require.Positive(t, parked.count(), "no result was parked: the test tested nothing")
+}
+
+// A runner stopped while one held run's results take the waiting write
+// and another's wait their turn still records the second once its run is
+// free (tried again without waiting), and counts only the first as not
+// recorded.
+func TestStopRecordsAHeldRunFreedWhileAnotherWaits(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	gate, started := make(chan struct{}), make(chan struct{}, 2)
+	wf := MustWorkflow("w", Task{Name: "a", Run: func(_ context.Context, c *Context) error {
+		started <- struct{}{}
+		<-gate
+		return nil
+	}})
+	parked := &parkCounter{want: 2 * parkMisses, seen: make(chan struct{})}
+	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}, Logger: slog.New(parked)})
+	r.flushWait = 3 * maxParkDelay
+	require.NoError(t, r.Start(ctx))
+	schema := r.Driver().(interface{ Schema() string }).Schema()
+	type heldRun struct {
+		exec   *Execution
+		holder pgx.Tx
+		xid    string
+	}
+	runs := make([]*heldRun, 2)
+	for i := range runs {
+		exec, err := r.ExecuteAsync(ctx, "w", nil)
+		require.NoError(t, err)
+		runs[i] = &heldRun{exec: exec}
+	}
+	for range runs {
+		waitFor(t, started, "a task to start")
+	}
+	for _, h := range runs {
+		var err error
+		h.holder, err = adminConn(t).Begin(ctx)
+		require.NoError(t, err)
+		_, err = h.holder.Exec(ctx, `SELECT 1 FROM "`+schema+`".pipeline_executions WHERE id = $1 FOR UPDATE`, h.exec.ID())
+		require.NoError(t, err)
+		require.NoError(t, h.holder.QueryRow(ctx, "SELECT pg_current_xact_id()::text").Scan(&h.xid))
+	}
+	close(gate)
+	waitFor(t, parked.seen, "both runs' results to be parked past their retries")
+	admin := adminConn(t)
+	waiters := func(xid string) int {
+		var n int
+		require.NoError(t, admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks
+			WHERE locktype = 'transactionid' AND transactionid::text = $1 AND NOT granted`, xid).Scan(&n))
+		return n
+	}
+	var waited, other *heldRun
+	require.Eventually(t, func() bool {
+		for i, h := range runs {
+			if waiters(h.xid) > 0 {
+				waited, other = h, runs[1-i]
+				return true
+			}
+		}
+		return false
+	}, testTimeout, 2*time.Millisecond, "a write waiting for a held run")
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Stop(ctx) }()
+	require.NoError(t, other.holder.Rollback(ctx))
+	err := waitFor(t, stopped, "Stop to return")
+	require.ErrorContains(t, err, "1 task results not recorded")
+	require.NoError(t, waited.holder.Rollback(ctx))
+
+	res, err := r.Get(ctx, other.exec.ID())
+	require.NoError(t, err)
+	require.Equal(t, PipelineCompleted, res.Status, "the run freed while another waited was recorded")
+	requireReplays(t, r, res)
+	res, err = r.Get(ctx, waited.exec.ID())
+	require.NoError(t, err)
+	require.Equal(t, TaskStatusRunning, res.Task("a").Status, "the run held to the end was not recorded")
 }
