@@ -110,9 +110,12 @@ type Tx interface {
 	// statement that would wait longer fails with an error wrapping
 	// ErrLockWait (and ErrTransient), and the transaction must be rolled
 	// back. Call it before the transaction's first statement (PostgreSQL
-	// sends the bound with BEGIN, at no cost of its own). SQLite's write
-	// transaction holds the whole database and never waits for a row:
-	// there it does nothing.
+	// sends the bound with BEGIN, at no cost of its own). A d of zero or
+	// less lifts the bound. The bound is for row locks: a transaction
+	// whose change set notifies commits without it (on PostgreSQL every
+	// notifying commit queues for one lock). SQLite's write transaction
+	// holds the whole database and never waits for a row: there it does
+	// nothing.
 	LimitLockWait(d time.Duration)
 	Commit(ctx context.Context) error
 	Rollback(ctx context.Context) error

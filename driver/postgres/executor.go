@@ -735,13 +735,21 @@ func (e *executor) ChangeSetApply(ctx context.Context, c *driver.ChangeSet) erro
 		data := jsonArray(n, func(i int) json.RawMessage { return c.Events[i].Data }, "{}")
 		b.Queue(e.q.eventInsert, ids, pids, tids, types, data, workers, created)
 	}
+	tx, inTx := e.db.(*pgTx)
 	if len(c.Notify) > 0 {
+		if inTx && tx.bounded {
+			// A notification takes a lock at COMMIT that every notifying
+			// commit of the database shares: the bound is for row locks,
+			// and a busy server's commit queue must not fail the writes.
+			b.Queue("SELECT set_config('lock_timeout', '0', true)")
+			tx.bounded = false
+		}
 		b.Queue(e.q.notify, textsOf(dedupe(c.Notify)))
 	}
 	if b.Len() == 0 {
 		return nil
 	}
-	if tx, ok := e.db.(*pgTx); ok {
+	if inTx {
 		// Sent with COMMIT: one round trip for every write and the commit.
 		tx.deferBatch(b)
 		return nil

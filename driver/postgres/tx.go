@@ -38,17 +38,32 @@ type pgTx struct {
 	done     bool
 	deferred []*pgx.QueuedQuery // ChangeSetApply's writes not yet sent
 	settings string             // sent with BEGIN: txSettings, and a lock wait bound if one is set
+	bounded  bool               // a lock wait bound is in force
 }
 
 // LimitLockWait sets lock_timeout for the rest of the transaction: sent
 // with BEGIN, in the statement of txSettings, so the bound costs no
-// statement of its own. Set later, it goes with the next statement.
+// statement of its own. Set later, it goes with the next statement. A
+// d of zero or less lifts the bound (lock_timeout 0: wait as long as it
+// takes); a positive d below a millisecond is a millisecond.
 func (t *pgTx) LimitLockWait(d time.Duration) {
-	ms := max(d.Milliseconds(), 1)
+	ms := int64(0)
+	if d > 0 {
+		ms = max(d.Milliseconds(), 1)
+	}
 	if !t.begun {
-		t.settings = fmt.Sprintf("%s, set_config('lock_timeout', '%dms', true)", txSettings, ms)
+		if ms == 0 {
+			t.settings = ""
+		} else {
+			t.settings = fmt.Sprintf("%s, set_config('lock_timeout', '%dms', true)", txSettings, ms)
+		}
+		t.bounded = ms > 0
 		return
 	}
+	if !t.bounded && ms == 0 {
+		return
+	}
+	t.bounded = ms > 0
 	t.deferred = append(t.deferred, &pgx.QueuedQuery{SQL: "SELECT set_config('lock_timeout', $1, true)",
 		Arguments: []any{strconv.FormatInt(ms, 10) + "ms"}})
 }
