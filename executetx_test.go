@@ -163,6 +163,9 @@ func TestExecuteTxWrongTransactionType(t *testing.T) {
 		}
 		_, err := r.ExecuteTx(testContext(t), wrong, "ship", nil)
 		require.ErrorContains(t, err, "transaction type does not match the database backend")
+		if _, isSQL := wrong.(*sql.Tx); isSQL {
+			require.ErrorContains(t, err, "got a *sql.Tx: begin the transaction with pgx instead", "the fix is named")
+		}
 	})
 }
 

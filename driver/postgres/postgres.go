@@ -59,6 +59,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -274,6 +275,11 @@ func (d *Driver) Reader() driver.Executor {
 func (d *Driver) UnwrapTx(ctx context.Context, tx any) (driver.Executor, error) {
 	pgxTx, ok := tx.(pgx.Tx)
 	if !ok || pgxTx == nil {
+		if _, isSQL := tx.(*sql.Tx); isSQL {
+			// database/sql over pgx's stdlib: the transaction is one pgx
+			// cannot reach from the *sql.Tx.
+			return nil, fmt.Errorf("%w: the PostgreSQL backend needs a pgx.Tx, got a *sql.Tx: begin the transaction with pgx instead (pgxpool.Pool.Begin; from database/sql, sql.Conn.Raw hands over a *stdlib.Conn whose Conn method is the *pgx.Conn to Begin on)", driver.ErrWrongTxType)
+		}
 		return nil, fmt.Errorf("%w: the PostgreSQL backend needs a pgx.Tx, got %T", driver.ErrWrongTxType, tx)
 	}
 	if err := d.checkTxLocation(ctx, pgxTx); err != nil {
