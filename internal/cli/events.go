@@ -127,7 +127,7 @@ PostgreSQL may show events again). While the database cannot be reached
 	cmd.Flags().Var(&limit, "limit", "show at most this many of the most recent events")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events as they are committed")
 	cmd.Flags().Var(&interval, "interval", "how often --follow looks for new events")
-	cmd.Flags().Var(&since, "since", "only events created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z)")
+	cmd.Flags().Var(&since, "since", "only events created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z; a time without a zone is UTC)")
 	cmd.Flags().Var(&until, "until", "only events created before this time, or this long ago")
 	cmd.Flags().Var(&before, "before", "only events numbered below this SEQ (the first SEQ shown pages back)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one event a line (with --follow, each as it comes)")

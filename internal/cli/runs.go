@@ -131,7 +131,7 @@ matching runs out, a line on stderr says so.`,
 	cmd.Flags().StringVar(&workflow, "workflow", "", "only runs of this workflow")
 	cmd.Flags().StringVar(&parent, "parent", "", "only runs started by tasks of this run (its children)")
 	cmd.Flags().Var(&limit, "limit", "show at most this many runs")
-	cmd.Flags().Var(&since, "since", "only runs created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z)")
+	cmd.Flags().Var(&since, "since", "only runs created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z; a time without a zone is UTC)")
 	cmd.Flags().Var(&until, "until", "only runs created before this time, or this long ago")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one run a line")
 	return cmd
