@@ -60,6 +60,11 @@ func TestParseDatabaseURL(t *testing.T) {
 		require.Contains(t, err.Error(), want, raw)
 		require.NotContains(t, err.Error(), "secret", "passwords never appear in errors")
 	}
+	// A URL of the right shape whose parameters pgx refuses points to
+	// them, not to the shapes a URL can have.
+	_, err := ParseDatabaseURL("postgres://u@h/db?sslmode=bogus")
+	require.ErrorContains(t, err, "correct the part named; the parameters accepted are pgx's")
+	require.NotContains(t, err.Error(), "use sqlite://")
 }
 
 func TestOpenBadInputWritesNothing(t *testing.T) {

@@ -26,6 +26,11 @@ type DatabaseURL struct {
 	Schema string
 }
 
+// pgParamsHelp ends the error of a PostgreSQL URL of the right shape
+// whose host, port or parameters pgx refuses.
+const pgParamsHelp = "correct the part named; the parameters accepted are pgx's: " +
+	"https://pkg.go.dev/github.com/jackc/pgx/v5/pgconn#ParseConfig and https://pkg.go.dev/github.com/jackc/pgx/v5/pgxpool#ParseConfig"
+
 const urlHelp = "use sqlite:///absolute/path.db, sqlite://relative.db or postgres://user:password@host:5432/database"
 
 // ParseDatabaseURL parses a database URL:
@@ -115,7 +120,7 @@ func ParseDatabaseURL(raw string) (*DatabaseURL, error) {
 		// pgx's own parameters (port, sslmode, connect_timeout, pool
 		// sizes…) are checked here, before anything connects.
 		if _, err := pgxpool.ParseConfig(u.String()); err != nil {
-			return nil, fmt.Errorf("%w: %s: %s", ErrInvalidURL, err, urlHelp)
+			return nil, fmt.Errorf("%w: %s: %s", ErrInvalidURL, err, pgParamsHelp)
 		}
 		return &DatabaseURL{Backend: "postgres", DSN: u.String(), Schema: schema}, nil
 	}
