@@ -64,12 +64,7 @@ func parkResults(t *testing.T, fail bool, flushWait time.Duration) *parkedRunSet
 	// The batch that has the results waits runLockWait, then leaves them
 	// out; a write of their own then waits for the holder, off the
 	// completer's path.
-	admin := adminConn(t)
-	require.Eventually(t, func() bool {
-		var n int
-		return admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks
-			WHERE locktype = 'transactionid' AND transactionid::text = $1 AND NOT granted`, xid).Scan(&n) == nil && n > 0
-	}, testTimeout, 2*time.Millisecond, "a write waiting for the held run")
+	waitForLockWaiter(t, xid, "a write waiting for the held run")
 	return &parkedRunSetup{r: r, run: held, holder: holder}
 }
 
@@ -158,4 +153,24 @@ func countEvents(t *testing.T, r *Runner, run uuid.UUID, want map[EventType]int)
 		}
 	}
 	return got
+}
+
+// lockWaitersOf counts the sessions waiting for transaction xid's locks
+// (none when the count cannot be read: it is polled, from the goroutine
+// of require.Eventually, until the deadline).
+func lockWaitersOf(ctx context.Context, admin *pgx.Conn, xid string) int {
+	var n int
+	if admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks
+		WHERE locktype = 'transactionid' AND transactionid::text = $1 AND NOT granted`, xid).Scan(&n) != nil {
+		return 0
+	}
+	return n
+}
+
+// waitForLockWaiter waits until a session waits for a lock that
+// transaction xid holds.
+func waitForLockWaiter(t *testing.T, xid, what string) {
+	t.Helper()
+	ctx, admin := testContext(t), adminConn(t)
+	require.Eventually(t, func() bool { return lockWaitersOf(ctx, admin, xid) > 0 }, testTimeout, 2*time.Millisecond, what)
 }

@@ -67,12 +67,7 @@ func TestHeldRunsDoNotTakeEveryConnection(t *testing.T) {
 	// Wait until every held run's results have missed often enough to
 	// be given a waiting write, and one waits for the holder.
 	waitFor(t, parked.seen, "the held runs' results to be parked past their retries")
-	admin := adminConn(t)
-	require.Eventually(t, func() bool {
-		var n int
-		return admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks
-			WHERE locktype = 'transactionid' AND transactionid::text = $1 AND NOT granted`, xid).Scan(&n) == nil && n > 0
-	}, testTimeout, 2*time.Millisecond, "a write waiting for the held runs")
+	waitForLockWaiter(t, xid, "a write waiting for the held runs")
 
 	// Another run on the same runner completes while the four are held.
 	other, err := r.ExecuteAsync(ctx, "w", nil)
@@ -240,12 +235,7 @@ func TestStopRecordsAHeldRunFreedWhileAnotherWaits(t *testing.T) {
 	close(gate)
 	waitFor(t, parked.seen, "both runs' results to be parked past their retries")
 	admin := adminConn(t)
-	waiters := func(xid string) int {
-		var n int
-		require.NoError(t, admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks
-			WHERE locktype = 'transactionid' AND transactionid::text = $1 AND NOT granted`, xid).Scan(&n))
-		return n
-	}
+	waiters := func(xid string) int { return lockWaitersOf(ctx, admin, xid) }
 	var waited, other *heldRun
 	require.Eventually(t, func() bool {
 		for i, h := range runs {
