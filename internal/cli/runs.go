@@ -39,6 +39,7 @@ func (a *app) runsListCommand() *cobra.Command {
 	var workflow, parent string
 	var asJSON bool
 	var since, until timeFlag
+	after := &idFlag{what: "run"}
 	limit := countFlag(defaultRunLimit)
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -46,10 +47,12 @@ func (a *app) runsListCommand() *cobra.Command {
 		Long: `list prints the newest runs first, at most --limit of them (50 unless
 given), optionally only those in some statuses, of one workflow, started by
 tasks of one run, or created in a time range. When --limit leaves older
-matching runs out, a line on stderr says so.`,
+matching runs out, a line on stderr says so and gives the ID to page on
+from with --after.`,
 		Example: `  cloacina runs list --status running --status paused
   cloacina runs list --parent <run-id>    # the runs that tasks of a run started
   cloacina runs list --status failed --since 1d
+  cloacina runs list --after <last-id-shown>   # the next page, older
   cloacina runs list --status failed --json | jq -r .id`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -76,6 +79,13 @@ matching runs out, a line on stderr says so.`,
 				for _, s := range statuses.values {
 					opts.Statuses = append(opts.Statuses, cloacina.PipelineStatus(s))
 				}
+				if after.id != nil {
+					res, err := r.Get(ctx, *after.id)
+					if err != nil {
+						return runError(*after.id, err)
+					}
+					opts.After = &cloacina.RunSummary{ID: res.ID, CreatedAt: res.CreatedAt}
+				}
 				runs, err := r.List(ctx, opts)
 				if err != nil {
 					return fmt.Errorf("list runs: %w", err)
@@ -95,7 +105,8 @@ matching runs out, a line on stderr says so.`,
 					if len(older) == 0 {
 						return nil
 					}
-					_, err = fmt.Fprintf(a.stderr, "cloacina: %s shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n", plural(len(runs), "run"))
+					_, err = fmt.Fprintf(a.stderr, "cloacina: %s shown, older ones left out: page on with --after %s, or raise --limit\n",
+						plural(len(runs), "run"), runs[len(runs)-1].ID)
 					return err
 				}
 				if asJSON {
@@ -131,6 +142,7 @@ matching runs out, a line on stderr says so.`,
 	cmd.Flags().StringVar(&workflow, "workflow", "", "only runs of this workflow")
 	cmd.Flags().StringVar(&parent, "parent", "", "only runs started by tasks of this run (its children)")
 	cmd.Flags().Var(&limit, "limit", "show at most this many runs")
+	cmd.Flags().Var(after, "after", "only runs older than this one (the last ID shown pages on)")
 	cmd.Flags().Var(&since, "since", "only runs created at or after this time, or this long ago (90m, 1d, 2026-11-27T05:00:00Z; a time without a zone is UTC)")
 	cmd.Flags().Var(&until, "until", "only runs created before this time, or this long ago")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON Lines, one run a line")

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -36,7 +38,7 @@ func TestRuns(t *testing.T) {
 			res := cli(t, append([]string{"--database-url", url, "runs", "list"}, args...)...)
 			require.Equal(t, ExitOK, res.code, "stderr:\n%s", res.stderr)
 			if slices.Contains(args, "--limit") {
-				require.Regexp(t, `^(?:cloacina: (?:1 run|\d+ runs) shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n)?$`, res.stderr)
+				require.Regexp(t, `^(?:cloacina: (?:1 run|\d+ runs) shown, older ones left out: page on with --after [0-9a-f-]{36}, or raise --limit\n)?$`, res.stderr)
 			} else {
 				require.Empty(t, res.stderr, "every run is shown")
 			}
@@ -186,7 +188,16 @@ func TestRunsListSaysWhenOlderRunsAreLeftOut(t *testing.T) {
 		ok(t, url, "run", "demo")
 		ok(t, url, "run", "demo")
 		ok(t, url, "run", "demo")
-		note := "cloacina: 2 runs shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n"
+		var all []string // every run's id, newest first
+		for _, line := range strings.Split(strings.TrimSpace(cli(t, "--database-url", url, "runs", "list", "--json").stdout), "\n") {
+			var run struct{ ID string }
+			require.NoError(t, json.Unmarshal([]byte(line), &run))
+			all = append(all, run.ID)
+		}
+		require.Len(t, all, 3)
+		note := func(n int, last string) string {
+			return fmt.Sprintf("cloacina: %s shown, older ones left out: page on with --after %s, or raise --limit\n", plural(n, "run"), last)
+		}
 		for _, json := range []bool{false, true} {
 			args := []string{"--database-url", url, "runs", "list", "--limit", "2"}
 			if json {
@@ -194,13 +205,36 @@ func TestRunsListSaysWhenOlderRunsAreLeftOut(t *testing.T) {
 			}
 			res := cli(t, args...)
 			require.Equal(t, ExitOK, res.code, res.stderr)
-			require.Equal(t, note, res.stderr, "json %t", json)
+			require.Equal(t, note(2, all[1]), res.stderr, "json %t", json)
 			require.Len(t, strings.Split(strings.TrimSpace(res.stdout), "\n"), map[bool]int{false: 3, true: 2}[json], "json %t", json)
 		}
 		require.Empty(t, cli(t, "--database-url", url, "runs", "list", "--limit", "3").stderr, "every run is shown")
 		res := cli(t, "--database-url", url, "runs", "list", "--limit", "1", "--workflow", "demo", "--since", "1h")
-		require.Equal(t, "cloacina: 1 run shown, older ones left out: raise --limit, or narrow with --status, --workflow, --since or --until\n", res.stderr,
-			"the filters apply to the runs left out too")
+		require.Equal(t, note(1, all[0]), res.stderr, "the filters apply to the runs left out too")
 		require.Empty(t, cli(t, "--database-url", url, "runs", "list", "--limit", "1", "--workflow", "nope").stderr)
+
+		// Paging on with --after, one run a page, walks every run once,
+		// newest first, and the last page says nothing.
+		var paged []string
+		args := []string{"--database-url", url, "runs", "list", "--limit", "1", "--json", "--since", "1h"}
+		for page := 0; ; page++ {
+			require.Less(t, page, 4, "the pages end")
+			res := cli(t, args...)
+			require.Equal(t, ExitOK, res.code, res.stderr)
+			var run struct{ ID string }
+			require.NoError(t, json.Unmarshal([]byte(res.stdout), &run))
+			paged = append(paged, run.ID)
+			if res.stderr == "" {
+				break
+			}
+			require.Equal(t, note(1, run.ID), res.stderr)
+			args = append(args[:9:9], "--after", run.ID)
+		}
+		require.Equal(t, all, paged)
+		res = cli(t, "--database-url", url, "runs", "list", "--after", all[2])
+		require.Equal(t, "no runs\n", res.stdout, "nothing is older than the oldest")
+		res = cli(t, "--database-url", url, "runs", "list", "--after", "01a22064-77fd-739d-823f-014211cc5306")
+		require.Equal(t, ExitFailure, res.code, res.stderr)
+		require.Contains(t, res.stderr, "no run 01a22064-77fd-739d-823f-014211cc5306 in this database")
 	})
 }
