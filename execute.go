@@ -81,10 +81,10 @@ func (e *Execution) Cancel(ctx context.Context) error { return e.r.Cancel(ctx, e
 // included. A run that Failed or was Cancelled is not an error of Execute:
 // check the result's Status, or its Err method. Some runner, in this
 // process or another, must be started for the run to progress. When ctx
-// ends first, Execute returns ctx's error and the run goes on without it
-// (ctx bounds the wait, not the run): to keep the run's id, to wait for it
-// again or cancel it, start it with ExecuteAsync and wait with
-// Execution.Wait.
+// ends first, Execute returns ctx's error (to errors.Is), wrapped with
+// the run's id, and the run goes on without it (ctx bounds the wait, not
+// the run): to keep a handle on the run, to wait for it again or cancel
+// it, start it with ExecuteAsync and wait with Execution.Wait.
 //
 // A task function may call Execute, with its own context, to run a child
 // workflow and wait for it: while it waits it holds no concurrency slot
@@ -106,7 +106,13 @@ func (r *Runner) Execute(ctx context.Context, workflow string, input *Context) (
 	if err != nil {
 		return nil, err
 	}
-	return e.Wait(ctx)
+	res, err := e.Wait(ctx)
+	if err != nil && ctx.Err() != nil {
+		// The run is not cancelled (unless by its parent's cancel): its id
+		// is all the caller has to find it by.
+		return nil, fmt.Errorf("run %s of workflow %q, no longer waited for: %w", e.id, workflow, err)
+	}
+	return res, err
 }
 
 // ExecuteAsync starts a run and returns at once with a handle to it. The
