@@ -51,7 +51,7 @@ func (r *Runner) completeLoop(svc *services) {
 			write(p.admit(h.take()), waitBounded, true)
 		case <-p.timerC():
 		case w := <-p.done:
-			p.written(w)
+			p.written(r, w)
 		case <-svc.stopCompleter:
 			stopping = true
 		}
@@ -75,11 +75,11 @@ func (r *Runner) completeLoop(svc *services) {
 			write(p.admit(h.take()), waitBounded, true)
 		case <-p.timerC():
 		case w := <-p.done:
-			p.written(w)
+			p.written(r, w)
 		case <-svc.flushCtx.Done():
 			// The waiting writes in flight end with the context.
 			for p.inFlight > 0 {
-				p.written(<-p.done)
+				p.written(r, <-p.done)
 			}
 			n := len(h.results) + p.count()
 			r.logger.Error("stopped with task results not recorded: their tasks are recovered by the dead-runner sweep, or when this runner starts again",
@@ -119,10 +119,11 @@ type parkedResults struct {
 
 // parkedRun is what is parked of one run.
 type parkedRun struct {
-	results []*taskResult
-	misses  int       // writes that found the run held
-	due     time.Time // when to try them again
-	waiting bool      // a waiting write has earlier results of the run
+	results  []*taskResult
+	misses   int       // writes that found the run held
+	due      time.Time // when to try them again
+	waiting  bool      // a waiting write has earlier results of the run
+	failures int       // waiting writes in a row that failed
 }
 
 // waitedWrite is what a waiting write could not record.
@@ -207,7 +208,8 @@ func (p *parkedResults) park(r *Runner, skipped []*taskResult) {
 }
 
 // due takes the parked results that are due: those of runs that have
-// missed parkMisses times (any, when stopping, due or not) go to a waiting
+// missed parkMisses times (any, when stopping, due or not, but for those
+// whose last waiting write failed, which keep their delay) go to a waiting
 // write while fewer than maxWaitingWrites are in flight; the others are
 // returned, to be written again without waiting. It arms the timer for
 // the next to be due.
@@ -224,7 +226,7 @@ func (p *parkedResults) due(r *Runner, svc *services, stopping bool) []*taskResu
 		canWait := p.inFlight < maxWaitingWrites
 		switch {
 		case pr.waiting || len(pr.results) == 0:
-		case canWait && (stopping || pr.misses >= parkMisses && !pr.due.After(now)):
+		case canWait && (stopping && pr.failures == 0 || pr.misses >= parkMisses && !pr.due.After(now)):
 			p.wait(r, svc, id, pr)
 		case pr.due.After(now):
 			if next.IsZero() || pr.due.Before(next) {
@@ -259,21 +261,33 @@ func (p *parkedResults) wait(r *Runner, svc *services, id uuid.UUID, pr *parkedR
 
 // written takes back what a waiting write could not record, ahead of the
 // run's results parked since: they are written again, waiting, after a
-// delay. When it recorded everything, the run's later results, if any, are
-// due at once, to be written without waiting: the run is likely free now.
-func (p *parkedResults) written(w waitedWrite) {
+// delay that grows as held results' does (firstHoldDelay doubled at each
+// failure in a row, up to maxHoldDelay; kept while stopping, so that a
+// refusal is not retried in a tight loop for the whole flush time), and
+// the refusal is logged as the completer's own are. When it recorded
+// everything, the run's later results, if any, are due at once, to be
+// written without waiting: the run is likely free now.
+func (p *parkedResults) written(r *Runner, w waitedWrite) {
 	p.inFlight--
 	pr := p.runs[w.run]
 	pr.waiting = false
 	switch {
 	case len(w.again) > 0:
-		p.err = w.err
+		if !errors.Is(w.err, context.Canceled) || p.err == nil {
+			p.err = w.err // a write cut short by Stop keeps the reason before it
+		}
+		pr.failures++
+		delay := min(firstHoldDelay<<min(pr.failures-1, 16), maxHoldDelay)
 		pr.results = append(w.again, pr.results...)
-		pr.misses, pr.due = parkMisses, time.Now().Add(maxHoldDelay)
+		pr.misses, pr.due = parkMisses, time.Now().Add(delay)
+		if !errors.Is(w.err, context.Canceled) {
+			r.logger.Error("record task results: the database refused the write of a run another transaction held; trying again",
+				"run_id", w.run, "results", len(w.again), "retry_in", delay, "error", w.err)
+		}
 	case len(pr.results) == 0:
 		p.remove(w.run)
 	default:
-		pr.misses, pr.due = 0, time.Now()
+		pr.misses, pr.due, pr.failures = 0, time.Now(), 0
 	}
 }
 

@@ -3,6 +3,9 @@ package cloacina
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cloacina-go/cloacina/driver"
 	"github.com/cloacina-go/cloacina/driver/postgres"
 	"github.com/cloacina-go/cloacina/internal/testdb"
 )
@@ -23,11 +27,21 @@ type parkedRunSetup struct {
 	holder pgx.Tx
 }
 
+// parkOpts shape parkResults' runner: fail makes the first task fail
+// permanently; flushWait, when positive, is the runner's time to record
+// the last results at Stop; logger and hook, when set, are its logger and
+// a wrapper of its transactions.
+type parkOpts struct {
+	fail      bool
+	flushWait time.Duration
+	logger    *slog.Logger
+	hook      func(driver.Tx) driver.Tx
+}
+
 // parkResults starts the run, holds its row once both tasks are running, lets
-// them return (the first with a permanent error when fail), and returns
-// once a write of their results waits for the holder. flushWait, when
-// positive, is the runner's time to record the last results at Stop.
-func parkResults(t *testing.T, fail bool, flushWait time.Duration) *parkedRunSetup {
+// them return, and returns once a write of their results waits for the
+// holder.
+func parkResults(t *testing.T, o parkOpts) *parkedRunSetup {
 	ctx := testContext(t)
 	gate, started := make(chan struct{}), make(chan struct{}, 2)
 	run := func(failing bool) TaskFunc {
@@ -43,10 +57,14 @@ func parkResults(t *testing.T, fail bool, flushWait time.Duration) *parkedRunSet
 			return nil
 		}
 	}
-	wf := MustWorkflow("w", Task{Name: "a", Run: run(fail)}, Task{Name: "c", Run: run(false)})
-	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}})
-	if flushWait > 0 {
-		r.flushWait = flushWait
+	wf := MustWorkflow("w", Task{Name: "a", Run: run(o.fail)}, Task{Name: "c", Run: run(false)})
+	r := openRunner(t, testdb.PostgresSchemaURL(t), &Config{Workflows: []*Workflow{wf}, Logger: o.logger})
+	if o.flushWait > 0 {
+		r.flushWait = o.flushWait
+	}
+	pg := r.Driver().(*postgres.Driver)
+	if o.hook != nil {
+		r.drv = hookTxs(r.drv, o.hook)
 	}
 	require.NoError(t, r.Start(ctx))
 
@@ -57,7 +75,7 @@ func parkResults(t *testing.T, fail bool, flushWait time.Duration) *parkedRunSet
 	waitFor(t, started, "the held run's first task")
 	waitFor(t, started, "the held run's second task")
 
-	holder := holdRun(t, r.Driver().(*postgres.Driver), held.ID())
+	holder := holdRun(t, pg, held.ID())
 	var xid string
 	require.NoError(t, holder.QueryRow(ctx, "SELECT pg_current_xact_id()::text").Scan(&xid))
 	close(gate)
@@ -85,7 +103,7 @@ func TestCompletionDoesNotWaitBehindAHeldRun(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
-			h := parkResults(t, fail, 0)
+			h := parkResults(t, parkOpts{fail: fail})
 
 			// The lock is held until another run on the same runner has
 			// completed: a completer that waited behind it would never
@@ -118,7 +136,7 @@ func TestCompletionDoesNotWaitBehindAHeldRun(t *testing.T) {
 func TestStopWhileAResultWaitsForAHeldRun(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	h := parkResults(t, false, 300*time.Millisecond)
+	h := parkResults(t, parkOpts{flushWait: 300 * time.Millisecond})
 	err := h.r.Stop(ctx)
 	require.Error(t, err, "Stop gave up the held run's results and returned nil")
 	require.ErrorContains(t, err, "2 task results not recorded")
@@ -136,6 +154,79 @@ func TestStopWhileAResultWaitsForAHeldRun(t *testing.T) {
 	res, err = h.run.Wait(ctx)
 	require.NoError(t, err)
 	require.Equal(t, PipelineCompleted, res.Status)
+}
+
+// refusingAfterTx makes every TaskFinishMany that returns while refuse
+// is set fail with an error that is not transient, the write having been
+// made (so a write that was already waiting is refused too), and counts
+// the refusals. It signals waiting when a write is about to wait for the
+// run after parkMisses writes skipped it: the waiting write, off the
+// completer's path.
+type refusingAfterTx struct {
+	driver.Tx
+	refuse  *atomic.Bool
+	refused *atomic.Int64
+	skips   *atomic.Int64
+	waiting func()
+}
+
+func (tx *refusingAfterTx) PipelineLockSkipLocked(ctx context.Context, ids []uuid.UUID) ([]*driver.Pipeline, error) {
+	tx.skips.Add(1)
+	return tx.Tx.PipelineLockSkipLocked(ctx, ids)
+}
+
+func (tx *refusingAfterTx) TaskFinishMany(ctx context.Context, p *driver.TaskFinishParams) (*driver.TaskFinishResult, error) {
+	if tx.skips.Load() >= parkMisses {
+		tx.waiting()
+	}
+	res, err := tx.Tx.TaskFinishMany(ctx, p)
+	if err == nil && tx.refuse.Load() {
+		tx.refused.Add(1)
+		return nil, errors.New("permission denied for table task_executions")
+	}
+	return res, err
+}
+
+// When the write that waited for a held run is refused once the run is
+// free (a revoked privilege, say), the refusal is logged, as the
+// completer's own refusals are, and tried again after a growing delay.
+// It was silent (an operator saw a task stay Running with nothing in the
+// log, the write tried again every 5 s for ever), and while stopping it
+// was tried again at once, in a tight loop, for the whole flush time.
+func TestRefusedWriteOfAHeldRunIsLoggedAndBacksOff(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	var refuse atomic.Bool
+	var refused, skips atomic.Int64
+	waiting := make(chan struct{})
+	var once sync.Once
+	logger, logged := refusalLogger()
+	h := parkResults(t, parkOpts{flushWait: time.Second, logger: logger,
+		hook: func(tx driver.Tx) driver.Tx {
+			return &refusingAfterTx{Tx: tx, refuse: &refuse, refused: &refused, skips: &skips,
+				waiting: func() { once.Do(func() { close(waiting) }) }}
+		}})
+	waitFor(t, waiting, "a write of the held run's results that waits for it")
+	var xid string
+	require.NoError(t, h.holder.QueryRow(ctx, "SELECT pg_current_xact_id()::text").Scan(&xid))
+	waitForLockWaiter(t, xid, "the waiting write to queue for the held run")
+	refuse.Store(true)
+	require.NoError(t, h.holder.Rollback(ctx))
+	waitFor(t, logged, "the refusal of the held run's write to be logged")
+
+	err := h.r.Stop(ctx)
+	require.Error(t, err, "Stop gave up the held run's results and returned nil")
+	require.ErrorContains(t, err, "2 task results not recorded")
+	require.ErrorContains(t, err, "permission denied")
+	// Over the 1 s flush time, a delay from 100 ms that doubles allows a
+	// handful of tries (each splits its batch of two: up to three refusals);
+	// a retry at once makes hundreds.
+	require.LessOrEqual(t, refused.Load(), int64(30), "the refused write was tried again without a delay")
+
+	res, err := h.r.Get(ctx, h.run.ID())
+	require.NoError(t, err)
+	require.Equal(t, TaskStatusRunning, res.Task("a").Status, "no result was recorded")
+	require.Equal(t, TaskStatusRunning, res.Task("c").Status, "no result was recorded")
 }
 
 // countEvents counts the events of run whose types are keys of want.
