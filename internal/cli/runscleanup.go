@@ -33,7 +33,9 @@ AGE is a Go duration that may start with days: 30d, 12h, 1d12h, counted back
 from the database's clock, which recorded the runs' times.
 
 Unfinished runs (pending, running or paused) are kept however old, and so is
-a cancelled run while a task of it has not returned yet. The runs' events
+a cancelled run while a task of it has not returned yet. The records of
+schedule ticks skipped (OverlapSkip) before the age go too, with or without
+a run to delete; ` + "`cloacina schedules list`" + ` still counts them. The runs' events
 stay, still naming their tasks in ` + "`cloacina events list`" + `: the event log has a
 retention of its own, and ` + "`cloacina events cleanup`" + ` deletes the events of
 deleted runs as those of finished ones. With --dry-run
@@ -54,6 +56,12 @@ it only counts what the same command would delete.`,
 					_, err = fmt.Fprintf(a.stdout, "would delete %d finished runs %s; nothing deleted (dry run)\n", total, what)
 					return err
 				case total == 0:
+					// Still called: it deletes the records of skipped
+					// schedule ticks as old, which pile up behind a
+					// long-running run even when no run is old enough.
+					if _, err := r.DeleteRunsBefore(ctx, cutoff, opts); err != nil {
+						return err
+					}
 					_, err = fmt.Fprintf(a.stdout, "no finished runs %s to delete\n", what)
 					return err
 				}

@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"context"
+	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -61,5 +64,58 @@ func TestRunsCleanup(t *testing.T) {
 			"--older-than is required, e.g. --older-than 90d")
 		requireOneLineError(t, cli(t, "--database-url", url, "runs", "cleanup", "--older-than", "1d", "--batch-size", "0"), ExitUsage,
 			`"0" is not a count`)
+	})
+}
+
+// runs cleanup deletes the records of skipped schedule ticks as old even
+// when no run is old enough to go: behind a run that never ends, an
+// OverlapSkip schedule records a skipped tick every tick, and the command
+// used to stop at "no finished runs" and leave them all.
+func TestRunsCleanupDeletesSkippedTicksWithNoRunToDelete(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		release := make(chan struct{})
+		stuck := cloacina.MustWorkflow("report", cloacina.Task{Name: "build", Run: func(ctx context.Context, _ *cloacina.Context) error {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		}})
+		r, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{stuck}, PollInterval: 10 * time.Millisecond,
+			Schedules: []cloacina.Schedule{{Name: "busy", Workflow: "report", Cron: "* * * * * *", Overlap: cloacina.OverlapSkip}},
+			Logger:    slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, r.Close()) })
+		t.Cleanup(func() { close(release) }) // before Close
+		require.NoError(t, r.Start(ctx))
+		busy := func() cloacina.ScheduleInfo { // through r: a runner per call would use up the connections
+			all, err := r.Schedules(ctx)
+			require.NoError(t, err)
+			require.Len(t, all, 1)
+			return all[0]
+		}
+		require.Eventually(t, func() bool {
+			return busy().Skipped >= 2
+		}, followDeadline, 10*time.Millisecond, "two ticks skipped behind the first run")
+		require.NoError(t, r.PauseSchedule(ctx, "busy")) // no tick recorded after this
+		before := busy()
+		ticks, err := r.ScheduleTicks(ctx, "busy", 0)
+		require.NoError(t, err)
+		require.Greater(t, len(ticks), 2)
+
+		require.Regexp(t, `^no finished runs that ended more than 1ms ago \(before .*\) to delete\n$`,
+			ok(t, url, "runs", "cleanup", "--older-than", "1ms"))
+		ticks, err = r.ScheduleTicks(ctx, "busy", 0)
+		require.NoError(t, err)
+		require.Len(t, ticks, 1, "only the tick that started the unfinished run stays")
+		require.Empty(t, ticks[0].Skipped)
+		require.Equal(t, *before.LastRunID, ticks[0].RunID)
+		_, rows := parseTable(t, ok(t, url, "runs", "list"))
+		require.Len(t, rows, 1, "the unfinished run stays")
+		after := busy()
+		require.Equal(t, before.Skipped, after.Skipped, "the schedule's count of skipped ticks stays")
+		require.Equal(t, before.Fired, after.Fired)
 	})
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -40,11 +41,15 @@ func storeSchedules(t *testing.T, url string, schedules ...cloacina.Schedule) {
 	require.NoError(t, startScheduler(t, url, schedules...).Stop(t.Context()))
 }
 
-// storedSchedule reads schedule name through the library.
+// storedSchedule reads schedule name through the library, with a runner
+// closed at once: tests poll it, and a runner kept to the test's end per
+// call used up the server's connections.
 func storedSchedule(t *testing.T, url, name string) cloacina.ScheduleInfo {
 	t.Helper()
-	all, err := openRunner(t, url).Schedules(t.Context())
+	r, err := cloacina.Open(t.Context(), url, &cloacina.Config{})
 	require.NoError(t, err)
+	all, err := r.Schedules(t.Context())
+	require.NoError(t, errors.Join(err, r.Close()))
 	for _, s := range all {
 		if s.Name == name {
 			return s
