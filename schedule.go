@@ -645,6 +645,10 @@ func (r *Runner) untilNextTick(ctx context.Context, names []string) (time.Durati
 	wait := r.cfg.PollInterval
 	rows, err := r.drv.Reader().ScheduleList(ctx, &driver.ScheduleListParams{Names: names})
 	if err != nil {
+		if ctx.Err() == nil {
+			r.logger.Warn("read schedules; no schedule fires until a read succeeds, tried again every PollInterval",
+				"error", err, "retry_in", wait)
+		}
 		return wait, nil
 	}
 	r.syncClock(ctx, r.drv.Reader())
