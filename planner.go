@@ -210,9 +210,16 @@ func (s *runState) shapeMismatch() string {
 		return ""
 	}
 	slices.Sort(extra)
+	var diff []string // only what differs: an empty list read as noise
+	if len(extra) > 0 {
+		diff = append(diff, fmt.Sprintf("without the run's tasks %q", extra))
+	}
+	if len(missing) > 0 {
+		diff = append(diff, fmt.Sprintf("with tasks %q the run lacks", missing))
+	}
 	return fmt.Sprintf("workflow %q changed under its name since this run started (run: version %.12s; this runner: version %.12s, "+
-		"without the run's tasks %q, with tasks %q the run lacks): the run cannot go on; let runners of the run's version finish "+
-		"such runs, or give a changed workflow a new name", s.wf.name, s.p.WorkflowVersion, s.wf.version, extra, missing)
+		"%s): the run cannot go on; let runners of the run's version finish such runs, or give a changed workflow a new name",
+		s.wf.name, s.p.WorkflowVersion, s.wf.version, strings.Join(diff, ", "))
 }
 
 // abort fails a run that cannot go on: its unfinished tasks end (Ready and

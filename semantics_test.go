@@ -835,11 +835,16 @@ func TestUnstorableOutputFailsTheTask(t *testing.T) {
 // held forever (a task added). Runs of the new shape are not affected.
 func TestRunOfAChangedWorkflowFailsClearly(t *testing.T) {
 	t.Parallel()
-	for name, v2 := range map[string]*Workflow{
-		"renamed": MustWorkflow("wf", Task{Name: "x", Run: ok}, Task{Name: "b", DependsOn: []string{"x"}, Run: ok}),
-		"added": MustWorkflow("wf", Task{Name: "a", Run: ok}, Task{Name: "c", DependsOn: []string{"a"}, Run: ok},
-			Task{Name: "b", DependsOn: []string{"a"}, Run: ok}),
+	for name, tc := range map[string]struct {
+		v2   *Workflow
+		diff string // how the message says the shapes differ
+	}{
+		"renamed": {MustWorkflow("wf", Task{Name: "x", Run: ok}, Task{Name: "b", DependsOn: []string{"x"}, Run: ok}),
+			`, without the run's tasks ["a"], with tasks ["x"] the run lacks): `},
+		"added": {MustWorkflow("wf", Task{Name: "a", Run: ok}, Task{Name: "c", DependsOn: []string{"a"}, Run: ok},
+			Task{Name: "b", DependsOn: []string{"a"}, Run: ok}), `, with tasks ["c"] the run lacks): `},
 	} {
+		v2 := tc.v2
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			forEachBackend(t, func(t *testing.T, url string) {
@@ -853,6 +858,8 @@ func TestRunOfAChangedWorkflowFailsClearly(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, PipelineFailed, res.Status)
 				require.ErrorContains(t, res.Err(), `workflow "wf" changed under its name since this run started`)
+				require.ErrorContains(t, res.Err(), tc.diff)
+				require.NotContains(t, res.Err().Error(), "[]", "an empty list of tasks named")
 				require.Equal(t, TaskStatusSkipped, res.Task("b").Status)
 				for _, tr := range res.Tasks {
 					require.True(t, tr.Status.Terminal(), "task %s is %s", tr.Name, tr.Status)
