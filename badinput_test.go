@@ -2,10 +2,12 @@ package cloacina
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -293,4 +295,42 @@ func TestOpenRefusesIntervalsWithoutAUnit(t *testing.T) {
 	require.ErrorContains(t, err, "below a millisecond")
 	_, err = NewWorkflow("w", Task{Name: "a", Run: ok, Timeout: time.Millisecond})
 	require.NoError(t, err)
+}
+
+// Open says in the log when it creates the PostgreSQL schema, so that a
+// mistyped schema= is seen (it gives a working store, empty, with no
+// error); it says nothing when the schema is there already.
+func TestOpenLogsTheSchemaItCreates(t *testing.T) {
+	t.Parallel()
+	schema := testdb.NewSchema(t)
+	url := testdb.WithSchema(testdb.PostgresURL(), schema)
+	open := func() string {
+		var log syncBuffer
+		r, err := Open(testContext(t), url, &Config{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+		require.NoError(t, err)
+		require.NoError(t, r.Close())
+		return log.String()
+	}
+	first := open()
+	require.Contains(t, first, "created the PostgreSQL schema, which did not exist: if this runner was to join existing runs, check schema= in the database URL")
+	require.Contains(t, first, "schema="+schema)
+	require.NotContains(t, open(), "created the PostgreSQL schema", "the schema existed at the second Open")
+}
+
+// syncBuffer is a log's destination that goroutines may share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

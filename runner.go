@@ -575,6 +575,9 @@ func (r *Runner) attach(ctx context.Context, drv driver.Driver) error {
 		return fmt.Errorf("cloacina: %w: the backend was opened read-only: set Config.ReadOnly", err)
 	} else if err != nil {
 		return fmt.Errorf("cloacina: %w", err)
+	} else if pg, ok := drv.(*postgres.Driver); ok && pg.CreatedSchema() {
+		r.logger.Info("created the PostgreSQL schema, which did not exist: if this runner was to join existing runs, check schema= in the database URL",
+			"schema", pg.Schema())
 	}
 	r.drv = drv
 	return nil

@@ -99,6 +99,9 @@ func (d *Driver) migrateTo(ctx context.Context, upTo int) error {
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("postgres: migrate: commit: %w", mapError(err))
 	}
+	if !exists {
+		d.created.Store(true)
+	}
 	if upTo < len(migrations) {
 		return nil // a test's older schema: the tables of later versions are missing by design
 	}

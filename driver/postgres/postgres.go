@@ -67,6 +67,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -109,7 +110,14 @@ type Driver struct {
 
 	whereMu sync.Mutex
 	where   *location // the pool's, recorded by schemaAccess
+
+	created atomic.Bool // Migrate created the schema
 }
+
+// CreatedSchema reports whether Migrate created the schema, which did not
+// exist before: what Open logs, since a mistyped schema name in a URL
+// otherwise gives a working, empty store with no word about it.
+func (d *Driver) CreatedSchema() bool { return d.created.Load() }
 
 var schemaName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
