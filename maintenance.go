@@ -96,6 +96,10 @@ func (r *Runner) heartbeatLoop(svc *services) {
 	// The sweep runs beside the heartbeats, one at a time (see below).
 	sweepAgain := false
 	sweeping := false
+	// deadWhileSweeping: a beat removed dead runners while a sweep ran,
+	// which may have listed the orphans before those runners expired; a
+	// sweep follows at the next beat rather than orphanSweepEvery beats on.
+	deadWhileSweeping := false
 	sweepFailures := 0
 	swept := make(chan error, 1)
 	defer func() {
@@ -114,6 +118,8 @@ func (r *Runner) heartbeatLoop(svc *services) {
 			} else {
 				sweepFailures = 0
 			}
+			sweepAgain = sweepAgain || deadWhileSweeping
+			deadWhileSweeping = false
 			if hook := r.sweepHook.Load(); hook != nil {
 				(*hook)(err)
 			}
@@ -161,6 +167,7 @@ func (r *Runner) heartbeatLoop(svc *services) {
 		}
 		if len(dead) > 0 {
 			r.logger.Info("removed dead runners", "runners", dead)
+			deadWhileSweeping = deadWhileSweeping || sweeping
 		}
 		if leader && canSweep && !sweeping && (len(dead) > 0 || sweepAgain || beats%orphanSweepEvery == 0) {
 			// The sweep runs beside the heartbeats: a run locked by
