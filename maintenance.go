@@ -527,5 +527,12 @@ func (r *Runner) deregister() {
 	if err != nil {
 		r.logger.Warn("deregister runner", "error", err)
 	}
-	r.isLeader.Store(false)
+	// The heartbeat loop has ended: the change is told here, as it told
+	// the others (the lease, if its release failed, runs out by itself).
+	if r.isLeader.Swap(false) {
+		r.logger.Info("leadership changed", "leader", false)
+		if hook := r.leaderHook.Load(); hook != nil {
+			(*hook)(false)
+		}
+	}
 }

@@ -1196,3 +1196,24 @@ func TestSlowSweepGetsThrough(t *testing.T) {
 		waitFor(t, s.ended, "the zombie's task to return")
 	})
 }
+
+// A leader that stops gives up its leadership and says so, as it does
+// any other change: IsLeader turned false at Stop with nothing logged.
+func TestStopEndsLeadershipVisibly(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		r := openRunner(t, url, fastLiveness(&Config{}))
+		changes := leadership(r)
+		require.NoError(t, r.Start(ctx))
+		waitLeader(t, changes, true)
+		require.NoError(t, r.Stop(ctx))
+		require.False(t, r.IsLeader())
+		select {
+		case held := <-changes:
+			require.False(t, held)
+		default:
+			t.Fatal("Stop ended the leadership without telling")
+		}
+	})
+}
