@@ -55,7 +55,7 @@ func TestLostCommitRepliesOnEveryWritePath(t *testing.T) {
 		liar := &everyNthLiar{n: 2}
 		churnUnderFaults(t, url, func(r *Runner) {
 			r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &everyNthTx{Tx: tx, d: liar} })
-		}, func() {}, func() { liar.off.Store(true) })
+		}, func() {}, nil, func() { liar.off.Store(true) })
 		require.Positive(t, liar.lied.Load())
 	})
 }
@@ -72,6 +72,10 @@ func TestTerminatedConnectionsOnEveryWritePath(t *testing.T) {
 	admin := adminConn(t)
 	stop := make(chan struct{})
 	killed := make(chan int, 1)
+	// The churn goes on until a session has been terminated: its first
+	// batch of runs, on sessions the pool has just opened, may well end
+	// before any is 200 ms old (the test failed one time in four so).
+	terminated := make(chan struct{})
 	kill := func() {
 		n := 0
 		defer func() { killed <- n }()
@@ -92,6 +96,9 @@ func TestTerminatedConnectionsOnEveryWritePath(t *testing.T) {
 			if err := admin.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 				WHERE application_name = $1 AND pid <> pg_backend_pid() AND state <> 'idle'
 					AND backend_start < now() - interval '200 milliseconds'`, schema).Scan(&k); err == nil {
+				if n == 0 && k > 0 {
+					close(terminated)
+				}
 				n += k
 			}
 		}
@@ -104,7 +111,7 @@ func TestTerminatedConnectionsOnEveryWritePath(t *testing.T) {
 		}
 	}
 	defer end() // before the runners close
-	churnUnderFaults(t, url, nil, func() { go kill() }, end)
+	churnUnderFaults(t, url, nil, func() { go kill() }, terminated, end)
 	t.Logf("terminated %d sessions", n)
 	require.Positive(t, n)
 }
@@ -112,11 +119,16 @@ func TestTerminatedConnectionsOnEveryWritePath(t *testing.T) {
 // churnUnderFaults runs many runs of a workflow with a retry, a deferral
 // and a join on two runners (each first passed to hook, unless nil) while
 // they are paused, resumed and cancelled at random, calling begin once
-// the runs are started; once every run has
+// the first runs are started. Unless until is nil, it goes on starting
+// and churning more runs, batch after batch, until until is closed (the
+// faults have taken effect), and fails the test if that takes longer than
+// testTimeout: a fault that only some moments of the churn expose (a
+// session old enough to kill while it works, say) may not come up in one
+// short batch. Once every run has
 // ended with no task running, it calls calm and checks the log: it
 // replays to the stored statuses, and records each run's start and end,
 // and each task's creation and end, once.
-func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin, calm func()) {
+func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin func(), until <-chan struct{}, calm func()) {
 	t.Helper()
 	{
 		// Three times the usual budget: under a loaded CI machine the
@@ -135,31 +147,58 @@ func churnUnderFaults(t *testing.T, url string, hook func(*Runner), begin, calm 
 			runners = append(runners, r)
 		}
 		const n = 20
-		ids := make([]uuid.UUID, n)
-		for i := range ids {
-			exec, err := runners[i%len(runners)].ExecuteAsync(ctx, "chaos", nil)
-			require.NoError(t, err)
-			ids[i] = exec.ID()
-		}
-		begin()
-		// A call the faults failed past its retries reports it: the test
-		// goes on with the next.
-		controlChurn(t, runners, ids, 3, 30, func(err error) bool {
-			return errors.Is(err, ErrRunFinished) || errors.Is(err, driver.ErrTransient)
-		})
-		// Resume is idempotent: one that the faults failed past its
-		// retries (every attempt's connection terminated) is called
-		// again, as a caller would, until it gets through.
-		for _, id := range ids {
-			for {
-				err := runners[0].Resume(ctx, id)
-				if err == nil || errors.Is(err, ErrRunFinished) {
-					break
+		var ids []uuid.UUID
+		deadline := time.Now().Add(testTimeout)
+		for batch := 0; ; batch++ {
+			batchIDs := make([]uuid.UUID, 0, n)
+			for i := range n {
+				exec, err := runners[i%len(runners)].ExecuteAsync(ctx, "chaos", nil)
+				if batch > 0 && errors.Is(err, driver.ErrTransient) {
+					// From the second batch on the faults are live:
+					// they failed this start past its retries (and
+					// ExecuteAsync found no run written), and the
+					// batch goes on without it.
+					continue
 				}
-				if !errors.Is(err, driver.ErrTransient) || ctx.Err() != nil {
-					require.NoError(t, err)
+				require.NoError(t, err)
+				batchIDs = append(batchIDs, exec.ID())
+			}
+			ids = append(ids, batchIDs...)
+			if batch == 0 {
+				begin()
+			}
+			// A call the faults failed past its retries reports it: the test
+			// goes on with the next.
+			controlChurn(t, runners, batchIDs, 3+uint64(batch), 30, func(err error) bool {
+				return errors.Is(err, ErrRunFinished) || errors.Is(err, driver.ErrTransient)
+			})
+			// Resume is idempotent: one that the faults failed past its
+			// retries (every attempt's connection terminated) is called
+			// again, as a caller would, until it gets through.
+			for _, id := range batchIDs {
+				for {
+					err := runners[0].Resume(ctx, id)
+					if err == nil || errors.Is(err, ErrRunFinished) {
+						break
+					}
+					if !errors.Is(err, driver.ErrTransient) || ctx.Err() != nil {
+						require.NoError(t, err)
+					}
 				}
 			}
+			if until == nil {
+				break
+			}
+			select {
+			case <-until:
+				t.Logf("faults took effect in batch %d (of %d runs each)", batch+1, n)
+			default:
+				if time.Now().Before(deadline) {
+					continue
+				}
+				t.Fatalf("the faults took no effect in %d batches of %d runs (%v): the test would test nothing", batch+1, n, testTimeout)
+			}
+			break
 		}
 		results := waitRunsEnded(t, runners[0], ids)
 		calm()

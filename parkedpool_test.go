@@ -187,7 +187,7 @@ func churnWhileHeld(t *testing.T, lie bool) {
 		if lie {
 			r.drv = hookTxs(r.drv, func(tx driver.Tx) driver.Tx { return &everyNthTx{Tx: tx, d: liar} })
 		}
-	}, func() { go hold() }, func() { end(); liar.off.Store(true) })
+	}, func() { go hold() }, nil, func() { end(); liar.off.Store(true) })
 	t.Logf("held runs %d times; parked %d results; %d commits reported lost", holds, parked.count(), liar.lied.Load())
 	require.Positive(t, parked.count(), "no result was parked: the test tested nothing")
 }
