@@ -157,9 +157,28 @@ func connect(ctx context.Context, url string, tune func(*pgxpool.Config)) (*pgxp
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, nil, fmt.Errorf("postgres: connect to %s:%d/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, mapError(err))
+		return nil, nil, fmt.Errorf("postgres: connect to %s:%d/%s: %w%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database,
+			mapError(err), connectFix(err, cfg.ConnConfig))
 	}
 	return pool, cfg, nil
+}
+
+// connectFix says how to mend the URL or the server for the refusals of
+// a connection that a setting, not a passing fault, causes; "" for others.
+func connectFix(err error, cfg *pgx.ConnConfig) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return ""
+	}
+	switch pgErr.Code {
+	case "3D000": // invalid_catalog_name
+		return fmt.Sprintf(": create the database (createdb %s) or correct its name in the URL", cfg.Database)
+	case "28000", "28P01": // invalid_authorization_specification, invalid_password
+		return fmt.Sprintf(": check the user (%s) and password in the URL, PGPASSWORD or ~/.pgpass, and the server's pg_hba.conf", cfg.User)
+	case "42704": // undefined_object: an unknown query parameter reached the server as a setting
+		return ": the URL sets a parameter PostgreSQL does not know: check the spelling of its query parameters (cloacina's own is schema=)"
+	}
+	return ""
 }
 
 // Open connects a new pool to the PostgreSQL database at url.

@@ -339,3 +339,31 @@ func TestUnwrapTxOnItsPoolsLastConnection(t *testing.T) {
 	_, err = drv.Reader().PipelineGet(ctx, p.ID)
 	require.NoError(t, err)
 }
+
+// A connection refused for a setting (no such database, no such role, a
+// mistyped query parameter) fails Open with the server's reason and the
+// fix, not pgx's reason alone.
+func TestOpenRefusalsNameTheFix(t *testing.T) {
+	t.Parallel()
+	testdb.UsesPostgres(t)
+	with := func(change func(u *url.URL)) string {
+		u, err := url.Parse(testdb.PostgresURL())
+		require.NoError(t, err)
+		change(u)
+		return u.String()
+	}
+	for name, tc := range map[string]struct{ url, want string }{
+		"no database": {with(func(u *url.URL) { u.Path = "/cloacina_no_such_db" }),
+			`database "cloacina_no_such_db" does not exist (SQLSTATE 3D000): create the database (createdb cloacina_no_such_db) or correct its name in the URL`},
+		"no role": {with(func(u *url.URL) { u.User = url.User("cloacina_no_such_role") }),
+			`role "cloacina_no_such_role" does not exist (SQLSTATE 28000): check the user (cloacina_no_such_role) and password in the URL, PGPASSWORD or ~/.pgpass, and the server's pg_hba.conf`},
+		"misspelt parameter": {with(func(u *url.URL) { q := u.Query(); q.Set("schem", "x"); u.RawQuery = q.Encode() }),
+			`unrecognized configuration parameter "schem" (SQLSTATE 42704): the URL sets a parameter PostgreSQL does not know: check the spelling of its query parameters (cloacina's own is schema=)`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := postgres.Open(t.Context(), tc.url, nil)
+			require.ErrorContains(t, err, tc.want)
+			require.NotErrorIs(t, err, driver.ErrTransient, "a refusal for a setting is not worth retrying")
+		})
+	}
+}
