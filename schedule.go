@@ -750,7 +750,7 @@ func (r *Runner) ScheduleTicks(ctx context.Context, name string, limit int) ([]S
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.scheduleRow(ctx, db, name); err != nil {
+	if _, err := r.scheduleRow(ctx, db, name, false); err != nil {
 		return nil, err
 	}
 	rows, err := db.ScheduleTickList(ctx, &driver.ScheduleTickListParams{Name: name, Limit: limit})
@@ -790,7 +790,9 @@ func (r *Runner) ResumeSchedule(ctx context.Context, name string) error {
 		return err
 	}
 	err := r.apiTx(ctx, func(ctx context.Context, tx driver.Tx, c *changes) error {
-		s, err := r.scheduleRow(ctx, tx, name)
+		// Locked: a runner storing a changed cron meanwhile would
+		// otherwise be overwritten by a next tick of the cron read here.
+		s, err := r.scheduleRow(ctx, tx, name, true)
 		if err != nil || !s.Paused {
 			return err
 		}
@@ -852,9 +854,10 @@ func tickFloor(ctx context.Context, tx driver.Executor, s *driver.Schedule, now 
 	return from, nil
 }
 
-// scheduleRow reads one schedule, or fails with ErrScheduleNotFound.
-func (r *Runner) scheduleRow(ctx context.Context, db driver.Executor, name string) (*driver.Schedule, error) {
-	rows, err := db.ScheduleList(ctx, &driver.ScheduleListParams{Names: []string{name}})
+// scheduleRow reads one schedule (locking its row, with lock, until the
+// transaction ends), or fails with ErrScheduleNotFound.
+func (r *Runner) scheduleRow(ctx context.Context, db driver.Executor, name string, lock bool) (*driver.Schedule, error) {
+	rows, err := db.ScheduleList(ctx, &driver.ScheduleListParams{Names: []string{name}, Lock: lock})
 	if err != nil {
 		return nil, r.closedErr(err)
 	}

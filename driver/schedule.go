@@ -69,6 +69,11 @@ type ScheduleSyncParams struct {
 // Names is empty. They are returned by name.
 type ScheduleListParams struct {
 	Names []string
+	// Lock, in a write transaction, locks the rows read until it ends
+	// (PostgreSQL FOR UPDATE: a concurrent store of the schedules waits,
+	// and ScheduleDue skips them), for a write computed from what was
+	// read. SQLite's writer holds the whole database already.
+	Lock bool
 }
 
 // ScheduleDueParams selects, in a write transaction, the schedules among

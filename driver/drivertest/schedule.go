@@ -151,6 +151,42 @@ func testSchedules(t *testing.T, s *suite) {
 		})
 	})
 
+	t.Run("ListLocksWhenAsked", func(t *testing.T) {
+		t.Parallel()
+		if !s.opts.ConcurrentTx {
+			t.Skip("write transactions of this backend are serialised: no row is held by another open transaction")
+		}
+		b := s.setup(t)
+		def := b.scheduleDef("s")
+		def.NextFireAt = b.at(-time.Minute)
+		b.syncSchedules(t, b.now, def)
+		due := func() []*driver.Schedule {
+			// Waiting on tx1's row would run into this deadline.
+			ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+			defer cancel()
+			tx2, err := b.drv.Begin(ctx)
+			require.NoError(t, err)
+			defer tx2.Rollback(context.WithoutCancel(b.ctx))
+			got, err := tx2.ScheduleDue(ctx, &driver.ScheduleDueParams{Names: []string{"s"}, Now: b.now})
+			require.NoError(t, err)
+			return got
+		}
+		for _, lock := range []bool{false, true} {
+			tx1, err := b.drv.Begin(b.ctx)
+			require.NoError(t, err)
+			got, err := tx1.ScheduleList(b.ctx, &driver.ScheduleListParams{Names: []string{"s"}, Lock: lock})
+			require.NoError(t, err)
+			require.Len(t, got, 1)
+			if lock {
+				require.Empty(t, due(), "the row a locking list read is held until its transaction ends")
+			} else {
+				require.Len(t, due(), 1, "a plain list locks nothing")
+			}
+			require.NoError(t, tx1.Rollback(b.ctx))
+		}
+		require.Len(t, due(), 1, "the lock ended with its transaction")
+	})
+
 	t.Run("DueRowsAreFiredOnce", func(t *testing.T) {
 		t.Parallel()
 		b := s.setup(t)

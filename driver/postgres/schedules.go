@@ -46,8 +46,12 @@ func (e *executor) ScheduleSync(ctx context.Context, p *driver.ScheduleSyncParam
 }
 
 func (e *executor) ScheduleList(ctx context.Context, p *driver.ScheduleListParams) ([]*driver.Schedule, error) {
+	lock := ""
+	if p.Lock {
+		lock = " FOR UPDATE"
+	}
 	rows, err := e.db.Query(ctx, `SELECT `+scheduleColumns+` FROM `+e.q.schema+`.cloacina_schedules
-		WHERE COALESCE(cardinality($1::text[]), 0) = 0 OR name = ANY ($1) ORDER BY name`, p.Names)
+		WHERE COALESCE(cardinality($1::text[]), 0) = 0 OR name = ANY ($1) ORDER BY name`+lock, p.Names)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: list schedules: %w", mapError(err))
 	}
