@@ -487,17 +487,36 @@ func runsOf(batch []*taskResult) []uuid.UUID {
 
 func (r *Runner) completeOnce(ctx context.Context, all []*taskResult, mode completeMode) (lost, skipped []*taskResult, err error) {
 	// A task has one result per claim; a second one in the batch (a task
-	// that ran twice under one claim) is fenced out like a lost claim.
-	seen := make(map[uuid.UUID]bool, len(all))
+	// that ran twice under one claim) is fenced out like a lost claim. So
+	// is the result of an earlier claim of a task whose later claim's
+	// result is in the batch too (the earlier one's write committed but
+	// was reported lost, and it came back with the next attempt's): the
+	// later claim exists only because the earlier one ended. Keeping the
+	// first of the two instead dropped the live one, and the task stayed
+	// Running under a live runner for good.
+	kept := make(map[uuid.UUID]int, len(all))
 	var dups []*taskResult
-	all = slices.DeleteFunc(slices.Clone(all), func(res *taskResult) bool {
-		if seen[res.task.ID] {
+	for i, res := range all {
+		j, ok := kept[res.task.ID]
+		switch {
+		case !ok:
+			kept[res.task.ID] = i
+		case laterClaim(res.task, all[j].task):
+			dups = append(dups, all[j])
+			kept[res.task.ID] = i
+		default:
 			dups = append(dups, res)
-			return true
 		}
-		seen[res.task.ID] = true
-		return false
-	})
+	}
+	if len(dups) > 0 {
+		in := make([]*taskResult, 0, len(kept))
+		for i, res := range all {
+			if kept[res.task.ID] == i {
+				in = append(in, res)
+			}
+		}
+		all = in
+	}
 	var claims attemptClaims
 	_, err = r.withTx(ctx, 0, func(ctx context.Context, tx driver.Tx, c *changes) error {
 		defer r.offerHandoff(c, &claims)()
@@ -736,6 +755,13 @@ func (r *Runner) completeOnce(ctx context.Context, all []*taskResult, mode compl
 	})
 	r.runHandoffs(ctx, &claims, err)
 	return lost, skipped, err
+}
+
+// laterClaim reports whether a is a later claim of its task than b: a
+// retry claims the next attempt, a reset the same attempt with one more
+// recovery.
+func laterClaim(a, b *driver.Task) bool {
+	return a.Attempt > b.Attempt || a.Attempt == b.Attempt && a.RecoveryCount > b.RecoveryCount
 }
 
 // allCompleted reports whether every result in batch completes its task:
