@@ -100,6 +100,20 @@ func hookTxs(drv driver.Driver, wrap func(driver.Tx) driver.Tx) driver.Driver {
 	return &txHooks{Driver: drv, wrap: wrap}
 }
 
+// hookReader returns drv with its Reader wrapped by wrap: a test's hook
+// into the engine's reads outside transactions (a read failed, held or
+// slowed).
+func hookReader(drv driver.Driver, wrap func(driver.Executor) driver.Executor) driver.Driver {
+	return &readerHook{Driver: drv, wrap: wrap}
+}
+
+type readerHook struct {
+	driver.Driver
+	wrap func(driver.Executor) driver.Executor
+}
+
+func (d *readerHook) Reader() driver.Executor { return d.wrap(d.Driver.Reader()) }
+
 type txHooks struct {
 	driver.Driver
 	wrap func(driver.Tx) driver.Tx

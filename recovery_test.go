@@ -1137,18 +1137,9 @@ func TestAbandonedTaskPassesItsInputOn(t *testing.T) {
 	})
 }
 
-// slowOrphans is a driver whose listing of orphaned tasks (the sweep's
-// first read) takes delay, as on a loaded database, or fails when its ctx
-// ends first.
-type slowOrphans struct {
-	driver.Driver
-	delay time.Duration
-}
-
-func (d *slowOrphans) Reader() driver.Executor {
-	return &slowOrphansReader{Executor: d.Driver.Reader(), delay: d.delay}
-}
-
+// slowOrphansReader is a Reader whose listing of orphaned tasks (the
+// sweep's first read) takes delay, as on a loaded database, or fails when
+// its ctx ends first.
 type slowOrphansReader struct {
 	driver.Executor
 	delay time.Duration
@@ -1176,7 +1167,10 @@ func TestSlowSweepGetsThrough(t *testing.T) {
 		wf := MustWorkflow("z", Task{Name: "work", Run: s.run})
 		var sweeps <-chan error
 		leader, _, exec := zombieSetupWith(t, url, wf, s, zombieHooks{beforeStart: func(leader *Runner) {
-			leader.drv = &slowOrphans{Driver: leader.drv, delay: 2 * leader.cfg.RunnerTimeout}
+			delay := 2 * leader.cfg.RunnerTimeout
+			leader.drv = hookReader(leader.drv, func(x driver.Executor) driver.Executor {
+				return &slowOrphansReader{Executor: x, delay: delay}
+			})
 			sweeps = sweepsOf(leader)
 		}})
 		failed := 0

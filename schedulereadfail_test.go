@@ -17,21 +17,12 @@ import (
 // schedule loop makes (Reader().ScheduleList of its schedules by name)
 // while fail is set; Runner.Schedules, which lists them all, reads on.
 type scheduleReadFailing struct {
-	driver.Driver
-	fail atomic.Bool
-}
-
-func (d *scheduleReadFailing) Reader() driver.Executor {
-	return &scheduleReadFailingReader{Executor: d.Driver.Reader(), d: d}
-}
-
-type scheduleReadFailingReader struct {
 	driver.Executor
-	d *scheduleReadFailing
+	fail *atomic.Bool
 }
 
-func (x *scheduleReadFailingReader) ScheduleList(ctx context.Context, p *driver.ScheduleListParams) ([]*driver.Schedule, error) {
-	if x.d.fail.Load() && len(p.Names) > 0 {
+func (x *scheduleReadFailing) ScheduleList(ctx context.Context, p *driver.ScheduleListParams) ([]*driver.Schedule, error) {
+	if x.fail.Load() && len(p.Names) > 0 {
 		return nil, errors.New("permission denied for table schedules")
 	}
 	return x.Executor.ScheduleList(ctx, p)
@@ -50,14 +41,14 @@ func TestScheduleLoopLogsAFailedRead(t *testing.T) {
 		wf := MustWorkflow("tick", Task{Name: "a", Run: func(context.Context, *Context) error { return nil }})
 		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, Logger: logger,
 			Schedules: []Schedule{{Name: "s", Workflow: "tick", Cron: "* * * * * *"}}})
-		failing := &scheduleReadFailing{Driver: r.drv}
-		failing.fail.Store(true)
-		r.drv = failing
+		var fail atomic.Bool
+		fail.Store(true)
+		r.drv = hookReader(r.drv, func(x driver.Executor) driver.Executor { return &scheduleReadFailing{Executor: x, fail: &fail} })
 		require.NoError(t, r.Start(ctx))
 		waitFor(t, seen, "the failed read of the schedules to be logged")
 		require.Zero(t, findSchedule(t, r, "s").Fired, "a schedule fired while its row could not be read")
 
-		failing.fail.Store(false)
+		fail.Store(false)
 		waitCommits(t, "the schedule to fire once a read succeeds", func() bool {
 			return findSchedule(t, r, "s").Fired >= 1
 		}, r)

@@ -18,15 +18,15 @@ import (
 // records at which of the leader's beats (counted by beats) each listing
 // began.
 type gatedOrphans struct {
-	driver.Driver
 	beats   *atomic.Int64
 	armed   atomic.Bool
 	listed  chan int64 // the beat of the held listing, then of each later one
 	release chan struct{}
 }
 
-func (d *gatedOrphans) Reader() driver.Executor {
-	return &gatedOrphansReader{Executor: d.Driver.Reader(), d: d}
+// reader is the Reader of a backend whose listings d holds.
+func (d *gatedOrphans) reader(x driver.Executor) driver.Executor {
+	return &gatedOrphansReader{Executor: x, d: d}
 }
 
 type gatedOrphansReader struct {
@@ -81,8 +81,7 @@ func TestDeadWhileSweepingIsSweptAtTheNextBeat(t *testing.T) {
 		released := make(chan int64, 1)
 		_, _, _ = zombieSetupWith(t, url, wf, s, zombieHooks{
 			beforeStart: func(leader *Runner) {
-				gate.Driver = leader.drv
-				leader.drv = hookTxs(gate, func(tx driver.Tx) driver.Tx { return &beatCounter{Tx: tx, beats: &beats} })
+				leader.drv = hookTxs(hookReader(leader.drv, gate.reader), func(tx driver.Tx) driver.Tx { return &beatCounter{Tx: tx, beats: &beats} })
 				leader.logger = slog.New(signalHandler{prefixes: []string{"removed dead runners"}, minLevel: slog.LevelInfo,
 					seen: removed, once: &sync.Once{}})
 			},
