@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"context"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -75,21 +73,7 @@ func TestRunsCleanupDeletesSkippedTicksWithNoRunToDelete(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, url string) {
 		ctx := t.Context()
-		release := make(chan struct{})
-		stuck := cloacina.MustWorkflow("report", cloacina.Task{Name: "build", Run: func(ctx context.Context, _ *cloacina.Context) error {
-			select {
-			case <-release:
-			case <-ctx.Done():
-			}
-			return nil
-		}})
-		r, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{stuck}, PollInterval: 10 * time.Millisecond,
-			Schedules: []cloacina.Schedule{{Name: "busy", Workflow: "report", Cron: "* * * * * *", Overlap: cloacina.OverlapSkip}},
-			Logger:    slog.New(slog.DiscardHandler)})
-		require.NoError(t, err)
-		t.Cleanup(func() { require.NoError(t, r.Close()) })
-		t.Cleanup(func() { close(release) }) // before Close
-		require.NoError(t, r.Start(ctx))
+		r, _ := startBusySchedule(t, url)
 		busy := func() cloacina.ScheduleInfo { // through r: a runner per call would use up the connections
 			all, err := r.Schedules(ctx)
 			require.NoError(t, err)

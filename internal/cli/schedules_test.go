@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -327,32 +328,45 @@ func TestSchedulesBadInput(t *testing.T) {
 	}
 }
 
+// startBusySchedule starts a runner of schedule "busy", every second
+// with OverlapSkip, whose runs' one task waits until release (called
+// before the runner closes, if not before): behind the first run, every
+// tick is skipped.
+func startBusySchedule(t *testing.T, url string) (r *cloacina.Runner, release func()) {
+	t.Helper()
+	released := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(released) }) }
+	slow := cloacina.MustWorkflow("report", cloacina.Task{Name: "build", Run: func(ctx context.Context, _ *cloacina.Context) error {
+		select {
+		case <-released:
+		case <-ctx.Done():
+		}
+		return nil
+	}})
+	r, err := cloacina.Open(t.Context(), url, &cloacina.Config{Workflows: []*cloacina.Workflow{slow}, PollInterval: 10 * time.Millisecond,
+		Schedules: []cloacina.Schedule{{Name: "busy", Workflow: "report", Cron: "* * * * * *", Overlap: cloacina.OverlapSkip}},
+		Logger:    slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, r.Close()) })
+	t.Cleanup(release) // before Close
+	require.NoError(t, r.Start(t.Context()))
+	return r, release
+}
+
 // A tick skipped by OverlapSkip shows in get as such, with its reason,
 // and in JSON with no run.
 func TestScheduleSkippedTicks(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	url := "sqlite://" + testdb.SQLitePath(t)
-	release := make(chan struct{})
-	slow := cloacina.MustWorkflow("report", cloacina.Task{Name: "build", Run: func(ctx context.Context, _ *cloacina.Context) error {
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-		return nil
-	}})
-	r, err := cloacina.Open(ctx, url, &cloacina.Config{Workflows: []*cloacina.Workflow{slow}, PollInterval: 10 * time.Millisecond,
-		Schedules: []cloacina.Schedule{{Name: "busy", Workflow: "report", Cron: "* * * * * *", Overlap: cloacina.OverlapSkip}},
-		Logger:    slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, r.Close()) })
-	require.NoError(t, r.Start(ctx))
+	r, release := startBusySchedule(t, url)
 	var s cloacina.ScheduleInfo
 	require.Eventually(t, func() bool {
 		s = storedSchedule(t, url, "busy")
 		return s.Skipped >= 1
 	}, followDeadline, 10*time.Millisecond, "a tick skipped behind the first run")
-	close(release)
+	release()
 	require.NoError(t, r.Stop(ctx))
 	ticks, err := r.ScheduleTicks(ctx, "busy", 0)
 	require.NoError(t, err)
