@@ -90,6 +90,28 @@ func TestTriggerRulesEndToEnd(t *testing.T) {
 	})
 }
 
+// A rule reads the same merge the task receives: when two dependencies
+// write one key, the later declared wins for the rule too, so swapping the
+// order of DependsOn flips the decision.
+func TestContextValueSeesTheLaterDeclaredDependency(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		wf := MustWorkflow("conflict",
+			Task{Name: "a", Run: setKey("n", 1)},
+			Task{Name: "b", Run: setKey("n", 2)},
+			Task{Name: "ab", DependsOn: []string{"a", "b"}, Trigger: All(ContextValue("n", OpEquals, 2)), Run: ok},
+			Task{Name: "ba", DependsOn: []string{"b", "a"}, Trigger: All(ContextValue("n", OpEquals, 2)), Run: ok},
+		)
+		r := startRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+		res, err := r.Execute(testContext(t), "conflict", nil)
+		require.NoError(t, err)
+		require.Equal(t, TaskStatusCompleted, res.Task("ab").Status, "b is declared last, so the rule sees n=2")
+		require.Equal(t, TaskStatusSkipped, res.Task("ba").Status, "a is declared last, so the rule sees n=1")
+		require.Equal(t, `trigger rule all(context_value("n" equals 2)) not satisfied`, res.Task("ba").Error)
+		require.Equal(t, PipelineCompleted, res.Status)
+	})
+}
+
 func TestRunOfSkippedRootsCompletesWithoutClaims(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
