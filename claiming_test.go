@@ -129,3 +129,77 @@ func TestClaimStartsARunAnotherTransactionHeld(t *testing.T) {
 		EventTaskCompleted, EventPipelineCompleted}, types)
 	require.Equal(t, PipelineCompleted, Replay(events).Runs[res.ID])
 }
+
+// Two dependencies of a join that end at the same moment on two runners
+// decide the join once: each completion locks the run, so the second sees
+// the first's committed end and neither misses the join nor fires it
+// twice. Each runner has one slot, so the two roots, which wait for each
+// other, must run on different runners and return together; runs go one
+// after another so that every run forces the race.
+func TestJoinOfDependenciesEndingTogetherIsDecidedOnce(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		testCtx := ctx
+		const runs = 10
+		var mu sync.Mutex
+		arrived := map[uuid.UUID]chan struct{}{}
+		joins := map[uuid.UUID]int{}
+		rootRunners := map[uuid.UUID]map[string]bool{}
+		// meet returns when the other root of the same run has arrived
+		// too, or when the test's deadline passes (a root that never met
+		// its partner fails its run instead of hanging).
+		meet := func(ctx context.Context, tc *Context) error {
+			info, _ := TaskInfoFrom(ctx)
+			mu.Lock()
+			if rootRunners[info.RunID] == nil {
+				rootRunners[info.RunID] = map[string]bool{}
+			}
+			rootRunners[info.RunID][info.RunnerID] = true
+			ch, found := arrived[info.RunID]
+			if !found {
+				ch = make(chan struct{})
+				arrived[info.RunID] = ch
+			} else {
+				close(ch)
+			}
+			mu.Unlock()
+			select {
+			case <-ch:
+			case <-testCtx.Done():
+				return testCtx.Err()
+			}
+			return tc.Set(info.Task, true)
+		}
+		wf := MustWorkflow("together",
+			Task{Name: "left", Run: meet},
+			Task{Name: "right", Run: meet},
+			Task{Name: "join", DependsOn: []string{"left", "right"}, Run: func(ctx context.Context, _ *Context) error {
+				info, _ := TaskInfoFrom(ctx)
+				mu.Lock()
+				joins[info.RunID]++
+				mu.Unlock()
+				return nil
+			}},
+		)
+		cfg := func() *Config { return &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 1} }
+		r1 := startRunner(t, url, cfg())
+		startRunner(t, url, cfg())
+		for range runs {
+			exec, err := r1.ExecuteAsync(ctx, "together", nil)
+			require.NoError(t, err)
+			res, err := exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status, res.Error)
+			require.Equal(t, TaskStatusCompleted, res.Task("join").Status)
+			require.True(t, res.Context.Has("left") && res.Context.Has("right"), "the join received both outputs")
+			ready, err := r1.Events(ctx, &EventQuery{TaskID: &res.Task("join").ID, Types: []EventType{EventTaskMarkedReady}})
+			require.NoError(t, err)
+			require.Len(t, ready, 1, "the join is made ready once")
+			mu.Lock()
+			require.Equal(t, 1, joins[res.ID], "the join ran once")
+			require.Len(t, rootRunners[res.ID], 2, "the roots ran on both runners")
+			mu.Unlock()
+		}
+	})
+}
