@@ -1211,3 +1211,63 @@ func TestStopEndsLeadershipVisibly(t *testing.T) {
 		}
 	})
 }
+
+// A runner that starts leaves the claims of the other live runners alone:
+// no "reset every Running task at startup", in Start or in the sweeps
+// after it. Only a runner whose heartbeat expired loses its tasks.
+func TestStartingRunnerLeavesOtherRunnersClaimsAlone(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started := make(chan struct{}, 1)
+		release := make(chan struct{})
+		wf := MustWorkflow("held", Task{Name: "hold", Run: func(ctx context.Context, tc *Context) error {
+			started <- struct{}{}
+			select {
+			case <-release:
+				info, _ := TaskInfoFrom(ctx)
+				return tc.Set("ran_on", info.RunnerID)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}})
+		first := openRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+		leads := leadership(first)
+		require.NoError(t, first.Start(ctx))
+		waitLeader(t, leads, true)
+		exec, err := first.ExecuteAsync(ctx, "held", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the task to start")
+
+		sweeps := sweepsOf(first)
+		second := startRunner(t, url, fastLiveness(&Config{Workflows: []*Workflow{wf}}))
+		// Two sweeps that begin after more than a runner timeout since the
+		// second runner started: a startup reset, or a sweep that took the
+		// first runner for dead, would show by then.
+		after := time.Now().Add(2 * first.cfg.RunnerTimeout)
+		for n := 0; n < 2; {
+			require.NoError(t, waitFor(t, sweeps, "a sweep"))
+			if time.Now().After(after) {
+				n++
+			}
+		}
+		resets, err := second.Events(ctx, &EventQuery{RunID: ptr(exec.ID()), Types: []EventType{EventTaskReset}})
+		require.NoError(t, err)
+		require.Empty(t, resets, "a runner's start reset another live runner's task")
+		now, err := second.Get(ctx, exec.ID())
+		require.NoError(t, err)
+		held, err := second.GetTask(ctx, now.Task("hold").ID)
+		require.NoError(t, err)
+		require.Equal(t, TaskStatusRunning, held.Status)
+		require.Equal(t, first.ID(), held.RunnerID)
+
+		close(release)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineCompleted, res.Status, res.Error)
+		require.Equal(t, 1, res.Task("hold").Attempts)
+		got, err := Get[string](res.Context, "ran_on")
+		require.NoError(t, err)
+		require.Equal(t, first.ID(), got, "the task finished under its first claim")
+	})
+}
