@@ -524,6 +524,84 @@ func TestPauseResume(t *testing.T) {
 	})
 }
 
+// Pause takes the outbox rows a run already has, a fresh task's and a
+// scheduled retry's, and Resume puts them back as they were: the fresh
+// task claimable at once, the retry only at its due time (resuming does
+// not cut a backoff short).
+func TestPauseResumeMovesExistingOutboxRows(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		peek := func(r *Runner, workflow string, now time.Time) *driver.OutboxPeekResult {
+			t.Helper()
+			res, err := r.Driver().Reader().OutboxPeek(ctx, &driver.OutboxPeekParams{Workflows: []string{workflow}, Now: now})
+			require.NoError(t, err)
+			return res
+		}
+		later := func() time.Time { return time.Now().Add(24 * time.Hour) }
+
+		t.Run("Fresh", func(t *testing.T) {
+			wf := MustWorkflow("fresh", Task{Name: "a", Run: ok})
+			r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}}) // not started: a stays in the outbox
+			exec, err := r.ExecuteAsync(ctx, "fresh", nil)
+			require.NoError(t, err)
+			require.True(t, peek(r, "fresh", time.Now()).Claimable)
+
+			require.NoError(t, r.Pause(ctx, exec.ID()))
+			got := peek(r, "fresh", later())
+			require.False(t, got.Claimable, "Pause removed the row")
+			require.Nil(t, got.NextAvailableAt)
+			res, err := r.Get(ctx, exec.ID())
+			require.NoError(t, err)
+			require.Equal(t, TaskStatusReady, res.Task("a").Status, "the task stays Ready")
+
+			require.NoError(t, r.Resume(ctx, exec.ID()))
+			require.True(t, peek(r, "fresh", time.Now()).Claimable, "Resume put the row back, claimable at once")
+			require.NoError(t, r.Start(ctx))
+			res, err = exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCompleted, res.Status)
+		})
+
+		t.Run("Retry", func(t *testing.T) {
+			var calls atomic.Int32
+			wf := MustWorkflow("backoff", Task{Name: "a", Retry: &RetryPolicy{MaxAttempts: 2, InitialDelay: time.Hour},
+				Run: func(context.Context, *Context) error { calls.Add(1); return errors.New("not yet") }})
+			r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}})
+			scheduled := onEvent(r, eventOf(EventTaskRetryScheduled))
+			require.NoError(t, r.Start(ctx))
+			exec, err := r.ExecuteAsync(ctx, "backoff", nil)
+			require.NoError(t, err)
+			ev := waitFor(t, scheduled, "the retry to be scheduled")
+			var data EventData
+			require.NoError(t, json.Unmarshal(ev.Data, &data))
+			require.NotNil(t, data.RetryAt)
+			due := data.RetryAt.Truncate(time.Microsecond)
+			before := peek(r, "backoff", time.Now())
+			require.False(t, before.Claimable)
+			require.NotNil(t, before.NextAvailableAt)
+			require.Equal(t, due, before.NextAvailableAt.UTC().Truncate(time.Microsecond))
+
+			require.NoError(t, r.Pause(ctx, exec.ID()))
+			got := peek(r, "backoff", due.Add(time.Hour))
+			require.False(t, got.Claimable, "Pause removed the retry's row")
+			require.Nil(t, got.NextAvailableAt)
+
+			require.NoError(t, r.Resume(ctx, exec.ID()))
+			after := peek(r, "backoff", time.Now())
+			require.False(t, after.Claimable, "Resume does not make a retry due early")
+			require.NotNil(t, after.NextAvailableAt)
+			require.Equal(t, due, after.NextAvailableAt.UTC().Truncate(time.Microsecond), "the row keeps the retry's due time")
+
+			require.NoError(t, exec.Cancel(ctx))
+			res, err := exec.Wait(ctx)
+			require.NoError(t, err)
+			require.Equal(t, PipelineCancelled, res.Status)
+			require.EqualValues(t, 1, calls.Load(), "the retry never came due")
+		})
+	})
+}
+
 // A paused run still ends when its running tasks leave nothing to wait
 // for: the last one completing completes it, and one failing fails it
 // (skipping its dependants), paused or not; Resume is then ErrRunFinished.
