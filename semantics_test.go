@@ -47,6 +47,48 @@ func TestDefaultRuleSkipsOnUpstreamFailureAndCascades(t *testing.T) {
 	})
 }
 
+// A failure does not end the run while another task still runs: the run
+// stays Running, the other task finishes and records its output, and the
+// run is Failed by the transaction that ends that last task.
+func TestRunFailsWhenItsLastRunningTaskEnds(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testContext(t)
+		started, release := make(chan struct{}), make(chan struct{})
+		wf := MustWorkflow("lasting",
+			Task{Name: "bad", Run: fail("bad failed")},
+			Task{Name: "slow", Run: func(_ context.Context, tc *Context) error {
+				close(started)
+				<-release
+				return tc.Set("slow", true)
+			}},
+		)
+		r := openRunner(t, url, &Config{Workflows: []*Workflow{wf}, MaxConcurrentTasks: 2})
+		failed := onEvent(r, eventOf(EventTaskFailed))
+		require.NoError(t, r.Start(ctx))
+		exec, err := r.ExecuteAsync(ctx, "lasting", nil)
+		require.NoError(t, err)
+		waitFor(t, started, "the slow task to start")
+		waitFor(t, failed, "the bad task's failure to be recorded")
+		status, err := exec.Status(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineRunning, status, "a task still runs")
+
+		close(release)
+		res, err := exec.Wait(ctx)
+		require.NoError(t, err)
+		require.Equal(t, PipelineFailed, res.Status)
+		require.Equal(t, TaskStatusCompleted, res.Task("slow").Status)
+		require.True(t, res.Context.Has("slow"), "the final context holds the last task's output")
+		evs := mustEvents(t, r, res)
+		last := evs[len(evs)-1]
+		require.Equal(t, EventPipelineFailed, last.Type)
+		require.Equal(t, EventTaskCompleted, evs[len(evs)-2].Type)
+		require.Equal(t, res.Task("slow").ID, *evs[len(evs)-2].TaskID)
+		require.Equal(t, last.CreatedAt, evs[len(evs)-2].CreatedAt, "the run ends in the transaction that ends its last task")
+	})
+}
+
 func TestTriggerRulesEndToEnd(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, url string) {
