@@ -108,8 +108,9 @@ type TaskDetail struct {
 	// RunID and Workflow identify the task's run.
 	RunID    uuid.UUID
 	Workflow string
-	// MaxAttempts is the retry policy's limit on attempts (Attempts counts
-	// those made).
+	// MaxAttempts is the retry policy's limit on attempts; Attempts is the
+	// number of the latest one (a task waiting for its retry after one
+	// failed try shows 2).
 	MaxAttempts int
 	// Input is the context the task received: the run's input for a first
 	// task, else its dependencies' outputs merged (a dependency that failed
